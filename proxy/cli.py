@@ -1,0 +1,251 @@
+"""Command line: flags -> Config, and exit codes. The only place that exits.
+
+regproxy serve  [-c FILE] [--listen HOST:PORT] [--upstream URL] [--htpasswd FILE]
+                [--groups FILE] [--tls-cert FILE] [--tls-key FILE] [--workers N]
+                [--log-level LEVEL]
+regproxy check  [-c FILE]            like `nginx -t`
+regproxy passwd FILE USER [--stdin] [--delete] [--verify] [--cost N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from . import config as config_module
+from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS, Config, ConfigError
+from .credentials import PasswordHash, Problem, edit_htpasswd, hash_password, parse_htpasswd
+from .reload import State, load_snapshot, load_users, read_text
+from .tls import load_certificate, server_context
+
+log = logging.getLogger("regproxy")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="regproxy", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"regproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    _add_config_flag(serve)
+    serve.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:5043")
+    serve.add_argument("--upstream", metavar="URL", help="default http://127.0.0.1:5000")
+    serve.add_argument("--htpasswd", metavar="FILE", help="default conf/htpasswd")
+    serve.add_argument("--groups", metavar="FILE", help="default conf/groups")
+    serve.add_argument("--tls-cert", metavar="FILE", help="default certs/server.crt")
+    serve.add_argument("--tls-key", metavar="FILE", help="default certs/server.key")
+    serve.add_argument("--workers", metavar="N", type=int, help="processes sharing the port")
+    serve.add_argument("--log-level", choices=LOG_LEVELS)
+
+    check = commands.add_parser("check", help="validate the configuration and exit")
+    _add_config_flag(check)
+
+    passwd = commands.add_parser("passwd", help="add, change, delete or verify a user")
+    passwd.add_argument("file", type=Path)
+    passwd.add_argument("user")
+    passwd.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    mode = passwd.add_mutually_exclusive_group()
+    mode.add_argument("--delete", action="store_true")
+    mode.add_argument("--verify", action="store_true")
+    passwd.add_argument("--cost", type=int, default=10, help="bcrypt cost (default 10)")
+    return parser
+
+
+def _add_config_flag(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"YAML config (default {DEFAULT_CONFIG_PATH} if it exists)",
+    )
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    if args.config is not None:
+        return Path(args.config)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        key: getattr(args, flag)
+        for flag, key in FLAG_KEYS.items()
+        if getattr(args, flag, None) is not None
+    }
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Every problem at once: config keys, htpasswd/group lines, the TLS pair."""
+    problems: list[Problem] = []
+    try:
+        config = config_module.load(_config_path(args), _overrides(args))
+    except ConfigError as exc:
+        problems = exc.problems
+    else:
+        try:
+            problems = load_users(config)[1]
+        except ConfigError as exc:
+            problems = exc.problems
+        problems += load_certificate(server_context(), config.tls_cert, config.tls_key)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"configuration has {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print("configuration ok")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import configure_logging
+
+    try:
+        snapshot, problems = load_snapshot(_config_path(args), _overrides(args))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    config = snapshot.config
+    configure_logging(config.log_level, config.access_log_path)
+    for problem in problems:
+        log.warning("%s (line ignored)", problem)
+    context = server_context()
+    tls_problems = load_certificate(context, config.tls_cert, config.tls_key)
+    if tls_problems:
+        print("\n".join(str(p) for p in tls_problems), file=sys.stderr)
+        return 1
+    try:
+        sock = _bind(config)
+    except OSError as exc:
+        print(f"cannot listen on {config.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    state = State(snapshot, _config_path(args), _overrides(args), context)
+    if config.workers == 1:
+        return _run_worker(state, context, sock)
+    return _prefork(config.workers, lambda: _run_worker(state, context, sock))
+
+
+def _bind(config: Config) -> socket.socket:
+    family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.listen.host, config.listen.port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run_worker(state: State, context: ssl.SSLContext, sock: socket.socket) -> int:
+    import uvloop
+
+    from .server import Server
+
+    uvloop.run(Server(state, context).serve(sock))
+    return 0
+
+
+def _prefork(workers: int, run: Callable[[], int]) -> int:
+    """N processes accept on one inherited socket; the parent relays signals and waits."""
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(run())
+        children.append(pid)
+
+    def relay(signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, relay)
+    status = 0
+    for pid in children:
+        _, code = os.waitpid(pid, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    try:
+        text = read_text(path) if path.exists() else ""
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.delete:
+        new_text, found = edit_htpasswd(text, args.user, None)
+        if not found:
+            print(f"user {args.user!r} not found in {path}", file=sys.stderr)
+            return 1
+        _atomic_write(path, new_text)
+        print(f"deleted user {args.user}")
+        return 0
+    password = _read_password(args.stdin, confirm=not args.verify)
+    if password is None:
+        return 1
+    if args.verify:
+        stored = _find_hash(text, args.user)
+        ok = stored is not None and stored.verify(password.encode())
+        print("password correct" if ok else "password verification failed")
+        return 0 if ok else 3
+    try:
+        new_text, found = edit_htpasswd(text, args.user, hash_password(password, args.cost))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    _atomic_write(path, new_text)
+    print(f"{'updated' if found else 'added'} user {args.user}")
+    return 0
+
+
+def _find_hash(text: str, user: str) -> PasswordHash | None:
+    return parse_htpasswd(text, "htpasswd").users.get(user)
+
+
+def _read_password(from_stdin: bool, confirm: bool) -> str | None:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Re-type password: ") != password:
+        print("passwords do not match", file=sys.stderr)
+        return None
+    return password
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write-then-rename in the same directory: readers see the old file or the new one."""
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o640
+    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {"serve": _serve, "check": _check, "passwd": _passwd}
+    return commands[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""The configuration: one frozen `Config`, built only by `load()`, validated once.
+
+`load()` collects every problem into one `ConfigError` listing `file:line: message`, the way
+`nginx -t` does. Relative paths written in the config file are resolved against the file's
+directory; built-in defaults and command-line flags are relative to the working directory.
+Only the CLI exits; this module raises.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from .credentials import Problem
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+AccessLogFormat = Literal["common", "combined", "json", "off"]
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
+ACCESS_LOG_FORMATS: tuple[str, ...] = ("common", "combined", "json", "off")
+DEFAULT_CONFIG_PATH = Path("conf/regproxy.yaml")
+
+
+class ConfigError(Exception):
+    """Every problem found while loading, each `file:line: message`."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. `read` bounds upstream silence, `drain` the graceful shutdown."""
+
+    connect: float = 5.0
+    read: float = 300.0
+    drain: float = 30.0
+    keepalive: float = 75.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server needs, validated; never mutated after `load()`."""
+
+    listen: Listen = field(default_factory=lambda: Listen("127.0.0.1", 5043))
+    upstream: str = "http://127.0.0.1:5000"
+    htpasswd: Path = Path("conf/htpasswd")
+    groups: Path | None = Path("conf/groups")
+    tls_cert: Path = Path("certs/server.crt")
+    tls_key: Path = Path("certs/server.key")
+    workers: int = 1
+    log_level: LogLevel = "info"
+    realm: str = "Registry Authentication"
+    push_group: str = "pusher"
+    access_log: AccessLogFormat = "common"
+    access_log_path: Path | None = None  # None: stdout
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    source: Path | None = None  # the YAML file this came from, watched for edits
+
+    def watched_files(self) -> tuple[Path, ...]:
+        """Files whose edits take effect live."""
+        files = [self.htpasswd, self.tls_cert, self.tls_key]
+        if self.groups is not None:
+            files.append(self.groups)
+        if self.source is not None:
+            files.append(self.source)
+        return tuple(files)
+
+
+_Parser = Any
+
+
+def _parse_listen(value: object) -> Listen:
+    text = str(value)
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+    if not match:
+        raise ValueError(f"expected HOST:PORT or [IPv6]:PORT, got {text!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range 1-65535")
+    if match.group(1):
+        ipaddress.IPv6Address(host)
+    return Listen(host, port)
+
+
+def _parse_upstream(value: object) -> str:
+    text = str(value).rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http:// or https:// URL, got {text!r}")
+    if parts.path or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"upstream must be scheme://host[:port] only, got {text!r}")
+    _ = parts.port  # raises ValueError on a bad port
+    return text
+
+
+def _parse_positive_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _parse_seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _parse_choice(choices: tuple[str, ...]) -> _Parser:
+    def parse(value: object) -> str:
+        text = str(value).lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def _parse_name(value: object) -> str:
+    text = str(value)
+    if not text or any(c.isspace() or c == ":" for c in text):
+        raise ValueError(f"expected a name without spaces or ':', got {value!r}")
+    return text
+
+
+def _parse_realm(value: object) -> str:
+    text = str(value)
+    if not text or '"' in text or "\\" in text or not text.isprintable():
+        raise ValueError(f"realm must be printable text without quotes, got {value!r}")
+    return text
+
+
+# YAML key (nested keys dotted) -> (Config attribute, parser).
+_PATH = "path"
+_OPTIONAL_PATH = "optional-path"
+_KEYS: dict[str, tuple[str, _Parser]] = {
+    "listen": ("listen", _parse_listen),
+    "upstream": ("upstream", _parse_upstream),
+    "htpasswd": ("htpasswd", _PATH),
+    "groups": ("groups", _OPTIONAL_PATH),
+    "tls.cert": ("tls_cert", _PATH),
+    "tls.key": ("tls_key", _PATH),
+    "workers": ("workers", _parse_positive_int),
+    "log_level": ("log_level", _parse_choice(LOG_LEVELS)),
+    "realm": ("realm", _parse_realm),
+    "push_group": ("push_group", _parse_name),
+    "access_log.format": ("access_log", _parse_choice(ACCESS_LOG_FORMATS)),
+    "access_log.path": ("access_log_path", _OPTIONAL_PATH),
+    "timeouts.connect": ("timeouts.connect", _parse_seconds),
+    "timeouts.read": ("timeouts.read", _parse_seconds),
+    "timeouts.drain": ("timeouts.drain", _parse_seconds),
+    "timeouts.keepalive": ("timeouts.keepalive", _parse_seconds),
+}
+_SECTIONS = {key.split(".")[0] for key in _KEYS if "." in key}
+
+# Command-line flag destinations (argparse names) -> YAML keys they override.
+FLAG_KEYS: dict[str, str] = {
+    "listen": "listen",
+    "upstream": "upstream",
+    "htpasswd": "htpasswd",
+    "groups": "groups",
+    "tls_cert": "tls.cert",
+    "tls_key": "tls.key",
+    "workers": "workers",
+    "log_level": "log_level",
+}
+
+
+def _construct(node: yaml.Node) -> Any:
+    return yaml.SafeLoader("").construct_object(node, deep=True)
+
+
+def _flatten(
+    node: yaml.Node, source: str, problems: list[Problem], prefix: str = ""
+) -> dict[str, tuple[Any, int]]:
+    """YAML mapping -> {dotted key: (python value, line)}; unknown keys are problems."""
+    flat: dict[str, tuple[Any, int]] = {}
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(node, yaml.MappingNode):
+        problems.append(Problem(source, node.start_mark.line + 1, f"{where}: expected a mapping"))
+        return flat
+    for key_node, value_node in node.value:
+        key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
+        if key in flat:
+            problems.append(Problem(source, line, f"duplicate key {key!r}"))
+        elif not prefix and key in _SECTIONS:
+            flat.update(_flatten(value_node, source, problems, prefix=f"{key}."))
+        elif key in _KEYS:
+            flat[key] = (_construct(value_node), line)
+        else:
+            problems.append(Problem(source, line, f"unknown key {key!r}"))
+    return flat
+
+
+def _read_yaml(path: Path, problems: list[Problem]) -> dict[str, tuple[Any, int]]:
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(source, 0, f"cannot read: {exc}"))
+        return {}
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        problems.append(Problem(source, line, f"invalid YAML: {getattr(exc, 'problem', exc)}"))
+        return {}
+    if node is None:
+        return {}
+    return _flatten(node, source, problems)
+
+
+def _convert(
+    key: str, value: Any, base: Path, where: tuple[str, int], problems: list[Problem]
+) -> Any:
+    parser = _KEYS[key][1]
+    if parser in (_PATH, _OPTIONAL_PATH):
+        if value is None and parser == _OPTIONAL_PATH:
+            return None
+        if not isinstance(value, str) or not value or "\0" in value:
+            problems.append(Problem(*where, f"{key}: expected a file path, got {value!r}"))
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else base / path
+    try:
+        return parser(value)
+    except ValueError as exc:
+        problems.append(Problem(*where, f"{key}: {exc}"))
+        return None
+
+
+def _apply(config: Config, values: Mapping[str, Any]) -> Config:
+    direct = {attr: v for k, v in values.items() if "." not in (attr := _KEYS[k][0])}
+    timeouts = {
+        attr.split(".")[1]: v
+        for k, v in values.items()
+        if (attr := _KEYS[k][0]).startswith("timeouts.")
+    }
+    return replace(config, **direct, timeouts=replace(config.timeouts, **timeouts))
+
+
+def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Config:
+    """Build the Config from a YAML file (optional) and flag overrides (YAML keys -> values).
+
+    Raises ConfigError listing every problem found, never just the first.
+    """
+    problems: list[Problem] = []
+    values: dict[str, Any] = {}
+    if path is not None:
+        for key, (raw, line) in _read_yaml(path, problems).items():
+            converted = _convert(key, raw, path.parent, (str(path), line), problems)
+            if converted is not None or raw is None:
+                values[key] = converted
+    for key, raw in (overrides or {}).items():
+        converted = _convert(key, raw, Path("."), ("command line", 0), problems)
+        if converted is not None:
+            values[key] = converted
+    if problems:
+        raise ConfigError(problems)
+    return _apply(Config(source=path), values)

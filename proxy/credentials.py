@@ -1,0 +1,248 @@
+"""Apache htpasswd and group files: pure parsers and hash verification.
+
+Parsing never does I/O: `parse_htpasswd(text, source)` and `parse_groups(text, source)` take the
+file's text and the name to put in error messages. A bad line is reported as `source:line` and
+skipped; every other line keeps working, as Apache does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import bcrypt
+from passlib.hash import apr_md5_crypt, des_crypt, ldap_sha1, sha256_crypt, sha512_crypt
+
+_USER_RE = re.compile(r"[^\s:#][^\s:]*")
+BCRYPT_MAX_BYTES = 72  # bcrypt ignores the rest; Apache and the bcrypt C library agree
+_CRYPT64 = "[./0-9A-Za-z]"
+_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("bcrypt", re.compile(rf"\$2[abxy]?\$(\d\d)\${_CRYPT64}{{53}}")),
+    ("apr1", re.compile(rf"\$apr1\$[^$:]{{0,8}}\${_CRYPT64}{{22}}")),
+    ("sha256-crypt", re.compile(rf"\$5\$(rounds=\d+\$)?[^$:]{{0,16}}\${_CRYPT64}{{43}}")),
+    ("sha512-crypt", re.compile(rf"\$6\$(rounds=\d+\$)?[^$:]{{0,16}}\${_CRYPT64}{{86}}")),
+    ("sha1", re.compile(r"\{SHA\}[A-Za-z0-9+/]{27}=")),
+    ("crypt", re.compile(rf"{_CRYPT64}{{13}}")),
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad line in one file, printed as `source:line: message`."""
+
+    source: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return f"{where}: {self.message}"
+
+
+def _check_bcrypt(password: bytes, stored: str) -> bool:
+    # Apache writes $2y$; the bcrypt library wants $2b$ (same algorithm, different label).
+    normalized = "$2b$" + stored[4:] if stored[:4] in ("$2y$", "$2x$", "$2a$") else stored
+    return bcrypt.checkpw(password[:BCRYPT_MAX_BYTES], normalized.encode("ascii"))
+
+
+def _sha_crypt_rounds(stored: str) -> int:
+    match = re.match(r"\$[56]\$rounds=(\d+)\$", stored)
+    return int(match.group(1)) if match else 5000
+
+
+def _sha_crypt(handler: Any, password: str, sample: str) -> str:
+    return str(handler.using(rounds=_sha_crypt_rounds(sample)).hash(password))
+
+
+_CHECKERS: dict[str, Callable[[bytes, str], bool]] = {
+    "bcrypt": _check_bcrypt,
+    "apr1": apr_md5_crypt.verify,
+    "sha256-crypt": sha256_crypt.verify,
+    "sha512-crypt": sha512_crypt.verify,
+    "sha1": ldap_sha1.verify,
+    "crypt": des_crypt.verify,
+}
+
+# Each makes a hash of `password` with the same scheme and cost as `sample`.
+_HASHERS: dict[str, Callable[[str, str], str]] = {
+    "bcrypt": lambda pw, sample: bcrypt.hashpw(
+        pw.encode(), bcrypt.gensalt(int(sample[4:6]), prefix=b"2b")
+    ).decode(),
+    "apr1": lambda pw, _: str(apr_md5_crypt.hash(pw)),
+    "sha256-crypt": lambda pw, s: _sha_crypt(sha256_crypt, pw, s),
+    "sha512-crypt": lambda pw, s: _sha_crypt(sha512_crypt, pw, s),
+    "sha1": lambda pw, _: str(ldap_sha1.hash(pw)),
+    "crypt": lambda pw, _: str(des_crypt.hash(pw[:8])),
+}
+
+
+@dataclass(frozen=True)
+class PasswordHash:
+    """A stored hash whose scheme was recognised when the file was parsed."""
+
+    scheme: str
+    value: str = field(repr=False)
+
+    def verify(self, password: bytes) -> bool:
+        """Slow for bcrypt and sha-crypt: callers run it off the event loop."""
+        return bool(_CHECKERS[self.scheme](password, self.value))
+
+
+def identify(stored: str) -> PasswordHash | None:
+    """Recognise every format Apache's `htpasswd` writes; None for anything else."""
+    for name, pattern in _PATTERNS:
+        if pattern.fullmatch(stored):
+            return PasswordHash(name, stored)
+    return None
+
+
+DEFAULT_DUMMY_SAMPLE = PasswordHash("bcrypt", "$2y$05$" + "." * 53)
+
+
+def dummy_like(sample: PasswordHash | None) -> PasswordHash:
+    """A hash of a random password with the same scheme and cost as `sample`.
+
+    Unknown users are checked against it so that they cost as long as a wrong password:
+    the response time does not tell which user names exist.
+    """
+    sample = sample or DEFAULT_DUMMY_SAMPLE
+    return PasswordHash(
+        sample.scheme, _HASHERS[sample.scheme](secrets.token_urlsafe(16), sample.value)
+    )
+
+
+@dataclass(frozen=True)
+class Htpasswd:
+    """Parsed htpasswd file: users with recognised hashes, and the lines that were not."""
+
+    users: dict[str, PasswordHash]
+    problems: tuple[Problem, ...] = ()
+
+    def typical_hash(self) -> PasswordHash | None:
+        """The most common scheme/cost in the file, to build the unknown-user dummy from."""
+        counts: dict[tuple[str, str], int] = {}
+        samples: dict[tuple[str, str], PasswordHash] = {}
+        for h in self.users.values():
+            key = (h.scheme, h.value[:7])
+            counts[key] = counts.get(key, 0) + 1
+            samples[key] = h
+        if not counts:
+            return None
+        return samples[max(counts, key=lambda k: counts[k])]
+
+
+def parse_htpasswd(text: str, source: str) -> Htpasswd:
+    """Parse `user:hash` lines, splitting on the first colon. Blank and `#` lines are skipped.
+
+    A user listed twice keeps the first entry (Apache stops at the first match) and the repeat
+    is reported. A line that cannot be parsed disables only that line.
+    """
+    users: dict[str, PasswordHash] = {}
+    problems: list[Problem] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, stored = line.partition(":")
+        if not sep or not _USER_RE.fullmatch(user):
+            problems.append(Problem(source, number, "malformed line, expected user:hash"))
+            continue
+        parsed = identify(stored.strip())
+        if parsed is None:
+            problems.append(
+                Problem(source, number, f"user {user!r}: unrecognised or plaintext password hash")
+            )
+        elif user in users:
+            problems.append(Problem(source, number, f"user {user!r} repeated; first entry wins"))
+        else:
+            users[user] = parsed
+    return Htpasswd(users, tuple(problems))
+
+
+def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tuple[Problem, ...]]:
+    """Parse Apache's group file: `group: user1 user2`; a group may appear on several lines."""
+    members: dict[str, set[str]] = {}
+    problems: list[Problem] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        group, sep, users = line.partition(":")
+        group = group.strip()
+        if not sep or not group or any(c.isspace() for c in group):
+            problems.append(Problem(source, number, "malformed line, expected 'group: user ...'"))
+            continue
+        members.setdefault(group, set()).update(users.split())
+    return {g: frozenset(u) for g, u in members.items()}, tuple(problems)
+
+
+def groups_of(groups: dict[str, frozenset[str]], user: str) -> frozenset[str]:
+    """Every group that lists `user`."""
+    return frozenset(g for g, users in groups.items() if user in users)
+
+
+class MalformedCredentials(ValueError):
+    """An Authorization header that is not well-formed Basic credentials."""
+
+
+AUTHORIZATION_MAX = 4096
+
+
+def parse_basic_auth(values: list[str]) -> tuple[str, str] | None:
+    """The (user, password) of a Basic Authorization header; None if there is none.
+
+    Raises MalformedCredentials for several headers, bad base64, a missing colon, or an
+    absurd length. Another scheme counts as no credentials (the client is asked for Basic).
+    Bytes that are not UTF-8 are kept (surrogate escapes) so they still compare as bytes.
+    """
+    if not values:
+        return None
+    if len(values) > 1:
+        raise MalformedCredentials("several Authorization headers")
+    value = values[0].strip()
+    if len(value) > AUTHORIZATION_MAX:
+        raise MalformedCredentials("Authorization header too long")
+    scheme, _, encoded = value.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedCredentials("Basic credentials are not valid base64") from None
+    user, sep, password = decoded.decode("utf-8", "surrogateescape").partition(":")
+    if not sep:
+        raise MalformedCredentials("Basic credentials have no ':' between user and password")
+    return user, password
+
+
+def hash_password(password: str, cost: int = 10) -> str:
+    """A bcrypt hash labelled `$2y$`, exactly as Apache's `htpasswd -B` writes it."""
+    if not 4 <= cost <= 17:
+        raise ValueError("bcrypt cost must be between 4 and 17 (htpasswd -C)")
+    value = bcrypt.hashpw(password.encode()[:BCRYPT_MAX_BYTES], bcrypt.gensalt(cost)).decode()
+    return "$2y$" + value[4:]
+
+
+def edit_htpasswd(text: str, user: str, new_hash: str | None) -> tuple[str, bool]:
+    """Set (or, with `new_hash` None, delete) `user`'s line; every other line is kept as is.
+
+    Returns the new text and whether the user was there before.
+    """
+    if not _USER_RE.fullmatch(user):
+        raise ValueError(f"invalid user name {user!r}: no spaces, ':' or leading '#'")
+    lines, found = [], False
+    for raw in text.splitlines():
+        if raw.partition(":")[0].strip() == user and not raw.lstrip().startswith("#"):
+            if not found and new_hash is not None:
+                lines.append(f"{user}:{new_hash}")
+            found = True
+            continue
+        lines.append(raw)
+    if not found and new_hash is not None:
+        lines.append(f"{user}:{new_hash}")
+    return ("\n".join(lines) + "\n" if lines else ""), found

@@ -1,0 +1,160 @@
+"""Forwarding to the upstream registry: header rewriting and streaming in both directions.
+
+Bodies are never buffered: the client's body is handed to the upstream as a stream, and the
+upstream's answer is copied chunk by chunk with back-pressure on both sides, so a multi-GB
+layer passes in constant memory. Keep-alive connections to the upstream are pooled.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .accesslog import BYTES_KEY
+from .config import Timeouts
+from .errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
+
+log = logging.getLogger("regproxy.forward")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Consumed or set by the proxy itself; never passed through from the client.
+_CLIENT_ONLY = frozenset(
+    {"authorization", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"}
+)
+_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+CHUNK = 256 * 1024
+
+
+def _droppable(headers: CIMultiDictProxy[str]) -> set[str]:
+    """Hop-by-hop headers, including any the sender named in `Connection`."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall("Connection", [])
+        for token in value.split(",")
+    }
+    return set(HOP_BY_HOP) | named
+
+
+def request_headers(headers: CIMultiDictProxy[str], client_ip: str) -> CIMultiDict[str]:
+    """Client headers as the upstream should see them: Host kept, proxy headers set."""
+    drop = _droppable(headers) | _CLIENT_ONLY
+    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    out["X-Forwarded-For"] = client_ip
+    out["X-Forwarded-Proto"] = "https"
+    return out
+
+
+def response_headers(
+    headers: CIMultiDictProxy[str], upstream: str, public_origin: str
+) -> CIMultiDict[str]:
+    """Upstream headers for the client: hop-by-hop dropped, API version once, Location fixed."""
+    drop = _droppable(headers) | {API_VERSION_HEADER.lower()}
+    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    if "Location" in out:
+        out["Location"] = rewrite_location(out["Location"], upstream, public_origin)
+    out[API_VERSION_HEADER] = API_VERSION
+    out.setdefault("Server", SERVER)
+    return out
+
+
+def rewrite_location(location: str, upstream: str, public_origin: str) -> str:
+    """Point a Location at the upstream's own address back at the proxy."""
+    parts, base = urlsplit(location), urlsplit(upstream)
+    same = (parts.scheme, parts.hostname, parts.port or _default_port(parts.scheme)) == (
+        base.scheme,
+        base.hostname,
+        base.port or _default_port(base.scheme),
+    )
+    if not parts.netloc or not same:
+        return location
+    return public_origin + location[len(f"{parts.scheme}://{parts.netloc}") :]
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
+
+
+class Forwarder:
+    """Owns the upstream connection pool; one per server process."""
+
+    def __init__(self, keepalive: float) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive, ssl=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=_SKIP_AUTO_HEADERS,
+            timeout=aiohttp.ClientTimeout(total=None),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def forward(
+        self, request: web.BaseRequest, upstream: str, raw_path: str, timeouts: Timeouts
+    ) -> web.StreamResponse:
+        """Send `request` to `upstream` + `raw_path` (exactly as classified) and stream back."""
+        peer = request.remote or "unknown"
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        try:
+            upstream_response = await self._session.request(
+                request.method,
+                upstream + raw_path,
+                headers=request_headers(request.headers, peer),
+                data=request.content if request.body_exists else None,
+                allow_redirects=False,
+                timeout=timeout,
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            log.warning("upstream %s timed out on %s %s", upstream, request.method, raw_path)
+            return error_response(504, "UNAVAILABLE", "upstream registry timed out")
+        except aiohttp.ClientError as exc:
+            log.warning("upstream %s failed on %s %s: %s", upstream, request.method, raw_path, exc)
+            return error_response(502, "UNAVAILABLE", "upstream registry unreachable")
+        async with upstream_response:
+            return await self._stream_back(request, upstream_response, upstream)
+
+    async def _stream_back(
+        self, request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, upstream: str
+    ) -> web.StreamResponse:
+        public_origin = f"https://{request.host}"
+        response = web.StreamResponse(
+            status=upstream_response.status,
+            reason=upstream_response.reason,
+            headers=response_headers(upstream_response.headers, upstream, public_origin),
+        )
+        await response.prepare(request)
+        sent = 0
+        try:
+            async for chunk in upstream_response.content.iter_chunked(CHUNK):
+                await response.write(chunk)
+                sent += len(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Headers are gone already: cut the connection so the client sees a truncated
+            # transfer, never a short body reported as complete.
+            log.warning("upstream broke off %s %s: %r", request.method, request.path, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        finally:
+            request[BYTES_KEY] = sent
+        await response.write_eof()
+        return response

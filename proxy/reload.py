@@ -1,0 +1,172 @@
+"""Live edits: watched files -> a new immutable Snapshot, swapped in one assignment.
+
+Files are polled (stat every quarter second), which sees in-place edits and write-then-rename
+alike, on any filesystem. A change is loaded once the file has stopped changing for one poll,
+so a half-written file is not read. A load that fails keeps the last good version and logs
+why, with file and line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import config as config_module
+from .authn.htpasswd import UserFiles
+from .config import Config, ConfigError
+from .credentials import Htpasswd, Problem, parse_groups, parse_htpasswd
+from .policy import Rule, recipe_rules
+from .tls import load_certificate
+
+log = logging.getLogger("regproxy.reload")
+
+POLL_INTERVAL = 0.25
+MAX_FILE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a request reads, consistent with itself; replaced whole, never mutated."""
+
+    config: Config
+    users: UserFiles
+    rules: tuple[Rule, ...]
+
+
+def read_text(path: Path) -> str:
+    """A whole file as UTF-8; ConfigError (file:line) if unreadable, binary or huge."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), 0, f"cannot read: {exc.strerror or exc}")]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError([Problem(str(path), 0, f"larger than {MAX_FILE_BYTES} bytes")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError([Problem(str(path), line, "not UTF-8 text")]) from None
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise ConfigError([Problem(str(path), line, "binary data (NUL byte)")])
+    return text
+
+
+def load_users(config: Config) -> tuple[UserFiles, list[Problem]]:
+    """Parse htpasswd and groups. Raises ConfigError if a file cannot be used at all;
+    returns line-level problems (those lines are ignored, the rest is in force)."""
+    fatal: list[Problem] = []
+    htpasswd = Htpasswd({})
+    groups: dict[str, frozenset[str]] = {}
+    problems: list[Problem] = []
+    try:
+        htpasswd = parse_htpasswd(read_text(config.htpasswd), str(config.htpasswd))
+        problems.extend(htpasswd.problems)
+    except ConfigError as exc:
+        fatal.extend(exc.problems)
+    if config.groups is not None:
+        try:
+            groups, group_problems = parse_groups(read_text(config.groups), str(config.groups))
+            problems.extend(group_problems)
+        except ConfigError as exc:
+            fatal.extend(exc.problems)
+    if fatal:
+        raise ConfigError(fatal)
+    return UserFiles.build(htpasswd, groups), problems
+
+
+def load_snapshot(
+    config_path: Path | None, overrides: Mapping[str, object]
+) -> tuple[Snapshot, list[Problem]]:
+    """Build a Snapshot from scratch; ConfigError if unusable, else line-level problems."""
+    config = config_module.load(config_path, overrides)
+    users, problems = load_users(config)
+    return Snapshot(config, users, recipe_rules(config.push_group)), problems
+
+
+_Signature = tuple[int, int, int, int] | None
+
+
+def _signature(path: Path) -> _Signature:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class State:
+    """Holds the current Snapshot and reloads it when its files change."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        config_path: Path | None,
+        overrides: Mapping[str, object],
+        ssl_context: ssl.SSLContext | None = None,
+        on_swap: Callable[[Snapshot], None] | None = None,
+    ) -> None:
+        self.current = snapshot
+        self._config_path = config_path
+        self._overrides = dict(overrides)
+        self._ssl_context = ssl_context
+        self._on_swap = on_swap
+        self._seen = self._signatures()
+        self._pending: dict[Path, _Signature] = {}
+
+    def _signatures(self) -> dict[Path, _Signature]:
+        return {path: _signature(path) for path in self.current.config.watched_files()}
+
+    def reload(self, reason: str = "reload requested") -> bool:
+        """Load everything again; on failure keep the current snapshot. True if swapped."""
+        try:
+            snapshot, problems = load_snapshot(self._config_path, self._overrides)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload failed, keeping the last good configuration: %s", problem)
+            return False
+        for problem in problems:
+            log.warning("%s (line ignored)", problem)
+        if self._ssl_context is not None:
+            config = snapshot.config
+            for problem in load_certificate(self._ssl_context, config.tls_cert, config.tls_key):
+                log.error("TLS reload failed, keeping the current certificate: %s", problem)
+        self._apply(snapshot)
+        log.info("configuration reloaded (%s)", reason)
+        return True
+
+    def _apply(self, snapshot: Snapshot) -> None:
+        old = self.current.config
+        for name in ("listen", "workers"):
+            if getattr(old, name) != getattr(snapshot.config, name):
+                log.warning("%s changed in the config: takes effect at the next restart", name)
+        self.current = replace(
+            snapshot,
+            config=replace(snapshot.config, listen=old.listen, workers=old.workers),
+        )
+        if self._on_swap is not None:
+            self._on_swap(self.current)
+
+    def poll(self) -> None:
+        """One poll: load changes that have been stable since the previous poll."""
+        now = self._signatures()
+        changed = [p for p, sig in now.items() if sig != self._seen.get(p)]
+        stable = [p for p in changed if self._pending.get(p, ...) == now[p]]
+        self._pending = {p: now[p] for p in changed}
+        if not changed or len(stable) != len(changed):
+            return
+        self.reload(", ".join(f"{p} changed" for p in stable))
+        self._seen = {**now, **self._signatures()}
+        self._pending = {}
+
+    async def watch(self) -> None:
+        """Poll forever; cancelled at shutdown."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            self.poll()

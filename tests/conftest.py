@@ -1,0 +1,191 @@
+"""Shared fixtures: a recording fake upstream, and regproxy itself in-process on a free port."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp import web
+
+from proxy.credentials import hash_password
+from proxy.reload import State, load_snapshot
+from proxy.server import Server
+from proxy.tls import load_certificate, server_context
+
+# Test users: (password, groups). Cost 4 keeps hashing fast; the cost is not what is tested.
+USERS = {"pull": "pull-pw", "push": "push:pw", "other": "other-pw"}
+GROUPS_TEXT = "pusher: push\nreaders: other\n"
+
+
+@dataclass
+class Recorded:
+    method: str
+    path_qs: str
+    headers: dict[str, list[str]]
+    body_sha256: str
+    body_length: int
+
+
+UpstreamHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class FakeUpstream:
+    """An aiohttp server that records every request and answers with `handlers[path]`."""
+
+    url: str = ""
+    requests: list[Recorded] = field(default_factory=list)
+    handlers: dict[str, UpstreamHandler] = field(default_factory=dict)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        digest, length = hashlib.sha256(), 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            length += len(chunk)
+        headers: dict[str, list[str]] = {}
+        for key, value in request.headers.items():
+            headers.setdefault(key.lower(), []).append(value)
+        self.requests.append(
+            Recorded(request.method, request.raw_path, headers, digest.hexdigest(), length)
+        )
+        handler = self.handlers.get(request.path)
+        if handler is not None:
+            return await handler(request)
+        return web.json_response({}, headers={"Docker-Distribution-Api-Version": "registry/2.0"})
+
+
+def free_socket(host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.bind((host, 0))
+    sock.listen(128)
+    return sock
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream()
+    server = web.Server(fake.handle, auto_decompress=False)
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    sock = free_socket()
+    await web.SockSite(runner, sock).start()
+    fake.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    yield fake
+    await runner.cleanup()
+
+
+@dataclass
+class TlsPair:
+    ca: trustme.CA
+    cert: Path
+    key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsPair:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "server.crt", directory / "server.key"
+    leaf.private_key_pem.write_to_path(str(key))
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    for extra in leaf.cert_chain_pems[1:]:
+        with cert.open("ab") as handle:
+            handle.write(extra.bytes())
+    ca.cert_pem.write_to_path(str(directory / "ca.crt"))
+    return TlsPair(ca, cert, key)
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def htpasswd_text(users: dict[str, str]) -> str:
+    return "".join(f"{user}:{hash_password(pw, cost=4)}\n" for user, pw in users.items())
+
+
+def replace_file(path: Path, text: str | bytes) -> None:
+    """Write-then-rename, as `htpasswd` and most editors do."""
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(text, bytes):
+        tmp.write_bytes(text)
+    else:
+        tmp.write_text(text)
+    tmp.replace(path)
+
+
+@dataclass
+class RunningProxy:
+    server: Server
+    state: State
+    directory: Path
+    url: str
+    session: aiohttp.ClientSession
+
+    @property
+    def htpasswd(self) -> Path:
+        return self.directory / "htpasswd"
+
+    @property
+    def groups(self) -> Path:
+        return self.directory / "groups"
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "regproxy.yaml"
+
+    def auth(self, user: str, password: str | None = None) -> dict[str, str]:
+        """Headers with the Basic credentials of a test user."""
+        return {"Authorization": basic(user, USERS[user] if password is None else password)}
+
+
+ProxyFactory = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture
+async def make_proxy(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream
+) -> AsyncIterator[ProxyFactory]:
+    """Start regproxy in-process; `await make_proxy(extra_yaml="...")`."""
+    started: list[RunningProxy] = []
+
+    async def start(extra_yaml: str = "", upstream_url: str | None = None) -> RunningProxy:
+        (tmp_path / "htpasswd").write_text(htpasswd_text(USERS))
+        (tmp_path / "groups").write_text(GROUPS_TEXT)
+        config_path = tmp_path / "regproxy.yaml"
+        config_path.write_text(
+            f"upstream: {upstream_url or upstream.url}\n"
+            f"htpasswd: htpasswd\ngroups: groups\n"
+            f"tls:\n  cert: {tls.cert}\n  key: {tls.key}\n" + extra_yaml
+        )
+        snapshot, _ = load_snapshot(config_path, {})
+        context = server_context()
+        assert load_certificate(context, tls.cert, tls.key) == []
+        state = State(snapshot, config_path, {}, context)
+        server = Server(state, context)
+        sock = free_socket()
+        await server.startup(sock)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls.client_context()), auto_decompress=False
+        )
+        running = RunningProxy(server, state, tmp_path, f"https://localhost:{server.port}", session)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.session.close()
+        await running.server.shutdown()

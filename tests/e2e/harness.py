@@ -1,0 +1,541 @@
+"""End-to-end harness: real docker-registry, podman and skopeo on 127.0.0.1 (no Docker engine)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import platform
+import random
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trustme
+
+DEFAULT_TIMEOUT = 120.0
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MANIFEST_ACCEPT = ", ".join(
+    [
+        OCI_MANIFEST,
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
+Auth = tuple[str, str]
+Proc = subprocess.CompletedProcess[str]
+
+
+class CommandError(RuntimeError):
+    """A harness subprocess failed or timed out."""
+
+
+def free_port() -> int:
+    """Return a currently free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    input: str | None = None,
+    check: bool = False,
+) -> Proc:
+    """Run argv in its own process group (SIGKILLed on timeout -> CommandError).
+
+    Output is decoded UTF-8/surrogateescape without newline translation, so
+    `stdout.encode("utf-8", "surrogateescape")` gives back the exact bytes.
+    """
+    proc = subprocess.Popen(
+        list(argv),
+        env=dict(env) if env is not None else None,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = proc.communicate(None if input is None else input.encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        msg = err.decode(errors="replace")
+        raise CommandError(f"timeout after {timeout}s: {list(argv)}\n{msg}") from None
+    text = [b.decode("utf-8", "surrogateescape") for b in (out, err)]
+    result = subprocess.CompletedProcess(list(argv), proc.returncode, *text)
+    if check and result.returncode != 0:
+        raise CommandError(f"exit {result.returncode}: {list(argv)}\n{result.stderr}")
+    return result
+
+
+def _flags(opts: Mapping[str, object]) -> list[str]:
+    """["--flag", "value", ...] for the options whose value is set."""
+    return [arg for flag, value in opts.items() if value for arg in (flag, str(value))]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """os.environ minus proxy, REGISTRY_* (docker-registry config overrides!), CONTAINERS_*."""
+    drop = ("REGISTRY_", "CONTAINERS_", "_CONTAINERS_")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.lower().endswith("_proxy") and not k.startswith(drop)
+    }
+    return env | extra
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a test CA and a server cert for localhost, 127.0.0.1 and ::1."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    cert_dir: Path  # contains ONLY ca.crt: the value for podman/skopeo --cert-dir
+
+    def client_context(self) -> ssl.SSLContext:
+        """Client context trusting only the test CA."""
+        return ssl.create_default_context(cafile=str(self.ca_cert))
+
+
+def make_tls(dir: Path) -> TlsFiles:
+    """Write ca.crt, server.crt (chain), server.key and certs.d/ca.crt into dir."""
+    dir.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    files = TlsFiles(dir / "ca.crt", dir / "server.crt", dir / "server.key", dir / "certs.d")
+    ca.cert_pem.write_to_path(str(files.ca_cert))
+    files.server_cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(files.server_key))
+    files.cert_dir.mkdir(exist_ok=True)
+    shutil.copy(files.ca_cert, files.cert_dir / "ca.crt")
+    return files
+
+
+def write_htpasswd(path: Path, users: Mapping[str, str]) -> Path:
+    """Write a bcrypt htpasswd file (the only hash docker-registry accepts) via htpasswd -Bbn."""
+    lines = [
+        run(["htpasswd", "-Bbn", user, pw], check=True, timeout=30).stdout.strip()
+        for user, pw in users.items()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Registry:
+    """A real `docker-registry serve` subprocess on 127.0.0.1, started by the constructor."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        tls: TlsFiles | None = None,
+        htpasswd: Path | None = None,
+        start_timeout: float = 20.0,
+    ) -> None:
+        self.workdir, self.tls, self.htpasswd = workdir, tls, htpasswd
+        self.root = workdir / "storage"
+        self.log = workdir / "registry.log"
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._start(start_timeout)
+
+    @property
+    def hostport(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.hostport}"
+
+    def _config(self) -> dict[str, Any]:
+        http: dict[str, Any] = {"addr": self.hostport, "secret": secrets.token_hex(16)}
+        if self.tls:
+            http["tls"] = {
+                "certificate": str(self.tls.server_cert),
+                "key": str(self.tls.server_key),
+            }
+        storage = {"filesystem": {"rootdirectory": str(self.root)}, "delete": {"enabled": True}}
+        cfg = {"version": "0.1", "log": {"level": "warn"}, "http": http, "storage": storage}
+        if self.htpasswd:
+            cfg["auth"] = {"htpasswd": {"realm": "regproxy-test", "path": str(self.htpasswd)}}
+        return cfg
+
+    def _start(self, timeout: float) -> None:
+        ready = (200, 401) if self.htpasswd else (200,)
+        for attempt in range(3):  # someone may grab the free port before the registry binds it
+            self.port = free_port()
+            config = self.workdir / "config.yml"
+            config.write_text(json.dumps(self._config(), indent=1))  # JSON is valid YAML
+            with self.log.open("wb") as log:
+                self._proc = subprocess.Popen(
+                    ["docker-registry", "serve", str(config)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=_clean_env(),
+                    start_new_session=True,
+                )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if (rc := self._proc.poll()) is not None:
+                    if "address already in use" in self.log_text() and attempt < 2:
+                        break
+                    raise RuntimeError(f"docker-registry exited {rc}:\n{self.log_text()}")
+                try:
+                    if self._request("GET", "/v2/", timeout=1)[0] in ready:
+                        return
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            else:
+                self.stop()
+                raise RuntimeError(f"docker-registry not ready in {timeout}s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        """Registry output so far: error lines plus one access-log line per request."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the registry by PID, SIGKILL after timeout."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout)
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: Auth | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> tuple[int, Any, bytes]:
+        """Direct request to the registry, ignoring env proxies; returns (status, headers, body)."""
+        req = urllib.request.Request(self.url + path, method=method, headers=dict(headers or {}))
+        if auth:
+            token = base64.b64encode(":".join(auth).encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        if self.tls:
+            handlers.append(urllib.request.HTTPSHandler(context=self.tls.client_context()))
+        try:
+            with urllib.request.build_opener(*handlers).open(req, timeout=timeout) as resp:
+                return resp.status, resp.headers, resp.read()
+        except urllib.error.HTTPError as err:
+            with err:
+                return err.code, err.headers, err.read()
+
+    def _get_json(self, path: str, auth: Auth | None) -> Any:
+        status, _, body = self._request("GET", path, auth=auth)
+        if status == 404:
+            return {}
+        if status != 200:
+            raise RuntimeError(f"GET {path}: HTTP {status} {body[:200]!r}")
+        return json.loads(body)
+
+    def catalog(self, auth: Auth | None = None) -> list[str]:
+        """All repositories upstream (up to 1000: docker-registry 2.8 rejects larger n)."""
+        return sorted(self._get_json("/v2/_catalog?n=1000", auth).get("repositories") or [])
+
+    def tags(self, repo: str, auth: Auth | None = None) -> list[str]:
+        """Tags of repo upstream ([] if the repository is unknown)."""
+        return sorted(self._get_json(f"/v2/{repo}/tags/list", auth).get("tags") or [])
+
+    def manifest_digest(self, repo: str, ref: str, auth: Auth | None = None) -> str | None:
+        """Docker-Content-Digest of repo:ref (tag or digest) via HEAD, None if absent."""
+        status, headers, _ = self._request(
+            "HEAD", f"/v2/{repo}/manifests/{ref}", auth=auth, headers={"Accept": MANIFEST_ACCEPT}
+        )
+        if status == 404:
+            return None
+        if status != 200:
+            raise RuntimeError(f"HEAD manifest {repo}:{ref}: HTTP {status}")
+        return str(headers["Docker-Content-Digest"])
+
+    def snapshot(self, auth: Auth | None = None) -> dict[str, dict[str, str | None]]:
+        """{repo: {tag: digest}} of everything upstream: compare to prove nothing changed."""
+        return {
+            repo: {tag: self.manifest_digest(repo, tag, auth) for tag in self.tags(repo, auth)}
+            for repo in self.catalog(auth)
+        }
+
+    def stored_blobs(self) -> set[str]:
+        """Digests of all blobs in the storage dir, including ones no manifest references."""
+        blobs = self.root / "docker/registry/v2/blobs/sha256"
+        return {f"sha256:{data.parent.name}" for data in blobs.glob("*/*/data")}
+
+
+def _private_home(home: Path, **extra: str) -> dict[str, str]:
+    """Env giving containers/image tools a private HOME (config, policy, auth, blob-info cache).
+
+    ~/.config/containers/registries.conf (unlike CONTAINERS_REGISTRIES_CONF) also hides the
+    system registries.conf.d; a fake non-zero _CONTAINERS_ROOTLESS_UID moves root's blob-info
+    cache from the shared /var/lib/containers/cache to ~/.local/share/containers/cache.
+    """
+    conf = home / ".config/containers"
+    conf.mkdir(parents=True, exist_ok=True)
+    (home / "tmp").mkdir(exist_ok=True)
+    (conf / "registries.conf").write_text(
+        'unqualified-search-registries = []\nshort-name-mode = "disabled"\n'
+    )
+    (conf / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    (home / "auth.json").write_text('{"auths": {}}')  # podman --authfile fails if it is missing
+    return _clean_env(
+        HOME=str(home),
+        XDG_RUNTIME_DIR=str(home / "run"),
+        TMPDIR=str(home / "tmp"),
+        REGISTRY_AUTH_FILE=str(home / "auth.json"),
+        _CONTAINERS_ROOTLESS_UID="4242",
+        **extra,
+    )
+
+
+def _rmtree(path: Path) -> None:
+    """rm -rf path after lazily unmounting anything below it (defensive: vfs mounts nothing)."""
+    if not path.exists():
+        return
+    prefix = str(path.resolve())
+    with open("/proc/self/mountinfo") as mountinfo:
+        points = [line.split()[4] for line in mountinfo]
+    for point in sorted(points, reverse=True):
+        if point == prefix or point.startswith(prefix + "/"):
+            run(["umount", "-l", point], timeout=30)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Podman:
+    """Rootful podman with private vfs storage, config, auth file and blob-info cache."""
+
+    def __init__(self, workdir: Path, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.workdir, self.timeout = workdir, timeout
+        self.home = workdir / "home"
+        self.authfile = self.home / "auth.json"
+        self.runroot = Path(tempfile.mkdtemp(prefix="pr-", dir="/tmp"))  # short: socket paths
+        graphroot = workdir / "root"
+        self.env = _private_home(
+            self.home,
+            CONTAINERS_CONF=str(self.home / "containers.conf"),
+            CONTAINERS_STORAGE_CONF=str(self.home / "storage.conf"),
+        )
+        (self.home / "containers.conf").write_text("")
+        (self.home / "storage.conf").write_text(
+            f'[storage]\ndriver = "vfs"\ngraphroot = "{graphroot}"\nrunroot = "{self.runroot}"\n'
+        )
+        self.base = [
+            "podman",
+            "--root",
+            str(graphroot),
+            "--runroot",
+            str(self.runroot),
+            "--storage-driver",
+            "vfs",
+            "--tmpdir",
+            str(self.runroot / "libpod"),
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            "--network-config-dir",
+            str(self.home / "networks"),
+        ]
+
+    def run(self, *args: str, input: str | None = None, check: bool = False) -> Proc:
+        """`podman <private global flags> args...`."""
+        argv = [*self.base, *args]
+        return run(argv, env=self.env, timeout=self.timeout, input=input, check=check)
+
+    def _remote(self, cert_dir: Path | None, creds: str | None) -> list[str]:
+        return _flags({"--authfile": self.authfile, "--cert-dir": cert_dir, "--creds": creds})
+
+    def login(self, hostport: str, user: str, password: str, cert_dir: Path | None = None) -> Proc:
+        """`podman login` (password on stdin); never raises on failure."""
+        args = ["login", *self._remote(cert_dir, None), "-u", user, "--password-stdin", hostport]
+        return self.run(*args, input=password)
+
+    def logout(self, hostport: str) -> Proc:
+        return self.run("logout", "--authfile", str(self.authfile), hostport)
+
+    def push(
+        self,
+        local_ref: str,
+        dest_ref: str,
+        cert_dir: Path | None = None,
+        *,
+        creds: str | None = None,
+        digestfile: Path | None = None,
+    ) -> Proc:
+        """Push local_ref to docker://dest_ref; digestfile receives the pushed manifest digest."""
+        extra = ["--digestfile", str(digestfile)] if digestfile else []
+        remote = self._remote(cert_dir, creds)
+        return self.run("push", *remote, *extra, local_ref, f"docker://{dest_ref}")
+
+    def pull(self, ref: str, cert_dir: Path | None = None, *, creds: str | None = None) -> Proc:
+        return self.run("pull", *self._remote(cert_dir, creds), f"docker://{ref}")
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        """`podman image inspect` of one local image."""
+        return dict(json.loads(self.run("image", "inspect", ref, check=True).stdout)[0])
+
+    def image_digest(self, ref: str) -> str:
+        """Manifest digest recorded for a local image (that of the pulled/pushed manifest)."""
+        return str(self.inspect(ref)["Digest"])
+
+    def tag(self, ref: str, new_ref: str) -> None:
+        self.run("tag", ref, new_ref, check=True)
+
+    def rmi(self, ref: str) -> Proc:
+        return self.run("rmi", "--force", ref)
+
+    def build_small_image(self, ref: str, content: bytes = b"hello from regproxy e2e\n") -> str:
+        """Create ref offline by `podman import` of a tiny tar; returns the image id."""
+        tar_path = self.workdir / f"rootfs-{secrets.token_hex(4)}.tar"
+        with tarfile.open(tar_path, "w") as tar:
+            for name, data in (("hello.txt", content), ("etc/os-release", b"ID=regproxy-test\n")):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        try:
+            out = self.run("import", "--quiet", str(tar_path), ref, check=True).stdout
+        finally:
+            tar_path.unlink()
+        return out.strip().splitlines()[-1]
+
+    def cleanup(self) -> None:
+        """Remove storage, private home and runroot (vfs layers are plain directories)."""
+        for path in (self.workdir / "root", self.home, self.runroot):
+            _rmtree(path)
+
+
+def _put_blob(layout: Path, data: bytes) -> dict[str, Any]:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs/sha256" / digest).write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def make_oci_layout(dir: Path, size_bytes: int, seed: int, tag: str = "latest") -> tuple[Path, str]:
+    """Write a deterministic single-layer OCI layout (gzipped tar of size_bytes random bytes).
+
+    Built in memory (~3x size_bytes). Returns (layout_path, manifest_digest); reference it
+    as `oci:<layout_path>:<tag>`.
+    """
+    (dir / "blobs/sha256").mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(f"data-{seed}.bin")
+        info.size, info.mode = size_bytes, 0o644
+        tar.addfile(info, io.BytesIO(random.Random(seed).randbytes(size_bytes)))
+    layer = _put_blob(dir, gzip.compress(buf.getvalue(), compresslevel=1, mtime=0))
+    diff_id = f"sha256:{hashlib.sha256(buf.getvalue()).hexdigest()}"
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    config = {
+        "architecture": arch,
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            **_put_blob(dir, json.dumps(config, sort_keys=True).encode()),
+        },
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
+    }
+    desc = _put_blob(dir, json.dumps(manifest, sort_keys=True).encode())
+    ref_name = {"org.opencontainers.image.ref.name": tag}
+    index = {
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": OCI_MANIFEST, **desc, "annotations": ref_name}],
+    }
+    (dir / "index.json").write_text(json.dumps(index))
+    (dir / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return dir, str(desc["digest"])
+
+
+class Skopeo:
+    """skopeo with a private HOME: blob-info cache, auth file, registries.conf and policy.
+
+    The cache lives as long as the instance: copying a blob again to another repo of the same
+    registry becomes a cross-repo mount (HEAD in the old repo, POST ?mount=&from=). Use a fresh
+    instance to force real uploads.
+    """
+
+    def __init__(self, workdir: Path, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.workdir, self.timeout = workdir, timeout
+        self.env = _private_home(workdir)
+        self.base = ["skopeo", "--tmpdir", str(workdir / "tmp")]
+
+    def run(self, *args: str) -> Proc:
+        """`skopeo <private global flags> args...`; never raises on failure."""
+        return run([*self.base, *args], env=self.env, timeout=self.timeout)
+
+    def copy(
+        self,
+        src: str,
+        dest: str,
+        *,
+        creds: str | None = None,
+        src_creds: str | None = None,
+        dest_cert_dir: Path | None = None,
+        src_cert_dir: Path | None = None,
+        extra: Sequence[str] = (),
+    ) -> Proc:
+        """`skopeo copy [extra] src dest` (transport-prefixed refs); creds (USER:PASS) for dest."""
+        opts = {
+            "--dest-creds": creds,
+            "--src-creds": src_creds,
+            "--dest-cert-dir": dest_cert_dir,
+            "--src-cert-dir": src_cert_dir,
+        }
+        return self.run("copy", *_flags(opts), *extra, src, dest)
+
+    def inspect_raw(self, ref: str, creds: str | None = None, cert_dir: Path | None = None) -> Proc:
+        """`skopeo inspect --raw ref`: the raw top-level manifest on stdout."""
+        flags = _flags({"--creds": creds, "--cert-dir": cert_dir})
+        return self.run("inspect", "--raw", *flags, ref)
+
+    def manifest_digest(
+        self, ref: str, creds: str | None = None, cert_dir: Path | None = None
+    ) -> str:
+        """sha256 of the raw top-level manifest at ref; raises CommandError on failure."""
+        proc = self.inspect_raw(ref, creds, cert_dir)
+        if proc.returncode != 0:
+            raise CommandError(f"skopeo inspect {ref}: exit {proc.returncode}\n{proc.stderr}")
+        raw = proc.stdout.encode("utf-8", "surrogateescape")
+        return f"sha256:{hashlib.sha256(raw).hexdigest()}"
