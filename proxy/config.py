@@ -196,11 +196,14 @@ def _flatten(
     if not isinstance(node, yaml.MappingNode):
         problems.append(Problem(source, node.start_mark.line + 1, f"{where}: expected a mapping"))
         return flat
+    seen: set[str] = set()
     for key_node, value_node in node.value:
         key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
-        if key in flat:
+        if key in seen:
             problems.append(Problem(source, line, f"duplicate key {key!r}"))
-        elif not prefix and key in _SECTIONS:
+            continue
+        seen.add(key)
+        if not prefix and key in _SECTIONS:
             flat.update(_flatten(value_node, source, problems, prefix=f"{key}."))
         elif key in _KEYS:
             flat[key] = (_construct(value_node), line)

@@ -1,0 +1,157 @@
+"""End-to-end fixtures: a real docker-registry, the real `regproxy serve` as a subprocess,
+and real podman/skopeo clients, each with its own port and temp dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import Podman, Registry, Skopeo, TlsFiles, free_port, make_tls
+
+ROOT = Path(__file__).resolve().parents[2]
+USERS = {"testuser": "testpassword", "testuserpush": "test:password:push", "reader": "reader-pw"}
+GROUPS = "pusher: testuserpush\nreaders: reader\n"
+
+
+@dataclass
+class RegproxyProcess:
+    """`python -m proxy serve` in a subprocess, stopped by PID."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    directory: Path
+
+    @property
+    def hostport(self) -> str:
+        return f"localhost:{self.port}"
+
+    @property
+    def htpasswd(self) -> Path:
+        return self.directory / "htpasswd"
+
+    @property
+    def groups(self) -> Path:
+        return self.directory / "groups"
+
+    def log(self) -> str:
+        return (self.directory / "regproxy.err").read_text(errors="replace")
+
+    def access_log(self) -> str:
+        return (self.directory / "regproxy.out").read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+
+def wait_for_tls(port: int, context: ssl.SSLContext, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"regproxy exited with {process.returncode}")
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=1) as raw,
+                context.wrap_socket(raw, server_hostname="localhost"),
+            ):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("regproxy did not start listening")
+
+
+def start_regproxy(
+    directory: Path, upstream: str, tls: TlsFiles, extra: str = ""
+) -> RegproxyProcess:
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["htpasswd", "-cbB", str(directory / "htpasswd"), "testuser", USERS["testuser"]],
+        check=True,
+        capture_output=True,
+    )
+    for user in ("testuserpush", "reader"):
+        # apr1 (htpasswd's default) and bcrypt side by side, as real files have them.
+        flag = "-bm" if user == "reader" else "-bB"
+        subprocess.run(
+            ["htpasswd", flag, str(directory / "htpasswd"), user, USERS[user]],
+            check=True,
+            capture_output=True,
+        )
+    (directory / "groups").write_text(GROUPS)
+    port = free_port()
+    config = directory / "regproxy.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\nupstream: {upstream}\n"
+        f"htpasswd: htpasswd\ngroups: groups\n"
+        f"tls:\n  cert: {tls.server_cert}\n  key: {tls.server_key}\n" + extra
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with (
+        (directory / "regproxy.out").open("wb") as out,
+        (directory / "regproxy.err").open("wb") as err,
+    ):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=directory,
+        )
+    try:
+        wait_for_tls(port, tls.client_context(), process)
+    except RuntimeError:
+        process.kill()
+        raise RuntimeError((directory / "regproxy.err").read_text()) from None
+    return RegproxyProcess(process, port, directory)
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> TlsFiles:
+    return make_tls(tmp_path / "tls")
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    with Registry(tmp_path / "registry") as running:
+        yield running
+
+
+@pytest.fixture
+def regproxy(tmp_path: Path, registry: Registry, tls: TlsFiles) -> Iterator[RegproxyProcess]:
+    running = start_regproxy(tmp_path / "proxy", registry.url, tls)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def podman(tmp_path: Path) -> Iterator[Podman]:
+    client = Podman(tmp_path / "podman1")
+    yield client
+    client.cleanup()
+
+
+@pytest.fixture
+def podman2(tmp_path: Path) -> Iterator[Podman]:
+    client = Podman(tmp_path / "podman2")
+    yield client
+    client.cleanup()
+
+
+@pytest.fixture
+def skopeo(tmp_path: Path) -> Skopeo:
+    return Skopeo(tmp_path / "skopeo")

@@ -1,0 +1,100 @@
+"""The htpasswd authenticator: outcomes, the verified-credential cache, no user-name oracle,
+and slow hashes kept off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from proxy.authn import Outcome
+from proxy.authn.htpasswd import HtpasswdAuthenticator, UserFiles
+from proxy.credentials import PasswordHash, hash_password, parse_groups, parse_htpasswd
+
+
+class RecordingExecutor(ThreadPoolExecutor):
+    """Records which hashes were verified, and on which thread."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.verified: list[PasswordHash] = []
+        self.threads: list[str] = []
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def run():  # type: ignore[no-untyped-def]
+            self.threads.append(threading.current_thread().name)
+            return fn(*args, **kwargs)
+
+        self.verified.append(fn.__self__)
+        return super().submit(run)
+
+
+def files(text: str, groups: str = "pusher: alice\nteam: alice bob\n") -> UserFiles:
+    return UserFiles.build(parse_htpasswd(text, "htpasswd"), parse_groups(groups, "groups")[0])
+
+
+@pytest.fixture
+def executor() -> RecordingExecutor:
+    pool = RecordingExecutor()
+    yield pool
+    pool.shutdown()
+
+
+ALICE = f"alice:{hash_password('secret', cost=6)}\nbob:{hash_password('pw', cost=6)}\n"
+
+
+async def test_outcomes_and_groups(executor: RecordingExecutor) -> None:
+    authn = HtpasswdAuthenticator(lambda: files(ALICE), executor)
+    ok = await authn.authenticate("alice", "secret")
+    assert ok.outcome is Outcome.OK and ok.groups == {"pusher", "team"}
+    assert (await authn.authenticate("alice", "wrong")).outcome is Outcome.WRONG_PASSWORD
+    assert (await authn.authenticate("carol", "secret")).outcome is Outcome.NO_SUCH_USER
+    assert (await authn.authenticate("bob", "pw")).groups == {"team"}
+
+
+async def test_hashing_runs_off_the_event_loop(executor: RecordingExecutor) -> None:
+    authn = HtpasswdAuthenticator(lambda: files(ALICE), executor)
+    await authn.authenticate("alice", "secret")
+    assert executor.threads and threading.main_thread().name not in executor.threads
+
+
+async def test_unknown_user_costs_the_same_hash_as_a_wrong_password(
+    executor: RecordingExecutor,
+) -> None:
+    user_files = files(ALICE)
+    authn = HtpasswdAuthenticator(lambda: user_files, executor)
+    await authn.authenticate("alice", "wrong")
+    await authn.authenticate("mallory", "wrong")
+    real, dummy = executor.verified
+    assert dummy is user_files.dummy
+    # Same scheme and cost ($2b$06 vs $2y$06): the same work, so no timing oracle.
+    assert (dummy.scheme, dummy.value[4:7]) == (real.scheme, real.value[4:7])
+
+
+async def test_cache_skips_rehash_and_follows_password_changes(
+    executor: RecordingExecutor,
+) -> None:
+    current = files(ALICE)
+    authn = HtpasswdAuthenticator(lambda: current, executor)
+    for _ in range(5):
+        assert (await authn.authenticate("alice", "secret")).outcome is Outcome.OK
+    assert len(executor.verified) == 1
+    # A wrong password is never answered from the cache.
+    assert (await authn.authenticate("alice", "secret2")).outcome is Outcome.WRONG_PASSWORD
+    assert len(executor.verified) == 2
+    # The password changes in the file: the old one stops working at once.
+    current = files(f"alice:{hash_password('new', cost=4)}\n")
+    assert (await authn.authenticate("alice", "secret")).outcome is Outcome.WRONG_PASSWORD
+    assert (await authn.authenticate("alice", "new")).outcome is Outcome.OK
+    # The user is removed: no cached success survives.
+    current = files("bob:" + hash_password("pw", cost=4) + "\n")
+    assert (await authn.authenticate("alice", "new")).outcome is Outcome.NO_SUCH_USER
+
+
+async def test_concurrent_identical_checks_share_one_hash(executor: RecordingExecutor) -> None:
+    authn = HtpasswdAuthenticator(lambda: files(ALICE), executor)
+    results = await asyncio.gather(*(authn.authenticate("alice", "secret") for _ in range(20)))
+    assert all(r.outcome is Outcome.OK for r in results)
+    assert len(executor.verified) == 1

@@ -1,0 +1,258 @@
+"""The command line as users run it: `regproxy check`, `serve` (errors, drain on SIGTERM,
+workers, flat memory), `passwd` (files Apache's htpasswd accepts)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp import web
+
+from tests.conftest import (
+    GROUPS_TEXT,
+    USERS,
+    FakeUpstream,
+    TlsPair,
+    basic,
+    free_socket,
+    htpasswd_text,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+MIB = 1024 * 1024
+
+
+def regproxy(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=cwd,
+        env=ENV,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def write_setup(directory: Path, tls: TlsPair, upstream: str, extra: str = "") -> Path:
+    (directory / "htpasswd").write_text(htpasswd_text(USERS))
+    (directory / "groups").write_text(GROUPS_TEXT)
+    config = directory / "regproxy.yaml"
+    with free_socket() as sock:
+        port = sock.getsockname()[1]
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\nupstream: {upstream}\nhtpasswd: htpasswd\ngroups: groups\n"
+        f"tls:\n  cert: {tls.cert}\n  key: {tls.key}\n" + extra
+    )
+    return config
+
+
+def test_version(tmp_path: Path) -> None:
+    result = regproxy("--version", cwd=tmp_path)
+    assert result.returncode == 0 and re.fullmatch(r"regproxy \d+\.\d+\.\d+\n", result.stdout)
+
+
+def test_check_ok(tmp_path: Path, tls: TlsPair) -> None:
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000")
+    result = regproxy("check", "-c", str(config), cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "configuration ok\n", "")
+
+
+def test_check_lists_every_problem_with_file_and_line(tmp_path: Path, tls: TlsPair) -> None:
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000")
+    config.write_text(config.read_text() + "workers: 0\nbogus: 1\ntimeouts:\n  read: soon\n")
+    result = regproxy("check", "-c", str(config), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{config}:8: workers: expected a positive integer, got 0" in result.stderr
+    assert f"{config}:9: unknown key 'bogus'" in result.stderr
+    assert f"{config}:11: timeouts.read: expected a positive number" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_reports_bad_lines_and_a_mismatched_key(tmp_path: Path, tls: TlsPair) -> None:
+    other = trustme.CA().issue_cert("localhost")
+    wrong_key = tmp_path / "other.key"
+    other.private_key_pem.write_to_path(str(wrong_key))
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000")
+    config.write_text(config.read_text().replace(str(tls.key), str(wrong_key)))
+    with (tmp_path / "htpasswd").open("a") as htpasswd:
+        htpasswd.write("broken-line-without-colon\nplain:secret\n")
+    (tmp_path / "groups").write_text("pusher push\n")
+    result = regproxy("check", "-c", str(config), cwd=tmp_path)
+    assert result.returncode == 1
+    problems = result.stderr.splitlines()
+    assert f"{tmp_path / 'htpasswd'}:4: malformed line, expected user:hash" in problems
+    assert any(p.startswith(f"{tmp_path / 'htpasswd'}:5: user 'plain'") for p in problems)
+    assert f"{tmp_path / 'groups'}:1: malformed line, expected 'group: user ...'" in problems
+    assert any("certificate does not match the key" in p for p in problems)
+
+
+def test_serve_refuses_a_broken_config_without_traceback(tmp_path: Path, tls: TlsPair) -> None:
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000", extra="listen: nowhere\n")
+    result = regproxy("serve", "-c", str(config), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "duplicate key 'listen'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_flags_override_the_config_file(tmp_path: Path, tls: TlsPair) -> None:
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000")
+    missing = tmp_path / "nope.htpasswd"
+    result = regproxy("serve", "-c", str(config), "--htpasswd", str(missing), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{missing}: cannot read: No such file or directory" in result.stderr
+
+
+@dataclass
+class Served:
+    process: asyncio.subprocess.Process
+    url: str
+    session: aiohttp.ClientSession
+    stdout: Path
+
+
+@pytest.fixture
+async def served(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream, request: pytest.FixtureRequest
+) -> AsyncIterator[Served]:
+    extra = getattr(request, "param", "")
+    config = write_setup(tmp_path, tls, upstream.url, extra)
+    port = int(re.search(r"listen: 127.0.0.1:(\d+)", config.read_text()).group(1))  # type: ignore[union-attr]
+    stdout = tmp_path / "access.log"
+    with stdout.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "serve", "-c", str(config),
+            cwd=tmp_path, env=ENV, stdout=out, stderr=subprocess.PIPE,
+        )  # fmt: skip
+    assert process.stderr is not None
+    while b"listening on" not in (line := await process.stderr.readline()):
+        assert line, "regproxy exited before listening"
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client_context()))
+    yield Served(process, f"https://localhost:{port}", session, stdout)
+    await session.close()
+    if process.returncode is None:
+        process.kill()
+    await process.wait()
+
+
+async def test_sigterm_drains_in_flight_download(served: Served, upstream: FakeUpstream) -> None:
+    size = 8 * MIB
+    started = asyncio.Event()
+
+    async def slow_blob(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(size)})
+        await response.prepare(request)
+        started.set()
+        for _ in range(8):
+            await asyncio.sleep(0.2)
+            await response.write(b"z" * MIB)
+        return response
+
+    digest = "sha256:" + "c" * 64
+    upstream.handlers[f"/v2/a/blobs/{digest}"] = slow_blob
+    auth = {"Authorization": basic("pull", USERS["pull"])}
+
+    async def download() -> int:
+        async with served.session.get(served.url + f"/v2/a/blobs/{digest}", headers=auth) as r:
+            return len(await r.read())
+
+    transfer = asyncio.create_task(download())
+    await started.wait()
+    served.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False, force_close=True))
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await fresh.get(served.url + "/v2/", headers=auth)
+    await fresh.close()
+    assert await transfer == size
+    assert await asyncio.wait_for(served.process.wait(), 30) == 0
+
+
+@pytest.mark.parametrize("served", ["workers: 2\n"], indirect=True)
+async def test_workers_serve_and_stop_together(served: Served) -> None:
+    auth = {"Authorization": basic("pull", USERS["pull"])}
+    for _ in range(20):
+        async with served.session.get(served.url + "/v2/", headers=auth) as resp:
+            assert resp.status == 200
+    children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children")
+    pids = [int(p) for p in children.read_text().split()]
+    assert len(pids) == 2
+    served.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(served.process.wait(), 30) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+async def test_access_log_line(served: Served) -> None:
+    auth = {"Authorization": basic("push", USERS["push"])}
+    async with served.session.get(served.url + "/v2/", headers=auth) as resp:
+        assert resp.status == 200
+    async with served.session.get(served.url + "/v2/") as resp:
+        assert resp.status == 401
+    served.process.send_signal(signal.SIGTERM)
+    await served.process.wait()
+    lines = served.stdout.read_text().splitlines()
+    common = r'127\.0\.0\.1 - {user} \[\d\d/\w{{3}}/\d{{4}}:\d\d:\d\d:\d\d [+-]\d{{4}}\] "GET /v2/ HTTP/1\.1" {status} {size} \d+'
+    assert re.fullmatch(common.format(user="push", status=200, size=2), lines[0])
+    assert re.fullmatch(common.format(user="-", status=401, size=r"\d+"), lines[1])
+
+
+async def test_large_download_memory_stays_flat(served: Served, upstream: FakeUpstream) -> None:
+    size = 512 * MIB
+    block = os.urandom(MIB)
+    digest = "sha256:" + "d" * 64
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(size)})
+        await response.prepare(request)
+        for _ in range(size // MIB):
+            await response.write(block)
+        return response
+
+    upstream.handlers[f"/v2/a/blobs/{digest}"] = big
+    auth = {"Authorization": basic("pull", USERS["pull"])}
+    received = 0
+    async with served.session.get(served.url + f"/v2/a/blobs/{digest}", headers=auth) as resp:
+        async for chunk in resp.content.iter_any():
+            received += len(chunk)
+    assert received == size
+    status = Path(f"/proc/{served.process.pid}/status").read_text()
+    peak_kib = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+    assert peak_kib < 128 * 1024, f"peak RSS {peak_kib} KiB for a {size} byte body"
+
+
+def test_passwd_writes_files_apache_accepts(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("# team users\nold:$apr1$abcdefgh$0123456789012345678901\n")
+    htpasswd.chmod(0o640)
+    added = regproxy("passwd", str(htpasswd), "alice", "--stdin", cwd=tmp_path, stdin="a:b c\n")
+    assert added.returncode == 0 and "added user alice" in added.stdout
+    apache = subprocess.run(
+        ["htpasswd", "-vb", str(htpasswd), "alice", "a:b c"], capture_output=True, text=True
+    )
+    assert apache.returncode == 0, apache.stderr
+    assert htpasswd.read_text().startswith("# team users\nold:$apr1$")
+    assert htpasswd.stat().st_mode & 0o777 == 0o640
+    ok = regproxy("passwd", str(htpasswd), "alice", "--verify", "--stdin", cwd=tmp_path,
+                  stdin="a:b c\n")  # fmt: skip
+    bad = regproxy("passwd", str(htpasswd), "alice", "--verify", "--stdin", cwd=tmp_path,
+                   stdin="nope\n")  # fmt: skip
+    assert (ok.returncode, bad.returncode) == (0, 3)
+    changed = regproxy("passwd", str(htpasswd), "alice", "--stdin", "--cost", "5",
+                       cwd=tmp_path, stdin="new\n")  # fmt: skip
+    assert changed.returncode == 0 and "updated user alice" in changed.stdout
+    assert "alice:$2y$05$" in htpasswd.read_text()
+    deleted = regproxy("passwd", str(htpasswd), "alice", "--delete", cwd=tmp_path)
+    assert deleted.returncode == 0 and "alice" not in htpasswd.read_text()
+    again = regproxy("passwd", str(htpasswd), "alice", "--delete", cwd=tmp_path)
+    assert again.returncode == 1 and "not found" in again.stderr

@@ -1,0 +1,169 @@
+"""Live edits of htpasswd, groups and the config file, and broken edits that keep the last
+good version in force."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tests.conftest import (
+    USERS,
+    FakeUpstream,
+    ProxyFactory,
+    RunningProxy,
+    TlsPair,
+    basic,
+    htpasswd_text,
+    replace_file,
+)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> bool:
+    """Poll until `check()` holds; the bound only stops a broken run from hanging."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return await check()
+
+
+async def status(proxy: RunningProxy, user: str, password: str, method: str = "GET") -> int:
+    path = "/v2/" if method == "GET" else "/v2/a/blobs/uploads/"
+    headers = {"Authorization": basic(user, password)}
+    async with proxy.session.request(method, proxy.url + path, headers=headers) as resp:
+        return resp.status
+
+
+async def test_htpasswd_rename_and_in_place_edits(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    assert await status(proxy, "carol", "c-pw") == 401
+    replace_file(proxy.htpasswd, htpasswd_text({**USERS, "carol": "c-pw"}))
+    assert await eventually(lambda: _is(status(proxy, "carol", "c-pw"), 200))
+    proxy.htpasswd.write_text(htpasswd_text({"carol": "c-pw2"}))  # in place
+    assert await eventually(lambda: _is(status(proxy, "carol", "c-pw2"), 200))
+    assert await status(proxy, "pull", USERS["pull"]) == 401
+
+
+async def _is(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+async def test_group_edit_grants_push(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    assert await status(proxy, "pull", USERS["pull"], "POST") == 403
+    replace_file(proxy.groups, "pusher: push pull\n")
+    assert await eventually(lambda: _is(status(proxy, "pull", USERS["pull"], "POST"), 200))
+
+
+async def test_config_edit_changes_push_group(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    text = proxy.config.read_text()
+    replace_file(proxy.config, text + "push_group: readers\n")
+    assert await eventually(lambda: _is(status(proxy, "other", USERS["other"], "POST"), 200))
+    assert await status(proxy, "push", USERS["push"], "POST") == 403
+
+
+@pytest.mark.parametrize(
+    ("target", "content", "logged"),
+    [
+        ("htpasswd", b"\xff\xfe\x00 binary", "htpasswd:1: not UTF-8 text"),
+        ("htpasswd", None, "htpasswd: cannot read: No such file or directory"),
+        ("groups", b"pusher: push\n\x00\x00", "groups:2: binary data (NUL byte)"),
+        ("regproxy.yaml", b"upstream: [unclosed\n", "regproxy.yaml:2: invalid YAML"),
+        ("regproxy.yaml", b"upstreem: http://x\n", "regproxy.yaml:1: unknown key 'upstreem'"),
+    ],
+)
+async def test_broken_edit_keeps_last_good_version(
+    make_proxy: ProxyFactory,
+    caplog: pytest.LogCaptureFixture,
+    target: str,
+    content: bytes | None,
+    logged: str,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="regproxy.reload")
+    proxy = await make_proxy()
+    path = proxy.directory / target
+    if content is None:
+        path.unlink()
+    else:
+        replace_file(path, content)
+    assert await eventually(lambda: _async(any(logged in r.getMessage() for r in caplog.records)))
+    assert "keeping the last good configuration" in caplog.text
+    assert await status(proxy, "pull", USERS["pull"]) == 200
+    assert await status(proxy, "push", USERS["push"], "POST") == 200
+    assert await status(proxy, "pull", USERS["pull"], "POST") == 403
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_bad_line_disables_only_that_user(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    text = htpasswd_text(USERS).replace("pull:$2y$", "pull:$2y$XX", 1)
+    replace_file(proxy.htpasswd, text)
+    assert await eventually(lambda: _is(status(proxy, "pull", USERS["pull"]), 401))
+    assert await status(proxy, "push", USERS["push"]) == 200
+
+
+async def test_keep_alive_connection_survives_reload(
+    make_proxy: ProxyFactory, tls: TlsPair, upstream: FakeUpstream
+) -> None:
+    proxy = await make_proxy()
+    port = proxy.server.port
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls.client_context(), server_hostname="localhost"
+    )
+    request = (
+        f"GET /v2/ HTTP/1.1\r\nHost: localhost:{port}\r\n"
+        f"Authorization: {basic('push', USERS['push'])}\r\n\r\n"
+    ).encode()
+
+    async def one_request() -> bytes:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        return head.split(b"\r\n")[0]
+
+    assert await one_request() == b"HTTP/1.1 200 OK"
+    replace_file(proxy.htpasswd, htpasswd_text({**USERS, "dave": "d"}))
+    assert await eventually(lambda: _is(status(proxy, "dave", "d"), 200))
+    assert await one_request() == b"HTTP/1.1 200 OK"  # same TLS connection, still open
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_sighup_style_reload_of_tls_certificate(
+    make_proxy: ProxyFactory, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import trustme
+
+    proxy = await make_proxy()
+    new_ca = trustme.CA()
+    leaf = new_ca.issue_cert("localhost")
+    cert_dir = tmp_path_factory.mktemp("newcert")
+    cert, key = cert_dir / "server.crt", cert_dir / "server.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    text = proxy.config.read_text()
+    replace_file(proxy.config, text + f"tls:\n  cert: {cert}\n  key: {key}\n")
+    assert proxy.state.reload("test") is False  # duplicate 'tls' key: refused, old kept
+    replace_file(
+        proxy.config,
+        text.split("tls:")[0] + f"tls:\n  cert: {cert}\n  key: {key}\n",
+    )
+    assert proxy.state.reload("test") is True
+    context = ssl.create_default_context()
+    new_ca.configure_trust(context)
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", proxy.server.port, ssl=context, server_hostname="localhost"
+    )
+    writer.close()
+    await writer.wait_closed()
