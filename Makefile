@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_PACKAGES := docker-registry podman skopeo apache2-utils:htpasswd openssl \
-                 python3-venv:python3-venv uidmap:newuidmap fuse-overlayfs
+                 python3-venv:python3-venv
 
 .PHONY: run test venv lint typecheck clean
 

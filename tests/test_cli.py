@@ -202,7 +202,8 @@ async def test_access_log_line(served: Served) -> None:
     served.process.send_signal(signal.SIGTERM)
     await served.process.wait()
     lines = served.stdout.read_text().splitlines()
-    common = r'127\.0\.0\.1 - {user} \[\d\d/\w{{3}}/\d{{4}}:\d\d:\d\d:\d\d [+-]\d{{4}}\] "GET /v2/ HTTP/1\.1" {status} {size} \d+'
+    stamp = r"\[\d\d/\w{{3}}/\d{{4}}:\d\d:\d\d:\d\d [+-]\d{{4}}\]"
+    common = r"127\.0\.0\.1 - {user} " + stamp + r' "GET /v2/ HTTP/1\.1" {status} {size} \d+'
     assert re.fullmatch(common.format(user="push", status=200, size=2), lines[0])
     assert re.fullmatch(common.format(user="-", status=401, size=r"\d+"), lines[1])
 

@@ -140,7 +140,7 @@ def test_htpasswd_and_group_edits_take_effect_without_restart(
                 "localhost/n:1", f"{host}/newbie/app:1", tls.cert_dir, creds="newbie:fresh-pw"
             ).returncode
             == 0
-        )  # fmt: skip
+        )
     )
 
     # A broken edit keeps the last good users: binary garbage, then the file deleted.
