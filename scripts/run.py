@@ -77,10 +77,12 @@ def start_registry(host: str, port: int) -> subprocess.Popen[bytes] | None:
         "version: 0.1\nlog:\n  level: warn\n"
         f"storage:\n  filesystem:\n    rootdirectory: {data / 'registry'}\n"
         "  delete:\n    enabled: true\n"
-        f"http:\n  addr: {host}:{port}\n"
+        f"http:\n  addr: {host}:{port}\n  secret: {secrets.token_hex(16)}\n"
     )
     print(f"starting docker-registry on {host}:{port} (data in {data})")
-    return subprocess.Popen(["docker-registry", "serve", str(registry_config)])
+    return subprocess.Popen(
+        ["docker-registry", "serve", str(registry_config)], start_new_session=True
+    )
 
 
 def main() -> int:
@@ -94,9 +96,10 @@ def main() -> int:
     ensure_users(config.htpasswd, config.groups, config.push_group)
     upstream = urlsplit(config.upstream)
     registry = start_registry(upstream.hostname or "127.0.0.1", upstream.port or 80)
-    proxy = subprocess.Popen([sys.executable, "-m", "proxy", "serve"])
-    signal.signal(signal.SIGINT, lambda *_: proxy.send_signal(signal.SIGINT))
-    signal.signal(signal.SIGTERM, lambda *_: proxy.send_signal(signal.SIGTERM))
+    # Own session: Ctrl-C reaches only this script, which asks the proxy once to drain.
+    proxy = subprocess.Popen([sys.executable, "-m", "proxy", "serve"], start_new_session=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: proxy.send_signal(signal.SIGTERM))
     code = proxy.wait()
     if registry is not None:
         registry.terminate()
