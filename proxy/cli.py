@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import ipaddress
 import logging
 import os
 import signal
@@ -24,9 +25,18 @@ from pathlib import Path
 
 from . import __version__
 from . import config as config_module
-from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS, Config, ConfigError
-from .credentials import PasswordHash, Problem, edit_htpasswd, hash_password, parse_htpasswd
-from .reload import State, load_snapshot, load_users, read_text
+from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS, Config, ConfigError, read_text
+from .credentials import (
+    PasswordHash,
+    Problem,
+    edit_htpasswd,
+    groups_of,
+    hash_password,
+    parse_htpasswd,
+)
+from .policy import Identity, decide
+from .reload import State, load_snapshot, load_users
+from .routes import ACTIONS, valid_name
 from .tls import load_certificate, server_context
 
 log = logging.getLogger("regproxy")
@@ -47,9 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", metavar="FILE", help="default certs/server.key")
     serve.add_argument("--workers", metavar="N", type=int, help="processes sharing the port")
     serve.add_argument("--log-level", choices=LOG_LEVELS)
+    serve.add_argument("--acl", metavar="FILE", help="ACL rules (default: the recipe's policy)")
 
     check = commands.add_parser("check", help="validate the configuration and exit")
     _add_config_flag(check)
+
+    explain = commands.add_parser(
+        "explain", help="dry-run the ACL: which rule decides USER ACTION REPOSITORY"
+    )
+    _add_config_flag(explain)
+    explain.add_argument("user", help="user name, or - for a request without credentials")
+    explain.add_argument("action", choices=ACTIONS)
+    explain.add_argument("repository")
+    explain.add_argument("--client", metavar="IP", help="client address, for network rules")
 
     passwd = commands.add_parser("passwd", help="add, change, delete or verify a user")
     passwd.add_argument("file", type=Path)
@@ -106,6 +126,35 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     print("configuration ok")
     return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """Print the decision and the rule (file:line) that made it; exit 0 allow, 3 deny."""
+    try:
+        snapshot, _ = load_snapshot(_config_path(args), {})
+        address = ipaddress.ip_address(args.client) if args.client else None
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"--client: {exc}", file=sys.stderr)
+        return 2
+    if not valid_name(args.repository):
+        print(f"{args.repository!r} is not a valid repository name", file=sys.stderr)
+        return 2
+    user = None if args.user == "-" else args.user
+    groups = groups_of(snapshot.users.groups, user) if user else frozenset()
+    who = Identity(user, groups, address)
+    decision = decide(snapshot.rules, who, args.action, args.repository)
+    verdict = "ALLOW" if decision.allowed else "DENY"
+    print(f"{verdict} {args.user} {args.action} {args.repository}")
+    print(f"  decided by: {decision.reason}")
+    if decision.allowed:
+        print(f"  upstream: {decision.upstream or snapshot.config.upstream}")
+    print(f"  groups: {', '.join(sorted(groups)) or '(none)'}")
+    if user and user not in snapshot.users.htpasswd.users:
+        print(f"  note: {user!r} is not in {snapshot.config.htpasswd}")
+    return 0 if decision.allowed else 3
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -243,7 +292,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"serve": _serve, "check": _check, "passwd": _passwd}
+    commands = {"serve": _serve, "check": _check, "explain": _explain, "passwd": _passwd}
     return commands[args.command](args)
 
 

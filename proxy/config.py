@@ -14,17 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 
+from .acl import parse_acl_text, parse_rules
 from .credentials import Problem
+from .policy import Rule, parse_upstream, recipe_rules
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 AccessLogFormat = Literal["common", "combined", "json", "off"]
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
 ACCESS_LOG_FORMATS: tuple[str, ...] = ("common", "combined", "json", "off")
 DEFAULT_CONFIG_PATH = Path("conf/regproxy.yaml")
+MAX_FILE_BYTES = 16 * 1024 * 1024
 
 
 class ConfigError(Exception):
@@ -71,15 +73,20 @@ class Config:
     access_log: AccessLogFormat = "common"
     access_log_path: Path | None = None  # None: stdout
     timeouts: Timeouts = field(default_factory=Timeouts)
+    acl: tuple[Rule, ...] | None = None  # None: the recipe's rules (push_group)
+    acl_file: Path | None = None  # where `acl` came from when it is a separate file
     source: Path | None = None  # the YAML file this came from, watched for edits
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self.acl if self.acl is not None else recipe_rules(self.push_group)
 
     def watched_files(self) -> tuple[Path, ...]:
         """Files whose edits take effect live."""
         files = [self.htpasswd, self.tls_cert, self.tls_key]
         if self.groups is not None:
             files.append(self.groups)
-        if self.source is not None:
-            files.append(self.source)
+        files.extend(p for p in (self.source, self.acl_file) if p is not None)
         return tuple(files)
 
 
@@ -98,17 +105,6 @@ def _parse_listen(value: object) -> Listen:
     if match.group(1):
         ipaddress.IPv6Address(host)
     return Listen(host, port)
-
-
-def _parse_upstream(value: object) -> str:
-    text = str(value).rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected http:// or https:// URL, got {text!r}")
-    if parts.path or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"upstream must be scheme://host[:port] only, got {text!r}")
-    _ = parts.port  # raises ValueError on a bad port
-    return text
 
 
 def _parse_positive_int(value: object) -> int:
@@ -152,7 +148,7 @@ _PATH = "path"
 _OPTIONAL_PATH = "optional-path"
 _KEYS: dict[str, tuple[str, _Parser]] = {
     "listen": ("listen", _parse_listen),
-    "upstream": ("upstream", _parse_upstream),
+    "upstream": ("upstream", parse_upstream),
     "htpasswd": ("htpasswd", _PATH),
     "groups": ("groups", _OPTIONAL_PATH),
     "tls.cert": ("tls_cert", _PATH),
@@ -167,6 +163,7 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "timeouts.read": ("timeouts.read", _parse_seconds),
     "timeouts.drain": ("timeouts.drain", _parse_seconds),
     "timeouts.keepalive": ("timeouts.keepalive", _parse_seconds),
+    "acl": ("acl", "acl"),  # handled by _load_acl
 }
 _SECTIONS = {key.split(".")[0] for key in _KEYS if "." in key}
 
@@ -180,6 +177,7 @@ FLAG_KEYS: dict[str, str] = {
     "tls_key": "tls.key",
     "workers": "workers",
     "log_level": "log_level",
+    "acl": "acl",
 }
 
 
@@ -205,6 +203,8 @@ def _flatten(
         seen.add(key)
         if not prefix and key in _SECTIONS:
             flat.update(_flatten(value_node, source, problems, prefix=f"{key}."))
+        elif key == "acl" and not prefix:
+            flat[key] = (value_node, line)  # parsed by _load_acl, which needs the nodes' lines
         elif key in _KEYS:
             flat[key] = (_construct(value_node), line)
         else:
@@ -212,12 +212,32 @@ def _flatten(
     return flat
 
 
+def read_text(path: Path) -> str:
+    """A whole file as UTF-8; ConfigError (file:line) if unreadable, binary or huge."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), 0, f"cannot read: {exc.strerror or exc}")]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError([Problem(str(path), 0, f"larger than {MAX_FILE_BYTES} bytes")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError([Problem(str(path), line, "not UTF-8 text")]) from None
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise ConfigError([Problem(str(path), line, "binary data (NUL byte)")])
+    return text
+
+
 def _read_yaml(path: Path, problems: list[Problem]) -> dict[str, tuple[Any, int]]:
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(Problem(source, 0, f"cannot read: {exc}"))
+        text = read_text(path)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
         return {}
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -267,15 +287,41 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
     """
     problems: list[Problem] = []
     values: dict[str, Any] = {}
+    acl: tuple[tuple[Rule, ...] | None, Path | None] = (None, None)
+    sources: list[tuple[dict[str, tuple[Any, int]], Path, str]] = []
     if path is not None:
-        for key, (raw, line) in _read_yaml(path, problems).items():
-            converted = _convert(key, raw, path.parent, (str(path), line), problems)
+        sources.append((_read_yaml(path, problems), path.parent, str(path)))
+    flags = {key: (raw, 0) for key, raw in (overrides or {}).items()}
+    sources.append((flags, Path("."), "command line"))
+    for entries, base, source in sources:
+        for key, (raw, line) in entries.items():
+            if key == "acl":
+                acl = _load_acl(raw, base, source, problems)
+                continue
+            converted = _convert(key, raw, base, (source, line), problems)
             if converted is not None or raw is None:
                 values[key] = converted
-    for key, raw in (overrides or {}).items():
-        converted = _convert(key, raw, Path("."), ("command line", 0), problems)
-        if converted is not None:
-            values[key] = converted
     if problems:
-        raise ConfigError(problems)
-    return _apply(Config(source=path), values)
+        raise ConfigError(sorted(problems, key=lambda p: (p.source, p.line)))
+    return _apply(Config(source=path, acl=acl[0], acl_file=acl[1]), values)
+
+
+def _load_acl(
+    raw: Any, base: Path, source: str, problems: list[Problem]
+) -> tuple[tuple[Rule, ...] | None, Path | None]:
+    """`acl:` is a list of rules in place, or the name of a file holding them."""
+    if isinstance(raw, yaml.Node) and not isinstance(raw, yaml.ScalarNode):
+        rules, rule_problems = parse_rules(raw, source)
+        problems.extend(rule_problems)
+        return rules, None
+    name = raw.value if isinstance(raw, yaml.ScalarNode) else raw
+    if not isinstance(name, str) or not name:
+        problems.append(Problem(source, 0, "acl: expected a list of rules or a file name"))
+        return None, None
+    acl_path = Path(name) if Path(name).is_absolute() else base / name
+    try:
+        rules, rule_problems = parse_acl_text(read_text(acl_path), str(acl_path))
+    except ConfigError as exc:
+        rules, rule_problems = (), exc.problems
+    problems.extend(rule_problems)
+    return rules, acl_path

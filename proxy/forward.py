@@ -8,6 +8,7 @@ layer passes in constant memory. Keep-alive connections to the upstream are pool
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -17,6 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .accesslog import BYTES_KEY
 from .config import Timeouts
 from .errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
+from .routes import CATALOG_MAX
 
 log = logging.getLogger("regproxy.forward")
 
@@ -131,6 +133,61 @@ class Forwarder:
             return error_response(502, "UNAVAILABLE", "upstream registry unreachable")
         async with upstream_response:
             return await self._stream_back(request, upstream_response, upstream)
+
+    async def catalog(
+        self,
+        request: web.BaseRequest,
+        upstream: str,
+        page: tuple[int, str],
+        may_pull: Callable[[str], bool],
+        timeouts: Timeouts,
+    ) -> web.StreamResponse:
+        """`/v2/_catalog` listing only what `may_pull`, `n` at a time, with a `Link` to the next
+        page as the registry gives it. Upstream pages are read until `n` are allowed."""
+        n, last = page
+        repositories: list[str] = []
+        more = True
+        try:
+            while more and len(repositories) < n:
+                batch, more = await self._catalog_batch(request, upstream, last, timeouts)
+                for index, name in enumerate(batch):
+                    if may_pull(name):
+                        repositories.append(name)
+                    if len(repositories) == n:
+                        more = more or index < len(batch) - 1
+                        break
+                last = repositories[-1] if len(repositories) == n else (batch or [last])[-1]
+                more = more and bool(batch)
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            return error_response(504, "UNAVAILABLE", "upstream registry timed out")
+        except (aiohttp.ClientError, ValueError) as exc:
+            log.warning("upstream %s catalog failed: %s", upstream, exc)
+            return error_response(502, "UNAVAILABLE", "upstream registry catalog failed")
+        response = web.json_response({"repositories": repositories})
+        if more:
+            response.headers["Link"] = f'</v2/_catalog?last={repositories[-1]}&n={n}>; rel="next"'
+        response.headers[API_VERSION_HEADER] = API_VERSION
+        response.headers["Server"] = SERVER
+        return response
+
+    async def _catalog_batch(
+        self, request: web.BaseRequest, upstream: str, last: str, timeouts: Timeouts
+    ) -> tuple[list[str], bool]:
+        """One upstream page after `last`, and whether the registry says there is more."""
+        query = f"n={CATALOG_MAX}" + (f"&last={last}" if last else "")
+        timeout = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.read)
+        async with self._session.get(
+            f"{upstream}/v2/_catalog?{query}",
+            headers=request_headers(request.headers, request.remote or "unknown"),
+            timeout=timeout,
+        ) as response:
+            if response.status != 200:
+                raise ValueError(f"status {response.status}")
+            body = await response.json(content_type=None)
+            names = body.get("repositories") or []
+            if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+                raise ValueError("malformed catalog")
+            return names, "Link" in response.headers
 
     async def _stream_back(
         self, request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, upstream: str

@@ -1,54 +1,132 @@
 """Authorization: ordered rules, first match wins, deny by default. Pure: no I/O.
 
-A rule matches on who is asking (and, later, which repository); the first rule that matches
-decides, and grants only the actions it lists. When no rule matches the answer is no. Without
-an ACL the built-in rules are the Apache recipe's: members of the push group may do anything,
-any other valid user may pull.
+A rule matches on who is asking (users, groups, anonymous), from where (client networks) and
+which repository (globs with `${user}` and `${group}`); the first rule that matches decides,
+grants only the actions it lists, and names the upstream the request goes to. When no rule
+matches the answer is no. Without an ACL the built-in rules are the Apache recipe's: members of
+the push group may do anything, any other valid user may pull.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from urllib.parse import urlsplit
 
-from .routes import ACTIONS, Action
+from .routes import ACTIONS, Action, Operation
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+PLACEHOLDER_RE = re.compile(r"\$\{(user|group)\}")
+
+
+def parse_upstream(value: object) -> str:
+    """A registry base URL: scheme://host[:port] and nothing else."""
+    text = str(value).rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http:// or https:// URL, got {text!r}")
+    if parts.path or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"upstream must be scheme://host[:port] only, got {text!r}")
+    _ = parts.port  # raises ValueError on a bad port
+    return text
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is asking. `user` is None for a request without credentials."""
+    """Who is asking and from where. `user` is None for a request without credentials."""
 
     user: str | None
     groups: frozenset[str] = frozenset()
+    address: IPAddress | None = None
 
     @property
     def anonymous(self) -> bool:
         return self.user is None
 
 
+@lru_cache(maxsize=4096)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """`*` and `?` stay within one path component; `**` crosses `/`."""
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    wild = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return re.compile("".join(wild.get(p, re.escape(p)) for p in parts))
+
+
+def _expand(pattern: str, who: Identity) -> list[str]:
+    """Substitute placeholders literally: a user called `*` must not become a wildcard."""
+    if "${" not in pattern:
+        return [pattern]
+    if who.user is None:
+        return []
+    values = [who.user]
+    if "${group}" in pattern:
+        values = sorted(who.groups)
+    out = []
+    for group in values:
+        text = pattern.replace("${user}", _escape_glob(who.user))
+        out.append(text.replace("${group}", _escape_glob(group)))
+    return out
+
+
+def _escape_glob(value: str) -> str:
+    # Names with glob characters can never be repository names; make them unmatchable.
+    return value if not any(c in value for c in "*?") else "\0"
+
+
 @dataclass(frozen=True)
 class Rule:
-    """One ACL entry. Empty `users`/`groups` match anyone; `authenticated` excludes anonymous."""
+    """One ACL entry. Empty `users`/`groups`/`repositories`/`networks` match anything;
+    `anonymous` True matches only requests without credentials, False only valid users."""
 
     actions: frozenset[Action]
     users: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
-    authenticated: bool = True
+    repositories: tuple[str, ...] = ()
+    networks: tuple[IPNetwork, ...] = ()
+    anonymous: bool = False
+    upstream: str | None = None
     origin: str = "built-in"
+    description: str = field(default="", compare=False)
 
-    def matches(self, who: Identity) -> bool:
-        if self.authenticated and who.anonymous:
+    def matches_who(self, who: Identity) -> bool:
+        if self.anonymous != who.anonymous:
             return False
         if self.users and who.user not in self.users:
             return False
-        return not self.groups or bool(self.groups & who.groups)
+        if self.groups and not self.groups & who.groups:
+            return False
+        if self.networks:
+            return who.address is not None and any(who.address in n for n in self.networks)
+        return True
+
+    def matches_repository(self, who: Identity, repository: str) -> bool:
+        if not self.repositories:
+            return True
+        return any(
+            glob_regex(expanded).fullmatch(repository)
+            for pattern in self.repositories
+            for expanded in _expand(pattern, who)
+        )
+
+    @property
+    def catch_all(self) -> bool:
+        """Matches every valid user (or every anonymous request) on every repository."""
+        return not (self.users or self.groups or self.repositories or self.networks)
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The answer and the rule that gave it (None: nothing matched, deny by default)."""
+    """The answer, the rule that gave it (None: nothing matched) and where to forward."""
 
     allowed: bool
     rule: Rule | None
+
+    @property
+    def upstream(self) -> str | None:
+        return self.rule.upstream if self.rule else None
 
     @property
     def reason(self) -> str:
@@ -67,9 +145,52 @@ def recipe_rules(push_group: str) -> tuple[Rule, ...]:
     )
 
 
-def decide(rules: tuple[Rule, ...], who: Identity, action: Action | None) -> Decision:
-    """First rule matching `who` decides. `action` None (the /v2/ ping) needs only a match."""
+def first_match(rules: tuple[Rule, ...], who: Identity, repository: str | None) -> Rule | None:
+    """The deciding rule; with `repository` None, repository constraints are not checked."""
     for rule in rules:
-        if rule.matches(who):
-            return Decision(action is None or action in rule.actions, rule)
-    return Decision(False, None)
+        if rule.matches_who(who) and (
+            repository is None or rule.matches_repository(who, repository)
+        ):
+            return rule
+    return None
+
+
+def decide(
+    rules: tuple[Rule, ...], who: Identity, action: Action | None, repository: str | None = None
+) -> Decision:
+    """First matching rule decides. `action` None (the /v2/ ping, the catalog) asks only
+    whether the caller may use the registry at all: any valid user may, and anonymous
+    callers may when some rule for anonymous requests grants anything."""
+    if action is None:
+        if not who.anonymous:
+            return Decision(True, first_match(rules, who, None))
+        rule = next((r for r in rules if r.matches_who(who) and r.actions), None)
+        return Decision(rule is not None, rule)
+    rule = first_match(rules, who, repository)
+    return Decision(rule is not None and action in rule.actions, rule)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with one classified request."""
+
+    decision: Decision
+    drop_mount: bool = False  # forward the upload without its cross-repository mount
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+
+def authorize(rules: tuple[Rule, ...], who: Identity, operation: Operation) -> Verdict:
+    """Check every repository the operation touches.
+
+    A cross-repository mount also reads `mount_from`: without pull there (or when the two
+    repositories live on different upstreams) the mount is dropped, so the registry starts an
+    ordinary upload and nothing leaks from the other repository.
+    """
+    decision = decide(rules, who, operation.action, operation.repository)
+    if not decision.allowed or operation.mount_from is None:
+        return Verdict(decision)
+    source = decide(rules, who, "pull", operation.mount_from)
+    return Verdict(decision, not source.allowed or source.upstream != decision.upstream)

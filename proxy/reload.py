@@ -18,15 +18,14 @@ from pathlib import Path
 
 from . import config as config_module
 from .authn.htpasswd import UserFiles
-from .config import Config, ConfigError
+from .config import Config, ConfigError, read_text
 from .credentials import Htpasswd, Problem, parse_groups, parse_htpasswd
-from .policy import Rule, recipe_rules
+from .policy import Rule
 from .tls import load_certificate
 
 log = logging.getLogger("regproxy.reload")
 
 POLL_INTERVAL = 0.25
-MAX_FILE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,26 +35,6 @@ class Snapshot:
     config: Config
     users: UserFiles
     rules: tuple[Rule, ...]
-
-
-def read_text(path: Path) -> str:
-    """A whole file as UTF-8; ConfigError (file:line) if unreadable, binary or huge."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError([Problem(str(path), 0, f"cannot read: {exc.strerror or exc}")]) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError([Problem(str(path), 0, f"larger than {MAX_FILE_BYTES} bytes")])
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError([Problem(str(path), line, "not UTF-8 text")]) from None
-    if "\0" in text:
-        line = text[: text.index("\0")].count("\n") + 1
-        raise ConfigError([Problem(str(path), line, "binary data (NUL byte)")])
-    return text
 
 
 def load_users(config: Config) -> tuple[UserFiles, list[Problem]]:
@@ -87,7 +66,7 @@ def load_snapshot(
     """Build a Snapshot from scratch; ConfigError if unusable, else line-level problems."""
     config = config_module.load(config_path, overrides)
     users, problems = load_users(config)
-    return Snapshot(config, users, recipe_rules(config.push_group)), problems
+    return Snapshot(config, users, config.rules), problems
 
 
 _Signature = tuple[int, int, int, int] | None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 Action = Literal["pull", "push", "delete"]
 Kind = Literal["ping", "catalog", "manifest", "blob", "upload-start", "upload", "tags", "referrers"]
@@ -40,7 +40,7 @@ _ENDPOINTS: tuple[tuple[Kind, re.Pattern[str]], ...] = (
 _ACTIONS: dict[tuple[Kind, str], Action | None] = {
     ("ping", "GET"): None,
     ("ping", "HEAD"): None,
-    ("catalog", "GET"): "pull",
+    ("catalog", "GET"): None,  # listed repositories are filtered by pull, one by one
     ("manifest", "GET"): "pull",
     ("manifest", "HEAD"): "pull",
     ("manifest", "PUT"): "push",
@@ -134,6 +134,32 @@ def _mount_source(query: str) -> str | Refusal | None:
     if not valid_name(source):
         return Refusal(400, "NAME_INVALID", "invalid repository name in 'from'")
     return source
+
+
+def without_mount(query: str) -> str:
+    """The query minus `mount` and `from`: the registry then starts an ordinary upload (the
+    spec's fallback). Other parameters keep their exact encoding."""
+    kept = [
+        pair
+        for pair in query.split("&")
+        if pair and unquote_plus(pair.partition("=")[0]) not in ("mount", "from")
+    ]
+    return "&".join(kept)
+
+
+CATALOG_MAX = 1000  # the registry refuses larger pages
+
+
+def catalog_page(query: str) -> tuple[int, str] | Refusal:
+    """`n` (default 100, as the registry) and `last` of a `_catalog` request."""
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    last = params.get("last", "")
+    if last and not valid_name(last):
+        return Refusal(400, "NAME_INVALID", "invalid repository name in 'last'")
+    text = params.get("n", "100")
+    if not text.isdigit() or not 0 < int(text) <= CATALOG_MAX:
+        return Refusal(400, "PAGINATION_NUMBER_INVALID", f"n must be 1 to {CATALOG_MAX}")
+    return int(text), last
 
 
 def classify(method: str, path: str, query: str = "") -> Operation | Refusal:

@@ -5,6 +5,7 @@ process lifecycle (startup, live reload, graceful shutdown on SIGTERM/SIGINT, re
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -23,15 +24,22 @@ from .authn.htpasswd import HtpasswdAuthenticator
 from .credentials import MalformedCredentials, parse_basic_auth
 from .errors import error_response, unauthorized
 from .forward import Forwarder
-from .policy import Identity, decide
+from .policy import Identity, IPAddress, authorize, decide
 from .reload import State
-from .routes import Refusal, classify
+from .routes import Refusal, catalog_page, classify, without_mount
 
 log = logging.getLogger("regproxy")
 access_log = logging.getLogger("regproxy.access")
 
 MAX_LINE = 8190
 MAX_FIELD = 8190
+
+
+def _address(request: web.BaseRequest) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return None
 
 
 class Handler:
@@ -53,12 +61,37 @@ class Handler:
         who = await self._identify(request)
         if isinstance(who, web.Response):
             return who
-        decision = decide(snapshot.rules, who, operation.action)
-        if not decision.allowed:
+        verdict = authorize(snapshot.rules, who, operation)
+        if not verdict.allowed:
             if who.anonymous:
                 return unauthorized(config.realm)
             return error_response(403, "DENIED", f"{operation.action} access denied")
-        return await self._forwarder.forward(request, config.upstream, raw_path, config.timeouts)
+        upstream = verdict.decision.upstream or config.upstream
+        if operation.kind == "catalog":
+            return await self._catalog(request, query, who, upstream)
+        if verdict.drop_mount:
+            log.info(
+                "cross-repository mount from %s dropped for %s", operation.mount_from, who.user
+            )
+            kept = without_mount(query)
+            raw_path = f"{path}?{kept}" if kept else path
+        return await self._forwarder.forward(request, upstream, raw_path, config.timeouts)
+
+    async def _catalog(
+        self, request: web.BaseRequest, query: str, who: Identity, upstream: str
+    ) -> web.StreamResponse:
+        page = catalog_page(query)
+        if isinstance(page, Refusal):
+            return error_response(page.status, page.code, page.message)
+        snapshot = self._state.current
+
+        def may_pull(repository: str) -> bool:
+            decision = decide(snapshot.rules, who, "pull", repository)
+            return decision.allowed and (decision.upstream or snapshot.config.upstream) == upstream
+
+        return await self._forwarder.catalog(
+            request, upstream, page, may_pull, snapshot.config.timeouts
+        )
 
     async def _identify(self, request: web.BaseRequest) -> Identity | web.Response:
         realm = self._state.current.config.realm
@@ -67,7 +100,7 @@ class Handler:
         except MalformedCredentials as exc:
             return error_response(400, "UNAUTHORIZED", str(exc))
         if credentials is None:
-            return Identity(None)
+            return Identity(None, address=_address(request))
         user, password = credentials
         try:
             result = await self._authenticator.authenticate(user, password)
@@ -78,7 +111,7 @@ class Handler:
             log.info("authentication failed for %r from %s", user, request.remote)
             return unauthorized(realm, "invalid username or password")
         request[USER_KEY] = user
-        return Identity(user, result.groups)
+        return Identity(user, result.groups, _address(request))
 
 
 class Server:
