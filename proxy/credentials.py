@@ -197,7 +197,8 @@ def parse_basic_auth(values: list[str]) -> tuple[str, str] | None:
     """The (user, password) of a Basic Authorization header; None if there is none.
 
     Raises MalformedCredentials for several headers, bad base64, a missing colon, or an
-    absurd length. Another scheme counts as no credentials (the client is asked for Basic).
+    absurd length. Another scheme, or an empty user with an empty password, counts as no
+    credentials (the client is asked for Basic).
     Bytes that are not UTF-8 are kept (surrogate escapes) so they still compare as bytes.
     """
     if not values:
@@ -217,6 +218,8 @@ def parse_basic_auth(values: list[str]) -> tuple[str, str] | None:
     user, sep, password = decoded.decode("utf-8", "surrogateescape").partition(":")
     if not sep:
         raise MalformedCredentials("Basic credentials have no ':' between user and password")
+    if not user and not password:
+        return None  # what podman sends when it has no credentials: anonymous
     return user, password
 
 

@@ -158,9 +158,9 @@ def first_match(rules: tuple[Rule, ...], who: Identity, repository: str | None) 
 def decide(
     rules: tuple[Rule, ...], who: Identity, action: Action | None, repository: str | None = None
 ) -> Decision:
-    """First matching rule decides. `action` None (the /v2/ ping, the catalog) asks only
-    whether the caller may use the registry at all: any valid user may, and anonymous
-    callers may when some rule for anonymous requests grants anything."""
+    """First matching rule decides. `action` None (the catalog) asks only whether the caller
+    may use the registry at all: any valid user may, and anonymous callers may when some
+    rule for anonymous requests grants anything."""
     if action is None:
         if not who.anonymous:
             return Decision(True, first_match(rules, who, None))
@@ -189,6 +189,10 @@ def authorize(rules: tuple[Rule, ...], who: Identity, operation: Operation) -> V
     repositories live on different upstreams) the mount is dropped, so the registry starts an
     ordinary upload and nothing leaks from the other repository.
     """
+    if operation.kind == "ping" and who.anonymous:
+        # Always challenge: clients learn from the ping whether to send credentials, and
+        # one that got 200 here would never send them, even to push.
+        return Verdict(Decision(False, None))
     decision = decide(rules, who, operation.action, operation.repository)
     if not decision.allowed or operation.mount_from is None:
         return Verdict(decision)

@@ -48,7 +48,7 @@ def auth(user: str) -> dict[str, str]:
         ("other", "GET", "/v2/pull/app/tags/list", 403),
         ("other", "PUT", "/v2/library/app/manifests/1", 403),
         ("push", "DELETE", "/v2/pull/app/manifests/1", 200),
-        (None, "GET", "/v2/", 200),  # anonymous rules exist: the ping answers
+        (None, "GET", "/v2/", 401),  # the ping always challenges: clients learn to log in
         (None, "GET", "/v2/public/base/manifests/1", 200),
         (None, "HEAD", f"/v2/public/base/blobs/{DIGEST}", 200),
         (None, "PUT", "/v2/public/base/manifests/1", 401),
