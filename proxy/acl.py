@@ -12,7 +12,6 @@ rule that can never match because a catch-all rule above it matches first.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import yaml
 
 from .credentials import Problem
-from .policy import PLACEHOLDER_RE, IPNetwork, Rule, parse_upstream
+from .policy import PLACEHOLDER_RE, IPNetwork, Rule, parse_networks, parse_upstream
 from .routes import ACTIONS, Action
 
 _GLOB_RE = re.compile(r"(?:[a-z0-9._/*?-]|\$\{user\}|\$\{group\})+")
@@ -66,7 +65,7 @@ def _globs(value: Any, key: str) -> tuple[str, ...]:
 
 def _networks(value: Any, key: str) -> tuple[IPNetwork, ...]:
     try:
-        return tuple(ipaddress.ip_network(v) for v in _strings(value, key))
+        return parse_networks(value)
     except ValueError as exc:
         raise _Bad(f"{key}: {exc}") from None
 

@@ -166,7 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     config = snapshot.config
-    configure_logging(config.log_level, config.access_log_path)
+    configure_logging(config.log_level, config.access_log_path, config.audit_log)
     for problem in problems:
         log.warning("%s (line ignored)", problem)
     context = server_context()

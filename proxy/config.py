@@ -19,7 +19,7 @@ import yaml
 
 from .acl import parse_acl_text, parse_rules
 from .credentials import Problem
-from .policy import Rule, parse_upstream, recipe_rules
+from .policy import IPNetwork, Rule, parse_networks, parse_upstream, recipe_rules
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 AccessLogFormat = Literal["common", "combined", "json", "off"]
@@ -57,6 +57,16 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class Throttle:
+    """Failed logins before 429: `attempts` per client address, 4x that per user name (for
+    addresses that never logged in as that user). Lockouts double up to `max_delay`."""
+
+    attempts: int = 5
+    window: float = 300.0
+    max_delay: float = 900.0
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the server needs, validated; never mutated after `load()`."""
 
@@ -73,6 +83,9 @@ class Config:
     access_log: AccessLogFormat = "common"
     access_log_path: Path | None = None  # None: stdout
     timeouts: Timeouts = field(default_factory=Timeouts)
+    throttle: Throttle = field(default_factory=Throttle)
+    trusted_proxies: tuple[IPNetwork, ...] = ()  # whose X-Forwarded-For is believed
+    audit_log: Path | None = None  # JSON lines of push/delete decisions
     acl: tuple[Rule, ...] | None = None  # None: the recipe's rules (push_group)
     acl_file: Path | None = None  # where `acl` came from when it is a separate file
     source: Path | None = None  # the YAML file this came from, watched for edits
@@ -163,6 +176,11 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "timeouts.read": ("timeouts.read", _parse_seconds),
     "timeouts.drain": ("timeouts.drain", _parse_seconds),
     "timeouts.keepalive": ("timeouts.keepalive", _parse_seconds),
+    "throttle.attempts": ("throttle.attempts", _parse_positive_int),
+    "throttle.window": ("throttle.window", _parse_seconds),
+    "throttle.max_delay": ("throttle.max_delay", _parse_seconds),
+    "trusted_proxies": ("trusted_proxies", parse_networks),
+    "audit_log": ("audit_log", _OPTIONAL_PATH),
     "acl": ("acl", "acl"),  # handled by _load_acl
 }
 _SECTIONS = {key.split(".")[0] for key in _KEYS if "." in key}
@@ -271,13 +289,18 @@ def _convert(
 
 
 def _apply(config: Config, values: Mapping[str, Any]) -> Config:
-    direct = {attr: v for k, v in values.items() if "." not in (attr := _KEYS[k][0])}
-    timeouts = {
-        attr.split(".")[1]: v
-        for k, v in values.items()
-        if (attr := _KEYS[k][0]).startswith("timeouts.")
-    }
-    return replace(config, **direct, timeouts=replace(config.timeouts, **timeouts))
+    """Set attributes; `section.field` attributes replace a field of a nested dataclass."""
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, _, name = _KEYS[key][0].rpartition(".")
+        if section:
+            nested.setdefault(section, {})[name] = value
+        else:
+            direct[name] = value
+    for section, fields in nested.items():
+        direct[section] = replace(getattr(config, section), **fields)
+    return replace(config, **direct)
 
 
 def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Config:

@@ -37,7 +37,17 @@ HOP_BY_HOP = frozenset(
 )
 # Consumed or set by the proxy itself; never passed through from the client.
 _CLIENT_ONLY = frozenset(
-    {"authorization", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"}
+    {
+        "authorization",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        # Method overrides are never honoured here; nothing behind us may honour them either.
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    }
 )
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 CHUNK = 256 * 1024
@@ -53,11 +63,11 @@ def _droppable(headers: CIMultiDictProxy[str]) -> set[str]:
     return set(HOP_BY_HOP) | named
 
 
-def request_headers(headers: CIMultiDictProxy[str], client_ip: str) -> CIMultiDict[str]:
+def request_headers(headers: CIMultiDictProxy[str], forwarded_for: str) -> CIMultiDict[str]:
     """Client headers as the upstream should see them: Host kept, proxy headers set."""
     drop = _droppable(headers) | _CLIENT_ONLY
     out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
-    out["X-Forwarded-For"] = client_ip
+    out["X-Forwarded-For"] = forwarded_for
     out["X-Forwarded-Proto"] = "https"
     return out
 
@@ -109,10 +119,14 @@ class Forwarder:
         await self._session.close()
 
     async def forward(
-        self, request: web.BaseRequest, upstream: str, raw_path: str, timeouts: Timeouts
+        self,
+        request: web.BaseRequest,
+        upstream: str,
+        raw_path: str,
+        timeouts: Timeouts,
+        forwarded_for: str,
     ) -> web.StreamResponse:
         """Send `request` to `upstream` + `raw_path` (exactly as classified) and stream back."""
-        peer = request.remote or "unknown"
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
@@ -120,7 +134,7 @@ class Forwarder:
             upstream_response = await self._session.request(
                 request.method,
                 upstream + raw_path,
-                headers=request_headers(request.headers, peer),
+                headers=request_headers(request.headers, forwarded_for),
                 data=request.content if request.body_exists else None,
                 allow_redirects=False,
                 timeout=timeout,
@@ -202,7 +216,11 @@ class Forwarder:
         sent = 0
         try:
             async for chunk in upstream_response.content.iter_chunked(CHUNK):
-                await response.write(chunk)
+                try:
+                    await response.write(chunk)
+                except ConnectionError:
+                    log.debug("client went away during %s %s", request.method, request.path)
+                    return response
                 sent += len(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Headers are gone already: cut the connection so the client sees a truncated

@@ -34,6 +34,30 @@ def parse_upstream(value: object) -> str:
     return text
 
 
+def parse_networks(value: object) -> tuple[IPNetwork, ...]:
+    """CIDR networks from one string or a list; host bits set is an error (a likely typo)."""
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, str) for v in items):
+        raise ValueError(f"expected a CIDR network or a list of them, got {value!r}")
+    return tuple(ipaddress.ip_network(str(v)) for v in items)
+
+
+def client_address(
+    peer: IPAddress | None, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]
+) -> IPAddress | None:
+    """The client's address: the peer, unless the peer is a trusted proxy, in which case
+    X-Forwarded-For is walked from the right past trusted hops. A malformed entry stops the
+    walk at the last address known for sure."""
+    current = peer
+    hops = [h.strip() for value in forwarded_for for h in value.split(",")]
+    while current is not None and hops and any(current in n for n in trusted):
+        try:
+            current = ipaddress.ip_address(hops.pop())
+        except ValueError:
+            break
+    return current
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who is asking and from where. `user` is None for a request without credentials."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -14,40 +15,35 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
 
 from .accesslog import USER_KEY, access_logger_class
-from .authn import Authenticator, BackendUnavailable, Outcome
+from .authn.chain import Authentication, Denied
 from .authn.htpasswd import HtpasswdAuthenticator
-from .credentials import MalformedCredentials, parse_basic_auth
 from .errors import error_response, unauthorized
 from .forward import Forwarder
-from .policy import Identity, IPAddress, authorize, decide
+from .policy import Identity, IPAddress, IPNetwork, authorize, client_address, decide
 from .reload import State
-from .routes import Refusal, catalog_page, classify, without_mount
+from .routes import Operation, Refusal, catalog_page, classify, without_mount
+from .throttle import Throttle
 
 log = logging.getLogger("regproxy")
 access_log = logging.getLogger("regproxy.access")
+audit_log = logging.getLogger("regproxy.audit")
 
 MAX_LINE = 8190
 MAX_FIELD = 8190
 
 
-def _address(request: web.BaseRequest) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(request.remote or "")
-    except ValueError:
-        return None
-
-
 class Handler:
     """The request path. Reads the current snapshot once per request."""
 
-    def __init__(self, state: State, authenticator: Authenticator, forwarder: Forwarder) -> None:
+    def __init__(self, state: State, authentication: Authentication, forwarder: Forwarder) -> None:
         self._state = state
-        self._authenticator = authenticator
+        self._authentication = authentication
         self._forwarder = forwarder
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -58,24 +54,39 @@ class Handler:
         operation = classify(request.method, path, query)
         if isinstance(operation, Refusal):
             return error_response(operation.status, operation.code, operation.message)
-        who = await self._identify(request)
-        if isinstance(who, web.Response):
-            return who
+        peer = _peer(request)
+        address = client_address(
+            peer, request.headers.getall("X-Forwarded-For", []), config.trusted_proxies
+        )
+        self._authentication.throttle.settings = config.throttle
+        who = await self._authentication.identify(
+            request.headers.getall("Authorization", []), address
+        )
+        if isinstance(who, Denied):
+            return _denied(who, config.realm)
+        request[USER_KEY] = who.user or "-"
         verdict = authorize(snapshot.rules, who, operation)
         if not verdict.allowed:
-            if who.anonymous:
-                return unauthorized(config.realm)
-            return error_response(403, "DENIED", f"{operation.action} access denied")
+            refusal = (
+                unauthorized(config.realm)
+                if who.anonymous
+                else error_response(403, "DENIED", f"{operation.action} access denied")
+            )
+            _audit(who, operation, refusal.status)
+            return refusal
         upstream = verdict.decision.upstream or config.upstream
         if operation.kind == "catalog":
             return await self._catalog(request, query, who, upstream)
         if verdict.drop_mount:
-            log.info(
-                "cross-repository mount from %s dropped for %s", operation.mount_from, who.user
-            )
+            log.info("mount from %s dropped for %s", operation.mount_from, who.user or "-")
             kept = without_mount(query)
             raw_path = f"{path}?{kept}" if kept else path
-        return await self._forwarder.forward(request, upstream, raw_path, config.timeouts)
+        forwarded_for = _forwarded_for(request, peer, config.trusted_proxies)
+        response = await self._forwarder.forward(
+            request, upstream, raw_path, config.timeouts, forwarded_for
+        )
+        _audit(who, operation, response.status)
+        return response
 
     async def _catalog(
         self, request: web.BaseRequest, query: str, who: Identity, upstream: str
@@ -93,25 +104,51 @@ class Handler:
             request, upstream, page, may_pull, snapshot.config.timeouts
         )
 
-    async def _identify(self, request: web.BaseRequest) -> Identity | web.Response:
-        realm = self._state.current.config.realm
-        try:
-            credentials = parse_basic_auth(request.headers.getall("Authorization", []))
-        except MalformedCredentials as exc:
-            return error_response(400, "UNAUTHORIZED", str(exc))
-        if credentials is None:
-            return Identity(None, address=_address(request))
-        user, password = credentials
-        try:
-            result = await self._authenticator.authenticate(user, password)
-        except BackendUnavailable as exc:
-            log.error("authentication backend unavailable: %s", exc)
-            return error_response(503, "UNAVAILABLE", "authentication backend unavailable")
-        if result.outcome is not Outcome.OK:
-            log.info("authentication failed for %r from %s", user, request.remote)
-            return unauthorized(realm, "invalid username or password")
-        request[USER_KEY] = user
-        return Identity(user, result.groups, _address(request))
+
+def _peer(request: web.BaseRequest) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return None
+
+
+def _forwarded_for(
+    request: web.BaseRequest, peer: IPAddress | None, trusted: tuple[IPNetwork, ...]
+) -> str:
+    """The X-Forwarded-For to send: the client's chain only when it came through a trusted
+    proxy, always ending with the peer that connected to us."""
+    own = str(peer) if peer else "unknown"
+    chain = ", ".join(request.headers.getall("X-Forwarded-For", []))
+    if chain and peer is not None and any(peer in network for network in trusted):
+        return f"{chain}, {own}"
+    return own
+
+
+def _denied(denied: Denied, realm: str) -> web.Response:
+    if denied.status == 401:
+        return unauthorized(realm, denied.message)
+    code = {400: "UNAUTHORIZED", 429: "TOOMANYREQUESTS"}.get(denied.status, "UNAVAILABLE")
+    headers = {"Retry-After": str(denied.retry_after)} if denied.retry_after else None
+    return error_response(denied.status, code, denied.message, headers)
+
+
+def _audit(who: Identity, operation: Operation, status: int) -> None:
+    """Push and delete decisions, allowed or refused, as one JSON line each."""
+    if operation.action not in ("push", "delete"):
+        return
+    audit_log.info(
+        json.dumps(
+            {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "client": str(who.address) if who.address else None,
+                "user": who.user,
+                "action": operation.action,
+                "repository": operation.repository,
+                "reference": operation.reference,
+                "status": status,
+            }
+        )
+    )
 
 
 class Server:
@@ -144,9 +181,10 @@ class Server:
         config = self.state.current.config
         executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
         forwarder = Forwarder(config.timeouts.keepalive)
-        authenticator = HtpasswdAuthenticator(lambda: self.state.current.users, executor)
+        htpasswd = HtpasswdAuthenticator(lambda: self.state.current.users, executor)
+        authentication = Authentication(lambda: (htpasswd,), Throttle(config.throttle))
         server = web.Server(
-            Handler(self.state, authenticator, forwarder),
+            Handler(self.state, authentication, forwarder),
             handler_cancellation=True,
             access_log_class=access_logger_class(config.access_log),
             access_log=access_log,
@@ -191,18 +229,26 @@ class Server:
         self._stop.set()
 
 
-def configure_logging(level: str, access_log_path: Path | None) -> None:
+def configure_logging(
+    level: str, access_log_path: Path | None, audit_log_path: Path | None = None
+) -> None:
+    """Diagnostics to stderr; access lines to stdout or a file; audit lines to their file
+    (or, without one, to stderr with the diagnostics)."""
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    handler: logging.Handler = (
-        logging.FileHandler(access_log_path)
-        if access_log_path
-        else logging.StreamHandler(sys.stdout)
-    )
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access_log.addHandler(handler)
-    access_log.propagate = False
-    access_log.setLevel(logging.INFO)
+    for logger, path, fallback in (
+        (access_log, access_log_path, sys.stdout),
+        (audit_log, audit_log_path, None),
+    ):
+        logger.setLevel(logging.INFO)
+        if path is None and fallback is None:
+            continue
+        handler: logging.Handler = (
+            logging.FileHandler(path) if path else logging.StreamHandler(fallback)
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False

@@ -1,0 +1,17 @@
+-- wrk script for bench/run.py: `wrk ... -s wrk-report.lua URL -- METHOD AUTHORIZATION`
+-- (AUTHORIZATION is a whole header value, or "-" for none). Prints one JSON line at the end.
+function init(args)
+  wrk.method = args[1]
+  if args[2] ~= "-" then
+    wrk.headers["Authorization"] = args[2]
+  end
+end
+
+function done(summary, latency, requests)
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "status_errors": %d, "socket_errors": %d, ' ..
+    '"p50_us": %d, "p99_us": %d}\n',
+    summary.requests, summary.duration, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end

@@ -1,0 +1,74 @@
+"""The authentication step: Basic header -> throttle check -> backends in order -> Identity.
+
+Backends are asked in order: `NO_SUCH_USER` passes to the next one, `WRONG_PASSWORD` stops
+the chain, and a backend that cannot answer makes the request fail with 503 (never a silent
+allow, never a fall-through to a weaker backend). Failures feed the brute-force throttle.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..credentials import MalformedCredentials, parse_basic_auth
+from ..policy import Identity, IPAddress
+from ..throttle import Throttle
+from . import Authenticator, BackendUnavailable, Outcome
+
+log = logging.getLogger("regproxy.authn")
+
+
+@dataclass(frozen=True)
+class Denied:
+    """Why a request has no identity: 400 malformed, 401 wrong, 429 throttled, 503 down."""
+
+    status: int
+    message: str
+    retry_after: int | None = None
+
+
+class Authentication:
+    """Turns an Authorization header into an Identity, or a Denied answer."""
+
+    def __init__(
+        self,
+        backends: Callable[[], Sequence[Authenticator]],
+        throttle: Throttle,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._backends = backends
+        self.throttle = throttle
+        self._clock = clock
+
+    async def identify(
+        self, authorization: list[str], address: IPAddress | None
+    ) -> Identity | Denied:
+        try:
+            credentials = parse_basic_auth(authorization)
+        except MalformedCredentials as exc:
+            return Denied(400, str(exc))
+        if credentials is None:
+            return Identity(None, address=address)
+        user, password = credentials
+        where = str(address) if address else "unknown"
+        wait = self.throttle.retry_after(user, where, self._clock())
+        if wait > 0:
+            log.warning("throttled login for %r from %s: retry in %.0fs", user, where, wait)
+            return Denied(429, "too many failed logins, retry later", math.ceil(wait))
+        try:
+            for backend in self._backends():
+                result = await backend.authenticate(user, password)
+                if result.outcome is Outcome.OK:
+                    self.throttle.success(user, where)
+                    return Identity(user, result.groups, address)
+                if result.outcome is Outcome.WRONG_PASSWORD:
+                    break
+        except BackendUnavailable as exc:
+            log.error("authentication backend unavailable: %s", exc)
+            return Denied(503, "authentication backend unavailable")
+        self.throttle.failure(user, where, self._clock())
+        log.info("authentication failed for %r from %s", user, where)
+        return Denied(401, "invalid username or password")

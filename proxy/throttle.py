@@ -1,0 +1,79 @@
+"""Brute-force throttling of failed logins. Pure: the clock is passed in.
+
+Two counters, each forgetting failures older than `window`:
+- per client address: after `attempts` failures that address gets 429 for a while;
+- per user name: after 4 x `attempts` failures (a guesser spread over many addresses), that
+  user is throttled too, but only from addresses that never logged in as that user, so an
+  attacker cannot lock the real user out.
+Each further failure while over the limit doubles the lockout, up to `max_delay`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from .config import Throttle as Settings
+
+MAX_TRACKED = 50_000  # keys remembered at most (oldest forgotten first): bounded memory
+KNOWN_GOOD_PER_USER = 64
+USER_FACTOR = 4
+
+
+@dataclass
+class _Counter:
+    failures: deque[float] = field(default_factory=deque)
+    locked_until: float = 0.0
+    lockouts: int = 0
+
+
+class Throttle:
+    """Remembers recent failures; answers how long a login attempt must wait."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._counters: OrderedDict[str, _Counter] = OrderedDict()
+        self._known_good: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+
+    def retry_after(self, user: str, address: str, now: float) -> float:
+        """Seconds to wait before this (user, address) may try; 0 if it may try now."""
+        wait = self._locked(f"addr:{address}", now)
+        if address not in self._known_good.get(user, {}):
+            wait = max(wait, self._locked(f"user:{user}", now))
+        return wait
+
+    def failure(self, user: str, address: str, now: float) -> None:
+        self._count(f"addr:{address}", self.settings.attempts, now)
+        self._count(f"user:{user}", self.settings.attempts * USER_FACTOR, now)
+
+    def success(self, user: str, address: str) -> None:
+        """A correct password: this address is known good for this user from now on."""
+        self._counters.pop(f"addr:{address}", None)
+        good = self._known_good.setdefault(user, OrderedDict())
+        good[address] = None
+        good.move_to_end(address)
+        while len(good) > KNOWN_GOOD_PER_USER:
+            good.popitem(last=False)
+        self._known_good.move_to_end(user)
+        while len(self._known_good) > MAX_TRACKED:
+            self._known_good.popitem(last=False)
+
+    def _locked(self, key: str, now: float) -> float:
+        counter = self._counters.get(key)
+        return max(0.0, counter.locked_until - now) if counter else 0.0
+
+    def _count(self, key: str, limit: int, now: float) -> None:
+        counter = self._counters.setdefault(key, _Counter())
+        self._counters.move_to_end(key)
+        while len(self._counters) > MAX_TRACKED:
+            self._counters.popitem(last=False)
+        failures = counter.failures
+        failures.append(now)
+        while failures and failures[0] <= now - self.settings.window:
+            failures.popleft()
+        if len(failures) >= limit:
+            delay = min(self.settings.max_delay, 2.0**counter.lockouts)
+            counter.lockouts += 1
+            counter.locked_until = now + delay
+        elif not failures or counter.locked_until <= now - self.settings.window:
+            counter.lockouts = 0

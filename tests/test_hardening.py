@@ -1,0 +1,352 @@
+"""Bad input, abuse and faults: a clear answer, never a bypass, a traceback, a hang or a leak."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import USERS, FakeUpstream, ProxyFactory, RunningProxy, TlsPair, basic
+
+PUSH = basic("push", USERS["push"])
+PULL = basic("pull", USERS["pull"])
+
+
+async def raw_exchange(
+    proxy: RunningProxy, tls: TlsPair, data: bytes, timeout: float = 5.0
+) -> bytes:
+    """Send raw bytes over TLS and read until the server closes or `timeout` passes."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", proxy.server.port, ssl=tls.client_context(), server_hostname="localhost"
+    )
+    writer.write(data)
+    await writer.drain()
+    chunks = []
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), timeout):
+            chunks.append(chunk)
+    except (TimeoutError, ConnectionError):
+        pass
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except (ConnectionError, OSError):
+        pass
+    return b"".join(chunks)
+
+
+def statuses(response: bytes) -> list[int]:
+    return [int(code) for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", response)]
+
+
+def request(line: str, *headers: str, body: bytes = b"") -> bytes:
+    head = "\r\n".join([line, "Host: localhost", *headers, "", ""])
+    return head.encode() + body
+
+
+@pytest.fixture
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG)
+    yield
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+BAD_REQUESTS = {
+    "request line too long": request("GET /v2/" + "a" * 9000 + " HTTP/1.1"),
+    "header too large": request("GET /v2/ HTTP/1.1", "X-Big: " + "b" * 9000),
+    "too many headers": request("GET /v2/ HTTP/1.1", *[f"X-H{i}: 1" for i in range(200)]),
+    "content-length and transfer-encoding": request(
+        "PATCH /v2/a/blobs/uploads/u1 HTTP/1.1",
+        f"Authorization: {PUSH}",
+        "Content-Length: 5",
+        "Transfer-Encoding: chunked",
+        body=b"0\r\n\r\n",
+    ),
+    "two different content-lengths": request(
+        "PATCH /v2/a/blobs/uploads/u1 HTTP/1.1",
+        f"Authorization: {PUSH}",
+        "Content-Length: 5",
+        "Content-Length: 6",
+        body=b"hello!",
+    ),
+    "transfer-encoding not chunked": request(
+        "PATCH /v2/a/blobs/uploads/u1 HTTP/1.1",
+        f"Authorization: {PUSH}",
+        "Transfer-Encoding: gzip",
+        body=b"xxxx",
+    ),
+    "obsolete line folding": request(
+        "GET /v2/ HTTP/1.1", f"Authorization: {PUSH}", "X-Folded: a", " b"
+    ),
+    "space before colon": request("GET /v2/ HTTP/1.1", f"Authorization : {PUSH}"),
+    "lower-case method": request("get /v2/a/manifests/1 HTTP/1.1", f"Authorization: {PUSH}"),
+    "unknown method": request("BREW /v2/ HTTP/1.1", f"Authorization: {PUSH}"),
+    "dot segments": request("GET /v2/a/../b/manifests/1 HTTP/1.1", f"Authorization: {PUSH}"),
+    "encoded slash": request("GET /v2/a%2Fb/manifests/1 HTTP/1.1", f"Authorization: {PUSH}"),
+    "encoded dots": request("GET /v2/%2e%2e/b/manifests/1 HTTP/1.1", f"Authorization: {PUSH}"),
+    "double slash": request("GET /v2//a/manifests/1 HTTP/1.1", f"Authorization: {PUSH}"),
+    "leading double slash": request("GET //v2/a/manifests/1 HTTP/1.1", f"Authorization: {PUSH}"),
+    "semicolon parameter": request("GET /v2/a;x=1/manifests/1 HTTP/1.1", f"Authorization: {PUSH}"),
+    "cyrillic look-alike": request(
+        "GET /v2/APP/manifests/1 HTTP/1.1", f"Authorization: {PUSH}"
+    ).replace(b"APP", "\u0430pp".encode()),
+    "fullwidth letters": b"GET /v2/\xef\xbd\x81pp/manifests/1 HTTP/1.1\r\nHost: x\r\n"
+    + f"Authorization: {PUSH}\r\n\r\n".encode(),
+    "absolute-form to another host": request(
+        "GET http://evil.example/v2/a/manifests/1 HTTP/1.1", f"Authorization: {PUSH}"
+    ),
+    "non-utf8 authorization": b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic \xff\xfe\r\n\r\n",
+    "non-utf8 credentials": b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
+    + __import__("base64").b64encode(b"pu\xffsh:pw")
+    + b"\r\n\r\n",
+    "nul in header": b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    "garbage": os.urandom(64).replace(b"\r\n", b"xx") + b"\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+async def test_bad_requests_get_a_clear_answer_and_are_never_forwarded(
+    make_proxy: ProxyFactory,
+    upstream: FakeUpstream,
+    tls: TlsPair,
+    no_tracebacks: None,
+    name: str,
+) -> None:
+    proxy = await make_proxy()
+    response = await raw_exchange(proxy, tls, BAD_REQUESTS[name], timeout=1.0)
+    codes = statuses(response)
+    assert codes, f"no HTTP answer to {name}: {response[:200]!r}"
+    assert 400 <= codes[0] < 500, (name, codes)
+    assert upstream.requests == []
+    # and the proxy still serves
+    async with proxy.session.get(proxy.url + "/v2/", headers={"Authorization": PULL}) as resp:
+        assert resp.status == 200
+
+
+async def test_http10_and_pipelined_requests(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair
+) -> None:
+    proxy = await make_proxy()
+    old = await raw_exchange(proxy, tls, request("GET /v2/ HTTP/1.0", f"Authorization: {PULL}"))
+    assert statuses(old) == [200] and old.startswith(b"HTTP/1.")
+    two = request("GET /v2/a/tags/list HTTP/1.1", f"Authorization: {PULL}") + request(
+        "GET /v2/b/tags/list HTTP/1.1", f"Authorization: {PULL}", "Connection: close"
+    )
+    assert statuses(await raw_exchange(proxy, tls, two)) == [200, 200]
+    assert [r.path_qs for r in upstream.requests] == ["/v2/", "/v2/a/tags/list", "/v2/b/tags/list"]
+
+
+async def test_method_override_is_not_honoured(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    proxy = await make_proxy()
+    headers = {
+        "Authorization": PULL,
+        "X-HTTP-Method-Override": "DELETE",
+        "X-HTTP-Method": "DELETE",
+        "X-Method-Override": "DELETE",
+    }
+    async with proxy.session.get(proxy.url + "/v2/a/manifests/1", headers=headers) as resp:
+        assert resp.status == 200
+    (seen,) = upstream.requests
+    assert seen.method == "GET"
+    assert not {"x-http-method-override", "x-http-method", "x-method-override"} & set(seen.headers)
+
+
+async def test_query_cannot_name_another_repository(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    acl = "acl:\n  - users: [pull]\n    repositories: ['mine/**']\n    actions: ['*']\n"
+    proxy = await make_proxy(acl)
+    for path in (
+        "/v2/theirs/manifests/1?name=mine/app",
+        "/v2/theirs/blobs/uploads/?repository=mine/app",
+        "/v2/mine/app/../../theirs/manifests/1",
+    ):
+        async with proxy.session.request(
+            "PUT" if "manifests" in path else "POST",
+            proxy.url + path,
+            headers={"Authorization": PULL},
+        ) as resp:
+            assert resp.status in (400, 403, 404, 405)
+    assert upstream.requests == []
+
+
+async def test_slowloris_is_cut_and_others_are_served(
+    make_proxy: ProxyFactory, tls: TlsPair
+) -> None:
+    proxy = await make_proxy("timeouts:\n  keepalive: 1\n")
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", proxy.server.port, ssl=tls.client_context(), server_hostname="localhost"
+    )
+    closed = False
+    for byte in b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 100:
+        try:
+            writer.write(bytes([byte]))
+            await writer.drain()
+        except (ConnectionError, OSError):
+            closed = True
+            break
+        async with proxy.session.get(proxy.url + "/v2/", headers={"Authorization": PULL}) as r:
+            assert r.status == 200  # everyone else is served meanwhile
+        if reader.at_eof():
+            closed = True
+            break
+        await asyncio.sleep(0.05)
+    if not closed:
+        closed = await asyncio.wait_for(reader.read(), 5) == b""
+    assert closed
+    writer.close()
+
+
+async def test_throttle_after_failed_logins(
+    make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    proxy = await make_proxy("throttle:\n  attempts: 3\ntrusted_proxies: [127.0.0.1/32]\n")
+    attacker = {"X-Forwarded-For": "203.0.113.7"}
+    for _ in range(3):
+        async with proxy.session.get(
+            proxy.url + "/v2/", headers={**attacker, "Authorization": basic("push", "guess")}
+        ) as resp:
+            assert resp.status == 401
+    async with proxy.session.get(
+        proxy.url + "/v2/", headers={**attacker, "Authorization": PUSH}
+    ) as resp:
+        assert resp.status == 429  # even the right password waits: no oracle
+        assert int(resp.headers["Retry-After"]) >= 1
+        assert json.loads(await resp.text())["errors"][0]["code"] == "TOOMANYREQUESTS"
+    # The real user, from another address, is not locked out by the attacker.
+    async with proxy.session.get(
+        proxy.url + "/v2/", headers={"X-Forwarded-For": "198.51.100.1", "Authorization": PUSH}
+    ) as resp:
+        assert resp.status == 200
+    assert "throttled login for 'push' from 203.0.113.7" in caplog.text
+    assert "authentication failed for 'push' from 203.0.113.7" in caplog.text
+
+
+async def test_forwarded_for_is_ignored_from_untrusted_peers(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    proxy = await make_proxy("throttle:\n  attempts: 2\n")
+    for i in range(2):  # rotating X-Forwarded-For does not dodge the throttle
+        async with proxy.session.get(
+            proxy.url + "/v2/",
+            headers={"X-Forwarded-For": f"203.0.113.{i}", "Authorization": basic("x", "y")},
+        ) as resp:
+            assert resp.status == 401
+    async with proxy.session.get(
+        proxy.url + "/v2/",
+        headers={"X-Forwarded-For": "203.0.113.99", "Authorization": PUSH},
+    ) as resp:
+        assert resp.status == 429
+
+
+async def test_audit_log_records_push_and_delete_decisions(
+    make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="regproxy.audit")
+    proxy = await make_proxy()
+    digest = "sha256:" + "1" * 64
+    for method, path, auth in (
+        ("PUT", "/v2/team/app/manifests/v1", PUSH),
+        ("DELETE", f"/v2/team/app/manifests/{digest}", PULL),
+        ("GET", "/v2/team/app/manifests/v1", PULL),
+    ):
+        async with proxy.session.request(
+            method, proxy.url + path, headers={"Authorization": auth}
+        ) as resp:
+            await resp.read()
+    entries = [json.loads(r.getMessage()) for r in caplog.records if r.name == "regproxy.audit"]
+    assert [
+        (e["user"], e["action"], e["repository"], e["reference"], e["status"]) for e in entries
+    ] == [("push", "push", "team/app", "v1", 200), ("pull", "delete", "team/app", digest, 403)]
+    assert all(e["client"] == "127.0.0.1" and e["time"].endswith("+00:00") for e in entries)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def settle() -> tuple[int, int]:
+    for _ in range(20):
+        await asyncio.sleep(0.05)
+    gc.collect()
+    return open_fds(), len(asyncio.all_tasks())
+
+
+async def test_upstream_dies_mid_push(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    async def dies(request: web.Request) -> web.StreamResponse:
+        await request.content.read(1024 * 1024)
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response()
+
+    upstream.handlers["/v2/a/blobs/uploads/u1"] = dies
+    proxy = await make_proxy()
+
+    async def body() -> object:
+        for _ in range(64):
+            yield b"x" * 65536
+
+    async with proxy.session.patch(
+        proxy.url + "/v2/a/blobs/uploads/u1", data=body(), headers={"Authorization": PUSH}
+    ) as resp:
+        assert resp.status == 502  # never a success for a half-finished upload
+    async with proxy.session.get(proxy.url + "/v2/", headers={"Authorization": PULL}) as resp:
+        assert resp.status == 200
+
+
+async def test_client_gone_mid_transfer_leaks_nothing(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair
+) -> None:
+    upstream_done = asyncio.Event()
+    digest = "sha256:" + "2" * 64
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(1 << 34)})
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(b"y" * 65536)
+        finally:
+            upstream_done.set()
+
+    upstream.handlers[f"/v2/a/blobs/{digest}"] = endless
+    proxy = await make_proxy()
+    async with proxy.session.get(proxy.url + "/v2/", headers={"Authorization": PULL}) as resp:
+        assert resp.status == 200
+    fds, tasks = await settle()
+    for _ in range(3):
+        # Download: read a little, then vanish.
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", proxy.server.port, ssl=tls.client_context(), server_hostname="localhost"
+        )
+        writer.write(request(f"GET /v2/a/blobs/{digest} HTTP/1.1", f"Authorization: {PULL}"))
+        await reader.read(1 << 20)
+        writer.transport.abort()
+        await asyncio.wait_for(upstream_done.wait(), 10)  # the upstream request was cancelled
+        upstream_done.clear()
+        # Upload: send part of a declared body, then vanish.
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", proxy.server.port, ssl=tls.client_context(), server_hostname="localhost"
+        )
+        writer.write(
+            request(
+                "PATCH /v2/a/blobs/uploads/u2 HTTP/1.1",
+                f"Authorization: {PUSH}",
+                "Content-Length: 10000000",
+                body=b"z" * 100_000,
+            )
+        )
+        await writer.drain()
+        writer.transport.abort()
+    after_fds, after_tasks = await settle()
+    assert after_fds <= fds and after_tasks <= tasks

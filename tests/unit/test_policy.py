@@ -1,0 +1,372 @@
+"""Unit tables for proxy.policy: the Apache recipe's rules and first-match decisions."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from proxy.policy import Decision, Identity, Rule, Verdict, authorize, decide, recipe_rules
+from proxy.routes import ACTIONS, Operation, classify
+
+ALL = frozenset(ACTIONS)
+PULL = frozenset({"pull"})
+
+ANONYMOUS = Identity(None)
+VALID = Identity("alice")
+PUSHER = Identity("bob", frozenset({"pusher"}))
+OTHER_GROUPS = Identity("carol", frozenset({"readers", "devs", "pushers", "Pusher"}))
+ADMIN = Identity("dave", frozenset({"admins"}))
+
+WHO = {
+    "anonymous": ANONYMOUS,
+    "valid-user": VALID,
+    "pusher": PUSHER,
+    "other-groups": OTHER_GROUPS,
+    "admin": ADMIN,
+}
+
+# who -> {action: (allowed, origin of the deciding rule or None)} under recipe_rules("pusher")
+RECIPE = {
+    "anonymous": {
+        None: (False, None),
+        "pull": (False, None),
+        "push": (False, None),
+        "delete": (False, None),
+    },
+    "valid-user": {
+        None: (True, "built-in: valid-user"),
+        "pull": (True, "built-in: valid-user"),
+        "push": (False, "built-in: valid-user"),
+        "delete": (False, "built-in: valid-user"),
+    },
+    "pusher": {
+        None: (True, "built-in: group pusher"),
+        "pull": (True, "built-in: group pusher"),
+        "push": (True, "built-in: group pusher"),
+        "delete": (True, "built-in: group pusher"),
+    },
+}
+RECIPE["other-groups"] = RECIPE["valid-user"]
+RECIPE["admin"] = RECIPE["valid-user"]
+
+
+@pytest.mark.parametrize(
+    ("who", "action", "allowed", "origin"),
+    [
+        pytest.param(who, action, allowed, origin, id=f"{who}-{action}")
+        for who, table in RECIPE.items()
+        for action, (allowed, origin) in table.items()
+    ],
+)
+@pytest.mark.parametrize("repository", [None, "library/ubuntu"])
+def test_recipe(
+    who: str, action: str | None, allowed: bool, origin: str | None, repository: str | None
+) -> None:
+    decision = decide(recipe_rules("pusher"), WHO[who], action, repository)  # type: ignore[arg-type]
+    assert decision.allowed is allowed
+    assert (decision.rule.origin if decision.rule else None) == origin
+    if origin is not None:
+        assert decision.reason == f"rule {origin}"
+    else:
+        assert decision.reason == "no rule matched (deny by default)"
+
+
+def test_recipe_rules_shape() -> None:
+    rules = recipe_rules("pusher")
+    assert [r.origin for r in rules] == ["built-in: group pusher", "built-in: valid-user"]
+    assert rules[0].actions == ALL and rules[0].groups == frozenset({"pusher"})
+    assert rules[1].actions == PULL and not rules[1].groups and not rules[1].users
+    assert not any(r.anonymous for r in rules)
+    assert recipe_rules("pusher") == rules
+
+
+@pytest.mark.parametrize(
+    ("who", "action", "allowed"),
+    [
+        (Identity("dave", frozenset({"admins"})), "push", True),
+        (Identity("dave", frozenset({"admins"})), "delete", True),
+        (Identity("bob", frozenset({"pusher"})), "push", False),
+        (Identity("bob", frozenset({"pusher"})), "delete", False),
+        (Identity("bob", frozenset({"pusher"})), "pull", True),
+        (Identity("admins"), "push", False),  # a user named like the group is not a member
+        (ANONYMOUS, "pull", False),
+    ],
+)
+def test_custom_push_group(who: Identity, action: str, allowed: bool) -> None:
+    decision = decide(recipe_rules("admins"), who, action, "a")  # type: ignore[arg-type]
+    assert decision.allowed is allowed
+
+
+def test_custom_push_group_origin() -> None:
+    decision = decide(recipe_rules("admins"), ADMIN, "push", "a")
+    assert decision.reason == "rule built-in: group admins"
+
+
+# --------------------------------------------------------------------------------------------
+# First match, hand-built rules
+# --------------------------------------------------------------------------------------------
+
+USER_ALICE_PULL = Rule(PULL, users=frozenset({"alice"}), origin="alice-pull")
+GROUP_PUSHER_ALL = Rule(ALL, groups=frozenset({"pusher"}), origin="pusher-all")
+EVERYONE_PULL = Rule(PULL, origin="everyone-pull")
+DENY_MALLORY = Rule(frozenset(), users=frozenset({"mallory"}), origin="deny-mallory")
+ANON_PULL = Rule(PULL, anonymous=True, origin="anon-pull")
+PUBLIC_PULL = Rule(PULL, repositories=("public/**",), origin="public-pull")
+OWN_ALL = Rule(ALL, repositories=("${user}/*",), origin="own")
+TEAM_PUSH = Rule(frozenset({"pull", "push"}), repositories=("${group}/**",), origin="team")
+LAN_ALL = Rule(ALL, networks=(ipaddress.ip_network("10.0.0.0/8"),), origin="lan")
+
+ALICE_PUSHER = Identity("alice", frozenset({"pusher"}))
+BOB_PUSHER = Identity("bob", frozenset({"pusher"}))
+MALLORY_PUSHER = Identity("mallory", frozenset({"pusher"}))
+
+
+@pytest.mark.parametrize(
+    ("rules", "who", "action", "repository", "allowed", "origin"),
+    [
+        pytest.param((), ANONYMOUS, "pull", "a", False, None, id="empty-anonymous"),
+        pytest.param((), VALID, "pull", "a", False, None, id="empty-user-pull"),
+        pytest.param((), PUSHER, "push", "a", False, None, id="empty-pusher-push"),
+        pytest.param((), PUSHER, "delete", "a", False, None, id="empty-pusher-delete"),
+        pytest.param(
+            (USER_ALICE_PULL, GROUP_PUSHER_ALL), ALICE_PUSHER, "push", "a", False, "alice-pull",
+            id="user-rule-before-group-rule-decides",
+        ),
+        pytest.param(
+            (USER_ALICE_PULL, GROUP_PUSHER_ALL), ALICE_PUSHER, "pull", "a", True, "alice-pull",
+            id="user-rule-grants-its-actions",
+        ),
+        pytest.param(
+            (USER_ALICE_PULL, GROUP_PUSHER_ALL), BOB_PUSHER, "push", "a", True, "pusher-all",
+            id="other-user-falls-to-group-rule",
+        ),
+        pytest.param(
+            (GROUP_PUSHER_ALL, USER_ALICE_PULL), ALICE_PUSHER, "push", "a", True, "pusher-all",
+            id="group-rule-first",
+        ),
+        pytest.param(
+            (USER_ALICE_PULL,), VALID, "delete", "a", False, "alice-pull",
+            id="matched-rule-without-the-action-denies",
+        ),
+        pytest.param(
+            (USER_ALICE_PULL,), Identity("alicia"), "pull", "a", False, None,
+            id="user-names-match-exactly",
+        ),
+        pytest.param(
+            (DENY_MALLORY, GROUP_PUSHER_ALL), MALLORY_PUSHER, "pull", "a", False, "deny-mallory",
+            id="empty-actions-is-an-explicit-deny",
+        ),
+        pytest.param(
+            (DENY_MALLORY, GROUP_PUSHER_ALL), BOB_PUSHER, "delete", "a", True, "pusher-all",
+            id="explicit-deny-only-for-its-user",
+        ),
+        pytest.param(
+            (EVERYONE_PULL, GROUP_PUSHER_ALL), PUSHER, "push", "a", False, "everyone-pull",
+            id="catch-all-first-shadows",
+        ),
+        pytest.param(
+            (GROUP_PUSHER_ALL,), Identity("x", frozenset({"pusher2"})), "push", "a", False, None,
+            id="group-names-match-exactly",
+        ),
+        pytest.param(
+            (EVERYONE_PULL,), ANONYMOUS, "pull", "a", False, None,
+            id="user-rules-never-match-anonymous",
+        ),
+        pytest.param(
+            (ANON_PULL, EVERYONE_PULL), ANONYMOUS, "pull", "a", True, "anon-pull",
+            id="anonymous-rule",
+        ),
+        pytest.param(
+            (ANON_PULL,), ANONYMOUS, "push", "a", False, "anon-pull",
+            id="anonymous-rule-actions",
+        ),
+        pytest.param(
+            (ANON_PULL,), VALID, "pull", "a", False, None,
+            id="anonymous-rule-does-not-match-users",
+        ),
+        pytest.param(
+            (PUBLIC_PULL,), VALID, "pull", "public/a/b", True, "public-pull", id="glob-doublestar",
+        ),
+        pytest.param(
+            (PUBLIC_PULL,), VALID, "pull", "publicity/a", False, None, id="glob-prefix-only",
+        ),
+        pytest.param(
+            (PUBLIC_PULL, EVERYONE_PULL), VALID, "pull", "private/a", True, "everyone-pull",
+            id="repository-mismatch-falls-through",
+        ),
+        pytest.param((OWN_ALL,), VALID, "delete", "alice/app", True, "own", id="user-placeholder"),
+        pytest.param((OWN_ALL,), VALID, "pull", "alice/a/b", False, None, id="star-one-level"),
+        pytest.param((OWN_ALL,), VALID, "pull", "bob/app", False, None, id="not-own"),
+        pytest.param((OWN_ALL,), Identity("*"), "push", "x/app", False, None, id="user-star"),
+        pytest.param(
+            (TEAM_PUSH,), Identity("u", frozenset({"devs", "ops"})), "push", "ops/x/y", True,
+            "team", id="group-placeholder-any-group",
+        ),
+        pytest.param(
+            (TEAM_PUSH,), Identity("u", frozenset({"devs"})), "push", "ops/x", False, None,
+            id="group-placeholder-not-member",
+        ),
+        pytest.param(
+            (LAN_ALL,), Identity("u", address=ipaddress.ip_address("10.1.2.3")), "push", "a",
+            True, "lan", id="network-inside",
+        ),
+        pytest.param(
+            (LAN_ALL,), Identity("u", address=ipaddress.ip_address("11.0.0.1")), "push", "a",
+            False, None, id="network-outside",
+        ),
+        pytest.param((LAN_ALL,), VALID, "push", "a", False, None, id="network-unknown-address"),
+    ],
+)  # fmt: skip
+def test_first_match(
+    rules: tuple[Rule, ...],
+    who: Identity,
+    action: str,
+    repository: str,
+    allowed: bool,
+    origin: str | None,
+) -> None:
+    decision = decide(rules, who, action, repository)  # type: ignore[arg-type]
+    assert decision.allowed is allowed
+    assert (decision.rule.origin if decision.rule else None) == origin
+
+
+@pytest.mark.parametrize("who", list(WHO.values()), ids=list(WHO))
+@pytest.mark.parametrize("action", ["pull", "push", "delete"])
+def test_empty_rules_deny(who: Identity, action: str) -> None:
+    decision = decide((), who, action, "library/ubuntu")  # type: ignore[arg-type]
+    assert decision == Decision(False, None)
+    assert decision.reason == "no rule matched (deny by default)"
+
+
+@pytest.mark.parametrize(
+    ("rules", "who", "allowed"),
+    [
+        pytest.param((), ANONYMOUS, False, id="empty-anonymous"),
+        pytest.param(recipe_rules("pusher"), ANONYMOUS, False, id="recipe-anonymous"),
+        pytest.param((ANON_PULL,), ANONYMOUS, True, id="anonymous-rule"),
+        pytest.param(
+            (Rule(frozenset(), anonymous=True),), ANONYMOUS, False, id="anonymous-empty-actions"
+        ),
+        pytest.param(recipe_rules("pusher"), VALID, True, id="recipe-user"),
+    ],
+)
+def test_catalog_access(rules: tuple[Rule, ...], who: Identity, allowed: bool) -> None:
+    """`action` None (the catalog) asks whether the caller may use the registry at all."""
+    assert decide(rules, who, None).allowed is allowed
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        decide((), VALID, None),
+        decide((), VALID, "pull", "a"),
+        decide(recipe_rules("pusher"), VALID, None),
+        decide(recipe_rules("pusher"), PUSHER, "push", "a"),
+        decide(recipe_rules("pusher"), VALID, "push", "a"),
+    ],
+    ids=["empty-catalog", "empty-pull", "recipe-catalog", "recipe-push", "recipe-denied-push"],
+)
+def test_reason_agrees_with_the_answer(decision: Decision) -> None:
+    """An allowed request never says it was denied by default, and vice versa."""
+    if decision.allowed:
+        assert "deny" not in decision.reason
+    else:
+        assert decision.rule is not None or "deny by default" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("rule", "reason"),
+    [
+        (None, "no rule matched (deny by default)"),
+        (Rule(PULL, origin="conf/acl.yaml:12"), "rule conf/acl.yaml:12"),
+        (Rule(PULL), "rule built-in"),
+    ],
+)
+def test_decision_reason(rule: Rule | None, reason: str) -> None:
+    assert Decision(rule is not None, rule).reason == reason
+    assert Decision(False, rule).reason == reason
+
+
+@pytest.mark.parametrize(
+    ("who", "anonymous"),
+    [(ANONYMOUS, True), (VALID, False), (Identity(""), False), (PUSHER, False)],
+)
+def test_identity_anonymous(who: Identity, anonymous: bool) -> None:
+    assert who.anonymous is anonymous
+
+
+# --------------------------------------------------------------------------------------------
+# authorize(): classify -> decide, as the request path uses them
+# --------------------------------------------------------------------------------------------
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def op(method: str, path: str, query: str = "") -> Operation:
+    result = classify(method, path, query)
+    assert isinstance(result, Operation), result
+    return result
+
+
+REQUESTS = {
+    "ping": op("GET", "/v2/"),
+    "catalog": op("GET", "/v2/_catalog"),
+    "pull": op("GET", "/v2/a/manifests/latest"),
+    "push": op("PUT", "/v2/a/manifests/latest"),
+    "upload": op("POST", "/v2/a/blobs/uploads/"),
+    "delete": op("DELETE", f"/v2/a/blobs/{DIGEST}"),
+}
+
+# who -> requests allowed under the recipe (everything else refused)
+RECIPE_ALLOWED = {
+    "anonymous": set(),
+    "valid-user": {"ping", "catalog", "pull"},
+    "pusher": set(REQUESTS),
+    "other-groups": {"ping", "catalog", "pull"},
+}
+
+
+@pytest.mark.parametrize(
+    ("who", "request_name"),
+    [(who, name) for who in RECIPE_ALLOWED for name in REQUESTS],
+)
+def test_authorize_recipe(who: str, request_name: str) -> None:
+    verdict = authorize(recipe_rules("pusher"), WHO[who], REQUESTS[request_name])
+    assert verdict.allowed is (request_name in RECIPE_ALLOWED[who])
+    assert verdict.drop_mount is False
+
+
+def test_anonymous_ping_is_challenged_even_with_anonymous_rules() -> None:
+    verdict = authorize((ANON_PULL,), ANONYMOUS, REQUESTS["ping"])
+    assert verdict == Verdict(Decision(False, None))
+    assert authorize((ANON_PULL,), ANONYMOUS, REQUESTS["pull"]).allowed is True
+
+
+@pytest.mark.parametrize(
+    ("rules", "who", "source", "allowed", "drop_mount"),
+    [
+        pytest.param(recipe_rules("pusher"), PUSHER, "other/repo", True, False, id="pusher"),
+        pytest.param(
+            recipe_rules("pusher"), VALID, "other/repo", False, False, id="no-push-no-mount"
+        ),
+        pytest.param(
+            (OWN_ALL,), VALID, "bob/secret", True, True, id="no-pull-on-source-drops-mount",
+        ),
+        pytest.param((OWN_ALL,), VALID, "alice/other", True, False, id="own-source"),
+        pytest.param(
+            (Rule(ALL, repositories=("alice/*",), upstream="http://r1:5000"),
+             Rule(PULL, repositories=("shared/*",), upstream="http://r2:5000")),
+            VALID, "shared/x", True, True, id="different-upstreams-drop-mount",
+        ),
+    ],
+)  # fmt: skip
+def test_authorize_mount(
+    rules: tuple[Rule, ...], who: Identity, source: str, allowed: bool, drop_mount: bool
+) -> None:
+    target = "alice/app"
+    operation = op("POST", f"/v2/{target}/blobs/uploads/", f"mount={DIGEST}&from={source}")
+    assert operation.mount_from == source
+    verdict = authorize(rules, who, operation)
+    assert verdict.allowed is allowed
+    assert verdict.drop_mount is drop_mount
