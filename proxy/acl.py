@@ -30,8 +30,23 @@ _KEYS = frozenset(
 )  # fmt: skip
 
 
+def construct(node: yaml.Node) -> Any:
+    """A node's Python value; unknown tags and bad values (`!!int two`) are ValueErrors."""
+    try:
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError) as exc:
+        raise ValueError(f"cannot read value: {getattr(exc, 'problem', None) or exc}") from None
+
+
 class _Bad(ValueError):
     """One problem in one rule; the caller adds file and line."""
+
+
+def _value(node: yaml.Node, key: str) -> Any:
+    try:
+        return construct(node)
+    except ValueError as exc:
+        raise _Bad(f"{key}: {exc}") from None
 
 
 def _strings(value: Any, key: str) -> list[str]:
@@ -124,8 +139,7 @@ def _rule(node: yaml.Node, source: str, problems: list[Problem]) -> Rule | None:
             ok = False
             continue
         try:
-            value = yaml.SafeLoader("").construct_object(value_node, deep=True)
-            fields[key] = _FIELDS[key](value, key)
+            fields[key] = _FIELDS[key](_value(value_node, key), key)
         except _Bad as exc:
             problems.append(Problem(source, key_line, str(exc)))
             ok = False

@@ -9,6 +9,7 @@ Only the CLI exits; this module raises.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .acl import parse_acl_text, parse_rules
+from .acl import construct, parse_acl_text, parse_rules
 from .credentials import Problem
 from .policy import IPNetwork, Rule, parse_networks, parse_upstream, recipe_rules
 
@@ -127,14 +128,23 @@ def _parse_positive_int(value: object) -> int:
 
 
 def _parse_seconds(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"expected a positive number of seconds, got {value!r}")
     return float(value)
 
 
 def _parse_choice(choices: tuple[str, ...]) -> _Parser:
     def parse(value: object) -> str:
-        text = str(value).lower()
+        if value is False and "off" in choices:
+            return "off"  # YAML 1.1 reads a bare `off` as false
+        if not isinstance(value, str):
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        text = value.lower()
         if text not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
         return text
@@ -143,14 +153,18 @@ def _parse_choice(choices: tuple[str, ...]) -> _Parser:
 
 
 def _parse_name(value: object) -> str:
-    text = str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a group name, got {value!r}")
+    text = value
     if not text or any(c.isspace() or c == ":" for c in text):
         raise ValueError(f"expected a name without spaces or ':', got {value!r}")
     return text
 
 
 def _parse_realm(value: object) -> str:
-    text = str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected text, got {value!r}")
+    text = value
     if not text or '"' in text or "\\" in text or not text.isprintable():
         raise ValueError(f"realm must be printable text without quotes, got {value!r}")
     return text
@@ -199,10 +213,6 @@ FLAG_KEYS: dict[str, str] = {
 }
 
 
-def _construct(node: yaml.Node) -> Any:
-    return yaml.SafeLoader("").construct_object(node, deep=True)
-
-
 def _flatten(
     node: yaml.Node, source: str, problems: list[Problem], prefix: str = ""
 ) -> dict[str, tuple[Any, int]]:
@@ -224,7 +234,10 @@ def _flatten(
         elif key == "acl" and not prefix:
             flat[key] = (value_node, line)  # parsed by _load_acl, which needs the nodes' lines
         elif key in _KEYS:
-            flat[key] = (_construct(value_node), line)
+            try:
+                flat[key] = (construct(value_node), line)
+            except ValueError as exc:
+                problems.append(Problem(source, line, f"{key}: {exc}"))
         else:
             problems.append(Problem(source, line, f"unknown key {key!r}"))
     return flat
@@ -264,7 +277,7 @@ def _read_yaml(path: Path, problems: list[Problem]) -> dict[str, tuple[Any, int]
         line = mark.line + 1 if mark is not None else 0
         problems.append(Problem(source, line, f"invalid YAML: {getattr(exc, 'problem', exc)}"))
         return {}
-    if node is None:
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
         return {}
     return _flatten(node, source, problems)
 

@@ -22,13 +22,22 @@ _USER_RE = re.compile(r"[^\s:#][^\s:]*")
 BCRYPT_MAX_BYTES = 72  # bcrypt ignores the rest; Apache and the bcrypt C library agree
 _CRYPT64 = "[./0-9A-Za-z]"
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("bcrypt", re.compile(rf"\$2[abxy]?\$(\d\d)\${_CRYPT64}{{53}}")),
+    ("bcrypt", re.compile(rf"\$2[abxy]\$(?:0[4-9]|[12]\d|3[01])\${_CRYPT64}{{53}}")),
     ("apr1", re.compile(rf"\$apr1\$[^$:]{{0,8}}\${_CRYPT64}{{22}}")),
     ("sha256-crypt", re.compile(rf"\$5\$(rounds=\d+\$)?[^$:]{{0,16}}\${_CRYPT64}{{43}}")),
     ("sha512-crypt", re.compile(rf"\$6\$(rounds=\d+\$)?[^$:]{{0,16}}\${_CRYPT64}{{86}}")),
     ("sha1", re.compile(r"\{SHA\}[A-Za-z0-9+/]{27}=")),
     ("crypt", re.compile(rf"{_CRYPT64}{{13}}")),
 )
+
+
+def _lines(text: str) -> list[str]:
+    """Lines as editors and Apache count them: split on newlines only (not on form feeds or
+    Unicode separators, which str.splitlines also takes), CR of CRLF dropped."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,7 @@ _CHECKERS: dict[str, Callable[[bytes, str], bool]] = {
 _HASHERS: dict[str, Callable[[str, str], str]] = {
     "bcrypt": lambda pw, sample: bcrypt.hashpw(
         pw.encode(), bcrypt.gensalt(int(sample[4:6]), prefix=b"2b")
-    ).decode(),
+    ).decode(),  # the pattern guarantees a two-digit cost of 04-31
     "apr1": lambda pw, _: str(apr_md5_crypt.hash(pw)),
     "sha256-crypt": lambda pw, s: _sha_crypt(sha256_crypt, pw, s),
     "sha512-crypt": lambda pw, s: _sha_crypt(sha512_crypt, pw, s),
@@ -88,9 +97,22 @@ class PasswordHash:
     scheme: str
     value: str = field(repr=False)
 
+    @property
+    def cost(self) -> int:
+        """bcrypt's log2 rounds or sha-crypt's rounds; 0 for schemes without a cost."""
+        if self.scheme == "bcrypt":
+            return int(self.value[4:6])
+        if self.scheme in ("sha256-crypt", "sha512-crypt"):
+            return _sha_crypt_rounds(self.value)
+        return 0
+
     def verify(self, password: bytes) -> bool:
-        """Slow for bcrypt and sha-crypt: callers run it off the event loop."""
-        return bool(_CHECKERS[self.scheme](password, self.value))
+        """Slow for bcrypt and sha-crypt: callers run it off the event loop. A password the
+        scheme cannot even take (NUL bytes for crypt) is simply wrong, never an error."""
+        try:
+            return bool(_CHECKERS[self.scheme](password, self.value))
+        except (ValueError, TypeError):
+            return False
 
 
 def identify(stored: str) -> PasswordHash | None:
@@ -125,10 +147,10 @@ class Htpasswd:
 
     def typical_hash(self) -> PasswordHash | None:
         """The most common scheme/cost in the file, to build the unknown-user dummy from."""
-        counts: dict[tuple[str, str], int] = {}
-        samples: dict[tuple[str, str], PasswordHash] = {}
+        counts: dict[tuple[str, int], int] = {}
+        samples: dict[tuple[str, int], PasswordHash] = {}
         for h in self.users.values():
-            key = (h.scheme, h.value[:7])
+            key = (h.scheme, h.cost)
             counts[key] = counts.get(key, 0) + 1
             samples[key] = h
         if not counts:
@@ -144,7 +166,7 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
     """
     users: dict[str, PasswordHash] = {}
     problems: list[Problem] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_lines(text), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -168,7 +190,7 @@ def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tup
     """Parse Apache's group file: `group: user1 user2`; a group may appear on several lines."""
     members: dict[str, set[str]] = {}
     problems: list[Problem] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_lines(text), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -239,7 +261,7 @@ def edit_htpasswd(text: str, user: str, new_hash: str | None) -> tuple[str, bool
     if not _USER_RE.fullmatch(user):
         raise ValueError(f"invalid user name {user!r}: no spaces, ':' or leading '#'")
     lines, found = [], False
-    for raw in text.splitlines():
+    for raw in _lines(text):
         if raw.partition(":")[0].strip() == user and not raw.lstrip().startswith("#"):
             if not found and new_hash is not None:
                 lines.append(f"{user}:{new_hash}")

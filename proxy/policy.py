@@ -28,9 +28,10 @@ def parse_upstream(value: object) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"expected http:// or https:// URL, got {text!r}")
-    if parts.path or parts.query or parts.fragment or parts.username:
+    if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
         raise ValueError(f"upstream must be scheme://host[:port] only, got {text!r}")
-    _ = parts.port  # raises ValueError on a bad port
+    if parts.port == 0:  # .port raises ValueError itself for other bad ports
+        raise ValueError(f"upstream port 0 is not a port, got {text!r}")
     return text
 
 
@@ -154,7 +155,11 @@ class Decision:
 
     @property
     def reason(self) -> str:
-        return f"rule {self.rule.origin}" if self.rule else "no rule matched (deny by default)"
+        if self.rule:
+            return f"rule {self.rule.origin}"
+        if self.allowed:
+            return "any valid user may list the catalog (filtered by pull)"
+        return "no rule matched (deny by default)"
 
 
 def recipe_rules(push_group: str) -> tuple[Rule, ...]:

@@ -157,7 +157,7 @@ def catalog_page(query: str) -> tuple[int, str] | Refusal:
     if last and not valid_name(last):
         return Refusal(400, "NAME_INVALID", "invalid repository name in 'last'")
     text = params.get("n", "100")
-    if not text.isdigit() or not 0 < int(text) <= CATALOG_MAX:
+    if not re.fullmatch(r"[0-9]{1,4}", text) or not 0 < int(text) <= CATALOG_MAX:
         return Refusal(400, "PAGINATION_NUMBER_INVALID", f"n must be 1 to {CATALOG_MAX}")
     return int(text), last
 
