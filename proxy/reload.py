@@ -47,6 +47,9 @@ def load_users(config: Config) -> tuple[UserFiles, list[Problem]]:
     try:
         htpasswd = parse_htpasswd(read_text(config.htpasswd), str(config.htpasswd))
         problems.extend(htpasswd.problems)
+        if not htpasswd.users:
+            # Empty or all lines bad: most likely a truncated or half-written file.
+            fatal.append(Problem(str(config.htpasswd), 0, "no usable users in this file"))
     except ConfigError as exc:
         fatal.extend(exc.problems)
     if config.groups is not None:

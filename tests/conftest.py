@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import os
+import re
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +24,9 @@ from proxy.credentials import hash_password
 from proxy.reload import State, load_snapshot
 from proxy.server import Server
 from proxy.tls import load_certificate, server_context
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 # Test users: (password, groups). Cost 4 keeps hashing fast; the cost is not what is tested.
 USERS = {"pull": "pull-pw", "push": "push:pw", "other": "other-pw"}
@@ -189,3 +197,54 @@ async def make_proxy(
     for running in started:
         await running.session.close()
         await running.server.shutdown()
+
+
+def write_setup(directory: Path, tls: TlsPair, upstream: str, extra: str = "") -> Path:
+    """A config for `regproxy serve` in `directory`, with its own copy of the TLS pair."""
+    (directory / "server.crt").write_bytes(tls.cert.read_bytes())
+    (directory / "server.key").write_bytes(tls.key.read_bytes())
+    (directory / "htpasswd").write_text(htpasswd_text(USERS))
+    (directory / "groups").write_text(GROUPS_TEXT)
+    config = directory / "regproxy.yaml"
+    with free_socket() as sock:
+        port = sock.getsockname()[1]
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\nupstream: {upstream}\nhtpasswd: htpasswd\ngroups: groups\n"
+        "tls:\n  cert: server.crt\n  key: server.key\n" + extra
+    )
+    return config
+
+
+@dataclass
+class Served:
+    """`regproxy serve` as a subprocess, with a client session that trusts it."""
+
+    process: asyncio.subprocess.Process
+    url: str
+    session: aiohttp.ClientSession
+    stdout: Path
+    directory: Path
+
+
+@pytest.fixture
+async def served(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream, request: pytest.FixtureRequest
+) -> AsyncIterator[Served]:
+    extra = getattr(request, "param", "")
+    config = write_setup(tmp_path, tls, upstream.url, extra)
+    port = int(re.search(r"listen: 127.0.0.1:(\d+)", config.read_text()).group(1))  # type: ignore[union-attr]
+    stdout = tmp_path / "access.log"
+    with stdout.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "serve", "-c", str(config),
+            cwd=tmp_path, env=ENV, stdout=out, stderr=subprocess.PIPE,
+        )  # fmt: skip
+    assert process.stderr is not None
+    while b"listening on" not in (line := await process.stderr.readline()):
+        assert line, "regproxy exited before listening"
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client_context()))
+    yield Served(process, f"https://localhost:{port}", session, stdout, tmp_path)
+    await session.close()
+    if process.returncode is None:
+        process.kill()
+    await process.wait()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import gc
 import json
 import logging
@@ -35,10 +37,8 @@ async def raw_exchange(
     except (TimeoutError, ConnectionError):
         pass
     writer.close()
-    try:
+    with contextlib.suppress(ConnectionError, OSError):
         await writer.wait_closed()
-    except (ConnectionError, OSError):
-        pass
     return b"".join(chunks)
 
 
@@ -102,9 +102,10 @@ BAD_REQUESTS = {
     "absolute-form to another host": request(
         "GET http://evil.example/v2/a/manifests/1 HTTP/1.1", f"Authorization: {PUSH}"
     ),
-    "non-utf8 authorization": b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic \xff\xfe\r\n\r\n",
+    "non-utf8 authorization": b"GET /v2/ HTTP/1.1\r\nHost: x\r\n"
+    + b"Authorization: Basic \xff\xfe\r\n\r\n",
     "non-utf8 credentials": b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic "
-    + __import__("base64").b64encode(b"pu\xffsh:pw")
+    + base64.b64encode(b"pu\xffsh:pw")
     + b"\r\n\r\n",
     "nul in header": b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
     "garbage": os.urandom(64).replace(b"\r\n", b"xx") + b"\r\n\r\n",
