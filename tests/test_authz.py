@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.conftest import USERS, FakeUpstream, ProxyFactory, basic, replace_file
+from tests.conftest import USERS, FakeUpstream, ProxyFactory, basic, htpasswd_text, replace_file
 from tests.test_reload import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,7 +241,7 @@ def explain(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_explain_names_the_deciding_rule(tmp_path: Path) -> None:
-    (tmp_path / "htpasswd").write_text("")
+    (tmp_path / "htpasswd").write_text(htpasswd_text({"pat": "pw"}))
     (tmp_path / "groups").write_text("pusher: pat\n")
     acl = ROOT / "conf" / "acl" / "namespaces.yaml"
     config = tmp_path / "regproxy.yaml"
