@@ -233,7 +233,7 @@ def _flatten(
             flat.update(_flatten(value_node, source, problems, prefix=f"{key}."))
         elif key == "acl" and not prefix:
             flat[key] = (value_node, line)  # parsed by _load_acl, which needs the nodes' lines
-        elif key in _KEYS:
+        elif key in _KEYS and ("." in key) == bool(prefix):  # `tls.cert:` is no alias
             try:
                 flat[key] = (construct(value_node), line)
             except ValueError as exc:

@@ -162,9 +162,11 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
     """Parse `user:hash` lines, splitting on the first colon. Blank and `#` lines are skipped.
 
     A user listed twice keeps the first entry (Apache stops at the first match) and the repeat
-    is reported. A line that cannot be parsed disables only that line.
+    is reported. A line that cannot be parsed disables that line, and with it its user: a
+    later line for the same user does not take over, since Apache would stop at the first.
     """
     users: dict[str, PasswordHash] = {}
+    seen: set[str] = set()
     problems: list[Problem] = []
     for number, raw in enumerate(_lines(text), start=1):
         line = raw.strip()
@@ -175,14 +177,15 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
             problems.append(Problem(source, number, "malformed line, expected user:hash"))
             continue
         parsed = identify(stored.strip())
-        if parsed is None:
+        if user in seen:
+            problems.append(Problem(source, number, f"user {user!r} repeated; first entry wins"))
+        elif parsed is None:
             problems.append(
                 Problem(source, number, f"user {user!r}: unrecognised or plaintext password hash")
             )
-        elif user in users:
-            problems.append(Problem(source, number, f"user {user!r} repeated; first entry wins"))
         else:
             users[user] = parsed
+        seen.add(user)
     return Htpasswd(users, tuple(problems))
 
 

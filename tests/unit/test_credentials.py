@@ -225,6 +225,10 @@ def test_plaintext_htpasswd_p_is_not_recognised(htpasswd_bin: str) -> None:
         pytest.param("$2y$5$" + "a" * 53, id="bcrypt-one-digit-cost"),
         pytest.param("$2z$05$" + "a" * 53, id="bcrypt-unknown-minor"),
         pytest.param("$3$05$" + "a" * 53, id="not-bcrypt"),
+        pytest.param("$2$05$" + "J" * 53, id="bcrypt-no-minor-letter"),
+        pytest.param("$2y$03$" + "J" * 53, id="bcrypt-cost-3"),
+        pytest.param("$2y$32$" + "J" * 53, id="bcrypt-cost-32"),
+        pytest.param("$2y$99$" + "J" * 53, id="bcrypt-cost-99"),
         pytest.param("$apr1$toolongsalt$" + "a" * 22, id="apr1-salt-9"),
         pytest.param("$apr1$salt$" + "a" * 21, id="apr1-short"),
         pytest.param("$1$salt$" + "a" * 22, id="glibc-md5-crypt"),
@@ -263,6 +267,26 @@ def test_a_recognised_hash_never_raises(stored: str) -> None:
     if parsed is not None:
         assert parsed.verify(b"anything") is False
     dummy_like(parsed)
+
+
+@pytest.mark.parametrize(
+    ("stored", "scheme", "cost"),
+    [
+        pytest.param("$2y$04$" + "J" * 53, "bcrypt", 4, id="bcrypt-4"),
+        pytest.param("$2b$10$" + "J" * 53, "bcrypt", 10, id="bcrypt-10"),
+        pytest.param("$2a$31$" + "J" * 53, "bcrypt", 31, id="bcrypt-31"),
+        pytest.param("$5$salt$" + "a" * 43, "sha256-crypt", 5000, id="sha256-default"),
+        pytest.param("$5$rounds=10000$salt$" + "a" * 43, "sha256-crypt", 10000, id="sha256"),
+        pytest.param("$6$rounds=1000$salt$" + "a" * 86, "sha512-crypt", 1000, id="sha512"),
+        pytest.param("$apr1$salt$" + "a" * 22, "apr1", 0, id="apr1"),
+        pytest.param("{SHA}" + "a" * 27 + "=", "sha1", 0, id="sha1"),
+        pytest.param("sfO4CPUI9rLeY", "crypt", 0, id="crypt"),
+    ],
+)
+def test_password_hash_cost(stored: str, scheme: str, cost: int) -> None:
+    parsed = identify(stored)
+    assert parsed is not None
+    assert (parsed.scheme, parsed.cost) == (scheme, cost)
 
 
 # --------------------------------------------------------------------------------------------
