@@ -134,6 +134,10 @@ def _rule(node: yaml.Node, source: str, problems: list[Problem]) -> Rule | None:
     ok = True
     for key_node, value_node in node.value:
         key, key_line = str(key_node.value), key_node.start_mark.line + 1
+        if key in fields:
+            problems.append(Problem(source, key_line, f"duplicate ACL key {key!r}"))
+            ok = False
+            continue
         if key not in _KEYS:
             problems.append(Problem(source, key_line, f"unknown ACL key {key!r}"))
             ok = False

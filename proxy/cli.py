@@ -15,6 +15,7 @@ import getpass
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -70,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("action", choices=ACTIONS)
     explain.add_argument("repository")
     explain.add_argument("--client", metavar="IP", help="client address, for network rules")
+
+    convert = commands.add_parser(
+        "import", help="translate an Apache httpd.conf or nginx config into regproxy YAML"
+    )
+    convert.add_argument("file", type=Path, help="httpd.conf or nginx.conf written like the recipe")
+    convert.add_argument("-o", "--output", type=Path, help="write here (default: stdout)")
 
     passwd = commands.add_parser("passwd", help="add, change, delete or verify a user")
     passwd.add_argument("file", type=Path)
@@ -158,14 +165,17 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import configure_logging
-
     try:
         snapshot, problems = load_snapshot(_config_path(args), _overrides(args))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
     config = snapshot.config
+    if config.workers > 1:
+        # Before prometheus-client is first imported: workers then share their metrics.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="regproxy-metrics-")
+    from .server import configure_logging
+
     configure_logging(config.log_level, config.access_log_path, config.audit_log)
     for problem in problems:
         log.warning("%s (line ignored)", problem)
@@ -182,7 +192,10 @@ def _serve(args: argparse.Namespace) -> int:
     state = State(snapshot, _config_path(args), _overrides(args), context)
     if config.workers == 1:
         return _run_worker(state, context, sock)
-    return _prefork(config.workers, lambda: _run_worker(state, context, sock))
+    try:
+        return _prefork(config.workers, lambda: _run_worker(state, context, sock))
+    finally:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 def _bind(config: Config) -> socket.socket:
@@ -218,13 +231,35 @@ def _prefork(workers: int, run: Callable[[], int]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, relay)
     status = 0
     for pid in children:
         _, code = os.waitpid(pid, 0)
         status = status or os.waitstatus_to_exitcode(code)
     return status
+
+
+def _import(args: argparse.Namespace) -> int:
+    """Write the YAML; say on stderr, as file:line, what could not be translated."""
+    from .importer import import_config
+
+    try:
+        imported = import_config(read_text(args.file), str(args.file))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for note in imported.notes:
+        print(f"not translated: {note}", file=sys.stderr)
+    if args.output is None:
+        sys.stdout.write(imported.yaml_text)
+    else:
+        _atomic_write(args.output, imported.yaml_text)
+        print(f"wrote {args.output}; check it with: regproxy check -c {args.output}")
+    return 0
 
 
 def _passwd(args: argparse.Namespace) -> int:
@@ -292,7 +327,13 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"serve": _serve, "check": _check, "explain": _explain, "passwd": _passwd}
+    commands = {
+        "serve": _serve,
+        "check": _check,
+        "explain": _explain,
+        "import": _import,
+        "passwd": _passwd,
+    }
     return commands[args.command](args)
 
 

@@ -87,6 +87,7 @@ class Config:
     throttle: Throttle = field(default_factory=Throttle)
     trusted_proxies: tuple[IPNetwork, ...] = ()  # whose X-Forwarded-For is believed
     audit_log: Path | None = None  # JSON lines of push/delete decisions
+    metrics_listen: Listen | None = None  # /metrics and /health; off by default
     acl: tuple[Rule, ...] | None = None  # None: the recipe's rules (push_group)
     acl_file: Path | None = None  # where `acl` came from when it is a separate file
     source: Path | None = None  # the YAML file this came from, watched for edits
@@ -109,9 +110,10 @@ _Parser = Any
 
 def _parse_listen(value: object) -> Listen:
     text = str(value)
-    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([A-Za-z0-9][A-Za-z0-9.-]*):(\d+)", text)
     if not match:
-        raise ValueError(f"expected HOST:PORT or [IPv6]:PORT, got {text!r}")
+        hint = " (every interface is 0.0.0.0 or [::])" if text.startswith("*") else ""
+        raise ValueError(f"expected HOST:PORT or [IPv6]:PORT, got {text!r}{hint}")
     host = match.group(1) or match.group(3)
     port = int(match.group(2) or match.group(4))
     if not 0 < port < 65536:
@@ -119,6 +121,10 @@ def _parse_listen(value: object) -> Listen:
     if match.group(1):
         ipaddress.IPv6Address(host)
     return Listen(host, port)
+
+
+def _parse_optional_listen(value: object) -> Listen | None:
+    return None if value is None else _parse_listen(value)
 
 
 def _parse_positive_int(value: object) -> int:
@@ -195,6 +201,7 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "throttle.max_delay": ("throttle.max_delay", _parse_seconds),
     "trusted_proxies": ("trusted_proxies", parse_networks),
     "audit_log": ("audit_log", _OPTIONAL_PATH),
+    "metrics.listen": ("metrics_listen", _parse_optional_listen),
     "acl": ("acl", "acl"),  # handled by _load_acl
 }
 _SECTIONS = {key.split(".")[0] for key in _KEYS if "." in key}
@@ -332,27 +339,38 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
     for entries, base, source in sources:
         for key, (raw, line) in entries.items():
             if key == "acl":
-                acl = _load_acl(raw, base, source, problems)
+                acl = _load_acl(raw, base, source, line, problems)
                 continue
             converted = _convert(key, raw, base, (source, line), problems)
             if converted is not None or raw is None:
                 values[key] = converted
+    if acl[0] is not None and "push_group" in values:
+        problems.append(
+            Problem(
+                str(path or "command line"),
+                0,
+                "push_group has no effect with an acl: name the group in a rule",
+            )
+        )
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.source, p.line)))
     return _apply(Config(source=path, acl=acl[0], acl_file=acl[1]), values)
 
 
 def _load_acl(
-    raw: Any, base: Path, source: str, problems: list[Problem]
+    raw: Any, base: Path, source: str, line: int, problems: list[Problem]
 ) -> tuple[tuple[Rule, ...] | None, Path | None]:
-    """`acl:` is a list of rules in place, or the name of a file holding them."""
+    """`acl:` is a list of rules in place, the name of a file holding them, or null (none:
+    the recipe's policy)."""
     if isinstance(raw, yaml.Node) and not isinstance(raw, yaml.ScalarNode):
         rules, rule_problems = parse_rules(raw, source)
         problems.extend(rule_problems)
         return rules, None
-    name = raw.value if isinstance(raw, yaml.ScalarNode) else raw
+    name = construct(raw) if isinstance(raw, yaml.ScalarNode) else raw
+    if name is None:
+        return None, None
     if not isinstance(name, str) or not name:
-        problems.append(Problem(source, 0, "acl: expected a list of rules or a file name"))
+        problems.append(Problem(source, line, "acl: expected a list of rules or a file name"))
         return None, None
     acl_path = Path(name) if Path(name).is_absolute() else base / name
     try:

@@ -8,6 +8,7 @@ layer passes in constant memory. Keep-alive connections to the upstream are pool
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .accesslog import BYTES_KEY
 from .config import Timeouts
 from .errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
+from .metrics import UPSTREAM_LATENCY
 from .routes import CATALOG_MAX
 
 log = logging.getLogger("regproxy.forward")
@@ -130,6 +132,7 @@ class Forwarder:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
+        started = time.monotonic()
         try:
             upstream_response = await self._session.request(
                 request.method,
@@ -145,8 +148,18 @@ class Forwarder:
         except aiohttp.ClientError as exc:
             log.warning("upstream %s failed on %s %s: %s", upstream, request.method, raw_path, exc)
             return error_response(502, "UNAVAILABLE", "upstream registry unreachable")
+        UPSTREAM_LATENCY.observe(time.monotonic() - started)
         async with upstream_response:
             return await self._stream_back(request, upstream_response, upstream)
+
+    async def probe(self, upstream: str, timeouts: Timeouts) -> bool:
+        """Whether the upstream answers `/v2/` at all (any status below 500)."""
+        timeout = aiohttp.ClientTimeout(total=min(5.0, timeouts.connect + timeouts.read))
+        try:
+            async with self._session.get(f"{upstream}/v2/", timeout=timeout) as response:
+                return response.status < 500
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
     async def catalog(
         self,

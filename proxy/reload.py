@@ -92,13 +92,13 @@ class State:
         config_path: Path | None,
         overrides: Mapping[str, object],
         ssl_context: ssl.SSLContext | None = None,
-        on_swap: Callable[[Snapshot], None] | None = None,
+        on_reload: Callable[[bool], None] | None = None,
     ) -> None:
         self.current = snapshot
         self._config_path = config_path
         self._overrides = dict(overrides)
         self._ssl_context = ssl_context
-        self._on_swap = on_swap
+        self.on_reload = on_reload  # told whether each reload succeeded (metrics)
         self._seen = self._signatures()
         self._pending: dict[Path, _Signature] = {}
 
@@ -112,6 +112,7 @@ class State:
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload failed, keeping the last good configuration: %s", problem)
+            self._report(ok=False)
             return False
         for problem in problems:
             log.warning("%s (line ignored)", problem)
@@ -121,7 +122,12 @@ class State:
                 log.error("TLS reload failed, keeping the current certificate: %s", problem)
         self._apply(snapshot)
         log.info("configuration reloaded (%s)", reason)
+        self._report(ok=True)
         return True
+
+    def _report(self, ok: bool) -> None:
+        if self.on_reload is not None:
+            self.on_reload(ok)
 
     def _apply(self, snapshot: Snapshot) -> None:
         old = self.current.config
@@ -132,8 +138,6 @@ class State:
             snapshot,
             config=replace(snapshot.config, listen=old.listen, workers=old.workers),
         )
-        if self._on_swap is not None:
-            self._on_swap(self.current)
 
     def poll(self) -> None:
         """One poll: load changes that have been stable since the previous poll."""

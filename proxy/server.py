@@ -20,9 +20,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .accesslog import USER_KEY, access_logger_class
+from . import metrics
+from .accesslog import BYTES_KEY, USER_KEY, access_logger_class
 from .authn.chain import Authentication, Denied
 from .authn.htpasswd import HtpasswdAuthenticator
+from .config import Config
 from .errors import error_response, unauthorized
 from .forward import Forwarder
 from .policy import Identity, IPAddress, IPNetwork, authorize, client_address, decide
@@ -47,13 +49,21 @@ class Handler:
         self._forwarder = forwarder
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        path, _, query = request.raw_path.partition("?")
+        operation = classify(request.method, path, query)
+        if isinstance(operation, Refusal):
+            metrics.REQUESTS.labels("refused", str(operation.status)).inc()
+            return error_response(operation.status, operation.code, operation.message)
+        response = await self._handle(request, operation, path, query)
+        metrics.REQUESTS.labels(operation.action or operation.kind, str(response.status)).inc()
+        return response
+
+    async def _handle(
+        self, request: web.BaseRequest, operation: Operation, path: str, query: str
+    ) -> web.StreamResponse:
         snapshot = self._state.current
         config = snapshot.config
         raw_path = request.raw_path
-        path, _, query = raw_path.partition("?")
-        operation = classify(request.method, path, query)
-        if isinstance(operation, Refusal):
-            return error_response(operation.status, operation.code, operation.message)
         peer = _peer(request)
         address = client_address(
             peer, request.headers.getall("X-Forwarded-For", []), config.trusted_proxies
@@ -82,9 +92,12 @@ class Handler:
             kept = without_mount(query)
             raw_path = f"{path}?{kept}" if kept else path
         forwarded_for = _forwarded_for(request, peer, config.trusted_proxies)
-        response = await self._forwarder.forward(
-            request, upstream, raw_path, config.timeouts, forwarded_for
-        )
+        with metrics.IN_FLIGHT.track_inprogress():
+            response = await self._forwarder.forward(
+                request, upstream, raw_path, config.timeouts, forwarded_for
+            )
+        metrics.BYTES_IN.inc(request.content.total_bytes)
+        metrics.BYTES_OUT.inc(request.get(BYTES_KEY, 0))
         _audit(who, operation, response.status)
         return response
 
@@ -158,6 +171,7 @@ class Server:
         self.state = state
         self.ssl_context = ssl_context
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self._stop = asyncio.Event()
         self._stops_requested = 0
         self._cleanup: list[Callable[[], Awaitable[None]]] = []
@@ -206,9 +220,45 @@ class Server:
 
         # Reverse order at shutdown: stop watching, drain connections, close the pool.
         self._cleanup = [stop_executor, forwarder.close, runner.cleanup, stop_watching]
+        self.state.on_reload = lambda ok: metrics.RELOADS.labels("ok" if ok else "failed").inc()
+        if config.metrics_listen is not None:
+            self._cleanup.append(await self._start_admin(config, forwarder))
         self.port = sock.getsockname()[1]
         scheme = "https" if self.ssl_context else "http"
         log.info("regproxy listening on %s://%s -> %s", scheme, config.listen, config.upstream)
+
+    async def _start_admin(
+        self, config: Config, forwarder: Forwarder
+    ) -> Callable[[], Awaitable[None]]:
+        """`/metrics` and `/health` on their own plain-HTTP listener (keep it on loopback or
+        a management network); every worker binds it with SO_REUSEPORT."""
+
+        async def health(_: web.BaseRequest) -> web.Response:
+            current = self.state.current.config
+            ok = await forwarder.probe(current.upstream, current.timeouts)
+            body = {"status": "ok" if ok else "upstream unavailable", "upstream": current.upstream}
+            return web.json_response(body, status=200 if ok else 503)
+
+        async def admin(request: web.BaseRequest) -> web.StreamResponse:
+            routes = {"/metrics": metrics.metrics, "/health": health}
+            handler = routes.get(request.path)
+            if handler is None or request.method not in ("GET", "HEAD"):
+                return web.Response(status=404, text="not found\n")
+            return await handler(request)
+
+        runner = web.ServerRunner(web.Server(admin), shutdown_timeout=1)
+        await runner.setup()
+        assert config.metrics_listen is not None
+        site = web.TCPSite(
+            runner,
+            config.metrics_listen.host,
+            config.metrics_listen.port,
+            reuse_port=config.workers > 1,
+        )
+        await site.start()
+        self.metrics_port = runner.addresses[0][1]
+        log.info("metrics and health on http://%s", config.metrics_listen)
+        return runner.cleanup
 
     async def shutdown(self) -> None:
         while self._cleanup:
@@ -219,6 +269,7 @@ class Server:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.state.reload, "SIGHUP")
+        loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
 
     def request_stop(self) -> None:
         """First signal: graceful stop. Second: exit at once."""
@@ -227,6 +278,15 @@ class Server:
             log.warning("second stop signal: exiting without draining")
             os._exit(1)
         self._stop.set()
+
+
+def reopen_logs() -> None:
+    """SIGUSR1 (logrotate's postrotate): log files are reopened at their configured paths."""
+    for logger in (access_log, audit_log):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()  # the next line written opens the path afresh
+    log.info("log files reopened")
 
 
 def configure_logging(

@@ -208,3 +208,25 @@ def test_passwd_writes_files_apache_accepts(tmp_path: Path) -> None:
     assert deleted.returncode == 0 and "alice" not in htpasswd.read_text()
     again = regproxy("passwd", str(htpasswd), "alice", "--delete", cwd=tmp_path)
     assert again.returncode == 1 and "not found" in again.stderr
+
+
+def test_import_writes_yaml_and_lists_what_it_could_not_translate(tmp_path: Path) -> None:
+    from proxy.config import load
+    from tests.test_importer import RECIPE_HTTPD
+
+    httpd = tmp_path / "httpd.conf"
+    httpd.write_text(RECIPE_HTTPD)
+    out = tmp_path / "regproxy.yaml"
+    result = regproxy("import", str(httpd), "-o", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stdout
+    notes = result.stderr.splitlines()
+    assert notes and all(n.startswith(f"not translated: {httpd}:") for n in notes)
+    config = load(out)
+    assert (config.listen.port, config.push_group) == (5043, "pusher")
+    assert config.htpasswd.name == "httpd.htpasswd" and config.upstream == "http://registry:5000"
+    to_stdout = regproxy("import", str(httpd), cwd=tmp_path)
+    assert to_stdout.stdout == out.read_text()
+    (tmp_path / "junk.conf").write_bytes(b"\x00\x01binary")
+    junk = regproxy("import", str(tmp_path / "junk.conf"), cwd=tmp_path)
+    assert junk.returncode == 1 and "junk.conf" in junk.stderr and "Traceback" not in junk.stderr

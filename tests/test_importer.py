@@ -242,8 +242,11 @@ def notes_matching(imported: Imported, pattern: str) -> list[Problem]:
 
 
 def httpd_with(access: str, extra: str = "") -> str:
-    """The recipe with other access rules in its <Location /v2> (and `extra` after it)."""
+    """The recipe with other access rules in its <Location /v2> (and `extra` after it); rules
+    with their own `Order` replace the recipe's `Order deny,allow` / `Allow from all`."""
     text = RECIPE_HTTPD.replace(RECIPE_ACCESS, access)
+    if "Order" in access:
+        text = text.replace("    Order deny,allow\n    Allow from all\n", "", 1)
     return text.replace("  </Location>\n", f"  </Location>\n{extra}", 1)
 
 
@@ -288,8 +291,8 @@ def test_recipe_httpd_decisions(tmp_path: Path, who: str, expected: set[str]) ->
         ("Header always set", "sets Docker-Distribution-Api-Version itself"),
         ("Header onsuccess set", "sets Docker-Distribution-Api-Version itself"),
         ("RequestHeader set", "sets X-Forwarded-Proto: https itself"),
-        ("Order deny,allow", "mod_access_compat"),
-        ("Allow from all", "restricts nothing"),
+        ("Order deny,allow", "mod_access_compat is not translated; here it restricts nothing"),
+        ("Allow from all", "mod_access_compat is not translated; here it restricts nothing"),
         ("ProxyPass /error/ !", "proxies only /v2"),
         ("Listen 5043", r"0\.0\.0\.0:5043 .*loopback-only 127\.0\.0\.1:5043"),
         ("AuthUserFile", "inside the httpd container.*/etc/regproxy/httpd.htpasswd"),
@@ -348,8 +351,9 @@ APACHE_VARIANTS = [
      {"anon": set(), "alice": PULL, "pat": PULL, "dev": ALL}, "deployers", None),
     ("Require user", limits("Require valid-user", "Require user alice"), "",
      {"anon": set(), "alice": ALL, "pat": PULL, "bob": PULL}, None, None),
-    ("user or group", limits("Require valid-user", "Require user alice\n      Require group pusher"),
-     "", {"alice": ALL, "pat": ALL, "bob": PULL, "anon": set()}, None, None),
+    ("user or group",
+     limits("Require valid-user", "Require user alice\n      Require group pusher"), "",
+     {"alice": ALL, "pat": ALL, "bob": PULL, "anon": set()}, None, None),
     ("reads to a group", limits("Require group readers pusher", "Require group pusher"), "",
      {"alice": set(), "bob": PULL, "pat": ALL, "anon": set()}, None, None),
     ("no push restriction", "    Require valid-user\n", "",
@@ -369,6 +373,10 @@ APACHE_VARIANTS = [
      {"alice": PULL, "pat": PULL}, None, "RequireAll.*granting nobody"),
     ("Deny from", limits("Require valid-user", "Require group pusher\n Deny from 10.0.0.0/8"), "",
      {"alice": PULL, "pat": PULL}, None, "address rules.*denied to everyone"),
+    ("Order allow,deny alone", "    Order allow,deny\n" + RECIPE_ACCESS, "",
+     {"alice": set(), "pat": set()}, None, "Order allow,deny — address rules"),
+    ("Order allow,deny, Allow from all", "    Order allow,deny\n    Allow from all\n"
+     + RECIPE_ACCESS, "", {"alice": PULL, "pat": ALL}, "pusher", None),
     ("sub-location", RECIPE_ACCESS,
      "  <Location /v2/private>\n    Require group secret\n  </Location>\n",
      {"anon": set(), "alice": set(), "pat": set()}, None, "acl denies everything"),
@@ -423,7 +431,7 @@ def test_second_virtual_host_and_other_locations_are_notes(tmp_path: Path) -> No
     extra = "  <Location /metrics>\n    SetHandler server-status\n  </Location>\n"
     text = httpd_with(RECIPE_ACCESS, extra) + "<VirtualHost *:80>\n  ServerName x\n</VirtualHost>\n"
     imported = import_config(text, "httpd.conf")
-    assert notes_matching(imported, r"<Location /metrics> — section not translated")
+    assert notes_matching(imported, r"<Location /metrics> — regproxy serves only /v2")
     assert notes_matching(imported, r"<VirtualHost \*:80> — only the first <VirtualHost>")
     assert written(tmp_path, imported).acl is None  # no access rules there: policy kept
 
@@ -474,12 +482,15 @@ def test_apache_continuations_quotes_and_case(tmp_path: Path) -> None:
         ("AuthLDAPURL ldap://ldap.example.org/dc=example", "LDAP directives are not translated"),
         ("SSLCertificateChainFile /etc/chain.pem", "append the chain"),
         ("Header set X-Frame-Options DENY", "does not add or change other headers"),
-        ("Satisfy any", "Satisfy not translated"[0:0] + "not translated"),
+        ("Satisfy any", "regproxy always requires what its rules say"),
         ("AuthUserFile conf/httpd.htpasswd", "relative path kept"),
     ],
 )
 def test_apache_directive_notes(tmp_path: Path, directive: str, why: str) -> None:
-    text = RECIPE_HTTPD.replace("  ServerName myregistrydomain.com\n", f"  {directive}\n")
+    replaced = (
+        "Listen 5043\n" if directive.startswith("Listen") else "  ServerName myregistrydomain.com\n"
+    )
+    text = RECIPE_HTTPD.replace(replaced, f"  {directive}\n")
     imported = import_config(text, "httpd.conf")
     line = line_of(text, directive)
     assert [n for n in imported.notes if n.line == line and re.search(why, n.message)]
@@ -488,14 +499,13 @@ def test_apache_directive_notes(tmp_path: Path, directive: str, why: str) -> Non
 
 def test_unsafe_values_are_quoted_in_the_yaml(tmp_path: Path) -> None:
     text = httpd_with(limits("Require valid-user", "Require user null 'a b' '*'"))
-    text = text.replace(
-        '"/usr/local/apache2/conf/httpd.groups"', '"/etc/groups: yes # [x], {y}"'
-    )
+    text = text.replace('"/usr/local/apache2/conf/httpd.groups"', '"/etc/groups: yes # [x], {y}"')
     imported = import_config(text, "httpd.conf")
     config = written(tmp_path, imported)
     assert config.groups == Path("/etc/groups: yes # [x], {y}")
     assert allowed(config, Identity("null")) == ALL
-    assert allowed(config, Identity("a b")) == ALL  # never a valid login name, but exact
+    assert allowed(config, Identity("a b")) == PULL  # cannot be a regproxy user: left out
+    assert notes_matching(imported, "names with spaces or ':' cannot be regproxy users")
     assert allowed(config, Identity("*")) == ALL and allowed(config, ALICE) == PULL
 
 
@@ -575,6 +585,8 @@ NGINX_VARIANTS = [
     ("deny all", NGINX_AUTH + "      deny all;\n", {"anon": set(), "alice": set()}, None),
     ("nested location", NGINX_AUTH + "      location /v2/private/ { deny all; }\n",
      {"alice": set()}, "acl denies"),
+    ("satisfy any", NGINX_AUTH + "      satisfy any;\n      allow 10.0.0.0/8;\n      deny all;\n",
+     {"anon": set(), "alice": set()}, "satisfy any — not translated"),
 ]  # fmt: skip
 
 
@@ -614,11 +626,12 @@ def test_nginx_server_block_alone(tmp_path: Path) -> None:
     assert not notes_matching(imported, "every interface")
     assert config.upstream == "http://127.0.0.1:5000"
     assert config.realm == "Registry; {realm}"
-    assert config.htpasswd == Path("${HTPASSWD_DIR}/htpasswd")
+    assert config.htpasswd == tmp_path / "${HTPASSWD_DIR}/htpasswd"
+    assert notes_matching(imported, r"registry\.conf:10: .* does not expand variables")
     assert config.tls_cert == tmp_path / "certs/server.crt"  # relative: to the YAML file
     assert notes_matching(imported, r"registry\.conf:3: include .* — not followed")
     assert notes_matching(imported, r"registry\.conf:6: ssl_certificate .*relative path kept")
-    assert notes_matching(imported, r"registry\.conf:13: location / .*endpoints")
+    assert notes_matching(imported, r"registry\.conf:14: location / — regproxy serves only /v2")
     assert (allowed(config, ALICE), allowed(config, ANON)) == (PULL, set())
 
 
@@ -636,8 +649,32 @@ def test_nginx_several_servers_and_upstream_servers(tmp_path: Path) -> None:
     assert (config.listen, config.upstream) == (Listen("::", 443), "https://10.0.0.5:5000")
     assert notes_matching(imported, r"n\.conf:2: server 10\.0\.0\.6:5000 — regproxy has one")
     assert notes_matching(imported, r"n\.conf:3: server — only one server block")
-    assert notes_matching(imported, r"n\.conf:5: listen .*HTTP/1\.1")
+    assert notes_matching(imported, r"n\.conf:5: listen .*HTTP/1\.1 over TLS: other flags")
     assert notes_matching(imported, "no certificate or key found")
+
+
+@pytest.mark.parametrize(
+    ("text", "listen", "unused"),
+    [
+        (RECIPE_HTTPD.replace("Listen 5043", "Listen 80\nListen 5043"), "0.0.0.0:5043",
+         "Listen 80"),
+        (RECIPE_HTTPD.replace("Listen 5043", "Listen 127.0.0.1:5043\nListen [::1]:5043"),
+         "127.0.0.1:5043", "Listen [::1]:5043"),
+        (RECIPE_NGINX.replace("listen 443 ssl;", "listen 80;\n    listen 443 ssl;"), "0.0.0.0:443",
+         "listen 80"),
+        (RECIPE_NGINX.replace("listen 443 ssl;", "listen 8080;"), "0.0.0.0:8080", None),
+    ],
+)  # fmt: skip
+def test_the_listen_serving_the_registry_is_kept(
+    tmp_path: Path, text: str, listen: str, unused: str | None
+) -> None:
+    imported = import_config(text, "x.conf")
+    assert str(written(tmp_path, imported).listen) == listen
+    if unused is not None:
+        line = line_of(text, unused)
+        assert [n for n in imported.notes if n.line == line and "one address" in n.message]
+    else:
+        assert notes_matching(imported, "plain HTTP in nginx: regproxy always serves TLS")
 
 
 # ---------------------------------------------------------------- malformed input
@@ -647,9 +684,11 @@ MALFORMED = [
     ("Listen 5043\n\x00\x01\x02binary", "x.conf", r"^x\.conf:2: binary"),
     ("\ufffd\ufffdPNG", "x.conf", r"^x\.conf:1: binary"),
     ("hello world\nthis is prose\n", "x.conf", r"^x\.conf: neither an Apache"),
-    ("Listen 5043\n<VirtualHost *:5043>\n  ServerName x\n", "h.conf", r"^h\.conf:2: <VirtualHost> is never closed"),
+    ("Listen 5043\n<VirtualHost *:5043>\n  ServerName x\n", "h.conf",
+     r"^h\.conf:2: <VirtualHost> is never closed"),
     ("Listen 5043\n</Location>\n", "h.conf", r"^h\.conf:2: </Location> without an opening"),
-    ("Listen 5043\n<Location /v2>\n</Limit>\n", "h.conf", r"^h\.conf:3: </Limit> closes <Location> of line 2"),
+    ("Listen 5043\n<Location /v2>\n</Limit>\n", "h.conf",
+     r"^h\.conf:3: </Limit> closes <Location> of line 2"),
     ("Listen 5043\n<Location /v2\n", "h.conf", r"^h\.conf:2: .*without its closing '>'"),
     ("Listen 5043\n<Limit GET>\n<Limit POST>\nRequire valid-user\n</Limit>\n</Limit>\n",
      "h.conf", r"^h\.conf:3: <Limit POST>: nested"),
@@ -658,8 +697,10 @@ MALFORMED = [
      "n.conf", r"^n\.conf:1: 'server \{' is never closed"),
     ("server {\n  listen 443 ssl;\n}\n}\n", "n.conf", r"^n\.conf:4: unexpected '\}'"),
     ("server {\n  listen 443 ssl\n}\n", "n.conf", r"^n\.conf:2: listen is missing its ';'"),
-    ("server {\n  listen 443 ssl;\n  server_name x", "n.conf", r"^n\.conf:3: unexpected end of file"),
-    ("server {\n  listen 443 ssl;\n  auth_basic \"oops;\n}\n", "n.conf", r"^n\.conf:3: unterminated"),
+    ("server {\n  listen 443 ssl;\n  server_name x", "n.conf",
+     r"^n\.conf:3: unexpected end of file"),
+    ("server {\n  listen 443 ssl;\n  auth_basic \"oops;\n}\n", "n.conf",
+     r"^n\.conf:3: unterminated"),
     ("server {\n  listen 443;\n  ;\n}\n", "n.conf", r"^n\.conf:3: unexpected ';'"),
     ("upstream r { server r:5000; }\nevents { }\n", "n.conf", r"^n\.conf: no server block"),
     ("http {\n" * 60 + "}\n" * 60, "n.conf", r"^n\.conf:5\d: blocks nested too deeply"),
@@ -678,7 +719,8 @@ def test_malformed_input_is_a_value_error_with_file_and_line(
 # ---------------------------------------------------------------- never a traceback
 LINES = [*RECIPE_HTTPD.splitlines(), *RECIPE_NGINX.splitlines(), "{", "}", ";", '"', "'", "\\",
          "<Limit GET>", "</Limit>", "<Location /v2/x>", "</Location>", "limit_except GET {",
-         "Require user a:b", "deny 10.0.0.1;", "auth_request /x;", "server {", "location / {"]  # fmt: skip
+         "Require user a:b", "deny 10.0.0.1;", "auth_request /x;", "server {",
+         "location / {"]  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

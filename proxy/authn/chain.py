@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..credentials import MalformedCredentials, parse_basic_auth
+from ..metrics import AUTH_FAILURES, THROTTLED
 from ..policy import Identity, IPAddress
 from ..throttle import Throttle
 from . import Authenticator, BackendUnavailable, Outcome
@@ -49,6 +50,7 @@ class Authentication:
         try:
             credentials = parse_basic_auth(authorization)
         except MalformedCredentials as exc:
+            AUTH_FAILURES.labels("malformed").inc()
             return Denied(400, str(exc))
         if credentials is None:
             return Identity(None, address=address)
@@ -57,6 +59,7 @@ class Authentication:
         wait = self.throttle.retry_after(user, where, self._clock())
         if wait > 0:
             log.warning("throttled login for %r from %s: retry in %.0fs", user, where, wait)
+            THROTTLED.inc()
             return Denied(429, "too many failed logins, retry later", math.ceil(wait))
         try:
             for backend in self._backends():
@@ -68,7 +71,9 @@ class Authentication:
                     break
         except BackendUnavailable as exc:
             log.error("authentication backend unavailable: %s", exc)
+            AUTH_FAILURES.labels("backend_unavailable").inc()
             return Denied(503, "authentication backend unavailable")
         self.throttle.failure(user, where, self._clock())
+        AUTH_FAILURES.labels("invalid").inc()
         log.info("authentication failed for %r from %s", user, where)
         return Denied(401, "invalid username or password")
