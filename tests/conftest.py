@@ -7,6 +7,7 @@ import base64
 import hashlib
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -233,18 +234,24 @@ async def served(
     extra = getattr(request, "param", "")
     config = write_setup(tmp_path, tls, upstream.url, extra)
     port = int(re.search(r"listen: 127.0.0.1:(\d+)", config.read_text()).group(1))  # type: ignore[union-attr]
-    stdout = tmp_path / "access.log"
-    with stdout.open("wb") as out:
+    stdout, stderr = tmp_path / "access.log", tmp_path / "regproxy.err"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", "serve", "-c", str(config),
-            cwd=tmp_path, env=ENV, stdout=out, stderr=subprocess.PIPE,
+            cwd=tmp_path, env=ENV, stdout=out, stderr=err, start_new_session=True,
         )  # fmt: skip
-    assert process.stderr is not None
-    while b"listening on" not in (line := await process.stderr.readline()):
-        assert line, "regproxy exited before listening"
+    for _ in range(400):
+        if b"listening on" in stderr.read_bytes():
+            break
+        assert process.returncode is None, stderr.read_text()
+        await asyncio.sleep(0.05)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client_context()))
     yield Served(process, f"https://localhost:{port}", session, stdout, tmp_path)
     await session.close()
     if process.returncode is None:
-        process.kill()
+        process.terminate()  # workers too: the parent relays it
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        except TimeoutError:
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: only what it started
     await process.wait()

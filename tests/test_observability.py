@@ -1,0 +1,152 @@
+"""Metrics scraped as Prometheus does, the health answer, access log formats, and log files
+reopened on SIGUSR1 (logrotate)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import (
+    USERS,
+    FakeUpstream,
+    ProxyFactory,
+    Served,
+    TlsPair,
+    basic,
+    free_socket,
+)
+
+PULL = {"Authorization": basic("pull", USERS["pull"])}
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Parse the exposition format strictly, as a Prometheus server would."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def free_port() -> int:
+    with free_socket() as sock:
+        return int(sock.getsockname()[1])
+
+
+async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}") as resp,
+    ):
+        return resp.status, await resp.text()
+
+
+async def test_metrics_count_requests_failures_bytes_and_latency(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    proxy = await make_proxy(f"metrics:\n  listen: 127.0.0.1:{free_port()}\n")
+    port = proxy.server.metrics_port
+    assert port is not None
+    before = samples((await scrape(port))[1])
+    for _ in range(3):
+        async with proxy.session.get(proxy.url + "/v2/a/manifests/1", headers=PULL) as resp:
+            assert resp.status == 200
+    async with proxy.session.get(
+        proxy.url + "/v2/", headers={"Authorization": basic("pull", "wrong")}
+    ) as resp:
+        assert resp.status == 401
+    async with proxy.session.put(
+        proxy.url + "/v2/a/manifests/1", headers={**PULL}, data=b"x" * 1000
+    ) as resp:
+        assert resp.status == 403
+    async with proxy.session.options(proxy.url + "/v2/") as resp:
+        assert resp.status == 405
+    status, text = await scrape(port)
+    assert status == 200
+    after = samples(text)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("regproxy_requests_total", action="pull", status="200") == 3
+    assert delta("regproxy_requests_total", action="push", status="403") == 1
+    assert delta("regproxy_requests_total", action="ping", status="401") == 1
+    assert delta("regproxy_requests_total", action="refused", status="405") == 1
+    assert delta("regproxy_auth_failures_total", reason="invalid") == 1
+    assert delta("regproxy_response_bytes_total") == 3 * len(b"{}")
+    assert delta("regproxy_upstream_latency_seconds_count") == 3
+    assert after[("regproxy_inflight_transfers", ())] == 0
+
+
+async def test_health_says_whether_the_upstream_answers(make_proxy: ProxyFactory) -> None:
+    with free_socket() as sock:
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    proxy = await make_proxy(f"metrics:\n  listen: 127.0.0.1:{free_port()}\n")
+    port = proxy.server.metrics_port
+    assert port is not None
+    status, body = await scrape(port, "/health")
+    assert (status, json.loads(body)["status"]) == (200, "ok")
+    snapshot = proxy.state.current
+    proxy.state.current = replace(snapshot, config=replace(snapshot.config, upstream=dead))
+    status, body = await scrape(port, "/health")
+    assert (status, json.loads(body)) == (503, {"status": "upstream unavailable", "upstream": dead})
+    assert (await scrape(port, "/v2/"))[0] == 404
+
+
+@pytest.mark.parametrize(
+    "served", ["access_log:\n  format: json\n  path: access.jsonl\n"], indirect=True
+)
+async def test_json_access_log_and_sigusr1_reopen(served: Served) -> None:
+    log_file = served.directory / "access.jsonl"
+    async with served.session.get(served.url + "/v2/", headers=PULL) as resp:
+        assert resp.status == 200
+    await asyncio.sleep(0.2)
+    first = json.loads(log_file.read_text().splitlines()[0])
+    assert first["user"] == "pull" and first["status"] == 200 and first["path"] == "/v2/"
+    assert first["duration_ms"] >= 0 and first["client"] == "127.0.0.1"
+    rotated = served.directory / "access.jsonl.1"
+    log_file.rename(rotated)  # what logrotate does, then it sends SIGUSR1
+    served.process.send_signal(signal.SIGUSR1)
+    await asyncio.sleep(0.3)
+    async with served.session.get(served.url + "/v2/a/tags/list", headers=PULL) as resp:
+        assert resp.status == 200
+    await asyncio.sleep(0.2)
+    assert json.loads(log_file.read_text())["path"] == "/v2/a/tags/list"
+    assert "/v2/a/tags/list" not in rotated.read_text()
+
+
+@pytest.mark.parametrize(
+    "served", [f"workers: 2\nmetrics:\n  listen: 127.0.0.1:{free_port()}\n"], indirect=True
+)
+async def test_metrics_add_up_across_workers(served: Served, tls: TlsPair) -> None:
+    config = (served.directory / "regproxy.yaml").read_text()
+    port = int(re.search(r"listen: 127\.0\.0\.1:(\d+)\n$", config).group(1))  # type: ignore[union-attr]
+    for _ in range(40):  # new connections: spread over both workers
+        connector = aiohttp.TCPConnector(ssl=tls.client_context())
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(served.url + "/v2/", headers=PULL) as resp,
+        ):
+            assert resp.status == 200
+    await asyncio.sleep(0.2)
+    for _ in range(5):  # whichever worker answers the scrape, the sum is the same
+        values = samples((await scrape(port))[1])
+        assert values[("regproxy_requests_total", (("action", "ping"), ("status", "200")))] == 40
+
+
+def test_reference_config_documents_every_key() -> None:
+    from proxy.config import _KEYS
+
+    reference = (Path(__file__).resolve().parents[1] / "conf/regproxy.reference.yaml").read_text()
+    for key in _KEYS:
+        leaf = key.split(".")[-1]
+        assert re.search(rf"^\s*#?\s*{re.escape(leaf)}:", reference, re.M), key
