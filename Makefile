@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-TEST_PACKAGES := docker-registry podman skopeo apache2-utils:htpasswd openssl \
+TEST_PACKAGES := docker-registry podman skopeo apache2-utils:htpasswd openssl slapd:slapd ldap-utils:ldapadd \
                  python3-venv:python3-venv
 
-.PHONY: run test venv lint typecheck clean
+.PHONY: run test venv lint typecheck clean bench
 
 $(STAMP): pyproject.toml
 	scripts/install-deps.sh python3-venv:python3-venv
@@ -29,9 +29,17 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 test:
-	scripts/install-deps.sh $(TEST_PACKAGES)
+	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh $(TEST_PACKAGES)
 	$(MAKE) --no-print-directory lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# regproxy side by side with the registry, nginx and Apache (bench/README.md). BENCH_ARGS=--quick
+# for a one-minute run. nginx and apache2 install to /usr/sbin, which is not always on PATH.
+bench: $(STAMP)
+	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh nginx apache2 apache2-utils:htpasswd \
+		docker-registry skopeo wrk hey curl openssl
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

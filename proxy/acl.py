@@ -24,6 +24,7 @@ from .routes import ACTIONS, Action
 
 _GLOB_RE = re.compile(r"(?:[a-z0-9._/*?-]|\$\{user\}|\$\{group\})+")
 _NAME_RE = re.compile(r"[^\s:]+")
+_GROUP_RE = re.compile(r"[^\s:](?:[^:\n]*[^\s:])?")  # AD groups have spaces: "Domain Users"
 _KEYS = frozenset(
     {"users", "groups", "repositories", "networks", "anonymous", "actions", "upstream",
      "description"}
@@ -58,8 +59,9 @@ def _strings(value: Any, key: str) -> list[str]:
 
 def _names(value: Any, key: str) -> frozenset[str]:
     names = _strings(value, key)
+    pattern = _GROUP_RE if key == "groups" else _NAME_RE
     for name in names:
-        if not _NAME_RE.fullmatch(name):
+        if not pattern.fullmatch(name):
             raise _Bad(f"{key}: invalid name {name!r}")
     return frozenset(names)
 

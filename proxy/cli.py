@@ -49,19 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the proxy")
-    _add_config_flag(serve)
-    serve.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:5043")
-    serve.add_argument("--upstream", metavar="URL", help="default http://127.0.0.1:5000")
-    serve.add_argument("--htpasswd", metavar="FILE", help="default conf/htpasswd")
-    serve.add_argument("--groups", metavar="FILE", help="default conf/groups")
-    serve.add_argument("--tls-cert", metavar="FILE", help="default certs/server.crt")
-    serve.add_argument("--tls-key", metavar="FILE", help="default certs/server.key")
-    serve.add_argument("--workers", metavar="N", type=int, help="processes sharing the port")
-    serve.add_argument("--log-level", choices=LOG_LEVELS)
-    serve.add_argument("--acl", metavar="FILE", help="ACL rules (default: the recipe's policy)")
-
-    check = commands.add_parser("check", help="validate the configuration and exit")
-    _add_config_flag(check)
+    _add_serve_flags(serve)
+    check = commands.add_parser(
+        "check", help="validate the configuration (the same flags as serve) and exit"
+    )
+    _add_serve_flags(check)
 
     explain = commands.add_parser(
         "explain", help="dry-run the ACL: which rule decides USER ACTION REPOSITORY"
@@ -87,6 +79,19 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--verify", action="store_true")
     passwd.add_argument("--cost", type=int, default=10, help="bcrypt cost (default 10)")
     return parser
+
+
+def _add_serve_flags(command: argparse.ArgumentParser) -> None:
+    _add_config_flag(command)
+    command.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:5043")
+    command.add_argument("--upstream", metavar="URL", help="default http://127.0.0.1:5000")
+    command.add_argument("--htpasswd", metavar="FILE", help="default conf/htpasswd")
+    command.add_argument("--groups", metavar="FILE", help="default conf/groups")
+    command.add_argument("--tls-cert", metavar="FILE", help="default certs/server.crt")
+    command.add_argument("--tls-key", metavar="FILE", help="default certs/server.key")
+    command.add_argument("--workers", metavar="N", type=int, help="processes sharing the port")
+    command.add_argument("--log-level", choices=LOG_LEVELS)
+    command.add_argument("--acl", metavar="FILE", help="ACL rules (default: the recipe's policy)")
 
 
 def _add_config_flag(command: argparse.ArgumentParser) -> None:

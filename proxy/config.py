@@ -14,14 +14,19 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from .acl import construct, parse_acl_text, parse_rules
 from .credentials import Problem
+
+if TYPE_CHECKING:
+    from .authn.ldap import LdapSettings
 from .policy import IPNetwork, Rule, parse_networks, parse_upstream, recipe_rules
 
+Backend = Literal["htpasswd", "ldap"]
+BACKENDS: tuple[str, ...] = ("htpasswd", "ldap")
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 AccessLogFormat = Literal["common", "combined", "json", "off"]
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
@@ -88,6 +93,8 @@ class Config:
     trusted_proxies: tuple[IPNetwork, ...] = ()  # whose X-Forwarded-For is believed
     audit_log: Path | None = None  # JSON lines of push/delete decisions
     metrics_listen: Listen | None = None  # /metrics and /health; off by default
+    ldap: LdapSettings | None = None  # the `ldap:` section, parsed by proxy.authn.ldap
+    auth_backends: tuple[Backend, ...] = ("htpasswd",)
     acl: tuple[Rule, ...] | None = None  # None: the recipe's rules (push_group)
     acl_file: Path | None = None  # where `acl` came from when it is a separate file
     source: Path | None = None  # the YAML file this came from, watched for edits
@@ -99,6 +106,8 @@ class Config:
     def watched_files(self) -> tuple[Path, ...]:
         """Files whose edits take effect live."""
         files = [self.htpasswd, self.tls_cert, self.tls_key]
+        if self.ldap is not None:
+            files.extend(p for p in (self.ldap.bind_password_file, self.ldap.ca_file) if p)
         if self.groups is not None:
             files.append(self.groups)
         files.extend(p for p in (self.source, self.acl_file) if p is not None)
@@ -121,6 +130,17 @@ def _parse_listen(value: object) -> Listen:
     if match.group(1):
         ipaddress.IPv6Address(host)
     return Listen(host, port)
+
+
+def _parse_trusted(value: object) -> tuple[IPNetwork, ...]:
+    return () if value == [] or value is None else parse_networks(value)
+
+
+def _parse_backends(value: object) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items or any(v not in BACKENDS for v in items) or len(set(items)) != len(items):
+        raise ValueError(f"expected a list of distinct {', '.join(BACKENDS)}, got {value!r}")
+    return tuple(str(v) for v in items)
 
 
 def _parse_optional_listen(value: object) -> Listen | None:
@@ -199,10 +219,12 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "throttle.attempts": ("throttle.attempts", _parse_positive_int),
     "throttle.window": ("throttle.window", _parse_seconds),
     "throttle.max_delay": ("throttle.max_delay", _parse_seconds),
-    "trusted_proxies": ("trusted_proxies", parse_networks),
+    "trusted_proxies": ("trusted_proxies", _parse_trusted),
     "audit_log": ("audit_log", _OPTIONAL_PATH),
     "metrics.listen": ("metrics_listen", _parse_optional_listen),
     "acl": ("acl", "acl"),  # handled by _load_acl
+    "ldap": ("ldap", "ldap"),  # handled by _load_ldap
+    "auth_backends": ("auth_backends", _parse_backends),
 }
 _SECTIONS = {key.split(".")[0] for key in _KEYS if "." in key}
 
@@ -238,8 +260,8 @@ def _flatten(
         seen.add(key)
         if not prefix and key in _SECTIONS:
             flat.update(_flatten(value_node, source, problems, prefix=f"{key}."))
-        elif key == "acl" and not prefix:
-            flat[key] = (value_node, line)  # parsed by _load_acl, which needs the nodes' lines
+        elif key in ("acl", "ldap") and not prefix:
+            flat[key] = (value_node, line)  # parsed later, with the lines of the nodes inside
         elif key in _KEYS and ("." in key) == bool(prefix):  # `tls.cert:` is no alias
             try:
                 flat[key] = (construct(value_node), line)
@@ -341,20 +363,54 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
             if key == "acl":
                 acl = _load_acl(raw, base, source, line, problems)
                 continue
+            if key == "ldap":
+                values["ldap"] = _load_ldap(raw, source, line, problems)
+                continue
             converted = _convert(key, raw, base, (source, line), problems)
             if converted is not None or raw is None:
                 values[key] = converted
-    if acl[0] is not None and "push_group" in values:
-        problems.append(
-            Problem(
-                str(path or "command line"),
-                0,
-                "push_group has no effect with an acl: name the group in a rule",
-            )
-        )
+    problems.extend(_combinations(values, acl[0] is not None, str(path or "command line")))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.source, p.line)))
     return _apply(Config(source=path, acl=acl[0], acl_file=acl[1]), values)
+
+
+def _combinations(values: dict[str, Any], has_acl: bool, source: str) -> list[Problem]:
+    """Settings that only make sense together. Also fills in the default backend order:
+    htpasswd, then LDAP when there is an `ldap:` section."""
+    problems = []
+    backends = values.get("auth_backends") or ("htpasswd", "ldap")[: 1 + bool(values.get("ldap"))]
+    values["auth_backends"] = backends
+    if "ldap" in backends and values.get("ldap") is None and "ldap" not in values:
+        problems.append(
+            Problem(source, 0, "auth_backends names ldap but there is no ldap: section")
+        )
+    if has_acl and "push_group" in values:
+        problems.append(
+            Problem(source, 0, "push_group has no effect with an acl: name the group in a rule")
+        )
+    return problems
+
+
+def _load_ldap(node: Any, source: str, line: int, problems: list[Problem]) -> Any:
+    """The `ldap:` section, checked by the LDAP backend's own parser (with lines)."""
+    from .authn.ldap import parse_ldap_settings  # imports ldap3: only when configured
+
+    if not isinstance(node, yaml.MappingNode):
+        problems.append(Problem(source, line, "ldap: expected a mapping of settings"))
+        return None
+    values: dict[str, Any] = {}
+    line_of: dict[str, int] = {"ldap": line}
+    for key_node, value_node in node.value:
+        key = str(key_node.value)
+        line_of[key] = key_node.start_mark.line + 1
+        try:
+            values[key] = construct(value_node)
+        except ValueError as exc:
+            problems.append(Problem(source, line_of[key], f"ldap.{key}: {exc}"))
+    settings, ldap_problems = parse_ldap_settings(values, source, line_of)
+    problems.extend(ldap_problems)
+    return settings
 
 
 def _load_acl(

@@ -37,21 +37,27 @@ class Snapshot:
     rules: tuple[Rule, ...]
 
 
+def _read_htpasswd(config: Config) -> Htpasswd:
+    htpasswd = parse_htpasswd(read_text(config.htpasswd), str(config.htpasswd))
+    if not htpasswd.users:
+        # Empty or all lines bad: most likely a truncated or half-written file.
+        raise ConfigError([Problem(str(config.htpasswd), 0, "no usable users in this file")])
+    return htpasswd
+
+
 def load_users(config: Config) -> tuple[UserFiles, list[Problem]]:
-    """Parse htpasswd and groups. Raises ConfigError if a file cannot be used at all;
-    returns line-level problems (those lines are ignored, the rest is in force)."""
+    """Parse htpasswd (when that backend is used) and groups. Raises ConfigError if a file
+    cannot be used at all; returns line-level problems (those lines are ignored)."""
     fatal: list[Problem] = []
     htpasswd = Htpasswd({})
     groups: dict[str, frozenset[str]] = {}
     problems: list[Problem] = []
-    try:
-        htpasswd = parse_htpasswd(read_text(config.htpasswd), str(config.htpasswd))
-        problems.extend(htpasswd.problems)
-        if not htpasswd.users:
-            # Empty or all lines bad: most likely a truncated or half-written file.
-            fatal.append(Problem(str(config.htpasswd), 0, "no usable users in this file"))
-    except ConfigError as exc:
-        fatal.extend(exc.problems)
+    if "htpasswd" in config.auth_backends:
+        try:
+            htpasswd = _read_htpasswd(config)
+            problems.extend(htpasswd.problems)
+        except ConfigError as exc:
+            fatal.extend(exc.problems)
     if config.groups is not None:
         try:
             groups, group_problems = parse_groups(read_text(config.groups), str(config.groups))

@@ -22,9 +22,10 @@ from aiohttp import web
 
 from . import metrics
 from .accesslog import BYTES_KEY, USER_KEY, access_logger_class
-from .authn.chain import Authentication, Denied
+from .authn.chain import Authentication, Backends, Denied
 from .authn.htpasswd import HtpasswdAuthenticator
 from .config import Config
+from .credentials import groups_of
 from .errors import error_response, unauthorized
 from .forward import Forwarder
 from .policy import Identity, IPAddress, IPNetwork, authorize, client_address, decide
@@ -196,7 +197,12 @@ class Server:
         executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
         forwarder = Forwarder(config.timeouts.keepalive)
         htpasswd = HtpasswdAuthenticator(lambda: self.state.current.users, executor)
-        authentication = Authentication(lambda: (htpasswd,), Throttle(config.throttle))
+        backends = Backends(lambda: self.state.current.config, htpasswd)
+        authentication = Authentication(
+            backends,
+            Throttle(config.throttle),
+            lambda user: groups_of(self.state.current.users.groups, user),
+        )
         server = web.Server(
             Handler(self.state, authentication, forwarder),
             handler_cancellation=True,
@@ -216,6 +222,7 @@ class Server:
             watcher.cancel()
 
         async def stop_executor() -> None:
+            backends.close()
             executor.shutdown(wait=False, cancel_futures=True)
 
         # Reverse order at shutdown: stop watching, drain connections, close the pool.

@@ -12,12 +12,17 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from ..config import Config
 from ..credentials import MalformedCredentials, parse_basic_auth
 from ..metrics import AUTH_FAILURES, THROTTLED
 from ..policy import Identity, IPAddress
 from ..throttle import Throttle
 from . import Authenticator, BackendUnavailable, Outcome
+
+if TYPE_CHECKING:
+    from .ldap import LdapAuthenticator, LdapSettings
 
 log = logging.getLogger("regproxy.authn")
 
@@ -38,10 +43,12 @@ class Authentication:
         self,
         backends: Callable[[], Sequence[Authenticator]],
         throttle: Throttle,
+        group_file: Callable[[str], frozenset[str]] = lambda _: frozenset(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._backends = backends
         self.throttle = throttle
+        self._group_file = group_file  # adds to any backend's groups (LDAP users too)
         self._clock = clock
 
     async def identify(
@@ -66,7 +73,7 @@ class Authentication:
                 result = await backend.authenticate(user, password)
                 if result.outcome is Outcome.OK:
                     self.throttle.success(user, where)
-                    return Identity(user, result.groups, address)
+                    return Identity(user, result.groups | self._group_file(user), address)
                 if result.outcome is Outcome.WRONG_PASSWORD:
                     break
         except BackendUnavailable as exc:
@@ -77,3 +84,33 @@ class Authentication:
         AUTH_FAILURES.labels("invalid").inc()
         log.info("authentication failed for %r from %s", user, where)
         return Denied(401, "invalid username or password")
+
+
+class Backends:
+    """The configured backends, in order; the LDAP one is rebuilt when its settings change."""
+
+    def __init__(self, config: Callable[[], Config], htpasswd: Authenticator) -> None:
+        self._config = config
+        self._htpasswd = htpasswd
+        self._ldap: LdapAuthenticator | None = None
+
+    def __call__(self) -> tuple[Authenticator, ...]:
+        config = self._config()
+        return tuple(
+            self._htpasswd if name == "htpasswd" else self._ldap_for(config.ldap)
+            for name in config.auth_backends
+        )
+
+    def _ldap_for(self, settings: LdapSettings | None) -> Authenticator:
+        from .ldap import LdapAuthenticator  # imports ldap3: only when configured
+
+        assert settings is not None  # config.load refuses ldap without settings
+        if self._ldap is None or self._ldap.settings != settings:
+            self.close()
+            self._ldap = LdapAuthenticator(settings)
+        return self._ldap
+
+    def close(self) -> None:
+        if self._ldap is not None:
+            self._ldap.close()
+            self._ldap = None

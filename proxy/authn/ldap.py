@@ -16,6 +16,8 @@ the user are required):
       user_scope: subtree                     # base, one or subtree
       # ... or direct bind (no search; instead of user_base/user_filter/user_scope):
       # user_dn_template: "uid={user},ou=people,dc=example,dc=org"   # AD: "{user}@corp.example.org"
+      exact_user_name: true     # the login name must be spelled as in the directory (below)
+      # user_name_attribute: uid  # where that spelling is; default: from the filter/template
       member_of_attribute: memberOf           # groups from this attribute of the user's entry
       group_base: ou=groups,dc=example,dc=org # only groups under it count
       group_filter: "(member={dn})"           # group search; or "(memberUid={user})";
@@ -25,6 +27,13 @@ the user are required):
       timeout: 5                # seconds for one server to connect or answer
       pool_size: 4              # connections (and threads) per kind: searches, binds
       cache_ttl: 60             # seconds a successful login is remembered; 0: never
+
+Directories match names loosely (`ALICE`, `alice` and ` alice` find the same entry) but ACL
+rules compare them exactly, so another spelling could dodge a rule written for the real one.
+With `exact_user_name: true` (the default) the login name must equal a value of the naming
+attribute (read off `(uid={user})` in the filter or `uid={user},...` in the template, or given
+as `user_name_attribute`); any other spelling is NO_SUCH_USER. An AD `{user}@domain` template
+has no entry to compare with: it needs `exact_user_name: false`.
 
 A group's name is its `group_name_attribute` (group search) or the value of the first RDN of
 its DN (`memberOf`: `cn=developers,ou=groups,...` -> `developers`). With `group_base` set,
@@ -61,6 +70,7 @@ import logging
 import math
 import re
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -144,6 +154,9 @@ class LdapSettings:
     user_filter: str = "(uid={user})"
     user_scope: Scope = "subtree"
     user_dn_template: str | None = None
+    # Attributes one of whose values must be the login name exactly (see exact_user_name);
+    # () when the check is off.
+    user_name_attributes: tuple[str, ...] = ()
     member_of_attribute: str | None = None
     group_base: str | None = None
     group_filter: str | None = None
@@ -312,12 +325,16 @@ _SIMPLE: dict[str, Callable[[Any, str], Any]] = {
     "url": _urls,
     "start_tls": _boolean,
     "allow_insecure": _boolean,
-    "bind_dn": _dn,
+    "bind_dn": lambda v, k: _dn(v, k) if "=" in str(v) else _text(v, k),  # AD: svc@corp too
     "bind_password": _secret,
     "user_base": _dn,
     "user_filter": lambda v, k: _filter(v, k, ("user",)),
     "user_scope": _scope,
     "user_dn_template": _user_template,
+    "exact_user_name": _boolean,
+    "user_name_attribute": lambda v, k: tuple(
+        _attribute(a, k) for a in (v if isinstance(v, list) and v else [v])
+    ),
     "member_of_attribute": _attribute,
     "group_base": _dn,
     "group_filter": lambda v, k: _filter(v, k, ("user", "dn")),
@@ -413,13 +430,66 @@ def parse_ldap_settings(
             except _Bad as exc:
                 problem("bind_password_file", str(exc))
     _check_combinations(values, parsed, bad, problem)
+    names = _user_name_attributes(parsed, problem) if not problems else ()
     if problems:
-        return None, problems
+        return None, sorted(problems, key=lambda p: p.line)
+    parsed.pop("exact_user_name", None)
+    parsed.pop("user_name_attribute", None)
     settings = LdapSettings(
         urls=parsed.pop("url"),
+        user_name_attributes=names,
         **{k: v for k, v in parsed.items()},
     )
     return settings, []
+
+
+_NAME_IN_FILTER_RE = re.compile(r"\(([A-Za-z][A-Za-z0-9-]*)=\{user\}\)")
+
+
+def _user_name_attributes(
+    parsed: Mapping[str, Any], problem: Callable[[str | None, str], None]
+) -> tuple[str, ...]:
+    """Which attributes must hold the login name exactly: given, or read off the filter or
+    the template (`(uid={user})`, `uid={user},ou=...`); () if exact_user_name is false."""
+    if not parsed.get("exact_user_name", True):
+        if "user_name_attribute" in parsed:
+            problem("user_name_attribute", "user_name_attribute is for exact_user_name: true")
+        return ()
+    if "user_name_attribute" in parsed:
+        names: tuple[str, ...] = parsed["user_name_attribute"]
+        if "user_dn_template" in parsed and "=" not in parsed["user_dn_template"]:
+            problem("user_name_attribute", _NO_ENTRY_TO_CHECK)
+        return names
+    template = parsed.get("user_dn_template")
+    if template is None:
+        found = _NAME_IN_FILTER_RE.findall(parsed.get("user_filter", "(uid={user})"))
+        if not found:
+            problem(
+                "user_filter",
+                "cannot tell which attribute of the user_filter holds the login name: set "
+                "user_name_attribute, or exact_user_name: false (see the documentation)",
+            )
+        return tuple(dict.fromkeys(found))
+    if "=" not in template:
+        problem("user_dn_template", _NO_ENTRY_TO_CHECK)
+        return ()
+    first = split_dn(template)[0]
+    if len(first) != 1 or first[0][1] != "{user}":
+        problem(
+            "user_dn_template",
+            "cannot tell which attribute holds the login name (the first RDN is not "
+            "ATTRIBUTE={user}): set user_name_attribute, or exact_user_name: false",
+        )
+        return ()
+    return (first[0][0],)
+
+
+_NO_ENTRY_TO_CHECK = (
+    "user_dn_template is not a DN, so the login name cannot be checked against the "
+    "directory's spelling: set exact_user_name: false to accept that ALICE and alice then "
+    "log in as the same account under two names (ACL rules compare names exactly), or use "
+    "user_base and user_filter"
+)
 
 
 def _check_combinations(
@@ -434,7 +504,7 @@ def _check_combinations(
     start_tls = parsed.get("start_tls", False)
     if "url" not in given:
         problem(None, "ldap: url is required (ldaps://HOST or ldap://HOST with start_tls)")
-    for url in urls:
+    for url in urls if not {"start_tls", "allow_insecure"} & bad else ():
         if url.tls and start_tls:
             problem("start_tls", f"start_tls is for ldap:// URLs; {url.text} is TLS already")
         elif not (url.tls or start_tls or url.loopback or parsed.get("allow_insecure", False)):
@@ -636,9 +706,19 @@ class _Slot:
     def close(self) -> None:
         for conn in (self.search, self.bind):
             if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.unbind()
+                _discard(conn)
         self.search = self.bind = None
+
+
+def _discard(conn: Any) -> None:
+    """Unbind politely if the connection still works; close its socket in any case."""
+    with contextlib.suppress(Exception):
+        if not conn.closed:
+            conn.unbind()
+    sock = getattr(conn, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 class _Directory:
@@ -691,15 +771,32 @@ class _Directory:
         """A connection to the first URL that answers (TLS verified), not yet bound."""
         errors = []
         for url in self._ordered_urls():
+            try:
+                conn = self._open_url(url)
+            except (LDAPException, OSError) as exc:
+                self._down_until[url.text] = time.monotonic() + DOWN_FOR
+                log.warning("LDAP server %s unavailable: %s", url.text, exc)
+                errors.append(f"{url.text}: {exc}")
+                continue
+            self._down_until.pop(url.text, None)
+            return conn
+        raise BackendUnavailable("no LDAP server answered: " + "; ".join(errors))
+
+    def _open_url(self, url: LdapUrl) -> Any:
+        """Each address of the URL's host in turn (ldap3 would leak the sockets that fail)."""
+        infos = socket.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        last: Exception = OSError(f"no address for {url.host}")
+        for address in addresses:
             tls = _VerifyingTls(self._context, url.host) if self._context else None
             server = ldap3.Server(
-                url.host,
+                address,
                 port=url.port,
                 use_ssl=url.tls,
                 tls=tls,
                 get_info=ldap3.NONE,
                 connect_timeout=self.settings.timeout,
-                mode=ldap3.IP_V4_PREFERRED,
+                mode=ldap3.IP_SYSTEM_DEFAULT,
             )
             conn = ldap3.Connection(
                 server,
@@ -715,15 +812,11 @@ class _Directory:
                 if self.settings.start_tls:
                     conn.start_tls(read_server_info=False)
             except (LDAPException, OSError) as exc:
-                with contextlib.suppress(Exception):
-                    conn.unbind()
-                self._down_until[url.text] = time.monotonic() + DOWN_FOR
-                log.warning("LDAP server %s unavailable: %s", url.text, exc)
-                errors.append(f"{url.text}: {exc}")
+                _discard(conn)
+                last = exc
                 continue
-            self._down_until.pop(url.text, None)
             return conn
-        raise BackendUnavailable("no LDAP server answered: " + "; ".join(errors))
+        raise last
 
     def _search_conn(self, slot: _Slot) -> Any:
         if slot.search is None:
@@ -731,8 +824,7 @@ class _Directory:
             if self.settings.bind_dn is not None:
                 code, text = self._bind(conn, self.settings.bind_dn, self.settings.bind_password)
                 if code != SUCCESS:
-                    with contextlib.suppress(Exception):
-                        conn.unbind()
+                    _discard(conn)
                     raise _Refused(f"the service account bind (bind_dn) was refused: {code} {text}")
             slot.search = conn
         return slot.search
@@ -808,7 +900,6 @@ class _Directory:
 
     def _check(self, slot: _Slot, user: str, password: bytes) -> AuthResult:
         s = self.settings
-        member_of: list[str] = []
         if s.search:
             try:
                 found = self._find_user(slot, user)
@@ -817,7 +908,9 @@ class _Directory:
                 return AuthResult(Outcome.WRONG_PASSWORD)
             if found is None:
                 return AuthResult(Outcome.NO_SUCH_USER)
-            dn, member_of = found
+            dn, attributes = found
+            if not self._spelled_as_in_directory(user, attributes):
+                return AuthResult(Outcome.NO_SUCH_USER)
         else:
             assert s.user_dn_template is not None
             escape = escape_rdn if s.template_is_dn else str
@@ -834,12 +927,50 @@ class _Directory:
             return AuthResult(Outcome.NO_SUCH_USER)
         if code != SUCCESS:
             raise _Refused(f"LDAP bind failed: {code} {text}")
+        if not s.search:
+            attributes = self._read_entry(slot, dn)
+            if not self._spelled_as_in_directory(user, attributes):
+                return AuthResult(Outcome.NO_SUCH_USER)
+        member_of = (
+            attributes.get(s.member_of_attribute.lower(), []) if s.member_of_attribute else []
+        )
         return AuthResult(Outcome.OK, self._groups(slot, user, dn, member_of))
 
-    def _find_user(self, slot: _Slot, user: str) -> tuple[str, list[str]] | None:
+    def _wanted(self) -> list[str]:
+        """The attributes read from the user's entry."""
+        s = self.settings
+        wanted = [*s.user_name_attributes]
+        return [*wanted, s.member_of_attribute] if s.member_of_attribute else wanted
+
+    def _spelled_as_in_directory(self, user: str, attributes: Mapping[str, list[str]]) -> bool:
+        """The login name is exactly a value of a naming attribute (directories match names
+        case-insensitively; ACL rules compare them exactly, so ALICE must not pass as alice)."""
+        names = self.settings.user_name_attributes
+        if not names or any(user in attributes.get(a.lower(), []) for a in names):
+            return True
+        log.info("LDAP login as %r refused: the directory spells the name differently", user)
+        return False
+
+    def _read_entry(self, slot: _Slot, dn: str) -> dict[str, list[str]]:
+        """The wanted attributes of the user's entry after a direct bind."""
+        wanted = self._wanted()
+        if not wanted:
+            return {}
+        code, text, entries = self._search(
+            self._reader(slot), dn, "(objectClass=*)", ldap3.BASE, wanted, 1
+        )
+        if code not in (SUCCESS, NO_SUCH_OBJECT):
+            raise _Refused(f"LDAP read of {dn!r} failed: {code} {text}")
+        if not entries and self.settings.user_name_attributes:
+            raise _Refused(
+                f"cannot read {dn!r} to check the spelling of the login name (exact_user_name)"
+            )
+        return _attributes(entries[0]) if entries else {}
+
+    def _find_user(self, slot: _Slot, user: str) -> tuple[str, dict[str, list[str]]] | None:
         s = self.settings
         assert s.user_base is not None
-        attributes = [s.member_of_attribute] if s.member_of_attribute else []
+        attributes = self._wanted()
         query = _fill(s.user_filter, escape_filter_chars, user=user)
         code, text, entries = self._search(
             self._search_conn(slot), s.user_base, query, SCOPES[s.user_scope], attributes, 2
@@ -851,7 +982,7 @@ class _Directory:
         if not entries:
             return None
         entry = entries[0]
-        return str(entry["dn"]), _values(entry, s.member_of_attribute)
+        return str(entry["dn"]), _attributes(entry)
 
     def _exists(self, slot: _Slot, dn: str) -> bool:
         code, _, entries = self._search(
@@ -866,13 +997,6 @@ class _Directory:
     def _groups(self, slot: _Slot, user: str, dn: str, member_of: list[str]) -> frozenset[str]:
         s = self.settings
         names: set[str] = set()
-        if s.member_of_attribute and not s.search:
-            code, text, entries = self._search(
-                self._reader(slot), dn, "(objectClass=*)", ldap3.BASE, [s.member_of_attribute], 1
-            )
-            if code not in (SUCCESS, NO_SUCH_OBJECT):
-                raise _Refused(f"LDAP read of {dn!r} failed: {code} {text}")
-            member_of = _values(entries[0], s.member_of_attribute) if entries else []
         for group_dn in member_of:
             if s.group_base is None or dn_under(group_dn, s.group_base):
                 name = group_name(group_dn)
@@ -894,7 +1018,7 @@ class _Directory:
             elif code != SUCCESS:
                 raise _Refused(f"LDAP group search under {s.group_base!r} failed: {code} {text}")
             for entry in entries:
-                values = _values(entry, s.group_name_attribute)
+                values = _attributes(entry).get(s.group_name_attribute.lower(), [])
                 name = values[0] if values else group_name(str(entry["dn"]))
                 if name:
                     names.add(name)
@@ -909,15 +1033,13 @@ def _utf8(data: bytes) -> bool:
     return True
 
 
-def _values(entry: Mapping[str, Any], attribute: str | None) -> list[str]:
-    """An attribute's values as text, whatever case the server spelled its name in."""
-    if attribute is None:
-        return []
+def _attributes(entry: Mapping[str, Any]) -> dict[str, list[str]]:
+    """An entry's attributes as {lower-case name: values as text}."""
     raw: Mapping[str, Any] = entry.get("raw_attributes") or {}
-    for name, values in raw.items():
-        if name.lower() == attribute.lower():
-            return [v.decode("utf-8", "replace") for v in values]
-    return []
+    return {
+        str(name).lower(): [v.decode("utf-8", "replace") for v in values]
+        for name, values in raw.items()
+    }
 
 
 # -- the asyncio side ----------------------------------------------------------------------------
@@ -951,6 +1073,7 @@ class LdapAuthenticator:
         cached = self._cache.get(user)
         now = time.monotonic()
         if cached is not None and cached.expires > now and hmac.compare_digest(cached.tag, tag):
+            self._cache.move_to_end(user)
             return cached.result
         key = (user, tag)
         future = self._inflight.get(key)

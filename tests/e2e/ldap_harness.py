@@ -264,10 +264,18 @@ class Slapd:
         self.stop()
         self.start()
 
-    def pause(self) -> None:
-        """SIGSTOP: the kernel still accepts connections, but nothing answers."""
+    def pause(self, timeout: float = 5.0) -> None:
+        """SIGSTOP: the kernel still accepts connections, but nothing answers.
+
+        Returns once every thread is stopped (the signal itself is asynchronous)."""
         assert self._proc is not None
         os.kill(self._proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        tasks = Path(f"/proc/{self._proc.pid}/task")
+        while not all(_stopped(task) for task in tasks.iterdir()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("slapd did not stop on SIGSTOP")
+            time.sleep(0.01)
 
     def resume(self) -> None:
         assert self._proc is not None
@@ -337,6 +345,15 @@ class Slapd:
         if result.returncode != 0:
             raise RuntimeError(f"ldapsearch failed:\n{result.stderr}")
         return result.stdout
+
+
+def _stopped(task: Path) -> bool:
+    """Whether a /proc/PID/task/TID is in state T (stopped); a thread gone counts as stopped."""
+    try:
+        stat = (task / "stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("T", "t")
 
 
 def _make_tls(directory: Path) -> tuple[Path, Path, Path]:
