@@ -39,6 +39,7 @@ from .policy import Identity, decide
 from .reload import State, load_snapshot, load_users
 from .routes import ACTIONS, valid_name
 from .tls import load_certificate, server_context
+from .token import load_signer
 
 log = logging.getLogger("regproxy")
 
@@ -131,6 +132,8 @@ def _check(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             problems = exc.problems
         problems += load_certificate(server_context(), config.tls_cert, config.tls_key)
+        if config.token is not None:
+            problems += load_signer(config.token)[1]
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:

@@ -24,6 +24,8 @@ from .credentials import Problem
 if TYPE_CHECKING:
     from .authn.ldap import LdapSettings
 from .policy import IPNetwork, Rule, parse_networks, parse_upstream, recipe_rules
+from .token import MAX_EXPIRY as MAX_TOKEN_EXPIRY
+from .token import TokenSettings
 
 Backend = Literal["htpasswd", "ldap"]
 BACKENDS: tuple[str, ...] = ("htpasswd", "ldap")
@@ -94,6 +96,7 @@ class Config:
     audit_log: Path | None = None  # JSON lines of push/delete decisions
     metrics_listen: Listen | None = None  # /metrics and /health; off by default
     ldap: LdapSettings | None = None  # the `ldap:` section, parsed by proxy.authn.ldap
+    token: TokenSettings | None = None  # token server mode (distribution token auth)
     auth_backends: tuple[Backend, ...] = ("htpasswd",)
     acl: tuple[Rule, ...] | None = None  # None: the recipe's rules (push_group)
     acl_file: Path | None = None  # where `acl` came from when it is a separate file
@@ -108,6 +111,8 @@ class Config:
         files = [self.htpasswd, self.tls_cert, self.tls_key]
         if self.ldap is not None:
             files.extend(p for p in (self.ldap.bind_password_file, self.ldap.ca_file) if p)
+        if self.token is not None:
+            files.extend((self.token.key, self.token.certificate))
         if self.groups is not None:
             files.append(self.groups)
         files.extend(p for p in (self.source, self.acl_file) if p is not None)
@@ -130,6 +135,32 @@ def _parse_listen(value: object) -> Listen:
     if match.group(1):
         ipaddress.IPv6Address(host)
     return Listen(host, port)
+
+
+def _parse_text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise ValueError(f"expected printable text, got {value!r}")
+    return value
+
+
+def _parse_expiry(value: object) -> int:
+    seconds = _parse_positive_int(value)
+    if seconds > MAX_TOKEN_EXPIRY:
+        raise ValueError(f"at most {MAX_TOKEN_EXPIRY} seconds, got {seconds}")
+    return seconds
+
+
+def _parse_token_path(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"/[A-Za-z0-9._~/-]*", value):
+        raise ValueError(f"expected an absolute path like /auth, got {value!r}")
+    if value == "/v2" or value.startswith("/v2/"):
+        raise ValueError("must not be under /v2, which is the registry's")
+    return value
+
+
+def _parse_groups_list(value: object) -> frozenset[str]:
+    items = value if isinstance(value, list) else [value]
+    return frozenset(_parse_name(v) for v in items)
 
 
 def _parse_trusted(value: object) -> tuple[IPNetwork, ...]:
@@ -224,6 +255,14 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "metrics.listen": ("metrics_listen", _parse_optional_listen),
     "acl": ("acl", "acl"),  # handled by _load_acl
     "ldap": ("ldap", "ldap"),  # handled by _load_ldap
+    "token": ("token", "token"),  # built from the token.* keys by _combinations
+    "token.issuer": ("token.issuer", _parse_text),
+    "token.service": ("token.service", _parse_text),
+    "token.key": ("token.key", _PATH),
+    "token.certificate": ("token.certificate", _PATH),
+    "token.expiry": ("token.expiry", _parse_expiry),
+    "token.path": ("token.path", _parse_token_path),
+    "token.catalog_groups": ("token.catalog_groups", _parse_groups_list),
     "auth_backends": ("auth_backends", _parse_backends),
 }
 _SECTIONS = {key.split(".")[0] for key in _KEYS if "." in key}
@@ -376,9 +415,16 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
 
 
 def _combinations(values: dict[str, Any], has_acl: bool, source: str) -> list[Problem]:
-    """Settings that only make sense together. Also fills in the default backend order:
-    htpasswd, then LDAP when there is an `ldap:` section."""
+    """Settings that only make sense together. Also fills in the default backend order
+    (htpasswd, then LDAP when there is an `ldap:` section) and builds the token section."""
     problems = []
+    token = {k.split(".", 1)[1]: values.pop(k) for k in list(values) if k.startswith("token.")}
+    if token:
+        missing = {"issuer", "service", "key", "certificate"} - set(token)
+        if missing:
+            problems.append(Problem(source, 0, f"token: missing {', '.join(sorted(missing))}"))
+        else:
+            values["token"] = TokenSettings(**token)
     backends = values.get("auth_backends") or ("htpasswd", "ldap")[: 1 + bool(values.get("ldap"))]
     values["auth_backends"] = backends
     if "ldap" in backends and values.get("ldap") is None and "ldap" not in values:

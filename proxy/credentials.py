@@ -248,6 +248,12 @@ def parse_basic_auth(values: list[str]) -> tuple[str, str] | None:
     return user, password
 
 
+def basic_header(user: str, password: str) -> str:
+    """An Authorization header value (for credentials that arrived another way)."""
+    raw = f"{user}:{password}".encode("utf-8", "surrogateescape")
+    return "Basic " + base64.b64encode(raw).decode()
+
+
 def hash_password(password: str, cost: int = 10) -> str:
     """A bcrypt hash labelled `$2y$`, exactly as Apache's `htpasswd -B` writes it."""
     if not 4 <= cost <= 17:

@@ -22,6 +22,7 @@ from .config import Config, ConfigError, read_text
 from .credentials import Htpasswd, Problem, parse_groups, parse_htpasswd
 from .policy import Rule
 from .tls import load_certificate
+from .token import Signer, load_signer
 
 log = logging.getLogger("regproxy.reload")
 
@@ -35,6 +36,7 @@ class Snapshot:
     config: Config
     users: UserFiles
     rules: tuple[Rule, ...]
+    signer: Signer | None = None  # token server mode
 
 
 def _read_htpasswd(config: Config) -> Htpasswd:
@@ -75,7 +77,10 @@ def load_snapshot(
     """Build a Snapshot from scratch; ConfigError if unusable, else line-level problems."""
     config = config_module.load(config_path, overrides)
     users, problems = load_users(config)
-    return Snapshot(config, users, config.rules), problems
+    signer, token_problems = load_signer(config.token) if config.token else (None, [])
+    if token_problems:
+        raise ConfigError(token_problems)
+    return Snapshot(config, users, config.rules, signer), problems
 
 
 _Signature = tuple[int, int, int, int] | None

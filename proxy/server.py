@@ -25,13 +25,14 @@ from .accesslog import BYTES_KEY, USER_KEY, access_logger_class
 from .authn.chain import Authentication, Backends, Denied
 from .authn.htpasswd import HtpasswdAuthenticator
 from .config import Config
-from .credentials import groups_of
+from .credentials import basic_header, groups_of
 from .errors import error_response, unauthorized
 from .forward import Forwarder
 from .policy import Identity, IPAddress, IPNetwork, authorize, client_address, decide
 from .reload import State
 from .routes import Operation, Refusal, catalog_page, classify, without_mount
 from .throttle import Throttle
+from .token import issue
 
 log = logging.getLogger("regproxy")
 access_log = logging.getLogger("regproxy.access")
@@ -51,6 +52,9 @@ class Handler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         path, _, query = request.raw_path.partition("?")
+        token = self._state.current.config.token
+        if token is not None and path == token.path:
+            return await self._token(request)
         operation = classify(request.method, path, query)
         if isinstance(operation, Refusal):
             metrics.REQUESTS.labels("refused", str(operation.status)).inc()
@@ -102,6 +106,41 @@ class Handler:
         _audit(who, operation, response.status)
         return response
 
+    async def _token(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The token endpoint: GET with Basic credentials, or the OAuth2 password grant."""
+        snapshot = self._state.current
+        settings, signer = snapshot.config.token, snapshot.signer
+        assert settings is not None and signer is not None  # load_snapshot pairs them
+        if request.method == "GET":
+            params = request.query
+            authorization = request.headers.getall("Authorization", [])
+        elif request.method == "POST":
+            params = await request.post()  # type: ignore[assignment]
+            if params.get("grant_type") != "password":
+                return _oauth_error(400, "unsupported_grant_type")
+            user, password = str(params.get("username", "")), str(params.get("password", ""))
+            authorization = [basic_header(user, password)] if user else []
+        else:
+            return _oauth_error(405, "invalid_request")
+        if params.get("service") != settings.service:
+            return _oauth_error(400, "invalid_request", "unknown service")
+        peer = _peer(request)
+        address = client_address(
+            peer, request.headers.getall("X-Forwarded-For", []), snapshot.config.trusted_proxies
+        )
+        self._authentication.throttle.settings = snapshot.config.throttle
+        who = await self._authentication.identify(authorization, address)
+        if isinstance(who, Denied):
+            return _denied(who, snapshot.config.realm)
+        account = params.get("account")
+        if account and account != who.user:
+            return _oauth_error(400, "invalid_request", "account does not match the credentials")
+        request[USER_KEY] = who.user or "-"
+        scopes = [str(v) for v in params.getall("scope", [])]
+        answer = issue(settings, signer, snapshot.rules, who, scopes)
+        log.info("token for %s: %s", who.user or "anonymous", answer["scope"] or "(no access)")
+        return web.json_response(answer)
+
     async def _catalog(
         self, request: web.BaseRequest, query: str, who: Identity, upstream: str
     ) -> web.StreamResponse:
@@ -136,6 +175,11 @@ def _forwarded_for(
     if chain and peer is not None and any(peer in network for network in trusted):
         return f"{chain}, {own}"
     return own
+
+
+def _oauth_error(status: int, error: str, description: str = "") -> web.Response:
+    body = {"error": error, **({"error_description": description} if description else {})}
+    return web.json_response(body, status=status)
 
 
 def _denied(denied: Denied, realm: str) -> web.Response:

@@ -76,7 +76,7 @@ def wait_for_tls(port: int, context: ssl.SSLContext, process: subprocess.Popen[b
 
 
 def start_regproxy(
-    directory: Path, upstream: str, tls: TlsFiles, extra: str = ""
+    directory: Path, upstream: str, tls: TlsFiles, extra: str = "", port: int | None = None
 ) -> RegproxyProcess:
     directory.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -93,7 +93,7 @@ def start_regproxy(
             capture_output=True,
         )
     (directory / "groups").write_text(GROUPS)
-    port = free_port()
+    port = port or free_port()
     config = directory / "regproxy.yaml"
     config.write_text(
         f"listen: 127.0.0.1:{port}\nupstream: {upstream}\n"

@@ -153,9 +153,10 @@ class Registry:
         *,
         tls: TlsFiles | None = None,
         htpasswd: Path | None = None,
+        token: Mapping[str, str] | None = None,
         start_timeout: float = 20.0,
     ) -> None:
-        self.workdir, self.tls, self.htpasswd = workdir, tls, htpasswd
+        self.workdir, self.tls, self.htpasswd, self.token = workdir, tls, htpasswd, token
         self.root = workdir / "storage"
         self.log = workdir / "registry.log"
         self.port = 0
@@ -182,10 +183,12 @@ class Registry:
         cfg = {"version": "0.1", "log": {"level": "warn"}, "http": http, "storage": storage}
         if self.htpasswd:
             cfg["auth"] = {"htpasswd": {"realm": "regproxy-test", "path": str(self.htpasswd)}}
+        if self.token:  # realm, service, issuer, rootcertbundle
+            cfg["auth"] = {"token": dict(self.token)}
         return cfg
 
     def _start(self, timeout: float) -> None:
-        ready = (200, 401) if self.htpasswd else (200,)
+        ready = (200, 401) if self.htpasswd or self.token else (200,)
         for attempt in range(3):  # someone may grab the free port before the registry binds it
             self.port = free_port()
             config = self.workdir / "config.yml"
