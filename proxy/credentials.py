@@ -11,7 +11,7 @@ import base64
 import binascii
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,14 @@ def _lines(text: str) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     return [line.removesuffix("\r") for line in lines]
+
+
+def _entries(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, stripped line) of every line that is not blank or a `#` comment."""
+    for number, raw in enumerate(_lines(text), start=1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            yield number, line
 
 
 @dataclass(frozen=True)
@@ -168,10 +176,7 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
     users: dict[str, PasswordHash] = {}
     seen: set[str] = set()
     problems: list[Problem] = []
-    for number, raw in enumerate(_lines(text), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for number, line in _entries(text):
         user, sep, stored = line.partition(":")
         if not sep or not _USER_RE.fullmatch(user):
             problems.append(Problem(source, number, "malformed line, expected user:hash"))
@@ -193,10 +198,7 @@ def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tup
     """Parse Apache's group file: `group: user1 user2`; a group may appear on several lines."""
     members: dict[str, set[str]] = {}
     problems: list[Problem] = []
-    for number, raw in enumerate(_lines(text), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for number, line in _entries(text):
         group, sep, users = line.partition(":")
         group = group.strip()
         if not sep or not group or any(c.isspace() for c in group):
