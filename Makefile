@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TEST_PACKAGES := docker-registry podman skopeo apache2-utils:htpasswd openssl slapd:slapd ldap-utils:ldapadd \
                  python3-venv:python3-venv
 
-.PHONY: run test venv lint typecheck clean bench
+.PHONY: run test venv lint typecheck clean bench fuzz soak
 
 $(STAMP): pyproject.toml
 	scripts/install-deps.sh python3-venv:python3-venv
@@ -37,9 +37,21 @@ test:
 # for a one-minute run. nginx and apache2 install to /usr/sbin, which is not always on PATH.
 bench: $(STAMP)
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh nginx apache2 apache2-utils:htpasswd \
-		docker-registry skopeo wrk hey curl openssl
+		docker-registry skopeo wrk curl openssl
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# Concurrent pushes and pulls as several users through the real proxy, every digest checked,
+# errors, RSS and open fds reported (bench/results/soak.json). SOAK_ARGS="--minutes 10".
+soak: $(STAMP)
+	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh docker-registry skopeo apache2-utils:htpasswd
+	$(PY) scripts/soak.py $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Property-based fuzzing of every parser and the request classifier, far longer than in
+# `make test` (HYPOTHESIS_PROFILE=long: 20,000 examples per property; several minutes).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
+		tests/unit/test_routes.py tests/test_importer.py -k "never or property or fuzz or arbitrary or hypothesis or given"

@@ -49,8 +49,29 @@ class Handler:
         self._state = state
         self._authentication = authentication
         self._forwarder = forwarder
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._dispatch(request)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no request is being handled (or `timeout`); True if none is."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         path, _, query = request.raw_path.partition("?")
         token = self._state.current.config.token
         if token is not None and path == token.path:
@@ -247,8 +268,9 @@ class Server:
             Throttle(config.throttle),
             lambda user: groups_of(self.state.current.users.groups, user),
         )
+        handler = Handler(self.state, authentication, forwarder)
         server = web.Server(
-            Handler(self.state, authentication, forwarder),
+            handler,
             handler_cancellation=True,
             access_log_class=access_logger_class(config.access_log),
             access_log=access_log,
@@ -257,10 +279,20 @@ class Server:
             auto_decompress=False,
             keepalive_timeout=config.timeouts.keepalive,
         )
-        runner = web.ServerRunner(server, shutdown_timeout=config.timeouts.drain)
+        runner = web.ServerRunner(server, shutdown_timeout=1.0)
         await runner.setup()
-        await web.SockSite(runner, sock, ssl_context=self.ssl_context).start()
+        site = web.SockSite(runner, sock, ssl_context=self.ssl_context)
+        await site.start()
         watcher = asyncio.create_task(self.state.watch())
+
+        async def drain() -> None:
+            # aiohttp's own graceful shutdown stops reading request bodies, which would stall
+            # an upload in flight: stop accepting, let handlers finish, and only then close.
+            await site.stop()
+            drain_timeout = self.state.current.config.timeouts.drain
+            if not await handler.drained(drain_timeout):
+                log.warning("drain timeout (%ss): closing requests still running", drain_timeout)
+            await runner.cleanup()
 
         async def stop_watching() -> None:
             watcher.cancel()
@@ -270,7 +302,7 @@ class Server:
             executor.shutdown(wait=False, cancel_futures=True)
 
         # Reverse order at shutdown: stop watching, drain connections, close the pool.
-        self._cleanup = [stop_executor, forwarder.close, runner.cleanup, stop_watching]
+        self._cleanup = [stop_executor, forwarder.close, drain, stop_watching]
         self.state.on_reload = lambda ok: metrics.RELOADS.labels("ok" if ok else "failed").inc()
         if config.metrics_listen is not None:
             self._cleanup.append(await self._start_admin(config, forwarder))

@@ -19,11 +19,17 @@ import aiohttp
 import pytest
 import trustme
 from aiohttp import web
+from hypothesis import settings
 
 from proxy.credentials import hash_password
 from proxy.reload import State, load_snapshot
 from proxy.server import Server
 from proxy.tls import load_certificate, server_context
+
+# Property tests: a quick profile for `make test`, a long one for `make fuzz`.
+settings.register_profile("default", max_examples=300, deadline=None)
+settings.register_profile("long", max_examples=20_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -52,12 +58,14 @@ class FakeUpstream:
     url: str = ""
     requests: list[Recorded] = field(default_factory=list)
     handlers: dict[str, UpstreamHandler] = field(default_factory=dict)
+    streaming: set[str] = field(default_factory=set)  # paths whose handler reads the body
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         digest, length = hashlib.sha256(), 0
-        async for chunk in request.content.iter_any():
-            digest.update(chunk)
-            length += len(chunk)
+        if request.path not in self.streaming:
+            async for chunk in request.content.iter_any():
+                digest.update(chunk)
+                length += len(chunk)
         headers: dict[str, list[str]] = {}
         for key, value in request.headers.items():
             headers.setdefault(key.lower(), []).append(value)

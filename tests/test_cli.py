@@ -230,3 +230,75 @@ def test_import_writes_yaml_and_lists_what_it_could_not_translate(tmp_path: Path
     (tmp_path / "junk.conf").write_bytes(b"\x00\x01binary")
     junk = regproxy("import", str(tmp_path / "junk.conf"), cwd=tmp_path)
     assert junk.returncode == 1 and "junk.conf" in junk.stderr and "Traceback" not in junk.stderr
+
+
+async def test_sigterm_lets_an_upload_in_flight_finish(
+    served: Served, upstream: FakeUpstream
+) -> None:
+    received = asyncio.Event()
+
+    async def slow_upload(request: web.Request) -> web.StreamResponse:
+        total = 0
+        async for chunk in request.content.iter_any():
+            total += len(chunk)
+            received.set()
+        return web.Response(status=202, headers={"Range": f"0-{total - 1}"})
+
+    upstream.handlers["/v2/a/blobs/uploads/u9"] = slow_upload
+    upstream.streaming.add("/v2/a/blobs/uploads/u9")
+    auth = {"Authorization": basic("push", USERS["push"])}
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"u" * MIB
+            await asyncio.sleep(0.15)
+
+    async def upload() -> tuple[int, str]:
+        async with served.session.patch(
+            served.url + "/v2/a/blobs/uploads/u9", data=body(), headers=auth
+        ) as resp:
+            return resp.status, resp.headers.get("Range", "")
+
+    transfer = asyncio.create_task(upload())
+    await asyncio.wait_for(received.wait(), 10)
+    served.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False))
+        try:
+            await fresh.get(served.url + "/v2/", headers=auth)
+        finally:
+            await fresh.close()
+    assert await asyncio.wait_for(transfer, 30) == (202, f"0-{10 * MIB - 1}")  # all of it
+    assert await asyncio.wait_for(served.process.wait(), 30) == 0
+
+
+BROKEN = {
+    "empty htpasswd": ("htpasswd", b"", "htpasswd: no usable users in this file"),
+    "binary htpasswd": ("htpasswd", b"\x89PNG\r\n\x1a\n\x00", "htpasswd:1: not UTF-8 text"),
+    "half-written htpasswd": ("htpasswd", b"push:$2y$05$abc", "htpasswd: no usable users"),
+    "binary groups": ("groups", b"pusher: push\n\x00\x01", "groups:2: binary data (NUL byte)"),
+    "huge groups": ("groups", b"# x\n" * (5 * 1024 * 1024), "groups: larger than 16777216"),
+    "empty acl": ("acl.yaml", b"", "acl.yaml: acl: empty ACL file denies everything"),
+    "half-written acl": ("acl.yaml", b"acl:\n  - users: [a\n", "acl.yaml:3: invalid YAML"),
+    "half-written config": ("regproxy.yaml", b"listen: 127.0.0.1:5043\ntls:\n  cert: [", ":3:"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_broken_files_are_named_at_startup(tmp_path: Path, tls: TlsPair, case: str) -> None:
+    target, content, expected = BROKEN[case]
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000", extra="acl: acl.yaml\n")
+    (tmp_path / "acl.yaml").write_text("acl:\n  - actions: [pull]\n")
+    (tmp_path / target).write_bytes(content)
+    for command in ("check", "serve"):
+        result = regproxy(command, "-c", str(config), cwd=tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert expected in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_the_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "regproxy"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("regproxy ")

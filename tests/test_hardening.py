@@ -291,6 +291,7 @@ async def test_upstream_dies_mid_push(make_proxy: ProxyFactory, upstream: FakeUp
         return web.Response()
 
     upstream.handlers["/v2/a/blobs/uploads/u1"] = dies
+    upstream.streaming.add("/v2/a/blobs/uploads/u1")  # it dies after 1 MiB of 4
     proxy = await make_proxy()
 
     async def body() -> object:

@@ -723,7 +723,7 @@ LINES = [*RECIPE_HTTPD.splitlines(), *RECIPE_NGINX.splitlines(), "{", "}", ";", 
          "location / {"]  # fmt: skip
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(LINES) | st.text(max_size=20), max_size=40))
 def test_any_input_gives_loadable_yaml_or_a_value_error(
     tmp_path_factory: pytest.TempPathFactory, lines: list[str]

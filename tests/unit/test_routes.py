@@ -601,7 +601,7 @@ _QUERIES = st.one_of(
 )  # fmt: skip
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(deadline=None)
 @given(method=_METHODS, path=_PATHS, query=_QUERIES)
 def test_classify_never_raises_and_names_are_safe(method: str, path: str, query: str) -> None:
     result = classify(method, path, query)
@@ -652,7 +652,7 @@ _DIGESTS = st.builds(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(deadline=None)
 @given(name=_NAMES, tag=_TAGS, digest=_DIGESTS)
 def test_valid_names_and_references_round_trip(name: str, tag: str, digest: str) -> None:
     assert classify("GET", f"/v2/{name}/manifests/{tag}") == Operation(
