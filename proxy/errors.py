@@ -33,3 +33,11 @@ def unauthorized(realm: str, message: str = "authentication required") -> web.Re
     return error_response(
         401, "UNAUTHORIZED", message, {"WWW-Authenticate": f'Basic realm="{realm}"'}
     )
+
+
+def ping_response() -> web.Response:
+    """What the registry answers to an authenticated `GET /v2/`."""
+    response = web.Response(body=b"{}", content_type="application/json")
+    response.headers[API_VERSION_HEADER] = API_VERSION
+    response.headers["Server"] = SERVER
+    return response

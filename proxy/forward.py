@@ -52,7 +52,7 @@ _CLIENT_ONLY = frozenset(
     }
 )
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-CHUNK = 256 * 1024
+PING_FRESH = 5.0  # seconds a successful upstream ping lets the proxy answer pings itself
 
 
 def _droppable(headers: CIMultiDictProxy[str]) -> set[str]:
@@ -116,9 +116,17 @@ class Forwarder:
             timeout=aiohttp.ClientTimeout(total=None),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        self._healthy: dict[str, float] = {}  # upstream -> when it last answered a ping
 
     async def close(self) -> None:
         await self._session.close()
+
+    def answers_pings(self, upstream: str) -> bool:
+        """Whether `upstream` answered a ping within the last PING_FRESH seconds: every docker
+        or podman command starts with one, and while the registry is known to be up the
+        proxy can answer it without a round trip."""
+        seen = self._healthy.get(upstream)
+        return seen is not None and time.monotonic() - seen < PING_FRESH
 
     async def forward(
         self,
@@ -149,6 +157,8 @@ class Forwarder:
             log.warning("upstream %s failed on %s %s: %s", upstream, request.method, raw_path, exc)
             return error_response(502, "UNAVAILABLE", "upstream registry unreachable")
         UPSTREAM_LATENCY.observe(time.monotonic() - started)
+        if raw_path == "/v2/" and upstream_response.status == 200:
+            self._healthy[upstream] = time.monotonic()
         async with upstream_response:
             return await self._stream_back(request, upstream_response, upstream)
 
@@ -228,7 +238,9 @@ class Forwarder:
         await response.prepare(request)
         sent = 0
         try:
-            async for chunk in upstream_response.content.iter_chunked(CHUNK):
+            # Whatever has arrived, at once: nothing accumulates here beyond aiohttp's own
+            # read buffer, so memory per transfer stays small and flat.
+            async for chunk in upstream_response.content.iter_any():
                 try:
                     await response.write(chunk)
                 except ConnectionError:

@@ -26,7 +26,7 @@ from .authn.chain import Authentication, Backends, Denied
 from .authn.htpasswd import HtpasswdAuthenticator
 from .config import Config
 from .credentials import basic_header, groups_of
-from .errors import error_response, unauthorized
+from .errors import error_response, ping_response, unauthorized
 from .forward import Forwarder
 from .policy import Identity, IPAddress, IPNetwork, authorize, client_address, decide
 from .reload import State
@@ -113,6 +113,8 @@ class Handler:
         upstream = verdict.decision.upstream or config.upstream
         if operation.kind == "catalog":
             return await self._catalog(request, query, who, upstream)
+        if operation.kind == "ping" and self._forwarder.answers_pings(upstream):
+            return ping_response()
         if verdict.drop_mount:
             log.info("mount from %s dropped for %s", operation.mount_from, who.user or "-")
             kept = without_mount(query)

@@ -272,3 +272,16 @@ async def test_upstream_reset_mid_body_cuts_the_client(
             await resp.read()
     async with proxy.session.get(proxy.url + "/v2/", headers=proxy.auth("pull")) as resp:
         assert resp.status == 200
+
+
+async def test_pings_are_answered_locally_while_the_upstream_is_known_up(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    proxy = await make_proxy()
+    for _ in range(3):
+        async with proxy.session.get(proxy.url + "/v2/", headers=proxy.auth("pull")) as resp:
+            assert resp.status == 200 and await resp.read() == b"{}"
+            assert resp.headers.getall(API) == ["registry/2.0"]
+    assert [r.path_qs for r in upstream.requests] == ["/v2/"]  # only the first went upstream
+    async with proxy.session.get(proxy.url + "/v2/") as resp:
+        assert resp.status == 401  # still authenticated first
