@@ -18,17 +18,14 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from joserfc import jwt
-from joserfc.jwk import ECKey, RSAKey
+from typing import TYPE_CHECKING, Any
 
 from .credentials import Problem
 from .policy import Identity, Rule, decide
 from .routes import ACTIONS, Action, valid_name
+
+if TYPE_CHECKING:  # cryptography and joserfc are imported only in token server mode
+    from joserfc.jwk import ECKey, RSAKey
 
 _SCOPE_RE = re.compile(r"(repository(?:\([a-z0-9]+\))?):([^:]+):([a-z*,]*)")
 MAX_EXPIRY = 86_400
@@ -112,12 +109,19 @@ class Signer:
     x5c: tuple[str, ...]
 
     def sign(self, payload: dict[str, Any]) -> str:
+        from joserfc import jwt
+
         header = {"typ": "JWT", "alg": self.algorithm, "x5c": list(self.x5c)}
         return jwt.encode(header, payload, self.key, algorithms=[self.algorithm])
 
 
 def load_signer(settings: TokenSettings) -> tuple[Signer | None, list[Problem]]:
     """Read key and certificate chain; RSA -> RS256, EC P-256 -> ES256; they must match."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from joserfc.jwk import ECKey, RSAKey
+
     try:
         pem_key = settings.key.read_bytes()
         pem_certs = settings.certificate.read_bytes()
