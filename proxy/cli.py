@@ -1,10 +1,12 @@
 """Command line: flags -> Config, and exit codes. The only place that exits.
 
-regproxy serve  [-c FILE] [--listen HOST:PORT] [--upstream URL] [--htpasswd FILE]
-                [--groups FILE] [--tls-cert FILE] [--tls-key FILE] [--workers N]
-                [--log-level LEVEL]
-regproxy check  [-c FILE]            like `nginx -t`
-regproxy passwd FILE USER [--stdin] [--delete] [--verify] [--cost N]
+regproxy serve   [-c FILE] [--listen HOST:PORT] [--upstream URL] [--htpasswd FILE]
+                 [--groups FILE] [--tls-cert FILE] [--tls-key FILE] [--workers N]
+                 [--log-level LEVEL] [--acl FILE]
+regproxy check   [-c FILE] [serve's flags]       like `nginx -t`
+regproxy explain [-c FILE] USER ACTION REPOSITORY [--client IP]
+regproxy import  FILE [-o OUT]                   httpd.conf / nginx.conf -> regproxy YAML
+regproxy passwd  FILE USER [--stdin] [--delete] [--verify] [--cost N]
 """
 
 from __future__ import annotations
@@ -231,7 +233,14 @@ def _prefork(workers: int, run: Callable[[], int]) -> int:
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
-            os._exit(run())
+            # Own process group: a terminal's Ctrl-C (or a control-group kill) reaches the
+            # parent only, which relays it once; twice would skip the drain.
+            os.setpgid(0, 0)
+            code = 1
+            try:
+                code = run()
+            finally:
+                os._exit(code)  # never return into the parent's code
         children.append(pid)
 
     def relay(signum: int, _frame: object) -> None:

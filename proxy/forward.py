@@ -52,6 +52,7 @@ _CLIENT_ONLY = frozenset(
     }
 )
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+UPSTREAM_CONNECTIONS = 512
 PING_FRESH = 5.0  # seconds a successful upstream ping lets the proxy answer pings itself
 
 
@@ -108,7 +109,9 @@ class Forwarder:
     """Owns the upstream connection pool; one per server process."""
 
     def __init__(self, keepalive: float) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive, ssl=True)
+        # Bounded so that no client pattern can exhaust file descriptors; far above what a
+        # worker serves at once.
+        connector = aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, keepalive_timeout=keepalive)
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
@@ -178,6 +181,7 @@ class Forwarder:
         page: tuple[int, str],
         may_pull: Callable[[str], bool],
         timeouts: Timeouts,
+        forwarded_for: str,
     ) -> web.StreamResponse:
         """`/v2/_catalog` listing only what `may_pull`, `n` at a time, with a `Link` to the next
         page as the registry gives it. Upstream pages are read until `n` are allowed."""
@@ -186,7 +190,9 @@ class Forwarder:
         more = True
         try:
             while more and len(repositories) < n:
-                batch, more = await self._catalog_batch(request, upstream, last, timeouts)
+                batch, more = await self._catalog_batch(
+                    request.host, upstream, last, timeouts, forwarded_for
+                )
                 for index, name in enumerate(batch):
                     if may_pull(name):
                         repositories.append(name)
@@ -208,15 +214,15 @@ class Forwarder:
         return response
 
     async def _catalog_batch(
-        self, request: web.BaseRequest, upstream: str, last: str, timeouts: Timeouts
+        self, host: str, upstream: str, last: str, timeouts: Timeouts, forwarded_for: str
     ) -> tuple[list[str], bool]:
-        """One upstream page after `last`, and whether the registry says there is more."""
+        """One upstream page after `last`, and whether the registry says there is more.
+        Built afresh: none of the client's headers (a Content-Length would stall it)."""
         query = f"n={CATALOG_MAX}" + (f"&last={last}" if last else "")
         timeout = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.read)
+        headers = {"Host": host, "X-Forwarded-Proto": "https", "X-Forwarded-For": forwarded_for}
         async with self._session.get(
-            f"{upstream}/v2/_catalog?{query}",
-            headers=request_headers(request.headers, request.remote or "unknown"),
-            timeout=timeout,
+            f"{upstream}/v2/_catalog?{query}", headers=headers, timeout=timeout
         ) as response:
             if response.status != 200:
                 raise ValueError(f"status {response.status}")

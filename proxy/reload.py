@@ -21,12 +21,22 @@ from .authn.htpasswd import UserFiles
 from .config import Config, ConfigError, read_text
 from .credentials import Htpasswd, Problem, parse_groups, parse_htpasswd
 from .policy import Rule
-from .tls import load_certificate
+from .tls import load_certificate, server_context
 from .token import Signer, load_signer
 
 log = logging.getLogger("regproxy.reload")
 
 POLL_INTERVAL = 0.25
+# Config attributes the running process cannot change (sockets, processes, log handlers).
+RESTART_ONLY = (
+    "listen",
+    "workers",
+    "log_level",
+    "access_log",
+    "access_log_path",
+    "audit_log",
+    "metrics_listen",
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,9 @@ def _read_htpasswd(config: Config) -> Htpasswd:
     return htpasswd
 
 
-def load_users(config: Config) -> tuple[UserFiles, list[Problem]]:
+def load_users(
+    config: Config, previous: UserFiles | None = None
+) -> tuple[UserFiles, list[Problem]]:
     """Parse htpasswd (when that backend is used) and groups. Raises ConfigError if a file
     cannot be used at all; returns line-level problems (those lines are ignored)."""
     fatal: list[Problem] = []
@@ -68,15 +80,17 @@ def load_users(config: Config) -> tuple[UserFiles, list[Problem]]:
             fatal.extend(exc.problems)
     if fatal:
         raise ConfigError(fatal)
-    return UserFiles.build(htpasswd, groups), problems
+    return UserFiles.build(htpasswd, groups, previous.dummy if previous else None), problems
 
 
 def load_snapshot(
-    config_path: Path | None, overrides: Mapping[str, object]
+    config_path: Path | None,
+    overrides: Mapping[str, object],
+    previous: UserFiles | None = None,
 ) -> tuple[Snapshot, list[Problem]]:
     """Build a Snapshot from scratch; ConfigError if unusable, else line-level problems."""
     config = config_module.load(config_path, overrides)
-    users, problems = load_users(config)
+    users, problems = load_users(config, previous)
     signer, token_problems = load_signer(config.token) if config.token else (None, [])
     if token_problems:
         raise ConfigError(token_problems)
@@ -119,7 +133,9 @@ class State:
     def reload(self, reason: str = "reload requested") -> bool:
         """Load everything again; on failure keep the current snapshot. True if swapped."""
         try:
-            snapshot, problems = load_snapshot(self._config_path, self._overrides)
+            snapshot, problems = load_snapshot(
+                self._config_path, self._overrides, self.current.users
+            )
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload failed, keeping the last good configuration: %s", problem)
@@ -127,28 +143,39 @@ class State:
             return False
         for problem in problems:
             log.warning("%s (line ignored)", problem)
-        if self._ssl_context is not None:
-            config = snapshot.config
-            for problem in load_certificate(self._ssl_context, config.tls_cert, config.tls_key):
-                log.error("TLS reload failed, keeping the current certificate: %s", problem)
+        tls_ok = self._reload_tls(snapshot.config)
         self._apply(snapshot)
         log.info("configuration reloaded (%s)", reason)
-        self._report(ok=True)
+        self._report(ok=tls_ok)
         return True
+
+    def _reload_tls(self, config: Config) -> bool:
+        """Load the pair into the live context only once a scratch context took it: a failed
+        load_cert_chain would leave the live context without any certificate."""
+        if self._ssl_context is None:
+            return True
+        problems = load_certificate(server_context(), config.tls_cert, config.tls_key)
+        if not problems:
+            problems = load_certificate(self._ssl_context, config.tls_cert, config.tls_key)
+        for problem in problems:
+            log.error("TLS reload failed, keeping the current certificate: %s", problem)
+        return not problems
 
     def _report(self, ok: bool) -> None:
         if self.on_reload is not None:
             self.on_reload(ok)
 
     def _apply(self, snapshot: Snapshot) -> None:
-        old = self.current.config
-        for name in ("listen", "workers"):
-            if getattr(old, name) != getattr(snapshot.config, name):
-                log.warning("%s changed in the config: takes effect at the next restart", name)
-        self.current = replace(
-            snapshot,
-            config=replace(snapshot.config, listen=old.listen, workers=old.workers),
-        )
+        """Swap in the new snapshot; settings read only at startup keep their running value."""
+        old, new = self.current.config, snapshot.config
+        kept = {name: getattr(old, name) for name in RESTART_ONLY}
+        changed = [name for name in RESTART_ONLY if getattr(new, name) != kept[name]]
+        if new.timeouts.keepalive != old.timeouts.keepalive:
+            changed.append("timeouts.keepalive")
+        for name in changed:
+            log.warning("%s changed in the config: takes effect at the next restart", name)
+        timeouts = replace(new.timeouts, keepalive=old.timeouts.keepalive)
+        self.current = replace(snapshot, config=replace(new, **kept, timeouts=timeouts))
 
     def poll(self) -> None:
         """One poll: load changes that have been stable since the previous poll."""
@@ -159,7 +186,8 @@ class State:
         if not changed or len(stable) != len(changed):
             return
         self.reload(", ".join(f"{p} changed" for p in stable))
-        self._seen = {**now, **self._signatures()}
+        # Signatures from before the load win: an edit made during it is seen next poll.
+        self._seen = {**self._signatures(), **now}
         self._pending = {}
 
     async def watch(self) -> None:

@@ -162,6 +162,19 @@ def catalog_page(query: str) -> tuple[int, str] | Refusal:
     return int(text), last
 
 
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def body_refusal(operation: Operation, content_type: str) -> Refusal | None:
+    """Form bodies are refused on push requests: the registry reads `mount`, `from` and
+    `digest` with Go's FormValue, which prefers a form body over the query string, so a form
+    body could carry parameters this classifier never saw. No registry client sends one."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if operation.action == "push" and media_type in _FORM_TYPES:
+        return Refusal(400, "UNSUPPORTED", f"{media_type} bodies are not accepted here")
+    return None
+
+
 def classify(method: str, path: str, query: str = "") -> Operation | Refusal:
     """Classify a request by its method and raw (undecoded) path and query string."""
     if not is_proxied(path):

@@ -30,7 +30,7 @@ from .errors import error_response, ping_response, unauthorized
 from .forward import Forwarder
 from .policy import Identity, IPAddress, IPNetwork, authorize, client_address, decide
 from .reload import State
-from .routes import Operation, Refusal, catalog_page, classify, without_mount
+from .routes import Operation, Refusal, body_refusal, catalog_page, classify, without_mount
 from .throttle import Throttle
 from .token import issue
 
@@ -90,14 +90,10 @@ class Handler:
         snapshot = self._state.current
         config = snapshot.config
         raw_path = request.raw_path
-        peer = _peer(request)
-        address = client_address(
-            peer, request.headers.getall("X-Forwarded-For", []), config.trusted_proxies
-        )
-        self._authentication.throttle.settings = config.throttle
-        who = await self._authentication.identify(
-            request.headers.getall("Authorization", []), address
-        )
+        refused = body_refusal(operation, request.headers.get("Content-Type", ""))
+        if refused is not None:
+            return error_response(refused.status, refused.code, refused.message)
+        who = await self._identify(request, request.headers.getall("Authorization", []))
         if isinstance(who, Denied):
             return _denied(who, config.realm)
         request[USER_KEY] = who.user or "-"
@@ -119,7 +115,7 @@ class Handler:
             log.info("mount from %s dropped for %s", operation.mount_from, who.user or "-")
             kept = without_mount(query)
             raw_path = f"{path}?{kept}" if kept else path
-        forwarded_for = _forwarded_for(request, peer, config.trusted_proxies)
+        forwarded_for = _forwarded_for(request, config.trusted_proxies)
         with metrics.IN_FLIGHT.track_inprogress():
             response = await self._forwarder.forward(
                 request, upstream, raw_path, config.timeouts, forwarded_for
@@ -138,7 +134,10 @@ class Handler:
             params = request.query
             authorization = request.headers.getall("Authorization", [])
         elif request.method == "POST":
-            params = await request.post()  # type: ignore[assignment]
+            try:
+                params = await request.post()  # type: ignore[assignment]
+            except ValueError:
+                return _oauth_error(400, "invalid_request", "malformed form")
             if params.get("grant_type") != "password":
                 return _oauth_error(400, "unsupported_grant_type")
             user, password = str(params.get("username", "")), str(params.get("password", ""))
@@ -147,12 +146,7 @@ class Handler:
             return _oauth_error(405, "invalid_request")
         if params.get("service") != settings.service:
             return _oauth_error(400, "invalid_request", "unknown service")
-        peer = _peer(request)
-        address = client_address(
-            peer, request.headers.getall("X-Forwarded-For", []), snapshot.config.trusted_proxies
-        )
-        self._authentication.throttle.settings = snapshot.config.throttle
-        who = await self._authentication.identify(authorization, address)
+        who = await self._identify(request, authorization)
         if isinstance(who, Denied):
             return _denied(who, snapshot.config.realm)
         account = params.get("account")
@@ -163,6 +157,17 @@ class Handler:
         answer = issue(settings, signer, snapshot.rules, who, scopes)
         log.info("token for %s: %s", who.user or "anonymous", answer["scope"] or "(no access)")
         return web.json_response(answer)
+
+    async def _identify(
+        self, request: web.BaseRequest, authorization: list[str]
+    ) -> Identity | Denied:
+        """The caller, at the client address that trusted proxies vouch for."""
+        config = self._state.current.config
+        address = client_address(
+            _peer(request), request.headers.getall("X-Forwarded-For", []), config.trusted_proxies
+        )
+        self._authentication.throttle.settings = config.throttle
+        return await self._authentication.identify(authorization, address)
 
     async def _catalog(
         self, request: web.BaseRequest, query: str, who: Identity, upstream: str
@@ -176,8 +181,9 @@ class Handler:
             decision = decide(snapshot.rules, who, "pull", repository)
             return decision.allowed and (decision.upstream or snapshot.config.upstream) == upstream
 
+        forwarded_for = _forwarded_for(request, snapshot.config.trusted_proxies)
         return await self._forwarder.catalog(
-            request, upstream, page, may_pull, snapshot.config.timeouts
+            request, upstream, page, may_pull, snapshot.config.timeouts, forwarded_for
         )
 
 
@@ -188,11 +194,10 @@ def _peer(request: web.BaseRequest) -> IPAddress | None:
         return None
 
 
-def _forwarded_for(
-    request: web.BaseRequest, peer: IPAddress | None, trusted: tuple[IPNetwork, ...]
-) -> str:
+def _forwarded_for(request: web.BaseRequest, trusted: tuple[IPNetwork, ...]) -> str:
     """The X-Forwarded-For to send: the client's chain only when it came through a trusted
     proxy, always ending with the peer that connected to us."""
+    peer = _peer(request)
     own = str(peer) if peer else "unknown"
     chain = ", ".join(request.headers.getall("X-Forwarded-For", []))
     if chain and peer is not None and any(peer in network for network in trusted):

@@ -33,14 +33,43 @@ class Throttle:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._counters: OrderedDict[str, _Counter] = OrderedDict()
+        self._pending: dict[str, int] = {}  # checks under way, not yet counted
         self._known_good: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
 
     def retry_after(self, user: str, address: str, now: float) -> float:
-        """Seconds to wait before this (user, address) may try; 0 if it may try now."""
-        wait = self._locked(f"addr:{address}", now)
+        """Seconds to wait before this (user, address) may try; 0 if it may try now.
+
+        Checks still under way count as failures here, so guesses sent all at once cannot
+        slip past the limit before the first of them is verified."""
+        keys = [(f"addr:{address}", self.settings.attempts)]
         if address not in self._known_good.get(user, {}):
-            wait = max(wait, self._locked(f"user:{user}", now))
+            keys.append((f"user:{user}", self.settings.attempts * USER_FACTOR))
+        wait = max(self._locked(key, now) for key, _ in keys)
+        if wait == 0 and any(self._busy(key, limit, now) for key, limit in keys):
+            wait = 1.0
         return wait
+
+    def started(self, user: str, address: str) -> None:
+        for key in (f"addr:{address}", f"user:{user}"):
+            self._pending[key] = self._pending.get(key, 0) + 1
+
+    def finished(self, user: str, address: str) -> None:
+        for key in (f"addr:{address}", f"user:{user}"):
+            left = self._pending.get(key, 0) - 1
+            if left > 0:
+                self._pending[key] = left
+            else:
+                self._pending.pop(key, None)
+
+    def _busy(self, key: str, limit: int, now: float) -> bool:
+        """Checks under way would reach the limit if they all failed."""
+        pending = self._pending.get(key, 0)
+        if not pending:
+            return False
+        counter = self._counters.get(key)
+        window_start = now - self.settings.window
+        recent = sum(1 for t in counter.failures if t > window_start) if counter else 0
+        return recent + pending >= limit
 
     def failure(self, user: str, address: str, now: float) -> None:
         self._count(f"addr:{address}", self.settings.attempts, now)
@@ -75,5 +104,5 @@ class Throttle:
             delay = min(self.settings.max_delay, 2.0**counter.lockouts)
             counter.lockouts += 1
             counter.locked_until = now + delay
-        elif not failures or counter.locked_until <= now - self.settings.window:
+        elif counter.locked_until <= now - self.settings.window:
             counter.lockouts = 0

@@ -98,3 +98,12 @@ async def test_concurrent_identical_checks_share_one_hash(executor: RecordingExe
     results = await asyncio.gather(*(authn.authenticate("alice", "secret") for _ in range(20)))
     assert all(r.outcome is Outcome.OK for r in results)
     assert len(executor.verified) == 1
+
+
+def test_reload_keeps_the_dummy_when_scheme_and_cost_stay() -> None:
+    first = files(ALICE)
+    again = UserFiles.build(first.htpasswd, first.groups, first.dummy)
+    assert again.dummy is first.dummy  # no slow hash on the event loop at reload
+    cheaper = parse_htpasswd(f"carol:{hash_password('x', cost=4)}\n", "htpasswd")
+    changed = UserFiles.build(cheaper, {}, first.dummy)
+    assert changed.dummy.cost == 4 and changed.dummy is not first.dummy

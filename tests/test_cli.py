@@ -233,8 +233,13 @@ def test_import_writes_yaml_and_lists_what_it_could_not_translate(tmp_path: Path
     assert junk.returncode == 1 and "junk.conf" in junk.stderr and "Traceback" not in junk.stderr
 
 
+@pytest.mark.parametrize(
+    ("served", "group"),
+    [("", False), ("workers: 2\n", True)],  # True: Ctrl-C at a terminal signals the group
+    indirect=["served"],
+)
 async def test_sigterm_lets_an_upload_in_flight_finish(
-    served: Served, upstream: FakeUpstream
+    served: Served, upstream: FakeUpstream, group: bool
 ) -> None:
     received = asyncio.Event()
 
@@ -262,7 +267,10 @@ async def test_sigterm_lets_an_upload_in_flight_finish(
 
     transfer = asyncio.create_task(upload())
     await asyncio.wait_for(received.wait(), 10)
-    served.process.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(served.process.pid, signal.SIGINT)
+    else:
+        served.process.send_signal(signal.SIGTERM)
     await asyncio.sleep(0.3)
     with pytest.raises(aiohttp.ClientConnectionError):
         fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False))

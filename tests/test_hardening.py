@@ -352,3 +352,68 @@ async def test_client_gone_mid_transfer_leaks_nothing(
         writer.transport.abort()
     after_fds, after_tasks = await settle()
     assert after_fds <= fds and after_tasks <= tasks
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
+async def test_form_bodies_cannot_smuggle_mount_parameters(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, content_type: str
+) -> None:
+    acl = "acl:\n  - users: [pull]\n    repositories: ['pull/**']\n    actions: ['*']\n"
+    proxy = await make_proxy(acl)
+    body = "mount=sha256:" + "a" * 64 + "&from=secret/app"
+    async with proxy.session.post(
+        proxy.url + "/v2/pull/x/blobs/uploads/",
+        data=body,
+        headers={"Authorization": PULL, "Content-Type": content_type},
+    ) as resp:
+        assert resp.status == 400
+    assert upstream.requests == []
+
+
+async def test_concurrent_guesses_do_not_slip_past_the_throttle(
+    make_proxy: ProxyFactory,
+) -> None:
+    proxy = await make_proxy("throttle:\n  attempts: 5\n")
+
+    async def guess() -> int:
+        headers = {"Authorization": basic("push", "wrong")}
+        async with proxy.session.get(proxy.url + "/v2/", headers=headers) as resp:
+            return resp.status
+
+    statuses_seen = await asyncio.gather(*(guess() for _ in range(40)))
+    assert statuses_seen.count(401) == 5  # exactly the allowed attempts were verified
+    assert statuses_seen.count(429) == 35
+
+
+async def test_catalog_request_with_a_body_does_not_stall(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    proxy = await make_proxy()
+    async with proxy.session.get(
+        proxy.url + "/v2/_catalog", data=b"x" * 10, headers={"Authorization": PULL}
+    ) as resp:
+        assert resp.status == 200
+    (seen,) = upstream.requests
+    assert "content-length" not in seen.headers and seen.body_length == 0
+
+
+async def test_a_mismatched_certificate_on_reload_keeps_the_old_one(
+    make_proxy: ProxyFactory, tls: TlsPair, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import trustme
+
+    proxy = await make_proxy()
+    directory = tmp_path_factory.mktemp("half")
+    (directory / "server.crt").write_bytes(
+        trustme.CA().issue_cert("localhost").cert_chain_pems[0].bytes()
+    )
+    (directory / "server.key").write_bytes(tls.key.read_bytes())  # the old key: no match
+    text = proxy.config.read_text().split("tls:")[0]
+    proxy.config.write_text(
+        text + f"tls:\n  cert: {directory / 'server.crt'}\n  key: {directory / 'server.key'}\n"
+    )
+    assert proxy.state.reload("test") is True  # the rest of the config is fine
+    async with proxy.session.get(proxy.url + "/v2/", headers={"Authorization": PULL}) as resp:
+        assert resp.status == 200  # handshakes still use the old certificate

@@ -154,3 +154,12 @@ def test_check_validates_the_token_section(tmp_path: Path) -> None:
     config.write_text(token_yaml(key, cert).replace("  service: reg.test\n", ""))
     with pytest.raises(ConfigError, match="token: missing service"):
         load(config)
+
+
+async def test_malformed_token_form_is_a_400(make_proxy: ProxyFactory, tmp_path: Path) -> None:
+    proxy = await make_proxy(token_yaml(*pair(tmp_path, trustme.KeyType.ECDSA)))
+    async with proxy.session.post(
+        proxy.url + "/auth", data=b"--x", headers={"Content-Type": "multipart/form-data"}
+    ) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"] == "invalid_request"

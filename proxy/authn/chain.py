@@ -68,6 +68,7 @@ class Authentication:
             log.warning("throttled login for %r from %s: retry in %.0fs", user, where, wait)
             THROTTLED.inc()
             return Denied(429, "too many failed logins, retry later", math.ceil(wait))
+        self.throttle.started(user, where)
         try:
             for backend in self._backends():
                 result = await backend.authenticate(user, password)
@@ -80,6 +81,8 @@ class Authentication:
             log.error("authentication backend unavailable: %s", exc)
             AUTH_FAILURES.labels("backend_unavailable").inc()
             return Denied(503, "authentication backend unavailable")
+        finally:
+            self.throttle.finished(user, where)
         self.throttle.failure(user, where, self._clock())
         AUTH_FAILURES.labels("invalid").inc()
         log.info("authentication failed for %r from %s", user, where)

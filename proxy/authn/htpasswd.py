@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..credentials import Htpasswd, PasswordHash, dummy_like, groups_of
+from ..credentials import DEFAULT_DUMMY_SAMPLE, Htpasswd, PasswordHash, dummy_like, groups_of
 from . import AuthResult, Outcome
 
 CACHE_SIZE = 10_000
@@ -35,8 +35,18 @@ class UserFiles:
     dummy: PasswordHash = field(repr=False)
 
     @classmethod
-    def build(cls, htpasswd: Htpasswd, groups: dict[str, frozenset[str]]) -> UserFiles:
-        return cls(htpasswd, groups, dummy_like(htpasswd.typical_hash()))
+    def build(
+        cls,
+        htpasswd: Htpasswd,
+        groups: dict[str, frozenset[str]],
+        reuse: PasswordHash | None = None,
+    ) -> UserFiles:
+        """`reuse`: the previous dummy, kept when the typical scheme and cost are the same, so
+        a reload does not compute a slow hash on the event loop."""
+        typical = htpasswd.typical_hash() or DEFAULT_DUMMY_SAMPLE
+        if reuse is not None and (reuse.scheme, reuse.cost) == (typical.scheme, typical.cost):
+            return cls(htpasswd, groups, reuse)
+        return cls(htpasswd, groups, dummy_like(typical))
 
 
 class HtpasswdAuthenticator:
