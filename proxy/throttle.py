@@ -76,8 +76,9 @@ class Throttle:
         self._count(f"user:{user}", self.settings.attempts * USER_FACTOR, now)
 
     def success(self, user: str, address: str) -> None:
-        """A correct password: this address is known good for this user from now on."""
-        self._counters.pop(f"addr:{address}", None)
+        """A correct password: this address is known good for this user from now on. The
+        address's failures stay counted: one valid account must not reset an attacker's
+        count (they age out of the window)."""
         good = self._known_good.setdefault(user, OrderedDict())
         good[address] = None
         good.move_to_end(address)
