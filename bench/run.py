@@ -5,10 +5,10 @@ Starts on free loopback ports, all in one temp dir: a docker-registry, regproxy,
 Docker docs' recipe ("nginx"), nginx as an expert would tune it ("nginx-tuned"), Apache httpd as
 in the recipe ("apache"), and nginx with TLS and proxying but no authentication ("limit"), all
 with the same certificate and users. Every case runs against every target, interleaved (targets
-in a rotating order within each case, repeated runs round-robin), while the front end's whole
-process tree is sampled for peak RSS. Prints one markdown table with ratios against the direct
-registry and the limit, and writes JSON, a PNG chart and the table under bench/results/.
-Everything started is stopped by PID at the end, and the temp dir removed.
+in a rotating order within each case, repeated runs round-robin), while each target's whole
+process tree is sampled for peak RSS and CPU time. Prints one markdown table with ratios against
+the direct registry and the limit, and writes JSON, a PNG chart and the table under
+bench/results/. Everything started is stopped by PID at the end, and the temp dir removed.
 
     .venv/bin/python bench/run.py [--quick] [--workers N]
 """
@@ -20,6 +20,7 @@ import base64
 import hashlib
 import http.client
 import json
+import math
 import os
 import platform
 import re
@@ -36,9 +37,8 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,8 +50,10 @@ RESULTS = ROOT / "bench" / "results"
 APACHE_MODULES = Path("/usr/lib/apache2/modules")
 MIB = 1 << 20
 MB = 1_000_000
-RSS_INTERVAL = 0.05  # seconds between samples of a front end's process tree
+SAMPLE_INTERVAL = 0.05  # seconds between RSS samples of a target's process tree
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STARTUP_TIMEOUT = 30.0
+SETTLE_WINDOW, SETTLE_TIMEOUT = 0.1, 15.0  # seconds: idle check after each rate run
 
 # Users, as the recipe has them: any valid user pulls, group "pusher" also pushes.
 PULLER, PULLER_10, PUSHER = "reader", "reader10", "writer"
@@ -59,7 +61,15 @@ USER_COST = {PULLER: 5, PUSHER: 5, PULLER_10: 10}
 PUSH_GROUP = "pusher"
 
 DIRECT, LIMIT = "direct", "limit"
-TARGET_ORDER = (DIRECT, LIMIT, "regproxy", "nginx-tuned", "nginx", "apache")
+TARGETS = {
+    DIRECT: "docker-registry itself, plain HTTP, no front end",
+    LIMIT: "nginx, TLS and streaming proxy with keep-alive, no authentication",
+    "regproxy": "regproxy serve, --workers N",
+    "nginx-tuned": "nginx with auth_basic, no buffering, keep-alive to the registry",
+    "nginx": "nginx as in the Docker docs' recipe (auth_basic, buffering)",
+    "apache": "Apache httpd as in the Docker docs' recipe (mod_proxy, AuthGroupFile)",
+}
+TARGET_ORDER = tuple(TARGETS)
 
 
 def log(message: str) -> None:
@@ -75,19 +85,33 @@ class Plan:
     """How long and how big. The default fits in 5 minutes, --quick in 1."""
 
     name: str
-    rate_seconds: int  # wrk duration per (case, target)
+    rate_rounds: int  # runs per (rate case, target), round-robin over the targets
+    rate_seconds: int  # length of each run (wrk counts whole seconds)
     blob_mib: int  # size of the layer that is pulled and pushed
     get_runs: int  # single-download runs per target (the median is reported)
     push_runs: int  # skopeo pushes per target (the median is reported)
-    sweep: tuple[int, ...]  # concurrency levels of the growth sweep
-    parallel_downloads: tuple[int, ...]  # concurrent downloads for the RSS growth case
+    sweep: tuple[int, ...]  # connections of the growth sweep, besides main_concurrency
+    parallel_downloads: tuple[int, ...]  # concurrent GETs of the blob (1 is the GET case)
+    note: str  # what this plan leaves out, said in the report
     main_concurrency: int = 64
 
 
 PLANS = {
-    "full": Plan("full", 3, 256, 5, 3, (1, 8, 64, 256), (1, 4, 16)),
-    "quick": Plan("quick", 1, 64, 2, 1, (1, 8, 64, 256), (1, 4, 16)),
-}
+    "full": Plan(
+        name="full", rate_rounds=2, rate_seconds=1, blob_mib=256, get_runs=3, push_runs=2,
+        sweep=(1, 8, 256),
+        parallel_downloads=(4, 16), note="",
+    ),
+    # wrk runs whole seconds, so a minute leaves no room for the sweep's 18 extra runs; fewer
+    # connections leave less bcrypt behind to wait for after each cost-10 run.
+    "quick": Plan(
+        name="quick", rate_rounds=1, rate_seconds=1, blob_mib=16, get_runs=2, push_runs=1,
+        sweep=(),
+        parallel_downloads=(4, 16), main_concurrency=16,
+        note="Quick run: 16 connections instead of 64, a 16 MiB blob instead of 256 MiB, "
+        "1 push per target, no sweep over connections.",
+    ),
+}  # fmt: skip
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -101,8 +125,9 @@ def tool(name: str) -> str:
     return path
 
 
-def descendants(root: int) -> list[int]:
-    """`root` and every process below it, from one scan of /proc."""
+def process_tree(root: int) -> dict[int, list[bytes]]:
+    """`root` and every process below it, each with its /proc stat fields from field 3 on."""
+    stats: dict[int, list[bytes]] = {}
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -112,15 +137,26 @@ def descendants(root: int) -> list[int]:
                 stat = handle.read()
         except OSError:
             continue
-        # The command name is in parentheses and may contain spaces: ppid follows the last ")".
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [root]
+        # The command name is in parentheses and may contain spaces: fields follow the last ")".
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        stats[int(entry.name)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = {}, [root]
     while todo:
         pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, ()))
+        if pid in stats:
+            tree[pid] = stats[pid]
+            todo.extend(children.get(pid, ()))
     return tree
+
+
+def cpu_seconds(fields: list[bytes]) -> float:
+    """utime + stime of the process and of its children that it has waited for."""
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLOCK_TICKS
+
+
+def tree_cpu_seconds(*roots: int) -> float:
+    return sum(cpu_seconds(fields) for root in roots for fields in process_tree(root).values())
 
 
 def rss_kib(pid: int) -> int:
@@ -135,44 +171,53 @@ def rss_kib(pid: int) -> int:
 
 
 @dataclass
-class Rss:
-    """Peak VmRSS of a process tree: the sum over the tree, and the largest single process."""
+class Usage:
+    """A process tree during a case: peak VmRSS summed over the tree, peak VmRSS of its
+    largest worker (a process below the root; the root itself when it has none), and the CPU
+    seconds the tree used."""
 
     tree_kib: int = 0
-    process_kib: int = 0
+    worker_kib: int = 0
+    cpu_seconds: float = 0.0
 
-    def include(self, other: Rss) -> None:
+    def include(self, other: Usage) -> None:
         self.tree_kib = max(self.tree_kib, other.tree_kib)
-        self.process_kib = max(self.process_kib, other.process_kib)
+        self.worker_kib = max(self.worker_kib, other.worker_kib)
+        self.cpu_seconds += other.cpu_seconds
 
 
-class RssSampler:
-    """Samples one process tree every RSS_INTERVAL seconds in a background thread."""
+class UsageSampler:
+    """Samples one process tree every SAMPLE_INTERVAL seconds in a background thread."""
 
     def __init__(self, root: int) -> None:
-        self.peak = Rss()
+        self.usage = Usage()
         self._root = root
+        self._cpu_at_start = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> None:
-        sizes = [rss_kib(pid) for pid in descendants(self._root)]
-        self.peak.tree_kib = max(self.peak.tree_kib, sum(sizes))
-        self.peak.process_kib = max(self.peak.process_kib, *sizes)
+    def _sample(self) -> float:
+        """Update the peaks; the tree's CPU seconds so far."""
+        tree = process_tree(self._root)
+        sizes = {pid: rss_kib(pid) for pid in tree}
+        workers = [size for pid, size in sizes.items() if pid != self._root] or [*sizes.values()]
+        self.usage.tree_kib = max(self.usage.tree_kib, sum(sizes.values()))
+        self.usage.worker_kib = max(self.usage.worker_kib, *workers, 0)
+        return sum(cpu_seconds(fields) for fields in tree.values())
 
     def _run(self) -> None:
-        while not self._stop.wait(RSS_INTERVAL):
+        while not self._stop.wait(SAMPLE_INTERVAL):
             self._sample()
 
-    def __enter__(self) -> Rss:
-        self._sample()
+    def __enter__(self) -> Usage:
+        self._cpu_at_start = self._sample()
         self._thread.start()
-        return self.peak
+        return self.usage
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._sample()
+        self.usage.cpu_seconds = self._sample() - self._cpu_at_start
 
 
 class Processes:
@@ -195,7 +240,7 @@ class Processes:
             name, process = self._started.pop()
             if process.poll() is not None:
                 continue
-            tree = descendants(process.pid)
+            tree = list(process_tree(process.pid))
             process.send_signal(signal.SIGTERM)  # each server stops its own workers
             try:
                 process.wait(timeout=15)
@@ -393,11 +438,10 @@ def make_fixtures(directory: Path, plan: Plan) -> Fixtures:
 @dataclass
 class Target:
     name: str
-    what: str
     port: int
     tls: bool
     authenticates: bool
-    process: subprocess.Popen[bytes] | None = None  # the front end; None for the registry
+    process: subprocess.Popen[bytes]  # sampled for RSS and CPU: the registry for direct
 
     @property
     def url(self) -> str:
@@ -423,7 +467,7 @@ def start_targets(
         "docker-registry", [tool("docker-registry"), "serve", str(config)], registry_dir
     )
     wait_for_port(registry_port, registry, "docker-registry", registry_dir)
-    targets = {DIRECT: Target(DIRECT, "docker-registry, plain HTTP", registry_port, False, False)}
+    targets = {DIRECT: Target(DIRECT, registry_port, False, False, registry)}
     common = {
         "registry": f"127.0.0.1:{registry_port}",
         "cert": fixtures.cert,
@@ -453,15 +497,8 @@ def start_targets(
         config = render(template, directory / template, values)
         process = processes.start(name, argv(config, values), directory)
         wait_for_port(port, process, name, directory)
-        what = describe(template)
-        targets[name] = Target(name, what, port, True, authenticates, process)
+        targets[name] = Target(name, port, True, authenticates, process)
     return {name: targets[name] for name in TARGET_ORDER}
-
-
-def describe(template: str) -> str:
-    """The first comment line of a template says what the target is."""
-    first = (TEMPLATES / template).read_text().splitlines()[0]
-    return first.lstrip("#").strip()
 
 
 def nginx_argv(config: Path, values: dict[str, object]) -> list[str]:
@@ -512,24 +549,74 @@ class Client:
         connection.request(method, path, headers={"Authorization": auth} if auth else {})
         return connection.getresponse()
 
-    def download(self, path: str, user: str, size: int, digest: str) -> float:
-        """GET a blob, checking its length and sha256; seconds from request to last byte."""
+    def verify_blob(self, path: str, user: str, size: int, digest: str) -> None:
+        """GET a blob and check its length and sha256 (untimed: the timed GETs use curl)."""
         buffer = bytearray(MIB)
         view = memoryview(buffer)
         sha = hashlib.sha256()
         received = 0
-        start = time.perf_counter()
         response = self.request("GET", path, user)
         if response.status != 200:
             raise RuntimeError(f"{self.target.name}: GET {path} answered {response.status}")
         while count := response.readinto(buffer):
             sha.update(view[:count])
             received += count
-        elapsed = time.perf_counter() - start
         response.close()
         if received != size or "sha256:" + sha.hexdigest() != digest:
             raise RuntimeError(f"{self.target.name}: GET {path}: wrong bytes ({received})")
-        return elapsed
+
+
+# --- load generators -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a load generator saw in `seconds`: answers, latency percentiles, failures."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int  # answers other than 2xx/3xx
+    failed: int  # requests without an answer: connect, read or write errors, timeouts
+
+
+def wrk(url: str, method: str, authorization: str | None, connections: int, seconds: int) -> Load:
+    argv = [tool("wrk"), "-t", "1", "-c", str(connections), "-d", f"{seconds}s",
+            "--timeout", "30s", "-s", str(TEMPLATES / "wrk-report.lua"), url,
+            "--", method, authorization or "-"]  # fmt: skip
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    return Load(
+        requests=report["requests"],
+        seconds=report["duration_us"] / 1e6,
+        p50_ms=report["p50_us"] / 1000,
+        p99_ms=report["p99_us"] / 1000,
+        non_2xx=report["status_errors"],
+        failed=report["failed"],
+    )
+
+
+def ab(url: str, authorization: str | None, connections: int, seconds: int) -> Load:
+    """ApacheBench, for HEAD: wrk waits for the body a HEAD answer announces (wg/wrk#198)."""
+    headers = ["-H", f"Authorization: {authorization}"] if authorization else []
+    argv = [tool("ab"), "-q", "-i", "-k", "-r", "-c", str(connections), "-t", str(seconds),
+            "-n", "100000000", "-s", "30", *headers, url]  # fmt: skip
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+    def figure(pattern: str) -> float:
+        """A figure of the report; percentiles are missing when (almost) nothing answered."""
+        match = re.search(pattern, out, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    return Load(
+        requests=int(figure(r"^Complete requests:\s+(\d+)")),
+        seconds=figure(r"^Time taken for tests:\s+([\d.]+)") or seconds,
+        p50_ms=figure(r"^\s+50%\s+(\d+)"),  # ab's percentiles are whole milliseconds
+        p99_ms=figure(r"^\s+99%\s+(\d+)"),
+        non_2xx=int(figure(r"^Non-2xx responses:\s+(\d+)")),
+        failed=int(figure(r"^Failed requests:\s+(\d+)")),
+    )
 
 
 # --- cases -----------------------------------------------------------------------------------
@@ -541,8 +628,18 @@ class RateCase:
     title: str
     method: str
     user: str | None  # None: no credentials
+    blob: bool  # the layer blob instead of /v2/
     concurrency: int
-    blob: bool = False  # HEAD/GET the layer blob instead of /v2/
+
+
+# key, title, method, user, blob: each at the plan's main concurrency
+MAIN_RATE_CASES: tuple[tuple[str, str, str, str | None, bool], ...] = (
+    ("anonymous", "GET /v2/ without credentials (401)", "GET", None, False),
+    ("auth-cost5", "GET /v2/, bcrypt cost 5", "GET", PULLER, False),
+    ("auth-cost10", "GET /v2/, bcrypt cost 10", "GET", PULLER_10, False),
+    ("head-cost5", "HEAD blob, bcrypt cost 5", "HEAD", PULLER, True),
+    ("head-cost10", "HEAD blob, bcrypt cost 10", "HEAD", PULLER_10, True),
+)
 
 
 @dataclass
@@ -550,18 +647,13 @@ class Result:
     case: str
     target: str
     metrics: dict[str, float]
-    rss: Rss | None  # None for the direct registry (no front end)
+    usage: Usage
     note: str = ""
 
 
-@contextmanager
-def sampled(target: Target) -> Iterator[Rss | None]:
-    """Peak RSS of the target's front end while the block runs."""
-    if target.process is None:
-        yield None
-        return
-    with RssSampler(target.process.pid) as peak:
-        yield peak
+def sampled(target: Target) -> UsageSampler:
+    """RSS and CPU of the target's process tree while the `with` block runs."""
+    return UsageSampler(target.process.pid)
 
 
 class Bench:
@@ -586,20 +678,12 @@ class Bench:
         return [*names[shift:], *names[:shift]]
 
     def rate_cases(self) -> list[RateCase]:
-        c = self.plan.main_concurrency
-        cases = [
-            RateCase("anonymous", "GET /v2/ without credentials (401)", "GET", None, c),
-            RateCase("auth-cost5", "GET /v2/, bcrypt cost 5", "GET", PULLER, c),
-            RateCase("auth-cost10", "GET /v2/, bcrypt cost 10", "GET", PULLER_10, c),
-            RateCase("head-cost5", "HEAD blob, bcrypt cost 5", "HEAD", PULLER, c, blob=True),
-            RateCase("head-cost10", "HEAD blob, bcrypt cost 10", "HEAD", PULLER_10, c, blob=True),
-        ]
-        cases += [
-            RateCase(f"sweep-c{n}", f"GET /v2/, cost 5, {n} connections", "GET", PULLER, n)
-            for n in self.plan.sweep
-            if n != c  # the main cost-5 case is that point of the sweep
-        ]
-        return cases
+        connections = self.plan.main_concurrency
+        return [
+            *(RateCase(*case, connections) for case in MAIN_RATE_CASES),
+            *(RateCase(f"sweep-c{n}", "GET /v2/, cost 5", "GET", PULLER, False, n)
+              for n in self.plan.sweep),
+        ]  # fmt: skip
 
     def push(self, target: Target, repository: str) -> float:
         """Seconds for skopeo to push the image, with a blob-info cache of its own."""
@@ -621,101 +705,156 @@ class Bench:
         return elapsed
 
     def check_answers(self) -> None:
-        """Each target answers as configured before anything is timed."""
+        """Each target answers as configured, and serves the right bytes, before any timing."""
         for name, client in self.clients.items():
-            anonymous = 401 if client.target.authenticates else 200
-            checks = [("GET", "/v2/", None, anonymous), ("GET", "/v2/", PULLER, 200),
-                      ("GET", "/v2/", PULLER_10, 200),
-                      ("HEAD", self.blob_path, PULLER, 200)]  # fmt: skip
+            checks: list[tuple[str, str, str | None, set[int]]] = [
+                ("GET", "/v2/", PULLER, {200}),
+                ("GET", "/v2/", PULLER_10, {200}),
+                ("HEAD", self.blob_path, PULLER, {200}),
+            ]
+            if client.target.authenticates:  # challenges, and refuses a puller's upload
+                checks.append(("GET", "/v2/", None, {401}))
+                checks.append(("POST", "/v2/bench/denied/blobs/uploads/", PULLER, {401, 403}))
             for method, path, user, expected in checks:
                 response = client.request(method, path, user)
                 response.read()
                 response.close()
-                if response.status != expected:
+                if response.status not in expected:
                     raise RuntimeError(f"{name}: {method} {path} as {user} answered "
                                        f"{response.status}, expected {expected}")  # fmt: skip
+            client.verify_blob(
+                self.blob_path, PULLER, self.fixtures.layer_size, self.fixtures.layer_digest
+            )
+
+    def settle(self, target: Target) -> None:
+        """Wait until the target and the registry are idle: work a run leaves behind (bcrypt
+        for requests whose client has gone) must not count against the next measurement."""
+        roots = (target.process.pid, self.targets[DIRECT].process.pid)
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        used = tree_cpu_seconds(*roots)
+        while time.monotonic() < deadline:
+            time.sleep(SETTLE_WINDOW)
+            used, before = tree_cpu_seconds(*roots), used
+            if used - before < SETTLE_WINDOW / 5:  # under a fifth of a CPU: idle
+                return
+        log(f"  {target.name} still busy {SETTLE_TIMEOUT}s after the run")
 
     def run_rate(self, case: RateCase) -> None:
-        log(f"{case.title}: {case.concurrency} connections, {self.plan.rate_seconds}s per target")
-        for name in self.rotated(list(self.targets)):
-            client = self.clients[name]
-            path = self.blob_path if case.blob else "/v2/"
-            argv = [tool("wrk"), "-t", "1", "-c", str(case.concurrency),
-                    "-d", f"{self.plan.rate_seconds}s", "--timeout", "30s",
-                    "-s", str(TEMPLATES / "wrk-report.lua"), client.target.url + path,
-                    "--", case.method, client.authorization(case.user) or "-"]  # fmt: skip
-            with sampled(client.target) as rss:
-                out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-            report = json.loads(out.strip().splitlines()[-1])
-            metrics = {
-                "rps": report["requests"] / (report["duration_us"] / 1e6),
-                "p50_ms": report["p50_us"] / 1000,
-                "p99_ms": report["p99_us"] / 1000,
-                "requests": report["requests"],
-                "status_errors": report["status_errors"],
-                "socket_errors": report["socket_errors"],
-            }
-            result = Result(case.key, name, metrics, rss)
-            refused = report["requests"] if case.user is None and client.target.authenticates else 0
-            if report["status_errors"] != refused or report["socket_errors"]:
-                result.note = (f"{report['status_errors']} non-2xx answers (expected {refused}), "
-                               f"{report['socket_errors']} socket errors")  # fmt: skip
-                log(f"  {name}: {result.note}")
-            self.results.append(result)
+        rounds, seconds = self.plan.rate_rounds, self.plan.rate_seconds
+        log(f"{case.title}, {case.concurrency} connections: {rounds} x {seconds}s per target")
+        loads: dict[str, list[Load]] = {name: [] for name in self.targets}
+        usages = {name: Usage() for name in self.targets}
+        for _ in range(rounds):
+            for name in self.rotated(list(self.targets)):
+                client = self.clients[name]
+                url = client.target.url + (self.blob_path if case.blob else "/v2/")
+                auth = client.authorization(case.user)
+                with sampled(client.target) as usage:
+                    if case.method == "HEAD":
+                        load = ab(url, auth, case.concurrency, seconds)
+                    else:
+                        load = wrk(url, case.method, auth, case.concurrency, seconds)
+                self.settle(client.target)
+                loads[name].append(load)
+                usages[name].include(usage)
+        for name, runs in loads.items():
+            self.results.append(self.rate_result(case, name, runs, usages[name]))
+
+    def rate_result(self, case: RateCase, name: str, runs: list[Load], usage: Usage) -> Result:
+        """Counts added up over the runs; latency percentiles are the runs' median."""
+        requests, seconds = sum(r.requests for r in runs), sum(r.seconds for r in runs)
+        non_2xx, failed = sum(r.non_2xx for r in runs), sum(r.failed for r in runs)
+        metrics = {
+            "rps": requests / seconds,
+            "requests": requests,
+            "seconds": seconds,
+            "p50_ms": statistics.median(r.p50_ms for r in runs),
+            "p99_ms": statistics.median(r.p99_ms for r in runs),
+            "non_2xx": non_2xx,
+            "failed": failed,
+        }
+        if requests:
+            metrics["cpu_ms_per_request"] = usage.cpu_seconds * 1000 / requests
+        if requests < len(runs) * case.concurrency / 2:
+            # Most connections got no answer before the end: a request takes longer than a
+            # run, and the count says little but that throughput is below this.
+            metrics["rps_at_most"] = case.concurrency * len(runs) / seconds
+        result = Result(case.key, name, metrics, usage)
+        refused = requests if case.user is None and self.targets[name].authenticates else 0
+        if non_2xx != refused or failed:
+            result.note = f"{non_2xx} non-2xx answers (expected {refused}), {failed} failed"
+            log(f"  {name}: {result.note}")
+        return result
 
     def run_get(self) -> None:
         size = self.fixtures.layer_size
         log(f"GET of the {size / MIB:.0f} MiB blob: {self.plan.get_runs} runs per target")
         seconds: dict[str, list[float]] = {name: [] for name in self.targets}
-        peaks = {name: Rss() for name in self.targets}
+        usages = {name: Usage() for name in self.targets}
         for _ in range(self.plan.get_runs):
             for name in self.rotated(list(self.targets)):
-                with sampled(self.targets[name]) as rss:
-                    seconds[name].append(self.download(name))
-                if rss is not None:
-                    peaks[name].include(rss)
+                with sampled(self.targets[name]) as usage:
+                    seconds[name] += self.downloads(name, 1)
+                usages[name].include(usage)
         for name, runs in seconds.items():
             rates = [size / s / MB for s in runs]
+            gigabytes = len(runs) * size / 1e9
             metrics = {"mbps": statistics.median(rates), "mbps_min": min(rates),
-                       "mbps_max": max(rates), "runs": len(runs)}  # fmt: skip
-            rss = peaks[name] if self.targets[name].process else None
-            self.results.append(Result("get-blob", name, metrics, rss))
+                       "mbps_max": max(rates), "runs": len(runs),
+                       "cpu_s_per_gb": usages[name].cpu_seconds / gigabytes}  # fmt: skip
+            self.results.append(Result("get-blob", name, metrics, usages[name]))
 
-    def download(self, name: str) -> float:
-        digest, size = self.fixtures.layer_digest, self.fixtures.layer_size
-        return self.clients[name].download(self.blob_path, PULLER, size, digest)
+    def downloads(self, name: str, count: int) -> list[float]:
+        """`count` concurrent curl GETs of the blob; each one's seconds, length checked."""
+        client = self.clients[name]
+        argv = [tool("curl"), "--silent", "--show-error", "--output", "/dev/null",
+                "--write-out", "%{http_code} %{size_download} %{time_total}",
+                "--header", f"Authorization: {client.authorization(PULLER)}",
+                "--cacert", str(self.fixtures.cert),
+                client.target.url + self.blob_path]  # fmt: skip
+        running = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(count)]
+        seconds = []
+        for process in running:
+            out, _ = process.communicate()
+            status, size, elapsed = out.split()
+            if process.returncode or status != "200" or int(size) != self.fixtures.layer_size:
+                raise RuntimeError(
+                    f"{name}: curl GET of the blob: {out!r}, exit {process.returncode}"
+                )
+            seconds.append(float(elapsed))
+        return seconds
 
     def run_parallel_gets(self) -> None:
         """Front ends only: how RSS grows with concurrent large downloads."""
         size = self.fixtures.layer_size
-        fronts = [name for name, target in self.targets.items() if target.process is not None]
+        fronts = [name for name in self.targets if name != DIRECT]
         for count in self.plan.parallel_downloads:
             log(f"{count} concurrent GETs of the {size / MIB:.0f} MiB blob per front end")
             for name in self.rotated(fronts):
-                with sampled(self.targets[name]) as rss, ThreadPoolExecutor(count) as pool:
+                with sampled(self.targets[name]) as usage:
                     start = time.perf_counter()
-                    list(pool.map(self.download, [name] * count))
+                    self.downloads(name, count)
                     elapsed = time.perf_counter() - start
-                metrics = {"aggregate_mbps": count * size / elapsed / MB}
-                self.results.append(Result(f"parallel-{count}", name, metrics, rss))
+                metrics = {"aggregate_mbps": count * size / elapsed / MB,
+                           "cpu_s_per_gb": usage.cpu_seconds / (count * size / 1e9)}  # fmt: skip
+                self.results.append(Result(f"parallel-{count}", name, metrics, usage))
 
     def run_pushes(self) -> None:
         log(f"skopeo push of the image: {self.plan.push_runs} runs per target")
         seconds: dict[str, list[float]] = {name: [] for name in self.targets}
-        peaks = {name: Rss() for name in self.targets}
+        usages = {name: Usage() for name in self.targets}
         for run in range(self.plan.push_runs):
             for name in self.rotated(list(self.targets)):
                 # A new repository each time: the registry has the blob, but not linked there,
                 # so every push uploads all of it.
-                with sampled(self.targets[name]) as rss:
+                with sampled(self.targets[name]) as usage:
                     seconds[name].append(self.push(self.targets[name], f"bench/{name}-{run}"))
-                if rss is not None:
-                    peaks[name].include(rss)
+                usages[name].include(usage)
         for name, runs in seconds.items():
             metrics = {"seconds": statistics.median(runs), "seconds_min": min(runs),
-                       "seconds_max": max(runs), "runs": len(runs)}  # fmt: skip
-            rss = peaks[name] if self.targets[name].process else None
-            self.results.append(Result("push", name, metrics, rss))
+                       "seconds_max": max(runs), "runs": len(runs),
+                       "cpu_s_per_push": usages[name].cpu_seconds / len(runs)}  # fmt: skip
+            self.results.append(Result("push", name, metrics, usages[name]))
 
     def run(self) -> None:
         log("seeding the registry with the image (skopeo, direct)")
@@ -736,48 +875,71 @@ class Row:
     case: str  # Result.case
     label: str
     metric: str
-    kind: str  # "rate" (higher is better), "seconds" (lower is better), "latency", "rss"
+    kind: str  # "main" (with ratios), "latency", "rss", or the name of a metric to show as is
 
 
 def rows(plan: Plan, blob_mib: float) -> list[Row]:
-    c = plan.main_concurrency
     out: list[Row] = []
-    for key, title in (
-        ("anonymous", "GET /v2/ without credentials (401)"),
-        ("auth-cost5", "GET /v2/, bcrypt cost 5"),
-        ("auth-cost10", "GET /v2/, bcrypt cost 10"),
-        ("head-cost5", "HEAD blob, bcrypt cost 5"),
-        ("head-cost10", "HEAD blob, bcrypt cost 10"),
-    ):
+    for key, title, *_ in MAIN_RATE_CASES:
         out += [
-            Row(key, f"{title}, {c} conn.", "req/s", "rate"),
+            Row(key, f"{title}, {plan.main_concurrency} conn.", "req/s", "main"),
             Row(key, "", "p50 / p99 ms", "latency"),
+            Row(key, "", "CPU ms per request", "cpu_ms_per_request"),
             Row(key, "", "peak RSS MiB", "rss"),
         ]
-    for n in plan.sweep:
-        key = "auth-cost5" if n == c else f"sweep-c{n}"
-        out.append(Row(key, f"GET /v2/, cost 5, {n} conn.", "req/s", "rate"))
+    if plan.sweep:
+        out += [
+            Row(key, f"GET /v2/, cost 5, {n} conn.", "req/s", "main") for n, key in sweep_keys(plan)
+        ]
     out += [
-        Row("get-blob", f"GET {blob_mib:.0f} MiB blob", f"MB/s, median of {plan.get_runs}", "rate"),
-        Row("get-blob", "", "peak RSS MiB", "rss"),
+        Row("get-blob", f"GET {blob_mib:.0f} MiB blob", f"MB/s, median of {plan.get_runs}", "main"),
+        Row("get-blob", "", "CPU s per GB", "cpu_s_per_gb"),
+        Row("get-blob", "", "peak RSS MiB, 1 GET", "rss"),
     ]
     out += [
-        Row(f"parallel-{n}", f"{n} concurrent GETs of it", "peak RSS MiB", "rss")
+        Row(f"parallel-{n}", "", f"peak RSS MiB, {n} concurrent GETs", "rss")
         for n in plan.parallel_downloads
     ]
     out += [
         Row("push", f"skopeo push, {blob_mib:.0f} MiB layer", f"s, median of {plan.push_runs}",
-            "seconds"),
+            "main"),
+        Row("push", "", "CPU s per push", "cpu_s_per_push"),
         Row("push", "", "peak RSS MiB", "rss"),
     ]  # fmt: skip
     return out
 
 
+def sweep_keys(plan: Plan) -> list[tuple[int, str]]:
+    """(connections, case) of the sweep, the main cost-5 case included, in order."""
+    points = [(n, f"sweep-c{n}") for n in plan.sweep] + [(plan.main_concurrency, "auth-cost5")]
+    return sorted(points)
+
+
+def usage_by_downloads(plan: Plan, results: list[Result], target: str) -> list[tuple[int, Usage]]:
+    """Usage by number of concurrent blob GETs: the GET case is 1."""
+    by_key = {(r.case, r.target): r.usage for r in results}
+    cases = [(1, "get-blob")] + [(n, f"parallel-{n}") for n in plan.parallel_downloads]
+    return [(n, usage) for n, case in cases if (usage := by_key.get((case, target))) is not None]
+
+
+MAIN_METRICS = ("rps", "mbps", "seconds")  # a result has one: requests/s, MB/s or a duration
+
+
+def main_key(result: Result) -> str:
+    return next(key for key in MAIN_METRICS if key in result.metrics)
+
+
 def main_value(result: Result) -> float:
-    for key in ("rps", "mbps", "seconds"):
-        if key in result.metrics:
-            return result.metrics[key]
-    raise KeyError(f"{result.case} has no main metric")
+    return result.metrics[main_key(result)]
+
+
+def comparable(result: Result | None) -> bool:
+    """Measured, and with enough answers for its rate to mean something."""
+    return result is not None and "rps_at_most" not in result.metrics
+
+
+def times(value: float, base: float) -> float:
+    return value / base if base else math.inf
 
 
 def number(value: float) -> str:
@@ -788,21 +950,23 @@ def cell(row: Row, results: dict[tuple[str, str], Result], target: str) -> str:
     result = results.get((row.case, target))
     if result is None:
         return "—"
-    mark = " !" if result.note else ""
-    if row.kind == "latency":
-        return f"{number(result.metrics['p50_ms'])} / {number(result.metrics['p99_ms'])}"
+    metrics = result.metrics
     if row.kind == "rss":
-        if result.rss is None:
-            return "—"
-        return f"{result.rss.tree_kib / 1024:.0f} ({result.rss.process_kib / 1024:.0f})"
+        return f"{result.usage.tree_kib / 1024:.0f} ({result.usage.worker_kib / 1024:.0f})"
+    if "rps_at_most" in metrics:  # too few answers for a rate, a latency or a cost per request
+        return f"< {number(metrics['rps_at_most'])}" if row.kind == "main" else "—"
+    if row.kind == "latency":
+        return f"{number(metrics['p50_ms'])} / {number(metrics['p99_ms'])}"
+    if row.kind != "main":
+        return number(metrics[row.kind]) if row.kind in metrics else "—"
     value = main_value(result)
-    text = f"{number(value)} s" if row.kind == "seconds" else number(value)
+    text = number(value) + (" s" if main_key(result) == "seconds" else "")
     ratios = [
-        f"{value / main_value(results[(row.case, base)]):.2f}x{base[0]}"
+        f"{times(value, main_value(results[(row.case, base)])):.2f}x{base[0]}"
         for base in (DIRECT, LIMIT)
-        if base != target and (row.case, base) in results
+        if base != target and comparable(results.get((row.case, base)))
     ]
-    return " · ".join([text + mark, *ratios])
+    return " · ".join([text + (" !" if result.note else ""), *ratios])
 
 
 def table(plan: Plan, results: list[Result], blob_mib: float) -> str:
@@ -824,33 +988,35 @@ class Check:
     met: bool
 
 
-def checks(results: list[Result], workers: int) -> list[Check]:
+def checks(plan: Plan, results: list[Result], workers: int) -> list[Check]:
     """The issue's targets for regproxy, as ratios within this run."""
     by_key = {(r.case, r.target): r for r in results}
 
-    def value(case: str, target: str) -> float:
-        return main_value(by_key[(case, target)])
+    def compare(goal: str, case: str, base: str, passes: Callable[[float], bool]) -> Check:
+        ours, theirs = by_key[(case, "regproxy")], by_key[(case, base)]
+        if not (comparable(ours) and comparable(theirs)):
+            return Check(goal, "too few answers in the runs to compare", False)
+        ratio = times(main_value(ours), main_value(theirs))
+        return Check(goal, f"{ratio:.2f}x", passes(ratio))
 
-    out = []
-    for case in ("auth-cost5", "auth-cost10", "head-cost5", "head-cost10"):
-        ratio = value(case, "regproxy") / value(case, LIMIT)
-        out.append(Check(f"{case}: ≥ 1.0x limit req/s", f"{ratio:.2f}x", ratio >= 1.0))
-    best = max(("nginx", "nginx-tuned", "apache"), key=lambda t: value("get-blob", t))
-    ratio = value("get-blob", "regproxy") / value("get-blob", best)
-    out.append(Check(f"GET blob: ≥ 2x best of nginx/apache ({best})", f"{ratio:.2f}x", ratio >= 2))
-    ratio = value("push", "regproxy") / value("push", DIRECT)
-    out.append(Check("push: ≤ 1.1x direct time", f"{ratio:.2f}x", ratio <= 1.1))
-    ratio = value("anonymous", "regproxy") / value("anonymous", "apache")
-    out.append(Check("anonymous 401: ≥ 1.5x apache req/s", f"{ratio:.2f}x", ratio >= 1.5))
-    peaks = [r.rss for r in results if r.target == "regproxy" and r.rss is not None]
-    largest = max(p.process_kib for p in peaks) / 1024
-    out.append(Check("peak RSS ≤ 48 MiB per process", f"{largest:.1f} MiB", largest <= 48))
-    parallel = sorted(
-        (int(r.case.split("-")[1]), r.rss.tree_kib / 1024)
-        for r in results
-        if r.target == "regproxy" and r.case.startswith("parallel-") and r.rss is not None
+    out = [
+        compare(f"{case}: ≥ 1.0x limit req/s", case, LIMIT, lambda r: r >= 1.0)
+        for case in ("auth-cost5", "auth-cost10", "head-cost5", "head-cost10")
+    ]
+    best = max(
+        ("nginx", "nginx-tuned", "apache"), key=lambda t: main_value(by_key[("get-blob", t)])
     )
-    (low, low_mib), (high, high_mib) = parallel[0], parallel[-1]
+    out += [
+        compare(f"GET blob: ≥ 2x best of nginx/apache ({best})", "get-blob", best,
+                lambda r: r >= 2.0),
+        compare("push: ≤ 1.1x direct time", "push", DIRECT, lambda r: r <= 1.1),
+        compare("anonymous 401: ≥ 1.5x apache req/s", "anonymous", "apache", lambda r: r >= 1.5),
+    ]  # fmt: skip
+    largest = max(r.usage.worker_kib for r in results if r.target == "regproxy") / 1024
+    out.append(Check("peak RSS ≤ 48 MiB per worker", f"{largest:.1f} MiB", largest <= 48))
+    growth = usage_by_downloads(plan, results, "regproxy")
+    (low, low_usage), (high, high_usage) = growth[0], growth[-1]
+    low_mib, high_mib = low_usage.tree_kib / 1024, high_usage.tree_kib / 1024
     per_download = (high_mib - low_mib) / (high - low)
     out.append(Check(
         "RSS flat: ≤ 1 MiB more per added concurrent download",
@@ -869,52 +1035,60 @@ def chart(plan: Plan, results: list[Result], path: Path) -> None:
     by_key = {(r.case, r.target): r for r in results}
     palette = plt.get_cmap("tab10")
     colors = {target: palette(i) for i, target in enumerate(TARGET_ORDER)}
-    figure, axes = plt.subplots(2, 3, figsize=(18, 10))
+    figure, axes = plt.subplots(2, 4, figsize=(24, 10))
 
-    def grouped(ax: Any, cases: Sequence[str], metric: str, title: str) -> None:
+    def grouped(
+        ax: Any, cases: Sequence[str], value: Callable[[Result], float], title: str,
+        per_request: bool = True,
+    ) -> None:  # fmt: skip
+        """Bars by case and target; for `per_request` figures, none where a rate run had too
+        few answers to tell ("< N" in the table)."""
         width = 0.8 / len(TARGET_ORDER)
         for i, target in enumerate(TARGET_ORDER):
             xs, ys = [], []
             for j, case in enumerate(cases):
-                if (case, target) in by_key:
-                    xs.append(j + i * width)
-                    ys.append(by_key[(case, target)].metrics[metric])
+                result = by_key.get((case, target))
+                if result is None or (per_request and "rps_at_most" in result.metrics):
+                    continue
+                xs.append(j + i * width)
+                ys.append(value(result))
             ax.bar(xs, ys, width, label=target, color=colors[target])
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))], cases, fontsize=8)
         ax.set_title(title)
 
-    rate_cases = ["anonymous", "auth-cost5", "auth-cost10", "head-cost5", "head-cost10"]
-    grouped(axes[0][0], rate_cases, "rps", f"requests/s, {plan.main_concurrency} connections")
+    rate_cases = [case[0] for case in MAIN_RATE_CASES]
+    grouped(axes[0][0], rate_cases, main_value,
+            f"requests/s, {plan.main_concurrency} connections (no bar: under "
+            f"{plan.main_concurrency // 2} answers per {plan.rate_seconds}s run)")  # fmt: skip
     axes[0][0].set_yscale("log")
     axes[0][0].legend(fontsize=8)
-    grouped(axes[0][1], rate_cases, "p99_ms", "p99 latency, ms")
+    grouped(axes[0][1], rate_cases, lambda r: r.metrics["p99_ms"], "p99 latency, ms")
     axes[0][1].set_yscale("log")
-    sweep = axes[0][2]
+    grouped(axes[0][2], rate_cases, lambda r: r.metrics["cpu_ms_per_request"],
+            "CPU ms per request (the target's whole process tree)")  # fmt: skip
+    axes[0][2].set_yscale("log")
+    sweep = axes[0][3]
+    points = sweep_keys(plan)
     for target in TARGET_ORDER:
-        keys = ["auth-cost5" if n == plan.main_concurrency else f"sweep-c{n}" for n in plan.sweep]
-        sweep.plot(plan.sweep, [by_key[(k, target)].metrics["rps"] for k in keys], "o-",
-                   label=target, color=colors[target])  # fmt: skip
+        sweep.plot([n for n, _ in points], [by_key[(k, target)].metrics["rps"] for _, k in points],
+                   "o-", label=target, color=colors[target])  # fmt: skip
     sweep.set_xscale("log")
-    sweep.set_xticks(plan.sweep, [str(n) for n in plan.sweep])
+    sweep.set_xticks([n for n, _ in points], [str(n) for n, _ in points])
     sweep.set_title("GET /v2/ cost 5: requests/s by connections")
-    grouped(axes[1][0], ["get-blob"], "mbps", "GET blob, MB/s (median)")
-    grouped(axes[1][1], ["push"], "seconds", "skopeo push, seconds (median)")
-    memory = axes[1][2]
-    for target in TARGET_ORDER:
-        points = [
-            (n, by_key[(f"parallel-{n}", target)])
-            for n in plan.parallel_downloads
-            if (f"parallel-{n}", target) in by_key
-        ]
-        if points:
-            memory.plot([n for n, _ in points],
-                        [r.rss.tree_kib / 1024 if r.rss else 0 for _, r in points], "o-",
-                        label=target, color=colors[target])  # fmt: skip
-    memory.set_xticks(plan.parallel_downloads, [str(n) for n in plan.parallel_downloads])
+    grouped(axes[1][0], ["get-blob"], main_value, "GET blob, MB/s (median)")
+    grouped(axes[1][1], ["push"], main_value, "skopeo push, seconds (median)")
+    grouped(axes[1][2], [*rate_cases, "get-blob", "push"], lambda r: r.usage.tree_kib / 1024,
+            "peak RSS, MiB (whole tree; direct: the registry)", per_request=False)  # fmt: skip
+    memory = axes[1][3]
+    for target in TARGET_ORDER[1:]:
+        growth = usage_by_downloads(plan, results, target)
+        memory.plot([n for n, _ in growth], [u.tree_kib / 1024 for _, u in growth], "o-",
+                    label=target, color=colors[target])  # fmt: skip
+        memory.set_xticks([n for n, _ in growth], [str(n) for n, _ in growth])
     memory.set_title("front end peak RSS (MiB, whole tree) by concurrent blob GETs")
     figure.suptitle(f"regproxy bench ({plan.name})")
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    figure.savefig(path, dpi=80)
     plt.close(figure)
 
 
@@ -937,26 +1111,30 @@ def versions(workers: int) -> dict[str, str]:
 
 def report(
     plan: Plan, workers: int, targets: dict[str, Target], fixtures: Fixtures,
-    results: list[Result], started: float,
+    results: list[Result], started: float, load_before: float,
 ) -> str:  # fmt: skip
     """Print the markdown report and write it, the JSON and the chart under bench/results/."""
     blob_mib = fixtures.layer_size / MIB
-    met = checks(results, workers)
+    met = checks(plan, results, workers)
     wall = time.monotonic() - started
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     lines = [
         f"## regproxy bench ({plan.name}, {stamp})",
         "",
-        f"{os.cpu_count()} CPUs, {platform.platform()}; regproxy with {workers} workers; "
-        f"wrk 1 thread, {plan.rate_seconds}s per case and target; blob {fixtures.layer_size:,} "
-        f"bytes; {wall:.0f}s wall.",
+        f"{os.cpu_count()} CPUs ({platform.platform()}), load average {load_before:.1f} before "
+        f"and {os.getloadavg()[0]:.1f} after: anything else running skews every number. "
+        f"regproxy with {workers} workers. Rate cases: {plan.rate_rounds} x {plan.rate_seconds}s "
+        f"per target, round-robin, wrk (1 thread) for GET, ab for HEAD; blob GETs with curl; "
+        f"{wall:.0f}s in all. {plan.note}",
         "",
         table(plan, results, blob_mib),
         "",
         "Cells: value · xd ratio to direct · xl ratio to limit (for seconds, lower is better). "
-        "RSS: whole process tree (largest single process), peak over the case. "
-        "direct and limit do not authenticate: their 'without credentials' answers are 200s. "
-        "! = unexpected errors, see the JSON.",
+        "CPU and peak RSS (MiB) are the target's whole process tree's (its largest worker in "
+        "parentheses); for direct, the registry's own. direct and limit do not authenticate: "
+        "they answer 200 without credentials. < N: most connections got no answer before the "
+        "end (a request takes longer than the run), so at most N req/s. "
+        "! = failed requests or unexpected answers (counts in the JSON).",
         "",
         "Targets for regproxy (issue 5):",
         "",
@@ -968,10 +1146,15 @@ def report(
         "date": stamp,
         "plan": asdict(plan),
         "wall_seconds": wall,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg()[0],
+        },
         "versions": versions(workers),
         "blob": {"digest": fixtures.layer_digest, "bytes": fixtures.layer_size},
-        "targets": {name: {"what": t.what, "url": t.url} for name, t in targets.items()},
+        "targets": {name: {"what": TARGETS[name], "url": t.url} for name, t in targets.items()},
         "results": [asdict(r) for r in results],
         "checks": [asdict(c) for c in met],
     }
@@ -990,7 +1173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="regproxy worker processes (default: the number of CPUs)")  # fmt: skip
     args = parser.parse_args(argv)
     plan = PLANS["quick" if args.quick else "full"]
-    started = time.monotonic()
+    started, load_before = time.monotonic(), os.getloadavg()[0]
     # SIGTERM unwinds like Ctrl-C does, through the `finally` that stops what was started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix="regproxy-bench-"))
@@ -1005,7 +1188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("stopping what was started")
         processes.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    print(report(plan, args.workers, targets, fixtures, bench.results, started), end="")
+    text = report(plan, args.workers, targets, fixtures, bench.results, started, load_before)
+    print(text, end="")
     log(f"wrote {RESULTS}/latest.md, .json and .png in {time.monotonic() - started:.0f}s")
     return 0
 

@@ -9,7 +9,7 @@ end
 
 function done(summary, latency, requests)
   io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "status_errors": %d, "socket_errors": %d, ' ..
+    '{"requests": %d, "duration_us": %d, "status_errors": %d, "failed": %d, ' ..
     '"p50_us": %d, "p99_us": %d}\n',
     summary.requests, summary.duration, summary.errors.status,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
