@@ -33,14 +33,16 @@ class Throttle:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._counters: OrderedDict[str, _Counter] = OrderedDict()
-        self._pending: dict[str, int] = {}  # checks under way, not yet counted
+        # Checks under way, not yet counted: key -> {attempt: how many requests share it}.
+        self._pending: dict[str, dict[bytes, int]] = {}
         self._known_good: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
 
     def retry_after(self, user: str, address: str, now: float) -> float:
         """Seconds to wait before this (user, address) may try; 0 if it may try now.
 
-        Checks still under way count as failures here, so guesses sent all at once cannot
-        slip past the limit before the first of them is verified."""
+        Distinct guesses still under way count as failures here, so guesses sent all at once
+        cannot slip past the limit before the first of them is verified. Identical attempts
+        (a client's parallel requests with the same credentials) count once."""
         keys = [(f"addr:{address}", self.settings.attempts)]
         if address not in self._known_good.get(user, {}):
             keys.append((f"user:{user}", self.settings.attempts * USER_FACTOR))
@@ -49,21 +51,26 @@ class Throttle:
             wait = 1.0
         return wait
 
-    def started(self, user: str, address: str) -> None:
+    def started(self, user: str, address: str, attempt: bytes) -> None:
+        """`attempt` identifies the credentials (a keyed hash, never the password)."""
         for key in (f"addr:{address}", f"user:{user}"):
-            self._pending[key] = self._pending.get(key, 0) + 1
+            attempts = self._pending.setdefault(key, {})
+            attempts[attempt] = attempts.get(attempt, 0) + 1
 
-    def finished(self, user: str, address: str) -> None:
+    def finished(self, user: str, address: str, attempt: bytes) -> None:
         for key in (f"addr:{address}", f"user:{user}"):
-            left = self._pending.get(key, 0) - 1
+            attempts = self._pending.get(key, {})
+            left = attempts.get(attempt, 0) - 1
             if left > 0:
-                self._pending[key] = left
+                attempts[attempt] = left
             else:
+                attempts.pop(attempt, None)
+            if not attempts:
                 self._pending.pop(key, None)
 
     def _busy(self, key: str, limit: int, now: float) -> bool:
         """Checks under way would reach the limit if they all failed."""
-        pending = self._pending.get(key, 0)
+        pending = len(self._pending.get(key, {}))
         if not pending:
             return False
         counter = self._counters.get(key)

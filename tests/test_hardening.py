@@ -377,14 +377,27 @@ async def test_concurrent_guesses_do_not_slip_past_the_throttle(
 ) -> None:
     proxy = await make_proxy("throttle:\n  attempts: 5\n")
 
-    async def guess() -> int:
-        headers = {"Authorization": basic("push", "wrong")}
+    async def attempt(password: str) -> int:
+        headers = {"Authorization": basic("push", password)}
         async with proxy.session.get(proxy.url + "/v2/", headers=headers) as resp:
             return resp.status
 
-    statuses_seen = await asyncio.gather(*(guess() for _ in range(40)))
+    statuses_seen = await asyncio.gather(*(attempt(f"guess{i}") for i in range(40)))
     assert statuses_seen.count(401) == 5  # exactly the allowed attempts were verified
     assert statuses_seen.count(429) == 35
+
+
+async def test_parallel_requests_with_the_right_password_are_not_throttled(
+    make_proxy: ProxyFactory,
+) -> None:
+    proxy = await make_proxy("throttle:\n  attempts: 2\n")
+
+    async def pull() -> int:
+        headers = {"Authorization": PULL}
+        async with proxy.session.get(proxy.url + "/v2/a/tags/list", headers=headers) as resp:
+            return resp.status
+
+    assert await asyncio.gather(*(pull() for _ in range(40))) == [200] * 40  # a cold cache
 
 
 async def test_catalog_request_with_a_body_does_not_stall(

@@ -7,8 +7,11 @@ allow, never a fall-through to a weaker backend). Failures feed the brute-force 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +53,7 @@ class Authentication:
         self.throttle = throttle
         self._group_file = group_file  # adds to any backend's groups (LDAP users too)
         self._clock = clock
+        self._key = secrets.token_bytes(32)  # tells attempts apart without keeping passwords
 
     async def identify(
         self, authorization: list[str], address: IPAddress | None
@@ -68,7 +72,9 @@ class Authentication:
             log.warning("throttled login for %r from %s: retry in %.0fs", user, where, wait)
             THROTTLED.inc()
             return Denied(429, "too many failed logins, retry later", math.ceil(wait))
-        self.throttle.started(user, where)
+        attempt = hmac.new(self._key, f"{user}:{password}".encode(errors="surrogateescape"),
+                           hashlib.sha256).digest()  # fmt: skip
+        self.throttle.started(user, where, attempt)
         try:
             for backend in self._backends():
                 result = await backend.authenticate(user, password)
@@ -82,7 +88,7 @@ class Authentication:
             AUTH_FAILURES.labels("backend_unavailable").inc()
             return Denied(503, "authentication backend unavailable")
         finally:
-            self.throttle.finished(user, where)
+            self.throttle.finished(user, where, attempt)
         self.throttle.failure(user, where, self._clock())
         AUTH_FAILURES.labels("invalid").inc()
         log.info("authentication failed for %r from %s", user, where)
