@@ -53,6 +53,7 @@ _CLIENT_ONLY = frozenset(
 )
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 UPSTREAM_CONNECTIONS = 512
+CHUNK = 64 * 1024
 PING_FRESH = 5.0  # seconds a successful upstream ping lets the proxy answer pings itself
 
 
@@ -244,9 +245,9 @@ class Forwarder:
         await response.prepare(request)
         sent = 0
         try:
-            # Whatever has arrived, at once: nothing accumulates here beyond aiohttp's own
-            # read buffer, so memory per transfer stays small and flat.
-            async for chunk in upstream_response.content.iter_any():
+            # Bounded pieces: a transfer never holds more than aiohttp's read buffer plus one
+            # chunk (iter_any() would join everything buffered into one large copy).
+            async for chunk in upstream_response.content.iter_chunked(CHUNK):
                 try:
                     await response.write(chunk)
                 except ConnectionError:
