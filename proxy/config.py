@@ -94,6 +94,7 @@ class Config:
     throttle: Throttle = field(default_factory=Throttle)
     trusted_proxies: tuple[IPNetwork, ...] = ()  # whose X-Forwarded-For is believed
     audit_log: Path | None = None  # JSON lines of push/delete decisions
+    cache_ttl: float = 10.0  # seconds a blob HEAD answer is reused (proxy.cache); 0: off
     metrics_listen: Listen | None = None  # /metrics and /health; off by default
     ldap: LdapSettings | None = None  # the `ldap:` section, parsed by proxy.authn.ldap
     token: TokenSettings | None = None  # token server mode (distribution token auth)
@@ -195,6 +196,17 @@ def _parse_seconds(value: object) -> float:
     return float(value)
 
 
+def _parse_ttl(value: object) -> float:
+    """Seconds, where 0 means off."""
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    try:
+        return _parse_seconds(value)
+    except ValueError:
+        message = f"expected 0 (off) or a positive number of seconds, got {value!r}"
+        raise ValueError(message) from None
+
+
 def _parse_choice(choices: tuple[str, ...]) -> _Parser:
     def parse(value: object) -> str:
         if value is False and "off" in choices:
@@ -252,6 +264,7 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "throttle.max_delay": ("throttle.max_delay", _parse_seconds),
     "trusted_proxies": ("trusted_proxies", _parse_trusted),
     "audit_log": ("audit_log", _OPTIONAL_PATH),
+    "cache.ttl": ("cache_ttl", _parse_ttl),
     "metrics.listen": ("metrics_listen", _parse_optional_listen),
     "acl": ("acl", "acl"),  # handled by _load_acl
     "ldap": ("ldap", "ldap"),  # handled by _load_ldap

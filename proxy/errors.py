@@ -1,32 +1,47 @@
 """Distribution-spec JSON error answers, each carrying the API version header.
 
 The docker client's login looks for `Docker-Distribution-Api-Version` on the 401 it gets from
-`/v2/`; every `/v2` answer the proxy makes itself carries it too.
+`/v2/`; every `/v2` answer the proxy makes itself carries it too. Bodies and header sets are
+built once per distinct answer: the anonymous 401 is the busiest path there is.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import lru_cache
 
 from aiohttp import web
 
 API_VERSION_HEADER = "Docker-Distribution-Api-Version"
 API_VERSION = "registry/2.0"
 SERVER = "regproxy"  # no version: it only helps attackers
+JSON = "application/json; charset=utf-8"
+
+
+@lru_cache(maxsize=256)
+def _error_body(code: str, message: str) -> bytes:
+    return json.dumps({"errors": [{"code": code, "message": message, "detail": None}]}).encode()
+
+
+@lru_cache(maxsize=256)
+def _headers(content_type: str, extra: tuple[tuple[str, str], ...] = ()) -> Mapping[str, str]:
+    return {
+        "Content-Type": content_type,
+        API_VERSION_HEADER: API_VERSION,
+        "Server": SERVER,
+        **dict(extra),
+    }
 
 
 def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     """A `{"errors": [{"code", "message"}]}` answer."""
-    body = json.dumps({"errors": [{"code": code, "message": message, "detail": None}]})
-    response = web.Response(
-        status=status, text=body, content_type="application/json", headers=headers
+    extra = tuple(headers.items()) if headers else ()
+    return web.Response(
+        status=status, body=_error_body(code, message), headers=_headers(JSON, extra)
     )
-    response.headers[API_VERSION_HEADER] = API_VERSION
-    response.headers["Server"] = SERVER
-    return response
 
 
 def unauthorized(realm: str, message: str = "authentication required") -> web.Response:
@@ -37,7 +52,4 @@ def unauthorized(realm: str, message: str = "authentication required") -> web.Re
 
 def ping_response() -> web.Response:
     """What the registry answers to an authenticated `GET /v2/`."""
-    response = web.Response(body=b"{}", content_type="application/json")
-    response.headers[API_VERSION_HEADER] = API_VERSION
-    response.headers["Server"] = SERVER
-    return response
+    return web.Response(body=b"{}", headers=_headers("application/json"))

@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .accesslog import BYTES_KEY
+from .cache import HeadCache, freshness
 from .config import Timeouts
 from .errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
 from .metrics import UPSTREAM_LATENCY
@@ -121,6 +122,7 @@ class Forwarder:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._healthy: dict[str, float] = {}  # upstream -> when it last answered a ping
+        self._heads = HeadCache()
 
     async def close(self) -> None:
         await self._session.close()
@@ -132,6 +134,21 @@ class Forwarder:
         seen = self._healthy.get(upstream)
         return seen is not None and time.monotonic() - seen < PING_FRESH
 
+    async def cached(self, request: web.BaseRequest, key: str) -> web.StreamResponse | None:
+        """The remembered answer under `key` (see proxy.cache), with its Age, or None."""
+        now = time.monotonic()
+        entry = self._heads.get(key, now)
+        if entry is None:
+            return None
+        response = web.StreamResponse(headers=CIMultiDict(entry.headers))
+        response.headers["Age"] = str(int(now - entry.stored))
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    def forget(self, key: str) -> None:
+        self._heads.drop(key)
+
     async def forward(
         self,
         request: web.BaseRequest,
@@ -139,8 +156,10 @@ class Forwarder:
         raw_path: str,
         timeouts: Timeouts,
         forwarded_for: str,
+        store: tuple[str, float] | None = None,
     ) -> web.StreamResponse:
-        """Send `request` to `upstream` + `raw_path` (exactly as classified) and stream back."""
+        """Send `request` to `upstream` + `raw_path` (exactly as classified) and stream back;
+        `store`: (key, ttl) under which a cacheable answer is remembered."""
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
@@ -164,7 +183,7 @@ class Forwarder:
         if raw_path == "/v2/" and upstream_response.status == 200:
             self._healthy[upstream] = time.monotonic()
         async with upstream_response:
-            return await self._stream_back(request, upstream_response, upstream)
+            return await self._stream_back(request, upstream_response, upstream, store)
 
     async def probe(self, upstream: str, timeouts: Timeouts) -> bool:
         """Whether the upstream answers `/v2/` at all (any status below 500)."""
@@ -234,13 +253,20 @@ class Forwarder:
             return names, "Link" in response.headers
 
     async def _stream_back(
-        self, request: web.BaseRequest, upstream_response: aiohttp.ClientResponse, upstream: str
+        self,
+        request: web.BaseRequest,
+        upstream_response: aiohttp.ClientResponse,
+        upstream: str,
+        store: tuple[str, float] | None,
     ) -> web.StreamResponse:
         public_origin = f"https://{request.host}"
+        headers = response_headers(upstream_response.headers, upstream, public_origin)
+        if store is not None and upstream_response.status == 200:
+            key, ttl = store
+            lifetime = freshness(upstream_response.headers.get("Cache-Control", ""), ttl)
+            self._heads.put(key, headers, lifetime, time.monotonic())
         response = web.StreamResponse(
-            status=upstream_response.status,
-            reason=upstream_response.reason,
-            headers=response_headers(upstream_response.headers, upstream, public_origin),
+            status=upstream_response.status, reason=upstream_response.reason, headers=headers
         )
         await response.prepare(request)
         sent = 0

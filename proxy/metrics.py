@@ -7,6 +7,7 @@ values: the CLI sets PROMETHEUS_MULTIPROC_DIR before this module is imported.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 from aiohttp import web
 from prometheus_client import (
@@ -31,12 +32,25 @@ UPSTREAM_LATENCY = Histogram(
     "Time from sending a request upstream to its response headers",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+CACHE_HITS = Counter(
+    "regproxy_cache_hits_total", "Blob existence checks answered from the cache (proxy.cache)"
+)
 RELOADS = Counter("regproxy_reloads_total", "Live reloads, by result", ["result"])
 IN_FLIGHT = Gauge(
     "regproxy_inflight_transfers",
     "Requests being forwarded right now",
     multiprocess_mode="livesum",
 )
+
+
+@lru_cache(maxsize=512)
+def _requests(action: str, status: int) -> Counter:
+    return REQUESTS.labels(action, str(status))
+
+
+def count_request(action: str, status: int) -> None:
+    """One answered request; the labelled child is looked up once per (action, status)."""
+    _requests(action, status).inc()
 
 
 def _registry() -> CollectorRegistry | None:

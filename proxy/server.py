@@ -16,14 +16,16 @@ import sys
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 
 from aiohttp import web
 
 from . import metrics
-from .accesslog import BYTES_KEY, USER_KEY, access_logger_class
+from .accesslog import BYTES_KEY, SINK, USER_KEY, access_logger_class
 from .authn.chain import Authentication, Backends, Denied
 from .authn.htpasswd import HtpasswdAuthenticator
+from .cache import blob_key, cache_key
 from .config import Config
 from .credentials import basic_header, groups_of
 from .errors import error_response, ping_response, unauthorized
@@ -78,10 +80,10 @@ class Handler:
             return await self._token(request)
         operation = classify(request.method, path, query)
         if isinstance(operation, Refusal):
-            metrics.REQUESTS.labels("refused", str(operation.status)).inc()
+            metrics.count_request("refused", operation.status)
             return error_response(operation.status, operation.code, operation.message)
         response = await self._handle(request, operation, path, query)
-        metrics.REQUESTS.labels(operation.action or operation.kind, str(response.status)).inc()
+        metrics.count_request(operation.action or operation.kind, response.status)
         return response
 
     async def _handle(
@@ -115,11 +117,21 @@ class Handler:
             log.info("mount from %s dropped for %s", operation.mount_from, who.user or "-")
             kept = without_mount(query)
             raw_path = f"{path}?{kept}" if kept else path
+        key = cache_key(request.method, operation, upstream, path, query, request.headers)
+        if key is not None and config.cache_ttl > 0:
+            hit = await self._forwarder.cached(request, key)
+            if hit is not None:
+                metrics.CACHE_HITS.inc()
+                return hit
         forwarded_for = _forwarded_for(request, config.trusted_proxies)
+        store = (key, config.cache_ttl) if key is not None else None
         with metrics.IN_FLIGHT.track_inprogress():
             response = await self._forwarder.forward(
-                request, upstream, raw_path, config.timeouts, forwarded_for
+                request, upstream, raw_path, config.timeouts, forwarded_for, store
             )
+        gone = blob_key(operation, upstream, path)
+        if gone is not None:
+            self._forwarder.forget(gone)
         metrics.BYTES_IN.inc(request.content.total_bytes)
         metrics.BYTES_OUT.inc(request.get(BYTES_KEY, 0))
         _audit(who, operation, response.status)
@@ -188,8 +200,14 @@ class Handler:
 
 
 def _peer(request: web.BaseRequest) -> IPAddress | None:
+    return _ip(request.remote or "")
+
+
+@lru_cache(maxsize=4096)
+def _ip(text: str) -> IPAddress | None:
+    """Parsed once per distinct peer: ipaddress costs more than the rest of a 401."""
     try:
-        return ipaddress.ip_address(request.remote or "")
+        return ipaddress.ip_address(text)
     except ValueError:
         return None
 
@@ -372,10 +390,10 @@ class Server:
 
 def reopen_logs() -> None:
     """SIGUSR1 (logrotate's postrotate): log files are reopened at their configured paths."""
-    for logger in (access_log, audit_log):
-        for handler in logger.handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.close()  # the next line written opens the path afresh
+    SINK.reopen()
+    for handler in audit_log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.close()  # the next line written opens the path afresh
     log.info("log files reopened")
 
 
@@ -389,16 +407,10 @@ def configure_logging(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for logger, path, fallback in (
-        (access_log, access_log_path, sys.stdout),
-        (audit_log, audit_log_path, None),
-    ):
-        logger.setLevel(logging.INFO)
-        if path is None and fallback is None:
-            continue
-        handler: logging.Handler = (
-            logging.FileHandler(path) if path else logging.StreamHandler(fallback)
-        )
+    SINK.open(access_log_path)
+    audit_log.setLevel(logging.INFO)
+    if audit_log_path is not None:
+        handler = logging.FileHandler(audit_log_path)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
+        audit_log.addHandler(handler)
+        audit_log.propagate = False

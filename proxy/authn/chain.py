@@ -7,8 +7,6 @@ allow, never a fall-through to a weaker backend). Failures feed the brute-force 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import math
 import secrets
@@ -22,7 +20,7 @@ from ..credentials import MalformedCredentials, parse_basic_auth
 from ..metrics import AUTH_FAILURES, THROTTLED
 from ..policy import Identity, IPAddress
 from ..throttle import Throttle
-from . import Authenticator, BackendUnavailable, Outcome
+from . import Authenticator, BackendUnavailable, Outcome, fingerprint
 
 if TYPE_CHECKING:
     from .ldap import LdapAuthenticator, LdapSettings
@@ -72,8 +70,7 @@ class Authentication:
             log.warning("throttled login for %r from %s: retry in %.0fs", user, where, wait)
             THROTTLED.inc()
             return Denied(429, "too many failed logins, retry later", math.ceil(wait))
-        attempt = hmac.new(self._key, f"{user}:{password}".encode(errors="surrogateescape"),
-                           hashlib.sha256).digest()  # fmt: skip
+        attempt = fingerprint(self._key, f"{user}:{password}".encode(errors="surrogateescape"))
         self.throttle.started(user, where, attempt)
         try:
             for backend in self._backends():

@@ -2,15 +2,14 @@
 
 Apache and nginx run bcrypt on every request; a registry client sends the same credentials on
 every one of hundreds of requests, so a successful verification is remembered (keyed by the
-stored hash, so a password change or removal invalidates it at once). The cache holds an HMAC
-of the password under a per-process random key, never the password. Slow hashes run in a thread
+stored hash, so a password change or removal invalidates it at once). The cache holds a keyed
+hash of the password under a per-process random key, never the password. Slow hashes run in a thread
 pool, and concurrent checks of the same credentials share one computation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import secrets
 import time
@@ -20,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..credentials import DEFAULT_DUMMY_SAMPLE, Htpasswd, PasswordHash, dummy_like, groups_of
-from . import AuthResult, Outcome
+from . import AuthResult, Outcome, fingerprint
 
 CACHE_SIZE = 10_000
 CACHE_TTL = 300.0  # seconds a verified password stays trusted without re-hashing
@@ -72,7 +71,7 @@ class HtpasswdAuthenticator:
         return AuthResult(Outcome.OK, groups_of(files.groups, user))
 
     async def _verify(self, user: str, stored: PasswordHash, secret: bytes) -> bool:
-        tag = hmac.new(self._key, secret, hashlib.sha256).digest()
+        tag = fingerprint(self._key, secret)
         key = (user, stored.value)
         cached = self._cache.get(key)
         now = time.monotonic()

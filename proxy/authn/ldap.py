@@ -52,8 +52,8 @@ With `user_dn_template`, a refused bind cannot tell an unknown user from a wrong
 (servers answer invalidCredentials for both on purpose): with `bind_dn` set the entry is
 looked up to tell them apart, without it the answer is WRONG_PASSWORD.
 
-Successful logins are cached for `cache_ttl` seconds under an HMAC of the password (per-process
-key, never the password), so a registry client's hundreds of requests cost one bind; a
+Successful logins are cached for `cache_ttl` seconds under a keyed hash of the password
+(per-process key, never the password), so a registry client's hundreds of requests cost one bind; a
 different password always goes to the server. Group changes also take up to `cache_ttl`.
 Concurrent identical checks share one bind. The `ldap3` library runs in a thread pool of
 `pool_size` threads, each check bounded by `timeout` x (number of URLs + 1).
@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -83,7 +82,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..credentials import Problem
-from . import AuthResult, BackendUnavailable, Outcome
+from . import AuthResult, BackendUnavailable, Outcome, fingerprint
 
 with warnings.catch_warnings():
     # ldap3 2.9.1 imports names that pyasn1 >= 0.6 deprecates: harmless, but warnings are errors
@@ -1069,7 +1068,7 @@ class LdapAuthenticator:
         if not _acceptable_user(user, self.settings):
             return AuthResult(Outcome.NO_SUCH_USER)
         secret = password.encode("utf-8", "surrogateescape")
-        tag = hmac.new(self._key, secret, hashlib.sha256).digest()
+        tag = fingerprint(self._key, secret)
         cached = self._cache.get(user)
         now = time.monotonic()
         if cached is not None and cached.expires > now and hmac.compare_digest(cached.tag, tag):

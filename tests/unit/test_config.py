@@ -134,6 +134,8 @@ LAN = (ipaddress.ip_network("192.168.0.0/16"),)
     ("yaml_text", "attribute", "expected"),
     [
         ("groups: null", "groups", None),
+        ("cache:\n  ttl: 0", "cache_ttl", 0.0),
+        ("cache:\n  ttl: 2.5", "cache_ttl", 2.5),
         ("groups: ~", "groups", None),
         ("access_log:\n  path: null", "access_log_path", None),
         ("audit_log: null", "audit_log", None),
@@ -369,6 +371,10 @@ ERRORS = [
     ("timeouts:\n  keepalive: true", [(2, "timeouts.keepalive: expected a positive number")]),
     ("timeouts:\n  read: .nan", [(2, "timeouts.read: expected a positive number of seconds")]),
     ("throttle:\n  window: 0", [(2, "throttle.window: expected a positive number of seconds")]),
+    ("cache:\n  ttl: -1", [(2, "cache.ttl: expected 0 (off) or a positive number of seconds")]),
+    ("cache:\n  ttl: false", [(2, "cache.ttl: expected 0 (off) or a positive number of seconds")]),
+    ("cache:\n  ttl: '10'", [(2, "cache.ttl: expected 0 (off) or a positive number of seconds")]),
+    ("cache:\n  size: 10", [(2, "unknown key 'cache.size'")]),
     # choices
     (
         "log_level: verbose",

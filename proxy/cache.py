@@ -1,0 +1,108 @@
+"""Blob existence answers (`HEAD /v2/<name>/blobs/<digest>`), remembered for a few seconds.
+
+Docker and podman check every layer with a HEAD before uploading it, and build farms repeat
+those checks for the same base layers all day. A blob is content-addressed and the registry
+itself marks its answers cacheable for a year (`Cache-Control: max-age=31536000`), so the
+proxy may answer a repeated check without the round trip. Kept deliberately narrow:
+
+- only 200 answers: a missing blob is always asked again. A blob that vanishes behind the
+  proxy's back (deleted through another worker, garbage-collected) is still claimed for at
+  most `cache.ttl` seconds (default 10; 0 turns the cache off): a push in that window fails
+  at its manifest and can be retried;
+- only requests without a query, conditions or a range; the key is the upstream and the exact
+  path, so one repository's answer never serves another (blob links are per repository);
+- a DELETE of the blob through this worker drops the entry at once;
+- authorization is decided on every request before the cache is consulted.
+
+Deciding what may be stored is pure (`freshness`, `cache_key`); `HeadCache` is a bounded LRU.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .routes import Operation
+
+ENTRIES = 4096  # about 1 KiB each
+# Request headers that make an answer depend on more than the path.
+_CONDITIONAL = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "Range")
+# Never replayed to another client: per-response or per-connection.
+_NOT_STORED = frozenset({"date", "age", "set-cookie"})
+
+
+def cache_key(
+    method: str,
+    operation: Operation,
+    upstream: str,
+    path: str,
+    query: str,
+    headers: Mapping[str, str],
+) -> str | None:
+    """The key a request's answer may be cached and looked up under, or None."""
+    if method != "HEAD" or operation.kind != "blob" or query:
+        return None
+    if any(name in headers for name in _CONDITIONAL):
+        return None
+    return upstream + path
+
+
+def blob_key(operation: Operation, upstream: str, path: str) -> str | None:
+    """The entry a request invalidates when it succeeds upstream (a blob DELETE)."""
+    return upstream + path if operation.kind == "blob" and operation.action == "delete" else None
+
+
+def freshness(cache_control: str, ttl: float) -> float:
+    """Seconds an answer may be reused, per RFC 9111 for a shared cache, at most `ttl`:
+    0 unless the upstream gives `max-age` or `s-maxage` and nothing forbids storing."""
+    directives: dict[str, str] = {}
+    for part in cache_control.split(","):
+        name, _, value = part.strip().partition("=")
+        directives[name.strip().lower()] = value.strip().strip('"')
+    if directives.keys() & {"no-store", "no-cache", "private"}:
+        return 0.0
+    raw = directives.get("s-maxage", directives.get("max-age", ""))
+    if not raw.isdigit():
+        return 0.0
+    return float(min(int(raw), ttl))
+
+
+@dataclass(frozen=True)
+class Entry:
+    headers: tuple[tuple[str, str], ...]  # as sent to the client, without Date and Age
+    stored: float
+    expires: float
+
+
+class HeadCache:
+    """A bounded LRU of 200 answers to blob HEADs; one per worker process."""
+
+    def __init__(self, size: int = ENTRIES) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+
+    def get(self, key: str, now: float) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, headers: Mapping[str, str], lifetime: float, now: float) -> None:
+        if lifetime <= 0 or "Vary" in headers or "Location" in headers:
+            return
+        kept = tuple((k, v) for k, v in headers.items() if k.lower() not in _NOT_STORED)
+        self._entries[key] = Entry(kept, now, now + lifetime)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
