@@ -10,7 +10,7 @@ process tree is sampled for peak RSS and CPU time. Prints one markdown table wit
 the direct registry and the limit, and writes JSON, a PNG chart and the table under
 bench/results/. Everything started is stopped by PID at the end, and the temp dir removed.
 
-    .venv/bin/python bench/run.py [--quick] [--workers N]
+    .venv/bin/python bench/run.py [--quick] [--workers N] [--cache-ttl SECONDS]
 """
 
 from __future__ import annotations
@@ -449,7 +449,7 @@ class Target:
 
 
 def start_targets(
-    workdir: Path, fixtures: Fixtures, workers: int, processes: Processes
+    workdir: Path, fixtures: Fixtures, workers: int, cache_ttl: float, processes: Processes
 ) -> dict[str, Target]:
     registry_port = free_port()
     registry_dir = workdir / "registry"
@@ -492,6 +492,7 @@ def start_targets(
             "dir": directory,
             "listen": f"127.0.0.1:{port}",
             "workers": workers,
+            "cache_ttl": cache_ttl,
             "modules": APACHE_MODULES,
         }
         config = render(template, directory / template, values)
@@ -1110,7 +1111,7 @@ def versions(workers: int) -> dict[str, str]:
 
 
 def report(
-    plan: Plan, workers: int, targets: dict[str, Target], fixtures: Fixtures,
+    plan: Plan, workers: int, cache_ttl: float, targets: dict[str, Target], fixtures: Fixtures,
     results: list[Result], started: float, load_before: float,
 ) -> str:  # fmt: skip
     """Print the markdown report and write it, the JSON and the chart under bench/results/."""
@@ -1123,8 +1124,9 @@ def report(
         "",
         f"{os.cpu_count()} CPUs ({platform.platform()}), load average {load_before:.1f} before "
         f"and {os.getloadavg()[0]:.1f} after: anything else running skews every number. "
-        f"regproxy with {workers} workers. Rate cases: {plan.rate_rounds} x {plan.rate_seconds}s "
-        f"per target, round-robin, wrk (1 thread) for GET, ab for HEAD; blob GETs with curl; "
+        f"regproxy with {workers} workers, cache.ttl {cache_ttl:g}. Rate cases: "
+        f"{plan.rate_rounds} x {plan.rate_seconds}s per target, round-robin, wrk (1 thread) "
+        f"for GET, ab for HEAD; blob GETs with curl; "
         f"{wall:.0f}s in all. {plan.note}",
         "",
         table(plan, results, blob_mib),
@@ -1153,6 +1155,7 @@ def report(
             "load_average_after": os.getloadavg()[0],
         },
         "versions": versions(workers),
+        "regproxy_cache_ttl": cache_ttl,
         "blob": {"digest": fixtures.layer_digest, "bytes": fixtures.layer_size},
         "targets": {name: {"what": TARGETS[name], "url": t.url} for name, t in targets.items()},
         "results": [asdict(r) for r in results],
@@ -1169,8 +1172,18 @@ def report(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="under a minute: shorter, smaller")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="regproxy worker processes (default: the number of CPUs)")  # fmt: skip
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="regproxy worker processes (default: the number of CPUs)",
+    )
+    parser.add_argument(
+        "--cache-ttl",
+        type=float,
+        default=10,
+        help="regproxy's cache.ttl (default 10 as shipped; 0: every blob HEAD goes upstream)",
+    )
     args = parser.parse_args(argv)
     plan = PLANS["quick" if args.quick else "full"]
     started, load_before = time.monotonic(), os.getloadavg()[0]
@@ -1181,14 +1194,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     processes = Processes()
     try:
         fixtures = make_fixtures(workdir, plan)
-        targets = start_targets(workdir, fixtures, args.workers, processes)
+        targets = start_targets(workdir, fixtures, args.workers, args.cache_ttl, processes)
         bench = Bench(plan, targets, fixtures, workdir)
         bench.run()
     finally:
         log("stopping what was started")
         processes.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    text = report(plan, args.workers, targets, fixtures, bench.results, started, load_before)
+    text = report(
+        plan, args.workers, args.cache_ttl, targets, fixtures, bench.results, started, load_before
+    )
     print(text, end="")
     log(f"wrote {RESULTS}/latest.md, .json and .png in {time.monotonic() - started:.0f}s")
     return 0

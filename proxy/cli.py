@@ -181,7 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     config = snapshot.config
-    if config.workers > 1:
+    if config.workers > 1 and config.metrics_listen is not None:
         # Before prometheus-client is first imported: workers then share their metrics.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="regproxy-metrics-")
     from .server import configure_logging
@@ -205,7 +205,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         return _prefork(config.workers, lambda: _run_worker(state, context, sock))
     finally:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 def _bind(config: Config) -> socket.socket:

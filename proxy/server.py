@@ -80,10 +80,10 @@ class Handler:
             return await self._token(request)
         operation = classify(request.method, path, query)
         if isinstance(operation, Refusal):
-            metrics.count_request("refused", operation.status)
+            metrics.RECORD.request("refused", operation.status)
             return error_response(operation.status, operation.code, operation.message)
         response = await self._handle(request, operation, path, query)
-        metrics.count_request(operation.action or operation.kind, response.status)
+        metrics.RECORD.request(operation.action or operation.kind, response.status)
         return response
 
     async def _handle(
@@ -121,19 +121,18 @@ class Handler:
         if key is not None and config.cache_ttl > 0:
             hit = await self._forwarder.cached(request, key)
             if hit is not None:
-                metrics.CACHE_HITS.inc()
+                metrics.RECORD.cache_hit()
                 return hit
         forwarded_for = _forwarded_for(request, config.trusted_proxies)
         store = (key, config.cache_ttl) if key is not None else None
-        with metrics.IN_FLIGHT.track_inprogress():
+        with metrics.RECORD.forwarding():
             response = await self._forwarder.forward(
                 request, upstream, raw_path, config.timeouts, forwarded_for, store
             )
         gone = blob_key(operation, upstream, path)
         if gone is not None:
             self._forwarder.forget(gone)
-        metrics.BYTES_IN.inc(request.content.total_bytes)
-        metrics.BYTES_OUT.inc(request.get(BYTES_KEY, 0))
+        metrics.RECORD.transferred(request.content.total_bytes, request.get(BYTES_KEY, 0))
         _audit(who, operation, response.status)
         return response
 
@@ -284,6 +283,8 @@ class Server:
     async def startup(self, sock: socket.socket) -> None:
         """Accept connections on the (already bound) socket and start watching files."""
         config = self.state.current.config
+        if config.metrics_listen is not None:
+            metrics.enable()
         executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
         forwarder = Forwarder(config.timeouts.keepalive)
         htpasswd = HtpasswdAuthenticator(lambda: self.state.current.users, executor)
@@ -328,7 +329,7 @@ class Server:
 
         # Reverse order at shutdown: stop watching, drain connections, close the pool.
         self._cleanup = [stop_executor, forwarder.close, drain, stop_watching]
-        self.state.on_reload = lambda ok: metrics.RELOADS.labels("ok" if ok else "failed").inc()
+        self.state.on_reload = lambda ok: metrics.RECORD.reloaded(ok)  # RECORD read per call
         if config.metrics_listen is not None:
             self._cleanup.append(await self._start_admin(config, forwarder))
         self.port = sock.getsockname()[1]

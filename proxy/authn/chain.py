@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .. import metrics
 from ..config import Config
 from ..credentials import MalformedCredentials, parse_basic_auth
-from ..metrics import AUTH_FAILURES, THROTTLED
 from ..policy import Identity, IPAddress
 from ..throttle import Throttle
 from . import Authenticator, BackendUnavailable, Outcome, fingerprint
@@ -59,7 +59,7 @@ class Authentication:
         try:
             credentials = parse_basic_auth(authorization)
         except MalformedCredentials as exc:
-            AUTH_FAILURES.labels("malformed").inc()
+            metrics.RECORD.auth_failure("malformed")
             return Denied(400, str(exc))
         if credentials is None:
             return Identity(None, address=address)
@@ -68,7 +68,7 @@ class Authentication:
         wait = self.throttle.retry_after(user, where, self._clock())
         if wait > 0:
             log.warning("throttled login for %r from %s: retry in %.0fs", user, where, wait)
-            THROTTLED.inc()
+            metrics.RECORD.throttled()
             return Denied(429, "too many failed logins, retry later", math.ceil(wait))
         attempt = fingerprint(self._key, f"{user}:{password}".encode(errors="surrogateescape"))
         self.throttle.started(user, where, attempt)
@@ -82,12 +82,12 @@ class Authentication:
                     break
         except BackendUnavailable as exc:
             log.error("authentication backend unavailable: %s", exc)
-            AUTH_FAILURES.labels("backend_unavailable").inc()
+            metrics.RECORD.auth_failure("backend_unavailable")
             return Denied(503, "authentication backend unavailable")
         finally:
             self.throttle.finished(user, where, attempt)
         self.throttle.failure(user, where, self._clock())
-        AUTH_FAILURES.labels("invalid").inc()
+        metrics.RECORD.auth_failure("invalid")
         log.info("authentication failed for %r from %s", user, where)
         return Denied(401, "invalid username or password")
 
