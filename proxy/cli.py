@@ -224,27 +224,8 @@ def _run_worker(state: State, context: ssl.SSLContext, sock: socket.socket) -> i
 
     from .server import Server
 
-    _fixed_mmap_threshold()
     uvloop.run(Server(state, context).serve(sock))
     return 0
-
-
-M_MMAP_THRESHOLD = -3  # glibc's malloc.h
-MMAP_THRESHOLD = 128 * 1024  # glibc's initial value, kept
-
-
-def _fixed_mmap_threshold() -> None:
-    """glibc raises its mmap threshold whenever a large block is freed; from then on every
-    TLS connection's 256 KiB read buffer (uvloop) comes from the heap and stays resident
-    after the connection is gone, so a worker's RSS only grows. A fixed threshold keeps such
-    buffers in their own mappings, returned when freed (the bench's sequence of cases on
-    one worker: peak 55 -> 48 MiB, downloads and uploads no longer add to it)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except (OSError, AttributeError):  # not glibc: its allocator has no such drift
-        log.debug("mallopt unavailable; allocator left as it is")
 
 
 def _prefork(workers: int, run: Callable[[], int]) -> int:
