@@ -117,12 +117,12 @@ class Handler:
             log.info("mount from %s dropped for %s", operation.mount_from, who.user or "-")
             kept = without_mount(query)
             raw_path = f"{path}?{kept}" if kept else path
-        key = cache_key(request.method, operation, upstream, path, query, request.headers)
-        if key is not None and config.cache_ttl > 0:
-            hit = await self._forwarder.cached(request, key)
-            if hit is not None:
-                metrics.RECORD.cache_hit()
-                return hit
+        key = None
+        if config.cache_ttl > 0:
+            key = cache_key(request.method, operation, upstream, path, query, request.headers)
+        if key is not None and (hit := await self._forwarder.cached(request, key)) is not None:
+            metrics.RECORD.cache_hit()
+            return hit
         forwarded_for = _forwarded_for(request, config.trusted_proxies)
         store = (key, config.cache_ttl) if key is not None else None
         with metrics.RECORD.forwarding():
