@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -74,6 +75,14 @@ class Throttle:
     max_delay: float = 900.0
 
 
+def default_workers() -> int:
+    """One worker per CPU this process may run on (its affinity, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the server needs, validated; never mutated after `load()`."""
@@ -84,7 +93,7 @@ class Config:
     groups: Path | None = Path("conf/groups")
     tls_cert: Path = Path("certs/server.crt")
     tls_key: Path = Path("certs/server.key")
-    workers: int = 1
+    workers: int = field(default_factory=default_workers)
     log_level: LogLevel = "info"
     realm: str = "Registry Authentication"
     push_group: str = "pusher"

@@ -218,9 +218,15 @@ def write_setup(directory: Path, tls: TlsPair, upstream: str, extra: str = "") -
         port = sock.getsockname()[1]
     config.write_text(
         f"listen: 127.0.0.1:{port}\nupstream: {upstream}\nhtpasswd: htpasswd\ngroups: groups\n"
-        "tls:\n  cert: server.crt\n  key: server.key\n" + extra
+        "tls:\n  cert: server.crt\n  key: server.key\n" + one_worker_unless(extra)
     )
     return config
+
+
+def one_worker_unless(extra: str) -> str:
+    """Subprocess tests run one worker (per-process caches and counters make answers
+    deterministic) unless the test asks for more; the default is one per CPU."""
+    return extra if "workers:" in extra else "workers: 1\n" + extra
 
 
 @dataclass

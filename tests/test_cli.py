@@ -54,8 +54,8 @@ def test_check_ok(tmp_path: Path, tls: TlsPair) -> None:
 
 
 def test_check_lists_every_problem_with_file_and_line(tmp_path: Path, tls: TlsPair) -> None:
-    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000")
-    config.write_text(config.read_text() + "workers: 0\nbogus: 1\ntimeouts:\n  read: soon\n")
+    bad = "workers: 0\nbogus: 1\ntimeouts:\n  read: soon\n"
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000", bad)
     result = regproxy("check", "-c", str(config), cwd=tmp_path)
     assert result.returncode == 1
     assert f"{config}:8: workers: expected a positive integer, got 0" in result.stderr
@@ -143,6 +143,18 @@ async def test_workers_serve_and_stop_together(served: Served) -> None:
     served.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(served.process.wait(), 30) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+# The fixture pins one worker unless the config mentions workers: this comment leaves the key
+# unset, so the default applies.
+@pytest.mark.parametrize("served", ["# workers: left to its default\n"], indirect=True)
+async def test_one_worker_per_cpu_by_default(served: Served) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children")
+    assert len(children.read_text().split()) == (cpus if cpus > 1 else 0)  # 1: no fork
+    auth = {"Authorization": basic("pull", USERS["pull"])}
+    async with served.session.get(served.url + "/v2/", headers=auth) as resp:
+        assert resp.status == 200
 
 
 async def test_access_log_line(served: Served) -> None:

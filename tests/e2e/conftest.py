@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import one_worker_unless
 from tests.e2e.harness import Podman, Registry, Skopeo, TlsFiles, free_port, make_tls
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +99,7 @@ def start_regproxy(
     config.write_text(
         f"listen: 127.0.0.1:{port}\nupstream: {upstream}\n"
         f"htpasswd: htpasswd\ngroups: groups\n"
-        f"tls:\n  cert: {tls.server_cert}\n  key: {tls.server_key}\n" + extra
+        f"tls:\n  cert: {tls.server_cert}\n  key: {tls.server_key}\n" + one_worker_unless(extra)
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with (

@@ -4,6 +4,7 @@ resolution, flag overrides, and every error reported at once as file:line."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,16 @@ import pytest
 
 from proxy import config as config_module
 from proxy import reload
-from proxy.config import FLAG_KEYS, Config, ConfigError, Listen, Throttle, Timeouts, load
+from proxy.config import (
+    FLAG_KEYS,
+    Config,
+    ConfigError,
+    Listen,
+    Throttle,
+    Timeouts,
+    default_workers,
+    load,
+)
 from proxy.credentials import Problem
 from proxy.policy import recipe_rules
 
@@ -48,7 +58,7 @@ def test_defaults() -> None:
     assert config.groups == Path("conf/groups")
     assert config.tls_cert == Path("certs/server.crt")
     assert config.tls_key == Path("certs/server.key")
-    assert config.workers == 1
+    assert config.workers == default_workers() == len(os.sched_getaffinity(0))
     assert config.log_level == "info"
     assert config.realm == "Registry Authentication"
     assert config.push_group == "pusher"
