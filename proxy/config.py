@@ -23,7 +23,7 @@ from .acl import construct, parse_acl_text, parse_rules
 from .credentials import Problem
 
 if TYPE_CHECKING:
-    from .authn.ldap import LdapSettings
+    from .authn.ldap_settings import LdapSettings
 from .policy import IPNetwork, Rule, parse_networks, parse_upstream, recipe_rules
 from .token import MAX_EXPIRY as MAX_TOKEN_EXPIRY
 from .token import TokenSettings
@@ -105,7 +105,7 @@ class Config:
     audit_log: Path | None = None  # JSON lines of push/delete decisions
     cache_ttl: float = 10.0  # seconds a blob HEAD answer is reused (proxy.cache); 0: off
     metrics_listen: Listen | None = None  # /metrics and /health; off by default
-    ldap: LdapSettings | None = None  # the `ldap:` section, parsed by proxy.authn.ldap
+    ldap: LdapSettings | None = None  # the `ldap:` section, parsed by proxy.authn.ldap_settings
     token: TokenSettings | None = None  # token server mode (distribution token auth)
     auth_backends: tuple[Backend, ...] = ("htpasswd",)
     acl: tuple[Rule, ...] | None = None  # None: the recipe's rules (push_group)
@@ -462,7 +462,7 @@ def _combinations(values: dict[str, Any], has_acl: bool, source: str) -> list[Pr
 
 def _load_ldap(node: Any, source: str, line: int, problems: list[Problem]) -> Any:
     """The `ldap:` section, checked by the LDAP backend's own parser (with lines)."""
-    from .authn.ldap import parse_ldap_settings  # imports ldap3: only when configured
+    from .authn.ldap_settings import parse_ldap_settings  # imports ldap3: only when configured
 
     if not isinstance(node, yaml.MappingNode):
         problems.append(Problem(source, line, "ldap: expected a mapping of settings"))

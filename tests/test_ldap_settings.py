@@ -10,7 +10,7 @@ import pytest
 import trustme
 import yaml
 
-from proxy.authn.ldap import (
+from proxy.authn.ldap_settings import (
     LdapSettings,
     dn_under,
     group_name,

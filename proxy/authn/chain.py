@@ -23,7 +23,8 @@ from ..throttle import Throttle
 from . import Authenticator, BackendUnavailable, Outcome, fingerprint
 
 if TYPE_CHECKING:
-    from .ldap import LdapAuthenticator, LdapSettings
+    from .ldap import LdapAuthenticator
+    from .ldap_settings import LdapSettings
 
 log = logging.getLogger("regproxy.authn")
 

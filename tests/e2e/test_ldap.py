@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from proxy.authn import AuthResult, BackendUnavailable, Outcome
-from proxy.authn.ldap import LdapAuthenticator, LdapSettings, parse_ldap_settings
+from proxy.authn.ldap import LdapAuthenticator
+from proxy.authn.ldap_settings import LdapSettings, parse_ldap_settings
 from tests.e2e.harness import free_port
 from tests.e2e.ldap_harness import (
     GROUPS,
