@@ -37,6 +37,7 @@ from .credentials import (
     hash_password,
     parse_htpasswd,
 )
+from .peers import Mesh, Peers
 from .policy import Identity, decide
 from .reload import State, load_snapshot, load_users
 from .routes import ACTIONS, valid_name
@@ -203,7 +204,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config.workers == 1:
         return _run_worker(state, context, sock)
     try:
-        return _prefork(config.workers, lambda: _run_worker(state, context, sock))
+        return _prefork(config.workers, lambda peers: _run_worker(state, context, sock, peers))
     finally:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
@@ -219,19 +220,23 @@ def _bind(config: Config) -> socket.socket:
     return sock
 
 
-def _run_worker(state: State, context: ssl.SSLContext, sock: socket.socket) -> int:
+def _run_worker(
+    state: State, context: ssl.SSLContext, sock: socket.socket, peers: Peers | None = None
+) -> int:
     import uvloop
 
     from .server import Server
 
-    uvloop.run(Server(state, context).serve(sock))
+    uvloop.run(Server(state, context, peers).serve(sock))
     return 0
 
 
-def _prefork(workers: int, run: Callable[[], int]) -> int:
-    """N processes accept on one inherited socket; the parent relays signals and waits."""
+def _prefork(workers: int, run: Callable[[Peers], int]) -> int:
+    """N processes accept on one inherited socket and share login failures (proxy.peers);
+    the parent relays signals and waits."""
+    mesh = Mesh(workers)
     children = []
-    for _ in range(workers):
+    for index in range(workers):
         pid = os.fork()
         if pid == 0:
             # Own process group: a terminal's Ctrl-C (or a control-group kill) reaches the
@@ -239,7 +244,7 @@ def _prefork(workers: int, run: Callable[[], int]) -> int:
             os.setpgid(0, 0)
             code = 1
             try:
-                code = run()
+                code = run(mesh.peers(index))
             finally:
                 os._exit(code)  # never return into the parent's code
         children.append(pid)
@@ -251,6 +256,7 @@ def _prefork(workers: int, run: Callable[[], int]) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, relay)
+    mesh.close()  # the workers hold their own copies
     status = 0
     for pid in children:
         _, code = os.waitpid(pid, 0)

@@ -30,6 +30,7 @@ from .config import Config
 from .credentials import basic_header, groups_of
 from .errors import error_response, ping_response, unauthorized
 from .forward import Forwarder
+from .peers import Peers, SharedThrottle
 from .policy import Identity, IPAddress, IPNetwork, authorize, client_address, decide
 from .reload import State
 from .routes import Operation, Refusal, body_refusal, catalog_page, classify, without_mount
@@ -257,9 +258,12 @@ def _audit(who: Identity, operation: Operation, status: int) -> None:
 class Server:
     """Owns the lifecycle: startup() -> serve until a signal -> shutdown()."""
 
-    def __init__(self, state: State, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, state: State, ssl_context: ssl.SSLContext | None, peers: Peers | None = None
+    ) -> None:
         self.state = state
         self.ssl_context = ssl_context
+        self._peers = peers  # the other workers, when there are several
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stop = asyncio.Event()
@@ -289,9 +293,12 @@ class Server:
         forwarder = Forwarder(config.timeouts.keepalive)
         htpasswd = HtpasswdAuthenticator(lambda: self.state.current.users, executor)
         backends = Backends(lambda: self.state.current.config, htpasswd)
+        throttle = Throttle(config.throttle)
+        if self._peers is not None:  # several workers: failed logins count across them
+            throttle = SharedThrottle(config.throttle, self._peers)
         authentication = Authentication(
             backends,
-            Throttle(config.throttle),
+            throttle,
             lambda user: groups_of(self.state.current.users.groups, user),
         )
         handler = Handler(self.state, authentication, forwarder)
@@ -311,6 +318,7 @@ class Server:
         await site.start()
         watcher = asyncio.create_task(self.state.watch())
         trimmer = asyncio.create_task(release_memory())
+        stop_listening = throttle.listen() if isinstance(throttle, SharedThrottle) else None
 
         async def drain() -> None:
             # aiohttp's own graceful shutdown stops reading request bodies, which would stall
@@ -324,6 +332,8 @@ class Server:
         async def stop_watching() -> None:
             watcher.cancel()
             trimmer.cancel()
+            if stop_listening is not None:
+                stop_listening()
 
         async def stop_executor() -> None:
             backends.close()

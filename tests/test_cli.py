@@ -4,9 +4,11 @@ workers, flat memory), `passwd` (files Apache's htpasswd accepts)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -143,6 +145,78 @@ async def test_workers_serve_and_stop_together(served: Served) -> None:
     served.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(served.process.wait(), 30) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def worker_holding(server_port: int, client_port: int, workers: list[int]) -> int | None:
+    """The worker process that holds the server end of the connection from `client_port`."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+            if (local, remote) == (server_port, client_port):
+                inode = fields[9]
+    for pid in workers:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+    return None
+
+
+class KeptConnection:
+    """One keep-alive TLS connection to the proxy, for requests that must reuse it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.port: int = writer.get_extra_info("sockname")[1]
+
+    @classmethod
+    async def open(cls, port: int, tls: TlsPair) -> KeptConnection:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls.client_context(), server_hostname="localhost"
+        )
+        return cls(reader, writer)
+
+    async def get(self, path: str, authorization: str | None = None) -> int:
+        extra = f"Authorization: {authorization}\r\n" if authorization else ""
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n".encode())
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode()
+        length = re.search(r"(?im)^content-length: *(\d+)", head)
+        await self.reader.readexactly(int(length.group(1)) if length else 0)
+        return int(head.split()[1])
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await self.writer.wait_closed()
+
+
+@pytest.mark.parametrize("served", ["workers: 2\nthrottle:\n  attempts: 3\n"], indirect=True)
+async def test_workers_share_failed_logins(served: Served, tls: TlsPair) -> None:
+    """Guesses alternate between connections held by each of the two workers: the address is
+    locked after 3 failures in all, not 3 per worker."""
+    parent = served.process.pid
+    workers = [int(p) for p in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+    port = int(served.url.rsplit(":", 1)[1])
+    held: dict[int, KeptConnection] = {}
+    opened: list[KeptConnection] = []
+    for _ in range(40):  # new connections until each worker holds one
+        connection = await KeptConnection.open(port, tls)
+        opened.append(connection)
+        assert await connection.get("/v2/") == 401  # no credentials: not a failed login
+        owner = worker_holding(port, connection.port, workers)
+        if owner is not None:
+            held.setdefault(owner, connection)
+        if len(held) == 2:
+            break
+    assert len(held) == 2, "the kernel never gave the second worker a connection"
+    first, second = held.values()
+    wrong = basic("pull", "guess")
+    statuses = [await (first, second)[guess % 2].get("/v2/", wrong) for guess in range(8)]
+    for connection in opened:
+        await connection.close()
+    assert statuses == [401] * 3 + [429] * 5
 
 
 # The fixture pins one worker unless the config mentions workers: this comment leaves the key
