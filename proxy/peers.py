@@ -88,8 +88,11 @@ class SharedThrottle(Throttle):
         self._tell(encode(FAILURE, user, address))
 
     def success(self, user: str, address: str) -> None:
+        """Every authenticated request ends here: only a new (user, address) is news."""
+        news = not self.known_good(user, address)
         super().success(user, address)
-        self._tell(encode(SUCCESS, user, address))
+        if news:
+            self._tell(encode(SUCCESS, user, address))
 
     def _tell(self, datagram: bytes) -> None:
         for outbox in self._peers.outboxes:

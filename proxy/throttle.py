@@ -44,7 +44,7 @@ class Throttle:
         cannot slip past the limit before the first of them is verified. Identical attempts
         (a client's parallel requests with the same credentials) count once."""
         keys = [(f"addr:{address}", self.settings.attempts)]
-        if address not in self._known_good.get(user, {}):
+        if not self.known_good(user, address):
             keys.append((f"user:{user}", self.settings.attempts * USER_FACTOR))
         wait = max(self._locked(key, now) for key, _ in keys)
         if wait == 0 and any(self._busy(key, limit, now) for key, limit in keys):
@@ -81,6 +81,10 @@ class Throttle:
     def failure(self, user: str, address: str, now: float) -> None:
         self._count(f"addr:{address}", self.settings.attempts, now)
         self._count(f"user:{user}", self.settings.attempts * USER_FACTOR, now)
+
+    def known_good(self, user: str, address: str) -> bool:
+        """Whether `user` has logged in from `address` (recently enough to be remembered)."""
+        return address in self._known_good.get(user, {})
 
     def success(self, user: str, address: str) -> None:
         """A correct password: this address is known good for this user from now on. The

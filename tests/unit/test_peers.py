@@ -101,3 +101,12 @@ def test_received_events_are_not_sent_on(pair: Pair) -> None:
     assert b.receive() == 1
     assert a.receive() == 0  # b applied it without telling a again
     assert b.receive() == 0
+
+
+def test_only_a_new_login_address_is_sent(pair: Pair) -> None:
+    a, b, _ = pair
+    for _ in range(3):  # a client's requests: each one is a successful login
+        a.success("erin", "192.0.2.5")
+    a.success("erin", "192.0.2.6")
+    assert b.receive() == 2
+    assert b.known_good("erin", "192.0.2.5") and b.known_good("erin", "192.0.2.6")
