@@ -47,6 +47,17 @@ class CommandError(RuntimeError):
     """A harness subprocess failed or timed out."""
 
 
+def https_status(url: str, authorization: str, ca_cert: Path, timeout: float) -> int:
+    """The status of a GET of `url` with this Authorization header, trusting `ca_cert`."""
+    request = urllib.request.Request(url, headers={"Authorization": authorization})
+    context = ssl.create_default_context(cafile=str(ca_cert))
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def free_port() -> int:
     """Return a currently free TCP port on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

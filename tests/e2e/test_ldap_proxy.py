@@ -4,16 +4,13 @@ recipe's push rule, htpasswd users keep working, and a directory that is down is
 from __future__ import annotations
 
 import base64
-import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import USERS, RegproxyProcess, start_regproxy
-from tests.e2e.harness import Podman, Registry, TlsFiles
+from tests.e2e.harness import Podman, Registry, TlsFiles, https_status
 from tests.e2e.ldap_harness import GROUPS, PASSWORDS, PEOPLE, SERVICE_DN, SERVICE_PASSWORD, Slapd
 
 
@@ -44,15 +41,8 @@ def ldap_proxy(
 
 
 def status(proxy: RegproxyProcess, tls: TlsFiles, user: str, password: str) -> int:
-    request = urllib.request.Request(f"https://{proxy.hostport}/v2/")
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    context = ssl.create_default_context(cafile=str(tls.ca_cert))
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=20) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return https_status(f"https://{proxy.hostport}/v2/", f"Basic {token}", tls.ca_cert, 20)
 
 
 def test_directory_users_log_in_push_by_group_and_fail_closed(

@@ -20,7 +20,7 @@ from joserfc.jwk import ECKey
 from joserfc.jws import JWSRegistry
 
 from tests.e2e.conftest import USERS, RegproxyProcess, start_regproxy
-from tests.e2e.harness import Podman, Registry, TlsFiles, free_port
+from tests.e2e.harness import Podman, Registry, TlsFiles, free_port, https_status
 
 SERVICE = "registry.test"
 ACL = """acl:
@@ -75,14 +75,7 @@ def fetch_token(proxy: RegproxyProcess, tls: TlsFiles, user: str, scope: str) ->
 
 
 def registry_status(registry: Registry, tls: TlsFiles, path: str, token: str) -> int:
-    request = urllib.request.Request(registry.url + path)
-    request.add_header("Authorization", f"Bearer {token}")
-    context = ssl.create_default_context(cafile=str(tls.ca_cert))
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return https_status(registry.url + path, f"Bearer {token}", tls.ca_cert, 10)
 
 
 def test_podman_through_a_token_registry(
