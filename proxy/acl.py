@@ -18,8 +18,9 @@ from typing import Any
 
 import yaml
 
-from .credentials import Problem
-from .policy import PLACEHOLDER_RE, IPNetwork, Rule, parse_networks, parse_upstream
+from .addresses import IPNetwork, parse_networks, parse_upstream
+from .policy import PLACEHOLDER_RE, Rule
+from .problems import ConfigError, Problem, compose_yaml, construct
 from .routes import ACTIONS, Action
 
 _GLOB_RE = re.compile(r"(?:[a-z0-9._/*?-]|\$\{user\}|\$\{group\})+")
@@ -29,14 +30,6 @@ _KEYS = frozenset(
     {"users", "groups", "repositories", "networks", "anonymous", "actions", "upstream",
      "description"}
 )  # fmt: skip
-
-
-def construct(node: yaml.Node) -> Any:
-    """A node's Python value; unknown tags and bad values (`!!int two`) are ValueErrors."""
-    try:
-        return yaml.SafeLoader("").construct_object(node, deep=True)
-    except (yaml.YAMLError, ValueError, TypeError) as exc:
-        raise ValueError(f"cannot read value: {getattr(exc, 'problem', None) or exc}") from None
 
 
 class _Bad(ValueError):
@@ -195,11 +188,9 @@ def _unreachable(rules: list[Rule]) -> list[Problem]:
 def parse_acl_text(text: str, source: str) -> tuple[tuple[Rule, ...], list[Problem]]:
     """An ACL file: either a list of rules, or a mapping with the list under `acl:`."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 0
-        return (), [Problem(source, line, f"invalid YAML: {getattr(exc, 'problem', exc)}")]
+        node = compose_yaml(text, source)
+    except ConfigError as exc:
+        return (), exc.problems
     if node is None:
         return (), [Problem(source, 0, "acl: empty ACL file denies everything")]
     if isinstance(node, yaml.MappingNode):

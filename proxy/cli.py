@@ -12,37 +12,25 @@ regproxy passwd  FILE USER [--stdin] [--delete] [--verify] [--cost N]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import ipaddress
 import logging
 import os
-import shutil
-import signal
-import socket
-import ssl
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from . import config as config_module
-from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS, Config, ConfigError, read_text
-from .credentials import (
-    PasswordHash,
-    Problem,
-    edit_htpasswd,
-    groups_of,
-    hash_password,
-    parse_htpasswd,
-)
-from .peers import Mesh, Peers
-from .policy import Identity, decide
-from .reload import State, load_snapshot, load_users
+from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS
+from .credentials import PasswordHash, edit_htpasswd, hash_password, parse_htpasswd
+from .identity import Identity
+from .logsetup import configure_logging
+from .policy import decide
+from .problems import ConfigError, read_text
 from .routes import ACTIONS, valid_name
-from .tls import load_certificate, server_context
-from .token import load_signer
+from .snapshot import load_snapshot
+from .supervisor import bind, serve
 
 log = logging.getLogger("regproxy")
 
@@ -123,20 +111,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Every problem at once: config keys, htpasswd/group lines, the TLS pair."""
-    problems: list[Problem] = []
+    """Every problem at once: config keys, htpasswd/group lines, the TLS pair, the token key."""
     try:
-        config = config_module.load(_config_path(args), _overrides(args))
+        _, problems = load_snapshot(_config_path(args), _overrides(args))
     except ConfigError as exc:
         problems = exc.problems
-    else:
-        try:
-            problems = load_users(config)[1]
-        except ConfigError as exc:
-            problems = exc.problems
-        problems += load_certificate(server_context(), config.tls_cert, config.tls_key)
-        if config.token is not None:
-            problems += load_signer(config.token)[1]
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -149,7 +128,7 @@ def _check(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     """Print the decision and the rule (file:line) that made it; exit 0 allow, 3 deny."""
     try:
-        snapshot, _ = load_snapshot(_config_path(args), {})
+        snapshot, _ = load_snapshot(_config_path(args), {}, tls=False)
         address = ipaddress.ip_address(args.client) if args.client else None
     except ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -161,7 +140,7 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"{args.repository!r} is not a valid repository name", file=sys.stderr)
         return 2
     user = None if args.user == "-" else args.user
-    groups = groups_of(snapshot.users.groups, user) if user else frozenset()
+    groups = snapshot.users.groups_of(user) if user else frozenset()
     who = Identity(user, groups, address)
     decision = decide(snapshot.rules, who, args.action, args.repository)
     verdict = "ALLOW" if decision.allowed else "DENY"
@@ -182,86 +161,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     config = snapshot.config
-    if config.workers > 1 and config.metrics_listen is not None:
-        # Before prometheus-client is first imported: workers then share their metrics.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="regproxy-metrics-")
-    from .server import configure_logging
-
     configure_logging(config.log_level, config.access_log_path, config.audit_log)
     for problem in problems:
         log.warning("%s (line ignored)", problem)
-    context = server_context()
-    tls_problems = load_certificate(context, config.tls_cert, config.tls_key)
-    if tls_problems:
-        print("\n".join(str(p) for p in tls_problems), file=sys.stderr)
-        return 1
     try:
-        sock = _bind(config)
+        sock = bind(config)
     except OSError as exc:
         print(f"cannot listen on {config.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    state = State(snapshot, _config_path(args), _overrides(args), context)
-    if config.workers == 1:
-        return _run_worker(state, context, sock)
-    try:
-        return _prefork(config.workers, lambda peers: _run_worker(state, context, sock, peers))
-    finally:
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-
-
-def _bind(config: Config) -> socket.socket:
-    family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config.listen.host, config.listen.port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _run_worker(
-    state: State, context: ssl.SSLContext, sock: socket.socket, peers: Peers | None = None
-) -> int:
-    import uvloop
-
-    from .server import Server
-
-    uvloop.run(Server(state, context, peers).serve(sock))
-    return 0
-
-
-def _prefork(workers: int, run: Callable[[Peers], int]) -> int:
-    """N processes accept on one inherited socket and share login failures (proxy.peers);
-    the parent relays signals and waits."""
-    mesh = Mesh(workers)
-    children = []
-    for index in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            # Own process group: a terminal's Ctrl-C (or a control-group kill) reaches the
-            # parent only, which relays it once; twice would skip the drain.
-            os.setpgid(0, 0)
-            code = 1
-            try:
-                code = run(mesh.peers(index))
-            finally:
-                os._exit(code)  # never return into the parent's code
-        children.append(pid)
-
-    def relay(signum: int, _frame: object) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-        signal.signal(signum, relay)
-    mesh.close()  # the workers hold their own copies
-    status = 0
-    for pid in children:
-        _, code = os.waitpid(pid, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    return status
+    return serve(snapshot, sock, _config_path(args), _overrides(args))
 
 
 def _import(args: argparse.Namespace) -> int:

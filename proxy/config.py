@@ -19,14 +19,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from .acl import construct, parse_acl_text, parse_rules
-from .credentials import Problem
+from .acl import parse_acl_text, parse_rules
+from .addresses import IPNetwork, parse_networks, parse_upstream
+from .authn.cache import CacheSettings
+from .limits import Limits, Timeouts
+from .policy import Rule, recipe_rules
+from .problems import ConfigError, Problem, compose_yaml, construct, read_text
+from .throttle import ThrottleSettings
+from .token import MAX_EXPIRY as MAX_TOKEN_EXPIRY
+from .token import TokenSettings
 
 if TYPE_CHECKING:
     from .authn.ldap_settings import LdapSettings
-from .policy import IPNetwork, Rule, parse_networks, parse_upstream, recipe_rules
-from .token import MAX_EXPIRY as MAX_TOKEN_EXPIRY
-from .token import TokenSettings
 
 Backend = Literal["htpasswd", "ldap"]
 BACKENDS: tuple[str, ...] = ("htpasswd", "ldap")
@@ -35,15 +39,6 @@ AccessLogFormat = Literal["common", "combined", "json", "off"]
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
 ACCESS_LOG_FORMATS: tuple[str, ...] = ("common", "combined", "json", "off")
 DEFAULT_CONFIG_PATH = Path("conf/regproxy.yaml")
-MAX_FILE_BYTES = 16 * 1024 * 1024
-
-
-class ConfigError(Exception):
-    """Every problem found while loading, each `file:line: message`."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
 
 
 @dataclass(frozen=True)
@@ -53,26 +48,6 @@ class Listen:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Seconds. `read` bounds upstream silence, `drain` the graceful shutdown."""
-
-    connect: float = 5.0
-    read: float = 300.0
-    drain: float = 30.0
-    keepalive: float = 75.0
-
-
-@dataclass(frozen=True)
-class Throttle:
-    """Failed logins before 429: `attempts` per client address, 4x that per user name (for
-    addresses that never logged in as that user). Lockouts double up to `max_delay`."""
-
-    attempts: int = 5
-    window: float = 300.0
-    max_delay: float = 900.0
 
 
 def default_workers() -> int:
@@ -100,7 +75,9 @@ class Config:
     access_log: AccessLogFormat = "common"
     access_log_path: Path | None = None  # None: stdout
     timeouts: Timeouts = field(default_factory=Timeouts)
-    throttle: Throttle = field(default_factory=Throttle)
+    limits: Limits = field(default_factory=Limits)
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    credentials_cache: CacheSettings = field(default_factory=CacheSettings)
     trusted_proxies: tuple[IPNetwork, ...] = ()  # whose X-Forwarded-For is believed
     audit_log: Path | None = None  # JSON lines of push/delete decisions
     cache_ttl: float = 10.0  # seconds a blob HEAD answer is reused (proxy.cache); 0: off
@@ -194,6 +171,16 @@ def _parse_positive_int(value: object) -> int:
     return value
 
 
+def _parse_connections(value: object) -> int:
+    """`auto` (0: from the open-files limit) or a positive number."""
+    if value == "auto":
+        return 0
+    try:
+        return _parse_positive_int(value)
+    except ValueError:
+        raise ValueError(f"expected auto or a positive integer, got {value!r}") from None
+
+
 def _parse_seconds(value: object) -> float:
     if (
         isinstance(value, bool)
@@ -268,12 +255,21 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "timeouts.read": ("timeouts.read", _parse_seconds),
     "timeouts.drain": ("timeouts.drain", _parse_seconds),
     "timeouts.keepalive": ("timeouts.keepalive", _parse_seconds),
+    "timeouts.header": ("timeouts.header", _parse_seconds),
+    "timeouts.handshake": ("timeouts.handshake", _parse_seconds),
+    "timeouts.client_idle": ("timeouts.client_idle", _parse_seconds),
+    "limits.per_user": ("limits.per_user", _parse_positive_int),
+    "limits.per_address": ("limits.per_address", _parse_positive_int),
+    "limits.connections": ("limits.connections", _parse_connections),
+    "limits.upstream_wait": ("limits.upstream_wait", _parse_seconds),
     "throttle.attempts": ("throttle.attempts", _parse_positive_int),
     "throttle.window": ("throttle.window", _parse_seconds),
     "throttle.max_delay": ("throttle.max_delay", _parse_seconds),
     "trusted_proxies": ("trusted_proxies", _parse_trusted),
     "audit_log": ("audit_log", _OPTIONAL_PATH),
     "cache.ttl": ("cache_ttl", _parse_ttl),
+    "cache.credentials_ttl": ("credentials_cache.ttl", _parse_ttl),
+    "cache.credentials_size": ("credentials_cache.size", _parse_positive_int),
     "metrics.listen": ("metrics_listen", _parse_optional_listen),
     "acl": ("acl", "acl"),  # handled by _load_acl
     "ldap": ("ldap", "ldap"),  # handled by _load_ldap
@@ -333,26 +329,6 @@ def _flatten(
     return flat
 
 
-def read_text(path: Path) -> str:
-    """A whole file as UTF-8; ConfigError (file:line) if unreadable, binary or huge."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError([Problem(str(path), 0, f"cannot read: {exc.strerror or exc}")]) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError([Problem(str(path), 0, f"larger than {MAX_FILE_BYTES} bytes")])
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError([Problem(str(path), line, "not UTF-8 text")]) from None
-    if "\0" in text:
-        line = text[: text.index("\0")].count("\n") + 1
-        raise ConfigError([Problem(str(path), line, "binary data (NUL byte)")])
-    return text
-
-
 def _read_yaml(path: Path, problems: list[Problem]) -> dict[str, tuple[Any, int]]:
     source = str(path)
     try:
@@ -361,11 +337,9 @@ def _read_yaml(path: Path, problems: list[Problem]) -> dict[str, tuple[Any, int]
         problems.extend(exc.problems)
         return {}
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 0
-        problems.append(Problem(source, line, f"invalid YAML: {getattr(exc, 'problem', exc)}"))
+        node = compose_yaml(text, source)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
         return {}
     if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
         return {}

@@ -18,6 +18,8 @@ from typing import Any
 import bcrypt
 from passlib.hash import apr_md5_crypt, des_crypt, ldap_sha1, sha256_crypt, sha512_crypt
 
+from .problems import Problem
+
 _USER_RE = re.compile(r"[^\s:#][^\s:]*")
 BCRYPT_MAX_BYTES = 72  # bcrypt ignores the rest; Apache and the bcrypt C library agree
 _CRYPT64 = "[./0-9A-Za-z]"
@@ -46,19 +48,6 @@ def _entries(text: str) -> Iterator[tuple[int, str]]:
         line = raw.strip()
         if line and not line.startswith("#"):
             yield number, line
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One bad line in one file, printed as `source:line: message`."""
-
-    source: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.source}:{self.line}" if self.line else self.source
-        return f"{where}: {self.message}"
 
 
 def _check_bcrypt(password: bytes, stored: str) -> bool:
@@ -206,11 +195,6 @@ def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tup
             continue
         members.setdefault(group, set()).update(users.split())
     return {g: frozenset(u) for g, u in members.items()}, tuple(problems)
-
-
-def groups_of(groups: dict[str, frozenset[str]], user: str) -> frozenset[str]:
-    """Every group that lists `user`."""
-    return frozenset(g for g, users in groups.items() if user in users)
 
 
 class MalformedCredentials(ValueError):

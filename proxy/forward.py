@@ -7,9 +7,11 @@ layer passes in constant memory. Keep-alive connections to the upstream are pool
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -18,10 +20,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import metrics
 from .accesslog import BYTES_KEY
-from .cache import HeadCache, freshness
-from .config import Timeouts
 from .errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
-from .routes import CATALOG_MAX
+from .limits import Timeouts
 
 log = logging.getLogger("regproxy.forward")
 
@@ -53,13 +53,12 @@ _CLIENT_ONLY = frozenset(
     }
 )
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-UPSTREAM_CONNECTIONS = 512
 CHUNK = 64 * 1024
 # aiohttp buffers up to twice this per upstream response before it stops reading: 16 KiB
 # halves a download's memory against the default 64 KiB at the same throughput (measured:
 # 16 concurrent 256 MiB downloads, one worker, +7 MiB instead of +15, ~380 MB/s each way).
 UPSTREAM_READ_BUFFER = 16 * 1024
-PING_FRESH = 5.0  # seconds a successful upstream ping lets the proxy answer pings itself
+RETRY_AFTER = "5"  # seconds a client is asked to wait when every upstream connection is busy
 
 
 def _droppable(headers: CIMultiDictProxy[str]) -> set[str]:
@@ -111,13 +110,29 @@ def _default_port(scheme: str) -> int:
     return 443 if scheme == "https" else 80
 
 
-class Forwarder:
-    """Owns the upstream connection pool; one per server process."""
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes: the registry, the raw path and query exactly as classified, and
+    the X-Forwarded-For to send."""
 
-    def __init__(self, keepalive: float) -> None:
-        # Bounded so that no client pattern can exhaust file descriptors; far above what a
-        # worker serves at once.
-        connector = aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, keepalive_timeout=keepalive)
+    upstream: str
+    raw_path: str
+    forwarded_for: str
+
+
+# Called with the upstream's status and headers before anything is sent to the client.
+OnHeaders = Callable[[int, CIMultiDict[str]], None]
+
+
+class Forwarder:
+    """Owns the upstream connection pool; one per worker process.
+
+    The pool is bounded (`connections`, from the open-files limit) and a request waits for a
+    free connection at most `wait` seconds, then gets 503 with Retry-After: a client holding
+    many slow uploads cannot make every other client wait without end."""
+
+    def __init__(self, connections: int, keepalive: float) -> None:
+        connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=keepalive)
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
@@ -126,150 +141,94 @@ class Forwarder:
             cookie_jar=aiohttp.DummyCookieJar(),
             read_bufsize=UPSTREAM_READ_BUFFER,
         )
-        self._healthy: dict[str, float] = {}  # upstream -> when it last answered a ping
-        self._heads = HeadCache()
+        self._slots = asyncio.Semaphore(connections)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """For the proxy's own requests (catalog pages, health probes)."""
+        return self._session
 
     async def close(self) -> None:
         await self._session.close()
 
-    def answers_pings(self, upstream: str) -> bool:
-        """Whether `upstream` answered a ping within the last PING_FRESH seconds: every docker
-        or podman command starts with one, and while the registry is known to be up the
-        proxy can answer it without a round trip."""
-        seen = self._healthy.get(upstream)
-        return seen is not None and time.monotonic() - seen < PING_FRESH
-
-    async def cached(self, request: web.BaseRequest, key: str) -> web.StreamResponse | None:
-        """The remembered answer under `key` (see proxy.cache), with its Age, or None."""
-        now = time.monotonic()
-        entry = self._heads.get(key, now)
-        if entry is None:
-            return None
-        response = web.StreamResponse(headers=CIMultiDict(entry.headers))
-        response.headers["Age"] = str(int(now - entry.stored))
-        await response.prepare(request)
-        await response.write_eof()
-        return response
-
-    def forget(self, key: str) -> None:
-        self._heads.drop(key)
-
     async def forward(
         self,
         request: web.BaseRequest,
-        upstream: str,
-        raw_path: str,
+        route: Route,
         timeouts: Timeouts,
-        forwarded_for: str,
-        store: tuple[str, float] | None = None,
+        wait: float,
+        on_headers: OnHeaders | None = None,
     ) -> web.StreamResponse:
-        """Send `request` to `upstream` + `raw_path` (exactly as classified) and stream back;
-        `store`: (key, ttl) under which a cacheable answer is remembered."""
+        """Send `request` to the route and stream the answer back."""
+        try:
+            async with asyncio.timeout(wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            log.warning("no upstream connection free within %ss for %s", wait, route.raw_path)
+            return error_response(
+                503, "UNAVAILABLE", "registry busy, retry later", {"Retry-After": RETRY_AFTER}
+            )
+        try:
+            return await self._exchange(request, route, timeouts, on_headers)
+        finally:
+            self._slots.release()
+
+    async def _exchange(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        timeouts: Timeouts,
+        on_headers: OnHeaders | None,
+    ) -> web.StreamResponse:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
+        body = _idle_bounded(request, timeouts.client_idle) if request.body_exists else None
         started = time.monotonic()
         try:
             upstream_response = await self._session.request(
                 request.method,
-                upstream + raw_path,
-                headers=request_headers(request.headers, forwarded_for),
-                data=request.content if request.body_exists else None,
+                route.upstream + route.raw_path,
+                headers=request_headers(request.headers, route.forwarded_for),
+                data=body,
                 allow_redirects=False,
                 timeout=timeout,
             )
+        except ClientStalled:
+            log.info("client stopped sending its body: %s %s", request.method, route.raw_path)
+            if request.transport is not None:
+                request.transport.abort()
+            return error_response(408, "UNKNOWN", "request body stalled")
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            log.warning("upstream %s timed out on %s %s", upstream, request.method, raw_path)
+            log.warning(
+                "upstream %s timed out on %s %s", route.upstream, request.method, route.raw_path
+            )
             return error_response(504, "UNAVAILABLE", "upstream registry timed out")
         except aiohttp.ClientError as exc:
-            log.warning("upstream %s failed on %s %s: %s", upstream, request.method, raw_path, exc)
+            log.warning(
+                "upstream %s failed on %s %s: %s",
+                route.upstream,
+                request.method,
+                route.raw_path,
+                exc,
+            )
             return error_response(502, "UNAVAILABLE", "upstream registry unreachable")
         metrics.RECORD.upstream_latency(time.monotonic() - started)
-        if raw_path == "/v2/" and upstream_response.status == 200:
-            self._healthy[upstream] = time.monotonic()
         async with upstream_response:
-            return await self._stream_back(request, upstream_response, upstream, store)
-
-    async def probe(self, upstream: str, timeouts: Timeouts) -> bool:
-        """Whether the upstream answers `/v2/` at all (any status below 500)."""
-        timeout = aiohttp.ClientTimeout(total=min(5.0, timeouts.connect + timeouts.read))
-        try:
-            async with self._session.get(f"{upstream}/v2/", timeout=timeout) as response:
-                return response.status < 500
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-
-    async def catalog(
-        self,
-        request: web.BaseRequest,
-        upstream: str,
-        page: tuple[int, str],
-        may_pull: Callable[[str], bool],
-        timeouts: Timeouts,
-        forwarded_for: str,
-    ) -> web.StreamResponse:
-        """`/v2/_catalog` listing only what `may_pull`, `n` at a time, with a `Link` to the next
-        page as the registry gives it. Upstream pages are read until `n` are allowed."""
-        n, last = page
-        repositories: list[str] = []
-        more = True
-        try:
-            while more and len(repositories) < n:
-                batch, more = await self._catalog_batch(
-                    request.host, upstream, last, timeouts, forwarded_for
-                )
-                for index, name in enumerate(batch):
-                    if may_pull(name):
-                        repositories.append(name)
-                    if len(repositories) == n:
-                        more = more or index < len(batch) - 1
-                        break
-                last = repositories[-1] if len(repositories) == n else (batch or [last])[-1]
-                more = more and bool(batch)
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            return error_response(504, "UNAVAILABLE", "upstream registry timed out")
-        except (aiohttp.ClientError, ValueError) as exc:
-            log.warning("upstream %s catalog failed: %s", upstream, exc)
-            return error_response(502, "UNAVAILABLE", "upstream registry catalog failed")
-        response = web.json_response({"repositories": repositories})
-        if more:
-            response.headers["Link"] = f'</v2/_catalog?last={repositories[-1]}&n={n}>; rel="next"'
-        response.headers[API_VERSION_HEADER] = API_VERSION
-        response.headers["Server"] = SERVER
-        return response
-
-    async def _catalog_batch(
-        self, host: str, upstream: str, last: str, timeouts: Timeouts, forwarded_for: str
-    ) -> tuple[list[str], bool]:
-        """One upstream page after `last`, and whether the registry says there is more.
-        Built afresh: none of the client's headers (a Content-Length would stall it)."""
-        query = f"n={CATALOG_MAX}" + (f"&last={last}" if last else "")
-        timeout = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.read)
-        headers = {"Host": host, "X-Forwarded-Proto": "https", "X-Forwarded-For": forwarded_for}
-        async with self._session.get(
-            f"{upstream}/v2/_catalog?{query}", headers=headers, timeout=timeout
-        ) as response:
-            if response.status != 200:
-                raise ValueError(f"status {response.status}")
-            body = await response.json(content_type=None)
-            names = body.get("repositories") or []
-            if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
-                raise ValueError("malformed catalog")
-            return names, "Link" in response.headers
+            return await self._stream_back(request, upstream_response, route, timeouts, on_headers)
 
     async def _stream_back(
         self,
         request: web.BaseRequest,
         upstream_response: aiohttp.ClientResponse,
-        upstream: str,
-        store: tuple[str, float] | None,
+        route: Route,
+        timeouts: Timeouts,
+        on_headers: OnHeaders | None,
     ) -> web.StreamResponse:
         public_origin = f"https://{request.host}"
-        headers = response_headers(upstream_response.headers, upstream, public_origin)
-        if store is not None and upstream_response.status == 200:
-            key, ttl = store
-            lifetime = freshness(upstream_response.headers.get("Cache-Control", ""), ttl)
-            self._heads.put(key, headers, lifetime, time.monotonic())
+        headers = response_headers(upstream_response.headers, route.upstream, public_origin)
+        if on_headers is not None:
+            on_headers(upstream_response.status, headers)
         response = web.StreamResponse(
             status=upstream_response.status, reason=upstream_response.reason, headers=headers
         )
@@ -280,9 +239,12 @@ class Forwarder:
             # chunk (iter_any() would join everything buffered into one large copy).
             async for chunk in upstream_response.content.iter_chunked(CHUNK):
                 try:
-                    await response.write(chunk)
-                except ConnectionError:
+                    async with asyncio.timeout(timeouts.client_idle):
+                        await response.write(chunk)
+                except (ConnectionError, TimeoutError):
                     log.debug("client went away during %s %s", request.method, request.path)
+                    if request.transport is not None:
+                        request.transport.abort()
                     return response
                 sent += len(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -296,3 +258,21 @@ class Forwarder:
             request[BYTES_KEY] = sent
         await response.write_eof()
         return response
+
+
+class ClientStalled(aiohttp.ClientError):
+    """The client sent nothing of its request body for `timeouts.client_idle` seconds."""
+
+
+async def _idle_bounded(request: web.BaseRequest, idle: float) -> AsyncIterator[bytes]:
+    """The request body as it arrives, ended with ClientStalled when the client goes quiet."""
+    content = request.content
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await content.readany()
+        except TimeoutError:
+            raise ClientStalled(f"no body data for {idle:g}s") from None
+        if not chunk:
+            return
+        yield chunk

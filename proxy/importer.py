@@ -19,10 +19,10 @@ from functools import reduce
 
 import yaml
 
-from .credentials import Problem
 from .importer_apache import ApacheWalk, apache_tree
 from .importer_base import ANYONE, METHODS, NOBODY, Entry, Grant, Out, error, printable
 from .importer_nginx import NginxWalk, nginx_tree
+from .problems import Problem
 from .routes import ACTIONS, Action
 
 _ACTION_METHODS: dict[Action, tuple[str, ...]] = {

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
-from .credentials import Problem
-from .policy import parse_upstream
+from .addresses import parse_upstream
+from .problems import Problem
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 ALL = frozenset(METHODS)

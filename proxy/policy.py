@@ -9,67 +9,15 @@ the push group may do anything, any other valid user may pull.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from urllib.parse import urlsplit
 
+from .addresses import IPNetwork
+from .identity import Identity
 from .routes import ACTIONS, Action, Operation
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 PLACEHOLDER_RE = re.compile(r"\$\{(user|group)\}")
-
-
-def parse_upstream(value: object) -> str:
-    """A registry base URL: scheme://host[:port] and nothing else."""
-    text = str(value).rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected http:// or https:// URL, got {text!r}")
-    if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
-        raise ValueError(f"upstream must be scheme://host[:port] only, got {text!r}")
-    if parts.port == 0:  # .port raises ValueError itself for other bad ports
-        raise ValueError(f"upstream port 0 is not a port, got {text!r}")
-    return text
-
-
-def parse_networks(value: object) -> tuple[IPNetwork, ...]:
-    """CIDR networks from one string or a list; host bits set is an error (a likely typo)."""
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(v, str) for v in items):
-        raise ValueError(f"expected a CIDR network or a list of them, got {value!r}")
-    return tuple(ipaddress.ip_network(str(v)) for v in items)
-
-
-def client_address(
-    peer: IPAddress | None, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]
-) -> IPAddress | None:
-    """The client's address: the peer, unless the peer is a trusted proxy, in which case
-    X-Forwarded-For is walked from the right past trusted hops. A malformed entry stops the
-    walk at the last address known for sure."""
-    current = peer
-    hops = [h.strip() for value in forwarded_for for h in value.split(",")]
-    while current is not None and hops and any(current in n for n in trusted):
-        try:
-            current = ipaddress.ip_address(hops.pop())
-        except ValueError:
-            break
-    return current
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who is asking and from where. `user` is None for a request without credentials."""
-
-    user: str | None
-    groups: frozenset[str] = frozenset()
-    address: IPAddress | None = None
-
-    @property
-    def anonymous(self) -> bool:
-        return self.user is None
 
 
 @lru_cache(maxsize=4096)

@@ -1,28 +1,33 @@
-"""Live edits: watched files -> a new immutable Snapshot, swapped in one assignment.
+"""Live edits: watched files -> a new Snapshot, built off the event loop, swapped in one
+assignment; the snapshot a request holds stays whole until it finishes.
 
-Files are polled (stat every quarter second), which sees in-place edits and write-then-rename
-alike, on any filesystem. A change is loaded once the file has stopped changing for one poll,
-so a half-written file is not read. A load that fails keeps the last good version and logs
-why, with file and line.
+Files are polled (stat every quarter second), which sees in-place edits, write-then-rename and
+Kubernetes' swap of a `..data` symlink alike, on any filesystem. A change is loaded once the
+file has stopped changing for one poll, so a half-written file is not read. Loading runs in a
+worker thread: requests go on being answered while a 16 MiB htpasswd file is parsed. A load
+that fails keeps the last good snapshot and logs why, with file and line; a certificate that
+fails keeps the current one while the rest of the edit applies.
+
+Requests `enter()` the current snapshot and `leave()` it when they finish; a backend that
+the new snapshot no longer uses (an LDAP pool whose settings changed) is closed only once the
+last request holding the old snapshot has left.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import config as config_module
-from .authn.htpasswd import UserFiles
-from .config import Config, ConfigError, read_text
-from .credentials import Htpasswd, Problem, parse_groups, parse_htpasswd
-from .policy import Rule
-from .tls import load_certificate, server_context
-from .token import Signer, load_signer
+from . import metrics
+from .authn.chain import Authenticators
+from .config import Config
+from .problems import ConfigError, Problem
+from .snapshot import Snapshot, load_snapshot, load_tls
 
 log = logging.getLogger("regproxy.reload")
 
@@ -37,75 +42,125 @@ RESTART_ONLY = (
     "audit_log",
     "metrics_listen",
 )
+RESTART_ONLY_TIMEOUTS = ("keepalive", "header", "handshake")
 
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything a request reads, consistent with itself; replaced whole, never mutated."""
-
-    config: Config
-    users: UserFiles
-    rules: tuple[Rule, ...]
-    signer: Signer | None = None  # token server mode
-
-
-def _read_htpasswd(config: Config) -> Htpasswd:
-    htpasswd = parse_htpasswd(read_text(config.htpasswd), str(config.htpasswd))
-    if not htpasswd.users:
-        # Empty or all lines bad: most likely a truncated or half-written file.
-        raise ConfigError([Problem(str(config.htpasswd), 0, "no usable users in this file")])
-    return htpasswd
-
-
-def load_users(
-    config: Config, previous: UserFiles | None = None
-) -> tuple[UserFiles, list[Problem]]:
-    """Parse htpasswd (when that backend is used) and groups. Raises ConfigError if a file
-    cannot be used at all; returns line-level problems (those lines are ignored)."""
-    fatal: list[Problem] = []
-    htpasswd = Htpasswd({})
-    groups: dict[str, frozenset[str]] = {}
-    problems: list[Problem] = []
-    if "htpasswd" in config.auth_backends:
-        try:
-            htpasswd = _read_htpasswd(config)
-            problems.extend(htpasswd.problems)
-        except ConfigError as exc:
-            fatal.extend(exc.problems)
-    if config.groups is not None:
-        try:
-            groups, group_problems = parse_groups(read_text(config.groups), str(config.groups))
-            problems.extend(group_problems)
-        except ConfigError as exc:
-            fatal.extend(exc.problems)
-    if fatal:
-        raise ConfigError(fatal)
-    return UserFiles.build(htpasswd, groups, previous.dummy if previous else None), problems
-
-
-def load_snapshot(
-    config_path: Path | None,
-    overrides: Mapping[str, object],
-    previous: UserFiles | None = None,
-) -> tuple[Snapshot, list[Problem]]:
-    """Build a Snapshot from scratch; ConfigError if unusable, else line-level problems."""
-    config = config_module.load(config_path, overrides)
-    users, problems = load_users(config, previous)
-    signer, token_problems = load_signer(config.token) if config.token else (None, [])
-    if token_problems:
-        raise ConfigError(token_problems)
-    return Snapshot(config, users, config.rules, signer), problems
-
+# Builds a snapshot's Authenticators in the loading thread: (new snapshot, previous one).
+AttachAuthn = Callable[[Snapshot, Snapshot | None], Authenticators]
 
 _Signature = tuple[int, int, int, int] | None
 
 
 def _signature(path: Path) -> _Signature:
     try:
-        st = os.stat(path)
+        st = os.stat(path)  # follows symlinks: a swapped `..data` link changes the inode
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class Watcher:
+    """Which watched files have changed and then stayed the same for one poll."""
+
+    def __init__(self, files: tuple[Path, ...]) -> None:
+        self._seen = {path: _signature(path) for path in files}
+        self._pending: dict[Path, _Signature] = {}
+
+    def stable_changes(self) -> list[Path]:
+        now = {path: _signature(path) for path in self._seen}
+        changed = [p for p, sig in now.items() if sig != self._seen[p]]
+        stable = [p for p in changed if self._pending.get(p, ...) == now[p]]
+        self._pending = {p: now[p] for p in changed}
+        if not changed or len(stable) != len(changed):
+            return []
+        self._seen = now  # an edit made while loading is seen at the next poll
+        self._pending = {}
+        return stable
+
+    def watch(self, files: tuple[Path, ...]) -> None:
+        """Follow a new set of files (the config may name others after a reload)."""
+        self._seen = {path: self._seen.get(path, _signature(path)) for path in files}
+
+
+def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """`new` with the settings the running process cannot change kept at their running
+    value, and the names of those that the edit tried to change."""
+    kept = {name: getattr(old, name) for name in RESTART_ONLY}
+    changed = [name for name in RESTART_ONLY if getattr(new, name) != kept[name]]
+    timeouts = {name: getattr(old.timeouts, name) for name in RESTART_ONLY_TIMEOUTS}
+    changed += [
+        f"timeouts.{name}"
+        for name in RESTART_ONLY_TIMEOUTS
+        if getattr(new.timeouts, name) != timeouts[name]
+    ]
+    if new.limits.connections != old.limits.connections:
+        changed.append("limits.connections")
+    limits = replace(new.limits, connections=old.limits.connections)
+    merged = replace(new, **kept, timeouts=replace(new.timeouts, **timeouts), limits=limits)
+    return merged, changed
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The outcome of loading the files again: the new snapshot (None: refused, the last
+    good one stays) and what to tell the operator."""
+
+    snapshot: Snapshot | None
+    refused: list[Problem] = field(default_factory=list)
+    ignored_lines: list[Problem] = field(default_factory=list)
+    restart_only: list[str] = field(default_factory=list)
+    tls_problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.snapshot is not None and not self.tls_problems
+
+
+def load_next(
+    previous: Snapshot,
+    config_path: Path | None,
+    overrides: Mapping[str, object],
+    attach: AttachAuthn | None = None,
+) -> Loaded:
+    """Everything for the next snapshot (blocking: a worker thread, or the supervisor).
+    Settings that need a restart keep their running value; a certificate that fails keeps
+    the current one while the rest applies."""
+    try:
+        snapshot, problems = load_snapshot(config_path, overrides, previous, tls=False)
+    except ConfigError as exc:
+        return Loaded(None, refused=exc.problems)
+    config, changed = keep_restart_only(previous.config, snapshot.config)
+    tls_problems: list[Problem] = []
+    try:
+        context = load_tls(config) if previous.tls is not None else None
+    except ConfigError as exc:
+        tls_problems, context = exc.problems, previous.tls
+    snapshot = replace(snapshot, config=config, tls=context)
+    if attach is not None:
+        snapshot = replace(snapshot, authn=attach(snapshot, previous))
+    return Loaded(snapshot, [], problems, changed, tls_problems)
+
+
+def report(loaded: Loaded, reason: str, quiet: bool = False) -> None:
+    """Log a reload's outcome; `quiet` (a supervised worker): successes at debug level only."""
+    for problem in loaded.refused:
+        log.error("reload failed, keeping the last good configuration: %s", problem)
+    if loaded.snapshot is None:
+        return
+    for problem in loaded.ignored_lines:
+        (log.debug if quiet else log.warning)("%s (line ignored)", problem)
+    for name in loaded.restart_only:
+        (log.debug if quiet else log.warning)(
+            "%s changed in the config: takes effect at the next restart", name
+        )
+    for problem in loaded.tls_problems:
+        log.error("TLS reload failed, keeping the current certificate: %s", problem)
+    (log.debug if quiet else log.info)("configuration reloaded (%s)", reason)
+
+
+@dataclass
+class _Holders:
+    count: int = 0
+    retired: bool = False
 
 
 class State:
@@ -116,82 +171,84 @@ class State:
         snapshot: Snapshot,
         config_path: Path | None,
         overrides: Mapping[str, object],
-        ssl_context: ssl.SSLContext | None = None,
-        on_reload: Callable[[bool], None] | None = None,
+        attach: AttachAuthn | None = None,
+        quiet: bool = False,
     ) -> None:
         self.current = snapshot
         self._config_path = config_path
         self._overrides = dict(overrides)
-        self._ssl_context = ssl_context
-        self.on_reload = on_reload  # told whether each reload succeeded (metrics)
-        self._seen = self._signatures()
-        self._pending: dict[Path, _Signature] = {}
+        self._attach = attach
+        self._quiet = quiet  # a worker under a supervisor: the parent reports reloads
+        self._watcher = Watcher(snapshot.config.watched_files())
+        self._holders: dict[int, _Holders] = {}
+        self._loading = asyncio.Lock()
 
-    def _signatures(self) -> dict[Path, _Signature]:
-        return {path: _signature(path) for path in self.current.config.watched_files()}
+    async def start(self) -> None:
+        """Attach the running server's backends to the first snapshot (off the loop)."""
+        if self._attach is not None and self.current.authn is None:
+            attach = self._attach
+            first = self.current
+            authn = await asyncio.to_thread(attach, first, None)
+            self.current = replace(first, authn=authn)
 
-    def reload(self, reason: str = "reload requested") -> bool:
-        """Load everything again; on failure keep the current snapshot. True if swapped."""
-        try:
-            snapshot, problems = load_snapshot(
-                self._config_path, self._overrides, self.current.users
+    def enter(self) -> Snapshot:
+        """The snapshot a request uses from start to end; `leave` it when done."""
+        snapshot = self.current
+        self._holders.setdefault(id(snapshot), _Holders()).count += 1
+        return snapshot
+
+    def leave(self, snapshot: Snapshot) -> None:
+        holders = self._holders[id(snapshot)]
+        holders.count -= 1
+        if holders.count == 0:
+            del self._holders[id(snapshot)]
+            if holders.retired:
+                self._close_unused(snapshot)
+
+    async def reload(self, reason: str = "reload requested") -> bool:
+        """Load everything again in a worker thread; on failure keep the current snapshot.
+        True if a new snapshot was swapped in."""
+        async with self._loading:
+            previous = self.current
+            load = functools.partial(
+                load_next, previous, self._config_path, self._overrides, self._attach
             )
-        except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("reload failed, keeping the last good configuration: %s", problem)
-            self._report(ok=False)
-            return False
-        for problem in problems:
-            log.warning("%s (line ignored)", problem)
-        tls_ok = self._reload_tls(snapshot.config)
-        self._apply(snapshot)
-        log.info("configuration reloaded (%s)", reason)
-        self._report(ok=tls_ok)
-        return True
-
-    def _reload_tls(self, config: Config) -> bool:
-        """Load the pair into the live context only once a scratch context took it: a failed
-        load_cert_chain would leave the live context without any certificate."""
-        if self._ssl_context is None:
+            loaded = await asyncio.to_thread(load)
+            report(loaded, reason, self._quiet)
+            metrics.RECORD.reloaded(loaded.ok)
+            if loaded.snapshot is None:
+                return False
+            self._swap(previous, loaded.snapshot)
+            self._watcher.watch(loaded.snapshot.config.watched_files())
             return True
-        problems = load_certificate(server_context(), config.tls_cert, config.tls_key)
-        if not problems:
-            problems = load_certificate(self._ssl_context, config.tls_cert, config.tls_key)
-        for problem in problems:
-            log.error("TLS reload failed, keeping the current certificate: %s", problem)
-        return not problems
 
-    def _report(self, ok: bool) -> None:
-        if self.on_reload is not None:
-            self.on_reload(ok)
+    def _swap(self, previous: Snapshot, snapshot: Snapshot) -> None:
+        self.current = snapshot
+        holders = self._holders.get(id(previous))
+        if holders is None:
+            self._close_unused(previous)
+        else:
+            holders.retired = True
 
-    def _apply(self, snapshot: Snapshot) -> None:
-        """Swap in the new snapshot; settings read only at startup keep their running value."""
-        old, new = self.current.config, snapshot.config
-        kept = {name: getattr(old, name) for name in RESTART_ONLY}
-        changed = [name for name in RESTART_ONLY if getattr(new, name) != kept[name]]
-        if new.timeouts.keepalive != old.timeouts.keepalive:
-            changed.append("timeouts.keepalive")
-        for name in changed:
-            log.warning("%s changed in the config: takes effect at the next restart", name)
-        timeouts = replace(new.timeouts, keepalive=old.timeouts.keepalive)
-        self.current = replace(snapshot, config=replace(new, **kept, timeouts=timeouts))
-
-    def poll(self) -> None:
-        """One poll: load changes that have been stable since the previous poll."""
-        now = self._signatures()
-        changed = [p for p, sig in now.items() if sig != self._seen.get(p)]
-        stable = [p for p in changed if self._pending.get(p, ...) == now[p]]
-        self._pending = {p: now[p] for p in changed}
-        if not changed or len(stable) != len(changed):
+    def _close_unused(self, old: Snapshot) -> None:
+        """Close the old snapshot's backends that the current one does not use."""
+        if old.authn is None:
             return
-        self.reload(", ".join(f"{p} changed" for p in stable))
-        # Signatures from before the load win: an edit made during it is seen next poll.
-        self._seen = {**self._signatures(), **now}
-        self._pending = {}
+        keep = {id(b) for b in self.current.authn.backends} if self.current.authn else set()
+        for backend in old.authn.backends:
+            if id(backend) not in keep:
+                backend.close()
+
+    def close(self) -> None:
+        """At shutdown: close the current snapshot's backends."""
+        if self.current.authn is not None:
+            for backend in self.current.authn.backends:
+                backend.close()
 
     async def watch(self) -> None:
-        """Poll forever; cancelled at shutdown."""
+        """Poll forever (cancelled at shutdown)."""
         while True:
             await asyncio.sleep(POLL_INTERVAL)
-            self.poll()
+            changed = self._watcher.stable_changes()
+            if changed:
+                await self.reload(", ".join(f"{p} changed" for p in changed))

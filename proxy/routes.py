@@ -150,18 +150,6 @@ def without_mount(query: str) -> str:
 CATALOG_MAX = 1000  # the registry refuses larger pages
 
 
-def catalog_page(query: str) -> tuple[int, str] | Refusal:
-    """`n` (default 100, as the registry) and `last` of a `_catalog` request."""
-    params = dict(parse_qsl(query, keep_blank_values=True))
-    last = params.get("last", "")
-    if last and not valid_name(last):
-        return Refusal(400, "NAME_INVALID", "invalid repository name in 'last'")
-    text = params.get("n", "100")
-    if not re.fullmatch(r"[0-9]{1,4}", text) or not 0 < int(text) <= CATALOG_MAX:
-        return Refusal(400, "PAGINATION_NUMBER_INVALID", f"n must be 1 to {CATALOG_MAX}")
-    return int(text), last
-
-
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 

@@ -1,57 +1,85 @@
-"""The server: one request's walk (classify -> authenticate -> authorize -> forward) and the
-process lifecycle (startup, live reload, graceful shutdown on SIGTERM/SIGINT, reload on SIGHUP).
+"""The server: one request's walk, and the worker's lifecycle.
+
+A request takes one snapshot of the configuration and walks down the steps with it:
+classify -> authenticate -> authorize -> forward (or answer: ping, catalog, token) -> log.
+`Server` owns the lifecycle: startup (every resource registered for cleanup as it is made),
+serving until SIGTERM/SIGINT, a graceful drain, and shutdown; SIGHUP reloads every file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import json
+import contextlib
+import functools
 import logging
 import os
 import signal
 import socket
-import ssl
-import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from . import metrics
-from .accesslog import BYTES_KEY, SINK, USER_KEY, access_logger_class
-from .authn.chain import Authentication, Backends, Denied
-from .authn.htpasswd import HtpasswdAuthenticator
-from .cache import blob_key, cache_key
-from .config import Config
-from .credentials import basic_header, groups_of
-from .errors import error_response, ping_response, unauthorized
-from .forward import Forwarder
-from .peers import Peers, SharedThrottle
-from .policy import Identity, IPAddress, IPNetwork, authorize, client_address, decide
+from .accesslog import BYTES_KEY, USER_KEY, access_logger_class
+from .addresses import Origin, origin, peer_address
+from .audit import audit
+from .authn.chain import Authentication, Authenticators, BackendFactory, Denied
+from .catalog import fetch_page, filtered, new_key, next_link, parse_page
+from .errors import (
+    API_VERSION,
+    API_VERSION_HEADER,
+    SERVER,
+    error_response,
+    ping_response,
+    unauthorized,
+)
+from .forward import Forwarder, Route
+from .headcache import CachingForwarder
+from .health import Health, probe
+from .identity import Identity
+from .limits import Gate, capacity, raise_open_files_limit
+from .listener import Connections, Listener
+from .logsetup import reopen_logs
+from .memory import release_memory
+from .peers import Peers
+from .policy import authorize, decide
 from .reload import State
-from .routes import Operation, Refusal, body_refusal, catalog_page, classify, without_mount
+from .routes import Operation, Refusal, body_refusal, classify, without_mount
+from .snapshot import Snapshot
+from .store import LocalStore
 from .throttle import Throttle
-from .token import issue
+from .token_endpoint import token_endpoint
 
 log = logging.getLogger("regproxy")
-access_log = logging.getLogger("regproxy.access")
-audit_log = logging.getLogger("regproxy.audit")
 
 MAX_LINE = 8190
 MAX_FIELD = 8190
+RETRY_SOON = {"Retry-After": "1"}
 
 
 class Handler:
-    """The request path. Reads the current snapshot once per request."""
+    """The request path: one snapshot per request, passed down to every step."""
 
-    def __init__(self, state: State, authentication: Authentication, forwarder: Forwarder) -> None:
+    def __init__(
+        self,
+        state: State,
+        authentication: Authentication,
+        forwarder: CachingForwarder,
+        health: Health,
+        session: aiohttp.ClientSession,
+        catalog_key: bytes,
+    ) -> None:
         self._state = state
         self._authentication = authentication
         self._forwarder = forwarder
+        self._health = health
+        self._session = session
+        self._catalog_key = catalog_key
+        self._gate = Gate()
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -59,9 +87,11 @@ class Handler:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         self._in_flight += 1
         self._idle.clear()
+        snapshot = self._state.enter()
         try:
-            return await self._dispatch(request)
+            return await self._dispatch(request, snapshot)
         finally:
+            self._state.leave(snapshot)
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
@@ -74,32 +104,70 @@ class Handler:
             return False
         return True
 
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _dispatch(self, request: web.BaseRequest, snapshot: Snapshot) -> web.StreamResponse:
+        config = snapshot.config
         path, _, query = request.raw_path.partition("?")
-        token = self._state.current.config.token
-        if token is not None and path == token.path:
-            return await self._token(request)
+        where = origin(
+            peer_address(request.remote),
+            request.headers.getall("X-Forwarded-For", []),
+            config.trusted_proxies,
+        )
+        if config.token is not None and path == config.token.path:
+            return await token_endpoint(
+                request,
+                snapshot,
+                functools.partial(self._identify, address=where, snapshot=snapshot),
+                functools.partial(_denied, realm=config.realm),
+            )
         operation = classify(request.method, path, query)
         if isinstance(operation, Refusal):
             metrics.RECORD.request("refused", operation.status)
             return error_response(operation.status, operation.code, operation.message)
-        response = await self._handle(request, operation, path, query)
+        address = f"addr:{where.address}"
+        if not self._gate.enter(address, config.limits.per_address):
+            return _busy(f"too many requests in flight from {where.address}")
+        try:
+            response = await self._handle(request, operation, snapshot, where)
+        finally:
+            self._gate.leave(address)
         metrics.RECORD.request(operation.action or operation.kind, response.status)
         return response
 
+    async def _identify(
+        self, authorization: list[str], address: Origin, snapshot: Snapshot
+    ) -> Identity | Denied:
+        assert snapshot.authn is not None  # attached by the State of a running server
+        return await self._authentication.identify(authorization, address.address, snapshot.authn)
+
     async def _handle(
-        self, request: web.BaseRequest, operation: Operation, path: str, query: str
+        self, request: web.BaseRequest, operation: Operation, snapshot: Snapshot, where: Origin
     ) -> web.StreamResponse:
-        snapshot = self._state.current
         config = snapshot.config
-        raw_path = request.raw_path
         refused = body_refusal(operation, request.headers.get("Content-Type", ""))
         if refused is not None:
             return error_response(refused.status, refused.code, refused.message)
-        who = await self._identify(request, request.headers.getall("Authorization", []))
+        who = await self._identify(request.headers.getall("Authorization", []), where, snapshot)
         if isinstance(who, Denied):
             return _denied(who, config.realm)
         request[USER_KEY] = who.user or "-"
+        user = f"user:{who.user}"
+        if who.user is not None and not self._gate.enter(user, config.limits.per_user):
+            return _busy(f"too many requests in flight for {who.user}")
+        try:
+            return await self._authorized(request, operation, snapshot, who, where)
+        finally:
+            if who.user is not None:
+                self._gate.leave(user)
+
+    async def _authorized(
+        self,
+        request: web.BaseRequest,
+        operation: Operation,
+        snapshot: Snapshot,
+        who: Identity,
+        where: Origin,
+    ) -> web.StreamResponse:
+        config = snapshot.config
         verdict = authorize(snapshot.rules, who, operation)
         if not verdict.allowed:
             refusal = (
@@ -107,125 +175,78 @@ class Handler:
                 if who.anonymous
                 else error_response(403, "DENIED", f"{operation.action} access denied")
             )
-            _audit(who, operation, refusal.status)
+            audit(who, operation, refusal.status)
             return refusal
         upstream = verdict.decision.upstream or config.upstream
+        path, _, query = request.raw_path.partition("?")
         if operation.kind == "catalog":
-            return await self._catalog(request, query, who, upstream)
-        if operation.kind == "ping" and self._forwarder.answers_pings(upstream):
+            return await self._catalog(request, query, who, upstream, snapshot, where)
+        if operation.kind == "ping" and self._health.answers_pings(upstream):
             return ping_response()
+        raw_path = request.raw_path
         if verdict.drop_mount:
             log.info("mount from %s dropped for %s", operation.mount_from, who.user or "-")
             kept = without_mount(query)
             raw_path = f"{path}?{kept}" if kept else path
-        key = None
-        if config.cache_ttl > 0:
-            key = cache_key(request.method, operation, upstream, path, query, request.headers)
-        if key is not None and (hit := await self._forwarder.cached(request, key)) is not None:
-            metrics.RECORD.cache_hit()
-            return hit
-        forwarded_for = _forwarded_for(request, config.trusted_proxies)
-        store = (key, config.cache_ttl) if key is not None else None
+        route = Route(upstream, raw_path, where.forwarded_for)
         with metrics.RECORD.forwarding():
             response = await self._forwarder.forward(
-                request, upstream, raw_path, config.timeouts, forwarded_for, store
-            )
-        gone = blob_key(operation, upstream, path)
-        if gone is not None:
-            self._forwarder.forget(gone)
+                request, route, operation, config.timeouts, config.limits.upstream_wait,
+                config.cache_ttl,
+            )  # fmt: skip
+        self._health.answered(upstream, raw_path, response.status)
         metrics.RECORD.transferred(request.content.total_bytes, request.get(BYTES_KEY, 0))
-        _audit(who, operation, response.status)
+        audit(who, operation, response.status)
         return response
 
-    async def _token(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The token endpoint: GET with Basic credentials, or the OAuth2 password grant."""
-        snapshot = self._state.current
-        settings, signer = snapshot.config.token, snapshot.signer
-        assert settings is not None and signer is not None  # load_snapshot pairs them
-        if request.method == "GET":
-            params = request.query
-            authorization = request.headers.getall("Authorization", [])
-        elif request.method == "POST":
-            try:
-                params = await request.post()  # type: ignore[assignment]
-            except ValueError:
-                return _oauth_error(400, "invalid_request", "malformed form")
-            if params.get("grant_type") != "password":
-                return _oauth_error(400, "unsupported_grant_type")
-            user, password = str(params.get("username", "")), str(params.get("password", ""))
-            authorization = [basic_header(user, password)] if user else []
-        else:
-            return _oauth_error(405, "invalid_request")
-        if params.get("service") != settings.service:
-            return _oauth_error(400, "invalid_request", "unknown service")
-        who = await self._identify(request, authorization)
-        if isinstance(who, Denied):
-            return _denied(who, snapshot.config.realm)
-        account = params.get("account")
-        if account and account != who.user:
-            return _oauth_error(400, "invalid_request", "account does not match the credentials")
-        request[USER_KEY] = who.user or "-"
-        scopes = [str(v) for v in params.getall("scope", [])]
-        answer = issue(settings, signer, snapshot.rules, who, scopes)
-        log.info("token for %s: %s", who.user or "anonymous", answer["scope"] or "(no access)")
-        return web.json_response(answer)
-
-    async def _identify(
-        self, request: web.BaseRequest, authorization: list[str]
-    ) -> Identity | Denied:
-        """The caller, at the client address that trusted proxies vouch for."""
-        config = self._state.current.config
-        address = client_address(
-            _peer(request), request.headers.getall("X-Forwarded-For", []), config.trusted_proxies
-        )
-        self._authentication.throttle.settings = config.throttle
-        return await self._authentication.identify(authorization, address)
-
     async def _catalog(
-        self, request: web.BaseRequest, query: str, who: Identity, upstream: str
+        self,
+        request: web.BaseRequest,
+        query: str,
+        who: Identity,
+        upstream: str,
+        snapshot: Snapshot,
+        where: Origin,
     ) -> web.StreamResponse:
-        page = catalog_page(query)
+        page = parse_page(query, self._catalog_key)
         if isinstance(page, Refusal):
             return error_response(page.status, page.code, page.message)
-        snapshot = self._state.current
+        n, last = page
+        rules, default = snapshot.rules, snapshot.config.upstream
 
-        def may_pull(repository: str) -> bool:
-            decision = decide(snapshot.rules, who, "pull", repository)
-            return decision.allowed and (decision.upstream or snapshot.config.upstream) == upstream
+        def may_pull(names: list[str]) -> list[bool]:
+            decisions = (decide(rules, who, "pull", name) for name in names)
+            return [d.allowed and (d.upstream or default) == upstream for d in decisions]
 
-        forwarded_for = _forwarded_for(request, snapshot.config.trusted_proxies)
-        return await self._forwarder.catalog(
-            request, upstream, page, may_pull, snapshot.config.timeouts, forwarded_for
-        )
+        async def allow(names: list[str]) -> list[bool]:
+            return await asyncio.to_thread(may_pull, names)  # rule matching off the loop
 
-
-def _peer(request: web.BaseRequest) -> IPAddress | None:
-    return _ip(request.remote or "")
-
-
-@lru_cache(maxsize=4096)
-def _ip(text: str) -> IPAddress | None:
-    """Parsed once per distinct peer: ipaddress costs more than the rest of a 401."""
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def _forwarded_for(request: web.BaseRequest, trusted: tuple[IPNetwork, ...]) -> str:
-    """The X-Forwarded-For to send: the client's chain only when it came through a trusted
-    proxy, always ending with the peer that connected to us."""
-    peer = _peer(request)
-    own = str(peer) if peer else "unknown"
-    chain = ", ".join(request.headers.getall("X-Forwarded-For", []))
-    if chain and peer is not None and any(peer in network for network in trusted):
-        return f"{chain}, {own}"
-    return own
+        timeouts = snapshot.config.timeouts
+        headers = {
+            "Host": request.host,
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-For": where.forwarded_for,
+        }
+        timeout = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.read)
+        fetch = functools.partial(fetch_page, self._session, upstream, headers, timeout)
+        try:
+            listing = await filtered(fetch, allow, n, last)
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            return error_response(504, "UNAVAILABLE", "upstream registry timed out")
+        except (aiohttp.ClientError, ValueError) as exc:
+            log.warning("upstream %s catalog failed: %s", upstream, exc)
+            return error_response(502, "UNAVAILABLE", "upstream registry catalog failed")
+        response = web.json_response({"repositories": listing.repositories})
+        link = next_link(listing, n, self._catalog_key)
+        if link is not None:
+            response.headers["Link"] = link
+        response.headers[API_VERSION_HEADER] = API_VERSION
+        response.headers["Server"] = SERVER
+        return response
 
 
-def _oauth_error(status: int, error: str, description: str = "") -> web.Response:
-    body = {"error": error, **({"error_description": description} if description else {})}
-    return web.json_response(body, status=status)
+def _busy(message: str) -> web.Response:
+    return error_response(429, "TOOMANYREQUESTS", message, RETRY_SOON)
 
 
 def _denied(denied: Denied, realm: str) -> web.Response:
@@ -236,127 +257,145 @@ def _denied(denied: Denied, realm: str) -> web.Response:
     return error_response(denied.status, code, denied.message, headers)
 
 
-def _audit(who: Identity, operation: Operation, status: int) -> None:
-    """Push and delete decisions, allowed or refused, as one JSON line each."""
-    if operation.action not in ("push", "delete"):
-        return
-    audit_log.info(
-        json.dumps(
-            {
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "client": str(who.address) if who.address else None,
-                "user": who.user,
-                "action": operation.action,
-                "repository": operation.repository,
-                "reference": operation.reference,
-                "status": status,
-            }
-        )
-    )
-
-
 class Server:
-    """Owns the lifecycle: startup() -> serve until a signal -> shutdown()."""
+    """Owns one worker's lifecycle: startup() -> serve until a signal -> shutdown().
+
+    `peers`: the other workers of this machine (None when alone); `quiet`: a supervisor
+    reports reloads and lifecycle, this worker only logs them at debug level."""
 
     def __init__(
-        self, state: State, ssl_context: ssl.SSLContext | None, peers: Peers | None = None
+        self,
+        snapshot: Snapshot,
+        config_path: Path | None,
+        overrides: Mapping[str, object],
+        peers: Peers | None = None,
+        catalog_key: bytes | None = None,
+        quiet: bool = False,
     ) -> None:
-        self.state = state
-        self.ssl_context = ssl_context
-        self._peers = peers  # the other workers, when there are several
+        self._first = snapshot
+        self._config_path = config_path
+        self._overrides = dict(overrides)
+        self._peers = peers
+        self._catalog_key = catalog_key or new_key()
+        self._quiet = quiet
+        self.state: State | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stop = asyncio.Event()
         self._stops_requested = 0
-        self._cleanup: list[Callable[[], Awaitable[None]]] = []
+        self._stack = contextlib.AsyncExitStack()
+        self._reloads: set[asyncio.Task[bool]] = set()
 
     async def serve(self, sock: socket.socket) -> None:
         """Run until SIGTERM/SIGINT, then drain. SIGHUP reloads every file."""
         await self.startup(sock)
-        self._install_signals()
         try:
+            self._install_signals()
             await self._stop.wait()
-            log.info(
+            (log.debug if self._quiet else log.info)(
                 "shutting down: no new connections, draining for up to %ss",
-                self.state.current.config.timeouts.drain,
+                self._first.config.timeouts.drain,
             )
         finally:
             await self.shutdown()
-        log.info("stopped")
+        (log.debug if self._quiet else log.info)("stopped")
 
     async def startup(self, sock: socket.socket) -> None:
-        """Accept connections on the (already bound) socket and start watching files."""
-        config = self.state.current.config
+        """Accept connections on the (already bound) socket and start watching files. A
+        failure at any step closes everything made before it."""
+        try:
+            await self._start(sock)
+        except BaseException:
+            await self.shutdown()
+            raise
+
+    async def _start(self, sock: socket.socket) -> None:
+        stack = self._stack
+        config = self._first.config
         if config.metrics_listen is not None:
             metrics.enable()
         executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
-        forwarder = Forwarder(config.timeouts.keepalive)
-        htpasswd = HtpasswdAuthenticator(lambda: self.state.current.users, executor)
-        backends = Backends(lambda: self.state.current.config, htpasswd)
-        throttle = Throttle(config.throttle)
-        if self._peers is not None:  # several workers: failed logins count across them
-            throttle = SharedThrottle(config.throttle, self._peers)
-        authentication = Authentication(
-            backends,
-            throttle,
-            lambda user: groups_of(self.state.current.users.groups, user),
+        stack.callback(executor.shutdown, wait=False, cancel_futures=True)
+        store = LocalStore(self._peers)
+        stack.push_async_callback(store.close)
+        await store.start()
+        clock = time.monotonic
+        throttle = Throttle(store.publish)
+        factory = BackendFactory(executor, clock)
+
+        def attach(snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
+            c = snapshot.config
+            old = previous.authn.backends if previous and previous.authn else ()
+            backends = factory.build(
+                c.auth_backends, snapshot.users, c.ldap, c.credentials_cache, old
+            )
+            return Authenticators(backends, snapshot.users, c.throttle)
+
+        state = self.state = State(
+            self._first, self._config_path, self._overrides, attach, self._quiet
         )
-        handler = Handler(self.state, authentication, forwarder)
-        server = web.Server(
+        stack.callback(state.close)
+        await state.start()
+        store.subscribe(lambda event: throttle.apply(event, clock(), state.current.config.throttle))
+        room = capacity(config.limits, raise_open_files_limit())
+        forwarder = Forwarder(room.upstream, config.timeouts.keepalive)
+        stack.push_async_callback(forwarder.close)
+        handler = Handler(
+            state,
+            Authentication(throttle, clock),
+            CachingForwarder(forwarder, store, clock),
+            Health(clock),
+            forwarder.session,
+            self._catalog_key,
+        )
+        listener = Listener(sock, lambda: state.current.tls, config.timeouts, room.connections)
+        connections = Connections(
             handler,
+            listener,
+            config.timeouts.header,
             handler_cancellation=True,
             access_log_class=access_logger_class(config.access_log),
-            access_log=access_log,
+            access_log=logging.getLogger("regproxy.access"),
             max_line_size=MAX_LINE,
             max_field_size=MAX_FIELD,
             auto_decompress=False,
             keepalive_timeout=config.timeouts.keepalive,
         )
-        runner = web.ServerRunner(server, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.SockSite(runner, sock, ssl_context=self.ssl_context)
-        await site.start()
-        watcher = asyncio.create_task(self.state.watch())
-        trimmer = asyncio.create_task(release_memory())
-        stop_listening = throttle.listen() if isinstance(throttle, SharedThrottle) else None
 
         async def drain() -> None:
             # aiohttp's own graceful shutdown stops reading request bodies, which would stall
             # an upload in flight: stop accepting, let handlers finish, and only then close.
-            await site.stop()
-            drain_timeout = self.state.current.config.timeouts.drain
+            listener.stop()
+            drain_timeout = state.current.config.timeouts.drain
             if not await handler.drained(drain_timeout):
                 log.warning("drain timeout (%ss): closing requests still running", drain_timeout)
-            await runner.cleanup()
+            connections.pre_shutdown()
+            await connections.shutdown(1.0)
 
-        async def stop_watching() -> None:
-            watcher.cancel()
-            trimmer.cancel()
-            if stop_listening is not None:
-                stop_listening()
-
-        async def stop_executor() -> None:
-            backends.close()
-            executor.shutdown(wait=False, cancel_futures=True)
-
-        # Reverse order at shutdown: stop watching, drain connections, close the pool.
-        self._cleanup = [stop_executor, forwarder.close, drain, stop_watching]
-        self.state.on_reload = lambda ok: metrics.RECORD.reloaded(ok)  # RECORD read per call
+        listener.start(connections)
+        stack.push_async_callback(drain)
+        chores = [release_memory()] + ([] if self._quiet else [state.watch()])
+        for chore in chores:  # a supervised worker is told of edits by its supervisor
+            stack.callback(asyncio.ensure_future(chore).cancel)
         if config.metrics_listen is not None:
-            self._cleanup.append(await self._start_admin(config, forwarder))
+            await self._start_admin(forwarder)
         self.port = sock.getsockname()[1]
-        scheme = "https" if self.ssl_context else "http"
-        log.info("regproxy listening on %s://%s -> %s", scheme, config.listen, config.upstream)
+        (log.debug if self._quiet else log.info)(
+            "regproxy listening on https://%s -> %s (up to %d connections per worker)",
+            config.listen,
+            config.upstream,
+            room.connections,
+        )
 
-    async def _start_admin(
-        self, config: Config, forwarder: Forwarder
-    ) -> Callable[[], Awaitable[None]]:
+    async def _start_admin(self, forwarder: Forwarder) -> None:
         """`/metrics` and `/health` on their own plain-HTTP listener (keep it on loopback or
         a management network); every worker binds it with SO_REUSEPORT."""
+        state = self.state
+        assert state is not None
 
         async def health(_: web.BaseRequest) -> web.Response:
-            current = self.state.current.config
-            ok = await forwarder.probe(current.upstream, current.timeouts)
+            current = state.current.config
+            ok = await probe(forwarder.session, current.upstream, current.timeouts)
             body = {"status": "ok" if ok else "upstream unavailable", "upstream": current.upstream}
             return web.json_response(body, status=200 if ok else 503)
 
@@ -367,9 +406,11 @@ class Server:
                 return web.Response(status=404, text="not found\n")
             return await handler(request)
 
+        config = state.current.config
+        assert config.metrics_listen is not None
         runner = web.ServerRunner(web.Server(admin), shutdown_timeout=1)
         await runner.setup()
-        assert config.metrics_listen is not None
+        self._stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(
             runner,
             config.metrics_listen.host,
@@ -378,19 +419,28 @@ class Server:
         )
         await site.start()
         self.metrics_port = runner.addresses[0][1]
-        log.info("metrics and health on http://%s", config.metrics_listen)
-        return runner.cleanup
+        (log.debug if self._quiet else log.info)(
+            "metrics and health on http://%s", config.metrics_listen
+        )
 
     async def shutdown(self) -> None:
-        while self._cleanup:
-            await self._cleanup.pop()()
+        """Close everything startup made, in reverse order (safe to call twice)."""
+        for task in self._reloads:
+            task.cancel()
+        await self._stack.aclose()
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.state.reload, "SIGHUP")
+        loop.add_signal_handler(signal.SIGHUP, self._reload, "SIGHUP")
         loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
+
+    def _reload(self, reason: str) -> None:
+        assert self.state is not None
+        task = asyncio.ensure_future(self.state.reload(reason))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     def request_stop(self) -> None:
         """First signal: graceful stop. Second: exit at once."""
@@ -399,54 +449,3 @@ class Server:
             log.warning("second stop signal: exiting without draining")
             os._exit(1)
         self._stop.set()
-
-
-TRIM_INTERVAL = 1.0
-
-
-async def release_memory() -> None:
-    """Hand freed heap pages back to the system once a second (glibc's malloc_trim).
-
-    Each TLS connection reads into 256 KiB blocks (uvloop) that glibc serves from the heap once
-    a large block has been freed; the pages they touched stay resident after the connection
-    is gone, so without this a worker's RSS only ever grows. Measured over the bench's order of
-    cases on 2 workers (64 and 256 connections, downloads, uploads): the largest worker peaks at
-    47 MiB instead of 54 and falls back to 40 between cases; a call takes about 0.1 ms (1.4 ms
-    when it releases much). Allocators without malloc_trim are left alone."""
-    import ctypes
-
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    while True:
-        await asyncio.sleep(TRIM_INTERVAL)
-        trim(0)
-
-
-def reopen_logs() -> None:
-    """SIGUSR1 (logrotate's postrotate): log files are reopened at their configured paths."""
-    SINK.reopen()
-    for handler in audit_log.handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.close()  # the next line written opens the path afresh
-    log.info("log files reopened")
-
-
-def configure_logging(
-    level: str, access_log_path: Path | None, audit_log_path: Path | None = None
-) -> None:
-    """Diagnostics to stderr; access lines to stdout or a file; audit lines to their file
-    (or, without one, to stderr with the diagnostics)."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    SINK.open(access_log_path)
-    audit_log.setLevel(logging.INFO)
-    if audit_log_path is not None:
-        handler = logging.FileHandler(audit_log_path)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        audit_log.addHandler(handler)
-        audit_log.propagate = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from .credentials import Problem
+from .problems import Problem
 
 # TLS 1.2 suites; TLS 1.3 suites are always AEAD and are left at OpenSSL's defaults.
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!MD5:!DSS:!SHA1"

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .credentials import Problem
-from .policy import Identity, Rule, decide
+from .identity import Identity
+from .policy import Rule, decide
+from .problems import Problem
 from .routes import ACTIONS, Action, valid_name
 
 if TYPE_CHECKING:  # cryptography and joserfc are imported only in token server mode

@@ -22,9 +22,9 @@ from aiohttp import web
 from hypothesis import settings
 
 from proxy.credentials import hash_password
-from proxy.reload import State, load_snapshot
+from proxy.reload import State
 from proxy.server import Server
-from proxy.tls import load_certificate, server_context
+from proxy.snapshot import load_snapshot
 
 # Property tests: a quick profile for `make test`, a long one for `make fuzz`.
 settings.register_profile("default", max_examples=300, deadline=None)
@@ -188,16 +188,15 @@ async def make_proxy(
             f"tls:\n  cert: {tls.cert}\n  key: {tls.key}\n" + extra_yaml
         )
         snapshot, _ = load_snapshot(config_path, {})
-        context = server_context()
-        assert load_certificate(context, tls.cert, tls.key) == []
-        state = State(snapshot, config_path, {}, context)
-        server = Server(state, context)
+        server = Server(snapshot, config_path, {})
         sock = free_socket()
         await server.startup(sock)
+        assert server.state is not None
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=tls.client_context()), auto_decompress=False
         )
-        running = RunningProxy(server, state, tmp_path, f"https://localhost:{server.port}", session)
+        url = f"https://localhost:{server.port}"
+        running = RunningProxy(server, server.state, tmp_path, url, session)
         started.append(running)
         return running
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from proxy.acl import parse_acl_text
-from proxy.config import ConfigError, load, read_text
-from proxy.policy import Identity, Rule, authorize, decide, glob_regex
+from proxy.config import load
+from proxy.identity import Identity
+from proxy.policy import Rule, authorize, decide, glob_regex
+from proxy.problems import ConfigError, read_text
 from proxy.routes import Operation, classify
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from proxy.authn import Outcome
+from proxy.authn.cache import VerifiedCache
 from proxy.authn.htpasswd import HtpasswdAuthenticator, UserFiles
 from proxy.credentials import PasswordHash, hash_password, parse_groups, parse_htpasswd
 
@@ -35,6 +36,12 @@ def files(text: str, groups: str = "pusher: alice\nteam: alice bob\n") -> UserFi
     return UserFiles.build(parse_htpasswd(text, "htpasswd"), parse_groups(groups, "groups")[0])
 
 
+def htpasswd(
+    user_files: UserFiles, executor: RecordingExecutor, cache: VerifiedCache[bool] | None = None
+) -> HtpasswdAuthenticator:
+    return HtpasswdAuthenticator(user_files, cache or VerifiedCache(300, 100), executor)
+
+
 @pytest.fixture
 def executor() -> RecordingExecutor:
     pool = RecordingExecutor()
@@ -46,7 +53,7 @@ ALICE = f"alice:{hash_password('secret', cost=6)}\nbob:{hash_password('pw', cost
 
 
 async def test_outcomes_and_groups(executor: RecordingExecutor) -> None:
-    authn = HtpasswdAuthenticator(lambda: files(ALICE), executor)
+    authn = htpasswd(files(ALICE), executor)
     ok = await authn.authenticate("alice", "secret")
     assert ok.outcome is Outcome.OK and ok.groups == {"pusher", "team"}
     assert (await authn.authenticate("alice", "wrong")).outcome is Outcome.WRONG_PASSWORD
@@ -55,7 +62,7 @@ async def test_outcomes_and_groups(executor: RecordingExecutor) -> None:
 
 
 async def test_hashing_runs_off_the_event_loop(executor: RecordingExecutor) -> None:
-    authn = HtpasswdAuthenticator(lambda: files(ALICE), executor)
+    authn = htpasswd(files(ALICE), executor)
     await authn.authenticate("alice", "secret")
     assert executor.threads and threading.main_thread().name not in executor.threads
 
@@ -64,7 +71,7 @@ async def test_unknown_user_costs_the_same_hash_as_a_wrong_password(
     executor: RecordingExecutor,
 ) -> None:
     user_files = files(ALICE)
-    authn = HtpasswdAuthenticator(lambda: user_files, executor)
+    authn = htpasswd(user_files, executor)
     await authn.authenticate("alice", "wrong")
     await authn.authenticate("mallory", "wrong")
     real, dummy = executor.verified
@@ -76,25 +83,26 @@ async def test_unknown_user_costs_the_same_hash_as_a_wrong_password(
 async def test_cache_skips_rehash_and_follows_password_changes(
     executor: RecordingExecutor,
 ) -> None:
-    current = files(ALICE)
-    authn = HtpasswdAuthenticator(lambda: current, executor)
+    cache: VerifiedCache[bool] = VerifiedCache(300, 100)
+    authn = htpasswd(files(ALICE), executor, cache)
     for _ in range(5):
         assert (await authn.authenticate("alice", "secret")).outcome is Outcome.OK
     assert len(executor.verified) == 1
     # A wrong password is never answered from the cache.
     assert (await authn.authenticate("alice", "secret2")).outcome is Outcome.WRONG_PASSWORD
     assert len(executor.verified) == 2
-    # The password changes in the file: the old one stops working at once.
-    current = files(f"alice:{hash_password('new', cost=4)}\n")
+    # The password changes in the file (a reload: a new snapshot, the same cache): the old
+    # one stops working at once.
+    authn = htpasswd(files(f"alice:{hash_password('new', cost=4)}\n"), executor, cache)
     assert (await authn.authenticate("alice", "secret")).outcome is Outcome.WRONG_PASSWORD
     assert (await authn.authenticate("alice", "new")).outcome is Outcome.OK
     # The user is removed: no cached success survives.
-    current = files("bob:" + hash_password("pw", cost=4) + "\n")
+    authn = htpasswd(files("bob:" + hash_password("pw", cost=4) + "\n"), executor, cache)
     assert (await authn.authenticate("alice", "new")).outcome is Outcome.NO_SUCH_USER
 
 
 async def test_concurrent_identical_checks_share_one_hash(executor: RecordingExecutor) -> None:
-    authn = HtpasswdAuthenticator(lambda: files(ALICE), executor)
+    authn = htpasswd(files(ALICE), executor)
     results = await asyncio.gather(*(authn.authenticate("alice", "secret") for _ in range(20)))
     assert all(r.outcome is Outcome.OK for r in results)
     assert len(executor.verified) == 1

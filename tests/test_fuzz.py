@@ -11,9 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.acl import parse_acl_text
-from proxy.config import ConfigError, load
+from proxy.addresses import origin, parse_networks
+from proxy.config import load
 from proxy.credentials import MalformedCredentials, parse_basic_auth, parse_groups, parse_htpasswd
-from proxy.policy import client_address, parse_networks
+from proxy.problems import ConfigError
 from proxy.token import parse_scopes
 
 LINES = st.lists(
@@ -93,8 +94,9 @@ def test_authorization_headers(values: list[str]) -> None:
 @given(st.lists(st.text(max_size=60), max_size=4), st.ip_addresses())
 def test_forwarded_for_never_raises(values: list[str], peer: object) -> None:
     trusted = parse_networks(["10.0.0.0/8", "::1/128"])
-    result = client_address(peer, values, trusted)  # type: ignore[arg-type]
-    assert isinstance(result, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    result = origin(peer, values, trusted)  # type: ignore[arg-type]
+    assert isinstance(result.address, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    assert result.forwarded_for.endswith(str(peer))
 
 
 @given(st.lists(st.text(max_size=80), max_size=4))

@@ -245,7 +245,7 @@ async def test_forwarded_for_is_ignored_from_untrusted_peers(
             assert resp.status == 401
     async with proxy.session.get(
         proxy.url + "/v2/",
-        headers={"X-Forwarded-For": "203.0.113.99", "Authorization": PUSH},
+        headers={"X-Forwarded-For": "203.0.113.99", "Authorization": basic("x", "y")},
     ) as resp:
         assert resp.status == 429
 
@@ -427,6 +427,6 @@ async def test_a_mismatched_certificate_on_reload_keeps_the_old_one(
     proxy.config.write_text(
         text + f"tls:\n  cert: {directory / 'server.crt'}\n  key: {directory / 'server.key'}\n"
     )
-    assert proxy.state.reload("test") is True  # the rest of the config is fine
+    assert await proxy.state.reload("test") is True  # the rest of the config is fine
     async with proxy.session.get(proxy.url + "/v2/", headers={"Authorization": PULL}) as resp:
         assert resp.status == 200  # handshakes still use the old certificate

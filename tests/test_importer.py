@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.config import Config, Listen, load
-from proxy.credentials import Problem
+from proxy.identity import Identity
 from proxy.importer import Imported, import_config
-from proxy.policy import Identity, decide, recipe_rules
+from proxy.policy import decide, recipe_rules
+from proxy.problems import Problem
 from proxy.routes import ACTIONS
 
 # The recipe's httpd.conf as the docs write it, sections included.

@@ -154,12 +154,12 @@ async def test_sighup_style_reload_of_tls_certificate(
     leaf.private_key_pem.write_to_path(str(key))
     text = proxy.config.read_text()
     replace_file(proxy.config, text + f"tls:\n  cert: {cert}\n  key: {key}\n")
-    assert proxy.state.reload("test") is False  # duplicate 'tls' key: refused, old kept
+    assert await proxy.state.reload("test") is False  # duplicate 'tls' key: refused, old kept
     replace_file(
         proxy.config,
         text.split("tls:")[0] + f"tls:\n  cert: {cert}\n  key: {key}\n",
     )
-    assert proxy.state.reload("test") is True
+    assert await proxy.state.reload("test") is True
     context = ssl.create_default_context()
     new_ca.configure_trust(context)
     _, writer = await asyncio.open_connection(

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from proxy.config import ConfigError, load
-from proxy.policy import Identity, recipe_rules
+from proxy.config import load
+from proxy.identity import Identity
+from proxy.policy import recipe_rules
+from proxy.problems import ConfigError
 from proxy.token import Scope, granted, parse_scopes
 from tests.conftest import USERS, ProxyFactory, basic
 
@@ -144,7 +146,7 @@ def test_check_validates_the_token_section(tmp_path: Path) -> None:
     text = str(caught.value)
     assert f"{config}:4: token.expiry: at most 86400 seconds" in text
     assert f"{config}:5: token.path: must not be under /v2" in text
-    from proxy.reload import load_snapshot
+    from proxy.snapshot import load_snapshot
 
     config.write_text(token_yaml(other_key, cert))
     (tmp_path / "htpasswd").write_text("u:$apr1$abcdefgh$0123456789012345678901\n")

@@ -31,8 +31,15 @@ class BackendUnavailable(Exception):
 
 
 class Authenticator(Protocol):
+    """One backend. Built at reload (off the event loop) and held by a snapshot; `close()` is
+    called once no request holds that snapshot any more and the new one does not reuse it."""
+
     async def authenticate(self, user: str, password: str) -> AuthResult:
         """Check one user's password; see the module docstring for the contract."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads; later checks raise BackendUnavailable."""
         ...
 
 

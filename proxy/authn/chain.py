@@ -3,6 +3,10 @@
 Backends are asked in order: `NO_SUCH_USER` passes to the next one, `WRONG_PASSWORD` stops
 the chain, and a backend that cannot answer makes the request fail with 503 (never a silent
 allow, never a fall-through to a weaker backend). Failures feed the brute-force throttle.
+
+What a request authenticates against (`Authenticators`: the backends, the group file, the
+throttle settings) belongs to one configuration snapshot and is passed in with the request;
+`BackendFactory` builds it at reload, off the event loop, reusing what has not changed.
 """
 
 from __future__ import annotations
@@ -11,19 +15,21 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import metrics
-from ..config import Config
+from ..addresses import IPAddress
 from ..credentials import MalformedCredentials, parse_basic_auth
-from ..policy import Identity, IPAddress
-from ..throttle import Throttle
+from ..identity import Identity
+from ..throttle import Throttle, ThrottleSettings
 from . import Authenticator, BackendUnavailable, Outcome, fingerprint
+from .cache import CacheSettings, VerifiedCache
+from .htpasswd import HtpasswdAuthenticator, UserFiles
 
 if TYPE_CHECKING:
-    from .ldap import LdapAuthenticator
     from .ldap_settings import LdapSettings
 
 log = logging.getLogger("regproxy.authn")
@@ -38,24 +44,26 @@ class Denied:
     retry_after: int | None = None
 
 
+@dataclass(frozen=True)
+class Authenticators:
+    """One snapshot's way of authenticating: backends in order, the group file (which adds
+    groups to any backend's users), the throttle settings."""
+
+    backends: tuple[Authenticator, ...]
+    users: UserFiles
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+
+
 class Authentication:
     """Turns an Authorization header into an Identity, or a Denied answer."""
 
-    def __init__(
-        self,
-        backends: Callable[[], Sequence[Authenticator]],
-        throttle: Throttle,
-        group_file: Callable[[str], frozenset[str]] = lambda _: frozenset(),
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._backends = backends
+    def __init__(self, throttle: Throttle, clock: Callable[[], float] = time.monotonic) -> None:
         self.throttle = throttle
-        self._group_file = group_file  # adds to any backend's groups (LDAP users too)
         self._clock = clock
         self._key = secrets.token_bytes(32)  # tells attempts apart without keeping passwords
 
     async def identify(
-        self, authorization: list[str], address: IPAddress | None
+        self, authorization: list[str], address: IPAddress | None, setup: Authenticators
     ) -> Identity | Denied:
         try:
             credentials = parse_basic_auth(authorization)
@@ -66,7 +74,7 @@ class Authentication:
             return Identity(None, address=address)
         user, password = credentials
         where = str(address) if address else "unknown"
-        wait = self.throttle.retry_after(user, where, self._clock())
+        wait = self.throttle.retry_after(user, where, self._clock(), setup.throttle)
         if wait > 0:
             log.warning("throttled login for %r from %s: retry in %.0fs", user, where, wait)
             metrics.RECORD.throttled()
@@ -74,11 +82,12 @@ class Authentication:
         attempt = fingerprint(self._key, f"{user}:{password}".encode(errors="surrogateescape"))
         self.throttle.started(user, where, attempt)
         try:
-            for backend in self._backends():
+            for backend in setup.backends:
                 result = await backend.authenticate(user, password)
                 if result.outcome is Outcome.OK:
                     self.throttle.success(user, where)
-                    return Identity(user, result.groups | self._group_file(user), address)
+                    groups = result.groups | setup.users.groups_of(user)
+                    return Identity(user, groups, address)
                 if result.outcome is Outcome.WRONG_PASSWORD:
                     break
         except BackendUnavailable as exc:
@@ -87,37 +96,46 @@ class Authentication:
             return Denied(503, "authentication backend unavailable")
         finally:
             self.throttle.finished(user, where, attempt)
-        self.throttle.failure(user, where, self._clock())
+        self.throttle.failure(user, where, self._clock(), setup.throttle)
         metrics.RECORD.auth_failure("invalid")
         log.info("authentication failed for %r from %s", user, where)
         return Denied(401, "invalid username or password")
 
 
-class Backends:
-    """The configured backends, in order; the LDAP one is rebuilt when its settings change."""
+class BackendFactory:
+    """Builds each snapshot's backends (at reload, in a worker thread). Owns what outlives
+    snapshots: the hashing thread pool and the htpasswd verified-credential cache; an LDAP
+    backend is reused while its settings are unchanged."""
 
-    def __init__(self, config: Callable[[], Config], htpasswd: Authenticator) -> None:
-        self._config = config
-        self._htpasswd = htpasswd
-        self._ldap: LdapAuthenticator | None = None
-
-    def __call__(self) -> tuple[Authenticator, ...]:
-        config = self._config()
-        return tuple(
-            self._htpasswd if name == "htpasswd" else self._ldap_for(config.ldap)
-            for name in config.auth_backends
+    def __init__(self, executor: Executor, clock: Callable[[], float] = time.monotonic) -> None:
+        self._executor = executor
+        self._clock = clock
+        self._htpasswd_cache: VerifiedCache[bool] = VerifiedCache(
+            CacheSettings.ttl, CacheSettings.size, clock
         )
 
-    def _ldap_for(self, settings: LdapSettings | None) -> Authenticator:
+    def build(
+        self,
+        names: tuple[str, ...],
+        users: UserFiles,
+        ldap: LdapSettings | None,
+        cache: CacheSettings,
+        previous: tuple[Authenticator, ...] = (),
+    ) -> tuple[Authenticator, ...]:
+        self._htpasswd_cache.ttl, self._htpasswd_cache.size = cache.ttl, cache.size
+        built: list[Authenticator] = []
+        for name in names:
+            if name == "htpasswd":
+                built.append(HtpasswdAuthenticator(users, self._htpasswd_cache, self._executor))
+            else:
+                assert ldap is not None  # config.load refuses ldap without settings
+                built.append(self._ldap(ldap, previous))
+        return tuple(built)
+
+    def _ldap(self, settings: LdapSettings, previous: tuple[Authenticator, ...]) -> Authenticator:
         from .ldap import LdapAuthenticator  # imports ldap3: only when configured
 
-        assert settings is not None  # config.load refuses ldap without settings
-        if self._ldap is None or self._ldap.settings != settings:
-            self.close()
-            self._ldap = LdapAuthenticator(settings)
-        return self._ldap
-
-    def close(self) -> None:
-        if self._ldap is not None:
-            self._ldap.close()
-            self._ldap = None
+        for backend in previous:
+            if isinstance(backend, LdapAuthenticator) and backend.settings == settings:
+                return backend
+        return LdapAuthenticator(settings, self._clock)

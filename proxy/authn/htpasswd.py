@@ -1,28 +1,20 @@
-"""The htpasswd + group file backend, with a verified-credential cache.
+"""The htpasswd + group file backend.
 
-Apache and nginx run bcrypt on every request; a registry client sends the same credentials on
-every one of hundreds of requests, so a successful verification is remembered (keyed by the
-stored hash, so a password change or removal invalidates it at once). The cache holds a keyed
-hash of the password under a per-process random key, never the password. Slow hashes run in a thread
-pool, and concurrent checks of the same credentials share one computation.
+Slow hashes run in a thread pool; successes are remembered in the shared verified-credential
+cache (`proxy.authn.cache`), keyed by (user, stored hash) so a password change or removal
+takes effect at once. Unknown users cost the same hash as a wrong password (a dummy of the
+file's typical scheme and cost), so timing does not tell which users exist.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import secrets
-import time
-from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from ..credentials import DEFAULT_DUMMY_SAMPLE, Htpasswd, PasswordHash, dummy_like, groups_of
-from . import AuthResult, Outcome, fingerprint
-
-CACHE_SIZE = 10_000
-CACHE_TTL = 300.0  # seconds a verified password stays trusted without re-hashing
+from ..credentials import DEFAULT_DUMMY_SAMPLE, Htpasswd, PasswordHash, dummy_like
+from . import AuthResult, Outcome
+from .cache import VerifiedCache
 
 
 @dataclass(frozen=True)
@@ -32,6 +24,7 @@ class UserFiles:
     htpasswd: Htpasswd
     groups: dict[str, frozenset[str]]
     dummy: PasswordHash = field(repr=False)
+    memberships: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -40,59 +33,52 @@ class UserFiles:
         groups: dict[str, frozenset[str]],
         reuse: PasswordHash | None = None,
     ) -> UserFiles:
-        """`reuse`: the previous dummy, kept when the typical scheme and cost are the same, so
-        a reload does not compute a slow hash on the event loop."""
+        """Built at reload, off the event loop. `reuse`: the previous dummy, kept when the
+        typical scheme and cost are the same (a slow hash is not computed again)."""
         typical = htpasswd.typical_hash() or DEFAULT_DUMMY_SAMPLE
         if reuse is not None and (reuse.scheme, reuse.cost) == (typical.scheme, typical.cost):
-            return cls(htpasswd, groups, reuse)
-        return cls(htpasswd, groups, dummy_like(typical))
+            dummy = reuse
+        else:
+            dummy = dummy_like(typical)
+        memberships: dict[str, set[str]] = {}
+        for group, members in groups.items():
+            for member in members:
+                memberships.setdefault(member, set()).add(group)
+        index = {user: frozenset(names) for user, names in memberships.items()}
+        return cls(htpasswd, groups, dummy, index)
+
+    def groups_of(self, user: str) -> frozenset[str]:
+        """Every group of the group file that lists `user` (indexed at reload)."""
+        return self.memberships.get(user, frozenset())
 
 
 class HtpasswdAuthenticator:
-    """Authenticator over the current `UserFiles` (read through `files()` on every call)."""
+    """Authenticator over one snapshot's `UserFiles`."""
 
-    def __init__(self, files: Callable[[], UserFiles], executor: ThreadPoolExecutor) -> None:
+    def __init__(self, files: UserFiles, cache: VerifiedCache[bool], executor: Executor) -> None:
         self._files = files
+        self._cache = cache
         self._executor = executor
-        self._key = secrets.token_bytes(32)
-        self._cache: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
-        self._inflight: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
 
     async def authenticate(self, user: str, password: str) -> AuthResult:
-        files = self._files()
+        files = self._files
         stored = files.htpasswd.users.get(user)
         secret = password.encode("utf-8", "surrogateescape")
         if stored is None:
-            # Same work as a wrong password, so timing does not reveal which users exist.
             await self._verify(user, files.dummy, secret)
             return AuthResult(Outcome.NO_SUCH_USER)
         if not await self._verify(user, stored, secret):
             return AuthResult(Outcome.WRONG_PASSWORD)
-        return AuthResult(Outcome.OK, groups_of(files.groups, user))
+        return AuthResult(Outcome.OK, files.groups_of(user))
 
     async def _verify(self, user: str, stored: PasswordHash, secret: bytes) -> bool:
-        tag = fingerprint(self._key, secret)
-        key = (user, stored.value)
-        cached = self._cache.get(key)
-        now = time.monotonic()
-        if cached is not None and cached[1] > now and hmac.compare_digest(cached[0], tag):
-            return True
-        flight_key = (stored.value, tag)
-        future = self._inflight.get(flight_key)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            future = asyncio.ensure_future(
-                loop.run_in_executor(self._executor, stored.verify, secret)
-            )
-            self._inflight[flight_key] = future
-            future.add_done_callback(lambda _: self._inflight.pop(flight_key, None))
-        ok = await asyncio.shield(future)
-        if ok:
-            self._remember(key, tag, now)
-        return ok
+        loop = asyncio.get_running_loop()
+        return await self._cache.check(
+            (user, stored.value),
+            secret,
+            lambda: loop.run_in_executor(self._executor, stored.verify, secret),
+            keep=bool,
+        )
 
-    def _remember(self, key: tuple[str, str], tag: bytes, now: float) -> None:
-        self._cache[key] = (tag, now + CACHE_TTL)
-        self._cache.move_to_end(key)
-        while len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
+    def close(self) -> None:
+        """Nothing of its own: the executor and the cache outlive snapshots."""

@@ -26,23 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
-import secrets
 import socket
 import ssl
 import threading
 import time
 import warnings
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import AuthResult, BackendUnavailable, Outcome, fingerprint
+from . import AuthResult, BackendUnavailable, Outcome
+from .cache import VerifiedCache
 from .ldap_settings import (
     SCOPES,
     LdapSettings,
@@ -467,23 +465,16 @@ def _attributes(entry: Mapping[str, Any]) -> dict[str, list[str]]:
 # -- the asyncio side ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Cached:
-    tag: bytes
-    expires: float
-    result: AuthResult
-
-
 class LdapAuthenticator:
     """The LDAP backend (`proxy.authn.Authenticator`); `close()` when done."""
 
-    def __init__(self, settings: LdapSettings) -> None:
+    def __init__(self, settings: LdapSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._directory = _Directory(settings)
         self._executor = ThreadPoolExecutor(settings.pool_size, thread_name_prefix="regproxy-ldap")
-        self._key = secrets.token_bytes(32)
-        self._cache: OrderedDict[str, _Cached] = OrderedDict()
-        self._inflight: dict[tuple[str, bytes], asyncio.Future[AuthResult]] = {}
+        self._cache: VerifiedCache[AuthResult] = VerifiedCache(
+            settings.cache_ttl, CACHE_SIZE, clock
+        )
 
     async def authenticate(self, user: str, password: str) -> AuthResult:
         if not password:
@@ -491,65 +482,41 @@ class LdapAuthenticator:
         if not acceptable_user(user, self.settings):
             return AuthResult(Outcome.NO_SUCH_USER)
         secret = password.encode("utf-8", "surrogateescape")
-        tag = fingerprint(self._key, secret)
-        cached = self._cache.get(user)
-        now = time.monotonic()
-        if cached is not None and cached.expires > now and hmac.compare_digest(cached.tag, tag):
-            self._cache.move_to_end(user)
-            return cached.result
-        key = (user, tag)
-        future = self._inflight.get(key)
-        if future is None:
-            future = self._start(user, secret, tag, now + self.settings.budget)
+        budget = self.settings.budget
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.settings.budget)
+            return await asyncio.wait_for(
+                self._cache.check(
+                    user,
+                    secret,
+                    lambda: self._check(user, secret, time.monotonic() + budget),
+                    keep=lambda result: result.outcome is Outcome.OK,
+                ),
+                budget,
+            )
         except TimeoutError:
-            raise BackendUnavailable(
-                f"LDAP server did not answer within {self.settings.budget:g}s"
-            ) from None
+            raise BackendUnavailable(f"LDAP server did not answer within {budget:g}s") from None
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if future.cancelled() and task is not None and not task.cancelling():
+            if task is not None and not task.cancelling():
                 raise BackendUnavailable("LDAP backend closed") from None  # by close()
             raise
 
-    def _start(
-        self, user: str, secret: bytes, tag: bytes, deadline: float
-    ) -> asyncio.Future[AuthResult]:
+    async def _check(self, user: str, secret: bytes, deadline: float) -> AuthResult:
         loop = asyncio.get_running_loop()
         try:
-            future = asyncio.ensure_future(
-                loop.run_in_executor(self._executor, self._directory.check, user, secret, deadline)
+            future = loop.run_in_executor(
+                self._executor, self._directory.check, user, secret, deadline
             )
         except RuntimeError:  # the executor was shut down
             raise BackendUnavailable("LDAP backend closed") from None
-        key = (user, tag)
-        self._inflight[key] = future
-
-        def done(finished: asyncio.Future[AuthResult]) -> None:
-            self._inflight.pop(key, None)
-            if finished.cancelled() or finished.exception() is not None:
-                return
-            result = finished.result()
-            if result.outcome is Outcome.OK and self.settings.cache_ttl > 0:
-                expires = time.monotonic() + self.settings.cache_ttl
-                self._cache[user] = _Cached(tag, expires, result)
-                self._cache.move_to_end(user)
-                while len(self._cache) > CACHE_SIZE:
-                    self._cache.popitem(last=False)
-
-        future.add_done_callback(done)
-        return future
+        return await future
 
     def forget(self, user: str | None = None) -> None:
         """Drop cached logins (of one user, or all): the next check asks the server."""
-        if user is None:
-            self._cache.clear()
-        else:
-            self._cache.pop(user, None)
+        self._cache.forget(user)
 
     def close(self) -> None:
         """Release the connections and the threads; later checks raise BackendUnavailable."""
         self._directory.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._cache.clear()
+        self._cache.forget()

@@ -1,29 +1,25 @@
-"""Unit tables for proxy.config.load and reload.read_text: defaults, every key, path
+"""Unit tables for proxy.config.load: defaults, every key, path
 resolution, flag overrides, and every error reported at once as file:line."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-from proxy import config as config_module
-from proxy import reload
 from proxy.config import (
     FLAG_KEYS,
     Config,
-    ConfigError,
     Listen,
-    Throttle,
-    Timeouts,
     default_workers,
     load,
 )
-from proxy.credentials import Problem
+from proxy.limits import Timeouts
 from proxy.policy import recipe_rules
+from proxy.problems import ConfigError, Problem
+from proxy.throttle import ThrottleSettings as Throttle
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "regproxy.yaml") -> Path:
@@ -501,80 +497,3 @@ def test_missing_config_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.yaml"
     problems = problems_of(path)
     assert problems == [Problem(str(path), 0, "cannot read: No such file or directory")]
-
-
-def test_config_error_message_lists_every_problem() -> None:
-    error = ConfigError([Problem("a.yaml", 3, "x"), Problem("command line", 0, "y")])
-    assert str(error) == "a.yaml:3: x\ncommand line: y"
-    assert error.problems == [Problem("a.yaml", 3, "x"), Problem("command line", 0, "y")]
-
-
-# --------------------------------------------------------------------------------------------
-# reload.read_text
-# --------------------------------------------------------------------------------------------
-
-MAX_FILE_BYTES: int = sys.modules[reload.read_text.__module__].MAX_FILE_BYTES
-
-
-@pytest.mark.parametrize(
-    ("data", "text"),
-    [
-        (b"", ""),
-        (b"alice:x\n", "alice:x\n"),
-        (b"a\r\nb\r\n", "a\r\nb\r\n"),
-        ("ünïcødé\n".encode(), "ünïcødé\n"),
-        (b"no final newline", "no final newline"),
-    ],
-)
-def test_read_text(tmp_path: Path, data: bytes, text: str) -> None:
-    assert reload.read_text(write(tmp_path, data, "f")) == text
-
-
-@pytest.mark.parametrize(
-    ("data", "line", "message"),
-    [
-        pytest.param(b"\x00", 1, "binary data (NUL byte)", id="nul-first"),
-        pytest.param(b"a\nb\nc\x00d\n", 3, "binary data (NUL byte)", id="nul-line-3"),
-        pytest.param(b"a\r\nb\r\n\r\n\x00", 4, "binary data (NUL byte)", id="nul-crlf"),
-        pytest.param(b"\xff", 1, "not UTF-8 text", id="bad-first"),
-        pytest.param(b"1\n2\n3\ncaf\xe9\n", 4, "not UTF-8 text", id="latin1-line-4"),
-        pytest.param(b"ok\n\xc3", 2, "not UTF-8 text", id="truncated-sequence"),
-        pytest.param(b"x\n\xed\xa0\x80\n", 2, "not UTF-8 text", id="encoded-surrogate"),
-        pytest.param(b"x\n\xc0\xaf\n", 2, "not UTF-8 text", id="overlong"),
-        pytest.param(b"a\n\xff\x00", 2, "not UTF-8 text", id="invalid-before-nul"),
-    ],
-)
-def test_read_text_errors(tmp_path: Path, data: bytes, line: int, message: str) -> None:
-    path = write(tmp_path, data, "f")
-    with pytest.raises(ConfigError) as info:
-        reload.read_text(path)
-    assert info.value.problems == [Problem(str(path), line, message)]
-    assert str(info.value) == f"{path}:{line}: {message}"
-
-
-def test_read_text_missing(tmp_path: Path) -> None:
-    path = tmp_path / "missing"
-    with pytest.raises(ConfigError, match=r"missing: cannot read: No such file or directory"):
-        reload.read_text(path)
-
-
-def test_read_text_directory(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read: Is a directory") as info:
-        reload.read_text(tmp_path)
-    assert info.value.problems[0].line == 0
-
-
-def test_read_text_size_limit(tmp_path: Path) -> None:
-    at_limit = tmp_path / "at-limit"
-    at_limit.write_bytes(b"a" * MAX_FILE_BYTES)
-    assert len(reload.read_text(at_limit)) == MAX_FILE_BYTES
-    over = tmp_path / "over"
-    with over.open("wb") as handle:
-        handle.truncate(MAX_FILE_BYTES + 1)  # sparse: the size check comes before the NULs
-    with pytest.raises(ConfigError) as info:
-        reload.read_text(over)
-    assert info.value.problems == [Problem(str(over), 0, f"larger than {MAX_FILE_BYTES} bytes")]
-
-
-def test_read_text_is_the_config_loader() -> None:
-    assert reload.read_text is config_module.read_text

@@ -16,6 +16,7 @@ import bcrypt
 import pytest
 
 from proxy import credentials
+from proxy.authn.htpasswd import UserFiles
 from proxy.credentials import (
     AUTHORIZATION_MAX,
     BCRYPT_MAX_BYTES,
@@ -25,7 +26,6 @@ from proxy.credentials import (
     Problem,
     dummy_like,
     edit_htpasswd,
-    groups_of,
     hash_password,
     identify,
     parse_basic_auth,
@@ -637,7 +637,8 @@ GROUPS = {
     ],
 )
 def test_groups_of(user: str, expected: set[str]) -> None:
-    assert groups_of(GROUPS, user) == frozenset(expected)
+    files = UserFiles.build(Htpasswd({}), GROUPS, credentials.DEFAULT_DUMMY_SAMPLE)
+    assert files.groups_of(user) == frozenset(expected)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from proxy.policy import Decision, Identity, Rule, Verdict, authorize, decide, recipe_rules
+from proxy.identity import Identity
+from proxy.policy import Decision, Rule, Verdict, authorize, decide, recipe_rules
 from proxy.routes import ACTIONS, Operation, classify
 
 ALL = frozenset(ACTIONS)

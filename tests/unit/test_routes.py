@@ -11,7 +11,6 @@ from proxy.routes import (
     NAME_RE,
     Operation,
     Refusal,
-    catalog_page,
     classify,
     without_mount,
 )
@@ -479,47 +478,8 @@ def test_query_checked_only_for_allowed_methods() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# catalog_page and without_mount
+# without_mount
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("query", "expected"),
-    [
-        ("", (100, "")),
-        ("n=10", (10, "")),
-        ("n=1", (1, "")),
-        ("n=1000", (1000, "")),
-        ("last=a/b", (100, "a/b")),
-        ("n=5&last=library%2Fubuntu", (5, "library/ubuntu")),
-        ("last=", (100, "")),
-    ],
-)
-def test_catalog_page(query: str, expected: tuple[int, str]) -> None:
-    assert catalog_page(query) == expected
-
-
-@pytest.mark.parametrize(
-    ("query", "code"),
-    [
-        ("n=0", "PAGINATION_NUMBER_INVALID"),
-        ("n=1001", "PAGINATION_NUMBER_INVALID"),
-        ("n=-1", "PAGINATION_NUMBER_INVALID"),
-        ("n=", "PAGINATION_NUMBER_INVALID"),
-        ("n=abc", "PAGINATION_NUMBER_INVALID"),
-        ("n=1e3", "PAGINATION_NUMBER_INVALID"),
-        ("n=+5", "PAGINATION_NUMBER_INVALID"),
-        ("n=%C2%B2", "PAGINATION_NUMBER_INVALID"),  # superscript two: isdigit(), not int()
-        ("n=%D9%A3", "PAGINATION_NUMBER_INVALID"),  # Arabic-Indic three
-        ("n=%EF%BC%91%EF%BC%90", "PAGINATION_NUMBER_INVALID"),  # fullwidth "10"
-        ("last=Bad", "NAME_INVALID"),
-        ("last=a/../b", "NAME_INVALID"),
-    ],
-)
-def test_catalog_page_refusals(query: str, code: str) -> None:
-    result = catalog_page(query)
-    assert isinstance(result, Refusal)
-    assert (result.status, result.code) == (400, code)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from proxy.cache import HeadCache, blob_key, cache_key, freshness
+from proxy.headcache import HeadCache, blob_key, cache_key, freshness
 from proxy.routes import Operation
 
 UP = "http://127.0.0.1:5000"

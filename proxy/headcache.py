@@ -5,25 +5,36 @@ those checks for the same base layers all day. A blob is content-addressed and t
 itself marks its answers cacheable for a year (`Cache-Control: max-age=31536000`), so the
 proxy may answer a repeated check without the round trip. Kept deliberately narrow:
 
-- only 200 answers: a missing blob is always asked again. A blob that vanishes behind the
-  proxy's back (deleted through another worker, garbage-collected) is still claimed for at
-  most `cache.ttl` seconds (default 10; 0 turns the cache off): a push in that window fails
-  at its manifest and can be retried;
+- only 200 answers: a missing blob is always asked again;
 - only requests without a query, conditions or a range; the key is the upstream and the exact
   path, so one repository's answer never serves another (blob links are per repository);
-- a DELETE of the blob through this worker drops the entry at once;
+- a DELETE of the blob through the proxy drops the entry in every worker (and every replica
+  sharing a store) before the DELETE's answer reaches the client: the event is published
+  when the registry's answer arrives, and each worker applies waiting events before it
+  answers from memory. Only a blob removed behind the proxy's back (garbage collection, a
+  DELETE sent to the registry directly) is still claimed, for at most `cache.ttl` seconds;
 - authorization is decided on every request before the cache is consulted.
 
-Deciding what may be stored is pure (`freshness`, `cache_key`); `HeadCache` is a bounded LRU.
+Deciding what may be stored is pure (`freshness`, `cache_key`); `HeadCache` is a bounded LRU;
+`CachingForwarder` is the one wrapper around the forwarder that keys, stores and forgets.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from aiohttp import web
+from multidict import CIMultiDict
+
+from . import metrics
+from .events import BlobGone, Event
+from .forward import Forwarder, Route
+from .limits import Timeouts
 from .routes import Operation
+from .store import Store
 
 ENTRIES = 4096  # about 1 KiB each
 # Request headers that make an answer depend on more than the path.
@@ -106,3 +117,61 @@ class HeadCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class CachingForwarder:
+    """The forwarder, with blob existence answers remembered for `ttl` seconds."""
+
+    def __init__(
+        self, forwarder: Forwarder, store: Store, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._forwarder = forwarder
+        self._store = store
+        self._clock = clock
+        self._heads = HeadCache()
+        store.subscribe(self._apply)
+
+    def _apply(self, event: Event) -> None:
+        if isinstance(event, BlobGone):
+            self._heads.drop(event.key)
+
+    async def forward(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        operation: Operation,
+        timeouts: Timeouts,
+        wait: float,
+        ttl: float,
+    ) -> web.StreamResponse:
+        path, _, query = route.raw_path.partition("?")
+        key = cache_key(request.method, operation, route.upstream, path, query, request.headers)
+        if key is not None and ttl > 0:
+            self._store.sync()  # a DELETE another worker just forwarded is applied first
+            hit = await self._answer(request, key)
+            if hit is not None:
+                return hit
+        gone = blob_key(operation, route.upstream, path)
+
+        def on_headers(status: int, headers: CIMultiDict[str]) -> None:
+            if gone is not None:
+                self._heads.drop(gone)
+                self._store.publish(BlobGone(gone))
+            elif key is not None and ttl > 0 and status == 200:
+                lifetime = freshness(headers.get("Cache-Control", ""), ttl)
+                self._heads.put(key, headers, lifetime, self._clock())
+
+        return await self._forwarder.forward(request, route, timeouts, wait, on_headers)
+
+    async def _answer(self, request: web.BaseRequest, key: str) -> web.StreamResponse | None:
+        """The remembered answer under `key`, with its Age, or None."""
+        now = self._clock()
+        entry = self._heads.get(key, now)
+        if entry is None:
+            return None
+        metrics.RECORD.cache_hit()
+        response = web.StreamResponse(headers=CIMultiDict(entry.headers))
+        response.headers["Age"] = str(int(now - entry.stored))
+        await response.prepare(request)
+        await response.write_eof()
+        return response

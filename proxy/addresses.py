@@ -1,0 +1,78 @@
+"""Addresses and networks: who is at the other end of a connection, and where the registry is.
+
+The client's address decides network rules and throttling, and the `X-Forwarded-For` the proxy
+sends tells the registry the same story: both come from one reading (`origin`), so they can
+never disagree. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_upstream(value: object) -> str:
+    """A registry base URL: scheme://host[:port] and nothing else."""
+    text = str(value).rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http:// or https:// URL, got {text!r}")
+    if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"upstream must be scheme://host[:port] only, got {text!r}")
+    if parts.port == 0:  # .port raises ValueError itself for other bad ports
+        raise ValueError(f"upstream port 0 is not a port, got {text!r}")
+    return text
+
+
+def parse_networks(value: object) -> tuple[IPNetwork, ...]:
+    """CIDR networks from one string or a list; host bits set is an error (a likely typo)."""
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, str) for v in items):
+        raise ValueError(f"expected a CIDR network or a list of them, got {value!r}")
+    return tuple(ipaddress.ip_network(str(v)) for v in items)
+
+
+@lru_cache(maxsize=4096)
+def peer_address(text: str | None) -> IPAddress | None:
+    """The connected peer, parsed once per distinct peer (ipaddress is costly per request)."""
+    try:
+        return ipaddress.ip_address(text or "")
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a request comes from: the client's address (None if unknown) and the
+    `X-Forwarded-For` to send upstream."""
+
+    address: IPAddress | None
+    forwarded_for: str
+
+
+def origin(
+    peer: IPAddress | None, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]
+) -> Origin:
+    """The peer, unless it is a trusted proxy: then X-Forwarded-For is walked from the right
+    past trusted hops, and a malformed entry stops the walk at the last address known for
+    sure. The chain is passed on only when the peer is trusted, always ending with the peer."""
+    own = str(peer) if peer is not None else "unknown"
+    if peer is None or not forwarded_for or not _trusted(peer, trusted):
+        return Origin(peer, own)
+    current = peer
+    hops = [h.strip() for value in forwarded_for for h in value.split(",")]
+    while hops and _trusted(current, trusted):
+        try:
+            current = ipaddress.ip_address(hops.pop())
+        except ValueError:
+            break
+    return Origin(current, f"{', '.join(forwarded_for)}, {own}")
+
+
+def _trusted(address: IPAddress, trusted: tuple[IPNetwork, ...]) -> bool:
+    return any(address in network for network in trusted)

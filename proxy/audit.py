@@ -1,0 +1,31 @@
+"""The audit log: one JSON line per push or delete decision, allowed or refused."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from .identity import Identity
+from .routes import Operation
+
+audit_log = logging.getLogger("regproxy.audit")
+
+
+def audit(who: Identity, operation: Operation, status: int) -> None:
+    """Record a push or delete decision (other actions are not audited)."""
+    if operation.action not in ("push", "delete"):
+        return
+    audit_log.info(
+        json.dumps(
+            {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "client": str(who.address) if who.address else None,
+                "user": who.user,
+                "action": operation.action,
+                "repository": operation.repository,
+                "reference": operation.reference,
+                "status": status,
+            }
+        )
+    )

@@ -1,0 +1,102 @@
+"""The verified-credential cache every backend shares: remember a successful check, and let
+concurrent identical checks share one computation (single flight).
+
+A registry client sends the same credentials on every one of hundreds of requests; Apache and
+nginx pay bcrypt (or an LDAP bind) on each. Here a success is remembered for `ttl` seconds
+under a keyed hash of the password (a per-process random key; never the password), and looked
+up by a key the backend chooses: htpasswd uses (user, stored hash), so a password change or
+removal misses at once. A different password always misses. The clock is injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from . import fingerprint
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """`cache.credentials_ttl` / `cache.credentials_size` in the config."""
+
+    ttl: float = 300.0
+    size: int = 10_000
+
+
+@dataclass(frozen=True)
+class _Entry(Generic[T]):
+    tag: bytes
+    expires: float
+    value: T
+
+
+class VerifiedCache(Generic[T]):
+    """A bounded LRU of verified credentials with single-flight checks."""
+
+    def __init__(self, ttl: float, size: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._clock = clock
+        self._key = secrets.token_bytes(32)
+        self._entries: OrderedDict[Hashable, _Entry[T]] = OrderedDict()
+        self._inflight: dict[tuple[Hashable, bytes], asyncio.Future[T]] = {}
+
+    async def check(
+        self,
+        key: Hashable,
+        secret: bytes,
+        verify: Callable[[], Awaitable[T]],
+        keep: Callable[[T], bool],
+    ) -> T:
+        """The remembered answer for (key, secret), or `verify()`'s: shared with every
+        identical check under way, and remembered when `keep(answer)`. Cancelling one caller
+        does not cancel the shared check."""
+        tag = fingerprint(self._key, secret)
+        entry = self._entries.get(key)
+        if (
+            entry is not None
+            and entry.expires > self._clock()
+            and hmac.compare_digest(entry.tag, tag)
+        ):
+            self._entries.move_to_end(key)
+            return entry.value
+        flight = (key, tag)
+        future = self._inflight.get(flight)
+        if future is None:
+            future = asyncio.ensure_future(verify())
+            self._inflight[flight] = future
+            future.add_done_callback(lambda done: self._settle(flight, done, keep))
+        return await asyncio.shield(future)
+
+    def _settle(
+        self, flight: tuple[Hashable, bytes], done: asyncio.Future[T], keep: Callable[[T], bool]
+    ) -> None:
+        self._inflight.pop(flight, None)
+        if done.cancelled() or done.exception() is not None or self.ttl <= 0:
+            return
+        value = done.result()
+        if keep(value):
+            key, tag = flight
+            self._entries[key] = _Entry(tag, self._clock() + self.ttl, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def forget(self, key: Hashable | None = None) -> None:
+        """Drop one remembered key, or all of them."""
+        if key is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

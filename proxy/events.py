@@ -1,0 +1,69 @@
+"""What one process tells the others: login outcomes and cache invalidations.
+
+Each worker (and, with a shared store, each replica) keeps its own fast local state; these events
+keep the copies in step. They travel as small self-describing byte strings (`encode`/`decode`):
+a kind byte, then length-prefixed UTF-8 fields (surrogate escapes kept, so any user name a
+Basic header can carry round-trips). `decode` never raises: a malformed event is dropped.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import astuple, dataclass, fields
+
+
+@dataclass(frozen=True)
+class LoginFailed:
+    """A wrong password for `user` from `address`."""
+
+    user: str
+    address: str
+
+
+@dataclass(frozen=True)
+class LoginSucceeded:
+    """`user` logged in from `address` for the first time (in a while)."""
+
+    user: str
+    address: str
+
+
+@dataclass(frozen=True)
+class BlobGone:
+    """A blob was deleted through the proxy: drop its existence answer (key: upstream+path)."""
+
+    key: str
+
+
+Event = LoginFailed | LoginSucceeded | BlobGone
+_KINDS: dict[bytes, type[Event]] = {b"F": LoginFailed, b"S": LoginSucceeded, b"B": BlobGone}
+_CODES = {kind: code for code, kind in _KINDS.items()}
+_LENGTH = struct.Struct("!H")
+MAX_EVENT = 16 * 1024  # a user name from a Basic header is at most 4 KiB
+
+
+def encode(event: Event) -> bytes:
+    parts = [_CODES[type(event)]]
+    for value in astuple(event):
+        data = str(value).encode("utf-8", "surrogateescape")[: MAX_EVENT // 2]
+        parts += [_LENGTH.pack(len(data)), data]
+    return b"".join(parts)
+
+
+def decode(data: bytes) -> Event | None:
+    """The event, or None for anything malformed."""
+    kind = _KINDS.get(data[:1])
+    if kind is None:
+        return None
+    values: list[str] = []
+    offset = 1
+    for _ in fields(kind):
+        if offset + _LENGTH.size > len(data):
+            return None
+        (length,) = _LENGTH.unpack_from(data, offset)
+        offset += _LENGTH.size
+        if offset + length > len(data):
+            return None
+        values.append(data[offset : offset + length].decode("utf-8", "surrogateescape"))
+        offset += length
+    return kind(*values) if offset == len(data) else None

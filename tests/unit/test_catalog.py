@@ -1,0 +1,162 @@
+"""The filtered catalog (proxy.catalog): paging over a fake registry, bounded work, no loops,
+and sealed positions that neither leak nor can be forged. Pure: `fetch` and `allow` are
+functions of the test."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.catalog import (
+    MAX_PAGES,
+    SEALED,
+    Listing,
+    filtered,
+    new_key,
+    next_link,
+    parse_page,
+    seal,
+    unseal,
+)
+from proxy.routes import CATALOG_MAX, Refusal
+
+KEY = new_key()
+
+
+class Registry:
+    """Pages of `size` names after `last`, like distribution, counting the pages served."""
+
+    def __init__(self, names: list[str], size: int = CATALOG_MAX, endless: bool = False) -> None:
+        self.names = sorted(names)
+        self.size = size
+        self.endless = endless
+        self.pages = 0
+
+    async def fetch(self, after: str) -> tuple[list[str], bool]:
+        self.pages += 1
+        rest = [n for n in self.names if n > after]
+        page = rest[: self.size]
+        return page, self.endless or len(rest) > self.size
+
+
+def allowing(predicate: object) -> object:
+    async def allow(names: list[str]) -> list[bool]:
+        return [bool(predicate(n)) for n in names]  # type: ignore[operator]
+
+    return allow
+
+
+async def test_pages_fill_up_to_n_allowed_names() -> None:
+    registry = Registry([f"r{i:04d}" for i in range(50)], size=7)
+    listing = await filtered(registry.fetch, allowing(lambda n: int(n[1:]) % 3 == 0), 5, "")
+    assert listing == Listing(["r0000", "r0003", "r0006", "r0009", "r0012"], "r0012")
+    rest = await filtered(registry.fetch, allowing(lambda n: int(n[1:]) % 3 == 0), 100, "r0012")
+    assert rest.repositories[0] == "r0015" and rest.resume_after is None
+
+
+async def test_the_last_allowed_name_at_the_very_end_has_no_next_page() -> None:
+    registry = Registry(["a", "b", "c"])
+    assert await filtered(registry.fetch, allowing(lambda n: True), 3, "") == Listing(
+        ["a", "b", "c"], None
+    )
+
+
+async def test_work_per_request_is_bounded_and_continues_where_it_stopped() -> None:
+    names = [f"n{i:06d}" for i in range(CATALOG_MAX * (MAX_PAGES + 2))]
+    registry = Registry(names)
+    listing = await filtered(registry.fetch, allowing(lambda n: n == names[-1]), 10, "")
+    assert registry.pages == MAX_PAGES
+    assert listing.repositories == [] and listing.resume_after == names[MAX_PAGES * CATALOG_MAX - 1]
+    again = await filtered(
+        registry.fetch, allowing(lambda n: n == names[-1]), 10, listing.resume_after
+    )
+    assert again == Listing([names[-1]], None)
+
+
+async def test_an_upstream_that_never_ends_or_repeats_itself_cannot_loop() -> None:
+    registry = Registry(["a", "b"], endless=True)  # says "more" forever, same page again
+    listing = await filtered(registry.fetch, allowing(lambda n: True), 100, "")
+    assert listing == Listing(["a", "b"], None)
+    assert registry.pages == 2  # the second page brought nothing new: the end
+
+
+async def test_duplicates_and_disorder_are_dropped() -> None:
+    async def fetch(after: str) -> tuple[list[str], bool]:
+        return (["b", "a", "b", "c", "c", "d"], False) if not after else ([], False)
+
+    listing = await filtered(fetch, allowing(lambda n: True), 100, "")
+    assert listing.repositories == ["b", "c", "d"]
+
+
+def test_a_position_the_caller_may_not_see_is_sealed() -> None:
+    link = next_link(Listing(["pub/a"], "secret/merger"), 10, KEY)
+    assert link is not None and "secret" not in link
+    token = link.split("last=")[1].split("&")[0]
+    assert token.startswith(SEALED)
+    assert parse_page(f"last={token}&n=10", KEY) == (10, "secret/merger")
+    assert next_link(Listing(["pub/a"], "pub/a"), 10, KEY) == (
+        '</v2/_catalog?last=pub/a&n=10>; rel="next"'
+    )
+    assert next_link(Listing(["pub/a"], None), 10, KEY) is None
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        SEALED,
+        SEALED + "aaaa",
+        seal("secret/x", new_key()),  # sealed by another process tree
+        seal("secret/x", KEY)[:-2],  # tampered
+    ],
+)
+def test_sealed_positions_cannot_be_forged(token: str) -> None:
+    assert unseal(token, KEY) is None
+    result = parse_page(f"last={token}", KEY)
+    assert isinstance(result, Refusal) and result.code == "PAGINATION_NUMBER_INVALID"
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/._-", min_size=1, max_size=60))
+def test_seal_round_trips_every_valid_name(name: str) -> None:
+    from proxy.routes import valid_name
+
+    assert unseal(seal(name, KEY), KEY) == (name if valid_name(name) else None)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", (100, "")),
+        ("n=10", (10, "")),
+        ("n=1", (1, "")),
+        ("n=1000", (1000, "")),
+        ("last=a/b", (100, "a/b")),
+        ("n=5&last=library%2Fubuntu", (5, "library/ubuntu")),
+        ("last=", (100, "")),
+    ],
+)
+def test_parse_page(query: str, expected: tuple[int, str]) -> None:
+    assert parse_page(query, KEY) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("n=0", "PAGINATION_NUMBER_INVALID"),
+        ("n=1001", "PAGINATION_NUMBER_INVALID"),
+        ("n=-1", "PAGINATION_NUMBER_INVALID"),
+        ("n=", "PAGINATION_NUMBER_INVALID"),
+        ("n=abc", "PAGINATION_NUMBER_INVALID"),
+        ("n=1e3", "PAGINATION_NUMBER_INVALID"),
+        ("n=+5", "PAGINATION_NUMBER_INVALID"),
+        ("n=%C2%B2", "PAGINATION_NUMBER_INVALID"),  # superscript two: isdigit(), not int()
+        ("n=%D9%A3", "PAGINATION_NUMBER_INVALID"),  # Arabic-Indic three
+        ("n=%EF%BC%91%EF%BC%90", "PAGINATION_NUMBER_INVALID"),  # fullwidth "10"
+        ("last=Bad", "NAME_INVALID"),
+        ("last=a/../b", "NAME_INVALID"),
+    ],
+)
+def test_parse_page_refusals(query: str, code: str) -> None:
+    result = parse_page(query, KEY)
+    assert isinstance(result, Refusal)
+    assert (result.status, result.code) == (400, code)

@@ -1,0 +1,107 @@
+"""The local store (proxy.store): two workers' throttles and caches joined by a real datagram
+mesh (proxy.peers), in one process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from proxy.events import BlobGone, Event
+from proxy.peers import Mesh
+from proxy.store import LocalStore
+from proxy.throttle import Throttle, ThrottleSettings
+
+SETTINGS = ThrottleSettings(attempts=4, window=300.0, max_delay=900.0)
+NOW = 1000.0
+
+
+@dataclass
+class Worker:
+    store: LocalStore
+    throttle: Throttle
+    seen: list[Event]
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Worker, Worker]]:
+    """Two workers joined by a real datagram mesh, each applying what the other publishes."""
+    mesh = Mesh(2)
+    workers = []
+    for index in range(2):
+        store = LocalStore(mesh.peers(index))
+        throttle = Throttle(store.publish)
+        seen: list[Event] = []
+        store.subscribe(seen.append)
+        store.subscribe(lambda event, t=throttle: t.apply(event, NOW, SETTINGS))
+        workers.append(Worker(store, throttle, seen))
+    yield workers[0], workers[1]
+    mesh.close()
+
+
+def test_failures_seen_by_either_worker_count_in_both(pair: tuple[Worker, Worker]) -> None:
+    a, b = pair
+    for worker in (a, b, a):  # three failures, spread over the two workers
+        worker.throttle.failure("alice", "192.0.2.7", NOW, SETTINGS)
+    assert (a.store.deliver(), b.store.deliver()) == (1, 2)
+    assert a.throttle.retry_after("alice", "192.0.2.7", NOW, SETTINGS) == 0  # 3 of 4
+    b.throttle.failure("alice", "192.0.2.7", NOW, SETTINGS)  # the fourth, in the other worker
+    assert a.store.deliver() == 1
+    assert a.throttle.retry_after("alice", "192.0.2.7", NOW, SETTINGS) > 0
+    assert b.throttle.retry_after("alice", "192.0.2.7", NOW, SETTINGS) > 0
+    assert a.throttle.retry_after("alice", "192.0.2.8", NOW, SETTINGS) == 0
+
+
+def test_alone_each_worker_would_have_allowed_more(pair: tuple[Worker, Worker]) -> None:
+    a, b = pair
+    for worker in (a, b, a, b):
+        worker.throttle.failure("bob", "192.0.2.9", NOW, SETTINGS)
+    # Before the events are read each worker has counted only its own two failures.
+    assert a.throttle.retry_after("bob", "192.0.2.9", NOW, SETTINGS) == 0
+    a.store.sync()
+    assert a.throttle.retry_after("bob", "192.0.2.9", NOW, SETTINGS) > 0
+
+
+def test_a_login_in_one_worker_exempts_that_address_in_the_other(
+    pair: tuple[Worker, Worker],
+) -> None:
+    a, b = pair
+    a.throttle.success("carol", "198.51.100.1")
+    for n in range(4 * SETTINGS.attempts):  # a guesser spread over many addresses
+        a.throttle.failure("carol", f"203.0.113.{n}", NOW, SETTINGS)
+    b.store.deliver()
+    assert b.throttle.retry_after("carol", "203.0.113.200", NOW, SETTINGS) > 0
+    assert b.throttle.retry_after("carol", "198.51.100.1", NOW, SETTINGS) == 0
+
+
+def test_received_events_are_not_sent_on(pair: tuple[Worker, Worker]) -> None:
+    a, b = pair
+    a.throttle.failure("dave", "192.0.2.1", NOW, SETTINGS)
+    assert b.store.deliver() == 1
+    assert a.store.deliver() == 0  # b applied it without telling a again
+    assert b.store.deliver() == 0
+
+
+def test_only_a_new_login_address_is_sent(pair: tuple[Worker, Worker]) -> None:
+    a, b = pair
+    for _ in range(3):  # a client's requests: each one is a successful login
+        a.throttle.success("erin", "192.0.2.5")
+    a.throttle.success("erin", "192.0.2.6")
+    assert b.store.deliver() == 2
+    assert b.throttle.known_good("erin", "192.0.2.5")
+    assert b.throttle.known_good("erin", "192.0.2.6")
+
+
+def test_other_events_reach_every_subscriber(pair: tuple[Worker, Worker]) -> None:
+    a, b = pair
+    a.store.publish(BlobGone("http://r/v2/x/blobs/sha256:1"))
+    b.store.sync()
+    assert b.seen == [BlobGone("http://r/v2/x/blobs/sha256:1")]
+    assert a.seen == []  # a process does not hear itself
+
+
+def test_a_store_without_peers_is_alone() -> None:
+    store = LocalStore()
+    store.publish(BlobGone("k"))
+    assert store.deliver() == 0

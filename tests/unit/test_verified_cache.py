@@ -1,0 +1,128 @@
+"""The verified-credential cache every backend uses (proxy.authn.cache): expiry by an injected
+clock, LRU bounds, single flight, and failures never remembered. No sleeps, no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.authn.cache import VerifiedCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Checker:
+    """A check that counts its calls and finishes when the test says so."""
+
+    def __init__(self, answer: bool = True) -> None:
+        self.calls = 0
+        self.answer = answer
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self) -> bool:
+        self.calls += 1
+        await self.gate.wait()
+        return self.answer
+
+
+async def ticks(n: int = 5) -> None:
+    """Let every task that is ready run (no time passes: nothing here sleeps on a clock)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_success_is_remembered_until_the_ttl_runs_out() -> None:
+    clock, check = Clock(), Checker()
+    cache: VerifiedCache[bool] = VerifiedCache(60, 10, clock)
+    assert await cache.check("alice", b"pw", check, keep=bool)
+    clock.now += 59.9
+    assert await cache.check("alice", b"pw", check, keep=bool)
+    assert check.calls == 1
+    clock.now += 0.2  # past the ttl
+    assert await cache.check("alice", b"pw", check, keep=bool)
+    assert check.calls == 2
+
+
+async def test_another_secret_always_checks_again() -> None:
+    check = Checker()
+    cache: VerifiedCache[bool] = VerifiedCache(60, 10, Clock())
+    await cache.check("alice", b"pw", check, keep=bool)
+    await cache.check("alice", b"other", check, keep=bool)
+    assert check.calls == 2
+
+
+async def test_failures_are_never_remembered() -> None:
+    check = Checker(answer=False)
+    cache: VerifiedCache[bool] = VerifiedCache(60, 10, Clock())
+    for _ in range(3):
+        assert not await cache.check("alice", b"pw", check, keep=bool)
+    assert check.calls == 3 and len(cache) == 0
+
+
+async def test_ttl_zero_remembers_nothing() -> None:
+    check = Checker()
+    cache: VerifiedCache[bool] = VerifiedCache(0, 10, Clock())
+    await cache.check("alice", b"pw", check, keep=bool)
+    await cache.check("alice", b"pw", check, keep=bool)
+    assert check.calls == 2
+
+
+async def test_the_least_recently_used_entry_goes_first() -> None:
+    check = Checker()
+    cache: VerifiedCache[bool] = VerifiedCache(60, 2, Clock())
+    for user in ("a", "b"):
+        await cache.check(user, b"pw", check, keep=bool)
+    await cache.check("a", b"pw", check, keep=bool)  # a is used again: b is the oldest
+    await cache.check("c", b"pw", check, keep=bool)
+    assert check.calls == 3
+    await cache.check("a", b"pw", check, keep=bool)
+    assert check.calls == 3  # still remembered
+    await cache.check("b", b"pw", check, keep=bool)
+    assert check.calls == 4  # forgotten
+
+
+async def test_identical_checks_under_way_share_one() -> None:
+    check = Checker()
+    check.gate.clear()
+    cache: VerifiedCache[bool] = VerifiedCache(60, 10, Clock())
+    waiting = [asyncio.ensure_future(cache.check("a", b"pw", check, keep=bool)) for _ in range(10)]
+    other = asyncio.ensure_future(cache.check("a", b"different", check, keep=bool))
+    await ticks()  # every caller is now waiting on the check it started or joined
+    assert check.calls == 2
+    check.gate.set()
+    assert all(await asyncio.gather(*waiting, other))
+    assert check.calls == 2
+
+
+async def test_cancelling_one_caller_does_not_cancel_the_shared_check() -> None:
+    check = Checker()
+    check.gate.clear()
+    cache: VerifiedCache[bool] = VerifiedCache(60, 10, Clock())
+    first = asyncio.ensure_future(cache.check("a", b"pw", check, keep=bool))
+    second = asyncio.ensure_future(cache.check("a", b"pw", check, keep=bool))
+    await ticks()
+    first.cancel()
+    check.gate.set()
+    assert await second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert check.calls == 1
+
+
+async def test_forget() -> None:
+    check = Checker()
+    cache: VerifiedCache[bool] = VerifiedCache(60, 10, Clock())
+    for user in ("a", "b"):
+        await cache.check(user, b"pw", check, keep=bool)
+    cache.forget("a")
+    assert len(cache) == 1
+    cache.forget()
+    assert len(cache) == 0
