@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-TEST_PACKAGES := docker-registry podman skopeo apache2-utils:htpasswd openssl slapd:slapd ldap-utils:ldapadd \
+TEST_PACKAGES := docker-registry podman skopeo buildah docker.io:dockerd apache2-utils:htpasswd openssl slapd:slapd ldap-utils:ldapadd \
                  python3-venv:python3-venv
 
 .PHONY: run test venv lint typecheck clean bench fuzz soak

@@ -60,14 +60,16 @@ class RegproxyProcess:
         return self.process.wait()
 
 
-def wait_for_tls(port: int, context: ssl.SSLContext, process: subprocess.Popen[bytes]) -> None:
+def wait_for_tls(
+    port: int, context: ssl.SSLContext, process: subprocess.Popen[bytes], host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"regproxy exited with {process.returncode}")
         try:
             with (
-                socket.create_connection(("127.0.0.1", port), timeout=1) as raw,
+                socket.create_connection((host, port), timeout=1) as raw,
                 context.wrap_socket(raw, server_hostname="localhost"),
             ):
                 return
@@ -77,7 +79,12 @@ def wait_for_tls(port: int, context: ssl.SSLContext, process: subprocess.Popen[b
 
 
 def start_regproxy(
-    directory: Path, upstream: str, tls: TlsFiles, extra: str = "", port: int | None = None
+    directory: Path,
+    upstream: str,
+    tls: TlsFiles,
+    extra: str = "",
+    port: int | None = None,
+    host: str = "127.0.0.1",
 ) -> RegproxyProcess:
     directory.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -96,8 +103,9 @@ def start_regproxy(
     (directory / "groups").write_text(GROUPS)
     port = port or free_port()
     config = directory / "regproxy.yaml"
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     config.write_text(
-        f"listen: 127.0.0.1:{port}\nupstream: {upstream}\n"
+        f"listen: '{listen}'\nupstream: {upstream}\n"
         f"htpasswd: htpasswd\ngroups: groups\n"
         f"tls:\n  cert: {tls.server_cert}\n  key: {tls.server_key}\n" + one_worker_unless(extra)
     )
@@ -114,7 +122,7 @@ def start_regproxy(
             cwd=directory,
         )
     try:
-        wait_for_tls(port, tls.client_context(), process)
+        wait_for_tls(port, tls.client_context(), process, host)
     except RuntimeError:
         process.kill()
         raise RuntimeError((directory / "regproxy.err").read_text()) from None

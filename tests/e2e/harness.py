@@ -1,4 +1,5 @@
-"""End-to-end harness: real docker-registry, podman and skopeo on 127.0.0.1 (no Docker engine)."""
+"""End-to-end harness: a real docker-registry on 127.0.0.1 and real clients (podman, skopeo,
+buildah, oras-py, the docker CLI with a private dockerd), each with private state."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -101,6 +103,20 @@ def run(
     return result
 
 
+def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM a server started in its own session by PID; SIGKILL its process group after
+    timeout."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout)
+
+
 def _flags(opts: Mapping[str, object]) -> list[str]:
     """["--flag", "value", ...] for the options whose value is set."""
     return [arg for flag, value in opts.items() if value for arg in (flag, str(value))]
@@ -131,11 +147,12 @@ class TlsFiles:
         return ssl.create_default_context(cafile=str(self.ca_cert))
 
 
-def make_tls(dir: Path) -> TlsFiles:
-    """Write ca.crt, server.crt (chain), server.key and certs.d/ca.crt into dir."""
+def make_tls(dir: Path, *names: str) -> TlsFiles:
+    """Write ca.crt, server.crt (chain), server.key and certs.d/ca.crt into dir; the server
+    certificate is for localhost, 127.0.0.1, ::1 and `names`."""
     dir.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    leaf = ca.issue_cert("localhost", "127.0.0.1", "::1", *names)
     files = TlsFiles(dir / "ca.crt", dir / "server.crt", dir / "server.key", dir / "certs.d")
     ca.cert_pem.write_to_path(str(files.ca_cert))
     files.server_cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
@@ -235,14 +252,7 @@ class Registry:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the registry by PID, SIGKILL after timeout."""
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout)
+        _terminate(self._proc, timeout)
 
     def __enter__(self) -> Registry:
         return self
@@ -313,6 +323,11 @@ class Registry:
         blobs = self.root / "docker/registry/v2/blobs/sha256"
         return {f"sha256:{data.parent.name}" for data in blobs.glob("*/*/data")}
 
+    def stored_files(self) -> set[str]:
+        """Every file in the storage dir (blobs, links, tags, upload sessions), as relative
+        paths: equal before and after something proves it left nothing behind."""
+        return {str(path.relative_to(self.root)) for path in self.root.rglob("*") if path.is_file()}
+
 
 def _private_home(home: Path, **extra: str) -> dict[str, str]:
     """Env giving containers/image tools a private HOME (config, policy, auth, blob-info cache).
@@ -352,15 +367,28 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-class Podman:
-    """Rootful podman with private vfs storage, config, auth file and blob-info cache."""
+def make_rootfs_tar(path: Path, content: bytes = b"hello from regproxy e2e\n") -> Path:
+    """Write a tiny root file system tar (hello.txt holding `content`, etc/os-release)."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("hello.txt", content), ("etc/os-release", b"ID=regproxy-test\n")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+class _StorageTool:
+    """A containers/storage tool run as root with private vfs storage, config, auth file and
+    blob-info cache; subclasses name the program and its own global flags."""
+
+    program = ""
 
     def __init__(self, workdir: Path, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.workdir, self.timeout = workdir, timeout
         self.home = workdir / "home"
         self.authfile = self.home / "auth.json"
         self.runroot = Path(tempfile.mkdtemp(prefix="pr-", dir="/tmp"))  # short: socket paths
-        graphroot = workdir / "root"
+        self.graphroot = workdir / "root"
         self.env = _private_home(
             self.home,
             CONTAINERS_CONF=str(self.home / "containers.conf"),
@@ -368,28 +396,17 @@ class Podman:
         )
         (self.home / "containers.conf").write_text("")
         (self.home / "storage.conf").write_text(
-            f'[storage]\ndriver = "vfs"\ngraphroot = "{graphroot}"\nrunroot = "{self.runroot}"\n'
+            f'[storage]\ndriver = "vfs"\ngraphroot = "{self.graphroot}"\n'
+            f'runroot = "{self.runroot}"\n'
         )
-        self.base = [
-            "podman",
-            "--root",
-            str(graphroot),
-            "--runroot",
-            str(self.runroot),
-            "--storage-driver",
-            "vfs",
-            "--tmpdir",
-            str(self.runroot / "libpod"),
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-            "--network-config-dir",
-            str(self.home / "networks"),
-        ]
+        storage = ["--root", str(self.graphroot), "--runroot", str(self.runroot)]
+        self.base = [self.program, *storage, "--storage-driver", "vfs", *self._global_flags()]
+
+    def _global_flags(self) -> list[str]:
+        return []
 
     def run(self, *args: str, input: str | None = None, check: bool = False) -> Proc:
-        """`podman <private global flags> args...`."""
+        """`<program> <private global flags> args...`."""
         argv = [*self.base, *args]
         return run(argv, env=self.env, timeout=self.timeout, input=input, check=check)
 
@@ -397,7 +414,7 @@ class Podman:
         return _flags({"--authfile": self.authfile, "--cert-dir": cert_dir, "--creds": creds})
 
     def login(self, hostport: str, user: str, password: str, cert_dir: Path | None = None) -> Proc:
-        """`podman login` (password on stdin); never raises on failure."""
+        """`login` (password on stdin); never raises on failure."""
         args = ["login", *self._remote(cert_dir, None), "-u", user, "--password-stdin", hostport]
         return self.run(*args, input=password)
 
@@ -412,14 +429,45 @@ class Podman:
         *,
         creds: str | None = None,
         digestfile: Path | None = None,
+        format: str | None = None,
     ) -> Proc:
-        """Push local_ref to docker://dest_ref; digestfile receives the pushed manifest digest."""
-        extra = ["--digestfile", str(digestfile)] if digestfile else []
+        """Push local_ref to docker://dest_ref; digestfile receives the pushed manifest digest;
+        format: oci or v2s2 (default: the tool's choice)."""
+        extra = _flags({"--digestfile": digestfile, "--format": format})
         remote = self._remote(cert_dir, creds)
         return self.run("push", *remote, *extra, local_ref, f"docker://{dest_ref}")
 
     def pull(self, ref: str, cert_dir: Path | None = None, *, creds: str | None = None) -> Proc:
         return self.run("pull", *self._remote(cert_dir, creds), f"docker://{ref}")
+
+    def tag(self, ref: str, new_ref: str) -> None:
+        self.run("tag", ref, new_ref, check=True)
+
+    def rmi(self, ref: str) -> Proc:
+        return self.run("rmi", "--force", ref)
+
+    def cleanup(self) -> None:
+        """Remove storage, private home and runroot (vfs layers are plain directories)."""
+        for path in (self.graphroot, self.home, self.runroot):
+            _rmtree(path)
+
+
+class Podman(_StorageTool):
+    """Rootful podman with private vfs storage, config, auth file and blob-info cache."""
+
+    program = "podman"
+
+    def _global_flags(self) -> list[str]:
+        return [
+            "--tmpdir",
+            str(self.runroot / "libpod"),
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            "--network-config-dir",
+            str(self.home / "networks"),
+        ]
 
     def inspect(self, ref: str) -> dict[str, Any]:
         """`podman image inspect` of one local image."""
@@ -429,30 +477,32 @@ class Podman:
         """Manifest digest recorded for a local image (that of the pulled/pushed manifest)."""
         return str(self.inspect(ref)["Digest"])
 
-    def tag(self, ref: str, new_ref: str) -> None:
-        self.run("tag", ref, new_ref, check=True)
-
-    def rmi(self, ref: str) -> Proc:
-        return self.run("rmi", "--force", ref)
-
-    def build_small_image(self, ref: str, content: bytes = b"hello from regproxy e2e\n") -> str:
-        """Create ref offline by `podman import` of a tiny tar; returns the image id."""
-        tar_path = self.workdir / f"rootfs-{secrets.token_hex(4)}.tar"
-        with tarfile.open(tar_path, "w") as tar:
-            for name, data in (("hello.txt", content), ("etc/os-release", b"ID=regproxy-test\n")):
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
+    def build_small_image(
+        self, ref: str, content: bytes = b"hello from regproxy e2e\n", *, arch: str | None = None
+    ) -> str:
+        """Create ref offline by `podman import [--arch ARCH]` of a tiny tar; returns its id."""
+        tar_path = make_rootfs_tar(self.workdir / f"rootfs-{secrets.token_hex(4)}.tar", content)
         try:
-            out = self.run("import", "--quiet", str(tar_path), ref, check=True).stdout
+            args = ["import", "--quiet", *_flags({"--arch": arch}), str(tar_path), ref]
+            out = self.run(*args, check=True).stdout
         finally:
             tar_path.unlink()
         return out.strip().splitlines()[-1]
 
-    def cleanup(self) -> None:
-        """Remove storage, private home and runroot (vfs layers are plain directories)."""
-        for path in (self.workdir / "root", self.home, self.runroot):
-            _rmtree(path)
+
+class Buildah(_StorageTool):
+    """Rootful buildah with private vfs storage, config, auth file and blob-info cache."""
+
+    program = "buildah"
+
+    def build(self, context: Path, ref: str) -> Proc:
+        """`buildah build -t ref context` (its Containerfile); offline as long as it is FROM
+        scratch and has no RUN."""
+        return self.run("build", "--quiet", "--tag", ref, str(context))
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        """`buildah inspect --type image` of one local image."""
+        return dict(json.loads(self.run("inspect", "--type", "image", ref, check=True).stdout))
 
 
 def _put_blob(layout: Path, data: bytes) -> dict[str, Any]:
@@ -553,3 +603,156 @@ class Skopeo:
             raise CommandError(f"skopeo inspect {ref}: exit {proc.returncode}\n{proc.stderr}")
         raw = proc.stdout.encode("utf-8", "surrogateescape")
         return f"sha256:{hashlib.sha256(raw).hexdigest()}"
+
+
+DOCKER_CLI = "/usr/bin/docker"  # Debian's docker.io, the CLI of the dockerd it ships
+
+
+class Docker:
+    """A private dockerd (vfs, no iptables, no bridge; own data root, exec root, pidfile, socket
+    and containerd namespaces) and the docker CLI talking to it (private config and HOME).
+
+    dockerd runs in a mount namespace of its own in which /etc/hosts (`hosts`: name -> loopback
+    address) and /etc/docker (certs.d, key.json) are private directories of this instance:
+    nothing on the host changes. dockerd skips certificate checks (and falls back to plain HTTP)
+    for every registry whose name resolves into 127.0.0.0/8, so a name resolving to ::1 is what
+    makes it verify the proxy's certificate against /etc/docker/certs.d/HOST:PORT/ca.crt.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        hosts: Mapping[str, str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.workdir, self.timeout = workdir, timeout
+        self.etc = workdir / "etc-docker"  # dockerd's /etc/docker
+        self.exec_root = Path(tempfile.mkdtemp(prefix="dk-", dir="/tmp"))  # short: socket paths
+        self.socket = self.exec_root / "docker.sock"
+        self.log = workdir / "dockerd.log"
+        (self.etc / "certs.d").mkdir(parents=True)
+        (workdir / "home").mkdir()
+        lines = ["127.0.0.1 localhost", *(f"{addr} {name}" for name, addr in hosts.items())]
+        (workdir / "hosts").write_text("\n".join(lines) + "\n")
+        self.env = _clean_env(
+            DOCKER_HOST=f"unix://{self.socket}",
+            DOCKER_CONFIG=str(workdir / "config"),
+            HOME=str(workdir / "home"),
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._start(start_timeout)
+
+    def _start(self, timeout: float) -> None:
+        namespace = f"regproxy-e2e-{secrets.token_hex(4)}"
+        dockerd = [
+            "dockerd",
+            "--storage-driver=vfs",
+            "--iptables=false",
+            "--bridge=none",
+            f"--data-root={self.workdir / 'data'}",
+            f"--exec-root={self.exec_root / 'exec'}",
+            f"--pidfile={self.exec_root / 'docker.pid'}",
+            f"--host=unix://{self.socket}",
+            f"--containerd-namespace={namespace}",
+            f"--containerd-plugins-namespace={namespace}-plugins",
+        ]
+        private = 'mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/docker && shift 2'
+        argv = ["unshare", "--mount", "--propagation", "private", "--"]
+        argv += ["sh", "-c", f'{private} && exec "$@"', "sh"]
+        argv += [str(self.workdir / "hosts"), str(self.etc), *dockerd]
+        with self.log.open("wb") as log:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_clean_env(PATH=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"),
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (rc := self._proc.poll()) is not None:
+                raise RuntimeError(f"dockerd exited {rc}:\n{self.log_text()}")
+            if self._ping():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"dockerd not ready in {timeout}s:\n{self.log_text()}")
+
+    def _ping(self) -> bool:
+        """True once dockerd answers GET /_ping on its socket."""
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(2)
+                sock.connect(str(self.socket))
+                sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+                return sock.recv(64).startswith(b"HTTP/1.0 200")
+        except OSError:
+            return False
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def trust(self, hostport: str, ca_cert: Path) -> None:
+        """Put ca_cert where dockerd looks for hostport's CA: /etc/docker/certs.d/HOSTPORT/."""
+        (self.etc / "certs.d" / hostport).mkdir(exist_ok=True)
+        shutil.copy(ca_cert, self.etc / "certs.d" / hostport / "ca.crt")
+
+    def run(self, *args: str, input: str | None = None, check: bool = False) -> Proc:
+        """`docker args...` against this dockerd; never raises unless check."""
+        argv = [DOCKER_CLI, *args]
+        return run(argv, env=self.env, timeout=self.timeout, input=input, check=check)
+
+    def login(self, hostport: str, user: str, password: str, *, stdin: bool = True) -> Proc:
+        """`docker login` with --password-stdin, or with -p (stdin=False)."""
+        if stdin:
+            return self.run("login", "-u", user, "--password-stdin", hostport, input=password)
+        return self.run("login", "-u", user, "-p", password, hostport)
+
+    def import_tar(self, tar_path: Path, ref: str) -> str:
+        """`docker import` of a root file system tar as ref; returns the image id."""
+        return self.run("import", str(tar_path), ref, check=True).stdout.strip()
+
+    def repo_digests(self, ref: str) -> list[str]:
+        """RepoDigests (NAME@DIGEST) of a local image."""
+        out = self.run("image", "inspect", "--format", "{{json .RepoDigests}}", ref, check=True)
+        return list(json.loads(out.stdout))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM dockerd by PID (it stops the containerd it started), SIGKILL after timeout."""
+        _terminate(self._proc, timeout)
+
+    def cleanup(self) -> None:
+        """Stop dockerd, then remove its data root (vfs layers are plain directories)."""
+        self.stop()
+        for path in (self.workdir / "data", self.exec_root):
+            _rmtree(path)
+
+
+class Oras:
+    """oras-py, the ORAS Python SDK, driven by tests/e2e/oras_client.py in a subprocess with a
+    private HOME (~/.docker/config.json holds what login writes), trusting only ca_cert."""
+
+    def __init__(self, workdir: Path, ca_cert: Path, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.ca_cert, self.timeout = ca_cert, timeout
+        (workdir / "home").mkdir(parents=True)
+        self.env = _clean_env(HOME=str(workdir / "home"))
+
+    def run(self, *args: str, input: str | None = None) -> Proc:
+        """`oras_client.py args...`; never raises on failure."""
+        driver = Path(__file__).with_name("oras_client.py")
+        argv = [sys.executable, str(driver), "--ca", str(self.ca_cert), *args]
+        return run(argv, env=self.env, timeout=self.timeout, input=input)
+
+    def login(self, hostport: str, user: str, password: str) -> Proc:
+        return self.run("login", hostport, user, input=password)
+
+    def push(self, ref: str, file: Path, media_type: str, artifact_type: str) -> Proc:
+        """Push file as the one layer of an artifact; stdout: the manifest digest."""
+        return self.run("push", ref, f"{file}:{media_type}", "--artifact-type", artifact_type)
+
+    def pull(self, ref: str, outdir: Path) -> Proc:
+        """Pull ref's layers into outdir; stdout: the manifest as JSON."""
+        return self.run("pull", ref, str(outdir))
