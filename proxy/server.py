@@ -388,8 +388,8 @@ class Server:
         )
 
     async def _start_admin(self, forwarder: Forwarder) -> None:
-        """`/metrics` and `/health` on their own plain-HTTP listener (keep it on loopback or
-        a management network); every worker binds it with SO_REUSEPORT."""
+        """`/metrics`, `/health` and `/live` on their own plain-HTTP listener (keep it on
+        loopback or a management network); every worker binds it with SO_REUSEPORT."""
         state = self.state
         assert state is not None
 
@@ -399,8 +399,13 @@ class Server:
             body = {"status": "ok" if ok else "upstream unavailable", "upstream": current.upstream}
             return web.json_response(body, status=200 if ok else 503)
 
+        async def live(_: web.BaseRequest) -> web.Response:
+            # Answered while this worker's event loop runs, whatever the upstream does: a
+            # liveness probe must not restart the proxy because the registry is down.
+            return web.json_response({"status": "ok"})
+
         async def admin(request: web.BaseRequest) -> web.StreamResponse:
-            routes = {"/metrics": metrics.metrics, "/health": health}
+            routes = {"/metrics": metrics.metrics, "/health": health, "/live": live}
             handler = routes.get(request.path)
             if handler is None or request.method not in ("GET", "HEAD"):
                 return web.Response(status=404, text="not found\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -239,6 +240,33 @@ class Served:
     directory: Path
 
 
+@contextlib.asynccontextmanager
+async def serving(args: list[str], directory: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`regproxy ARGS` as a subprocess in `directory` (access log to access.log, diagnostics
+    to regproxy.err), from its "listening on" line until the block ends."""
+    stdout, stderr = directory / "access.log", directory / "regproxy.err"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", *args,
+            cwd=directory, env=ENV, stdout=out, stderr=err, start_new_session=True,
+        )  # fmt: skip
+    try:
+        for _ in range(400):
+            if b"listening on" in stderr.read_bytes():
+                break
+            assert process.returncode is None, stderr.read_text()
+            await asyncio.sleep(0.05)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.terminate()  # workers too: the parent relays it
+            try:
+                await asyncio.wait_for(process.wait(), 15)
+            except TimeoutError:
+                os.killpg(process.pid, signal.SIGKILL)  # its own session: only what it started
+        await process.wait()
+
+
 @pytest.fixture
 async def served(
     tmp_path: Path, tls: TlsPair, upstream: FakeUpstream, request: pytest.FixtureRequest
@@ -246,24 +274,9 @@ async def served(
     extra = getattr(request, "param", "")
     config = write_setup(tmp_path, tls, upstream.url, extra)
     port = int(re.search(r"listen: 127.0.0.1:(\d+)", config.read_text()).group(1))  # type: ignore[union-attr]
-    stdout, stderr = tmp_path / "access.log", tmp_path / "regproxy.err"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy", "serve", "-c", str(config),
-            cwd=tmp_path, env=ENV, stdout=out, stderr=err, start_new_session=True,
-        )  # fmt: skip
-    for _ in range(400):
-        if b"listening on" in stderr.read_bytes():
-            break
-        assert process.returncode is None, stderr.read_text()
-        await asyncio.sleep(0.05)
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client_context()))
-    yield Served(process, f"https://localhost:{port}", session, stdout, tmp_path)
-    await session.close()
-    if process.returncode is None:
-        process.terminate()  # workers too: the parent relays it
-        try:
-            await asyncio.wait_for(process.wait(), 15)
-        except TimeoutError:
-            os.killpg(process.pid, signal.SIGKILL)  # its own session: only what it started
-    await process.wait()
+    async with serving(["serve", "-c", str(config)], tmp_path) as process:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client_context()))
+        yield Served(
+            process, f"https://localhost:{port}", session, tmp_path / "access.log", tmp_path
+        )
+        await session.close()

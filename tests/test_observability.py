@@ -102,6 +102,18 @@ async def test_health_says_whether_the_upstream_answers(make_proxy: ProxyFactory
     assert (await scrape(port, "/v2/"))[0] == 404
 
 
+async def test_live_answers_while_the_upstream_is_down(make_proxy: ProxyFactory) -> None:
+    """A liveness probe on /live does not restart a proxy whose registry is down."""
+    with free_socket() as sock:
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    proxy = await make_proxy(f"metrics:\n  listen: 127.0.0.1:{free_port()}\n", upstream_url=dead)
+    port = proxy.server.metrics_port
+    assert port is not None
+    assert (await scrape(port, "/health"))[0] == 503
+    status, body = await scrape(port, "/live")
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+
+
 @pytest.mark.parametrize(
     "served", ["access_log:\n  format: json\n  path: access.jsonl\n"], indirect=True
 )
