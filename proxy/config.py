@@ -261,6 +261,7 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "limits.per_user": ("limits.per_user", _parse_positive_int),
     "limits.per_address": ("limits.per_address", _parse_positive_int),
     "limits.connections": ("limits.connections", _parse_connections),
+    "limits.upstream_connections": ("limits.upstream_connections", _parse_connections),
     "limits.upstream_wait": ("limits.upstream_wait", _parse_seconds),
     "throttle.attempts": ("throttle.attempts", _parse_positive_int),
     "throttle.window": ("throttle.window", _parse_seconds),

@@ -194,17 +194,16 @@ class Forwarder:
                 allow_redirects=False,
                 timeout=timeout,
             )
-        except ClientStalled:
-            log.info("client stopped sending its body: %s %s", request.method, route.raw_path)
-            if request.transport is not None:
-                request.transport.abort()
-            return error_response(408, "UNKNOWN", "request body stalled")
         except (TimeoutError, aiohttp.ServerTimeoutError):
             log.warning(
                 "upstream %s timed out on %s %s", route.upstream, request.method, route.raw_path
             )
             return error_response(504, "UNAVAILABLE", "upstream registry timed out")
         except aiohttp.ClientError as exc:
+            if _caused_by(exc, ClientStalled):
+                log.info("client stopped sending its body: %s %s", request.method, route.raw_path)
+                response = error_response(408, "UNKNOWN", "request body stalled")
+                return await _closing(request, response)
             log.warning(
                 "upstream %s failed on %s %s: %s",
                 route.upstream,
@@ -258,6 +257,25 @@ class Forwarder:
             request[BYTES_KEY] = sent
         await response.write_eof()
         return response
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `kind` is in the chain (aiohttp wraps errors from the request body)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def _closing(request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:
+    """Send `response` and close the connection (its request body was not read to the end)."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
 
 
 class ClientStalled(aiohttp.ClientError):

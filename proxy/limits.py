@@ -34,11 +34,13 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class Limits:
-    """`limits:` in the config. `connections` 0: derived from the open-files limit."""
+    """`limits:` in the config. `connections` and `upstream_connections` 0: derived from the
+    open-files limit."""
 
     per_user: int = 128
     per_address: int = 256
     connections: int = 0
+    upstream_connections: int = 0
     upstream_wait: float = 10.0
 
 
@@ -51,11 +53,13 @@ class Capacity:
 
 
 def capacity(limits: Limits, open_files: int) -> Capacity:
-    """A quarter of the files for upstream connections (at most UPSTREAM_CONNECTIONS), the
-    rest, minus a reserve, for clients, so that accepting a client never fails for lack of a
-    descriptor (`limits.connections` may only lower that)."""
+    """A quarter of the files for upstream connections (at most UPSTREAM_CONNECTIONS, or
+    `limits.upstream_connections`), the rest, minus a reserve, for clients, so that accepting
+    a client never fails for lack of a descriptor (`limits.connections` may only lower it)."""
     usable = max(16, open_files - RESERVED_FILES)
     upstream = max(4, min(UPSTREAM_CONNECTIONS, usable // 4))
+    if limits.upstream_connections:
+        upstream = min(usable // 2, limits.upstream_connections)
     clients = max(4, usable - upstream)
     if limits.connections:
         clients = min(clients, limits.connections)

@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -92,9 +93,9 @@ def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
         for name in RESTART_ONLY_TIMEOUTS
         if getattr(new.timeouts, name) != timeouts[name]
     ]
-    if new.limits.connections != old.limits.connections:
-        changed.append("limits.connections")
-    limits = replace(new.limits, connections=old.limits.connections)
+    fixed = {name: getattr(old.limits, name) for name in ("connections", "upstream_connections")}
+    changed += [f"limits.{n}" for n, v in fixed.items() if getattr(new.limits, n) != v]
+    limits = replace(new.limits, **fixed)
     merged = replace(new, **kept, timeouts=replace(new.timeouts, **timeouts), limits=limits)
     return merged, changed
 
@@ -173,8 +174,10 @@ class State:
         overrides: Mapping[str, object],
         attach: AttachAuthn | None = None,
         quiet: bool = False,
+        executor: Executor | None = None,
     ) -> None:
         self.current = snapshot
+        self._executor = executor  # where loading runs (None: the loop's default executor)
         self._config_path = config_path
         self._overrides = dict(overrides)
         self._attach = attach
@@ -186,9 +189,9 @@ class State:
     async def start(self) -> None:
         """Attach the running server's backends to the first snapshot (off the loop)."""
         if self._attach is not None and self.current.authn is None:
-            attach = self._attach
             first = self.current
-            authn = await asyncio.to_thread(attach, first, None)
+            loop = asyncio.get_running_loop()
+            authn = await loop.run_in_executor(self._executor, self._attach, first, None)
             self.current = replace(first, authn=authn)
 
     def enter(self) -> Snapshot:
@@ -213,7 +216,7 @@ class State:
             load = functools.partial(
                 load_next, previous, self._config_path, self._overrides, self._attach
             )
-            loaded = await asyncio.to_thread(load)
+            loaded = await asyncio.get_running_loop().run_in_executor(self._executor, load)
             report(loaded, reason, self._quiet)
             metrics.RECORD.reloaded(loaded.ok)
             if loaded.snapshot is None:

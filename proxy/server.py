@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -72,6 +72,7 @@ class Handler:
         health: Health,
         session: aiohttp.ClientSession,
         catalog_key: bytes,
+        work: Executor,
     ) -> None:
         self._state = state
         self._authentication = authentication
@@ -79,6 +80,7 @@ class Handler:
         self._health = health
         self._session = session
         self._catalog_key = catalog_key
+        self._work = work
         self._gate = Gate()
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -219,7 +221,8 @@ class Handler:
             return [d.allowed and (d.upstream or default) == upstream for d in decisions]
 
         async def allow(names: list[str]) -> list[bool]:
-            return await asyncio.to_thread(may_pull, names)  # rule matching off the loop
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._work, may_pull, names)  # off the loop
 
         timeouts = snapshot.config.timeouts
         headers = {
@@ -314,8 +317,10 @@ class Server:
         config = self._first.config
         if config.metrics_listen is not None:
             metrics.enable()
-        executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
+        executor = ThreadPoolExecutor(max(2, os.cpu_count() or 2), "regproxy-hash")
         stack.callback(executor.shutdown, wait=False, cancel_futures=True)
+        work = ThreadPoolExecutor(2, "regproxy-work")  # reloads and catalog filtering
+        stack.callback(work.shutdown, wait=False, cancel_futures=True)
         store = LocalStore(self._peers)
         stack.push_async_callback(store.close)
         await store.start()
@@ -332,7 +337,7 @@ class Server:
             return Authenticators(backends, snapshot.users, c.throttle)
 
         state = self.state = State(
-            self._first, self._config_path, self._overrides, attach, self._quiet
+            self._first, self._config_path, self._overrides, attach, self._quiet, work
         )
         stack.callback(state.close)
         await state.start()
@@ -347,6 +352,7 @@ class Server:
             Health(clock),
             forwarder.session,
             self._catalog_key,
+            work,
         )
         listener = Listener(sock, lambda: state.current.tls, config.timeouts, room.connections)
         connections = Connections(

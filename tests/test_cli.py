@@ -178,12 +178,13 @@ class KeptConnection:
         )
         return cls(reader, writer)
 
-    async def get(self, path: str, authorization: str | None = None) -> int:
+    async def get(self, path: str, authorization: str | None = None, method: str = "GET") -> int:
         extra = f"Authorization: {authorization}\r\n" if authorization else ""
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n".encode())
+        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n".encode())
         head = (await self.reader.readuntil(b"\r\n\r\n")).decode()
         length = re.search(r"(?im)^content-length: *(\d+)", head)
-        await self.reader.readexactly(int(length.group(1)) if length else 0)
+        if method != "HEAD":
+            await self.reader.readexactly(int(length.group(1)) if length else 0)
         return int(head.split()[1])
 
     async def close(self) -> None:
@@ -212,11 +213,66 @@ async def test_workers_share_failed_logins(served: Served, tls: TlsPair) -> None
             break
     assert len(held) == 2, "the kernel never gave the second worker a connection"
     first, second = held.values()
+    for connection in opened:
+        if connection not in (first, second):
+            await connection.close()
     wrong = basic("pull", "guess")
     statuses = [await (first, second)[guess % 2].get("/v2/", wrong) for guess in range(8)]
-    for connection in opened:
-        await connection.close()
+    await first.close()
+    await second.close()
     assert statuses == [401] * 3 + [429] * 5
+
+
+async def one_connection_per_worker(served: Served, tls: TlsPair) -> tuple[KeptConnection, ...]:
+    """New connections until each of the two workers holds one (the others are closed)."""
+    parent = served.process.pid
+    workers = [int(p) for p in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+    port = int(served.url.rsplit(":", 1)[1])
+    held: dict[int, KeptConnection] = {}
+    for _ in range(40):
+        connection = await KeptConnection.open(port, tls)
+        assert await connection.get("/v2/") == 401  # the connection is accepted and served
+        owner = worker_holding(port, connection.port, workers)
+        if owner is not None and owner not in held:
+            held[owner] = connection
+        else:
+            await connection.close()
+        if len(held) == 2:
+            return tuple(held.values())
+    raise AssertionError("the kernel never gave the second worker a connection")
+
+
+@pytest.mark.parametrize("served", ["workers: 2\ncache:\n  ttl: 60\n"], indirect=True)
+async def test_a_blob_deleted_through_one_worker_is_gone_in_every_worker(
+    served: Served, upstream: FakeUpstream, tls: TlsPair
+) -> None:
+    """Both workers remember that the blob exists; a DELETE through one of them, and every
+    HEAD after it, through either, answers 404."""
+    digest = "sha256:" + "ab" * 32
+    path = f"/v2/push/app/blobs/{digest}"
+    present = [True]
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        if request.method == "DELETE":
+            present[0] = False
+            return web.Response(status=202)
+        if not present[0]:
+            return web.Response(status=404)
+        return web.Response(headers={"Cache-Control": "max-age=31536000", "Content-Length": "7"})
+
+    upstream.handlers[path] = blob
+    first, second = await one_connection_per_worker(served, tls)
+    push = basic("push", USERS["push"])
+    for _ in range(3):
+        assert [await c.get(path, push, "HEAD") for c in (first, second)] == [200, 200]
+    heads = [r for r in upstream.requests if r.method == "HEAD"]
+    assert len(heads) == 2  # one per worker: each now answers from memory
+    assert await first.get(path, push, "DELETE") == 202
+    assert await second.get(path, push, "HEAD") == 404  # at once, through the other worker
+    for _ in range(5):
+        assert [await c.get(path, push, "HEAD") for c in (first, second)] == [404, 404]
+    await first.close()
+    await second.close()
 
 
 # The fixture pins one worker unless the config mentions workers: this comment leaves the key

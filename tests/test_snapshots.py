@@ -1,0 +1,136 @@
+"""One snapshot per request, built off the event loop; a startup that fails halfway leaves
+nothing behind. In-process against the fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from proxy import server as server_module
+from proxy.credentials import PasswordHash
+from proxy.server import Server
+from proxy.snapshot import load_snapshot
+from tests.conftest import (
+    USERS,
+    FakeUpstream,
+    ProxyFactory,
+    TlsPair,
+    basic,
+    free_socket,
+    htpasswd_text,
+    replace_file,
+)
+
+
+async def test_a_request_is_decided_by_the_snapshot_it_started_with(
+    make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push starts; while its password is being checked the group file drops the user from
+    `pusher` and the reload completes. The push is decided by the groups it started with; the
+    next request by the new ones."""
+    proxy = await make_proxy()
+    checking, release = threading.Event(), threading.Event()
+    verify = PasswordHash.verify
+
+    def slow_verify(self: PasswordHash, password: bytes) -> bool:
+        checking.set()
+        release.wait(30)
+        return verify(self, password)
+
+    monkeypatch.setattr(PasswordHash, "verify", slow_verify)
+    push = asyncio.ensure_future(
+        proxy.session.post(proxy.url + "/v2/push/app/blobs/uploads/", headers=proxy.auth("push"))
+    )
+    await asyncio.to_thread(checking.wait, 30)
+    replace_file(proxy.groups, "readers: other\n")  # push is no longer a pusher
+    monkeypatch.setattr(PasswordHash, "verify", verify)  # the reload's own dummy check
+    assert await proxy.state.reload("test")
+    release.set()
+    async with await push as resp:
+        assert resp.status == 200  # decided by the snapshot it started with
+    async with proxy.session.post(
+        proxy.url + "/v2/push/app/blobs/uploads/", headers=proxy.auth("push")
+    ) as resp:
+        assert resp.status == 403  # the next request sees the new groups
+
+
+async def test_requests_are_answered_while_a_16_mib_htpasswd_file_loads(
+    make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    proxy = await make_proxy()
+    async with proxy.session.get(proxy.url + "/v2/", headers=proxy.auth("pull")) as resp:
+        assert resp.status == 200  # pull's password is verified and remembered
+    line = "user{:06d}:{{SHA}}qUqP5cyxm6YcTAhz05Hph5gvu9M=\n"
+    count = (15 * 1024 * 1024) // len(line.format(0))
+    text = htpasswd_text(USERS) + "".join(line.format(n) for n in range(count))
+    assert 15 * 1024 * 1024 < len(text) < 16 * 1024 * 1024
+    proxy.htpasswd.write_text(text)
+    loading = asyncio.ensure_future(proxy.state.reload("test"))
+    answered_while_loading = 0
+    while not loading.done():
+        async with proxy.session.get(proxy.url + "/v2/", headers=proxy.auth("pull")) as resp:
+            assert resp.status == 200
+        answered_while_loading += not loading.done()
+    assert await loading
+    assert answered_while_loading > 0
+    async with proxy.session.get(
+        proxy.url + "/v2/", headers={"Authorization": basic("user000042", "test")}
+    ) as resp:
+        assert resp.status == 200  # the new file is in force
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+STEPS = [
+    ("LocalStore", "start"),
+    ("State", "start"),
+    ("Forwarder", "__init__"),
+    ("Listener", "start"),
+    ("Server", "_start_admin"),
+]
+
+
+@pytest.mark.parametrize(("owner", "method"), STEPS, ids=[f"{o}.{m}" for o, m in STEPS])
+async def test_a_startup_failing_at_any_step_leaves_nothing_behind(
+    owner: str,
+    method: str,
+    tmp_path: Path,
+    tls: TlsPair,
+    upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "htpasswd").write_text(htpasswd_text(USERS))
+    config = tmp_path / "regproxy.yaml"
+    with free_socket() as probe:
+        metrics_port = probe.getsockname()[1]
+    config.write_text(
+        f"upstream: {upstream.url}\nhtpasswd: htpasswd\ngroups: null\n"
+        f"tls:\n  cert: {tls.cert}\n  key: {tls.key}\n"
+        f"metrics:\n  listen: 127.0.0.1:{metrics_port}\n"
+    )
+    snapshot, _ = load_snapshot(config, {})
+    threads, tasks, fds = threading.active_count(), len(asyncio.all_tasks()), _fds()
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"{owner}.{method} failed")
+
+    monkeypatch.setattr(getattr(server_module, owner), method, fail)
+    sock = free_socket()
+    server = Server(snapshot, config, {})
+    with pytest.raises(RuntimeError, match="failed"):
+        await server.startup(sock)
+    sock.close()
+    await server.shutdown()  # a second shutdown is harmless
+    for _ in range(200):  # executor threads exit on their own once shut down
+        if threading.active_count() <= threads:
+            break
+        await asyncio.sleep(0.01)
+    assert threading.active_count() <= threads
+    assert len(asyncio.all_tasks()) == tasks
+    assert _fds() <= fds
