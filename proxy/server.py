@@ -82,7 +82,8 @@ class Handler:
         operation = classify(request.method, path, query)
         if isinstance(operation, Refusal):
             metrics.RECORD.request("refused", operation.status)
-            return error_response(operation.status, operation.code, operation.message)
+            allow = {"Allow": operation.allow} if operation.allow else None
+            return error_response(operation.status, operation.code, operation.message, allow)
         response = await self._handle(request, operation, path, query)
         metrics.RECORD.request(operation.action or operation.kind, response.status)
         return response
@@ -114,8 +115,8 @@ class Handler:
             return await self._catalog(request, query, who, upstream)
         if operation.kind == "ping" and self._forwarder.answers_pings(upstream):
             return ping_response()
-        if verdict.drop_mount:
-            log.info("mount from %s dropped for %s", operation.mount_from, who.user or "-")
+        if verdict.drop_mount or operation.drop_mount:
+            log.info("mount from %s dropped for %s", operation.mount_from or "-", who.user or "-")
             kept = without_mount(query)
             raw_path = f"{path}?{kept}" if kept else path
         key = None
