@@ -38,7 +38,7 @@ from pathlib import Path
 from proxy.credentials import basic_header, hash_password
 
 try:
-    from tests.e2e.harness import Registry, TlsFiles, clean_env, free_port, https_status, make_tls
+    from tests.e2e.harness import Registry, TlsFiles, free_port, https_status, make_tls
 except ModuleNotFoundError as exc:  # run as a file: the checkout is not on sys.path
     if exc.name not in ("tests", "tests.e2e"):
         raise
@@ -172,7 +172,7 @@ class Target:
 
 def suite_env(target: Target, ca_cert: Path, report_dir: Path) -> dict[str, str]:
     """The suite's whole configuration (its README lists the variables)."""
-    inherited = {k: v for k, v in clean_env().items() if not k.startswith("OCI_")}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("OCI_")}
     return inherited | {
         "OCI_ROOT_URL": target.url,
         "OCI_NAMESPACE": target.namespace,
@@ -255,7 +255,7 @@ def regproxy(
         process = subprocess.Popen(
             [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
             cwd=directory,
-            env=clean_env(),
+            env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's proxy
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

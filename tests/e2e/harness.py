@@ -106,7 +106,7 @@ def _flags(opts: Mapping[str, object]) -> list[str]:
     return [arg for flag, value in opts.items() if value for arg in (flag, str(value))]
 
 
-def clean_env(**extra: str) -> dict[str, str]:
+def _clean_env(**extra: str) -> dict[str, str]:
     """os.environ minus proxy, REGISTRY_* (docker-registry config overrides!), CONTAINERS_*."""
     drop = ("REGISTRY_", "CONTAINERS_", "_CONTAINERS_")
     env = {
@@ -210,7 +210,7 @@ class Registry:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=clean_env(),
+                    env=_clean_env(),
                     start_new_session=True,
                 )
             deadline = time.monotonic() + timeout
@@ -329,7 +329,7 @@ def _private_home(home: Path, **extra: str) -> dict[str, str]:
     )
     (conf / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
     (home / "auth.json").write_text('{"auths": {}}')  # podman --authfile fails if it is missing
-    return clean_env(
+    return _clean_env(
         HOME=str(home),
         XDG_RUNTIME_DIR=str(home / "run"),
         TMPDIR=str(home / "tmp"),
