@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import FakeUpstream, ProxyFactory, basic
-from tests.unit.test_routes import REFUSALS, Answer
+from tests.unit.test_routes import CATALOG_REFUSALS, REFUSALS, Answer
 
 API = "Docker-Distribution-Api-Version"
 DIGEST = "sha256:" + "a" * 64
@@ -135,7 +135,7 @@ async def test_refused_before_authentication_and_never_forwarded(
     assert upstream.requests == []
 
 
-@pytest.mark.parametrize("answer", REFUSALS)
+@pytest.mark.parametrize("answer", REFUSALS + CATALOG_REFUSALS)
 async def test_every_refusal_answered_by_the_proxy(
     make_proxy: ProxyFactory, upstream: FakeUpstream, answer: Answer
 ) -> None:

@@ -1,7 +1,8 @@
-"""Every request regproxy answers itself (tests/unit/test_routes.py REFUSALS), replayed against
-the real docker-registry directly and through the real regproxy: the registry answers what the
-table says it does, regproxy answers the table's status and code (and the registry's `Allow`
-on a 405), and none of these requests reaches the registry."""
+"""Every request regproxy answers itself (tests/unit/test_routes.py REFUSALS and
+CATALOG_REFUSALS), replayed against the real docker-registry directly and through the real
+regproxy: the registry answers what the table says it does, regproxy answers the table's status
+and code (and the registry's `Allow` on a 405), and none of these requests reaches the
+registry."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ import pytest
 
 from tests.e2e.conftest import USERS, RegproxyProcess
 from tests.e2e.harness import Registry, TlsFiles
-from tests.unit.test_routes import REFUSALS, Answer
+from tests.unit.test_routes import CATALOG_REFUSALS, REFUSALS, Answer
 
 pytestmark = pytest.mark.e2e
 
-ANSWERS: list[Answer] = [param.values[0] for param in REFUSALS]  # type: ignore[misc]
+ANSWERS: list[Answer] = [param.values[0] for param in REFUSALS + CATALOG_REFUSALS]  # type: ignore[misc]
 ACCESS_LINE = re.compile(r'^\S+ - \S+ \[[^]]+\] "(\S+) (\S+) HTTP/1\.1"', re.MULTILINE)
 Reply = tuple[int, dict[str, str], bytes]
 
