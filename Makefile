@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TEST_PACKAGES := docker-registry podman skopeo buildah docker.io:dockerd apache2-utils:htpasswd openssl slapd:slapd ldap-utils:ldapadd \
                  python3-venv:python3-venv
 
-.PHONY: run test venv lint typecheck clean bench fuzz soak
+.PHONY: run test venv lint typecheck clean bench fuzz soak conformance
 
 $(STAMP): pyproject.toml
 	scripts/install-deps.sh python3-venv:python3-venv
@@ -40,6 +40,14 @@ bench: $(STAMP)
 		docker-registry skopeo wrk curl openssl
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The OCI distribution-spec conformance suite (v1.1.1) against a fresh registry directly, through
+# regproxy with the default policy and through regproxy with a per-user namespace ACL; fails when
+# a test that passes directly fails through the proxy. Needs the suite's binary:
+# OCI_CONFORMANCE_BIN or ../shared/conformance/conformance.test. CONFORMANCE_ARGS="--keep".
+conformance: $(STAMP)
+	scripts/install-deps.sh docker-registry
+	$(PY) -m scripts.conformance $(CONFORMANCE_ARGS)
 
 # Concurrent pushes and pulls as several users through the real proxy, every digest checked,
 # errors, RSS and open fds reported (bench/results/soak.json). SOAK_ARGS="--minutes 10".

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ CHUNK = 64 * 1024
 # 16 concurrent 256 MiB downloads, one worker, +7 MiB instead of +15, ~380 MB/s each way).
 UPSTREAM_READ_BUFFER = 16 * 1024
 RETRY_AFTER = "5"  # seconds a client is asked to wait when every upstream connection is busy
+_LINK_TARGET = re.compile(r"<([^>]*)>")  # the URI of each link in a Link header
 
 
 def _droppable(headers: CIMultiDictProxy[str]) -> set[str]:
@@ -88,13 +90,19 @@ def response_headers(
     out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
     if "Location" in out:
         out["Location"] = rewrite_location(out["Location"], upstream, public_origin)
+    if "Link" in out:  # paging of tag lists and referrers
+        links = [
+            _LINK_TARGET.sub(lambda m: f"<{rewrite_location(m[1], upstream, public_origin)}>", v)
+            for v in out.popall("Link")
+        ]
+        out.extend(("Link", link) for link in links)
     out[API_VERSION_HEADER] = API_VERSION
     out.setdefault("Server", SERVER)
     return out
 
 
 def rewrite_location(location: str, upstream: str, public_origin: str) -> str:
-    """Point a Location at the upstream's own address back at the proxy."""
+    """Point a Location (or a Link's URI) at the upstream's own address back at the proxy."""
     parts, base = urlsplit(location), urlsplit(upstream)
     same = (parts.scheme, parts.hostname, parts.port or _default_port(parts.scheme)) == (
         base.scheme,

@@ -5,6 +5,11 @@ The classifier works on the raw, undecoded path, and the proxy forwards exactly 
 the check and the upstream can never disagree about which repository a request touches. Names,
 tags and digests must match the spec's grammar; percent-encoding, dot segments, empty segments
 and `;` parameters therefore never match and are refused before any decision.
+
+A refusal says what the spec says for the same request, with one of its error codes: a
+reference that names nothing the registry could hold (neither tag nor digest) is "not found",
+as the registry itself answers for a path outside its routes; a digest of a known algorithm
+with the wrong encoding is DIGEST_INVALID, as the registry answers for blobs.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 NAME_MAX = 255  # distribution's limit on a repository name
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+# Algorithms the registry (go-digest) knows, with the only encoding it accepts for each.
+_ENCODED = {
+    "sha256": re.compile(r"[a-f0-9]{64}"),
+    "sha384": re.compile(r"[a-f0-9]{96}"),
+    "sha512": re.compile(r"[a-f0-9]{128}"),
+}
 _UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,255}")
 
 # Endpoint shapes: the name part is validated separately so that a bad name gets NAME_INVALID.
@@ -57,12 +68,23 @@ _ACTIONS: dict[tuple[Kind, str], Action | None] = {
     ("referrers", "GET"): "pull",
 }
 
+# A reference outside its grammar: what the registry answers for a path outside its routes
+# (404), in the spec's words; the referrers API must answer 400 to "a <digest> with an invalid
+# syntax".
+_NOT_A_REFERENCE: dict[Kind, tuple[int, str, str]] = {
+    "manifest": (404, "MANIFEST_UNKNOWN", "manifest unknown: neither a tag nor a digest"),
+    "blob": (404, "BLOB_UNKNOWN", "blob unknown: not a digest"),
+    "upload": (404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown: not an upload id"),
+    "referrers": (400, "DIGEST_INVALID", "invalid digest"),
+}
+
 
 @dataclass(frozen=True)
 class Operation:
     """What a request does: the endpoint kind, the repository and the action it needs.
 
-    `mount_from` is the second repository a cross-repository blob mount reads from.
+    `mount_from` is the second repository a cross-repository blob mount reads from;
+    `drop_mount` marks mount parameters without a usable `from` or digest, to be removed.
     """
 
     kind: Kind
@@ -70,6 +92,7 @@ class Operation:
     repository: str | None = None
     reference: str | None = None
     mount_from: str | None = None
+    drop_mount: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +102,7 @@ class Refusal:
     status: int
     code: str
     message: str
+    allow: str = ""  # the endpoint's methods, for the `Allow` header of a 405
 
 
 def is_proxied(path: str) -> bool:
@@ -91,11 +115,29 @@ def valid_name(name: str) -> bool:
 
 
 def valid_reference(kind: Kind, ref: str) -> bool:
+    """Whether `ref` is in the grammar of the path's reference (the registry's routes)."""
     if kind == "manifest":
         return TAG_RE.fullmatch(ref) is not None or DIGEST_RE.fullmatch(ref) is not None
     if kind == "upload":
         return _UPLOAD_ID_RE.fullmatch(ref) is not None
     return DIGEST_RE.fullmatch(ref) is not None
+
+
+def malformed_digest(ref: str) -> bool:
+    """A digest of a known algorithm whose encoded part that algorithm never produces (the
+    spec: sha256 is 64 lower-case hex digits). The registry fails on these, for manifests
+    with a 500; other algorithms are left to the registry."""
+    algorithm, colon, encoded = ref.partition(":")
+    pattern = _ENCODED.get(algorithm)
+    return bool(colon) and pattern is not None and pattern.fullmatch(encoded) is None
+
+
+def _reference_refusal(kind: Kind, ref: str) -> Refusal | None:
+    if not valid_reference(kind, ref):
+        return Refusal(*_NOT_A_REFERENCE[kind])
+    if kind != "upload" and malformed_digest(ref):
+        return Refusal(400, "DIGEST_INVALID", "invalid digest: wrong encoding for its algorithm")
+    return None
 
 
 def _endpoint(path: str) -> tuple[Kind, str | None, str | None] | Refusal:
@@ -110,17 +152,19 @@ def _endpoint(path: str) -> tuple[Kind, str | None, str | None] | Refusal:
         name, ref = match.group("name"), match.groupdict().get("ref")
         if not valid_name(name):
             return Refusal(400, "NAME_INVALID", "invalid repository name")
-        if ref is not None and not valid_reference(kind, ref):
-            code = "TAG_INVALID" if kind == "manifest" else "DIGEST_INVALID"
-            return Refusal(400, code, f"invalid reference in {kind} path")
-        return (kind, name, ref)
-    return Refusal(404, "NOT_FOUND", "no such registry endpoint")
+        refused = None if ref is None else _reference_refusal(kind, ref)
+        return refused or (kind, name, ref)
+    return Refusal(404, "UNSUPPORTED", "no such registry endpoint")
 
 
 def _mount_source(query: str) -> str | Refusal | None:
-    """The `from` repository of a cross-repository mount, checked like any other name.
+    """The `from` repository of a cross-repository mount, checked like any other name; "" when
+    the mount has no usable source (no `from`, or a `from` or `mount` outside its grammar).
 
-    Repeated parameters are refused: the registry might read a different copy than we did.
+    The spec lets a registry treat `from` as optional and search for the blob itself, and tells
+    it to start an ordinary upload when it cannot mount: such a mount is forwarded as that
+    upload, so no registry picks a source the caller may not read, and nothing malformed is
+    forwarded. Repeated parameters are refused: the registry might read another copy than we.
     """
     pairs = parse_qsl(query, keep_blank_values=True)
     keys = [k for k, _ in pairs]
@@ -130,9 +174,9 @@ def _mount_source(query: str) -> str | Refusal | None:
     params = dict(pairs)
     if "mount" not in params:
         return None
-    source = params.get("from", "")
-    if not valid_name(source):
-        return Refusal(400, "NAME_INVALID", "invalid repository name in 'from'")
+    digest, source = params["mount"], params.get("from", "")
+    if DIGEST_RE.fullmatch(digest) is None or malformed_digest(digest) or not valid_name(source):
+        return ""
     return source
 
 
@@ -166,17 +210,15 @@ def body_refusal(operation: Operation, content_type: str) -> Refusal | None:
 def classify(method: str, path: str, query: str = "") -> Operation | Refusal:
     """Classify a request by its method and raw (undecoded) path and query string."""
     if not is_proxied(path):
-        return Refusal(404, "NOT_FOUND", "not a registry path")
+        return Refusal(404, "UNSUPPORTED", "not a registry path")
     endpoint = _endpoint(path)
     if isinstance(endpoint, Refusal):
         return endpoint
     kind, name, ref = endpoint
     if (kind, method) not in _ACTIONS:
-        return Refusal(405, "UNSUPPORTED", f"method {method} not allowed here")
-    mount_from: str | None = None
-    if kind == "upload-start":
-        source = _mount_source(query)
-        if isinstance(source, Refusal):
-            return source
-        mount_from = source
-    return Operation(kind, _ACTIONS[(kind, method)], name, ref, mount_from)
+        allow = ", ".join(sorted(m for k, m in _ACTIONS if k == kind))
+        return Refusal(405, "UNSUPPORTED", f"method {method} not allowed here", allow)
+    source = _mount_source(query) if kind == "upload-start" else None
+    if isinstance(source, Refusal):
+        return source
+    return Operation(kind, _ACTIONS[(kind, method)], name, ref, source or None, source == "")

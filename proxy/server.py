@@ -124,7 +124,8 @@ class Handler:
         operation = classify(request.method, path, query)
         if isinstance(operation, Refusal):
             metrics.RECORD.request("refused", operation.status)
-            return error_response(operation.status, operation.code, operation.message)
+            allow = {"Allow": operation.allow} if operation.allow else None
+            return error_response(operation.status, operation.code, operation.message, allow)
         address = f"addr:{where.address}"
         if not self._gate.enter(address, config.limits.per_address):
             return _busy(f"too many requests in flight from {where.address}")
@@ -186,8 +187,8 @@ class Handler:
         if operation.kind == "ping" and self._health.answers_pings(upstream):
             return ping_response()
         raw_path = request.raw_path
-        if verdict.drop_mount:
-            log.info("mount from %s dropped for %s", operation.mount_from, who.user or "-")
+        if verdict.drop_mount or operation.drop_mount:
+            log.info("mount from %s dropped for %s", operation.mount_from or "-", who.user or "-")
             kept = without_mount(query)
             raw_path = f"{path}?{kept}" if kept else path
         route = Route(upstream, raw_path, where.forwarded_for)

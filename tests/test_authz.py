@@ -73,29 +73,36 @@ async def test_namespace_rules(
 
 
 @pytest.mark.parametrize(
-    ("source", "forwarded_query"),
+    ("query", "forwarded_query"),
     [
-        ("pull/base", f"mount={DIGEST}&from=pull/base"),
-        ("library/base", f"mount={DIGEST}&from=library/base"),
-        ("secret/base", ""),
-        ("secret%2Fbase", ""),  # decoded like the registry decodes it: secret/base
-        ("..%2Fsecret", None),  # not a name: refused, nothing forwarded
+        (f"mount={DIGEST}&from=pull/base", f"mount={DIGEST}&from=pull/base"),
+        (f"mount={DIGEST}&from=library/base", f"mount={DIGEST}&from=library/base"),
+        (f"mount={DIGEST}&from=secret/base", ""),
+        (f"mount={DIGEST}&from=secret%2Fbase", ""),  # decoded like the registry: secret/base
+        # No usable source: the spec's ordinary upload, never a mount the registry could
+        # resolve from anywhere (`from` is optional to it), nothing malformed forwarded.
+        (f"mount={DIGEST}", ""),
+        (f"mount={DIGEST}&from=", ""),
+        (f"mount={DIGEST}&from=..%2Fsecret", ""),
+        (f"digest={DIGEST}&mount={DIGEST}&from=Secret", f"digest={DIGEST}"),
+        ("mount=sha256:abc&from=pull/base", ""),
     ],
 )
 async def test_mount_needs_pull_on_the_source(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, source: str, forwarded_query: str | None
+    make_proxy: ProxyFactory,
+    upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+    query: str,
+    forwarded_query: str,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="regproxy")
     proxy = await make_proxy(NAMESPACES)
     path = "/v2/pull/app/blobs/uploads/"
-    async with proxy.session.post(
-        proxy.url + f"{path}?mount={DIGEST}&from={source}", headers=auth("pull")
-    ) as resp:
-        assert resp.status == (200 if forwarded_query is not None else 400)
-    if forwarded_query is None:
-        assert upstream.requests == []
-    else:
-        (seen,) = upstream.requests
-        assert seen.path_qs == (f"{path}?{forwarded_query}" if forwarded_query else path)
+    async with proxy.session.post(proxy.url + f"{path}?{query}", headers=auth("pull")) as resp:
+        assert resp.status == 200
+    (seen,) = upstream.requests
+    assert seen.path_qs == (f"{path}?{forwarded_query}" if forwarded_query else path)
+    assert ("dropped for pull" in caplog.text) is (forwarded_query != query)
 
 
 def paginating_catalog(repositories: list[str]) -> web.Response | object:

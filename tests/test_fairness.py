@@ -233,12 +233,12 @@ async def test_aiohttp_client_sees_429_as_a_registry_error(
     started = stalling_upstream(upstream)
     held = asyncio.ensure_future(stalled_upload(proxy, tls))
     await started.wait()
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=tls.client_context())
-    ) as session:
-        async with session.get(proxy.url + MANIFEST, headers=proxy.auth("push")) as resp:
-            assert resp.status == 429
-            body = await resp.json()
-            assert body["errors"][0]["message"] == "too many requests in flight for push"
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client_context())) as session,
+        session.get(proxy.url + MANIFEST, headers=proxy.auth("push")) as resp,
+    ):
+        assert resp.status == 429
+        body = await resp.json()
+        assert body["errors"][0]["message"] == "too many requests in flight for push"
     held.cancel()
     await asyncio.gather(held, return_exceptions=True)

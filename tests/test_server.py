@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import FakeUpstream, ProxyFactory, basic
+from tests.unit.test_routes import CATALOG_REFUSALS, REFUSALS, Answer
 
 API = "Docker-Distribution-Api-Version"
 DIGEST = "sha256:" + "a" * 64
@@ -131,6 +132,27 @@ async def test_refused_before_authentication_and_never_forwarded(
         assert resp.status == status
         assert resp.headers.getall(API) == ["registry/2.0"]
         json.loads(await resp.text())
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("answer", REFUSALS + CATALOG_REFUSALS)
+async def test_every_refusal_answered_by_the_proxy(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, answer: Answer
+) -> None:
+    proxy = await make_proxy()
+    target = proxy.url + answer.path + (f"?{answer.query}" if answer.query else "")
+    async with proxy.session.request(
+        answer.method, aiohttp.client.URL(target, encoded=True), headers=proxy.auth("push")
+    ) as resp:
+        assert resp.status == answer.status
+        assert resp.headers.getall(API) == ["registry/2.0"]
+        if answer.method != "HEAD":
+            assert_spec_error(await resp.text(), answer.code)
+        allow = resp.headers.get("Allow")
+        assert (allow is not None) is (answer.status == 405)
+        if allow is not None:  # the endpoint's own methods, and never the refused one
+            assert answer.method not in allow.split(", ")
+            assert set(allow.split(", ")) <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
     assert upstream.requests == []
 
 
