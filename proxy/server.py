@@ -274,9 +274,11 @@ class Server:
         overrides: Mapping[str, object],
         peers: Peers | None = None,
         catalog_key: bytes | None = None,
+        lock_dir: Path | None = None,
         quiet: bool = False,
     ) -> None:
         self._first = snapshot
+        self._lock_dir = lock_dir
         self._config_path = config_path
         self._overrides = dict(overrides)
         self._peers = peers
@@ -322,7 +324,7 @@ class Server:
         stack.callback(executor.shutdown, wait=False, cancel_futures=True)
         work = ThreadPoolExecutor(2, "regproxy-work")  # reloads and catalog filtering
         stack.callback(work.shutdown, wait=False, cancel_futures=True)
-        store = LocalStore(self._peers)
+        store = LocalStore(self._peers, self._lock_dir)
         stack.push_async_callback(store.close)
         await store.start()
         clock = time.monotonic

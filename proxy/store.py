@@ -5,13 +5,22 @@ cache) and publishes events; a store carries those events to the other workers a
 shared backend is configured, to the other replicas, and hands theirs to its subscribers.
 `LocalStore` is the default: in-process, plus the worker mesh (`proxy.peers`) when there are
 several workers. Publishing never blocks and never fails a request.
+
+Stores also give named locks (`lock`), for work that must not run twice at once anywhere (two
+pushes of the same new tag): held for at most `ttl` seconds, waited for at most `wait`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import hashlib
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Protocol
 
 from .events import Event, decode, encode
@@ -38,6 +47,12 @@ class Store(Protocol):
         answering from local state that an event could have made stale."""
         ...
 
+    def lock(self, name: str, ttl: float, wait: float) -> AbstractAsyncContextManager[None]:
+        """Hold `name` exclusively across every process sharing this store; LockTimeout if it
+        cannot be had within `wait` seconds. A holder that dies releases it (at the latest
+        after `ttl` seconds)."""
+        ...
+
     async def start(self) -> None:
         """Begin receiving (on the running loop)."""
         ...
@@ -45,13 +60,71 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-class LocalStore:
-    """This process, plus the other workers of this machine when there are several."""
+class LockTimeout(Exception):
+    """A named lock stayed held by someone else for longer than the caller would wait."""
 
-    def __init__(self, peers: Peers | None = None) -> None:
+
+LOCK_STRIPES = 256  # lock files per machine: names share them by hash
+LOCK_POLL = 0.01
+
+
+class LocalStore:
+    """This process, plus the other workers of this machine when there are several.
+
+    Locks: an asyncio lock per name within the process, and, when `lock_dir` is given (the
+    supervisor makes one for its workers), an advisory file lock on one of LOCK_STRIPES files
+    there, which the kernel releases if the holder dies."""
+
+    def __init__(self, peers: Peers | None = None, lock_dir: Path | None = None) -> None:
         self._peers = peers
+        self._lock_dir = lock_dir
         self._subscribers: list[Subscriber] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # name -> lock, users
+
+    @contextlib.asynccontextmanager
+    async def lock(self, name: str, ttl: float, wait: float) -> AsyncIterator[None]:
+        entry = self._locks.setdefault(name, (asyncio.Lock(), [0]))
+        local, users = entry
+        users[0] += 1
+        try:
+            try:
+                await asyncio.wait_for(local.acquire(), wait)
+            except TimeoutError:
+                raise LockTimeout(name) from None
+            try:
+                fd = None
+                if self._lock_dir is not None:
+                    fd = await asyncio.wait_for(self._file_lock(name), wait)
+            except TimeoutError:
+                local.release()
+                raise LockTimeout(name) from None
+            try:
+                yield
+            finally:
+                if fd is not None:
+                    os.close(fd)  # closing the descriptor releases the file lock
+                local.release()
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[name]
+
+    async def _file_lock(self, name: str) -> int:
+        assert self._lock_dir is not None
+        stripe = int.from_bytes(hashlib.sha256(name.encode()).digest()[:2]) % LOCK_STRIPES
+        path = self._lock_dir / f"{stripe:03d}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    await asyncio.sleep(LOCK_POLL)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def publish(self, event: Event) -> None:
         if self._peers is not None:

@@ -75,13 +75,14 @@ def run_worker(
     overrides: Mapping[str, object],
     peers: Peers | None = None,
     catalog_key: bytes | None = None,
+    lock_dir: Path | None = None,
     quiet: bool = False,
 ) -> int:
     import uvloop
 
     from .server import Server
 
-    server = Server(snapshot, config_path, overrides, peers, catalog_key, quiet)
+    server = Server(snapshot, config_path, overrides, peers, catalog_key, lock_dir, quiet)
     uvloop.run(server.serve(sock))
     return 0
 
@@ -97,11 +98,13 @@ class Supervisor:
     children: dict[int, int] = field(default_factory=dict)  # pid -> worker index
     signals: list[int] = field(default_factory=list)
     stopping: bool = False
+    lock_dir: Path | None = None  # the workers' shared lock files (proxy.store)
 
     def run(self) -> int:
         workers = self.snapshot.config.workers
         mesh = Mesh(workers)  # kept open here: a restarted worker gets the same sockets
         catalog_key = new_key()
+        self.lock_dir = Path(tempfile.mkdtemp(prefix="regproxy-locks-"))
         for index in range(workers):
             self._fork(index, mesh, catalog_key)
         for signum in RELAYED:
@@ -124,6 +127,7 @@ class Supervisor:
                 time.sleep(POLL_INTERVAL)
         finally:
             mesh.close()
+            shutil.rmtree(self.lock_dir, ignore_errors=True)
         log.info("stopped")
         return status
 
@@ -144,6 +148,7 @@ class Supervisor:
                     self.overrides,
                     mesh.peers(index),
                     catalog_key,
+                    self.lock_dir,
                     quiet=True,
                 )
             finally:

@@ -1,16 +1,17 @@
 """The local store (proxy.store): two workers' throttles and caches joined by a real datagram
-mesh (proxy.peers), in one process."""
+mesh (proxy.peers), in one process; named locks over shared lock files."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from proxy.events import BlobGone, Event
 from proxy.peers import Mesh
-from proxy.store import LocalStore
+from proxy.store import LocalStore, LockTimeout
 from proxy.throttle import Throttle, ThrottleSettings
 
 SETTINGS = ThrottleSettings(attempts=4, window=300.0, max_delay=900.0)
@@ -105,3 +106,41 @@ def test_a_store_without_peers_is_alone() -> None:
     store = LocalStore()
     store.publish(BlobGone("k"))
     assert store.deliver() == 0
+
+
+async def test_a_lock_is_exclusive_across_stores_sharing_a_directory(tmp_path: Path) -> None:
+    """Two workers' stores: while one holds a name, the other waits, then gets it."""
+    import asyncio
+
+    first, second = LocalStore(lock_dir=tmp_path), LocalStore(lock_dir=tmp_path)
+    order: list[str] = []
+    async with first.lock("push/app:v1", ttl=30, wait=5):
+        waiting = asyncio.ensure_future(_hold(second, "push/app:v1", order))
+        await asyncio.sleep(0.05)  # the other store is polling for the file lock by now
+        order.append("first done")
+    await waiting
+    assert order == ["first done", "second"]
+
+
+async def _hold(store: LocalStore, name: str, order: list[str]) -> None:
+    async with store.lock(name, ttl=30, wait=5):
+        order.append("second")
+
+
+async def test_a_lock_held_too_long_times_out_the_waiter(tmp_path: Path) -> None:
+    first, second = LocalStore(lock_dir=tmp_path), LocalStore(lock_dir=tmp_path)
+    async with first.lock("x", ttl=30, wait=5):
+        with pytest.raises(LockTimeout):
+            async with second.lock("x", ttl=30, wait=0.1):
+                pass
+        with pytest.raises(LockTimeout):  # within one process too
+            async with first.lock("x", ttl=30, wait=0.1):
+                pass
+    async with second.lock("x", ttl=30, wait=1):
+        pass  # released: free again
+
+
+async def test_different_names_do_not_wait_for_each_other() -> None:
+    store = LocalStore()
+    async with store.lock("a", ttl=30, wait=1), store.lock("b", ttl=30, wait=0.1):
+        pass
