@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import os
 import re
+import resource
 import signal
 import socket
 import ssl
@@ -241,14 +242,23 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serving(args: list[str], directory: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+async def serving(
+    args: list[str], directory: Path, open_files: int | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """`regproxy ARGS` as a subprocess in `directory` (access log to access.log, diagnostics
-    to regproxy.err), from its "listening on" line until the block ends."""
+    to regproxy.err), from its "listening on" line until the block ends. `open_files`: its
+    open-files limit (soft and hard), as a service manager would set it."""
     stdout, stderr = directory / "access.log", directory / "regproxy.err"
+
+    def limit() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", *args,
             cwd=directory, env=ENV, stdout=out, stderr=err, start_new_session=True,
+            preexec_fn=limit,
         )  # fmt: skip
     try:
         for _ in range(400):

@@ -430,3 +430,38 @@ async def test_a_mismatched_certificate_on_reload_keeps_the_old_one(
     assert await proxy.state.reload("test") is True  # the rest of the config is fine
     async with proxy.session.get(proxy.url + "/v2/", headers={"Authorization": PULL}) as resp:
         assert resp.status == 200  # handshakes still use the old certificate
+
+
+async def test_an_endless_catalog_costs_a_bounded_number_of_upstream_pages(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """An upstream whose Link never ends, full of repositories the caller may not see: one
+    client request reads MAX_PAGES pages, answers with what it found and a Link to continue
+    that does not name any repository the caller may not see."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from proxy.catalog import MAX_PAGES
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        after = parse_qs(urlsplit(str(request.rel_url)).query).get("last", [""])[0]
+        start = int(after.split("/")[1]) + 1 if after else 0
+        names = [f"secret/{n:09d}" for n in range(start, start + 1000)]
+        link = f'</v2/_catalog?last={names[-1]}&n=1000>; rel="next"'
+        return web.json_response({"repositories": names}, headers={"Link": link})
+
+    upstream.handlers["/v2/_catalog"] = endless
+    proxy = await make_proxy("acl:\n  - repositories: [public/**]\n    actions: [pull]\n")
+    async with proxy.session.get(
+        proxy.url + "/v2/_catalog?n=10", headers={"Authorization": PULL}
+    ) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["repositories"] == []
+        link = resp.headers["Link"]
+    assert len(upstream.requests) == MAX_PAGES
+    assert "secret" not in link and "last=~" in link
+    async with proxy.session.get(
+        proxy.url + link[1 : link.index(">")], headers={"Authorization": PULL}
+    ) as resp:
+        assert resp.status == 200  # the sealed position continues the listing
+    assert len(upstream.requests) == 2 * MAX_PAGES
+    assert "last=secret/000009999" in upstream.requests[MAX_PAGES].path_qs
