@@ -53,7 +53,7 @@ conformance: $(STAMP)
 # errors, RSS and open fds reported (bench/results/soak.json). SOAK_ARGS="--minutes 10".
 soak: $(STAMP)
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh docker-registry skopeo apache2-utils:htpasswd
-	$(PY) scripts/soak.py $(SOAK_ARGS)
+	$(PY) -m scripts.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -10,7 +10,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +26,7 @@ from proxy.credentials import hash_password
 from proxy.reload import State
 from proxy.server import Server
 from proxy.snapshot import load_snapshot
+from tests.net import free_socket
 
 # Property tests: a quick profile for `make test`, a long one for `make fuzz`.
 settings.register_profile("default", max_examples=300, deadline=None)
@@ -78,13 +78,6 @@ class FakeUpstream:
         if handler is not None:
             return await handler(request)
         return web.json_response({}, headers={"Docker-Distribution-Api-Version": "registry/2.0"})
-
-
-def free_socket(host: str = "127.0.0.1") -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.bind((host, 0))
-    sock.listen(128)
-    return sock
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from tests.conftest import (
     basic,
     free_socket,
 )
+from tests.net import free_port
 
 PULL = {"Authorization": basic("pull", USERS["pull"])}
 
@@ -34,11 +35,6 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-
-
-def free_port() -> int:
-    with free_socket() as sock:
-        return int(sock.getsockname()[1])
 
 
 async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:

@@ -17,14 +17,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_socket
+from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with free_socket() as sock:
-        return int(sock.getsockname()[1])
 
 
 def get(url: str, cafile: Path, user: str, password: str) -> int:

@@ -14,7 +14,7 @@ from proxy.policy import Rule, authorize, decide, glob_regex
 from proxy.problems import ConfigError, read_text
 from proxy.routes import Operation, classify
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def rules_of(name: str) -> tuple[Rule, ...]:
