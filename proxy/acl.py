@@ -39,6 +39,52 @@ def construct(node: yaml.Node) -> Any:
         raise ValueError(f"cannot read value: {getattr(exc, 'problem', None) or exc}") from None
 
 
+# Parser contexts whose mark is where the cause is: something opened there and never closed.
+_OPENED = {
+    "while parsing a flow sequence": "a '[' opened on this line is not closed",
+    "while parsing a flow mapping": "a '{' opened on this line is not closed",
+    "while scanning a quoted scalar": "a quote opened on this line is not closed",
+    "while scanning a simple key": "a key on this line has no ':'",
+}
+
+
+def _run_on_start(text: str, line: int) -> int:
+    """The line where the plain value that ran on into `line` began (a forgotten ':' or a
+    wrong indentation before it), else `line`."""
+    start = line
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, yaml.ScalarToken):
+                start = token.start_mark.line + 1
+    except yaml.YAMLError:
+        pass
+    return start if start < line else line
+
+
+def yaml_problem(exc: yaml.YAMLError, text: str, source: str) -> Problem:
+    """A YAML syntax error at the line that causes it (where a bracket or quote was opened,
+    where a value that runs on began, the last line of a file that ends half-written), not
+    where the parser gave up."""
+    problem = str(getattr(exc, "problem", None) or exc)
+    mark = getattr(exc, "problem_mark", None)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark is not None else 0
+    if context in _OPENED and context_mark is not None:
+        cause = context_mark.line + 1
+        return Problem(source, cause, f"invalid YAML: {_OPENED[context]} ({problem})")
+    if mark is not None and mark.index >= len(text.rstrip()):
+        last = len(text.rstrip().split("\n"))
+        return Problem(source, last, f"invalid YAML: the file ends early ({problem})")
+    if problem == "mapping values are not allowed here":
+        start = _run_on_start(text, line)
+        if start != line:
+            why = f"a value starts here and runs on into line {line} (a ':' missing, or the"
+            return Problem(source, start, f"invalid YAML: {why} indentation of line {line}?)")
+    if problem.startswith("but ") and context:
+        problem = f"{context}, {problem}"  # "expected a single document ..., but found ..."
+    return Problem(source, line, f"invalid YAML: {problem}")
+
+
 class _Bad(ValueError):
     """One problem in one rule; the caller adds file and line."""
 
@@ -197,9 +243,7 @@ def parse_acl_text(text: str, source: str) -> tuple[tuple[Rule, ...], list[Probl
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 0
-        return (), [Problem(source, line, f"invalid YAML: {getattr(exc, 'problem', exc)}")]
+        return (), [yaml_problem(exc, text, source)]
     if node is None:
         return (), [Problem(source, 0, "acl: empty ACL file denies everything")]
     if isinstance(node, yaml.MappingNode):

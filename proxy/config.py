@@ -8,10 +8,13 @@ Only the CLI exits; this module raises.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import math
 import os
+import pwd
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from .acl import construct, parse_acl_text, parse_rules
+from .acl import construct, parse_acl_text, parse_rules, yaml_problem
 from .credentials import Problem
 
 if TYPE_CHECKING:
@@ -39,11 +42,14 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 
 
 class ConfigError(Exception):
-    """Every problem found while loading, each `file:line: message`."""
+    """Every problem found while loading, each `file:line: message`; `ignored` are the bad
+    lines found on the way, which alone would only have been skipped."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], ignored: list[Problem] | None = None) -> None:
         self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+        self.ignored = ignored or []
+        lines = [str(p) for p in problems] + [f"{p} (line ignored)" for p in self.ignored]
+        super().__init__("\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -333,13 +339,45 @@ def _flatten(
     return flat
 
 
+def _owner(st: os.stat_result) -> str:
+    try:
+        return f"{pwd.getpwuid(st.st_uid).pw_name}:{grp.getgrgid(st.st_gid).gr_name}"
+    except KeyError:
+        return f"{st.st_uid}:{st.st_gid}"
+
+
+def permission_hint(path: Path) -> str:
+    """What this process lacks to read `path`: search permission on a directory on the way,
+    or read permission on the file, with the owner and mode it has now."""
+    blocked, need = path, "read"
+    for parent in reversed(path.absolute().parents):
+        if not os.access(parent, os.X_OK):
+            blocked, need = parent, "search (x)"
+            break
+    try:
+        st = blocked.stat()
+    except OSError:
+        return ""
+    return (
+        f"; regproxy runs as uid {os.geteuid()} gid {os.getegid()} and needs {need} permission"
+        f" on {blocked} (mode {stat.S_IMODE(st.st_mode):04o}, owner {_owner(st)}): make it"
+        " group-readable by a group regproxy is in, or run regproxy as the owner"
+    )
+
+
+def cannot_read(path: Path, exc: OSError) -> Problem:
+    """An OSError from reading `path`, naming the file and, for EACCES, what is missing."""
+    hint = permission_hint(path) if isinstance(exc, PermissionError) else ""
+    return Problem(str(path), 0, f"cannot read: {exc.strerror or exc}{hint}")
+
+
 def read_text(path: Path) -> str:
     """A whole file as UTF-8; ConfigError (file:line) if unreadable, binary or huge."""
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError([Problem(str(path), 0, f"cannot read: {exc.strerror or exc}")]) from None
+        raise ConfigError([cannot_read(path, exc)]) from None
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError([Problem(str(path), 0, f"larger than {MAX_FILE_BYTES} bytes")])
     try:
@@ -363,9 +401,7 @@ def _read_yaml(path: Path, problems: list[Problem]) -> dict[str, tuple[Any, int]
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 0
-        problems.append(Problem(source, line, f"invalid YAML: {getattr(exc, 'problem', exc)}"))
+        problems.append(yaml_problem(exc, text, source))
         return {}
     if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
         return {}
@@ -382,13 +418,19 @@ def _convert(
         if not isinstance(value, str) or not value or "\0" in value:
             problems.append(Problem(*where, f"{key}: expected a file path, got {value!r}"))
             return None
-        path = Path(value)
-        return path if path.is_absolute() else base / path
+        return normalised(base / value)
     try:
         return parser(value)
     except ValueError as exc:
         problems.append(Problem(*where, f"{key}: {exc}"))
         return None
+
+
+def normalised(path: Path) -> Path:
+    """`conf/../certs/server.crt` as `certs/server.crt`, unless a symbolic link on the way
+    makes the two different files."""
+    clean = Path(os.path.normpath(path))
+    return clean if clean == path or clean.resolve() == path.resolve() else path
 
 
 def _apply(config: Config, values: Mapping[str, Any]) -> Config:
@@ -496,7 +538,7 @@ def _load_acl(
     if not isinstance(name, str) or not name:
         problems.append(Problem(source, line, "acl: expected a list of rules or a file name"))
         return None, None
-    acl_path = Path(name) if Path(name).is_absolute() else base / name
+    acl_path = normalised(base / name)
     try:
         rules, rule_problems = parse_acl_text(read_text(acl_path), str(acl_path))
     except ConfigError as exc:

@@ -87,14 +87,34 @@ def load_snapshot(
     config_path: Path | None,
     overrides: Mapping[str, object],
     previous: UserFiles | None = None,
+    *,
+    tls: bool = False,
 ) -> tuple[Snapshot, list[Problem]]:
-    """Build a Snapshot from scratch; ConfigError if unusable, else line-level problems."""
+    """Build a Snapshot from scratch; ConfigError listing every problem that makes it
+    unusable (the config's; else the user files', the token key's and, with `tls`, the
+    certificate pair's, all of them), else the line-level problems."""
     config = config_module.load(config_path, overrides)
-    users, problems = load_users(config, previous)
+    fatal: list[Problem] = []
+    try:
+        users, problems = load_users(config, previous)
+    except ConfigError as exc:
+        users, problems = None, []
+        fatal += exc.problems
     signer, token_problems = load_signer(config.token) if config.token else (None, [])
-    if token_problems:
-        raise ConfigError(token_problems)
+    fatal += token_problems
+    if tls:
+        fatal += load_certificate(server_context(), config.tls_cert, config.tls_key)
+    if fatal or users is None:
+        raise ConfigError(fatal, problems)
     return Snapshot(config, users, config.rules, signer), problems
+
+
+def preflight(
+    config_path: Path | None, overrides: Mapping[str, object]
+) -> tuple[Snapshot, list[Problem]]:
+    """What `serve` needs before it starts and what `check` reports, so both name the same
+    problems: load_snapshot with the TLS pair tried on a scratch context."""
+    return load_snapshot(config_path, overrides, tls=True)
 
 
 _Signature = tuple[int, int, int, int] | None
