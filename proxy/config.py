@@ -358,10 +358,11 @@ def permission_hint(path: Path) -> str:
         st = blocked.stat()
     except OSError:
         return ""
+    uid = os.geteuid()
     return (
-        f"; regproxy runs as uid {os.geteuid()} gid {os.getegid()} and needs {need} permission"
-        f" on {blocked} (mode {stat.S_IMODE(st.st_mode):04o}, owner {_owner(st)}): make it"
-        " group-readable by a group regproxy is in, or run regproxy as the owner"
+        f": uid {uid} (gid {os.getegid()}) needs {need} permission on {blocked} (mode"
+        f" {stat.S_IMODE(st.st_mode):04o}, owner {_owner(st)}): grant it to a group uid {uid} is"
+        " in, or give regproxy CAP_DAC_READ_SEARCH"
     )
 
 
