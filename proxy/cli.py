@@ -465,7 +465,7 @@ def _unusable_name(user: str) -> str | None:
         return None
     return (
         'ACL rules like "${user}/**" use it as a repository path component: lower-case '
-        "letters and digits, with single '.', '_', '__' or '-' between them"
+        "letters and digits, separated by '.', '_', '__' or dashes"
     )
 
 
