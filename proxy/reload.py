@@ -79,7 +79,7 @@ def load_users(
         except ConfigError as exc:
             fatal.extend(exc.problems)
     if fatal:
-        raise ConfigError(fatal)
+        raise ConfigError(fatal, problems)
     return UserFiles.build(htpasswd, groups, previous.dummy if previous else None), problems
 
 
@@ -98,7 +98,7 @@ def load_snapshot(
     try:
         users, problems = load_users(config, previous)
     except ConfigError as exc:
-        users, problems = None, []
+        users, problems = None, exc.ignored
         fatal += exc.problems
     signer, token_problems = load_signer(config.token) if config.token else (None, [])
     fatal += token_problems
