@@ -88,11 +88,11 @@ def load_snapshot(
     overrides: Mapping[str, object],
     previous: UserFiles | None = None,
     *,
-    tls: bool = False,
+    startup: bool = False,
 ) -> tuple[Snapshot, list[Problem]]:
     """Build a Snapshot from scratch; ConfigError listing every problem that makes it
-    unusable (the config's; else the user files', the token key's and, with `tls`, the
-    certificate pair's, all of them), else the line-level problems."""
+    unusable (the config's; else the user files', the token key's and, at `startup`, the
+    certificate pair's and the log files', all of them), else the line-level problems."""
     config = config_module.load(config_path, overrides)
     fatal: list[Problem] = []
     try:
@@ -102,8 +102,9 @@ def load_snapshot(
         fatal += exc.problems
     signer, token_problems = load_signer(config.token) if config.token else (None, [])
     fatal += token_problems
-    if tls:
+    if startup:
         fatal += load_certificate(server_context(), config.tls_cert, config.tls_key)
+        fatal += _log_file_problems(config)
     if fatal or users is None:
         raise ConfigError(fatal, problems)
     return Snapshot(config, users, config.rules, signer), problems
@@ -113,8 +114,28 @@ def preflight(
     config_path: Path | None, overrides: Mapping[str, object]
 ) -> tuple[Snapshot, list[Problem]]:
     """What `serve` needs before it starts and what `check` reports, so both name the same
-    problems: load_snapshot with the TLS pair tried on a scratch context."""
-    return load_snapshot(config_path, overrides, tls=True)
+    problems: load_snapshot with the TLS pair tried on a scratch context and the log files
+    checked for appending."""
+    return load_snapshot(config_path, overrides, startup=True)
+
+
+def _log_file_problems(config: Config) -> list[Problem]:
+    """Log files regproxy could not append to (checked without creating them)."""
+    problems = []
+    for key, path in (("access_log.path", config.access_log_path), ("audit_log", config.audit_log)):
+        if path is None:
+            continue
+        writable = path if path.exists() else path.parent
+        if path.is_dir():
+            why = "it is a directory"
+        elif not writable.is_dir() and writable != path:
+            why = f"directory {writable} does not exist"
+        elif not os.access(writable, os.W_OK):
+            why = f"uid {os.geteuid()} may not write to {writable}"
+        else:
+            continue
+        problems.append(Problem(str(path), 0, f"{key}: cannot append: {why}"))
+    return problems
 
 
 _Signature = tuple[int, int, int, int] | None

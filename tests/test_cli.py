@@ -691,3 +691,23 @@ def test_help_is_written_for_users_with_exit_codes() -> None:
         assert sub.description, name
         for action in sub._actions:
             assert action.help, (name, action.dest)  # every option says what it is for
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("access_log:\n  path: {d}/no/access.log\n", "{d}/no/access.log: access_log.path: cannot "
+         "append: directory {d}/no does not exist"),
+        ("audit_log: {d}/sub\n", "{d}/sub: audit_log: cannot append: it is a directory"),
+    ],
+    ids=["missing directory", "a directory"],
+)  # fmt: skip
+def test_log_files_that_cannot_be_appended_to(
+    tmp_path: Path, tls: TlsPair, extra: str, expected: str
+) -> None:
+    (tmp_path / "sub").mkdir()
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000", extra.format(d=tmp_path))
+    for command in ("check", "serve"):
+        result = regproxy(command, "-c", str(config), cwd=tmp_path)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert expected.format(d=tmp_path) in result.stderr.splitlines()
