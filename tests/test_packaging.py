@@ -90,7 +90,8 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 def test_dockerfile_runs_the_entrypoint_with_the_healthcheck() -> None:
     instructions = dockerfile_instructions()
     args = dict(instructions)
-    assert args["FROM"].endswith("-slim")
+    assert args["FROM"].endswith("-slim-bookworm")  # util-linux (setpriv) is essential there
+    assert args["RUN"].startswith("setpriv --version && ")
     # No USER: the entrypoint starts as root only to drop to uid 10001 (tests/test_image.py).
     assert "USER" not in args
     assert "useradd --system --uid 10001 --gid 10001" in args["RUN"]
