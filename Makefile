@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_PACKAGES := docker-registry podman skopeo buildah docker.io:dockerd apache2-utils:htpasswd openssl slapd:slapd ldap-utils:ldapadd \
+                 docker-compose \
                  python3-venv:python3-venv
 
 .PHONY: run test venv lint typecheck clean bench fuzz soak conformance
@@ -22,8 +23,8 @@ run: $(STAMP)
 	$(PY) scripts/run.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check proxy tests scripts
-	$(PY) -m ruff format --check proxy tests scripts
+	$(PY) -m ruff check proxy tests scripts compose
+	$(PY) -m ruff format --check proxy tests scripts compose
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

@@ -357,13 +357,19 @@ def _convert(
         if not isinstance(value, str) or not value or "\0" in value:
             problems.append(Problem(*where, f"{key}: expected a file path, got {value!r}"))
             return None
-        path = Path(value)
-        return path if path.is_absolute() else base / path
+        return normalised(base / value)
     try:
         return parser(value)
     except ValueError as exc:
         problems.append(Problem(*where, f"{key}: {exc}"))
         return None
+
+
+def normalised(path: Path) -> Path:
+    """`conf/../certs/server.crt` as `certs/server.crt`, unless a symbolic link on the way
+    makes the two different files."""
+    clean = Path(os.path.normpath(path))
+    return clean if clean == path or clean.resolve() == path.resolve() else path
 
 
 def _apply(config: Config, values: Mapping[str, Any]) -> Config:
@@ -471,7 +477,7 @@ def _load_acl(
     if not isinstance(name, str) or not name:
         problems.append(Problem(source, line, "acl: expected a list of rules or a file name"))
         return None, None
-    acl_path = Path(name) if Path(name).is_absolute() else base / name
+    acl_path = normalised(base / name)
     try:
         rules, rule_problems = parse_acl_text(read_text(acl_path), str(acl_path))
     except ConfigError as exc:
