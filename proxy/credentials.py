@@ -223,23 +223,27 @@ AUTHORIZATION_MAX = 4096
 def parse_basic_auth(values: list[str]) -> tuple[str, str] | None:
     """The (user, password) of a Basic Authorization header; None if there is none.
 
-    Raises MalformedCredentials for several headers, bad base64, a missing colon, or an
-    absurd length. Another scheme, or an empty user with an empty password, counts as no
-    credentials (the client is asked for Basic).
+    Raises MalformedCredentials for several headers, anything outside ASCII, bad base64, a
+    missing colon, or an absurd length. Another scheme, or an empty user with an empty
+    password, counts as no credentials (the client is asked for Basic). Spaces and tabs around
+    the parts are tolerated, as Apache does; the scheme is compared ASCII case-insensitively
+    (Go's parseBasicAuth uses ascii.EqualFold), never with Unicode folding.
     Bytes that are not UTF-8 are kept (surrogate escapes) so they still compare as bytes.
     """
     if not values:
         return None
     if len(values) > 1:
         raise MalformedCredentials("several Authorization headers")
-    value = values[0].strip()
+    value = values[0].strip(" \t")
     if len(value) > AUTHORIZATION_MAX:
         raise MalformedCredentials("Authorization header too long")
+    if not value.isascii():
+        raise MalformedCredentials("Authorization header is not ASCII")
     scheme, _, encoded = value.partition(" ")
-    if scheme.lower() != "basic":
+    if scheme.encode().lower() != b"basic":  # bytes: ASCII-only folding
         return None
     try:
-        decoded = base64.b64decode(encoded.strip(), validate=True)
+        decoded = base64.b64decode(encoded.strip(" \t"), validate=True)
     except (binascii.Error, ValueError):
         raise MalformedCredentials("Basic credentials are not valid base64") from None
     user, sep, password = decoded.decode("utf-8", "surrogateescape").partition(":")

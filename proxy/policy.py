@@ -50,7 +50,7 @@ def client_address(
     X-Forwarded-For is walked from the right past trusted hops. A malformed entry stops the
     walk at the last address known for sure."""
     current = peer
-    hops = [h.strip() for value in forwarded_for for h in value.split(",")]
+    hops = [h.strip(" \t") for value in forwarded_for for h in value.split(",")]
     while current is not None and hops and any(current in n for n in trusted):
         try:
             current = ipaddress.ip_address(hops.pop())

@@ -33,7 +33,7 @@ from .forward import Forwarder
 from .peers import Peers, SharedThrottle
 from .policy import Identity, IPAddress, IPNetwork, authorize, client_address, decide
 from .reload import State
-from .routes import Operation, Refusal, body_refusal, catalog_page, classify, without_mount
+from .routes import Operation, Refusal, catalog_page, classify_request, without_mount
 from .throttle import Throttle
 from .token import issue
 
@@ -79,7 +79,8 @@ class Handler:
         token = self._state.current.config.token
         if token is not None and path == token.path:
             return await self._token(request)
-        operation = classify(request.method, path, query)
+        http11 = request.version >= (1, 1)
+        operation = classify_request(request.method, path, query, request.raw_headers, http11)
         if isinstance(operation, Refusal):
             metrics.RECORD.request("refused", operation.status)
             return error_response(operation.status, operation.code, operation.message)
@@ -93,9 +94,6 @@ class Handler:
         snapshot = self._state.current
         config = snapshot.config
         raw_path = request.raw_path
-        refused = body_refusal(operation, request.headers.get("Content-Type", ""))
-        if refused is not None:
-            return error_response(refused.status, refused.code, refused.message)
         who = await self._identify(request, request.headers.getall("Authorization", []))
         if isinstance(who, Denied):
             return _denied(who, config.realm)

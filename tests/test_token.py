@@ -117,6 +117,16 @@ def test_scope_parsing_drops_what_it_cannot_name() -> None:
     ]
 
 
+def test_scopes_are_separated_by_ascii_spaces_only() -> None:
+    """Not by NBSP, NEL or U+2028, which str.split() takes: one scope, malformed, dropped."""
+    for space in ("\u00a0", "\x85", "\u2028", "\t"):
+        assert parse_scopes([f"repository:a:pull{space}repository:b:push"]) == []
+    assert [str(s) for s in parse_scopes(["repository:a:pull  repository:b:push"])] == [
+        "repository:a:pull",
+        "repository:b:push",
+    ]
+
+
 @pytest.mark.parametrize(
     ("groups", "actions", "expected"),
     [

@@ -661,6 +661,8 @@ def b64(raw: bytes) -> str:
         pytest.param(["basic " + b64(b"alice:pw")], ("alice", "pw"), id="lowercase-scheme"),
         pytest.param(["BASIC " + b64(b"alice:pw")], ("alice", "pw"), id="uppercase-scheme"),
         pytest.param(["  Basic   " + b64(b"alice:pw") + "  "], ("alice", "pw"), id="spaces"),
+        pytest.param(["\tBasic \t" + b64(b"alice:pw") + "\t"], ("alice", "pw"), id="tabs"),
+        pytest.param(["\x1cBasic " + b64(b"alice:pw")], None, id="file-separator-not-space"),
         pytest.param(["Basic " + b64(b"alice:")], ("alice", ""), id="empty-password"),
         pytest.param(["Basic " + b64(b":pw")], ("", "pw"), id="empty-user"),
         pytest.param(["Basic " + b64(b":")], None, id="empty-user-and-password-anonymous"),
@@ -683,6 +685,11 @@ def test_parse_basic_auth(values: list[str], expected: tuple[str, str] | None) -
     [
         pytest.param(["Basic " + b64(b"a:b"), "Basic " + b64(b"c:d")], "several", id="two-basic"),
         pytest.param(["Bearer x", "Basic " + b64(b"c:d")], "several", id="bearer-and-basic"),
+        # ASCII only: no Unicode case folding or trimming decides what the scheme is.
+        pytest.param(["Ba\u017fic " + b64(b"a:b")], "not ASCII", id="long-s-scheme"),
+        pytest.param(["\u00a0Basic " + b64(b"a:b")], "not ASCII", id="nbsp-before"),
+        pytest.param(["Basic\u2028" + b64(b"a:b")], "not ASCII", id="line-separator"),
+        pytest.param(["Basic " + b64(b"a:b") + "\x85"], "not ASCII", id="nel-after"),
         pytest.param(["", ""], "several", id="two-empty"),
         pytest.param(["Basic !!!!"], "not valid base64", id="bad-chars"),
         pytest.param(["Basic " + b64(b"alice:pw")[:-1]], "not valid base64", id="bad-padding"),
