@@ -36,11 +36,13 @@ from .credentials import (
     groups_of,
     hash_password,
     parse_htpasswd,
+    placeholder_notes,
+    user_name_problem,
 )
 from .peers import Mesh, Peers
 from .policy import Identity, decide
 from .reload import State, load_snapshot, load_users
-from .routes import ACTIONS, valid_name
+from .routes import ACTIONS, valid_component, valid_name
 from .tls import load_certificate, server_context
 from .token import load_signer
 
@@ -123,8 +125,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Every problem at once: config keys, htpasswd/group lines, the TLS pair."""
+    """Every problem at once: config keys, htpasswd/group lines, the TLS pair; and, as notes
+    that do not fail the check, the users and groups that placeholder rules pass by."""
     problems: list[Problem] = []
+    notes: list[Problem] = []
     try:
         config = config_module.load(_config_path(args), _overrides(args))
     except ConfigError as exc:
@@ -137,13 +141,27 @@ def _check(args: argparse.Namespace) -> int:
         problems += load_certificate(server_context(), config.tls_cert, config.tls_key)
         if config.token is not None:
             problems += load_signer(config.token)[1]
-    for problem in problems:
+        notes = _placeholder_notes(config)
+    for problem in problems + notes:
         print(problem, file=sys.stderr)
     if problems:
         print(f"configuration has {len(problems)} problem(s)", file=sys.stderr)
         return 1
     print("configuration ok")
     return 0
+
+
+def _placeholder_notes(config: Config) -> list[Problem]:
+    """The htpasswd users and group-file groups, by line, that `${user}` or `${group}` rules
+    never match, when the ACL uses those placeholders."""
+    patterns = [pattern for rule in config.rules for pattern in rule.repositories]
+    htpasswd = config.htpasswd if "htpasswd" in config.auth_backends else None
+    notes: list[Problem] = []
+    for kind, path in (("user", htpasswd), ("group", config.groups)):
+        if path is not None and any(f"${{{kind}}}" in pattern for pattern in patterns):
+            with contextlib.suppress(ConfigError):  # unreadable: reported as a problem already
+                notes += placeholder_notes(read_text(path), str(path), kind)
+    return notes
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -301,6 +319,10 @@ def _passwd(args: argparse.Namespace) -> int:
         _atomic_write(path, new_text)
         print(f"deleted user {args.user}")
         return 0
+    problem = None if args.verify else user_name_problem(args.user)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
     password = _read_password(args.stdin, confirm=not args.verify)
     if password is None:
         return 1
@@ -316,6 +338,12 @@ def _passwd(args: argparse.Namespace) -> int:
         return 2
     _atomic_write(path, new_text)
     print(f"{'updated' if found else 'added'} user {args.user}")
+    if not valid_component(args.user):
+        print(
+            f"note: {args.user!r} is not a lowercase repository path component:"
+            " ${user} in an ACL never matches this user",
+            file=sys.stderr,
+        )
     return 0
 
 

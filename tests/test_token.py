@@ -11,7 +11,7 @@ import pytest
 import trustme
 
 from proxy.config import ConfigError, load
-from proxy.policy import Identity, recipe_rules
+from proxy.policy import Identity, Rule, recipe_rules
 from proxy.token import Scope, granted, parse_scopes
 from tests.conftest import USERS, ProxyFactory, basic
 
@@ -173,3 +173,12 @@ async def test_malformed_token_form_is_a_400(make_proxy: ProxyFactory, tmp_path:
     ) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"] == "invalid_request"
+
+
+def test_a_token_never_grants_a_slashed_user_anothers_namespace() -> None:
+    """Token mode decides with the same policy: `alice/sub` gets nothing under alice/."""
+    rules = (Rule(frozenset({"pull", "push"}), repositories=("${user}/**",)),)
+    for user, expected in (("alice/sub", None), ("alice", ("pull", "push"))):
+        scope = parse_scopes(["repository:alice/sub/app:pull,push"])[0]
+        got = granted(rules, Identity(user), scope, frozenset())
+        assert (got and got.actions) == expected
