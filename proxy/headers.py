@@ -22,10 +22,11 @@ RawHeaders = Sequence[tuple[bytes, bytes]]
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 _OWS = b" \t"  # what textproto's trim() strips from every value, both ends
 # RFC 7230 token: httpguts.ValidHeaderFieldName, and the Connection list's elements.
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TCHAR = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_TOKEN = re.compile(_TCHAR)
 # httpguts.ValidHeaderFieldValue: no control byte but HTAB.
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e\t]*")
+_FIELD = _TCHAR + rb":[\t\x20-\x7e\x80-\xff]*"
+_FIELDS = re.compile(rb"(?:" + _FIELD + rb"(?:\n" + _FIELD + rb")*)?")
 # mime/grammar.go isTokenChar: 0x21-0x7e except tspecials ()<>@,;:\"/[]?= (so '{' is one).
 _MIME_TOKEN = rb"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
 _MEDIA_TYPE = re.compile(_MIME_TOKEN + rb"(?:/" + _MIME_TOKEN + rb")?")
@@ -50,6 +51,7 @@ _ONCE = frozenset(
     }
 )
 _LISTS = frozenset({b"transfer-encoding", b"connection", b"forwarded"})
+_INTERPRETED = _ONCE | _LISTS
 
 
 @dataclass(frozen=True)
@@ -93,25 +95,23 @@ class Unreadable:
 
 def read(headers: RawHeaders, http11: bool = True) -> Reading | Unreadable:
     """The registry's reading of `headers` (raw name/value bytes, in order), or why not."""
+    # server.go readRequest: "invalid header name", "invalid header value"; one pass over
+    # `name:value` lines, since neither a name nor a valid value holds a newline.
+    if not _FIELDS.fullmatch(b"\n".join(name + b":" + value for name, value in headers)):
+        bad_name = any(not _TOKEN.fullmatch(name) for name, _ in headers)
+        return Unreadable("malformed header name" if bad_name else "control character in a value")
     values: dict[bytes, list[bytes]] = {}
     for raw_name, raw_value in headers:
-        if not _TOKEN.fullmatch(raw_name):  # server.go readRequest: "invalid header name"
-            return Unreadable("malformed header name")
-        name, value = raw_name.lower(), raw_value.strip(_OWS)  # bytes: ASCII-only folding
-        if _CONTROL.search(value):  # server.go readRequest: "invalid header value"
-            return Unreadable(f"control character in {_label(name)}")
-        if _interpreted(name):
-            if not _PRINTABLE_ASCII.fullmatch(value):
+        name = raw_name.lower()  # bytes: ASCII-only folding, as canonicalMIMEHeaderKey's
+        if name in _INTERPRETED or name.startswith(b"x-forwarded-"):
+            value = raw_value.strip(_OWS)  # textproto's trim()
+            if not value.isascii():
                 return Unreadable(f"{_label(name)} must be ASCII")
             values.setdefault(name, []).append(value)
     for name, found in values.items():
         if name in _ONCE and any(v != found[0] for v in found[1:]):
             return Unreadable(f"several different {_label(name)} headers")
     return _reading(values, http11)
-
-
-def _interpreted(name: bytes) -> bool:
-    return name in _ONCE or name in _LISTS or name.startswith(b"x-forwarded-")
 
 
 def _label(name: bytes) -> str:
@@ -140,7 +140,7 @@ def _reading(values: dict[bytes, list[bytes]], http11: bool) -> Reading | Unread
             return Unreadable("malformed Content-Type")
     expect = values.get(b"expect", [b""])[0]
     # header.go hasToken: ASCII case-insensitive, bounded by space, comma or tab.
-    expect_continue = b"100-continue" in re.split(rb"[ ,\t]+", expect.lower())
+    expect_continue = bool(expect) and b"100-continue" in re.split(rb"[ ,\t]+", expect.lower())
     if expect and not expect_continue:  # server.go: anything else is 417
         return Unreadable("only Expect: 100-continue is supported", 417)
     length, chunked = framing
@@ -149,7 +149,7 @@ def _reading(values: dict[bytes, list[bytes]], http11: bool) -> Reading | Unread
 
 def _list(value: bytes) -> list[bytes]:
     """A comma-separated list's non-empty elements, trimmed."""
-    return [element for element in re.split(rb"[ \t]*,[ \t]*", value.strip(_OWS)) if element]
+    return [element for part in value.split(b",") if (element := part.strip(_OWS))]
 
 
 def _framing(
@@ -234,6 +234,6 @@ def _media_value(text: bytes) -> tuple[str, bytes] | None:
             out.append(text[i + 1])
             i += 2
             continue
-        out.append(byte)  # CR and LF, which end it in Go, never reach here (_CONTROL)
+        out.append(byte)  # CR and LF, which end it in Go, never reach here (read refuses them)
         i += 1
     return None  # no closing quote
