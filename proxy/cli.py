@@ -12,6 +12,7 @@ regproxy passwd  FILE USER [--stdin] [--delete] [--verify] [--cost N]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import ipaddress
 import logging
@@ -22,13 +23,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS
-from .credentials import PasswordHash, edit_htpasswd, hash_password, parse_htpasswd
+from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS, Config
+from .credentials import (
+    PasswordHash,
+    edit_htpasswd,
+    hash_password,
+    parse_htpasswd,
+    placeholder_notes,
+    user_name_problem,
+)
 from .identity import Identity
 from .logsetup import configure_logging
 from .policy import decide
-from .problems import ConfigError, read_text
-from .routes import ACTIONS, valid_name
+from .problems import ConfigError, Problem, read_text
+from .routes import ACTIONS, valid_component, valid_name
 from .snapshot import load_snapshot
 from .supervisor import bind, serve
 
@@ -111,18 +119,34 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Every problem at once: config keys, htpasswd/group lines, the TLS pair, the token key."""
+    """Every problem at once: config keys, htpasswd/group lines, the TLS pair, the token key;
+    and, as notes that do not fail the check, the users and groups placeholder rules pass by."""
+    notes: list[Problem] = []
     try:
-        _, problems = load_snapshot(_config_path(args), _overrides(args))
+        snapshot, problems = load_snapshot(_config_path(args), _overrides(args))
+        notes = _placeholder_notes(snapshot.config)
     except ConfigError as exc:
         problems = exc.problems
-    for problem in problems:
+    for problem in problems + notes:
         print(problem, file=sys.stderr)
     if problems:
         print(f"configuration has {len(problems)} problem(s)", file=sys.stderr)
         return 1
     print("configuration ok")
     return 0
+
+
+def _placeholder_notes(config: Config) -> list[Problem]:
+    """The htpasswd users and group-file groups, by line, that `${user}` or `${group}` rules
+    never match, when the ACL uses those placeholders."""
+    patterns = [pattern for rule in config.rules for pattern in rule.repositories]
+    htpasswd = config.htpasswd if "htpasswd" in config.auth_backends else None
+    notes: list[Problem] = []
+    for kind, path in (("user", htpasswd), ("group", config.groups)):
+        if path is not None and any(f"${{{kind}}}" in pattern for pattern in patterns):
+            with contextlib.suppress(ConfigError):  # unreadable: reported as a problem already
+                notes += placeholder_notes(read_text(path), str(path), kind)
+    return notes
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -209,6 +233,10 @@ def _passwd(args: argparse.Namespace) -> int:
         _atomic_write(path, new_text)
         print(f"deleted user {args.user}")
         return 0
+    problem = None if args.verify else user_name_problem(args.user)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
     password = _read_password(args.stdin, confirm=not args.verify)
     if password is None:
         return 1
@@ -224,6 +252,12 @@ def _passwd(args: argparse.Namespace) -> int:
         return 2
     _atomic_write(path, new_text)
     print(f"{'updated' if found else 'added'} user {args.user}")
+    if not valid_component(args.user):
+        print(
+            f"note: {args.user!r} is not a lowercase repository path component:"
+            " ${user} in an ACL never matches this user",
+            file=sys.stderr,
+        )
     return 0
 
 
