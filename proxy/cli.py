@@ -20,12 +20,18 @@ from typing import Any
 from . import __version__
 from . import config as config_module
 from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS, Config
-from .credentials import PasswordHash, edit_htpasswd, hash_password, parse_htpasswd
+from .credentials import (
+    PasswordHash,
+    edit_htpasswd,
+    hash_password,
+    parse_htpasswd,
+    placeholder_notes,
+)
 from .identity import Identity
 from .logsetup import configure_logging
 from .policy import decide
-from .problems import ConfigError, read_text
-from .routes import ACTIONS, NAME_RE, valid_name
+from .problems import ConfigError, Problem, read_text
+from .routes import ACTIONS, valid_component, valid_name
 from .snapshot import load_users, preflight
 from .supervisor import bind, serve
 
@@ -219,13 +225,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Every problem serve would find (the same function finds them), line-level ones too."""
+    """Every problem serve would find (the same function finds them), line-level ones too;
+    and, as notes that do not fail the check, the users and groups placeholder rules pass by."""
+    notes: list[Problem] = []
     try:
-        problems = preflight(_config_path(args), _overrides(args))[1]
+        snapshot, problems = preflight(_config_path(args), _overrides(args))
+        notes = _placeholder_notes(snapshot.config)
     except ConfigError as exc:
         problems = exc.problems
     created = _made_by_make_run(args)
-    for problem in problems:
+    for problem in problems + notes:
         made = created.get(problem.source)
         print(f"{problem} (`make run` creates it: {made})" if made else problem, file=sys.stderr)
     if problems:
@@ -252,6 +261,19 @@ def _made_by_make_run(args: argparse.Namespace) -> dict[str, str]:
     if config.groups is not None and not config.htpasswd.exists():
         made[config.groups] = f"{config.push_group}: admin"
     return {str(path): what for path, what in made.items() if not path.exists()}
+
+
+def _placeholder_notes(config: Config) -> list[Problem]:
+    """The htpasswd users and group-file groups, by line, that `${user}` or `${group}` rules
+    never match, when the ACL uses those placeholders."""
+    patterns = [pattern for rule in config.rules for pattern in rule.repositories]
+    htpasswd = config.htpasswd if "htpasswd" in config.auth_backends else None
+    notes: list[Problem] = []
+    for kind, path in (("user", htpasswd), ("group", config.groups)):
+        if path is not None and any(f"${{{kind}}}" in pattern for pattern in patterns):
+            with contextlib.suppress(ConfigError):  # unreadable: reported as a problem already
+                notes += placeholder_notes(read_text(path), str(path), kind)
+    return notes
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -382,7 +404,7 @@ def _unusable_name(user: str) -> str | None:
     """Why a new user name would be unsafe or useless in ACL rules, if it would be: `${user}`
     stands for one repository path component, so `a/b` would reach into user a's namespace,
     and names with capitals or wildcards never match a repository."""
-    if NAME_RE.fullmatch(user) and "/" not in user:
+    if valid_component(user):
         return None
     return (
         'ACL rules like "${user}/**" use it as a repository path component: lower-case '

@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 Backend = Literal["htpasswd", "ldap"]
 BACKENDS: tuple[str, ...] = ("htpasswd", "ldap")
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-AccessLogFormat = Literal["common", "combined", "json", "off"]
+AccessLogFormat = Literal["common", "combined", "combined_duration", "json", "off"]
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
-ACCESS_LOG_FORMATS: tuple[str, ...] = ("common", "combined", "json", "off")
+ACCESS_LOG_FORMATS: tuple[str, ...] = ("common", "combined", "combined_duration", "json", "off")
 DEFAULT_CONFIG_PATH = Path("conf/regproxy.yaml")
 
 

@@ -113,6 +113,7 @@ def load_snapshot(
         raise ConfigError(fatal + problems)
     return Snapshot(config, users, config.rules, signer, context), problems
 
+
 def preflight(
     config_path: Path | None, overrides: Mapping[str, object]
 ) -> tuple[Snapshot, list[Problem]]:

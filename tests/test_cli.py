@@ -301,7 +301,7 @@ async def test_access_log_line(served: Served) -> None:
     await served.process.wait()
     lines = served.stdout.read_text().splitlines()
     stamp = r"\[\d\d/\w{{3}}/\d{{4}}:\d\d:\d\d:\d\d [+-]\d{{4}}\]"
-    common = r"127\.0\.0\.1 - {user} " + stamp + r' "GET /v2/ HTTP/1\.1" {status} {size} \d+'
+    common = r"127\.0\.0\.1 - {user} " + stamp + r' "GET /v2/ HTTP/1\.1" {status} {size}'
     assert re.fullmatch(common.format(user="push", status=200, size=2), lines[0])
     assert re.fullmatch(common.format(user="-", status=401, size=r"\d+"), lines[1])
 
@@ -355,6 +355,37 @@ def test_passwd_writes_files_apache_accepts(tmp_path: Path) -> None:
     assert deleted.returncode == 0 and "alice" not in htpasswd.read_text()
     again = regproxy("passwd", str(htpasswd), "alice", "--delete", cwd=tmp_path)
     assert again.returncode == 1 and "not found" in again.stderr
+
+
+def test_passwd_refuses_a_name_that_would_cross_a_namespace(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:$apr1$abcdefgh$0123456789012345678901\n")
+    refused = regproxy("passwd", str(htpasswd), "alice/sub", cwd=tmp_path, stdin="pw\npw\n")
+    assert refused.returncode == 1
+    assert "user name 'alice/sub' refused" in refused.stderr
+    assert "Password" not in refused.stdout + refused.stderr  # refused before asking
+    assert htpasswd.read_text() == "alice:$apr1$abcdefgh$0123456789012345678901\n"
+
+
+def test_check_names_users_and_groups_placeholders_pass_by(tmp_path: Path, tls: TlsPair) -> None:
+    acl = "acl:\n  - repositories: ['${user}/**', '${group}/**']\n    actions: ['*']\n"
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000", acl)
+    with (tmp_path / "htpasswd").open("a") as htpasswd:
+        htpasswd.write("Carol:$apr1$abcdefgh$0123456789012345678901\n")
+    (tmp_path / "groups").write_text("pusher: push\nQA: push\n")
+    result = regproxy("check", "-c", str(config), cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, "configuration ok\n")
+    assert result.stderr.splitlines() == [
+        f"{tmp_path / 'htpasswd'}:4: note: user 'Carol' never matches ${{user}} in the ACL"
+        " (not a single lowercase repository path component)",
+        f"{tmp_path / 'groups'}:2: note: group 'QA' never matches ${{group}} in the ACL"
+        " (not a single lowercase repository path component)",
+    ]
+    with (tmp_path / "htpasswd").open("a") as htpasswd:
+        htpasswd.write("alice/sub:$apr1$abcdefgh$0123456789012345678901\n")
+    refused = regproxy("check", "-c", str(config), cwd=tmp_path)
+    assert refused.returncode == 1
+    assert f"{tmp_path / 'htpasswd'}:5: user 'alice/sub': '/' is not allowed" in refused.stderr
 
 
 def test_import_writes_yaml_and_lists_what_it_could_not_translate(tmp_path: Path) -> None:

@@ -372,6 +372,75 @@ async def test_form_bodies_cannot_smuggle_mount_parameters(
     assert upstream.requests == []
 
 
+MOUNT = "sha256:" + "a" * 64
+PUSH_ONLY_OWN = "acl:\n  - users: [push]\n    repositories: ['push/**']\n    actions: ['*']\n"
+MULTIPART_MOUNT = (
+    f'--x\r\nContent-Disposition: form-data; name="mount"\r\n\r\n{MOUNT}\r\n'
+    '--x\r\nContent-Disposition: form-data; name="from"\r\n\r\nsecret/app\r\n--x--\r\n'
+).encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        # Go's strings.ToLower maps U+0130 to an ASCII 'i': both are form types to the registry.
+        ("mult\u0130part/form-data; boundary=x", MULTIPART_MOUNT),
+        ("appl\u0130cation/x-www-form-urlencoded", f"mount={MOUNT}&from=secret/app".encode()),
+        ("MULTIPART/FORM-DATA; boundary=x", MULTIPART_MOUNT),
+        ("\u00a0multipart/form-data; boundary=x", MULTIPART_MOUNT),  # Go trims the NBSP
+    ],
+)
+async def test_a_form_spelled_outside_ascii_cannot_mount_another_repository(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair, content_type: str, body: bytes
+) -> None:
+    """The issue's bypass: a push user's upload start whose body carries mount/from, under a
+    Content-Type Python's lower() does not see as a form, never reaches the registry."""
+    proxy = await make_proxy(PUSH_ONLY_OWN)
+    head = request(
+        "POST /v2/push/app/blobs/uploads/ HTTP/1.1",
+        f"Authorization: {PUSH}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    )
+    assert statuses(await raw_exchange(proxy, tls, head + body)) == [400]
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "body", "forwarded"),
+    [
+        ("", ("Content-Length: 0",), b"", True),  # what docker, podman and containerd send
+        ("", (), b"", True),  # curl -X POST
+        ("", ("Content-Length: 0", "Content-Type: application/octet-stream"), b"", True),
+        (f"?digest={MOUNT}", ("Content-Length: 3",), b"abc", True),  # a monolithic upload
+        ("", ("Content-Length: 3",), b"abc", False),
+        ("", ("Content-Type: application/octet-stream", "Content-Length: 7"), b"mount=x", False),
+        ("", ("Transfer-Encoding: chunked",), b"0\r\n\r\n", False),
+        ("?digest=", ("Content-Length: 3",), b"abc", False),  # FormValue("digest") == ""
+        ("?digest=a%zz", ("Content-Length: 3",), b"abc", False),  # Go would not see digest
+    ],
+)
+async def test_an_upload_start_without_digest_has_no_body(
+    make_proxy: ProxyFactory,
+    upstream: FakeUpstream,
+    tls: TlsPair,
+    query: str,
+    headers: tuple[str, ...],
+    body: bytes,
+    forwarded: bool,
+) -> None:
+    proxy = await make_proxy()
+    head = request(
+        f"POST /v2/a/blobs/uploads/{query} HTTP/1.1",
+        f"Authorization: {PUSH}",
+        *headers,
+        "Connection: close",
+    )
+    assert statuses(await raw_exchange(proxy, tls, head + body)) == [200 if forwarded else 400]
+    assert len(upstream.requests) == forwarded
+
+
 async def test_concurrent_guesses_do_not_slip_past_the_throttle(
     make_proxy: ProxyFactory,
 ) -> None:

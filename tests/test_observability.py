@@ -4,6 +4,7 @@ reopened on SIGUSR1 (logrotate)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import signal
@@ -14,6 +15,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.accesslog import json_text
+from tests import apache_log
 from tests.conftest import (
     USERS,
     FakeUpstream,
@@ -22,6 +25,7 @@ from tests.conftest import (
     TlsPair,
     basic,
     free_socket,
+    htpasswd_text,
 )
 from tests.net import free_port
 
@@ -158,3 +162,111 @@ def test_reference_config_documents_every_key() -> None:
     for key in _KEYS:
         leaf = key.split(".")[-1]
         assert re.search(rf"^\s*#?\s*{re.escape(leaf)}:", reference, re.M), key
+
+
+# A user name htpasswd accepts (no spaces, no ':') that tries every trick on a log reader.
+HOSTILE_USER = 'ev"il\\\u202e\u0080]-[x'
+HOSTILE_AGENT = b'agent" 200 5 "x\\" \xe2\x80\xa8\xc2\x85\xff\tend'
+HOSTILE_REFERER = b'"-" "forged\\\xe2\x80\xae'
+HOSTILE_PATH = b'/v2/\\a"b%ff]x/tags/list'
+
+
+async def raw_request(served: Served, tls: TlsPair, data: bytes) -> bytes:
+    port = int(served.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls.client_context(), server_hostname="localhost"
+    )
+    writer.write(data)
+    answer = await reader.read()  # each request says Connection: close
+    writer.close()
+    return answer
+
+
+async def hostile_requests(served: Served, tls: TlsPair) -> None:
+    """A push by HOSTILE_USER with a hostile agent and referer, then an anonymous request
+    with a hostile request line; returns once both are logged."""
+    with (served.directory / "htpasswd").open("a") as htpasswd:
+        htpasswd.write(htpasswd_text({HOSTILE_USER: "pw"}))
+    (served.directory / "groups").write_text(f"pusher: push {HOSTILE_USER}\n")
+    credentials = base64.b64encode(f"{HOSTILE_USER}:pw".encode()).decode()
+    for _ in range(200):  # until the reload has taken the new user in
+        async with served.session.get(
+            served.url + "/v2/", headers={"Authorization": f"Basic {credentials}"}
+        ) as resp:
+            if resp.status == 200:
+                break
+        await asyncio.sleep(0.05)
+    push = (
+        b"PUT /v2/team/app/manifests/v1 HTTP/1.1\r\nHost: localhost\r\n"
+        + f"Authorization: Basic {credentials}\r\n".encode()
+        + b"User-Agent: " + HOSTILE_AGENT + b"\r\nReferer: " + HOSTILE_REFERER + b"\r\n"
+        + b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )  # fmt: skip
+    assert b" 200 " in (await raw_request(served, tls, push)).split(b"\r\n")[0]
+    anonymous = (
+        b"GET " + HOSTILE_PATH + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    assert b" 400 " in (await raw_request(served, tls, anonymous)).split(b"\r\n")[0]
+
+
+def logged_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="ascii").splitlines() if path.exists() else []
+
+
+async def wait_for_lines(path: Path, count: int) -> list[str]:
+    for _ in range(200):
+        if len(lines := logged_lines(path)) >= count:
+            return lines
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {count} lines in {path}: {logged_lines(path)}")
+
+
+@pytest.mark.parametrize(
+    "served",
+    [
+        f"access_log:\n  format: {fmt}\n  path: access.log\n"
+        for fmt in ("common", "combined", "combined_duration")
+    ],
+    indirect=True,
+)
+async def test_hostile_values_cannot_forge_access_or_audit_lines(
+    served: Served, tls: TlsPair
+) -> None:
+    fmt = (served.directory / "regproxy.yaml").read_text().split("format: ")[1].split()[0]
+    await hostile_requests(served, tls)
+    lines = await wait_for_lines(served.directory / "access.log", 2)
+    push, anonymous = (apache_log.parse(line) for line in lines[-2:])
+    assert (push.user, push.status) == (HOSTILE_USER.encode(), 200)
+    assert push.request == b"PUT /v2/team/app/manifests/v1 HTTP/1.1"
+    assert (anonymous.user, anonymous.status) == (b"-", 400)
+    assert anonymous.request == b"GET " + HOSTILE_PATH + b" HTTP/1.1"
+    if fmt == "common":
+        assert (push.referer, push.agent, push.duration) == (None, None, None)
+    else:
+        assert (push.referer, push.agent) == (HOSTILE_REFERER, HOSTILE_AGENT)
+        assert (anonymous.referer, anonymous.agent) == (b"-", b"-")
+        assert (push.duration is not None) is (fmt == "combined_duration")
+    # The audit line (standard error here, with the diagnostics) is JSON in ASCII.
+    served.process.send_signal(signal.SIGTERM)
+    await served.process.wait()
+    errors = (served.directory / "regproxy.err").read_text(encoding="ascii").splitlines()
+    (audit,) = [line.split("regproxy.audit: ", 1)[1] for line in errors if "regproxy.audit" in line]
+    record = json.loads(audit)
+    assert (record["user"], record["repository"], record["reference"]) == (
+        HOSTILE_USER,
+        "team/app",
+        "v1",
+    )
+
+
+@pytest.mark.parametrize(
+    "served", ["access_log:\n  format: json\n  path: access.jsonl\n"], indirect=True
+)
+async def test_hostile_values_in_json_lines(served: Served, tls: TlsPair) -> None:
+    await hostile_requests(served, tls)
+    lines = await wait_for_lines(served.directory / "access.jsonl", 2)
+    push, anonymous = (json.loads(line) for line in lines[-2:])
+    assert (push["user"], push["path"]) == (HOSTILE_USER, "/v2/team/app/manifests/v1")
+    assert push["user_agent"] == json_text(HOSTILE_AGENT.decode("utf-8", "surrogateescape"))
+    assert push["user_agent"].encode("utf-8")  # strict Unicode: no lone surrogates
+    assert (anonymous["path"], anonymous["status"]) == (HOSTILE_PATH.decode(), 400)
