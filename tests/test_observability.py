@@ -41,6 +41,15 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+async def written(path: Path, text: str) -> None:
+    """Wait until `text` is in the file (bounded: a broken run fails, not hangs)."""
+    for _ in range(200):
+        if path.exists() and text in path.read_text():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"{text!r} never written to {path}")
+
+
 async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
     async with (
         aiohttp.ClientSession() as session,
@@ -121,17 +130,17 @@ async def test_json_access_log_and_sigusr1_reopen(served: Served) -> None:
     log_file = served.directory / "access.jsonl"
     async with served.session.get(served.url + "/v2/", headers=PULL) as resp:
         assert resp.status == 200
-    await asyncio.sleep(0.2)
+    await written(log_file, "/v2/")
     first = json.loads(log_file.read_text().splitlines()[0])
     assert first["user"] == "pull" and first["status"] == 200 and first["path"] == "/v2/"
     assert first["duration_ms"] >= 0 and first["client"] == "127.0.0.1"
     rotated = served.directory / "access.jsonl.1"
     log_file.rename(rotated)  # what logrotate does, then it sends SIGUSR1
     served.process.send_signal(signal.SIGUSR1)
-    await asyncio.sleep(0.3)
+    await written(served.directory / "regproxy.err", "log files reopened")
     async with served.session.get(served.url + "/v2/a/tags/list", headers=PULL) as resp:
         assert resp.status == 200
-    await asyncio.sleep(0.2)
+    await written(log_file, "/v2/a/tags/list")
     assert json.loads(log_file.read_text())["path"] == "/v2/a/tags/list"
     assert "/v2/a/tags/list" not in rotated.read_text()
 
@@ -149,10 +158,14 @@ async def test_metrics_add_up_across_workers(served: Served, tls: TlsPair) -> No
             session.get(served.url + "/v2/", headers=PULL) as resp,
         ):
             assert resp.status == 200
-    await asyncio.sleep(0.2)
+    ping_ok = ("regproxy_requests_total", (("action", "ping"), ("status", "200")))
+    for _ in range(200):  # the counter is written when each answer has gone out
+        if samples((await scrape(port))[1]).get(ping_ok) == 40:
+            break
+        await asyncio.sleep(0.025)
     for _ in range(5):  # whichever worker answers the scrape, the sum is the same
         values = samples((await scrape(port))[1])
-        assert values[("regproxy_requests_total", (("action", "ping"), ("status", "200")))] == 40
+        assert values[ping_ok] == 40
 
 
 def test_reference_config_documents_every_key() -> None:
