@@ -263,19 +263,24 @@ class Processes:
 
     def stop_all(self) -> None:
         while self._started:
-            name, process = self._started.pop()
-            if process.poll() is not None:
-                continue
-            tree = list(process_tree(process.pid))
-            process.send_signal(signal.SIGTERM)  # each server stops its own workers
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                log(f"{name} (pid {process.pid}) ignored SIGTERM: killing pids {tree}")
-                for pid in tree:
-                    with suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                process.wait()
+            self.stop(self._started[-1][1])
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGTERM (each server stops its own workers); SIGKILL to its tree after 15 s."""
+        name = next(n for n, p in self._started if p is process)
+        self._started.remove((name, process))
+        if process.poll() is not None:
+            return
+        tree = list(process_tree(process.pid))
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            log(f"{name} (pid {process.pid}) ignored SIGTERM: killing pids {tree}")
+            for pid in tree:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.wait()
 
 
 def free_port() -> int:
@@ -629,10 +634,13 @@ class Load:
     failed: int  # requests without an answer: connect, read or write errors, timeouts
 
 
-def wrk(url: str, method: str, authorization: str | None, connections: int, seconds: int) -> Load:
+def wrk(
+    url: str, method: str, authorization: str | None, connections: int, seconds: int,
+    accept: str | None = None,
+) -> Load:  # fmt: skip
     argv = [tool("wrk"), "-t", "1", "-c", str(connections), "-d", f"{seconds}s",
             "--timeout", "30s", "-s", str(TEMPLATES / "wrk-report.lua"), url,
-            "--", method, authorization or "-"]  # fmt: skip
+            "--", method, authorization or "-", *([accept] if accept else [])]  # fmt: skip
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     report = json.loads(out.strip().splitlines()[-1])
     return Load(

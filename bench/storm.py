@@ -174,7 +174,7 @@ class Client:
     ) -> None:
         self._base = URL(base)
         self._credentials = credentials
-        self._auth: aiohttp.BasicAuth | None = None
+        self._authorization: dict[str, str] = {}  # once the ping asked for credentials
         self._tally = tally
         connector = aiohttp.TCPConnector(ssl=context if context else False, limit=0)
         timeout = aiohttp.ClientTimeout(sock_connect=30, sock_read=READ_TIMEOUT)
@@ -201,8 +201,9 @@ class Client:
         started = time.perf_counter()
         try:
             async with self._session.request(
-                method, url, headers=headers, data=data, auth=self._auth, allow_redirects=False
-            ) as response:
+                method, url, headers={**self._authorization, **(headers or {})}, data=data,
+                allow_redirects=False,
+            ) as response:  # fmt: skip
                 self._tally.latencies.append(time.perf_counter() - started)
                 body, size = await _read(response, keep_body, digest)
                 answer = Answer(response.status, dict(response.headers), body, response.url)
@@ -223,7 +224,7 @@ class Client:
             challenge = answer.headers.get("WWW-Authenticate", "")
             if not challenge.lower().startswith("basic") or self._credentials is None:
                 raise Stopped("challenge", f"cannot answer {challenge!r}")
-            self._auth = aiohttp.BasicAuth(*self._credentials)
+            self._authorization = {"Authorization": aiohttp.encode_basic_auth(*self._credentials)}
 
     async def pull(self, repository: str, tag: str, verify: bool = False) -> None:
         """Pull completely; `verify` checks every blob's sha256 (costs the generator CPU)."""
