@@ -1361,8 +1361,11 @@ def chart(plan: Plan, results: list[Result], path: Path) -> None:
 
 
 def logarithmic(ax: Any, axis: str) -> None:
-    """A log scale, on a panel that has data (with --only, some have none)."""
-    if ax.has_data():
+    """A log scale, on a panel that has something to show on it (with --only, some have
+    nothing: a log scale of nothing is an error)."""
+    values = [v for line in ax.lines for v in getattr(line, f"get_{axis}data")()]
+    values += [bar.get_height() if axis == "y" else bar.get_x() for bar in ax.patches]
+    if any(v > 0 for v in values):
         getattr(ax, f"set_{axis}scale")("log")
 
 
