@@ -39,7 +39,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -705,6 +705,8 @@ class Result:
     metrics: dict[str, float]
     usage: Usage
     note: str = ""
+    errors: dict[str, int] = field(default_factory=dict)  # storms: what stopped clients
+    first_errors: tuple[str, ...] = ()  # storms: the first few, request by request
 
 
 def sampled(target: Target) -> UsageSampler:
@@ -974,7 +976,7 @@ class Bench:
             result.metrics["throttled_logins"] = throttled
             if throttled:
                 lines = f"{throttled} `throttled login` lines in its log"
-                result.note = f"{result.note}; {lines}" if result.note else lines
+                result.note = f"{result.note} ({lines})" if result.note else lines
             self.results.append(result)
             log(f"  {name}: {outcome.seconds:.2f}s, {outcome.completed} of {outcome.clients} "
                 f"completed {dict(outcome.errors) or ''}")  # fmt: skip
@@ -1016,11 +1018,12 @@ def storm_result(case: str, name: str, outcome: storm_module.Outcome, usage: Usa
         "generator_cpu_s": outcome.generator_cpu_seconds,
         "generator_cores": outcome.generator_cpu_share,
     }
-    result = Result(case, name, metrics, usage)
+    result = Result(case, name, metrics, usage, errors=outcome.errors,
+                    first_errors=outcome.first_errors)  # fmt: skip
     if outcome.errors or outcome.completed != outcome.clients:
         stops = ", ".join(f"{kind} x{count}" for kind, count in sorted(outcome.errors.items()))
-        result.note = (f"{outcome.completed} of {outcome.clients} completed; stopped by {stops}; "
-                       f"first: {'; '.join(outcome.first_errors[:2])}")  # fmt: skip
+        result.note = f"{outcome.completed} of {outcome.clients} completed, stopped by {stops}"
+        log(f"  {name}: first errors: {'; '.join(outcome.first_errors)}")
     return result
 
 
@@ -1230,7 +1233,7 @@ PEERS = ("nginx-tuned", "nginx", "apache")  # the authenticating peers
 def storm_checks(plan: Plan, results: list[Result], workers: int) -> list[Check]:
     """Issue 19's targets that `make bench` measures (the scale curves' are in scale.py)."""
     by_key = {(r.case, r.target): r for r in results}
-    measured = {r.case for r in results}
+    ran = {r.case for r in results}
     compare = comparison(results)
     storm = plan.storm
     out = []
@@ -1242,7 +1245,7 @@ def storm_checks(plan: Plan, results: list[Result], workers: int) -> list[Check]
             "not retry it)", "; ".join(failed) or f"all {len(ours)} storms clean", not failed,
         ))  # fmt: skip
     pull = f"pull-{max(storm.pull_clients)}"
-    if pull in measured:
+    if pull in ran:
         check = compare(f"pull storm, {max(storm.pull_clients)} clients: ≤ 1.05x the limit's "
                         f"wall time, and below every authenticating peer's", pull, LIMIT,
                         lambda r: r <= 1.05)  # fmt: skip
@@ -1250,14 +1253,18 @@ def storm_checks(plan: Plan, results: list[Result], workers: int) -> list[Check]
         ratios = {p: times(main_value(mine), main_value(by_key[(pull, p)])) for p in PEERS}
         peers = ", ".join(f"{ratio:.2f}x {peer}" for peer, ratio in ratios.items())
         below = all(ratio < 1 for ratio in ratios.values())
-        out.append(Check(check.goal, f"{check.measured} the limit; {peers}",
-                         check.met and below and not mine.note))  # fmt: skip
+        measured = f"{check.measured} the limit; {peers}"
+        if mine.note:
+            measured = f"{mine.note}: {measured}"
+        out.append(Check(check.goal, measured, check.met and below and not mine.note))
     push = f"push-{storm.push_clients}"
-    if push in measured:
+    if push in ran:
         check = compare(f"push storm, {storm.push_clients} clients: ≤ 1.1x the limit's wall time",
                         push, LIMIT, lambda r: r <= 1.1)  # fmt: skip
-        out.append(replace(check, met=check.met and not by_key[(push, "regproxy")].note))
-    if "anonymous" in measured:
+        mine = by_key[(push, "regproxy")]
+        measured = f"{mine.note}: {check.measured}" if mine.note else check.measured
+        out.append(replace(check, measured=measured, met=check.met and not mine.note))
+    if "anonymous" in ran:
         out.append(compare("anonymous 401: ≥ 1.0x apache req/s", "anonymous", "apache",
                            lambda r: r >= 1.0))  # fmt: skip
     tree = max(r.usage.tree_kib for r in results if r.target == "regproxy") / 1024
@@ -1282,12 +1289,12 @@ def chart(plan: Plan, results: list[Result], path: Path) -> None:
 
     def grouped(
         ax: Any, cases: Sequence[str], value: Callable[[Result], float], title: str,
-        per_request: bool = True,
+        per_request: bool = True, targets: Sequence[str] = TARGET_ORDER,
     ) -> None:  # fmt: skip
         """Bars by case and target, hatched where requests failed; for `per_request` figures,
         none where a rate run had too few answers to tell ("< N" in the table)."""
-        width = 0.8 / len(TARGET_ORDER)
-        for i, target in enumerate(TARGET_ORDER):
+        width = 0.8 / len(targets)
+        for i, target in enumerate(targets):
             xs, ys, failed = [], [], []
             for j, case in enumerate(cases):
                 result = by_key.get((case, target))
@@ -1346,6 +1353,7 @@ def chart(plan: Plan, results: list[Result], path: Path) -> None:
             for n, result in done:
                 ax.plot(n, value(result), "x" if result.note else "o", color=colors[target])
         logarithmic(ax, "x")
+        logarithmic(ax, "y")
         ax.set_xticks([n for n, _ in pulls], [str(n) for n, _ in pulls])
         ax.set_title(title)
     axes[2][0].legend(fontsize=8)
@@ -1353,7 +1361,8 @@ def chart(plan: Plan, results: list[Result], path: Path) -> None:
     grouped(axes[2][2], storms[-1:], main_value, "push storm: wall time, s (hatched: failed)",
             per_request=False)  # fmt: skip
     grouped(axes[2][3], storms, lambda r: r.usage.tree_kib / 1024,
-            "storms: peak RSS, MiB (whole tree)", per_request=False)  # fmt: skip
+            "storms: front end peak RSS, MiB (whole tree)", per_request=False,
+            targets=TARGET_ORDER[1:])  # fmt: skip
     figure.suptitle(f"regproxy bench ({plan.name})")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
