@@ -41,6 +41,7 @@ bench: $(STAMP)
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh nginx apache2 apache2-utils:htpasswd \
 		docker-registry skopeo wrk curl openssl
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
+	test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy   # for bench/run.py --profile
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/scale.py $(SCALE_ARGS)
 

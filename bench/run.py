@@ -37,8 +37,8 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,8 +144,11 @@ SECTIONS = ("rate", "get", "push", "storm")  # --only picks some
 
 
 def tool(name: str) -> str:
-    """A command's path; Debian puts nginx and apache2 in /usr/sbin, not always on PATH."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    """A command's path; Debian puts nginx and apache2 in /usr/sbin, not always on PATH, and
+    py-spy is in the virtualenv beside this Python."""
+    path = shutil.which(name) or shutil.which(
+        name, path=f"/usr/sbin:/sbin:{Path(sys.executable).parent}"
+    )
     if path is None:
         raise SystemExit(f"{name} not found: run `make bench`, which installs it")
     return path
@@ -718,16 +721,45 @@ class Bench:
     """Runs the cases, interleaved over the targets, and collects `Result`s."""
 
     def __init__(
-        self, plan: Plan, targets: dict[str, Target], fixtures: Fixtures, workdir: Path
-    ) -> None:
+        self, plan: Plan, targets: dict[str, Target], fixtures: Fixtures, workdir: Path,
+        profiles: Path | None = None,
+    ) -> None:  # fmt: skip
         self.plan = plan
         self.targets = targets
         self.fixtures = fixtures
         self.workdir = workdir
+        self.profiles = profiles  # --profile: py-spy flame graphs of regproxy go here
         self.clients = {name: Client(target, fixtures) for name, target in targets.items()}
         self.blob_path = f"/v2/bench/seed/blobs/{fixtures.layer_digest}"
         self.results: list[Result] = []
         self._rotation = 0
+
+    @contextmanager
+    def measured(self, name: str, case: str) -> Iterator[Usage]:
+        """The target's usage while the block runs; with --profile, regproxy's stacks too."""
+        with sampled(self.targets[name]) as usage, self.profiled(name, case):
+            yield usage
+
+    @contextmanager
+    def profiled(self, name: str, case: str) -> Iterator[None]:
+        """py-spy over regproxy and its workers, written as an SVG flame graph when stopped."""
+        if self.profiles is None or name != "regproxy":
+            yield
+            return
+        self.profiles.mkdir(parents=True, exist_ok=True)
+        number = len(list(self.profiles.glob(f"{case}-*.svg"))) + 1
+        output = self.profiles / f"{case}-{number}.svg"
+        spy = subprocess.Popen(
+            [tool("py-spy"), "record", "--pid", str(self.targets[name].process.pid),
+             "--subprocesses", "--nonblocking", "--rate", "100", "--output", str(output)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(0.5)  # attached before the case starts
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)  # py-spy writes the graph when interrupted
+            spy.wait(timeout=60)
 
     def rotated(self, names: Sequence[str]) -> list[str]:
         """`names` in a different order on each call, so no target is always first or last."""
@@ -807,7 +839,7 @@ class Bench:
                 client = self.clients[name]
                 url = client.target.url + (self.blob_path if case.blob else "/v2/")
                 auth = client.authorization(case.user)
-                with sampled(client.target) as usage:
+                with self.measured(name, case.key) as usage:
                     if case.method == "HEAD":
                         load = ab(url, auth, case.concurrency, seconds)
                     else:
@@ -968,7 +1000,7 @@ class Bench:
         for name in self.rotated(list(self.targets)):
             work = work_for(name)
             throttled = self.throttled_logins(name)
-            with sampled(self.targets[name]) as usage:
+            with self.measured(name, case) as usage:
                 outcome = self.storm(name, users, work)
             self.settle(self.targets[name])
             result = storm_result(case, name, outcome, usage)
@@ -1486,6 +1518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="regproxy's cache.ttl (default 10 as shipped; 0: every blob HEAD goes upstream)",
     )
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy flame graphs of regproxy in each rate and storm case (bench/results/)",
+    )
+    parser.add_argument(
         "--only",
         default=",".join(SECTIONS),
         help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})",
@@ -1504,7 +1541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         fixtures = make_fixtures(workdir, plan)
         targets = start_targets(workdir, fixtures, args.workers, args.cache_ttl, processes)
-        bench = Bench(plan, targets, fixtures, workdir)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        profiles = RESULTS / f"profiles-{stamp}" if args.profile else None
+        bench = Bench(plan, targets, fixtures, workdir, profiles)
         bench.run(sections)
     finally:
         log("stopping what was started")
