@@ -118,7 +118,8 @@ def make_image(sizes: Sequence[int], block: bytes) -> Image:
 # --- users -----------------------------------------------------------------------------------
 
 
-def _bcrypt_line(item: tuple[str, str, int]) -> str:
+def bcrypt_line(item: tuple[str, str, int]) -> str:
+    """One htpasswd line: (user, password, cost)."""
     user, password, cost = item
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
     return f"{user}:$2y${hashed[4:]}\n"  # as `htpasswd -B` writes it
@@ -128,7 +129,7 @@ def htpasswd_lines(passwords: dict[str, str], cost: int) -> list[str]:
     """htpasswd lines for many users, hashed on every CPU (bcrypt is the slow part)."""
     items = [(user, password, cost) for user, password in passwords.items()]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return list(pool.map(_bcrypt_line, items, chunksize=8))
+        return list(pool.map(bcrypt_line, items, chunksize=8))
 
 
 # --- one client ------------------------------------------------------------------------------

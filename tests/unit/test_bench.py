@@ -20,7 +20,7 @@ import storm
 
 
 def test_filler_users_parse_as_cost_10_bcrypt_and_the_real_ones_verify() -> None:
-    users = scale.Users("".join(storm.htpasswd_lines({"alice": "secret"}, 4)), {"alice": "secret"})
+    users = scale.Users(storm.bcrypt_line(("alice", "secret", 4)), {"alice": "secret"})
     parsed = parse_htpasswd(scale.htpasswd_text(users, 200), "htpasswd")
     assert not parsed.problems
     assert len(parsed.users) == 200
