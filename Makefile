@@ -23,8 +23,8 @@ run: $(STAMP)
 	$(PY) scripts/run.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check proxy tests scripts compose
-	$(PY) -m ruff format --check proxy tests scripts compose
+	$(PY) -m ruff check proxy tests scripts compose bench
+	$(PY) -m ruff format --check proxy tests scripts compose bench
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
@@ -34,13 +34,17 @@ test:
 	$(MAKE) --no-print-directory lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# regproxy side by side with the registry, nginx and Apache (bench/README.md). BENCH_ARGS=--quick
-# for a one-minute run. nginx and apache2 install to /usr/sbin, which is not always on PATH.
+# regproxy side by side with the registry, nginx and Apache, storms included, then the scale
+# curves (bench/README.md). BENCH_ARGS=--quick for a run of about two minutes (SCALE_ARGS takes
+# the scale curves' own flags). nginx and apache2 install to /usr/sbin, not always on PATH.
+SCALE_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 bench: $(STAMP)
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh nginx apache2 apache2-utils:htpasswd \
 		docker-registry skopeo wrk curl openssl
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
+	test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy   # for bench/run.py --profile
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/scale.py $(SCALE_ARGS)
 
 # The OCI distribution-spec conformance suite (v1.1.1) against a fresh registry directly, through
 # regproxy with the default policy and through regproxy with a per-user namespace ACL; fails when
