@@ -13,6 +13,7 @@ With several workers the parent process:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -34,6 +35,16 @@ from .snapshot import Snapshot
 log = logging.getLogger("regproxy")
 
 RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+PR_SET_PDEATHSIG = 1
+
+
+def _stop_with(parent: int) -> None:
+    """A worker whose supervisor is killed outright (SIGKILL, OOM) gets SIGTERM and drains,
+    rather than serving on, orphaned, on the port (Linux's PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def bind(config: Config) -> socket.socket:
@@ -132,11 +143,13 @@ class Supervisor:
         return status
 
     def _fork(self, index: int, mesh: Mesh, catalog_key: bytes) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             # Own process group: a terminal's Ctrl-C (or a control-group kill) reaches the
             # parent only, which relays it once; twice would skip the drain.
             os.setpgid(0, 0)
+            _stop_with(parent)
             for signum in RELAYED:
                 signal.signal(signum, signal.SIG_DFL)
             code = 1
