@@ -129,13 +129,15 @@ class BackendFactory:
                 built.append(HtpasswdAuthenticator(users, self._htpasswd_cache, self._executor))
             else:
                 assert ldap is not None  # config.load refuses ldap without settings
-                built.append(self._ldap(ldap, previous))
+                built.append(self._ldap(ldap, cache.size, previous))
         return tuple(built)
 
-    def _ldap(self, settings: LdapSettings, previous: tuple[Authenticator, ...]) -> Authenticator:
+    def _ldap(
+        self, settings: LdapSettings, size: int, previous: tuple[Authenticator, ...]
+    ) -> Authenticator:
         from .ldap import LdapAuthenticator  # imports ldap3: only when configured
 
         for backend in previous:
             if isinstance(backend, LdapAuthenticator) and backend.settings == settings:
                 return backend
-        return LdapAuthenticator(settings, self._clock)
+        return LdapAuthenticator(settings, self._clock, size)

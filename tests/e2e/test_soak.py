@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 def test_short_soak(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report_path = tmp_path / "soak.json"
-    argv = ["--minutes", "0.25", "--warmup", "4", "--workers", "3", "--seed", "6"]
+    argv = ["--minutes", "0.12", "--warmup", "2", "--workers", "3", "--seed", "6"]
     status = soak.main([*argv, "--json", str(report_path)])
     table = capsys.readouterr().out
     report = json.loads(report_path.read_text())
