@@ -4,7 +4,7 @@ regproxy serve   [-c FILE] [--listen HOST:PORT] [--upstream URL] [--htpasswd FIL
                  [--groups FILE] [--tls-cert FILE] [--tls-key FILE] [--workers N]
                  [--log-level LEVEL] [--acl FILE]
 regproxy check   [-c FILE] [serve's flags]       like `nginx -t`
-regproxy explain [-c FILE] USER ACTION REPOSITORY [--client IP]
+regproxy explain [-c FILE] USER ACTION REPOSITORY [--tag TAG] [--client IP]
 regproxy import  FILE [-o OUT]                   httpd.conf / nginx.conf -> regproxy YAML
 regproxy passwd  FILE USER [--stdin] [--delete] [--verify] [--cost N]
 """
@@ -22,15 +22,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .acl import TAG_SECTIONS
 from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS
 from .credentials import PasswordHash, edit_htpasswd, hash_password, parse_htpasswd
 from .identity import Identity
 from .logsetup import configure_logging
-from .policy import decide
+from .policy import Decision, decide
 from .problems import ConfigError, read_text
-from .routes import ACTIONS, valid_name
-from .snapshot import load_snapshot
+from .routes import ACTIONS, TAG_RE, Action, Operation, valid_name
+from .snapshot import Snapshot, load_snapshot
 from .supervisor import bind, serve
+from .tagrules import Denied, Overwrite, Pointers, TagRule, plan
 
 log = logging.getLogger("regproxy")
 
@@ -55,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("action", choices=ACTIONS)
     explain.add_argument("repository")
     explain.add_argument("--client", metavar="IP", help="client address, for network rules")
+    explain.add_argument(
+        "--tag", help="a manifest request by this tag (without: by digest, or a blob)"
+    )
 
     convert = commands.add_parser(
         "import", help="translate an Apache httpd.conf or nginx config into regproxy YAML"
@@ -139,19 +144,52 @@ def _explain(args: argparse.Namespace) -> int:
     if not valid_name(args.repository):
         print(f"{args.repository!r} is not a valid repository name", file=sys.stderr)
         return 2
+    if args.tag is not None and not TAG_RE.fullmatch(args.tag):
+        print(f"{args.tag!r} is not a valid tag", file=sys.stderr)
+        return 2
     user = None if args.user == "-" else args.user
     groups = snapshot.users.groups_of(user) if user else frozenset()
     who = Identity(user, groups, address)
-    decision = decide(snapshot.rules, who, args.action, args.repository)
-    verdict = "ALLOW" if decision.allowed else "DENY"
-    print(f"{verdict} {args.user} {args.action} {args.repository}")
-    print(f"  decided by: {decision.reason}")
-    if decision.allowed:
+    decision = decide(snapshot.rules, who, args.action, args.repository, args.tag)
+    check = _tag_check(snapshot, args.action, args.repository, args.tag, decision)
+    allowed = decision.allowed and not isinstance(check, Denied)
+    target = args.repository + (f":{args.tag}" if args.tag else "")
+    print(f"{'ALLOW' if allowed else 'DENY'} {args.user} {args.action} {target}")
+    if isinstance(check, Denied):
+        print(f"  decided by: {_tag_rule_name(check.rule)}")
+        print(f"  acl: {decision.reason} allows it")
+    else:
+        print(f"  decided by: {decision.reason}")
+    if isinstance(check, Overwrite):
+        print(f"  immutable: {_tag_rule_name(check.rule)}: a push changing {args.tag} is refused")
+    if isinstance(check, Pointers):
+        names = ", ".join(_tag_rule_name(rule) for rule in check.rules)
+        print(f"  checked: a delete by digest is refused when a tag guarded by {names} names it")
+    if allowed:
         print(f"  upstream: {decision.upstream or snapshot.config.upstream}")
     print(f"  groups: {', '.join(sorted(groups)) or '(none)'}")
     if user and user not in snapshot.users.htpasswd.users:
         print(f"  note: {user!r} is not in {snapshot.config.htpasswd}")
-    return 0 if decision.allowed else 3
+    return 0 if allowed else 3
+
+
+_ANY_DIGEST = "sha256:" + "0" * 64
+
+
+def _tag_check(
+    snapshot: Snapshot, action: Action, repository: str, tag: str | None, decision: Decision
+) -> Denied | Overwrite | Pointers | None:
+    """What immutable tags and protected deletes add to an allowed manifest request (by
+    `tag`, or by digest)."""
+    if not decision.allowed:
+        return None
+    operation = Operation("manifest", action, repository, tag or _ANY_DIGEST)
+    return plan(snapshot.config.tag_rules, operation)
+
+
+def _tag_rule_name(rule: TagRule) -> str:
+    section = next(name for name, kind in TAG_SECTIONS.items() if kind == rule.kind)
+    return f"{section} rule {rule.origin}"
 
 
 def _serve(args: argparse.Namespace) -> int:
