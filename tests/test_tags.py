@@ -10,8 +10,6 @@ import contextlib
 import hashlib
 import io
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from tests.conftest import (
     free_socket,
     htpasswd_text,
 )
+from tests.test_authz import explain
 from tests.test_cli import KeptConnection, one_connection_per_worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -618,17 +617,6 @@ async def test_two_workers_pushing_one_new_tag_cannot_both_win(
 # --------------------------------------------------------------------------------------------
 # regproxy explain --tag
 # --------------------------------------------------------------------------------------------
-
-
-def explain(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", "explain", *args],
-        cwd=cwd,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_explain_takes_a_tag_and_names_the_deciding_rule(tmp_path: Path) -> None:
