@@ -65,7 +65,7 @@ def origin(
     if peer is None or not forwarded_for or not _trusted(peer, trusted):
         return Origin(peer, own)
     current = peer
-    hops = [h.strip() for value in forwarded_for for h in value.split(",")]
+    hops = [h.strip(" \t") for value in forwarded_for for h in value.split(",")]
     while hops and _trusted(current, trusted):
         try:
             current = ipaddress.ip_address(hops.pop())

@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 Backend = Literal["htpasswd", "ldap"]
 BACKENDS: tuple[str, ...] = ("htpasswd", "ldap")
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-AccessLogFormat = Literal["common", "combined", "json", "off"]
+AccessLogFormat = Literal["common", "combined", "combined_duration", "json", "off"]
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
-ACCESS_LOG_FORMATS: tuple[str, ...] = ("common", "combined", "json", "off")
+ACCESS_LOG_FORMATS: tuple[str, ...] = ("common", "combined", "combined_duration", "json", "off")
 DEFAULT_CONFIG_PATH = Path("conf/regproxy.yaml")
 
 
@@ -361,13 +361,19 @@ def _convert(
         if not isinstance(value, str) or not value or "\0" in value:
             problems.append(Problem(*where, f"{key}: expected a file path, got {value!r}"))
             return None
-        path = Path(value)
-        return path if path.is_absolute() else base / path
+        return normalised(base / value)
     try:
         return parser(value)
     except ValueError as exc:
         problems.append(Problem(*where, f"{key}: {exc}"))
         return None
+
+
+def normalised(path: Path) -> Path:
+    """`conf/../certs/server.crt` as `certs/server.crt`, unless a symbolic link on the way
+    makes the two different files."""
+    clean = Path(os.path.normpath(path))
+    return clean if clean == path or clean.resolve() == path.resolve() else path
 
 
 def _apply(config: Config, values: Mapping[str, Any]) -> Config:
@@ -485,7 +491,7 @@ def _load_acl(
     if not isinstance(name, str) or not name:
         problems.append(Problem(source, line, "acl: expected a list of rules or a file name"))
         return None, (), None
-    acl_path = Path(name) if Path(name).is_absolute() else base / name
+    acl_path = normalised(base / name)
     try:
         rules, tag_rules, rule_problems = parse_acl_document(read_text(acl_path), str(acl_path))
     except ConfigError as exc:

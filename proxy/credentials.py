@@ -19,8 +19,10 @@ import bcrypt
 from passlib.hash import apr_md5_crypt, des_crypt, ldap_sha1, sha256_crypt, sha512_crypt
 
 from .problems import Problem
+from .routes import valid_component
 
 _USER_RE = re.compile(r"[^\s:#][^\s:]*")
+SLASH_PROBLEM = "'/' is not allowed (${user} or ${group} in the ACL would cross a namespace)"
 BCRYPT_MAX_BYTES = 72  # bcrypt ignores the rest; Apache and the bcrypt C library agree
 _CRYPT64 = "[./0-9A-Za-z]"
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -161,6 +163,7 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
     A user listed twice keeps the first entry (Apache stops at the first match) and the repeat
     is reported. A line that cannot be parsed disables that line, and with it its user: a
     later line for the same user does not take over, since Apache would stop at the first.
+    A name with `/` is refused (see SLASH_PROBLEM).
     """
     users: dict[str, PasswordHash] = {}
     seen: set[str] = set()
@@ -171,7 +174,9 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
             problems.append(Problem(source, number, "malformed line, expected user:hash"))
             continue
         parsed = identify(stored.strip())
-        if user in seen:
+        if "/" in user:
+            problems.append(Problem(source, number, f"user {user!r}: {SLASH_PROBLEM}"))
+        elif user in seen:
             problems.append(Problem(source, number, f"user {user!r} repeated; first entry wins"))
         elif parsed is None:
             problems.append(
@@ -184,7 +189,8 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
 
 
 def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tuple[Problem, ...]]:
-    """Parse Apache's group file: `group: user1 user2`; a group may appear on several lines."""
+    """Parse Apache's group file: `group: user1 user2`; a group may appear on several lines.
+    A group named with `/` is refused with its line, a member named with `/` is left out."""
     members: dict[str, set[str]] = {}
     problems: list[Problem] = []
     for number, line in _entries(text):
@@ -193,8 +199,34 @@ def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tup
         if not sep or not group or any(c.isspace() for c in group):
             problems.append(Problem(source, number, "malformed line, expected 'group: user ...'"))
             continue
-        members.setdefault(group, set()).update(users.split())
+        if "/" in group:
+            problems.append(Problem(source, number, f"group {group!r}: {SLASH_PROBLEM}"))
+            continue
+        names = users.split()
+        for user in (u for u in names if "/" in u):
+            problems.append(Problem(source, number, f"member {user!r}: {SLASH_PROBLEM}"))
+        members.setdefault(group, set()).update(u for u in names if "/" not in u)
     return {g: frozenset(u) for g, u in members.items()}, tuple(problems)
+
+
+def placeholder_notes(text: str, source: str, kind: str) -> list[Problem]:
+    """The users (kind "user", an htpasswd file) or groups (kind "group", a group file) whose
+    names can never fill a `${user}` or `${group}` placeholder: not one repository path
+    component (lowercase letters, digits and single separators). They still log in and match
+    rules by name; only placeholder patterns pass them by."""
+    notes = []
+    for number, line in _entries(text):
+        name = line.partition(":")[0].strip()
+        if name and "/" not in name and not valid_component(name):
+            notes.append(
+                Problem(
+                    source,
+                    number,
+                    f"note: {kind} {name!r} never matches ${{{kind}}} in the ACL"
+                    " (not a single lowercase repository path component)",
+                )
+            )
+    return notes
 
 
 class MalformedCredentials(ValueError):
@@ -207,23 +239,27 @@ AUTHORIZATION_MAX = 4096
 def parse_basic_auth(values: list[str]) -> tuple[str, str] | None:
     """The (user, password) of a Basic Authorization header; None if there is none.
 
-    Raises MalformedCredentials for several headers, bad base64, a missing colon, or an
-    absurd length. Another scheme, or an empty user with an empty password, counts as no
-    credentials (the client is asked for Basic).
+    Raises MalformedCredentials for several headers, anything outside ASCII, bad base64, a
+    missing colon, or an absurd length. Another scheme, or an empty user with an empty
+    password, counts as no credentials (the client is asked for Basic). Spaces and tabs around
+    the parts are tolerated, as Apache does; the scheme is compared ASCII case-insensitively
+    (Go's parseBasicAuth uses ascii.EqualFold), never with Unicode folding.
     Bytes that are not UTF-8 are kept (surrogate escapes) so they still compare as bytes.
     """
     if not values:
         return None
     if len(values) > 1:
         raise MalformedCredentials("several Authorization headers")
-    value = values[0].strip()
+    value = values[0].strip(" \t")
     if len(value) > AUTHORIZATION_MAX:
         raise MalformedCredentials("Authorization header too long")
+    if not value.isascii():
+        raise MalformedCredentials("Authorization header is not ASCII")
     scheme, _, encoded = value.partition(" ")
-    if scheme.lower() != "basic":
+    if scheme.encode().lower() != b"basic":  # bytes: ASCII-only folding
         return None
     try:
-        decoded = base64.b64decode(encoded.strip(), validate=True)
+        decoded = base64.b64decode(encoded.strip(" \t"), validate=True)
     except (binascii.Error, ValueError):
         raise MalformedCredentials("Basic credentials are not valid base64") from None
     user, sep, password = decoded.decode("utf-8", "surrogateescape").partition(":")
@@ -248,13 +284,23 @@ def hash_password(password: str, cost: int = 10) -> str:
     return "$2y$" + value[4:]
 
 
+def user_name_problem(user: str) -> str | None:
+    """Why `user` may not be added to an htpasswd file, or None."""
+    if not _USER_RE.fullmatch(user):
+        return f"invalid user name {user!r}: no spaces, ':' or leading '#'"
+    if "/" in user:
+        return f"invalid user name {user!r}: {SLASH_PROBLEM}"
+    return None
+
+
 def edit_htpasswd(text: str, user: str, new_hash: str | None) -> tuple[str, bool]:
     """Set (or, with `new_hash` None, delete) `user`'s line; every other line is kept as is.
 
     Returns the new text and whether the user was there before.
     """
-    if not _USER_RE.fullmatch(user):
-        raise ValueError(f"invalid user name {user!r}: no spaces, ':' or leading '#'")
+    problem = user_name_problem(user)
+    if problem is not None and (new_hash is not None or "/" not in user):
+        raise ValueError(problem)  # a user with '/' may still be deleted
     lines, found = [], False
     for raw in _lines(text):
         if raw.partition(":")[0].strip() == user and not raw.lstrip().startswith("#"):

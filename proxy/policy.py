@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from .addresses import IPNetwork
 from .identity import Identity
-from .routes import ACTIONS, Action, Operation
+from .routes import ACTIONS, Action, Operation, valid_component
 
 PLACEHOLDER_RE = re.compile(r"\$\{(user|group)\}")
 
@@ -31,24 +31,19 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 def _expand(pattern: str, who: Identity) -> list[str]:
-    """Substitute placeholders literally: a user called `*` must not become a wildcard."""
+    """The pattern with its placeholders filled in, once per group for `${group}`.
+
+    A placeholder stands for exactly one repository path component: a user or group whose
+    name is not one (`alice/sub`, `*`, `Domain Users`) never fills it, so `${user}/**` can
+    never reach into another user's namespace, whichever identity source named them.
+    """
     if "${" not in pattern:
         return [pattern]
-    if who.user is None:
+    if who.user is None or ("${user}" in pattern and not valid_component(who.user)):
         return []
-    values = [who.user]
-    if "${group}" in pattern:
-        values = sorted(who.groups)
-    out = []
-    for group in values:
-        text = pattern.replace("${user}", _escape_glob(who.user))
-        out.append(text.replace("${group}", _escape_glob(group)))
-    return out
-
-
-def _escape_glob(value: str) -> str:
-    # Names with glob characters can never be repository names; make them unmatchable.
-    return value if not any(c in value for c in "*?") else "\0"
+    groups = sorted(g for g in who.groups if valid_component(g)) if "${group}" in pattern else [""]
+    text = pattern.replace("${user}", who.user)
+    return [text.replace("${group}", group) for group in groups]
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ RESTART_ONLY_TIMEOUTS = ("keepalive", "header", "handshake")
 # Builds a snapshot's Authenticators in the loading thread: (new snapshot, previous one).
 AttachAuthn = Callable[[Snapshot, Snapshot | None], Authenticators]
 
+
 _Signature = tuple[int, int, int, int] | None
 
 

@@ -49,7 +49,7 @@ from .memory import release_memory
 from .peers import Peers
 from .policy import authorize, decide
 from .reload import State
-from .routes import Operation, Refusal, body_refusal, classify, without_mount
+from .routes import Operation, Refusal, classify_request, without_mount
 from .snapshot import Snapshot
 from .store import LocalStore
 from .tagguard import TagGuard
@@ -123,7 +123,8 @@ class Handler:
                 functools.partial(self._identify, address=where, snapshot=snapshot),
                 functools.partial(_denied, realm=config.realm),
             )
-        operation = classify(request.method, path, query)
+        http11 = request.version >= (1, 1)
+        operation = classify_request(request.method, path, query, request.raw_headers, http11)
         if isinstance(operation, Refusal):
             metrics.RECORD.request("refused", operation.status)
             allow = {"Allow": operation.allow} if operation.allow else None
@@ -148,9 +149,6 @@ class Handler:
         self, request: web.BaseRequest, operation: Operation, snapshot: Snapshot, where: Origin
     ) -> web.StreamResponse:
         config = snapshot.config
-        refused = body_refusal(operation, request.headers.get("Content-Type", ""))
-        if refused is not None:
-            return error_response(refused.status, refused.code, refused.message)
         who = await self._identify(request.headers.getall("Authorization", []), where, snapshot)
         if isinstance(who, Denied):
             return _denied(who, config.realm)

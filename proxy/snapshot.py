@@ -8,6 +8,7 @@ CLI calls it directly.
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ def load_users(
     config: Config, previous: UserFiles | None = None
 ) -> tuple[UserFiles, list[Problem]]:
     """Parse htpasswd (when that backend is used) and groups. Raises ConfigError if a file
-    cannot be used at all; returns line-level problems (those lines are ignored)."""
+    cannot be used at all (with the bad lines of the others); returns line-level problems
+    (those lines are ignored)."""
     fatal: list[Problem] = []
     htpasswd = Htpasswd({})
     groups: dict[str, frozenset[str]] = {}
@@ -67,7 +69,7 @@ def load_users(
         except ConfigError as exc:
             fatal.extend(exc.problems)
     if fatal:
-        raise ConfigError(fatal)
+        raise ConfigError(fatal + problems)
     return UserFiles.build(htpasswd, groups, previous.dummy if previous else None), problems
 
 
@@ -85,10 +87,12 @@ def load_snapshot(
     overrides: Mapping[str, object],
     previous: Snapshot | None = None,
     tls: bool = True,
+    startup: bool = False,
 ) -> tuple[Snapshot, list[Problem]]:
     """Build a Snapshot from scratch: the snapshot and its line-level problems (those lines are
     ignored), or ConfigError with every problem found in every file when it is unusable.
-    `tls` False skips the certificate (the CLI's `explain`, a reload that handles it apart)."""
+    `tls` False skips the certificate (the CLI's `explain`, a reload that handles it apart);
+    `startup` also checks the log files can be appended to (they are opened only at start)."""
     config = config_module.load(config_path, overrides)
     fatal: list[Problem] = []
     problems: list[Problem] = []
@@ -103,6 +107,35 @@ def load_snapshot(
         context = load_tls(config) if tls else None
     except ConfigError as exc:
         fatal += exc.problems
+    if startup:
+        fatal += _log_file_problems(config)
     if fatal:
         raise ConfigError(fatal + problems)
     return Snapshot(config, users, config.rules, signer, context), problems
+
+
+def preflight(
+    config_path: Path | None, overrides: Mapping[str, object]
+) -> tuple[Snapshot, list[Problem]]:
+    """What `serve` needs before it starts and what `check` reports, so both name the same
+    problems: every file, the TLS pair, and the log files checked for appending."""
+    return load_snapshot(config_path, overrides, startup=True)
+
+
+def _log_file_problems(config: Config) -> list[Problem]:
+    """Log files regproxy could not append to (checked without creating them)."""
+    problems = []
+    for key, path in (("access_log.path", config.access_log_path), ("audit_log", config.audit_log)):
+        if path is None:
+            continue
+        writable = path if path.exists() else path.parent
+        if path.is_dir():
+            why = "it is a directory"
+        elif not writable.is_dir() and writable != path:
+            why = f"directory {writable} does not exist"
+        elif not os.access(writable, os.W_OK):
+            why = f"uid {os.geteuid()} may not write to {writable}"
+        else:
+            continue
+        problems.append(Problem(str(path), 0, f"{key}: cannot append: {why}"))
+    return problems

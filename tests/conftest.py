@@ -8,8 +8,8 @@ import contextlib
 import hashlib
 import os
 import re
+import resource
 import signal
-import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +26,7 @@ from proxy.credentials import hash_password
 from proxy.reload import State
 from proxy.server import Server
 from proxy.snapshot import load_snapshot
+from tests.net import free_socket
 
 # Property tests: a quick profile for `make test`, a long one for `make fuzz`.
 settings.register_profile("default", max_examples=300, deadline=None)
@@ -77,13 +78,6 @@ class FakeUpstream:
         if handler is not None:
             return await handler(request)
         return web.json_response({}, headers={"Docker-Distribution-Api-Version": "registry/2.0"})
-
-
-def free_socket(host: str = "127.0.0.1") -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.bind((host, 0))
-    sock.listen(128)
-    return sock
 
 
 @pytest.fixture
@@ -241,14 +235,23 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serving(args: list[str], directory: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+async def serving(
+    args: list[str], directory: Path, open_files: int | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """`regproxy ARGS` as a subprocess in `directory` (access log to access.log, diagnostics
-    to regproxy.err), from its "listening on" line until the block ends."""
+    to regproxy.err), from its "listening on" line until the block ends. `open_files`: its
+    open-files limit (soft and hard), as a service manager would set it."""
     stdout, stderr = directory / "access.log", directory / "regproxy.err"
+
+    def limit() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", *args,
             cwd=directory, env=ENV, stdout=out, stderr=err, start_new_session=True,
+            preexec_fn=limit,
         )  # fmt: skip
     try:
         for _ in range(400):

@@ -75,7 +75,7 @@ async def test_config_edit_changes_push_group(make_proxy: ProxyFactory) -> None:
         ("htpasswd", b"\xff\xfe\x00 binary", "htpasswd:1: not UTF-8 text"),
         ("htpasswd", None, "htpasswd: cannot read: No such file or directory"),
         ("groups", b"pusher: push\n\x00\x00", "groups:2: binary data (NUL byte)"),
-        ("regproxy.yaml", b"upstream: [unclosed\n", "regproxy.yaml:2: invalid YAML"),
+        ("regproxy.yaml", b"upstream: [unclosed\n", "regproxy.yaml:1: invalid YAML"),
         ("regproxy.yaml", b"upstreem: http://x\n", "regproxy.yaml:1: unknown key 'upstreem'"),
     ],
 )

@@ -243,6 +243,41 @@ async def test_location_rewritten_only_when_it_points_upstream(
         assert resp.headers["Location"] == expected.format(host=host)
 
 
+async def test_connection_cannot_drop_host_and_upstream_locations_never_leak(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """The issue's case: `Connection: Host` made the proxy drop Host, and the registry built
+    the upload Location from its own address (scheme from X-Forwarded-Proto), which the
+    rewrite missed because the schemes differ. The fake upstream builds it as the registry."""
+
+    async def start(request: web.Request) -> web.StreamResponse:
+        scheme = request.headers.get("X-Forwarded-Proto", "http")
+        location = f"{scheme}://{request.headers['Host']}/v2/a/blobs/uploads/u1?_state=s"
+        return web.Response(status=202, headers={"Location": location, "Connection": "Location"})
+
+    upstream.handlers["/v2/a/blobs/uploads/"] = start
+    proxy = await make_proxy()
+    host = f"localhost:{proxy.server.port}"
+    async with proxy.session.post(
+        proxy.url + "/v2/a/blobs/uploads/",
+        headers={**proxy.auth("push"), "Connection": "Host, X-Secret-Hop", "X-Secret-Hop": "1"},
+    ) as resp:
+        assert resp.status == 202
+        assert resp.headers["Location"] == f"https://{host}/v2/a/blobs/uploads/u1?_state=s"
+    (seen,) = upstream.requests
+    assert seen.headers["host"] == [host] and "x-secret-hop" not in seen.headers
+
+    async def internal(_: web.Request) -> web.StreamResponse:
+        address = upstream.url.removeprefix("http://")
+        return web.Response(status=202, headers={"Location": f"https://{address}/v2/a/x"})
+
+    upstream.handlers["/v2/a/blobs/uploads/"] = internal
+    async with proxy.session.post(
+        proxy.url + "/v2/a/blobs/uploads/", headers=proxy.auth("push")
+    ) as resp:
+        assert resp.headers["Location"] == f"https://{host}/v2/a/x"
+
+
 async def test_upstream_refused_is_502(make_proxy: ProxyFactory) -> None:
     from tests.conftest import free_socket
 

@@ -371,3 +371,60 @@ def test_authorize_mount(
     verdict = authorize(rules, who, operation)
     assert verdict.allowed is allowed
     assert verdict.drop_mount is drop_mount
+
+
+# --------------------------------------------------------------------------------------------
+# Placeholders stand for one repository path component, whatever the identity source
+# --------------------------------------------------------------------------------------------
+
+OWN_NAMESPACE = Rule(ALL, repositories=("${user}/**",), origin="own-namespace")
+TEAM_NAMESPACE = Rule(ALL, repositories=("${group}/**",), origin="team-namespace")
+PREFIXED = Rule(ALL, repositories=("home-${user}/*", "${user}.cache"), origin="prefixed")
+
+
+@pytest.mark.parametrize(
+    ("rule", "who", "repository", "matches"),
+    [
+        (OWN_NAMESPACE, Identity("alice"), "alice/app", True),
+        (OWN_NAMESPACE, Identity("alice.smith"), "alice.smith/app", True),
+        (OWN_NAMESPACE, Identity("a__b-c"), "a__b-c/x/y", True),
+        # The issue: `alice/sub` would make `${user}/**` read `alice/sub/**`, inside alice/.
+        (OWN_NAMESPACE, Identity("alice/sub"), "alice/sub/app", False),
+        (OWN_NAMESPACE, Identity("alice/sub"), "alice/sub", False),
+        (OWN_NAMESPACE, Identity("alice/../bob"), "bob/app", False),
+        (OWN_NAMESPACE, Identity("alice/"), "alice/app", False),
+        (OWN_NAMESPACE, Identity("*"), "bob/app", False),
+        (OWN_NAMESPACE, Identity("**"), "bob/app", False),
+        (OWN_NAMESPACE, Identity("?"), "b/app", False),
+        (OWN_NAMESPACE, Identity("Alice"), "alice/app", False),
+        (OWN_NAMESPACE, Identity(""), "/app", False),
+        (OWN_NAMESPACE, Identity("a" * 256), "a" * 256 + "/x", False),
+        (PREFIXED, Identity("alice"), "home-alice/app", True),
+        (PREFIXED, Identity("alice/x"), "home-alice/x", False),
+        (PREFIXED, Identity("x/home-bob"), "home-x/home-bob.cache", False),
+        (TEAM_NAMESPACE, Identity("u", frozenset({"team"})), "team/app", True),
+        (TEAM_NAMESPACE, Identity("u", frozenset({"team/sub"})), "team/sub/app", False),
+        (TEAM_NAMESPACE, Identity("u", frozenset({"Domain Users"})), "domain users/x", False),
+        # a bad group is passed by; the user's other groups still count
+        (TEAM_NAMESPACE, Identity("u", frozenset({"team/sub", "ops"})), "ops/app", True),
+        (TEAM_NAMESPACE, Identity("u", frozenset({"team/sub", "ops"})), "team/sub/app", False),
+    ],
+)
+def test_a_placeholder_is_one_path_component(
+    rule: Rule, who: Identity, repository: str, matches: bool
+) -> None:
+    assert rule.matches_repository(who, repository) is matches
+
+
+def test_alice_sub_cannot_push_into_alices_namespace() -> None:
+    """From any identity source (htpasswd refuses the name; LDAP, a token client or a future
+    backend might not): the policy itself never lets the name cross into alice/."""
+    rules = (OWN_NAMESPACE, EVERYONE_PULL)
+    alice, intruder = Identity("alice"), Identity("alice/sub")
+    for repository in ("alice/sub/app", "alice/app", "alice/sub"):
+        assert not decide(rules, intruder, "push", repository).allowed
+    assert decide(rules, alice, "push", "alice/sub/app").allowed
+    upload = classify("POST", "/v2/alice/sub/app/blobs/uploads/")
+    assert isinstance(upload, Operation)
+    assert not authorize(rules, intruder, upload).allowed
+    assert authorize(rules, alice, upload).allowed
