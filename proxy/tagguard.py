@@ -12,7 +12,9 @@ proxy's own requests (accepting every manifest media type):
   guarded tag (bounded, a few at a time), and the manifests an index tag holds. A digest that
   a guarded tag names, directly or through its index, is refused.
 
-Check and forward run under one lock per repository (`Store.lock`: across workers, and across
+Manifests held in memory at once are bounded per worker (MANIFEST_BUDGET): beyond it, a push
+is told to retry (503), so no number of large manifests at once can exhaust memory. Check and
+forward run under one lock per repository (`Store.lock`: across workers, and across
 replicas with a shared store), so two pushes of one new tag cannot both find it absent, nor can
 a delete race a push. A registry that cannot answer the check is a refusal (503), never a pass.
 """
@@ -24,7 +26,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -43,6 +45,7 @@ from .tagrules import Denied, Overwrite, Pointers, TagRule, plan
 log = logging.getLogger("regproxy.tags")
 
 MAX_MANIFEST = 4 * 1024 * 1024  # distribution refuses larger manifests
+MANIFEST_BUDGET = 64 * 1024 * 1024  # bytes of manifests one worker holds at once
 MAX_TAG_PAGES = 20  # tag list pages read before a delete by digest
 MAX_TAG_LIST = 8 * 1024 * 1024  # bytes of one tag list page
 MAX_GUARDED = 1000  # guarded tags looked up before a delete by digest; more: refused
@@ -78,6 +81,33 @@ class Current:
     media_type: str
 
 
+class Budget:
+    """Bytes held in memory by the requests under way, bounded."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[Callable[[int], bool]]:
+        """A `take(n)` that reserves n more bytes (False: over the limit, nothing taken);
+        everything taken is given back when the block ends."""
+        taken = 0
+
+        def take(size: int) -> bool:
+            nonlocal taken
+            if self._used + size > self._limit:
+                return False
+            self._used += size
+            taken += size
+            return True
+
+        try:
+            yield take
+        finally:
+            self._used -= taken
+
+
 class TagGuard:
     """The forwarder, behind the immutable-tag and protected-delete checks; one per worker."""
 
@@ -87,6 +117,7 @@ class TagGuard:
         self._forwarder = forwarder
         self._store = store
         self._session = session
+        self._budget = Budget(MANIFEST_BUDGET)
 
     async def forward(
         self, request: web.BaseRequest, route: Route, operation: Operation, config: Config
@@ -97,12 +128,24 @@ class TagGuard:
         if isinstance(check, Denied):
             log.info("refused %s %s: %s", request.method, route.raw_path, check.message)
             return error_response(403, "DENIED", check.message)
-        body = None
-        if isinstance(check, Overwrite):
-            read = await _read_manifest(request, config.timeouts.client_idle)
+        if isinstance(check, Pointers):
+            return await self._guarded(request, route, operation, config, check, None)
+        with self._budget.hold() as take:
+            read = await _read_manifest(request, config.timeouts.client_idle, take)
             if isinstance(read, web.StreamResponse):
                 return read
-            body = read
+            return await self._guarded(request, route, operation, config, check, read)
+
+    async def _guarded(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        operation: Operation,
+        config: Config,
+        check: Overwrite | Pointers,
+        body: bytes | None,
+    ) -> web.StreamResponse:
+        """Check and forward under the repository's lock."""
         try:
             async with self._locked(route.upstream, check.repository, config):
                 refusal = await self._check(request, route, check, body, config.timeouts)
@@ -341,8 +384,11 @@ def _next_page(response: aiohttp.ClientResponse, repository: str) -> str | None:
     return f"{target.path}?{target.query}" if target.query else target.path
 
 
-async def _read_manifest(request: web.BaseRequest, idle: float) -> bytes | web.StreamResponse:
-    """The whole manifest body (bounded), or the answer that refuses it."""
+async def _read_manifest(
+    request: web.BaseRequest, idle: float, take: Callable[[int], bool]
+) -> bytes | web.StreamResponse:
+    """The whole manifest body (bounded, each piece taken from the budget), or the answer
+    that refuses it."""
     if request.content_length is not None and request.content_length > MAX_MANIFEST:
         return await closing(request, _too_large())
     chunks: list[bytes] = []
@@ -352,6 +398,11 @@ async def _read_manifest(request: web.BaseRequest, idle: float) -> bytes | web.S
             size += len(chunk)
             if size > MAX_MANIFEST:
                 return await closing(request, _too_large())
+            if not take(len(chunk)):
+                message = "too many manifests in flight, retry later"
+                return await closing(
+                    request, error_response(503, "UNAVAILABLE", message, RETRY_AFTER)
+                )
             chunks.append(chunk)
     except ClientStalled:
         return await closing(request, error_response(408, "UNKNOWN", "request body stalled"))

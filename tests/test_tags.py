@@ -226,6 +226,23 @@ async def test_a_manifest_over_the_registry_limit_is_refused_unread(
     assert upstream.requests == []
 
 
+async def test_manifests_in_memory_are_bounded_per_worker(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push whose manifest would take the worker over its budget is told to retry; the
+    budget is given back when a push ends, so the next one fits."""
+    monkeypatch.setattr(tagguard, "MANIFEST_BUDGET", 400)
+    repo = Repository(upstream)
+    repo.serve("v1", "v2")
+    proxy = await make_proxy(GUARDS)
+    status, headers, text = await put(proxy, "/v2/apps/web/manifests/v1", b" " * 300 + manifest(1))
+    assert status == 503 and headers["Retry-After"] == "5"
+    assert "too many manifests in flight" in error_message(text)
+    assert upstream.requests == []
+    for tag in ("v1", "v2"):
+        assert (await put(proxy, f"/v2/apps/web/manifests/{tag}", manifest(1)))[0] == 201
+
+
 class WatchedStore(LocalStore):
     """The worker's store, telling the test when a second caller asks for a lock."""
 
