@@ -5,58 +5,24 @@ No value can forge a line or a field: each is escaped as Apache's ap_escape_logi
 (`\"`, `\\`, `\b \n \r \t \v`, and `\xhh` for every other byte outside printable ASCII, so C1
 controls, U+2028/U+2029 and bidi overrides appear as their UTF-8 bytes). JSON lines are
 json.dumps with ensure_ascii; bytes that are not UTF-8 appear there as `\xhh` text.
-Lines go straight to a file descriptor with one write(2) each, like Apache's own log: the
-logging module's record, lock and formatter machinery cost about a sixth of a 401's CPU.
+Lines go straight to a file descriptor with one write(2) each (`logsetup.SINK`), like
+Apache's own log, without the logging module's record, lock and formatter machinery.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from .logsetup import SINK
+
 USER_KEY = web.RequestKey("regproxy.user", str)
 BYTES_KEY = web.RequestKey("regproxy.bytes", int)  # body bytes, set by the forwarder
-
-
-class Sink:
-    """Where access lines go: nowhere until opened, then a file (reopened on SIGUSR1 for
-    logrotate) or standard output. O_APPEND keeps the workers' lines whole."""
-
-    def __init__(self) -> None:
-        self._path: Path | None = None
-        self._fd: int | None = None
-
-    def open(self, path: Path | None) -> None:
-        self._path = path
-        self.reopen()
-
-    def reopen(self) -> None:
-        """Write to the configured path afresh (after a rename); stdout needs no reopening."""
-        if self._path is None:
-            try:
-                self._fd = sys.stdout.fileno()
-            except (AttributeError, ValueError, OSError):  # detached: no stdout at all
-                self._fd = None
-            return
-        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        old, self._fd = self._fd, fd
-        if old is not None and old > 2:
-            os.close(old)
-
-    def write(self, line: str) -> None:
-        if self._fd is not None:
-            os.write(self._fd, (line + "\n").encode("utf-8", "backslashreplace"))
-
-
-SINK = Sink()
 
 
 class _Clock:

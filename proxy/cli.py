@@ -29,13 +29,15 @@ from .credentials import (
     placeholder_notes,
 )
 from .identity import Identity
+from .limits import raise_open_files_limit
 from .logsetup import configure_logging
 from .policy import Decision, decide
 from .problems import ConfigError, Problem, read_text
 from .routes import ACTIONS, TAG_RE, Action, Operation, valid_component, valid_name
 from .snapshot import load_users, preflight
-from .supervisor import bind, serve
+from .supervisor import become_supervisor
 from .tagrules import Denied, Overwrite, Pointers, TagRule, plan
+from .worker import bind, run_worker
 
 log = logging.getLogger("regproxy")
 
@@ -374,7 +376,20 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cannot listen on {config.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    return serve(snapshot, sock, _config_path(args), _overrides(args))
+    log.info("open files limit: %d", raise_open_files_limit())
+    if config.workers == 1:
+        return run_worker(snapshot, sock, _config_path(args), _overrides(args))
+    become_supervisor(
+        sock,
+        _config_path(args),
+        _overrides(args),
+        config.workers,
+        config.log_level,
+        str(config.listen),
+        config.upstream,
+        config.metrics_listen is not None,
+    )
+    return 1  # not reached: the process is the supervisor now
 
 
 def _import(args: argparse.Namespace) -> int:

@@ -11,12 +11,11 @@ import base64
 import binascii
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import bcrypt
-from passlib.hash import apr_md5_crypt, des_crypt, ldap_sha1, sha256_crypt, sha512_crypt
 
 from .problems import Problem
 from .routes import valid_component
@@ -63,30 +62,38 @@ def _sha_crypt_rounds(stored: str) -> int:
     return int(match.group(1)) if match else 5000
 
 
-def _sha_crypt(handler: Any, password: str, sample: str) -> str:
-    return str(handler.using(rounds=_sha_crypt_rounds(sample)).hash(password))
-
-
-_CHECKERS: dict[str, Callable[[bytes, str], bool]] = {
-    "bcrypt": _check_bcrypt,
-    "apr1": apr_md5_crypt.verify,
-    "sha256-crypt": sha256_crypt.verify,
-    "sha512-crypt": sha512_crypt.verify,
-    "sha1": ldap_sha1.verify,
-    "crypt": des_crypt.verify,
+# Schemes other than bcrypt come from passlib (libpass), imported only when a file uses one:
+# it costs each process several MiB, and most htpasswd files are bcrypt only.
+_PASSLIB = {
+    "apr1": "apr_md5_crypt",
+    "sha256-crypt": "sha256_crypt",
+    "sha512-crypt": "sha512_crypt",
+    "sha1": "ldap_sha1",
+    "crypt": "des_crypt",
 }
 
-# Each makes a hash of `password` with the same scheme and cost as `sample`.
-_HASHERS: dict[str, Callable[[str, str], str]] = {
-    "bcrypt": lambda pw, sample: bcrypt.hashpw(
-        pw.encode(), bcrypt.gensalt(int(sample[4:6]), prefix=b"2b")
-    ).decode(),  # the pattern guarantees a two-digit cost of 04-31
-    "apr1": lambda pw, _: str(apr_md5_crypt.hash(pw)),
-    "sha256-crypt": lambda pw, s: _sha_crypt(sha256_crypt, pw, s),
-    "sha512-crypt": lambda pw, s: _sha_crypt(sha512_crypt, pw, s),
-    "sha1": lambda pw, _: str(ldap_sha1.hash(pw)),
-    "crypt": lambda pw, _: str(des_crypt.hash(pw[:8])),
-}
+
+def _passlib(scheme: str) -> Any:
+    import passlib.hash
+
+    return getattr(passlib.hash, _PASSLIB[scheme])
+
+
+def _check(scheme: str, password: bytes, stored: str) -> bool:
+    if scheme == "bcrypt":
+        return _check_bcrypt(password, stored)
+    return bool(_passlib(scheme).verify(password, stored))
+
+
+def _hash_like(scheme: str, password: str, sample: str) -> str:
+    """A hash of `password` with the same scheme and cost as `sample`."""
+    if scheme == "bcrypt":  # the pattern guarantees a two-digit cost of 04-31
+        salt = bcrypt.gensalt(int(sample[4:6]), prefix=b"2b")
+        return bcrypt.hashpw(password.encode(), salt).decode()
+    handler = _passlib(scheme)
+    if scheme in ("sha256-crypt", "sha512-crypt"):
+        handler = handler.using(rounds=_sha_crypt_rounds(sample))
+    return str(handler.hash(password[:8] if scheme == "crypt" else password))
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ class PasswordHash:
         """Slow for bcrypt and sha-crypt: callers run it off the event loop. A password the
         scheme cannot even take (NUL bytes for crypt) is simply wrong, never an error."""
         try:
-            return bool(_CHECKERS[self.scheme](password, self.value))
+            return _check(self.scheme, password, self.value)
         except (ValueError, TypeError):
             return False
 
@@ -133,7 +140,7 @@ def dummy_like(sample: PasswordHash | None) -> PasswordHash:
     """
     sample = sample or DEFAULT_DUMMY_SAMPLE
     return PasswordHash(
-        sample.scheme, _HASHERS[sample.scheme](secrets.token_urlsafe(16), sample.value)
+        sample.scheme, _hash_like(sample.scheme, secrets.token_urlsafe(16), sample.value)
     )
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
@@ -28,7 +27,7 @@ from . import metrics
 from .authn.chain import Authenticators
 from .config import Config
 from .problems import ConfigError, Problem
-from .snapshot import Snapshot, load_snapshot, load_tls
+from .snapshot import Signature, Snapshot, load_snapshot, load_tls, signature
 
 log = logging.getLogger("regproxy.reload")
 
@@ -49,26 +48,16 @@ RESTART_ONLY_TIMEOUTS = ("keepalive", "header", "handshake")
 AttachAuthn = Callable[[Snapshot, Snapshot | None], Authenticators]
 
 
-_Signature = tuple[int, int, int, int] | None
-
-
-def _signature(path: Path) -> _Signature:
-    try:
-        st = os.stat(path)  # follows symlinks: a swapped `..data` link changes the inode
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 class Watcher:
     """Which watched files have changed and then stayed the same for one poll."""
 
-    def __init__(self, files: tuple[Path, ...]) -> None:
-        self._seen = {path: _signature(path) for path in files}
-        self._pending: dict[Path, _Signature] = {}
+    def __init__(self, seen: Mapping[Path, Signature]) -> None:
+        """`seen`: each file as it was when it was read (`Snapshot.signatures`)."""
+        self._seen = dict(seen)
+        self._pending: dict[Path, Signature] = {}
 
     def stable_changes(self) -> list[Path]:
-        now = {path: _signature(path) for path in self._seen}
+        now = {path: signature(path) for path in self._seen}
         changed = [p for p, sig in now.items() if sig != self._seen[p]]
         stable = [p for p in changed if self._pending.get(p, ...) == now[p]]
         self._pending = {p: now[p] for p in changed}
@@ -80,7 +69,7 @@ class Watcher:
 
     def watch(self, files: tuple[Path, ...]) -> None:
         """Follow a new set of files (the config may name others after a reload)."""
-        self._seen = {path: self._seen.get(path, _signature(path)) for path in files}
+        self._seen = {path: self._seen.get(path, signature(path)) for path in files}
 
 
 def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
@@ -183,7 +172,7 @@ class State:
         self._overrides = dict(overrides)
         self._attach = attach
         self._quiet = quiet  # a worker under a supervisor: the parent reports reloads
-        self._watcher = Watcher(snapshot.config.watched_files())
+        self._watcher = Watcher(snapshot.signatures)
         self._holders: dict[int, _Holders] = {}
         self._loading = asyncio.Lock()
 

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -261,8 +261,9 @@ def _denied(denied: Denied, realm: str) -> web.Response:
 class Server:
     """Owns one worker's lifecycle: startup() -> serve until a signal -> shutdown().
 
-    `peers`: the other workers of this machine (None when alone); `quiet`: a supervisor
-    reports reloads and lifecycle, this worker only logs them at debug level."""
+    `peers`: the other workers of this machine; `index`: this worker's number under a
+    supervisor (None when alone). Under a supervisor, which reports the lifecycle, a worker
+    logs it at debug level only, and only worker 0 reports reloads."""
 
     def __init__(
         self,
@@ -272,7 +273,7 @@ class Server:
         peers: Peers | None = None,
         catalog_key: bytes | None = None,
         lock_dir: Path | None = None,
-        quiet: bool = False,
+        index: int | None = None,
     ) -> None:
         self._first = snapshot
         self._lock_dir = lock_dir
@@ -280,7 +281,8 @@ class Server:
         self._overrides = dict(overrides)
         self._peers = peers
         self._catalog_key = catalog_key or new_key()
-        self._quiet = quiet
+        self._quiet = index is not None  # lifecycle: the supervisor says it
+        self._reports_reloads = index in (None, 0)
         self.state: State | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -289,11 +291,14 @@ class Server:
         self._stack = contextlib.AsyncExitStack()
         self._reloads: set[asyncio.Task[bool]] = set()
 
-    async def serve(self, sock: socket.socket) -> None:
-        """Run until SIGTERM/SIGINT, then drain. SIGHUP reloads every file."""
+    async def serve(self, sock: socket.socket, ready: Callable[[], None] | None = None) -> None:
+        """Run until SIGTERM/SIGINT, then drain. SIGHUP reloads every file. `ready` is called
+        once connections are being accepted."""
         await self.startup(sock)
         try:
             self._install_signals()
+            if ready is not None:
+                ready()
             await self._stop.wait()
             (log.debug if self._quiet else log.info)(
                 "shutting down: no new connections, draining for up to %ss",
@@ -337,7 +342,7 @@ class Server:
             return Authenticators(backends, snapshot.users, c.throttle)
 
         state = self.state = State(
-            self._first, self._config_path, self._overrides, attach, self._quiet, work
+            self._first, self._config_path, self._overrides, attach, not self._reports_reloads, work
         )
         stack.callback(state.close)
         await state.start()
@@ -380,8 +385,7 @@ class Server:
 
         listener.start(connections)
         stack.push_async_callback(drain)
-        chores = [release_memory()] + ([] if self._quiet else [state.watch()])
-        for chore in chores:  # a supervised worker is told of edits by its supervisor
+        for chore in (release_memory(), state.watch()):
             stack.callback(asyncio.ensure_future(chore).cancel)
         if config.metrics_listen is not None:
             await self._start_admin(forwarder)
@@ -446,6 +450,10 @@ class Server:
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload, "SIGHUP")
         loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
+        # A supervised worker starts with these blocked: any that came meanwhile arrive now.
+        signal.pthread_sigmask(
+            signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+        )
 
     def _reload(self, reason: str) -> None:
         assert self.state is not None

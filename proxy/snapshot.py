@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config as config_module
@@ -23,6 +23,17 @@ from .policy import Rule
 from .problems import ConfigError, Problem, read_text
 from .tls import load_certificate, server_context
 from .token import Signer, load_signer
+
+Signature = tuple[int, int, int, int] | None
+
+
+def signature(path: Path) -> Signature:
+    """What tells an edited file apart: device, inode, size, modification time (None: absent)."""
+    try:
+        st = os.stat(path)  # follows symlinks: a swapped `..data` link changes the inode
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,9 @@ class Snapshot:
     signer: Signer | None = None  # token server mode
     tls: ssl.SSLContext | None = None
     authn: Authenticators | None = None
+    # Each watched file as it was just before it was read: an edit made while the files
+    # were being loaded is seen as an edit afterwards, never lost.
+    signatures: Mapping[Path, Signature] = field(default_factory=dict, compare=False)
 
 
 def _read_htpasswd(config: Config) -> Htpasswd:
@@ -93,7 +107,9 @@ def load_snapshot(
     ignored), or ConfigError with every problem found in every file when it is unusable.
     `tls` False skips the certificate (the CLI's `explain`, a reload that handles it apart);
     `startup` also checks the log files can be appended to (they are opened only at start)."""
+    first = {config_path: signature(config_path)} if config_path is not None else {}
     config = config_module.load(config_path, overrides)
+    signatures = {path: signature(path) for path in config.watched_files()} | first
     fatal: list[Problem] = []
     problems: list[Problem] = []
     try:
@@ -111,7 +127,7 @@ def load_snapshot(
         fatal += _log_file_problems(config)
     if fatal:
         raise ConfigError(fatal + problems)
-    return Snapshot(config, users, config.rules, signer, context), problems
+    return Snapshot(config, users, config.rules, signer, context, None, signatures), problems
 
 
 def preflight(

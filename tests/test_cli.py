@@ -162,6 +162,22 @@ async def test_workers_serve_and_stop_together(served: Served) -> None:
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
+@pytest.mark.parametrize("served", ["workers: 2\n"], indirect=True)
+async def test_workers_stop_when_their_supervisor_is_killed(served: Served) -> None:
+    """SIGKILL leaves the supervisor no chance to relay anything: the kernel tells the workers
+    (PR_SET_PDEATHSIG), and they drain and exit instead of serving on, orphaned."""
+    children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children")
+    pids = [int(p) for p in children.read_text().split()]
+    assert len(pids) == 2
+    served.process.kill()
+    await served.process.wait()
+    for _ in range(400):
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+            break
+        await asyncio.sleep(0.025)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
 def worker_holding(server_port: int, client_port: int, workers: list[int]) -> int | None:
     """The worker process that holds the server end of the connection from `client_port`."""
     inode = None
