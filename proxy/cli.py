@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from . import config as config_module
+from .acl import TAG_SECTIONS
 from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS, Config
 from .credentials import (
     PasswordHash,
@@ -30,11 +31,12 @@ from .credentials import (
 from .identity import Identity
 from .limits import raise_open_files_limit
 from .logsetup import configure_logging
-from .policy import decide
+from .policy import Decision, decide
 from .problems import ConfigError, Problem, read_text
-from .routes import ACTIONS, valid_component, valid_name
+from .routes import ACTIONS, TAG_RE, Action, Operation, valid_component, valid_name
 from .snapshot import load_users, preflight
 from .supervisor import become_supervisor
+from .tagrules import Denied, Overwrite, Pointers, TagRule, plan
 from .worker import bind, run_worker
 
 log = logging.getLogger("regproxy")
@@ -77,7 +79,8 @@ _COMMANDS = {  # name: (one-line help, description, exit codes)
         "which rule allows or denies USER ACTION REPOSITORY",
         "Dry-run the ACL: print ALLOW or DENY, the rule that decided (FILE:LINE), the\n"
         "upstream the request would go to and the user's groups. --acl tries a rules file\n"
-        "before putting it in the config.",
+        "before putting it in the config. --tag: a manifest request by that tag (tag rules,\n"
+        "immutable tags, protected deletes); without it, by digest (or a blob).",
         "  0    allowed\n  3    denied\n  1    the configuration cannot be loaded",
     ),
     "import": (
@@ -140,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         "repository", metavar="REPOSITORY", help="repository name, e.g. library/ubuntu"
     )
     explain.add_argument("--client", metavar="IP", help="client address, for rules with networks")
+    explain.add_argument("--tag", metavar="TAG", help="a manifest request by this tag")
 
     convert = _command(commands, "import")
     convert.add_argument(
@@ -288,6 +292,9 @@ def _explain(args: argparse.Namespace) -> int:
     if not valid_name(args.repository):
         print(f"{args.repository!r} is not a valid repository name", file=sys.stderr)
         return 2
+    if args.tag is not None and not TAG_RE.fullmatch(args.tag):
+        print(f"{args.tag!r} is not a valid tag", file=sys.stderr)
+        return 2
     try:
         config, missing = _without_missing_user_files(
             config_module.load(_config_path(args), _overrides(args))
@@ -298,17 +305,49 @@ def _explain(args: argparse.Namespace) -> int:
         return 1
     user = None if args.user == "-" else args.user
     groups = users.groups_of(user) if user else frozenset()
-    decision = decide(config.rules, Identity(user, groups, address), args.action, args.repository)
-    print(f"{'ALLOW' if decision.allowed else 'DENY'} {args.user} {args.action} {args.repository}")
-    print(f"  decided by: {decision.reason}")
-    if decision.allowed:
+    who = Identity(user, groups, address)
+    decision = decide(config.rules, who, args.action, args.repository, args.tag)
+    check = _tag_check(config, args.action, args.repository, args.tag, decision)
+    allowed = decision.allowed and not isinstance(check, Denied)
+    target = args.repository + (f":{args.tag}" if args.tag else "")
+    print(f"{'ALLOW' if allowed else 'DENY'} {args.user} {args.action} {target}")
+    if isinstance(check, Denied):
+        print(f"  decided by: {_tag_rule_name(check.rule)}")
+        print(f"  acl: {decision.reason} allows it")
+    else:
+        print(f"  decided by: {decision.reason}")
+    if isinstance(check, Overwrite):
+        print(f"  immutable: {_tag_rule_name(check.rule)}: a push changing {args.tag} is refused")
+    if isinstance(check, Pointers):
+        names = ", ".join(_tag_rule_name(rule) for rule in check.rules)
+        print(f"  checked: a delete by digest is refused when a tag guarded by {names} names it")
+    if allowed:
         print(f"  upstream: {decision.upstream or config.upstream}")
     print(f"  groups: {', '.join(sorted(groups)) or '(none)'}")
     for path in missing:
         print(f"  note: {path} does not exist (yet): read as empty")
     if user and "htpasswd" in config.auth_backends and user not in users.htpasswd.users:
         print(f"  note: {user!r} is not in {config.htpasswd}")
-    return 0 if decision.allowed else 3
+    return 0 if allowed else 3
+
+
+_ANY_DIGEST = "sha256:" + "0" * 64
+
+
+def _tag_check(
+    config: Config, action: Action, repository: str, tag: str | None, decision: Decision
+) -> Denied | Overwrite | Pointers | None:
+    """What immutable tags and protected deletes add to an allowed manifest request (by
+    `tag`, or by digest)."""
+    if not decision.allowed:
+        return None
+    operation = Operation("manifest", action, repository, tag or _ANY_DIGEST)
+    return plan(config.tag_rules, operation)
+
+
+def _tag_rule_name(rule: TagRule) -> str:
+    section = next(name for name, kind in TAG_SECTIONS.items() if kind == rule.kind)
+    return f"{section} rule {rule.origin}"
 
 
 def _without_missing_user_files(config: Config) -> tuple[Config, list[Path]]:

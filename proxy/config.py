@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from .acl import parse_acl_text, parse_rules
+from .acl import TAG_SECTIONS, parse_acl_document, parse_rules, parse_tag_rules
 from .addresses import IPNetwork, parse_networks, parse_upstream
 from .authn.cache import CacheSettings
 from .limits import Limits, Timeouts
 from .policy import Rule, recipe_rules
 from .problems import ConfigError, Problem, compose_yaml, construct, read_text
+from .tagrules import TagRule
 from .throttle import ThrottleSettings
 from .token import MAX_EXPIRY as MAX_TOKEN_EXPIRY
 from .token import TokenSettings
@@ -87,6 +88,7 @@ class Config:
     auth_backends: tuple[Backend, ...] = ("htpasswd",)
     acl: tuple[Rule, ...] | None = None  # None: the recipe's rules (push_group)
     acl_file: Path | None = None  # where `acl` came from when it is a separate file
+    tag_rules: tuple[TagRule, ...] = ()  # immutable_tags and protected_deletes, from both files
     source: Path | None = None  # the YAML file this came from, watched for edits
 
     @property
@@ -273,6 +275,8 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "cache.credentials_size": ("credentials_cache.size", _parse_positive_int),
     "metrics.listen": ("metrics_listen", _parse_optional_listen),
     "acl": ("acl", "acl"),  # handled by _load_acl
+    "immutable_tags": ("tag_rules", "tag rules"),  # parsed by proxy.acl, with the ACL file's
+    "protected_deletes": ("tag_rules", "tag rules"),
     "ldap": ("ldap", "ldap"),  # handled by _load_ldap
     "token": ("token", "token"),  # built from the token.* keys by _combinations
     "token.issuer": ("token.issuer", _parse_text),
@@ -318,7 +322,7 @@ def _flatten(
         seen.add(key)
         if not prefix and key in _SECTIONS:
             flat.update(_flatten(value_node, source, problems, prefix=f"{key}."))
-        elif key in ("acl", "ldap") and not prefix:
+        elif key in ("acl", "ldap", *TAG_SECTIONS) and not prefix:
             flat[key] = (value_node, line)  # parsed later, with the lines of the nodes inside
         elif key in _KEYS and ("." in key) == bool(prefix):  # `tls.cert:` is no alias
             try:
@@ -395,6 +399,8 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
     problems: list[Problem] = []
     values: dict[str, Any] = {}
     acl: tuple[tuple[Rule, ...] | None, Path | None] = (None, None)
+    acl_tag_rules: tuple[TagRule, ...] = ()  # from the ACL file named last (a flag wins)
+    tag_rules: list[TagRule] = []  # from the config's own sections
     sources: list[tuple[dict[str, tuple[Any, int]], Path, str]] = []
     if path is not None:
         sources.append((_read_yaml(path, problems), path.parent, str(path)))
@@ -403,7 +409,13 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
     for entries, base, source in sources:
         for key, (raw, line) in entries.items():
             if key == "acl":
-                acl = _load_acl(raw, base, source, line, problems)
+                rules, acl_tag_rules, acl_path = _load_acl(raw, base, source, line, problems)
+                acl = (rules, acl_path)
+                continue
+            if key in TAG_SECTIONS:
+                section_rules, section_problems = parse_tag_rules(raw, source, key)
+                tag_rules.extend(section_rules)
+                problems.extend(section_problems)
                 continue
             if key == "ldap":
                 values["ldap"] = _load_ldap(raw, source, line, problems)
@@ -414,7 +426,9 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
     problems.extend(_combinations(values, acl[0] is not None, str(path or "command line")))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.source, p.line)))
-    return _apply(Config(source=path, acl=acl[0], acl_file=acl[1]), values)
+    all_tag_rules = (*tag_rules, *acl_tag_rules)
+    config = Config(source=path, acl=acl[0], acl_file=acl[1], tag_rules=all_tag_rules)
+    return _apply(config, values)
 
 
 def _combinations(values: dict[str, Any], has_acl: bool, source: str) -> list[Problem]:
@@ -464,23 +478,23 @@ def _load_ldap(node: Any, source: str, line: int, problems: list[Problem]) -> An
 
 def _load_acl(
     raw: Any, base: Path, source: str, line: int, problems: list[Problem]
-) -> tuple[tuple[Rule, ...] | None, Path | None]:
-    """`acl:` is a list of rules in place, the name of a file holding them, or null (none:
-    the recipe's policy)."""
+) -> tuple[tuple[Rule, ...] | None, tuple[TagRule, ...], Path | None]:
+    """`acl:` is a list of rules in place, the name of a file holding them (and, maybe, tag
+    rules), or null (none: the recipe's policy)."""
     if isinstance(raw, yaml.Node) and not isinstance(raw, yaml.ScalarNode):
         rules, rule_problems = parse_rules(raw, source)
         problems.extend(rule_problems)
-        return rules, None
+        return rules, (), None
     name = construct(raw) if isinstance(raw, yaml.ScalarNode) else raw
     if name is None:
-        return None, None
+        return None, (), None
     if not isinstance(name, str) or not name:
         problems.append(Problem(source, line, "acl: expected a list of rules or a file name"))
-        return None, None
+        return None, (), None
     acl_path = normalised(base / name)
     try:
-        rules, rule_problems = parse_acl_text(read_text(acl_path), str(acl_path))
+        rules, tag_rules, rule_problems = parse_acl_document(read_text(acl_path), str(acl_path))
     except ConfigError as exc:
-        rules, rule_problems = (), exc.problems
+        rules, tag_rules, rule_problems = (), (), exc.problems
     problems.extend(rule_problems)
-    return rules, acl_path
+    return rules, tag_rules, acl_path

@@ -8,6 +8,7 @@ layer passes in constant memory. Keep-alive connections to the upstream are pool
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import time
@@ -211,8 +212,10 @@ class Forwarder:
         timeouts: Timeouts,
         wait: float,
         on_headers: OnHeaders | None = None,
+        body: bytes | None = None,
     ) -> web.StreamResponse:
-        """Send `request` to the route and stream the answer back."""
+        """Send `request` to the route and stream the answer back. `body`: the request's
+        body, already read whole (a manifest the proxy had to see), sent as it is."""
         try:
             async with asyncio.timeout(wait):
                 await self._slots.acquire()
@@ -222,7 +225,7 @@ class Forwarder:
                 503, "UNAVAILABLE", "registry busy, retry later", {"Retry-After": RETRY_AFTER}
             )
         try:
-            return await self._exchange(request, route, timeouts, on_headers)
+            return await self._exchange(request, route, timeouts, on_headers, body)
         finally:
             self._slots.release()
 
@@ -232,11 +235,16 @@ class Forwarder:
         route: Route,
         timeouts: Timeouts,
         on_headers: OnHeaders | None,
+        read: bytes | None,
     ) -> web.StreamResponse:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
-        body = _idle_bounded(request, timeouts.client_idle) if request.body_exists else None
+        body: io.BytesIO | AsyncIterator[bytes] | None = None
+        if read is not None:
+            body = io.BytesIO(read)  # sent in pieces, with its Content-Length
+        elif request.body_exists:
+            body = idle_bounded(request, timeouts.client_idle)
         started = time.monotonic()
         try:
             upstream_response = await self._session.request(
@@ -256,7 +264,7 @@ class Forwarder:
             if _caused_by(exc, ClientStalled):
                 log.info("client stopped sending its body: %s %s", request.method, route.raw_path)
                 response = error_response(408, "UNKNOWN", "request body stalled")
-                return await _closing(request, response)
+                return await closing(request, response)
             log.warning(
                 "upstream %s failed on %s %s: %s",
                 route.upstream,
@@ -322,7 +330,7 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-async def _closing(request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:
+async def closing(request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:
     """Send `response` and close the connection (its request body was not read to the end)."""
     response.force_close()
     await response.prepare(request)
@@ -335,7 +343,7 @@ class ClientStalled(aiohttp.ClientError):
     """The client sent nothing of its request body for `timeouts.client_idle` seconds."""
 
 
-async def _idle_bounded(request: web.BaseRequest, idle: float) -> AsyncIterator[bytes]:
+async def idle_bounded(request: web.BaseRequest, idle: float) -> AsyncIterator[bytes]:
     """The request body as it arrives, ended with ClientStalled when the client goes quiet."""
     content = request.content
     while True:

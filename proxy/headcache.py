@@ -143,6 +143,7 @@ class CachingForwarder:
         timeouts: Timeouts,
         wait: float,
         ttl: float,
+        body: bytes | None = None,
     ) -> web.StreamResponse:
         path, _, query = route.raw_path.partition("?")
         key = cache_key(request.method, operation, route.upstream, path, query, request.headers)
@@ -161,7 +162,7 @@ class CachingForwarder:
                 lifetime = freshness(headers.get("Cache-Control", ""), ttl)
                 self._heads.put(key, headers, lifetime, self._clock())
 
-        return await self._forwarder.forward(request, route, timeouts, wait, on_headers)
+        return await self._forwarder.forward(request, route, timeouts, wait, on_headers, body)
 
     async def _answer(self, request: web.BaseRequest, key: str) -> web.StreamResponse | None:
         """The remembered answer under `key`, with its Age, or None."""

@@ -1,9 +1,11 @@
 """Authorization: ordered rules, first match wins, deny by default. Pure: no I/O.
 
-A rule matches on who is asking (users, groups, anonymous), from where (client networks) and
-which repository (globs with `${user}` and `${group}`); the first rule that matches decides,
-grants only the actions it lists, and names the upstream the request goes to. When no rule
-matches the answer is no. Without an ACL the built-in rules are the Apache recipe's: members of
+A rule matches on who is asking (users, groups, anonymous), from where (client networks),
+which repository (globs with `${user}` and `${group}`) and, for manifest requests by tag, which
+tag (globs too); the first rule that matches decides, grants only the actions it lists, and
+names the upstream the request goes to. A rule with tags matches only requests by tag: a
+request by digest, or for a blob, is decided by the rules without tags. When no rule matches
+the answer is no. Without an ACL the built-in rules are the Apache recipe's: members of
 the push group may do anything, any other valid user may pull.
 """
 
@@ -55,6 +57,7 @@ class Rule:
     repositories: tuple[str, ...] = ()
     networks: tuple[IPNetwork, ...] = ()
     anonymous: bool = False
+    tags: tuple[str, ...] = ()  # globs over the tag: only manifest requests by tag match
     upstream: str | None = None
     origin: str = "built-in"
     description: str = field(default="", compare=False)
@@ -71,18 +74,26 @@ class Rule:
         return True
 
     def matches_repository(self, who: Identity, repository: str) -> bool:
-        if not self.repositories:
+        return not self.repositories or _matches(self.repositories, who, repository)
+
+    def matches_tag(self, who: Identity, tag: str | None) -> bool:
+        """Rules without tags match any request; rules with tags only requests by tag."""
+        if not self.tags:
             return True
-        return any(
-            glob_regex(expanded).fullmatch(repository)
-            for pattern in self.repositories
-            for expanded in _expand(pattern, who)
-        )
+        return tag is not None and _matches(self.tags, who, tag)
 
     @property
     def catch_all(self) -> bool:
         """Matches every valid user (or every anonymous request) on every repository."""
-        return not (self.users or self.groups or self.repositories or self.networks)
+        return not (self.users or self.groups or self.repositories or self.networks or self.tags)
+
+
+def _matches(patterns: tuple[str, ...], who: Identity, name: str) -> bool:
+    return any(
+        glob_regex(expanded).fullmatch(name)
+        for pattern in patterns
+        for expanded in _expand(pattern, who)
+    )
 
 
 @dataclass(frozen=True)
@@ -117,18 +128,27 @@ def recipe_rules(push_group: str) -> tuple[Rule, ...]:
     )
 
 
-def first_match(rules: tuple[Rule, ...], who: Identity, repository: str | None) -> Rule | None:
-    """The deciding rule; with `repository` None, repository constraints are not checked."""
+def first_match(
+    rules: tuple[Rule, ...], who: Identity, repository: str | None, tag: str | None = None
+) -> Rule | None:
+    """The deciding rule; with `repository` None, repository constraints are not checked.
+    `tag` is the tag of a manifest request by tag (None for any other request)."""
     for rule in rules:
-        if rule.matches_who(who) and (
-            repository is None or rule.matches_repository(who, repository)
+        if (
+            rule.matches_who(who)
+            and (repository is None or rule.matches_repository(who, repository))
+            and rule.matches_tag(who, tag)
         ):
             return rule
     return None
 
 
 def decide(
-    rules: tuple[Rule, ...], who: Identity, action: Action | None, repository: str | None = None
+    rules: tuple[Rule, ...],
+    who: Identity,
+    action: Action | None,
+    repository: str | None = None,
+    tag: str | None = None,
 ) -> Decision:
     """First matching rule decides. `action` None (the catalog) asks only whether the caller
     may use the registry at all: any valid user may, and anonymous callers may when some
@@ -138,7 +158,7 @@ def decide(
             return Decision(True, first_match(rules, who, None))
         rule = next((r for r in rules if r.matches_who(who) and r.actions), None)
         return Decision(rule is not None, rule)
-    rule = first_match(rules, who, repository)
+    rule = first_match(rules, who, repository, tag)
     return Decision(rule is not None and action in rule.actions, rule)
 
 
@@ -165,7 +185,7 @@ def authorize(rules: tuple[Rule, ...], who: Identity, operation: Operation) -> V
         # Always challenge: clients learn from the ping whether to send credentials, and
         # one that got 200 here would never send them, even to push.
         return Verdict(Decision(False, None))
-    decision = decide(rules, who, operation.action, operation.repository)
+    decision = decide(rules, who, operation.action, operation.repository, operation.tag)
     if not decision.allowed or operation.mount_from is None:
         return Verdict(decision)
     source = decide(rules, who, "pull", operation.mount_from)

@@ -101,6 +101,14 @@ class Operation:
     mount_from: str | None = None
     drop_mount: bool = False
 
+    @property
+    def tag(self) -> str | None:
+        """The tag of a manifest request by tag; None for a digest and for every other kind."""
+        ref = self.reference
+        if self.kind != "manifest" or ref is None or TAG_RE.fullmatch(ref) is None:
+            return None
+        return ref
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -245,6 +253,20 @@ def body_refusal(operation: Operation, reading: Reading, query: str) -> Refusal 
     return None
 
 
+def _tag_parameters(kind: Kind, method: str, query: str) -> Refusal | None:
+    """A manifest PUT with `tag` query parameters (a newer spec's way to tag a manifest pushed
+    by digest) would set tags this classifier never saw: tag rules and immutable tags could not
+    hold, so it is refused; each tag is pushed by its own reference instead."""
+    if kind != "manifest" or method != "PUT" or not query:
+        return None
+    pairs = query_pairs(query)
+    if pairs is None:
+        return Refusal(400, "UNSUPPORTED", "query string the registry would read differently")
+    if any(key == "tag" for key, _ in pairs):
+        return Refusal(400, "UNSUPPORTED", "tag query parameters are not accepted: push each tag")
+    return None
+
+
 def classify(method: str, path: str, query: str = "") -> Operation | Refusal:
     """Classify a request by its method and raw (undecoded) path and query string."""
     if not is_proxied(path):
@@ -256,6 +278,9 @@ def classify(method: str, path: str, query: str = "") -> Operation | Refusal:
     if (kind, method) not in _ACTIONS:
         allow = ", ".join(sorted(m for k, m in _ACTIONS if k == kind))
         return Refusal(405, "UNSUPPORTED", f"method {method} not allowed here", allow)
+    refused = _tag_parameters(kind, method, query)
+    if refused is not None:
+        return refused
     source = _mount_source(query) if kind == "upload-start" else None
     if isinstance(source, Refusal):
         return source

@@ -1,7 +1,8 @@
 """The server: one request's walk, and the worker's lifecycle.
 
 A request takes one snapshot of the configuration and walks down the steps with it:
-classify -> authenticate -> authorize -> forward (or answer: ping, catalog, token) -> log.
+classify -> authenticate -> authorize -> guard tags -> forward (or answer: ping, catalog,
+token) -> log.
 `Server` owns the lifecycle: startup (every resource registered for cleanup as it is made),
 serving until SIGTERM/SIGINT, a graceful drain, and shutdown; SIGHUP reloads every file.
 """
@@ -51,6 +52,7 @@ from .reload import State
 from .routes import Operation, Refusal, classify_request, without_mount
 from .snapshot import Snapshot
 from .store import LocalStore
+from .tagguard import TagGuard
 from .throttle import Throttle
 from .token_endpoint import token_endpoint
 
@@ -68,7 +70,7 @@ class Handler:
         self,
         state: State,
         authentication: Authentication,
-        forwarder: CachingForwarder,
+        forwarder: TagGuard,
         health: Health,
         session: aiohttp.ClientSession,
         catalog_key: bytes,
@@ -191,10 +193,7 @@ class Handler:
             raw_path = f"{path}?{kept}" if kept else path
         route = Route(upstream, raw_path, where.forwarded_for)
         with metrics.RECORD.forwarding():
-            response = await self._forwarder.forward(
-                request, route, operation, config.timeouts, config.limits.upstream_wait,
-                config.cache_ttl,
-            )  # fmt: skip
+            response = await self._forwarder.forward(request, route, operation, config)
         self._health.answered(upstream, raw_path, response.status)
         metrics.RECORD.transferred(request.content.total_bytes, request.get(BYTES_KEY, 0))
         audit(who, operation, response.status)
@@ -354,7 +353,7 @@ class Server:
         handler = Handler(
             state,
             Authentication(throttle, clock),
-            CachingForwarder(forwarder, store, clock),
+            TagGuard(CachingForwarder(forwarder, store, clock), store, forwarder.session),
             Health(clock),
             forwarder.session,
             self._catalog_key,

@@ -93,6 +93,7 @@ def start_regproxy(
     extra: str = "",
     port: int | None = None,
     host: str = "127.0.0.1",
+    groups: str = GROUPS,
 ) -> RegproxyProcess:
     directory.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -108,7 +109,7 @@ def start_regproxy(
             check=True,
             capture_output=True,
         )
-    (directory / "groups").write_text(GROUPS)
+    (directory / "groups").write_text(groups)
     port = port or free_port()
     config = directory / "regproxy.yaml"
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
