@@ -205,5 +205,5 @@ def test_quickstart(tmp_path: Path) -> None:
         assert pulled.returncode == 0
     finally:
         make_run.send_signal(signal.SIGINT)
-        make_run.communicate(timeout=30)
+        print(make_run.communicate(timeout=30)[0])  # shown when the test fails
         podman.cleanup()
