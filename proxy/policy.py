@@ -11,7 +11,9 @@ the push group may do anything, any other valid user may pull.
 
 from __future__ import annotations
 
+import heapq
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -22,12 +24,62 @@ from .routes import ACTIONS, Action, Operation, valid_component
 PLACEHOLDER_RE = re.compile(r"\$\{(user|group)\}")
 
 
+_WILD = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+_COMPONENT_HOLDER = re.compile(r"(?:^|(?<=/))\$\{(user|group)\}(?=/|$)")
+
+
+def _regex(pattern: str, holders: bool = False) -> str:
+    """`*` and `?` stay within one path component; `**` crosses `/`. With `holders`, a
+    placeholder that is a whole path component becomes a group capturing that component."""
+    out = []
+    for part in re.split(r"(\*\*|\*|\?|\$\{user\}|\$\{group\})", pattern):
+        if holders and part in ("${user}", "${group}"):
+            out.append("([^/]+)")
+        else:
+            out.append(_WILD.get(part, re.escape(part)))
+    return "".join(out)
+
+
 @lru_cache(maxsize=4096)
 def glob_regex(pattern: str) -> re.Pattern[str]:
-    """`*` and `?` stay within one path component; `**` crosses `/`."""
-    parts = re.split(r"(\*\*|\*|\?)", pattern)
-    wild = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
-    return re.compile("".join(wild.get(p, re.escape(p)) for p in parts))
+    """A glob without placeholders (or with them filled in), compiled."""
+    return re.compile(_regex(pattern))
+
+
+class Glob:
+    """One repository or tag glob, compiled once when the rule is made.
+
+    Placeholders that are whole path components (`${user}/**`, `teams/${group}/*`) are
+    matched by capturing that component and comparing it with the caller's name or groups: no
+    compiling per caller, whatever the number of users. A placeholder inside a component
+    (`ci-${user}-*`) is filled in and compiled per caller (cached), as it could otherwise
+    split the component more than one way."""
+
+    __slots__ = ("holders", "pattern", "regex", "whole")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.holders = tuple(PLACEHOLDER_RE.findall(pattern))
+        self.whole = len(_COMPONENT_HOLDER.findall(pattern)) == len(self.holders)
+        self.regex = re.compile(_regex(pattern, holders=self.whole)) if self.whole else None
+
+    def matches(self, who: Identity, name: str) -> bool:
+        if self.regex is None:
+            return any(glob_regex(text).fullmatch(name) for text in _expand(self.pattern, who))
+        found = self.regex.fullmatch(name)
+        if found is None:
+            return False
+        if not self.holders:
+            return True
+        if who.user is None or ("user" in self.holders and not valid_component(who.user)):
+            return False
+        chosen = {v for k, v in zip(self.holders, found.groups(), strict=True) if k == "group"}
+        if len(chosen) > 1:  # one group fills every ${group} of a pattern
+            return False
+        return all(
+            value == who.user if kind == "user" else value in who.groups and valid_component(value)
+            for kind, value in zip(self.holders, found.groups(), strict=True)
+        )
 
 
 def _expand(pattern: str, who: Identity) -> list[str]:
@@ -61,6 +113,12 @@ class Rule:
     upstream: str | None = None
     origin: str = "built-in"
     description: str = field(default="", compare=False)
+    _repositories: tuple[Glob, ...] = field(init=False, repr=False, compare=False)
+    _tags: tuple[Glob, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_repositories", tuple(Glob(p) for p in self.repositories))
+        object.__setattr__(self, "_tags", tuple(Glob(p) for p in self.tags))
 
     def matches_who(self, who: Identity) -> bool:
         if self.anonymous != who.anonymous:
@@ -74,13 +132,13 @@ class Rule:
         return True
 
     def matches_repository(self, who: Identity, repository: str) -> bool:
-        return not self.repositories or _matches(self.repositories, who, repository)
+        return not self._repositories or any(g.matches(who, repository) for g in self._repositories)
 
     def matches_tag(self, who: Identity, tag: str | None) -> bool:
         """Rules without tags match any request; rules with tags only requests by tag."""
-        if not self.tags:
+        if not self._tags:
             return True
-        return tag is not None and _matches(self.tags, who, tag)
+        return tag is not None and any(g.matches(who, tag) for g in self._tags)
 
     @property
     def catch_all(self) -> bool:
@@ -88,12 +146,47 @@ class Rule:
         return not (self.users or self.groups or self.repositories or self.networks or self.tags)
 
 
-def _matches(patterns: tuple[str, ...], who: Identity, name: str) -> bool:
-    return any(
-        glob_regex(expanded).fullmatch(name)
-        for pattern in patterns
-        for expanded in _expand(pattern, who)
-    )
+_ANY = "*"  # index key: a rule that may match any first path component
+
+
+def _first_components(rule: Rule) -> set[str]:
+    """The first path components of the repositories `rule` can match: literal names,
+    `${user}`/`${group}` (looked up by the caller's names), or _ANY."""
+    keys = set()
+    for pattern in rule.repositories or ("**",):
+        first = pattern.split("/", 1)[0]
+        if first in ("${user}", "${group}") or not any(c in first for c in "*?$"):
+            keys.add(first)
+        else:
+            keys.add(_ANY)
+    return keys
+
+
+class RuleSet(tuple[Rule, ...]):
+    """The rules in order, indexed by the first path component a rule can match, so that
+    finding the deciding rule looks only at rules that could match the repository, however
+    many there are. Built with the snapshot, off the event loop."""
+
+    _index: dict[str, list[int]]
+
+    def __new__(cls, rules: Iterable[Rule]) -> RuleSet:
+        self = super().__new__(cls, rules)
+        index: dict[str, list[int]] = {}
+        for position, rule in enumerate(self):
+            for key in _first_components(rule):
+                index.setdefault(key, []).append(position)
+        self._index = index
+        return self
+
+    def candidates(self, who: Identity, repository: str) -> Iterable[Rule]:
+        """The rules, in order, that could match `repository` for `who`."""
+        first = repository.split("/", 1)[0]
+        lists = [self._index.get(first, []), self._index.get(_ANY, [])]
+        if who.user == first:
+            lists.append(self._index.get("${user}", []))
+        if first in who.groups:
+            lists.append(self._index.get("${group}", []))
+        return (self[i] for i in heapq.merge(*lists))
 
 
 @dataclass(frozen=True)
@@ -133,7 +226,10 @@ def first_match(
 ) -> Rule | None:
     """The deciding rule; with `repository` None, repository constraints are not checked.
     `tag` is the tag of a manifest request by tag (None for any other request)."""
-    for rule in rules:
+    candidates: Iterable[Rule] = rules
+    if repository is not None and isinstance(rules, RuleSet):
+        candidates = rules.candidates(who, repository)
+    for rule in candidates:
         if (
             rule.matches_who(who)
             and (repository is None or rule.matches_repository(who, repository))

@@ -19,7 +19,7 @@ from .authn.chain import Authenticators
 from .authn.htpasswd import UserFiles
 from .config import Config
 from .credentials import Htpasswd, parse_groups, parse_htpasswd
-from .policy import Rule
+from .policy import Rule, RuleSet
 from .problems import ConfigError, Problem, read_text
 from .tls import load_certificate, server_context
 from .token import Signer, load_signer
@@ -127,7 +127,8 @@ def load_snapshot(
         fatal += _log_file_problems(config)
     if fatal:
         raise ConfigError(fatal + problems)
-    return Snapshot(config, users, config.rules, signer, context, None, signatures), problems
+    rules = RuleSet(config.rules)  # indexed here, off the event loop
+    return Snapshot(config, users, rules, signer, context, None, signatures), problems
 
 
 def preflight(

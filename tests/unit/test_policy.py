@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.identity import Identity
 from proxy.policy import Decision, Rule, Verdict, authorize, decide, recipe_rules
@@ -428,3 +430,64 @@ def test_alice_sub_cannot_push_into_alices_namespace() -> None:
     assert isinstance(upload, Operation)
     assert not authorize(rules, intruder, upload).allowed
     assert authorize(rules, alice, upload).allowed
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled globs and the rule index agree with the plain, linear reading
+# --------------------------------------------------------------------------------------------
+
+_COMPONENTS = st.sampled_from(["alice", "bob", "team", "ci", "x", "library", "a.b", "Domain Users"])
+_PIECES = st.sampled_from(["alice", "team", "library", "x", "*", "**", "?", "${user}", "${group}"])
+
+
+@st.composite
+def globs(draw: st.DrawFn) -> str:
+    components = draw(st.lists(st.lists(_PIECES, min_size=1, max_size=2), min_size=1, max_size=3))
+    return "/".join("".join(parts) for parts in components)
+
+
+@st.composite
+def callers(draw: st.DrawFn) -> Identity:
+    user = draw(st.one_of(st.none(), _COMPONENTS, st.sampled_from(["alice/sub", "*", "Bob"])))
+    groups = frozenset(draw(st.lists(_COMPONENTS, max_size=3)))
+    return Identity(user, groups if user is not None else frozenset())
+
+
+_NAMES = st.lists(st.sampled_from(["alice", "bob", "team", "ci", "x", "library", "a.b"]),
+                  min_size=1, max_size=3).map("/".join)  # fmt: skip
+
+
+@given(globs(), callers(), _NAMES)
+def test_a_compiled_glob_reads_as_the_filled_in_pattern(
+    pattern: str, who: Identity, name: str
+) -> None:
+    from proxy.policy import Glob, _expand, glob_regex
+
+    expected = any(glob_regex(text).fullmatch(name) for text in _expand(pattern, who))
+    assert Glob(pattern).matches(who, name) == expected
+
+
+@given(st.lists(globs(), min_size=1, max_size=12), callers(), _NAMES)
+def test_the_rule_index_decides_as_the_linear_scan(
+    patterns: list[str], who: Identity, repository: str
+) -> None:
+    from proxy.policy import RuleSet, first_match
+
+    rules = tuple(
+        Rule(frozenset({"pull"}), repositories=(p,), anonymous=who.anonymous, origin=f"r{i}")
+        for i, p in enumerate(patterns)
+    )
+    assert first_match(RuleSet(rules), who, repository) == first_match(rules, who, repository)
+
+
+def test_ten_thousand_rules_are_indexed_by_their_first_component() -> None:
+    from proxy.policy import RuleSet
+
+    rules = RuleSet(
+        Rule(frozenset({"pull"}), repositories=(f"team{i:05d}/**",), origin=f"r{i}")
+        for i in range(10_000)
+    )
+    who = Identity("alice")
+    assert [r.origin for r in rules.candidates(who, "team04242/app")] == ["r4242"]
+    assert decide(rules, who, "pull", "team04242/app").rule is rules[4242]
+    assert not decide(rules, who, "pull", "elsewhere/app").allowed
