@@ -26,7 +26,7 @@ from aiohttp import web
 
 from . import metrics
 from .accesslog import BYTES_KEY, USER_KEY, access_logger_class
-from .addresses import Origin, origin, peer_address
+from .addresses import Origin, origin
 from .audit import audit
 from .authn.chain import Authentication, Authenticators, BackendFactory, Denied
 from .catalog import fetch_page, filtered, new_key, next_link, parse_page
@@ -112,7 +112,7 @@ class Handler:
         config = snapshot.config
         path, _, query = request.raw_path.partition("?")
         where = origin(
-            peer_address(request.remote),
+            request.remote,
             request.headers.getall("X-Forwarded-For", []),
             config.trusted_proxies,
         )
@@ -129,9 +129,9 @@ class Handler:
             metrics.RECORD.request("refused", operation.status)
             allow = {"Allow": operation.allow} if operation.allow else None
             return error_response(operation.status, operation.code, operation.message, allow)
-        address = f"addr:{where.address}"
+        address = f"addr:{where.client}"
         if not self._gate.enter(address, config.limits.per_address):
-            return _busy(f"too many requests in flight from {where.address}")
+            return _busy(f"too many requests in flight from {where.client}")
         try:
             response = await self._handle(request, operation, snapshot, where)
         finally:
