@@ -1,31 +1,28 @@
 """Authorization: ordered rules, first match wins, deny by default. Pure: no I/O.
 
-A rule matches on who is asking (users, groups, anonymous), from where (client networks) and
-which repository (globs with `${user}` and `${group}`); the first rule that matches decides,
+A rule matches on who is asking (users, groups, anonymous, a workload token's claims), from
+where (client networks) and which repository (globs with `${user}` and `${group}`); the first
+rule that matches decides,
 grants only the actions it lists, and names the upstream the request goes to. When no rule
 matches the answer is no. Without an ACL the built-in rules are the Apache recipe's: members of
 the push group may do anything, any other valid user may pull.
+
+A robot's request is decided as its principal's (its owner's) would be, and then only within
+the robot's own scopes: it never exceeds, nor outlives, whoever it acts for.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 
+from . import claims as claim_values
 from .addresses import IPNetwork
+from .globs import glob_regex
 from .identity import Identity
 from .routes import ACTIONS, Action, Operation
 
 PLACEHOLDER_RE = re.compile(r"\$\{(user|group)\}")
-
-
-@lru_cache(maxsize=4096)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """`*` and `?` stay within one path component; `**` crosses `/`."""
-    parts = re.split(r"(\*\*|\*|\?)", pattern)
-    wild = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
-    return re.compile("".join(wild.get(p, re.escape(p)) for p in parts))
 
 
 def _expand(pattern: str, who: Identity) -> list[str]:
@@ -51,14 +48,16 @@ def _escape_glob(value: str) -> str:
 
 @dataclass(frozen=True)
 class Rule:
-    """One ACL entry. Empty `users`/`groups`/`repositories`/`networks` match anything;
-    `anonymous` True matches only requests without credentials, False only valid users."""
+    """One ACL entry. Empty `users`/`groups`/`repositories`/`networks`/`claims` match anything;
+    `anonymous` True matches only requests without credentials, False only valid users;
+    `claims` match only identities from workload tokens whose claims meet every condition."""
 
     actions: frozenset[Action]
     users: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
     repositories: tuple[str, ...] = ()
     networks: tuple[IPNetwork, ...] = ()
+    claims: claim_values.Conditions = ()
     anonymous: bool = False
     upstream: str | None = None
     origin: str = "built-in"
@@ -70,6 +69,8 @@ class Rule:
         if self.users and who.user not in self.users:
             return False
         if self.groups and not self.groups & who.groups:
+            return False
+        if self.claims and not claim_values.holds(self.claims, who.claims):
             return False
         if self.networks:
             return who.address is not None and any(who.address in n for n in self.networks)
@@ -87,7 +88,7 @@ class Rule:
     @property
     def catch_all(self) -> bool:
         """Matches every valid user (or every anonymous request) on every repository."""
-        return not (self.users or self.groups or self.repositories or self.networks)
+        return not (self.users or self.groups or self.repositories or self.networks or self.claims)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Decision:
 
     allowed: bool
     rule: Rule | None
+    limited_by: str = ""  # what refused an action the rule grants (a robot's scopes)
 
     @property
     def upstream(self) -> str | None:
@@ -103,6 +105,8 @@ class Decision:
 
     @property
     def reason(self) -> str:
+        if self.limited_by:
+            return self.limited_by
         if self.rule:
             return f"rule {self.rule.origin}"
         if self.allowed:
@@ -138,6 +142,8 @@ def decide(
     """First matching rule decides. `action` None (the catalog) asks only whether the caller
     may use the registry at all: any valid user may, and anonymous callers may when some
     rule for anonymous requests grants anything."""
+    if who.robot is not None:
+        return _within_scopes(rules, who, action, repository)
     if action is None:
         if not who.anonymous:
             return Decision(True, first_match(rules, who, None))
@@ -145,6 +151,24 @@ def decide(
         return Decision(rule is not None, rule)
     rule = first_match(rules, who, repository)
     return Decision(rule is not None and action in rule.actions, rule)
+
+
+def _within_scopes(
+    rules: tuple[Rule, ...], who: Identity, action: Action | None, repository: str | None
+) -> Decision:
+    """A robot: what its principal may do, narrowed to the robot's own scopes."""
+    robot = who.robot
+    assert robot is not None
+    decision = decide(rules, robot.acting(who.address), action, repository)
+    if action is None or not decision.allowed:
+        return decision
+    if (
+        action in robot.actions
+        and repository is not None
+        and any(glob_regex(g).fullmatch(repository) for g in robot.repositories)
+    ):
+        return decision
+    return Decision(False, decision.rule, f"outside the scopes of robot {robot.name}")
 
 
 @dataclass(frozen=True)
