@@ -4,9 +4,11 @@ regproxy serve   [-c FILE] [--listen HOST:PORT] [--upstream URL] [--htpasswd FIL
                  [--groups FILE] [--tls-cert FILE] [--tls-key FILE] [--workers N]
                  [--log-level LEVEL] [--acl FILE]
 regproxy check   [-c FILE] [serve's flags]       like `nginx -t`
-regproxy explain [-c FILE] USER ACTION REPOSITORY [--client IP]
+regproxy explain [-c FILE] USER ACTION REPOSITORY [--client IP] [--claims FILE]
 regproxy import  FILE [-o OUT]                   httpd.conf / nginx.conf -> regproxy YAML
 regproxy passwd  FILE USER [--stdin] [--delete] [--verify] [--cost N]
+regproxy robot   create NAME --repositories GLOB... --actions pull,push --expires 30d
+                 [--owner USER] [--description TEXT] | list | revoke NAME   [-c FILE]
 """
 
 from __future__ import annotations
@@ -15,21 +17,26 @@ import argparse
 import getpass
 import ipaddress
 import logging
-import os
 import sys
-import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
+import yaml
+
+from . import __version__, robot_commands
+from . import config as config_module
+from .addresses import IPAddress
+from .authn.robots import grant as robot_grant
 from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS
 from .credentials import PasswordHash, edit_htpasswd, hash_password, parse_htpasswd
 from .identity import Identity
 from .logsetup import configure_logging
 from .policy import decide
-from .problems import ConfigError, read_text
+from .problems import ConfigError, read_text, write_atomically
+from .robots import USER_PREFIX
 from .routes import ACTIONS, valid_name
-from .snapshot import load_snapshot
+from .snapshot import Snapshot, load_snapshot
 from .supervisor import bind, serve
 
 log = logging.getLogger("regproxy")
@@ -55,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("action", choices=ACTIONS)
     explain.add_argument("repository")
     explain.add_argument("--client", metavar="IP", help="client address, for network rules")
+    explain.add_argument(
+        "--claims",
+        type=Path,
+        metavar="FILE",
+        help="a workload token's claims (JSON or YAML): decide for the identity it would give",
+    )
 
     convert = commands.add_parser(
         "import", help="translate an Apache httpd.conf or nginx config into regproxy YAML"
@@ -70,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--delete", action="store_true")
     mode.add_argument("--verify", action="store_true")
     passwd.add_argument("--cost", type=int, default=10, help="bcrypt cost (default 10)")
+
+    robot_commands.add_parser(commands, _add_config_flag)
     return parser
 
 
@@ -139,19 +154,69 @@ def _explain(args: argparse.Namespace) -> int:
     if not valid_name(args.repository):
         print(f"{args.repository!r} is not a valid repository name", file=sys.stderr)
         return 2
-    user = None if args.user == "-" else args.user
-    groups = snapshot.users.groups_of(user) if user else frozenset()
-    who = Identity(user, groups, address)
+    who = _who(args, snapshot, address)
+    if isinstance(who, str):
+        print(f"REFUSED {args.user}: {who}")
+        return 3
     decision = decide(snapshot.rules, who, args.action, args.repository)
     verdict = "ALLOW" if decision.allowed else "DENY"
-    print(f"{verdict} {args.user} {args.action} {args.repository}")
+    print(f"{verdict} {who.user or '-'} {args.action} {args.repository}")
     print(f"  decided by: {decision.reason}")
     if decision.allowed:
         print(f"  upstream: {decision.upstream or snapshot.config.upstream}")
+    groups = who.robot.principal_groups if who.robot else who.groups
     print(f"  groups: {', '.join(sorted(groups)) or '(none)'}")
-    if user and user not in snapshot.users.htpasswd.users:
-        print(f"  note: {user!r} is not in {snapshot.config.htpasswd}")
+    if who.robot is not None:
+        print(f"  robot {who.robot.name} acting as {who.robot.principal}")
+    known = who.user in snapshot.users.htpasswd.users or who.claims or who.robot
+    if who.user and not known:
+        print(f"  note: {who.user!r} is not in {snapshot.config.htpasswd}")
     return 0 if decision.allowed else 3
+
+
+def _who(args: argparse.Namespace, snapshot: Snapshot, address: IPAddress | None) -> Identity | str:
+    """Who `explain` decides for: a user, a robot (by its `robot$NAME`: as if its secret were
+    right), or the identity a token with these claims would give; or why there is none."""
+    user = None if args.user == "-" else args.user
+    if args.claims is not None:
+        return _token_identity(args.claims, user, snapshot, address)
+    if user is not None and user.startswith(USER_PREFIX) and snapshot.config.robots is not None:
+        robot = snapshot.robots.get(user[len(USER_PREFIX) :])
+        if robot is None:
+            return f"no robot {user!r} in {snapshot.config.robots}"
+        grant = robot_grant(robot, snapshot.users, time.time())
+        if isinstance(grant, str):
+            return grant
+        return Identity(user, snapshot.users.groups_of(user), address, robot=grant)
+    groups = snapshot.users.groups_of(user) if user else frozenset()
+    return Identity(user, groups, address)
+
+
+def _token_identity(
+    path: Path, user: str | None, snapshot: Snapshot, address: IPAddress | None
+) -> Identity | str:
+    from .authn.oidc import identity_from
+    from .authn.tokens import Rejected
+
+    settings = snapshot.config.oidc
+    if settings is None:
+        return "the config has no oidc: section"
+    try:
+        claims = yaml.safe_load(read_text(path))
+    except (ConfigError, yaml.YAMLError) as exc:
+        return f"{path}: {exc}"
+    if not isinstance(claims, dict):
+        return f"{path}: expected a mapping of claims"
+    issuer = settings.issuer(str(claims.get("iss")))
+    if issuer is None:
+        return f"token issuer {claims.get('iss')!r} not trusted"
+    if settings.basic_user is not None and user != settings.basic_user:
+        return f"tokens are accepted with the user name {settings.basic_user!r} only"
+    try:
+        name, groups = identity_from(issuer, claims)
+    except Rejected as exc:
+        return str(exc)
+    return Identity(name, groups | snapshot.users.groups_of(name), address, claims)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -189,7 +254,7 @@ def _import(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(imported.yaml_text)
     else:
-        _atomic_write(args.output, imported.yaml_text)
+        write_atomically(args.output, imported.yaml_text)
         print(f"wrote {args.output}; check it with: regproxy check -c {args.output}")
     return 0
 
@@ -206,7 +271,7 @@ def _passwd(args: argparse.Namespace) -> int:
         if not found:
             print(f"user {args.user!r} not found in {path}", file=sys.stderr)
             return 1
-        _atomic_write(path, new_text)
+        write_atomically(path, new_text)
         print(f"deleted user {args.user}")
         return 0
     password = _read_password(args.stdin, confirm=not args.verify)
@@ -222,7 +287,7 @@ def _passwd(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    _atomic_write(path, new_text)
+    write_atomically(path, new_text)
     print(f"{'updated' if found else 'added'} user {args.user}")
     return 0
 
@@ -241,20 +306,13 @@ def _read_password(from_stdin: bool, confirm: bool) -> str | None:
     return password
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write-then-rename in the same directory: readers see the old file or the new one."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o640
-    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+def _robot(args: argparse.Namespace) -> int:
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        config = config_module.load(_config_path(args), {})
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return robot_commands.run(args, config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -265,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": _explain,
         "import": _import,
         "passwd": _passwd,
+        "robot": _robot,
     }
     return commands[args.command](args)
 

@@ -1,17 +1,18 @@
 """A snapshot: everything a request reads, built from the files at once and never mutated.
 
-`load_snapshot` reads and parses every file (config, ACL, htpasswd, groups, token key, TLS
-pair). It does blocking I/O and slow work (parsing a large htpasswd file, a dummy bcrypt hash,
-loading certificates), so a running server calls it in a worker thread (`proxy.reload`); the
-CLI calls it directly.
+`load_snapshot` reads and parses every file (config, ACL, htpasswd, groups, robots, the
+server's secret, token key, TLS pair). It does blocking I/O and slow work (parsing a large
+htpasswd file, a dummy bcrypt hash, loading certificates), so a running server calls it in a
+worker thread (`proxy.reload`); the CLI calls it directly.
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from . import config as config_module
 from .authn.chain import Authenticators
@@ -20,6 +21,7 @@ from .config import Config
 from .credentials import Htpasswd, parse_groups, parse_htpasswd
 from .policy import Rule
 from .problems import ConfigError, Problem, read_text
+from .robots import Robot, derive, load_robots, read_secret_file
 from .tls import load_certificate, server_context
 from .token import Signer, load_signer
 
@@ -35,6 +37,12 @@ class Snapshot:
     signer: Signer | None = None  # token server mode
     tls: ssl.SSLContext | None = None
     authn: Authenticators | None = None
+    robots: Mapping[str, Robot] = field(default_factory=lambda: MappingProxyType({}))
+    secret: bytes | None = field(default=None, repr=False)  # the config's secret_file
+
+    def key(self, purpose: str) -> bytes | None:
+        """A key derived from the server's secret for one purpose, if there is a secret."""
+        return derive(self.secret, purpose) if self.secret is not None else None
 
 
 def _read_htpasswd(config: Config) -> Htpasswd:
@@ -98,6 +106,15 @@ def load_snapshot(
         fatal += exc.problems
     signer, token_problems = load_signer(config.token) if config.token else (None, [])
     fatal += token_problems
+    secret: bytes | None = None
+    robots: dict[str, Robot] = {}
+    try:
+        secret = read_secret_file(config.secret_file) if config.secret_file else None
+        if config.robots is not None:
+            robots, robot_problems = load_robots(config.robots)
+            problems = problems + robot_problems
+    except ConfigError as exc:
+        fatal += exc.problems
     context = None
     try:
         context = load_tls(config) if tls else None
@@ -105,4 +122,7 @@ def load_snapshot(
         fatal += exc.problems
     if fatal:
         raise ConfigError(fatal + problems)
-    return Snapshot(config, users, config.rules, signer, context), problems
+    snapshot = Snapshot(
+        config, users, config.rules, signer, context, robots=MappingProxyType(robots), secret=secret
+    )
+    return snapshot, problems

@@ -77,12 +77,15 @@ def run_worker(
     catalog_key: bytes | None = None,
     lock_dir: Path | None = None,
     quiet: bool = False,
+    upload_key: bytes | None = None,
 ) -> int:
     import uvloop
 
     from .server import Server
 
-    server = Server(snapshot, config_path, overrides, peers, catalog_key, lock_dir, quiet)
+    server = Server(
+        snapshot, config_path, overrides, peers, catalog_key, lock_dir, quiet, upload_key
+    )
     uvloop.run(server.serve(sock))
     return 0
 
@@ -99,6 +102,9 @@ class Supervisor:
     signals: list[int] = field(default_factory=list)
     stopping: bool = False
     lock_dir: Path | None = None  # the workers' shared lock files (proxy.store)
+    # Signs upload Locations (proxy.uploads) unless a secret_file is configured: one key for
+    # every worker, so an upload started through one continues through another.
+    upload_key: bytes = field(default_factory=new_key)
 
     def run(self) -> int:
         workers = self.snapshot.config.workers
@@ -150,6 +156,7 @@ class Supervisor:
                     catalog_key,
                     self.lock_dir,
                     quiet=True,
+                    upload_key=self.upload_key,
                 )
             finally:
                 os._exit(code)  # never return into the parent's code
