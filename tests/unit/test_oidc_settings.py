@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 import trustme
+import yaml
 
+from proxy.authn.oidc_settings import OidcSettings
 from proxy.config import load
 from proxy.problems import ConfigError
 
@@ -109,3 +111,90 @@ def test_a_ca_file_that_is_no_certificate(tmp_path: Path) -> None:
     config.write_text("oidc:\n  issuers:\n" + ISSUER + "      ca_file: ca.pem\n")
     with pytest.raises(ConfigError, match=r"regproxy.yaml:6: oidc.issuers.ca_file: no usable CA"):
         load(config)
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "conf/oidc"
+# Claims as each issuer sends them for a release build, and what must differ for a build that
+# may not push.
+RELEASES = {
+    "github-actions.yaml": (
+        {
+            "iss": "https://token.actions.githubusercontent.com",
+            "repository": "acme/app",
+            "repository_owner": "acme",
+            "ref": "refs/tags/v1.4.0",
+            "job_workflow_ref": "acme/app/.github/workflows/release.yml@refs/tags/v1.4.0",
+        },
+        "apps/app",
+        {"ref": "refs/heads/main"},
+        "github:acme/app",
+    ),
+    "gitlab-ci.yaml": (
+        {
+            "iss": "https://gitlab.example.org",
+            "project_path": "platform/app",
+            "namespace_path": "platform",
+            "ref_type": "tag",
+            "ref_protected": "true",
+        },
+        "platform/app",
+        {"ref_protected": "false"},
+        "gitlab:platform/app",
+    ),
+    "kubernetes.yaml": (
+        {
+            "iss": "https://kubernetes.default.svc.cluster.local",
+            "sub": "system:serviceaccount:ci:builder",
+            "kubernetes.io": {"namespace": "ci", "serviceaccount": {"name": "builder"}},
+        },
+        "apps/app",
+        {"kubernetes.io": {"namespace": "ci", "serviceaccount": {"name": "tester"}}},
+        "k8s:ci/builder",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASES))
+def test_the_shipped_examples_load_and_decide_as_they_say(name: str, tmp_path: Path) -> None:
+    from proxy.authn.oidc import identity_from
+    from proxy.identity import Identity
+    from proxy.policy import decide
+
+    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(RELEASES)
+    config = tmp_path / "regproxy.yaml"
+    config.write_text((EXAMPLES / name).read_text())
+    loaded = load(config)
+    assert loaded.oidc is not None
+    claims, repository, not_a_release, user = RELEASES[name]
+    (issuer,) = loaded.oidc.issuers
+    for changed, may_push in ((claims, True), ({**claims, **not_a_release}, False)):
+        made, groups = identity_from(issuer, changed)
+        assert made == user or not may_push
+        who = Identity(made, groups, None, changed)
+        assert decide(loaded.rules, who, "push", repository).allowed is may_push
+        assert decide(loaded.rules, who, "pull", repository).allowed
+
+
+def test_the_readme_config_examples_load(tmp_path: Path) -> None:
+    """Every YAML block of the README's "CI and robot identities" that configures regproxy."""
+    readme = (EXAMPLES.parents[1] / "README.md").read_text()
+    section = readme.split("## CI and robot identities", 1)[1].split("\n## ", 1)[0]
+    blocks = [b for b in section.split("```yaml\n")[1:] if not b.startswith("jobs:")]
+    assert len(blocks) == 2
+    (tmp_path / "regproxy.secret").write_text("x" * 40)
+    for block in blocks:
+        config = tmp_path / "regproxy.yaml"
+        config.write_text(block.split("```", 1)[0])
+        loaded = load(config)
+        assert loaded.oidc is not None or loaded.robots == tmp_path / "robots.yaml"
+    (workflow,) = [b for b in section.split("```yaml\n")[1:] if b.startswith("jobs:")]
+    steps = yaml.safe_load(workflow.split("```", 1)[0])["jobs"]["release"]["steps"]
+    audience = load_example("github-actions.yaml").issuers[0].audiences[0]
+    assert f"&audience={audience}" in steps[1]["run"]
+    assert steps[2]["with"]["username"] == "oidc"
+
+
+def load_example(name: str) -> OidcSettings:
+    settings = load(EXAMPLES / name).oidc
+    assert settings is not None
+    return settings
