@@ -375,7 +375,7 @@ class Server:
         factory = BackendFactory(executor, clock)
 
         def attach(snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
-            robot_key = snapshot.key("robots")
+            robot_key = snapshot.key("robots") if snapshot.config.robots is not None else None
             robots = (snapshot.robots, robot_key) if robot_key is not None else None
             old = previous.authn if previous else None
             return factory.authenticators(snapshot.config, snapshot.users, robots, old)

@@ -14,8 +14,15 @@ from pathlib import Path
 import pytest
 from joserfc.jwk import ECKey
 
-from tests.conftest import FakeUpstream, ProxyFactory, RunningProxy, basic
-from tests.oidc_issuer import Issuer, new_key
+from tests.conftest import (
+    GROUPS_TEXT,
+    FakeUpstream,
+    ProxyFactory,
+    RunningProxy,
+    basic,
+    replace_file,
+)
+from tests.oidc_issuer import AUDIENCE, Issuer, new_key
 
 ACL = """acl:
   - claims: {repository_owner: acme, ref: "refs/tags/v*"}
@@ -298,3 +305,24 @@ async def test_groups_and_names_from_claims_reach_the_acl_and_the_logs(
         issuer.url,
         "repo:acme/app:ref:refs/tags/v1.0",
     )
+
+
+async def test_keys_and_verified_tokens_outlive_a_reload(
+    make_proxy: ProxyFactory, issuer: Issuer
+) -> None:
+    proxy = await start(make_proxy, issuer)
+    token = issuer.token()
+    assert (await status(proxy, as_bearer(token)))[0] == 200
+    before = proxy.state.current
+    replace_file(proxy.groups, GROUPS_TEXT + "extra: push\n")  # an unrelated edit
+    while proxy.state.current is before:
+        await asyncio.sleep(0.05)
+    assert (await status(proxy, as_bearer(issuer.token(workflow="other"))))[0] == 200
+    assert issuer.jwks_fetches == 1
+    # Another audience is another verifier (the keys are the issuer's: still not fetched).
+    replace_file(proxy.config, proxy.config.read_text().replace(AUDIENCE, "https://other"))
+    while proxy.state.current.config.oidc.issuers[0].audiences != ("https://other",):  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)
+    assert (await status(proxy, as_bearer(token)))[0] == 401  # verified for the old audience
+    assert (await status(proxy, as_bearer(issuer.token(aud="https://other"))))[0] == 200
+    assert issuer.jwks_fetches == 1

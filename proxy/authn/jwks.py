@@ -157,7 +157,7 @@ class KeySource:
             ) as session:
                 uri = endpoint.jwks_uri or await self._discover(session)
                 keys = parse_jwks(await _get_json(session, uri))
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        except Exception as exc:  # whatever the issuer sends or does: logged, never raised
             state.failed = True
             held = f"keeping {len(state.keys)} cached key(s)" if state.keys else "no keys"
             log.error("cannot fetch the signing keys of %s (%s): %s", endpoint.issuer, held, exc)
