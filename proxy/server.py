@@ -196,19 +196,24 @@ class Handler:
             log.info("mount from %s dropped for %s", operation.mount_from or "-", who.user or "-")
             kept = without_mount(query)
             raw_path = f"{path}?{kept}" if kept else path
-        upload_key = snapshot.key("uploads") or self._upload_key
-        if operation.kind == "upload":
-            own = uploads.check(upload_key, operation, query, who.user)
-            if isinstance(own, Refusal):
-                log.warning("%s refused the upload %s of another", who.user, operation.reference)
-                audit(who, operation, own.status)
-                return error_response(own.status, own.code, own.message)
-            raw_path = f"{path}?{own}" if own else path
+        bind = None
+        if operation.kind in ("upload-start", "upload"):
+            key = snapshot.key("uploads") or self._upload_key
+            if operation.kind == "upload":
+                own = uploads.check(key, operation, query, who.user)
+                if isinstance(own, Refusal):
+                    log.warning(
+                        "%s refused the upload %s of another", who.user, operation.reference
+                    )
+                    audit(who, operation, own.status)
+                    return error_response(own.status, own.code, own.message)
+                raw_path = f"{path}?{own}" if own else path
+            bind = _binder(operation, key, who)
         route = Route(upstream, raw_path, where.forwarded_for)
         with metrics.RECORD.forwarding():
             response = await self._forwarder.forward(
                 request, route, operation, config.timeouts, config.limits.upstream_wait,
-                config.cache_ttl, _binder(operation, upload_key, who),
+                config.cache_ttl, bind,
             )  # fmt: skip
         self._health.answered(upstream, raw_path, response.status)
         metrics.RECORD.transferred(request.content.total_bytes, request.get(BYTES_KEY, 0))
@@ -262,11 +267,10 @@ class Handler:
         return response
 
 
-def _binder(operation: Operation, key: bytes, who: Identity) -> OnHeaders | None:
+def _binder(operation: Operation, key: bytes, who: Identity) -> OnHeaders:
     """For requests that answer with an upload's Location: sign it for whoever asked."""
     repository = operation.repository
-    if operation.kind not in ("upload-start", "upload") or repository is None:
-        return None
+    assert repository is not None  # uploads always name their repository
 
     def bind(_: int, headers: CIMultiDict[str]) -> None:
         if "Location" in headers:

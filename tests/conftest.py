@@ -12,9 +12,10 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -30,6 +31,9 @@ from proxy.routes import Operation, classify
 from proxy.server import Server
 from proxy.snapshot import load_snapshot
 from proxy.uploads import bind_location
+
+if TYPE_CHECKING:
+    from tests.oidc_issuer import Issuer
 
 # Property tests: a quick profile for `make test`, a long one for `make fuzz`.
 settings.register_profile("default", max_examples=300, deadline=None)
@@ -304,3 +308,13 @@ async def served(
             process, f"https://localhost:{port}", session, tmp_path / "access.log", tmp_path
         )
         await session.close()
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> Iterator[Issuer]:
+    """A local OIDC issuer on loopback HTTPS (tests/oidc_issuer.py), stopped afterwards."""
+    from tests.oidc_issuer import Issuer  # it uses this module's free_socket
+
+    running = Issuer(tmp_path / "issuer").start()
+    yield running
+    running.close()

@@ -8,8 +8,6 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from joserfc.jwk import ECKey
@@ -34,13 +32,6 @@ ACL = """acl:
   - groups: [pusher]
     actions: "*"
 """
-
-
-@pytest.fixture
-def issuer(tmp_path: Path) -> Iterator[Issuer]:
-    running = Issuer(tmp_path / "issuer").start()
-    yield running
-    running.close()
 
 
 async def start(make_proxy: ProxyFactory, issuer: Issuer, section: str = "", **keys: str

@@ -128,6 +128,11 @@ async def test_a_robot_secret_opens_nothing_else(make_proxy: ProxyFactory, tmp_p
     assert await status(proxy, robot("ci", secret[:-1] + "x")) == 401
     assert await status(proxy, robot("nobody", secret)) == 401
     assert await status(proxy, {"Authorization": basic("push", secret)}) == 401
+    async with proxy.session.get(
+        proxy.url + "/v2/", headers={"Authorization": basic("ci", secret)}
+    ) as r:
+        assert r.status == 401  # under the robot's bare name: never tried as a password
+        assert (await r.json())["errors"][0]["message"] == "a robot logs in as robot$NAME"
     assert await status(proxy, robot("ci", USERS["push"])) == 401  # the owner's password
 
 

@@ -1,6 +1,7 @@
 """The robot backend: `robot$NAME` and its secret (`proxy.robots`), checked with one HMAC.
 
-Outcomes: a user name without `robot$` -> NO_SUCH_USER (the next backend is asked); a robot
+Outcomes: a user name without `robot$` -> NO_SUCH_USER (the next backend is asked), unless the
+password is a robot secret (WRONG_PASSWORD: it never reaches a password backend); a robot
 name with a wrong secret, an unknown robot, an expired one, or one whose owner is no longer a
 user of the htpasswd file -> WRONG_PASSWORD (the chain stops: a robot secret never reaches a
 password backend). Revoking is deleting the entry: the next snapshot does not have it.
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..identity import RobotGrant
-from ..robots import USER_PREFIX, Robot, expired, secret_hash, timestamp
+from ..robots import SECRET_PREFIX, USER_PREFIX, Robot, expired, secret_hash, timestamp
 from . import AuthResult, Outcome
 from .htpasswd import UserFiles
 
@@ -34,6 +35,7 @@ log = logging.getLogger("regproxy.authn.robots")
 
 FLUSH_INTERVAL = 30.0
 _DENIED = AuthResult(Outcome.WRONG_PASSWORD, reason="invalid username or password")
+_MISNAMED = AuthResult(Outcome.WRONG_PASSWORD, reason="a robot logs in as robot$NAME")
 
 
 class RobotUsage:
@@ -129,6 +131,8 @@ class RobotAuthenticator:
 
     async def authenticate(self, user: str, password: str) -> AuthResult:
         if not user.startswith(USER_PREFIX):
+            if password.startswith(SECRET_PREFIX):  # a robot's secret under another name:
+                return _MISNAMED  # never handed to a password backend (an LDAP server)
             return AuthResult(Outcome.NO_SUCH_USER)
         robot = self._robots.get(user[len(USER_PREFIX) :])
         offered = secret_hash(self._key, password)

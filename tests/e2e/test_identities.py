@@ -35,13 +35,6 @@ ACL = """acl:
 
 
 @pytest.fixture
-def issuer(tmp_path: Path) -> Iterator[Issuer]:
-    running = Issuer(tmp_path / "issuer").start()
-    yield running
-    running.close()
-
-
-@pytest.fixture
 def proxy(
     tmp_path: Path, registry: Registry, tls: TlsFiles, issuer: Issuer
 ) -> Iterator[RegproxyProcess]:
