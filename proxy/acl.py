@@ -1,8 +1,8 @@
 """The ACL file: YAML -> ordered policy Rules, every problem reported as `file:line`. Pure.
 
     acl:
-      - users: [alice]              # any of: users, groups, anonymous, networks, repositories
-        repositories: ["${user}/**"]
+      - users: [alice]              # any of: users, groups, anonymous, networks, repositories,
+        repositories: ["${user}/**"]  # claims (of a workload token: {ref: "refs/tags/v*"})
         tags: ["v*"]                # optional: then only manifest requests by tag match
         actions: [pull, push]       # pull, push, delete, or "*"; [] denies explicitly
         upstream: http://10.0.0.5:5000   # optional: where matching requests go
@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from .addresses import IPNetwork, parse_networks, parse_upstream
+from .claims import CLAIM_NAME_RE, Conditions
 from .policy import PLACEHOLDER_RE, Rule
 from .problems import ConfigError, Problem, compose_yaml, construct
 from .routes import ACTIONS, Action
@@ -31,11 +32,12 @@ from .tagrules import TagRule, TagRuleKind
 
 _GLOB_RE = re.compile(r"(?:[a-z0-9._/*?-]|\$\{user\}|\$\{group\})+")
 _TAG_GLOB_RE = re.compile(r"(?:[A-Za-z0-9._*?-]|\$\{user\}|\$\{group\})+")
-_NAME_RE = re.compile(r"[^\s:]+")
-_GROUP_RE = re.compile(r"[^\s:](?:[^:\n]*[^\s:])?")  # AD groups have spaces: "Domain Users"
+# Names from tokens have colons ("ci:acme/app"); AD groups have spaces ("Domain Users").
+_NAME_RE = re.compile(r"[^\s:]\S*")
+_GROUP_RE = re.compile(r"[^\s:](?:[^\n]*\S)?")
 _KEYS = frozenset(
     {"users", "groups", "repositories", "networks", "anonymous", "actions", "upstream",
-     "description", "tags"}
+     "description", "tags", "claims"}
 )  # fmt: skip
 # Sections of an ACL file (or of the config) besides `acl:`, and the kind of rule each holds.
 TAG_SECTIONS: dict[str, TagRuleKind] = {
@@ -71,15 +73,24 @@ def _names(value: Any, key: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def glob_problem(glob: str) -> str | None:
+    """What is wrong with a repository glob, or None."""
+    if "${" in PLACEHOLDER_RE.sub("", glob):
+        return f"unknown placeholder in {glob!r} (use ${{user}} or ${{group}})"
+    if not _GLOB_RE.fullmatch(glob) or "//" in glob or glob.startswith("/"):
+        return (
+            f"bad glob {glob!r}: repository names are lowercase letters, digits,"
+            " '._-' and '/'; wildcards are *, ** and ?"
+        )
+    return None
+
+
 def _globs(value: Any, key: str) -> tuple[str, ...]:
     globs = _strings(value, key)
     for glob in globs:
-        _known_placeholders(glob, key)
-        if not _GLOB_RE.fullmatch(glob) or "//" in glob or glob.startswith("/"):
-            raise _Bad(
-                f"{key}: bad glob {glob!r}: repository names are lowercase letters, digits,"
-                " '._-' and '/'; wildcards are *, ** and ?"
-            )
+        problem = glob_problem(glob)
+        if problem:
+            raise _Bad(f"{key}: {problem}")
     return tuple(globs)
 
 
@@ -148,6 +159,33 @@ def _description(value: Any, key: str) -> str:
     return str(value)
 
 
+def claim_conditions(value: Any, key: str) -> Conditions:
+    """`{claim: glob}` or `{claim: [glob, ...]}` (any of them); a ValueError names the bad one.
+    YAML's `true` and `42` stand for the texts `true` and `42`, as claims are read."""
+    if not isinstance(value, dict) or not value:
+        raise _Bad(f"{key}: expected a mapping of claim names to globs, got {value!r}")
+    conditions = []
+    for name, globs in value.items():
+        if not isinstance(name, str) or not CLAIM_NAME_RE.fullmatch(name):
+            raise _Bad(f"{key}: invalid claim name {name!r}")
+        items = globs if isinstance(globs, list) else [globs]
+        texts = [_glob_text(g) for g in items]
+        if not texts or None in texts:
+            raise _Bad(f"{key}: {name}: expected a glob or a list of globs, got {globs!r}")
+        conditions.append((name, tuple(t for t in texts if t is not None)))
+    return tuple(conditions)
+
+
+def _glob_text(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value and value.isprintable():
+        return value
+    return None
+
+
 _FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "users": _names,
     "groups": _names,
@@ -158,6 +196,7 @@ _FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "upstream": _upstream,
     "description": _description,
     "tags": _tag_globs,
+    "claims": claim_conditions,
 }
 _TAG_RULE_FIELDS: dict[TagRuleKind, dict[str, Callable[[Any, str], Any]]] = {
     "immutable": {
@@ -215,8 +254,10 @@ def _rule(node: yaml.Node, source: str, problems: list[Problem]) -> Rule | None:
         problems.append(Problem(source, line, "ACL entry without 'actions'"))
         return None
     anonymous = fields.get("anonymous", False)
-    if anonymous and (fields.get("users") or fields.get("groups")):
-        problems.append(Problem(source, line, "anonymous entries cannot name users or groups"))
+    if anonymous and (fields.get("users") or fields.get("groups") or fields.get("claims")):
+        problems.append(
+            Problem(source, line, "anonymous entries cannot name users, groups or claims")
+        )
         return None
     globs = (*fields.get("repositories", ()), *fields.get("tags", ()))
     if anonymous and any("${" in g for g in globs):
@@ -321,6 +362,7 @@ def _covers_requests(prior: Rule, rule: Rule) -> bool:
         prior.anonymous == rule.anonymous
         and _within(prior.users, rule.users)
         and _within(prior.groups, rule.groups)
+        and (not prior.claims or prior.claims == rule.claims)
         and _networks_within(prior.networks, rule.networks)
         and all(
             any(glob_covers(wide, narrow) for wide in prior.repositories or ("**",))

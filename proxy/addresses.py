@@ -58,9 +58,7 @@ class Origin:
     client: str
 
 
-def origin(
-    remote: str | None, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]
-) -> Origin:
+def origin(remote: str | None, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]) -> Origin:
     """The peer (`remote`, as the socket gives it), unless it is a trusted proxy: then
     X-Forwarded-For is walked from the right past trusted hops, and a malformed entry stops the
     walk at the last address known for sure. The chain is passed on only when the peer is

@@ -11,15 +11,20 @@ import ipaddress
 import logging
 import os
 import sys
-import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+import yaml
+
+from . import __version__, robot_commands
 from . import config as config_module
 from .acl import TAG_SECTIONS
+from .addresses import IPAddress
+from .authn.htpasswd import UserFiles
+from .authn.robots import grant as robot_grant
 from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS, Config
 from .credentials import (
     PasswordHash,
@@ -32,7 +37,8 @@ from .identity import Identity
 from .limits import raise_open_files_limit
 from .logsetup import configure_logging
 from .policy import Decision, decide
-from .problems import ConfigError, Problem, read_text
+from .problems import ConfigError, Problem, read_text, write_atomically
+from .robots import USER_PREFIX, load_robots
 from .routes import ACTIONS, TAG_RE, Action, Operation, valid_component, valid_name
 from .snapshot import load_users, preflight
 from .supervisor import become_supervisor
@@ -103,6 +109,15 @@ _COMMANDS = {  # name: (one-line help, description, exit codes)
         "  1    a file problem, an empty password, a refused name, or USER not found\n"
         "  3    --verify: wrong password",
     ),
+    "robot": (
+        "create, list or revoke robot accounts (CI credentials)",
+        "Robots are machine accounts for CI: `create` prints a secret once (the robots file\n"
+        "keeps only a keyed hash of it), scoped to repository globs and actions, expiring,\n"
+        "and never allowed more than its owner; `list` shows them with their last use;\n"
+        "`revoke` deletes one (refused everywhere within a second). Needs `robots:` and\n"
+        "`secret_file:` in the config.",
+        "  0    done\n  1    the config has no robots file, or a file problem",
+    ),
 }
 
 
@@ -144,6 +159,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--client", metavar="IP", help="client address, for rules with networks")
     explain.add_argument("--tag", metavar="TAG", help="a manifest request by this tag")
+    explain.add_argument(
+        "--claims",
+        type=Path,
+        metavar="FILE",
+        help="a workload token's claims (JSON or YAML): decide for the identity it would give",
+    )
 
     convert = _command(commands, "import")
     convert.add_argument(
@@ -168,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     passwd.add_argument(
         "--cost", type=int, default=10, metavar="N", help="bcrypt cost, 4-17 (default 10)"
     )
+    robot_commands.add_arguments(_command(commands, "robot"), _add_config_flag)
     return parser
 
 
@@ -303,14 +325,16 @@ def _explain(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    user = None if args.user == "-" else args.user
-    groups = users.groups_of(user) if user else frozenset()
-    who = Identity(user, groups, address)
+    who = _who(args, config, users, address)
+    if isinstance(who, str):
+        print(f"REFUSED {args.user}: {who}")
+        return 3
+    user, groups = who.user, who.robot.principal_groups if who.robot else who.groups
     decision = decide(config.rules, who, args.action, args.repository, args.tag)
     check = _tag_check(config, args.action, args.repository, args.tag, decision)
     allowed = decision.allowed and not isinstance(check, Denied)
     target = args.repository + (f":{args.tag}" if args.tag else "")
-    print(f"{'ALLOW' if allowed else 'DENY'} {args.user} {args.action} {target}")
+    print(f"{'ALLOW' if allowed else 'DENY'} {user or '-'} {args.action} {target}")
     if isinstance(check, Denied):
         print(f"  decided by: {_tag_rule_name(check.rule)}")
         print(f"  acl: {decision.reason} allows it")
@@ -324,11 +348,74 @@ def _explain(args: argparse.Namespace) -> int:
     if allowed:
         print(f"  upstream: {decision.upstream or config.upstream}")
     print(f"  groups: {', '.join(sorted(groups)) or '(none)'}")
+    if who.robot is not None:
+        print(f"  robot {who.robot.name} acting as {who.robot.principal}")
     for path in missing:
         print(f"  note: {path} does not exist (yet): read as empty")
-    if user and "htpasswd" in config.auth_backends and user not in users.htpasswd.users:
+    known = user in users.htpasswd.users or who.claims or who.robot
+    if user and "htpasswd" in config.auth_backends and not known:
         print(f"  note: {user!r} is not in {config.htpasswd}")
     return 0 if allowed else 3
+
+
+def _who(
+    args: argparse.Namespace, config: Config, users: UserFiles, address: IPAddress | None
+) -> Identity | str:
+    """Who `explain` decides for: a user, a robot (by its `robot$NAME`: as if its secret were
+    right), or the identity a token with these claims would give; or why there is none."""
+    user = None if args.user == "-" else args.user
+    if args.claims is not None:
+        return _token_identity(args.claims, user, config, users, address)
+    if user is not None and user.startswith(USER_PREFIX) and config.robots is not None:
+        try:
+            robots = load_robots(config.robots)[0]
+        except ConfigError as exc:
+            return str(exc)
+        robot = robots.get(user[len(USER_PREFIX) :])
+        if robot is None:
+            return f"no robot {user!r} in {config.robots}"
+        grant = robot_grant(robot, users, time.time())
+        if isinstance(grant, str):
+            return grant
+        return Identity(user, users.groups_of(user), address, robot=grant)
+    groups = users.groups_of(user) if user else frozenset()
+    return Identity(user, groups, address)
+
+
+def _token_identity(
+    path: Path, user: str | None, config: Config, users: UserFiles, address: IPAddress | None
+) -> Identity | str:
+    from .authn.oidc import identity_from
+    from .authn.tokens import Rejected
+
+    settings = config.oidc
+    if settings is None:
+        return "the config has no oidc: section"
+    try:
+        claims = yaml.safe_load(read_text(path))
+    except (ConfigError, yaml.YAMLError) as exc:
+        return f"{path}: {exc}"
+    if not isinstance(claims, dict):
+        return f"{path}: expected a mapping of claims"
+    issuer = settings.issuer(str(claims.get("iss")))
+    if issuer is None:
+        return f"token issuer {claims.get('iss')!r} not trusted"
+    if settings.basic_user is not None and user != settings.basic_user:
+        return f"tokens are accepted with the user name {settings.basic_user!r} only"
+    try:
+        name, groups = identity_from(issuer, claims)
+    except Rejected as exc:
+        return str(exc)
+    return Identity(name, groups | users.groups_of(name), address, claims)
+
+
+def _robot(args: argparse.Namespace) -> int:
+    try:
+        config = config_module.load(_config_path(args), {})
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return robot_commands.run(args, config)
 
 
 _ANY_DIGEST = "sha256:" + "0" * 64
@@ -494,26 +581,14 @@ def _read_password(from_stdin: bool, confirm: bool) -> str | None:
 
 
 def _write(path: Path, text: str) -> bool:
-    """Write-then-rename in the same directory (readers see the old file or the new one,
-    which keeps the old one's mode); False after printing why it cannot be written."""
-    tmp: str | None = None
+    """Write-then-rename (proxy.problems.write_atomically); False after printing why it
+    cannot be written."""
     try:
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o640
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        tmp = None
+        write_atomically(path, text)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename and exc.filename != str(path) else ""
         print(f"{path}: cannot write: {exc.strerror or exc}{where}", file=sys.stderr)
         return False
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
     return True
 
 
@@ -524,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": _explain,
         "import": _import,
         "passwd": _passwd,
+        "robot": _robot,
     }
     try:
         args = _parser().parse_args(argv)

@@ -32,6 +32,7 @@ from .token import TokenSettings
 
 if TYPE_CHECKING:
     from .authn.ldap_settings import LdapSettings
+    from .authn.oidc_settings import OidcSettings
 
 Backend = Literal["htpasswd", "ldap"]
 BACKENDS: tuple[str, ...] = ("htpasswd", "ldap")
@@ -85,6 +86,9 @@ class Config:
     metrics_listen: Listen | None = None  # /metrics and /health; off by default
     ldap: LdapSettings | None = None  # the `ldap:` section, parsed by proxy.authn.ldap_settings
     token: TokenSettings | None = None  # token server mode (distribution token auth)
+    oidc: OidcSettings | None = None  # workload tokens: proxy.authn.oidc_settings
+    robots: Path | None = None  # the robots file (proxy.robots)
+    secret_file: Path | None = None  # the server's secret: robot hashes, upload bindings
     auth_backends: tuple[Backend, ...] = ("htpasswd",)
     acl: tuple[Rule, ...] | None = None  # None: the recipe's rules (push_group)
     acl_file: Path | None = None  # where `acl` came from when it is a separate file
@@ -102,6 +106,9 @@ class Config:
             files.extend(p for p in (self.ldap.bind_password_file, self.ldap.ca_file) if p)
         if self.token is not None:
             files.extend((self.token.key, self.token.certificate))
+        if self.oidc is not None:
+            files.extend(self.oidc.ca_files())
+        files.extend(p for p in (self.robots, self.secret_file) if p is not None)
         if self.groups is not None:
             files.append(self.groups)
         files.extend(p for p in (self.source, self.acl_file) if p is not None)
@@ -278,6 +285,9 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "immutable_tags": ("tag_rules", "tag rules"),  # parsed by proxy.acl, with the ACL file's
     "protected_deletes": ("tag_rules", "tag rules"),
     "ldap": ("ldap", "ldap"),  # handled by _load_ldap
+    "oidc": ("oidc", "oidc"),  # handled by _load_oidc
+    "robots": ("robots", _OPTIONAL_PATH),
+    "secret_file": ("secret_file", _OPTIONAL_PATH),
     "token": ("token", "token"),  # built from the token.* keys by _combinations
     "token.issuer": ("token.issuer", _parse_text),
     "token.service": ("token.service", _parse_text),
@@ -322,7 +332,7 @@ def _flatten(
         seen.add(key)
         if not prefix and key in _SECTIONS:
             flat.update(_flatten(value_node, source, problems, prefix=f"{key}."))
-        elif key in ("acl", "ldap", *TAG_SECTIONS) and not prefix:
+        elif key in ("acl", "ldap", "oidc", *TAG_SECTIONS) and not prefix:
             flat[key] = (value_node, line)  # parsed later, with the lines of the nodes inside
         elif key in _KEYS and ("." in key) == bool(prefix):  # `tls.cert:` is no alias
             try:
@@ -420,6 +430,9 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
             if key == "ldap":
                 values["ldap"] = _load_ldap(raw, source, line, problems)
                 continue
+            if key == "oidc":
+                values["oidc"] = _load_oidc(raw, base, source, line, problems)
+                continue
             converted = _convert(key, raw, base, (source, line), problems)
             if converted is not None or raw is None:
                 values[key] = converted
@@ -448,6 +461,10 @@ def _combinations(values: dict[str, Any], has_acl: bool, source: str) -> list[Pr
         problems.append(
             Problem(source, 0, "auth_backends names ldap but there is no ldap: section")
         )
+    if values.get("robots") is not None and values.get("secret_file") is None:
+        problems.append(
+            Problem(source, 0, "robots needs secret_file (the key robot secrets are hashed with)")
+        )
     if has_acl and "push_group" in values:
         problems.append(
             Problem(source, 0, "push_group has no effect with an acl: name the group in a rule")
@@ -473,6 +490,15 @@ def _load_ldap(node: Any, source: str, line: int, problems: list[Problem]) -> An
             problems.append(Problem(source, line_of[key], f"ldap.{key}: {exc}"))
     settings, ldap_problems = parse_ldap_settings(values, source, line_of)
     problems.extend(ldap_problems)
+    return settings
+
+
+def _load_oidc(node: Any, base: Path, source: str, line: int, problems: list[Problem]) -> Any:
+    """The `oidc:` section, checked by its own parser (with lines)."""
+    from .authn.oidc_settings import parse_oidc_settings
+
+    settings, oidc_problems = parse_oidc_settings(node, source, line, base)
+    problems.extend(oidc_problems)
     return settings
 
 

@@ -277,6 +277,24 @@ def parse_basic_auth(values: list[str]) -> tuple[str, str] | None:
     return user, password
 
 
+_TOKEN68_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
+def bearer_token(values: list[str]) -> str | None:
+    """The token of a single `Authorization: Bearer` header (RFC 6750), or None for another
+    scheme or none. MalformedCredentials for a Bearer header without a well-formed token (the
+    length and count limits are `parse_basic_auth`'s, which runs first)."""
+    if len(values) != 1:
+        return None
+    scheme, _, token = values[0].strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = token.strip()
+    if not _TOKEN68_RE.fullmatch(token):
+        raise MalformedCredentials("Bearer credentials are not a token")
+    return token
+
+
 def basic_header(user: str, password: str) -> str:
     """An Authorization header value (for credentials that arrived another way)."""
     raw = f"{user}:{password}".encode("utf-8", "surrogateescape")

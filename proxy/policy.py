@@ -1,12 +1,16 @@
 """Authorization: ordered rules, first match wins, deny by default. Pure: no I/O.
 
-A rule matches on who is asking (users, groups, anonymous), from where (client networks),
-which repository (globs with `${user}` and `${group}`) and, for manifest requests by tag, which
-tag (globs too); the first rule that matches decides, grants only the actions it lists, and
-names the upstream the request goes to. A rule with tags matches only requests by tag: a
-request by digest, or for a blob, is decided by the rules without tags. When no rule matches
-the answer is no. Without an ACL the built-in rules are the Apache recipe's: members of
+A rule matches on who is asking (users, groups, anonymous, a workload token's claims), from
+where (client networks), which repository (globs with `${user}` and `${group}`) and, for
+manifest requests by tag, which tag (globs too); the first rule that matches decides, grants
+only the actions it lists, and names the upstream the request goes to. A rule with tags
+matches only requests by tag: a request by digest, or for a blob, is decided by the rules
+without tags. When no rule matches the answer is no. Without an ACL the built-in rules are
+the Apache recipe's: members of
 the push group may do anything, any other valid user may pull.
+
+A robot's request is decided as its principal's (its owner's) would be, and then only within
+the robot's own scopes: it never exceeds, nor outlives, whoever it acts for.
 """
 
 from __future__ import annotations
@@ -15,35 +19,17 @@ import heapq
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 
+from . import claims as claim_values
 from .addresses import IPNetwork
+from .globs import glob_pattern, glob_regex
 from .identity import Identity
 from .routes import ACTIONS, Action, Operation, valid_component
 
 PLACEHOLDER_RE = re.compile(r"\$\{(user|group)\}")
 
 
-_WILD = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
 _COMPONENT_HOLDER = re.compile(r"(?:^|(?<=/))\$\{(user|group)\}(?=/|$)")
-
-
-def _regex(pattern: str, holders: bool = False) -> str:
-    """`*` and `?` stay within one path component; `**` crosses `/`. With `holders`, a
-    placeholder that is a whole path component becomes a group capturing that component."""
-    out = []
-    for part in re.split(r"(\*\*|\*|\?|\$\{user\}|\$\{group\})", pattern):
-        if holders and part in ("${user}", "${group}"):
-            out.append("([^/]+)")
-        else:
-            out.append(_WILD.get(part, re.escape(part)))
-    return "".join(out)
-
-
-@lru_cache(maxsize=4096)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """A glob without placeholders (or with them filled in), compiled."""
-    return re.compile(_regex(pattern))
 
 
 class Glob:
@@ -61,7 +47,9 @@ class Glob:
         self.pattern = pattern
         self.holders = tuple(PLACEHOLDER_RE.findall(pattern))
         self.whole = len(_COMPONENT_HOLDER.findall(pattern)) == len(self.holders)
-        self.regex = re.compile(_regex(pattern, holders=self.whole)) if self.whole else None
+        self.regex = (
+            re.compile(glob_pattern(pattern, self.whole), re.DOTALL) if self.whole else None
+        )
 
     def matches(self, who: Identity, name: str) -> bool:
         if self.regex is None:
@@ -100,8 +88,9 @@ def _expand(pattern: str, who: Identity) -> list[str]:
 
 @dataclass(frozen=True)
 class Rule:
-    """One ACL entry. Empty `users`/`groups`/`repositories`/`networks` match anything;
-    `anonymous` True matches only requests without credentials, False only valid users."""
+    """One ACL entry. Empty `users`/`groups`/`repositories`/`networks`/`claims` match anything;
+    `anonymous` True matches only requests without credentials, False only valid users;
+    `claims` match only identities from workload tokens whose claims meet every condition."""
 
     actions: frozenset[Action]
     users: frozenset[str] = frozenset()
@@ -110,6 +99,7 @@ class Rule:
     networks: tuple[IPNetwork, ...] = ()
     anonymous: bool = False
     tags: tuple[str, ...] = ()  # globs over the tag: only manifest requests by tag match
+    claims: claim_values.Conditions = ()
     upstream: str | None = None
     origin: str = "built-in"
     description: str = field(default="", compare=False)
@@ -127,6 +117,8 @@ class Rule:
             return False
         if self.groups and not self.groups & who.groups:
             return False
+        if self.claims and not claim_values.holds(self.claims, who.claims):
+            return False
         if self.networks:
             return who.address is not None and any(who.address in n for n in self.networks)
         return True
@@ -143,7 +135,10 @@ class Rule:
     @property
     def catch_all(self) -> bool:
         """Matches every valid user (or every anonymous request) on every repository."""
-        return not (self.users or self.groups or self.repositories or self.networks or self.tags)
+        return not (
+            self.users or self.groups or self.repositories or self.networks or self.tags
+            or self.claims
+        )  # fmt: skip
 
 
 _ANY = "*"  # index key: a rule that may match any first path component
@@ -195,6 +190,7 @@ class Decision:
 
     allowed: bool
     rule: Rule | None
+    limited_by: str = ""  # what refused an action the rule grants (a robot's scopes)
 
     @property
     def upstream(self) -> str | None:
@@ -202,6 +198,8 @@ class Decision:
 
     @property
     def reason(self) -> str:
+        if self.limited_by:
+            return self.limited_by
         if self.rule:
             return f"rule {self.rule.origin}"
         if self.allowed:
@@ -249,6 +247,8 @@ def decide(
     """First matching rule decides. `action` None (the catalog) asks only whether the caller
     may use the registry at all: any valid user may, and anonymous callers may when some
     rule for anonymous requests grants anything."""
+    if who.robot is not None:
+        return _within_scopes(rules, who, action, repository, tag)
     if action is None:
         if not who.anonymous:
             return Decision(True, first_match(rules, who, None))
@@ -256,6 +256,28 @@ def decide(
         return Decision(rule is not None, rule)
     rule = first_match(rules, who, repository, tag)
     return Decision(rule is not None and action in rule.actions, rule)
+
+
+def _within_scopes(
+    rules: tuple[Rule, ...],
+    who: Identity,
+    action: Action | None,
+    repository: str | None,
+    tag: str | None,
+) -> Decision:
+    """A robot: what its principal may do, narrowed to the robot's own scopes."""
+    robot = who.robot
+    assert robot is not None
+    decision = decide(rules, robot.acting(who.address), action, repository, tag)
+    if action is None or not decision.allowed:
+        return decision
+    if (
+        action in robot.actions
+        and repository is not None
+        and any(glob_regex(g).fullmatch(repository) for g in robot.repositories)
+    ):
+        return decision
+    return Decision(False, decision.rule, f"outside the scopes of robot {robot.name}")
 
 
 @dataclass(frozen=True)

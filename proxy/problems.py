@@ -11,6 +11,7 @@ import grp
 import os
 import pwd
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,20 @@ def construct(node: yaml.Node) -> Any:
         return yaml.SafeLoader("").construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError) as exc:
         raise ValueError(f"cannot read value: {getattr(exc, 'problem', None) or exc}") from None
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o640) -> None:
+    """Write-then-rename in the same directory: readers see the old file or the new one (a new
+    file gets `mode`, an existing one keeps its own)."""
+    mode = path.stat().st_mode & 0o777 if path.exists() else mode
+    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,7 +1,7 @@
 """Live edits: watched files -> a new Snapshot, built off the event loop, swapped in one
 assignment; the snapshot a request holds stays whole until it finishes.
 
-Files are polled (stat every quarter second), which sees in-place edits, write-then-rename and
+Files are polled (stat every tenth of a second), which sees in-place edits, write-then-rename and
 Kubernetes' swap of a `..data` symlink alike, on any filesystem. A change is loaded once the
 file has stopped changing for one poll, so a half-written file is not read. Loading runs in a
 worker thread: requests go on being answered while a 16 MiB htpasswd file is parsed. A load
@@ -34,7 +34,7 @@ from .snapshot import Signature, Snapshot, load_snapshot, load_tls, signature
 
 log = logging.getLogger("regproxy.reload")
 
-POLL_INTERVAL = 0.25
+POLL_INTERVAL = 0.1  # a stat of each watched file ten times a second: edits apply in 0.1-0.2 s
 # Config attributes the running process cannot change (sockets, processes, log handlers).
 RESTART_ONLY = (
     "listen",

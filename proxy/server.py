@@ -17,18 +17,20 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
-from . import metrics
+from . import metrics, uploads
 from .accesslog import BYTES_KEY, USER_KEY, access_logger_class
 from .addresses import Origin, origin
 from .audit import audit
 from .authn.chain import Authentication, Authenticators, BackendFactory, Denied
+from .authn.robots import FLUSH_INTERVAL, RobotUsage
 from .catalog import fetch_page, filtered, new_key, next_link, parse_page
 from .errors import (
     API_VERSION,
@@ -38,7 +40,7 @@ from .errors import (
     ping_response,
     unauthorized,
 )
-from .forward import Forwarder, Route
+from .forward import Forwarder, OnHeaders, Route
 from .headcache import CachingForwarder
 from .health import Health, probe
 from .identity import Identity
@@ -49,6 +51,7 @@ from .memory import release_memory
 from .peers import Peers
 from .policy import authorize, decide
 from .reload import State
+from .robots import usage_path
 from .routes import Operation, Refusal, classify_request, without_mount
 from .snapshot import Snapshot
 from .store import LocalStore
@@ -75,8 +78,10 @@ class Handler:
         session: aiohttp.ClientSession,
         catalog_key: bytes,
         work: Executor,
+        upload_key: bytes,
     ) -> None:
         self._state = state
+        self._upload_key = upload_key  # without a secret_file: shared by this tree of workers
         self._authentication = authentication
         self._forwarder = forwarder
         self._health = health
@@ -191,9 +196,22 @@ class Handler:
             log.info("mount from %s dropped for %s", operation.mount_from or "-", who.user or "-")
             kept = without_mount(query)
             raw_path = f"{path}?{kept}" if kept else path
+        bind = None
+        if operation.kind in ("upload-start", "upload"):
+            key = snapshot.key("uploads") or self._upload_key
+            if operation.kind == "upload":
+                own = uploads.check(key, operation, query, who.user)
+                if isinstance(own, Refusal):
+                    log.warning(
+                        "%s refused the upload %s of another", who.user, operation.reference
+                    )
+                    audit(who, operation, own.status)
+                    return error_response(own.status, own.code, own.message)
+                raw_path = f"{path}?{own}" if own else path
+            bind = _binder(operation, key, who)
         route = Route(upstream, raw_path, where.forwarded_for)
         with metrics.RECORD.forwarding():
-            response = await self._forwarder.forward(request, route, operation, config)
+            response = await self._forwarder.forward(request, route, operation, config, bind)
         self._health.answered(upstream, raw_path, response.status)
         metrics.RECORD.transferred(request.content.total_bytes, request.get(BYTES_KEY, 0))
         audit(who, operation, response.status)
@@ -246,6 +264,20 @@ class Handler:
         return response
 
 
+def _binder(operation: Operation, key: bytes, who: Identity) -> OnHeaders:
+    """For requests that answer with an upload's Location: sign it for whoever asked."""
+    repository = operation.repository
+    assert repository is not None  # uploads always name their repository
+
+    def bind(_: int, headers: CIMultiDict[str]) -> None:
+        if "Location" in headers:
+            headers["Location"] = uploads.bind_location(
+                headers["Location"], repository, key, who.user
+            )
+
+    return bind
+
+
 def _busy(message: str) -> web.Response:
     return error_response(429, "TOOMANYREQUESTS", message, RETRY_SOON)
 
@@ -256,6 +288,19 @@ def _denied(denied: Denied, realm: str) -> web.Response:
     code = {400: "UNAUTHORIZED", 429: "TOOMANYREQUESTS"}.get(denied.status, "UNAVAILABLE")
     headers = {"Retry-After": str(denied.retry_after)} if denied.retry_after else None
     return error_response(denied.status, code, denied.message, headers)
+
+
+async def _record_robot_use(usage: RobotUsage, state: State, work: Executor) -> None:
+    """Write when robots were last used next to the robots file (off the event loop)."""
+    robots = state.current.config.robots
+    if robots is not None:
+        await asyncio.get_running_loop().run_in_executor(work, usage.flush, usage_path(robots))
+
+
+async def _every(seconds: float, chore: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        await chore()
 
 
 class Server:
@@ -274,8 +319,10 @@ class Server:
         catalog_key: bytes | None = None,
         lock_dir: Path | None = None,
         index: int | None = None,
+        upload_key: bytes | None = None,
     ) -> None:
         self._first = snapshot
+        self.upload_key = upload_key or new_key()  # without a secret_file (proxy.uploads)
         self._lock_dir = lock_dir
         self._config_path = config_path
         self._overrides = dict(overrides)
@@ -334,12 +381,10 @@ class Server:
         factory = BackendFactory(executor, clock)
 
         def attach(snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
-            c = snapshot.config
-            old = previous.authn.backends if previous and previous.authn else ()
-            backends = factory.build(
-                c.auth_backends, snapshot.users, c.ldap, c.credentials_cache, old
-            )
-            return Authenticators(backends, snapshot.users, c.throttle)
+            robot_key = snapshot.key("robots") if snapshot.config.robots is not None else None
+            robots = (snapshot.robots, robot_key) if robot_key is not None else None
+            old = previous.authn if previous else None
+            return factory.authenticators(snapshot.config, snapshot.users, robots, old)
 
         state = self.state = State(
             self._first, self._config_path, self._overrides, attach, not self._reports_reloads, work
@@ -358,6 +403,7 @@ class Server:
             forwarder.session,
             self._catalog_key,
             work,
+            self.upload_key,
         )
         listener = Listener(sock, lambda: state.current.tls, config.timeouts, room.connections)
         connections = Connections(
@@ -385,7 +431,9 @@ class Server:
 
         listener.start(connections)
         stack.push_async_callback(drain)
-        for chore in (release_memory(), state.watch()):
+        usage = functools.partial(_record_robot_use, factory.robot_usage, state, work)
+        stack.push_async_callback(usage)  # at shutdown: what was seen since the last time
+        for chore in (release_memory(), state.watch(), _every(FLUSH_INTERVAL, usage)):
             stack.callback(asyncio.ensure_future(chore).cancel)
         if config.metrics_listen is not None:
             await self._start_admin(forwarder)

@@ -1,9 +1,9 @@
 """A snapshot: everything a request reads, built from the files at once and never mutated.
 
-`load_snapshot` reads and parses every file (config, ACL, htpasswd, groups, token key, TLS
-pair). It does blocking I/O and slow work (parsing a large htpasswd file, a dummy bcrypt hash,
-loading certificates), so a running server calls it in a worker thread (`proxy.reload`); the
-CLI calls it directly.
+`load_snapshot` reads and parses every file (config, ACL, htpasswd, groups, robots, the
+server's secret, token key, TLS pair). It does blocking I/O and slow work (parsing a large
+htpasswd file, a dummy bcrypt hash, loading certificates), so a running server calls it in a
+worker thread (`proxy.reload`); the CLI calls it directly.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from . import config as config_module
 from .authn.chain import Authenticators
@@ -21,6 +22,7 @@ from .config import Config
 from .credentials import Htpasswd, parse_groups, parse_htpasswd
 from .policy import Rule, RuleSet
 from .problems import ConfigError, Problem, read_text
+from .robots import Robot, derive, load_robots, read_secret_file
 from .tls import load_certificate, server_context
 from .token import Signer, load_signer
 
@@ -50,6 +52,12 @@ class Snapshot:
     # Each watched file as it was just before it was read: an edit made while the files
     # were being loaded is seen as an edit afterwards, never lost.
     signatures: Mapping[Path, Signature] = field(default_factory=dict, compare=False)
+    robots: Mapping[str, Robot] = field(default_factory=lambda: MappingProxyType({}))
+    secret: bytes | None = field(default=None, repr=False)  # the config's secret_file
+
+    def key(self, purpose: str) -> bytes | None:
+        """A key derived from the server's secret for one purpose, if there is a secret."""
+        return derive(self.secret, purpose) if self.secret is not None else None
 
 
 def _read_htpasswd(config: Config) -> Htpasswd:
@@ -118,6 +126,15 @@ def load_snapshot(
         fatal += exc.problems
     signer, token_problems = load_signer(config.token) if config.token else (None, [])
     fatal += token_problems
+    secret: bytes | None = None
+    robots: dict[str, Robot] = {}
+    try:
+        secret = read_secret_file(config.secret_file) if config.secret_file else None
+        if config.robots is not None:
+            robots, robot_problems = load_robots(config.robots)
+            problems = problems + robot_problems
+    except ConfigError as exc:
+        fatal += exc.problems
     context = None
     try:
         context = load_tls(config) if tls else None
@@ -128,7 +145,10 @@ def load_snapshot(
     if fatal:
         raise ConfigError(fatal + problems)
     rules = RuleSet(config.rules)  # indexed here, off the event loop
-    return Snapshot(config, users, rules, signer, context, None, signatures), problems
+    snapshot = Snapshot(
+        config, users, rules, signer, context, None, signatures, MappingProxyType(robots), secret
+    )
+    return snapshot, problems
 
 
 def preflight(

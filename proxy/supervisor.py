@@ -89,7 +89,13 @@ class Supervisor:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(runtime / "metrics")
             (runtime / "metrics").mkdir()
         (runtime / "locks").mkdir()
-        shared = {"catalog_key": os.urandom(32).hex(), "lock_dir": str(runtime / "locks")}
+        # Keys every worker shares: catalog positions and upload Locations signed by one
+        # worker are read by another (an upload may continue through any worker).
+        shared = {
+            "catalog_key": os.urandom(32).hex(),
+            "upload_key": os.urandom(32).hex(),
+            "lock_dir": str(runtime / "locks"),
+        }
         self.mesh = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(workers)]
         for signum in RELAYED:
             signal.signal(signum, lambda signum, _frame: self.signals.append(signum))

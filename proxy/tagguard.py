@@ -35,7 +35,7 @@ from aiohttp import web
 
 from .config import Config
 from .errors import error_response
-from .forward import ClientStalled, Route, closing, idle_bounded
+from .forward import ClientStalled, OnHeaders, Route, closing, idle_bounded
 from .headcache import CachingForwarder
 from .limits import Timeouts
 from .routes import DIGEST_RE, TAG_RE, Operation
@@ -120,11 +120,18 @@ class TagGuard:
         self._budget = Budget(MANIFEST_BUDGET)
 
     async def forward(
-        self, request: web.BaseRequest, route: Route, operation: Operation, config: Config
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        operation: Operation,
+        config: Config,
+        on_headers: OnHeaders | None = None,
     ) -> web.StreamResponse:
+        """Forward, with the tag checks the operation needs; `on_headers` sees the upstream's
+        headers before they are sent (proxy.forward)."""
         check = plan(config.tag_rules, operation)
         if check is None:
-            return await self._forward(request, route, operation, config)
+            return await self._forward(request, route, operation, config, None, on_headers)
         if isinstance(check, Denied):
             log.info("refused %s %s: %s", request.method, route.raw_path, check.message)
             return error_response(403, "DENIED", check.message)
@@ -168,10 +175,11 @@ class TagGuard:
         operation: Operation,
         config: Config,
         body: bytes | None = None,
+        on_headers: OnHeaders | None = None,
     ) -> web.StreamResponse:
         return await self._forwarder.forward(
             request, route, operation, config.timeouts, config.limits.upstream_wait,
-            config.cache_ttl, body,
+            config.cache_ttl, body, on_headers,
         )  # fmt: skip
 
     def _locked(

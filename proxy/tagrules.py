@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Literal
 
-from .policy import glob_regex
+from .globs import glob_regex
 from .routes import Operation
 
 TagRuleKind = Literal["immutable", "protected"]

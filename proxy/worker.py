@@ -49,12 +49,15 @@ def run_worker(
     lock_dir: Path | None = None,
     index: int | None = None,
     ready: Callable[[], None] | None = None,
+    upload_key: bytes | None = None,
 ) -> int:
     import uvloop
 
     from .server import Server
 
-    server = Server(snapshot, config_path, overrides, peers, catalog_key, lock_dir, index)
+    server = Server(
+        snapshot, config_path, overrides, peers, catalog_key, lock_dir, index, upload_key
+    )
     uvloop.run(server.serve(sock, ready))
     return 0
 
@@ -99,6 +102,7 @@ def main() -> int:
         Path(spec["lock_dir"]),
         int(spec["index"]),
         lambda: _tell_ready(int(spec["ready_fd"]), int(spec["index"])),
+        bytes.fromhex(spec["upload_key"]),
     )
 
 

@@ -12,9 +12,11 @@ import resource
 import signal
 import ssl
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -24,9 +26,15 @@ from hypothesis import settings
 
 from proxy.credentials import hash_password
 from proxy.reload import State
+from proxy.robots import derive
+from proxy.routes import Operation, classify
 from proxy.server import Server
 from proxy.snapshot import load_snapshot
+from proxy.uploads import bind_location
 from tests.net import free_socket
+
+if TYPE_CHECKING:
+    from tests.oidc_issuer import Issuer
 
 # Property tests: a quick profile for `make test`, a long one for `make fuzz`.
 settings.register_profile("default", max_examples=300, deadline=None)
@@ -39,6 +47,8 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 # Test users: (password, groups). Cost 4 keeps hashing fast; the cost is not what is tested.
 USERS = {"pull": "pull-pw", "push": "push:pw", "other": "other-pw"}
 GROUPS_TEXT = "pusher: push\nreaders: other\n"
+# The server's secret that write_setup leaves as `secret` (used with `secret_file: secret`).
+SECRET = "test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass
@@ -128,6 +138,19 @@ def htpasswd_text(users: dict[str, str]) -> str:
     return "".join(f"{user}:{hash_password(pw, cost=4)}\n" for user, pw in users.items())
 
 
+def bound(path: str, user: str | None, key: bytes) -> str:
+    """An upload URL path (query included) as the proxy hands it to `user`: with the binding
+    that makes it theirs (proxy.uploads)."""
+    upload = classify("PATCH", urlsplit(path).path)
+    assert isinstance(upload, Operation) and upload.repository is not None
+    return bind_location(path, upload.repository, key, user)
+
+
+def secret_bound(path: str, user: str | None) -> str:
+    """`bound` for a server whose config has `secret_file: secret` (write_setup's SECRET)."""
+    return bound(path, user, derive(SECRET.encode(), "uploads"))
+
+
 def replace_file(path: Path, text: str | bytes) -> None:
     """Write-then-rename, as `htpasswd` and most editors do."""
     tmp = path.with_name(path.name + ".tmp")
@@ -161,6 +184,10 @@ class RunningProxy:
     def auth(self, user: str, password: str | None = None) -> dict[str, str]:
         """Headers with the Basic credentials of a test user."""
         return {"Authorization": basic(user, USERS[user] if password is None else password)}
+
+    def upload(self, path: str, user: str | None) -> str:
+        """The upload URL path as this proxy would have handed it to `user`."""
+        return bound(path, user, self.state.current.key("uploads") or self.server.upload_key)
 
 
 ProxyFactory = Callable[..., Awaitable[RunningProxy]]
@@ -207,6 +234,7 @@ def write_setup(directory: Path, tls: TlsPair, upstream: str, extra: str = "") -
     (directory / "server.key").write_bytes(tls.key.read_bytes())
     (directory / "htpasswd").write_text(htpasswd_text(USERS))
     (directory / "groups").write_text(GROUPS_TEXT)
+    (directory / "secret").write_text(SECRET + "\n")
     config = directory / "regproxy.yaml"
     with free_socket() as sock:
         port = sock.getsockname()[1]
@@ -283,3 +311,13 @@ async def served(
             process, f"https://localhost:{port}", session, tmp_path / "access.log", tmp_path
         )
         await session.close()
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> Iterator[Issuer]:
+    """A local OIDC issuer on loopback HTTPS (tests/oidc_issuer.py), stopped afterwards."""
+    from tests.oidc_issuer import Issuer  # it uses this module's free_socket
+
+    running = Issuer(tmp_path / "issuer").start()
+    yield running
+    running.close()

@@ -29,6 +29,7 @@ from tests.conftest import (
     Served,
     TlsPair,
     basic,
+    secret_bound,
     write_setup,
 )
 from tests.terminal import Terminal
@@ -447,7 +448,8 @@ def test_import_writes_yaml_and_lists_what_it_could_not_translate(tmp_path: Path
 
 @pytest.mark.parametrize(
     ("served", "group"),
-    [("", False), ("workers: 2\n", True)],  # True: Ctrl-C at a terminal signals the group
+    # True: Ctrl-C at a terminal signals the group
+    [("secret_file: secret\n", False), ("workers: 2\nsecret_file: secret\n", True)],
     indirect=["served"],
 )
 async def test_sigterm_lets_an_upload_in_flight_finish(
@@ -472,9 +474,8 @@ async def test_sigterm_lets_an_upload_in_flight_finish(
             await asyncio.sleep(0.15)
 
     async def upload() -> tuple[int, str]:
-        async with served.session.patch(
-            served.url + "/v2/a/blobs/uploads/u9", data=body(), headers=auth
-        ) as resp:
+        path = secret_bound("/v2/a/blobs/uploads/u9", "push")
+        async with served.session.patch(served.url + path, data=body(), headers=auth) as resp:
             return resp.status, resp.headers.get("Range", "")
 
     transfer = asyncio.create_task(upload())

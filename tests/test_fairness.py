@@ -55,7 +55,8 @@ async def tls_stream(
 async def stalled_upload(proxy: RunningProxy, tls: TlsPair, user: str = "push") -> bytes:
     """Start a PATCH that declares 1000 bytes, send one, and wait for whatever comes back."""
     async with tls_stream(proxy, tls) as (reader, writer):
-        writer.write(head("PATCH", UPLOAD, user, "Content-Length: 1000\r\n") + b"x")
+        path = proxy.upload(UPLOAD, user)
+        writer.write(head("PATCH", path, user, "Content-Length: 1000\r\n") + b"x")
         await writer.drain()
         try:
             return await reader.read(4096)

@@ -306,7 +306,9 @@ async def test_upstream_dies_mid_push(make_proxy: ProxyFactory, upstream: FakeUp
             yield b"x" * 65536
 
     async with proxy.session.patch(
-        proxy.url + "/v2/a/blobs/uploads/u1", data=body(), headers={"Authorization": PUSH}
+        proxy.url + proxy.upload("/v2/a/blobs/uploads/u1", "push"),
+        data=body(),
+        headers={"Authorization": PUSH},
     ) as resp:
         assert resp.status == 502  # never a success for a half-finished upload
     async with proxy.session.get(proxy.url + "/v2/", headers={"Authorization": PULL}) as resp:

@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy.uploads import bind_location
 from tests.conftest import FakeUpstream, ProxyFactory, basic
 from tests.unit.test_routes import CATALOG_REFUSALS, REFUSALS, Answer
 
@@ -61,7 +62,8 @@ async def test_recipe_policy(
     status: int,
 ) -> None:
     proxy = await make_proxy()
-    async with proxy.session.request(method, proxy.url + path, headers=proxy.auth(user)) as resp:
+    sent = proxy.upload(path, user) if method == "PATCH" else path  # as the proxy handed it out
+    async with proxy.session.request(method, proxy.url + sent, headers=proxy.auth(user)) as resp:
         assert resp.status == status
         assert resp.headers.getall(API) == ["registry/2.0"]
         if status == 403:
@@ -240,7 +242,10 @@ async def test_location_rewritten_only_when_it_points_upstream(
     ) as resp:
         assert resp.status == 202
         host = f"localhost:{proxy.server.port}"
-        assert resp.headers["Location"] == expected.format(host=host)
+        # An upload's Location comes back signed for whoever started it (proxy.uploads).
+        signed = bind_location(expected.format(host=host), "a", proxy.server.upload_key, "push")
+        assert resp.headers["Location"] == signed
+        assert ("_regproxy=" in signed) == ("/uploads/" in expected)
 
 
 async def test_connection_cannot_drop_host_and_upstream_locations_never_leak(
@@ -263,7 +268,8 @@ async def test_connection_cannot_drop_host_and_upstream_locations_never_leak(
         headers={**proxy.auth("push"), "Connection": "Host, X-Secret-Hop", "X-Secret-Hop": "1"},
     ) as resp:
         assert resp.status == 202
-        assert resp.headers["Location"] == f"https://{host}/v2/a/blobs/uploads/u1?_state=s"
+        location = resp.headers["Location"]  # and the upload binding (proxy.uploads)
+        assert location.startswith(f"https://{host}/v2/a/blobs/uploads/u1?_state=s&_regproxy=")
     (seen,) = upstream.requests
     assert seen.headers["host"] == [host] and "x-secret-hop" not in seen.headers
 
