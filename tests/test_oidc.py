@@ -275,6 +275,11 @@ async def test_failed_tokens_feed_the_throttle(make_proxy: ProxyFactory, issuer:
     bad = issuer.token(aud="https://other")
     codes = [(await status(proxy, as_bearer(bad)))[0] for _ in range(7)]
     assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+    # Each token is its own login: another job's valid token from the same runner still works,
+    # as the Basic password or as Bearer.
+    good = issuer.token()
+    assert (await status(proxy, as_bearer(good)))[0] == 200
+    assert (await status(proxy, as_password(good)))[0] == 200
 
 
 async def test_groups_and_names_from_claims_reach_the_acl_and_the_logs(

@@ -99,19 +99,25 @@ class Authentication:
             return Identity(None, address=address)
         user, password = credentials
         where = str(address) if address else "unknown"
-        wait = self.throttle.retry_after(user, where, self._clock(), setup.throttle)
+        attempt = fingerprint(self._key, f"{user}:{password}".encode(errors="surrogateescape"))
+        # A workload token is counted as its own login, not as one shared name: one CI job's
+        # expired token must not lock out every other job on its runner. (A token-shaped
+        # password never reaches a password backend, so this opens no way to guess one.)
+        counted = user
+        if token is not None or _token_shaped(password):
+            counted = f"{user}#{attempt[:6].hex()}"
+        wait = self.throttle.retry_after(counted, where, self._clock(), setup.throttle)
         if wait > 0:
             log.warning("throttled login for %r from %s: retry in %.0fs", user, where, wait)
             metrics.RECORD.throttled()
             return Denied(429, "too many failed logins, retry later", math.ceil(wait))
-        attempt = fingerprint(self._key, f"{user}:{password}".encode(errors="surrogateescape"))
-        self.throttle.started(user, where, attempt)
+        self.throttle.started(counted, where, attempt)
         reason = ""
         try:
             for result in self._results(setup, user, password, bearer=token is not None):
                 answer = await result
                 if answer.outcome is Outcome.OK:
-                    self.throttle.success(user, where)
+                    self.throttle.success(counted, where)
                     return _identity(answer, user, address, setup.users)
                 if answer.outcome is Outcome.WRONG_PASSWORD:
                     reason = answer.reason
@@ -121,8 +127,8 @@ class Authentication:
             metrics.RECORD.auth_failure("backend_unavailable")
             return Denied(503, "authentication backend unavailable")
         finally:
-            self.throttle.finished(user, where, attempt)
-        self.throttle.failure(user, where, self._clock(), setup.throttle)
+            self.throttle.finished(counted, where, attempt)
+        self.throttle.failure(counted, where, self._clock(), setup.throttle)
         metrics.RECORD.auth_failure("invalid")
         log.info("authentication failed for %r from %s", user, where)
         return Denied(401, reason or "invalid username or password")
@@ -138,6 +144,11 @@ class Authentication:
             return
         for backend in setup.backends:
             yield backend.authenticate(user, password)
+
+
+def _token_shaped(password: str) -> bool:
+    """A JWT's shape, cheaply (three base64url parts, the header's `{"` as `ey`)."""
+    return password.startswith("ey") and password.count(".") == 2
 
 
 def _identity(
