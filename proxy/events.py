@@ -35,8 +35,24 @@ class BlobGone:
     key: str
 
 
-Event = LoginFailed | LoginSucceeded | BlobGone
-_KINDS: dict[bytes, type[Event]] = {b"F": LoginFailed, b"S": LoginSucceeded, b"B": BlobGone}
+@dataclass(frozen=True)
+class CredentialVerified:
+    """A worker verified a password (htpasswd): `key` names the user and stored hash, `tag`
+    is the keyed hash of the password (hex), `seconds` how long it holds. Derived from a
+    credential: it stays among the workers of one machine, never leaves it."""
+
+    key: str
+    tag: str
+    seconds: str
+
+
+Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified
+_KINDS: dict[bytes, type[Event]] = {
+    b"F": LoginFailed,
+    b"S": LoginSucceeded,
+    b"B": BlobGone,
+    b"V": CredentialVerified,
+}
 _CODES = {kind: code for code, kind in _KINDS.items()}
 _LENGTH = struct.Struct("!H")
 MAX_EVENT = 16 * 1024  # a user name from a Basic header is at most 4 KiB

@@ -8,8 +8,10 @@ connection has finished its TLS handshake, so what one worker saw holds in all o
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from .events import MAX_EVENT
 
@@ -57,3 +59,22 @@ class Mesh:
         for inbox, outbox in self._pairs:
             inbox.close()
             outbox.close()
+
+
+def _key() -> bytes:
+    return secrets.token_bytes(32)
+
+
+@dataclass(frozen=True)
+class Siblings:
+    """What a worker shares with the other workers of its supervisor: its place (`index`;
+    None when it is alone), the mesh, the lock directory (proxy.store), and the keys with
+    which one worker's signatures and hashes are read by another: catalog positions, upload
+    Locations (unless a secret_file gives one), verified credentials."""
+
+    index: int | None = None
+    peers: Peers | None = None
+    lock_dir: Path | None = None
+    catalog_key: bytes = field(default_factory=_key, repr=False)
+    upload_key: bytes = field(default_factory=_key, repr=False)
+    credentials_key: bytes = field(default_factory=_key, repr=False)

@@ -31,7 +31,7 @@ from .addresses import Origin, origin
 from .audit import audit
 from .authn.chain import Authentication, Authenticators, BackendFactory, Denied
 from .authn.robots import FLUSH_INTERVAL, RobotUsage
-from .catalog import fetch_page, filtered, new_key, next_link, parse_page
+from .catalog import fetch_page, filtered, next_link, parse_page
 from .errors import (
     API_VERSION,
     API_VERSION_HEADER,
@@ -48,7 +48,7 @@ from .limits import Gate, capacity, raise_open_files_limit
 from .listener import Connections, Listener
 from .logsetup import reopen_logs
 from .memory import release_memory
-from .peers import Peers
+from .peers import Siblings
 from .policy import authorize, decide
 from .reload import State
 from .robots import usage_path
@@ -306,30 +306,24 @@ async def _every(seconds: float, chore: Callable[[], Awaitable[None]]) -> None:
 class Server:
     """Owns one worker's lifecycle: startup() -> serve until a signal -> shutdown().
 
-    `peers`: the other workers of this machine; `index`: this worker's number under a
-    supervisor (None when alone). Under a supervisor, which reports the lifecycle, a worker
-    logs it at debug level only, and only worker 0 reports reloads."""
+    `siblings`: the other workers of its supervisor (proxy.peers.Siblings; by default it is
+    alone). Under a supervisor, which reports the lifecycle, a worker logs it at debug level
+    only, and only worker 0 reports reloads."""
 
     def __init__(
         self,
         snapshot: Snapshot,
         config_path: Path | None,
         overrides: Mapping[str, object],
-        peers: Peers | None = None,
-        catalog_key: bytes | None = None,
-        lock_dir: Path | None = None,
-        index: int | None = None,
-        upload_key: bytes | None = None,
+        siblings: Siblings | None = None,
     ) -> None:
         self._first = snapshot
-        self.upload_key = upload_key or new_key()  # without a secret_file (proxy.uploads)
-        self._lock_dir = lock_dir
+        self._siblings = siblings = siblings or Siblings()
+        self.upload_key = siblings.upload_key  # without a secret_file (proxy.uploads)
         self._config_path = config_path
         self._overrides = dict(overrides)
-        self._peers = peers
-        self._catalog_key = catalog_key or new_key()
-        self._quiet = index is not None  # lifecycle: the supervisor says it
-        self._reports_reloads = index in (None, 0)
+        self._quiet = siblings.index is not None  # lifecycle: the supervisor says it
+        self._reports_reloads = siblings.index in (None, 0)
         self.state: State | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -373,12 +367,16 @@ class Server:
         stack.callback(executor.shutdown, wait=False, cancel_futures=True)
         work = ThreadPoolExecutor(2, "regproxy-work")  # reloads and catalog filtering
         stack.callback(work.shutdown, wait=False, cancel_futures=True)
-        store = LocalStore(self._peers, self._lock_dir)
+        store = LocalStore(self._siblings.peers, self._siblings.lock_dir)
         stack.push_async_callback(store.close)
         await store.start()
         clock = time.monotonic
         throttle = Throttle(store.publish)
-        factory = BackendFactory(executor, clock)
+        factory = BackendFactory(
+            executor, clock, credentials_key=self._siblings.credentials_key,
+            share=store.tell_workers,
+        )  # fmt: skip
+        store.subscribe(factory.learn)
 
         def attach(snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
             robot_key = snapshot.key("robots") if snapshot.config.robots is not None else None
@@ -401,7 +399,7 @@ class Server:
             TagGuard(CachingForwarder(forwarder, store, clock), store, forwarder.session),
             Health(clock),
             forwarder.session,
-            self._catalog_key,
+            self._siblings.catalog_key,
             work,
             self.upload_key,
         )

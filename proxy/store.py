@@ -38,6 +38,11 @@ class Store(Protocol):
         """Tell the others (fire and forget; the caller has applied it locally already)."""
         ...
 
+    def tell_workers(self, event: Event) -> None:
+        """Tell the other workers of this machine only: for what must not leave it (what is
+        derived from a credential)."""
+        ...
+
     def subscribe(self, subscriber: Subscriber) -> None:
         """Call `subscriber` with every event another process published."""
         ...
@@ -127,6 +132,9 @@ class LocalStore:
             raise
 
     def publish(self, event: Event) -> None:
+        self.tell_workers(event)
+
+    def tell_workers(self, event: Event) -> None:
         if self._peers is not None:
             self._peers.send(encode(event))
 

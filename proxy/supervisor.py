@@ -94,6 +94,7 @@ class Supervisor:
         shared = {
             "catalog_key": os.urandom(32).hex(),
             "upload_key": os.urandom(32).hex(),
+            "credentials_key": os.urandom(32).hex(),
             "lock_dir": str(runtime / "locks"),
         }
         self.mesh = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(workers)]

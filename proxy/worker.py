@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from .config import Config
 from .logsetup import configure_logging
-from .peers import Peers
+from .peers import Peers, Siblings
 from .problems import ConfigError
 from .snapshot import Snapshot, preflight
 from .supervisor import WORKER_ENV
@@ -44,20 +45,14 @@ def run_worker(
     sock: socket.socket,
     config_path: Path | None,
     overrides: Mapping[str, object],
-    peers: Peers | None = None,
-    catalog_key: bytes | None = None,
-    lock_dir: Path | None = None,
-    index: int | None = None,
+    siblings: Siblings | None = None,
     ready: Callable[[], None] | None = None,
-    upload_key: bytes | None = None,
 ) -> int:
     import uvloop
 
     from .server import Server
 
-    server = Server(
-        snapshot, config_path, overrides, peers, catalog_key, lock_dir, index, upload_key
-    )
+    server = Server(snapshot, config_path, overrides, siblings)
     uvloop.run(server.serve(sock, ready))
     return 0
 
@@ -92,18 +87,16 @@ def main() -> int:
     )
     for end in (peers.inbox, *peers.outboxes):
         end.setblocking(False)
-    return run_worker(
-        snapshot,
-        sock,
-        config_path,
-        spec["overrides"],
-        peers,
-        bytes.fromhex(spec["catalog_key"]),
-        Path(spec["lock_dir"]),
+    siblings = Siblings(
         int(spec["index"]),
-        lambda: _tell_ready(int(spec["ready_fd"]), int(spec["index"])),
+        peers,
+        Path(spec["lock_dir"]),
+        bytes.fromhex(spec["catalog_key"]),
         bytes.fromhex(spec["upload_key"]),
+        bytes.fromhex(spec["credentials_key"]),
     )
+    ready = functools.partial(_tell_ready, int(spec["ready_fd"]), int(spec["index"]))
+    return run_worker(snapshot, sock, config_path, spec["overrides"], siblings, ready)
 
 
 def _tell_ready(fd: int, index: int) -> None:

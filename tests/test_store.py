@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.authn.cache import CacheSettings
 from proxy.events import BlobGone, Event
 from proxy.peers import Mesh
 from proxy.store import LocalStore, LockTimeout
@@ -144,3 +145,43 @@ async def test_different_names_do_not_wait_for_each_other() -> None:
     store = LocalStore()
     async with store.lock("a", ttl=30, wait=1), store.lock("b", ttl=30, wait=0.1):
         pass
+
+
+async def test_a_password_verified_by_one_worker_is_not_hashed_again_by_another() -> None:
+    """Two workers' backend factories joined by the mesh: the second learns the first's
+    verified password and answers from memory; another password is still checked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from proxy.authn import Outcome
+    from proxy.authn.chain import BackendFactory
+    from proxy.authn.htpasswd import HtpasswdAuthenticator, UserFiles
+    from proxy.credentials import PasswordHash, hash_password, parse_htpasswd
+
+    mesh = Mesh(2)
+    key = b"k" * 32
+    files = UserFiles.build(parse_htpasswd(f"alice:{hash_password('pw', 4)}\n", "h"), {})
+    checked: list[bytes] = []
+    verify = PasswordHash.verify
+
+    def counting(self: PasswordHash, password: bytes) -> bool:
+        checked.append(password)
+        return verify(self, password)
+
+    with ThreadPoolExecutor(2) as pool, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PasswordHash, "verify", counting)
+        stores, backends = [], []
+        for index in range(2):
+            store = LocalStore(mesh.peers(index))
+            factory = BackendFactory(pool, credentials_key=key, share=store.tell_workers)
+            store.subscribe(factory.learn)
+            stores.append(store)
+            (backend,) = factory.build(("htpasswd",), files, None, CacheSettings())
+            assert isinstance(backend, HtpasswdAuthenticator)
+            backends.append(backend)
+        assert (await backends[0].authenticate("alice", "pw")).outcome is Outcome.OK
+        assert stores[1].deliver() == 1
+        assert (await backends[1].authenticate("alice", "pw")).outcome is Outcome.OK
+        assert checked == [b"pw"]  # one hash for both workers
+        assert (await backends[1].authenticate("alice", "wrong")).outcome is Outcome.WRONG_PASSWORD
+        assert checked == [b"pw", b"wrong"]
+    mesh.close()

@@ -9,6 +9,10 @@ removal misses at once. A different password always misses. The clock is injecte
 
 An answer that is only good for a while (a workload token until it expires) says so through
 `lifetime`: it is remembered for that long at most.
+
+Workers on one machine share what they verified (`learned` out, `learn` in, over the worker
+mesh, under a key the supervisor gives them all): a client whose requests are spread over
+several workers costs one slow hash, not one per worker.
 """
 
 from __future__ import annotations
@@ -45,11 +49,19 @@ class _Entry(Generic[T]):
 class VerifiedCache(Generic[T]):
     """A bounded LRU of verified credentials with single-flight checks."""
 
-    def __init__(self, ttl: float, size: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl: float,
+        size: int,
+        clock: Callable[[], float] = time.monotonic,
+        key: bytes | None = None,
+        learned: Callable[[Hashable, bytes, float], None] | None = None,
+    ) -> None:
         self.ttl = ttl
         self.size = size
         self._clock = clock
-        self._key = secrets.token_bytes(32)
+        self._key = key or secrets.token_bytes(32)
+        self._learned = learned  # told of each success: (key, tag, seconds it holds)
         self._entries: OrderedDict[Hashable, _Entry[T]] = OrderedDict()
         self._inflight: dict[tuple[Hashable, bytes], asyncio.Future[T]] = {}
 
@@ -96,10 +108,20 @@ class VerifiedCache(Generic[T]):
         seconds = self.ttl if lifetime is None else min(self.ttl, lifetime(value))
         if keep(value) and seconds > 0:
             key, tag = flight
-            self._entries[key] = _Entry(tag, self._clock() + seconds, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            self._remember(key, tag, seconds, value)
+            if self._learned is not None:
+                self._learned(key, tag, seconds)
+
+    def learn(self, key: Hashable, tag: bytes, seconds: float, value: T) -> None:
+        """What another worker verified, remembered as if verified here."""
+        if self.ttl > 0 and seconds > 0:
+            self._remember(key, tag, min(seconds, self.ttl), value)
+
+    def _remember(self, key: Hashable, tag: bytes, seconds: float, value: T) -> None:
+        self._entries[key] = _Entry(tag, self._clock() + seconds, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
 
     def forget(self, key: Hashable | None = None) -> None:
         """Drop one remembered key, or all of them."""

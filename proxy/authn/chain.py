@@ -15,11 +15,12 @@ throttle settings) belongs to one configuration snapshot and is passed in with t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 from .. import metrics
 from ..addresses import IPAddress
 from ..credentials import MalformedCredentials, bearer_token, parse_basic_auth
+from ..events import CredentialVerified, Event
 from ..identity import Identity
 from ..robots import Robot
 from ..throttle import Throttle, ThrottleSettings
@@ -171,16 +173,31 @@ class BackendFactory:
         executor: Executor,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        credentials_key: bytes | None = None,
+        share: Callable[[Event], None] | None = None,
     ) -> None:
         self._executor = executor
         self._clock = clock
         self._wall = wall
+        self._share = share
         self._htpasswd_cache: VerifiedCache[bool] = VerifiedCache(
-            CacheSettings.ttl, CacheSettings.size, clock
+            CacheSettings.ttl, CacheSettings.size, clock, credentials_key, self._learned
         )
         self.robot_usage = RobotUsage()
         self._sources: dict[object, KeySource] = {}
         self._verifiers: dict[object, IssuerVerifier] = {}
+
+    def _learned(self, key: Hashable, tag: bytes, seconds: float) -> None:
+        """A password this worker verified: the other workers need not hash it again."""
+        if self._share is not None:
+            self._share(CredentialVerified(str(key), tag.hex(), repr(seconds)))
+
+    def learn(self, event: Event) -> None:
+        """A password another worker verified (a malformed event is ignored)."""
+        if isinstance(event, CredentialVerified):
+            with contextlib.suppress(ValueError):
+                tag, seconds = bytes.fromhex(event.tag), float(event.seconds)
+                self._htpasswd_cache.learn(event.key, tag, seconds, True)
 
     def authenticators(
         self,

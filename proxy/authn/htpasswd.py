@@ -74,7 +74,7 @@ class HtpasswdAuthenticator:
     async def _verify(self, user: str, stored: PasswordHash, secret: bytes) -> bool:
         loop = asyncio.get_running_loop()
         return await self._cache.check(
-            (user, stored.value),
+            f"{user}\0{stored.value}",
             secret,
             lambda: loop.run_in_executor(self._executor, stored.verify, secret),
             keep=bool,

@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.events import BlobGone, Event, LoginFailed, LoginSucceeded, decode, encode
+from proxy.events import (
+    BlobGone,
+    CredentialVerified,
+    Event,
+    LoginFailed,
+    LoginSucceeded,
+    decode,
+    encode,
+)
 
 USERS = ["alice", "", "a:b", "nul\0inside", "é" * 100, "x" * 4096, "bad\udcff-bytes"]
 
@@ -19,9 +27,12 @@ def test_login_events_round_trip(kind: type[LoginFailed | LoginSucceeded], user:
     assert decode(encode(event)) == event
 
 
-def test_blob_gone_round_trips() -> None:
-    event = BlobGone("http://registry:5000/v2/a/b/blobs/sha256:" + "0" * 64)
-    assert decode(encode(event)) == event
+def test_blob_gone_and_credential_verified_round_trip() -> None:
+    for event in (
+        BlobGone("http://registry:5000/v2/a/b/blobs/sha256:" + "0" * 64),
+        CredentialVerified("alice\0$2y$10$" + "x" * 53, "ab" * 32, "300.0"),
+    ):
+        assert decode(encode(event)) == event
 
 
 @pytest.mark.parametrize(
@@ -35,7 +46,9 @@ def test_malformed_events_are_dropped(data: bytes) -> None:
 @given(st.binary(max_size=64))
 def test_decode_never_raises(data: bytes) -> None:
     event = decode(data)
-    assert event is None or isinstance(event, LoginFailed | LoginSucceeded | BlobGone)
+    assert event is None or isinstance(
+        event, LoginFailed | LoginSucceeded | BlobGone | CredentialVerified
+    )
 
 
 @given(st.text(max_size=50), st.text(max_size=50))
