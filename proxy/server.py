@@ -31,7 +31,7 @@ from .addresses import Origin, origin
 from .audit import audit
 from .authn.chain import Authentication, Authenticators, BackendFactory, Denied
 from .authn.robots import FLUSH_INTERVAL, RobotUsage
-from .catalog import fetch_page, filtered, next_link, parse_page
+from .catalog import fetch_page, filtered, next_link, parse_page, sliced
 from .errors import (
     API_VERSION,
     API_VERSION_HEADER,
@@ -77,7 +77,6 @@ class Handler:
         health: Health,
         session: aiohttp.ClientSession,
         catalog_key: bytes,
-        work: Executor,
         upload_key: bytes,
     ) -> None:
         self._state = state
@@ -87,7 +86,6 @@ class Handler:
         self._health = health
         self._session = session
         self._catalog_key = catalog_key
-        self._work = work
         self._gate = Gate()
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -232,13 +230,9 @@ class Handler:
         n, last = page
         rules, default = snapshot.rules, snapshot.config.upstream
 
-        def may_pull(names: list[str]) -> list[bool]:
-            decisions = (decide(rules, who, "pull", name) for name in names)
-            return [d.allowed and (d.upstream or default) == upstream for d in decisions]
-
-        async def allow(names: list[str]) -> list[bool]:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._work, may_pull, names)  # off the loop
+        def may_pull(name: str) -> bool:
+            decision = decide(rules, who, "pull", name)
+            return decision.allowed and (decision.upstream or default) == upstream
 
         timeouts = snapshot.config.timeouts
         headers = {
@@ -249,7 +243,7 @@ class Handler:
         timeout = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.read)
         fetch = functools.partial(fetch_page, self._session, upstream, headers, timeout)
         try:
-            listing = await filtered(fetch, allow, n, last)
+            listing = await filtered(fetch, functools.partial(sliced, may_pull), n, last)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             return error_response(504, "UNAVAILABLE", "upstream registry timed out")
         except (aiohttp.ClientError, ValueError) as exc:
@@ -365,7 +359,7 @@ class Server:
             metrics.enable()
         executor = ThreadPoolExecutor(max(2, os.cpu_count() or 2), "regproxy-hash")
         stack.callback(executor.shutdown, wait=False, cancel_futures=True)
-        work = ThreadPoolExecutor(2, "regproxy-work")  # reloads and catalog filtering
+        work = ThreadPoolExecutor(2, "regproxy-work")  # reloads, robots' last use
         stack.callback(work.shutdown, wait=False, cancel_futures=True)
         store = LocalStore(self._siblings.peers, self._siblings.lock_dir)
         stack.push_async_callback(store.close)
@@ -400,7 +394,6 @@ class Server:
             Health(clock),
             forwarder.session,
             self._siblings.catalog_key,
-            work,
             self.upload_key,
         )
         listener = Listener(sock, lambda: state.current.tls, config.timeouts, room.connections)
