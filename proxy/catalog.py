@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 MAX_PAGES = 10  # upstream pages (of CATALOG_MAX names) read per client request
 SLICE = 50  # names decided between two turns of the event loop
+FILTERING = 2  # catalog pages being filtered at once per worker (the others wait their turn)
 SEALED = "~"  # marks a sealed position in `last` (never the start of a repository name)
 
 Fetch = Callable[[str], Awaitable[tuple[list[str], bool]]]
@@ -67,15 +68,22 @@ async def filtered(fetch: Fetch, allow: Allow, n: int, last: str) -> Listing:
     return Listing(found, cursor)
 
 
-async def sliced(allowed: Callable[[str], bool], names: list[str]) -> list[bool]:
-    """`allowed` for each name, a slice at a time with a turn of the event loop in between:
-    a page of a thousand names, however many rules, never keeps other requests waiting for
-    more than one slice (fair to them, unlike a thread contending for the interpreter)."""
-    answers: list[bool] = []
-    for start in range(0, len(names), SLICE):
-        answers += [allowed(name) for name in names[start : start + SLICE]]
-        await asyncio.sleep(0)
-    return answers
+class Filtering:
+    """Deciding which names a caller may see, without holding up other requests: a slice at a
+    time with a turn of the event loop in between, and at most FILTERING pages at once, so a
+    request waits for a few slices at most, however many pages, names and rules (fair to
+    it, unlike a thread contending for the interpreter lock)."""
+
+    def __init__(self) -> None:
+        self._turns = asyncio.Semaphore(FILTERING)
+
+    async def allowed(self, allowed: Callable[[str], bool], names: list[str]) -> list[bool]:
+        answers: list[bool] = []
+        async with self._turns:
+            for start in range(0, len(names), SLICE):
+                answers += [allowed(name) for name in names[start : start + SLICE]]
+                await asyncio.sleep(0)
+        return answers
 
 
 def _increasing(names: list[str], after: str) -> list[str]:

@@ -31,7 +31,7 @@ from .addresses import Origin, origin
 from .audit import audit
 from .authn.chain import Authentication, Authenticators, BackendFactory, Denied
 from .authn.robots import FLUSH_INTERVAL, RobotUsage
-from .catalog import fetch_page, filtered, next_link, parse_page, sliced
+from .catalog import Filtering, fetch_page, filtered, next_link, parse_page
 from .errors import (
     API_VERSION,
     API_VERSION_HEADER,
@@ -86,6 +86,7 @@ class Handler:
         self._health = health
         self._session = session
         self._catalog_key = catalog_key
+        self._filtering = Filtering()
         self._gate = Gate()
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -243,7 +244,8 @@ class Handler:
         timeout = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.read)
         fetch = functools.partial(fetch_page, self._session, upstream, headers, timeout)
         try:
-            listing = await filtered(fetch, functools.partial(sliced, may_pull), n, last)
+            allow = functools.partial(self._filtering.allowed, may_pull)
+            listing = await filtered(fetch, allow, n, last)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             return error_response(504, "UNAVAILABLE", "upstream registry timed out")
         except (aiohttp.ClientError, ValueError) as exc:
