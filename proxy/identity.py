@@ -10,11 +10,13 @@ from .addresses import IPAddress
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is asking and from where. `user` is None for a request without credentials."""
+    """Who is asking and from where. `user` is None for a request without credentials;
+    `upstream` is the user's own registry when their backend names one (Redis users)."""
 
     user: str | None
     groups: frozenset[str] = frozenset()
     address: IPAddress | None = None
+    upstream: str | None = None
 
     @property
     def anonymous(self) -> bool:

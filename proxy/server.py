@@ -13,12 +13,14 @@ import contextlib
 import functools
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -29,6 +31,7 @@ from .addresses import Origin, origin, peer_address
 from .audit import audit
 from .authn.chain import Authentication, Authenticators, BackendFactory, Denied
 from .catalog import fetch_page, filtered, new_key, next_link, parse_page
+from .config import Config
 from .errors import (
     API_VERSION,
     API_VERSION_HEADER,
@@ -50,9 +53,12 @@ from .policy import authorize, decide
 from .reload import State
 from .routes import Operation, Refusal, body_refusal, classify, without_mount
 from .snapshot import Snapshot
-from .store import LocalStore
+from .store import LocalStore, Store
 from .throttle import Throttle
 from .token_endpoint import token_endpoint
+
+if TYPE_CHECKING:
+    from .authn.redis_users import RedisUsers
 
 log = logging.getLogger("regproxy")
 
@@ -180,7 +186,8 @@ class Handler:
             )
             audit(who, operation, refusal.status)
             return refusal
-        upstream = verdict.decision.upstream or config.upstream
+        # A rule's upstream routes its repositories; a user's own (Redis) replaces the default.
+        upstream = verdict.decision.upstream or who.upstream or config.upstream
         path, _, query = request.raw_path.partition("?")
         if operation.kind == "catalog":
             return await self._catalog(request, query, who, upstream, snapshot, where)
@@ -215,7 +222,7 @@ class Handler:
         if isinstance(page, Refusal):
             return error_response(page.status, page.code, page.message)
         n, last = page
-        rules, default = snapshot.rules, snapshot.config.upstream
+        rules, default = snapshot.rules, who.upstream or snapshot.config.upstream
 
         def may_pull(names: list[str]) -> list[bool]:
             decisions = (decide(rules, who, "pull", name) for name in names)
@@ -265,7 +272,8 @@ class Server:
     """Owns one worker's lifecycle: startup() -> serve until a signal -> shutdown().
 
     `peers`: the other workers of this machine (None when alone); `quiet`: a supervisor
-    reports reloads and lifecycle, this worker only logs them at debug level."""
+    reports reloads and lifecycle, this worker only logs them at debug level; `replica`: the
+    id this machine's workers share in a shared store (random when not given)."""
 
     def __init__(
         self,
@@ -276,8 +284,10 @@ class Server:
         catalog_key: bytes | None = None,
         lock_dir: Path | None = None,
         quiet: bool = False,
+        replica: bytes | None = None,
     ) -> None:
         self._first = snapshot
+        self._replica = replica or secrets.token_hex(8).encode()
         self._lock_dir = lock_dir
         self._config_path = config_path
         self._overrides = dict(overrides)
@@ -324,12 +334,14 @@ class Server:
         stack.callback(executor.shutdown, wait=False, cancel_futures=True)
         work = ThreadPoolExecutor(2, "regproxy-work")  # reloads and catalog filtering
         stack.callback(work.shutdown, wait=False, cancel_futures=True)
-        store = LocalStore(self._peers, self._lock_dir)
-        stack.push_async_callback(store.close)
-        await store.start()
         clock = time.monotonic
+        store, redis_users = self._store(config, clock)
+        stack.push_async_callback(store.close)
+        if redis_users is not None:
+            stack.push_async_callback(redis_users.close)
+        await store.start()
         throttle = Throttle(store.publish)
-        factory = BackendFactory(executor, clock)
+        factory = BackendFactory(executor, clock, redis_users)
 
         def attach(snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
             c = snapshot.config
@@ -344,7 +356,9 @@ class Server:
         )
         stack.callback(state.close)
         await state.start()
-        store.subscribe(lambda event: throttle.apply(event, clock(), state.current.config.throttle))
+        store.subscribe(
+            lambda event, age: throttle.apply(event, clock() - age, state.current.config.throttle)
+        )
         room = capacity(config.limits, raise_open_files_limit())
         forwarder = Forwarder(room.upstream, config.timeouts.keepalive)
         stack.push_async_callback(forwarder.close)
@@ -387,7 +401,7 @@ class Server:
         for chore in chores:  # a supervised worker is told of edits by its supervisor
             stack.callback(asyncio.ensure_future(chore).cancel)
         if config.metrics_listen is not None:
-            await self._start_admin(forwarder)
+            await self._start_admin(forwarder, store)
         self.port = sock.getsockname()[1]
         (log.debug if self._quiet else log.info)(
             "regproxy listening on https://%s -> %s (up to %d connections per worker)",
@@ -396,16 +410,36 @@ class Server:
             room.connections,
         )
 
-    async def _start_admin(self, forwarder: Forwarder) -> None:
+    def _store(self, config: Config, clock: Callable[[], float]) -> tuple[Store, RedisUsers | None]:
+        """The configured store (and, with Redis, the worker's view of the users there)."""
+        local = LocalStore(self._peers, self._lock_dir)
+        if config.state.backend == "local":
+            return local, None
+        from .authn.redis_users import RedisUsers
+        from .redis_store import RedisStore
+
+        def retention() -> float:  # as long as the throttle may still act on a failure
+            throttle = self.state.current.config.throttle if self.state else config.throttle
+            return throttle.window + throttle.max_delay
+
+        store = RedisStore(config.state, local, self._replica, retention, clock)
+        return store, RedisUsers(store.client, store.keys, clock)
+
+    async def _start_admin(self, forwarder: Forwarder, store: Store) -> None:
         """`/metrics`, `/health` and `/live` on their own plain-HTTP listener (keep it on
         loopback or a management network); every worker binds it with SO_REUSEPORT."""
         state = self.state
         assert state is not None
+        shared = state.current.config.state.backend != "local"
 
         async def health(_: web.BaseRequest) -> web.Response:
             current = state.current.config
             ok = await probe(forwarder.session, current.upstream, current.timeouts)
-            body = {"status": "ok" if ok else "upstream unavailable", "upstream": current.upstream}
+            status = "ok" if ok else "upstream unavailable"
+            body = {"status": status, "upstream": current.upstream}
+            if shared:  # Redis away: still ready (local state), but say so
+                body["store"] = "ok" if store.healthy else "degraded"
+                body["status"] = "degraded" if ok and not store.healthy else status
             return web.json_response(body, status=200 if ok else 503)
 
         async def live(_: web.BaseRequest) -> web.Response:

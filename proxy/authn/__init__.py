@@ -24,6 +24,7 @@ class Outcome(enum.Enum):
 class AuthResult:
     outcome: Outcome
     groups: frozenset[str] = frozenset()
+    upstream: str | None = None  # the user's own registry, when the backend keeps one
 
 
 class BackendUnavailable(Exception):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from .. import metrics
 from ..addresses import IPAddress
-from ..credentials import MalformedCredentials, parse_basic_auth
+from ..credentials import MalformedCredentials, PasswordHash, parse_basic_auth
 from ..identity import Identity
 from ..throttle import Throttle, ThrottleSettings
 from . import Authenticator, BackendUnavailable, Outcome, fingerprint
@@ -31,6 +31,7 @@ from .htpasswd import HtpasswdAuthenticator, UserFiles
 
 if TYPE_CHECKING:
     from .ldap_settings import LdapSettings
+    from .redis_users import RedisUsers
 
 log = logging.getLogger("regproxy.authn")
 
@@ -87,7 +88,7 @@ class Authentication:
                 if result.outcome is Outcome.OK:
                     self.throttle.success(user, where)
                     groups = result.groups | setup.users.groups_of(user)
-                    return Identity(user, groups, address)
+                    return Identity(user, groups, address, result.upstream)
                 if result.outcome is Outcome.WRONG_PASSWORD:
                     break
         except BackendUnavailable as exc:
@@ -104,13 +105,21 @@ class Authentication:
 
 class BackendFactory:
     """Builds each snapshot's backends (at reload, in a worker thread). Owns what outlives
-    snapshots: the hashing thread pool and the htpasswd verified-credential cache; an LDAP
-    backend is reused while its settings are unchanged."""
+    snapshots: the hashing thread pool and the verified-credential cache of the backends that
+    keep hashes (htpasswd, Redis); an LDAP backend is reused while its settings are unchanged.
+    `redis_users`: the worker's view of the users in Redis (with `state.backend: redis`)."""
 
-    def __init__(self, executor: Executor, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        clock: Callable[[], float] = time.monotonic,
+        redis_users: RedisUsers | None = None,
+    ) -> None:
         self._executor = executor
         self._clock = clock
-        self._htpasswd_cache: VerifiedCache[bool] = VerifiedCache(
+        self._redis_users = redis_users
+        self._redis_dummy: PasswordHash | None = None
+        self._verified: VerifiedCache[bool] = VerifiedCache(
             CacheSettings.ttl, CacheSettings.size, clock
         )
 
@@ -122,15 +131,27 @@ class BackendFactory:
         cache: CacheSettings,
         previous: tuple[Authenticator, ...] = (),
     ) -> tuple[Authenticator, ...]:
-        self._htpasswd_cache.ttl, self._htpasswd_cache.size = cache.ttl, cache.size
+        self._verified.ttl, self._verified.size = cache.ttl, cache.size
         built: list[Authenticator] = []
         for name in names:
             if name == "htpasswd":
-                built.append(HtpasswdAuthenticator(users, self._htpasswd_cache, self._executor))
+                built.append(HtpasswdAuthenticator(users, self._verified, self._executor))
+            elif name == "redis":
+                built.append(self._redis())
             else:
                 assert ldap is not None  # config.load refuses ldap without settings
                 built.append(self._ldap(ldap, previous))
         return tuple(built)
+
+    def _redis(self) -> Authenticator:
+        from .redis_users import RedisAuthenticator, make_dummy
+
+        assert self._redis_users is not None  # config.load refuses redis without state: redis
+        if self._redis_dummy is None:
+            self._redis_dummy = make_dummy()
+        return RedisAuthenticator(
+            self._redis_users, self._verified, self._executor, self._redis_dummy
+        )
 
     def _ldap(self, settings: LdapSettings, previous: tuple[Authenticator, ...]) -> Authenticator:
         from .ldap import LdapAuthenticator  # imports ldap3: only when configured
