@@ -7,6 +7,7 @@ regproxy check   [-c FILE] [serve's flags]       like `nginx -t`
 regproxy explain [-c FILE] USER ACTION REPOSITORY [--client IP]
 regproxy import  FILE [-o OUT]                   httpd.conf / nginx.conf -> regproxy YAML
 regproxy passwd  FILE USER [--stdin] [--delete] [--verify] [--cost N]
+regproxy passwd  --redis URL | --store [-c FILE]  USER [...] [--groups G] [--upstream URL]
 """
 
 from __future__ import annotations
@@ -62,14 +63,26 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("file", type=Path, help="httpd.conf or nginx.conf written like the recipe")
     convert.add_argument("-o", "--output", type=Path, help="write here (default: stdout)")
 
-    passwd = commands.add_parser("passwd", help="add, change, delete or verify a user")
-    passwd.add_argument("file", type=Path)
-    passwd.add_argument("user")
+    passwd = commands.add_parser(
+        "passwd",
+        help="add, change, delete or verify a user",
+        usage="regproxy passwd [options] FILE USER | --redis URL USER | --store [-c FILE] USER",
+    )
+    passwd.add_argument("names", nargs="+", metavar="FILE USER", help="htpasswd file and user")
     passwd.add_argument("--stdin", action="store_true", help="read the password from stdin")
     mode = passwd.add_mutually_exclusive_group()
     mode.add_argument("--delete", action="store_true")
     mode.add_argument("--verify", action="store_true")
     passwd.add_argument("--cost", type=int, default=10, help="bcrypt cost (default 10)")
+    where = passwd.add_mutually_exclusive_group()
+    where.add_argument("--redis", metavar="URL", help="the user in Redis at URL, not a file")
+    where.add_argument(
+        "--store", action="store_true", help="the user in the Redis of the config's state:"
+    )
+    _add_config_flag(passwd)
+    passwd.add_argument("--key-prefix", default="regproxy:", help="with --redis (regproxy:)")
+    passwd.add_argument("--groups", help="Redis: the user's groups (space separated; '' none)")
+    passwd.add_argument("--upstream", metavar="URL", help="Redis: the user's registry ('' none)")
     return parser
 
 
@@ -195,7 +208,19 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _passwd(args: argparse.Namespace) -> int:
-    path: Path = args.file
+    redis = args.redis is not None or args.store
+    if len(args.names) != (1 if redis else 2):
+        wanted = "USER (with --redis or --store)" if redis else "FILE USER"
+        print(f"regproxy passwd: expected {wanted}", file=sys.stderr)
+        return 2
+    if redis:
+        from .redis_passwd import redis_passwd
+
+        return redis_passwd(args, _config_path(args), _read_password)
+    if args.groups is not None or args.upstream is not None:
+        print("--groups and --upstream are for users in Redis", file=sys.stderr)
+        return 2
+    path, args.user = Path(args.names[0]), args.names[1]
     try:
         text = read_text(path) if path.exists() else ""
     except ConfigError as exc:

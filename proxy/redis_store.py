@@ -129,6 +129,7 @@ class RedisStore:
         self._offset_ms = 0.0  # Redis's clock minus ours
         self._last_id = b"0-0"
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False  # redis-py may turn a cancellation into a ConnectionError
 
     @property
     def healthy(self) -> bool:
@@ -166,6 +167,7 @@ class RedisStore:
         ]
 
     async def close(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -184,6 +186,8 @@ class RedisStore:
         stream `retention()` seconds back."""
         seconds, micros = await self._reader.time()
         now_ms = seconds * 1000 + micros // 1000
+        # Idle connections may be to a Redis that has restarted since: drop them, not a write.
+        await self.client.connection_pool.disconnect(inuse_connections=False)
         self._offset_ms = now_ms - time.time() * 1000
         if self._started_ms is None:
             pairs = await self._reader.zrevrange(
@@ -230,13 +234,15 @@ class RedisStore:
     async def _follow(self) -> None:
         """Follow the stream forever, reconnecting with backoff."""
         attempt = 0
-        while True:
+        while not self._closing:
             try:
                 if not self._healthy:
                     await self._connect()
                     attempt = 0
                 await self._read(block=True)
             except DOWN as exc:
+                if self._closing:
+                    return
                 self._unhealthy(exc)
                 await asyncio.sleep(backoff(attempt, random.random()))
                 attempt += 1
@@ -245,7 +251,7 @@ class RedisStore:
 
     async def _write(self) -> None:
         """Send what was published, in one pipeline per wake-up; keep it while Redis is away."""
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             if not self._healthy or not self._outbox:
@@ -253,12 +259,14 @@ class RedisStore:
             batch, self._outbox = self._outbox, deque()
             try:
                 await self._send(batch)
-            except DOWN as exc:
-                self._unhealthy(exc)
+            except BaseException as exc:  # kept for the next try, or for close()
                 self._outbox.extendleft(reversed(batch))
                 while len(self._outbox) > OUTBOX:
                     self._outbox.popleft()
                     self._dropped += 1
+                if self._closing or not isinstance(exc, DOWN):
+                    raise
+                self._unhealthy(exc)
 
     async def _send(self, batch: Iterable[tuple[Event, float]]) -> None:
         now_ms = self._now_ms()
