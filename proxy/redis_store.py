@@ -117,7 +117,8 @@ class RedisStore:
         self._clock = clock
         self.keys = Keys(settings.key_prefix)
         self.client = connect(settings, password, settings.timeout)
-        self._reader = connect(settings, password, settings.timeout + BLOCK_MS / 1000)
+        # A blocked XREAD answers after BLOCK_MS; a busy loop may take a while to read it.
+        self._reader = connect(settings, password, BLOCK_MS / 1000 + max(2.0, settings.timeout))
         self._release = self.client.register_script(RELEASE)
         self._subscribers: list[Subscriber] = []
         self._outbox: deque[tuple[Event, float]] = deque()
