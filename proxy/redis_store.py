@@ -124,6 +124,8 @@ class RedisStore:
         self._outbox: deque[tuple[Event, float]] = deque()
         self._dropped = 0
         self._wake = asyncio.Event()
+        self._written = asyncio.Event()  # set while everything published has been sent
+        self._written.set()
         self._healthy = False
         self._outage_logged = False
         self._started_ms: int | None = None  # Redis's clock when this process first connected
@@ -138,6 +140,7 @@ class RedisStore:
 
     def publish(self, event: Event) -> None:
         self._local.publish(event)
+        self._written.clear()
         self._outbox.append((event, self._clock()))
         if len(self._outbox) > OUTBOX:
             self._outbox.popleft()
@@ -150,6 +153,13 @@ class RedisStore:
 
     def sync(self) -> None:
         self._local.sync()  # what arrives from Redis is applied as it arrives
+
+    async def flush(self) -> None:
+        if not self._healthy or self._written.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._settings.timeout):
+                await self._written.wait()
 
     async def start(self) -> None:
         """Connect and replay the history, for at most a few seconds: a replica starts even
@@ -268,6 +278,9 @@ class RedisStore:
                 if self._closing or not isinstance(exc, DOWN):
                     raise
                 self._unhealthy(exc)
+                continue
+            if not self._outbox:
+                self._written.set()
 
     async def _send(self, batch: Iterable[tuple[Event, float]]) -> None:
         now_ms = self._now_ms()

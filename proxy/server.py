@@ -364,7 +364,7 @@ class Server:
         stack.push_async_callback(forwarder.close)
         handler = Handler(
             state,
-            Authentication(throttle, clock),
+            Authentication(throttle, clock, store.flush),
             CachingForwarder(forwarder, store, clock),
             Health(clock),
             forwarder.session,

@@ -73,6 +73,13 @@ class Store(Protocol):
         """Call `subscriber` with every event another process published."""
         ...
 
+    async def flush(self) -> None:
+        """Wait until what this process published has reached the others (at most a command's
+        timeout; at once while they cannot be reached). Called where the answer must not
+        overtake the news: a failed login's 401, so a client's next guess, sent to any
+        replica, finds it counted there."""
+        ...
+
     @property
     def healthy(self) -> bool:
         """False while a shared backend cannot be reached: the store then works for this
@@ -177,6 +184,9 @@ class LocalStore:
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
+
+    async def flush(self) -> None:
+        """The mesh's datagrams are in the others' inboxes once sent."""
 
     def sync(self) -> None:
         self.deliver()

@@ -306,3 +306,16 @@ async def test_a_replica_starts_while_redis_is_away_and_catches_up(
     assert not late.store.healthy and not locked(late, "judy", "192.0.2.4")
     own_redis.start()
     await until(lambda: locked(late, "judy", "192.0.2.4"))
+
+
+async def test_flush_returns_once_the_news_is_in_redis(
+    replicas: ReplicaFactory, shared_redis: RedisServer
+) -> None:
+    """What a failed login's 401 waits for: the failure is in the stream when it returns."""
+    a = await replicas()
+    keys, client = Keys(a.store.keys.prefix), shared_redis.client()
+    await a.store.flush()  # nothing published: returns at once
+    for n in range(1, 4):
+        fail(a, "kim", "192.0.2.5")
+        await a.store.flush()
+        assert client.xlen(keys.events) == n

@@ -15,7 +15,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -56,11 +56,18 @@ class Authenticators:
 
 
 class Authentication:
-    """Turns an Authorization header into an Identity, or a Denied answer."""
+    """Turns an Authorization header into an Identity, or a Denied answer. `flush`: waits
+    until a failure has reached the other processes (`Store.flush`), before the 401."""
 
-    def __init__(self, throttle: Throttle, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        throttle: Throttle,
+        clock: Callable[[], float] = time.monotonic,
+        flush: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.throttle = throttle
         self._clock = clock
+        self._flush = flush
         self._key = secrets.token_bytes(32)  # tells attempts apart without keeping passwords
 
     async def identify(
@@ -98,6 +105,8 @@ class Authentication:
         finally:
             self.throttle.finished(user, where, attempt)
         self.throttle.failure(user, where, self._clock(), setup.throttle)
+        if self._flush is not None:
+            await self._flush()
         metrics.RECORD.auth_failure("invalid")
         log.info("authentication failed for %r from %s", user, where)
         return Denied(401, "invalid username or password")
