@@ -423,7 +423,7 @@ class Server:
             return throttle.window + throttle.max_delay
 
         store = RedisStore(config.state, local, self._replica, retention, clock)
-        return store, RedisUsers(store.client, store.keys, clock)
+        return store, RedisUsers(store.client, store.keys, clock, lambda: store.healthy)
 
     async def _start_admin(self, forwarder: Forwarder, store: Store) -> None:
         """`/metrics`, `/health` and `/live` on their own plain-HTTP listener (keep it on

@@ -8,10 +8,11 @@ user's own registry). Writers INCR `PREFIX users:version` after a change.
 No round trip on the hot path: each worker keeps the records it has read (`RedisUsers`) and
 forgets them all when `users:version` changes, which it polls every POLL seconds; a password is
 checked once and remembered in the shared verified-credential cache under (user, stored hash).
-A change therefore takes effect within a second on every replica. If Redis has not answered
-a poll for FRESH seconds the records cannot be trusted to be current, so every Redis user is
-refused with 503 (BackendUnavailable) until it answers again: never an allow, never a
-fall-through to another backend. Unknown users cost a bcrypt of the cost `passwd` writes.
+A change therefore takes effect within a second on every replica. While the store has lost
+Redis, or Redis has not answered a poll for FRESH seconds, the records cannot be trusted to be
+current, so every Redis user is refused with 503 (BackendUnavailable) until it answers again:
+never an allow, never a fall-through to another backend. Unknown users cost a bcrypt of the
+cost `passwd` writes.
 """
 
 from __future__ import annotations
@@ -84,11 +85,16 @@ class RedisUsers:
     `users:version` changes. Outlives configuration snapshots."""
 
     def __init__(
-        self, client: Redis, keys: Keys, clock: Callable[[], float] = time.monotonic
+        self,
+        client: Redis,
+        keys: Keys,
+        clock: Callable[[], float] = time.monotonic,
+        reachable: Callable[[], bool] = lambda: True,
     ) -> None:
         self._client = client
         self._keys = keys
         self._clock = clock
+        self._reachable = reachable  # the store's word: a lost connection is known at once
         self._records: OrderedDict[str, UserRecord | None] = OrderedDict()
         self._generation = 0  # bumped whenever the records are forgotten
         self._version: bytes | None = None
@@ -100,8 +106,8 @@ class RedisUsers:
     async def record(self, user: str) -> UserRecord | None:
         """The user's record (None: no such user); BackendUnavailable while Redis is away."""
         await self._started()
-        if self._clock() >= self._fresh_until:
-            raise BackendUnavailable("Redis has not answered for a second: cannot check users")
+        if self._clock() >= self._fresh_until or not self._reachable():
+            raise BackendUnavailable("Redis is unreachable: cannot check users kept there")
         if user in self._records:
             self._records.move_to_end(user)
             return self._records[user]
