@@ -38,7 +38,7 @@ test:
 # for a one-minute run. nginx and apache2 install to /usr/sbin, which is not always on PATH.
 bench: $(STAMP)
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh nginx apache2 apache2-utils:htpasswd \
-		docker-registry skopeo wrk curl openssl
+		docker-registry skopeo wrk curl openssl redis-server haproxy
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
 	$(PY) bench/run.py $(BENCH_ARGS)
 

@@ -1197,6 +1197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets = start_targets(workdir, fixtures, args.workers, args.cache_ttl, processes)
         bench = Bench(plan, targets, fixtures, workdir)
         bench.run()
+        import replicas  # bench/replicas.py (this directory is on sys.path): its own report
+
+        registry = f"127.0.0.1:{targets[DIRECT].port}"
+        replica_text = replicas.run_case(
+            sys.modules[__name__], workdir, fixtures, registry, processes, args.quick
+        )
     finally:
         log("stopping what was started")
         processes.stop_all()
@@ -1204,7 +1210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report(
         plan, args.workers, args.cache_ttl, targets, fixtures, bench.results, started, load_before
     )
-    print(text, end="")
+    print(text + "\n" + replica_text, end="")
     log(f"wrote {RESULTS}/latest.md, .json and .png in {time.monotonic() - started:.0f}s")
     return 0
 
