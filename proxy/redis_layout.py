@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from .events import Event, decode, encode
+from .store import StateSettings
 
 KNOWN_GOOD_KEPT = 50_000  # pairs kept in Redis (about 60 bytes each), as many as a throttle
 READ_BATCH = 1000  # stream entries per XREAD
@@ -124,35 +124,26 @@ def parse_redis_url(value: object) -> str:
     return text
 
 
-def client_options(
-    url: str,
-    password: str | None,
-    username: str | None,
-    ca_file: Path | None,
-    cert_file: Path | None,
-    key_file: Path | None,
-    timeout: float,
-    connect_timeout: float,
-) -> dict[str, Any]:
-    """Keyword arguments for redis-py's `from_url`: bounded timeouts, no retries of its own
-    (the store reconnects with its own backoff; a request never waits through retries),
-    TLS verified whenever the URL says rediss."""
+def client_options(settings: StateSettings, password: str | None, timeout: float) -> dict[str, Any]:
+    """Keyword arguments for redis-py's `from_url` (sync or asyncio): bounded timeouts, no
+    retries of its own (the store reconnects with its own backoff; a request never waits
+    through retries), TLS verified whenever the URL says rediss."""
     options: dict[str, Any] = {
         "socket_timeout": timeout,
-        "socket_connect_timeout": connect_timeout,
+        "socket_connect_timeout": settings.connect_timeout,
         "health_check_interval": 0,
     }
     if password is not None:
         options["password"] = password
-    if username is not None:
-        options["username"] = username
-    if url.startswith("rediss://"):
+    if settings.username is not None:
+        options["username"] = settings.username
+    if (settings.url or "").startswith("rediss://"):
         options["ssl_cert_reqs"] = "required"
         options["ssl_check_hostname"] = True
         for name, path in (
-            ("ssl_ca_certs", ca_file),
-            ("ssl_certfile", cert_file),
-            ("ssl_keyfile", key_file),
+            ("ssl_ca_certs", settings.ca_file),
+            ("ssl_certfile", settings.cert_file),
+            ("ssl_keyfile", settings.key_file),
         ):
             if path is not None:
                 options[name] = str(path)

@@ -86,16 +86,7 @@ def redis_passwd(
 
 def _client(settings: StateSettings, password: str | None) -> redis.Redis:
     assert settings.url is not None
-    options = client_options(
-        settings.url,
-        password,
-        settings.username,
-        settings.ca_file,
-        settings.cert_file,
-        settings.key_file,
-        settings.timeout,
-        settings.connect_timeout,
-    )
+    options = client_options(settings, password, settings.timeout)
     return redis.Redis.from_url(settings.url, **options)
 
 

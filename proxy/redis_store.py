@@ -78,16 +78,7 @@ def redis_password(settings: StateSettings) -> str | None:
 def connect(settings: StateSettings, password: str | None, timeout: float) -> Redis:
     """A client (its own connection pool; nothing is connected until first used)."""
     assert settings.url is not None  # config.load refuses backend redis without a url
-    options = client_options(
-        settings.url,
-        password,
-        settings.username,
-        settings.ca_file,
-        settings.cert_file,
-        settings.key_file,
-        timeout,
-        settings.connect_timeout,
-    )
+    options = client_options(settings, password, timeout)
     return Redis.from_url(settings.url, retry=Retry(NoBackoff(), 0), **options)
 
 

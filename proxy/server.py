@@ -340,6 +340,7 @@ class Server:
         if redis_users is not None:
             stack.push_async_callback(redis_users.close)
         await store.start()
+        metrics.RECORD.store_up(store.healthy)  # a local store is never away
         throttle = Throttle(store.publish)
         factory = BackendFactory(executor, clock, redis_users)
 

@@ -17,10 +17,11 @@ import redis
 START_TIMEOUT = 20.0
 
 
-def redis_server_binary() -> str:
-    found = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/sbin")
+def debian_binary(name: str) -> str:
+    """A server's path (Debian puts some in /usr/sbin, not always on PATH)."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if found is None:
-        raise RuntimeError("redis-server not found: `make test` installs it (Debian redis-server)")
+        raise RuntimeError(f"{name} not found: `make test` installs it (Debian's {name})")
     return found
 
 
@@ -47,7 +48,7 @@ class RedisServer:
 
     def start(self) -> None:
         argv = [
-            redis_server_binary(),
+            debian_binary("redis-server"),
             "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
             "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),

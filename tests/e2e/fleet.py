@@ -9,7 +9,6 @@ import contextlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -21,16 +20,9 @@ from pathlib import Path
 from proxy.credentials import basic_header
 from tests.e2e.conftest import RegproxyProcess, start_regproxy
 from tests.e2e.harness import Registry, TlsFiles, free_port
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, debian_binary
 
 START_TIMEOUT = 20.0
-
-
-def haproxy_binary() -> str:
-    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
-    if found is None:
-        raise RuntimeError("haproxy not found: `make test` installs it (Debian haproxy)")
-    return found
 
 
 def haproxy_config(port: int, backends: list[int]) -> str:
@@ -60,7 +52,7 @@ class HAProxy:
         self.log = directory / "haproxy.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [haproxy_binary(), "-db", "-f", str(config)],
+                [debian_binary("haproxy"), "-db", "-f", str(config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip

@@ -129,15 +129,17 @@ def test_bad_redis_urls(url: str, message: str) -> None:
 
 
 def test_client_options_never_retry_by_themselves_and_verify_tls() -> None:
-    plain = client_options("redis://h", None, None, None, None, None, 0.5, 1.0)
+    plain = client_options(StateSettings("redis", "redis://h"), None, 0.5)
     assert plain == {
         "socket_timeout": 0.5,
         "socket_connect_timeout": 1.0,
         "health_check_interval": 0,
     }
-    tls = client_options(
-        "rediss://h", "pw", "user", Path("ca.pem"), Path("c.crt"), Path("c.key"), 0.5, 1.0
-    )
+    settings = StateSettings(
+        "redis", "rediss://h", username="user", ca_file=Path("ca.pem"),
+        cert_file=Path("c.crt"), key_file=Path("c.key"),
+    )  # fmt: skip
+    tls = client_options(settings, "pw", 0.5)
     assert tls["ssl_cert_reqs"] == "required" and tls["ssl_check_hostname"] is True
     assert (tls["ssl_ca_certs"], tls["ssl_certfile"], tls["ssl_keyfile"]) == (
         "ca.pem",
