@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import os
-import secrets
 import signal
 import socket
 import time
@@ -272,8 +272,7 @@ class Server:
     """Owns one worker's lifecycle: startup() -> serve until a signal -> shutdown().
 
     `peers`: the other workers of this machine (None when alone); `quiet`: a supervisor
-    reports reloads and lifecycle, this worker only logs them at debug level; `replica`: the
-    id this machine's workers share in a shared store (random when not given)."""
+    reports reloads and lifecycle, this worker only logs them at debug level."""
 
     def __init__(
         self,
@@ -284,15 +283,16 @@ class Server:
         catalog_key: bytes | None = None,
         lock_dir: Path | None = None,
         quiet: bool = False,
-        replica: bytes | None = None,
     ) -> None:
         self._first = snapshot
-        self._replica = replica or secrets.token_hex(8).encode()
         self._lock_dir = lock_dir
         self._config_path = config_path
         self._overrides = dict(overrides)
         self._peers = peers
         self._catalog_key = catalog_key or new_key()
+        # This machine's id in a shared store: random per start, the same in every worker
+        # (they share the catalog key), so they skip each other's events there.
+        self._replica = hashlib.blake2b(b"replica", key=self._catalog_key, digest_size=8)
         self._quiet = quiet
         self.state: State | None = None
         self.port: int | None = None
@@ -423,7 +423,8 @@ class Server:
             throttle = self.state.current.config.throttle if self.state else config.throttle
             return throttle.window + throttle.max_delay
 
-        store = RedisStore(config.state, local, self._replica, retention, clock)
+        origin = self._replica.hexdigest().encode()
+        store = RedisStore(config.state, local, origin, retention, clock)
         return store, RedisUsers(store.client, store.keys, clock, lambda: store.healthy)
 
     async def _start_admin(self, forwarder: Forwarder, store: Store) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -78,13 +77,12 @@ def run_worker(
     catalog_key: bytes | None = None,
     lock_dir: Path | None = None,
     quiet: bool = False,
-    replica: bytes | None = None,
 ) -> int:
     import uvloop
 
     from .server import Server
 
-    server = Server(snapshot, config_path, overrides, peers, catalog_key, lock_dir, quiet, replica)
+    server = Server(snapshot, config_path, overrides, peers, catalog_key, lock_dir, quiet)
     uvloop.run(server.serve(sock))
     return 0
 
@@ -101,8 +99,6 @@ class Supervisor:
     signals: list[int] = field(default_factory=list)
     stopping: bool = False
     lock_dir: Path | None = None  # the workers' shared lock files (proxy.store)
-    # This machine's id in a shared store: its workers skip each other's events there.
-    replica: bytes = field(default_factory=lambda: secrets.token_hex(8).encode())
 
     def run(self) -> int:
         workers = self.snapshot.config.workers
@@ -154,7 +150,6 @@ class Supervisor:
                     catalog_key,
                     self.lock_dir,
                     quiet=True,
-                    replica=self.replica,
                 )
             finally:
                 os._exit(code)  # never return into the parent's code
