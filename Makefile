@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_PACKAGES := docker-registry podman skopeo buildah docker.io:dockerd apache2-utils:htpasswd openssl slapd:slapd ldap-utils:ldapadd \
-                 redis-server:redis-server haproxy:haproxy \
+                 docker-compose redis-server:redis-server haproxy:haproxy \
                  python3-venv:python3-venv
 
 .PHONY: run test venv lint typecheck clean bench fuzz soak conformance
@@ -23,8 +23,8 @@ run: $(STAMP)
 	$(PY) scripts/run.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check proxy tests scripts
-	$(PY) -m ruff format --check proxy tests scripts
+	$(PY) -m ruff check proxy tests scripts compose bench
+	$(PY) -m ruff format --check proxy tests scripts compose bench
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
@@ -34,13 +34,17 @@ test:
 	$(MAKE) --no-print-directory lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# regproxy side by side with the registry, nginx and Apache (bench/README.md). BENCH_ARGS=--quick
-# for a one-minute run. nginx and apache2 install to /usr/sbin, which is not always on PATH.
+# regproxy side by side with the registry, nginx and Apache, storms included, then the scale
+# curves (bench/README.md). BENCH_ARGS=--quick for a run of about two minutes (SCALE_ARGS takes
+# the scale curves' own flags). nginx and apache2 install to /usr/sbin, not always on PATH.
+SCALE_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 bench: $(STAMP)
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh nginx apache2 apache2-utils:htpasswd \
 		docker-registry skopeo wrk curl openssl redis-server haproxy
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
+	test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy   # for bench/run.py --profile
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/scale.py $(SCALE_ARGS)
 
 # The OCI distribution-spec conformance suite (v1.1.1) against a fresh registry directly, through
 # regproxy with the default policy and through regproxy with a per-user namespace ACL; fails when
@@ -54,7 +58,7 @@ conformance: $(STAMP)
 # errors, RSS and open fds reported (bench/results/soak.json). SOAK_ARGS="--minutes 10".
 soak: $(STAMP)
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh docker-registry skopeo apache2-utils:htpasswd
-	$(PY) scripts/soak.py $(SOAK_ARGS)
+	$(PY) -m scripts.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

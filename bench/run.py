@@ -37,12 +37,14 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
-from contextlib import suppress
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import storm as storm_module  # bench/storm.py: this directory is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "bench" / "templates"
@@ -59,6 +61,8 @@ SETTLE_WINDOW, SETTLE_TIMEOUT = 0.1, 15.0  # seconds: idle check after each rate
 PULLER, PULLER_10, PUSHER = "reader", "reader10", "writer"
 USER_COST = {PULLER: 5, PUSHER: 5, PULLER_10: 10}
 PUSH_GROUP = "pusher"
+STORM_COST = 10  # bcrypt cost of every storm user
+STORM_REPO = "storm/pull"  # the image every pull storm pulls, seeded once (direct)
 
 DIRECT, LIMIT = "direct", "limit"
 TARGETS = {
@@ -93,33 +97,58 @@ class Plan:
     sweep: tuple[int, ...]  # connections of the growth sweep, besides main_concurrency
     parallel_downloads: tuple[int, ...]  # concurrent GETs of the blob (1 is the GET case)
     note: str  # what this plan leaves out, said in the report
+    storm: StormPlan
     main_concurrency: int = 64
 
+
+@dataclass(frozen=True)
+class StormPlan:
+    """The storms: clients at once, each a different user with a bcrypt cost-10 hash."""
+
+    pull_clients: tuple[int, ...]  # one pull storm per entry
+    pull_layers_mb: tuple[float, ...]  # the pulled image's layers (10^6 bytes)
+    push_clients: int
+    push_layers_kib: tuple[int, ...]  # each pushed image's layers
+    timeout: float  # seconds a storm may take; clients still running then count as errors
+
+
+FULL_STORM = StormPlan(
+    pull_clients=(1, 8, 32, 64), pull_layers_mb=(1, 2, 3, 5, 8, 10, 15, 20),
+    push_clients=16, push_layers_kib=(16, 32, 64, 128, 192, 256, 384, 512), timeout=300,
+)  # fmt: skip
 
 PLANS = {
     "full": Plan(
         name="full", rate_rounds=2, rate_seconds=1, blob_mib=256, get_runs=3, push_runs=2,
         sweep=(1, 8, 256),
-        parallel_downloads=(4, 16), note="",
+        parallel_downloads=(4, 16), note="", storm=FULL_STORM,
     ),
     # wrk runs whole seconds, so a minute leaves no room for the sweep's 18 extra runs; fewer
-    # connections leave less bcrypt behind to wait for after each cost-10 run.
+    # connections leave less bcrypt behind to wait for after each cost-10 run. A storm costs
+    # nginx and Apache a cost-10 bcrypt per request: the quick storms are small.
     "quick": Plan(
         name="quick", rate_rounds=1, rate_seconds=1, blob_mib=16, get_runs=2, push_runs=1,
         sweep=(),
         parallel_downloads=(4, 16), main_concurrency=16,
+        storm=replace(FULL_STORM, pull_clients=(8,), push_clients=4, timeout=120,
+                      pull_layers_mb=tuple(mb / 8 for mb in FULL_STORM.pull_layers_mb)),
         note="Quick run: 16 connections instead of 64, a 16 MiB blob instead of 256 MiB, "
-        "1 push per target, no sweep over connections.",
+        "1 push per target, no sweep over connections; storms of 8 pulls of an 8 MB image "
+        "and 4 pushes.",
     ),
 }  # fmt: skip
+SECTIONS = ("rate", "get", "push", "storm", "replicas")  # --only picks some
 
 
 # --- processes -------------------------------------------------------------------------------
 
 
 def tool(name: str) -> str:
-    """A command's path; Debian puts nginx and apache2 in /usr/sbin, not always on PATH."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    """A command's path; Debian puts nginx and apache2 in /usr/sbin, not always on PATH, and
+    py-spy is in the virtualenv beside this Python."""
+    path = shutil.which(name) or shutil.which(
+        name, path=f"/usr/sbin:/sbin:{Path(sys.executable).parent}"
+    )
     if path is None:
         raise SystemExit(f"{name} not found: run `make bench`, which installs it")
     return path
@@ -237,19 +266,24 @@ class Processes:
 
     def stop_all(self) -> None:
         while self._started:
-            name, process = self._started.pop()
-            if process.poll() is not None:
-                continue
-            tree = list(process_tree(process.pid))
-            process.send_signal(signal.SIGTERM)  # each server stops its own workers
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                log(f"{name} (pid {process.pid}) ignored SIGTERM: killing pids {tree}")
-                for pid in tree:
-                    with suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                process.wait()
+            self.stop(self._started[-1][1])
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGTERM (each server stops its own workers); SIGKILL to its tree after 15 s."""
+        name = next(n for n, p in self._started if p is process)
+        self._started.remove((name, process))
+        if process.poll() is not None:
+            return
+        tree = list(process_tree(process.pid))
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            log(f"{name} (pid {process.pid}) ignored SIGTERM: killing pids {tree}")
+            for pid in tree:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.wait()
 
 
 def free_port() -> int:
@@ -304,6 +338,7 @@ class Fixtures:
     pushers_htpasswd: Path  # the pushers' lines only, for nginx's limit_except
     groups: Path
     passwords: dict[str, str]
+    storm_users: dict[str, list[str]]  # storm case -> its users, one per client
     layout: Path  # OCI layout with one single-layer image, tag "bench"
     layer_digest: str
     layer_size: int
@@ -323,8 +358,19 @@ def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
     return cert, key, cert_dir
 
 
-def make_users(directory: Path) -> tuple[Path, Path, Path, dict[str, str]]:
-    """htpasswd -B with the recipe's split: pullers, and pushers in group "pusher"."""
+def storm_users(storm: StormPlan) -> dict[str, list[str]]:
+    """The users of each storm case: a fresh set per case, so every storm starts with cold
+    credential caches (each target is a separate process with its own)."""
+    cases = {f"pull-{n}": n for n in storm.pull_clients} | {f"push-{storm.push_clients}":
+                                                           storm.push_clients}  # fmt: skip
+    return {case: [f"{case}-{i:02d}" for i in range(n)] for case, n in cases.items()}
+
+
+def make_users(
+    directory: Path, storm: StormPlan
+) -> tuple[Path, Path, Path, dict[str, str], dict[str, list[str]]]:
+    """htpasswd -B with the recipe's split: pullers, and pushers in group "pusher"; then the
+    storms' users, every one at bcrypt cost 10, the push storm's in group "pusher" too."""
     htpasswd, pushers, groups = (directory / n for n in ("htpasswd", "pushers.htpasswd", "groups"))
     passwords = {user: secrets.token_urlsafe(12) for user in USER_COST}
     for user, cost in USER_COST.items():
@@ -333,12 +379,19 @@ def make_users(directory: Path) -> tuple[Path, Path, Path, dict[str, str]]:
             [tool("htpasswd"), *create, "-i", "-B", "-C", str(cost), str(htpasswd), user],
             input=passwords[user].encode(), check=True, capture_output=True,
         )  # fmt: skip
+    by_case = storm_users(storm)
+    crowd = {user: secrets.token_urlsafe(12) for users in by_case.values() for user in users}
+    passwords |= crowd
+    with open(htpasswd, "a") as out:
+        out.writelines(storm_module.htpasswd_lines(crowd, STORM_COST))
+    pushing = [PUSHER] + [u for case, users in by_case.items() if case.startswith("push")
+                          for u in users]  # fmt: skip
     lines = htpasswd.read_text().splitlines(keepends=True)
-    pushers.write_text("".join(line for line in lines if line.startswith(f"{PUSHER}:")))
-    groups.write_text(f"{PUSH_GROUP}: {PUSHER}\n")
+    pushers.write_text("".join(line for line in lines if line.split(":")[0] in pushing))
+    groups.write_text(f"{PUSH_GROUP}: {' '.join(pushing)}\n")
     for path in (htpasswd, pushers, groups):
         path.chmod(0o644)  # nginx and Apache workers run as nobody/daemon when we are root
-    return htpasswd, pushers, groups, passwords
+    return htpasswd, pushers, groups, passwords, by_case
 
 
 def write_blob(blobs: Path, data: bytes) -> str:
@@ -422,14 +475,16 @@ def make_image(layout: Path, size: int) -> tuple[str, int]:
 
 
 def make_fixtures(directory: Path, plan: Plan) -> Fixtures:
-    log(f"making the certificate, users (bcrypt cost 5 and 10) and a {plan.blob_mib} MiB image")
+    log(f"making the certificate, users (bcrypt cost 5 and 10; the storms' at cost 10) "
+        f"and a {plan.blob_mib} MiB image")  # fmt: skip
     cert, key, cert_dir = make_certificate(directory)
-    htpasswd, pushers, groups, passwords = make_users(directory)
+    htpasswd, pushers, groups, passwords, by_case = make_users(directory, plan.storm)
     layout = directory / "image"
     layer_digest, layer_size = make_image(layout, plan.blob_mib * MIB)
     return Fixtures(
-        cert, key, cert_dir, htpasswd, pushers, groups, passwords, layout, layer_digest, layer_size
-    )
+        cert, key, cert_dir, htpasswd, pushers, groups, passwords, by_case, layout, layer_digest,
+        layer_size,
+    )  # fmt: skip
 
 
 # --- targets ---------------------------------------------------------------------------------
@@ -528,7 +583,7 @@ class Client:
     def __init__(self, target: Target, fixtures: Fixtures) -> None:
         self.target = target
         self._fixtures = fixtures
-        self._context = ssl.create_default_context(cafile=str(fixtures.cert))
+        self.context = ssl.create_default_context(cafile=str(fixtures.cert))
 
     def authorization(self, user: str | None) -> str | None:
         if user is None:
@@ -539,7 +594,7 @@ class Client:
     def connect(self) -> http.client.HTTPConnection:
         if self.target.tls:
             return http.client.HTTPSConnection(
-                "127.0.0.1", self.target.port, context=self._context, timeout=60
+                "127.0.0.1", self.target.port, context=self.context, timeout=60
             )
         return http.client.HTTPConnection("127.0.0.1", self.target.port, timeout=60)
 
@@ -582,10 +637,13 @@ class Load:
     failed: int  # requests without an answer: connect, read or write errors, timeouts
 
 
-def wrk(url: str, method: str, authorization: str | None, connections: int, seconds: int) -> Load:
+def wrk(
+    url: str, method: str, authorization: str | None, connections: int, seconds: int,
+    accept: str | None = None,
+) -> Load:  # fmt: skip
     argv = [tool("wrk"), "-t", "1", "-c", str(connections), "-d", f"{seconds}s",
             "--timeout", "30s", "-s", str(TEMPLATES / "wrk-report.lua"), url,
-            "--", method, authorization or "-"]  # fmt: skip
+            "--", method, authorization or "-", *([accept] if accept else [])]  # fmt: skip
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     report = json.loads(out.strip().splitlines()[-1])
     return Load(
@@ -650,6 +708,8 @@ class Result:
     metrics: dict[str, float]
     usage: Usage
     note: str = ""
+    errors: dict[str, int] = field(default_factory=dict)  # storms: what stopped clients
+    first_errors: tuple[str, ...] = ()  # storms: the first few, request by request
 
 
 def sampled(target: Target) -> UsageSampler:
@@ -661,16 +721,45 @@ class Bench:
     """Runs the cases, interleaved over the targets, and collects `Result`s."""
 
     def __init__(
-        self, plan: Plan, targets: dict[str, Target], fixtures: Fixtures, workdir: Path
-    ) -> None:
+        self, plan: Plan, targets: dict[str, Target], fixtures: Fixtures, workdir: Path,
+        profiles: Path | None = None,
+    ) -> None:  # fmt: skip
         self.plan = plan
         self.targets = targets
         self.fixtures = fixtures
         self.workdir = workdir
+        self.profiles = profiles  # --profile: py-spy flame graphs of regproxy go here
         self.clients = {name: Client(target, fixtures) for name, target in targets.items()}
         self.blob_path = f"/v2/bench/seed/blobs/{fixtures.layer_digest}"
         self.results: list[Result] = []
         self._rotation = 0
+
+    @contextmanager
+    def measured(self, name: str, case: str) -> Iterator[Usage]:
+        """The target's usage while the block runs; with --profile, regproxy's stacks too."""
+        with sampled(self.targets[name]) as usage, self.profiled(name, case):
+            yield usage
+
+    @contextmanager
+    def profiled(self, name: str, case: str) -> Iterator[None]:
+        """py-spy over regproxy and its workers, written as an SVG flame graph when stopped."""
+        if self.profiles is None or name != "regproxy":
+            yield
+            return
+        self.profiles.mkdir(parents=True, exist_ok=True)
+        number = len(list(self.profiles.glob(f"{case}-*.svg"))) + 1
+        output = self.profiles / f"{case}-{number}.svg"
+        spy = subprocess.Popen(
+            [tool("py-spy"), "record", "--pid", str(self.targets[name].process.pid),
+             "--subprocesses", "--nonblocking", "--rate", "100", "--output", str(output)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(0.5)  # attached before the case starts
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)  # py-spy writes the graph when interrupted
+            spy.wait(timeout=60)
 
     def rotated(self, names: Sequence[str]) -> list[str]:
         """`names` in a different order on each call, so no target is always first or last."""
@@ -750,7 +839,7 @@ class Bench:
                 client = self.clients[name]
                 url = client.target.url + (self.blob_path if case.blob else "/v2/")
                 auth = client.authorization(case.user)
-                with sampled(client.target) as usage:
+                with self.measured(name, case.key) as usage:
                     if case.method == "HEAD":
                         load = ab(url, auth, case.concurrency, seconds)
                     else:
@@ -857,15 +946,117 @@ class Bench:
                        "cpu_s_per_push": usages[name].cpu_seconds / len(runs)}  # fmt: skip
             self.results.append(Result("push", name, metrics, usages[name]))
 
-    def run(self) -> None:
+    # --- storms: many clients at once, each its own user (bench/storm.py) --------------------
+
+    def storm(
+        self, name: str, users: Sequence[str], work: storm_module.Work
+    ) -> storm_module.Outcome:
+        """One storm against one target: a client per user, all at once."""
+        target = self.targets[name]
+        credentials = [(user, self.fixtures.passwords[user]) for user in users]
+        context = self.clients[name].context if target.tls else None
+        return storm_module.run_storm(
+            target.url, credentials, context, work, self.plan.storm.timeout
+        )
+
+    def run_storms(self) -> None:
+        plan = self.plan.storm
+        block = storm_module.random_block(max(round(mb * MB) for mb in plan.pull_layers_mb))
+        image = storm_module.make_image([round(mb * MB) for mb in plan.pull_layers_mb], block)
+        log(f"storms: seeding an image of {len(image.layers)} layers, {image.size / MB:.0f} MB "
+            f"in all (direct)")  # fmt: skip
+        self.expect_storm(DIRECT, [PUSHER], storm_module.pushes([(STORM_REPO, image)]))
+        small = storm_module.make_image([MIB // 4] * 2, block)
+        for name in self.targets:  # the protocol works through each, bytes checked (untimed)
+            self.expect_storm(name, [PULLER], storm_module.pulls(STORM_REPO, verify=True))
+            self.expect_storm(name, [PUSHER], storm_module.pushes([(f"storm/check-{name}", small)]))
+        pulls = storm_module.pulls(STORM_REPO)
+        for clients in plan.pull_clients:
+            self.run_storm(f"pull-{clients}", f"pull storm, {clients} clients", lambda _: pulls)
+        sizes = [kib * 1024 for kib in plan.push_layers_kib]
+
+        def pushes(name: str) -> storm_module.Work:
+            """Distinct images for each target: none of their blobs is in the registry yet."""
+            return storm_module.pushes(
+                [(f"storm/{name}-{i:02d}", storm_module.make_image(sizes, block))
+                 for i in range(plan.push_clients)]
+            )  # fmt: skip
+
+        self.run_storm(
+            f"push-{plan.push_clients}", f"push storm, {plan.push_clients} clients", pushes
+        )
+
+    def expect_storm(self, name: str, users: Sequence[str], work: storm_module.Work) -> None:
+        outcome = self.storm(name, users, work)
+        if outcome.completed != outcome.clients:
+            raise RuntimeError(f"{name}: storm client check failed: {outcome.first_errors}")
+
+    def run_storm(
+        self, case: str, title: str, work_for: Callable[[str], storm_module.Work]
+    ) -> None:
+        """One storm case against every target in turn, each with fresh work (`work_for`)."""
+        users = self.fixtures.storm_users[case]
+        log(f"{title}: every target in turn")
+        for name in self.rotated(list(self.targets)):
+            work = work_for(name)
+            throttled = self.throttled_logins(name)
+            with self.measured(name, case) as usage:
+                outcome = self.storm(name, users, work)
+            self.settle(self.targets[name])
+            result = storm_result(case, name, outcome, usage)
+            throttled = self.throttled_logins(name) - throttled
+            result.metrics["throttled_logins"] = throttled
+            if throttled:
+                lines = f"{throttled} `throttled login` lines in its log"
+                result.note = f"{result.note} ({lines})" if result.note else lines
+            self.results.append(result)
+            log(f"  {name}: {outcome.seconds:.2f}s, {outcome.completed} of {outcome.clients} "
+                f"completed {dict(outcome.errors) or ''}")  # fmt: skip
+
+    def throttled_logins(self, name: str) -> int:
+        """regproxy's `throttled login` warnings so far (0 for other targets)."""
+        path = self.workdir / name / "stderr.log"
+        if name != "regproxy" or not path.exists():
+            return 0
+        return path.read_text(errors="replace").count("throttled login")
+
+    def run(self, sections: Sequence[str]) -> None:
         log("seeding the registry with the image (skopeo, direct)")
         self.push(self.targets[DIRECT], "bench/seed")
         self.check_answers()
-        for case in self.rate_cases():
-            self.run_rate(case)
-        self.run_get()
-        self.run_parallel_gets()
-        self.run_pushes()
+        if "rate" in sections:
+            for case in self.rate_cases():
+                self.run_rate(case)
+        if "get" in sections:
+            self.run_get()
+            self.run_parallel_gets()
+        if "push" in sections:
+            self.run_pushes()
+        if "storm" in sections:
+            self.run_storms()
+
+
+def storm_result(case: str, name: str, outcome: storm_module.Outcome, usage: Usage) -> Result:
+    metrics = {
+        "seconds": outcome.seconds,
+        "clients": outcome.clients,
+        "completed": outcome.completed,
+        "requests": outcome.requests,
+        "p50_ms": outcome.p50_ms,
+        "p99_ms": outcome.p99_ms,
+        "errors": sum(outcome.errors.values()),
+        "megabytes": outcome.megabytes,
+        "cpu_s": usage.cpu_seconds,
+        "generator_cpu_s": outcome.generator_cpu_seconds,
+        "generator_cores": outcome.generator_cpu_share,
+    }
+    result = Result(case, name, metrics, usage, errors=outcome.errors,
+                    first_errors=outcome.first_errors)  # fmt: skip
+    if outcome.errors or outcome.completed != outcome.clients:
+        stops = ", ".join(f"{kind} x{count}" for kind, count in sorted(outcome.errors.items()))
+        result.note = f"{outcome.completed} of {outcome.clients} completed, stopped by {stops}"
+        log(f"  {name}: first errors: {'; '.join(outcome.first_errors)}")
+    return result
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -907,7 +1098,26 @@ def rows(plan: Plan, blob_mib: float) -> list[Row]:
         Row("push", "", "CPU s per push", "cpu_s_per_push"),
         Row("push", "", "peak RSS MiB", "rss"),
     ]  # fmt: skip
+    storm = plan.storm
+    image_mb = sum(storm.pull_layers_mb)
+    for clients in storm.pull_clients:
+        out += storm_rows(f"pull-{clients}", f"pull storm, {clients} clients, {image_mb:.0f} MB")
+    layers = f"{len(storm.push_layers_kib)} layers of {min(storm.push_layers_kib)}-" \
+             f"{max(storm.push_layers_kib)} KiB"  # fmt: skip
+    out += storm_rows(f"push-{storm.push_clients}",
+                      f"push storm, {storm.push_clients} clients, {layers} each")  # fmt: skip
     return out
+
+
+def storm_rows(case: str, label: str) -> list[Row]:
+    return [
+        Row(case, label, "wall s, to the last byte", "main"),
+        Row(case, "", "clients completed · errors", "clients"),
+        Row(case, "", "request p50 / p99 ms, to headers", "latency"),
+        Row(case, "", "CPU s", "cpu_s"),
+        Row(case, "", "peak RSS MiB", "rss"),
+        Row(case, "", "load generator CPU s (cores)", "generator"),
+    ]
 
 
 def sweep_keys(plan: Plan) -> list[tuple[int, str]]:
@@ -958,6 +1168,11 @@ def cell(row: Row, results: dict[tuple[str, str], Result], target: str) -> str:
         return f"< {number(metrics['rps_at_most'])}" if row.kind == "main" else "—"
     if row.kind == "latency":
         return f"{number(metrics['p50_ms'])} / {number(metrics['p99_ms'])}"
+    if row.kind == "clients":
+        errors = f" · {metrics['errors']:.0f} errors" if metrics["errors"] else ""
+        return f"{metrics['completed']:.0f}/{metrics['clients']:.0f}{errors}"
+    if row.kind == "generator":
+        return f"{number(metrics['generator_cpu_s'])} ({metrics['generator_cores']:.2f})"
     if row.kind != "main":
         return number(metrics[row.kind]) if row.kind in metrics else "—"
     value = main_value(result)
@@ -976,7 +1191,10 @@ def table(plan: Plan, results: list[Result], blob_mib: float) -> str:
         "| case | metric | " + " | ".join(TARGET_ORDER) + " |",
         "|---|---|" + "---:|" * len(TARGET_ORDER),
     ]
+    measured = {r.case for r in results}
     for row in rows(plan, blob_mib):
+        if row.case not in measured:  # a section left out with --only
+            continue
         cells = [cell(row, by_key, target) for target in TARGET_ORDER]
         lines.append(f"| {row.label} | {row.metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -989,8 +1207,10 @@ class Check:
     met: bool
 
 
-def checks(plan: Plan, results: list[Result], workers: int) -> list[Check]:
-    """The issue's targets for regproxy, as ratios within this run."""
+def comparison(
+    results: list[Result],
+) -> Callable[[str, str, str, Callable[[float], bool]], Check]:
+    """compare(goal, case, base, passes): regproxy's main value over `base`'s in `case`."""
     by_key = {(r.case, r.target): r for r in results}
 
     def compare(goal: str, case: str, base: str, passes: Callable[[float], bool]) -> Check:
@@ -1000,29 +1220,90 @@ def checks(plan: Plan, results: list[Result], workers: int) -> list[Check]:
         ratio = times(main_value(ours), main_value(theirs))
         return Check(goal, f"{ratio:.2f}x", passes(ratio))
 
+    return compare
+
+
+def checks(plan: Plan, results: list[Result], workers: int) -> list[Check]:
+    """Issue 5's targets for regproxy, as ratios within this run (those whose cases ran)."""
+    by_key = {(r.case, r.target): r for r in results}
+    measured = {r.case for r in results}
+    compare = comparison(results)
     out = [
         compare(f"{case}: ≥ 1.0x limit req/s", case, LIMIT, lambda r: r >= 1.0)
         for case in ("auth-cost5", "auth-cost10", "head-cost5", "head-cost10")
+        if case in measured
     ]
-    best = max(
-        ("nginx", "nginx-tuned", "apache"), key=lambda t: main_value(by_key[("get-blob", t)])
-    )
-    out += [
-        compare(f"GET blob: ≥ 2x best of nginx/apache ({best})", "get-blob", best,
-                lambda r: r >= 2.0),
-        compare("push: ≤ 1.1x direct time", "push", DIRECT, lambda r: r <= 1.1),
-        compare("anonymous 401: ≥ 1.5x apache req/s", "anonymous", "apache", lambda r: r >= 1.5),
-    ]  # fmt: skip
+    if "get-blob" in measured:
+        best = max(
+            ("nginx", "nginx-tuned", "apache"), key=lambda t: main_value(by_key[("get-blob", t)])
+        )
+        out.append(compare(f"GET blob: ≥ 2x best of nginx/apache ({best})", "get-blob", best,
+                           lambda r: r >= 2.0))  # fmt: skip
+    if "push" in measured:
+        out.append(compare("push: ≤ 1.1x direct time", "push", DIRECT, lambda r: r <= 1.1))
+    if "anonymous" in measured:
+        out.append(compare("anonymous 401: ≥ 1.5x apache req/s", "anonymous", "apache",
+                           lambda r: r >= 1.5))  # fmt: skip
     largest = max(r.usage.worker_kib for r in results if r.target == "regproxy") / 1024
     out.append(Check("peak RSS ≤ 48 MiB per worker", f"{largest:.1f} MiB", largest <= 48))
     growth = usage_by_downloads(plan, results, "regproxy")
-    (low, low_usage), (high, high_usage) = growth[0], growth[-1]
-    low_mib, high_mib = low_usage.tree_kib / 1024, high_usage.tree_kib / 1024
-    per_download = (high_mib - low_mib) / (high - low)
+    if len(growth) > 1:
+        (low, low_usage), (high, high_usage) = growth[0], growth[-1]
+        low_mib, high_mib = low_usage.tree_kib / 1024, high_usage.tree_kib / 1024
+        per_download = (high_mib - low_mib) / (high - low)
+        out.append(Check(
+            "RSS flat: ≤ 1 MiB more per added concurrent download",
+            f"{low_mib:.0f} → {high_mib:.0f} MiB from {low} to {high} downloads "
+            f"({per_download:.2f} MiB each; {workers} workers)", per_download <= 1.0,
+        ))  # fmt: skip
+    return out
+
+
+PEERS = ("nginx-tuned", "nginx", "apache")  # the authenticating peers
+
+
+def storm_checks(plan: Plan, results: list[Result], workers: int) -> list[Check]:
+    """Issue 19's targets that `make bench` measures (the scale curves' are in scale.py)."""
+    by_key = {(r.case, r.target): r for r in results}
+    ran = {r.case for r in results}
+    compare = comparison(results)
+    storm = plan.storm
+    out = []
+    ours = [r for r in results if r.target == "regproxy" and "clients" in r.metrics]
+    if ours:
+        failed = [f"{r.case}: {r.note}" for r in ours if r.note]
+        out.append(Check(
+            "every client of every storm completes with no error (a 429 is one: docker does "
+            "not retry it)", "; ".join(failed) or f"all {len(ours)} storms clean", not failed,
+        ))  # fmt: skip
+    pull = f"pull-{max(storm.pull_clients)}"
+    if pull in ran:
+        check = compare(f"pull storm, {max(storm.pull_clients)} clients: ≤ 1.05x the limit's "
+                        f"wall time, and below every authenticating peer's", pull, LIMIT,
+                        lambda r: r <= 1.05)  # fmt: skip
+        mine = by_key[(pull, "regproxy")]
+        ratios = {p: times(main_value(mine), main_value(by_key[(pull, p)])) for p in PEERS}
+        peers = ", ".join(f"{ratio:.2f}x {peer}" for peer, ratio in ratios.items())
+        below = all(ratio < 1 for ratio in ratios.values())
+        measured = f"{check.measured} the limit; {peers}"
+        if mine.note:
+            measured = f"{mine.note}: {measured}"
+        out.append(Check(check.goal, measured, check.met and below and not mine.note))
+    push = f"push-{storm.push_clients}"
+    if push in ran:
+        check = compare(f"push storm, {storm.push_clients} clients: ≤ 1.1x the limit's wall time",
+                        push, LIMIT, lambda r: r <= 1.1)  # fmt: skip
+        mine = by_key[(push, "regproxy")]
+        measured = f"{mine.note}: {check.measured}" if mine.note else check.measured
+        out.append(replace(check, measured=measured, met=check.met and not mine.note))
+    if "anonymous" in ran:
+        out.append(compare("anonymous 401: ≥ 1.0x apache req/s", "anonymous", "apache",
+                           lambda r: r >= 1.0))  # fmt: skip
+    tree = max(r.usage.tree_kib for r in results if r.target == "regproxy") / 1024
     out.append(Check(
-        "RSS flat: ≤ 1 MiB more per added concurrent download",
-        f"{low_mib:.0f} → {high_mib:.0f} MiB from {low} to {high} downloads "
-        f"({per_download:.2f} MiB each; {workers} workers)", per_download <= 1.0,
+        f"peak RSS of the whole tree ≤ 48 MiB per worker, parent included ({workers} workers: "
+        f"{48 * workers} MiB), through the whole bench", f"{tree:.1f} MiB "
+        f"({tree / workers:.1f} per worker)", tree <= 48 * workers,
     ))  # fmt: skip
     return out
 
@@ -1036,24 +1317,27 @@ def chart(plan: Plan, results: list[Result], path: Path) -> None:
     by_key = {(r.case, r.target): r for r in results}
     palette = plt.get_cmap("tab10")
     colors = {target: palette(i) for i, target in enumerate(TARGET_ORDER)}
-    figure, axes = plt.subplots(2, 4, figsize=(24, 10))
+    figure, axes = plt.subplots(3, 4, figsize=(24, 15))
 
     def grouped(
         ax: Any, cases: Sequence[str], value: Callable[[Result], float], title: str,
-        per_request: bool = True,
+        per_request: bool = True, targets: Sequence[str] = TARGET_ORDER,
     ) -> None:  # fmt: skip
-        """Bars by case and target; for `per_request` figures, none where a rate run had too
-        few answers to tell ("< N" in the table)."""
-        width = 0.8 / len(TARGET_ORDER)
-        for i, target in enumerate(TARGET_ORDER):
-            xs, ys = [], []
+        """Bars by case and target, hatched where requests failed; for `per_request` figures,
+        none where a rate run had too few answers to tell ("< N" in the table)."""
+        width = 0.8 / len(targets)
+        for i, target in enumerate(targets):
+            xs, ys, failed = [], [], []
             for j, case in enumerate(cases):
                 result = by_key.get((case, target))
                 if result is None or (per_request and "rps_at_most" in result.metrics):
                     continue
                 xs.append(j + i * width)
                 ys.append(value(result))
-            ax.bar(xs, ys, width, label=target, color=colors[target])
+                failed.append(bool(result.note))
+            bars = ax.bar(xs, ys, width, label=target, color=colors[target])
+            for bar, hatched in zip(bars, failed, strict=True):
+                bar.set_hatch("//" if hatched else "")
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))], cases, fontsize=8)
         ax.set_title(title)
 
@@ -1061,19 +1345,20 @@ def chart(plan: Plan, results: list[Result], path: Path) -> None:
     grouped(axes[0][0], rate_cases, main_value,
             f"requests/s, {plan.main_concurrency} connections (no bar: under "
             f"{plan.main_concurrency // 2} answers per {plan.rate_seconds}s run)")  # fmt: skip
-    axes[0][0].set_yscale("log")
+    logarithmic(axes[0][0], "y")
     axes[0][0].legend(fontsize=8)
     grouped(axes[0][1], rate_cases, lambda r: r.metrics["p99_ms"], "p99 latency, ms")
-    axes[0][1].set_yscale("log")
+    logarithmic(axes[0][1], "y")
     grouped(axes[0][2], rate_cases, lambda r: r.metrics["cpu_ms_per_request"],
             "CPU ms per request (the target's whole process tree)")  # fmt: skip
-    axes[0][2].set_yscale("log")
+    logarithmic(axes[0][2], "y")
     sweep = axes[0][3]
     points = sweep_keys(plan)
     for target in TARGET_ORDER:
-        sweep.plot([n for n, _ in points], [by_key[(k, target)].metrics["rps"] for _, k in points],
-                   "o-", label=target, color=colors[target])  # fmt: skip
-    sweep.set_xscale("log")
+        swept = [(n, r.metrics["rps"]) for n, k in points if (r := by_key.get((k, target)))]
+        sweep.plot([n for n, _ in swept], [rps for _, rps in swept], "o-", label=target,
+                   color=colors[target])  # fmt: skip
+    logarithmic(sweep, "x")
     sweep.set_xticks([n for n, _ in points], [str(n) for n, _ in points])
     sweep.set_title("GET /v2/ cost 5: requests/s by connections")
     grouped(axes[1][0], ["get-blob"], main_value, "GET blob, MB/s (median)")
@@ -1087,10 +1372,42 @@ def chart(plan: Plan, results: list[Result], path: Path) -> None:
                     label=target, color=colors[target])  # fmt: skip
         memory.set_xticks([n for n, _ in growth], [str(n) for n, _ in growth])
     memory.set_title("front end peak RSS (MiB, whole tree) by concurrent blob GETs")
+    storm = plan.storm
+    pulls = [(n, f"pull-{n}") for n in storm.pull_clients]
+    for ax, value, title in (
+        (axes[2][0], main_value, "pull storm: wall time, s, by clients (x: clients failed)"),
+        (axes[2][1], lambda r: r.metrics["cpu_s"], "pull storm: CPU s of the target's tree"),
+    ):
+        for target in TARGET_ORDER:
+            done = [(n, by_key[(k, target)]) for n, k in pulls if (k, target) in by_key]
+            ax.plot([n for n, _ in done], [value(r) for _, r in done], "-", color=colors[target],
+                    label=target)  # fmt: skip
+            for n, result in done:
+                ax.plot(n, value(result), "x" if result.note else "o", color=colors[target])
+        logarithmic(ax, "x")
+        logarithmic(ax, "y")
+        ax.set_xticks([n for n, _ in pulls], [str(n) for n, _ in pulls])
+        ax.set_title(title)
+    axes[2][0].legend(fontsize=8)
+    storms = [k for _, k in pulls] + [f"push-{storm.push_clients}"]
+    grouped(axes[2][2], storms[-1:], main_value, "push storm: wall time, s (hatched: failed)",
+            per_request=False)  # fmt: skip
+    grouped(axes[2][3], storms, lambda r: r.usage.tree_kib / 1024,
+            "storms: front end peak RSS, MiB (whole tree)", per_request=False,
+            targets=TARGET_ORDER[1:])  # fmt: skip
     figure.suptitle(f"regproxy bench ({plan.name})")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)
+
+
+def logarithmic(ax: Any, axis: str) -> None:
+    """A log scale, on a panel that has something to show on it (with --only, some have
+    nothing: a log scale of nothing is an error)."""
+    values = [v for line in ax.lines for v in getattr(line, f"get_{axis}data")()]
+    values += [bar.get_height() if axis == "y" else bar.get_x() for bar in ax.patches]
+    if any(v > 0 for v in values):
+        getattr(ax, f"set_{axis}scale")("log")
 
 
 def versions(workers: int) -> dict[str, str]:
@@ -1112,11 +1429,13 @@ def versions(workers: int) -> dict[str, str]:
 
 def report(
     plan: Plan, workers: int, cache_ttl: float, targets: dict[str, Target], fixtures: Fixtures,
-    results: list[Result], started: float, load_before: float,
+    results: list[Result], started: float, load_before: float, sections: Sequence[str],
 ) -> str:  # fmt: skip
     """Print the markdown report and write it, the JSON and the chart under bench/results/."""
     blob_mib = fixtures.layer_size / MIB
     met = checks(plan, results, workers)
+    met_19 = storm_checks(plan, results, workers)
+    only = "" if set(sections) == set(SECTIONS) else f" Only {', '.join(sections)} (--only)."
     wall = time.monotonic() - started
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     lines = [
@@ -1127,7 +1446,7 @@ def report(
         f"regproxy with {workers} workers, cache.ttl {cache_ttl:g}. Rate cases: "
         f"{plan.rate_rounds} x {plan.rate_seconds}s per target, round-robin, wrk (1 thread) "
         f"for GET, ab for HEAD; blob GETs with curl; "
-        f"{wall:.0f}s in all. {plan.note}",
+        f"{wall:.0f}s in all. {plan.note}{only}",
         "",
         table(plan, results, blob_mib),
         "",
@@ -1138,9 +1457,21 @@ def report(
         "end (a request takes longer than the run), so at most N req/s. "
         "! = failed requests or unexpected answers (counts in the JSON).",
         "",
+        "Storms (bench/storm.py, one asynchronous load generator): every client a different "
+        "user (bcrypt cost 10, caches cold), all at once from 127.0.0.1, the docker client's "
+        "requests (anonymous ping, then Basic credentials; layers 3 at a time when pulling, "
+        "HEAD/POST/PATCH/PUT per blob when pushing); a client stops at its first unexpected "
+        "answer, a 429 included, as docker does. Wall time runs to the last byte of the last "
+        "client; latency is to the response headers. Load generator: CPU seconds of its "
+        "thread (cores kept busy): near 1.00 it, not the target, set the pace.",
+        "",
         "Targets for regproxy (issue 5):",
         "",
         *(f"- {'met' if c.met else 'NOT met'}: {c.goal}: {c.measured}" for c in met),
+        "",
+        "Targets of issue 19 measured here (the scale curves' are in bench/scale.py's report):",
+        "",
+        *(f"- {'met' if c.met else 'NOT met'}: {c.goal}: {c.measured}" for c in met_19),
     ]
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -1159,7 +1490,9 @@ def report(
         "blob": {"digest": fixtures.layer_digest, "bytes": fixtures.layer_size},
         "targets": {name: {"what": TARGETS[name], "url": t.url} for name, t in targets.items()},
         "results": [asdict(r) for r in results],
+        "sections": list(sections),
         "checks": [asdict(c) for c in met],
+        "checks_issue_19": [asdict(c) for c in met_19],
     }
     for name in (stamp, "latest"):
         (RESULTS / f"{name}.md").write_text(text)
@@ -1184,7 +1517,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=10,
         help="regproxy's cache.ttl (default 10 as shipped; 0: every blob HEAD goes upstream)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy flame graphs of regproxy in each rate and storm case (bench/results/)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})",
+    )
     args = parser.parse_args(argv)
+    sections = [s for s in args.only.split(",") if s]
+    if not sections or not set(sections) <= set(SECTIONS):
+        parser.error(f"--only takes some of {','.join(SECTIONS)}")
     plan = PLANS["quick" if args.quick else "full"]
     started, load_before = time.monotonic(), os.getloadavg()[0]
     # SIGTERM unwinds like Ctrl-C does, through the `finally` that stops what was started.
@@ -1195,22 +1541,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         fixtures = make_fixtures(workdir, plan)
         targets = start_targets(workdir, fixtures, args.workers, args.cache_ttl, processes)
-        bench = Bench(plan, targets, fixtures, workdir)
-        bench.run()
-        import replicas  # bench/replicas.py (this directory is on sys.path): its own report
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        profiles = RESULTS / f"profiles-{stamp}" if args.profile else None
+        bench = Bench(plan, targets, fixtures, workdir, profiles)
+        bench.run(sections)
+        replica_text = ""
+        if "replicas" in sections:  # bench/replicas.py (on sys.path): its own report
+            import replicas
 
-        registry = f"127.0.0.1:{targets[DIRECT].port}"
-        replica_text = replicas.run_case(
-            sys.modules[__name__], workdir, fixtures, registry, processes, args.quick
-        )
+            registry = f"127.0.0.1:{targets[DIRECT].port}"
+            replica_text = "\n" + replicas.run_case(
+                sys.modules[__name__], workdir, fixtures, registry, processes, args.quick
+            )
     finally:
         log("stopping what was started")
         processes.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
     text = report(
-        plan, args.workers, args.cache_ttl, targets, fixtures, bench.results, started, load_before
-    )
-    print(text + "\n" + replica_text, end="")
+        plan, args.workers, args.cache_ttl, targets, fixtures, bench.results, started, load_before,
+        sections,
+    )  # fmt: skip
+    print(text + replica_text, end="")
     log(f"wrote {RESULTS}/latest.md, .json and .png in {time.monotonic() - started:.0f}s")
     return 0
 

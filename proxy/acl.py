@@ -1,35 +1,49 @@
 """The ACL file: YAML -> ordered policy Rules, every problem reported as `file:line`. Pure.
 
     acl:
-      - users: [alice]              # any of: users, groups, anonymous, networks, repositories
-        repositories: ["${user}/**"]
+      - users: [alice]              # any of: users, groups, anonymous, networks, repositories,
+        repositories: ["${user}/**"]  # claims (of a workload token: {ref: "refs/tags/v*"})
+        tags: ["v*"]                # optional: then only manifest requests by tag match
         actions: [pull, push]       # pull, push, delete, or "*"; [] denies explicitly
         upstream: http://10.0.0.5:5000   # optional: where matching requests go
+    immutable_tags: [...]           # optional, see proxy.tagrules
+    protected_deletes: [...]
 
 A list with no rules is refused (it would deny everything: probably a mistake), and so is a
-rule that can never match because a catch-all rule above it matches first.
+rule that can never match because a catch-all rule above it matches first, and a tag pattern
+that can never match because an earlier rule matches every request it would.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
 
 from .addresses import IPNetwork, parse_networks, parse_upstream
+from .claims import CLAIM_NAME_RE, Conditions
 from .policy import PLACEHOLDER_RE, Rule
 from .problems import ConfigError, Problem, compose_yaml, construct
 from .routes import ACTIONS, Action
+from .tagrules import TagRule, TagRuleKind
 
 _GLOB_RE = re.compile(r"(?:[a-z0-9._/*?-]|\$\{user\}|\$\{group\})+")
-_NAME_RE = re.compile(r"[^\s:]+")
-_GROUP_RE = re.compile(r"[^\s:](?:[^:\n]*[^\s:])?")  # AD groups have spaces: "Domain Users"
+_TAG_GLOB_RE = re.compile(r"(?:[A-Za-z0-9._*?-]|\$\{user\}|\$\{group\})+")
+# Names from tokens have colons ("ci:acme/app"); AD groups have spaces ("Domain Users").
+_NAME_RE = re.compile(r"[^\s:]\S*")
+_GROUP_RE = re.compile(r"[^\s:](?:[^\n]*\S)?")
 _KEYS = frozenset(
     {"users", "groups", "repositories", "networks", "anonymous", "actions", "upstream",
-     "description"}
+     "description", "tags", "claims"}
 )  # fmt: skip
+# Sections of an ACL file (or of the config) besides `acl:`, and the kind of rule each holds.
+TAG_SECTIONS: dict[str, TagRuleKind] = {
+    "immutable_tags": "immutable",
+    "protected_deletes": "protected",
+}
 
 
 class _Bad(ValueError):
@@ -59,18 +73,55 @@ def _names(value: Any, key: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def glob_problem(glob: str) -> str | None:
+    """What is wrong with a repository glob, or None."""
+    if "${" in PLACEHOLDER_RE.sub("", glob):
+        return f"unknown placeholder in {glob!r} (use ${{user}} or ${{group}})"
+    if not _GLOB_RE.fullmatch(glob) or "//" in glob or glob.startswith("/"):
+        return (
+            f"bad glob {glob!r}: repository names are lowercase letters, digits,"
+            " '._-' and '/'; wildcards are *, ** and ?"
+        )
+    return None
+
+
 def _globs(value: Any, key: str) -> tuple[str, ...]:
     globs = _strings(value, key)
     for glob in globs:
-        leftover = PLACEHOLDER_RE.sub("", glob)
-        if "${" in leftover:
-            raise _Bad(f"{key}: unknown placeholder in {glob!r} (use ${{user}} or ${{group}})")
-        if not _GLOB_RE.fullmatch(glob) or "//" in glob or glob.startswith("/"):
+        problem = glob_problem(glob)
+        if problem:
+            raise _Bad(f"{key}: {problem}")
+    return tuple(globs)
+
+
+def _tag_globs(value: Any, key: str) -> tuple[str, ...]:
+    globs = _strings(value, key)
+    for glob in globs:
+        _known_placeholders(glob, key)
+        if not _TAG_GLOB_RE.fullmatch(glob):
             raise _Bad(
-                f"{key}: bad glob {glob!r}: repository names are lowercase letters, digits,"
-                " '._-' and '/'; wildcards are *, ** and ?"
+                f"{key}: bad tag glob {glob!r}: tags are letters, digits and '._-';"
+                " wildcards are * and ?"
             )
     return tuple(globs)
+
+
+def _known_placeholders(glob: str, key: str) -> None:
+    if "${" in PLACEHOLDER_RE.sub("", glob):
+        raise _Bad(f"{key}: unknown placeholder in {glob!r} (use ${{user}} or ${{group}})")
+
+
+def _fixed(parse: Callable[[Any, str], tuple[str, ...]]) -> Callable[[Any, str], Any]:
+    """Globs without placeholders: tag rules hold for every caller alike."""
+
+    def parse_fixed(value: Any, key: str) -> tuple[str, ...]:
+        globs = parse(value, key)
+        for glob in globs:
+            if PLACEHOLDER_RE.search(glob):
+                raise _Bad(f"{key}: {glob!r}: placeholders are for ACL rules, not here")
+        return globs
+
+    return parse_fixed
 
 
 def _networks(value: Any, key: str) -> tuple[IPNetwork, ...]:
@@ -108,6 +159,33 @@ def _description(value: Any, key: str) -> str:
     return str(value)
 
 
+def claim_conditions(value: Any, key: str) -> Conditions:
+    """`{claim: glob}` or `{claim: [glob, ...]}` (any of them); a ValueError names the bad one.
+    YAML's `true` and `42` stand for the texts `true` and `42`, as claims are read."""
+    if not isinstance(value, dict) or not value:
+        raise _Bad(f"{key}: expected a mapping of claim names to globs, got {value!r}")
+    conditions = []
+    for name, globs in value.items():
+        if not isinstance(name, str) or not CLAIM_NAME_RE.fullmatch(name):
+            raise _Bad(f"{key}: invalid claim name {name!r}")
+        items = globs if isinstance(globs, list) else [globs]
+        texts = [_glob_text(g) for g in items]
+        if not texts or None in texts:
+            raise _Bad(f"{key}: {name}: expected a glob or a list of globs, got {globs!r}")
+        conditions.append((name, tuple(t for t in texts if t is not None)))
+    return tuple(conditions)
+
+
+def _glob_text(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value and value.isprintable():
+        return value
+    return None
+
+
 _FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "users": _names,
     "groups": _names,
@@ -117,42 +195,103 @@ _FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "actions": _actions,
     "upstream": _upstream,
     "description": _description,
+    "tags": _tag_globs,
+    "claims": claim_conditions,
+}
+_TAG_RULE_FIELDS: dict[TagRuleKind, dict[str, Callable[[Any, str], Any]]] = {
+    "immutable": {
+        "repositories": _fixed(_globs),
+        "tags": _fixed(_tag_globs),
+        "description": _description,
+    },
+    "protected": {
+        "repositories": _fixed(_globs),
+        "tags": _fixed(_tag_globs),
+        "allow_by_digest": _boolean,
+        "description": _description,
+    },
 }
 
 
-def _rule(node: yaml.Node, source: str, problems: list[Problem]) -> Rule | None:
-    line = node.start_mark.line + 1
+def _fields(
+    node: yaml.Node,
+    source: str,
+    problems: list[Problem],
+    parsers: Mapping[str, Callable[[Any, str], Any]],
+    what: str,
+) -> dict[str, Any] | None:
+    """One entry's keys, each parsed; None (and every problem recorded) when any is bad."""
     if not isinstance(node, yaml.MappingNode):
-        problems.append(Problem(source, line, "ACL entry: expected a mapping of match keys"))
+        line = node.start_mark.line + 1
+        problems.append(Problem(source, line, f"{what} entry: expected a mapping of match keys"))
         return None
     fields: dict[str, Any] = {}
     ok = True
     for key_node, value_node in node.value:
         key, key_line = str(key_node.value), key_node.start_mark.line + 1
         if key in fields:
-            problems.append(Problem(source, key_line, f"duplicate ACL key {key!r}"))
+            problems.append(Problem(source, key_line, f"duplicate {what} key {key!r}"))
             ok = False
             continue
-        if key not in _KEYS:
-            problems.append(Problem(source, key_line, f"unknown ACL key {key!r}"))
+        if key not in parsers:
+            problems.append(Problem(source, key_line, f"unknown {what} key {key!r}"))
             ok = False
             continue
         try:
-            fields[key] = _FIELDS[key](_value(value_node, key), key)
+            fields[key] = parsers[key](_value(value_node, key), key)
         except _Bad as exc:
             problems.append(Problem(source, key_line, str(exc)))
             ok = False
-    if "actions" not in fields and ok:
+    return fields if ok else None
+
+
+def _rule(node: yaml.Node, source: str, problems: list[Problem]) -> Rule | None:
+    line = node.start_mark.line + 1
+    fields = _fields(node, source, problems, _FIELDS, "ACL")
+    if fields is None:
+        return None
+    if "actions" not in fields:
         problems.append(Problem(source, line, "ACL entry without 'actions'"))
         return None
     anonymous = fields.get("anonymous", False)
-    if ok and anonymous and (fields.get("users") or fields.get("groups")):
-        problems.append(Problem(source, line, "anonymous entries cannot name users or groups"))
+    if anonymous and (fields.get("users") or fields.get("groups") or fields.get("claims")):
+        problems.append(
+            Problem(source, line, "anonymous entries cannot name users, groups or claims")
+        )
         return None
-    if ok and anonymous and any("${" in g for g in fields.get("repositories", ())):
+    globs = (*fields.get("repositories", ()), *fields.get("tags", ()))
+    if anonymous and any("${" in g for g in globs):
         problems.append(Problem(source, line, "anonymous entries have no ${user} or ${group}"))
         return None
-    return Rule(origin=f"{source}:{line}", **fields) if ok else None
+    return Rule(origin=f"{source}:{line}", **fields)
+
+
+def _tag_rule(
+    node: yaml.Node, source: str, problems: list[Problem], section: str
+) -> TagRule | None:
+    kind = TAG_SECTIONS[section]
+    fields = _fields(node, source, problems, _TAG_RULE_FIELDS[kind], section)
+    if fields is None:
+        return None
+    line = node.start_mark.line + 1
+    if kind == "immutable" and "tags" not in fields:
+        problems.append(Problem(source, line, f"{section} entry without 'tags'"))
+        return None
+    return TagRule(kind, origin=f"{source}:{line}", **fields)
+
+
+def parse_tag_rules(
+    node: yaml.Node, source: str, section: str
+) -> tuple[tuple[TagRule, ...], list[Problem]]:
+    """An `immutable_tags:` or `protected_deletes:` list -> rules, and every problem found."""
+    if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+        return (), []
+    if not isinstance(node, yaml.SequenceNode):
+        line = node.start_mark.line + 1
+        return (), [Problem(source, line, f"{section}: expected a list of rules")]
+    problems: list[Problem] = []
+    rules = (_tag_rule(entry, source, problems, section) for entry in node.value)
+    return tuple(r for r in rules if r is not None), problems
 
 
 def parse_rules(node: yaml.Node, source: str) -> tuple[tuple[Rule, ...], list[Problem]]:
@@ -170,32 +309,164 @@ def parse_rules(node: yaml.Node, source: str) -> tuple[tuple[Rule, ...], list[Pr
 
 
 def _unreachable(rules: list[Rule]) -> list[Problem]:
-    """Rules after a catch-all of the same kind (valid users, or anonymous) never match."""
+    """Rules after a catch-all of the same kind (valid users, or anonymous) never match, nor
+    do tag patterns whose every request an earlier rule matches."""
     problems: list[Problem] = []
     catch_all: dict[bool, Rule] = {}
-    for rule in rules:
+    for index, rule in enumerate(rules):
         earlier = catch_all.get(rule.anonymous)
         if earlier is not None:
-            source, _, line = rule.origin.rpartition(":")
-            problems.append(
-                Problem(source, int(line), f"unreachable: rule {earlier.origin} matches first")
-            )
+            problems.append(_problem(rule, f"unreachable: rule {earlier.origin} matches first"))
+        elif rule.tags:
+            problems.extend(_dead_tags(rule, rules[:index]))
         elif rule.catch_all:
             catch_all[rule.anonymous] = rule
     return problems
 
 
+def _problem(rule: Rule, message: str) -> Problem:
+    source, _, line = rule.origin.rpartition(":")
+    return Problem(source, int(line), message)
+
+
+def _dead_tags(rule: Rule, earlier: list[Rule]) -> list[Problem]:
+    """Tag patterns of `rule` that never decide: an earlier rule matches every request they
+    match (or an earlier pattern of the same rule does)."""
+    first: dict[str, str] = {}  # pattern -> the rule that matches its requests first
+    for prior in earlier:
+        if not _covers_requests(prior, rule):
+            continue
+        if not prior.tags:
+            return [_problem(rule, f"unreachable: rule {prior.origin} matches every tag first")]
+        for glob in rule.tags:
+            if glob not in first and any(glob_covers(p, glob) for p in prior.tags):
+                first[glob] = prior.origin
+    if len(first) == len(set(rule.tags)):
+        origins = ", ".join(sorted(set(first.values())))
+        return [_problem(rule, f"unreachable: rule {origins} matches these tags first")]
+    problems = [
+        _problem(rule, f"tag pattern {glob!r} never matches: rule {origin} matches it first")
+        for glob, origin in first.items()
+    ]
+    for position, glob in enumerate(rule.tags):
+        wider = next((g for g in rule.tags[:position] if glob_covers(g, glob)), None)
+        if wider is not None and glob not in first:
+            problems.append(_problem(rule, f"tag pattern {glob!r} is already matched by {wider!r}"))
+    return problems
+
+
+def _covers_requests(prior: Rule, rule: Rule) -> bool:
+    """Whether `prior` matches every request `rule` does, tags aside. Sound, not complete:
+    False may only mean "not shown". (A new match key must be compared here too.)"""
+    return (
+        prior.anonymous == rule.anonymous
+        and _within(prior.users, rule.users)
+        and _within(prior.groups, rule.groups)
+        and (not prior.claims or prior.claims == rule.claims)
+        and _networks_within(prior.networks, rule.networks)
+        and all(
+            any(glob_covers(wide, narrow) for wide in prior.repositories or ("**",))
+            for narrow in rule.repositories or ("**",)
+        )
+    )
+
+
+def _within(wide: frozenset[str], narrow: frozenset[str]) -> bool:
+    return not wide or (bool(narrow) and narrow <= wide)
+
+
+def _networks_within(wide: tuple[IPNetwork, ...], narrow: tuple[IPNetwork, ...]) -> bool:
+    return not wide or (bool(narrow) and all(any(_subnet(n, w) for w in wide) for n in narrow))
+
+
+def _subnet(narrow: IPNetwork, wide: IPNetwork) -> bool:
+    if isinstance(narrow, ipaddress.IPv4Network) and isinstance(wide, ipaddress.IPv4Network):
+        return narrow.subnet_of(wide)
+    if isinstance(narrow, ipaddress.IPv6Network) and isinstance(wide, ipaddress.IPv6Network):
+        return narrow.subnet_of(wide)
+    return False
+
+
+_TOKEN_RE = re.compile(r"\$\{(?:user|group)\}|\*\*|\*|\?|.", re.DOTALL)
+
+
+def glob_covers(wide: str, narrow: str) -> bool:
+    """Whether every name `narrow` matches, `wide` matches too (globs as in policy: `*` and `?`
+    within one path component, `**` across). Sound, not complete. A placeholder is one token
+    that only itself or `**` covers: what it stands for may hold a `/`."""
+    a, b = _TOKEN_RE.findall(wide), _TOKEN_RE.findall(narrow)
+    # row[j]: whether a[i:] covers b[j:], for i from the end of `a` down to 0.
+    row = [j == len(b) for j in range(len(b) + 1)]
+    for head in reversed(a):
+        new = [False] * (len(b) + 1)
+        for j in range(len(b), -1, -1):
+            if head == "**":
+                new[j] = row[j] or (j < len(b) and new[j + 1])
+            elif head == "*":
+                new[j] = row[j] or (j < len(b) and _in_component(b[j]) and new[j + 1])
+            elif j < len(b) and head == "?":
+                new[j] = _one_character(b[j]) and row[j + 1]
+            elif j < len(b):
+                new[j] = head == b[j] and row[j + 1]
+        row = new
+    return row[0]
+
+
+def _literal(token: str) -> bool:
+    return len(token) == 1 and token not in "*?"
+
+
+def _one_character(token: str) -> bool:
+    return token == "?" or (_literal(token) and token != "/")
+
+
+def _in_component(token: str) -> bool:
+    return token == "*" or _one_character(token)
+
+
 def parse_acl_text(text: str, source: str) -> tuple[tuple[Rule, ...], list[Problem]]:
-    """An ACL file: either a list of rules, or a mapping with the list under `acl:`."""
+    """The ACL rules of a file (see `parse_acl_document`)."""
+    rules, _, problems = parse_acl_document(text, source)
+    return rules, problems
+
+
+def parse_acl_document(
+    text: str, source: str
+) -> tuple[tuple[Rule, ...], tuple[TagRule, ...], list[Problem]]:
+    """An ACL file: either a list of rules, or a mapping with the list under `acl:` and,
+    optionally, `immutable_tags:` and `protected_deletes:` lists."""
     try:
         node = compose_yaml(text, source)
     except ConfigError as exc:
-        return (), exc.problems
+        return (), (), exc.problems
     if node is None:
-        return (), [Problem(source, 0, "acl: empty ACL file denies everything")]
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            if key_node.value == "acl":
-                return parse_rules(value_node, source)
-        return (), [Problem(source, node.start_mark.line + 1, "no 'acl:' list in this file")]
-    return parse_rules(node, source)
+        return (), (), [Problem(source, 0, "acl: empty ACL file denies everything")]
+    if not isinstance(node, yaml.MappingNode):
+        rules, problems = parse_rules(node, source)
+        return rules, (), problems
+    return _acl_mapping(node, source)
+
+
+def _acl_mapping(
+    node: yaml.MappingNode, source: str
+) -> tuple[tuple[Rule, ...], tuple[TagRule, ...], list[Problem]]:
+    rules: tuple[Rule, ...] | None = None
+    tag_rules: list[TagRule] = []
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for key_node, value_node in node.value:
+        key, line = str(key_node.value), key_node.start_mark.line + 1
+        if key in seen or (key != "acl" and key not in TAG_SECTIONS):
+            word = "duplicate" if key in seen else "unknown"
+            problems.append(Problem(source, line, f"{word} key {key!r} in an ACL file"))
+        elif key == "acl":
+            rules, found = parse_rules(value_node, source)
+            problems.extend(found)
+        else:
+            found_rules, found = parse_tag_rules(value_node, source, key)
+            tag_rules.extend(found_rules)
+            problems.extend(found)
+        seen.add(key)
+    if rules is None:
+        problems.append(Problem(source, node.start_mark.line + 1, "no 'acl:' list in this file"))
+    return rules or (), tuple(tag_rules), problems

@@ -38,40 +38,42 @@ def parse_networks(value: object) -> tuple[IPNetwork, ...]:
 
 
 @lru_cache(maxsize=4096)
-def peer_address(text: str | None) -> IPAddress | None:
-    """The connected peer, parsed once per distinct peer (ipaddress is costly per request)."""
+def peer_address(text: str | None) -> tuple[IPAddress | None, str]:
+    """The connected peer and its normalised text, worked out once per distinct peer
+    (ipaddress costs more than the rest of an anonymous request)."""
     try:
-        return ipaddress.ip_address(text or "")
+        peer = ipaddress.ip_address(text or "")
     except ValueError:
-        return None
+        return None, "unknown"
+    return peer, str(peer)
 
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a request comes from: the client's address (None if unknown) and the
-    `X-Forwarded-For` to send upstream."""
+    """Where a request comes from: the client's address (None if unknown), the same as text
+    (for counting and logging), and the `X-Forwarded-For` to send upstream."""
 
     address: IPAddress | None
     forwarded_for: str
+    client: str
 
 
-def origin(
-    peer: IPAddress | None, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]
-) -> Origin:
-    """The peer, unless it is a trusted proxy: then X-Forwarded-For is walked from the right
-    past trusted hops, and a malformed entry stops the walk at the last address known for
-    sure. The chain is passed on only when the peer is trusted, always ending with the peer."""
-    own = str(peer) if peer is not None else "unknown"
+def origin(remote: str | None, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]) -> Origin:
+    """The peer (`remote`, as the socket gives it), unless it is a trusted proxy: then
+    X-Forwarded-For is walked from the right past trusted hops, and a malformed entry stops the
+    walk at the last address known for sure. The chain is passed on only when the peer is
+    trusted, always ending with the peer."""
+    peer, own = peer_address(remote)
     if peer is None or not forwarded_for or not _trusted(peer, trusted):
-        return Origin(peer, own)
+        return Origin(peer, own, own)
     current = peer
-    hops = [h.strip() for value in forwarded_for for h in value.split(",")]
+    hops = [h.strip(" \t") for value in forwarded_for for h in value.split(",")]
     while hops and _trusted(current, trusted):
         try:
             current = ipaddress.ip_address(hops.pop())
         except ValueError:
             break
-    return Origin(current, f"{', '.join(forwarded_for)}, {own}")
+    return Origin(current, f"{', '.join(forwarded_for)}, {own}", str(current))
 
 
 def _trusted(address: IPAddress, trusted: tuple[IPNetwork, ...]) -> bool:

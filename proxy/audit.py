@@ -13,19 +13,21 @@ audit_log = logging.getLogger("regproxy.audit")
 
 
 def audit(who: Identity, operation: Operation, status: int) -> None:
-    """Record a push or delete decision (other actions are not audited)."""
+    """Record a push or delete decision (other actions are not audited). A robot's line names
+    the robot and its owner; a workload token's, its issuer and subject."""
     if operation.action not in ("push", "delete"):
         return
-    audit_log.info(
-        json.dumps(
-            {
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "client": str(who.address) if who.address else None,
-                "user": who.user,
-                "action": operation.action,
-                "repository": operation.repository,
-                "reference": operation.reference,
-                "status": status,
-            }
-        )
-    )
+    entry: dict[str, object] = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "client": str(who.address) if who.address else None,
+        "user": who.user,
+        "action": operation.action,
+        "repository": operation.repository,
+        "reference": operation.reference,
+        "status": status,
+    }
+    if who.robot is not None:
+        entry |= {"robot": who.robot.name, "owner": who.robot.owner}
+    if who.claims:
+        entry |= {"issuer": who.claims.get("iss"), "subject": who.claims.get("sub")}
+    audit_log.info(json.dumps(entry))

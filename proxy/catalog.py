@@ -20,11 +20,13 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-import aiohttp
-
 from .routes import CATALOG_MAX, Refusal, valid_name
+
+if TYPE_CHECKING:
+    import aiohttp
 
 MAX_PAGES = 10  # upstream pages (of CATALOG_MAX names) read per client request
 SEALED = "~"  # marks a sealed position in `last` (never the start of a repository name)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from .acl import parse_acl_text, parse_rules
+from .acl import TAG_SECTIONS, parse_acl_document, parse_rules, parse_tag_rules
 from .addresses import IPNetwork, parse_networks, parse_upstream
 from .authn.cache import CacheSettings
 from .limits import Limits, Timeouts
@@ -27,19 +27,21 @@ from .policy import Rule, recipe_rules
 from .problems import ConfigError, Problem, compose_yaml, construct, read_text
 from .redis_layout import parse_redis_url
 from .store import STATE_BACKENDS, StateSettings
+from .tagrules import TagRule
 from .throttle import ThrottleSettings
 from .token import MAX_EXPIRY as MAX_TOKEN_EXPIRY
 from .token import TokenSettings
 
 if TYPE_CHECKING:
     from .authn.ldap_settings import LdapSettings
+    from .authn.oidc_settings import OidcSettings
 
 Backend = Literal["htpasswd", "ldap", "redis"]
 BACKENDS: tuple[str, ...] = ("htpasswd", "ldap", "redis")
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-AccessLogFormat = Literal["common", "combined", "json", "off"]
+AccessLogFormat = Literal["common", "combined", "combined_duration", "json", "off"]
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
-ACCESS_LOG_FORMATS: tuple[str, ...] = ("common", "combined", "json", "off")
+ACCESS_LOG_FORMATS: tuple[str, ...] = ("common", "combined", "combined_duration", "json", "off")
 DEFAULT_CONFIG_PATH = Path("conf/regproxy.yaml")
 
 
@@ -87,9 +89,13 @@ class Config:
     metrics_listen: Listen | None = None  # /metrics and /health; off by default
     ldap: LdapSettings | None = None  # the `ldap:` section, parsed by proxy.authn.ldap_settings
     token: TokenSettings | None = None  # token server mode (distribution token auth)
+    oidc: OidcSettings | None = None  # workload tokens: proxy.authn.oidc_settings
+    robots: Path | None = None  # the robots file (proxy.robots)
+    secret_file: Path | None = None  # the server's secret: robot hashes, upload bindings
     auth_backends: tuple[Backend, ...] = ("htpasswd",)
     acl: tuple[Rule, ...] | None = None  # None: the recipe's rules (push_group)
     acl_file: Path | None = None  # where `acl` came from when it is a separate file
+    tag_rules: tuple[TagRule, ...] = ()  # immutable_tags and protected_deletes, from both files
     source: Path | None = None  # the YAML file this came from, watched for edits
 
     @property
@@ -103,6 +109,9 @@ class Config:
             files.extend(p for p in (self.ldap.bind_password_file, self.ldap.ca_file) if p)
         if self.token is not None:
             files.extend((self.token.key, self.token.certificate))
+        if self.oidc is not None:
+            files.extend(self.oidc.ca_files())
+        files.extend(p for p in (self.robots, self.secret_file) if p is not None)
         if self.groups is not None:
             files.append(self.groups)
         files.extend(p for p in (self.source, self.acl_file) if p is not None)
@@ -293,7 +302,12 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "state.timeout": ("state.timeout", _parse_seconds),
     "state.connect_timeout": ("state.connect_timeout", _parse_seconds),
     "acl": ("acl", "acl"),  # handled by _load_acl
+    "immutable_tags": ("tag_rules", "tag rules"),  # parsed by proxy.acl, with the ACL file's
+    "protected_deletes": ("tag_rules", "tag rules"),
     "ldap": ("ldap", "ldap"),  # handled by _load_ldap
+    "oidc": ("oidc", "oidc"),  # handled by _load_oidc
+    "robots": ("robots", _OPTIONAL_PATH),
+    "secret_file": ("secret_file", _OPTIONAL_PATH),
     "token": ("token", "token"),  # built from the token.* keys by _combinations
     "token.issuer": ("token.issuer", _parse_text),
     "token.service": ("token.service", _parse_text),
@@ -338,7 +352,7 @@ def _flatten(
         seen.add(key)
         if not prefix and key in _SECTIONS:
             flat.update(_flatten(value_node, source, problems, prefix=f"{key}."))
-        elif key in ("acl", "ldap") and not prefix:
+        elif key in ("acl", "ldap", "oidc", *TAG_SECTIONS) and not prefix:
             flat[key] = (value_node, line)  # parsed later, with the lines of the nodes inside
         elif key in _KEYS and ("." in key) == bool(prefix):  # `tls.cert:` is no alias
             try:
@@ -377,13 +391,19 @@ def _convert(
         if not isinstance(value, str) or not value or "\0" in value:
             problems.append(Problem(*where, f"{key}: expected a file path, got {value!r}"))
             return None
-        path = Path(value)
-        return path if path.is_absolute() else base / path
+        return normalised(base / value)
     try:
         return parser(value)
     except ValueError as exc:
         problems.append(Problem(*where, f"{key}: {exc}"))
         return None
+
+
+def normalised(path: Path) -> Path:
+    """`conf/../certs/server.crt` as `certs/server.crt`, unless a symbolic link on the way
+    makes the two different files."""
+    clean = Path(os.path.normpath(path))
+    return clean if clean == path or clean.resolve() == path.resolve() else path
 
 
 def _apply(config: Config, values: Mapping[str, Any]) -> Config:
@@ -409,6 +429,8 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
     problems: list[Problem] = []
     values: dict[str, Any] = {}
     acl: tuple[tuple[Rule, ...] | None, Path | None] = (None, None)
+    acl_tag_rules: tuple[TagRule, ...] = ()  # from the ACL file named last (a flag wins)
+    tag_rules: list[TagRule] = []  # from the config's own sections
     sources: list[tuple[dict[str, tuple[Any, int]], Path, str]] = []
     if path is not None:
         sources.append((_read_yaml(path, problems), path.parent, str(path)))
@@ -417,10 +439,19 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
     for entries, base, source in sources:
         for key, (raw, line) in entries.items():
             if key == "acl":
-                acl = _load_acl(raw, base, source, line, problems)
+                rules, acl_tag_rules, acl_path = _load_acl(raw, base, source, line, problems)
+                acl = (rules, acl_path)
+                continue
+            if key in TAG_SECTIONS:
+                section_rules, section_problems = parse_tag_rules(raw, source, key)
+                tag_rules.extend(section_rules)
+                problems.extend(section_problems)
                 continue
             if key == "ldap":
                 values["ldap"] = _load_ldap(raw, source, line, problems)
+                continue
+            if key == "oidc":
+                values["oidc"] = _load_oidc(raw, base, source, line, problems)
                 continue
             converted = _convert(key, raw, base, (source, line), problems)
             if converted is not None or raw is None:
@@ -428,7 +459,9 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
     problems.extend(_combinations(values, acl[0] is not None, str(path or "command line")))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.source, p.line)))
-    return _apply(Config(source=path, acl=acl[0], acl_file=acl[1]), values)
+    all_tag_rules = (*tag_rules, *acl_tag_rules)
+    config = Config(source=path, acl=acl[0], acl_file=acl[1], tag_rules=all_tag_rules)
+    return _apply(config, values)
 
 
 def _combinations(values: dict[str, Any], has_acl: bool, source: str) -> list[Problem]:
@@ -447,6 +480,10 @@ def _combinations(values: dict[str, Any], has_acl: bool, source: str) -> list[Pr
     if "ldap" in backends and values.get("ldap") is None and "ldap" not in values:
         problems.append(
             Problem(source, 0, "auth_backends names ldap but there is no ldap: section")
+        )
+    if values.get("robots") is not None and values.get("secret_file") is None:
+        problems.append(
+            Problem(source, 0, "robots needs secret_file (the key robot secrets are hashed with)")
         )
     if has_acl and "push_group" in values:
         problems.append(
@@ -498,25 +535,34 @@ def _load_ldap(node: Any, source: str, line: int, problems: list[Problem]) -> An
     return settings
 
 
+def _load_oidc(node: Any, base: Path, source: str, line: int, problems: list[Problem]) -> Any:
+    """The `oidc:` section, checked by its own parser (with lines)."""
+    from .authn.oidc_settings import parse_oidc_settings
+
+    settings, oidc_problems = parse_oidc_settings(node, source, line, base)
+    problems.extend(oidc_problems)
+    return settings
+
+
 def _load_acl(
     raw: Any, base: Path, source: str, line: int, problems: list[Problem]
-) -> tuple[tuple[Rule, ...] | None, Path | None]:
-    """`acl:` is a list of rules in place, the name of a file holding them, or null (none:
-    the recipe's policy)."""
+) -> tuple[tuple[Rule, ...] | None, tuple[TagRule, ...], Path | None]:
+    """`acl:` is a list of rules in place, the name of a file holding them (and, maybe, tag
+    rules), or null (none: the recipe's policy)."""
     if isinstance(raw, yaml.Node) and not isinstance(raw, yaml.ScalarNode):
         rules, rule_problems = parse_rules(raw, source)
         problems.extend(rule_problems)
-        return rules, None
+        return rules, (), None
     name = construct(raw) if isinstance(raw, yaml.ScalarNode) else raw
     if name is None:
-        return None, None
+        return None, (), None
     if not isinstance(name, str) or not name:
         problems.append(Problem(source, line, "acl: expected a list of rules or a file name"))
-        return None, None
-    acl_path = Path(name) if Path(name).is_absolute() else base / name
+        return None, (), None
+    acl_path = normalised(base / name)
     try:
-        rules, rule_problems = parse_acl_text(read_text(acl_path), str(acl_path))
+        rules, tag_rules, rule_problems = parse_acl_document(read_text(acl_path), str(acl_path))
     except ConfigError as exc:
-        rules, rule_problems = (), exc.problems
+        rules, tag_rules, rule_problems = (), (), exc.problems
     problems.extend(rule_problems)
-    return rules, acl_path
+    return rules, tag_rules, acl_path

@@ -11,16 +11,17 @@ import base64
 import binascii
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import bcrypt
-from passlib.hash import apr_md5_crypt, des_crypt, ldap_sha1, sha256_crypt, sha512_crypt
 
 from .problems import Problem
+from .routes import valid_component
 
 _USER_RE = re.compile(r"[^\s:#][^\s:]*")
+SLASH_PROBLEM = "'/' is not allowed (${user} or ${group} in the ACL would cross a namespace)"
 BCRYPT_MAX_BYTES = 72  # bcrypt ignores the rest; Apache and the bcrypt C library agree
 _CRYPT64 = "[./0-9A-Za-z]"
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -61,30 +62,38 @@ def _sha_crypt_rounds(stored: str) -> int:
     return int(match.group(1)) if match else 5000
 
 
-def _sha_crypt(handler: Any, password: str, sample: str) -> str:
-    return str(handler.using(rounds=_sha_crypt_rounds(sample)).hash(password))
-
-
-_CHECKERS: dict[str, Callable[[bytes, str], bool]] = {
-    "bcrypt": _check_bcrypt,
-    "apr1": apr_md5_crypt.verify,
-    "sha256-crypt": sha256_crypt.verify,
-    "sha512-crypt": sha512_crypt.verify,
-    "sha1": ldap_sha1.verify,
-    "crypt": des_crypt.verify,
+# Schemes other than bcrypt come from passlib (libpass), imported only when a file uses one:
+# it costs each process several MiB, and most htpasswd files are bcrypt only.
+_PASSLIB = {
+    "apr1": "apr_md5_crypt",
+    "sha256-crypt": "sha256_crypt",
+    "sha512-crypt": "sha512_crypt",
+    "sha1": "ldap_sha1",
+    "crypt": "des_crypt",
 }
 
-# Each makes a hash of `password` with the same scheme and cost as `sample`.
-_HASHERS: dict[str, Callable[[str, str], str]] = {
-    "bcrypt": lambda pw, sample: bcrypt.hashpw(
-        pw.encode(), bcrypt.gensalt(int(sample[4:6]), prefix=b"2b")
-    ).decode(),  # the pattern guarantees a two-digit cost of 04-31
-    "apr1": lambda pw, _: str(apr_md5_crypt.hash(pw)),
-    "sha256-crypt": lambda pw, s: _sha_crypt(sha256_crypt, pw, s),
-    "sha512-crypt": lambda pw, s: _sha_crypt(sha512_crypt, pw, s),
-    "sha1": lambda pw, _: str(ldap_sha1.hash(pw)),
-    "crypt": lambda pw, _: str(des_crypt.hash(pw[:8])),
-}
+
+def _passlib(scheme: str) -> Any:
+    import passlib.hash
+
+    return getattr(passlib.hash, _PASSLIB[scheme])
+
+
+def _check(scheme: str, password: bytes, stored: str) -> bool:
+    if scheme == "bcrypt":
+        return _check_bcrypt(password, stored)
+    return bool(_passlib(scheme).verify(password, stored))
+
+
+def _hash_like(scheme: str, password: str, sample: str) -> str:
+    """A hash of `password` with the same scheme and cost as `sample`."""
+    if scheme == "bcrypt":  # the pattern guarantees a two-digit cost of 04-31
+        salt = bcrypt.gensalt(int(sample[4:6]), prefix=b"2b")
+        return bcrypt.hashpw(password.encode(), salt).decode()
+    handler = _passlib(scheme)
+    if scheme in ("sha256-crypt", "sha512-crypt"):
+        handler = handler.using(rounds=_sha_crypt_rounds(sample))
+    return str(handler.hash(password[:8] if scheme == "crypt" else password))
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,7 @@ class PasswordHash:
         """Slow for bcrypt and sha-crypt: callers run it off the event loop. A password the
         scheme cannot even take (NUL bytes for crypt) is simply wrong, never an error."""
         try:
-            return bool(_CHECKERS[self.scheme](password, self.value))
+            return _check(self.scheme, password, self.value)
         except (ValueError, TypeError):
             return False
 
@@ -131,7 +140,7 @@ def dummy_like(sample: PasswordHash | None) -> PasswordHash:
     """
     sample = sample or DEFAULT_DUMMY_SAMPLE
     return PasswordHash(
-        sample.scheme, _HASHERS[sample.scheme](secrets.token_urlsafe(16), sample.value)
+        sample.scheme, _hash_like(sample.scheme, secrets.token_urlsafe(16), sample.value)
     )
 
 
@@ -161,6 +170,7 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
     A user listed twice keeps the first entry (Apache stops at the first match) and the repeat
     is reported. A line that cannot be parsed disables that line, and with it its user: a
     later line for the same user does not take over, since Apache would stop at the first.
+    A name with `/` is refused (see SLASH_PROBLEM).
     """
     users: dict[str, PasswordHash] = {}
     seen: set[str] = set()
@@ -171,7 +181,9 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
             problems.append(Problem(source, number, "malformed line, expected user:hash"))
             continue
         parsed = identify(stored.strip())
-        if user in seen:
+        if "/" in user:
+            problems.append(Problem(source, number, f"user {user!r}: {SLASH_PROBLEM}"))
+        elif user in seen:
             problems.append(Problem(source, number, f"user {user!r} repeated; first entry wins"))
         elif parsed is None:
             problems.append(
@@ -184,7 +196,8 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
 
 
 def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tuple[Problem, ...]]:
-    """Parse Apache's group file: `group: user1 user2`; a group may appear on several lines."""
+    """Parse Apache's group file: `group: user1 user2`; a group may appear on several lines.
+    A group named with `/` is refused with its line, a member named with `/` is left out."""
     members: dict[str, set[str]] = {}
     problems: list[Problem] = []
     for number, line in _entries(text):
@@ -193,8 +206,34 @@ def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tup
         if not sep or not group or any(c.isspace() for c in group):
             problems.append(Problem(source, number, "malformed line, expected 'group: user ...'"))
             continue
-        members.setdefault(group, set()).update(users.split())
+        if "/" in group:
+            problems.append(Problem(source, number, f"group {group!r}: {SLASH_PROBLEM}"))
+            continue
+        names = users.split()
+        for user in (u for u in names if "/" in u):
+            problems.append(Problem(source, number, f"member {user!r}: {SLASH_PROBLEM}"))
+        members.setdefault(group, set()).update(u for u in names if "/" not in u)
     return {g: frozenset(u) for g, u in members.items()}, tuple(problems)
+
+
+def placeholder_notes(text: str, source: str, kind: str) -> list[Problem]:
+    """The users (kind "user", an htpasswd file) or groups (kind "group", a group file) whose
+    names can never fill a `${user}` or `${group}` placeholder: not one repository path
+    component (lowercase letters, digits and single separators). They still log in and match
+    rules by name; only placeholder patterns pass them by."""
+    notes = []
+    for number, line in _entries(text):
+        name = line.partition(":")[0].strip()
+        if name and "/" not in name and not valid_component(name):
+            notes.append(
+                Problem(
+                    source,
+                    number,
+                    f"note: {kind} {name!r} never matches ${{{kind}}} in the ACL"
+                    " (not a single lowercase repository path component)",
+                )
+            )
+    return notes
 
 
 class MalformedCredentials(ValueError):
@@ -207,23 +246,27 @@ AUTHORIZATION_MAX = 4096
 def parse_basic_auth(values: list[str]) -> tuple[str, str] | None:
     """The (user, password) of a Basic Authorization header; None if there is none.
 
-    Raises MalformedCredentials for several headers, bad base64, a missing colon, or an
-    absurd length. Another scheme, or an empty user with an empty password, counts as no
-    credentials (the client is asked for Basic).
+    Raises MalformedCredentials for several headers, anything outside ASCII, bad base64, a
+    missing colon, or an absurd length. Another scheme, or an empty user with an empty
+    password, counts as no credentials (the client is asked for Basic). Spaces and tabs around
+    the parts are tolerated, as Apache does; the scheme is compared ASCII case-insensitively
+    (Go's parseBasicAuth uses ascii.EqualFold), never with Unicode folding.
     Bytes that are not UTF-8 are kept (surrogate escapes) so they still compare as bytes.
     """
     if not values:
         return None
     if len(values) > 1:
         raise MalformedCredentials("several Authorization headers")
-    value = values[0].strip()
+    value = values[0].strip(" \t")
     if len(value) > AUTHORIZATION_MAX:
         raise MalformedCredentials("Authorization header too long")
+    if not value.isascii():
+        raise MalformedCredentials("Authorization header is not ASCII")
     scheme, _, encoded = value.partition(" ")
-    if scheme.lower() != "basic":
+    if scheme.encode().lower() != b"basic":  # bytes: ASCII-only folding
         return None
     try:
-        decoded = base64.b64decode(encoded.strip(), validate=True)
+        decoded = base64.b64decode(encoded.strip(" \t"), validate=True)
     except (binascii.Error, ValueError):
         raise MalformedCredentials("Basic credentials are not valid base64") from None
     user, sep, password = decoded.decode("utf-8", "surrogateescape").partition(":")
@@ -232,6 +275,24 @@ def parse_basic_auth(values: list[str]) -> tuple[str, str] | None:
     if not user and not password:
         return None  # what podman sends when it has no credentials: anonymous
     return user, password
+
+
+_TOKEN68_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
+def bearer_token(values: list[str]) -> str | None:
+    """The token of a single `Authorization: Bearer` header (RFC 6750), or None for another
+    scheme or none. MalformedCredentials for a Bearer header without a well-formed token (the
+    length and count limits are `parse_basic_auth`'s, which runs first)."""
+    if len(values) != 1:
+        return None
+    scheme, _, token = values[0].strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = token.strip()
+    if not _TOKEN68_RE.fullmatch(token):
+        raise MalformedCredentials("Bearer credentials are not a token")
+    return token
 
 
 def basic_header(user: str, password: str) -> str:
@@ -248,13 +309,23 @@ def hash_password(password: str, cost: int = 10) -> str:
     return "$2y$" + value[4:]
 
 
+def user_name_problem(user: str) -> str | None:
+    """Why `user` may not be added to an htpasswd file, or None."""
+    if not _USER_RE.fullmatch(user):
+        return f"invalid user name {user!r}: no spaces, ':' or leading '#'"
+    if "/" in user:
+        return f"invalid user name {user!r}: {SLASH_PROBLEM}"
+    return None
+
+
 def edit_htpasswd(text: str, user: str, new_hash: str | None) -> tuple[str, bool]:
     """Set (or, with `new_hash` None, delete) `user`'s line; every other line is kept as is.
 
     Returns the new text and whether the user was there before.
     """
-    if not _USER_RE.fullmatch(user):
-        raise ValueError(f"invalid user name {user!r}: no spaces, ':' or leading '#'")
+    problem = user_name_problem(user)
+    if problem is not None and (new_hash is not None or "/" not in user):
+        raise ValueError(problem)  # a user with '/' may still be deleted
     lines, found = [], False
     for raw in _lines(text):
         if raw.partition(":")[0].strip() == user and not raw.lstrip().startswith("#"):

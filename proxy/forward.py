@@ -8,6 +8,7 @@ layer passes in constant memory. Keep-alive connections to the upstream are pool
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import time
@@ -39,13 +40,45 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Consumed or set by the proxy itself; never passed through from the client.
+# End-to-end headers the proxy or the registry rely on: a `Connection` header may not name
+# them away (`Connection: Host` would make the registry build Locations from its own address).
+END_TO_END = frozenset(
+    {
+        # the request: routing, framing, credentials, what the registry reads
+        "host",
+        "authorization",
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "content-range",
+        "range",
+        "expect",
+        "accept",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "forwarded",
+        # the answer: what registry clients read
+        "location",
+        "www-authenticate",
+        "docker-content-digest",
+        "docker-upload-uuid",
+        "docker-distribution-api-version",
+        "link",
+        "etag",
+        "last-modified",
+        "cache-control",
+        "oci-subject",
+        "oci-filters-applied",
+    }
+)
+# Consumed or set by the proxy itself; never passed through from the client (nor any other
+# X-Forwarded-*: the registry reads X-Forwarded-Port, for one, to build Locations).
 _CLIENT_ONLY = frozenset(
     {
         "authorization",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
         "forwarded",
         # Method overrides are never honoured here; nothing behind us may honour them either.
         "x-http-method-override",
@@ -55,28 +88,37 @@ _CLIENT_ONLY = frozenset(
 )
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 CHUNK = 64 * 1024
-# aiohttp buffers up to twice this per upstream response before it stops reading: 16 KiB
-# halves a download's memory against the default 64 KiB at the same throughput (measured:
-# 16 concurrent 256 MiB downloads, one worker, +7 MiB instead of +15, ~380 MB/s each way).
+# aiohttp buffers up to twice this per upstream response before it stops reading: a smaller
+# buffer than the default 64 KiB keeps a download's memory low at the same throughput.
 UPSTREAM_READ_BUFFER = 16 * 1024
 RETRY_AFTER = "5"  # seconds a client is asked to wait when every upstream connection is busy
 _LINK_TARGET = re.compile(r"<([^>]*)>")  # the URI of each link in a Link header
 
 
 def _droppable(headers: CIMultiDictProxy[str]) -> set[str]:
-    """Hop-by-hop headers, including any the sender named in `Connection`."""
+    """Hop-by-hop headers, and any the sender named in `Connection` that is not END_TO_END.
+    Names are folded ASCII-only (proxy.headers refuses anything else in a request's
+    Connection header), so no Unicode case mapping can turn one name into another."""
     named = {
-        token.strip().lower()
+        token.strip(" \t").encode().lower().decode()
         for value in headers.getall("Connection", [])
         for token in value.split(",")
     }
-    return set(HOP_BY_HOP) | named
+    return set(HOP_BY_HOP) | (named - END_TO_END)
+
+
+def _client_only(name: str) -> bool:
+    return name in _CLIENT_ONLY or name.startswith("x-forwarded-")
 
 
 def request_headers(headers: CIMultiDictProxy[str], forwarded_for: str) -> CIMultiDict[str]:
     """Client headers as the upstream should see them: Host kept, proxy headers set."""
-    drop = _droppable(headers) | _CLIENT_ONLY
-    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    drop = _droppable(headers)
+    out = CIMultiDict(
+        (k, v)
+        for k, v in headers.items()
+        if (name := k.lower()) not in drop and not _client_only(name)
+    )
     out["X-Forwarded-For"] = forwarded_for
     out["X-Forwarded-Proto"] = "https"
     return out
@@ -102,16 +144,20 @@ def response_headers(
 
 
 def rewrite_location(location: str, upstream: str, public_origin: str) -> str:
-    """Point a Location (or a Link's URI) at the upstream's own address back at the proxy."""
-    parts, base = urlsplit(location), urlsplit(upstream)
-    same = (parts.scheme, parts.hostname, parts.port or _default_port(parts.scheme)) == (
-        base.scheme,
-        base.hostname,
-        base.port or _default_port(base.scheme),
-    )
-    if not parts.netloc or not same:
+    """Point a Location (or a Link's URI) at the upstream's own address back at the proxy,
+    whatever its scheme: the registry takes the scheme from X-Forwarded-Proto and the host
+    from Host, so its address can come back as https://upstream-host:port. A Location without
+    a port points there when the port is the default of either scheme (the client omits a
+    default port from the Host it sends)."""
+    try:
+        parts, base = urlsplit(location), urlsplit(upstream)
+        port, base_port = parts.port, base.port or _default_port(base.scheme)
+    except ValueError:  # a port that is not a number: not the upstream's address
         return location
-    return public_origin + location[len(f"{parts.scheme}://{parts.netloc}") :]
+    ports = {port} if port else {_default_port(parts.scheme), _default_port(base.scheme)}
+    if not parts.netloc or parts.hostname != base.hostname or base_port not in ports:
+        return location
+    return public_origin + location[location.find("//") + 2 + len(parts.netloc) :]
 
 
 def _default_port(scheme: str) -> int:
@@ -166,8 +212,10 @@ class Forwarder:
         timeouts: Timeouts,
         wait: float,
         on_headers: OnHeaders | None = None,
+        body: bytes | None = None,
     ) -> web.StreamResponse:
-        """Send `request` to the route and stream the answer back."""
+        """Send `request` to the route and stream the answer back. `body`: the request's
+        body, already read whole (a manifest the proxy had to see), sent as it is."""
         try:
             async with asyncio.timeout(wait):
                 await self._slots.acquire()
@@ -177,7 +225,7 @@ class Forwarder:
                 503, "UNAVAILABLE", "registry busy, retry later", {"Retry-After": RETRY_AFTER}
             )
         try:
-            return await self._exchange(request, route, timeouts, on_headers)
+            return await self._exchange(request, route, timeouts, on_headers, body)
         finally:
             self._slots.release()
 
@@ -187,11 +235,16 @@ class Forwarder:
         route: Route,
         timeouts: Timeouts,
         on_headers: OnHeaders | None,
+        read: bytes | None,
     ) -> web.StreamResponse:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
-        body = _idle_bounded(request, timeouts.client_idle) if request.body_exists else None
+        body: io.BytesIO | AsyncIterator[bytes] | None = None
+        if read is not None:
+            body = io.BytesIO(read)  # sent in pieces, with its Content-Length
+        elif request.body_exists:
+            body = idle_bounded(request, timeouts.client_idle)
         started = time.monotonic()
         try:
             upstream_response = await self._session.request(
@@ -211,7 +264,7 @@ class Forwarder:
             if _caused_by(exc, ClientStalled):
                 log.info("client stopped sending its body: %s %s", request.method, route.raw_path)
                 response = error_response(408, "UNKNOWN", "request body stalled")
-                return await _closing(request, response)
+                return await closing(request, response)
             log.warning(
                 "upstream %s failed on %s %s: %s",
                 route.upstream,
@@ -277,7 +330,7 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-async def _closing(request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:
+async def closing(request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:
     """Send `response` and close the connection (its request body was not read to the end)."""
     response.force_close()
     await response.prepare(request)
@@ -290,7 +343,7 @@ class ClientStalled(aiohttp.ClientError):
     """The client sent nothing of its request body for `timeouts.client_idle` seconds."""
 
 
-async def _idle_bounded(request: web.BaseRequest, idle: float) -> AsyncIterator[bytes]:
+async def idle_bounded(request: web.BaseRequest, idle: float) -> AsyncIterator[bytes]:
     """The request body as it arrives, ended with ClientStalled when the client goes quiet."""
     content = request.content
     while True:

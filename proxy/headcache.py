@@ -31,7 +31,7 @@ from multidict import CIMultiDict
 
 from . import metrics
 from .events import BlobGone, Event
-from .forward import Forwarder, Route
+from .forward import Forwarder, OnHeaders, Route
 from .limits import Timeouts
 from .routes import Operation
 from .store import Store
@@ -143,7 +143,11 @@ class CachingForwarder:
         timeouts: Timeouts,
         wait: float,
         ttl: float,
+        body: bytes | None = None,
+        on_headers: OnHeaders | None = None,
     ) -> web.StreamResponse:
+        """Forward, or answer from memory; `on_headers` sees (and may change) the upstream's
+        headers before they are sent."""
         path, _, query = route.raw_path.partition("?")
         key = cache_key(request.method, operation, route.upstream, path, query, request.headers)
         if key is not None and ttl > 0:
@@ -153,7 +157,9 @@ class CachingForwarder:
                 return hit
         gone = blob_key(operation, route.upstream, path)
 
-        def on_headers(status: int, headers: CIMultiDict[str]) -> None:
+        def seen(status: int, headers: CIMultiDict[str]) -> None:
+            if on_headers is not None:
+                on_headers(status, headers)
             if gone is not None:
                 self._heads.drop(gone)
                 self._store.publish(BlobGone(gone))
@@ -161,7 +167,7 @@ class CachingForwarder:
                 lifetime = freshness(headers.get("Cache-Control", ""), ttl)
                 self._heads.put(key, headers, lifetime, self._clock())
 
-        return await self._forwarder.forward(request, route, timeouts, wait, on_headers)
+        return await self._forwarder.forward(request, route, timeouts, wait, seen, body)
 
     async def _answer(self, request: web.BaseRequest, key: str) -> web.StreamResponse | None:
         """The remembered answer under `key`, with its Age, or None."""

@@ -20,9 +20,8 @@ from functools import reduce
 import yaml
 
 from .importer_apache import ApacheWalk, apache_tree
-from .importer_base import ANYONE, METHODS, NOBODY, Entry, Grant, Out, error, printable
+from .importer_base import ANYONE, METHODS, NOBODY, Entry, Grant, Note, Out, error, printable
 from .importer_nginx import NginxWalk, nginx_tree
-from .problems import Problem
 from .routes import ACTIONS, Action
 
 _ACTION_METHODS: dict[Action, tuple[str, ...]] = {
@@ -37,7 +36,7 @@ class Imported:
     """The YAML to write, and what could not be translated (for standard error)."""
 
     yaml_text: str
-    notes: tuple[Problem, ...]
+    notes: tuple[Note, ...]
 
 
 def _per_method(entries: list[Entry]) -> dict[str, Grant]:
@@ -78,6 +77,7 @@ def _rules(grants: dict[Action, Grant], out: Out) -> list[dict[str, object]]:
                     f"a user matching both {kind} {names} and "
                     f"{other_kind} {other_names} gets only {sorted(actions)}: regproxy "
                     "rules do not add up",
+                    translated=True,
                 )
     rules: list[dict[str, object]] = []
     if anonymous:
@@ -100,6 +100,7 @@ def _policy(out: Out) -> None:
                 out.policy_line,
                 f"{'/'.join(methods)} are not treated alike: regproxy "
                 f"decides per action ({action}) and the stricter applies",
+                translated=True,
             )
         grants[action] = reduce(lambda a, b: a & b, found)
     opened = [a for a in _WRITES if grants[a].anyone]
@@ -108,6 +109,7 @@ def _policy(out: Out) -> None:
             out.policy_line,
             f"{' and '.join(opened)} need no credentials in the source; "
             "regproxy never lets anonymous clients write: any valid user may",
+            translated=True,
         )
         grants.update({a: replace(grants[a], anyone=False, valid=True) for a in opened})
     if writers := [a for a in _WRITES if grants[a].valid and a not in opened]:
@@ -115,6 +117,7 @@ def _policy(out: Out) -> None:
             out.policy_line,
             f"any valid user may {' and '.join(writers)}: no group or "
             "user list restricts it in the source",
+            translated=True,
         )
     rules = _rules(grants, out)
     if out.deny_all:
@@ -136,6 +139,7 @@ def _policy(out: Out) -> None:
             out.policy_line,
             "groups are used but no group file is named: regproxy "
             "reads the `groups` file (default conf/groups)",
+            translated=True,
         )
 
 
@@ -162,7 +166,7 @@ def _value(value: object) -> str:
     return _scalar(str(value))
 
 
-def _render(out: Out, notes: list[Problem]) -> str:
+def _render(out: Out, notes: list[Note]) -> str:
     values = out.values
     lines = [
         f"# Imported from {printable(out.source)} by `regproxy import`. Review it first;",
@@ -179,9 +183,9 @@ def _render(out: Out, notes: list[Problem]) -> str:
     for rule in out.acl:
         for n, (key, value) in enumerate(rule.items()):
             lines.append(f"{'  - ' if n == 0 else '    '}{key}: {_value(value)}")
-    if notes:
-        lines += ["", "# Not translated (also reported on standard error):"]
-        lines += [f"#   {printable(str(note))}" for note in notes]
+    for translated, title in ((True, "Translated, with a difference"), (False, "Not translated")):
+        kept = [f"#   {printable(str(note))}" for note in notes if note.translated is translated]
+        lines += ["", f"# {title} (also reported on standard error):", *kept] if kept else []
     return "\n".join(lines) + "\n"
 
 

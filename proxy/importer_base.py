@@ -85,23 +85,32 @@ class Grant:
 NOBODY, ANYONE, VALID = Grant(), Grant(anyone=True), Grant(valid=True)
 
 
+@dataclass(frozen=True)
+class Note(Problem):
+    """A directive the import could not carry over as written: `translated` when regproxy
+    has it now with a difference to check (a changed address, a path kept as written),
+    otherwise left out (regproxy does it itself, or has no equivalent)."""
+
+    translated: bool = False
+
+
 @dataclass
 class Out:
     """What a walk found: settings, notes, access entries, and whether the policy was lost."""
 
     source: str
     values: dict[str, str] = field(default_factory=dict)
-    notes: list[Problem] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
     acl: list[dict[str, object]] = field(default_factory=list)
     deny_all: bool = False
     policy_line: int = 0
 
-    def note(self, where: Directive | int, why: str) -> None:
+    def note(self, where: Directive | int, why: str, *, translated: bool = False) -> None:
         if isinstance(where, Directive):
-            self.notes.append(Problem(self.source, where.line, f"{where} — {why}"))
+            self.notes.append(Note(self.source, where.line, f"{where} — {why}", translated))
         else:
-            self.notes.append(Problem(self.source, where, why))
+            self.notes.append(Note(self.source, where, why, translated))
 
     def set(self, key: str, value: str, d: Directive) -> None:
         """regproxy has one of each: the first value wins, a different one is a note."""
@@ -163,6 +172,7 @@ def set_listen(out: Out, d: Directive, server: str) -> None:
             f"{server} listens on every interface: translated to {value} (IPv4; "
             f"[::]:{port} for IPv6); regproxy's default would be loopback-only "
             f"127.0.0.1:{port}",
+            translated=True,
         )
     match = _LISTEN_RE.fullmatch(value)
     if not match or not 0 < int(match.group(1) or match.group(2)) < 65536:
@@ -193,14 +203,16 @@ def set_path(out: Out, d: Directive, key: str, server: str) -> None:
             f"kept as written, but this looks like a path inside the {server} "
             "container: use the path regproxy sees (compose/docker-compose.yml mounts "
             f"it as /etc/regproxy/{PurePosixPath(path).name})",
+            translated=True,
         )
     if "$" in path:
-        out.note(d, "kept as written: regproxy does not expand variables in paths")
+        out.note(d, "kept as written: regproxy does not expand variables in paths", translated=True)
     elif not path.startswith("/"):
         out.note(
             d,
             f"relative path kept: {server} resolves it against its own root, "
             "regproxy against this YAML file's directory",
+            translated=True,
         )
     out.set(key, path, d)
 

@@ -156,9 +156,11 @@ class NginxWalk:
         listens = sorted(self.listens, key=lambda d: "ssl" not in d.args[1:])
         set_listens(self.out, listens, "nginx")
         if listens and "ssl" not in listens[0].args[1:]:
-            self.out.note(listens[0], "plain HTTP in nginx: regproxy always serves TLS")
+            why = "plain HTTP in nginx: regproxy always serves TLS"
+            self.out.note(listens[0], why, translated=True)
         elif listens and not set(listens[0].args[1:]) <= {"ssl", "default_server"}:
-            self.out.note(listens[0], "regproxy serves HTTP/1.1 over TLS: other flags ignored")
+            why = "regproxy serves HTTP/1.1 over TLS: other flags ignored"
+            self.out.note(listens[0], why, translated=True)
         for d in misplaced:
             self.out.lost(d)
         paths = {d: p for d in locations if (p := _location_path(d)) is not None}

@@ -1,16 +1,50 @@
 """Where log lines go: diagnostics to stderr, access lines to stdout or a file, audit lines to
-their file (or, without one, with the diagnostics); SIGUSR1 reopens the files (logrotate)."""
+their file (or, without one, with the diagnostics); SIGUSR1 reopens the files (logrotate).
+Imported by the supervisor too: nothing here pulls in the HTTP stack."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
-from .accesslog import SINK
 from .audit import audit_log
 
 log = logging.getLogger("regproxy")
+
+
+class Sink:
+    """Where access lines go: nowhere until opened, then a file (reopened on SIGUSR1 for
+    logrotate) or standard output. O_APPEND keeps the workers' lines whole."""
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+        self._fd: int | None = None
+
+    def open(self, path: Path | None) -> None:
+        self._path = path
+        self.reopen()
+
+    def reopen(self) -> None:
+        """Write to the configured path afresh (after a rename); stdout needs no reopening."""
+        if self._path is None:
+            try:
+                self._fd = sys.stdout.fileno()
+            except (AttributeError, ValueError, OSError):  # detached: no stdout at all
+                self._fd = None
+            return
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        old, self._fd = self._fd, fd
+        if old is not None and old > 2:
+            os.close(old)
+
+    def write(self, line: str) -> None:
+        if self._fd is not None:
+            os.write(self._fd, (line + "\n").encode("utf-8", "backslashreplace"))
+
+
+SINK = Sink()
 
 
 def configure_logging(

@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 if TYPE_CHECKING:
+    from aiohttp import web
     from prometheus_client import CollectorRegistry, Counter
 
 
@@ -148,6 +147,7 @@ def _registry() -> CollectorRegistry | None:
 
 
 async def metrics(_: web.BaseRequest) -> web.Response:
+    from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     registry = _registry()

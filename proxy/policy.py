@@ -1,58 +1,96 @@
 """Authorization: ordered rules, first match wins, deny by default. Pure: no I/O.
 
-A rule matches on who is asking (users, groups, anonymous), from where (client networks) and
-which repository (globs with `${user}` and `${group}`); the first rule that matches decides,
-grants only the actions it lists, and names the upstream the request goes to. When no rule
-matches the answer is no. Without an ACL the built-in rules are the Apache recipe's: members of
+A rule matches on who is asking (users, groups, anonymous, a workload token's claims), from
+where (client networks), which repository (globs with `${user}` and `${group}`) and, for
+manifest requests by tag, which tag (globs too); the first rule that matches decides, grants
+only the actions it lists, and names the upstream the request goes to. A rule with tags
+matches only requests by tag: a request by digest, or for a blob, is decided by the rules
+without tags. When no rule matches the answer is no. Without an ACL the built-in rules are
+the Apache recipe's: members of
 the push group may do anything, any other valid user may pull.
+
+A robot's request is decided as its principal's (its owner's) would be, and then only within
+the robot's own scopes: it never exceeds, nor outlives, whoever it acts for.
 """
 
 from __future__ import annotations
 
+import heapq
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 
+from . import claims as claim_values
 from .addresses import IPNetwork
+from .globs import glob_pattern, glob_regex
 from .identity import Identity
-from .routes import ACTIONS, Action, Operation
+from .routes import ACTIONS, Action, Operation, valid_component
 
 PLACEHOLDER_RE = re.compile(r"\$\{(user|group)\}")
 
 
-@lru_cache(maxsize=4096)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """`*` and `?` stay within one path component; `**` crosses `/`."""
-    parts = re.split(r"(\*\*|\*|\?)", pattern)
-    wild = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
-    return re.compile("".join(wild.get(p, re.escape(p)) for p in parts))
+_COMPONENT_HOLDER = re.compile(r"(?:^|(?<=/))\$\{(user|group)\}(?=/|$)")
+
+
+class Glob:
+    """One repository or tag glob, compiled once when the rule is made.
+
+    Placeholders that are whole path components (`${user}/**`, `teams/${group}/*`) are
+    matched by capturing that component and comparing it with the caller's name or groups: no
+    compiling per caller, whatever the number of users. A placeholder inside a component
+    (`ci-${user}-*`) is filled in and compiled per caller (cached), as it could otherwise
+    split the component more than one way."""
+
+    __slots__ = ("holders", "pattern", "regex", "whole")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.holders = tuple(PLACEHOLDER_RE.findall(pattern))
+        self.whole = len(_COMPONENT_HOLDER.findall(pattern)) == len(self.holders)
+        self.regex = (
+            re.compile(glob_pattern(pattern, self.whole), re.DOTALL) if self.whole else None
+        )
+
+    def matches(self, who: Identity, name: str) -> bool:
+        if self.regex is None:
+            return any(glob_regex(text).fullmatch(name) for text in _expand(self.pattern, who))
+        found = self.regex.fullmatch(name)
+        if found is None:
+            return False
+        if not self.holders:
+            return True
+        if who.user is None or ("user" in self.holders and not valid_component(who.user)):
+            return False
+        chosen = {v for k, v in zip(self.holders, found.groups(), strict=True) if k == "group"}
+        if len(chosen) > 1:  # one group fills every ${group} of a pattern
+            return False
+        return all(
+            value == who.user if kind == "user" else value in who.groups and valid_component(value)
+            for kind, value in zip(self.holders, found.groups(), strict=True)
+        )
 
 
 def _expand(pattern: str, who: Identity) -> list[str]:
-    """Substitute placeholders literally: a user called `*` must not become a wildcard."""
+    """The pattern with its placeholders filled in, once per group for `${group}`.
+
+    A placeholder stands for exactly one repository path component: a user or group whose
+    name is not one (`alice/sub`, `*`, `Domain Users`) never fills it, so `${user}/**` can
+    never reach into another user's namespace, whichever identity source named them.
+    """
     if "${" not in pattern:
         return [pattern]
-    if who.user is None:
+    if who.user is None or ("${user}" in pattern and not valid_component(who.user)):
         return []
-    values = [who.user]
-    if "${group}" in pattern:
-        values = sorted(who.groups)
-    out = []
-    for group in values:
-        text = pattern.replace("${user}", _escape_glob(who.user))
-        out.append(text.replace("${group}", _escape_glob(group)))
-    return out
-
-
-def _escape_glob(value: str) -> str:
-    # Names with glob characters can never be repository names; make them unmatchable.
-    return value if not any(c in value for c in "*?") else "\0"
+    groups = sorted(g for g in who.groups if valid_component(g)) if "${group}" in pattern else [""]
+    text = pattern.replace("${user}", who.user)
+    return [text.replace("${group}", group) for group in groups]
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One ACL entry. Empty `users`/`groups`/`repositories`/`networks` match anything;
-    `anonymous` True matches only requests without credentials, False only valid users."""
+    """One ACL entry. Empty `users`/`groups`/`repositories`/`networks`/`claims` match anything;
+    `anonymous` True matches only requests without credentials, False only valid users;
+    `claims` match only identities from workload tokens whose claims meet every condition."""
 
     actions: frozenset[Action]
     users: frozenset[str] = frozenset()
@@ -60,9 +98,17 @@ class Rule:
     repositories: tuple[str, ...] = ()
     networks: tuple[IPNetwork, ...] = ()
     anonymous: bool = False
+    tags: tuple[str, ...] = ()  # globs over the tag: only manifest requests by tag match
+    claims: claim_values.Conditions = ()
     upstream: str | None = None
     origin: str = "built-in"
     description: str = field(default="", compare=False)
+    _repositories: tuple[Glob, ...] = field(init=False, repr=False, compare=False)
+    _tags: tuple[Glob, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_repositories", tuple(Glob(p) for p in self.repositories))
+        object.__setattr__(self, "_tags", tuple(Glob(p) for p in self.tags))
 
     def matches_who(self, who: Identity) -> bool:
         if self.anonymous != who.anonymous:
@@ -71,23 +117,71 @@ class Rule:
             return False
         if self.groups and not self.groups & who.groups:
             return False
+        if self.claims and not claim_values.holds(self.claims, who.claims):
+            return False
         if self.networks:
             return who.address is not None and any(who.address in n for n in self.networks)
         return True
 
     def matches_repository(self, who: Identity, repository: str) -> bool:
-        if not self.repositories:
+        return not self._repositories or any(g.matches(who, repository) for g in self._repositories)
+
+    def matches_tag(self, who: Identity, tag: str | None) -> bool:
+        """Rules without tags match any request; rules with tags only requests by tag."""
+        if not self._tags:
             return True
-        return any(
-            glob_regex(expanded).fullmatch(repository)
-            for pattern in self.repositories
-            for expanded in _expand(pattern, who)
-        )
+        return tag is not None and any(g.matches(who, tag) for g in self._tags)
 
     @property
     def catch_all(self) -> bool:
         """Matches every valid user (or every anonymous request) on every repository."""
-        return not (self.users or self.groups or self.repositories or self.networks)
+        return not (
+            self.users or self.groups or self.repositories or self.networks or self.tags
+            or self.claims
+        )  # fmt: skip
+
+
+_ANY = "*"  # index key: a rule that may match any first path component
+
+
+def _first_components(rule: Rule) -> set[str]:
+    """The first path components of the repositories `rule` can match: literal names,
+    `${user}`/`${group}` (looked up by the caller's names), or _ANY."""
+    keys = set()
+    for pattern in rule.repositories or ("**",):
+        first = pattern.split("/", 1)[0]
+        if first in ("${user}", "${group}") or not any(c in first for c in "*?$"):
+            keys.add(first)
+        else:
+            keys.add(_ANY)
+    return keys
+
+
+class RuleSet(tuple[Rule, ...]):
+    """The rules in order, indexed by the first path component a rule can match, so that
+    finding the deciding rule looks only at rules that could match the repository, however
+    many there are. Built with the snapshot, off the event loop."""
+
+    _index: dict[str, list[int]]
+
+    def __new__(cls, rules: Iterable[Rule]) -> RuleSet:
+        self = super().__new__(cls, rules)
+        index: dict[str, list[int]] = {}
+        for position, rule in enumerate(self):
+            for key in _first_components(rule):
+                index.setdefault(key, []).append(position)
+        self._index = index
+        return self
+
+    def candidates(self, who: Identity, repository: str) -> Iterable[Rule]:
+        """The rules, in order, that could match `repository` for `who`."""
+        first = repository.split("/", 1)[0]
+        lists = [self._index.get(first, []), self._index.get(_ANY, [])]
+        if who.user == first:
+            lists.append(self._index.get("${user}", []))
+        if first in who.groups:
+            lists.append(self._index.get("${group}", []))
+        return (self[i] for i in heapq.merge(*lists))
 
 
 @dataclass(frozen=True)
@@ -96,6 +190,7 @@ class Decision:
 
     allowed: bool
     rule: Rule | None
+    limited_by: str = ""  # what refused an action the rule grants (a robot's scopes)
 
     @property
     def upstream(self) -> str | None:
@@ -103,6 +198,8 @@ class Decision:
 
     @property
     def reason(self) -> str:
+        if self.limited_by:
+            return self.limited_by
         if self.rule:
             return f"rule {self.rule.origin}"
         if self.allowed:
@@ -122,29 +219,65 @@ def recipe_rules(push_group: str) -> tuple[Rule, ...]:
     )
 
 
-def first_match(rules: tuple[Rule, ...], who: Identity, repository: str | None) -> Rule | None:
-    """The deciding rule; with `repository` None, repository constraints are not checked."""
-    for rule in rules:
-        if rule.matches_who(who) and (
-            repository is None or rule.matches_repository(who, repository)
+def first_match(
+    rules: tuple[Rule, ...], who: Identity, repository: str | None, tag: str | None = None
+) -> Rule | None:
+    """The deciding rule; with `repository` None, repository constraints are not checked.
+    `tag` is the tag of a manifest request by tag (None for any other request)."""
+    candidates: Iterable[Rule] = rules
+    if repository is not None and isinstance(rules, RuleSet):
+        candidates = rules.candidates(who, repository)
+    for rule in candidates:
+        if (
+            rule.matches_who(who)
+            and (repository is None or rule.matches_repository(who, repository))
+            and rule.matches_tag(who, tag)
         ):
             return rule
     return None
 
 
 def decide(
-    rules: tuple[Rule, ...], who: Identity, action: Action | None, repository: str | None = None
+    rules: tuple[Rule, ...],
+    who: Identity,
+    action: Action | None,
+    repository: str | None = None,
+    tag: str | None = None,
 ) -> Decision:
     """First matching rule decides. `action` None (the catalog) asks only whether the caller
     may use the registry at all: any valid user may, and anonymous callers may when some
     rule for anonymous requests grants anything."""
+    if who.robot is not None:
+        return _within_scopes(rules, who, action, repository, tag)
     if action is None:
         if not who.anonymous:
             return Decision(True, first_match(rules, who, None))
         rule = next((r for r in rules if r.matches_who(who) and r.actions), None)
         return Decision(rule is not None, rule)
-    rule = first_match(rules, who, repository)
+    rule = first_match(rules, who, repository, tag)
     return Decision(rule is not None and action in rule.actions, rule)
+
+
+def _within_scopes(
+    rules: tuple[Rule, ...],
+    who: Identity,
+    action: Action | None,
+    repository: str | None,
+    tag: str | None,
+) -> Decision:
+    """A robot: what its principal may do, narrowed to the robot's own scopes."""
+    robot = who.robot
+    assert robot is not None
+    decision = decide(rules, robot.acting(who.address), action, repository, tag)
+    if action is None or not decision.allowed:
+        return decision
+    if (
+        action in robot.actions
+        and repository is not None
+        and any(glob_regex(g).fullmatch(repository) for g in robot.repositories)
+    ):
+        return decision
+    return Decision(False, decision.rule, f"outside the scopes of robot {robot.name}")
 
 
 @dataclass(frozen=True)
@@ -170,7 +303,7 @@ def authorize(rules: tuple[Rule, ...], who: Identity, operation: Operation) -> V
         # Always challenge: clients learn from the ping whether to send credentials, and
         # one that got 200 here would never send them, even to push.
         return Verdict(Decision(False, None))
-    decision = decide(rules, who, operation.action, operation.repository)
+    decision = decide(rules, who, operation.action, operation.repository, operation.tag)
     if not decision.allowed or operation.mount_from is None:
         return Verdict(decision)
     source = decide(rules, who, "pull", operation.mount_from)

@@ -7,6 +7,11 @@ Config, ACL, LDAP settings, htpasswd and group files all report through these, s
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +42,46 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+def _owner(st: os.stat_result) -> str:
+    try:
+        return f"{pwd.getpwuid(st.st_uid).pw_name}:{grp.getgrgid(st.st_gid).gr_name}"
+    except KeyError:
+        return f"{st.st_uid}:{st.st_gid}"
+
+
+def permission_hint(path: Path) -> str:
+    """What this process lacks to read `path`: search permission on a directory on the way,
+    or read permission on the file, with the owner and mode it has now."""
+    blocked, need = path, "read"
+    for parent in reversed(path.absolute().parents):
+        if not os.access(parent, os.X_OK):
+            blocked, need = parent, "search (x)"
+            break
+    try:
+        st = blocked.stat()
+    except OSError:
+        return ""
+    uid = os.geteuid()
+    return (
+        f": uid {uid} (gid {os.getegid()}) needs {need} permission on {blocked} (mode"
+        f" {stat.S_IMODE(st.st_mode):04o}, owner {_owner(st)}): grant it to a group uid {uid} is"
+        " in, or give regproxy CAP_DAC_READ_SEARCH"
+    )
+
+
+def cannot_read(path: Path, exc: OSError) -> Problem:
+    """An OSError from reading `path`, naming the file and, for EACCES, what is missing."""
+    hint = permission_hint(path) if isinstance(exc, PermissionError) else ""
+    return Problem(str(path), 0, f"cannot read: {exc.strerror or exc}{hint}")
+
+
 def read_text(path: Path) -> str:
     """A whole file as UTF-8; ConfigError (file:line) if unreadable, binary or huge."""
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError([Problem(str(path), 0, f"cannot read: {exc.strerror or exc}")]) from None
+        raise ConfigError([cannot_read(path, exc)]) from None
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError([Problem(str(path), 0, f"larger than {MAX_FILE_BYTES} bytes")])
     try:
@@ -59,14 +97,57 @@ def read_text(path: Path) -> str:
 
 def compose_yaml(text: str, source: str) -> yaml.Node | None:
     """The YAML node tree of `text` (None for an empty document), keeping every node's line;
-    ConfigError with the line of the syntax error."""
+    ConfigError at the line that causes a syntax error."""
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 0
-        message = f"invalid YAML: {getattr(exc, 'problem', None) or exc}"
-        raise ConfigError([Problem(source, line, message)]) from None
+        raise ConfigError([yaml_problem(exc, text, source)]) from None
+
+
+# Parser contexts whose mark is where the cause is: something opened there and never closed.
+_OPENED = {
+    "while parsing a flow sequence": "a '[' opened on this line is not closed",
+    "while parsing a flow mapping": "a '{' opened on this line is not closed",
+    "while scanning a quoted scalar": "a quote opened on this line is not closed",
+    "while scanning a simple key": "a key on this line has no ':'",
+}
+
+
+def _run_on_start(text: str, line: int) -> int:
+    """The line where the plain value that ran on into `line` began (a forgotten ':' or a
+    wrong indentation before it), else `line`."""
+    start = line
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, yaml.ScalarToken):
+                start = token.start_mark.line + 1
+    except yaml.YAMLError:
+        pass
+    return start if start < line else line
+
+
+def yaml_problem(exc: yaml.YAMLError, text: str, source: str) -> Problem:
+    """A YAML syntax error at the line that causes it (where a bracket or quote was opened,
+    where a value that runs on began, the last line of a file that ends half-written), not
+    where the parser gave up."""
+    problem = str(getattr(exc, "problem", None) or exc)
+    mark = getattr(exc, "problem_mark", None)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark is not None else 0
+    if context in _OPENED and context_mark is not None:
+        cause = context_mark.line + 1
+        return Problem(source, cause, f"invalid YAML: {_OPENED[context]} ({problem})")
+    if mark is not None and mark.index >= len(text.rstrip()):
+        last = len(text.rstrip().split("\n"))
+        return Problem(source, last, f"invalid YAML: the file ends early ({problem})")
+    if problem == "mapping values are not allowed here":
+        start = _run_on_start(text, line)
+        if start != line:
+            why = f"a value starts here and runs on into line {line} (a ':' missing, or the"
+            return Problem(source, start, f"invalid YAML: {why} indentation of line {line}?)")
+    if problem.startswith("but ") and context:
+        problem = f"{context}, {problem}"  # "expected a single document ..., but found ..."
+    return Problem(source, line, f"invalid YAML: {problem}")
 
 
 def construct(node: yaml.Node) -> Any:
@@ -75,3 +156,20 @@ def construct(node: yaml.Node) -> Any:
         return yaml.SafeLoader("").construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError) as exc:
         raise ValueError(f"cannot read value: {getattr(exc, 'problem', None) or exc}") from None
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o640) -> None:
+    """Write-then-rename in the same directory: readers see the old file or the new one (a new
+    file gets `mode`, an existing one keeps its own)."""
+    mode = path.stat().st_mode & 0o777 if path.exists() else mode
+    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -10,6 +10,9 @@ A refusal says what the spec says for the same request, with one of its error co
 reference that names nothing the registry could hold (neither tag nor digest) is "not found",
 as the registry itself answers for a path outside its routes; a digest of a known algorithm
 with the wrong encoding is DIGEST_INVALID, as the registry answers for blobs.
+
+Headers are read first, as the registry reads them (proxy.headers), and the body must not be
+able to carry what the classifier did not see.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import unquote_plus
+
+from .headers import RawHeaders, Reading, Unreadable
+from .headers import read as read_headers
 
 Action = Literal["pull", "push", "delete"]
 Kind = Literal["ping", "catalog", "manifest", "blob", "upload-start", "upload", "tags", "referrers"]
@@ -25,6 +31,7 @@ ACTIONS: tuple[Action, ...] = ("pull", "push", "delete")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+COMPONENT_RE = re.compile(_COMPONENT)
 NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 NAME_MAX = 255  # distribution's limit on a repository name
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -94,6 +101,14 @@ class Operation:
     mount_from: str | None = None
     drop_mount: bool = False
 
+    @property
+    def tag(self) -> str | None:
+        """The tag of a manifest request by tag; None for a digest and for every other kind."""
+        ref = self.reference
+        if self.kind != "manifest" or ref is None or TAG_RE.fullmatch(ref) is None:
+            return None
+        return ref
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -112,6 +127,11 @@ def is_proxied(path: str) -> bool:
 
 def valid_name(name: str) -> bool:
     return len(name) <= NAME_MAX and NAME_RE.fullmatch(name) is not None
+
+
+def valid_component(name: str) -> bool:
+    """One path component of a repository name: what a `${user}` or `${group}` may stand for."""
+    return len(name) <= NAME_MAX and COMPONENT_RE.fullmatch(name) is not None
 
 
 def valid_reference(kind: Kind, ref: str) -> bool:
@@ -157,6 +177,23 @@ def _endpoint(path: str) -> tuple[Kind, str | None, str | None] | Refusal:
     return Refusal(404, "UNSUPPORTED", "no such registry endpoint")
 
 
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def query_pairs(query: str) -> list[tuple[str, str]] | None:
+    """The query's (key, value) pairs as Go's url.ParseQuery reads them, which is how the
+    registry's FormValue reads `mount`, `from` and `digest`; None where Go reports an error
+    (a pair with `;` or a bad %-escape), since Go then skips a pair that Python would keep."""
+    pairs = []
+    for pair in query.split("&"):
+        if ";" in pair or _BAD_ESCAPE.search(pair):
+            return None
+        if pair:
+            key, _, value = pair.partition("=")
+            pairs.append((unquote_plus(key), unquote_plus(value)))
+    return pairs
+
+
 def _mount_source(query: str) -> str | Refusal | None:
     """The `from` repository of a cross-repository mount, checked like any other name; "" when
     the mount has no usable source (no `from`, or a `from` or `mount` outside its grammar).
@@ -166,7 +203,9 @@ def _mount_source(query: str) -> str | Refusal | None:
     upload, so no registry picks a source the caller may not read, and nothing malformed is
     forwarded. Repeated parameters are refused: the registry might read another copy than we.
     """
-    pairs = parse_qsl(query, keep_blank_values=True)
+    pairs = query_pairs(query)
+    if pairs is None:
+        return Refusal(400, "UNSUPPORTED", "query string the registry would read differently")
     keys = [k for k, _ in pairs]
     for key in ("mount", "from", "digest"):
         if keys.count(key) > 1:
@@ -194,16 +233,37 @@ def without_mount(query: str) -> str:
 CATALOG_MAX = 1000  # the registry refuses larger pages
 
 
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+def body_refusal(operation: Operation, reading: Reading, query: str) -> Refusal | None:
+    """Bodies that could carry what the classifier never saw.
+
+    The registry reads `mount`, `from` and `digest` with Go's FormValue, which prefers a form
+    body over the query string (ParseForm reads application/x-www-form-urlencoded bodies of
+    POST, PUT and PATCH; ParseMultipartForm reads multipart/form-data bodies of any method):
+    form types, by Go's reading of the Content-Type, are refused on every registry request.
+    An upload start without `digest=` carries no body at all: docker, podman, skopeo,
+    containerd and ORAS send `Content-Length: 0` there, and nothing else can smuggle a form.
+    """
+    if reading.form:
+        assert reading.media_type is not None
+        return Refusal(400, "UNSUPPORTED", f"{reading.media_type.type} bodies are not accepted")
+    if operation.kind == "upload-start" and reading.body:
+        pairs = query_pairs(query) or []
+        if not any(key == "digest" and value for key, value in pairs):  # FormValue != ""
+            return Refusal(400, "UNSUPPORTED", "an upload start without digest= has no body")
+    return None
 
 
-def body_refusal(operation: Operation, content_type: str) -> Refusal | None:
-    """Form bodies are refused on push requests: the registry reads `mount`, `from` and
-    `digest` with Go's FormValue, which prefers a form body over the query string, so a form
-    body could carry parameters this classifier never saw. No registry client sends one."""
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if operation.action == "push" and media_type in _FORM_TYPES:
-        return Refusal(400, "UNSUPPORTED", f"{media_type} bodies are not accepted here")
+def _tag_parameters(kind: Kind, method: str, query: str) -> Refusal | None:
+    """A manifest PUT with `tag` query parameters (a newer spec's way to tag a manifest pushed
+    by digest) would set tags this classifier never saw: tag rules and immutable tags could not
+    hold, so it is refused; each tag is pushed by its own reference instead."""
+    if kind != "manifest" or method != "PUT" or not query:
+        return None
+    pairs = query_pairs(query)
+    if pairs is None:
+        return Refusal(400, "UNSUPPORTED", "query string the registry would read differently")
+    if any(key == "tag" for key, _ in pairs):
+        return Refusal(400, "UNSUPPORTED", "tag query parameters are not accepted: push each tag")
     return None
 
 
@@ -218,7 +278,24 @@ def classify(method: str, path: str, query: str = "") -> Operation | Refusal:
     if (kind, method) not in _ACTIONS:
         allow = ", ".join(sorted(m for k, m in _ACTIONS if k == kind))
         return Refusal(405, "UNSUPPORTED", f"method {method} not allowed here", allow)
+    refused = _tag_parameters(kind, method, query)
+    if refused is not None:
+        return refused
     source = _mount_source(query) if kind == "upload-start" else None
     if isinstance(source, Refusal):
         return source
     return Operation(kind, _ACTIONS[(kind, method)], name, ref, source or None, source == "")
+
+
+def classify_request(
+    method: str, path: str, query: str, headers: RawHeaders, http11: bool = True
+) -> Operation | Refusal:
+    """The classify step of the request path: the headers as the registry reads them, the
+    endpoint and action, and the body check. Nothing refused here is ever forwarded."""
+    reading = read_headers(headers, http11)
+    if isinstance(reading, Unreadable):
+        return Refusal(reading.status, "UNSUPPORTED", reading.message)
+    operation = classify(method, path, query)
+    if isinstance(operation, Refusal):
+        return operation
+    return body_refusal(operation, reading, query) or operation

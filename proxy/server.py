@@ -1,7 +1,8 @@
 """The server: one request's walk, and the worker's lifecycle.
 
 A request takes one snapshot of the configuration and walks down the steps with it:
-classify -> authenticate -> authorize -> forward (or answer: ping, catalog, token) -> log.
+classify -> authenticate -> authorize -> guard tags -> forward (or answer: ping, catalog,
+token) -> log.
 `Server` owns the lifecycle: startup (every resource registered for cleanup as it is made),
 serving until SIGTERM/SIGINT, a graceful drain, and shutdown; SIGHUP reloads every file.
 """
@@ -17,19 +18,21 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
-from . import metrics
+from . import metrics, uploads
 from .accesslog import BYTES_KEY, USER_KEY, access_logger_class
-from .addresses import Origin, origin, peer_address
+from .addresses import Origin, origin
 from .audit import audit
 from .authn.chain import Authentication, Authenticators, BackendFactory, Denied
+from .authn.robots import FLUSH_INTERVAL, RobotUsage
 from .catalog import fetch_page, filtered, new_key, next_link, parse_page
 from .config import Config
 from .errors import (
@@ -40,7 +43,7 @@ from .errors import (
     ping_response,
     unauthorized,
 )
-from .forward import Forwarder, Route
+from .forward import Forwarder, OnHeaders, Route
 from .headcache import CachingForwarder
 from .health import Health, probe
 from .identity import Identity
@@ -51,9 +54,11 @@ from .memory import release_memory
 from .peers import Peers
 from .policy import authorize, decide
 from .reload import State
-from .routes import Operation, Refusal, body_refusal, classify, without_mount
+from .robots import usage_path
+from .routes import Operation, Refusal, classify_request, without_mount
 from .snapshot import Snapshot
 from .store import LocalStore, Store
+from .tagguard import TagGuard
 from .throttle import Throttle
 from .token_endpoint import token_endpoint
 
@@ -74,13 +79,15 @@ class Handler:
         self,
         state: State,
         authentication: Authentication,
-        forwarder: CachingForwarder,
+        forwarder: TagGuard,
         health: Health,
         session: aiohttp.ClientSession,
         catalog_key: bytes,
         work: Executor,
+        upload_key: bytes,
     ) -> None:
         self._state = state
+        self._upload_key = upload_key  # without a secret_file: shared by this tree of workers
         self._authentication = authentication
         self._forwarder = forwarder
         self._health = health
@@ -116,7 +123,7 @@ class Handler:
         config = snapshot.config
         path, _, query = request.raw_path.partition("?")
         where = origin(
-            peer_address(request.remote),
+            request.remote,
             request.headers.getall("X-Forwarded-For", []),
             config.trusted_proxies,
         )
@@ -127,14 +134,15 @@ class Handler:
                 functools.partial(self._identify, address=where, snapshot=snapshot),
                 functools.partial(_denied, realm=config.realm),
             )
-        operation = classify(request.method, path, query)
+        http11 = request.version >= (1, 1)
+        operation = classify_request(request.method, path, query, request.raw_headers, http11)
         if isinstance(operation, Refusal):
             metrics.RECORD.request("refused", operation.status)
             allow = {"Allow": operation.allow} if operation.allow else None
             return error_response(operation.status, operation.code, operation.message, allow)
-        address = f"addr:{where.address}"
+        address = f"addr:{where.client}"
         if not self._gate.enter(address, config.limits.per_address):
-            return _busy(f"too many requests in flight from {where.address}")
+            return _busy(f"too many requests in flight from {where.client}")
         try:
             response = await self._handle(request, operation, snapshot, where)
         finally:
@@ -152,9 +160,6 @@ class Handler:
         self, request: web.BaseRequest, operation: Operation, snapshot: Snapshot, where: Origin
     ) -> web.StreamResponse:
         config = snapshot.config
-        refused = body_refusal(operation, request.headers.get("Content-Type", ""))
-        if refused is not None:
-            return error_response(refused.status, refused.code, refused.message)
         who = await self._identify(request.headers.getall("Authorization", []), where, snapshot)
         if isinstance(who, Denied):
             return _denied(who, config.realm)
@@ -198,12 +203,22 @@ class Handler:
             log.info("mount from %s dropped for %s", operation.mount_from or "-", who.user or "-")
             kept = without_mount(query)
             raw_path = f"{path}?{kept}" if kept else path
+        bind = None
+        if operation.kind in ("upload-start", "upload"):
+            key = snapshot.key("uploads") or self._upload_key
+            if operation.kind == "upload":
+                own = uploads.check(key, operation, query, who.user)
+                if isinstance(own, Refusal):
+                    log.warning(
+                        "%s refused the upload %s of another", who.user, operation.reference
+                    )
+                    audit(who, operation, own.status)
+                    return error_response(own.status, own.code, own.message)
+                raw_path = f"{path}?{own}" if own else path
+            bind = _binder(operation, key, who)
         route = Route(upstream, raw_path, where.forwarded_for)
         with metrics.RECORD.forwarding():
-            response = await self._forwarder.forward(
-                request, route, operation, config.timeouts, config.limits.upstream_wait,
-                config.cache_ttl,
-            )  # fmt: skip
+            response = await self._forwarder.forward(request, route, operation, config, bind)
         self._health.answered(upstream, raw_path, response.status)
         metrics.RECORD.transferred(request.content.total_bytes, request.get(BYTES_KEY, 0))
         audit(who, operation, response.status)
@@ -256,6 +271,20 @@ class Handler:
         return response
 
 
+def _binder(operation: Operation, key: bytes, who: Identity) -> OnHeaders:
+    """For requests that answer with an upload's Location: sign it for whoever asked."""
+    repository = operation.repository
+    assert repository is not None  # uploads always name their repository
+
+    def bind(_: int, headers: CIMultiDict[str]) -> None:
+        if "Location" in headers:
+            headers["Location"] = uploads.bind_location(
+                headers["Location"], repository, key, who.user
+            )
+
+    return bind
+
+
 def _busy(message: str) -> web.Response:
     return error_response(429, "TOOMANYREQUESTS", message, RETRY_SOON)
 
@@ -268,11 +297,25 @@ def _denied(denied: Denied, realm: str) -> web.Response:
     return error_response(denied.status, code, denied.message, headers)
 
 
+async def _record_robot_use(usage: RobotUsage, state: State, work: Executor) -> None:
+    """Write when robots were last used next to the robots file (off the event loop)."""
+    robots = state.current.config.robots
+    if robots is not None:
+        await asyncio.get_running_loop().run_in_executor(work, usage.flush, usage_path(robots))
+
+
+async def _every(seconds: float, chore: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        await chore()
+
+
 class Server:
     """Owns one worker's lifecycle: startup() -> serve until a signal -> shutdown().
 
-    `peers`: the other workers of this machine (None when alone); `quiet`: a supervisor
-    reports reloads and lifecycle, this worker only logs them at debug level."""
+    `peers`: the other workers of this machine; `index`: this worker's number under a
+    supervisor (None when alone). Under a supervisor, which reports the lifecycle, a worker
+    logs it at debug level only, and only worker 0 reports reloads."""
 
     def __init__(
         self,
@@ -282,9 +325,11 @@ class Server:
         peers: Peers | None = None,
         catalog_key: bytes | None = None,
         lock_dir: Path | None = None,
-        quiet: bool = False,
+        index: int | None = None,
+        upload_key: bytes | None = None,
     ) -> None:
         self._first = snapshot
+        self.upload_key = upload_key or new_key()  # without a secret_file (proxy.uploads)
         self._lock_dir = lock_dir
         self._config_path = config_path
         self._overrides = dict(overrides)
@@ -293,7 +338,8 @@ class Server:
         # This machine's id in a shared store: random per start, the same in every worker
         # (they share the catalog key), so they skip each other's events there.
         self._replica = hashlib.blake2b(b"replica", key=self._catalog_key, digest_size=8)
-        self._quiet = quiet
+        self._quiet = index is not None  # lifecycle: the supervisor says it
+        self._reports_reloads = index in (None, 0)
         self.state: State | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -302,11 +348,14 @@ class Server:
         self._stack = contextlib.AsyncExitStack()
         self._reloads: set[asyncio.Task[bool]] = set()
 
-    async def serve(self, sock: socket.socket) -> None:
-        """Run until SIGTERM/SIGINT, then drain. SIGHUP reloads every file."""
+    async def serve(self, sock: socket.socket, ready: Callable[[], None] | None = None) -> None:
+        """Run until SIGTERM/SIGINT, then drain. SIGHUP reloads every file. `ready` is called
+        once connections are being accepted."""
         await self.startup(sock)
         try:
             self._install_signals()
+            if ready is not None:
+                ready()
             await self._stop.wait()
             (log.debug if self._quiet else log.info)(
                 "shutting down: no new connections, draining for up to %ss",
@@ -342,18 +391,16 @@ class Server:
         await store.start()
         metrics.RECORD.store_up(store.healthy)  # a local store is never away
         throttle = Throttle(store.publish)
-        factory = BackendFactory(executor, clock, redis_users)
+        factory = BackendFactory(executor, clock, redis_users=redis_users)
 
         def attach(snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
-            c = snapshot.config
-            old = previous.authn.backends if previous and previous.authn else ()
-            backends = factory.build(
-                c.auth_backends, snapshot.users, c.ldap, c.credentials_cache, old
-            )
-            return Authenticators(backends, snapshot.users, c.throttle)
+            robot_key = snapshot.key("robots") if snapshot.config.robots is not None else None
+            robots = (snapshot.robots, robot_key) if robot_key is not None else None
+            old = previous.authn if previous else None
+            return factory.authenticators(snapshot.config, snapshot.users, robots, old)
 
         state = self.state = State(
-            self._first, self._config_path, self._overrides, attach, self._quiet, work
+            self._first, self._config_path, self._overrides, attach, not self._reports_reloads, work
         )
         stack.callback(state.close)
         await state.start()
@@ -366,11 +413,12 @@ class Server:
         handler = Handler(
             state,
             Authentication(throttle, clock, store.flush),
-            CachingForwarder(forwarder, store, clock),
+            TagGuard(CachingForwarder(forwarder, store, clock), store, forwarder.session),
             Health(clock),
             forwarder.session,
             self._catalog_key,
             work,
+            self.upload_key,
         )
         listener = Listener(sock, lambda: state.current.tls, config.timeouts, room.connections)
         connections = Connections(
@@ -398,8 +446,9 @@ class Server:
 
         listener.start(connections)
         stack.push_async_callback(drain)
-        chores = [release_memory()] + ([] if self._quiet else [state.watch()])
-        for chore in chores:  # a supervised worker is told of edits by its supervisor
+        usage = functools.partial(_record_robot_use, factory.robot_usage, state, work)
+        stack.push_async_callback(usage)  # at shutdown: what was seen since the last time
+        for chore in (release_memory(), state.watch(), _every(FLUSH_INTERVAL, usage)):
             stack.callback(asyncio.ensure_future(chore).cancel)
         if config.metrics_listen is not None:
             await self._start_admin(forwarder, store)
@@ -485,6 +534,10 @@ class Server:
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload, "SIGHUP")
         loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
+        # A supervised worker starts with these blocked: any that came meanwhile arrive now.
+        signal.pthread_sigmask(
+            signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+        )
 
     def _reload(self, reason: str) -> None:
         assert self.state is not None

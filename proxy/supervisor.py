@@ -1,202 +1,234 @@
-"""Running `serve`: bind the socket, then one worker in this process, or a supervisor that forks
-several (like uvicorn's multiprocess supervisor) and watches over them.
+"""Several workers: a small supervisor process that starts them and watches over them (like
+uvicorn's multiprocess supervisor, or nginx's master process).
 
-With several workers the parent process:
-- binds the socket once and makes the worker mesh (`proxy.peers`) before forking;
+`regproxy serve` checks the configuration, binds the socket and then becomes this supervisor
+(exec, same PID), so the process that stays in memory holds only a few standard modules
+(not even `secrets` or `tempfile`, which pull in OpenSSL): nothing else of regproxy. It:
+- makes the worker mesh (`proxy.peers`: one datagram socket pair per worker), the lock
+  directory (`proxy.store`) and the catalog key the workers share, and starts each worker
+  (`python -m proxy.worker`) with the listening socket and its mesh sockets;
 - relays SIGTERM/SIGINT/SIGHUP/SIGUSR1 to every worker (each in its own process group, so a
-  terminal's Ctrl-C reaches the parent only and is relayed once);
-- watches the files itself: it loads an edit once, reports it once (workers stay quiet), and
-  tells the workers to reload (SIGHUP) only if it is usable;
-- restarts a worker that died while it was not asked to stop.
+  terminal's Ctrl-C reaches the supervisor only and is relayed once);
+- restarts a worker that died while it was not asked to stop (backing off if it keeps dying);
+- says what happens once: the workers are quiet, except worker 0, which reports reloads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import shutil
 import signal
 import socket
-import tempfile
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-
-from .catalog import new_key
-from .config import Config
-from .limits import raise_open_files_limit
-from .peers import Mesh, Peers
-from .reload import POLL_INTERVAL, Watcher, load_next, report
-from .snapshot import Snapshot
 
 log = logging.getLogger("regproxy")
 
 RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+SPEC_ENV = "REGPROXY_SUPERVISOR"
+WORKER_ENV = "REGPROXY_WORKER"
+TICK = 0.1
+MAX_BACKOFF = 30.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def bind(config: Config) -> socket.socket:
-    family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config.listen.host, config.listen.port))
-    sock.listen(1024)
+def become_supervisor(
+    sock: socket.socket,
+    config_path: Path | None,
+    overrides: Mapping[str, object],
+    workers: int,
+    log_level: str,
+    listen: str,
+    upstream: str,
+    metrics: bool,
+) -> None:
+    """Replace this (checked, bound) process by the supervisor; never returns."""
+    spec = {
+        "listen_fd": sock.fileno(),
+        "config": str(config_path) if config_path is not None else None,
+        "overrides": dict(overrides),
+        "workers": workers,
+        "log_level": log_level,
+        "listen": listen,
+        "upstream": upstream,
+        "metrics": metrics,
+    }
     sock.set_inheritable(True)
-    return sock
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[SPEC_ENV] = json.dumps(spec)
+    os.execv(sys.executable, [sys.executable, "-m", "proxy.supervisor"])
 
 
-def serve(
-    snapshot: Snapshot,
-    sock: socket.socket,
-    config_path: Path | None,
-    overrides: Mapping[str, object],
-) -> int:
-    """Serve until stopped; the exit status."""
-    limit = raise_open_files_limit()
-    log.info("open files limit: %d", limit)
-    config = snapshot.config
-    if config.workers == 1:
-        return run_worker(snapshot, sock, config_path, overrides)
-    if config.metrics_listen is not None:
-        # Before prometheus-client is first imported: workers then share their metrics.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="regproxy-metrics-")
-    try:
-        return Supervisor(snapshot, sock, config_path, overrides).run()
-    finally:
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-            shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
-
-
-def run_worker(
-    snapshot: Snapshot,
-    sock: socket.socket,
-    config_path: Path | None,
-    overrides: Mapping[str, object],
-    peers: Peers | None = None,
-    catalog_key: bytes | None = None,
-    lock_dir: Path | None = None,
-    quiet: bool = False,
-) -> int:
-    import uvloop
-
-    from .server import Server
-
-    server = Server(snapshot, config_path, overrides, peers, catalog_key, lock_dir, quiet)
-    uvloop.run(server.serve(sock))
-    return 0
-
-
-@dataclass
 class Supervisor:
-    """The parent of several workers."""
-
-    snapshot: Snapshot
-    sock: socket.socket
-    config_path: Path | None
-    overrides: Mapping[str, object]
-    children: dict[int, int] = field(default_factory=dict)  # pid -> worker index
-    signals: list[int] = field(default_factory=list)
-    stopping: bool = False
-    lock_dir: Path | None = None  # the workers' shared lock files (proxy.store)
+    def __init__(self, spec: dict[str, object]) -> None:
+        self.spec = spec
+        self.mesh: list[tuple[socket.socket, socket.socket]] = []
+        self.children: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
+        self.signals: list[int] = []
+        self.stopping = False
+        self.started: dict[int, float] = {}  # worker index -> when it was last started
+        self.backoff: dict[int, float] = {}
+        self.due: dict[int, float] = {}  # worker index -> when to start it again
+        self.ready_r, self.ready_w = os.pipe()  # each worker writes its index once it serves
+        os.set_blocking(self.ready_r, False)
+        self.waiting: set[int] = set()  # workers not ready yet
 
     def run(self) -> int:
-        workers = self.snapshot.config.workers
-        mesh = Mesh(workers)  # kept open here: a restarted worker gets the same sockets
-        catalog_key = new_key()
-        self.lock_dir = Path(tempfile.mkdtemp(prefix="regproxy-locks-"))
-        for index in range(workers):
-            self._fork(index, mesh, catalog_key)
+        workers = int(str(self.spec["workers"]))
+        runtime = _runtime_dir()
+        env = dict(os.environ)
+        env.pop(SPEC_ENV, None)
+        if self.spec["metrics"]:
+            # Before prometheus-client is first imported: workers then share their metrics.
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(runtime / "metrics")
+            (runtime / "metrics").mkdir()
+        (runtime / "locks").mkdir()
+        # Keys every worker shares: catalog positions and upload Locations signed by one
+        # worker are read by another (an upload may continue through any worker).
+        shared = {
+            "catalog_key": os.urandom(32).hex(),
+            "upload_key": os.urandom(32).hex(),
+            "lock_dir": str(runtime / "locks"),
+        }
+        self.mesh = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(workers)]
         for signum in RELAYED:
             signal.signal(signum, lambda signum, _frame: self.signals.append(signum))
-        log.info(
-            "regproxy listening on https://%s -> %s with %d workers",
-            self.snapshot.config.listen,
-            self.snapshot.config.upstream,
-            workers,
-        )
-        watcher = Watcher(self.snapshot.config.watched_files())
+        for index in range(workers):
+            self._start(index, env, shared)
+        announced = False
         status = 0
         try:
-            while self.children:
-                self._relay(watcher)
-                status = self._reap(mesh, catalog_key) or status
-                changed = [] if self.stopping else watcher.stable_changes()
-                if changed:
-                    self._reload(", ".join(f"{p} changed" for p in changed), watcher)
-                time.sleep(POLL_INTERVAL)
+            while self.children or (self.due and not self.stopping):
+                self._ready()
+                if not announced and not self.waiting and not self.stopping:
+                    announced = True
+                    log.info(
+                        "regproxy listening on https://%s -> %s with %d workers",
+                        self.spec["listen"],
+                        self.spec["upstream"],
+                        workers,
+                    )
+                self._relay()
+                status = self._reap() or status
+                for index, when in list(self.due.items()):
+                    if not self.stopping and time.monotonic() >= when:
+                        del self.due[index]
+                        self._start(index, env, shared)
+                time.sleep(TICK)
         finally:
-            mesh.close()
-            shutil.rmtree(self.lock_dir, ignore_errors=True)
+            for pair in self.mesh:
+                for end in pair:
+                    end.close()
+            os.close(self.ready_r)
+            os.close(self.ready_w)
+            _remove(runtime)
         log.info("stopped")
         return status
 
-    def _fork(self, index: int, mesh: Mesh, catalog_key: bytes) -> None:
-        pid = os.fork()
-        if pid == 0:
-            # Own process group: a terminal's Ctrl-C (or a control-group kill) reaches the
-            # parent only, which relays it once; twice would skip the drain.
-            os.setpgid(0, 0)
-            for signum in RELAYED:
-                signal.signal(signum, signal.SIG_DFL)
-            code = 1
-            try:
-                code = run_worker(
-                    self.snapshot,
-                    self.sock,
-                    self.config_path,
-                    self.overrides,
-                    mesh.peers(index),
-                    catalog_key,
-                    self.lock_dir,
-                    quiet=True,
-                )
-            finally:
-                os._exit(code)  # never return into the parent's code
-        self.children[pid] = index
+    def _start(self, index: int, env: dict[str, str], shared: dict[str, str]) -> None:
+        inbox = self.mesh[index][0]
+        outboxes = [out for i, (_, out) in enumerate(self.mesh) if i != index]
+        fds = [int(str(self.spec["listen_fd"])), inbox.fileno(), *(o.fileno() for o in outboxes)]
+        worker = {
+            **self.spec,
+            **shared,
+            "index": index,
+            "inbox_fd": inbox.fileno(),
+            "outbox_fds": [o.fileno() for o in outboxes],
+            "ready_fd": self.ready_w,
+            "parent": os.getpid(),
+        }
+        fds.append(self.ready_w)
+        self.waiting.add(index)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy.worker"],
+            env={**env, WORKER_ENV: json.dumps(worker)},
+            pass_fds=fds,
+            process_group=0,  # a terminal's Ctrl-C reaches the supervisor only
+        )
+        self.children[process.pid] = (index, process)
+        self.started[index] = time.monotonic()
 
-    def _relay(self, watcher: Watcher) -> None:
+    def _ready(self) -> None:
+        """Note the workers that say they accept connections."""
+        try:
+            lines = os.read(self.ready_r, 4096).split()
+        except BlockingIOError:
+            return
+        for line in lines:
+            self.waiting.discard(int(line))
+
+    def _relay(self) -> None:
         while self.signals:
             signum = self.signals.pop(0)
-            if signum == signal.SIGHUP:
-                self._reload("SIGHUP", watcher)
-                continue
             if signum in (signal.SIGTERM, signal.SIGINT):
                 if not self.stopping:
                     log.info("shutting down: draining the workers")
                 self.stopping = True
-            self._tell(signum)
+            for _, process in self.children.values():
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signum)
 
-    def _tell(self, signum: int) -> None:
-        for pid in self.children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    def _reap(self, mesh: Mesh, catalog_key: bytes) -> int:
-        """Collect exited workers; restart those that died unasked. A failure status."""
+    def _reap(self) -> int:
+        """Collect exited workers; plan a restart of those that died unasked, sooner or later
+        by how long they lived (a worker that cannot start is not restarted in a tight loop).
+        A failure status."""
         status = 0
-        for pid in list(self.children):
-            try:
-                done, code = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere: its status is lost
-                done, code = pid, 0
-            if done == 0:
+        for pid, (index, process) in list(self.children.items()):
+            code = process.poll()
+            if code is None:
                 continue
-            index = self.children.pop(pid)
-            exit_code = os.waitstatus_to_exitcode(code) if code else 0
+            del self.children[pid]
             if self.stopping:
-                status = status or exit_code
+                status = status or code
                 continue
-            log.error("worker %d (pid %d) exited with %d: starting another", index, pid, exit_code)
-            self._fork(index, mesh, catalog_key)
+            lived = time.monotonic() - self.started[index]
+            delay = (
+                0.0 if lived > MAX_BACKOFF else min(MAX_BACKOFF, 2 * self.backoff.get(index, 0.5))
+            )
+            self.backoff[index] = delay
+            log.error(
+                "worker %d (pid %d) exited with %d: starting another in %.0fs",
+                index,
+                pid,
+                code,
+                delay,
+            )
+            self.due[index] = time.monotonic() + delay
         return status
 
-    def _reload(self, reason: str, watcher: Watcher) -> None:
-        """Load the files once here; if they are usable, the workers reload them (SIGHUP)."""
-        loaded = load_next(self.snapshot, self.config_path, self.overrides)
-        report(loaded, reason)
-        if loaded.snapshot is None:
-            return
-        self.snapshot = loaded.snapshot
-        watcher.watch(self.snapshot.config.watched_files())
-        self._tell(signal.SIGHUP)
+
+def _runtime_dir() -> Path:
+    """A private directory for the workers' shared files (metrics, locks)."""
+    base = Path(os.environ.get("TMPDIR") or "/tmp")
+    path = base / f"regproxy-{os.getpid()}-{os.urandom(4).hex()}"
+    path.mkdir(mode=0o700)
+    return path
+
+
+def _remove(directory: Path) -> None:
+    for root, dirs, files in os.walk(directory, topdown=False):
+        for name in files:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(root, name))
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(directory)
+
+
+def main() -> int:
+    spec = json.loads(os.environ[SPEC_ENV])
+    logging.basicConfig(level=str(spec["log_level"]).upper(), format=LOG_FORMAT, stream=sys.stderr)
+    return Supervisor(spec).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

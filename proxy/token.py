@@ -56,11 +56,12 @@ class Scope:
 
 
 def parse_scopes(values: list[str]) -> list[Scope]:
-    """`scope` parameters (each may hold several space-separated scopes). Malformed ones and
-    unknown resource types are dropped: a token never grants what it cannot name."""
+    """`scope` parameters (each may hold several scopes separated by ASCII spaces, not by any
+    Unicode space). Malformed ones and unknown resource types are dropped: a token never
+    grants what it cannot name."""
     scopes = []
     for value in values:
-        for text in value.split():
+        for text in filter(None, value.split(" ")):
             if text == "registry:catalog:*":
                 scopes.append(Scope("registry", "catalog", ("*",)))
                 continue

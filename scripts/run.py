@@ -2,8 +2,9 @@
 
 Makes a self-signed certificate when none is there, a first user with a random password when
 there is no htpasswd file (printed once, never a well-known one), starts a local registry
-(Debian's docker-registry, data in ./data) when the upstream is a loopback address where
-nothing answers, then runs `regproxy serve` in the foreground. Ctrl-C stops both.
+(Debian's docker-registry, data in ./data, its own log in data/registry.log so that the
+terminal shows regproxy's lines only) when the upstream is a loopback address where nothing
+answers, then runs `regproxy serve` in the foreground. Ctrl-C stops both.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -79,10 +81,26 @@ def start_registry(host: str, port: int) -> subprocess.Popen[bytes] | None:
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: {host}:{port}\n  secret: {secrets.token_hex(16)}\n"
     )
-    print(f"starting docker-registry on {host}:{port} (data in {data})")
-    return subprocess.Popen(
-        ["docker-registry", "serve", str(registry_config)], start_new_session=True
-    )
+    log = data / "registry.log"
+    print(f"starting docker-registry on {host}:{port} (data in data/, log in data/registry.log)")
+    with log.open("ab") as output:
+        registry = subprocess.Popen(
+            ["docker-registry", "serve", str(registry_config)],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 30
+    while not answers(host, port):
+        if registry.poll() is not None or time.monotonic() > deadline:
+            registry.kill()
+            tail = log.read_text(errors="replace").splitlines()[-10:]
+            sys.exit(
+                "docker-registry did not start; the end of data/registry.log:\n" + "\n".join(tail)
+            )
+        time.sleep(0.1)
+    return registry
 
 
 def main() -> int:

@@ -75,11 +75,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.e2e.harness import (  # noqa: E402
+from tests.e2e.harness import (
     MANIFEST_ACCEPT,
     OCI_MANIFEST,
     Registry,
@@ -113,6 +109,7 @@ RAW_WEIGHTS = (  # a raw HTTP worker's round: (times, operation)
 )
 REPOS = ("app0", "app1", "app2", "team/app")  # under each pusher's namespace
 NOISE_BYTES = 16 * MIB  # random bytes every layer slices its content from
+ROOT = Path(__file__).resolve().parents[1]
 MIN_LAYER, MAX_LAYER = 64 * KIB, 8 * MIB
 COMMAND_TIMEOUT = 180.0
 DEFAULT_JSON = ROOT / "bench/results/soak.json"

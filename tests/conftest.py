@@ -8,13 +8,15 @@ import contextlib
 import hashlib
 import os
 import re
+import resource
 import signal
-import socket
 import ssl
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -24,8 +26,15 @@ from hypothesis import settings
 
 from proxy.credentials import hash_password
 from proxy.reload import State
+from proxy.robots import derive
+from proxy.routes import Operation, classify
 from proxy.server import Server
 from proxy.snapshot import load_snapshot
+from proxy.uploads import bind_location
+from tests.net import free_socket
+
+if TYPE_CHECKING:
+    from tests.oidc_issuer import Issuer
 
 # Property tests: a quick profile for `make test`, a long one for `make fuzz`.
 settings.register_profile("default", max_examples=300, deadline=None)
@@ -38,6 +47,8 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 # Test users: (password, groups). Cost 4 keeps hashing fast; the cost is not what is tested.
 USERS = {"pull": "pull-pw", "push": "push:pw", "other": "other-pw"}
 GROUPS_TEXT = "pusher: push\nreaders: other\n"
+# The server's secret that write_setup leaves as `secret` (used with `secret_file: secret`).
+SECRET = "test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass
@@ -77,13 +88,6 @@ class FakeUpstream:
         if handler is not None:
             return await handler(request)
         return web.json_response({}, headers={"Docker-Distribution-Api-Version": "registry/2.0"})
-
-
-def free_socket(host: str = "127.0.0.1") -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.bind((host, 0))
-    sock.listen(128)
-    return sock
 
 
 @pytest.fixture
@@ -134,6 +138,19 @@ def htpasswd_text(users: dict[str, str]) -> str:
     return "".join(f"{user}:{hash_password(pw, cost=4)}\n" for user, pw in users.items())
 
 
+def bound(path: str, user: str | None, key: bytes) -> str:
+    """An upload URL path (query included) as the proxy hands it to `user`: with the binding
+    that makes it theirs (proxy.uploads)."""
+    upload = classify("PATCH", urlsplit(path).path)
+    assert isinstance(upload, Operation) and upload.repository is not None
+    return bind_location(path, upload.repository, key, user)
+
+
+def secret_bound(path: str, user: str | None) -> str:
+    """`bound` for a server whose config has `secret_file: secret` (write_setup's SECRET)."""
+    return bound(path, user, derive(SECRET.encode(), "uploads"))
+
+
 def replace_file(path: Path, text: str | bytes) -> None:
     """Write-then-rename, as `htpasswd` and most editors do."""
     tmp = path.with_name(path.name + ".tmp")
@@ -167,6 +184,10 @@ class RunningProxy:
     def auth(self, user: str, password: str | None = None) -> dict[str, str]:
         """Headers with the Basic credentials of a test user."""
         return {"Authorization": basic(user, USERS[user] if password is None else password)}
+
+    def upload(self, path: str, user: str | None) -> str:
+        """The upload URL path as this proxy would have handed it to `user`."""
+        return bound(path, user, self.state.current.key("uploads") or self.server.upload_key)
 
 
 ProxyFactory = Callable[..., Awaitable[RunningProxy]]
@@ -218,6 +239,7 @@ def write_setup(directory: Path, tls: TlsPair, upstream: str, extra: str = "") -
     (directory / "server.key").write_bytes(tls.key.read_bytes())
     (directory / "htpasswd").write_text(htpasswd_text(USERS))
     (directory / "groups").write_text(GROUPS_TEXT)
+    (directory / "secret").write_text(SECRET + "\n")
     config = directory / "regproxy.yaml"
     with free_socket() as sock:
         port = sock.getsockname()[1]
@@ -246,14 +268,23 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serving(args: list[str], directory: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+async def serving(
+    args: list[str], directory: Path, open_files: int | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """`regproxy ARGS` as a subprocess in `directory` (access log to access.log, diagnostics
-    to regproxy.err), from its "listening on" line until the block ends."""
+    to regproxy.err), from its "listening on" line until the block ends. `open_files`: its
+    open-files limit (soft and hard), as a service manager would set it."""
     stdout, stderr = directory / "access.log", directory / "regproxy.err"
+
+    def limit() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", *args,
             cwd=directory, env=ENV, stdout=out, stderr=err, start_new_session=True,
+            preexec_fn=limit,
         )  # fmt: skip
     try:
         for _ in range(400):
@@ -285,3 +316,13 @@ async def served(
             process, f"https://localhost:{port}", session, tmp_path / "access.log", tmp_path
         )
         await session.close()
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> Iterator[Issuer]:
+    """A local OIDC issuer on loopback HTTPS (tests/oidc_issuer.py), stopped afterwards."""
+    from tests.oidc_issuer import Issuer  # it uses this module's free_socket
+
+    running = Issuer(tmp_path / "issuer").start()
+    yield running
+    running.close()

@@ -7,12 +7,13 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+
+from tests.net import free_port
 
 START_TIMEOUT = 20.0
 
@@ -23,12 +24,6 @@ def debian_binary(name: str) -> str:
     if found is None:
         raise RuntimeError(f"{name} not found: `make test` installs it (Debian's {name})")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

@@ -3,6 +3,7 @@ workers, flat memory), `passwd` (files Apache's htpasswd accepts)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -19,17 +20,36 @@ import pytest
 import trustme
 from aiohttp import web
 
+from proxy.credentials import hash_password
 from tests.conftest import (
     ENV,
+    ROOT,
     USERS,
     FakeUpstream,
     Served,
     TlsPair,
     basic,
+    secret_bound,
     write_setup,
 )
+from tests.terminal import Terminal
 
 MIB = 1024 * 1024
+
+
+async def refused_soon(url: str) -> None:
+    """New connections are refused once the signal has been handled: try until they are."""
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=False, force_close=True)
+    ) as fresh:
+        for _ in range(200):
+            try:
+                async with fresh.get(url + "/v2/") as resp:
+                    await resp.read()
+            except aiohttp.ClientConnectionError:
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError("new connections were still accepted while draining")
 
 
 def regproxy(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -124,11 +144,7 @@ async def test_sigterm_drains_in_flight_download(served: Served, upstream: FakeU
     transfer = asyncio.create_task(download())
     await started.wait()
     served.process.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
-    fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False, force_close=True))
-    with pytest.raises(aiohttp.ClientConnectionError):
-        await fresh.get(served.url + "/v2/", headers=auth)
-    await fresh.close()
+    await refused_soon(served.url)
     assert await transfer == size
     assert await asyncio.wait_for(served.process.wait(), 30) == 0
 
@@ -144,6 +160,22 @@ async def test_workers_serve_and_stop_together(served: Served) -> None:
     assert len(pids) == 2
     served.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(served.process.wait(), 30) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+@pytest.mark.parametrize("served", ["workers: 2\n"], indirect=True)
+async def test_workers_stop_when_their_supervisor_is_killed(served: Served) -> None:
+    """SIGKILL leaves the supervisor no chance to relay anything: the kernel tells the workers
+    (PR_SET_PDEATHSIG), and they drain and exit instead of serving on, orphaned."""
+    children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children")
+    pids = [int(p) for p in children.read_text().split()]
+    assert len(pids) == 2
+    served.process.kill()
+    await served.process.wait()
+    for _ in range(400):
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+            break
+        await asyncio.sleep(0.025)
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
@@ -297,7 +329,7 @@ async def test_access_log_line(served: Served) -> None:
     await served.process.wait()
     lines = served.stdout.read_text().splitlines()
     stamp = r"\[\d\d/\w{{3}}/\d{{4}}:\d\d:\d\d:\d\d [+-]\d{{4}}\]"
-    common = r"127\.0\.0\.1 - {user} " + stamp + r' "GET /v2/ HTTP/1\.1" {status} {size} \d+'
+    common = r"127\.0\.0\.1 - {user} " + stamp + r' "GET /v2/ HTTP/1\.1" {status} {size}'
     assert re.fullmatch(common.format(user="push", status=200, size=2), lines[0])
     assert re.fullmatch(common.format(user="-", status=401, size=r"\d+"), lines[1])
 
@@ -353,9 +385,40 @@ def test_passwd_writes_files_apache_accepts(tmp_path: Path) -> None:
     assert again.returncode == 1 and "not found" in again.stderr
 
 
+def test_passwd_refuses_a_name_that_would_cross_a_namespace(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:$apr1$abcdefgh$0123456789012345678901\n")
+    refused = regproxy("passwd", str(htpasswd), "alice/sub", cwd=tmp_path, stdin="pw\npw\n")
+    assert refused.returncode == 1
+    assert "user name 'alice/sub' refused" in refused.stderr
+    assert "Password" not in refused.stdout + refused.stderr  # refused before asking
+    assert htpasswd.read_text() == "alice:$apr1$abcdefgh$0123456789012345678901\n"
+
+
+def test_check_names_users_and_groups_placeholders_pass_by(tmp_path: Path, tls: TlsPair) -> None:
+    acl = "acl:\n  - repositories: ['${user}/**', '${group}/**']\n    actions: ['*']\n"
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000", acl)
+    with (tmp_path / "htpasswd").open("a") as htpasswd:
+        htpasswd.write("Carol:$apr1$abcdefgh$0123456789012345678901\n")
+    (tmp_path / "groups").write_text("pusher: push\nQA: push\n")
+    result = regproxy("check", "-c", str(config), cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, "configuration ok\n")
+    assert result.stderr.splitlines() == [
+        f"{tmp_path / 'htpasswd'}:4: note: user 'Carol' never matches ${{user}} in the ACL"
+        " (not a single lowercase repository path component)",
+        f"{tmp_path / 'groups'}:2: note: group 'QA' never matches ${{group}} in the ACL"
+        " (not a single lowercase repository path component)",
+    ]
+    with (tmp_path / "htpasswd").open("a") as htpasswd:
+        htpasswd.write("alice/sub:$apr1$abcdefgh$0123456789012345678901\n")
+    refused = regproxy("check", "-c", str(config), cwd=tmp_path)
+    assert refused.returncode == 1
+    assert f"{tmp_path / 'htpasswd'}:5: user 'alice/sub': '/' is not allowed" in refused.stderr
+
+
 def test_import_writes_yaml_and_lists_what_it_could_not_translate(tmp_path: Path) -> None:
     from proxy.config import load
-    from tests.test_importer import RECIPE_HTTPD
+    from tests.unit.test_importer import RECIPE_HTTPD
 
     httpd = tmp_path / "httpd.conf"
     httpd.write_text(RECIPE_HTTPD)
@@ -364,7 +427,15 @@ def test_import_writes_yaml_and_lists_what_it_could_not_translate(tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout
     notes = result.stderr.splitlines()
-    assert notes and all(n.startswith(f"not translated: {httpd}:") for n in notes)
+    translated = [n for n in notes if n.startswith(f"translated: {httpd}:")]
+    left_out = [n for n in notes if n.startswith(f"not translated: {httpd}:")]
+    assert len(translated) + len(left_out) == len(notes)
+    assert any(": Listen 5043 — Apache listens on every interface" in n for n in translated)
+    assert any(": AuthUserFile " in n for n in translated)  # kept as written
+    assert any(": LogLevel warn" in n for n in left_out)
+    assert any(": Header always set" in n for n in left_out)  # regproxy does it itself
+    text = out.read_text()
+    assert text.index("# Translated, with a difference") < text.index("# Not translated")
     config = load(out)
     assert (config.listen.port, config.push_group) == (5043, "pusher")
     assert config.htpasswd.name == "httpd.htpasswd" and config.upstream == "http://registry:5000"
@@ -377,7 +448,8 @@ def test_import_writes_yaml_and_lists_what_it_could_not_translate(tmp_path: Path
 
 @pytest.mark.parametrize(
     ("served", "group"),
-    [("", False), ("workers: 2\n", True)],  # True: Ctrl-C at a terminal signals the group
+    # True: Ctrl-C at a terminal signals the group
+    [("secret_file: secret\n", False), ("workers: 2\nsecret_file: secret\n", True)],
     indirect=["served"],
 )
 async def test_sigterm_lets_an_upload_in_flight_finish(
@@ -402,9 +474,8 @@ async def test_sigterm_lets_an_upload_in_flight_finish(
             await asyncio.sleep(0.15)
 
     async def upload() -> tuple[int, str]:
-        async with served.session.patch(
-            served.url + "/v2/a/blobs/uploads/u9", data=body(), headers=auth
-        ) as resp:
+        path = secret_bound("/v2/a/blobs/uploads/u9", "push")
+        async with served.session.patch(served.url + path, data=body(), headers=auth) as resp:
             return resp.status, resp.headers.get("Range", "")
 
     transfer = asyncio.create_task(upload())
@@ -413,13 +484,7 @@ async def test_sigterm_lets_an_upload_in_flight_finish(
         os.killpg(served.process.pid, signal.SIGINT)
     else:
         served.process.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
-    with pytest.raises(aiohttp.ClientConnectionError):
-        fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False))
-        try:
-            await fresh.get(served.url + "/v2/", headers=auth)
-        finally:
-            await fresh.close()
+    await refused_soon(served.url)
     assert await asyncio.wait_for(transfer, 30) == (202, f"0-{10 * MIB - 1}")  # all of it
     assert await asyncio.wait_for(served.process.wait(), 30) == 0
 
@@ -431,7 +496,7 @@ BROKEN = {
     "binary groups": ("groups", b"pusher: push\n\x00\x01", "groups:2: binary data (NUL byte)"),
     "huge groups": ("groups", b"# x\n" * (5 * 1024 * 1024), "groups: larger than 16777216"),
     "empty acl": ("acl.yaml", b"", "acl.yaml: acl: empty ACL file denies everything"),
-    "half-written acl": ("acl.yaml", b"acl:\n  - users: [a\n", "acl.yaml:3: invalid YAML"),
+    "half-written acl": ("acl.yaml", b"acl:\n  - users: [a\n", "acl.yaml:2: invalid YAML"),
     "half-written config": ("regproxy.yaml", b"listen: 127.0.0.1:5043\ntls:\n  cert: [", ":3:"),
 }
 
@@ -453,3 +518,305 @@ def test_the_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "regproxy"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("regproxy ")
+
+
+# User mistakes: every one ends in a message naming what is wrong, never a traceback.
+MISTAKES = {
+    # id: (argv, stdin, exit code, text on stderr); {d} is the test's directory
+    "config is a directory": (["check", "-c", "{d}"], None, 1, "{d}: cannot read: Is a directory"),
+    "config missing": (["serve", "-c", "{d}/nope.yaml"], None, 1, "nope.yaml: cannot read"),
+    "htpasswd is a directory": (
+        ["check", "-c", "{d}/regproxy.yaml", "--htpasswd", "{d}"],
+        None,
+        1,
+        "Is a directory",
+    ),
+    "cert is a directory": (
+        ["check", "-c", "{d}/regproxy.yaml", "--tls-cert", "{d}"],
+        None,
+        1,
+        "{d}: TLS certificate: cannot read: Is a directory",
+    ),
+    "acl file missing": (
+        ["explain", "-c", "{d}/regproxy.yaml", "--acl", "{d}/none.yaml", "push", "pull", "a"],
+        None,
+        1,
+        "{d}/none.yaml: cannot read: No such file or directory",
+    ),
+    "explain bad client": (
+        ["explain", "-c", "{d}/regproxy.yaml", "--client", "10.1", "push", "pull", "a"],
+        None,
+        2,
+        "--client: ",
+    ),
+    "explain bad repository": (
+        ["explain", "-c", "{d}/regproxy.yaml", "push", "pull", "A//b"],
+        None,
+        2,
+        "'A//b' is not",
+    ),
+    "explain --acl before args": (  # the README's order: flags first
+        ["explain", "--acl", "{d}/acl.yaml", "-c", "{d}/regproxy.yaml", "push", "push", "a"],
+        None,
+        0,
+        "",
+    ),
+    "import missing": (["import", "{d}/httpd.conf"], None, 1, "httpd.conf: cannot read"),
+    "import directory": (["import", "{d}"], None, 1, "{d}: cannot read: Is a directory"),
+    "import -o into a missing directory": (
+        ["import", "{d}/recipe.conf", "-o", "{d}/no/such/dir.yaml"],
+        None,
+        1,
+        "{d}/no/such/dir.yaml: cannot write: No such file or directory",
+    ),
+    "import -o onto a directory, forced": (
+        ["import", "{d}/recipe.conf", "-o", "{d}/sub", "--force"],
+        None,
+        1,
+        "{d}/sub: cannot write",
+    ),
+    "passwd file is a directory": (
+        ["passwd", "{d}", "alice", "--stdin"],
+        "pw\n",
+        1,
+        "{d}: cannot read: Is a directory",
+    ),
+    "passwd in a missing directory": (
+        ["passwd", "{d}/no/htpasswd", "alice", "--stdin"],
+        "pw\n",
+        1,
+        "{d}/no/htpasswd: cannot write: No such file or directory",
+    ),
+    "passwd empty password": (["passwd", "{d}/ht", "alice", "--stdin"], "\n", 1, "empty password"),
+    "passwd end of input": (["passwd", "{d}/ht", "alice", "--stdin"], "", 1, "standard input is"),
+    "passwd --cost": (["passwd", "{d}/ht", "alice", "--cost", "3"], None, 2, "--cost 3: bcrypt"),
+    "passwd --delete unknown": (
+        ["passwd", "{d}/htpasswd", "nobody", "--delete"],
+        None,
+        1,
+        "user 'nobody' not found",
+    ),
+    "passwd --verify unknown": (
+        ["passwd", "{d}/htpasswd", "nobody", "--verify", "--stdin"],
+        "x\n",
+        1,
+        "not found",
+    ),
+    "unknown option": (["check", "--bogus"], None, 2, "unrecognized arguments: --bogus"),
+    "workers not a number": (["serve", "--workers", "two"], None, 2, "invalid int value"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_user_mistakes_get_a_message_not_a_traceback(
+    tmp_path: Path, tls: TlsPair, case: str
+) -> None:
+    argv, stdin, code, expected = MISTAKES[case]
+    write_setup(tmp_path, tls, "http://127.0.0.1:5000")
+    (tmp_path / "acl.yaml").write_text("- actions: [pull, push]\n")
+    (tmp_path / "sub").mkdir()
+    from tests.unit.test_importer import RECIPE_HTTPD
+
+    (tmp_path / "recipe.conf").write_text(RECIPE_HTTPD)
+    args = [a.replace("{d}", str(tmp_path)) for a in argv]
+    result = regproxy(*args, cwd=tmp_path, stdin=stdin)
+    assert result.returncode == code, result.stderr
+    assert expected.replace("{d}", str(tmp_path)) in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+PASSWD_TERMINAL = [sys.executable, "-m", "proxy", "passwd"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "code", "said"),
+    [
+        ("\x03", 130, ""),  # Ctrl-C at the prompt
+        ("\x04", 1, "no password: end of input"),  # Ctrl-D
+        ("\n", 1, "empty password refused"),
+        ("one\ntwo\n", 1, "passwords do not match"),
+    ],
+    ids=["ctrl-c", "ctrl-d", "empty", "mismatch"],
+)
+def test_passwd_at_a_terminal(tmp_path: Path, keys: str, code: int, said: str) -> None:
+    terminal = Terminal([*PASSWD_TERMINAL, str(tmp_path / "ht"), "alice"], cwd=tmp_path, env=ENV)
+    terminal.expect("Password: ")
+    if "\n" in keys[:-1]:  # typed twice: wait for the second prompt
+        first, second = keys.split("\n", 1)
+        terminal.send(first + "\n")
+        terminal.expect("Re-type password: ")
+        terminal.send(second)
+    else:
+        terminal.send(keys)
+    assert terminal.wait() == code, terminal.output
+    assert said in terminal.output and "Traceback" not in terminal.output
+    assert not (tmp_path / "ht").exists()
+
+
+def test_passwd_at_a_terminal_asks_twice_and_writes(tmp_path: Path) -> None:
+    terminal = Terminal([*PASSWD_TERMINAL, str(tmp_path / "ht"), "alice"], cwd=tmp_path, env=ENV)
+    assert terminal.answer_until_exit({"Password: ": "s3cret", "Re-type password: ": "s3cret"}) == 0
+    assert "added user alice" in terminal.output
+    assert "s3cret" not in terminal.output  # never echoed
+    ok = regproxy("passwd", str(tmp_path / "ht"), "alice", "--verify", "--stdin", cwd=tmp_path,
+                  stdin="s3cret\n")  # fmt: skip
+    assert ok.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["Alice", "a/b", "*", "alice@example.com", "-", "team_", ".hidden", "a b", "x:y"]
+)
+def test_passwd_refuses_new_names_acl_rules_cannot_use(tmp_path: Path, name: str) -> None:
+    result = regproxy("passwd", str(tmp_path / "ht"), name, "--stdin", cwd=tmp_path, stdin="p\n")
+    assert result.returncode == 1
+    assert f"user name {name!r} refused: ACL rules like" in result.stderr
+    assert not (tmp_path / "ht").exists()
+
+
+@pytest.mark.parametrize("name", ["alice", "ci-bot", "j.doe", "build__2", "a1"])
+def test_passwd_takes_names_that_are_repository_components(tmp_path: Path, name: str) -> None:
+    result = regproxy("passwd", str(tmp_path / "ht"), name, "--stdin", "--cost", "4",
+                      cwd=tmp_path, stdin="p\n")  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, f"added user {name}\n")
+
+
+def test_passwd_still_changes_an_existing_user_with_an_old_style_name(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "ht"
+    htpasswd.write_text(f"John.Smith:{hash_password('old', cost=4)}\n")
+    result = regproxy("passwd", str(htpasswd), "John.Smith", "--stdin", "--cost", "4",
+                      cwd=tmp_path, stdin="new\n")  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, "updated user John.Smith\n")
+
+
+def test_import_refuses_to_replace_a_file_without_force(tmp_path: Path) -> None:
+    from tests.unit.test_importer import RECIPE_HTTPD
+
+    (tmp_path / "httpd.conf").write_text(RECIPE_HTTPD)
+    out = tmp_path / "regproxy.yaml"
+    out.write_text("# mine\n")
+    refused = regproxy("import", "httpd.conf", "-o", str(out), cwd=tmp_path)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == f"{out}: exists, not replaced (--force replaces it)\n"
+    assert out.read_text() == "# mine\n"
+    forced = regproxy("import", "httpd.conf", "-o", str(out), "--force", cwd=tmp_path)
+    assert forced.returncode == 0 and out.read_text().startswith("# Imported from httpd.conf")
+
+
+def problems_of(command: str, config: Path, cwd: Path) -> set[str]:
+    result = regproxy(command, "-c", str(config), cwd=cwd)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = {line.removesuffix(" (line ignored)") for line in result.stderr.splitlines()}
+    return lines - {line for line in lines if line.startswith("configuration has ")}
+
+
+def test_serve_and_check_report_the_same_problems(tmp_path: Path, tls: TlsPair) -> None:
+    """One function finds them for both: a missing group file, a bad htpasswd line, a
+    certificate that is no PEM and a token key that is not there, all at once."""
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000", extra=(
+        "token:\n  issuer: r\n  service: s\n  key: token.key\n  certificate: server.crt\n"
+    ))  # fmt: skip
+    (tmp_path / "groups").unlink()
+    with (tmp_path / "htpasswd").open("a") as htpasswd:
+        htpasswd.write("no-colon-here\n")
+    (tmp_path / "server.crt").write_text("not a certificate\n")
+    check, serve = problems_of("check", config, tmp_path), problems_of("serve", config, tmp_path)
+    assert check == serve
+    assert f"{tmp_path / 'groups'}: cannot read: No such file or directory" in check
+    assert f"{tmp_path / 'htpasswd'}:4: malformed line, expected user:hash" in check
+    assert f"{tmp_path / 'server.crt'}: TLS certificate: no PEM certificate in this file" in check
+    assert any(p.startswith(f"{tmp_path / 'token.key'}:") for p in check), check
+    assert len(check) == 4, check
+
+
+def test_tls_errors_name_the_certificate_the_key_or_the_pair(tmp_path: Path, tls: TlsPair) -> None:
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000")
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    good_cert, good_key = cert.read_bytes(), key.read_bytes()
+    other = trustme.CA().issue_cert("localhost").private_key_pem.bytes()
+    encrypted = subprocess.run(
+        ["openssl", "pkey", "-aes256", "-passout", "pass:x"], input=good_key,
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    cases = [  # (certificate, key, the one problem check prints)
+        (b"garbage\n", good_key, f"{cert}: TLS certificate: no PEM certificate in this file"),
+        (good_key, good_key, f"{cert}: TLS certificate: no PEM certificate in this file"),
+        (good_cert, b"garbage\n", f"{key}: TLS key: no PEM private key in this file"),
+        (good_cert, good_cert, f"{key}: TLS key: no PEM private key in this file"),
+        (good_cert, encrypted, f"{key}: TLS key: encrypted with a passphrase"),
+        (good_cert, other, f"{cert} + {key}: the certificate does not match the key"),
+    ]
+    for cert_pem, key_pem, expected in cases:
+        cert.write_bytes(cert_pem)
+        key.write_bytes(key_pem)
+        result = regproxy("check", "-c", str(config), cwd=tmp_path)
+        assert result.returncode == 1
+        (problem, summary) = result.stderr.splitlines()
+        assert problem.startswith(expected), result.stderr
+        assert summary == "configuration has 1 problem(s)"
+
+
+def test_check_names_what_make_run_creates_only_in_a_checkout(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "regproxy.yaml").write_text((ROOT / "conf" / "regproxy.yaml").read_text())
+    elsewhere = regproxy("check", cwd=tmp_path)
+    assert elsewhere.returncode == 1 and "make run" not in elsewhere.stderr
+    assert "certs/server.crt: TLS certificate: cannot read" in elsewhere.stderr  # normalised
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "run.py").write_text("")
+    checkout = regproxy("check", cwd=tmp_path)
+    assert checkout.stderr.count("(`make run` creates it: ") == 4
+    with_flag = regproxy("check", "--htpasswd", "conf/htpasswd", cwd=tmp_path)
+    assert "make run" not in with_flag.stderr  # make run does not pass flags
+
+
+def test_paths_through_a_symbolic_link_are_not_normalised_away(tmp_path: Path) -> None:
+    """conf -> real/conf: conf/../certs is real/certs, not ./certs; shown as it was written."""
+    (tmp_path / "real" / "conf").mkdir(parents=True)
+    (tmp_path / "conf").symlink_to(tmp_path / "real" / "conf")
+    (tmp_path / "real" / "conf" / "r.yaml").write_text("tls:\n  cert: ../certs/s.crt\n")
+    result = regproxy("check", "-c", "conf/r.yaml", cwd=tmp_path)
+    assert "conf/../certs/s.crt: TLS certificate: cannot read" in result.stderr
+    (tmp_path / "real" / "conf" / "r.yaml").write_text("tls:\n  cert: ../c/./s.crt\n")
+    (tmp_path / "conf").unlink()
+    (tmp_path / "real" / "conf").rename(tmp_path / "conf")
+    result = regproxy("check", "-c", "conf/r.yaml", cwd=tmp_path)
+    assert "\nc/s.crt: TLS certificate: cannot read" in "\n" + result.stderr
+
+
+def test_help_is_written_for_users_with_exit_codes() -> None:
+    from proxy.cli import _parser
+
+    top = regproxy("--help", cwd=ROOT)
+    assert top.returncode == 0
+    assert top.stdout.startswith("usage: regproxy [-h] [--version] COMMAND ...\n\nregproxy: an")
+    assert "exit codes:\n  0 " in top.stdout and "130  interrupted (Ctrl-C)" in top.stdout
+    assert "->" not in top.stdout  # no developer shorthand
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        shown = regproxy(name, "--help", cwd=ROOT)
+        assert shown.returncode == 0 and "exit codes:\n  0 " in shown.stdout, name
+        assert sub.description, name
+        for action in sub._actions:
+            assert action.help, (name, action.dest)  # every option says what it is for
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("access_log:\n  path: {d}/no/access.log\n", "{d}/no/access.log: access_log.path: cannot "
+         "append: directory {d}/no does not exist"),
+        ("audit_log: {d}/sub\n", "{d}/sub: audit_log: cannot append: it is a directory"),
+    ],
+    ids=["missing directory", "a directory"],
+)  # fmt: skip
+def test_log_files_that_cannot_be_appended_to(
+    tmp_path: Path, tls: TlsPair, extra: str, expected: str
+) -> None:
+    (tmp_path / "sub").mkdir()
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000", extra.format(d=tmp_path))
+    for command in ("check", "serve"):
+        result = regproxy(command, "-c", str(config), cwd=tmp_path)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert expected.format(d=tmp_path) in result.stderr.splitlines()

@@ -10,12 +10,22 @@ import logging
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import USERS, FakeUpstream, ProxyFactory, RunningProxy, TlsPair, basic
+from tests.conftest import (
+    USERS,
+    FakeUpstream,
+    ProxyFactory,
+    RunningProxy,
+    TlsPair,
+    basic,
+    serving,
+    write_setup,
+)
 
 UPLOAD = "/v2/push/app/blobs/uploads/0a1b2c"
 MANIFEST = "/v2/library/app/manifests/v1"
@@ -45,7 +55,8 @@ async def tls_stream(
 async def stalled_upload(proxy: RunningProxy, tls: TlsPair, user: str = "push") -> bytes:
     """Start a PATCH that declares 1000 bytes, send one, and wait for whatever comes back."""
     async with tls_stream(proxy, tls) as (reader, writer):
-        writer.write(head("PATCH", UPLOAD, user, "Content-Length: 1000\r\n") + b"x")
+        path = proxy.upload(UPLOAD, user)
+        writer.write(head("PATCH", path, user, "Content-Length: 1000\r\n") + b"x")
         await writer.drain()
         try:
             return await reader.read(4096)
@@ -242,3 +253,24 @@ async def test_aiohttp_client_sees_429_as_a_registry_error(
         assert body["errors"][0]["message"] == "too many requests in flight for push"
     held.cancel()
     await asyncio.gather(held, return_exceptions=True)
+
+
+async def test_idle_connections_cannot_lock_out_a_real_client_under_a_low_file_limit(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream
+) -> None:
+    """Under a 128 open-files limit (systemd's default is 1,024), 150 connections that never
+    start TLS: the proxy keeps its connections below what the limit allows, evicting idle
+    ones, so a real client is still served."""
+    config = write_setup(tmp_path, tls, upstream.url, "timeouts:\n  handshake: 60\n")
+    port = int(config.read_text().split("listen: 127.0.0.1:")[1].split()[0])
+    async with serving(["serve", "-c", str(config)], tmp_path, open_files=128):
+        assert "open files limit: 128" in (tmp_path / "regproxy.err").read_text()
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(150)]
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls.client_context())
+        ) as session:
+            headers = {"Authorization": basic("pull", USERS["pull"])}
+            async with session.get(f"https://localhost:{port}/v2/", headers=headers) as resp:
+                assert resp.status == 200
+        for _, writer in idle:
+            writer.close()

@@ -22,24 +22,31 @@ PULL = basic("pull", USERS["pull"])
 
 
 async def raw_exchange(
-    proxy: RunningProxy, tls: TlsPair, data: bytes, timeout: float = 5.0
+    proxy: RunningProxy, tls: TlsPair, data: bytes, timeout: float = 5.0, answers: int = 1
 ) -> bytes:
-    """Send raw bytes over TLS and read until the server closes or `timeout` passes."""
+    """Send raw bytes over TLS and read `answers` answers: each head and its Content-Length of
+    body (or up to the server's close when it gives none). `timeout` only stops a broken run."""
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", proxy.server.port, ssl=tls.client_context(), server_hostname="localhost"
     )
     writer.write(data)
     await writer.drain()
-    chunks = []
+    answer = b""
     try:
-        while chunk := await asyncio.wait_for(reader.read(65536), timeout):
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout):
+            for _ in range(answers):
+                head = await reader.readuntil(b"\r\n\r\n")
+                answer += head
+                length = re.search(rb"(?im)^content-length: *(\d+)", head)
+                answer += await (reader.readexactly(int(length[1])) if length else reader.read())
+    except asyncio.IncompleteReadError as exc:
+        answer += exc.partial
     except (TimeoutError, ConnectionError):
         pass
     writer.close()
     with contextlib.suppress(ConnectionError, OSError):
         await writer.wait_closed()
-    return b"".join(chunks)
+    return answer
 
 
 def statuses(response: bytes) -> list[int]:
@@ -140,7 +147,7 @@ async def test_http10_and_pipelined_requests(
     two = request("GET /v2/a/tags/list HTTP/1.1", f"Authorization: {PULL}") + request(
         "GET /v2/b/tags/list HTTP/1.1", f"Authorization: {PULL}", "Connection: close"
     )
-    assert statuses(await raw_exchange(proxy, tls, two)) == [200, 200]
+    assert statuses(await raw_exchange(proxy, tls, two, answers=2)) == [200, 200]
     assert [r.path_qs for r in upstream.requests] == ["/v2/", "/v2/a/tags/list", "/v2/b/tags/list"]
 
 
@@ -299,7 +306,9 @@ async def test_upstream_dies_mid_push(make_proxy: ProxyFactory, upstream: FakeUp
             yield b"x" * 65536
 
     async with proxy.session.patch(
-        proxy.url + "/v2/a/blobs/uploads/u1", data=body(), headers={"Authorization": PUSH}
+        proxy.url + proxy.upload("/v2/a/blobs/uploads/u1", "push"),
+        data=body(),
+        headers={"Authorization": PUSH},
     ) as resp:
         assert resp.status == 502  # never a success for a half-finished upload
     async with proxy.session.get(proxy.url + "/v2/", headers={"Authorization": PULL}) as resp:
@@ -372,6 +381,75 @@ async def test_form_bodies_cannot_smuggle_mount_parameters(
     assert upstream.requests == []
 
 
+MOUNT = "sha256:" + "a" * 64
+PUSH_ONLY_OWN = "acl:\n  - users: [push]\n    repositories: ['push/**']\n    actions: ['*']\n"
+MULTIPART_MOUNT = (
+    f'--x\r\nContent-Disposition: form-data; name="mount"\r\n\r\n{MOUNT}\r\n'
+    '--x\r\nContent-Disposition: form-data; name="from"\r\n\r\nsecret/app\r\n--x--\r\n'
+).encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        # Go's strings.ToLower maps U+0130 to an ASCII 'i': both are form types to the registry.
+        ("mult\u0130part/form-data; boundary=x", MULTIPART_MOUNT),
+        ("appl\u0130cation/x-www-form-urlencoded", f"mount={MOUNT}&from=secret/app".encode()),
+        ("MULTIPART/FORM-DATA; boundary=x", MULTIPART_MOUNT),
+        ("\u00a0multipart/form-data; boundary=x", MULTIPART_MOUNT),  # Go trims the NBSP
+    ],
+)
+async def test_a_form_spelled_outside_ascii_cannot_mount_another_repository(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair, content_type: str, body: bytes
+) -> None:
+    """The issue's bypass: a push user's upload start whose body carries mount/from, under a
+    Content-Type Python's lower() does not see as a form, never reaches the registry."""
+    proxy = await make_proxy(PUSH_ONLY_OWN)
+    head = request(
+        "POST /v2/push/app/blobs/uploads/ HTTP/1.1",
+        f"Authorization: {PUSH}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    )
+    assert statuses(await raw_exchange(proxy, tls, head + body)) == [400]
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "body", "forwarded"),
+    [
+        ("", ("Content-Length: 0",), b"", True),  # what docker, podman and containerd send
+        ("", (), b"", True),  # curl -X POST
+        ("", ("Content-Length: 0", "Content-Type: application/octet-stream"), b"", True),
+        (f"?digest={MOUNT}", ("Content-Length: 3",), b"abc", True),  # a monolithic upload
+        ("", ("Content-Length: 3",), b"abc", False),
+        ("", ("Content-Type: application/octet-stream", "Content-Length: 7"), b"mount=x", False),
+        ("", ("Transfer-Encoding: chunked",), b"0\r\n\r\n", False),
+        ("?digest=", ("Content-Length: 3",), b"abc", False),  # FormValue("digest") == ""
+        ("?digest=a%zz", ("Content-Length: 3",), b"abc", False),  # Go would not see digest
+    ],
+)
+async def test_an_upload_start_without_digest_has_no_body(
+    make_proxy: ProxyFactory,
+    upstream: FakeUpstream,
+    tls: TlsPair,
+    query: str,
+    headers: tuple[str, ...],
+    body: bytes,
+    forwarded: bool,
+) -> None:
+    proxy = await make_proxy()
+    head = request(
+        f"POST /v2/a/blobs/uploads/{query} HTTP/1.1",
+        f"Authorization: {PUSH}",
+        *headers,
+        "Connection: close",
+    )
+    assert statuses(await raw_exchange(proxy, tls, head + body)) == [200 if forwarded else 400]
+    assert len(upstream.requests) == forwarded
+
+
 async def test_concurrent_guesses_do_not_slip_past_the_throttle(
     make_proxy: ProxyFactory,
 ) -> None:
@@ -430,3 +508,38 @@ async def test_a_mismatched_certificate_on_reload_keeps_the_old_one(
     assert await proxy.state.reload("test") is True  # the rest of the config is fine
     async with proxy.session.get(proxy.url + "/v2/", headers={"Authorization": PULL}) as resp:
         assert resp.status == 200  # handshakes still use the old certificate
+
+
+async def test_an_endless_catalog_costs_a_bounded_number_of_upstream_pages(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """An upstream whose Link never ends, full of repositories the caller may not see: one
+    client request reads MAX_PAGES pages, answers with what it found and a Link to continue
+    that does not name any repository the caller may not see."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from proxy.catalog import MAX_PAGES
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        after = parse_qs(urlsplit(str(request.rel_url)).query).get("last", [""])[0]
+        start = int(after.split("/")[1]) + 1 if after else 0
+        names = [f"secret/{n:09d}" for n in range(start, start + 1000)]
+        link = f'</v2/_catalog?last={names[-1]}&n=1000>; rel="next"'
+        return web.json_response({"repositories": names}, headers={"Link": link})
+
+    upstream.handlers["/v2/_catalog"] = endless
+    proxy = await make_proxy("acl:\n  - repositories: [public/**]\n    actions: [pull]\n")
+    async with proxy.session.get(
+        proxy.url + "/v2/_catalog?n=10", headers={"Authorization": PULL}
+    ) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["repositories"] == []
+        link = resp.headers["Link"]
+    assert len(upstream.requests) == MAX_PAGES
+    assert "secret" not in link and "last=~" in link
+    async with proxy.session.get(
+        proxy.url + link[1 : link.index(">")], headers={"Authorization": PULL}
+    ) as resp:
+        assert resp.status == 200  # the sealed position continues the listing
+    assert len(upstream.requests) == 2 * MAX_PAGES
+    assert "last=secret/000009999" in upstream.requests[MAX_PAGES].path_qs

@@ -4,6 +4,7 @@ reopened on SIGUSR1 (logrotate)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import signal
@@ -14,6 +15,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.accesslog import json_text
+from tests import apache_log
 from tests.conftest import (
     USERS,
     FakeUpstream,
@@ -22,7 +25,9 @@ from tests.conftest import (
     TlsPair,
     basic,
     free_socket,
+    htpasswd_text,
 )
+from tests.net import free_port
 
 PULL = {"Authorization": basic("pull", USERS["pull"])}
 
@@ -36,9 +41,13 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def free_port() -> int:
-    with free_socket() as sock:
-        return int(sock.getsockname()[1])
+async def written(path: Path, text: str) -> None:
+    """Wait until `text` is in the file (bounded: a broken run fails, not hangs)."""
+    for _ in range(200):
+        if path.exists() and text in path.read_text():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"{text!r} never written to {path}")
 
 
 async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
@@ -121,17 +130,17 @@ async def test_json_access_log_and_sigusr1_reopen(served: Served) -> None:
     log_file = served.directory / "access.jsonl"
     async with served.session.get(served.url + "/v2/", headers=PULL) as resp:
         assert resp.status == 200
-    await asyncio.sleep(0.2)
+    await written(log_file, "/v2/")
     first = json.loads(log_file.read_text().splitlines()[0])
     assert first["user"] == "pull" and first["status"] == 200 and first["path"] == "/v2/"
     assert first["duration_ms"] >= 0 and first["client"] == "127.0.0.1"
     rotated = served.directory / "access.jsonl.1"
     log_file.rename(rotated)  # what logrotate does, then it sends SIGUSR1
     served.process.send_signal(signal.SIGUSR1)
-    await asyncio.sleep(0.3)
+    await written(served.directory / "regproxy.err", "log files reopened")
     async with served.session.get(served.url + "/v2/a/tags/list", headers=PULL) as resp:
         assert resp.status == 200
-    await asyncio.sleep(0.2)
+    await written(log_file, "/v2/a/tags/list")
     assert json.loads(log_file.read_text())["path"] == "/v2/a/tags/list"
     assert "/v2/a/tags/list" not in rotated.read_text()
 
@@ -149,10 +158,14 @@ async def test_metrics_add_up_across_workers(served: Served, tls: TlsPair) -> No
             session.get(served.url + "/v2/", headers=PULL) as resp,
         ):
             assert resp.status == 200
-    await asyncio.sleep(0.2)
+    ping_ok = ("regproxy_requests_total", (("action", "ping"), ("status", "200")))
+    for _ in range(200):  # the counter is written when each answer has gone out
+        if samples((await scrape(port))[1]).get(ping_ok) == 40:
+            break
+        await asyncio.sleep(0.025)
     for _ in range(5):  # whichever worker answers the scrape, the sum is the same
         values = samples((await scrape(port))[1])
-        assert values[("regproxy_requests_total", (("action", "ping"), ("status", "200")))] == 40
+        assert values[ping_ok] == 40
 
 
 def test_reference_config_documents_every_key() -> None:
@@ -162,3 +175,111 @@ def test_reference_config_documents_every_key() -> None:
     for key in _KEYS:
         leaf = key.split(".")[-1]
         assert re.search(rf"^\s*#?\s*{re.escape(leaf)}:", reference, re.M), key
+
+
+# A user name htpasswd accepts (no spaces, no ':') that tries every trick on a log reader.
+HOSTILE_USER = 'ev"il\\\u202e\u0080]-[x'
+HOSTILE_AGENT = b'agent" 200 5 "x\\" \xe2\x80\xa8\xc2\x85\xff\tend'
+HOSTILE_REFERER = b'"-" "forged\\\xe2\x80\xae'
+HOSTILE_PATH = b'/v2/\\a"b%ff]x/tags/list'
+
+
+async def raw_request(served: Served, tls: TlsPair, data: bytes) -> bytes:
+    port = int(served.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls.client_context(), server_hostname="localhost"
+    )
+    writer.write(data)
+    answer = await reader.read()  # each request says Connection: close
+    writer.close()
+    return answer
+
+
+async def hostile_requests(served: Served, tls: TlsPair) -> None:
+    """A push by HOSTILE_USER with a hostile agent and referer, then an anonymous request
+    with a hostile request line; returns once both are logged."""
+    with (served.directory / "htpasswd").open("a") as htpasswd:
+        htpasswd.write(htpasswd_text({HOSTILE_USER: "pw"}))
+    (served.directory / "groups").write_text(f"pusher: push {HOSTILE_USER}\n")
+    credentials = base64.b64encode(f"{HOSTILE_USER}:pw".encode()).decode()
+    for _ in range(200):  # until the reload has taken the new user in
+        async with served.session.get(
+            served.url + "/v2/", headers={"Authorization": f"Basic {credentials}"}
+        ) as resp:
+            if resp.status == 200:
+                break
+        await asyncio.sleep(0.05)
+    push = (
+        b"PUT /v2/team/app/manifests/v1 HTTP/1.1\r\nHost: localhost\r\n"
+        + f"Authorization: Basic {credentials}\r\n".encode()
+        + b"User-Agent: " + HOSTILE_AGENT + b"\r\nReferer: " + HOSTILE_REFERER + b"\r\n"
+        + b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )  # fmt: skip
+    assert b" 200 " in (await raw_request(served, tls, push)).split(b"\r\n")[0]
+    anonymous = (
+        b"GET " + HOSTILE_PATH + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    assert b" 400 " in (await raw_request(served, tls, anonymous)).split(b"\r\n")[0]
+
+
+def logged_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="ascii").splitlines() if path.exists() else []
+
+
+async def wait_for_lines(path: Path, count: int) -> list[str]:
+    for _ in range(200):
+        if len(lines := logged_lines(path)) >= count:
+            return lines
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {count} lines in {path}: {logged_lines(path)}")
+
+
+@pytest.mark.parametrize(
+    "served",
+    [
+        f"access_log:\n  format: {fmt}\n  path: access.log\n"
+        for fmt in ("common", "combined", "combined_duration")
+    ],
+    indirect=True,
+)
+async def test_hostile_values_cannot_forge_access_or_audit_lines(
+    served: Served, tls: TlsPair
+) -> None:
+    fmt = (served.directory / "regproxy.yaml").read_text().split("format: ")[1].split()[0]
+    await hostile_requests(served, tls)
+    lines = await wait_for_lines(served.directory / "access.log", 2)
+    push, anonymous = (apache_log.parse(line) for line in lines[-2:])
+    assert (push.user, push.status) == (HOSTILE_USER.encode(), 200)
+    assert push.request == b"PUT /v2/team/app/manifests/v1 HTTP/1.1"
+    assert (anonymous.user, anonymous.status) == (b"-", 400)
+    assert anonymous.request == b"GET " + HOSTILE_PATH + b" HTTP/1.1"
+    if fmt == "common":
+        assert (push.referer, push.agent, push.duration) == (None, None, None)
+    else:
+        assert (push.referer, push.agent) == (HOSTILE_REFERER, HOSTILE_AGENT)
+        assert (anonymous.referer, anonymous.agent) == (b"-", b"-")
+        assert (push.duration is not None) is (fmt == "combined_duration")
+    # The audit line (standard error here, with the diagnostics) is JSON in ASCII.
+    served.process.send_signal(signal.SIGTERM)
+    await served.process.wait()
+    errors = (served.directory / "regproxy.err").read_text(encoding="ascii").splitlines()
+    (audit,) = [line.split("regproxy.audit: ", 1)[1] for line in errors if "regproxy.audit" in line]
+    record = json.loads(audit)
+    assert (record["user"], record["repository"], record["reference"]) == (
+        HOSTILE_USER,
+        "team/app",
+        "v1",
+    )
+
+
+@pytest.mark.parametrize(
+    "served", ["access_log:\n  format: json\n  path: access.jsonl\n"], indirect=True
+)
+async def test_hostile_values_in_json_lines(served: Served, tls: TlsPair) -> None:
+    await hostile_requests(served, tls)
+    lines = await wait_for_lines(served.directory / "access.jsonl", 2)
+    push, anonymous = (json.loads(line) for line in lines[-2:])
+    assert (push["user"], push["path"]) == (HOSTILE_USER, "/v2/team/app/manifests/v1")
+    assert push["user_agent"] == json_text(HOSTILE_AGENT.decode("utf-8", "surrogateescape"))
+    assert push["user_agent"].encode("utf-8")  # strict Unicode: no lone surrogates
+    assert (anonymous["path"], anonymous["status"]) == (HOSTILE_PATH.decode(), 400)

@@ -8,6 +8,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -75,7 +76,7 @@ async def test_config_edit_changes_push_group(make_proxy: ProxyFactory) -> None:
         ("htpasswd", b"\xff\xfe\x00 binary", "htpasswd:1: not UTF-8 text"),
         ("htpasswd", None, "htpasswd: cannot read: No such file or directory"),
         ("groups", b"pusher: push\n\x00\x00", "groups:2: binary data (NUL byte)"),
-        ("regproxy.yaml", b"upstream: [unclosed\n", "regproxy.yaml:2: invalid YAML"),
+        ("regproxy.yaml", b"upstream: [unclosed\n", "regproxy.yaml:1: invalid YAML"),
         ("regproxy.yaml", b"upstreem: http://x\n", "regproxy.yaml:1: unknown key 'upstreem'"),
     ],
 )
@@ -167,3 +168,20 @@ async def test_sighup_style_reload_of_tls_certificate(
     )
     writer.close()
     await writer.wait_closed()
+
+
+def test_an_edit_made_while_the_files_were_read_is_not_lost(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream
+) -> None:
+    """The watcher starts from each file as it was just before it was read: an edit that
+    lands after the read but before watching starts is still seen as an edit."""
+    from proxy.reload import Watcher
+    from proxy.snapshot import load_snapshot
+    from tests.conftest import write_setup
+
+    config = write_setup(tmp_path, tls, upstream.url)
+    snapshot, _ = load_snapshot(config, {})
+    replace_file(tmp_path / "htpasswd", htpasswd_text({**USERS, "late": "pw"}))
+    watcher = Watcher(snapshot.signatures)
+    assert watcher.stable_changes() == []  # changed, but not yet stable for one poll
+    assert watcher.stable_changes() == [tmp_path / "htpasswd"]

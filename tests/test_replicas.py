@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.conftest import ENV, FakeUpstream, ProxyFactory, RunningProxy, basic, free_socket
+from tests.conftest import ENV, FakeUpstream, ProxyFactory, RunningProxy, basic
+from tests.net import free_port, free_socket
 from tests.redis_server import RedisServer
-from tests.test_observability import free_port, samples, scrape
+from tests.test_observability import samples, scrape
 
 BOUND = 10.0  # seconds: only stops a broken run from hanging
 

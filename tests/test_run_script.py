@@ -17,14 +17,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_socket
+from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with free_socket() as sock:
-        return int(sock.getsockname()[1])
 
 
 def get(url: str, cafile: Path, user: str, password: str) -> int:
@@ -79,6 +74,14 @@ def test_make_run_script_from_a_fresh_checkout(tmp_path: Path) -> None:
     remaining, _ = process.communicate(timeout=30)
     assert process.returncode == 0, remaining
     assert "stopped" in remaining
+    # The registry's own lines go to data/registry.log; the terminal shows regproxy's only.
+    output += remaining
+    registry_log = (checkout / "data" / "registry.log").read_text()
+    assert re.search(r'"GET /v2/_catalog[?\S]* HTTP/1.1" 200 ', registry_log), registry_log
+    assert "log in data/registry.log" in output
+    catalog = [line for line in output.splitlines() if "GET /v2/_catalog" in line]
+    assert [line.split()[2] for line in catalog] == ["admin", "-"]  # regproxy's: 200, then 401
+    assert not [line for line in output.splitlines() if "level=" in line or "go.version" in line]
     for port in (proxy_port, registry_port):
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing left listening

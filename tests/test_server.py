@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy.uploads import bind_location
 from tests.conftest import FakeUpstream, ProxyFactory, basic
 from tests.unit.test_routes import CATALOG_REFUSALS, REFUSALS, Answer
 
@@ -61,7 +62,8 @@ async def test_recipe_policy(
     status: int,
 ) -> None:
     proxy = await make_proxy()
-    async with proxy.session.request(method, proxy.url + path, headers=proxy.auth(user)) as resp:
+    sent = proxy.upload(path, user) if method == "PATCH" else path  # as the proxy handed it out
+    async with proxy.session.request(method, proxy.url + sent, headers=proxy.auth(user)) as resp:
         assert resp.status == status
         assert resp.headers.getall(API) == ["registry/2.0"]
         if status == 403:
@@ -240,7 +242,46 @@ async def test_location_rewritten_only_when_it_points_upstream(
     ) as resp:
         assert resp.status == 202
         host = f"localhost:{proxy.server.port}"
-        assert resp.headers["Location"] == expected.format(host=host)
+        # An upload's Location comes back signed for whoever started it (proxy.uploads).
+        signed = bind_location(expected.format(host=host), "a", proxy.server.upload_key, "push")
+        assert resp.headers["Location"] == signed
+        assert ("_regproxy=" in signed) == ("/uploads/" in expected)
+
+
+async def test_connection_cannot_drop_host_and_upstream_locations_never_leak(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """The issue's case: `Connection: Host` made the proxy drop Host, and the registry built
+    the upload Location from its own address (scheme from X-Forwarded-Proto), which the
+    rewrite missed because the schemes differ. The fake upstream builds it as the registry."""
+
+    async def start(request: web.Request) -> web.StreamResponse:
+        scheme = request.headers.get("X-Forwarded-Proto", "http")
+        location = f"{scheme}://{request.headers['Host']}/v2/a/blobs/uploads/u1?_state=s"
+        return web.Response(status=202, headers={"Location": location, "Connection": "Location"})
+
+    upstream.handlers["/v2/a/blobs/uploads/"] = start
+    proxy = await make_proxy()
+    host = f"localhost:{proxy.server.port}"
+    async with proxy.session.post(
+        proxy.url + "/v2/a/blobs/uploads/",
+        headers={**proxy.auth("push"), "Connection": "Host, X-Secret-Hop", "X-Secret-Hop": "1"},
+    ) as resp:
+        assert resp.status == 202
+        location = resp.headers["Location"]  # and the upload binding (proxy.uploads)
+        assert location.startswith(f"https://{host}/v2/a/blobs/uploads/u1?_state=s&_regproxy=")
+    (seen,) = upstream.requests
+    assert seen.headers["host"] == [host] and "x-secret-hop" not in seen.headers
+
+    async def internal(_: web.Request) -> web.StreamResponse:
+        address = upstream.url.removeprefix("http://")
+        return web.Response(status=202, headers={"Location": f"https://{address}/v2/a/x"})
+
+    upstream.handlers["/v2/a/blobs/uploads/"] = internal
+    async with proxy.session.post(
+        proxy.url + "/v2/a/blobs/uploads/", headers=proxy.auth("push")
+    ) as resp:
+        assert resp.headers["Location"] == f"https://{host}/v2/a/x"
 
 
 async def test_upstream_refused_is_502(make_proxy: ProxyFactory) -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from proxy import server as server_module
+from proxy.authn import AuthResult, Outcome
 from proxy.credentials import PasswordHash
 from proxy.server import Server
-from proxy.snapshot import load_snapshot
+from proxy.snapshot import Snapshot, load_snapshot
 from tests.conftest import (
     USERS,
     FakeUpstream,
@@ -134,3 +135,46 @@ async def test_a_startup_failing_at_any_step_leaves_nothing_behind(
     assert threading.active_count() <= threads
     assert len(asyncio.all_tasks()) == tasks
     assert _fds() <= fds
+
+
+class RecordingBackend:
+    """An Authenticator that records when it is closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def authenticate(self, user: str, password: str) -> AuthResult:
+        return AuthResult(Outcome.NO_SUCH_USER)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_backend_is_closed_only_after_the_requests_holding_it_finish(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream
+) -> None:
+    """A reload that replaces a backend (an LDAP pool whose settings changed) closes the old
+    one only once the last request that started with it has finished."""
+    from proxy.authn.chain import Authenticators
+    from proxy.reload import State
+    from tests.conftest import write_setup
+
+    built: list[RecordingBackend] = []
+
+    def attach(snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
+        built.append(RecordingBackend())
+        return Authenticators((built[-1],), snapshot.users)
+
+    config = write_setup(tmp_path, tls, upstream.url)
+    state = State(load_snapshot(config, {})[0], config, {}, attach)
+    await state.start()
+    first = state.enter()  # a request under way
+    assert await state.reload("test")
+    assert state.current is not first and not built[0].closed
+    second = state.enter()
+    state.leave(second)
+    assert not built[0].closed  # the first request still holds it
+    state.leave(first)
+    assert built[0].closed and not built[1].closed
+    state.close()
+    assert built[1].closed

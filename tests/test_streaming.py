@@ -43,7 +43,7 @@ async def test_chunked_upload_streams_through(
 ) -> None:
     proxy = await make_proxy()
     size = 48 * MIB + 123
-    path = "/v2/a/blobs/uploads/u-1"
+    path = proxy.upload("/v2/a/blobs/uploads/u-1", "push")
     async with proxy.session.patch(
         proxy.url + path, data=generate(size), headers=proxy.auth("push")
     ) as resp:
@@ -60,7 +60,8 @@ async def test_content_length_upload_keeps_its_length(
     size = 32 * MIB
     headers = {**proxy.auth("push"), "Content-Length": str(size)}
     path = f"/v2/a/blobs/uploads/u-2?digest={DIGEST}"
-    async with proxy.session.put(proxy.url + path, data=generate(size), headers=headers) as resp:
+    sent = proxy.upload(path, "push")
+    async with proxy.session.put(proxy.url + sent, data=generate(size), headers=headers) as resp:
         assert resp.status == 200
     (seen,) = upstream.requests
     assert seen.path_qs == path
@@ -75,7 +76,8 @@ async def test_empty_put_keeps_content_length_zero(
     proxy = await make_proxy()
     headers = {**proxy.auth("push"), "Content-Length": "0"}
     async with proxy.session.put(
-        proxy.url + f"/v2/a/blobs/uploads/u-3?digest={DIGEST}", headers=headers
+        proxy.url + proxy.upload(f"/v2/a/blobs/uploads/u-3?digest={DIGEST}", "push"),
+        headers=headers,
     ) as resp:
         assert resp.status == 200
     (seen,) = upstream.requests

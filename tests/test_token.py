@@ -12,7 +12,7 @@ import trustme
 
 from proxy.config import load
 from proxy.identity import Identity
-from proxy.policy import recipe_rules
+from proxy.policy import Rule, recipe_rules
 from proxy.problems import ConfigError
 from proxy.token import Scope, granted, parse_scopes
 from tests.conftest import USERS, ProxyFactory, basic
@@ -119,6 +119,16 @@ def test_scope_parsing_drops_what_it_cannot_name() -> None:
     ]
 
 
+def test_scopes_are_separated_by_ascii_spaces_only() -> None:
+    """Not by NBSP, NEL or U+2028, which str.split() takes: one scope, malformed, dropped."""
+    for space in ("\u00a0", "\x85", "\u2028", "\t"):
+        assert parse_scopes([f"repository:a:pull{space}repository:b:push"]) == []
+    assert [str(s) for s in parse_scopes(["repository:a:pull  repository:b:push"])] == [
+        "repository:a:pull",
+        "repository:b:push",
+    ]
+
+
 @pytest.mark.parametrize(
     ("groups", "actions", "expected"),
     [
@@ -165,3 +175,12 @@ async def test_malformed_token_form_is_a_400(make_proxy: ProxyFactory, tmp_path:
     ) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"] == "invalid_request"
+
+
+def test_a_token_never_grants_a_slashed_user_anothers_namespace() -> None:
+    """Token mode decides with the same policy: `alice/sub` gets nothing under alice/."""
+    rules = (Rule(frozenset({"pull", "push"}), repositories=("${user}/**",)),)
+    for user, expected in (("alice/sub", None), ("alice", ("pull", "push"))):
+        scope = parse_scopes(["repository:alice/sub/app:pull,push"])[0]
+        got = granted(rules, Identity(user), scope, frozenset())
+        assert (got and got.actions) == expected

@@ -1,9 +1,13 @@
--- wrk script for bench/run.py: `wrk ... -s wrk-report.lua URL -- METHOD AUTHORIZATION`
--- (AUTHORIZATION is a whole header value, or "-" for none). Prints one JSON line at the end.
+-- wrk script for bench/run.py: `wrk ... -s wrk-report.lua URL -- METHOD AUTHORIZATION [ACCEPT]`
+-- (AUTHORIZATION is a whole header value, or "-" for none; ACCEPT an Accept header value).
+-- Prints one JSON line at the end.
 function init(args)
   wrk.method = args[1]
   if args[2] ~= "-" then
     wrk.headers["Authorization"] = args[2]
+  end
+  if args[3] then
+    wrk.headers["Accept"] = args[3]
   end
 end
 

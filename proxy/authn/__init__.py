@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..identity import NO_CLAIMS, RobotGrant
 
 
 class Outcome(enum.Enum):
@@ -22,8 +25,15 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class AuthResult:
+    """A backend's answer. Token backends name the caller themselves (`user`: the name made
+    from a workload token's claims, or `robot$NAME`) and say why a token was refused."""
+
     outcome: Outcome
     groups: frozenset[str] = frozenset()
+    user: str | None = None  # None: the name the client sent
+    claims: Mapping[str, Any] = field(default_factory=lambda: NO_CLAIMS)
+    robot: RobotGrant | None = None
+    reason: str = ""  # why a token was refused (logged, and the 401's message)
     upstream: str | None = None  # the user's own registry, when the backend keeps one
 
 
@@ -41,6 +51,14 @@ class Authenticator(Protocol):
 
     def close(self) -> None:
         """Release connections and threads; later checks raise BackendUnavailable."""
+        ...
+
+
+class TokenAuthenticator(Authenticator, Protocol):
+    """A backend that also takes a bare token (`Authorization: Bearer`)."""
+
+    async def authenticate_token(self, token: str) -> AuthResult:
+        """Check a token; the same contract as `authenticate`."""
         ...
 
 

@@ -6,6 +6,9 @@ nginx pay bcrypt (or an LDAP bind) on each. Here a success is remembered for `tt
 under a keyed hash of the password (a per-process random key; never the password), and looked
 up by a key the backend chooses: htpasswd uses (user, stored hash), so a password change or
 removal misses at once. A different password always misses. The clock is injected.
+
+An answer that is only good for a while (a workload token until it expires) says so through
+`lifetime`: it is remembered for that long at most.
 """
 
 from __future__ import annotations
@@ -58,10 +61,12 @@ class VerifiedCache(Generic[T]):
         secret: bytes,
         verify: Callable[[], Awaitable[T]],
         keep: Callable[[T], bool],
+        lifetime: Callable[[T], float] | None = None,
     ) -> T:
         """The remembered answer for (key, secret), or `verify()`'s: shared with every
-        identical check under way, and remembered when `keep(answer)`. Cancelling one caller
-        does not cancel the shared check."""
+        identical check under way, and remembered when `keep(answer)`, for `ttl` seconds or
+        `lifetime(answer)` if that is shorter. Cancelling one caller does not cancel the
+        shared check."""
         tag = fingerprint(self._key, secret)
         entry = self._entries.get(key)
         if (
@@ -76,19 +81,24 @@ class VerifiedCache(Generic[T]):
         if future is None:
             future = asyncio.ensure_future(verify())
             self._inflight[flight] = future
-            future.add_done_callback(lambda done: self._settle(flight, done, keep))
+            future.add_done_callback(lambda done: self._settle(flight, done, keep, lifetime))
         return await asyncio.shield(future)
 
     def _settle(
-        self, flight: tuple[Hashable, bytes], done: asyncio.Future[T], keep: Callable[[T], bool]
+        self,
+        flight: tuple[Hashable, bytes],
+        done: asyncio.Future[T],
+        keep: Callable[[T], bool],
+        lifetime: Callable[[T], float] | None,
     ) -> None:
         self._inflight.pop(flight, None)
         if done.cancelled() or done.exception() is not None or self.ttl <= 0:
             return
         value = done.result()
-        if keep(value):
+        seconds = self.ttl if lifetime is None else min(self.ttl, lifetime(value))
+        if keep(value) and seconds > 0:
             key, tag = flight
-            self._entries[key] = _Entry(tag, self._clock() + self.ttl, value)
+            self._entries[key] = _Entry(tag, self._clock() + seconds, value)
             self._entries.move_to_end(key)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)

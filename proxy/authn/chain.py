@@ -1,8 +1,12 @@
-"""The authentication step: Basic header -> throttle check -> backends in order -> Identity.
+"""The authentication step: Basic (or Bearer) header -> throttle check -> backends in order ->
+Identity.
 
 Backends are asked in order: `NO_SUCH_USER` passes to the next one, `WRONG_PASSWORD` stops
 the chain, and a backend that cannot answer makes the request fail with 503 (never a silent
 allow, never a fall-through to a weaker backend). Failures feed the brute-force throttle.
+Token backends come first (robots, then workload tokens): a robot's secret or a CI token is
+never handed to a password backend. `Authorization: Bearer` goes to the workload-token backend
+alone, and only when one is configured (otherwise it counts as no credentials).
 
 What a request authenticates against (`Authenticators`: the backends, the group file, the
 throttle settings) belongs to one configuration snapshot and is passed in with the request;
@@ -15,23 +19,38 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import metrics
 from ..addresses import IPAddress
-from ..credentials import MalformedCredentials, PasswordHash, parse_basic_auth
+from ..credentials import MalformedCredentials, PasswordHash, bearer_token, parse_basic_auth
 from ..identity import Identity
+from ..robots import Robot
 from ..throttle import Throttle, ThrottleSettings
-from . import Authenticator, BackendUnavailable, Outcome, fingerprint
+from . import (
+    Authenticator,
+    AuthResult,
+    BackendUnavailable,
+    Outcome,
+    TokenAuthenticator,
+    fingerprint,
+)
 from .cache import CacheSettings, VerifiedCache
 from .htpasswd import HtpasswdAuthenticator, UserFiles
+from .robots import RobotAuthenticator, RobotUsage
 
 if TYPE_CHECKING:
+    from ..config import Config
+    from .jwks import KeySource
     from .ldap_settings import LdapSettings
+    from .oidc import IssuerVerifier
+    from .oidc_settings import OidcSettings
     from .redis_users import RedisUsers
+
+BEARER = "(bearer)"  # who a Bearer token's failures are counted against, with the address
 
 log = logging.getLogger("regproxy.authn")
 
@@ -53,6 +72,7 @@ class Authenticators:
     backends: tuple[Authenticator, ...]
     users: UserFiles
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    bearer: TokenAuthenticator | None = None  # takes `Authorization: Bearer` (OIDC)
 
 
 class Authentication:
@@ -75,9 +95,14 @@ class Authentication:
     ) -> Identity | Denied:
         try:
             credentials = parse_basic_auth(authorization)
+            token = None
+            if credentials is None and setup.bearer is not None:
+                token = bearer_token(authorization)
         except MalformedCredentials as exc:
             metrics.RECORD.auth_failure("malformed")
             return Denied(400, str(exc))
+        if token is not None:
+            credentials = (BEARER, token)
         if credentials is None:
             return Identity(None, address=address)
         user, password = credentials
@@ -89,14 +114,15 @@ class Authentication:
             return Denied(429, "too many failed logins, retry later", math.ceil(wait))
         attempt = fingerprint(self._key, f"{user}:{password}".encode(errors="surrogateescape"))
         self.throttle.started(user, where, attempt)
+        reason = ""
         try:
-            for backend in setup.backends:
-                result = await backend.authenticate(user, password)
-                if result.outcome is Outcome.OK:
+            for result in self._results(setup, user, password, bearer=token is not None):
+                answer = await result
+                if answer.outcome is Outcome.OK:
                     self.throttle.success(user, where)
-                    groups = result.groups | setup.users.groups_of(user)
-                    return Identity(user, groups, address, result.upstream)
-                if result.outcome is Outcome.WRONG_PASSWORD:
+                    return _identity(answer, user, address, setup.users)
+                if answer.outcome is Outcome.WRONG_PASSWORD:
+                    reason = answer.reason
                     break
         except BackendUnavailable as exc:
             log.error("authentication backend unavailable: %s", exc)
@@ -109,28 +135,77 @@ class Authentication:
             await self._flush()
         metrics.RECORD.auth_failure("invalid")
         log.info("authentication failed for %r from %s", user, where)
-        return Denied(401, "invalid username or password")
+        return Denied(401, reason or "invalid username or password")
+
+    @staticmethod
+    def _results(
+        setup: Authenticators, user: str, password: str, bearer: bool
+    ) -> Iterator[Awaitable[AuthResult]]:
+        """Each backend's answer in turn, asked only when the one before passed."""
+        if bearer:
+            assert setup.bearer is not None
+            yield setup.bearer.authenticate_token(password)
+            return
+        for backend in setup.backends:
+            yield backend.authenticate(user, password)
+
+
+def _identity(
+    result: AuthResult, user: str, address: IPAddress | None, users: UserFiles
+) -> Identity:
+    """The caller as the backend named them; the group file adds groups to any name."""
+    name = result.user or user
+    groups = result.groups | users.groups_of(name)
+    return Identity(name, groups, address, result.claims, result.robot, result.upstream)
 
 
 class BackendFactory:
     """Builds each snapshot's backends (at reload, in a worker thread). Owns what outlives
-    snapshots: the hashing thread pool and the verified-credential cache of the backends that
-    keep hashes (htpasswd, Redis); an LDAP backend is reused while its settings are unchanged.
-    `redis_users`: the worker's view of the users in Redis (with `state.backend: redis`)."""
+    snapshots: the hashing thread pool, the verified-credential cache of the backends that keep
+    hashes (htpasswd, Redis), when robots were last used, and each OIDC issuer's keys and
+    verified tokens (kept while that issuer's settings are unchanged); an LDAP backend is
+    reused while its settings are unchanged. `redis_users`: the worker's view of the users in
+    Redis (with `state.backend: redis`)."""
 
     def __init__(
         self,
         executor: Executor,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         redis_users: RedisUsers | None = None,
     ) -> None:
         self._executor = executor
         self._clock = clock
+        self._wall = wall
         self._redis_users = redis_users
         self._redis_dummy: PasswordHash | None = None
         self._verified: VerifiedCache[bool] = VerifiedCache(
             CacheSettings.ttl, CacheSettings.size, clock
         )
+        self.robot_usage = RobotUsage()
+        self._sources: dict[object, KeySource] = {}
+        self._verifiers: dict[object, IssuerVerifier] = {}
+
+    def authenticators(
+        self,
+        config: Config,
+        users: UserFiles,
+        robots: tuple[Mapping[str, Robot], bytes] | None = None,
+        previous: Authenticators | None = None,
+    ) -> Authenticators:
+        """One snapshot's way of authenticating: token backends (robots: the robots and the
+        key their secrets are hashed with; OIDC), then the password backends."""
+        old = previous.backends if previous else ()
+        tokens: list[Authenticator] = []
+        if robots is not None:
+            book, key = robots
+            tokens.append(RobotAuthenticator(book, key, users, self.robot_usage, self._wall))
+        bearer = self._oidc(config.oidc, users) if config.oidc is not None else None
+        tokens.extend([bearer] if bearer is not None else [])
+        passwords = self.build(
+            config.auth_backends, users, config.ldap, config.credentials_cache, old
+        )
+        return Authenticators((*tokens, *passwords), users, config.throttle, bearer)
 
     def build(
         self,
@@ -140,6 +215,7 @@ class BackendFactory:
         cache: CacheSettings,
         previous: tuple[Authenticator, ...] = (),
     ) -> tuple[Authenticator, ...]:
+        """The password backends, in order."""
         self._verified.ttl, self._verified.size = cache.ttl, cache.size
         built: list[Authenticator] = []
         for name in names:
@@ -149,7 +225,7 @@ class BackendFactory:
                 built.append(self._redis())
             else:
                 assert ldap is not None  # config.load refuses ldap without settings
-                built.append(self._ldap(ldap, previous))
+                built.append(self._ldap(ldap, cache.size, previous))
         return tuple(built)
 
     def _redis(self) -> Authenticator:
@@ -162,10 +238,44 @@ class BackendFactory:
             self._redis_users, self._verified, self._executor, self._redis_dummy
         )
 
-    def _ldap(self, settings: LdapSettings, previous: tuple[Authenticator, ...]) -> Authenticator:
+    def _ldap(
+        self, settings: LdapSettings, size: int, previous: tuple[Authenticator, ...]
+    ) -> Authenticator:
         from .ldap import LdapAuthenticator  # imports ldap3: only when configured
 
         for backend in previous:
             if isinstance(backend, LdapAuthenticator) and backend.settings == settings:
                 return backend
-        return LdapAuthenticator(settings, self._clock)
+        return LdapAuthenticator(settings, self._clock, size)
+
+    def _oidc(self, settings: OidcSettings, users: UserFiles) -> TokenAuthenticator:
+        from .jwks import Endpoint, KeySource  # imports joserfc: only when configured
+        from .oidc import IssuerVerifier, OidcAuthenticator
+
+        sources: dict[object, KeySource] = {}
+        verifiers: dict[object, IssuerVerifier] = {}
+        by_issuer: dict[str, IssuerVerifier] = {}
+        for issuer in settings.issuers:
+            endpoint = Endpoint(
+                issuer.issuer,
+                issuer.jwks_uri,
+                issuer.ca_pem,
+                settings.timeout,
+                settings.jwks_refresh,
+                settings.jwks_min_interval,
+            )
+            source = sources[endpoint] = self._sources.get(endpoint) or KeySource(
+                endpoint, self._clock
+            )
+            checks = (endpoint, issuer.audiences, settings.clock_skew)
+            verifier = verifiers[checks] = self._verifiers.get(checks) or IssuerVerifier(
+                issuer.issuer,
+                issuer.audiences,
+                settings.clock_skew,
+                source,
+                self._clock,
+                self._wall,
+            )
+            by_issuer[issuer.issuer] = verifier
+        self._sources, self._verifiers = sources, verifiers
+        return OidcAuthenticator(settings, by_issuer, users)

@@ -468,12 +468,17 @@ def _attributes(entry: Mapping[str, Any]) -> dict[str, list[str]]:
 class LdapAuthenticator:
     """The LDAP backend (`proxy.authn.Authenticator`); `close()` when done."""
 
-    def __init__(self, settings: LdapSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: LdapSettings,
+        clock: Callable[[], float] = time.monotonic,
+        cache_size: int = CACHE_SIZE,
+    ) -> None:
         self.settings = settings
         self._directory = _Directory(settings)
         self._executor = ThreadPoolExecutor(settings.pool_size, thread_name_prefix="regproxy-ldap")
         self._cache: VerifiedCache[AuthResult] = VerifiedCache(
-            settings.cache_ttl, CACHE_SIZE, clock
+            settings.cache_ttl, cache_size, clock
         )
 
     async def authenticate(self, user: str, password: str) -> AuthResult:

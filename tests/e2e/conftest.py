@@ -20,8 +20,16 @@ from tests.conftest import one_worker_unless
 from tests.e2e.harness import Podman, Registry, Skopeo, TlsFiles, free_port, make_tls
 
 ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
 USERS = {"testuser": "testpassword", "testuserpush": "test:password:push", "reader": "reader-pw"}
 GROUPS = "pusher: testuserpush\nreaders: reader\n"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in tests/e2e is an end-to-end test (`-m "not e2e"` leaves them out)."""
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.e2e)
 
 
 @dataclass
@@ -85,6 +93,7 @@ def start_regproxy(
     extra: str = "",
     port: int | None = None,
     host: str = "127.0.0.1",
+    groups: str = GROUPS,
 ) -> RegproxyProcess:
     directory.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -100,7 +109,7 @@ def start_regproxy(
             check=True,
             capture_output=True,
         )
-    (directory / "groups").write_text(GROUPS)
+    (directory / "groups").write_text(groups)
     port = port or free_port()
     config = directory / "regproxy.yaml"
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -31,6 +31,8 @@ from typing import Any
 
 import trustme
 
+from tests.net import free_port
+
 DEFAULT_TIMEOUT = 120.0
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MANIFEST_ACCEPT = ", ".join(
@@ -58,13 +60,6 @@ def https_status(url: str, authorization: str, ca_cert: Path, timeout: float) ->
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return exc.code
-
-
-def free_port() -> int:
-    """Return a currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run(

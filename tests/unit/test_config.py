@@ -118,7 +118,7 @@ def test_every_key(tmp_path: Path) -> None:
         timeouts=Timeouts(connect=1.5, read=60.0, drain=10.0, keepalive=5.0),
         throttle=Throttle(attempts=3, window=60.0, max_delay=120.5),
         trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128")),
-        audit_log=tmp_path / "../audit.log",
+        audit_log=tmp_path.parent / "audit.log",  # shown normalised
         source=path,
     )
     assert str(config.listen) == "[::1]:6000"
@@ -213,7 +213,7 @@ def test_relative_paths_resolve_against_the_config_directory(
     config = load(path)
     assert config.htpasswd == conf / "htpasswd"
     assert config.groups == conf / "sub/groups"
-    assert config.tls_cert == conf / "../certs/s.crt"
+    assert config.tls_cert == conf.parent / "certs/s.crt"  # normalised: no "conf/.."
     assert config.tls_key == Path("/abs/s.key")
     assert config.access_log_path == conf / "log/access.log"
     assert config.audit_log == conf / "audit.jsonl"
@@ -420,10 +420,16 @@ ERRORS = [
     ("tls:\n  cert: a\ntls:\n  cert: b", [(3, "duplicate key 'tls'")]),
     ("timeouts:\n  read: 1\ntimeouts:\n  drain: 2", [(3, "duplicate key 'timeouts'")]),
     # not YAML, or not a mapping
-    ("listen: [", [(2, "invalid YAML: ")]),
-    ("a: b\n  c: d", [(2, "invalid YAML: mapping values are not allowed here")]),
+    # (at the cause's line: where it was opened, or where the run-on value began)
+    ("listen: [", [(1, "invalid YAML: the file ends early")]),
+    ("workers: 1\nlisten: [\n\n", [(2, "invalid YAML: the file ends early")]),
+    ("tls: {cert: a\nworkers: 1\n", [(1, "invalid YAML: a '{' opened on this line")]),
+    ("realm: 'abc\nworkers: 1\n", [(1, "invalid YAML: a quote opened on this line")]),
+    ("a: b\n  c: d", [(1, "invalid YAML: a value starts here and runs on into line 2")]),
+    ("listen 127.0.0.1:5043\nworkers: 2", [(1, "invalid YAML: a value starts here")]),
+    ("tls:\n  cert: a\n key: b", [(3, "invalid YAML: expected <block end>")]),
     ("tls:\n\tcert: x", [(2, "invalid YAML: ")]),
-    ("workers: 2\n---\nworkers: 3", [(2, "invalid YAML: ")]),
+    ("workers: 2\n---\nworkers: 3", [(2, "invalid YAML: expected a single document")]),
     ("listen: *nowhere", [(1, "invalid YAML: found undefined alias 'nowhere'")]),
     ("- listen: 127.0.0.1:5043\n- workers: 2", [(1, "top level: expected a mapping")]),
     ("just a string", [(1, "top level: expected a mapping")]),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.identity import Identity
 from proxy.policy import Decision, Rule, Verdict, authorize, decide, recipe_rules
@@ -371,3 +373,121 @@ def test_authorize_mount(
     verdict = authorize(rules, who, operation)
     assert verdict.allowed is allowed
     assert verdict.drop_mount is drop_mount
+
+
+# --------------------------------------------------------------------------------------------
+# Placeholders stand for one repository path component, whatever the identity source
+# --------------------------------------------------------------------------------------------
+
+OWN_NAMESPACE = Rule(ALL, repositories=("${user}/**",), origin="own-namespace")
+TEAM_NAMESPACE = Rule(ALL, repositories=("${group}/**",), origin="team-namespace")
+PREFIXED = Rule(ALL, repositories=("home-${user}/*", "${user}.cache"), origin="prefixed")
+
+
+@pytest.mark.parametrize(
+    ("rule", "who", "repository", "matches"),
+    [
+        (OWN_NAMESPACE, Identity("alice"), "alice/app", True),
+        (OWN_NAMESPACE, Identity("alice.smith"), "alice.smith/app", True),
+        (OWN_NAMESPACE, Identity("a__b-c"), "a__b-c/x/y", True),
+        # The issue: `alice/sub` would make `${user}/**` read `alice/sub/**`, inside alice/.
+        (OWN_NAMESPACE, Identity("alice/sub"), "alice/sub/app", False),
+        (OWN_NAMESPACE, Identity("alice/sub"), "alice/sub", False),
+        (OWN_NAMESPACE, Identity("alice/../bob"), "bob/app", False),
+        (OWN_NAMESPACE, Identity("alice/"), "alice/app", False),
+        (OWN_NAMESPACE, Identity("*"), "bob/app", False),
+        (OWN_NAMESPACE, Identity("**"), "bob/app", False),
+        (OWN_NAMESPACE, Identity("?"), "b/app", False),
+        (OWN_NAMESPACE, Identity("Alice"), "alice/app", False),
+        (OWN_NAMESPACE, Identity(""), "/app", False),
+        (OWN_NAMESPACE, Identity("a" * 256), "a" * 256 + "/x", False),
+        (PREFIXED, Identity("alice"), "home-alice/app", True),
+        (PREFIXED, Identity("alice/x"), "home-alice/x", False),
+        (PREFIXED, Identity("x/home-bob"), "home-x/home-bob.cache", False),
+        (TEAM_NAMESPACE, Identity("u", frozenset({"team"})), "team/app", True),
+        (TEAM_NAMESPACE, Identity("u", frozenset({"team/sub"})), "team/sub/app", False),
+        (TEAM_NAMESPACE, Identity("u", frozenset({"Domain Users"})), "domain users/x", False),
+        # a bad group is passed by; the user's other groups still count
+        (TEAM_NAMESPACE, Identity("u", frozenset({"team/sub", "ops"})), "ops/app", True),
+        (TEAM_NAMESPACE, Identity("u", frozenset({"team/sub", "ops"})), "team/sub/app", False),
+    ],
+)
+def test_a_placeholder_is_one_path_component(
+    rule: Rule, who: Identity, repository: str, matches: bool
+) -> None:
+    assert rule.matches_repository(who, repository) is matches
+
+
+def test_alice_sub_cannot_push_into_alices_namespace() -> None:
+    """From any identity source (htpasswd refuses the name; LDAP, a token client or a future
+    backend might not): the policy itself never lets the name cross into alice/."""
+    rules = (OWN_NAMESPACE, EVERYONE_PULL)
+    alice, intruder = Identity("alice"), Identity("alice/sub")
+    for repository in ("alice/sub/app", "alice/app", "alice/sub"):
+        assert not decide(rules, intruder, "push", repository).allowed
+    assert decide(rules, alice, "push", "alice/sub/app").allowed
+    upload = classify("POST", "/v2/alice/sub/app/blobs/uploads/")
+    assert isinstance(upload, Operation)
+    assert not authorize(rules, intruder, upload).allowed
+    assert authorize(rules, alice, upload).allowed
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled globs and the rule index agree with the plain, linear reading
+# --------------------------------------------------------------------------------------------
+
+_COMPONENTS = st.sampled_from(["alice", "bob", "team", "ci", "x", "library", "a.b", "Domain Users"])
+_PIECES = st.sampled_from(["alice", "team", "library", "x", "*", "**", "?", "${user}", "${group}"])
+
+
+@st.composite
+def globs(draw: st.DrawFn) -> str:
+    components = draw(st.lists(st.lists(_PIECES, min_size=1, max_size=2), min_size=1, max_size=3))
+    return "/".join("".join(parts) for parts in components)
+
+
+@st.composite
+def callers(draw: st.DrawFn) -> Identity:
+    user = draw(st.one_of(st.none(), _COMPONENTS, st.sampled_from(["alice/sub", "*", "Bob"])))
+    groups = frozenset(draw(st.lists(_COMPONENTS, max_size=3)))
+    return Identity(user, groups if user is not None else frozenset())
+
+
+_NAMES = st.lists(st.sampled_from(["alice", "bob", "team", "ci", "x", "library", "a.b"]),
+                  min_size=1, max_size=3).map("/".join)  # fmt: skip
+
+
+@given(globs(), callers(), _NAMES)
+def test_a_compiled_glob_reads_as_the_filled_in_pattern(
+    pattern: str, who: Identity, name: str
+) -> None:
+    from proxy.policy import Glob, _expand, glob_regex
+
+    expected = any(glob_regex(text).fullmatch(name) for text in _expand(pattern, who))
+    assert Glob(pattern).matches(who, name) == expected
+
+
+@given(st.lists(globs(), min_size=1, max_size=12), callers(), _NAMES)
+def test_the_rule_index_decides_as_the_linear_scan(
+    patterns: list[str], who: Identity, repository: str
+) -> None:
+    from proxy.policy import RuleSet, first_match
+
+    rules = tuple(
+        Rule(frozenset({"pull"}), repositories=(p,), anonymous=who.anonymous, origin=f"r{i}")
+        for i, p in enumerate(patterns)
+    )
+    assert first_match(RuleSet(rules), who, repository) == first_match(rules, who, repository)
+
+
+def test_ten_thousand_rules_are_indexed_by_their_first_component() -> None:
+    from proxy.policy import RuleSet
+
+    rules = RuleSet(
+        Rule(frozenset({"pull"}), repositories=(f"team{i:05d}/**",), origin=f"r{i}")
+        for i in range(10_000)
+    )
+    who = Identity("alice")
+    assert [r.origin for r in rules.candidates(who, "team04242/app")] == ["r4242"]
+    assert decide(rules, who, "pull", "team04242/app").rule is rules[4242]
+    assert not decide(rules, who, "pull", "elsewhere/app").allowed

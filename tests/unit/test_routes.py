@@ -297,6 +297,15 @@ def test_classify_with_query(method: str, path: str, query: str, expected: Opera
 @pytest.mark.parametrize(
     ("query", "code", "match"),
     [
+        # Go's url.ParseQuery skips a pair with ';' or a bad escape (an error FormValue
+        # ignores) where Python keeps it: such queries are refused, whatever the pair.
+        pytest.param(
+            f"mount={DIGEST}&from=a;from=b", "UNSUPPORTED", "read differently", id="semicolon"
+        ),
+        pytest.param(f"mount={DIGEST};x&from=a", "UNSUPPORTED", "read differently", id="semi-2"),
+        pytest.param(f"mount={DIGEST}&from=a%zz", "UNSUPPORTED", "read differently", id="bad-%"),
+        pytest.param(f"mount={DIGEST}&from=a&x=%", "UNSUPPORTED", "read differently", id="lone-%"),
+        pytest.param(f"digest={DIGEST}&x=%4", "UNSUPPORTED", "read differently", id="short-%"),
         pytest.param(
             f"mount={DIGEST}&from=a&from=b", "UNSUPPORTED", "repeated query parameter 'from'",
             id="repeated-from",
@@ -342,7 +351,6 @@ def test_upload_start_query_refusals(query: str, code: str, match: str) -> None:
         pytest.param(f"mount={DIGEST}&from=a//b", id="empty-segment"),
         pytest.param(f"mount={DIGEST}&from=/a", id="leading-slash"),
         pytest.param(f"mount={DIGEST}&from=a+b", id="plus-is-space"),
-        pytest.param(f"mount={DIGEST}&from=a;from=b", id="semicolon"),
         pytest.param(f"mount={DIGEST}&from=%D0%B0", id="cyrillic-a"),
         pytest.param(f"mount={DIGEST}&from=" + "a" * (NAME_MAX + 1), id="from-too-long"),
         pytest.param("mount=&from=other/repo", id="empty-mount"),

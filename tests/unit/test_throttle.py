@@ -167,5 +167,5 @@ TRUSTED = parse_networks(["10.0.0.0/8", "::1/128"])
     ],
 )
 def test_client_address(peer: str, forwarded: list[str], expected: str) -> None:
-    result = origin(ipaddress.ip_address(peer), forwarded, TRUSTED)
+    result = origin(peer, forwarded, TRUSTED)
     assert result.address == ipaddress.ip_address(expected)

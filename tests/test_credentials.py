@@ -20,6 +20,7 @@ from proxy.authn.htpasswd import UserFiles
 from proxy.credentials import (
     AUTHORIZATION_MAX,
     BCRYPT_MAX_BYTES,
+    SLASH_PROBLEM,
     Htpasswd,
     MalformedCredentials,
     PasswordHash,
@@ -31,6 +32,8 @@ from proxy.credentials import (
     parse_basic_auth,
     parse_groups,
     parse_htpasswd,
+    placeholder_notes,
+    user_name_problem,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -383,6 +386,12 @@ def test_fixture_hashes_are_for_pw(stored: str) -> None:
             ],
             id="several-problems-crlf",
         ),
+        pytest.param(
+            f"alice:{BCRYPT}\nalice/sub:{APR1}\n/x:{SHA1}\nbob:{CRYPT}\n",
+            {"alice": BCRYPT, "bob": CRYPT},
+            [(2, f"user 'alice/sub': {SLASH_PROBLEM}"), (3, f"user '/x': {SLASH_PROBLEM}")],
+            id="slash-in-user-refused",
+        ),
     ],
 )
 def test_parse_htpasswd(text: str, users: dict[str, str], problems: list[tuple[int, str]]) -> None:
@@ -606,6 +615,12 @@ def test_dummy_like_none_is_bcrypt() -> None:
             [(4, "malformed line, expected 'group: user ...'")],
             id="line-number-after-blanks",
         ),
+        pytest.param(
+            "team/a: alice\npusher: alice bob/x carol\n",
+            {"pusher": {"alice", "carol"}},
+            [(1, f"group 'team/a': {SLASH_PROBLEM}"), (2, f"member 'bob/x': {SLASH_PROBLEM}")],
+            id="slash-in-group-or-member-refused",
+        ),
     ],
 )
 def test_parse_groups(
@@ -662,6 +677,8 @@ def b64(raw: bytes) -> str:
         pytest.param(["basic " + b64(b"alice:pw")], ("alice", "pw"), id="lowercase-scheme"),
         pytest.param(["BASIC " + b64(b"alice:pw")], ("alice", "pw"), id="uppercase-scheme"),
         pytest.param(["  Basic   " + b64(b"alice:pw") + "  "], ("alice", "pw"), id="spaces"),
+        pytest.param(["\tBasic \t" + b64(b"alice:pw") + "\t"], ("alice", "pw"), id="tabs"),
+        pytest.param(["\x1cBasic " + b64(b"alice:pw")], None, id="file-separator-not-space"),
         pytest.param(["Basic " + b64(b"alice:")], ("alice", ""), id="empty-password"),
         pytest.param(["Basic " + b64(b":pw")], ("", "pw"), id="empty-user"),
         pytest.param(["Basic " + b64(b":")], None, id="empty-user-and-password-anonymous"),
@@ -684,6 +701,11 @@ def test_parse_basic_auth(values: list[str], expected: tuple[str, str] | None) -
     [
         pytest.param(["Basic " + b64(b"a:b"), "Basic " + b64(b"c:d")], "several", id="two-basic"),
         pytest.param(["Bearer x", "Basic " + b64(b"c:d")], "several", id="bearer-and-basic"),
+        # ASCII only: no Unicode case folding or trimming decides what the scheme is.
+        pytest.param(["Ba\u017fic " + b64(b"a:b")], "not ASCII", id="long-s-scheme"),
+        pytest.param(["\u00a0Basic " + b64(b"a:b")], "not ASCII", id="nbsp-before"),
+        pytest.param(["Basic\u2028" + b64(b"a:b")], "not ASCII", id="line-separator"),
+        pytest.param(["Basic " + b64(b"a:b") + "\x85"], "not ASCII", id="nel-after"),
         pytest.param(["", ""], "several", id="two-empty"),
         pytest.param(["Basic !!!!"], "not valid base64", id="bad-chars"),
         pytest.param(["Basic " + b64(b"alice:pw")[:-1]], "not valid base64", id="bad-padding"),
@@ -947,3 +969,39 @@ def test_edit_htpasswd_keeps_comments_with_unicode_line_breaks(separator: str) -
 def test_edit_htpasswd_invalid_user(user: str) -> None:
     with pytest.raises(ValueError, match="invalid user name"):
         edit_htpasswd(f"alice:{BCRYPT}\n", user, NEW)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "lines"),
+    [
+        (f"alice:{BCRYPT}\nAlice:{BCRYPT}\n# Bob:x\nal@corp:{BCRYPT}\na.b_c:x\n", "user", [2, 4]),
+        (f"ok:{BCRYPT}\nbad/one:{BCRYPT}\n", "user", []),  # refused as a problem instead
+        ("devs: a\nDomain Admins: b\nops-team: c\nQA: d\n", "group", [2, 4]),
+    ],
+)
+def test_placeholder_notes(text: str, kind: str, lines: list[int]) -> None:
+    notes = placeholder_notes(text, "f", kind)
+    assert [n.line for n in notes] == lines
+    assert all(f"never matches ${{{kind}}}" in n.message for n in notes)
+
+
+@pytest.mark.parametrize(
+    ("user", "problem"),
+    [
+        ("alice", None),
+        ("Alice", None),  # Apache accepts it; `check` notes that ${user} passes it by
+        ("alice/sub", "'/' is not allowed"),
+        ("al ice", "no spaces"),
+        ("#x", "leading '#'"),
+    ],
+)
+def test_user_name_problem(user: str, problem: str | None) -> None:
+    found = user_name_problem(user)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_a_slashed_user_can_be_deleted_but_not_added() -> None:
+    text = f"alice/sub:{BCRYPT}\nbob:{BCRYPT}\n"
+    assert edit_htpasswd(text, "alice/sub", None) == (f"bob:{BCRYPT}\n", True)
+    with pytest.raises(ValueError, match="'/' is not allowed"):
+        edit_htpasswd(text, "alice/sub", BCRYPT)

@@ -14,7 +14,7 @@ from proxy.policy import Rule, authorize, decide, glob_regex
 from proxy.problems import ConfigError, read_text
 from proxy.routes import Operation, classify
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def rules_of(name: str) -> tuple[Rule, ...]:
@@ -144,7 +144,7 @@ def test_group_placeholder() -> None:
         ("- just a string\n", "acl.yaml:1: ACL entry: expected a mapping"),
         ("acl: {a: 1}\n", "acl.yaml:1: acl: expected a list"),
         ("other: []\n", "acl.yaml:1: no 'acl:' list in this file"),
-        ("- actions: [pull\n", "acl.yaml:2: invalid YAML"),
+        ("- actions: [pull\n", "acl.yaml:1: invalid YAML: a '[' opened on this line is not closed"),
         (
             "- actions: [pull]\n- groups: [pusher]\n  actions: ['*']\n",
             "acl.yaml:2: unreachable: rule acl.yaml:1 matches first",

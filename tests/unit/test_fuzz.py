@@ -94,7 +94,7 @@ def test_authorization_headers(values: list[str]) -> None:
 @given(st.lists(st.text(max_size=60), max_size=4), st.ip_addresses())
 def test_forwarded_for_never_raises(values: list[str], peer: object) -> None:
     trusted = parse_networks(["10.0.0.0/8", "::1/128"])
-    result = origin(peer, values, trusted)  # type: ignore[arg-type]
+    result = origin(str(peer), values, trusted)
     assert isinstance(result.address, ipaddress.IPv4Address | ipaddress.IPv6Address)
     assert result.forwarded_for.endswith(str(peer))
 

@@ -1,0 +1,191 @@
+"""An issuer's signing keys: found by OIDC discovery (or a configured `jwks_uri`), fetched with
+aiohttp over verified HTTPS, cached, and fetched again when they are old or when a token names
+a key (`kid`) that is not among them, at most once per `jwks_min_interval`.
+
+When the issuer cannot be reached the keys already fetched stay in use (a CI run does not stop
+because the issuer has a bad minute), and the failure is logged. Without any usable key a token
+cannot be checked: `BackendUnavailable`, which the request gets as 503, never an allow.
+
+Reading a key set is pure (`parse_jwks`): only RSA keys of 2048 bits or more and EC P-256 keys,
+meant for signatures, are kept; symmetric (`oct`) keys are dropped, so no secret that anyone
+could read off the issuer's public endpoint is ever used to check a signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, RSAKey
+
+from . import BackendUnavailable
+from .tokens import ALGORITHMS, Key, key_fits
+
+log = logging.getLogger("regproxy.authn.oidc")
+
+MAX_DOCUMENT = 1024 * 1024
+MIN_RSA_BITS = 2048
+DISCOVERY = "/.well-known/openid-configuration"
+
+
+def _key(entry: Any) -> Key | None:
+    if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+        return None
+    public = {k: v for k, v in entry.items() if k not in ("d", "p", "q", "dp", "dq", "qi")}
+    try:
+        if entry.get("kty") == "RSA":
+            # Measured before importing: joserfc warns about (but takes) small keys.
+            return RSAKey.import_key(public) if _bits(entry.get("n")) >= MIN_RSA_BITS else None
+        if entry.get("kty") == "EC" and entry.get("crv") == "P-256":
+            return ECKey.import_key(public)
+    except (JoseError, ValueError, TypeError):
+        return None
+    return None
+
+
+def _bits(modulus: Any) -> int:
+    if not isinstance(modulus, str):
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(modulus + "=" * (-len(modulus) % 4))
+    except (binascii.Error, ValueError):
+        return 0
+    return int.from_bytes(raw).bit_length()
+
+
+def parse_jwks(document: Any) -> tuple[Key, ...]:
+    """The usable signing keys of a JWKS document (possibly none)."""
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        return ()
+    keys = (_key(entry) for entry in entries)
+    return tuple(k for k in keys if k is not None and any(key_fits(k, a) for a in ALGORITHMS))
+
+
+def candidates(keys: tuple[Key, ...], kid: str | None, algorithm: str) -> list[Key]:
+    """The keys that may have signed a token with this kid and algorithm."""
+    return [k for k in keys if (kid is None or k.kid == kid) and key_fits(k, algorithm)]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how one issuer's keys are fetched (a KeySource is reused while it is equal)."""
+
+    issuer: str
+    jwks_uri: str | None
+    ca_pem: str | None  # the ca_file's contents: a new CA means a new source
+    timeout: float
+    refresh: float
+    min_interval: float
+
+
+@dataclass
+class _Fetched:
+    keys: tuple[Key, ...] = ()
+    at: float | None = None  # last success (monotonic)
+    attempted: float | None = None  # last attempt, successful or not
+    failed: bool = False  # whether the last attempt failed
+    flight: asyncio.Future[None] | None = field(default=None, repr=False)
+
+
+class KeySource:
+    """One issuer's keys, cached in this process."""
+
+    def __init__(self, endpoint: Endpoint, clock: Callable[[], float] = time.monotonic) -> None:
+        self.endpoint = endpoint
+        self._clock = clock
+        self._context = ssl.create_default_context(cadata=endpoint.ca_pem)
+        self._state = _Fetched()
+
+    async def keys_for(self, kid: str | None, algorithm: str) -> list[Key]:
+        """The keys a token may be checked with; [] when the issuer has none for it (refused:
+        401). BackendUnavailable when there are no keys at all and none can be fetched, or
+        when the kid is unknown and the issuer could not be asked (503). Old keys are
+        replaced in the background: no request waits for that."""
+        state = self._state
+        if state.at is None:
+            await self._refresh(wait=True)
+        elif self._clock() - state.at >= self.endpoint.refresh:
+            await self._refresh(wait=False)
+        found = candidates(state.keys, kid, algorithm)
+        if not found and kid is not None and state.keys:
+            await self._refresh(wait=True)  # a key the issuer may have added (rotation)
+            found = candidates(state.keys, kid, algorithm)
+        if not state.keys or (not found and state.failed):
+            raise BackendUnavailable(f"no usable signing keys from {self.endpoint.issuer}")
+        return found
+
+    def _may_fetch(self, now: float) -> bool:
+        attempted = self._state.attempted
+        return attempted is None or now - attempted >= self.endpoint.min_interval
+
+    async def _refresh(self, wait: bool) -> None:
+        """Fetch the keys (or join the fetch under way), at most once per min_interval."""
+        state, now = self._state, self._clock()
+        if state.flight is None:
+            if not self._may_fetch(now):
+                return
+            state.attempted = now
+            state.flight = asyncio.ensure_future(self._fetch())
+            state.flight.add_done_callback(self._settled)
+        if wait:
+            await asyncio.shield(state.flight)
+
+    def _settled(self, flight: asyncio.Future[None]) -> None:
+        self._state.flight = None
+        if not flight.cancelled():
+            flight.exception()  # retrieved: _fetch logs its own failures
+
+    async def _fetch(self) -> None:
+        state, endpoint = self._state, self.endpoint
+        try:
+            async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=endpoint.timeout),
+                connector=aiohttp.TCPConnector(ssl=self._context),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            ) as session:
+                uri = endpoint.jwks_uri or await self._discover(session)
+                keys = parse_jwks(await _get_json(session, uri))
+        except Exception as exc:  # whatever the issuer sends or does: logged, never raised
+            state.failed = True
+            held = f"keeping {len(state.keys)} cached key(s)" if state.keys else "no keys"
+            log.error("cannot fetch the signing keys of %s (%s): %s", endpoint.issuer, held, exc)
+            return
+        if not keys:
+            state.failed = True
+            log.error("%s publishes no usable signing key (RS256, ES256)", endpoint.issuer)
+            return
+        state.keys, state.at, state.failed = keys, self._clock(), False
+        log.info("fetched %d signing key(s) of %s", len(keys), endpoint.issuer)
+
+    async def _discover(self, session: aiohttp.ClientSession) -> str:
+        issuer = self.endpoint.issuer
+        document = await _get_json(session, issuer.rstrip("/") + DISCOVERY)
+        if not isinstance(document, Mapping) or document.get("issuer") != issuer:
+            raise ValueError("the discovery document names another issuer")
+        uri = document.get("jwks_uri")
+        if not isinstance(uri, str) or urlsplit(uri).scheme != "https":
+            raise ValueError(f"the discovery document's jwks_uri is not https: {uri!r}")
+        return uri
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    """A JSON document, at most MAX_DOCUMENT bytes, from a 200 answer (redirects refused)."""
+    async with session.get(url, allow_redirects=False) as response:
+        if response.status != 200:
+            raise ValueError(f"{url} answered {response.status}")
+        body = await response.content.read(MAX_DOCUMENT + 1)
+        if len(body) > MAX_DOCUMENT:
+            raise ValueError(f"{url}: document larger than {MAX_DOCUMENT} bytes")
+        return json.loads(body)

@@ -1,0 +1,141 @@
+"""Workload identity: an OIDC token (GitHub Actions, GitLab CI, a Kubernetes service account)
+as the Basic password or as `Authorization: Bearer`.
+
+A password with a JWT's shape is this backend's: it is checked here and never handed to a
+password backend (an LDAP server never sees a CI token). The token is read strictly
+(`proxy.authn.tokens`), its issuer must be configured, its claims are checked (iss, aud, exp,
+nbf, iat, with the clock skew) before its signature is (`proxy.authn.jwks` holds the keys);
+then the issuer's `required` conditions, and the identity's name and groups come from the
+claims. A token that passed is remembered until it expires (never longer than the verified
+cache's ttl), under a keyed hash of the token.
+
+Outcomes: not a token -> NO_SUCH_USER (the password backends are asked); a token refused for
+any reason -> WRONG_PASSWORD with the reason (401); no keys to check it with ->
+BackendUnavailable (503).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import claims as claim_values
+from . import AuthResult, Outcome, fingerprint
+from .cache import VerifiedCache
+from .htpasswd import UserFiles
+from .jwks import KeySource
+from .oidc_settings import IssuerSettings, OidcSettings
+from .tokens import Parsed, Rejected, check_claims, looks_like_jwt, parse, verify_signature
+
+log = logging.getLogger("regproxy.authn.oidc")
+
+CACHE_TTL = 3600.0  # a token is remembered until it expires, and at most this long
+CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A token whose claims and signature passed; `expires` is its `exp` (epoch seconds)."""
+
+    claims: Mapping[str, Any]
+    expires: float
+
+
+class IssuerVerifier:
+    """Checks one issuer's tokens for one audience and skew; outlives snapshots while those
+    and the key source stay the same."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audiences: tuple[str, ...],
+        skew: float,
+        keys: KeySource,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.issuer, self.audiences, self.skew, self.keys = issuer, audiences, skew, keys
+        self._wall = wall
+        self._key = secrets.token_bytes(32)
+        self._cache: VerifiedCache[Verified] = VerifiedCache(CACHE_TTL, CACHE_SIZE, clock)
+
+    async def verify(self, token: Parsed) -> Verified:
+        """The verified token; Rejected, or BackendUnavailable without keys to check it."""
+        secret = token.text.encode()
+        return await self._cache.check(
+            fingerprint(self._key, secret),
+            secret,
+            lambda: self._verify(token),
+            keep=lambda _: True,
+            lifetime=lambda verified: verified.expires - self._wall(),
+        )
+
+    async def _verify(self, token: Parsed) -> Verified:
+        expires = check_claims(token.claims, self.issuer, self.audiences, self._wall(), self.skew)
+        keys = await self.keys.keys_for(token.kid, token.algorithm)
+        if not keys:
+            raise Rejected("token signed by a key the issuer does not publish")
+        if not verify_signature(token, keys):
+            raise Rejected("token signature does not verify")
+        return Verified(token.claims, expires)
+
+
+def identity_from(issuer: IssuerSettings, claims: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
+    """The name and groups a verified token's claims give; Rejected when the issuer's required
+    conditions do not hold or the name cannot be made."""
+    unmet = claim_values.unmet(issuer.required, claims)
+    if unmet is not None:
+        raise Rejected(f"token claim {unmet} does not meet the issuer's requirements")
+    name = claim_values.render(issuer.user, claims)
+    if name is None:
+        raise Rejected("token claims do not make a user name (user template)")
+    groups = frozenset(
+        prefix + value
+        for claim, prefix in issuer.groups
+        for value in claim_values.texts(claims, claim)
+        if value and value.isprintable() and not any(c.isspace() for c in value)
+    )
+    return name, groups
+
+
+class OidcAuthenticator:
+    """The workload-token backend of one snapshot (`proxy.authn.Authenticator`)."""
+
+    def __init__(
+        self, settings: OidcSettings, verifiers: Mapping[str, IssuerVerifier], users: UserFiles
+    ) -> None:
+        self.settings = settings
+        self._verifiers = verifiers  # by issuer
+        self._users = users
+
+    async def authenticate(self, user: str, password: str) -> AuthResult:
+        if not looks_like_jwt(password):
+            return AuthResult(Outcome.NO_SUCH_USER)
+        basic_user = self.settings.basic_user
+        if basic_user is not None and user != basic_user:
+            reason = f"tokens are accepted with the user name {basic_user!r} only"
+            return AuthResult(Outcome.WRONG_PASSWORD, reason=reason)
+        return await self.authenticate_token(password)
+
+    async def authenticate_token(self, token: str) -> AuthResult:
+        """A token sent as `Authorization: Bearer`, or as a Basic password."""
+        try:
+            parsed = parse(token)
+            issuer = self.settings.issuer(str(parsed.claims.get("iss")))
+            if issuer is None:
+                raise Rejected("token issuer not trusted")
+            verified = await self._verifiers[issuer.issuer].verify(parsed)
+            name, groups = identity_from(issuer, verified.claims)
+            if name in self._users.htpasswd.users:
+                raise Rejected(f"token user name {name!r} is a password user's")
+        except Rejected as exc:
+            log.info("workload token refused: %s", exc)
+            return AuthResult(Outcome.WRONG_PASSWORD, reason=str(exc))
+        return AuthResult(Outcome.OK, groups, user=name, claims=verified.claims)
+
+    def close(self) -> None:
+        """Nothing of its own: the key sources and verifiers outlive snapshots."""

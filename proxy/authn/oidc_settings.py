@@ -1,0 +1,253 @@
+"""The `oidc:` section: which workload-token issuers are trusted, and how a token's claims become
+an identity. Pure but for checking the CA files; every problem is reported with its line.
+
+    oidc:
+      basic_user: oidc          # the Basic user name that carries a token; default: any name
+      clock_skew: 60            # seconds of leeway on exp, nbf and iat (at most 300)
+      timeout: 5                # seconds for the issuer to answer (discovery, JWKS)
+      jwks_refresh: 3600        # seconds the issuer's keys are used before they are fetched again
+      jwks_min_interval: 10     # at most one fetch per issuer this often (unknown `kid`s)
+      issuers:
+        - issuer: https://token.actions.githubusercontent.com   # exactly the tokens' `iss`
+          audience: https://registry.example.org   # or a list: the token's `aud` must hold one
+          # jwks_uri: https://...                  # default: from OIDC discovery
+          # ca_file: issuer-ca.pem                 # default: the system CAs
+          user: "ci:{repository}"        # the identity's name: a template, or a claim name
+          groups:                        # claim -> prefix: each value of the claim, prefixed,
+            repository_owner: "github:"  # is a group ("github:acme")
+          required:                      # every condition must hold, or the token is refused
+            repository_owner: acme       # globs: `*`, `?` within a `/` part, `**` across
+
+Names and groups from tokens are whatever the issuer puts in its claims: give them a prefix
+(`ci:`, `github:`) so that none can ever pass for a password user or a group of the group
+file. A token whose name is a user of the htpasswd file is refused.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from ..acl import claim_conditions
+from ..claims import CLAIM_NAME_RE, Conditions, template_names
+from ..problems import Problem, construct
+
+MAX_SKEW = 300.0
+
+
+@dataclass(frozen=True)
+class IssuerSettings:
+    """One trusted issuer. `origin` is where it is configured (`file:line`)."""
+
+    issuer: str
+    audiences: tuple[str, ...]
+    user: str
+    jwks_uri: str | None = None
+    ca_file: Path | None = None
+    ca_pem: str | None = field(default=None, repr=False)  # its contents: a change is a change
+    groups: tuple[tuple[str, str], ...] = ()  # (claim, prefix)
+    required: Conditions = ()
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    """The `oidc:` section, validated by `parse_oidc_settings`."""
+
+    issuers: tuple[IssuerSettings, ...]
+    basic_user: str | None = None
+    clock_skew: float = 60.0
+    timeout: float = 5.0
+    jwks_refresh: float = 3600.0
+    jwks_min_interval: float = 10.0
+
+    def issuer(self, iss: str) -> IssuerSettings | None:
+        return next((i for i in self.issuers if i.issuer == iss), None)
+
+    def ca_files(self) -> tuple[Path, ...]:
+        return tuple(i.ca_file for i in self.issuers if i.ca_file is not None)
+
+
+class _Bad(ValueError):
+    """A problem with one key; the caller adds the file and line."""
+
+
+def _https(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.isprintable():
+        raise _Bad(f"{key}: expected an https:// URL, got {value!r}")
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise _Bad(f"{key}: expected an https:// URL without query or fragment, got {value!r}")
+    return value
+
+
+def _texts(value: Any, key: str) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, str) and v and v.isprintable() for v in items):
+        raise _Bad(f"{key}: expected a string or a list of strings, got {value!r}")
+    return tuple(items)
+
+
+def _template(value: Any, key: str) -> str:
+    if not isinstance(value, str) or template_names(value) is None:
+        raise _Bad(
+            f"{key}: expected a claim name or a template like 'ci:{{repository}}', got {value!r}"
+        )
+    return value
+
+
+def _groups(value: Any, key: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not value:
+        raise _Bad(f"{key}: expected a mapping of claim names to group prefixes")
+    pairs = []
+    for claim, prefix in value.items():
+        if not isinstance(claim, str) or not CLAIM_NAME_RE.fullmatch(claim):
+            raise _Bad(f"{key}: invalid claim name {claim!r}")
+        if prefix is None:
+            prefix = ""
+        if not isinstance(prefix, str) or any(c.isspace() for c in prefix):
+            raise _Bad(f"{key}: {claim}: expected a prefix without spaces (or ''), got {prefix!r}")
+        pairs.append((claim, prefix))
+    return tuple(pairs)
+
+
+def _seconds(value: Any, key: str, high: float, *, zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _Bad(f"{key}: expected a number of seconds, got {value!r}")
+    if value > high or value < 0 or (value == 0 and not zero):
+        raise _Bad(f"{key}: expected {'0' if zero else 'more than 0'} to {high:g}, got {value!r}")
+    return float(value)
+
+
+def _basic_user(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() or c == ":" for c in value):
+        raise _Bad(f"{key}: expected a user name without spaces or ':', got {value!r}")
+    return value
+
+
+def _ca_file(value: Any, key: str, base: Path) -> tuple[Path, str]:
+    """The path and its PEM text, which must hold a usable CA certificate."""
+    if not isinstance(value, str) or not value:
+        raise _Bad(f"{key}: expected a file path, got {value!r}")
+    path = Path(value) if Path(value).is_absolute() else base / value
+    try:
+        pem = path.read_text(encoding="ascii")
+        ssl.create_default_context(cadata=pem)
+    except FileNotFoundError:
+        raise _Bad(f"{key}: no such file: {path}") from None
+    except UnicodeDecodeError:
+        raise _Bad(f"{key}: {path} is not a PEM file") from None
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise _Bad(f"{key}: no usable CA certificate in {path}: {reason}") from None
+    return path, pem
+
+
+_SECTION: dict[str, Callable[[Any, str], Any]] = {
+    "basic_user": _basic_user,
+    "clock_skew": lambda v, k: _seconds(v, k, MAX_SKEW, zero=True),
+    "timeout": lambda v, k: _seconds(v, k, 60),
+    "jwks_refresh": lambda v, k: _seconds(v, k, 86_400),
+    "jwks_min_interval": lambda v, k: _seconds(v, k, 3600),
+}
+_ISSUER: dict[str, Callable[[Any, str], Any]] = {
+    "issuer": _https,
+    "audience": _texts,
+    "jwks_uri": _https,
+    "user": _template,
+    "groups": _groups,
+    "required": claim_conditions,
+}
+_ISSUER_KEYS = (*_ISSUER, "ca_file")
+
+
+def _entries(node: yaml.Node, where: str, source: str, problems: list[Problem]
+             ) -> dict[str, tuple[yaml.Node, int]]:  # fmt: skip
+    """A mapping node's {key: (value node, line)}; duplicate keys are problems."""
+    if not isinstance(node, yaml.MappingNode):
+        problems.append(Problem(source, node.start_mark.line + 1, f"{where}: expected a mapping"))
+        return {}
+    entries: dict[str, tuple[yaml.Node, int]] = {}
+    for key_node, value_node in node.value:
+        key, line = str(key_node.value), key_node.start_mark.line + 1
+        if key in entries:
+            problems.append(Problem(source, line, f"{where}: duplicate key {key!r}"))
+        else:
+            entries[key] = (value_node, line)
+    return entries
+
+
+def _issuer(
+    node: yaml.Node, source: str, base: Path, problems: list[Problem]
+) -> IssuerSettings | None:
+    line = node.start_mark.line + 1
+    entries = _entries(node, "oidc.issuers", source, problems)
+    values: dict[str, Any] = {}
+    ok = bool(entries)
+    for key, (value_node, key_line) in entries.items():
+        name = f"oidc.issuers.{key}"
+        try:
+            if key not in _ISSUER_KEYS:
+                raise _Bad(f"unknown key {name!r} (known: {', '.join(sorted(_ISSUER_KEYS))})")
+            value = construct(value_node)
+            if key == "ca_file":
+                values["ca_file"], values["ca_pem"] = _ca_file(value, name, base)
+            else:
+                values[key] = _ISSUER[key](value, name)
+        except ValueError as exc:
+            problems.append(Problem(source, key_line, str(exc)))
+            ok = False
+    missing = [k for k in ("issuer", "audience", "user") if k not in entries]
+    if missing:
+        problems.append(Problem(source, line, f"oidc.issuers: missing {', '.join(missing)}"))
+        return None
+    if not ok:
+        return None
+    audiences = values.pop("audience")
+    return IssuerSettings(audiences=audiences, origin=f"{source}:{line}", **values)
+
+
+def parse_oidc_settings(
+    node: yaml.Node, source: str, line: int, base: Path
+) -> tuple[OidcSettings | None, list[Problem]]:
+    """The `oidc:` section's node (its key on `line`) -> settings (None if any problem), and
+    every problem. Relative `ca_file`s are relative to `base`."""
+    problems: list[Problem] = []
+    entries = _entries(node, "oidc", source, problems)
+    values: dict[str, Any] = {}
+    issuers: list[IssuerSettings] = []
+    for key, (value_node, key_line) in entries.items():
+        if key == "issuers":
+            if not isinstance(value_node, yaml.SequenceNode) or not value_node.value:
+                message = "oidc.issuers: expected a list of issuers"
+                problems.append(Problem(source, key_line, message))
+                continue
+            for item in value_node.value:
+                issuer = _issuer(item, source, base, problems)
+                if issuer is None:
+                    continue
+                if any(i.issuer == issuer.issuer for i in issuers):
+                    where = issuer.origin.rpartition(":")[2]
+                    message = f"oidc.issuers: {issuer.issuer} is listed twice"
+                    problems.append(Problem(source, int(where), message))
+                issuers.append(issuer)
+            continue
+        try:
+            if key not in _SECTION:
+                known = ", ".join(sorted([*_SECTION, "issuers"]))
+                raise _Bad(f"unknown key 'oidc.{key}' (known: {known})")
+            values[key] = _SECTION[key](construct(value_node), f"oidc.{key}")
+        except ValueError as exc:
+            problems.append(Problem(source, key_line, str(exc)))
+    if "issuers" not in entries and not problems:
+        problems.append(Problem(source, line, "oidc: no issuers"))
+    if problems:
+        return None, problems
+    return OidcSettings(tuple(issuers), **values), []
