@@ -156,7 +156,7 @@ def _identity(
     """The caller as the backend named them; the group file adds groups to any name."""
     name = result.user or user
     groups = result.groups | users.groups_of(name)
-    return Identity(name, groups, address, result.claims, result.robot, result.upstream)
+    return Identity(name, groups, address, result.claims, result.robot, upstream=result.upstream)
 
 
 class BackendFactory:

@@ -188,7 +188,7 @@ class RedisAuthenticator:
             return AuthResult(Outcome.NO_SUCH_USER if record is None else Outcome.WRONG_PASSWORD)
         if not await verify_hash(self._cache, self._executor, user, record.password, secret):
             return AuthResult(Outcome.WRONG_PASSWORD)
-        return AuthResult(Outcome.OK, record.groups, record.upstream)
+        return AuthResult(Outcome.OK, record.groups, upstream=record.upstream)
 
     def close(self) -> None:
         """Nothing of its own: the records, the executor and the cache outlive snapshots."""
