@@ -96,6 +96,9 @@ def start_redis(setup: Setup) -> int:
 def replicas(setup: Setup, count: int, redis_port: int) -> Iterator[list[int]]:
     """`count` replicas sharing the Redis; their ports. Stopped when the block ends."""
     bench, started, ports = setup.bench, [], []
+    secret = setup.workdir / "regproxy.secret"  # shared: replicas accept each other's uploads
+    if not secret.exists():
+        secret.write_text(secrets.token_hex(32) + "\n")
     try:
         for index in range(count):
             directory = Path(tempfile.mkdtemp(prefix=f"replica{index}-", dir=setup.workdir))
@@ -104,6 +107,7 @@ def replicas(setup: Setup, count: int, redis_port: int) -> Iterator[list[int]]:
                 "dir": directory, "listen": f"127.0.0.1:{port}", "registry": setup.registry,
                 "htpasswd": setup.fixtures.htpasswd, "groups": setup.fixtures.groups,
                 "cert": setup.fixtures.cert, "key": setup.fixtures.key, "redis_port": redis_port,
+                "secret_file": secret,
             }  # fmt: skip
             config = bench.render("regproxy-replica.yaml", directory / "regproxy.yaml", values)
             argv = [sys.executable, "-m", "proxy", "serve", "-c", str(config)]

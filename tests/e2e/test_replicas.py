@@ -9,6 +9,7 @@ retry, never a digest. One setup for the module; tests run in order and share it
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -37,8 +38,11 @@ BOUND = 20.0  # seconds: only stops a broken run from hanging
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     workdir = tmp_path_factory.mktemp("fleet")
     tls = make_tls(workdir / "tls")
+    secret = workdir / "regproxy.secret"  # replicas accept each other's uploads with it
+    secret.write_text(secrets.token_hex(32) + "\n")
     with Registry(workdir / "registry") as registry, RedisServer(workdir / "redis") as redis:
         extra = (
+            f"secret_file: {secret}\n"
             f"state:\n  backend: redis\n  url: {redis.url}\n"
             f"auth_backends: [htpasswd, redis]\n"
             f"throttle:\n  attempts: {ATTEMPTS}\n"
