@@ -76,7 +76,11 @@ def with_test_contents(
     )
     config["state"]["url"] = redis.url
     pod.files["config"]["regproxy.yaml"] = yaml.safe_dump(config).encode()
-    pod.files["auth"] = {"htpasswd": htpasswd_text(USERS).encode(), "groups": GROUPS_TEXT.encode()}
+    pod.files["auth"] = {
+        "htpasswd": htpasswd_text(USERS).encode(),
+        "groups": GROUPS_TEXT.encode(),
+        "secret": b"0123456789abcdef" * 4,
+    }
     pod.files["tls"] = {"tls.crt": tls.cert.read_bytes(), "tls.key": tls.key.read_bytes()}
     assert redis.password is not None
     pod.files["redis"] = {"password": redis.password.encode()}
