@@ -240,7 +240,15 @@ def test_a_replica_killed_during_a_push_costs_a_retry_not_a_digest(
     assert pulled.returncode == 0, pulled.stderr
     assert blobs(tmp_path / "pulled") == blobs(layout)  # skopeo checked every digest too
     fleet.start_replica(victim[0], port=fleet.replicas[victim[0]].port)  # back in the pool
-    until(lambda: fleet.health(victim[0])[0] == 200, "the restarted replica ready")
+    until(lambda: ready(fleet, victim[0]), "the restarted replica ready")
+
+
+def ready(fleet: Fleet, index: int) -> bool:
+    """Whether the replica's /health says 200 (its metrics listener may not be up yet)."""
+    try:
+        return fleet.health(index)[0] == 200
+    except OSError:
+        return False
 
 
 def transferring(fleet: Fleet, found: list[int]) -> bool:
