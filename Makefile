@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_PACKAGES := docker-registry podman skopeo buildah docker.io:dockerd apache2-utils:htpasswd openssl slapd:slapd ldap-utils:ldapadd \
-                 docker-compose \
+                 docker-compose redis-server:redis-server haproxy:haproxy \
                  python3-venv:python3-venv
 
 .PHONY: run test venv lint typecheck clean bench fuzz soak conformance
@@ -40,7 +40,7 @@ test:
 SCALE_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 bench: $(STAMP)
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh nginx apache2 apache2-utils:htpasswd \
-		docker-registry skopeo wrk curl openssl
+		docker-registry skopeo wrk curl openssl redis-server haproxy
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
 	test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy   # for bench/run.py --profile
 	$(PY) bench/run.py $(BENCH_ARGS)

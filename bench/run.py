@@ -137,7 +137,7 @@ PLANS = {
         "and 4 pushes.",
     ),
 }  # fmt: skip
-SECTIONS = ("rate", "get", "push", "storm")  # --only picks some
+SECTIONS = ("rate", "get", "push", "storm", "replicas")  # --only picks some
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -1545,6 +1545,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         profiles = RESULTS / f"profiles-{stamp}" if args.profile else None
         bench = Bench(plan, targets, fixtures, workdir, profiles)
         bench.run(sections)
+        replica_text = ""
+        if "replicas" in sections:  # bench/replicas.py (on sys.path): its own report
+            import replicas
+
+            registry = f"127.0.0.1:{targets[DIRECT].port}"
+            replica_text = "\n" + replicas.run_case(
+                sys.modules[__name__], workdir, fixtures, registry, processes, args.quick
+            )
     finally:
         log("stopping what was started")
         processes.stop_all()
@@ -1553,7 +1561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan, args.workers, args.cache_ttl, targets, fixtures, bench.results, started, load_before,
         sections,
     )  # fmt: skip
-    print(text, end="")
+    print(text + replica_text, end="")
     log(f"wrote {RESULTS}/latest.md, .json and .png in {time.monotonic() - started:.0f}s")
     return 0
 

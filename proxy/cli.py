@@ -104,7 +104,10 @@ _COMMANDS = {  # name: (one-line help, description, exit codes)
         "twice (or reading one line with --stdin). The file is replaced in one rename, so a\n"
         "running proxy never reads half of it. Empty passwords are refused, and so are new\n"
         'user names an ACL rule like "${user}/**" cannot use (they must be valid repository\n'
-        "path components: lower-case letters, digits, and . _ - between them).",
+        "path components: lower-case letters, digits, and . _ - between them).\n"
+        "With --redis URL (or --store: the config's state: section) the user is kept in\n"
+        "Redis for the redis auth backend, with --groups and --upstream, and every replica\n"
+        "sees the change within a second.",
         "  0    done (--verify: the password is right)\n"
         "  1    a file problem, an empty password, a refused name, or USER not found\n"
         "  3    --verify: wrong password",
@@ -176,8 +179,10 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
     passwd = _command(commands, "passwd")
-    passwd.add_argument("file", type=Path, metavar="FILE", help="htpasswd file (made if missing)")
-    passwd.add_argument("user", metavar="USER", help="user name")
+    passwd.usage = "regproxy passwd [options] FILE USER | --redis URL USER | --store [-c FILE] USER"
+    passwd.add_argument(
+        "names", nargs="+", metavar="FILE USER", help="htpasswd file (made if missing) and user"
+    )
     passwd.add_argument(
         "--stdin", action="store_true", help="read the password from one line of standard input"
     )
@@ -189,6 +194,15 @@ def _parser() -> argparse.ArgumentParser:
     passwd.add_argument(
         "--cost", type=int, default=10, metavar="N", help="bcrypt cost, 4-17 (default 10)"
     )
+    where = passwd.add_mutually_exclusive_group()
+    where.add_argument("--redis", metavar="URL", help="the user in Redis at URL, not a file")
+    where.add_argument(
+        "--store", action="store_true", help="the user in the Redis of the config's state:"
+    )
+    _add_config_flag(passwd)
+    passwd.add_argument("--key-prefix", default="regproxy:", help="with --redis (regproxy:)")
+    passwd.add_argument("--groups", help="Redis: the user's groups (space separated; '' none)")
+    passwd.add_argument("--upstream", metavar="URL", help="Redis: the user's registry ('' none)")
     robot_commands.add_arguments(_command(commands, "robot"), _add_config_flag)
     return parser
 
@@ -505,10 +519,22 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _passwd(args: argparse.Namespace) -> int:
-    path: Path = args.file
+    redis = args.redis is not None or args.store
+    if len(args.names) != (1 if redis else 2):
+        wanted = "USER (with --redis or --store)" if redis else "FILE USER"
+        print(f"regproxy passwd: expected {wanted}", file=sys.stderr)
+        return 2
     if not 4 <= args.cost <= 17:
         print(f"--cost {args.cost}: bcrypt cost must be 4-17 (htpasswd -C)", file=sys.stderr)
         return 2
+    if redis:
+        from .redis_passwd import redis_passwd
+
+        return redis_passwd(args, _config_path(args), _read_password)
+    if args.groups is not None or args.upstream is not None:
+        print("--groups and --upstream are for users in Redis", file=sys.stderr)
+        return 2
+    path, args.user = Path(args.names[0]), args.names[1]
     try:
         text = read_text(path) if path.exists() or path.is_symlink() else ""
     except ConfigError as exc:

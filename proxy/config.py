@@ -25,6 +25,8 @@ from .authn.cache import CacheSettings
 from .limits import Limits, Timeouts
 from .policy import Rule, recipe_rules
 from .problems import ConfigError, Problem, compose_yaml, construct, read_text
+from .redis_layout import parse_redis_url
+from .store import STATE_BACKENDS, StateSettings
 from .tagrules import TagRule
 from .throttle import ThrottleSettings
 from .token import MAX_EXPIRY as MAX_TOKEN_EXPIRY
@@ -34,8 +36,8 @@ if TYPE_CHECKING:
     from .authn.ldap_settings import LdapSettings
     from .authn.oidc_settings import OidcSettings
 
-Backend = Literal["htpasswd", "ldap"]
-BACKENDS: tuple[str, ...] = ("htpasswd", "ldap")
+Backend = Literal["htpasswd", "ldap", "redis"]
+BACKENDS: tuple[str, ...] = ("htpasswd", "ldap", "redis")
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 AccessLogFormat = Literal["common", "combined", "combined_duration", "json", "off"]
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
@@ -80,6 +82,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
     credentials_cache: CacheSettings = field(default_factory=CacheSettings)
+    state: StateSettings = field(default_factory=StateSettings)  # where replicas share state
     trusted_proxies: tuple[IPNetwork, ...] = ()  # whose X-Forwarded-For is believed
     audit_log: Path | None = None  # JSON lines of push/delete decisions
     cache_ttl: float = 10.0  # seconds a blob HEAD answer is reused (proxy.cache); 0: off
@@ -235,6 +238,12 @@ def _parse_name(value: object) -> str:
     return text
 
 
+def _parse_key_prefix(value: object) -> str:
+    if not isinstance(value, str) or not value.isprintable() or " " in value or len(value) > 64:
+        raise ValueError(f"expected up to 64 printable characters without spaces, got {value!r}")
+    return value
+
+
 def _parse_realm(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected text, got {value!r}")
@@ -281,6 +290,17 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "cache.credentials_ttl": ("credentials_cache.ttl", _parse_ttl),
     "cache.credentials_size": ("credentials_cache.size", _parse_positive_int),
     "metrics.listen": ("metrics_listen", _parse_optional_listen),
+    "state.backend": ("state.backend", _parse_choice(STATE_BACKENDS)),
+    "state.url": ("state.url", parse_redis_url),
+    "state.key_prefix": ("state.key_prefix", _parse_key_prefix),
+    "state.username": ("state.username", _parse_text),
+    "state.password": ("state.password", _parse_text),
+    "state.password_file": ("state.password_file", _OPTIONAL_PATH),
+    "state.ca_file": ("state.ca_file", _OPTIONAL_PATH),
+    "state.cert_file": ("state.cert_file", _OPTIONAL_PATH),
+    "state.key_file": ("state.key_file", _OPTIONAL_PATH),
+    "state.timeout": ("state.timeout", _parse_seconds),
+    "state.connect_timeout": ("state.connect_timeout", _parse_seconds),
     "acl": ("acl", "acl"),  # handled by _load_acl
     "immutable_tags": ("tag_rules", "tag rules"),  # parsed by proxy.acl, with the ACL file's
     "protected_deletes": ("tag_rules", "tag rules"),
@@ -469,6 +489,28 @@ def _combinations(values: dict[str, Any], has_acl: bool, source: str) -> list[Pr
         problems.append(
             Problem(source, 0, "push_group has no effect with an acl: name the group in a rule")
         )
+    problems.extend(Problem(source, 0, text) for text in _state_problems(values, backends))
+    return problems
+
+
+def _state_problems(values: dict[str, Any], backends: tuple[str, ...]) -> list[str]:
+    """The `state:` keys that only make sense together."""
+    state = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("state.")}
+    redis = state.get("backend") == "redis"
+    problems = []
+    if redis and not state.get("url"):
+        problems.append("state: backend redis needs a url (redis://HOST:PORT/DB)")
+    if not redis and set(state) - {"backend"}:
+        problems.append("state: these keys need backend: redis")
+    if "redis" in backends and not redis:
+        problems.append("auth_backends names redis: it needs state: {backend: redis, url: ...}")
+    if state.get("password") is not None and state.get("password_file") is not None:
+        problems.append("state: password and password_file exclude each other")
+    tls = [k for k in ("ca_file", "cert_file", "key_file") if state.get(k) is not None]
+    if tls and not str(state.get("url") or "").startswith("rediss://"):
+        problems.append(f"state: {', '.join(tls)}: only with a rediss:// url (TLS)")
+    if (state.get("cert_file") is None) != (state.get("key_file") is None):
+        problems.append("state: cert_file and key_file go together")
     return problems
 
 

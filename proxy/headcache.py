@@ -131,7 +131,7 @@ class CachingForwarder:
         self._heads = HeadCache()
         store.subscribe(self._apply)
 
-    def _apply(self, event: Event) -> None:
+    def _apply(self, event: Event, _age: float) -> None:
         if isinstance(event, BlobGone):
             self._heads.drop(event.key)
 

@@ -35,13 +35,15 @@ class RobotGrant:
 @dataclass(frozen=True)
 class Identity:
     """Who is asking and from where. `user` is None for a request without credentials.
-    `claims`: the verified claims of a workload token (OIDC); `robot`: set for robot tokens."""
+    `claims`: the verified claims of a workload token (OIDC); `robot`: set for robot tokens;
+    `upstream`: the user's own registry when their backend names one (Redis users)."""
 
     user: str | None
     groups: frozenset[str] = frozenset()
     address: IPAddress | None = None
     claims: Mapping[str, Any] = field(default_factory=lambda: NO_CLAIMS, compare=False)
     robot: RobotGrant | None = None
+    upstream: str | None = None
 
     @property
     def anonymous(self) -> bool:

@@ -44,6 +44,9 @@ class Recorder:
     def reloaded(self, ok: bool) -> None:
         """A live reload, applied or refused."""
 
+    def store_up(self, up: bool) -> None:
+        """Whether the shared state store (Redis) can be reached."""
+
     @contextlib.contextmanager
     def forwarding(self) -> Iterator[None]:
         """Around a request being forwarded."""
@@ -77,6 +80,11 @@ class PrometheusRecorder(Recorder):
             "Blob existence checks answered from the cache (proxy.cache)",
         )
         self._reloads = Counter("regproxy_reloads_total", "Live reloads, by result", ["result"])
+        self._store_up = Gauge(
+            "regproxy_store_up",
+            "1 while the shared state store (Redis) answers, 0 while this replica is on its own",
+            multiprocess_mode="livemin",
+        )
         self._in_flight = Gauge(
             "regproxy_inflight_transfers",
             "Requests being forwarded right now",
@@ -108,6 +116,9 @@ class PrometheusRecorder(Recorder):
 
     def reloaded(self, ok: bool) -> None:
         self._reloads.labels("ok" if ok else "failed").inc()
+
+    def store_up(self, up: bool) -> None:
+        self._store_up.set(1 if up else 0)
 
     @contextlib.contextmanager
     def forwarding(self) -> Iterator[None]:

@@ -44,6 +44,7 @@ RESTART_ONLY = (
     "access_log_path",
     "audit_log",
     "metrics_listen",
+    "state",
 )
 RESTART_ONLY_TIMEOUTS = ("keepalive", "header", "handshake")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -32,6 +34,7 @@ from .audit import audit
 from .authn.chain import Authentication, Authenticators, BackendFactory, Denied
 from .authn.robots import FLUSH_INTERVAL, RobotUsage
 from .catalog import Filtering, fetch_page, filtered, next_link, parse_page
+from .config import Config
 from .errors import (
     API_VERSION,
     API_VERSION_HEADER,
@@ -54,10 +57,13 @@ from .reload import State
 from .robots import usage_path
 from .routes import Operation, Refusal, classify_request, without_mount
 from .snapshot import Snapshot
-from .store import LocalStore
+from .store import LocalStore, Store
 from .tagguard import TagGuard
 from .throttle import Throttle
 from .token_endpoint import token_endpoint
+
+if TYPE_CHECKING:
+    from .authn.redis_users import RedisUsers
 
 log = logging.getLogger("regproxy")
 
@@ -184,7 +190,8 @@ class Handler:
             )
             audit(who, operation, refusal.status)
             return refusal
-        upstream = verdict.decision.upstream or config.upstream
+        # A rule's upstream routes its repositories; a user's own (Redis) replaces the default.
+        upstream = verdict.decision.upstream or who.upstream or config.upstream
         path, _, query = request.raw_path.partition("?")
         if operation.kind == "catalog":
             return await self._catalog(request, query, who, upstream, snapshot, where)
@@ -229,7 +236,7 @@ class Handler:
         if isinstance(page, Refusal):
             return error_response(page.status, page.code, page.message)
         n, last = page
-        rules, default = snapshot.rules, snapshot.config.upstream
+        rules, default = snapshot.rules, who.upstream or snapshot.config.upstream
 
         def may_pull(name: str) -> bool:
             decision = decide(rules, who, "pull", name)
@@ -318,6 +325,9 @@ class Server:
         self.upload_key = siblings.upload_key  # without a secret_file (proxy.uploads)
         self._config_path = config_path
         self._overrides = dict(overrides)
+        # This machine's id in a shared store: random per start, the same in every worker
+        # (they share the catalog key), so they skip each other's events there.
+        self._replica = hashlib.blake2b(b"replica", key=siblings.catalog_key, digest_size=8)
         self._quiet = siblings.index is not None  # lifecycle: the supervisor says it
         self._reports_reloads = siblings.index in (None, 0)
         self.state: State | None = None
@@ -363,14 +373,17 @@ class Server:
         stack.callback(executor.shutdown, wait=False, cancel_futures=True)
         work = ThreadPoolExecutor(2, "regproxy-work")  # reloads, robots' last use
         stack.callback(work.shutdown, wait=False, cancel_futures=True)
-        store = LocalStore(self._siblings.peers, self._siblings.lock_dir)
-        stack.push_async_callback(store.close)
-        await store.start()
         clock = time.monotonic
+        store, redis_users = self._store(config, clock)
+        stack.push_async_callback(store.close)
+        if redis_users is not None:
+            stack.push_async_callback(redis_users.close)
+        await store.start()
+        metrics.RECORD.store_up(store.healthy)  # a local store is never away
         throttle = Throttle(store.publish)
         factory = BackendFactory(
             executor, clock, credentials_key=self._siblings.credentials_key,
-            share=store.tell_workers,
+            share=store.tell_workers, redis_users=redis_users,
         )  # fmt: skip
         store.subscribe(factory.learn)
 
@@ -385,13 +398,15 @@ class Server:
         )
         stack.callback(state.close)
         await state.start()
-        store.subscribe(lambda event: throttle.apply(event, clock(), state.current.config.throttle))
+        store.subscribe(
+            lambda event, age: throttle.apply(event, clock() - age, state.current.config.throttle)
+        )
         room = capacity(config.limits, raise_open_files_limit())
         forwarder = Forwarder(room.upstream, config.timeouts.keepalive)
         stack.push_async_callback(forwarder.close)
         handler = Handler(
             state,
-            Authentication(throttle, clock),
+            Authentication(throttle, clock, store.flush),
             TagGuard(CachingForwarder(forwarder, store, clock), store, forwarder.session),
             Health(clock),
             forwarder.session,
@@ -429,7 +444,7 @@ class Server:
         for chore in (release_memory(), state.watch(), _every(FLUSH_INTERVAL, usage)):
             stack.callback(asyncio.ensure_future(chore).cancel)
         if config.metrics_listen is not None:
-            await self._start_admin(forwarder)
+            await self._start_admin(forwarder, store)
         self.port = sock.getsockname()[1]
         (log.debug if self._quiet else log.info)(
             "regproxy listening on https://%s -> %s (up to %d connections per worker)",
@@ -438,16 +453,37 @@ class Server:
             room.connections,
         )
 
-    async def _start_admin(self, forwarder: Forwarder) -> None:
+    def _store(self, config: Config, clock: Callable[[], float]) -> tuple[Store, RedisUsers | None]:
+        """The configured store (and, with Redis, the worker's view of the users there)."""
+        local = LocalStore(self._siblings.peers, self._siblings.lock_dir)
+        if config.state.backend == "local":
+            return local, None
+        from .authn.redis_users import RedisUsers
+        from .redis_store import RedisStore
+
+        def retention() -> float:  # as long as the throttle may still act on a failure
+            throttle = self.state.current.config.throttle if self.state else config.throttle
+            return throttle.window + throttle.max_delay
+
+        origin = self._replica.hexdigest().encode()
+        store = RedisStore(config.state, local, origin, retention, clock)
+        return store, RedisUsers(store.client, store.keys, clock, lambda: store.healthy)
+
+    async def _start_admin(self, forwarder: Forwarder, store: Store) -> None:
         """`/metrics`, `/health` and `/live` on their own plain-HTTP listener (keep it on
         loopback or a management network); every worker binds it with SO_REUSEPORT."""
         state = self.state
         assert state is not None
+        shared = state.current.config.state.backend != "local"
 
         async def health(_: web.BaseRequest) -> web.Response:
             current = state.current.config
             ok = await probe(forwarder.session, current.upstream, current.timeouts)
-            body = {"status": "ok" if ok else "upstream unavailable", "upstream": current.upstream}
+            status = "ok" if ok else "upstream unavailable"
+            body = {"status": status, "upstream": current.upstream}
+            if shared:  # Redis away: still ready (local state), but say so
+                body["store"] = "ok" if store.healthy else "degraded"
+                body["status"] = "degraded" if ok and not store.healthy else status
             return web.json_response(body, status=200 if ok else 503)
 
         async def live(_: web.BaseRequest) -> web.Response:

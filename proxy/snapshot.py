@@ -140,6 +140,11 @@ def load_snapshot(
         context = load_tls(config) if tls else None
     except ConfigError as exc:
         fatal += exc.problems
+    if config.state.password_file is not None:
+        try:
+            read_text(config.state.password_file)
+        except ConfigError as exc:
+            fatal += exc.problems
     if startup:
         fatal += _log_file_problems(config)
     if fatal:

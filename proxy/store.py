@@ -8,6 +8,9 @@ several workers. Publishing never blocks and never fails a request.
 
 Stores also give named locks (`lock`), for work that must not run twice at once anywhere (two
 pushes of the same new tag): held for at most `ttl` seconds, waited for at most `wait`.
+
+`state:` in the config picks the store (`StateSettings`): `local` (the default, nothing to
+install) or `redis` (`proxy.redis_store`: replicas share events, throttle history and locks).
 """
 
 from __future__ import annotations
@@ -20,15 +23,43 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from .events import Event, decode, encode
 from .peers import Peers
 
 log = logging.getLogger("regproxy.store")
 
-Subscriber = Callable[[Event], None]
+# Called with an event and its age: seconds since it happened (0 for what arrives as it
+# happens; more for history a shared store replays, such as the failed logins of the last
+# minutes when a replica starts).
+Subscriber = Callable[[Event, float], None]
+StateBackend = Literal["local", "redis"]
+STATE_BACKENDS: tuple[str, ...] = ("local", "redis")
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """`state:` in the config: where processes share what they saw (restart to change).
+
+    `url` is `redis://HOST[:PORT][/DB]` or `rediss://` (TLS, always verified: against
+    `ca_file`, or the system's CAs); `password` or `password_file` (the file's first line),
+    with `username` for a Redis ACL user; `cert_file`/`key_file` a client certificate.
+    `timeout` bounds every command, `connect_timeout` every connection attempt."""
+
+    backend: StateBackend = "local"
+    url: str | None = None
+    key_prefix: str = "regproxy:"
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    timeout: float = 0.5
+    connect_timeout: float = 1.0
 
 
 class Store(Protocol):
@@ -45,6 +76,19 @@ class Store(Protocol):
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Call `subscriber` with every event another process published."""
+        ...
+
+    async def flush(self) -> None:
+        """Wait until what this process published has reached the others (at most a command's
+        timeout; at once while they cannot be reached). Called where the answer must not
+        overtake the news: a failed login's 401, so a client's next guess, sent to any
+        replica, finds it counted there."""
+        ...
+
+    @property
+    def healthy(self) -> bool:
+        """False while a shared backend cannot be reached: the store then works for this
+        machine alone (and says so in `/health`), and catches up when it is back."""
         ...
 
     def sync(self) -> None:
@@ -67,6 +111,10 @@ class Store(Protocol):
 
 class LockTimeout(Exception):
     """A named lock stayed held by someone else for longer than the caller would wait."""
+
+
+class StoreUnavailable(LockTimeout):
+    """The shared store cannot be reached: no lock can be promised (the caller refuses)."""
 
 
 LOCK_STRIPES = 256  # lock files per machine: names share them by hash
@@ -115,6 +163,10 @@ class LocalStore:
             if not users[0]:
                 del self._locks[name]
 
+    @property
+    def healthy(self) -> bool:
+        return True
+
     async def _file_lock(self, name: str) -> int:
         assert self._lock_dir is not None
         stripe = int.from_bytes(hashlib.sha256(name.encode()).digest()[:2]) % LOCK_STRIPES
@@ -141,6 +193,9 @@ class LocalStore:
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 
+    async def flush(self) -> None:
+        """The mesh's datagrams are in the others' inboxes once sent."""
+
     def sync(self) -> None:
         self.deliver()
 
@@ -154,7 +209,7 @@ class LocalStore:
             if event is None:
                 continue
             for subscriber in self._subscribers:
-                subscriber(event)
+                subscriber(event, 0.0)
             delivered += 1
         return delivered
 

@@ -200,10 +200,15 @@ async def make_proxy(
     """Start regproxy in-process; `await make_proxy(extra_yaml="...")`."""
     started: list[RunningProxy] = []
 
-    async def start(extra_yaml: str = "", upstream_url: str | None = None) -> RunningProxy:
-        (tmp_path / "htpasswd").write_text(htpasswd_text(USERS))
-        (tmp_path / "groups").write_text(GROUPS_TEXT)
-        config_path = tmp_path / "regproxy.yaml"
+    async def start(
+        extra_yaml: str = "", upstream_url: str | None = None, directory: Path | None = None
+    ) -> RunningProxy:
+        """`directory` (default: the test's tmp_path) holds the config and user files."""
+        where = directory or tmp_path
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "htpasswd").write_text(htpasswd_text(USERS))
+        (where / "groups").write_text(GROUPS_TEXT)
+        config_path = where / "regproxy.yaml"
         config_path.write_text(
             f"upstream: {upstream_url or upstream.url}\n"
             f"htpasswd: htpasswd\ngroups: groups\n"
@@ -218,7 +223,7 @@ async def make_proxy(
             connector=aiohttp.TCPConnector(ssl=tls.client_context()), auto_decompress=False
         )
         url = f"https://localhost:{server.port}"
-        running = RunningProxy(server, server.state, tmp_path, url, session)
+        running = RunningProxy(server, server.state, where, url, session)
         started.append(running)
         return running
 

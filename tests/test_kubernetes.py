@@ -205,20 +205,32 @@ def test_selectors_pick_the_right_pods(tmp_path: Path) -> None:
     assert [p["port"] for p in rule["ports"]] == [p["name"] for p in registry_ports]
 
 
-def test_redis_secret_is_mounted_for_the_future_state_section(tmp_path: Path) -> None:
-    """Issue 15's `state:` section is not implemented: it stays a comment (the config loads,
-    above), and the Secret it will read is mounted, optional, where the comment says."""
-    pod, _ = shipped(tmp_path)
+def test_the_replicas_share_state_through_the_example_redis(tmp_path: Path) -> None:
+    """`state:` names redis-example's Service, reads the password from the mounted Secret
+    (the same key the example Redis requires), and only regproxy's pods reach Redis."""
+    pod, config = shipped(tmp_path)
+    assert config.state.backend == "redis" and config.state.password_file is not None
     mounts = {volume["name"]: (path, volume) for path, volume, _ in pod_volumes(pod.deployment)}
     path, volume = mounts["redis"]
-    assert volume["secret"] == {
-        "secretName": "regproxy-redis",
-        "defaultMode": 0o440,
-        "optional": True,
-    }
-    text = find("ConfigMap", "regproxy-config")["data"]["regproxy.yaml"]
-    assert "state" not in yaml.safe_load(text)
-    commented = re.findall(rf"#\s+\w+_file: ({re.escape(path)}/\S+)", text)
-    assert commented, "the commented state: section names the mounted files"
-    keys = set(find("Secret", "regproxy-redis")["stringData"])
-    assert {Path(file).name for file in commented} <= keys
+    assert volume["secret"] == {"secretName": "regproxy-redis", "defaultMode": 0o440}
+    assert config.state.password_file == local(path, tmp_path) / "password"
+    assert config.state.password_file.read_text() == "REPLACE"  # as projected
+    secret = find("Secret", "regproxy-redis")
+    assert set(secret["stringData"]) == {"password"}
+    redis = container(find("Deployment", "redis"))
+    (env,) = redis["env"]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "regproxy-redis", "key": "password"}
+    assert f"$({env['name']})" in redis["args"]
+    service = find("Service", "redis")
+    assert config.state.url == (
+        f"redis://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/0"
+    )
+    assert [p["name"] for p in redis["ports"]] == [service["spec"]["ports"][0]["targetPort"]]
+    policy = find("NetworkPolicy", "redis")["spec"]
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    assert source["podSelector"]["matchLabels"].items() <= (
+        find("Deployment", "regproxy")["spec"]["template"]["metadata"]["labels"].items()
+    )
+    volumes = find("Deployment", "redis")["spec"]["template"]["spec"]["volumes"]
+    assert "--appendonly" in redis["args"] and volumes[0]["persistentVolumeClaim"]

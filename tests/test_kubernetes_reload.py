@@ -7,6 +7,8 @@ the Deployment expects, a registry outage failing readiness only."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +32,7 @@ from tests.conftest import (
     serving,
 )
 from tests.kube import Pod, container, find
+from tests.redis_server import RedisServer
 from tests.test_observability import free_port
 from tests.test_reload import eventually
 
@@ -56,10 +59,13 @@ class Running:
             return resp.status
 
 
-def with_test_contents(pod: Pod, tls: TlsPair, upstream: str, ports: tuple[int, int]) -> None:
+def with_test_contents(
+    pod: Pod, tls: TlsPair, upstream: str, ports: tuple[int, int], redis: RedisServer
+) -> None:
     """The shipped ConfigMap with loopback addresses, one worker (each worker reloads on its
     own; one makes every answer come from the process under test) and a throttle that the
-    logins polled until a new user works do not trip; test users; the session's TLS pair."""
+    logins polled until a new user works do not trip; test users; the session's TLS pair; a
+    real Redis whose password is in the projected Secret."""
     config = yaml.safe_load(pod.files["config"]["regproxy.yaml"])
     config.update(
         listen=f"127.0.0.1:{ports[0]}",
@@ -68,22 +74,41 @@ def with_test_contents(pod: Pod, tls: TlsPair, upstream: str, ports: tuple[int, 
         metrics={"listen": f"127.0.0.1:{ports[1]}"},
         throttle={"attempts": 1000},
     )
+    config["state"]["url"] = redis.url
     pod.files["config"]["regproxy.yaml"] = yaml.safe_dump(config).encode()
-    pod.files["auth"] = {"htpasswd": htpasswd_text(USERS).encode(), "groups": GROUPS_TEXT.encode()}
+    pod.files["auth"] = {
+        "htpasswd": htpasswd_text(USERS).encode(),
+        "groups": GROUPS_TEXT.encode(),
+        "secret": b"0123456789abcdef" * 4,
+    }
     pod.files["tls"] = {"tls.crt": tls.cert.read_bytes(), "tls.key": tls.key.read_bytes()}
+    assert redis.password is not None
+    pod.files["redis"] = {"password": redis.password.encode()}
 
 
 @pytest.fixture
 async def running(tmp_path: Path, tls: TlsPair, upstream: FakeUpstream) -> AsyncIterator[Running]:
     pod = Pod(find("Deployment", "regproxy"), tmp_path / "pod")
     ports = (free_port(), free_port())
-    with_test_contents(pod, tls, upstream.url, ports)
+    redis = RedisServer(tmp_path / "redis", password="kubernetes-secret")
+    with_test_contents(pod, tls, upstream.url, ports, redis)
     pod.write()
     async with (
+        running_redis(redis),
         serving(pod.args(), tmp_path),
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client_context())) as session,
     ):
         yield Running(pod, f"https://localhost:{ports[0]}", f"http://127.0.0.1:{ports[1]}", session)
+
+
+@contextlib.asynccontextmanager
+async def running_redis(redis: RedisServer) -> AsyncIterator[None]:
+    """Redis for the block, stopped by PID after the proxy, whatever happens."""
+    redis.start()
+    try:
+        yield
+    finally:
+        redis.stop()
 
 
 async def took(check: Callable[[], Awaitable[bool]]) -> float:
@@ -131,6 +156,8 @@ async def test_probes_answer_as_the_deployment_expects(
     readiness = running.container["readinessProbe"]["httpGet"]["path"]
     liveness = running.container["livenessProbe"]["httpGet"]["path"]
     assert await _probe(running, readiness) == 200
+    async with running.session.get(running.metrics_url + readiness) as resp:
+        assert json.loads(await resp.text())["store"] == "ok"  # Redis, with the Secret's password
     assert await _probe(running, liveness) == 200
 
     async def down(_: web.Request) -> web.Response:

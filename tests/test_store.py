@@ -35,8 +35,8 @@ def pair() -> Iterator[tuple[Worker, Worker]]:
         store = LocalStore(mesh.peers(index))
         throttle = Throttle(store.publish)
         seen: list[Event] = []
-        store.subscribe(seen.append)
-        store.subscribe(lambda event, t=throttle: t.apply(event, NOW, SETTINGS))
+        store.subscribe(lambda event, _age, seen=seen: seen.append(event))
+        store.subscribe(lambda event, age, t=throttle: t.apply(event, NOW - age, SETTINGS))
         workers.append(Worker(store, throttle, seen))
     yield workers[0], workers[1]
     mesh.close()

@@ -34,6 +34,7 @@ class AuthResult:
     claims: Mapping[str, Any] = field(default_factory=lambda: NO_CLAIMS)
     robot: RobotGrant | None = None
     reason: str = ""  # why a token was refused (logged, and the 401's message)
+    upstream: str | None = None  # the user's own registry, when the backend keeps one
 
 
 class BackendUnavailable(Exception):

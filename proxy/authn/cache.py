@@ -23,9 +23,11 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from ..credentials import PasswordHash
 from . import fingerprint
 
 T = TypeVar("T")
@@ -132,3 +134,18 @@ class VerifiedCache(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+async def verify_hash(
+    cache: VerifiedCache[bool], executor: Executor, user: str, stored: PasswordHash, secret: bytes
+) -> bool:
+    """Check `secret` against a stored hash in the hashing pool, remembered under (user,
+    stored hash) as one text (shared with the other workers as such): a changed or removed
+    hash misses at once. Every hash-keeping backend."""
+    loop = asyncio.get_running_loop()
+    return await cache.check(
+        f"{user}\0{stored.value}",
+        secret,
+        lambda: loop.run_in_executor(executor, stored.verify, secret),
+        keep=bool,
+    )

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from .. import metrics
 from ..addresses import IPAddress
-from ..credentials import MalformedCredentials, bearer_token, parse_basic_auth
+from ..credentials import MalformedCredentials, PasswordHash, bearer_token, parse_basic_auth
 from ..events import CredentialVerified, Event
 from ..identity import Identity
 from ..robots import Robot
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .ldap_settings import LdapSettings
     from .oidc import IssuerVerifier
     from .oidc_settings import OidcSettings
+    from .redis_users import RedisUsers
 
 BEARER = "(bearer)"  # who a Bearer token's failures are counted against, with the address
 
@@ -77,11 +78,18 @@ class Authenticators:
 
 
 class Authentication:
-    """Turns an Authorization header into an Identity, or a Denied answer."""
+    """Turns an Authorization header into an Identity, or a Denied answer. `flush`: waits
+    until a failure has reached the other processes (`Store.flush`), before the 401."""
 
-    def __init__(self, throttle: Throttle, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        throttle: Throttle,
+        clock: Callable[[], float] = time.monotonic,
+        flush: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.throttle = throttle
         self._clock = clock
+        self._flush = flush
         self._key = secrets.token_bytes(32)  # tells attempts apart without keeping passwords
 
     async def identify(
@@ -131,6 +139,8 @@ class Authentication:
         finally:
             self.throttle.finished(counted, where, attempt)
         self.throttle.failure(counted, where, self._clock(), setup.throttle)
+        if self._flush is not None:
+            await self._flush()
         metrics.RECORD.auth_failure("invalid")
         log.info("authentication failed for %r from %s", user, where)
         return Denied(401, reason or "invalid username or password")
@@ -159,14 +169,16 @@ def _identity(
     """The caller as the backend named them; the group file adds groups to any name."""
     name = result.user or user
     groups = result.groups | users.groups_of(name)
-    return Identity(name, groups, address, result.claims, result.robot)
+    return Identity(name, groups, address, result.claims, result.robot, upstream=result.upstream)
 
 
 class BackendFactory:
     """Builds each snapshot's backends (at reload, in a worker thread). Owns what outlives
-    snapshots: the hashing thread pool, the htpasswd verified-credential cache, when robots
-    were last used, and each OIDC issuer's keys and verified tokens (kept while that issuer's
-    settings are unchanged); an LDAP backend is reused while its settings are unchanged."""
+    snapshots: the hashing thread pool, the verified-credential cache of the backends that keep
+    hashes (htpasswd, Redis), when robots were last used, and each OIDC issuer's keys and
+    verified tokens (kept while that issuer's settings are unchanged); an LDAP backend is
+    reused while its settings are unchanged. `redis_users`: the worker's view of the users in
+    Redis (with `state.backend: redis`)."""
 
     def __init__(
         self,
@@ -175,12 +187,15 @@ class BackendFactory:
         wall: Callable[[], float] = time.time,
         credentials_key: bytes | None = None,
         share: Callable[[Event], None] | None = None,
+        redis_users: RedisUsers | None = None,
     ) -> None:
         self._executor = executor
         self._clock = clock
         self._wall = wall
         self._share = share
-        self._htpasswd_cache: VerifiedCache[bool] = VerifiedCache(
+        self._redis_users = redis_users
+        self._redis_dummy: PasswordHash | None = None
+        self._verified: VerifiedCache[bool] = VerifiedCache(
             CacheSettings.ttl, CacheSettings.size, clock, credentials_key, self._learned
         )
         self.robot_usage = RobotUsage()
@@ -192,12 +207,12 @@ class BackendFactory:
         if self._share is not None:
             self._share(CredentialVerified(str(key), tag.hex(), repr(seconds)))
 
-    def learn(self, event: Event) -> None:
+    def learn(self, event: Event, age: float = 0.0) -> None:
         """A password another worker verified (a malformed event is ignored)."""
         if isinstance(event, CredentialVerified):
             with contextlib.suppress(ValueError):
                 tag, seconds = bytes.fromhex(event.tag), float(event.seconds)
-                self._htpasswd_cache.learn(event.key, tag, seconds, True)
+                self._verified.learn(event.key, tag, seconds, True)
 
     def authenticators(
         self,
@@ -229,15 +244,27 @@ class BackendFactory:
         previous: tuple[Authenticator, ...] = (),
     ) -> tuple[Authenticator, ...]:
         """The password backends, in order."""
-        self._htpasswd_cache.ttl, self._htpasswd_cache.size = cache.ttl, cache.size
+        self._verified.ttl, self._verified.size = cache.ttl, cache.size
         built: list[Authenticator] = []
         for name in names:
             if name == "htpasswd":
-                built.append(HtpasswdAuthenticator(users, self._htpasswd_cache, self._executor))
+                built.append(HtpasswdAuthenticator(users, self._verified, self._executor))
+            elif name == "redis":
+                built.append(self._redis())
             else:
                 assert ldap is not None  # config.load refuses ldap without settings
                 built.append(self._ldap(ldap, cache.size, previous))
         return tuple(built)
+
+    def _redis(self) -> Authenticator:
+        from .redis_users import RedisAuthenticator, make_dummy
+
+        assert self._redis_users is not None  # config.load refuses redis without state: redis
+        if self._redis_dummy is None:
+            self._redis_dummy = make_dummy()
+        return RedisAuthenticator(
+            self._redis_users, self._verified, self._executor, self._redis_dummy
+        )
 
     def _ldap(
         self, settings: LdapSettings, size: int, previous: tuple[Authenticator, ...]

@@ -8,13 +8,12 @@ file's typical scheme and cost), so timing does not tell which users exist.
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from ..credentials import DEFAULT_DUMMY_SAMPLE, Htpasswd, PasswordHash, dummy_like
 from . import AuthResult, Outcome
-from .cache import VerifiedCache
+from .cache import VerifiedCache, verify_hash
 
 
 @dataclass(frozen=True)
@@ -72,13 +71,7 @@ class HtpasswdAuthenticator:
         return AuthResult(Outcome.OK, files.groups_of(user))
 
     async def _verify(self, user: str, stored: PasswordHash, secret: bytes) -> bool:
-        loop = asyncio.get_running_loop()
-        return await self._cache.check(
-            f"{user}\0{stored.value}",
-            secret,
-            lambda: loop.run_in_executor(self._executor, stored.verify, secret),
-            keep=bool,
-        )
+        return await verify_hash(self._cache, self._executor, user, stored, secret)
 
     def close(self) -> None:
         """Nothing of its own: the executor and the cache outlive snapshots."""

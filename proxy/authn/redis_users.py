@@ -1,0 +1,199 @@
+"""Users in Redis (`auth_backends: [..., redis]`), as the ngx_mruby proxy kept them: adding a user
+or moving them to their own registry is a Redis write, not a file edit on every node.
+
+A user is the hash `PREFIX user:NAME` (`proxy.redis_layout`): `password` in any format an
+htpasswd file takes, `groups` (names separated by spaces or commas), `upstream` (optional: the
+user's own registry). Writers INCR `PREFIX users:version` after a change.
+
+No round trip on the hot path: each worker keeps the records it has read (`RedisUsers`) and
+forgets them all when `users:version` changes, which it polls every POLL seconds; a password is
+checked once and remembered in the shared verified-credential cache under (user, stored hash).
+A change therefore takes effect within a second on every replica. While the store has lost
+Redis, or Redis has not answered a poll for FRESH seconds, the records cannot be trusted to be
+current, so every Redis user is refused with 503 (BackendUnavailable) until it answers again:
+never an allow, never a fall-through to another backend. Unknown users cost a bcrypt of the
+cost `passwd` writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import cast
+
+from redis.asyncio import Redis
+
+from ..addresses import parse_upstream
+from ..credentials import PasswordHash, dummy_like, identify
+from ..redis_layout import Keys
+from ..redis_store import DOWN
+from . import AuthResult, BackendUnavailable, Outcome
+from .cache import VerifiedCache, verify_hash
+
+log = logging.getLogger("regproxy.authn")
+
+POLL = 0.25  # seconds between reads of users:version
+FRESH = 1.0  # seconds records stay usable after Redis last answered
+RECORDS = 10_000  # records remembered per worker at most
+DUMMY_SAMPLE = PasswordHash("bcrypt", "$2y$10$" + "." * 53)  # what `regproxy passwd` writes
+_GROUP = re.compile(r"[^\s:,]+")
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """One user's hash, read. `password` None: the record is unusable (`problem` says why)
+    and the user is refused."""
+
+    password: PasswordHash | None
+    groups: frozenset[str] = frozenset()
+    upstream: str | None = None
+    problem: str | None = None
+
+
+def parse_record(fields: Mapping[bytes, bytes]) -> UserRecord | None:
+    """A user's hash fields -> the record; None when there is no such user (no fields). Pure."""
+    if not fields:
+        return None
+    try:
+        text = {key.decode(): value.decode() for key, value in fields.items()}
+    except UnicodeDecodeError:
+        return UserRecord(None, problem="a field is not UTF-8")
+    stored = identify(text.get("password", "").strip())
+    if stored is None:
+        return UserRecord(None, problem="no password, or not a hash htpasswd accepts")
+    groups = re.split(r"[\s,]+", text.get("groups", "").strip())
+    if any(not _GROUP.fullmatch(name) for name in groups if name):
+        return UserRecord(None, problem=f"groups {text['groups']!r}: names may not contain ':'")
+    upstream = text.get("upstream", "").strip() or None
+    if upstream is not None:
+        try:
+            upstream = parse_upstream(upstream)
+        except ValueError as exc:
+            return UserRecord(None, problem=f"upstream: {exc}")
+    return UserRecord(stored, frozenset(name for name in groups if name), upstream)
+
+
+class RedisUsers:
+    """One worker's view of the users in Redis: records read on demand, forgotten when
+    `users:version` changes. Outlives configuration snapshots."""
+
+    def __init__(
+        self,
+        client: Redis,
+        keys: Keys,
+        clock: Callable[[], float] = time.monotonic,
+        reachable: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._clock = clock
+        self._reachable = reachable  # the store's word: a lost connection is known at once
+        self._records: OrderedDict[str, UserRecord | None] = OrderedDict()
+        self._generation = 0  # bumped whenever the records are forgotten
+        self._version: bytes | None = None
+        self._fresh_until = 0.0
+        self._inflight: dict[str, asyncio.Future[UserRecord | None]] = {}
+        self._first: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+
+    async def record(self, user: str) -> UserRecord | None:
+        """The user's record (None: no such user); BackendUnavailable while Redis is away."""
+        await self._started()
+        if self._clock() >= self._fresh_until or not self._reachable():
+            raise BackendUnavailable("Redis is unreachable: cannot check users kept there")
+        if user in self._records:
+            self._records.move_to_end(user)
+            return self._records[user]
+        future = self._inflight.get(user)
+        if future is None:
+            future = self._inflight[user] = asyncio.ensure_future(self._fetch(user))
+            future.add_done_callback(lambda _: self._inflight.pop(user, None))
+        try:
+            return await asyncio.shield(future)
+        except DOWN as exc:
+            raise BackendUnavailable(f"Redis: {exc}") from None
+
+    async def _started(self) -> None:
+        """The first lookup starts polling (the backend may be configured later, live)."""
+        if self._first is None:
+            self._first = asyncio.ensure_future(self._check())
+            self._poller = asyncio.ensure_future(self._poll())
+        await asyncio.shield(self._first)
+
+    async def _fetch(self, user: str) -> UserRecord | None:
+        generation = self._generation
+        fields = await self._client.hgetall(self._keys.user(user))
+        record = parse_record(cast(dict[bytes, bytes], fields))
+        if record is not None and record.problem:
+            log.warning("Redis user %r refused: %s", user, record.problem)
+        if generation == self._generation:  # not read before a change it missed
+            self._records[user] = record
+            while len(self._records) > RECORDS:
+                self._records.popitem(last=False)
+        return record
+
+    async def _check(self) -> None:
+        """Read users:version; a change forgets every record. Silent when Redis is away: the
+        records then stop being fresh."""
+        try:
+            version = cast(bytes | None, await self._client.get(self._keys.users_version))
+        except DOWN:
+            return
+        if version != self._version or not self._fresh_until:
+            self._version = version
+            self._generation += 1
+            self._records.clear()
+        self._fresh_until = self._clock() + FRESH
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL)
+            await self._check()
+
+    async def close(self) -> None:
+        for task in (self._poller, self._first):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+class RedisAuthenticator:
+    """The `redis` backend of one snapshot, over the worker's long-lived `RedisUsers`."""
+
+    def __init__(
+        self,
+        users: RedisUsers,
+        cache: VerifiedCache[bool],
+        executor: Executor,
+        dummy: PasswordHash,
+    ) -> None:
+        self._users = users
+        self._cache = cache
+        self._executor = executor
+        self._dummy = dummy
+
+    async def authenticate(self, user: str, password: str) -> AuthResult:
+        record = await self._users.record(user)
+        secret = password.encode("utf-8", "surrogateescape")
+        if record is None or record.password is None:
+            await verify_hash(self._cache, self._executor, user, self._dummy, secret)
+            return AuthResult(Outcome.NO_SUCH_USER if record is None else Outcome.WRONG_PASSWORD)
+        if not await verify_hash(self._cache, self._executor, user, record.password, secret):
+            return AuthResult(Outcome.WRONG_PASSWORD)
+        return AuthResult(Outcome.OK, record.groups, upstream=record.upstream)
+
+    def close(self) -> None:
+        """Nothing of its own: the records, the executor and the cache outlive snapshots."""
+
+
+def make_dummy() -> PasswordHash:
+    """The hash unknown Redis users are checked against (slow: built at reload)."""
+    return dummy_like(DUMMY_SAMPLE)
