@@ -126,7 +126,15 @@ def _refused_tokens(issuer: Issuer) -> dict[str, str]:
         "unmet requirement": issuer.token(repository_owner="someone-else"),
         "no claims for the user name": issuer.token(repository=None),
         "user name of a password user": issuer.token(repository="push"),
+        "nested JSON header": nested_header(990) + ".e30.c2ln",
     }
+
+
+def nested_header(depth: int) -> str:
+    """A header nesting `depth` arrays: deeper than Python's JSON reader can recurse, and
+    still inside the 4 KiB an Authorization header may have."""
+    text = '{"alg": "RS256", "x": ' + "[" * depth + "]" * depth + "}"
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
 
 
 # Why each of _refused_tokens is refused (the 401's message starts with it).
@@ -143,6 +151,7 @@ REASONS = {
     "expired": "token expired",
     "issued in the future": "token issued in the future (iat)",
     "no claims for the user name": "token claims do not make a user name",
+    "nested JSON header": "malformed token header",
     "no expiry": "token has no expiry (exp)",
     "not yet valid": "token not valid yet (nbf)",
     "re-signed": "token signature does not verify",
@@ -161,7 +170,7 @@ async def test_every_bad_token_is_refused_with_401(
     oidc = issuer.config(
         "  clock_skew: 30\n", user="'{repository}'", required="{repository_owner: acme}"
     )
-    proxy = await make_proxy(oidc + ACL + "throttle:\n  attempts: 1000\n")  # 42 failures
+    proxy = await make_proxy(oidc + ACL + "throttle:\n  attempts: 1000\n")  # 44 failures
     assert (await status(proxy, as_bearer(issuer.token())))[0] == 200  # keys are fetched
     refused = _refused_tokens(issuer)
     assert refused.keys() == REASONS.keys()

@@ -76,7 +76,8 @@ def _object(part: str, what: str) -> dict[str, Any]:
     try:
         raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
         value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_repeats)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: a few hundred nested brackets fit in a header of 4 KiB
         raise Rejected(f"malformed token {what}") from None
     if not isinstance(value, dict):
         raise Rejected(f"malformed token {what}")

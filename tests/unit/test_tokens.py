@@ -42,6 +42,16 @@ def raw(header: Any, claims: Any, signature: str = "c2ln") -> str:
     return f"{part(header)}.{part(claims)}.{signature}"
 
 
+def nested(prefix: str, depth: int = 1500) -> str:
+    """A JSON object, base64url, holding `depth` nested arrays."""
+    text = prefix + "[" * depth + "]" * depth + "}"
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+NESTED_HEADER = nested('{"alg": "RS256", "x": ') + ".e30.c2ln"
+NESTED_PAYLOAD = nested('{"aud": ')
+
+
 @pytest.mark.parametrize(
     ("text", "shaped"),
     [
@@ -77,6 +87,9 @@ def test_looks_like_jwt(text: str, shaped: bool) -> None:
         ("eyJhbGciOiJSUzI1NiIsImFsZyI6Im5vbmUifQ.e30.c2ln", "malformed token header"),  # repeated
         (part({"alg": "RS256"}) + "." + "eyJhIjoxLCJhIjoyfQ" + ".c2ln", "malformed token payload"),
         ("eyJub3QganNvbg.e30.c2ln", "malformed token header"),
+        # JSON nested deeper than the interpreter's recursion limit: refused, never raised
+        (NESTED_HEADER, "malformed token header"),
+        (part({"alg": "RS256"}) + "." + NESTED_PAYLOAD + ".c2ln", "malformed token payload"),
     ],
 )
 def test_parse_refuses(token: str, reason: str) -> None:
