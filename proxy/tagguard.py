@@ -9,8 +9,9 @@ proxy's own requests (accepting every manifest media type):
   A tag that names another manifest is refused with 403 DENIED naming the rule; an absent tag,
   or one naming this very manifest (clients retry pushes), lets the exact bytes read go on;
 - a DELETE by digest where tags are guarded: the tag list (bounded), then a `HEAD` of each
-  guarded tag (bounded, a few at a time), and the manifests an index tag holds. A digest that
-  a guarded tag names, directly or through its index, is refused.
+  guarded tag (bounded, a few at a time), and the manifests an index tag holds, through the
+  indexes nested in it too (bounded). A digest that a guarded tag names, directly or through
+  its index, is refused.
 
 Manifests held in memory at once are bounded per worker (MANIFEST_BUDGET): beyond it, a push
 is told to retry (503), so no number of large manifests at once can exhaust memory. Check and
@@ -49,6 +50,7 @@ MANIFEST_BUDGET = 64 * 1024 * 1024  # bytes of manifests one worker holds at onc
 MAX_TAG_PAGES = 20  # tag list pages read before a delete by digest
 MAX_TAG_LIST = 8 * 1024 * 1024  # bytes of one tag list page
 MAX_GUARDED = 1000  # guarded tags looked up before a delete by digest; more: refused
+MAX_NESTED = 32  # manifests fetched to look into the indexes an index tag nests; more: refused
 CONCURRENT_LOOKUPS = 8
 RETRY_AFTER = {"Retry-After": "5"}
 INDEX_TYPES = frozenset(
@@ -65,6 +67,8 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
     "application/vnd.docker.distribution.manifest.v1+json",
 )
+# What an index's entry may say it is without being looked into: manifests that hold no others.
+_LEAVES = frozenset(MANIFEST_TYPES) - INDEX_TYPES
 _ACCEPT = ", ".join(MANIFEST_TYPES)
 _HASHES = ("sha256", "sha384", "sha512")
 
@@ -266,9 +270,12 @@ async def _names(ask: _Asker, repository: str, tag: str, digest: str) -> str | N
         return None  # deleted meanwhile
     if current.digest == digest:
         return "it names"
-    if current.media_type in INDEX_TYPES and digest in await ask.children(repository, tag):
-        return "its index holds"
-    return None
+    if current.media_type not in INDEX_TYPES:
+        return None
+    held = await ask.held(repository, tag)
+    if held is None:
+        return f"its index nests over {MAX_NESTED} manifests to look into, so it may hold"
+    return "its index holds" if digest in held else None
 
 
 @dataclass
@@ -320,19 +327,41 @@ class _Asker:
             body = await _bounded(response, MAX_MANIFEST)
             return Current(f"sha256:{hashlib.sha256(body).hexdigest()}", _media_type(response))
 
-    async def children(self, repository: str, tag: str) -> frozenset[str]:
-        """The digests of the manifests the index `tag` holds."""
-        path = f"/v2/{repository}/manifests/{tag}"
+    async def held(self, repository: str, tag: str) -> frozenset[str] | None:
+        """The digests of the manifests the index `tag` holds, and those of the indexes nested
+        in it (an index may hold indexes: deleting a manifest two levels down breaks the
+        tag's image as surely as one level down). An entry is looked into unless it says it
+        is a manifest that holds no others. None: more than MAX_NESTED to look into."""
+        held: set[str] = set()
+        pending = [tag]
+        for _ in range(MAX_NESTED + 1):
+            if not pending:
+                return frozenset(held)
+            for digest, media_type in await self._entries(repository, pending.pop()):
+                if digest not in held:
+                    held.add(digest)
+                    if media_type not in _LEAVES:
+                        pending.append(digest)
+        return None if pending else frozenset(held)
+
+    async def _entries(self, repository: str, reference: str) -> list[tuple[str, str]]:
+        """(digest, media type) of each manifest the index `reference` holds; none when it is
+        not an index (or is gone)."""
+        path = f"/v2/{repository}/manifests/{reference}"
         async with self._request("GET", path) as response:
             if response.status == 404:
-                return frozenset()
+                return []
             _expect_ok(response, path)
+            if _media_type(response) not in INDEX_TYPES:
+                return []
             body = await _bounded(response, MAX_MANIFEST)
         try:
             manifests = json.loads(body).get("manifests") or []
-            return frozenset(str(m["digest"]) for m in manifests)
-        except (ValueError, AttributeError, TypeError, KeyError):
+            entries = [(str(m["digest"]), str(m.get("mediaType", ""))) for m in manifests]
+        except (ValueError, AttributeError, TypeError, KeyError, RecursionError):
             raise Unavailable(f"{path}: not an index") from None
+        # Only digests are ever looked up (never a path of our own requests from a body).
+        return [(d, t) for d, t in entries if DIGEST_RE.fullmatch(d)]
 
     async def tags(self, repository: str) -> list[str]:
         """Every tag of `repository`, following the registry's pages (bounded)."""

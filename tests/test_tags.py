@@ -417,6 +417,49 @@ async def test_a_delete_by_digest_of_what_an_immutable_tag_names_is_refused(
     assert "/v2/apps/web/manifests/sha-1" not in requests_of(upstream, "HEAD")  # not guarded
 
 
+def index_of(*entries: tuple[str, str]) -> bytes:
+    """An OCI index holding these (digest, media type) entries."""
+    manifests = [{"mediaType": kind, "digest": digest, "size": 9} for digest, kind in entries]
+    return json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": manifests}).encode()
+
+
+async def test_a_delete_by_digest_of_what_a_nested_index_holds_is_refused(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    repo = Repository(upstream)
+    leaf = repo.add(None, manifest(5))
+    inner = repo.add(None, index_of((leaf, OCI)), INDEX)
+    repo.add("v3", index_of((inner, INDEX)), INDEX)  # an index of an index (the registry takes it)
+    loose = repo.add("sha-2", manifest(6))
+    repo.serve("v3", leaf, inner, loose)
+    proxy = await make_proxy(GUARDS)
+    status, text = await call(proxy, "DELETE", f"/v2/apps/web/manifests/{leaf}")
+    assert status == 403
+    assert error_message(text) == f"tag v3 is immutable (rule {RULE}): its index holds {leaf}"
+    assert requests_of(upstream, "DELETE") == []
+    assert (await call(proxy, "DELETE", f"/v2/apps/web/manifests/{loose}"))[0] == 202
+
+
+async def test_indexes_nested_without_end_refuse_a_delete(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    repo = Repository(upstream)
+    held = repo.add(None, manifest(7))
+    for _ in range(tagguard.MAX_NESTED + 1):
+        held = repo.add(None, index_of((held, INDEX)), INDEX)
+    repo.add("v5", index_of((held, INDEX)), INDEX)
+    loose = repo.add("sha-3", manifest(8))
+    repo.serve("v5", loose, *repo.manifests)
+    proxy = await make_proxy(GUARDS)
+    status, text = await call(proxy, "DELETE", f"/v2/apps/web/manifests/{loose}")
+    assert status == 403
+    assert error_message(text) == (
+        f"tag v5 is immutable (rule {RULE}): its index nests over {tagguard.MAX_NESTED}"
+        f" manifests to look into, so it may hold {loose}"
+    )
+    assert requests_of(upstream, "DELETE") == []
+
+
 async def test_every_page_of_tags_is_read_before_a_delete(
     make_proxy: ProxyFactory, upstream: FakeUpstream
 ) -> None:
