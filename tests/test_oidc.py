@@ -126,6 +126,7 @@ def _refused_tokens(issuer: Issuer) -> dict[str, str]:
         "unmet requirement": issuer.token(repository_owner="someone-else"),
         "no claims for the user name": issuer.token(repository=None),
         "user name of a password user": issuer.token(repository="push"),
+        "user name of a robot": issuer.token(repository="robot$ci"),
         "nested JSON header": nested_header(990) + ".e30.c2ln",
     }
 
@@ -159,6 +160,7 @@ REASONS = {
     "unknown kid": "token signed by a key the issuer does not publish",
     "unmet requirement": "token claim repository_owner does not meet the issuer's requirements",
     "user name of a password user": "token user name 'push' is a password user's",
+    "user name of a robot": "token user name 'robot$ci' is a robot's",
     "wrong audience": "token audience is not this registry",
     "wrong issuer": "token issuer not trusted",
 }
@@ -170,7 +172,7 @@ async def test_every_bad_token_is_refused_with_401(
     oidc = issuer.config(
         "  clock_skew: 30\n", user="'{repository}'", required="{repository_owner: acme}"
     )
-    proxy = await make_proxy(oidc + ACL + "throttle:\n  attempts: 1000\n")  # 44 failures
+    proxy = await make_proxy(oidc + ACL + "throttle:\n  attempts: 1000\n")  # 46 failures
     assert (await status(proxy, as_bearer(issuer.token())))[0] == 200  # keys are fetched
     refused = _refused_tokens(issuer)
     assert refused.keys() == REASONS.keys()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import claims as claim_values
+from ..robots import USER_PREFIX
 from . import AuthResult, Outcome, fingerprint
 from .cache import VerifiedCache
 from .htpasswd import UserFiles
@@ -93,6 +94,8 @@ def identity_from(issuer: IssuerSettings, claims: Mapping[str, Any]) -> tuple[st
     name = claim_values.render(issuer.user, claims)
     if name is None:
         raise Rejected("token claims do not make a user name (user template)")
+    if name.startswith(USER_PREFIX):  # it would act as that robot's principal, unscoped
+        raise Rejected(f"token user name {name!r} is a robot's")
     groups = frozenset(
         prefix + value
         for claim, prefix in issuer.groups
