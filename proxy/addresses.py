@@ -37,12 +37,23 @@ def parse_networks(value: object) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(str(v)) for v in items)
 
 
+def ip_address(text: str) -> IPAddress:
+    """An address as rules read it: an IPv4-mapped IPv6 address (`::ffff:10.0.0.5`, how a
+    socket listening on `[::]` sees an IPv4 client) is the IPv4 address it carries, so that
+    IPv4 networks in rules, `trusted_proxies` and throttle counts hold on such a listener.
+    ValueError if it is not an address."""
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 @lru_cache(maxsize=4096)
 def peer_address(text: str | None) -> tuple[IPAddress | None, str]:
     """The connected peer and its normalised text, worked out once per distinct peer
     (ipaddress costs more than the rest of an anonymous request)."""
     try:
-        peer = ipaddress.ip_address(text or "")
+        peer = ip_address(text or "")
     except ValueError:
         return None, "unknown"
     return peer, str(peer)
@@ -70,7 +81,7 @@ def origin(remote: str | None, forwarded_for: list[str], trusted: tuple[IPNetwor
     hops = [h.strip(" \t") for value in forwarded_for for h in value.split(",")]
     while hops and _trusted(current, trusted):
         try:
-            current = ipaddress.ip_address(hops.pop())
+            current = ip_address(hops.pop())
         except ValueError:
             break
     return Origin(current, f"{', '.join(forwarded_for)}, {own}", str(current))

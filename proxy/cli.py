@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
-import ipaddress
 import logging
 import os
 import sys
@@ -22,7 +21,7 @@ import yaml
 from . import __version__, robot_commands
 from . import config as config_module
 from .acl import TAG_SECTIONS
-from .addresses import IPAddress
+from .addresses import IPAddress, ip_address
 from .authn.htpasswd import UserFiles
 from .authn.robots import grant as robot_grant
 from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS, Config
@@ -321,7 +320,7 @@ def _placeholder_notes(config: Config) -> list[Problem]:
 def _explain(args: argparse.Namespace) -> int:
     """Print the decision and the rule (file:line) that made it; exit 0 allow, 3 deny."""
     try:
-        address = ipaddress.ip_address(args.client) if args.client else None
+        address = ip_address(args.client) if args.client else None
     except ValueError as exc:
         print(f"--client: {exc}", file=sys.stderr)
         return 2

@@ -201,9 +201,13 @@ async def make_proxy(
     started: list[RunningProxy] = []
 
     async def start(
-        extra_yaml: str = "", upstream_url: str | None = None, directory: Path | None = None
+        extra_yaml: str = "",
+        upstream_url: str | None = None,
+        directory: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> RunningProxy:
-        """`directory` (default: the test's tmp_path) holds the config and user files."""
+        """`directory` (default: the test's tmp_path) holds the config and user files; `host`
+        is the address the proxy's socket is bound to."""
         where = directory or tmp_path
         where.mkdir(parents=True, exist_ok=True)
         (where / "htpasswd").write_text(htpasswd_text(USERS))
@@ -216,7 +220,7 @@ async def make_proxy(
         )
         snapshot, _ = load_snapshot(config_path, {})
         server = Server(snapshot, config_path, {})
-        sock = free_socket()
+        sock = free_socket(host)
         await server.startup(sock)
         assert server.state is not None
         session = aiohttp.ClientSession(

@@ -202,6 +202,18 @@ async def test_network_rules(make_proxy: ProxyFactory, upstream: FakeUpstream) -
         assert resp.status == 403
 
 
+async def test_ipv4_network_rules_hold_on_an_ipv6_listener(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """A listener on [::] sees an IPv4 client as ::ffff:a.b.c.d: an IPv4 network refusing it
+    must still match (bound to the mapped loopback address here, to stay on loopback)."""
+    acl = "acl:\n  - networks: [127.0.0.0/8]\n    actions: []\n  - actions: [pull]\n"
+    proxy = await make_proxy(acl, host="::ffff:127.0.0.1")
+    async with proxy.session.get(proxy.url + "/v2/a/tags/list", headers=auth("push")) as resp:
+        assert resp.status == 403
+    assert upstream.requests == []
+
+
 async def status(proxy: object, method: str, path: str, user: str) -> int:
     async with proxy.session.request(  # type: ignore[attr-defined]
         method,

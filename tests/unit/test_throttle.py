@@ -164,6 +164,10 @@ TRUSTED = parse_networks(["10.0.0.0/8", "::1/128"])
         ("10.0.0.2", [], "10.0.0.2"),
         ("::1", ["2001:db8::5"], "2001:db8::5"),
         ("10.0.0.2", ["10.0.0.3"], "10.0.0.3"),  # all trusted: the leftmost known
+        # IPv4 clients of a listener on [::] come as IPv4-mapped IPv6: read as IPv4
+        ("::ffff:203.0.113.9", [], "203.0.113.9"),
+        ("::ffff:10.0.0.2", ["1.2.3.4"], "1.2.3.4"),
+        ("10.0.0.2", ["6.6.6.6, ::ffff:10.0.0.3"], "6.6.6.6"),
     ],
 )
 def test_client_address(peer: str, forwarded: list[str], expected: str) -> None:
