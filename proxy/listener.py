@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .limits import Timeouts
@@ -90,6 +91,18 @@ class Connection(RequestHandler):
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A request aiohttp cannot parse is the client's mistake, answered 400: one line
+        without a traceback (aiohttp logs an ERROR with one, so any client could fill the
+        log). The proxy's own failures keep theirs."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500:
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            why = exc.message.partition("\n")[0].rstrip(":") if exc.message else type(exc)
+            log.info("malformed request from %s: %s", _host(peer), why)
+            return
+        super().log_exception(*args, **kw)
 
     def _header_expired(self) -> None:
         self._header_timer = None
