@@ -46,6 +46,17 @@ async def test_one_users_failures_do_not_lock_out_others_at_the_same_address(
     assert await get("127.0.0.3", "push", USERS["push"]) == 200  # the user elsewhere
 
 
+async def test_token_shaped_passwords_count_against_the_user_without_a_token_backend(
+    make_proxy: ProxyFactory, from_address: Callable[[RunningProxy], Client]
+) -> None:
+    """Only what a token backend takes is counted per token: without one (no `oidc:`), a
+    password shaped like a JWT goes to the password backends and counts against its user."""
+    get = from_address(await make_proxy("throttle:\n  attempts: 5\n"))
+    for n in range(5):
+        assert await get("127.0.0.6", "push", f"eyGuess{n}.a.b") == 401
+    assert await get("127.0.0.6", "push", USERS["push"]) == 429
+
+
 async def test_spraying_one_address_locks_strangers_but_not_its_known_users(
     make_proxy: ProxyFactory, from_address: Callable[[RunningProxy], Client]
 ) -> None:

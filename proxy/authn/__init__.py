@@ -61,6 +61,10 @@ class TokenAuthenticator(Authenticator, Protocol):
         """Check a token; the same contract as `authenticate`."""
         ...
 
+    def takes(self, password: str) -> bool:
+        """Whether a Basic password is a token this backend keeps (never handed on)."""
+        ...
+
 
 def fingerprint(key: bytes, secret: bytes) -> bytes:
     """A keyed hash of a secret, for caches that must not hold passwords: keyed BLAKE2b is a

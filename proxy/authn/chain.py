@@ -111,10 +111,11 @@ class Authentication:
         where = str(address) if address else "unknown"
         attempt = fingerprint(self._key, f"{user}:{password}".encode(errors="surrogateescape"))
         # A workload token is counted as its own login, not as one shared name: one CI job's
-        # expired token must not lock out every other job on its runner. (A token-shaped
-        # password never reaches a password backend, so this opens no way to guess one.)
+        # expired token must not lock out every other job on its runner. Only what the token
+        # backend takes (it never hands it on to a password backend, so this opens no way to
+        # guess a password); without one, a token-shaped password is a password like any.
         counted = user
-        if token is not None or _token_shaped(password):
+        if token is not None or (setup.bearer is not None and setup.bearer.takes(password)):
             counted = f"{user}#{attempt[:6].hex()}"
         wait = self.throttle.retry_after(counted, where, self._clock(), setup.throttle)
         if wait > 0:
@@ -156,11 +157,6 @@ class Authentication:
             return
         for backend in setup.backends:
             yield backend.authenticate(user, password)
-
-
-def _token_shaped(password: str) -> bool:
-    """A JWT's shape, cheaply (three base64url parts, the header's `{"` as `ey`)."""
-    return password.startswith("ey") and password.count(".") == 2
 
 
 def _identity(

@@ -115,8 +115,11 @@ class OidcAuthenticator:
         self._verifiers = verifiers  # by issuer
         self._users = users
 
+    def takes(self, password: str) -> bool:
+        return looks_like_jwt(password)
+
     async def authenticate(self, user: str, password: str) -> AuthResult:
-        if not looks_like_jwt(password):
+        if not self.takes(password):
             return AuthResult(Outcome.NO_SUCH_USER)
         basic_user = self.settings.basic_user
         if basic_user is not None and user != basic_user:
