@@ -244,8 +244,8 @@ class Proxy:
         return f"https://127.0.0.1:{self.port}"
 
     def reloads(self) -> int:
-        """`configuration reloaded` lines so far: one per reload from a single worker; with
-        several, one from each worker, or one from a supervisor that then tells them."""
+        """`configuration reloaded` lines so far: one per reload (with several workers,
+        worker 0 reports it)."""
         return (
             (self.directory / "stderr.log")
             .read_text(errors="replace")
@@ -658,9 +658,9 @@ async def hold_connections(setup: Setup, plan: Plan, proxy: Proxy) -> list[Point
 
 
 Curve = Callable[[Setup, Plan, run.Processes, int], list[Point]]
-# The replicas curve (1 / 2 / 3 regproxy replicas behind HAProxy, sharing Redis) plugs in
-# here once replicas exist: start haproxy and the replicas, then the storms of bench/storm.py
-# against the HAProxy address. Until then it is listed and reported as not measured.
+# 1 / 2 / 3 replicas behind HAProxy sharing Redis are measured by bench/replicas.py (run by
+# `make bench`); a storms-through-HAProxy curve would plug in here and is listed as not
+# measured.
 CURVES: dict[str, Curve | None] = {
     "users": users_curve,
     "rules": rules_curve,
@@ -904,8 +904,8 @@ def report(
     wall = time.monotonic() - started
     skipped = [name for name, curve in CURVES.items() if curve is None]
     not_measured = (
-        f"Not measured: {', '.join(skipped)} (needs replicas sharing state; see CURVES in "
-        "bench/scale.py)."
+        f"Not measured here: {', '.join(skipped)} (request rates of 1, 2 and 3 replicas behind "
+        "HAProxy are in bench/run.py's report, from bench/replicas.py)."
     )
     lines = [
         f"## regproxy scale curves ({plan.name}, {stamp})",

@@ -61,8 +61,9 @@ def peer_address(text: str | None) -> tuple[IPAddress | None, str]:
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a request comes from: the client's address (None if unknown), the same as text
-    (for counting and logging), and the `X-Forwarded-For` to send upstream."""
+    """Where a request comes from: the client's address (None if unknown), the
+    `X-Forwarded-For` to send upstream, and what the client is counted under (`throttle_key`:
+    the address, or its IPv6 /64)."""
 
     address: IPAddress | None
     forwarded_for: str
@@ -76,7 +77,7 @@ def origin(remote: str | None, forwarded_for: list[str], trusted: tuple[IPNetwor
     trusted, always ending with the peer."""
     peer, own = peer_address(remote)
     if peer is None or not forwarded_for or not _trusted(peer, trusted):
-        return Origin(peer, own, own)
+        return Origin(peer, own, throttle_key(peer))
     current = peer
     hops = [h.strip(" \t") for value in forwarded_for for h in value.split(",")]
     while hops and _trusted(current, trusted):
@@ -84,8 +85,20 @@ def origin(remote: str | None, forwarded_for: list[str], trusted: tuple[IPNetwor
             current = ip_address(hops.pop())
         except ValueError:
             break
-    return Origin(current, f"{', '.join(forwarded_for)}, {own}", str(current))
+    return Origin(current, f"{', '.join(forwarded_for)}, {own}", throttle_key(current))
 
 
 def _trusted(address: IPAddress, trusted: tuple[IPNetwork, ...]) -> bool:
     return any(address in network for network in trusted)
+
+
+@lru_cache(maxsize=4096)
+def throttle_key(address: IPAddress | None) -> str:
+    """What the throttle and the per-address cap count a client under: its IPv4 address, or
+    its IPv6 /64 (a client usually holds a whole /64, and could otherwise try from each of its
+    addresses in turn)."""
+    if address is None:
+        return "unknown"
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)

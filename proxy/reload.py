@@ -151,9 +151,12 @@ def load_next(
 
 
 def report(loaded: Loaded, reason: str, quiet: bool = False) -> None:
-    """Log a reload's outcome; `quiet` (a supervised worker): successes at debug level only."""
+    """Log a reload's outcome; `quiet` (a worker other than 0 under a supervisor): debug level
+    only, worker 0 says it for all."""
     for problem in loaded.refused:
-        log.error("reload failed, keeping the last good configuration: %s", problem)
+        (log.debug if quiet else log.error)(
+            "reload failed, keeping the last good configuration: %s", problem
+        )
     if loaded.snapshot is None:
         return
     for problem in loaded.ignored_lines:
@@ -163,7 +166,9 @@ def report(loaded: Loaded, reason: str, quiet: bool = False) -> None:
             "%s changed in the config: takes effect at the next restart", name
         )
     for problem in loaded.tls_problems:
-        log.error("TLS reload failed, keeping the current certificate: %s", problem)
+        (log.debug if quiet else log.error)(
+            "TLS reload failed, keeping the current certificate: %s", problem
+        )
     (log.debug if quiet else log.info)("configuration reloaded (%s)", reason)
 
 

@@ -59,7 +59,25 @@ def add_arguments(
     actions = robot.add_subparsers(
         dest="robot_command", required=True, metavar="ACTION", help="create, list or revoke"
     )
-    create = actions.add_parser("create", help="make a robot and print its secret (once)")
+    exits = "exit codes:\n  0    done\n  1    the config has no robots file, or a file problem"
+    exits += "\n  2    the command line is wrong"
+
+    def action(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return actions.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog=exits,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    create = action(
+        "create",
+        "make a robot and print its secret (once)",
+        "Make robot NAME, limited to the repository globs and actions given and to its owner's\n"
+        "rights, expiring after --expires. Its secret is printed once; the robots file keeps a\n"
+        "keyed hash of it. It logs in as robot$NAME with the secret as the password.",
+    )
     create.add_argument("name", metavar="NAME", help="the robot's name (it logs in as robot$NAME)")
     create.add_argument(
         "--repositories", nargs="+", required=True, metavar="GLOB", help="repository globs"
@@ -68,8 +86,16 @@ def add_arguments(
     create.add_argument("--expires", required=True, help="30d, 12h, 2w or an ISO date")
     create.add_argument("--owner", help="whose rights bound the robot's (an htpasswd user)")
     create.add_argument("--description", default="", help="what the robot is for")
-    listing = actions.add_parser("list", help="name, owner, scopes, expiry, last use")
-    revoke = actions.add_parser("revoke", help="delete a robot: refused within a second")
+    listing = action(
+        "list",
+        "name, owner, scopes, expiry, last use",
+        "Every robot: name, owner, scopes, expiry and when it was last used.",
+    )
+    revoke = action(
+        "revoke",
+        "delete a robot: refused within a second",
+        "Delete robot NAME from the robots file: every worker refuses it within a second.",
+    )
     revoke.add_argument("name", metavar="NAME", help="the robot to delete")
     for command in (create, listing, revoke):
         add_config_flag(command)

@@ -500,7 +500,8 @@ class Server:
 
         config = state.current.config
         assert config.metrics_listen is not None
-        runner = web.ServerRunner(web.Server(admin), shutdown_timeout=1)
+        # No access lines: a probe every few seconds per pod is noise, not traffic.
+        runner = web.ServerRunner(web.Server(admin, access_log=None), shutdown_timeout=1)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(

@@ -17,6 +17,10 @@ before the first is verified, while identical attempts (one client's parallel re
 once, and many different users logging in at once from one address (a CI fleet behind one NAT)
 count nothing unless that address has been failing.
 
+A workload token's login is counted under its own name (`token_login`): its failures lock
+only that token, and it neither counts as a distinct user name for spraying nor becomes a
+known-good login (each token is new: that would only push real users' addresses out).
+
 Every outcome is also published as an event (`proxy.events`) so other workers and replicas
 keep the same counts; `apply` takes theirs without publishing again.
 """
@@ -68,6 +72,14 @@ class _Bounded(OrderedDict[str, _Counter]):
                 self.popitem(last=False)
         self.move_to_end(key)
         return counter
+
+
+_TOKEN = ":token:"  # no Basic user name starts with ':' (it ends the name)
+
+
+def token_login(attempt: bytes) -> str:
+    """The name a workload token's login is counted under (from its keyed hash)."""
+    return _TOKEN + attempt[:6].hex()
 
 
 def _pair(user: str, address: str) -> str:
@@ -168,6 +180,8 @@ class Throttle:
         return good is not None and address in good
 
     def _remember(self, user: str, address: str) -> bool:
+        if user.startswith(_TOKEN):
+            return False
         good = self._known_good.get(user)
         if good is not None and address in good:
             return False
@@ -185,6 +199,8 @@ class Throttle:
         since = now - s.window
         _fail(self._pairs.counter(_pair(user, address)), user, now, since, s, s.attempts)
         _fail(self._users.counter(user), address, now, since, s, s.attempts * USER_FACTOR)
+        if user.startswith(_TOKEN):
+            return
         spray = self._addresses.counter(address)
         _record(spray, user, now, since)
         if len(spray.distinct(since)) >= s.attempts * SPRAY_FACTOR:

@@ -8,7 +8,7 @@ from pathlib import Path
 from .problems import ConfigError, Problem, read_text
 
 # TLS 1.2 suites; TLS 1.3 suites are always AEAD and are left at OpenSSL's defaults.
-CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!MD5:!DSS:!SHA1"
+CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS:!SHA1"
 
 
 def server_context() -> ssl.SSLContext:

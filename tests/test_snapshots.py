@@ -128,8 +128,8 @@ async def test_a_startup_failing_at_any_step_leaves_nothing_behind(
         await server.startup(sock)
     sock.close()
     await server.shutdown()  # a second shutdown is harmless
-    for _ in range(200):  # executor threads exit on their own once shut down
-        if threading.active_count() <= threads:
+    for _ in range(200):  # executor threads exit, and transports close, on their own turn
+        if threading.active_count() <= threads and _fds() <= fds:
             break
         await asyncio.sleep(0.01)
     assert threading.active_count() <= threads

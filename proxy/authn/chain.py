@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import metrics
-from ..addresses import IPAddress
+from ..addresses import IPAddress, throttle_key
 from ..credentials import MalformedCredentials, PasswordHash, bearer_token, parse_basic_auth
 from ..events import CredentialVerified, Event
 from ..identity import Identity
 from ..robots import Robot
-from ..throttle import Throttle, ThrottleSettings
+from ..throttle import Throttle, ThrottleSettings, token_login
 from . import (
     Authenticator,
     AuthResult,
@@ -108,7 +108,7 @@ class Authentication:
         if credentials is None:
             return Identity(None, address=address)
         user, password = credentials
-        where = str(address) if address else "unknown"
+        where = throttle_key(address)
         attempt = fingerprint(self._key, f"{user}:{password}".encode(errors="surrogateescape"))
         # A workload token is counted as its own login, not as one shared name: one CI job's
         # expired token must not lock out every other job on its runner. Only what the token
@@ -116,7 +116,7 @@ class Authentication:
         # guess a password); without one, a token-shaped password is a password like any.
         counted = user
         if token is not None or (setup.bearer is not None and setup.bearer.takes(password)):
-            counted = f"{user}#{attempt[:6].hex()}"
+            counted = token_login(attempt)
         wait = self.throttle.retry_after(counted, where, self._clock(), setup.throttle)
         if wait > 0:
             log.warning("throttled login for %r from %s: retry in %.0fs", user, where, wait)

@@ -173,3 +173,29 @@ TRUSTED = parse_networks(["10.0.0.0/8", "::1/128"])
 def test_client_address(peer: str, forwarded: list[str], expected: str) -> None:
     result = origin(peer, forwarded, TRUSTED)
     assert result.address == ipaddress.ip_address(expected)
+
+
+def test_ipv6_clients_are_counted_by_their_64() -> None:
+    from proxy.addresses import throttle_key
+
+    one, other = ipaddress.ip_address("2001:db8:1:2::1"), ipaddress.ip_address("2001:db8:1:2::ff")
+    assert throttle_key(one) == throttle_key(other) == "2001:db8:1:2::/64"
+    assert throttle_key(ipaddress.ip_address("2001:db8:1:3::1")) != throttle_key(one)
+    assert throttle_key(ipaddress.ip_address("192.0.2.7")) == "192.0.2.7"
+    assert throttle_key(None) == "unknown"
+
+
+def test_token_logins_lock_only_themselves_and_are_never_known_good() -> None:
+    from proxy.throttle import token_login
+
+    throttle = Throttle()
+    tokens = [token_login(bytes([n]) * 32) for n in range(S.attempts * SPRAY_FACTOR + 5)]
+    for token in tokens:  # many failing tokens from one runner
+        throttle.failure(token, "10.0.0.9", 0.0, S)
+    assert throttle.retry_after("stranger", "10.0.0.9", 0.0, S) == 0  # no spraying lock
+    for _ in range(S.attempts):
+        throttle.failure(tokens[0], "10.0.0.9", 0.0, S)
+    assert throttle.retry_after(tokens[0], "10.0.0.9", 0.0, S) > 0  # that token is locked
+    assert throttle.retry_after(tokens[1], "10.0.0.9", 0.0, S) == 0
+    throttle.success(tokens[2], "10.0.0.9")
+    assert not throttle.known_good(tokens[2], "10.0.0.9")
