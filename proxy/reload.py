@@ -169,6 +169,9 @@ def report(loaded: Loaded, reason: str, quiet: bool = False) -> None:
 
 @dataclass
 class _Holders:
+    """The requests holding one snapshot, and whether it has been replaced meanwhile."""
+
+    snapshot: Snapshot
     count: int = 0
     retired: bool = False
 
@@ -206,7 +209,10 @@ class State:
     def enter(self) -> Snapshot:
         """The snapshot a request uses from start to end; `leave` it when done."""
         snapshot = self.current
-        self._holders.setdefault(id(snapshot), _Holders()).count += 1
+        holders = self._holders.get(id(snapshot))
+        if holders is None:
+            holders = self._holders[id(snapshot)] = _Holders(snapshot)
+        holders.count += 1
         return snapshot
 
     def leave(self, snapshot: Snapshot) -> None:
@@ -244,10 +250,12 @@ class State:
             holders.retired = True
 
     def _close_unused(self, old: Snapshot) -> None:
-        """Close the old snapshot's backends that the current one does not use."""
+        """Close the old snapshot's backends that neither the current one nor a snapshot still
+        held by a request uses (an unchanged backend is shared by consecutive snapshots)."""
         if old.authn is None:
             return
-        keep = {id(b) for b in self.current.authn.backends} if self.current.authn else set()
+        in_use = [self.current, *(holders.snapshot for holders in self._holders.values())]
+        keep = {id(b) for snapshot in in_use if snapshot.authn for b in snapshot.authn.backends}
         for backend in old.authn.backends:
             if id(backend) not in keep:
                 backend.close()

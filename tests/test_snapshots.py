@@ -178,3 +178,34 @@ async def test_a_backend_is_closed_only_after_the_requests_holding_it_finish(
     assert built[0].closed and not built[1].closed
     state.close()
     assert built[1].closed
+
+
+async def test_a_backend_an_older_request_still_holds_stays_open_across_two_reloads(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream
+) -> None:
+    """The first reload keeps the backend (its settings did not change), the second replaces
+    it: while a request that started before both is still running, the backend stays open."""
+    from proxy.authn.chain import Authenticators
+    from proxy.reload import State
+    from tests.conftest import write_setup
+
+    built: list[RecordingBackend] = []
+    replacing = False
+
+    def attach(snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
+        if previous is None or replacing:
+            built.append(RecordingBackend())
+        return Authenticators((built[-1],), snapshot.users)
+
+    config = write_setup(tmp_path, tls, upstream.url)
+    state = State(load_snapshot(config, {})[0], config, {}, attach)
+    await state.start()
+    first = state.enter()  # a request under way
+    assert await state.reload("unchanged backend")
+    replacing = True
+    assert await state.reload("new backend")
+    assert len(built) == 2
+    assert not built[0].closed  # the first request still holds it
+    state.leave(first)
+    assert built[0].closed and not built[1].closed
+    state.close()
