@@ -365,27 +365,68 @@ class Server:
             raise
 
     async def _start(self, sock: socket.socket) -> None:
-        stack = self._stack
         config = self._first.config
         if config.metrics_listen is not None:
             metrics.enable()
-        executor = ThreadPoolExecutor(max(2, os.cpu_count() or 2), "regproxy-hash")
-        stack.callback(executor.shutdown, wait=False, cancel_futures=True)
-        work = ThreadPoolExecutor(2, "regproxy-work")  # reloads, robots' last use
-        stack.callback(work.shutdown, wait=False, cancel_futures=True)
+        hashing, work = self._executors()
         clock = time.monotonic
-        store, redis_users = self._store(config, clock)
-        stack.push_async_callback(store.close)
-        if redis_users is not None:
-            stack.push_async_callback(redis_users.close)
-        await store.start()
-        metrics.RECORD.store_up(store.healthy)  # a local store is never away
+        store, redis_users = await self._start_store(config, clock)
         throttle = Throttle(store.publish)
         factory = BackendFactory(
-            executor, clock, credentials_key=self._siblings.credentials_key,
+            hashing, clock, credentials_key=self._siblings.credentials_key,
             share=store.tell_workers, redis_users=redis_users,
         )  # fmt: skip
         store.subscribe(factory.learn)
+        state = await self._start_state(factory, work)
+        store.subscribe(
+            lambda event, age: throttle.apply(event, clock() - age, state.current.config.throttle)
+        )
+        room = capacity(config.limits, raise_open_files_limit())
+        forwarder = Forwarder(room.upstream, config.timeouts.keepalive)
+        self._stack.push_async_callback(forwarder.close)
+        handler = Handler(
+            state,
+            Authentication(throttle, clock, store.flush),
+            TagGuard(CachingForwarder(forwarder, store, clock), store, forwarder.session),
+            Health(clock),
+            forwarder.session,
+            self._siblings.catalog_key,
+            self.upload_key,
+        )
+        self._listen(sock, handler, state, room.connections)
+        self._start_chores(state, factory.robot_usage, work)
+        if config.metrics_listen is not None:
+            await self._start_admin(forwarder, store)
+        self.port = sock.getsockname()[1]
+        (log.debug if self._quiet else log.info)(
+            "regproxy listening on https://%s -> %s (up to %d connections per worker)",
+            config.listen,
+            config.upstream,
+            room.connections,
+        )
+
+    def _executors(self) -> tuple[Executor, Executor]:
+        """The pool slow password hashes run in, and a small one for reloads and for writing
+        when robots were last used."""
+        hashing = ThreadPoolExecutor(max(2, os.cpu_count() or 2), "regproxy-hash")
+        self._stack.callback(hashing.shutdown, wait=False, cancel_futures=True)
+        work = ThreadPoolExecutor(2, "regproxy-work")
+        self._stack.callback(work.shutdown, wait=False, cancel_futures=True)
+        return hashing, work
+
+    async def _start_store(
+        self, config: Config, clock: Callable[[], float]
+    ) -> tuple[Store, RedisUsers | None]:
+        store, redis_users = self._store(config, clock)
+        self._stack.push_async_callback(store.close)
+        if redis_users is not None:
+            self._stack.push_async_callback(redis_users.close)
+        await store.start()
+        metrics.RECORD.store_up(store.healthy)  # a local store is never away
+        return store, redis_users
+
+    async def _start_state(self, factory: BackendFactory, work: Executor) -> State:
+        """The first snapshot with its backends attached (built in `work`), then watched."""
 
         def attach(snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
             robot_key = snapshot.key("robots") if snapshot.config.robots is not None else None
@@ -396,25 +437,18 @@ class Server:
         state = self.state = State(
             self._first, self._config_path, self._overrides, attach, not self._reports_reloads, work
         )
-        stack.callback(state.close)
+        self._stack.callback(state.close)
         await state.start()
-        store.subscribe(
-            lambda event, age: throttle.apply(event, clock() - age, state.current.config.throttle)
-        )
-        room = capacity(config.limits, raise_open_files_limit())
-        forwarder = Forwarder(room.upstream, config.timeouts.keepalive)
-        stack.push_async_callback(forwarder.close)
-        handler = Handler(
-            state,
-            Authentication(throttle, clock, store.flush),
-            TagGuard(CachingForwarder(forwarder, store, clock), store, forwarder.session),
-            Health(clock),
-            forwarder.session,
-            self._siblings.catalog_key,
-            self.upload_key,
-        )
-        listener = Listener(sock, lambda: state.current.tls, config.timeouts, room.connections)
-        connections = Connections(
+        return state
+
+    def _listen(
+        self, sock: socket.socket, handler: Handler, state: State, connections: int
+    ) -> None:
+        """Accept connections on `sock`, each with the current snapshot's TLS context; at
+        shutdown, drain them."""
+        config = self._first.config
+        listener = Listener(sock, lambda: state.current.tls, config.timeouts, connections)
+        manager = Connections(
             handler,
             listener,
             config.timeouts.header,
@@ -434,24 +468,19 @@ class Server:
             drain_timeout = state.current.config.timeouts.drain
             if not await handler.drained(drain_timeout):
                 log.warning("drain timeout (%ss): closing requests still running", drain_timeout)
-            connections.pre_shutdown()
-            await connections.shutdown(1.0)
+            manager.pre_shutdown()
+            await manager.shutdown(1.0)
 
-        listener.start(connections)
-        stack.push_async_callback(drain)
-        usage = functools.partial(_record_robot_use, factory.robot_usage, state, work)
-        stack.push_async_callback(usage)  # at shutdown: what was seen since the last time
-        for chore in (release_memory(), state.watch(), _every(FLUSH_INTERVAL, usage)):
-            stack.callback(asyncio.ensure_future(chore).cancel)
-        if config.metrics_listen is not None:
-            await self._start_admin(forwarder, store)
-        self.port = sock.getsockname()[1]
-        (log.debug if self._quiet else log.info)(
-            "regproxy listening on https://%s -> %s (up to %d connections per worker)",
-            config.listen,
-            config.upstream,
-            room.connections,
-        )
+        listener.start(manager)
+        self._stack.push_async_callback(drain)
+
+    def _start_chores(self, state: State, usage: RobotUsage, work: Executor) -> None:
+        """What runs beside the requests until shutdown: returning freed memory, watching the
+        files, writing when robots were last used (and once more at shutdown)."""
+        record = functools.partial(_record_robot_use, usage, state, work)
+        self._stack.push_async_callback(record)  # at shutdown: what was seen since the last time
+        for chore in (release_memory(), state.watch(), _every(FLUSH_INTERVAL, record)):
+            self._stack.callback(asyncio.ensure_future(chore).cancel)
 
     def _store(self, config: Config, clock: Callable[[], float]) -> tuple[Store, RedisUsers | None]:
         """The configured store (and, with Redis, the worker's view of the users there)."""

@@ -93,6 +93,7 @@ STEPS = [
     ("State", "start"),
     ("Forwarder", "__init__"),
     ("Listener", "start"),
+    ("Server", "_start_chores"),
     ("Server", "_start_admin"),
 ]
 
