@@ -45,7 +45,7 @@ from .errors import (
 )
 from .forward import Forwarder, OnHeaders, Route
 from .headcache import CachingForwarder
-from .health import Health, probe
+from .health import Health, admin_handler
 from .identity import Identity
 from .limits import Gate, capacity, raise_open_files_limit
 from .listener import Connections, Listener
@@ -503,32 +503,9 @@ class Server:
         loopback or a management network); every worker binds it with SO_REUSEPORT."""
         state = self.state
         assert state is not None
-        shared = state.current.config.state.backend != "local"
-
-        async def health(_: web.BaseRequest) -> web.Response:
-            current = state.current.config
-            ok = await probe(forwarder.session, current.upstream, current.timeouts)
-            status = "ok" if ok else "upstream unavailable"
-            body = {"status": status, "upstream": current.upstream}
-            if shared:  # Redis away: still ready (local state), but say so
-                body["store"] = "ok" if store.healthy else "degraded"
-                body["status"] = "degraded" if ok and not store.healthy else status
-            return web.json_response(body, status=200 if ok else 503)
-
-        async def live(_: web.BaseRequest) -> web.Response:
-            # Answered while this worker's event loop runs, whatever the upstream does: a
-            # liveness probe must not restart the proxy because the registry is down.
-            return web.json_response({"status": "ok"})
-
-        async def admin(request: web.BaseRequest) -> web.StreamResponse:
-            routes = {"/metrics": metrics.metrics, "/health": health, "/live": live}
-            handler = routes.get(request.path)
-            if handler is None or request.method not in ("GET", "HEAD"):
-                return web.Response(status=404, text="not found\n")
-            return await handler(request)
-
         config = state.current.config
         assert config.metrics_listen is not None
+        admin = admin_handler(forwarder.session, lambda: state.current.config, store)
         runner = web.ServerRunner(web.Server(admin), shutdown_timeout=1)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
