@@ -52,7 +52,7 @@ from .listener import Connections, Listener
 from .logsetup import reopen_logs
 from .memory import release_memory
 from .peers import Siblings
-from .policy import authorize, decide
+from .policy import Verdict, authorize, decide
 from .reload import State
 from .robots import usage_path
 from .routes import Operation, Refusal, classify_request, without_mount
@@ -192,29 +192,15 @@ class Handler:
             return refusal
         # A rule's upstream routes its repositories; a user's own (Redis) replaces the default.
         upstream = verdict.decision.upstream or who.upstream or config.upstream
-        path, _, query = request.raw_path.partition("?")
         if operation.kind == "catalog":
+            query = request.raw_path.partition("?")[2]
             return await self._catalog(request, query, who, upstream, snapshot, where)
         if operation.kind == "ping" and self._health.answers_pings(upstream):
             return ping_response()
-        raw_path = request.raw_path
-        if verdict.drop_mount or operation.drop_mount:
-            log.info("mount from %s dropped for %s", operation.mount_from or "-", who.user or "-")
-            kept = without_mount(query)
-            raw_path = f"{path}?{kept}" if kept else path
-        bind = None
-        if operation.kind in ("upload-start", "upload"):
-            key = snapshot.key("uploads") or self._upload_key
-            if operation.kind == "upload":
-                own = uploads.check(key, operation, query, who.user)
-                if isinstance(own, Refusal):
-                    log.warning(
-                        "%s refused the upload %s of another", who.user, operation.reference
-                    )
-                    audit(who, operation, own.status)
-                    return error_response(own.status, own.code, own.message)
-                raw_path = f"{path}?{own}" if own else path
-            bind = _binder(operation, key, who)
+        target = self._target(request.raw_path, operation, verdict, snapshot, who)
+        if isinstance(target, web.Response):
+            return target
+        raw_path, bind = target
         route = Route(upstream, raw_path, where.forwarded_for)
         with metrics.RECORD.forwarding():
             response = await self._forwarder.forward(request, route, operation, config, bind)
@@ -222,6 +208,34 @@ class Handler:
         metrics.RECORD.transferred(request.content.total_bytes, request.get(BYTES_KEY, 0))
         audit(who, operation, response.status)
         return response
+
+    def _target(
+        self,
+        raw_path: str,
+        operation: Operation,
+        verdict: Verdict,
+        snapshot: Snapshot,
+        who: Identity,
+    ) -> tuple[str, OnHeaders | None] | web.Response:
+        """The path and query to forward (a refused mount dropped; an upload's binding checked
+        and taken off) and, for requests answered with an upload's Location, what signs it; or
+        the refusal of another's upload."""
+        path, _, query = raw_path.partition("?")
+        if verdict.drop_mount or operation.drop_mount:
+            log.info("mount from %s dropped for %s", operation.mount_from or "-", who.user or "-")
+            kept = without_mount(query)
+            raw_path = f"{path}?{kept}" if kept else path
+        if operation.kind not in ("upload-start", "upload"):
+            return raw_path, None
+        key = snapshot.key("uploads") or self._upload_key
+        if operation.kind == "upload":
+            own = uploads.check(key, operation, query, who.user)
+            if isinstance(own, Refusal):
+                log.warning("%s refused the upload %s of another", who.user, operation.reference)
+                audit(who, operation, own.status)
+                return error_response(own.status, own.code, own.message)
+            raw_path = f"{path}?{own}" if own else path
+        return raw_path, _binder(operation, key, who)
 
     async def _catalog(
         self,
