@@ -333,6 +333,9 @@ def _check_ca(path: Path, key: str) -> None:
         raise _Bad(f"{key}: no usable CA certificate in {path}: {reason}") from None
 
 
+Report = Callable[[str | None, str], None]  # (key or None for the section, message)
+
+
 def parse_ldap_settings(
     values: Mapping[str, Any],
     source: str,
@@ -371,6 +374,23 @@ def parse_ldap_settings(
             problem(key, str(exc))
     bad = {key for key in values if key not in parsed}  # no follow-on problems for these
 
+    _read_files(values, parsed, problem)
+    _check_combinations(values, parsed, bad, problem)
+    names = _user_name_attributes(parsed, problem) if not problems else ()
+    if problems:
+        return None, sorted(problems, key=lambda p: p.line)
+    parsed.pop("exact_user_name", None)
+    parsed.pop("user_name_attribute", None)
+    settings = LdapSettings(
+        urls=parsed.pop("url"),
+        user_name_attributes=names,
+        **{k: v for k, v in parsed.items()},
+    )
+    return settings, []
+
+
+def _read_files(values: Mapping[str, Any], parsed: dict[str, Any], problem: Report) -> None:
+    """Read the CA file and the bind password file now: unreadable is a problem at load."""
     if "ca_file" in parsed:
         try:
             _check_ca(parsed["ca_file"], "ca_file")
@@ -386,26 +406,12 @@ def parse_ldap_settings(
                 )
             except _Bad as exc:
                 problem("bind_password_file", str(exc))
-    _check_combinations(values, parsed, bad, problem)
-    names = _user_name_attributes(parsed, problem) if not problems else ()
-    if problems:
-        return None, sorted(problems, key=lambda p: p.line)
-    parsed.pop("exact_user_name", None)
-    parsed.pop("user_name_attribute", None)
-    settings = LdapSettings(
-        urls=parsed.pop("url"),
-        user_name_attributes=names,
-        **{k: v for k, v in parsed.items()},
-    )
-    return settings, []
 
 
 _NAME_IN_FILTER_RE = re.compile(r"\(([A-Za-z][A-Za-z0-9-]*)=\{user\}\)")
 
 
-def _user_name_attributes(
-    parsed: Mapping[str, Any], problem: Callable[[str | None, str], None]
-) -> tuple[str, ...]:
+def _user_name_attributes(parsed: Mapping[str, Any], problem: Report) -> tuple[str, ...]:
     """Which attributes must hold the login name exactly: given, or read off the filter or
     the template (`(uid={user})`, `uid={user},ou=...`); () if exact_user_name is false."""
     if not parsed.get("exact_user_name", True):
@@ -450,13 +456,20 @@ _NO_ENTRY_TO_CHECK = (
 
 
 def _check_combinations(
-    values: Mapping[str, Any],
-    parsed: dict[str, Any],
-    bad: set[str],
-    problem: Callable[[str | None, str], None],
+    values: Mapping[str, Any], parsed: dict[str, Any], bad: set[str], problem: Report
 ) -> None:
     """Keys that only make sense together, or never together."""
     given = set(values)
+    _check_transport(given, parsed, bad, problem)
+    _check_service_account(given, problem)
+    _check_user_lookup(given, problem)
+    _check_groups(given, parsed, bad, problem)
+
+
+def _check_transport(
+    given: set[str], parsed: dict[str, Any], bad: set[str], problem: Report
+) -> None:
+    """A URL, and passwords never in clear text to another host."""
     urls: tuple[LdapUrl, ...] = parsed.get("url", ())
     start_tls = parsed.get("start_tls", False)
     if "url" not in given:
@@ -472,6 +485,10 @@ def _check_combinations(
             )
     if "ca_file" in parsed and urls and not start_tls and not any(u.tls for u in urls):
         problem("ca_file", "ca_file is set but no URL uses TLS (ldaps:// or start_tls: true)")
+
+
+def _check_service_account(given: set[str], problem: Report) -> None:
+    """bind_dn and its password go together."""
     has_password = "bind_password" in given or "bind_password_file" in given
     if "bind_dn" in given and not has_password:
         problem("bind_dn", "bind_dn needs bind_password or bind_password_file")
@@ -479,6 +496,9 @@ def _check_combinations(
         key = "bind_password" if "bind_password" in given else "bind_password_file"
         problem(key, f"{key} without bind_dn")
 
+
+def _check_user_lookup(given: set[str], problem: Report) -> None:
+    """Search-then-bind or direct bind: exactly one of them."""
     search_keys = [k for k in ("user_base", "user_filter", "user_scope") if k in given]
     if "user_dn_template" in given and search_keys:
         problem(
@@ -492,6 +512,10 @@ def _check_combinations(
             where,
             "ldap: set user_base (search-then-bind) or user_dn_template (direct bind)",
         )
+
+
+def _check_groups(given: set[str], parsed: dict[str, Any], bad: set[str], problem: Report) -> None:
+    """Where groups come from, and what needs the user's entry."""
     template = parsed.get("user_dn_template")
     group_filter = parsed.get("group_filter")
     if template is not None and "=" not in template:
