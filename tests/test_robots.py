@@ -203,8 +203,13 @@ async def test_a_hand_edit_with_a_bad_entry_disables_only_that_robot(
     line = good.count("\n") + 3
     assert f"{path}:{line}: robot disabled: actions: expected" in caplog.text
     assert await status(proxy, ci) == 200  # the others keep working
-    replace_file(path, "- [not: closed\n")  # not YAML: the last good file stays
-    await asyncio.sleep(1.0)  # two polls and a load: the failure is logged, nothing changes
+
+    async def refused() -> bool:
+        return f"keeping the last good configuration: {path}:" in caplog.text
+
+    with caplog.at_level("ERROR", "regproxy.reload"):
+        replace_file(path, "- [not: closed\n")  # not YAML: the last good file stays
+        await until(refused)  # the broken edit was read and refused
     assert await status(proxy, ci) == 200 and await status(proxy, later) == 200
 
 
