@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -29,9 +28,10 @@ from tests.conftest import (
     TlsPair,
     basic,
     htpasswd_text,
+    one_connection_per_worker,
     replace_file,
+    until,
 )
-from tests.test_cli import one_connection_per_worker
 
 ACL = """acl:
   - groups: [pusher]
@@ -67,14 +67,6 @@ async def status(proxy: RunningProxy, auth: dict[str, str], method: str = "GET",
     async with proxy.session.request(method, proxy.url + path, headers=auth) as resp:
         await resp.read()
         return resp.status
-
-
-async def until(check: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
-    """Wait for a reload to show (a positive signal), at most `seconds`."""
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, "the edit never took effect"
-        await asyncio.sleep(0.05)
 
 
 def robot(name: str, secret: str) -> dict[str, str]:
