@@ -11,6 +11,7 @@ import os
 import re
 import resource
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from hypothesis import settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.credentials import hash_password
+from proxy.peers import Peers
 from proxy.reload import State
 from proxy.robots import derive
 from proxy.routes import Operation, classify
@@ -444,3 +446,23 @@ async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
         session.get(f"http://127.0.0.1:{port}{path}") as resp,
     ):
         return resp.status, await resp.text()
+
+
+class Mesh:
+    """The worker mesh as the supervisor makes it, for workers in one test process:
+    `peers(i)` is worker i's end."""
+
+    def __init__(self, workers: int) -> None:
+        self._pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(workers)]
+        for inbox, outbox in self._pairs:
+            inbox.setblocking(False)
+            outbox.setblocking(False)
+
+    def peers(self, index: int) -> Peers:
+        others = tuple(out for i, (_, out) in enumerate(self._pairs) if i != index)
+        return Peers(self._pairs[index][0], others)
+
+    def close(self) -> None:
+        for inbox, outbox in self._pairs:
+            inbox.close()
+            outbox.close()

@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 
 from proxy.events import BlobGone, Event, LoginFailed, LoginSucceeded, encode
-from proxy.peers import Mesh
 from proxy.redis_layout import Keys, entry
 from proxy.redis_store import RedisStore
 from proxy.store import LocalStore, LockTimeout, StateSettings, StoreUnavailable
 from proxy.throttle import Throttle, ThrottleSettings
-from tests.conftest import until
+from tests.conftest import Mesh, until
 from tests.redis_server import RedisServer
 
 SETTINGS = ThrottleSettings(attempts=4, window=60.0, max_delay=100.0)
