@@ -16,7 +16,6 @@ from proxy.credentials import (
     SLASH_PROBLEM,
     Htpasswd,
     MalformedCredentials,
-    Problem,
     dummy_like,
     edit_htpasswd,
     hash_password,
@@ -27,6 +26,7 @@ from proxy.credentials import (
     placeholder_notes,
     user_name_problem,
 )
+from proxy.problems import Problem
 
 
 @pytest.mark.parametrize("prefix", [b"2a", b"2b"])
