@@ -12,7 +12,9 @@ import pytest
 
 from proxy import server as server_module
 from proxy.authn import AuthResult, Outcome
+from proxy.authn.chain import Authenticators
 from proxy.credentials import PasswordHash
+from proxy.reload import State
 from proxy.server import Server
 from proxy.snapshot import Snapshot, load_snapshot
 from tests.conftest import (
@@ -24,6 +26,7 @@ from tests.conftest import (
     free_socket,
     htpasswd_text,
     replace_file,
+    write_setup,
 )
 
 
@@ -151,24 +154,36 @@ class RecordingBackend:
         self.closed = True
 
 
+class Backends:
+    """Each snapshot's one backend: a new one, or the previous snapshot's while `keep`."""
+
+    def __init__(self) -> None:
+        self.built: list[RecordingBackend] = []
+        self.keep = False
+
+    def attach(self, snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
+        if previous is None or not self.keep:
+            self.built.append(RecordingBackend())
+        return Authenticators((self.built[-1],), snapshot.users)
+
+
+async def started_state(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream, backends: Backends
+) -> State:
+    config = write_setup(tmp_path, tls, upstream.url)
+    state = State(load_snapshot(config, {})[0], config, {}, backends.attach)
+    await state.start()
+    return state
+
+
 async def test_a_backend_is_closed_only_after_the_requests_holding_it_finish(
     tmp_path: Path, tls: TlsPair, upstream: FakeUpstream
 ) -> None:
     """A reload that replaces a backend (an LDAP pool whose settings changed) closes the old
     one only once the last request that started with it has finished."""
-    from proxy.authn.chain import Authenticators
-    from proxy.reload import State
-    from tests.conftest import write_setup
-
-    built: list[RecordingBackend] = []
-
-    def attach(snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
-        built.append(RecordingBackend())
-        return Authenticators((built[-1],), snapshot.users)
-
-    config = write_setup(tmp_path, tls, upstream.url)
-    state = State(load_snapshot(config, {})[0], config, {}, attach)
-    await state.start()
+    backends = Backends()
+    built = backends.built
+    state = await started_state(tmp_path, tls, upstream, backends)
     first = state.enter()  # a request under way
     assert await state.reload("test")
     assert state.current is not first and not built[0].closed
@@ -186,24 +201,13 @@ async def test_a_backend_an_older_request_still_holds_stays_open_across_two_relo
 ) -> None:
     """The first reload keeps the backend (its settings did not change), the second replaces
     it: while a request that started before both is still running, the backend stays open."""
-    from proxy.authn.chain import Authenticators
-    from proxy.reload import State
-    from tests.conftest import write_setup
-
-    built: list[RecordingBackend] = []
-    replacing = False
-
-    def attach(snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
-        if previous is None or replacing:
-            built.append(RecordingBackend())
-        return Authenticators((built[-1],), snapshot.users)
-
-    config = write_setup(tmp_path, tls, upstream.url)
-    state = State(load_snapshot(config, {})[0], config, {}, attach)
-    await state.start()
+    backends = Backends()
+    built = backends.built
+    state = await started_state(tmp_path, tls, upstream, backends)
     first = state.enter()  # a request under way
+    backends.keep = True
     assert await state.reload("unchanged backend")
-    replacing = True
+    backends.keep = False
     assert await state.reload("new backend")
     assert len(built) == 2
     assert not built[0].closed  # the first request still holds it
