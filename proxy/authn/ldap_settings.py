@@ -53,7 +53,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from ..problems import Problem
+from ..problems import BadValue, Problem
 
 with warnings.catch_warnings():
     # ldap3 2.9.1 imports names that pyasn1 >= 0.6 deprecates: harmless, but warnings are errors
@@ -154,50 +154,46 @@ class LdapSettings:
 # -- configuration -------------------------------------------------------------------------------
 
 
-class _Bad(ValueError):
-    """A problem with one key; the caller adds the file and line."""
-
-
 def _text(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise _Bad(f"{key}: expected a non-empty string (quote it), got {value!r}")
+        raise BadValue(f"{key}: expected a non-empty string (quote it), got {value!r}")
     if "\0" in value or not value.isprintable():
-        raise _Bad(f"{key}: control characters in {value!r}")
+        raise BadValue(f"{key}: control characters in {value!r}")
     return value
 
 
 def _secret(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value:
-        raise _Bad(f"{key}: expected a non-empty string (quote it)")  # never echo a secret
+        raise BadValue(f"{key}: expected a non-empty string (quote it)")  # never echo a secret
     if any(c in value for c in "\0\r\n"):
-        raise _Bad(f"{key}: line breaks or NUL in the password")
+        raise BadValue(f"{key}: line breaks or NUL in the password")
     return value
 
 
 def _boolean(value: Any, key: str) -> bool:
     if not isinstance(value, bool):
-        raise _Bad(f"{key}: expected true or false, got {value!r}")
+        raise BadValue(f"{key}: expected true or false, got {value!r}")
     return value
 
 
 def _number(value: Any, key: str, low: float, high: float, *, zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise _Bad(f"{key}: expected a number of seconds, got {value!r}")
+        raise BadValue(f"{key}: expected a number of seconds, got {value!r}")
     if not (low <= value <= high) or (value == 0 and not zero):
         floor = "0" if zero else "more than 0"
-        raise _Bad(f"{key}: expected {floor} and at most {high:g}, got {value!r}")
+        raise BadValue(f"{key}: expected {floor} and at most {high:g}, got {value!r}")
     return float(value)
 
 
 def _integer(value: Any, key: str, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-        raise _Bad(f"{key}: expected a whole number from 1 to {high}, got {value!r}")
+        raise BadValue(f"{key}: expected a whole number from 1 to {high}, got {value!r}")
     return value
 
 
 def _scope(value: Any, key: str) -> Scope:
     if value not in SCOPES:
-        raise _Bad(f"{key}: expected base, one or subtree, got {value!r}")
+        raise BadValue(f"{key}: expected base, one or subtree, got {value!r}")
     scope: Scope = value
     return scope
 
@@ -205,7 +201,7 @@ def _scope(value: Any, key: str) -> Scope:
 def _attribute(value: Any, key: str) -> str:
     text = _text(value, key)
     if not _ATTRIBUTE_RE.fullmatch(text):
-        raise _Bad(f"{key}: not an attribute name: {value!r}")
+        raise BadValue(f"{key}: not an attribute name: {value!r}")
     return text
 
 
@@ -215,7 +211,7 @@ def _dn(value: Any, key: str) -> str:
         if not all(pairs for pairs in split_dn(text)):
             raise ValueError("empty RDN")
     except ValueError as exc:
-        raise _Bad(f"{key}: not a DN ({exc}): {value!r}") from None
+        raise BadValue(f"{key}: not a DN ({exc}): {value!r}") from None
     return text
 
 
@@ -223,24 +219,24 @@ def _url(value: Any, key: str) -> LdapUrl:
     text = _text(value, key)
     match = _URL_RE.fullmatch(text.strip())
     if not match:
-        raise _Bad(f"{key}: expected ldap://HOST[:PORT] or ldaps://HOST[:PORT], got {value!r}")
+        raise BadValue(f"{key}: expected ldap://HOST[:PORT] or ldaps://HOST[:PORT], got {value!r}")
     tls = match.group(1).lower() == "ldaps"
     host = match.group(2).strip("[]")
     if match.group(2).startswith("["):
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise _Bad(f"{key}: bad IPv6 address in {value!r}") from None
+            raise BadValue(f"{key}: bad IPv6 address in {value!r}") from None
     port = int(match.group(3) or (636 if tls else 389))
     if not 0 < port < 65536:
-        raise _Bad(f"{key}: port {port} out of range 1-65535")
+        raise BadValue(f"{key}: port {port} out of range 1-65535")
     return LdapUrl(text.strip(), tls, host, port)
 
 
 def _urls(value: Any, key: str) -> tuple[LdapUrl, ...]:
     items = value if isinstance(value, list) else [value]
     if not items:
-        raise _Bad(f"{key}: expected a URL or a list of URLs")
+        raise BadValue(f"{key}: expected a URL or a list of URLs")
     return tuple(_url(item, key) for item in items)
 
 
@@ -250,9 +246,9 @@ def _template(value: Any, key: str, allowed: tuple[str, ...], *, required: bool)
     unknown = sorted({n for n in names if n not in allowed})
     if unknown:
         allowed_text = " and ".join("{" + a + "}" for a in allowed)
-        raise _Bad(f"{key}: unknown placeholder {{{unknown[0]}}} (use {allowed_text})")
+        raise BadValue(f"{key}: unknown placeholder {{{unknown[0]}}} (use {allowed_text})")
     if required and not names:
-        raise _Bad(f"{key}: must contain " + " or ".join("{" + a + "}" for a in allowed))
+        raise BadValue(f"{key}: must contain " + " or ".join("{" + a + "}" for a in allowed))
     return text
 
 
@@ -261,7 +257,7 @@ def _filter(value: Any, key: str, allowed: tuple[str, ...]) -> str:
     try:
         parse_filter(_PLACEHOLDER_RE.sub("x", text), None, True, True, None, False)
     except LDAPException as exc:
-        raise _Bad(f"{key}: not an LDAP filter ({exc}): {value!r}") from None
+        raise BadValue(f"{key}: not an LDAP filter ({exc}): {value!r}") from None
     return text
 
 
@@ -309,17 +305,17 @@ def _read_secret(path: Path, key: str) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise _Bad(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+        raise BadValue(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise _Bad(f"{key}: {path} is not UTF-8 text") from None
+        raise BadValue(f"{key}: {path} is not UTF-8 text") from None
     secret = text[:-1] if text.endswith("\n") else text
     secret = secret[:-1] if secret.endswith("\r") else secret
     if not secret:
-        raise _Bad(f"{key}: {path} is empty")
+        raise BadValue(f"{key}: {path} is empty")
     if "\n" in secret or "\0" in secret:
-        raise _Bad(f"{key}: {path} must hold the password alone on one line")
+        raise BadValue(f"{key}: {path} must hold the password alone on one line")
     return secret
 
 
@@ -327,10 +323,10 @@ def _check_ca(path: Path, key: str) -> None:
     try:
         ssl.create_default_context(cafile=str(path))
     except FileNotFoundError:
-        raise _Bad(f"{key}: no such file: {path}") from None
+        raise BadValue(f"{key}: no such file: {path}") from None
     except OSError as exc:  # ssl.SSLError is an OSError
         reason = getattr(exc, "reason", None) or exc.strerror or exc
-        raise _Bad(f"{key}: no usable CA certificate in {path}: {reason}") from None
+        raise BadValue(f"{key}: no usable CA certificate in {path}: {reason}") from None
 
 
 Report = Callable[[str | None, str], None]  # (key or None for the section, message)
@@ -370,7 +366,7 @@ def parse_ldap_settings(
                 parsed[key] = _path(value, key, base)
             else:
                 problem(key, f"unknown key {key!r} in ldap (known: {', '.join(sorted(KEYS))})")
-        except _Bad as exc:
+        except BadValue as exc:
             problem(key, str(exc))
     bad = {key for key in values if key not in parsed}  # no follow-on problems for these
 
@@ -394,7 +390,7 @@ def _read_files(values: Mapping[str, Any], parsed: dict[str, Any], problem: Repo
     if "ca_file" in parsed:
         try:
             _check_ca(parsed["ca_file"], "ca_file")
-        except _Bad as exc:
+        except BadValue as exc:
             problem("ca_file", str(exc))
     if "bind_password_file" in parsed:
         if "bind_password" in values:
@@ -404,7 +400,7 @@ def _read_files(values: Mapping[str, Any], parsed: dict[str, Any], problem: Repo
                 parsed["bind_password"] = _read_secret(
                     parsed["bind_password_file"], "bind_password_file"
                 )
-            except _Bad as exc:
+            except BadValue as exc:
                 problem("bind_password_file", str(exc))
 
 
