@@ -146,7 +146,12 @@ def load_next(
         tls_problems, context = exc.problems, previous.tls
     snapshot = replace(snapshot, config=config, tls=context)
     if attach is not None:
-        snapshot = replace(snapshot, authn=attach(snapshot, previous))
+        try:
+            snapshot = replace(snapshot, authn=attach(snapshot, previous))
+        except Exception as exc:  # whatever a backend raises refuses the reload, never the watch
+            source = str(config_path) if config_path is not None else "command line"
+            message = f"cannot build the authentication backends: {exc}"
+            return Loaded(None, refused=[Problem(source, 0, message)])
     return Loaded(snapshot, [], problems, changed, tls_problems)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import threading
 from pathlib import Path
 
@@ -160,8 +161,11 @@ class Backends:
     def __init__(self) -> None:
         self.built: list[RecordingBackend] = []
         self.keep = False
+        self.failure: Exception | None = None  # raised instead of building
 
     def attach(self, snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
+        if self.failure is not None:
+            raise self.failure
         if previous is None or not self.keep:
             self.built.append(RecordingBackend())
         return Authenticators((self.built[-1],), snapshot.users)
@@ -213,4 +217,23 @@ async def test_a_backend_an_older_request_still_holds_stays_open_across_two_relo
     assert not built[0].closed  # the first request still holds it
     state.leave(first)
     assert built[0].closed and not built[1].closed
+    state.close()
+
+
+async def test_backends_that_cannot_be_built_keep_the_last_good_snapshot(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Building a backend fails (a CA file swapped for garbage after it was checked): the
+    reload is refused and logged like a bad edit, and the next one applies."""
+    backends = Backends()
+    state = await started_state(tmp_path, tls, upstream, backends)
+    good = state.current
+    backends.failure = ssl.SSLError("no certificate in the CA file")
+    with caplog.at_level("ERROR", "regproxy.reload"):
+        assert not await state.reload("test")
+    assert state.current is good
+    assert "cannot build the authentication backends: " in caplog.text
+    backends.failure = None
+    assert await state.reload("test")
+    assert state.current is not good
     state.close()
