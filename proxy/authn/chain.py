@@ -110,7 +110,12 @@ class Authentication:
         user, password = credentials
         where = str(address) if address else "unknown"
         attempt = fingerprint(self._key, f"{user}:{password}".encode(errors="surrogateescape"))
-        counted = _counted_as(user, password, attempt, token is not None)
+        # A workload token is counted as its own login, not as one shared name: one CI job's
+        # expired token must not lock out every other job on its runner. (A token-shaped
+        # password never reaches a password backend, so this opens no way to guess one.)
+        counted = user
+        if token is not None or _token_shaped(password):
+            counted = f"{user}#{attempt[:6].hex()}"
         wait = self.throttle.retry_after(counted, where, self._clock(), setup.throttle)
         if wait > 0:
             log.warning("throttled login for %r from %s: retry in %.0fs", user, where, wait)
@@ -151,16 +156,6 @@ class Authentication:
             if answer.outcome is not Outcome.NO_SUCH_USER:
                 return answer
         return None
-
-
-def _counted_as(user: str, password: str, attempt: bytes, token: bool) -> str:
-    """Whose failures a login counts with. A workload token is counted as its own login, not
-    as one shared name: one CI job's expired token must not lock out every other job on its
-    runner. (A token-shaped password never reaches a password backend, so this opens no way
-    to guess one.)"""
-    if token or _token_shaped(password):
-        return f"{user}#{attempt[:6].hex()}"
-    return user
 
 
 def _token_shaped(password: str) -> bool:
