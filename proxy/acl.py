@@ -26,7 +26,7 @@ import yaml
 from .addresses import IPNetwork, parse_networks, parse_upstream
 from .claims import CLAIM_NAME_RE, Conditions
 from .policy import PLACEHOLDER_RE, Rule
-from .problems import ConfigError, Problem, compose_yaml, construct
+from .problems import BadValue, ConfigError, Problem, compose_yaml, construct
 from .routes import ACTIONS, Action
 from .tagrules import TagRule, TagRuleKind
 
@@ -46,21 +46,17 @@ TAG_SECTIONS: dict[str, TagRuleKind] = {
 }
 
 
-class _Bad(ValueError):
-    """One problem in one rule; the caller adds file and line."""
-
-
 def _value(node: yaml.Node, key: str) -> Any:
     try:
         return construct(node)
     except ValueError as exc:
-        raise _Bad(f"{key}: {exc}") from None
+        raise BadValue(f"{key}: {exc}") from None
 
 
 def _strings(value: Any, key: str) -> list[str]:
     items = value if isinstance(value, list) else [value]
     if not items or not all(isinstance(v, str) and v for v in items):
-        raise _Bad(f"{key}: expected a name or a list of names, got {value!r}")
+        raise BadValue(f"{key}: expected a name or a list of names, got {value!r}")
     return items
 
 
@@ -69,7 +65,7 @@ def _names(value: Any, key: str) -> frozenset[str]:
     pattern = _GROUP_RE if key == "groups" else _NAME_RE
     for name in names:
         if not pattern.fullmatch(name):
-            raise _Bad(f"{key}: invalid name {name!r}")
+            raise BadValue(f"{key}: invalid name {name!r}")
     return frozenset(names)
 
 
@@ -90,7 +86,7 @@ def _globs(value: Any, key: str) -> tuple[str, ...]:
     for glob in globs:
         problem = glob_problem(glob)
         if problem:
-            raise _Bad(f"{key}: {problem}")
+            raise BadValue(f"{key}: {problem}")
     return tuple(globs)
 
 
@@ -99,7 +95,7 @@ def _tag_globs(value: Any, key: str) -> tuple[str, ...]:
     for glob in globs:
         _known_placeholders(glob, key)
         if not _TAG_GLOB_RE.fullmatch(glob):
-            raise _Bad(
+            raise BadValue(
                 f"{key}: bad tag glob {glob!r}: tags are letters, digits and '._-';"
                 " wildcards are * and ?"
             )
@@ -108,7 +104,7 @@ def _tag_globs(value: Any, key: str) -> tuple[str, ...]:
 
 def _known_placeholders(glob: str, key: str) -> None:
     if "${" in PLACEHOLDER_RE.sub("", glob):
-        raise _Bad(f"{key}: unknown placeholder in {glob!r} (use ${{user}} or ${{group}})")
+        raise BadValue(f"{key}: unknown placeholder in {glob!r} (use ${{user}} or ${{group}})")
 
 
 def _fixed(parse: Callable[[Any, str], tuple[str, ...]]) -> Callable[[Any, str], Any]:
@@ -118,7 +114,7 @@ def _fixed(parse: Callable[[Any, str], tuple[str, ...]]) -> Callable[[Any, str],
         globs = parse(value, key)
         for glob in globs:
             if PLACEHOLDER_RE.search(glob):
-                raise _Bad(f"{key}: {glob!r}: placeholders are for ACL rules, not here")
+                raise BadValue(f"{key}: {glob!r}: placeholders are for ACL rules, not here")
         return globs
 
     return parse_fixed
@@ -128,23 +124,23 @@ def _networks(value: Any, key: str) -> tuple[IPNetwork, ...]:
     try:
         return parse_networks(value)
     except ValueError as exc:
-        raise _Bad(f"{key}: {exc}") from None
+        raise BadValue(f"{key}: {exc}") from None
 
 
 def _actions(value: Any, key: str) -> frozenset[Action]:
     if value == "*" or value == ["*"]:
         return frozenset(ACTIONS)
     if not isinstance(value, list):
-        raise _Bad(f"{key}: expected a list of pull, push, delete, or '*', got {value!r}")
+        raise BadValue(f"{key}: expected a list of pull, push, delete, or '*', got {value!r}")
     unknown = [a for a in value if a not in ACTIONS]
     if unknown:
-        raise _Bad(f"{key}: unknown action(s) {unknown!r}: use pull, push, delete or '*'")
+        raise BadValue(f"{key}: unknown action(s) {unknown!r}: use pull, push, delete or '*'")
     return frozenset(value)
 
 
 def _boolean(value: Any, key: str) -> bool:
     if not isinstance(value, bool):
-        raise _Bad(f"{key}: expected true or false, got {value!r}")
+        raise BadValue(f"{key}: expected true or false, got {value!r}")
     return value
 
 
@@ -152,7 +148,7 @@ def _upstream(value: Any, key: str) -> str:
     try:
         return parse_upstream(value)
     except ValueError as exc:
-        raise _Bad(f"{key}: {exc}") from None
+        raise BadValue(f"{key}: {exc}") from None
 
 
 def _description(value: Any, key: str) -> str:
@@ -163,15 +159,15 @@ def claim_conditions(value: Any, key: str) -> Conditions:
     """`{claim: glob}` or `{claim: [glob, ...]}` (any of them); a ValueError names the bad one.
     YAML's `true` and `42` stand for the texts `true` and `42`, as claims are read."""
     if not isinstance(value, dict) or not value:
-        raise _Bad(f"{key}: expected a mapping of claim names to globs, got {value!r}")
+        raise BadValue(f"{key}: expected a mapping of claim names to globs, got {value!r}")
     conditions = []
     for name, globs in value.items():
         if not isinstance(name, str) or not CLAIM_NAME_RE.fullmatch(name):
-            raise _Bad(f"{key}: invalid claim name {name!r}")
+            raise BadValue(f"{key}: invalid claim name {name!r}")
         items = globs if isinstance(globs, list) else [globs]
         texts = [_glob_text(g) for g in items]
         if not texts or None in texts:
-            raise _Bad(f"{key}: {name}: expected a glob or a list of globs, got {globs!r}")
+            raise BadValue(f"{key}: {name}: expected a glob or a list of globs, got {globs!r}")
         conditions.append((name, tuple(t for t in texts if t is not None)))
     return tuple(conditions)
 
@@ -239,7 +235,7 @@ def _fields(
             continue
         try:
             fields[key] = parsers[key](_value(value_node, key), key)
-        except _Bad as exc:
+        except BadValue as exc:
             problems.append(Problem(source, key_line, str(exc)))
             ok = False
     return fields if ok else None

@@ -127,10 +127,6 @@ def next_link(listing: Listing, n: int, key: bytes) -> str | None:
     return f'</v2/_catalog?last={after}&n={n}>; rel="next"'
 
 
-def new_key() -> bytes:
-    return secrets.token_bytes(32)
-
-
 def seal(name: str, key: bytes) -> str:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # only when paging is cut
 

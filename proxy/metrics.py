@@ -1,10 +1,11 @@
-"""Prometheus metrics and the health answer, on their own listener (off by default).
+"""Prometheus metrics, served at `/metrics` on the admin listener (`proxy.health`; off by
+default).
 
 Counting costs CPU on every request and prometheus-client costs memory in every worker, so
 nothing is counted until `enable()` (the server calls it when `metrics.listen` is set):
 `RECORD` is a no-op `Recorder` until then. With several workers, prometheus-client's
-multiprocess mode aggregates every worker's values: the CLI sets PROMETHEUS_MULTIPROC_DIR
-before this module imports prometheus-client.
+multiprocess mode aggregates every worker's values: the supervisor sets
+PROMETHEUS_MULTIPROC_DIR before a worker imports prometheus-client.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The worker mesh: one datagram socket pair per worker, made in the parent before forking.
+"""The worker mesh: one datagram socket pair per worker, made by the supervisor
+(`proxy.supervisor`, which imports nothing of regproxy) and handed to each worker it starts.
 
 A worker writes an encoded event (`proxy.events`) to every other worker's inbox and reads its
 own inbox on the event loop. Datagrams on a local socket arrive before a client's next
@@ -40,25 +41,6 @@ class Peers:
                 datagrams.append(self.inbox.recv(MAX_EVENT))
             except (BlockingIOError, InterruptedError):
                 return datagrams
-
-
-class Mesh:
-    """Made in the parent before forking; `peers(i)` in worker i."""
-
-    def __init__(self, workers: int) -> None:
-        self._pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(workers)]
-        for inbox, outbox in self._pairs:
-            inbox.setblocking(False)
-            outbox.setblocking(False)
-
-    def peers(self, index: int) -> Peers:
-        others = tuple(out for i, (_, out) in enumerate(self._pairs) if i != index)
-        return Peers(self._pairs[index][0], others)
-
-    def close(self) -> None:
-        for inbox, outbox in self._pairs:
-            inbox.close()
-            outbox.close()
 
 
 def _key() -> bytes:

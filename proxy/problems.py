@@ -42,6 +42,11 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class BadValue(ValueError):
+    """A problem with one key's value, its message naming the key; the caller, which knows
+    the file and the line, makes it a Problem (the ACL, LDAP and OIDC parsers)."""
+
+
 def _owner(st: os.stat_result) -> str:
     try:
         return f"{pwd.getpwuid(st.st_uid).pw_name}:{grp.getgrgid(st.st_gid).gr_name}"

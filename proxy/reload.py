@@ -146,7 +146,12 @@ def load_next(
         tls_problems, context = exc.problems, previous.tls
     snapshot = replace(snapshot, config=config, tls=context)
     if attach is not None:
-        snapshot = replace(snapshot, authn=attach(snapshot, previous))
+        try:
+            snapshot = replace(snapshot, authn=attach(snapshot, previous))
+        except Exception as exc:  # whatever a backend raises refuses the reload, never the watch
+            source = str(config_path) if config_path is not None else "command line"
+            message = f"cannot build the authentication backends: {exc}"
+            return Loaded(None, refused=[Problem(source, 0, message)])
     return Loaded(snapshot, [], problems, changed, tls_problems)
 
 
@@ -174,6 +179,9 @@ def report(loaded: Loaded, reason: str, quiet: bool = False) -> None:
 
 @dataclass
 class _Holders:
+    """The requests holding one snapshot, and whether it has been replaced meanwhile."""
+
+    snapshot: Snapshot
     count: int = 0
     retired: bool = False
 
@@ -211,7 +219,10 @@ class State:
     def enter(self) -> Snapshot:
         """The snapshot a request uses from start to end; `leave` it when done."""
         snapshot = self.current
-        self._holders.setdefault(id(snapshot), _Holders()).count += 1
+        holders = self._holders.get(id(snapshot))
+        if holders is None:
+            holders = self._holders[id(snapshot)] = _Holders(snapshot)
+        holders.count += 1
         return snapshot
 
     def leave(self, snapshot: Snapshot) -> None:
@@ -249,10 +260,12 @@ class State:
             holders.retired = True
 
     def _close_unused(self, old: Snapshot) -> None:
-        """Close the old snapshot's backends that the current one does not use."""
+        """Close the old snapshot's backends that neither the current one nor a snapshot still
+        held by a request uses (an unchanged backend is shared by consecutive snapshots)."""
         if old.authn is None:
             return
-        keep = {id(b) for b in self.current.authn.backends} if self.current.authn else set()
+        in_use = [self.current, *(holders.snapshot for holders in self._holders.values())]
+        keep = {id(b) for snapshot in in_use if snapshot.authn for b in snapshot.authn.backends}
         for backend in old.authn.backends:
             if id(backend) not in keep:
                 backend.close()

@@ -45,14 +45,14 @@ from .errors import (
 )
 from .forward import Forwarder, OnHeaders, Route
 from .headcache import CachingForwarder
-from .health import Health, probe
+from .health import Health, admin_handler
 from .identity import Identity
 from .limits import Gate, capacity, raise_open_files_limit
 from .listener import Connections, Listener
 from .logsetup import reopen_logs
 from .memory import release_memory
 from .peers import Siblings
-from .policy import authorize, decide
+from .policy import Verdict, authorize, decide
 from .reload import State
 from .robots import usage_path
 from .routes import Operation, Refusal, classify_request, without_mount
@@ -192,29 +192,15 @@ class Handler:
             return refusal
         # A rule's upstream routes its repositories; a user's own (Redis) replaces the default.
         upstream = verdict.decision.upstream or who.upstream or config.upstream
-        path, _, query = request.raw_path.partition("?")
         if operation.kind == "catalog":
+            query = request.raw_path.partition("?")[2]
             return await self._catalog(request, query, who, upstream, snapshot, where)
         if operation.kind == "ping" and self._health.answers_pings(upstream):
             return ping_response()
-        raw_path = request.raw_path
-        if verdict.drop_mount or operation.drop_mount:
-            log.info("mount from %s dropped for %s", operation.mount_from or "-", who.user or "-")
-            kept = without_mount(query)
-            raw_path = f"{path}?{kept}" if kept else path
-        bind = None
-        if operation.kind in ("upload-start", "upload"):
-            key = snapshot.key("uploads") or self._upload_key
-            if operation.kind == "upload":
-                own = uploads.check(key, operation, query, who.user)
-                if isinstance(own, Refusal):
-                    log.warning(
-                        "%s refused the upload %s of another", who.user, operation.reference
-                    )
-                    audit(who, operation, own.status)
-                    return error_response(own.status, own.code, own.message)
-                raw_path = f"{path}?{own}" if own else path
-            bind = _binder(operation, key, who)
+        target = self._target(request.raw_path, operation, verdict, snapshot, who)
+        if isinstance(target, web.Response):
+            return target
+        raw_path, bind = target
         route = Route(upstream, raw_path, where.forwarded_for)
         with metrics.RECORD.forwarding():
             response = await self._forwarder.forward(request, route, operation, config, bind)
@@ -222,6 +208,34 @@ class Handler:
         metrics.RECORD.transferred(request.content.total_bytes, request.get(BYTES_KEY, 0))
         audit(who, operation, response.status)
         return response
+
+    def _target(
+        self,
+        raw_path: str,
+        operation: Operation,
+        verdict: Verdict,
+        snapshot: Snapshot,
+        who: Identity,
+    ) -> tuple[str, OnHeaders | None] | web.Response:
+        """The path and query to forward (a refused mount dropped; an upload's binding checked
+        and taken off) and, for requests answered with an upload's Location, what signs it; or
+        the refusal of another's upload."""
+        path, _, query = raw_path.partition("?")
+        if verdict.drop_mount or operation.drop_mount:
+            log.info("mount from %s dropped for %s", operation.mount_from or "-", who.user or "-")
+            kept = without_mount(query)
+            raw_path = f"{path}?{kept}" if kept else path
+        if operation.kind not in ("upload-start", "upload"):
+            return raw_path, None
+        key = snapshot.key("uploads") or self._upload_key
+        if operation.kind == "upload":
+            own = uploads.check(key, operation, query, who.user)
+            if isinstance(own, Refusal):
+                log.warning("%s refused the upload %s of another", who.user, operation.reference)
+                audit(who, operation, own.status)
+                return error_response(own.status, own.code, own.message)
+            raw_path = f"{path}?{own}" if own else path
+        return raw_path, _binder(operation, key, who)
 
     async def _catalog(
         self,
@@ -365,27 +379,68 @@ class Server:
             raise
 
     async def _start(self, sock: socket.socket) -> None:
-        stack = self._stack
         config = self._first.config
         if config.metrics_listen is not None:
             metrics.enable()
-        executor = ThreadPoolExecutor(max(2, os.cpu_count() or 2), "regproxy-hash")
-        stack.callback(executor.shutdown, wait=False, cancel_futures=True)
-        work = ThreadPoolExecutor(2, "regproxy-work")  # reloads, robots' last use
-        stack.callback(work.shutdown, wait=False, cancel_futures=True)
+        hashing, work = self._executors()
         clock = time.monotonic
-        store, redis_users = self._store(config, clock)
-        stack.push_async_callback(store.close)
-        if redis_users is not None:
-            stack.push_async_callback(redis_users.close)
-        await store.start()
-        metrics.RECORD.store_up(store.healthy)  # a local store is never away
+        store, redis_users = await self._start_store(config, clock)
         throttle = Throttle(store.publish)
         factory = BackendFactory(
-            executor, clock, credentials_key=self._siblings.credentials_key,
+            hashing, clock, credentials_key=self._siblings.credentials_key,
             share=store.tell_workers, redis_users=redis_users,
         )  # fmt: skip
         store.subscribe(factory.learn)
+        state = await self._start_state(factory, work)
+        store.subscribe(
+            lambda event, age: throttle.apply(event, clock() - age, state.current.config.throttle)
+        )
+        room = capacity(config.limits, raise_open_files_limit())
+        forwarder = Forwarder(room.upstream, config.timeouts.keepalive)
+        self._stack.push_async_callback(forwarder.close)
+        handler = Handler(
+            state,
+            Authentication(throttle, clock, store.flush),
+            TagGuard(CachingForwarder(forwarder, store, clock), store, forwarder.session),
+            Health(clock),
+            forwarder.session,
+            self._siblings.catalog_key,
+            self.upload_key,
+        )
+        self._listen(sock, handler, state, room.connections)
+        self._start_chores(state, factory.robot_usage, work)
+        if config.metrics_listen is not None:
+            await self._start_admin(forwarder, store)
+        self.port = sock.getsockname()[1]
+        (log.debug if self._quiet else log.info)(
+            "regproxy listening on https://%s -> %s (up to %d connections per worker)",
+            config.listen,
+            config.upstream,
+            room.connections,
+        )
+
+    def _executors(self) -> tuple[Executor, Executor]:
+        """The pool slow password hashes run in, and a small one for reloads and for writing
+        when robots were last used."""
+        hashing = ThreadPoolExecutor(max(2, os.cpu_count() or 2), "regproxy-hash")
+        self._stack.callback(hashing.shutdown, wait=False, cancel_futures=True)
+        work = ThreadPoolExecutor(2, "regproxy-work")
+        self._stack.callback(work.shutdown, wait=False, cancel_futures=True)
+        return hashing, work
+
+    async def _start_store(
+        self, config: Config, clock: Callable[[], float]
+    ) -> tuple[Store, RedisUsers | None]:
+        store, redis_users = self._store(config, clock)
+        self._stack.push_async_callback(store.close)
+        if redis_users is not None:
+            self._stack.push_async_callback(redis_users.close)
+        await store.start()
+        metrics.RECORD.store_up(store.healthy)  # a local store is never away
+        return store, redis_users
+
+    async def _start_state(self, factory: BackendFactory, work: Executor) -> State:
+        """The first snapshot with its backends attached (built in `work`), then watched."""
 
         def attach(snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
             robot_key = snapshot.key("robots") if snapshot.config.robots is not None else None
@@ -396,25 +451,18 @@ class Server:
         state = self.state = State(
             self._first, self._config_path, self._overrides, attach, not self._reports_reloads, work
         )
-        stack.callback(state.close)
+        self._stack.callback(state.close)
         await state.start()
-        store.subscribe(
-            lambda event, age: throttle.apply(event, clock() - age, state.current.config.throttle)
-        )
-        room = capacity(config.limits, raise_open_files_limit())
-        forwarder = Forwarder(room.upstream, config.timeouts.keepalive)
-        stack.push_async_callback(forwarder.close)
-        handler = Handler(
-            state,
-            Authentication(throttle, clock, store.flush),
-            TagGuard(CachingForwarder(forwarder, store, clock), store, forwarder.session),
-            Health(clock),
-            forwarder.session,
-            self._siblings.catalog_key,
-            self.upload_key,
-        )
-        listener = Listener(sock, lambda: state.current.tls, config.timeouts, room.connections)
-        connections = Connections(
+        return state
+
+    def _listen(
+        self, sock: socket.socket, handler: Handler, state: State, connections: int
+    ) -> None:
+        """Accept connections on `sock`, each with the current snapshot's TLS context; at
+        shutdown, drain them."""
+        config = self._first.config
+        listener = Listener(sock, lambda: state.current.tls, config.timeouts, connections)
+        manager = Connections(
             handler,
             listener,
             config.timeouts.header,
@@ -434,24 +482,19 @@ class Server:
             drain_timeout = state.current.config.timeouts.drain
             if not await handler.drained(drain_timeout):
                 log.warning("drain timeout (%ss): closing requests still running", drain_timeout)
-            connections.pre_shutdown()
-            await connections.shutdown(1.0)
+            manager.pre_shutdown()
+            await manager.shutdown(1.0)
 
-        listener.start(connections)
-        stack.push_async_callback(drain)
-        usage = functools.partial(_record_robot_use, factory.robot_usage, state, work)
-        stack.push_async_callback(usage)  # at shutdown: what was seen since the last time
-        for chore in (release_memory(), state.watch(), _every(FLUSH_INTERVAL, usage)):
-            stack.callback(asyncio.ensure_future(chore).cancel)
-        if config.metrics_listen is not None:
-            await self._start_admin(forwarder, store)
-        self.port = sock.getsockname()[1]
-        (log.debug if self._quiet else log.info)(
-            "regproxy listening on https://%s -> %s (up to %d connections per worker)",
-            config.listen,
-            config.upstream,
-            room.connections,
-        )
+        listener.start(manager)
+        self._stack.push_async_callback(drain)
+
+    def _start_chores(self, state: State, usage: RobotUsage, work: Executor) -> None:
+        """What runs beside the requests until shutdown: returning freed memory, watching the
+        files, writing when robots were last used (and once more at shutdown)."""
+        record = functools.partial(_record_robot_use, usage, state, work)
+        self._stack.push_async_callback(record)  # at shutdown: what was seen since the last time
+        for chore in (release_memory(), state.watch(), _every(FLUSH_INTERVAL, record)):
+            self._stack.callback(asyncio.ensure_future(chore).cancel)
 
     def _store(self, config: Config, clock: Callable[[], float]) -> tuple[Store, RedisUsers | None]:
         """The configured store (and, with Redis, the worker's view of the users there)."""
@@ -474,32 +517,9 @@ class Server:
         loopback or a management network); every worker binds it with SO_REUSEPORT."""
         state = self.state
         assert state is not None
-        shared = state.current.config.state.backend != "local"
-
-        async def health(_: web.BaseRequest) -> web.Response:
-            current = state.current.config
-            ok = await probe(forwarder.session, current.upstream, current.timeouts)
-            status = "ok" if ok else "upstream unavailable"
-            body = {"status": status, "upstream": current.upstream}
-            if shared:  # Redis away: still ready (local state), but say so
-                body["store"] = "ok" if store.healthy else "degraded"
-                body["status"] = "degraded" if ok and not store.healthy else status
-            return web.json_response(body, status=200 if ok else 503)
-
-        async def live(_: web.BaseRequest) -> web.Response:
-            # Answered while this worker's event loop runs, whatever the upstream does: a
-            # liveness probe must not restart the proxy because the registry is down.
-            return web.json_response({"status": "ok"})
-
-        async def admin(request: web.BaseRequest) -> web.StreamResponse:
-            routes = {"/metrics": metrics.metrics, "/health": health, "/live": live}
-            handler = routes.get(request.path)
-            if handler is None or request.method not in ("GET", "HEAD"):
-                return web.Response(status=404, text="not found\n")
-            return await handler(request)
-
         config = state.current.config
         assert config.metrics_listen is not None
+        admin = admin_handler(forwarder.session, lambda: state.current.config, store)
         # No access lines: a probe every few seconds per pod is noise, not traffic.
         runner = web.ServerRunner(web.Server(admin, access_log=None), shutdown_timeout=1)
         await runner.setup()

@@ -82,46 +82,14 @@ class Supervisor:
     def run(self) -> int:
         workers = int(str(self.spec["workers"]))
         runtime = _runtime_dir()
-        env = dict(os.environ)
-        env.pop(SPEC_ENV, None)
-        if self.spec["metrics"]:
-            # Before prometheus-client is first imported: workers then share their metrics.
-            env["PROMETHEUS_MULTIPROC_DIR"] = str(runtime / "metrics")
-            (runtime / "metrics").mkdir()
-        (runtime / "locks").mkdir()
-        # Keys every worker shares: catalog positions and upload Locations signed by one
-        # worker are read by another (an upload may continue through any worker).
-        shared = {
-            "catalog_key": os.urandom(32).hex(),
-            "upload_key": os.urandom(32).hex(),
-            "credentials_key": os.urandom(32).hex(),
-            "lock_dir": str(runtime / "locks"),
-        }
+        env, shared = self._environment(runtime)
         self.mesh = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(workers)]
         for signum in RELAYED:
             signal.signal(signum, lambda signum, _frame: self.signals.append(signum))
         for index in range(workers):
             self._start(index, env, shared)
-        announced = False
-        status = 0
         try:
-            while self.children or (self.due and not self.stopping):
-                self._ready()
-                if not announced and not self.waiting and not self.stopping:
-                    announced = True
-                    log.info(
-                        "regproxy listening on https://%s -> %s with %d workers",
-                        self.spec["listen"],
-                        self.spec["upstream"],
-                        workers,
-                    )
-                self._relay()
-                status = self._reap() or status
-                for index, when in list(self.due.items()):
-                    if not self.stopping and time.monotonic() >= when:
-                        del self.due[index]
-                        self._start(index, env, shared)
-                time.sleep(TICK)
+            status = self._watch(workers, env, shared)
         finally:
             for pair in self.mesh:
                 for end in pair:
@@ -130,6 +98,49 @@ class Supervisor:
             os.close(self.ready_w)
             _remove(runtime)
         log.info("stopped")
+        return status
+
+    def _environment(self, runtime: Path) -> tuple[dict[str, str], dict[str, str]]:
+        """The workers' environment, and what every worker is told alike: the keys they share
+        (catalog positions and upload Locations signed by one worker are read by another: an
+        upload may continue through any worker) and the lock directory."""
+        env = dict(os.environ)
+        env.pop(SPEC_ENV, None)
+        if self.spec["metrics"]:
+            # Before prometheus-client is first imported: workers then share their metrics.
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(runtime / "metrics")
+            (runtime / "metrics").mkdir()
+        (runtime / "locks").mkdir()
+        shared = {
+            "catalog_key": os.urandom(32).hex(),
+            "upload_key": os.urandom(32).hex(),
+            "credentials_key": os.urandom(32).hex(),
+            "lock_dir": str(runtime / "locks"),
+        }
+        return env, shared
+
+    def _watch(self, workers: int, env: dict[str, str], shared: dict[str, str]) -> int:
+        """Until every worker has exited after a stop: say "listening" once all serve, relay
+        signals, restart workers that died. The exit status."""
+        announced = False
+        status = 0
+        while self.children or (self.due and not self.stopping):
+            self._ready()
+            if not announced and not self.waiting and not self.stopping:
+                announced = True
+                log.info(
+                    "regproxy listening on https://%s -> %s with %d workers",
+                    self.spec["listen"],
+                    self.spec["upstream"],
+                    workers,
+                )
+            self._relay()
+            status = self._reap() or status
+            for index, when in list(self.due.items()):
+                if not self.stopping and time.monotonic() >= when:
+                    del self.due[index]
+                    self._start(index, env, shared)
+            time.sleep(TICK)
         return status
 
     def _start(self, index: int, env: dict[str, str], shared: dict[str, str]) -> None:

@@ -6,12 +6,16 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import inspect
 import os
 import re
 import resource
 import signal
+import socket
 import ssl
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +27,10 @@ import pytest
 import trustme
 from aiohttp import web
 from hypothesis import settings
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.credentials import hash_password
+from proxy.peers import Peers
 from proxy.reload import State
 from proxy.robots import derive
 from proxy.routes import Operation, classify
@@ -330,3 +336,137 @@ def issuer(tmp_path: Path) -> Iterator[Issuer]:
     running = Issuer(tmp_path / "issuer").start()
     yield running
     running.close()
+
+
+# -- helpers the test modules share -----------------------------------------------------------
+
+
+async def until(
+    check: Callable[[], object], seconds: float = 10.0, what: str = "the condition never held"
+) -> None:
+    """Wait for a positive signal: poll `check()` (plain or async) until it holds. The bound
+    only stops a broken run from hanging."""
+    deadline = time.monotonic() + seconds
+    while True:
+        held = check()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+def regproxy(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`regproxy ARGS` as a user runs it (a subprocess), its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=cwd,
+        env=ENV,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def worker_holding(server_port: int, client_port: int, workers: list[int]) -> int | None:
+    """The worker process that holds the server end of the connection from `client_port`."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+            if (local, remote) == (server_port, client_port):
+                inode = fields[9]
+    for pid in workers:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+    return None
+
+
+class KeptConnection:
+    """One keep-alive TLS connection to the proxy, for requests that must reuse it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.port: int = writer.get_extra_info("sockname")[1]
+
+    @classmethod
+    async def open(cls, port: int, tls: TlsPair) -> KeptConnection:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls.client_context(), server_hostname="localhost"
+        )
+        return cls(reader, writer)
+
+    async def get(self, path: str, authorization: str | None = None, method: str = "GET") -> int:
+        extra = f"Authorization: {authorization}\r\n" if authorization else ""
+        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n".encode())
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode()
+        length = re.search(r"(?im)^content-length: *(\d+)", head)
+        if method != "HEAD":
+            await self.reader.readexactly(int(length.group(1)) if length else 0)
+        return int(head.split()[1])
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await self.writer.wait_closed()
+
+
+async def one_connection_per_worker(served: Served, tls: TlsPair) -> tuple[KeptConnection, ...]:
+    """New connections until each of the two workers holds one (the others are closed)."""
+    parent = served.process.pid
+    workers = [int(p) for p in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+    port = int(served.url.rsplit(":", 1)[1])
+    held: dict[int, KeptConnection] = {}
+    for _ in range(40):
+        connection = await KeptConnection.open(port, tls)
+        assert await connection.get("/v2/") == 401  # the connection is accepted and served
+        owner = worker_holding(port, connection.port, workers)
+        if owner is not None and owner not in held:
+            held[owner] = connection
+        else:
+            await connection.close()
+        if len(held) == 2:
+            return tuple(held.values())
+    raise AssertionError("the kernel never gave the second worker a connection")
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Parse the exposition format strictly, as a Prometheus server would."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}") as resp,
+    ):
+        return resp.status, await resp.text()
+
+
+class Mesh:
+    """The worker mesh as the supervisor makes it, for workers in one test process:
+    `peers(i)` is worker i's end."""
+
+    def __init__(self, workers: int) -> None:
+        self._pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(workers)]
+        for inbox, outbox in self._pairs:
+            inbox.setblocking(False)
+            outbox.setblocking(False)
+
+    def peers(self, index: int) -> Peers:
+        others = tuple(out for i, (_, out) in enumerate(self._pairs) if i != index)
+        return Peers(self._pairs[index][0], others)
+
+    def close(self) -> None:
+        for inbox, outbox in self._pairs:
+            inbox.close()
+            outbox.close()

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from tests.conftest import USERS, FakeUpstream, ProxyFactory, basic, htpasswd_text, replace_file
-from tests.test_reload import eventually
+from tests.conftest import (
+    USERS,
+    FakeUpstream,
+    ProxyFactory,
+    basic,
+    htpasswd_text,
+    regproxy,
+    replace_file,
+    until,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGEST = "sha256:" + "f" * 64
@@ -236,25 +242,14 @@ async def test_live_acl_file(
     async def allowed() -> bool:
         return await status(proxy, "PUT", "/v2/x/manifests/1", "pull") == 200
 
-    assert await eventually(allowed)
+    await until(allowed)
     replace_file(rules, "acl:\n  - users: [pull]\n    actions: [fly]\n")
 
     async def logged() -> bool:
         return "rules.yaml:3: actions: unknown action(s) ['fly']" in caplog.text
 
-    assert await eventually(logged)  # the broken edit was read and refused
+    await until(logged)  # the broken edit was read and refused
     assert await status(proxy, "PUT", "/v2/x/manifests/1", "pull") == 200  # last good ACL
-
-
-def explain(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", "explain", *args],
-        cwd=cwd,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_explain_names_the_deciding_rule(tmp_path: Path) -> None:
@@ -263,16 +258,16 @@ def test_explain_names_the_deciding_rule(tmp_path: Path) -> None:
     acl = ROOT / "conf" / "acl" / "namespaces.yaml"
     config = tmp_path / "regproxy.yaml"
     config.write_text(f"acl: {acl}\nhtpasswd: htpasswd\ngroups: groups\n")
-    allowed = explain("-c", str(config), "alice", "push", "alice/app", cwd=tmp_path)
+    allowed = regproxy("explain", "-c", str(config), "alice", "push", "alice/app", cwd=tmp_path)
     assert allowed.returncode == 0
     assert allowed.stdout.splitlines()[:2] == [
         "ALLOW alice push alice/app",
         f"  decided by: rule {acl}:6",
     ]
-    denied = explain("-c", str(config), "alice", "push", "library/x", cwd=tmp_path)
+    denied = regproxy("explain", "-c", str(config), "alice", "push", "library/x", cwd=tmp_path)
     assert denied.returncode == 3
     assert f"DENY alice push library/x\n  decided by: rule {acl}:11" in denied.stdout
-    nobody = explain("-c", str(config), "-", "pull", "library/x", cwd=tmp_path)
+    nobody = regproxy("explain", "-c", str(config), "-", "pull", "library/x", cwd=tmp_path)
     assert nobody.returncode == 3 and "no rule matched (deny by default)" in nobody.stdout
-    bad = explain("-c", str(config), "alice", "pull", "Bad/Name", cwd=tmp_path)
+    bad = regproxy("explain", "-c", str(config), "alice", "pull", "Bad/Name", cwd=tmp_path)
     assert bad.returncode == 2 and "not a valid repository name" in bad.stderr

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
 import signal
-import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -29,6 +27,8 @@ from tests.conftest import (
     Served,
     TlsPair,
     basic,
+    one_connection_per_worker,
+    regproxy,
     secret_bound,
     write_setup,
 )
@@ -50,18 +50,6 @@ async def refused_soon(url: str) -> None:
                 return
             await asyncio.sleep(0.02)
     raise AssertionError("new connections were still accepted while draining")
-
-
-def regproxy(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        cwd=cwd,
-        env=ENV,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_version(tmp_path: Path) -> None:
@@ -179,99 +167,16 @@ async def test_workers_stop_when_their_supervisor_is_killed(served: Served) -> N
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
-def worker_holding(server_port: int, client_port: int, workers: list[int]) -> int | None:
-    """The worker process that holds the server end of the connection from `client_port`."""
-    inode = None
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
-            if (local, remote) == (server_port, client_port):
-                inode = fields[9]
-    for pid in workers:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                if os.readlink(fd) == f"socket:[{inode}]":
-                    return pid
-    return None
-
-
-class KeptConnection:
-    """One keep-alive TLS connection to the proxy, for requests that must reuse it."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.port: int = writer.get_extra_info("sockname")[1]
-
-    @classmethod
-    async def open(cls, port: int, tls: TlsPair) -> KeptConnection:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=tls.client_context(), server_hostname="localhost"
-        )
-        return cls(reader, writer)
-
-    async def get(self, path: str, authorization: str | None = None, method: str = "GET") -> int:
-        extra = f"Authorization: {authorization}\r\n" if authorization else ""
-        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n".encode())
-        head = (await self.reader.readuntil(b"\r\n\r\n")).decode()
-        length = re.search(r"(?im)^content-length: *(\d+)", head)
-        if method != "HEAD":
-            await self.reader.readexactly(int(length.group(1)) if length else 0)
-        return int(head.split()[1])
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await self.writer.wait_closed()
-
-
 @pytest.mark.parametrize("served", ["workers: 2\nthrottle:\n  attempts: 3\n"], indirect=True)
 async def test_workers_share_failed_logins(served: Served, tls: TlsPair) -> None:
     """Guesses alternate between connections held by each of the two workers: the address is
     locked after 3 failures in all, not 3 per worker."""
-    parent = served.process.pid
-    workers = [int(p) for p in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
-    port = int(served.url.rsplit(":", 1)[1])
-    held: dict[int, KeptConnection] = {}
-    opened: list[KeptConnection] = []
-    for _ in range(40):  # new connections until each worker holds one
-        connection = await KeptConnection.open(port, tls)
-        opened.append(connection)
-        assert await connection.get("/v2/") == 401  # no credentials: not a failed login
-        owner = worker_holding(port, connection.port, workers)
-        if owner is not None:
-            held.setdefault(owner, connection)
-        if len(held) == 2:
-            break
-    assert len(held) == 2, "the kernel never gave the second worker a connection"
-    first, second = held.values()
-    for connection in opened:
-        if connection not in (first, second):
-            await connection.close()
+    first, second = await one_connection_per_worker(served, tls)
     wrong = basic("pull", "guess")
     statuses = [await (first, second)[guess % 2].get("/v2/", wrong) for guess in range(8)]
     await first.close()
     await second.close()
     assert statuses == [401] * 3 + [429] * 5
-
-
-async def one_connection_per_worker(served: Served, tls: TlsPair) -> tuple[KeptConnection, ...]:
-    """New connections until each of the two workers holds one (the others are closed)."""
-    parent = served.process.pid
-    workers = [int(p) for p in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
-    port = int(served.url.rsplit(":", 1)[1])
-    held: dict[int, KeptConnection] = {}
-    for _ in range(40):
-        connection = await KeptConnection.open(port, tls)
-        assert await connection.get("/v2/") == 401  # the connection is accepted and served
-        owner = worker_holding(port, connection.port, workers)
-        if owner is not None and owner not in held:
-            held[owner] = connection
-        else:
-            await connection.close()
-        if len(held) == 2:
-            return tuple(held.values())
-    raise AssertionError("the kernel never gave the second worker a connection")
 
 
 @pytest.mark.parametrize("served", ["workers: 2\ncache:\n  ttl: 60\n"], indirect=True)

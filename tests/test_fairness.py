@@ -24,6 +24,7 @@ from tests.conftest import (
     TlsPair,
     basic,
     serving,
+    until,
     write_setup,
 )
 
@@ -77,15 +78,6 @@ def stalling_upstream(upstream: FakeUpstream) -> asyncio.Event:
     upstream.handlers[UPLOAD] = patch
     upstream.streaming.add(UPLOAD)
     return started
-
-
-async def until(predicate: object, rounds: int = 400) -> None:
-    """Wait for a condition the test can see change (bounded: a broken run fails, not hangs)."""
-    for _ in range(rounds):
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError("condition never became true")
 
 
 async def test_hundreds_of_stalled_uploads_by_one_user_do_not_stall_another_users_pull(

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from proxy.robots import SECRET_RE
-from tests.conftest import SECRET, TlsPair, write_setup
-from tests.test_cli import regproxy
+from tests.conftest import SECRET, TlsPair, regproxy, write_setup
 
 ACL = """acl:
   - claims: {repository_owner: acme, ref: "refs/tags/v*"}

@@ -30,11 +30,11 @@ from tests.conftest import (
     basic,
     htpasswd_text,
     serving,
+    until,
 )
 from tests.kube import Pod, container, find
+from tests.net import free_port
 from tests.redis_server import RedisServer
-from tests.test_observability import free_port
-from tests.test_reload import eventually
 
 RELOAD_BOUND = 10.0  # seconds; only stops a broken run from hanging (it takes well under 1)
 
@@ -114,7 +114,7 @@ async def running_redis(redis: RedisServer) -> AsyncIterator[None]:
 async def took(check: Callable[[], Awaitable[bool]]) -> float:
     """Seconds until `check()` holds (polled); fails if it never does."""
     started = time.monotonic()
-    assert await eventually(check, RELOAD_BOUND)
+    await until(check, RELOAD_BOUND)
     return time.monotonic() - started
 
 

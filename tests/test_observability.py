@@ -13,7 +13,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.accesslog import json_text
 from tests import apache_log
@@ -26,19 +25,12 @@ from tests.conftest import (
     basic,
     free_socket,
     htpasswd_text,
+    samples,
+    scrape,
 )
 from tests.net import free_port
 
 PULL = {"Authorization": basic("pull", USERS["pull"])}
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Parse the exposition format strictly, as a Prometheus server would."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 async def written(path: Path, text: str) -> None:
@@ -48,14 +40,6 @@ async def written(path: Path, text: str) -> None:
             return
         await asyncio.sleep(0.025)
     raise AssertionError(f"{text!r} never written to {path}")
-
-
-async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}{path}") as resp,
-    ):
-        return resp.status, await resp.text()
 
 
 async def test_metrics_count_requests_failures_bytes_and_latency(

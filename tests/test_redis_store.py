@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from proxy.events import BlobGone, Event, LoginFailed, LoginSucceeded, encode
-from proxy.peers import Mesh
 from proxy.redis_layout import Keys, entry
 from proxy.redis_store import RedisStore
 from proxy.store import LocalStore, LockTimeout, StateSettings, StoreUnavailable
 from proxy.throttle import Throttle, ThrottleSettings
+from tests.conftest import Mesh, until
 from tests.redis_server import RedisServer
 
 SETTINGS = ThrottleSettings(attempts=4, window=60.0, max_delay=100.0)
@@ -83,14 +83,6 @@ async def replicas(shared_redis: RedisServer) -> AsyncIterator[ReplicaFactory]:
     yield start
     for replica in started:
         await replica.store.close()
-
-
-async def until(check: Callable[[], bool], seconds: float = BOUND) -> None:
-    """Wait for `check()` to hold (a positive signal), failing after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def locked(replica: Replica, user: str, address: str) -> bool:

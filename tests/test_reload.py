@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,8 @@ from tests.conftest import (
     basic,
     htpasswd_text,
     replace_file,
+    until,
 )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> bool:
-    """Poll until `check()` holds; the bound only stops a broken run from hanging."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.05)
-    return await check()
 
 
 async def status(proxy: RunningProxy, user: str, password: str, method: str = "GET") -> int:
@@ -45,9 +35,9 @@ async def test_htpasswd_rename_and_in_place_edits(make_proxy: ProxyFactory) -> N
     proxy = await make_proxy()
     assert await status(proxy, "carol", "c-pw") == 401
     replace_file(proxy.htpasswd, htpasswd_text({**USERS, "carol": "c-pw"}))
-    assert await eventually(lambda: _is(status(proxy, "carol", "c-pw"), 200))
+    await until(lambda: _is(status(proxy, "carol", "c-pw"), 200))
     proxy.htpasswd.write_text(htpasswd_text({"carol": "c-pw2"}))  # in place
-    assert await eventually(lambda: _is(status(proxy, "carol", "c-pw2"), 200))
+    await until(lambda: _is(status(proxy, "carol", "c-pw2"), 200))
     assert await status(proxy, "pull", USERS["pull"]) == 401
 
 
@@ -59,14 +49,14 @@ async def test_group_edit_grants_push(make_proxy: ProxyFactory) -> None:
     proxy = await make_proxy()
     assert await status(proxy, "pull", USERS["pull"], "POST") == 403
     replace_file(proxy.groups, "pusher: push pull\n")
-    assert await eventually(lambda: _is(status(proxy, "pull", USERS["pull"], "POST"), 200))
+    await until(lambda: _is(status(proxy, "pull", USERS["pull"], "POST"), 200))
 
 
 async def test_config_edit_changes_push_group(make_proxy: ProxyFactory) -> None:
     proxy = await make_proxy()
     text = proxy.config.read_text()
     replace_file(proxy.config, text + "push_group: readers\n")
-    assert await eventually(lambda: _is(status(proxy, "other", USERS["other"], "POST"), 200))
+    await until(lambda: _is(status(proxy, "other", USERS["other"], "POST"), 200))
     assert await status(proxy, "push", USERS["push"], "POST") == 403
 
 
@@ -94,7 +84,7 @@ async def test_broken_edit_keeps_last_good_version(
         path.unlink()
     else:
         replace_file(path, content)
-    assert await eventually(lambda: _async(any(logged in r.getMessage() for r in caplog.records)))
+    await until(lambda: _async(any(logged in r.getMessage() for r in caplog.records)))
     assert "keeping the last good configuration" in caplog.text
     assert await status(proxy, "pull", USERS["pull"]) == 200
     assert await status(proxy, "push", USERS["push"], "POST") == 200
@@ -109,7 +99,7 @@ async def test_bad_line_disables_only_that_user(make_proxy: ProxyFactory) -> Non
     proxy = await make_proxy()
     text = htpasswd_text(USERS).replace("pull:$2y$", "pull:$2y$XX", 1)
     replace_file(proxy.htpasswd, text)
-    assert await eventually(lambda: _is(status(proxy, "pull", USERS["pull"]), 401))
+    await until(lambda: _is(status(proxy, "pull", USERS["pull"]), 401))
     assert await status(proxy, "push", USERS["push"]) == 200
 
 
@@ -135,7 +125,7 @@ async def test_keep_alive_connection_survives_reload(
 
     assert await one_request() == b"HTTP/1.1 200 OK"
     replace_file(proxy.htpasswd, htpasswd_text({**USERS, "dave": "d"}))
-    assert await eventually(lambda: _is(status(proxy, "dave", "d"), 200))
+    await until(lambda: _is(status(proxy, "dave", "d"), 200))
     assert await one_request() == b"HTTP/1.1 200 OK"  # same TLS connection, still open
     writer.close()
     await writer.wait_closed()

@@ -9,7 +9,6 @@ import json
 import secrets
 import subprocess
 import sys
-import time
 from asyncio.subprocess import PIPE
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -17,12 +16,18 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.conftest import ENV, FakeUpstream, ProxyFactory, RunningProxy, basic
+from tests.conftest import (
+    ENV,
+    FakeUpstream,
+    ProxyFactory,
+    RunningProxy,
+    basic,
+    samples,
+    scrape,
+    until,
+)
 from tests.net import free_port, free_socket
 from tests.redis_server import RedisServer
-from tests.test_observability import samples, scrape
-
-BOUND = 10.0  # seconds: only stops a broken run from hanging
 
 
 @pytest.fixture
@@ -55,14 +60,6 @@ async def status(proxy: RunningProxy, user: str, password: str, path: str = "/v2
     headers = {"Authorization": basic(user, password)}
     async with proxy.session.request(method, proxy.url + path, headers=headers) as resp:
         return resp.status
-
-
-async def until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll for a positive signal; the bound only stops a broken run from hanging."""
-    deadline = time.monotonic() + BOUND
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 async def answers(proxy: RunningProxy, user: str, password: str, expected: int) -> None:

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -29,9 +28,10 @@ from tests.conftest import (
     TlsPair,
     basic,
     htpasswd_text,
+    one_connection_per_worker,
     replace_file,
+    until,
 )
-from tests.test_cli import one_connection_per_worker
 
 ACL = """acl:
   - groups: [pusher]
@@ -67,14 +67,6 @@ async def status(proxy: RunningProxy, auth: dict[str, str], method: str = "GET",
     async with proxy.session.request(method, proxy.url + path, headers=auth) as resp:
         await resp.read()
         return resp.status
-
-
-async def until(check: Callable[[], Awaitable[bool]], seconds: float = 10) -> None:
-    """Wait for a reload to show (a positive signal), at most `seconds`."""
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, "the edit never took effect"
-        await asyncio.sleep(0.05)
 
 
 def robot(name: str, secret: str) -> dict[str, str]:
@@ -203,8 +195,13 @@ async def test_a_hand_edit_with_a_bad_entry_disables_only_that_robot(
     line = good.count("\n") + 3
     assert f"{path}:{line}: robot disabled: actions: expected" in caplog.text
     assert await status(proxy, ci) == 200  # the others keep working
-    replace_file(path, "- [not: closed\n")  # not YAML: the last good file stays
-    await asyncio.sleep(1.0)  # two polls and a load: the failure is logged, nothing changes
+
+    async def refused() -> bool:
+        return f"keeping the last good configuration: {path}:" in caplog.text
+
+    with caplog.at_level("ERROR", "regproxy.reload"):
+        replace_file(path, "- [not: closed\n")  # not YAML: the last good file stays
+        await until(refused)  # the broken edit was read and refused
     assert await status(proxy, ci) == 200 and await status(proxy, later) == 200
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import threading
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 
 from proxy import server as server_module
 from proxy.authn import AuthResult, Outcome
+from proxy.authn.chain import Authenticators
 from proxy.credentials import PasswordHash
+from proxy.reload import State
 from proxy.server import Server
 from proxy.snapshot import Snapshot, load_snapshot
 from tests.conftest import (
@@ -24,6 +27,7 @@ from tests.conftest import (
     free_socket,
     htpasswd_text,
     replace_file,
+    write_setup,
 )
 
 
@@ -93,6 +97,7 @@ STEPS = [
     ("State", "start"),
     ("Forwarder", "__init__"),
     ("Listener", "start"),
+    ("Server", "_start_chores"),
     ("Server", "_start_admin"),
 ]
 
@@ -150,24 +155,39 @@ class RecordingBackend:
         self.closed = True
 
 
+class Backends:
+    """Each snapshot's one backend: a new one, or the previous snapshot's while `keep`."""
+
+    def __init__(self) -> None:
+        self.built: list[RecordingBackend] = []
+        self.keep = False
+        self.failure: Exception | None = None  # raised instead of building
+
+    def attach(self, snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
+        if self.failure is not None:
+            raise self.failure
+        if previous is None or not self.keep:
+            self.built.append(RecordingBackend())
+        return Authenticators((self.built[-1],), snapshot.users)
+
+
+async def started_state(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream, backends: Backends
+) -> State:
+    config = write_setup(tmp_path, tls, upstream.url)
+    state = State(load_snapshot(config, {})[0], config, {}, backends.attach)
+    await state.start()
+    return state
+
+
 async def test_a_backend_is_closed_only_after_the_requests_holding_it_finish(
     tmp_path: Path, tls: TlsPair, upstream: FakeUpstream
 ) -> None:
     """A reload that replaces a backend (an LDAP pool whose settings changed) closes the old
     one only once the last request that started with it has finished."""
-    from proxy.authn.chain import Authenticators
-    from proxy.reload import State
-    from tests.conftest import write_setup
-
-    built: list[RecordingBackend] = []
-
-    def attach(snapshot: Snapshot, previous: Snapshot | None) -> Authenticators:
-        built.append(RecordingBackend())
-        return Authenticators((built[-1],), snapshot.users)
-
-    config = write_setup(tmp_path, tls, upstream.url)
-    state = State(load_snapshot(config, {})[0], config, {}, attach)
-    await state.start()
+    backends = Backends()
+    built = backends.built
+    state = await started_state(tmp_path, tls, upstream, backends)
     first = state.enter()  # a request under way
     assert await state.reload("test")
     assert state.current is not first and not built[0].closed
@@ -178,3 +198,42 @@ async def test_a_backend_is_closed_only_after_the_requests_holding_it_finish(
     assert built[0].closed and not built[1].closed
     state.close()
     assert built[1].closed
+
+
+async def test_a_backend_an_older_request_still_holds_stays_open_across_two_reloads(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream
+) -> None:
+    """The first reload keeps the backend (its settings did not change), the second replaces
+    it: while a request that started before both is still running, the backend stays open."""
+    backends = Backends()
+    built = backends.built
+    state = await started_state(tmp_path, tls, upstream, backends)
+    first = state.enter()  # a request under way
+    backends.keep = True
+    assert await state.reload("unchanged backend")
+    backends.keep = False
+    assert await state.reload("new backend")
+    assert len(built) == 2
+    assert not built[0].closed  # the first request still holds it
+    state.leave(first)
+    assert built[0].closed and not built[1].closed
+    state.close()
+
+
+async def test_backends_that_cannot_be_built_keep_the_last_good_snapshot(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Building a backend fails (a CA file swapped for garbage after it was checked): the
+    reload is refused and logged like a bad edit, and the next one applies."""
+    backends = Backends()
+    state = await started_state(tmp_path, tls, upstream, backends)
+    good = state.current
+    backends.failure = ssl.SSLError("no certificate in the CA file")
+    with caplog.at_level("ERROR", "regproxy.reload"):
+        assert not await state.reload("test")
+    assert state.current is good
+    assert "cannot build the authentication backends: " in caplog.text
+    backends.failure = None
+    assert await state.reload("test")
+    assert state.current is not good
+    state.close()

@@ -11,9 +11,9 @@ import pytest
 
 from proxy.authn.cache import CacheSettings
 from proxy.events import BlobGone, Event
-from proxy.peers import Mesh
 from proxy.store import LocalStore, LockTimeout
 from proxy.throttle import Throttle, ThrottleSettings
+from tests.conftest import Mesh
 
 SETTINGS = ThrottleSettings(attempts=4, window=300.0, max_delay=900.0)
 NOW = 1000.0

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import json
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from proxy.tagguard import MANIFEST_TYPES, MAX_MANIFEST
 from tests.conftest import (
     USERS,
     FakeUpstream,
+    KeptConnection,
     ProxyFactory,
     RunningProxy,
     Served,
@@ -32,9 +34,9 @@ from tests.conftest import (
     basic,
     free_socket,
     htpasswd_text,
+    one_connection_per_worker,
+    regproxy,
 )
-from tests.test_authz import explain
-from tests.test_cli import KeptConnection, one_connection_per_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -685,33 +687,36 @@ def test_explain_takes_a_tag_and_names_the_deciding_rule(tmp_path: Path) -> None
     acl = ROOT / "conf" / "acl" / "release-tags.yaml"
     config = tmp_path / "regproxy.yaml"
     config.write_text(f"acl: {acl}\nhtpasswd: htpasswd\ngroups: groups\n")
-    c = str(config)
-    ci_sha = explain("-c", c, "robot", "push", "apps/web", "--tag", "sha-4e2a", cwd=tmp_path)
+
+    def explain(*args: str) -> subprocess.CompletedProcess[str]:
+        return regproxy("explain", "-c", str(config), *args, cwd=tmp_path)
+
+    ci_sha = explain("robot", "push", "apps/web", "--tag", "sha-4e2a")
     assert ci_sha.returncode == 0
     assert ci_sha.stdout.startswith(
         f"ALLOW robot push apps/web:sha-4e2a\n  decided by: rule {acl}:12\n"
     )
-    ci_v = explain("-c", c, "robot", "push", "apps/web", "--tag", "v1.2.0", cwd=tmp_path)
+    ci_v = explain("robot", "push", "apps/web", "--tag", "v1.2.0")
     assert ci_v.returncode == 3
     assert ci_v.stdout.startswith(f"DENY robot push apps/web:v1.2.0\n  decided by: rule {acl}:16\n")
-    release = explain("-c", c, "rel", "push", "apps/web", "--tag", "v1.2.0", cwd=tmp_path)
+    release = explain("rel", "push", "apps/web", "--tag", "v1.2.0")
     assert release.returncode == 0
     assert f"  immutable: immutable_tags rule {acl}:28: a push changing v1.2.0 is refused\n" in (
         release.stdout
     )
-    delete = explain("-c", c, "root", "delete", "apps/web", "--tag", "v1.2.0", cwd=tmp_path)
+    delete = explain("root", "delete", "apps/web", "--tag", "v1.2.0")
     assert delete.returncode == 3
     assert delete.stdout.splitlines()[:3] == [
         "DENY root delete apps/web:v1.2.0",
         f"  decided by: immutable_tags rule {acl}:28",
         f"  acl: rule {acl}:6 allows it",
     ]
-    by_digest = explain("-c", c, "root", "delete", "apps/web", cwd=tmp_path)
+    by_digest = explain("root", "delete", "apps/web")
     assert by_digest.returncode == 0 and "  checked: a delete by digest is refused" in (
         by_digest.stdout
     )
-    base = explain("-c", c, "root", "delete", "base/debian", cwd=tmp_path)
+    base = explain("root", "delete", "base/debian")
     assert base.returncode == 3
     assert f"  decided by: protected_deletes rule {acl}:34" in base.stdout
-    bad = explain("-c", c, "root", "push", "apps/web", "--tag", "a:b", cwd=tmp_path)
+    bad = explain("root", "push", "apps/web", "--tag", "a:b")
     assert bad.returncode == 2 and "not a valid tag" in bad.stderr

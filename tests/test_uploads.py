@@ -17,13 +17,14 @@ from tests.conftest import (
     SECRET,
     USERS,
     FakeUpstream,
+    KeptConnection,
     ProxyFactory,
     RunningProxy,
     Served,
     TlsPair,
     basic,
+    one_connection_per_worker,
 )
-from tests.test_cli import KeptConnection, one_connection_per_worker
 
 ACL = """acl:
   - groups: [pusher, readers]

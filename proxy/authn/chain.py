@@ -20,7 +20,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -123,22 +123,18 @@ class Authentication:
             metrics.RECORD.throttled()
             return Denied(429, "too many failed logins, retry later", math.ceil(wait))
         self.throttle.started(counted, where, attempt)
-        reason = ""
         try:
-            for result in self._results(setup, user, password, bearer=token is not None):
-                answer = await result
-                if answer.outcome is Outcome.OK:
-                    self.throttle.success(counted, where)
-                    return _identity(answer, user, address, setup.users)
-                if answer.outcome is Outcome.WRONG_PASSWORD:
-                    reason = answer.reason
-                    break
+            answer = await self._ask(setup, user, password, bearer=token is not None)
         except BackendUnavailable as exc:
             log.error("authentication backend unavailable: %s", exc)
             metrics.RECORD.auth_failure("backend_unavailable")
             return Denied(503, "authentication backend unavailable")
         finally:
             self.throttle.finished(counted, where, attempt)
+        if answer is not None and answer.outcome is Outcome.OK:
+            self.throttle.success(counted, where)
+            return _identity(answer, user, address, setup.users)
+        reason = answer.reason if answer is not None else ""
         self.throttle.failure(counted, where, self._clock(), setup.throttle)
         if self._flush is not None:
             await self._flush()
@@ -147,16 +143,20 @@ class Authentication:
         return Denied(401, reason or "invalid username or password")
 
     @staticmethod
-    def _results(
+    async def _ask(
         setup: Authenticators, user: str, password: str, bearer: bool
-    ) -> Iterator[Awaitable[AuthResult]]:
-        """Each backend's answer in turn, asked only when the one before passed."""
+    ) -> AuthResult | None:
+        """The answer that ends the chain (OK or WRONG_PASSWORD), each backend asked only when
+        the one before passed; None when every one passed."""
         if bearer:
             assert setup.bearer is not None
-            yield setup.bearer.authenticate_token(password)
-            return
+            answer = await setup.bearer.authenticate_token(password)
+            return answer if answer.outcome is not Outcome.NO_SUCH_USER else None
         for backend in setup.backends:
-            yield backend.authenticate(user, password)
+            answer = await backend.authenticate(user, password)
+            if answer.outcome is not Outcome.NO_SUCH_USER:
+                return answer
+        return None
 
 
 def _identity(

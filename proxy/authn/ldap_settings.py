@@ -53,7 +53,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from ..problems import Problem
+from ..problems import BadValue, Problem
 
 with warnings.catch_warnings():
     # ldap3 2.9.1 imports names that pyasn1 >= 0.6 deprecates: harmless, but warnings are errors
@@ -154,50 +154,46 @@ class LdapSettings:
 # -- configuration -------------------------------------------------------------------------------
 
 
-class _Bad(ValueError):
-    """A problem with one key; the caller adds the file and line."""
-
-
 def _text(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise _Bad(f"{key}: expected a non-empty string (quote it), got {value!r}")
+        raise BadValue(f"{key}: expected a non-empty string (quote it), got {value!r}")
     if "\0" in value or not value.isprintable():
-        raise _Bad(f"{key}: control characters in {value!r}")
+        raise BadValue(f"{key}: control characters in {value!r}")
     return value
 
 
 def _secret(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value:
-        raise _Bad(f"{key}: expected a non-empty string (quote it)")  # never echo a secret
+        raise BadValue(f"{key}: expected a non-empty string (quote it)")  # never echo a secret
     if any(c in value for c in "\0\r\n"):
-        raise _Bad(f"{key}: line breaks or NUL in the password")
+        raise BadValue(f"{key}: line breaks or NUL in the password")
     return value
 
 
 def _boolean(value: Any, key: str) -> bool:
     if not isinstance(value, bool):
-        raise _Bad(f"{key}: expected true or false, got {value!r}")
+        raise BadValue(f"{key}: expected true or false, got {value!r}")
     return value
 
 
 def _number(value: Any, key: str, low: float, high: float, *, zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise _Bad(f"{key}: expected a number of seconds, got {value!r}")
+        raise BadValue(f"{key}: expected a number of seconds, got {value!r}")
     if not (low <= value <= high) or (value == 0 and not zero):
         floor = "0" if zero else "more than 0"
-        raise _Bad(f"{key}: expected {floor} and at most {high:g}, got {value!r}")
+        raise BadValue(f"{key}: expected {floor} and at most {high:g}, got {value!r}")
     return float(value)
 
 
 def _integer(value: Any, key: str, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-        raise _Bad(f"{key}: expected a whole number from 1 to {high}, got {value!r}")
+        raise BadValue(f"{key}: expected a whole number from 1 to {high}, got {value!r}")
     return value
 
 
 def _scope(value: Any, key: str) -> Scope:
     if value not in SCOPES:
-        raise _Bad(f"{key}: expected base, one or subtree, got {value!r}")
+        raise BadValue(f"{key}: expected base, one or subtree, got {value!r}")
     scope: Scope = value
     return scope
 
@@ -205,7 +201,7 @@ def _scope(value: Any, key: str) -> Scope:
 def _attribute(value: Any, key: str) -> str:
     text = _text(value, key)
     if not _ATTRIBUTE_RE.fullmatch(text):
-        raise _Bad(f"{key}: not an attribute name: {value!r}")
+        raise BadValue(f"{key}: not an attribute name: {value!r}")
     return text
 
 
@@ -215,7 +211,7 @@ def _dn(value: Any, key: str) -> str:
         if not all(pairs for pairs in split_dn(text)):
             raise ValueError("empty RDN")
     except ValueError as exc:
-        raise _Bad(f"{key}: not a DN ({exc}): {value!r}") from None
+        raise BadValue(f"{key}: not a DN ({exc}): {value!r}") from None
     return text
 
 
@@ -223,24 +219,24 @@ def _url(value: Any, key: str) -> LdapUrl:
     text = _text(value, key)
     match = _URL_RE.fullmatch(text.strip())
     if not match:
-        raise _Bad(f"{key}: expected ldap://HOST[:PORT] or ldaps://HOST[:PORT], got {value!r}")
+        raise BadValue(f"{key}: expected ldap://HOST[:PORT] or ldaps://HOST[:PORT], got {value!r}")
     tls = match.group(1).lower() == "ldaps"
     host = match.group(2).strip("[]")
     if match.group(2).startswith("["):
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise _Bad(f"{key}: bad IPv6 address in {value!r}") from None
+            raise BadValue(f"{key}: bad IPv6 address in {value!r}") from None
     port = int(match.group(3) or (636 if tls else 389))
     if not 0 < port < 65536:
-        raise _Bad(f"{key}: port {port} out of range 1-65535")
+        raise BadValue(f"{key}: port {port} out of range 1-65535")
     return LdapUrl(text.strip(), tls, host, port)
 
 
 def _urls(value: Any, key: str) -> tuple[LdapUrl, ...]:
     items = value if isinstance(value, list) else [value]
     if not items:
-        raise _Bad(f"{key}: expected a URL or a list of URLs")
+        raise BadValue(f"{key}: expected a URL or a list of URLs")
     return tuple(_url(item, key) for item in items)
 
 
@@ -250,9 +246,9 @@ def _template(value: Any, key: str, allowed: tuple[str, ...], *, required: bool)
     unknown = sorted({n for n in names if n not in allowed})
     if unknown:
         allowed_text = " and ".join("{" + a + "}" for a in allowed)
-        raise _Bad(f"{key}: unknown placeholder {{{unknown[0]}}} (use {allowed_text})")
+        raise BadValue(f"{key}: unknown placeholder {{{unknown[0]}}} (use {allowed_text})")
     if required and not names:
-        raise _Bad(f"{key}: must contain " + " or ".join("{" + a + "}" for a in allowed))
+        raise BadValue(f"{key}: must contain " + " or ".join("{" + a + "}" for a in allowed))
     return text
 
 
@@ -261,7 +257,7 @@ def _filter(value: Any, key: str, allowed: tuple[str, ...]) -> str:
     try:
         parse_filter(_PLACEHOLDER_RE.sub("x", text), None, True, True, None, False)
     except LDAPException as exc:
-        raise _Bad(f"{key}: not an LDAP filter ({exc}): {value!r}") from None
+        raise BadValue(f"{key}: not an LDAP filter ({exc}): {value!r}") from None
     return text
 
 
@@ -309,17 +305,17 @@ def _read_secret(path: Path, key: str) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise _Bad(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+        raise BadValue(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise _Bad(f"{key}: {path} is not UTF-8 text") from None
+        raise BadValue(f"{key}: {path} is not UTF-8 text") from None
     secret = text[:-1] if text.endswith("\n") else text
     secret = secret[:-1] if secret.endswith("\r") else secret
     if not secret:
-        raise _Bad(f"{key}: {path} is empty")
+        raise BadValue(f"{key}: {path} is empty")
     if "\n" in secret or "\0" in secret:
-        raise _Bad(f"{key}: {path} must hold the password alone on one line")
+        raise BadValue(f"{key}: {path} must hold the password alone on one line")
     return secret
 
 
@@ -327,10 +323,13 @@ def _check_ca(path: Path, key: str) -> None:
     try:
         ssl.create_default_context(cafile=str(path))
     except FileNotFoundError:
-        raise _Bad(f"{key}: no such file: {path}") from None
+        raise BadValue(f"{key}: no such file: {path}") from None
     except OSError as exc:  # ssl.SSLError is an OSError
         reason = getattr(exc, "reason", None) or exc.strerror or exc
-        raise _Bad(f"{key}: no usable CA certificate in {path}: {reason}") from None
+        raise BadValue(f"{key}: no usable CA certificate in {path}: {reason}") from None
+
+
+Report = Callable[[str | None, str], None]  # (key or None for the section, message)
 
 
 def parse_ldap_settings(
@@ -367,25 +366,11 @@ def parse_ldap_settings(
                 parsed[key] = _path(value, key, base)
             else:
                 problem(key, f"unknown key {key!r} in ldap (known: {', '.join(sorted(KEYS))})")
-        except _Bad as exc:
+        except BadValue as exc:
             problem(key, str(exc))
     bad = {key for key in values if key not in parsed}  # no follow-on problems for these
 
-    if "ca_file" in parsed:
-        try:
-            _check_ca(parsed["ca_file"], "ca_file")
-        except _Bad as exc:
-            problem("ca_file", str(exc))
-    if "bind_password_file" in parsed:
-        if "bind_password" in values:
-            problem("bind_password_file", "use bind_password or bind_password_file, not both")
-        else:
-            try:
-                parsed["bind_password"] = _read_secret(
-                    parsed["bind_password_file"], "bind_password_file"
-                )
-            except _Bad as exc:
-                problem("bind_password_file", str(exc))
+    _read_files(values, parsed, problem)
     _check_combinations(values, parsed, bad, problem)
     names = _user_name_attributes(parsed, problem) if not problems else ()
     if problems:
@@ -400,12 +385,29 @@ def parse_ldap_settings(
     return settings, []
 
 
+def _read_files(values: Mapping[str, Any], parsed: dict[str, Any], problem: Report) -> None:
+    """Read the CA file and the bind password file now: unreadable is a problem at load."""
+    if "ca_file" in parsed:
+        try:
+            _check_ca(parsed["ca_file"], "ca_file")
+        except BadValue as exc:
+            problem("ca_file", str(exc))
+    if "bind_password_file" in parsed:
+        if "bind_password" in values:
+            problem("bind_password_file", "use bind_password or bind_password_file, not both")
+        else:
+            try:
+                parsed["bind_password"] = _read_secret(
+                    parsed["bind_password_file"], "bind_password_file"
+                )
+            except BadValue as exc:
+                problem("bind_password_file", str(exc))
+
+
 _NAME_IN_FILTER_RE = re.compile(r"\(([A-Za-z][A-Za-z0-9-]*)=\{user\}\)")
 
 
-def _user_name_attributes(
-    parsed: Mapping[str, Any], problem: Callable[[str | None, str], None]
-) -> tuple[str, ...]:
+def _user_name_attributes(parsed: Mapping[str, Any], problem: Report) -> tuple[str, ...]:
     """Which attributes must hold the login name exactly: given, or read off the filter or
     the template (`(uid={user})`, `uid={user},ou=...`); () if exact_user_name is false."""
     if not parsed.get("exact_user_name", True):
@@ -450,13 +452,20 @@ _NO_ENTRY_TO_CHECK = (
 
 
 def _check_combinations(
-    values: Mapping[str, Any],
-    parsed: dict[str, Any],
-    bad: set[str],
-    problem: Callable[[str | None, str], None],
+    values: Mapping[str, Any], parsed: dict[str, Any], bad: set[str], problem: Report
 ) -> None:
     """Keys that only make sense together, or never together."""
     given = set(values)
+    _check_transport(given, parsed, bad, problem)
+    _check_service_account(given, problem)
+    _check_user_lookup(given, problem)
+    _check_groups(given, parsed, bad, problem)
+
+
+def _check_transport(
+    given: set[str], parsed: dict[str, Any], bad: set[str], problem: Report
+) -> None:
+    """A URL, and passwords never in clear text to another host."""
     urls: tuple[LdapUrl, ...] = parsed.get("url", ())
     start_tls = parsed.get("start_tls", False)
     if "url" not in given:
@@ -472,6 +481,10 @@ def _check_combinations(
             )
     if "ca_file" in parsed and urls and not start_tls and not any(u.tls for u in urls):
         problem("ca_file", "ca_file is set but no URL uses TLS (ldaps:// or start_tls: true)")
+
+
+def _check_service_account(given: set[str], problem: Report) -> None:
+    """bind_dn and its password go together."""
     has_password = "bind_password" in given or "bind_password_file" in given
     if "bind_dn" in given and not has_password:
         problem("bind_dn", "bind_dn needs bind_password or bind_password_file")
@@ -479,6 +492,9 @@ def _check_combinations(
         key = "bind_password" if "bind_password" in given else "bind_password_file"
         problem(key, f"{key} without bind_dn")
 
+
+def _check_user_lookup(given: set[str], problem: Report) -> None:
+    """Search-then-bind or direct bind: exactly one of them."""
     search_keys = [k for k in ("user_base", "user_filter", "user_scope") if k in given]
     if "user_dn_template" in given and search_keys:
         problem(
@@ -492,6 +508,10 @@ def _check_combinations(
             where,
             "ldap: set user_base (search-then-bind) or user_dn_template (direct bind)",
         )
+
+
+def _check_groups(given: set[str], parsed: dict[str, Any], bad: set[str], problem: Report) -> None:
+    """Where groups come from, and what needs the user's entry."""
     template = parsed.get("user_dn_template")
     group_filter = parsed.get("group_filter")
     if template is not None and "=" not in template:

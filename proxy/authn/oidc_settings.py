@@ -37,7 +37,7 @@ import yaml
 
 from ..acl import claim_conditions
 from ..claims import CLAIM_NAME_RE, Conditions, template_names
-from ..problems import Problem, construct
+from ..problems import BadValue, Problem, construct
 
 MAX_SKEW = 300.0
 
@@ -75,29 +75,25 @@ class OidcSettings:
         return tuple(i.ca_file for i in self.issuers if i.ca_file is not None)
 
 
-class _Bad(ValueError):
-    """A problem with one key; the caller adds the file and line."""
-
-
 def _https(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value.isprintable():
-        raise _Bad(f"{key}: expected an https:// URL, got {value!r}")
+        raise BadValue(f"{key}: expected an https:// URL, got {value!r}")
     parts = urlsplit(value)
     if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
-        raise _Bad(f"{key}: expected an https:// URL without query or fragment, got {value!r}")
+        raise BadValue(f"{key}: expected an https:// URL without query or fragment, got {value!r}")
     return value
 
 
 def _texts(value: Any, key: str) -> tuple[str, ...]:
     items = value if isinstance(value, list) else [value]
     if not items or not all(isinstance(v, str) and v and v.isprintable() for v in items):
-        raise _Bad(f"{key}: expected a string or a list of strings, got {value!r}")
+        raise BadValue(f"{key}: expected a string or a list of strings, got {value!r}")
     return tuple(items)
 
 
 def _template(value: Any, key: str) -> str:
     if not isinstance(value, str) or template_names(value) is None:
-        raise _Bad(
+        raise BadValue(
             f"{key}: expected a claim name or a template like 'ci:{{repository}}', got {value!r}"
         )
     return value
@@ -105,48 +101,52 @@ def _template(value: Any, key: str) -> str:
 
 def _groups(value: Any, key: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict) or not value:
-        raise _Bad(f"{key}: expected a mapping of claim names to group prefixes")
+        raise BadValue(f"{key}: expected a mapping of claim names to group prefixes")
     pairs = []
     for claim, prefix in value.items():
         if not isinstance(claim, str) or not CLAIM_NAME_RE.fullmatch(claim):
-            raise _Bad(f"{key}: invalid claim name {claim!r}")
+            raise BadValue(f"{key}: invalid claim name {claim!r}")
         if prefix is None:
             prefix = ""
         if not isinstance(prefix, str) or any(c.isspace() for c in prefix):
-            raise _Bad(f"{key}: {claim}: expected a prefix without spaces (or ''), got {prefix!r}")
+            raise BadValue(
+                f"{key}: {claim}: expected a prefix without spaces (or ''), got {prefix!r}"
+            )
         pairs.append((claim, prefix))
     return tuple(pairs)
 
 
 def _seconds(value: Any, key: str, high: float, *, zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _Bad(f"{key}: expected a number of seconds, got {value!r}")
+        raise BadValue(f"{key}: expected a number of seconds, got {value!r}")
     if value > high or value < 0 or (value == 0 and not zero):
-        raise _Bad(f"{key}: expected {'0' if zero else 'more than 0'} to {high:g}, got {value!r}")
+        raise BadValue(
+            f"{key}: expected {'0' if zero else 'more than 0'} to {high:g}, got {value!r}"
+        )
     return float(value)
 
 
 def _basic_user(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value or any(c.isspace() or c == ":" for c in value):
-        raise _Bad(f"{key}: expected a user name without spaces or ':', got {value!r}")
+        raise BadValue(f"{key}: expected a user name without spaces or ':', got {value!r}")
     return value
 
 
 def _ca_file(value: Any, key: str, base: Path) -> tuple[Path, str]:
     """The path and its PEM text, which must hold a usable CA certificate."""
     if not isinstance(value, str) or not value:
-        raise _Bad(f"{key}: expected a file path, got {value!r}")
+        raise BadValue(f"{key}: expected a file path, got {value!r}")
     path = Path(value) if Path(value).is_absolute() else base / value
     try:
         pem = path.read_text(encoding="ascii")
         ssl.create_default_context(cadata=pem)
     except FileNotFoundError:
-        raise _Bad(f"{key}: no such file: {path}") from None
+        raise BadValue(f"{key}: no such file: {path}") from None
     except UnicodeDecodeError:
-        raise _Bad(f"{key}: {path} is not a PEM file") from None
+        raise BadValue(f"{key}: {path} is not a PEM file") from None
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
-        raise _Bad(f"{key}: no usable CA certificate in {path}: {reason}") from None
+        raise BadValue(f"{key}: no usable CA certificate in {path}: {reason}") from None
     return path, pem
 
 
@@ -195,7 +195,7 @@ def _issuer(
         name = f"oidc.issuers.{key}"
         try:
             if key not in _ISSUER_KEYS:
-                raise _Bad(f"unknown key {name!r} (known: {', '.join(sorted(_ISSUER_KEYS))})")
+                raise BadValue(f"unknown key {name!r} (known: {', '.join(sorted(_ISSUER_KEYS))})")
             value = construct(value_node)
             if key == "ca_file":
                 values["ca_file"], values["ca_pem"] = _ca_file(value, name, base)
@@ -242,7 +242,7 @@ def parse_oidc_settings(
         try:
             if key not in _SECTION:
                 known = ", ".join(sorted([*_SECTION, "issuers"]))
-                raise _Bad(f"unknown key 'oidc.{key}' (known: {known})")
+                raise BadValue(f"unknown key 'oidc.{key}' (known: {known})")
             values[key] = _SECTION[key](construct(value_node), f"oidc.{key}")
         except ValueError as exc:
             problems.append(Problem(source, key_line, str(exc)))

@@ -66,8 +66,8 @@ async def backend() -> AsyncIterator[Factory]:
     """`backend(url=..., ...)` -> an LdapAuthenticator, closed after the test."""
     made: list[LdapAuthenticator] = []
 
-    def make(**values: Any) -> LdapAuthenticator:
-        authenticator = LdapAuthenticator(settings(**values))
+    def make(clock: Callable[[], float] = time.monotonic, **values: Any) -> LdapAuthenticator:
+        authenticator = LdapAuthenticator(settings(**values), clock)
         made.append(authenticator)
         return authenticator
 
@@ -403,11 +403,13 @@ async def test_cache_answers_repeats_but_never_a_different_password(
 
 
 async def test_cache_expires(own_slapd: Slapd, backend: Factory) -> None:
-    ldap = backend(url=own_slapd.url, **SEARCH, cache_ttl=0.5)
+    now = [0.0]
+    ldap = backend(url=own_slapd.url, **SEARCH, cache_ttl=0.5, clock=lambda: now[0])
     assert await ldap.authenticate("alice", PASSWORDS["alice"]) == ok()
+    now[0] += 0.4
     assert await ldap.authenticate("alice", PASSWORDS["alice"]) == ok()
     assert own_slapd.binds(ALICE_DN) == 1
-    await asyncio.sleep(0.6)
+    now[0] += 0.2  # past cache_ttl since the first check
     assert await ldap.authenticate("alice", PASSWORDS["alice"]) == ok()
     assert own_slapd.binds(ALICE_DN) == 2
     off = backend(url=own_slapd.url, **SEARCH, cache_ttl=0)

@@ -4,6 +4,8 @@ functions of the test."""
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,7 +15,6 @@ from proxy.catalog import (
     SEALED,
     Listing,
     filtered,
-    new_key,
     next_link,
     parse_page,
     seal,
@@ -21,7 +22,7 @@ from proxy.catalog import (
 )
 from proxy.routes import CATALOG_MAX, Refusal
 
-KEY = new_key()
+KEY = secrets.token_bytes(32)
 
 
 class Registry:
@@ -106,7 +107,7 @@ def test_a_position_the_caller_may_not_see_is_sealed() -> None:
     [
         SEALED,
         SEALED + "aaaa",
-        seal("secret/x", new_key()),  # sealed by another process tree
+        seal("secret/x", secrets.token_bytes(32)),  # sealed by another process tree
         seal("secret/x", KEY)[:-2],  # tampered
     ],
 )
