@@ -286,6 +286,16 @@ class Processes:
             process.wait()
 
 
+def machine(load_before: float) -> dict[str, object]:
+    """What a result was measured on, for the JSON beside each report."""
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
+    }
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -1479,12 +1489,7 @@ def report(
         "date": stamp,
         "plan": asdict(plan),
         "wall_seconds": wall,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg()[0],
-        },
+        "machine": machine(load_before),
         "versions": versions(workers),
         "regproxy_cache_ttl": cache_ttl,
         "blob": {"digest": fixtures.layer_digest, "bytes": fixtures.layer_size},

@@ -939,12 +939,7 @@ def report(
         "plan": asdict(plan),
         "workers": workers,
         "wall_seconds": wall,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average_before": load_before,
-            "load_average_after": os.getloadavg()[0],
-        },
+        "machine": run.machine(load_before),
         "curves": curves,
         "not_measured": skipped,
         "notes": notes,
