@@ -13,6 +13,7 @@ is refused, never guessed at. The Go functions each rule follows are named where
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,8 +94,21 @@ class Unreadable:
     status: int = 400
 
 
+# A client sends the same headers on request after request (only the path changes): small
+# header sets are read once and remembered, bounded in entries and in bytes.
+_REMEMBERED = 512
+_SMALL = 4096  # bytes of values; larger sets are read every time
+
+
 def read(headers: RawHeaders, http11: bool = True) -> Reading | Unreadable:
     """The registry's reading of `headers` (raw name/value bytes, in order), or why not."""
+    fields = tuple(headers)
+    if sum(len(value) for _, value in fields) <= _SMALL:
+        return _remembered(fields, http11)
+    return _read(fields, http11)
+
+
+def _read(headers: RawHeaders, http11: bool) -> Reading | Unreadable:
     # server.go readRequest: "invalid header name", "invalid header value"; one pass over
     # `name:value` lines, since neither a name nor a valid value holds a newline.
     if not _FIELDS.fullmatch(b"\n".join(name + b":" + value for name, value in headers)):
@@ -112,6 +126,9 @@ def read(headers: RawHeaders, http11: bool = True) -> Reading | Unreadable:
         if name in _ONCE and any(v != found[0] for v in found[1:]):
             return Unreadable(f"several different {_label(name)} headers")
     return _reading(values, http11)
+
+
+_remembered = functools.lru_cache(maxsize=_REMEMBERED)(_read)
 
 
 def _label(name: bytes) -> str:

@@ -163,6 +163,7 @@ class RuleSet(tuple[Rule, ...]):
     many there are. Built with the snapshot, off the event loop."""
 
     _index: dict[str, list[int]]
+    _everywhere: bool
 
     def __new__(cls, rules: Iterable[Rule]) -> RuleSet:
         self = super().__new__(cls, rules)
@@ -171,16 +172,22 @@ class RuleSet(tuple[Rule, ...]):
             for key in _first_components(rule):
                 index.setdefault(key, []).append(position)
         self._index = index
+        self._everywhere = index.keys() <= {_ANY}  # no rule names a first component
         return self
 
     def candidates(self, who: Identity, repository: str) -> Iterable[Rule]:
         """The rules, in order, that could match `repository` for `who`."""
+        if self._everywhere:
+            return self
         first = repository.split("/", 1)[0]
-        lists = [self._index.get(first, []), self._index.get(_ANY, [])]
+        keys = [first, _ANY]
         if who.user == first:
-            lists.append(self._index.get("${user}", []))
+            keys.append("${user}")
         if first in who.groups:
-            lists.append(self._index.get("${group}", []))
+            keys.append("${group}")
+        lists = [self._index[key] for key in keys if key in self._index]
+        if len(lists) <= 1:
+            return (self[i] for i in (lists[0] if lists else ()))
         return (self[i] for i in heapq.merge(*lists))
 
 

@@ -44,14 +44,16 @@ _ENCODED = {
 }
 _UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,255}")
 
-# Endpoint shapes: the name part is validated separately so that a bad name gets NAME_INVALID.
-_ENDPOINTS: tuple[tuple[Kind, re.Pattern[str]], ...] = (
-    ("manifest", re.compile(r"/v2/(?P<name>.+)/manifests/(?P<ref>[^/]*)")),
-    ("upload-start", re.compile(r"/v2/(?P<name>.+)/blobs/uploads/")),
-    ("upload", re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<ref>[^/]*)")),
-    ("blob", re.compile(r"/v2/(?P<name>.+)/blobs/(?P<ref>[^/]*)")),
-    ("tags", re.compile(r"/v2/(?P<name>.+)/tags/list")),
-    ("referrers", re.compile(r"/v2/(?P<name>.+)/referrers/(?P<ref>[^/]*)")),
+# Endpoint shapes, by what ends the path: (kind, the text before the reference, whether a
+# reference follows), in the order the registry's router tries them. The name before is
+# validated separately so that a bad name gets NAME_INVALID; a reference is the last segment.
+_ENDPOINTS: tuple[tuple[Kind, str, bool], ...] = (
+    ("manifest", "/manifests", True),
+    ("upload-start", "/blobs/uploads/", False),
+    ("upload", "/blobs/uploads", True),
+    ("blob", "/blobs", True),
+    ("tags", "/tags/list", False),
+    ("referrers", "/referrers", True),
 )
 
 # (kind, method) -> action. A pair not listed is refused with 405 and never forwarded.
@@ -165,11 +167,12 @@ def _endpoint(path: str) -> tuple[Kind, str | None, str | None] | Refusal:
         return ("ping", None, None)
     if path == "/v2/_catalog":
         return ("catalog", None, None)
-    for kind, pattern in _ENDPOINTS:
-        match = pattern.fullmatch(path)
-        if match is None:
+    rest, _, last = path.rpartition("/")
+    for kind, suffix, has_ref in _ENDPOINTS:
+        before, ref = (rest, last) if has_ref else (path, None)
+        if not before.endswith(suffix) or len(before) <= len("/v2/") + len(suffix):
             continue
-        name, ref = match.group("name"), match.groupdict().get("ref")
+        name = before[len("/v2/") : -len(suffix)]
         if not valid_name(name):
             return Refusal(400, "NAME_INVALID", "invalid repository name")
         refused = None if ref is None else _reference_refusal(kind, ref)

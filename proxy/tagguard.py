@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -172,7 +172,7 @@ class TagGuard:
             message = "registry unavailable for the tag check, retry later"
             return error_response(503, "UNAVAILABLE", message, RETRY_AFTER)
 
-    async def _forward(
+    def _forward(
         self,
         request: web.BaseRequest,
         route: Route,
@@ -180,8 +180,8 @@ class TagGuard:
         config: Config,
         body: bytes | None = None,
         on_headers: OnHeaders | None = None,
-    ) -> web.StreamResponse:
-        return await self._forwarder.forward(
+    ) -> Awaitable[web.StreamResponse]:
+        return self._forwarder.forward(
             request, route, operation, config.timeouts, config.limits.upstream_wait,
             config.cache_ttl, body, on_headers,
         )  # fmt: skip

@@ -133,8 +133,18 @@ async def test_a_startup_failing_at_any_step_leaves_nothing_behind(
         await server.startup(sock)
     sock.close()
     await server.shutdown()  # a second shutdown is harmless
-    for _ in range(200):  # executor threads exit, and transports close, on their own turn
-        if threading.active_count() <= threads and _fds() <= fds:
+
+    def settled() -> bool:
+        return (
+            threading.active_count() <= threads
+            and len(asyncio.all_tasks()) == tasks
+            and _fds() <= fds
+        )
+
+    # Executor threads exit, transports close and the fake upstream's handlers of a probe
+    # that was under way finish, on their own turn.
+    for _ in range(200):
+        if settled():
             break
         await asyncio.sleep(0.01)
     assert threading.active_count() <= threads

@@ -136,14 +136,15 @@ class VerifiedCache(Generic[T]):
         return len(self._entries)
 
 
-async def verify_hash(
+def verify_hash(
     cache: VerifiedCache[bool], executor: Executor, user: str, stored: PasswordHash, secret: bytes
-) -> bool:
+) -> Awaitable[bool]:
     """Check `secret` against a stored hash in the hashing pool, remembered under (user,
     stored hash) as one text (shared with the other workers as such): a changed or removed
-    hash misses at once. Every hash-keeping backend."""
+    hash misses at once. Every hash-keeping backend. (The check itself is the awaitable: a
+    remembered success costs no extra coroutine.)"""
     loop = asyncio.get_running_loop()
-    return await cache.check(
+    return cache.check(
         f"{user}\0{stored.value}",
         secret,
         lambda: loop.run_in_executor(executor, stored.verify, secret),

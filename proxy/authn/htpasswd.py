@@ -64,14 +64,11 @@ class HtpasswdAuthenticator:
         stored = files.htpasswd.users.get(user)
         secret = password.encode("utf-8", "surrogateescape")
         if stored is None:
-            await self._verify(user, files.dummy, secret)
+            await verify_hash(self._cache, self._executor, user, files.dummy, secret)
             return AuthResult(Outcome.NO_SUCH_USER)
-        if not await self._verify(user, stored, secret):
+        if not await verify_hash(self._cache, self._executor, user, stored, secret):
             return AuthResult(Outcome.WRONG_PASSWORD)
         return AuthResult(Outcome.OK, files.groups_of(user))
-
-    async def _verify(self, user: str, stored: PasswordHash, secret: bytes) -> bool:
-        return await verify_hash(self._cache, self._executor, user, stored, secret)
 
     def close(self) -> None:
         """Nothing of its own: the executor and the cache outlive snapshots."""

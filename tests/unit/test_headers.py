@@ -12,7 +12,15 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.headers import MediaType, Reading, Unreadable, parse_media_type, read
+from proxy.headers import (
+    MediaType,
+    Reading,
+    Unreadable,
+    _read,
+    _remembered,
+    parse_media_type,
+    read,
+)
 from tests.unit import go_reference as go
 
 AUTH = b"Basic " + base64.b64encode(b"push:pw")
@@ -304,3 +312,26 @@ def test_anything_beyond_ascii_in_an_interpreted_header_is_refused(
 ) -> None:
     headers = [(name, value)] if name == b"host" else [HOST, (name, value)]
     assert isinstance(read(headers), Unreadable)
+
+
+@given(_HEADERS, st.booleans(), st.integers(min_value=0, max_value=9000))
+def test_a_remembered_reading_is_the_reading(
+    headers: list[tuple[bytes, bytes]], http11: bool, padding: int
+) -> None:
+    """Small header sets are read once and remembered; large ones every time: either way the
+    answer is the one a fresh reading gives, on first sight and on every repeat."""
+    headers = [*headers, (b"X-Padding", b"p" * padding)]
+    fresh = _read(tuple(headers), http11)
+    assert read(headers, http11) == fresh
+    assert read(list(headers), http11) == fresh
+
+
+def test_only_small_header_sets_are_remembered() -> None:
+    _remembered.cache_clear()
+    read([HOST, (b"User-Agent", b"x" * 100)])
+    read([HOST, (b"User-Agent", b"x" * 100)])
+    assert _remembered.cache_info().hits == 1
+    read([HOST, (b"User-Agent", b"x" * 8000)])
+    read([HOST, (b"User-Agent", b"x" * 8000)])
+    assert _remembered.cache_info().hits == 1
+    assert _remembered.cache_info().currsize == 1

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from proxy.routes import (
@@ -14,7 +15,9 @@ from proxy.routes import (
     NAME_RE,
     Operation,
     Refusal,
+    _endpoint,
     classify,
+    valid_name,
     without_mount,
 )
 
@@ -826,3 +829,44 @@ def test_valid_names_and_references_round_trip(name: str, tag: str, digest: str)
     assert classify("GET", f"/v2/{name}/referrers/{digest}") == Operation(
         "referrers", "pull", name, digest
     )
+
+
+# The endpoint shapes as regular expressions, the way distribution's router writes them: the
+# reference model for the classifier's suffix dispatch.
+_SHAPES = (
+    ("manifest", re.compile(r"/v2/(?P<name>.+)/manifests/(?P<ref>[^/]*)", re.DOTALL)),
+    ("upload-start", re.compile(r"/v2/(?P<name>.+)/blobs/uploads/", re.DOTALL)),
+    ("upload", re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<ref>[^/]*)", re.DOTALL)),
+    ("blob", re.compile(r"/v2/(?P<name>.+)/blobs/(?P<ref>[^/]*)", re.DOTALL)),
+    ("tags", re.compile(r"/v2/(?P<name>.+)/tags/list", re.DOTALL)),
+    ("referrers", re.compile(r"/v2/(?P<name>.+)/referrers/(?P<ref>[^/]*)", re.DOTALL)),
+)
+
+
+def _shape(path: str) -> tuple[str, str, str | None] | None:
+    for kind, pattern in _SHAPES:
+        match = pattern.fullmatch(path)
+        if match is not None:
+            return kind, match.group("name"), match.groupdict().get("ref")
+    return None
+
+
+@settings(deadline=None, max_examples=1000)
+@given(path=_PATHS)
+@example(path="/v2//manifests/x")
+@example(path="/v2/blobs/uploads/")
+@example(path="/v2/a/blobs/uploads/")
+@example(path="/v2/a/manifests/blobs/uploads/")
+@example(path="/v2/a/tags/list/")
+def test_endpoints_are_the_routers_shapes(path: str) -> None:
+    if not path.startswith("/v2/") or path == "/v2/" or path == "/v2/_catalog":
+        return
+    shape = _shape(path)
+    found = _endpoint(path)
+    if shape is None:
+        assert found == Refusal(404, "UNSUPPORTED", "no such registry endpoint")
+    elif isinstance(found, Refusal):  # the right shape, with a name or reference refused
+        assert found.code != "UNSUPPORTED"
+        assert (found.code == "NAME_INVALID") is (not valid_name(shape[1]))
+    else:
+        assert found == shape
