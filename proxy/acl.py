@@ -26,7 +26,7 @@ import yaml
 from .addresses import IPNetwork, parse_networks, parse_upstream
 from .claims import CLAIM_NAME_RE, Conditions
 from .policy import PLACEHOLDER_RE, Rule
-from .problems import BadValue, ConfigError, Problem, compose_yaml, construct
+from .problems import BadValue, ConfigError, Problem, compose_yaml, construct, release
 from .routes import ACTIONS, Action
 from .tagrules import TagRule, TagRuleKind
 
@@ -437,10 +437,13 @@ def parse_acl_document(
         return (), (), exc.problems
     if node is None:
         return (), (), [Problem(source, 0, "acl: empty ACL file denies everything")]
-    if not isinstance(node, yaml.MappingNode):
-        rules, problems = parse_rules(node, source)
-        return rules, (), problems
-    return _acl_mapping(node, source)
+    try:
+        if not isinstance(node, yaml.MappingNode):
+            rules, problems = parse_rules(node, source)
+            return rules, (), problems
+        return _acl_mapping(node, source)
+    finally:
+        release(node)
 
 
 def _acl_mapping(

@@ -56,13 +56,18 @@ AttachAuthn = Callable[[Snapshot, Snapshot | None], Authenticators]
 def _sharing_the_interpreter() -> Iterator[None]:
     """While a thread builds a snapshot, requests on the event loop wait for the interpreter
     lock between its steps: hand it over ten times as often, and keep the cyclic garbage
-    collector (which would walk every user just loaded) from running in the middle."""
+    collector (which would walk every user just loaded) from running in the middle. At the
+    end, what was built goes to the oldest generation as it is (`freeze` then `unfreeze`
+    moves every tracked object there and resets the young count): otherwise the next
+    allocation, on the event loop, would scan every object just made in one pause."""
     interval = sys.getswitchinterval()
     sys.setswitchinterval(interval / 10)
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
+        gc.unfreeze()
         gc.enable()
         sys.setswitchinterval(interval)
 

@@ -279,16 +279,17 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serving(
-    args: list[str], directory: Path, open_files: int | None = None
+    args: list[str], directory: Path, open_files: int | tuple[int, int] | None = None
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """`regproxy ARGS` as a subprocess in `directory` (access log to access.log, diagnostics
     to regproxy.err), from its "listening on" line until the block ends. `open_files`: its
-    open-files limit (soft and hard), as a service manager would set it."""
+    open-files limit (soft and hard, or both alike), as a service manager would set it."""
     stdout, stderr = directory / "access.log", directory / "regproxy.err"
 
     def limit() -> None:
         if open_files is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+            soft, hard = open_files if isinstance(open_files, tuple) else (open_files, open_files)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = await asyncio.create_subprocess_exec(

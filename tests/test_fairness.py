@@ -247,6 +247,22 @@ async def test_aiohttp_client_sees_429_as_a_registry_error(
     await asyncio.gather(held, return_exceptions=True)
 
 
+async def test_the_soft_file_limit_is_raised_and_lifecycle_is_told_once(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream
+) -> None:
+    """Started as systemd starts a service (soft limit 1,024 below a higher hard one), with
+    two workers: the soft limit is raised to the hard one and logged, and "listening",
+    "shutting down" and "stopped" are each said once, by the parent, not once per worker."""
+    config = write_setup(tmp_path, tls, upstream.url, "workers: 2\n")
+    async with serving(["serve", "-c", str(config)], tmp_path, open_files=(1024, 4096)) as p:
+        assert "open files limit: 4096" in (tmp_path / "regproxy.err").read_text()
+        p.terminate()
+        assert await asyncio.wait_for(p.wait(), 30) == 0
+    lines = (tmp_path / "regproxy.err").read_text().splitlines()
+    for said in ("regproxy listening on", "shutting down", ": stopped"):
+        assert sum(said in line for line in lines) == 1, (said, lines)
+
+
 async def test_idle_connections_cannot_lock_out_a_real_client_under_a_low_file_limit(
     tmp_path: Path, tls: TlsPair, upstream: FakeUpstream
 ) -> None:

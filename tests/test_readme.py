@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.config import Config
 from tests.conftest import free_socket
 from tests.e2e.harness import Podman
 from tests.terminal import Terminal
@@ -146,6 +147,21 @@ def test_the_readme_lists_exactly_what_make_test_installs() -> None:
     assert said is not None
     assert backticked(said.group(1)) - {"apt-get update"} == debian
     assert backticked(said.group(2)) - {"make test", ".venv", "pip install -e '.[test]'"} == python
+
+
+def test_the_defaults_the_readme_states_are_the_codes() -> None:
+    """"`limits.per_user` (128)", "`timeouts.header` seconds (default 20)": each number the
+    README gives as a limit's or a timeout's default is the one a config without it gets."""
+    text = " ".join(README.read_text().split())
+    stated = re.findall(r"`(limits|timeouts)\.(\w+)`(?: seconds)? \((?:default )?(\d+)", text)
+    assert {(section, key) for section, key, _ in stated} >= {
+        ("limits", "per_user"), ("limits", "per_address"), ("limits", "upstream_wait"),
+        ("timeouts", "header"), ("timeouts", "keepalive"), ("timeouts", "handshake"),
+        ("timeouts", "client_idle"),
+    }  # fmt: skip
+    defaults = Config()
+    for section, key, value in stated:
+        assert getattr(getattr(defaults, section), key) == float(value), (section, key)
 
 
 @pytest.mark.e2e

@@ -189,6 +189,8 @@ def test_reference_config_loads() -> None:
     assert config.listen == Config().listen
     assert config.upstream == Config().upstream
     assert config.timeouts == Config().timeouts
+    assert config.limits == Config().limits
+    assert config.throttle == Config().throttle
     assert config.htpasswd == path.parent / "htpasswd"
 
 

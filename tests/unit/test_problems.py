@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import pytest
+import yaml
 
-from proxy.problems import MAX_FILE_BYTES, ConfigError, Problem, read_text
+from proxy.problems import (
+    MAX_FILE_BYTES,
+    ConfigError,
+    Problem,
+    compose_yaml,
+    read_text,
+    release,
+)
 
 
 def write(tmp_path: Path, data: bytes, name: str) -> Path:
@@ -79,3 +88,27 @@ def test_read_text_size_limit(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         read_text(over)
     assert info.value.problems == [Problem(str(over), 0, f"larger than {MAX_FILE_BYTES} bytes")]
+
+
+def test_release_takes_a_node_tree_apart_one_node_at_a_time() -> None:
+    """Every node is freed as `release` reaches it (none waits for one big cascade at the
+    end), and nothing is left behind."""
+    node = compose_yaml(
+        "acl:\n  - users: [a, b]\n    repositories: ['x/**']\n  - {groups: [g]}\n", "t"
+    )
+    assert node is not None
+
+    def walk(current: yaml.Node) -> list[yaml.Node]:
+        found = [current]
+        if isinstance(current, yaml.CollectionNode):
+            for child in current.value:
+                for item in child if isinstance(child, tuple) else (child,):
+                    found.extend(walk(item))
+        return found
+
+    refs = [weakref.ref(n) for n in walk(node)]
+    assert len(refs) > 10
+    release(node)
+    assert node.value == []
+    assert [r() for r in refs if r() is not None] == [node]  # only the root is still held
+    release(None)  # an empty document
