@@ -150,8 +150,8 @@ def test_the_readme_lists_exactly_what_make_test_installs() -> None:
 
 
 def test_the_defaults_the_readme_states_are_the_codes() -> None:
-    """"`limits.per_user` (128)", "`timeouts.header` seconds (default 20)": each number the
-    README gives as a limit's or a timeout's default is the one a config without it gets."""
+    """Each number the README gives as a limit's or a timeout's default ("`limits.per_user`
+    (128)", "`timeouts.header` seconds (default 20)") is the one a config without it gets."""
     text = " ".join(README.read_text().split())
     stated = re.findall(r"`(limits|timeouts)\.(\w+)`(?: seconds)? \((?:default )?(\d+)", text)
     assert {(section, key) for section, key, _ in stated} >= {
