@@ -13,8 +13,10 @@ is refused, never guessed at. The Go functions each rule follows are named where
 
 from __future__ import annotations
 
-import functools
+import hashlib
+import marshal
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -94,18 +96,27 @@ class Unreadable:
     status: int = 400
 
 
-# A client sends the same headers on request after request (only the path changes): small
-# header sets are read once and remembered, bounded in entries and in bytes.
+# A client sends the same headers on request after request (only the path changes): each
+# header set's reading is remembered under a keyed hash of its exact bytes (marshal's
+# encoding is unambiguous), never the bytes themselves: an entry holds no credential and
+# costs the same whatever a client sends. Bounded, oldest first out.
 _REMEMBERED = 512
-_SMALL = 4096  # bytes of values; larger sets are read every time
+_KEY = secrets.token_bytes(32)
+_remembered: dict[bytes, Reading | Unreadable] = {}
 
 
 def read(headers: RawHeaders, http11: bool = True) -> Reading | Unreadable:
     """The registry's reading of `headers` (raw name/value bytes, in order), or why not."""
     fields = tuple(headers)
-    if sum(len(value) for _, value in fields) <= _SMALL:
-        return _remembered(fields, http11)
-    return _read(fields, http11)
+    key = hashlib.blake2b(
+        marshal.dumps((http11, fields)), key=_KEY, digest_size=16, usedforsecurity=True
+    ).digest()
+    reading = _remembered.get(key)
+    if reading is None:
+        reading = _remembered[key] = _read(fields, http11)
+        if len(_remembered) > _REMEMBERED:
+            del _remembered[next(iter(_remembered))]
+    return reading
 
 
 def _read(headers: RawHeaders, http11: bool) -> Reading | Unreadable:
@@ -126,9 +137,6 @@ def _read(headers: RawHeaders, http11: bool) -> Reading | Unreadable:
         if name in _ONCE and any(v != found[0] for v in found[1:]):
             return Unreadable(f"several different {_label(name)} headers")
     return _reading(values, http11)
-
-
-_remembered = functools.lru_cache(maxsize=_REMEMBERED)(_read)
 
 
 def _label(name: bytes) -> str:

@@ -59,7 +59,9 @@ def _sharing_the_interpreter() -> Iterator[None]:
     collector (which would walk every user just loaded) from running in the middle. At the
     end, what was built goes to the oldest generation as it is (`freeze` then `unfreeze`
     moves every tracked object there and resets the young count): otherwise the next
-    allocation, on the event loop, would scan every object just made in one pause."""
+    allocation, on the event loop, would scan every object just made in one pause. The
+    price: cyclic garbage made while the collector was off (the build's, and requests')
+    waits for the next full collection rather than a young one."""
     interval = sys.getswitchinterval()
     sys.setswitchinterval(interval / 10)
     gc.disable()

@@ -167,6 +167,8 @@ def _endpoint(path: str) -> tuple[Kind, str | None, str | None] | Refusal:
         return ("ping", None, None)
     if path == "/v2/_catalog":
         return ("catalog", None, None)
+    if not path.startswith("/v2/"):
+        return Refusal(404, "UNSUPPORTED", "no such registry endpoint")
     rest, _, last = path.rpartition("/")
     for kind, suffix, has_ref in _ENDPOINTS:
         before, ref = (rest, last) if has_ref else (path, None)
