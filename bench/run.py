@@ -1216,6 +1216,23 @@ class Check:
     measured: str
     met: bool
 
+    @property
+    def line(self) -> str:
+        """The check as a report's list item."""
+        return f"- {'met' if self.met else 'NOT met'}: {self.goal}: {self.measured}"
+
+
+def save(name: str, text: str, data: dict[str, Any], chart_to: Callable[[Path], None]) -> None:
+    """A report as `<name>-<stamp>` and `<name>latest` (.md, .json, .png) in bench/results;
+    `name` is "" or a prefix ending in "-"."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = f"{name}{data['date']}"
+    for base in (stamp, f"{name}latest"):
+        (RESULTS / f"{base}.md").write_text(text)
+        (RESULTS / f"{base}.json").write_text(json.dumps(data, indent=2) + "\n")
+    chart_to(RESULTS / f"{stamp}.png")
+    shutil.copy(RESULTS / f"{stamp}.png", RESULTS / f"{name}latest.png")
+
 
 def comparison(
     results: list[Result],
@@ -1477,14 +1494,13 @@ def report(
         "",
         "Targets for regproxy (issue 5):",
         "",
-        *(f"- {'met' if c.met else 'NOT met'}: {c.goal}: {c.measured}" for c in met),
+        *(c.line for c in met),
         "",
         "Targets of issue 19 measured here (the scale curves' are in bench/scale.py's report):",
         "",
-        *(f"- {'met' if c.met else 'NOT met'}: {c.goal}: {c.measured}" for c in met_19),
+        *(c.line for c in met_19),
     ]
     text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(parents=True, exist_ok=True)
     data = {
         "date": stamp,
         "plan": asdict(plan),
@@ -1499,11 +1515,7 @@ def report(
         "checks": [asdict(c) for c in met],
         "checks_issue_19": [asdict(c) for c in met_19],
     }
-    for name in (stamp, "latest"):
-        (RESULTS / f"{name}.md").write_text(text)
-        (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    chart(plan, results, RESULTS / f"{stamp}.png")
-    shutil.copy(RESULTS / f"{stamp}.png", RESULTS / "latest.png")
+    save("", text, data, lambda path: chart(plan, results, path))
     return text
 
 

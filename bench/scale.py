@@ -53,7 +53,7 @@ import yaml
 
 import run  # bench/run.py: this directory is on sys.path
 import storm
-from run import logarithmic
+from run import Check, logarithmic
 
 RESULTS = run.RESULTS
 STARTUP_TIMEOUT = 120.0  # seconds: 10,000 rules take seconds to load
@@ -673,13 +673,6 @@ CURVES: dict[str, Curve | None] = {
 # --- report ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Check:
-    goal: str
-    measured: str
-    met: bool
-
-
 def checks(curves: dict[str, list[Point]]) -> list[Check]:
     """Issue 19's targets for the scale curves, as ratios and waits within this run."""
     out = []
@@ -930,10 +923,9 @@ def report(
         *([""] if notes else []),
         "Targets of issue 19 (scale curves):",
         "",
-        *(f"- {'met' if c.met else 'NOT met'}: {c.goal}: {c.measured}" for c in met),
+        *(c.line for c in met),
     ]
     text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(parents=True, exist_ok=True)
     data = {
         "date": stamp,
         "plan": asdict(plan),
@@ -945,11 +937,7 @@ def report(
         "notes": notes,
         "checks": [asdict(c) for c in met],
     }
-    for name in (f"scale-{stamp}", "scale-latest"):
-        (RESULTS / f"{name}.md").write_text(text)
-        (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    chart(plan, curves, RESULTS / f"scale-{stamp}.png")
-    shutil.copy(RESULTS / f"scale-{stamp}.png", RESULTS / "scale-latest.png")
+    run.save("scale-", text, data, lambda path: chart(plan, curves, path))
     return text
 
 
