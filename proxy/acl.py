@@ -2,7 +2,8 @@
 
     acl:
       - users: [alice]              # any of: users, groups, anonymous, networks, repositories,
-        repositories: ["${user}/**"]  # claims (of a workload token: {ref: "refs/tags/v*"})
+        repositories: ["${user}/**"]  # claims (of a workload token: {ref: "refs/tags/v*"}),
+                                    # issuer (whose tokens' claims: required with several)
         tags: ["v*"]                # optional: then only manifest requests by tag match
         actions: [pull, push]       # pull, push, delete, or "*"; [] denies explicitly
         upstream: http://10.0.0.5:5000   # optional: where matching requests go
@@ -19,7 +20,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -37,7 +40,7 @@ _NAME_RE = re.compile(r"[^\s:]\S*")
 _GROUP_RE = re.compile(r"[^\s:](?:[^\n]*\S)?")
 _KEYS = frozenset(
     {"users", "groups", "repositories", "networks", "anonymous", "actions", "upstream",
-     "description", "tags", "claims"}
+     "description", "tags", "claims", "issuer"}
 )  # fmt: skip
 # Sections of an ACL file (or of the config) besides `acl:`, and the kind of rule each holds.
 TAG_SECTIONS: dict[str, TagRuleKind] = {
@@ -172,6 +175,37 @@ def claim_conditions(value: Any, key: str) -> Conditions:
     return tuple(conditions)
 
 
+def _issuers(value: Any, key: str) -> frozenset[str]:
+    """The `iss` of the workload-token issuers a rule is for (https:// URLs)."""
+    issuers = _strings(value, key)
+    for issuer in issuers:
+        parts = urlsplit(issuer)
+        if parts.scheme != "https" or not parts.hostname or not issuer.isprintable():
+            raise BadValue(f"{key}: expected an issuer's https:// URL, got {issuer!r}")
+    return frozenset(issuers)
+
+
+def bind_issuers(
+    rules: tuple[Rule, ...], issuers: tuple[str, ...]
+) -> tuple[tuple[Rule, ...], list[Problem]]:
+    """Each rule's `issuer` checked against the configured issuers, and `claims` rules without
+    one bound to the only issuer; with several configured, such a rule is a problem (another
+    issuer could mint the same claims)."""
+    bound: list[Rule] = []
+    problems: list[Problem] = []
+    for rule in rules:
+        unknown = sorted(rule.issuers - set(issuers))
+        if unknown:
+            problems.append(_problem(rule, f"issuer: {unknown[0]} is not among oidc.issuers"))
+        if rule.claims and not rule.issuers and len(issuers) == 1:
+            rule = replace(rule, issuers=frozenset(issuers))
+        elif rule.claims and not rule.issuers and issuers:
+            message = "claims: name the issuer these claims are from (several are configured)"
+            problems.append(_problem(rule, message))
+        bound.append(rule)
+    return tuple(bound), problems
+
+
 def _glob_text(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -193,6 +227,7 @@ _FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "description": _description,
     "tags": _tag_globs,
     "claims": claim_conditions,
+    "issuer": _issuers,
 }
 _TAG_RULE_FIELDS: dict[TagRuleKind, dict[str, Callable[[Any, str], Any]]] = {
     "immutable": {
@@ -250,15 +285,16 @@ def _rule(node: yaml.Node, source: str, problems: list[Problem]) -> Rule | None:
         problems.append(Problem(source, line, "ACL entry without 'actions'"))
         return None
     anonymous = fields.get("anonymous", False)
-    if anonymous and (fields.get("users") or fields.get("groups") or fields.get("claims")):
-        problems.append(
-            Problem(source, line, "anonymous entries cannot name users, groups or claims")
-        )
+    if anonymous and any(fields.get(k) for k in ("users", "groups", "claims", "issuer")):
+        message = "anonymous entries cannot name users, groups, claims or an issuer"
+        problems.append(Problem(source, line, message))
         return None
     globs = (*fields.get("repositories", ()), *fields.get("tags", ()))
     if anonymous and any("${" in g for g in globs):
         problems.append(Problem(source, line, "anonymous entries have no ${user} or ${group}"))
         return None
+    if "issuer" in fields:
+        fields["issuers"] = fields.pop("issuer")
     return Rule(origin=f"{source}:{line}", **fields)
 
 
@@ -359,6 +395,7 @@ def _covers_requests(prior: Rule, rule: Rule) -> bool:
         and _within(prior.users, rule.users)
         and _within(prior.groups, rule.groups)
         and (not prior.claims or prior.claims == rule.claims)
+        and _within(prior.issuers, rule.issuers)
         and _networks_within(prior.networks, rule.networks)
         and all(
             any(glob_covers(wide, narrow) for wide in prior.repositories or ("**",))

@@ -28,6 +28,6 @@ def audit(who: Identity, operation: Operation, status: int) -> None:
     }
     if who.robot is not None:
         entry |= {"robot": who.robot.name, "owner": who.robot.owner}
-    if who.claims:
-        entry |= {"issuer": who.claims.get("iss"), "subject": who.claims.get("sub")}
+    if who.issuer is not None:
+        entry |= {"issuer": who.issuer, "subject": who.claims.get("sub")}
     audit_log.info(json.dumps(entry))

@@ -271,7 +271,7 @@ def _check(args: argparse.Namespace) -> int:
     notes: list[Problem] = []
     try:
         snapshot, problems = preflight(_config_path(args), _overrides(args))
-        notes = _placeholder_notes(snapshot.config)
+        notes = _placeholder_notes(snapshot.config) + _prefix_notes(snapshot.config)
     except ConfigError as exc:
         problems = exc.problems
     created = _made_by_make_run(args)
@@ -314,6 +314,30 @@ def _placeholder_notes(config: Config) -> list[Problem]:
         if path is not None and any(f"${{{kind}}}" in pattern for pattern in patterns):
             with contextlib.suppress(ConfigError):  # unreadable: reported as a problem already
                 notes += placeholder_notes(read_text(path), str(path), kind)
+    return notes
+
+
+def _prefix_notes(config: Config) -> list[Problem]:
+    """The issuers whose user template or group prefixes have no ':': tokens whose claims
+    fill in none are refused, and such groups are dropped."""
+    from .authn.oidc_settings import name_prefix
+
+    notes = []
+    for issuer in config.oidc.issuers if config.oidc is not None else ():
+        source, _, line = issuer.origin.rpartition(":")
+        if ":" not in name_prefix(issuer.user):
+            message = (
+                f"oidc.issuers.user: {issuer.user!r} has no prefix like 'ci:': tokens whose"
+                " name has no ':' are refused (it could be a password user's)"
+            )
+            notes.append(Problem(source, int(line), message))
+        for claim, prefix in issuer.groups:
+            if ":" not in prefix:
+                message = (
+                    f"oidc.issuers.groups: {claim}: {prefix!r} has no ':': groups without one"
+                    " are dropped (they could be a group file's)"
+                )
+                notes.append(Problem(source, int(line), message))
     return notes
 
 
@@ -419,7 +443,7 @@ def _token_identity(
         name, groups = identity_from(issuer, claims)
     except Rejected as exc:
         return str(exc)
-    return Identity(name, groups | users.groups_of(name), address, claims)
+    return Identity(name, groups | users.groups_of(name), address, claims, issuer=issuer.issuer)
 
 
 def _robot(args: argparse.Namespace) -> int:

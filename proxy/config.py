@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from .acl import TAG_SECTIONS, parse_acl_document, parse_rules, parse_tag_rules
+from .acl import TAG_SECTIONS, bind_issuers, parse_acl_document, parse_rules, parse_tag_rules
 from .addresses import IPNetwork, parse_networks, parse_upstream
 from .authn.cache import CacheSettings
 from .limits import Limits, Timeouts
@@ -457,6 +457,12 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
             if converted is not None or raw is None:
                 values[key] = converted
     problems.extend(_combinations(values, acl[0] is not None, str(path or "command line")))
+    if acl[0] is not None:
+        oidc = values.get("oidc")
+        issuers = tuple(i.issuer for i in oidc.issuers) if oidc is not None else ()
+        rules, issuer_problems = bind_issuers(acl[0], issuers)
+        acl = (rules, acl[1])
+        problems.extend(issuer_problems)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.source, p.line)))
     all_tag_rules = (*tag_rules, *acl_tag_rules)

@@ -35,8 +35,9 @@ class RobotGrant:
 @dataclass(frozen=True)
 class Identity:
     """Who is asking and from where. `user` is None for a request without credentials.
-    `claims`: the verified claims of a workload token (OIDC); `robot`: set for robot tokens;
-    `upstream`: the user's own registry when their backend names one (Redis users)."""
+    `claims` and `issuer`: a workload token's verified claims and its trusted issuer (OIDC);
+    `robot`: set for robot tokens; `upstream`: the user's own registry when their backend
+    names one (Redis users)."""
 
     user: str | None
     groups: frozenset[str] = frozenset()
@@ -44,6 +45,7 @@ class Identity:
     claims: Mapping[str, Any] = field(default_factory=lambda: NO_CLAIMS, compare=False)
     robot: RobotGrant | None = None
     upstream: str | None = None
+    issuer: str | None = None
 
     @property
     def anonymous(self) -> bool:

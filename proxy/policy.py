@@ -90,7 +90,8 @@ def _expand(pattern: str, who: Identity) -> list[str]:
 class Rule:
     """One ACL entry. Empty `users`/`groups`/`repositories`/`networks`/`claims` match anything;
     `anonymous` True matches only requests without credentials, False only valid users;
-    `claims` match only identities from workload tokens whose claims meet every condition."""
+    `claims` and `issuers` match only workload tokens of one of `issuers` (none: no token)
+    whose claims meet every condition."""
 
     actions: frozenset[Action]
     users: frozenset[str] = frozenset()
@@ -100,6 +101,7 @@ class Rule:
     anonymous: bool = False
     tags: tuple[str, ...] = ()  # globs over the tag: only manifest requests by tag match
     claims: claim_values.Conditions = ()
+    issuers: frozenset[str] = frozenset()
     upstream: str | None = None
     origin: str = "built-in"
     description: str = field(default="", compare=False)
@@ -116,6 +118,9 @@ class Rule:
         if self.users and who.user not in self.users:
             return False
         if self.groups and not self.groups & who.groups:
+            return False
+        # Claims are only ever read together with who vouched for them.
+        if (self.claims or self.issuers) and who.issuer not in self.issuers:
             return False
         if self.claims and not claim_values.holds(self.claims, who.claims):
             return False
@@ -137,7 +142,7 @@ class Rule:
         """Matches every valid user (or every anonymous request) on every repository."""
         return not (
             self.users or self.groups or self.repositories or self.networks or self.tags
-            or self.claims
+            or self.claims or self.issuers
         )  # fmt: skip
 
 

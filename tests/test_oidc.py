@@ -8,10 +8,14 @@ import asyncio
 import base64
 import json
 import time
+from pathlib import Path
 
 import pytest
 from joserfc.jwk import ECKey
 
+from proxy.config import load
+from proxy.credentials import hash_password
+from proxy.problems import ConfigError
 from tests.conftest import (
     GROUPS_TEXT,
     FakeUpstream,
@@ -19,8 +23,10 @@ from tests.conftest import (
     RunningProxy,
     basic,
     replace_file,
+    until,
 )
 from tests.oidc_issuer import AUDIENCE, Issuer, new_key
+from tests.redis_server import RedisServer
 
 ACL = """acl:
   - claims: {repository_owner: acme, ref: "refs/tags/v*"}
@@ -126,7 +132,7 @@ def _refused_tokens(issuer: Issuer) -> dict[str, str]:
         "unmet requirement": issuer.token(repository_owner="someone-else"),
         "no claims for the user name": issuer.token(repository=None),
         "user name of a password user": issuer.token(repository="push"),
-        "user name of a robot": issuer.token(repository="robot$ci"),
+        "user name of a robot": issuer.token(repository="robot$ci:x"),
         "nested JSON header": nested_header(990) + ".e30.c2ln",
     }
 
@@ -159,8 +165,8 @@ REASONS = {
     "tampered payload": "token signature does not verify",
     "unknown kid": "token signed by a key the issuer does not publish",
     "unmet requirement": "token claim repository_owner does not meet the issuer's requirements",
-    "user name of a password user": "token user name 'push' is a password user's",
-    "user name of a robot": "token user name 'robot$ci' is a robot's",
+    "user name of a password user": "token user name 'push' has no prefix like 'ci:'",
+    "user name of a robot": "token user name 'robot$ci:x' is a robot's",
     "wrong audience": "token audience is not this registry",
     "wrong issuer": "token issuer not trusted",
 }
@@ -173,7 +179,8 @@ async def test_every_bad_token_is_refused_with_401(
         "  clock_skew: 30\n", user="'{repository}'", required="{repository_owner: acme}"
     )
     proxy = await make_proxy(oidc + ACL + "throttle:\n  attempts: 1000\n")  # 46 failures
-    assert (await status(proxy, as_bearer(issuer.token())))[0] == 200  # keys are fetched
+    good = issuer.token(repository="ci:acme/app")  # the template has no prefix of its own
+    assert (await status(proxy, as_bearer(good)))[0] == 200  # keys are fetched
     refused = _refused_tokens(issuer)
     assert refused.keys() == REASONS.keys()
     for name, token in refused.items():
@@ -333,3 +340,75 @@ async def test_keys_and_verified_tokens_outlive_a_reload(
     assert (await status(proxy, as_bearer(token)))[0] == 401  # verified for the old audience
     assert (await status(proxy, as_bearer(issuer.token(aud="https://other"))))[0] == 200
     assert issuer.jwks_fetches == 1
+
+
+async def test_claims_hold_only_for_the_issuer_the_rule_names(
+    make_proxy: ProxyFactory, issuer: Issuer, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A second trusted issuer, with no requirements, mints the claims of the first issuer's
+    release workflow: the README's rule, bound to the first issuer, is not for its tokens."""
+    other = Issuer(tmp_path / "other").start()
+    try:
+        second = other.config(user='"ghes:{repository}"', groups='{repository_owner: "ghes:"}')
+        oidc = issuer.config() + second.partition("  issuers:\n")[2]
+        acl = ACL.replace("  - claims:", f"  - issuer: {issuer.url}\n    claims:", 1)
+        proxy = await make_proxy(oidc + acl)
+        forged = other.token()  # the same claims as the first issuer's release token
+        for method, path in (("POST", "/v2/apps/app/blobs/uploads/"), PUSH):
+            assert (await status(proxy, as_bearer(forged), method, path))[0] == 403
+        assert (await status(proxy, as_bearer(issuer.token()), *PUSH))[0] == 200
+        assert [r.method for r in upstream.requests if r.method != "GET"] == ["PUT"]
+    finally:
+        other.close()
+
+
+PUSH = ("PUT", "/v2/apps/app/manifests/v1")
+TEAM_PUSH = ("PUT", "/v2/team/x/manifests/v1")  # only the group file's pushers may
+
+
+async def test_two_issuers_and_a_claims_rule_without_one_is_a_problem(
+    issuer: Issuer, tmp_path: Path
+) -> None:
+    second = issuer.config(user='"ghes:{repository}"', groups='{repository_owner: "ghes:"}')
+    second = second.replace(issuer.url, "https://ghes.example")
+    config = tmp_path / "regproxy.yaml"
+    config.write_text(issuer.config() + second.partition("  issuers:\n")[2] + ACL)
+    with pytest.raises(ConfigError) as caught:
+        load(config)
+    line = config.read_text().splitlines().index("  - claims: {repository_owner: acme,"
+                                                  ' ref: "refs/tags/v*"}') + 1  # fmt: skip
+    assert [str(p) for p in caught.value.problems] == [
+        f"{config}:{line}: claims: name the issuer these claims are from (several are configured)"
+    ]
+
+
+async def test_a_token_never_takes_a_redis_users_name_or_groups(
+    make_proxy: ProxyFactory, issuer: Issuer, tmp_path: Path
+) -> None:
+    """An issuer whose template has no prefix (`user: sub`): a token whose `sub` is a Redis
+    user's name (who is also in the group file) is refused; the user is unaffected."""
+    with RedisServer(tmp_path / "redis") as server:
+        server.client().hset(
+            "regproxy:user:rdcarol", mapping={"password": hash_password("carol-pw", cost=4)}
+        )
+        state = f"state:\n  backend: redis\n  url: {server.url}\nauth_backends: [htpasswd, redis]\n"
+        oidc = issuer.config(user="sub", groups="")
+        proxy = await make_proxy(oidc + state + ACL)
+        replace_file(proxy.directory / "groups", GROUPS_TEXT + "pusher: rdcarol\n")
+        carol = {"Authorization": basic("rdcarol", "carol-pw")}
+
+        async def pushes() -> bool:
+            return (await status(proxy, carol, *TEAM_PUSH))[0] == 200
+
+        await until(pushes, what="rdcarol is a pusher")
+        taken = issuer.token(sub="rdcarol")
+        for headers in (as_bearer(taken), as_password(taken)):
+            code, body = await status(proxy, headers, "GET", "/v2/rdcarol/private/manifests/v1")
+            assert code == 401, body
+            assert json.loads(body)["errors"][0]["message"].startswith(
+                "token user name 'rdcarol' has no prefix like 'ci:'"
+            )
+        # A Kubernetes-like `sub` carries its own colons: accepted, with no group file groups.
+        pod = issuer.token(sub="system:serviceaccount:ci:rdcarol")
+        assert (await status(proxy, as_bearer(pod)))[0] == 200
+        assert (await status(proxy, as_bearer(pod), *TEAM_PUSH))[0] == 403

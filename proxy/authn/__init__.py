@@ -35,6 +35,7 @@ class AuthResult:
     robot: RobotGrant | None = None
     reason: str = ""  # why a token was refused (logged, and the 401's message)
     upstream: str | None = None  # the user's own registry, when the backend keeps one
+    issuer: str | None = None  # the trusted issuer of a workload token
 
 
 class BackendUnavailable(Exception):

@@ -165,7 +165,9 @@ def _identity(
     """The caller as the backend named them; the group file adds groups to any name."""
     name = result.user or user
     groups = result.groups | users.groups_of(name)
-    return Identity(name, groups, address, result.claims, result.robot, upstream=result.upstream)
+    return Identity(
+        name, groups, address, result.claims, result.robot, result.upstream, result.issuer
+    )
 
 
 class BackendFactory:
@@ -224,7 +226,7 @@ class BackendFactory:
         if robots is not None:
             book, key = robots
             tokens.append(RobotAuthenticator(book, key, users, self.robot_usage, self._wall))
-        bearer = self._oidc(config.oidc, users) if config.oidc is not None else None
+        bearer = self._oidc(config.oidc) if config.oidc is not None else None
         tokens.extend([bearer] if bearer is not None else [])
         passwords = self.build(
             config.auth_backends, users, config.ldap, config.credentials_cache, old
@@ -272,7 +274,7 @@ class BackendFactory:
                 return backend
         return LdapAuthenticator(settings, self._clock, size)
 
-    def _oidc(self, settings: OidcSettings, users: UserFiles) -> TokenAuthenticator:
+    def _oidc(self, settings: OidcSettings) -> TokenAuthenticator:
         from .jwks import Endpoint, KeySource  # imports joserfc: only when configured
         from .oidc import IssuerVerifier, OidcAuthenticator
 
@@ -302,4 +304,4 @@ class BackendFactory:
             )
             by_issuer[issuer.issuer] = verifier
         self._sources, self._verifiers = sources, verifiers
-        return OidcAuthenticator(settings, by_issuer, users)
+        return OidcAuthenticator(settings, by_issuer)

@@ -27,7 +27,6 @@ from .. import claims as claim_values
 from ..robots import USER_PREFIX
 from . import AuthResult, Outcome, fingerprint
 from .cache import VerifiedCache
-from .htpasswd import UserFiles
 from .jwks import KeySource
 from .oidc_settings import IssuerSettings, OidcSettings
 from .tokens import Parsed, Rejected, check_claims, looks_like_jwt, parse, verify_signature
@@ -94,26 +93,28 @@ def identity_from(issuer: IssuerSettings, claims: Mapping[str, Any]) -> tuple[st
     name = claim_values.render(issuer.user, claims)
     if name is None:
         raise Rejected("token claims do not make a user name (user template)")
+    # No name a password backend (htpasswd, LDAP, Redis) can log in with holds a colon: Basic
+    # credentials end a user name at the first one. So a name with one is never a user's.
+    if ":" not in name:
+        raise Rejected(f"token user name {name!r} has no prefix like 'ci:' (it could be a user's)")
     if name.startswith(USER_PREFIX):  # it would act as that robot's principal, unscoped
         raise Rejected(f"token user name {name!r} is a robot's")
     groups = frozenset(
-        prefix + value
+        group
         for claim, prefix in issuer.groups
         for value in claim_values.texts(claims, claim)
         if value and value.isprintable() and not any(c.isspace() for c in value)
-    )
+        and ":" in (group := prefix + value)  # never the name of a group file's group
+    )  # fmt: skip
     return name, groups
 
 
 class OidcAuthenticator:
     """The workload-token backend of one snapshot (`proxy.authn.Authenticator`)."""
 
-    def __init__(
-        self, settings: OidcSettings, verifiers: Mapping[str, IssuerVerifier], users: UserFiles
-    ) -> None:
+    def __init__(self, settings: OidcSettings, verifiers: Mapping[str, IssuerVerifier]) -> None:
         self.settings = settings
         self._verifiers = verifiers  # by issuer
-        self._users = users
 
     def takes(self, password: str) -> bool:
         return looks_like_jwt(password)
@@ -136,12 +137,12 @@ class OidcAuthenticator:
                 raise Rejected("token issuer not trusted")
             verified = await self._verifiers[issuer.issuer].verify(parsed)
             name, groups = identity_from(issuer, verified.claims)
-            if name in self._users.htpasswd.users:
-                raise Rejected(f"token user name {name!r} is a password user's")
         except Rejected as exc:
             log.info("workload token refused: %s", exc)
             return AuthResult(Outcome.WRONG_PASSWORD, reason=str(exc))
-        return AuthResult(Outcome.OK, groups, user=name, claims=verified.claims)
+        return AuthResult(
+            Outcome.OK, groups, user=name, claims=verified.claims, issuer=issuer.issuer
+        )
 
     def close(self) -> None:
         """Nothing of its own: the key sources and verifiers outlive snapshots."""

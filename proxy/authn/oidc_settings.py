@@ -19,8 +19,9 @@ an identity. Pure but for checking the CA files; every problem is reported with 
             repository_owner: acme       # globs: `*`, `?` within a `/` part, `**` across
 
 Names and groups from tokens are whatever the issuer puts in its claims: give them a prefix
-(`ci:`, `github:`) so that none can ever pass for a password user or a group of the group
-file. A token whose name is a user of the htpasswd file is refused.
+(`ci:`, `github:`), one of each issuer's own. A token whose name has no `:` is refused and
+groups without one are dropped (no password user's name, nor a group file's group, has one);
+two issuers that could make the same name or group are a problem.
 """
 
 from __future__ import annotations
@@ -214,6 +215,35 @@ def _issuer(
     return IssuerSettings(audiences=audiences, origin=f"{source}:{line}", **values)
 
 
+def name_prefix(template: str) -> str:
+    """The literal text every name a user template makes starts with."""
+    return template.partition("{")[0] if "{" in template else ""
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether texts starting with `a` and texts starting with `b` can be the same."""
+    return a.startswith(b) or b.startswith(a)
+
+
+def _clashes(first: IssuerSettings, second: IssuerSettings) -> list[str]:
+    """How `second` could make names or groups of `first`: a token of one issuer would pass
+    for an identity of the other."""
+    found = []
+    if _overlap(name_prefix(first.user), name_prefix(second.user)):
+        found.append(
+            f"oidc.issuers.user: {second.user!r} can make the same names as {first.user!r}"
+            f" ({first.issuer}): give each issuer a prefix of its own"
+        )
+    for _, prefix in second.groups:
+        other = next((p for _, p in first.groups if _overlap(p, prefix)), None)
+        if other is not None:
+            found.append(
+                f"oidc.issuers.groups: prefix {prefix!r} can make the same groups as"
+                f" {other!r} ({first.issuer}): give each issuer a prefix of its own"
+            )
+    return found
+
+
 def parse_oidc_settings(
     node: yaml.Node, source: str, line: int, base: Path
 ) -> tuple[OidcSettings | None, list[Problem]]:
@@ -233,10 +263,16 @@ def parse_oidc_settings(
                 issuer = _issuer(item, source, base, problems)
                 if issuer is None:
                     continue
+                where = int(issuer.origin.rpartition(":")[2])
                 if any(i.issuer == issuer.issuer for i in issuers):
-                    where = issuer.origin.rpartition(":")[2]
                     message = f"oidc.issuers: {issuer.issuer} is listed twice"
-                    problems.append(Problem(source, int(where), message))
+                    problems.append(Problem(source, where, message))
+                problems.extend(
+                    Problem(source, where, message)
+                    for other in issuers
+                    if other.issuer != issuer.issuer
+                    for message in _clashes(other, issuer)
+                )
                 issuers.append(issuer)
             continue
         try:

@@ -1,5 +1,6 @@
-"""ACL rules for machine identities, by tables: `claims:` in the ACL file (file:line errors) and
-in decisions, and a robot's rights as the intersection of its scopes and its principal's."""
+"""ACL rules for machine identities, by tables: `claims:` and `issuer:` in the ACL file
+(file:line errors) and in decisions, and a robot's rights as the intersection of its scopes
+and its principal's."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxy.acl import parse_acl_text
+from proxy.acl import bind_issuers, parse_acl_text
 from proxy.identity import Identity, RobotGrant
 from proxy.policy import Rule, authorize, decide
 from proxy.routes import ACTIONS, Action, Operation, classify
@@ -32,21 +33,25 @@ ACL = """\
 - actions: [pull]
   repositories: [library/**]
 """
-RULES, PROBLEMS = parse_acl_text(ACL, "acl.yaml")
+ISSUER = "https://token.actions.githubusercontent.com"
+OTHER = "https://ghes.example.org"
+PARSED, PROBLEMS = parse_acl_text(ACL, "acl.yaml")
+RULES, BOUND = bind_issuers(PARSED, (ISSUER,))  # one issuer configured: claims rules are its
 
 RELEASE = {"repository_owner": "acme", "ref": "refs/tags/v1.0", "repository": "acme/app"}
 BRANCH = {**RELEASE, "ref": "refs/heads/main"}
 STRANGER = {**RELEASE, "repository_owner": "evil"}
 
 
-def token(claims: dict[str, Any], user: str = "ci:acme/app", groups: frozenset[str] = frozenset()
-          ) -> Identity:  # fmt: skip
-    return Identity(user, groups, None, claims)
+def token(claims: dict[str, Any], user: str = "ci:acme/app", groups: frozenset[str] = frozenset(),
+          issuer: str = ISSUER) -> Identity:  # fmt: skip
+    return Identity(user, groups, None, claims, issuer=issuer)
 
 
 def test_the_acl_parses() -> None:
-    assert PROBLEMS == []
+    assert PROBLEMS == [] and BOUND == []
     assert RULES[0].claims == (("repository_owner", ("acme",)), ("ref", ("refs/tags/v*",)))
+    assert RULES[0].issuers == frozenset({ISSUER}) and PARSED[0].issuers == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -61,6 +66,11 @@ def test_the_acl_parses() -> None:
         (token(RELEASE, "ci:acme/tool"), "pull", "any/thing", True, 7),
         (token({}, "ci:acme/tool"), "pull", "any/thing", True, 7),
         (token(STRANGER, groups=frozenset({"github:acme"})), "pull", "shared/base", True, 9),
+        # the same claims from another trusted issuer: the rules are not for its tokens
+        (token(RELEASE, "ghes:acme/app", issuer=OTHER), "push", "apps/app", False, None),
+        (token(RELEASE, "ghes:acme/app", issuer=OTHER), "pull", "apps/app", False, None),
+        # claims without an issuer (a caller that is no token): never a claims rule
+        (token(RELEASE, issuer=None), "pull", "apps/app", False, None),  # type: ignore[arg-type]
         # a password user has no claims: claims rules never match
         (Identity("alice"), "pull", "apps/app", False, None),
         (Identity("alice"), "push", "alice/x", True, 14),
@@ -87,7 +97,13 @@ def test_claims_rules_decide(
         ("- actions: [pull]\n  claims: {ref: {a: b}}\n", 2, "claims: ref: expected a glob"),
         ("- actions: [pull]\n  claims: {ref: null}\n", 2, "claims: ref: expected a glob"),
         ("- anonymous: true\n  claims: {a: b}\n  actions: [pull]\n", 1,
-         "anonymous entries cannot name users, groups or claims"),
+         "anonymous entries cannot name users, groups, claims or an issuer"),
+        ("- anonymous: true\n  issuer: https://a.example\n  actions: [pull]\n", 1,
+         "anonymous entries cannot name users, groups, claims or an issuer"),
+        ("- actions: [pull]\n  issuer: http://a.example\n", 2,
+         "issuer: expected an issuer's https:// URL, got 'http://a.example'"),
+        ("- actions: [pull]\n  issuer: [https://a.example, 3]\n", 2,
+         "issuer: expected a name or a list of names"),
     ],
 )  # fmt: skip
 def test_bad_claims_are_reported_with_file_and_line(text: str, line: int, message: str) -> None:
@@ -95,6 +111,35 @@ def test_bad_claims_are_reported_with_file_and_line(text: str, line: int, messag
     assert rules == ()
     assert [(p.source, p.line) for p in problems] == [("acl.yaml", line)]
     assert problems[0].message.startswith(message), problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("issuers", "problems"),
+    [
+        ((OTHER,), []),  # the only issuer: the claims rule is its
+        ((OTHER, ISSUER), [
+            (1, "claims: name the issuer these claims are from (several are configured)"),
+        ]),
+        ((ISSUER,), [(3, f"issuer: {OTHER} is not among oidc.issuers")]),
+        ((), [(3, f"issuer: {OTHER} is not among oidc.issuers")]),
+    ],
+)  # fmt: skip
+def test_claims_rules_are_bound_to_their_issuer(
+    issuers: tuple[str, ...], problems: list[tuple[int, str]]
+) -> None:
+    text = f"- claims: {{a: b}}\n  actions: [pull]\n- issuer: {OTHER}\n  actions: [pull]\n"
+    rules, found = bind_issuers(parse_acl_text(text, "acl.yaml")[0], issuers)
+    assert [(p.source, p.line, p.message) for p in found] == [("acl.yaml", *p) for p in problems]
+    assert rules[0].issuers == (frozenset(issuers) if len(issuers) == 1 else frozenset())
+    assert rules[1].issuers == frozenset({OTHER})
+
+
+def test_an_issuer_rule_matches_that_issuers_tokens_only() -> None:
+    (rule,), _ = parse_acl_text(f"- issuer: {OTHER}\n  actions: [pull]\n", "acl.yaml")
+    assert not rule.catch_all
+    assert rule.matches_who(token({}, "ghes:x", issuer=OTHER))
+    assert not rule.matches_who(token({}, "ci:x"))
+    assert not rule.matches_who(Identity("alice"))
 
 
 def test_claim_values_of_other_yaml_types_are_their_texts() -> None:

@@ -93,6 +93,11 @@ ISSUER = "    - issuer: https://i.example\n      audience: a\n      user: sub\n"
         ("oidc:\n  issuers:\n" + ISSUER + ISSUER, 6,
          "oidc.issuers: https://i.example is listed twice"),
         ("oidc:\n  issuers:\n" + ISSUER + "      audience: b\n", 6, "oidc.issuers: duplicate key"),
+        ("oidc:\n  issuers:\n" + ISSUER + ISSUER.replace("i.example", "j.example"), 6,
+         "oidc.issuers.user: 'sub' can make the same names as 'sub' (https://i.example)"),
+        ("oidc:\n  issuers:\n" + ISSUER.replace("sub", "'ci:{sub}'")
+         + ISSUER.replace("i.example", "j.example").replace("sub", "'ci:x{sub}'"), 6,
+         "oidc.issuers.user: 'ci:x{sub}' can make the same names as 'ci:{sub}'"),
     ],
 )  # fmt: skip
 def test_problems_have_their_line(tmp_path: Path, text: str, line: int, message: str) -> None:
@@ -103,6 +108,16 @@ def test_problems_have_their_line(tmp_path: Path, text: str, line: int, message:
     (problem,) = caught.value.problems
     assert (problem.source, problem.line) == (str(config), line)
     assert problem.message.startswith(message), problem.message
+
+
+def test_issuers_with_prefixes_of_their_own_load(tmp_path: Path) -> None:
+    config = tmp_path / "regproxy.yaml"
+    config.write_text(
+        "oidc:\n  issuers:\n"
+        + ISSUER.replace("sub", "'ci:{sub}'")
+        + ISSUER.replace("i.example", "j.example").replace("sub", "'gl:{sub}'")
+    )
+    assert load(config).oidc is not None
 
 
 def test_a_ca_file_that_is_no_certificate(tmp_path: Path) -> None:
@@ -170,7 +185,7 @@ def test_the_shipped_examples_load_and_decide_as_they_say(name: str, tmp_path: P
     for changed, may_push in ((claims, True), ({**claims, **not_a_release}, False)):
         made, groups = identity_from(issuer, changed)
         assert made == user or not may_push
-        who = Identity(made, groups, None, changed)
+        who = Identity(made, groups, None, changed, issuer=issuer.issuer)
         assert decide(loaded.rules, who, "push", repository).allowed is may_push
         assert decide(loaded.rules, who, "pull", repository).allowed
 
