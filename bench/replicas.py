@@ -38,7 +38,7 @@ from typing import Any
 
 import redis
 
-from proxy.credentials import hash_password
+from proxy.authn.credentials import hash_password
 
 CONFIGS = (("1 replica, direct", 1, False), *((f"{n} behind HAProxy", n, True) for n in (1, 2, 3)))
 CONNECTIONS = 64

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.credentials import basic_header, hash_password
+from proxy.authn.credentials import basic_header, hash_password
 
 try:
     from tests.e2e.harness import Registry, TlsFiles, free_port, https_status, make_tls

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from proxy import config as config_module
-from proxy.credentials import hash_password
+from proxy.authn.credentials import hash_password
+from proxy.conf import config as config_module
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "conf" / "regproxy.yaml"

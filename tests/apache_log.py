@@ -1,5 +1,5 @@
 """A reader of Apache's common and combined access lines (and combined + %D), written from
-Apache's rules, independent of proxy.accesslog: fields split as log analysers split them,
+Apache's rules, independent of proxy.observe.accesslog: fields split as log analysers split them,
 each value unescaped back to the bytes that were logged (ap_escape_logitem's escapes)."""
 
 from __future__ import annotations

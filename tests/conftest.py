@@ -29,14 +29,14 @@ from aiohttp import web
 from hypothesis import settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.credentials import hash_password
-from proxy.peers import Peers
-from proxy.reload import State
-from proxy.robots import derive
-from proxy.routes import Operation, classify
-from proxy.server import Server
-from proxy.snapshot import load_snapshot
-from proxy.uploads import bind_location
+from proxy.authn.credentials import hash_password
+from proxy.authn.robotfile import derive
+from proxy.conf.reload import State
+from proxy.conf.snapshot import load_snapshot
+from proxy.guards.uploads import bind_location
+from proxy.http.routes import Operation, classify
+from proxy.serve.server import Server
+from proxy.state.peers import Peers
 from tests.net import free_socket
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def htpasswd_text(users: dict[str, str]) -> str:
 
 def bound(path: str, user: str | None, key: bytes) -> str:
     """An upload URL path (query included) as the proxy hands it to `user`: with the binding
-    that makes it theirs (proxy.uploads)."""
+    that makes it theirs (proxy.guards.uploads)."""
     upload = classify("PATCH", urlsplit(path).path)
     assert isinstance(upload, Operation) and upload.repository is not None
     return bind_location(path, upload.repository, key, user)

@@ -18,7 +18,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from proxy.credentials import hash_password
+from proxy.authn.credentials import hash_password
 from tests.conftest import (
     ENV,
     ROOT,
@@ -322,7 +322,7 @@ def test_check_names_users_and_groups_placeholders_pass_by(tmp_path: Path, tls: 
 
 
 def test_import_writes_yaml_and_lists_what_it_could_not_translate(tmp_path: Path) -> None:
-    from proxy.config import load
+    from proxy.conf.config import load
     from tests.unit.test_importer import RECIPE_HTTPD
 
     httpd = tmp_path / "httpd.conf"
@@ -690,7 +690,7 @@ def test_paths_through_a_symbolic_link_are_not_normalised_away(tmp_path: Path) -
 
 
 def test_help_is_written_for_users_with_exit_codes() -> None:
-    from proxy.cli import _parser
+    from proxy.cli.main import _parser
 
     top = regproxy("--help", cwd=ROOT)
     assert top.returncode == 0

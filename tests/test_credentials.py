@@ -1,6 +1,7 @@
-"""proxy.credentials against Apache's real `htpasswd`: every format it writes is recognised and
-verified as Apache verifies it (truncation, prefixes, non-UTF-8 passwords), hashes regproxy
-writes are accepted by Apache, and dummy hashes match real files' scheme and cost.
+"""proxy.authn.credentials against Apache's real `htpasswd`: every format it writes is
+recognised and verified as Apache verifies it (truncation, prefixes, non-UTF-8 passwords),
+hashes regproxy writes are accepted by Apache, and dummy hashes match real files' scheme and
+cost.
 (The pure tables: tests/unit/test_credentials.py.)
 
 `htpasswd` (apache2-utils) is required: without it these tests fail, they never skip.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.credentials import (
+from proxy.authn.credentials import (
     BCRYPT_MAX_BYTES,
     PasswordHash,
     dummy_like,

@@ -525,7 +525,7 @@ async def test_an_endless_catalog_costs_a_bounded_number_of_upstream_pages(
     that does not name any repository the caller may not see."""
     from urllib.parse import parse_qs, urlsplit
 
-    from proxy.catalog import MAX_PAGES
+    from proxy.upstream.catalog import MAX_PAGES
 
     async def endless(request: web.Request) -> web.StreamResponse:
         after = parse_qs(urlsplit(str(request.rel_url)).query).get("last", [""])[0]

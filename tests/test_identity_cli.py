@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.robots import SECRET_RE
+from proxy.authn.robotfile import SECRET_RE
 from tests.conftest import SECRET, TlsPair, regproxy, write_setup
 
 ACL = """acl:

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions, major_minor
 
-from proxy.config import Config, load
-from proxy.problems import ConfigError
-from proxy.snapshot import load_users
-from proxy.tls import load_certificate, server_context
+from proxy.conf.config import Config, load
+from proxy.conf.snapshot import load_users
+from proxy.core.problems import ConfigError
+from proxy.http.tls import load_certificate, server_context
 from tests.kube import KUBERNETES, ROOT, Pod, container, find, local, manifests, pod_volumes
 
 # The oldest Kubernetes the manifests are written for (the preStop `sleep` action is on by

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.accesslog import json_text
+from proxy.observe.accesslog import json_text
 from tests import apache_log
 from tests.conftest import (
     USERS,
@@ -153,7 +153,7 @@ async def test_metrics_add_up_across_workers(served: Served, tls: TlsPair) -> No
 
 
 def test_reference_config_documents_every_key() -> None:
-    from proxy.config import _KEYS
+    from proxy.conf.config import _KEYS
 
     reference = (Path(__file__).resolve().parents[1] / "conf/regproxy.reference.yaml").read_text()
     for key in _KEYS:

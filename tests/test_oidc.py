@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from joserfc.jwk import ECKey
 
-from proxy.config import load
-from proxy.credentials import hash_password
-from proxy.problems import ConfigError
+from proxy.authn.credentials import hash_password
+from proxy.conf.config import load
+from proxy.core.problems import ConfigError
 from tests.conftest import (
     GROUPS_TEXT,
     FakeUpstream,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import Config
+from proxy.conf.config import Config
 from tests.conftest import free_socket
 from tests.e2e.harness import Podman
 from tests.terminal import Terminal
@@ -88,7 +88,7 @@ def files_of_make_run(clone: Path) -> str:
     """What `make run` makes before it serves (scripts/run.py): the certificate and the first
     user; returns what it printed (the password among it)."""
     code = (
-        "import sys; sys.path.insert(0, 'scripts'); import run; from proxy import config;"
+        "import sys; sys.path.insert(0, 'scripts'); import run; from proxy.conf import config;"
         "c = config.load(run.CONFIG); run.ensure_certificate(c.tls_cert, c.tls_key);"
         "run.ensure_users(c.htpasswd, c.groups, c.push_group)"
     )

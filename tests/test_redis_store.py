@@ -1,6 +1,6 @@
-"""Replicas sharing state through a real redis-server (proxy.redis_store), in one process: each
-`Replica` is a RedisStore with its own origin, feeding its own throttle as a server does.
-Redis stopped and restarted mid-test: the stores degrade, reconnect and catch up."""
+"""Replicas sharing state through a real redis-server (proxy.state.redis_store), in one
+process: each `Replica` is a RedisStore with its own origin, feeding its own throttle as a
+server does. Redis stopped and restarted mid-test: the stores degrade, reconnect and catch up."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from proxy.events import BlobGone, Event, LoginFailed, LoginSucceeded, encode
-from proxy.redis_layout import Keys, entry
-from proxy.redis_store import RedisStore
-from proxy.store import LocalStore, LockTimeout, StateSettings, StoreUnavailable
-from proxy.throttle import Throttle, ThrottleSettings
+from proxy.authn.throttle import Throttle, ThrottleSettings
+from proxy.state.events import BlobGone, Event, LoginFailed, LoginSucceeded, encode
+from proxy.state.redis_layout import Keys, entry
+from proxy.state.redis_store import RedisStore
+from proxy.state.store import LocalStore, LockTimeout, StateSettings, StoreUnavailable
 from tests.conftest import Mesh, until
 from tests.redis_server import RedisServer
 

@@ -165,8 +165,8 @@ def test_an_edit_made_while_the_files_were_read_is_not_lost(
 ) -> None:
     """The watcher starts from each file as it was just before it was read: an edit that
     lands after the read but before watching starts is still seen as an edit."""
-    from proxy.reload import Watcher
-    from proxy.snapshot import load_snapshot
+    from proxy.conf.reload import Watcher
+    from proxy.conf.snapshot import load_snapshot
     from tests.conftest import write_setup
 
     config = write_setup(tmp_path, tls, upstream.url)

@@ -14,8 +14,16 @@ from pathlib import Path
 import pytest
 import trustme
 
+from proxy.authn.robotfile import (
+    SECRET_RE,
+    Robot,
+    derive,
+    entry_text,
+    new_secret,
+    secret_hash,
+    usage_path,
+)
 from proxy.authn.robots import read_usage
-from proxy.robots import SECRET_RE, Robot, derive, entry_text, new_secret, secret_hash, usage_path
 from tests.conftest import (
     ENV,
     GROUPS_TEXT,

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.uploads import bind_location
+from proxy.guards.uploads import bind_location
 from tests.conftest import FakeUpstream, ProxyFactory, basic
 from tests.unit.test_routes import CATALOG_REFUSALS, REFUSALS, Answer
 
@@ -242,7 +242,7 @@ async def test_location_rewritten_only_when_it_points_upstream(
     ) as resp:
         assert resp.status == 202
         host = f"localhost:{proxy.server.port}"
-        # An upload's Location comes back signed for whoever started it (proxy.uploads).
+        # An upload's Location comes back signed for whoever started it (proxy.guards.uploads).
         signed = bind_location(expected.format(host=host), "a", proxy.server.upload_key, "push")
         assert resp.headers["Location"] == signed
         assert ("_regproxy=" in signed) == ("/uploads/" in expected)
@@ -268,7 +268,7 @@ async def test_connection_cannot_drop_host_and_upstream_locations_never_leak(
         headers={**proxy.auth("push"), "Connection": "Host, X-Secret-Hop", "X-Secret-Hop": "1"},
     ) as resp:
         assert resp.status == 202
-        location = resp.headers["Location"]  # and the upload binding (proxy.uploads)
+        location = resp.headers["Location"]  # and the upload binding (proxy.guards.uploads)
         assert location.startswith(f"https://{host}/v2/a/blobs/uploads/u1?_state=s&_regproxy=")
     (seen,) = upstream.requests
     assert seen.headers["host"] == [host] and "x-secret-hop" not in seen.headers

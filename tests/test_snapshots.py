@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from proxy import server as server_module
 from proxy.authn import AuthResult, Outcome
 from proxy.authn.chain import Authenticators
-from proxy.credentials import PasswordHash
-from proxy.reload import State
-from proxy.server import Server
-from proxy.snapshot import Snapshot, load_snapshot
+from proxy.authn.credentials import PasswordHash
+from proxy.conf.reload import State
+from proxy.conf.snapshot import Snapshot, load_snapshot
+from proxy.serve import server as server_module
+from proxy.serve.server import Server
 from tests.conftest import (
     USERS,
     FakeUpstream,

@@ -1,5 +1,5 @@
-"""The local store (proxy.store): two workers' throttles and caches joined by a real datagram
-mesh (proxy.peers), in one process; named locks over shared lock files."""
+"""The local store (proxy.state.store): two workers' throttles and caches joined by a real datagram
+mesh (proxy.state.peers), in one process; named locks over shared lock files."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from proxy.authn.cache import CacheSettings
-from proxy.events import BlobGone, Event
-from proxy.store import LocalStore, LockTimeout
-from proxy.throttle import Throttle, ThrottleSettings
+from proxy.authn.throttle import Throttle, ThrottleSettings
+from proxy.state.events import BlobGone, Event
+from proxy.state.store import LocalStore, LockTimeout
 from tests.conftest import Mesh
 
 SETTINGS = ThrottleSettings(attempts=4, window=300.0, max_delay=900.0)
@@ -154,8 +154,8 @@ async def test_a_password_verified_by_one_worker_is_not_hashed_again_by_another(
 
     from proxy.authn import Outcome
     from proxy.authn.chain import BackendFactory
+    from proxy.authn.credentials import PasswordHash, hash_password, parse_htpasswd
     from proxy.authn.htpasswd import HtpasswdAuthenticator, UserFiles
-    from proxy.credentials import PasswordHash, hash_password, parse_htpasswd
 
     mesh = Mesh(2)
     key = b"k" * 32

@@ -19,10 +19,10 @@ from typing import ClassVar
 import pytest
 from aiohttp import web
 
-from proxy import server as server_module
-from proxy import tagguard
-from proxy.store import LocalStore
-from proxy.tagguard import MANIFEST_TYPES, MAX_MANIFEST
+from proxy.guards import tags as tagguard
+from proxy.guards.tags import MANIFEST_TYPES, MAX_MANIFEST
+from proxy.serve import server as server_module
+from proxy.state.store import LocalStore
 from tests.conftest import (
     USERS,
     FakeUpstream,

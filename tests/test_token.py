@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from proxy.config import load
-from proxy.problems import ConfigError
+from proxy.conf.config import load
+from proxy.core.problems import ConfigError
 from tests.conftest import USERS, ProxyFactory, basic
 
 
@@ -115,7 +115,7 @@ def test_check_validates_the_token_section(tmp_path: Path) -> None:
     text = str(caught.value)
     assert f"{config}:4: token.expiry: at most 86400 seconds" in text
     assert f"{config}:5: token.path: must not be under /v2" in text
-    from proxy.snapshot import load_snapshot
+    from proxy.conf.snapshot import load_snapshot
 
     config.write_text(token_yaml(other_key, cert))
     (tmp_path / "htpasswd").write_text("u:$apr1$abcdefgh$0123456789012345678901\n")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from proxy.robots import Robot, derive, entry_text, new_secret, secret_hash
-from proxy.uploads import PARAM
+from proxy.authn.robotfile import Robot, derive, entry_text, new_secret, secret_hash
+from proxy.guards.uploads import PARAM
 from tests.conftest import (
     SECRET,
     USERS,

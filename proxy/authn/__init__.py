@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..identity import NO_CLAIMS, RobotGrant
+from ..policy.identity import NO_CLAIMS, RobotGrant
 
 
 class Outcome(enum.Enum):

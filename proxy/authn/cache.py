@@ -27,8 +27,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ..credentials import PasswordHash
 from . import fingerprint
+from .credentials import PasswordHash
 
 T = TypeVar("T")
 

@@ -25,13 +25,10 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .. import metrics
-from ..addresses import IPAddress, throttle_key
-from ..credentials import MalformedCredentials, PasswordHash, bearer_token, parse_basic_auth
-from ..events import CredentialVerified, Event
-from ..identity import Identity
-from ..robots import Robot
-from ..throttle import Throttle, ThrottleSettings, token_login
+from ..core.addresses import IPAddress, throttle_key
+from ..observe import metrics
+from ..policy.identity import Identity
+from ..state.events import CredentialVerified, Event
 from . import (
     Authenticator,
     AuthResult,
@@ -41,11 +38,14 @@ from . import (
     fingerprint,
 )
 from .cache import CacheSettings, VerifiedCache
+from .credentials import MalformedCredentials, PasswordHash, bearer_token, parse_basic_auth
 from .htpasswd import HtpasswdAuthenticator, UserFiles
+from .robotfile import Robot
 from .robots import RobotAuthenticator, RobotUsage
+from .throttle import Throttle, ThrottleSettings, token_login
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..conf.config import Config
     from .jwks import KeySource
     from .ldap_settings import LdapSettings
     from .oidc import IssuerVerifier

@@ -11,9 +11,9 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from ..credentials import DEFAULT_DUMMY_SAMPLE, Htpasswd, PasswordHash, dummy_like
 from . import AuthResult, Outcome
 from .cache import VerifiedCache, verify_hash
+from .credentials import DEFAULT_DUMMY_SAMPLE, Htpasswd, PasswordHash, dummy_like
 
 
 @dataclass(frozen=True)

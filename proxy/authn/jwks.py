@@ -30,7 +30,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
 from . import BackendUnavailable
-from .tokens import ALGORITHMS, Key, key_fits
+from .jwt import ALGORITHMS, Key, key_fits
 
 log = logging.getLogger("regproxy.authn.oidc")
 

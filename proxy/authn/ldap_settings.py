@@ -53,7 +53,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from ..problems import BadValue, Problem
+from ..core.problems import BadValue, Problem
 
 with warnings.catch_warnings():
     # ldap3 2.9.1 imports names that pyasn1 >= 0.6 deprecates: harmless, but warnings are errors

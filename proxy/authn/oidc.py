@@ -3,7 +3,7 @@ as the Basic password or as `Authorization: Bearer`.
 
 A password with a JWT's shape is this backend's: it is checked here and never handed to a
 password backend (an LDAP server never sees a CI token). The token is read strictly
-(`proxy.authn.tokens`), its issuer must be configured, its claims are checked (iss, aud, exp,
+(`proxy.authn.jwt`), its issuer must be configured, its claims are checked (iss, aud, exp,
 nbf, iat, with the clock skew) before its signature is (`proxy.authn.jwks` holds the keys);
 then the issuer's `required` conditions, and the identity's name and groups come from the
 claims. A token that passed is remembered until it expires (never longer than the verified
@@ -23,13 +23,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .. import claims as claim_values
-from ..robots import USER_PREFIX
+from ..policy import claims as claim_values
 from . import AuthResult, Outcome, fingerprint
 from .cache import VerifiedCache
 from .jwks import KeySource
+from .jwt import Parsed, Rejected, check_claims, looks_like_jwt, parse, verify_signature
 from .oidc_settings import IssuerSettings, OidcSettings
-from .tokens import Parsed, Rejected, check_claims, looks_like_jwt, parse, verify_signature
+from .robotfile import USER_PREFIX
 
 log = logging.getLogger("regproxy.authn.oidc")
 

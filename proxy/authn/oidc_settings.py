@@ -36,9 +36,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ..acl import claim_conditions
-from ..claims import CLAIM_NAME_RE, Conditions, template_names
-from ..problems import BadValue, Problem, construct
+from ..core.problems import BadValue, Problem, construct
+from ..policy.acl import claim_conditions
+from ..policy.claims import CLAIM_NAME_RE, Conditions, template_names
 
 MAX_SKEW = 300.0
 

@@ -1,7 +1,7 @@
 """Users in Redis (`auth_backends: [..., redis]`), as the ngx_mruby proxy kept them: adding a user
 or moving them to their own registry is a Redis write, not a file edit on every node.
 
-A user is the hash `PREFIX user:NAME` (`proxy.redis_layout`): `password` in any format an
+A user is the hash `PREFIX user:NAME` (`proxy.state.redis_layout`): `password` in any format an
 htpasswd file takes, `groups` (names separated by spaces or commas), `upstream` (optional: the
 user's own registry). Writers INCR `PREFIX users:version` after a change.
 
@@ -30,12 +30,12 @@ from typing import cast
 
 from redis.asyncio import Redis
 
-from ..addresses import parse_upstream
-from ..credentials import PasswordHash, dummy_like, identify
-from ..redis_layout import Keys
-from ..redis_store import DOWN
+from ..core.addresses import parse_upstream
+from ..state.redis_layout import Keys
+from ..state.redis_store import DOWN
 from . import AuthResult, BackendUnavailable, Outcome
 from .cache import VerifiedCache, verify_hash
+from .credentials import PasswordHash, dummy_like, identify
 
 log = logging.getLogger("regproxy.authn")
 

@@ -1,4 +1,4 @@
-"""The robot backend: `robot$NAME` and its secret (`proxy.robots`), checked with one HMAC.
+"""The robot backend: `robot$NAME` and its secret (`proxy.authn.robotfile`), checked with one HMAC.
 
 Outcomes: a user name without `robot$` -> NO_SUCH_USER (the next backend is asked), unless the
 password is a robot secret (WRONG_PASSWORD: it never reaches a password backend); a robot
@@ -26,10 +26,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from ..identity import RobotGrant
-from ..robots import SECRET_PREFIX, USER_PREFIX, Robot, expired, secret_hash, timestamp
+from ..policy.identity import RobotGrant
 from . import AuthResult, Outcome
 from .htpasswd import UserFiles
+from .robotfile import SECRET_PREFIX, USER_PREFIX, Robot, expired, secret_hash, timestamp
 
 log = logging.getLogger("regproxy.authn.robots")
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proxy.credentials import basic_header
+from proxy.authn.credentials import basic_header
 from tests.e2e.conftest import RegproxyProcess, start_regproxy
 from tests.e2e.harness import Registry, TlsFiles, free_port
 from tests.redis_server import RedisServer, debian_binary

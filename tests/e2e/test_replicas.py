@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.events import LoginFailed, decode
-from proxy.redis_layout import Keys
+from proxy.state.events import LoginFailed, decode
+from proxy.state.redis_layout import Keys
 from tests.e2e.conftest import ROOT, USERS
 from tests.e2e.fleet import Fleet, HAProxy
 from tests.e2e.harness import Podman, Registry, Skopeo, make_oci_layout, make_tls

@@ -1,5 +1,5 @@
 """How Go 1.19's net/http reads a request's headers, transcribed from its sources (the Go that
-builds Debian's docker-registry 2.8.2), for the property tests of proxy.headers.
+builds Debian's docker-registry 2.8.2), for the property tests of proxy.http.headers.
 
 Deliberately a separate, literal transcription over arbitrary bytes and full Unicode (not the
 proxy's ASCII shortcuts): Go strings are bytes, read as UTF-8 runes where a function asks for

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.accesslog import Entry, apache_line, escape, json_line, json_text
+from proxy.observe.accesslog import Entry, apache_line, escape, json_line, json_text
 from tests import apache_log
 
 STAMP = "23/Nov/2026:18:24:33 +0000"

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from proxy.acl import parse_acl_text
-from proxy.config import load
-from proxy.identity import Identity
-from proxy.policy import Rule, authorize, decide, glob_regex
-from proxy.problems import ConfigError, read_text
-from proxy.routes import Operation, classify
+from proxy.conf.config import load
+from proxy.core.problems import ConfigError, read_text
+from proxy.http.routes import Operation, classify
+from proxy.policy.acl import parse_acl_text
+from proxy.policy.identity import Identity
+from proxy.policy.rules import Rule, authorize, decide, glob_regex
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

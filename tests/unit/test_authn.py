@@ -11,8 +11,8 @@ import pytest
 
 from proxy.authn import Outcome
 from proxy.authn.cache import VerifiedCache
+from proxy.authn.credentials import PasswordHash, hash_password, parse_groups, parse_htpasswd
 from proxy.authn.htpasswd import HtpasswdAuthenticator, UserFiles
-from proxy.credentials import PasswordHash, hash_password, parse_groups, parse_htpasswd
 
 
 class RecordingExecutor(ThreadPoolExecutor):

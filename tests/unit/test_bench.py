@@ -9,9 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-from proxy.acl import parse_acl_text
-from proxy.credentials import parse_htpasswd
-from proxy.policy import Identity, decide
+from proxy.authn.credentials import parse_htpasswd
+from proxy.policy.acl import parse_acl_text
+from proxy.policy.rules import Identity, decide
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import run

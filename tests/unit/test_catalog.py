@@ -1,5 +1,5 @@
-"""The filtered catalog (proxy.catalog): paging over a fake registry, bounded work, no loops,
-and sealed positions that neither leak nor can be forged. Pure: `fetch` and `allow` are
+"""The filtered catalog (proxy.upstream.catalog): paging over a fake registry, bounded work,
+no loops, and sealed positions that neither leak nor can be forged. Pure: `fetch` and `allow` are
 functions of the test."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.catalog import (
+from proxy.http.routes import CATALOG_MAX, Refusal
+from proxy.upstream.catalog import (
     MAX_PAGES,
     SEALED,
     Listing,
@@ -20,7 +21,6 @@ from proxy.catalog import (
     seal,
     unseal,
 )
-from proxy.routes import CATALOG_MAX, Refusal
 
 KEY = secrets.token_bytes(32)
 
@@ -119,7 +119,7 @@ def test_sealed_positions_cannot_be_forged(token: str) -> None:
 
 @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/._-", min_size=1, max_size=60))
 def test_seal_round_trips_every_valid_name(name: str) -> None:
-    from proxy.routes import valid_name
+    from proxy.http.routes import valid_name
 
     assert unseal(seal(name, KEY), KEY) == (name if valid_name(name) else None)
 

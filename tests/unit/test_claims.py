@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.claims import holds, lookup, render, template_names, texts, unmet
+from proxy.policy.claims import holds, lookup, render, template_names, texts, unmet
 
 GITHUB = {
     "repository": "acme/app",

@@ -1,4 +1,4 @@
-"""Unit tables for proxy.config.load: defaults, every key, path
+"""Unit tables for proxy.conf.config.load: defaults, every key, path
 resolution, flag overrides, and every error reported at once as file:line."""
 
 from __future__ import annotations
@@ -9,17 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import (
-    FLAG_KEYS,
-    Config,
-    Listen,
-    default_workers,
-    load,
-)
-from proxy.limits import Timeouts
-from proxy.policy import recipe_rules
-from proxy.problems import ConfigError, Problem
-from proxy.throttle import ThrottleSettings as Throttle
+from proxy.authn.throttle import ThrottleSettings as Throttle
+from proxy.conf.config import FLAG_KEYS, Config, Listen, default_workers, load
+from proxy.core.limits import Timeouts
+from proxy.core.problems import ConfigError, Problem
+from proxy.policy.rules import recipe_rules
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "regproxy.yaml") -> Path:

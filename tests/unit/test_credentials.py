@@ -1,4 +1,4 @@
-"""Unit tables for proxy.credentials: hash recognition, the htpasswd/group parsers, Basic
+"""Unit tables for proxy.authn.credentials: hash recognition, the htpasswd/group parsers, Basic
 credentials, hashing, and file editing. (Against Apache's real `htpasswd`:
 tests/test_credentials.py.)"""
 
@@ -9,9 +9,8 @@ import base64
 import bcrypt
 import pytest
 
-from proxy import credentials
-from proxy.authn.htpasswd import UserFiles
-from proxy.credentials import (
+from proxy.authn import credentials
+from proxy.authn.credentials import (
     AUTHORIZATION_MAX,
     SLASH_PROBLEM,
     Htpasswd,
@@ -26,7 +25,8 @@ from proxy.credentials import (
     placeholder_notes,
     user_name_problem,
 )
-from proxy.problems import Problem
+from proxy.authn.htpasswd import UserFiles
+from proxy.core.problems import Problem
 
 
 @pytest.mark.parametrize("prefix", [b"2a", b"2b"])

@@ -1,4 +1,4 @@
-"""Events between workers and replicas (proxy.events): the byte format round-trips anything a
+"""Events between workers and replicas (proxy.state.events): the byte format round-trips anything a
 Basic header can carry, and decoding never raises."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.events import (
+from proxy.state.events import (
     BlobGone,
     CredentialVerified,
     Event,

@@ -1,11 +1,11 @@
-"""Header rewriting in both directions (proxy.forward): tables over the pure functions."""
+"""Header rewriting in both directions (proxy.upstream.forward): tables over the pure functions."""
 
 from __future__ import annotations
 
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.forward import END_TO_END, request_headers, response_headers, rewrite_location
+from proxy.upstream.forward import END_TO_END, request_headers, response_headers, rewrite_location
 
 UPSTREAM = "http://127.0.0.1:5000"
 PUBLIC = "https://registry.example:5043"

@@ -10,12 +10,17 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.acl import parse_acl_text
-from proxy.addresses import origin, parse_networks
-from proxy.config import load
-from proxy.credentials import MalformedCredentials, parse_basic_auth, parse_groups, parse_htpasswd
-from proxy.problems import ConfigError
-from proxy.token import parse_scopes
+from proxy.authn.credentials import (
+    MalformedCredentials,
+    parse_basic_auth,
+    parse_groups,
+    parse_htpasswd,
+)
+from proxy.conf.config import load
+from proxy.core.addresses import origin, parse_networks
+from proxy.core.problems import ConfigError
+from proxy.policy.acl import parse_acl_text
+from proxy.tokenserver.scopes import parse_scopes
 
 LINES = st.lists(
     st.one_of(

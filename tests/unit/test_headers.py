@@ -1,4 +1,4 @@
-"""proxy.headers reads a request's headers as the Go registry does, or refuses them.
+"""proxy.http.headers reads a request's headers as the Go registry does, or refuses them.
 
 The properties compare the proxy's reading with tests/unit/go_reference.py, a transcription of
 Go 1.19's net/http and mime over raw bytes and full Unicode.
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.headers import (
+from proxy.http.headers import (
     _REMEMBERED,
     MediaType,
     Reading,

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from proxy.acl import bind_issuers, parse_acl_text
-from proxy.identity import Identity, RobotGrant
-from proxy.policy import Rule, authorize, decide
-from proxy.routes import ACTIONS, Action, Operation, classify
+from proxy.http.routes import ACTIONS, Action, Operation, classify
+from proxy.policy.acl import bind_issuers, parse_acl_text
+from proxy.policy.identity import Identity, RobotGrant
+from proxy.policy.rules import Rule, authorize, decide
 
 ACL = """\
 - claims: {repository_owner: acme, ref: "refs/tags/v*"}

@@ -13,12 +13,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import Config, Listen, load
-from proxy.identity import Identity
-from proxy.importer import Imported, import_config
-from proxy.policy import decide, recipe_rules
-from proxy.problems import Problem
-from proxy.routes import ACTIONS
+from proxy.conf.config import Config, Listen, load
+from proxy.core.problems import Problem
+from proxy.http.routes import ACTIONS
+from proxy.importer.translate import Imported, import_config
+from proxy.policy.identity import Identity
+from proxy.policy.rules import decide, recipe_rules
 
 # The recipe's httpd.conf as the docs write it, sections included (shipped for the README).
 RECIPE_HTTPD = (Path(__file__).parents[2] / "conf/examples/recipe-httpd.conf").read_text()

@@ -17,7 +17,7 @@ from proxy.authn.ldap_settings import (
     parse_ldap_settings,
     split_dn,
 )
-from proxy.problems import Problem
+from proxy.core.problems import Problem
 
 SOURCE = "regproxy.yaml"
 SEARCH = "ldap:\n  url: ldaps://ldap.example.org\n  user_base: ou=people,dc=example,dc=org\n"

@@ -9,8 +9,8 @@ import trustme
 import yaml
 
 from proxy.authn.oidc_settings import OidcSettings
-from proxy.config import load
-from proxy.problems import ConfigError
+from proxy.conf.config import load
+from proxy.core.problems import ConfigError
 
 GOOD = """\
 oidc:
@@ -172,8 +172,8 @@ RELEASES = {
 @pytest.mark.parametrize("name", sorted(RELEASES))
 def test_the_shipped_examples_load_and_decide_as_they_say(name: str, tmp_path: Path) -> None:
     from proxy.authn.oidc import identity_from
-    from proxy.identity import Identity
-    from proxy.policy import decide
+    from proxy.policy.identity import Identity
+    from proxy.policy.rules import decide
 
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(RELEASES)
     config = tmp_path / "regproxy.yaml"

@@ -1,4 +1,4 @@
-"""Unit tables for proxy.policy: the Apache recipe's rules and first-match decisions."""
+"""Unit tables for proxy.policy.rules: the Apache recipe's rules and first-match decisions."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.identity import Identity
-from proxy.policy import Decision, Rule, Verdict, authorize, decide, recipe_rules
-from proxy.routes import ACTIONS, Operation, classify
+from proxy.http.routes import ACTIONS, Operation, classify
+from proxy.policy.identity import Identity
+from proxy.policy.rules import Decision, Rule, Verdict, authorize, decide, recipe_rules
 
 ALL = frozenset(ACTIONS)
 PULL = frozenset({"pull"})
@@ -461,7 +461,7 @@ _NAMES = st.lists(st.sampled_from(["alice", "bob", "team", "ci", "x", "library",
 def test_a_compiled_glob_reads_as_the_filled_in_pattern(
     pattern: str, who: Identity, name: str
 ) -> None:
-    from proxy.policy import Glob, _expand, glob_regex
+    from proxy.policy.rules import Glob, _expand, glob_regex
 
     expected = any(glob_regex(text).fullmatch(name) for text in _expand(pattern, who))
     assert Glob(pattern).matches(who, name) == expected
@@ -471,7 +471,7 @@ def test_a_compiled_glob_reads_as_the_filled_in_pattern(
 def test_the_rule_index_decides_as_the_linear_scan(
     patterns: list[str], who: Identity, repository: str
 ) -> None:
-    from proxy.policy import RuleSet, first_match
+    from proxy.policy.rules import RuleSet, first_match
 
     rules = tuple(
         Rule(frozenset({"pull"}), repositories=(p,), anonymous=who.anonymous, origin=f"r{i}")
@@ -481,7 +481,7 @@ def test_the_rule_index_decides_as_the_linear_scan(
 
 
 def test_ten_thousand_rules_are_indexed_by_their_first_component() -> None:
-    from proxy.policy import RuleSet
+    from proxy.policy.rules import RuleSet
 
     rules = RuleSet(
         Rule(frozenset({"pull"}), repositories=(f"team{i:05d}/**",), origin=f"r{i}")

@@ -1,4 +1,4 @@
-"""Shared readers (proxy.problems): problems as file:line, and safe reading of edited files."""
+"""Shared readers (proxy.core.problems): problems as file:line, and safe reading of edited files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy.problems import (
+from proxy.core.problems import (
     MAX_FILE_BYTES,
     ConfigError,
     Problem,

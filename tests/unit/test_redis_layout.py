@@ -9,12 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.authn.credentials import identify
 from proxy.authn.redis_users import UserRecord, parse_record
-from proxy.config import load
-from proxy.credentials import identify
-from proxy.events import BlobGone, LoginFailed, LoginSucceeded
-from proxy.problems import ConfigError
-from proxy.redis_layout import (
+from proxy.cli.redis_passwd import changes
+from proxy.conf.config import load
+from proxy.core.problems import ConfigError
+from proxy.state.events import BlobGone, LoginFailed, LoginSucceeded
+from proxy.state.redis_layout import (
     BACKOFF_CAP,
     BACKOFF_FIRST,
     Keys,
@@ -25,8 +26,7 @@ from proxy.redis_layout import (
     start_id,
     stream_ms,
 )
-from proxy.redis_passwd import changes
-from proxy.store import StateSettings
+from proxy.state.store import StateSettings
 
 BCRYPT = "$2y$04$" + "a" * 53
 APR1 = "$apr1$abcdefgh$0123456789012345678901"
@@ -96,7 +96,7 @@ def test_history_starts_retention_back_and_never_before_zero() -> None:
 
 
 def test_backoff_doubles_to_a_cap_with_jitter() -> None:
-    from proxy.redis_layout import backoff
+    from proxy.state.redis_layout import backoff
 
     assert [backoff(n, 1.0) for n in range(3)] == [BACKOFF_FIRST, 2 * BACKOFF_FIRST, 0.4]
     assert backoff(0, 0.0) == BACKOFF_FIRST / 2

@@ -9,12 +9,9 @@ from typing import Any
 
 import pytest
 
+from proxy.authn.credentials import Htpasswd, identify
 from proxy.authn.htpasswd import UserFiles
-from proxy.authn.robots import grant
-from proxy.credentials import Htpasswd, identify
-from proxy.identity import RobotGrant
-from proxy.problems import ConfigError
-from proxy.robots import (
+from proxy.authn.robotfile import (
     SECRET_RE,
     Robot,
     appendable,
@@ -26,6 +23,9 @@ from proxy.robots import (
     secret_hash,
     without_entry,
 )
+from proxy.authn.robots import grant
+from proxy.core.problems import ConfigError
+from proxy.policy.identity import RobotGrant
 
 KEY = derive(b"s" * 40, "robots")
 HASH = secret_hash(KEY, "regproxy_robot_" + "a" * 43)

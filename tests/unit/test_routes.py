@@ -1,4 +1,4 @@
-"""Unit tables for proxy.routes.classify over the OCI distribution spec's endpoints."""
+"""Unit tables for proxy.http.routes.classify over the OCI distribution spec's endpoints."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from proxy.routes import (
+from proxy.http.routes import (
     NAME_MAX,
     NAME_RE,
     Operation,

@@ -10,13 +10,13 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.acl import parse_acl_document, parse_acl_text
-from proxy.config import load
-from proxy.identity import Identity
-from proxy.policy import decide
-from proxy.problems import ConfigError, read_text
-from proxy.routes import Operation, classify
-from proxy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
+from proxy.conf.config import load
+from proxy.core.problems import ConfigError, read_text
+from proxy.http.routes import Operation, classify
+from proxy.policy.acl import parse_acl_document, parse_acl_text
+from proxy.policy.identity import Identity
+from proxy.policy.rules import decide
+from proxy.policy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "acl" / "release-tags.yaml"
 

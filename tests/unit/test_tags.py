@@ -1,5 +1,6 @@
-"""Unit tables and properties for tag policy: tag globs in ACL rules (proxy.policy), immutable
-tags and protected deletes (proxy.tagrules), and glob containment (proxy.acl.glob_covers)."""
+"""Unit tables and properties for tag policy: tag globs in ACL rules (proxy.policy.rules),
+immutable tags and protected deletes (proxy.policy.tagrules), and glob containment
+(proxy.policy.acl.glob_covers)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.acl import glob_covers
-from proxy.identity import Identity
-from proxy.policy import Rule, authorize, decide, glob_regex
-from proxy.routes import TAG_RE, Operation, Refusal, classify, valid_component
-from proxy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
+from proxy.http.routes import TAG_RE, Operation, Refusal, classify, valid_component
+from proxy.policy.acl import glob_covers
+from proxy.policy.identity import Identity
+from proxy.policy.rules import Rule, authorize, decide, glob_regex
+from proxy.policy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
 
 PULL = frozenset({"pull"})
 PUSH = frozenset({"pull", "push"})

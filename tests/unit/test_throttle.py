@@ -7,9 +7,9 @@ import ipaddress
 
 import pytest
 
-from proxy.addresses import origin, parse_networks
-from proxy.events import LoginFailed, LoginSucceeded
-from proxy.throttle import SPRAY_FACTOR, USER_FACTOR, Throttle, ThrottleSettings
+from proxy.authn.throttle import SPRAY_FACTOR, USER_FACTOR, Throttle, ThrottleSettings
+from proxy.core.addresses import origin, parse_networks
+from proxy.state.events import LoginFailed, LoginSucceeded
 
 S = ThrottleSettings(attempts=3, window=60.0, max_delay=100.0)
 
@@ -176,7 +176,7 @@ def test_client_address(peer: str, forwarded: list[str], expected: str) -> None:
 
 
 def test_ipv6_clients_are_counted_by_their_64() -> None:
-    from proxy.addresses import throttle_key
+    from proxy.core.addresses import throttle_key
 
     one, other = ipaddress.ip_address("2001:db8:1:2::1"), ipaddress.ip_address("2001:db8:1:2::ff")
     assert throttle_key(one) == throttle_key(other) == "2001:db8:1:2::/64"
@@ -186,7 +186,7 @@ def test_ipv6_clients_are_counted_by_their_64() -> None:
 
 
 def test_token_logins_lock_only_themselves_and_are_never_known_good() -> None:
-    from proxy.throttle import token_login
+    from proxy.authn.throttle import token_login
 
     throttle = Throttle()
     tokens = [token_login(bytes([n]) * 32) for n in range(S.attempts * SPRAY_FACTOR + 5)]

@@ -1,13 +1,13 @@
-"""Token server mode's pure parts (proxy.token): scopes read as the distribution spec writes
-them, and granted as the ACL's subset."""
+"""Token server mode's pure parts (proxy.tokenserver.scopes): scopes read as the distribution
+spec writes them, and granted as the ACL's subset."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.identity import Identity
-from proxy.policy import Rule, recipe_rules
-from proxy.token import Scope, granted, parse_scopes
+from proxy.policy.identity import Identity
+from proxy.policy.rules import Rule, recipe_rules
+from proxy.tokenserver.scopes import Scope, granted, parse_scopes
 
 
 def test_scope_parsing_drops_what_it_cannot_name() -> None:

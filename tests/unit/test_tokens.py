@@ -19,7 +19,7 @@ from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OctKey, RSAKey
 
 from proxy.authn.jwks import candidates, parse_jwks
-from proxy.authn.tokens import (
+from proxy.authn.jwt import (
     Parsed,
     Rejected,
     check_claims,

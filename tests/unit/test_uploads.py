@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.routes import Operation, classify
-from proxy.uploads import NOT_YOURS, PARAM, bind_location, binding, check
+from proxy.guards.uploads import NOT_YOURS, PARAM, bind_location, binding, check
+from proxy.http.routes import Operation, classify
 
 KEY = b"k" * 32
 UPLOAD = "/v2/team/app/blobs/uploads/3f2a-11"

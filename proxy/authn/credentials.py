@@ -1,0 +1,339 @@
+"""Apache htpasswd and group files: pure parsers and hash verification.
+
+Parsing never does I/O: `parse_htpasswd(text, source)` and `parse_groups(text, source)` take the
+file's text and the name to put in error messages. A bad line is reported as `source:line` and
+skipped; every other line keeps working, as Apache does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import bcrypt
+
+from ..core.problems import Problem
+from ..http.routes import valid_component
+
+_USER_RE = re.compile(r"[^\s:#][^\s:]*")
+SLASH_PROBLEM = "'/' is not allowed (${user} or ${group} in the ACL would cross a namespace)"
+BCRYPT_MAX_BYTES = 72  # bcrypt ignores the rest; Apache and the bcrypt C library agree
+_CRYPT64 = "[./0-9A-Za-z]"
+_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("bcrypt", re.compile(rf"\$2[abxy]\$(?:0[4-9]|[12]\d|3[01])\${_CRYPT64}{{53}}")),
+    ("apr1", re.compile(rf"\$apr1\$[^$:]{{0,8}}\${_CRYPT64}{{22}}")),
+    ("sha256-crypt", re.compile(rf"\$5\$(rounds=\d+\$)?[^$:]{{0,16}}\${_CRYPT64}{{43}}")),
+    ("sha512-crypt", re.compile(rf"\$6\$(rounds=\d+\$)?[^$:]{{0,16}}\${_CRYPT64}{{86}}")),
+    ("sha1", re.compile(r"\{SHA\}[A-Za-z0-9+/]{27}=")),
+    ("crypt", re.compile(rf"{_CRYPT64}{{13}}")),
+)
+
+
+def _lines(text: str) -> list[str]:
+    """Lines as editors and Apache count them: split on newlines only (not on form feeds or
+    Unicode separators, which str.splitlines also takes), CR of CRLF dropped."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _entries(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, stripped line) of every line that is not blank or a `#` comment."""
+    for number, raw in enumerate(_lines(text), start=1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            yield number, line
+
+
+def _check_bcrypt(password: bytes, stored: str) -> bool:
+    # Apache writes $2y$; the bcrypt library wants $2b$ (same algorithm, different label).
+    normalized = "$2b$" + stored[4:] if stored[:4] in ("$2y$", "$2x$", "$2a$") else stored
+    return bcrypt.checkpw(password[:BCRYPT_MAX_BYTES], normalized.encode("ascii"))
+
+
+def _sha_crypt_rounds(stored: str) -> int:
+    match = re.match(r"\$[56]\$rounds=(\d+)\$", stored)
+    return int(match.group(1)) if match else 5000
+
+
+# Schemes other than bcrypt come from passlib (libpass), imported only when a file uses one:
+# it costs each process several MiB, and most htpasswd files are bcrypt only.
+_PASSLIB = {
+    "apr1": "apr_md5_crypt",
+    "sha256-crypt": "sha256_crypt",
+    "sha512-crypt": "sha512_crypt",
+    "sha1": "ldap_sha1",
+    "crypt": "des_crypt",
+}
+
+
+def _passlib(scheme: str) -> Any:
+    import passlib.hash
+
+    return getattr(passlib.hash, _PASSLIB[scheme])
+
+
+def _check(scheme: str, password: bytes, stored: str) -> bool:
+    if scheme == "bcrypt":
+        return _check_bcrypt(password, stored)
+    return bool(_passlib(scheme).verify(password, stored))
+
+
+def _hash_like(scheme: str, password: str, sample: str) -> str:
+    """A hash of `password` with the same scheme and cost as `sample`."""
+    if scheme == "bcrypt":  # the pattern guarantees a two-digit cost of 04-31
+        salt = bcrypt.gensalt(int(sample[4:6]), prefix=b"2b")
+        return bcrypt.hashpw(password.encode(), salt).decode()
+    handler = _passlib(scheme)
+    if scheme in ("sha256-crypt", "sha512-crypt"):
+        handler = handler.using(rounds=_sha_crypt_rounds(sample))
+    return str(handler.hash(password[:8] if scheme == "crypt" else password))
+
+
+@dataclass(frozen=True)
+class PasswordHash:
+    """A stored hash whose scheme was recognised when the file was parsed."""
+
+    scheme: str
+    value: str = field(repr=False)
+
+    @property
+    def cost(self) -> int:
+        """bcrypt's log2 rounds or sha-crypt's rounds; 0 for schemes without a cost."""
+        if self.scheme == "bcrypt":
+            return int(self.value[4:6])
+        if self.scheme in ("sha256-crypt", "sha512-crypt"):
+            return _sha_crypt_rounds(self.value)
+        return 0
+
+    def verify(self, password: bytes) -> bool:
+        """Slow for bcrypt and sha-crypt: callers run it off the event loop. A password the
+        scheme cannot even take (NUL bytes for crypt) is simply wrong, never an error."""
+        try:
+            return _check(self.scheme, password, self.value)
+        except (ValueError, TypeError):
+            return False
+
+
+def identify(stored: str) -> PasswordHash | None:
+    """Recognise every format Apache's `htpasswd` writes; None for anything else."""
+    for name, pattern in _PATTERNS:
+        if pattern.fullmatch(stored):
+            return PasswordHash(name, stored)
+    return None
+
+
+DEFAULT_DUMMY_SAMPLE = PasswordHash("bcrypt", "$2y$05$" + "." * 53)
+
+
+def dummy_like(sample: PasswordHash | None) -> PasswordHash:
+    """A hash of a random password with the same scheme and cost as `sample`.
+
+    Unknown users are checked against it so that they cost as long as a wrong password:
+    the response time does not tell which user names exist.
+    """
+    sample = sample or DEFAULT_DUMMY_SAMPLE
+    return PasswordHash(
+        sample.scheme, _hash_like(sample.scheme, secrets.token_urlsafe(16), sample.value)
+    )
+
+
+@dataclass(frozen=True)
+class Htpasswd:
+    """Parsed htpasswd file: users with recognised hashes, and the lines that were not."""
+
+    users: dict[str, PasswordHash]
+    problems: tuple[Problem, ...] = ()
+
+    def typical_hash(self) -> PasswordHash | None:
+        """The most common scheme/cost in the file, to build the unknown-user dummy from."""
+        counts: dict[tuple[str, int], int] = {}
+        samples: dict[tuple[str, int], PasswordHash] = {}
+        for h in self.users.values():
+            key = (h.scheme, h.cost)
+            counts[key] = counts.get(key, 0) + 1
+            samples[key] = h
+        if not counts:
+            return None
+        return samples[max(counts, key=lambda k: counts[k])]
+
+
+def parse_htpasswd(text: str, source: str) -> Htpasswd:
+    """Parse `user:hash` lines, splitting on the first colon. Blank and `#` lines are skipped.
+
+    A user listed twice keeps the first entry (Apache stops at the first match) and the repeat
+    is reported. A line that cannot be parsed disables that line, and with it its user: a
+    later line for the same user does not take over, since Apache would stop at the first.
+    A name with `/` is refused (see SLASH_PROBLEM).
+    """
+    users: dict[str, PasswordHash] = {}
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    for number, line in _entries(text):
+        user, sep, stored = line.partition(":")
+        if not sep or not _USER_RE.fullmatch(user):
+            problems.append(Problem(source, number, "malformed line, expected user:hash"))
+            continue
+        parsed = identify(stored.strip())
+        if "/" in user:
+            problems.append(Problem(source, number, f"user {user!r}: {SLASH_PROBLEM}"))
+        elif user in seen:
+            problems.append(Problem(source, number, f"user {user!r} repeated; first entry wins"))
+        elif parsed is None:
+            problems.append(
+                Problem(source, number, f"user {user!r}: unrecognised or plaintext password hash")
+            )
+        else:
+            users[user] = parsed
+        seen.add(user)
+    return Htpasswd(users, tuple(problems))
+
+
+def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tuple[Problem, ...]]:
+    """Parse Apache's group file: `group: user1 user2`; a group may appear on several lines.
+    A group named with `/` is refused with its line, a member named with `/` is left out."""
+    members: dict[str, set[str]] = {}
+    problems: list[Problem] = []
+    for number, line in _entries(text):
+        group, sep, users = line.partition(":")
+        group = group.strip()
+        if not sep or not group or any(c.isspace() for c in group):
+            problems.append(Problem(source, number, "malformed line, expected 'group: user ...'"))
+            continue
+        if "/" in group:
+            problems.append(Problem(source, number, f"group {group!r}: {SLASH_PROBLEM}"))
+            continue
+        names = users.split()
+        for user in (u for u in names if "/" in u):
+            problems.append(Problem(source, number, f"member {user!r}: {SLASH_PROBLEM}"))
+        members.setdefault(group, set()).update(u for u in names if "/" not in u)
+    return {g: frozenset(u) for g, u in members.items()}, tuple(problems)
+
+
+def placeholder_notes(text: str, source: str, kind: str) -> list[Problem]:
+    """The users (kind "user", an htpasswd file) or groups (kind "group", a group file) whose
+    names can never fill a `${user}` or `${group}` placeholder: not one repository path
+    component (lowercase letters, digits and single separators). They still log in and match
+    rules by name; only placeholder patterns pass them by."""
+    notes = []
+    for number, line in _entries(text):
+        name = line.partition(":")[0].strip()
+        if name and "/" not in name and not valid_component(name):
+            notes.append(
+                Problem(
+                    source,
+                    number,
+                    f"note: {kind} {name!r} never matches ${{{kind}}} in the ACL"
+                    " (not a single lowercase repository path component)",
+                )
+            )
+    return notes
+
+
+class MalformedCredentials(ValueError):
+    """An Authorization header that is not well-formed Basic credentials."""
+
+
+AUTHORIZATION_MAX = 4096
+
+
+def parse_basic_auth(values: list[str]) -> tuple[str, str] | None:
+    """The (user, password) of a Basic Authorization header; None if there is none.
+
+    Raises MalformedCredentials for several headers, anything outside ASCII, bad base64, a
+    missing colon, or an absurd length. Another scheme, or an empty user with an empty
+    password, counts as no credentials (the client is asked for Basic). Spaces and tabs around
+    the parts are tolerated, as Apache does; the scheme is compared ASCII case-insensitively
+    (Go's parseBasicAuth uses ascii.EqualFold), never with Unicode folding.
+    Bytes that are not UTF-8 are kept (surrogate escapes) so they still compare as bytes.
+    """
+    if not values:
+        return None
+    if len(values) > 1:
+        raise MalformedCredentials("several Authorization headers")
+    value = values[0].strip(" \t")
+    if len(value) > AUTHORIZATION_MAX:
+        raise MalformedCredentials("Authorization header too long")
+    if not value.isascii():
+        raise MalformedCredentials("Authorization header is not ASCII")
+    scheme, _, encoded = value.partition(" ")
+    if scheme.encode().lower() != b"basic":  # bytes: ASCII-only folding
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(" \t"), validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedCredentials("Basic credentials are not valid base64") from None
+    user, sep, password = decoded.decode("utf-8", "surrogateescape").partition(":")
+    if not sep:
+        raise MalformedCredentials("Basic credentials have no ':' between user and password")
+    if not user and not password:
+        return None  # what podman sends when it has no credentials: anonymous
+    return user, password
+
+
+_TOKEN68_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
+def bearer_token(values: list[str]) -> str | None:
+    """The token of a single `Authorization: Bearer` header (RFC 6750), or None for another
+    scheme or none. MalformedCredentials for a Bearer header without a well-formed token (the
+    length and count limits are `parse_basic_auth`'s, which runs first)."""
+    if len(values) != 1:
+        return None
+    scheme, _, token = values[0].strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = token.strip()
+    if not _TOKEN68_RE.fullmatch(token):
+        raise MalformedCredentials("Bearer credentials are not a token")
+    return token
+
+
+def basic_header(user: str, password: str) -> str:
+    """An Authorization header value (for credentials that arrived another way)."""
+    raw = f"{user}:{password}".encode("utf-8", "surrogateescape")
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def hash_password(password: str, cost: int = 10) -> str:
+    """A bcrypt hash labelled `$2y$`, exactly as Apache's `htpasswd -B` writes it."""
+    if not 4 <= cost <= 17:
+        raise ValueError("bcrypt cost must be between 4 and 17 (htpasswd -C)")
+    value = bcrypt.hashpw(password.encode()[:BCRYPT_MAX_BYTES], bcrypt.gensalt(cost)).decode()
+    return "$2y$" + value[4:]
+
+
+def user_name_problem(user: str) -> str | None:
+    """Why `user` may not be added to an htpasswd file, or None."""
+    if not _USER_RE.fullmatch(user):
+        return f"invalid user name {user!r}: no spaces, ':' or leading '#'"
+    if "/" in user:
+        return f"invalid user name {user!r}: {SLASH_PROBLEM}"
+    return None
+
+
+def edit_htpasswd(text: str, user: str, new_hash: str | None) -> tuple[str, bool]:
+    """Set (or, with `new_hash` None, delete) `user`'s line; every other line is kept as is.
+
+    Returns the new text and whether the user was there before.
+    """
+    problem = user_name_problem(user)
+    if problem is not None and (new_hash is not None or "/" not in user):
+        raise ValueError(problem)  # a user with '/' may still be deleted
+    lines, found = [], False
+    for raw in _lines(text):
+        if raw.partition(":")[0].strip() == user and not raw.lstrip().startswith("#"):
+            if not found and new_hash is not None:
+                lines.append(f"{user}:{new_hash}")
+            found = True
+            continue
+        lines.append(raw)
+    if not found and new_hash is not None:
+        lines.append(f"{user}:{new_hash}")
+    return ("\n".join(lines) + "\n" if lines else ""), found

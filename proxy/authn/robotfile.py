@@ -1,0 +1,305 @@
+"""Robot accounts: scoped, expiring, revocable tokens for scripts and CI, each acting for an
+owner. The robots file and the secrets' keyed hashes; pure but for `read_secret_file`.
+
+A robot logs in with Basic as `robot$NAME` and its secret, `regproxy_robot_` followed by 43
+URL-safe base64 characters (256 random bits): the prefix lets secret scanners find a leaked
+one (`regproxy_robot_[A-Za-z0-9_-]{43}`). The file keeps only HMAC-SHA256(key, secret), the key
+derived from the server's `secret_file`. A slow hash would buy nothing: the secret is random,
+not a password a person chose, so it cannot be guessed from its hash whatever the speed; the
+key means a stolen robots file alone does not even allow trying. A check costs one HMAC.
+
+The file is a YAML list, one mapping per robot, written by `regproxy robot` and fine to edit
+by hand:
+
+    - name: ci-app                      # [a-z0-9], then [a-z0-9._-], at most 64
+      owner: alice                      # optional: whose rights bound the robot's
+      repositories: [apps/app, "apps/app-*"]   # globs as in the ACL (no ${user})
+      actions: [pull, push]             # pull, push, delete
+      expires: "2026-12-31T00:00:00Z"
+      secret: "hmac-sha256:..."
+      description: release pipeline     # optional
+      created: "2026-12-01T09:00:00Z"   # optional, informational
+
+An entry that cannot be used disables that robot only, reported as `file:line`; a repeated
+name disables the later entry. A file that is not YAML keeps the last good version in force.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..core.problems import ConfigError, Problem, compose_yaml, construct, read_text
+from ..http.routes import ACTIONS, Action
+from ..policy.acl import glob_problem
+
+SECRET_PREFIX = "regproxy_robot_"
+SECRET_RE = re.compile(rf"{SECRET_PREFIX}[A-Za-z0-9_-]{{43}}")
+USER_PREFIX = "robot$"
+NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
+HASH_SCHEME = "hmac-sha256:"
+MIN_SECRET = 32  # characters of the server's secret_file
+_KEYS = ("name", "owner", "repositories", "actions", "expires", "secret", "description",
+         "created")  # fmt: skip
+_REQUIRED = ("name", "repositories", "actions", "expires", "secret")
+
+
+@dataclass(frozen=True)
+class Robot:
+    name: str
+    secret_hash: str = field(repr=False)
+    repositories: tuple[str, ...]
+    actions: frozenset[Action]
+    expires: float  # epoch seconds
+    owner: str | None = None
+    description: str = ""
+    created: str = ""
+    origin: str = ""  # file:line
+
+    @property
+    def user(self) -> str:
+        return USER_PREFIX + self.name
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def derive(secret: bytes, purpose: str) -> bytes:
+    """A key for one purpose from the server's secret (robots, upload bindings)."""
+    return hmac.new(secret, f"regproxy {purpose} v1".encode(), hashlib.sha256).digest()
+
+
+def secret_hash(key: bytes, secret: str) -> str:
+    digest = hmac.new(key, secret.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+    return HASH_SCHEME + base64.b64encode(digest).decode()
+
+
+def read_secret_file(path: Path) -> bytes:
+    """The server's secret; ConfigError when unreadable or too short to be a key."""
+    secret = read_text(path).strip()
+    if len(secret) < MIN_SECRET:
+        message = f"secret_file: at least {MIN_SECRET} random characters needed"
+        raise ConfigError([Problem(str(path), 0, message)])
+    return secret.encode()
+
+
+def timestamp(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_DURATION_RE = re.compile(r"(\d{1,5})([hdw])")
+_UNITS = {"h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_expiry(text: str, now: float) -> float:
+    """`30d`, `12h`, `2w` from now, or an ISO 8601 date or time (UTC unless it says)."""
+    match = _DURATION_RE.fullmatch(text.strip())
+    if match:
+        seconds = int(match[1]) * _UNITS[match[2]]
+        if seconds <= 0:
+            raise ValueError("the expiry must be in the future")
+        return now + seconds
+    try:
+        return _moment(text)
+    except ValueError:
+        raise ValueError(f"expected 30d, 12h, 2w or an ISO 8601 date, got {text!r}") from None
+
+
+def _moment(value: Any) -> float:
+    moment: datetime | None = None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):  # YAML reads an unquoted 2030-01-01 as a date
+        moment = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+    if not isinstance(moment, datetime):
+        raise ValueError(f"expected an ISO 8601 date and time, got {value!r}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _field(key: str, value: Any) -> Any:
+    if key == "name":
+        if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+            raise ValueError(
+                f"name: expected [a-z0-9] then [a-z0-9._-] (64 at most), got {value!r}"
+            )
+        return value
+    if key == "owner":
+        if not isinstance(value, str) or not value or any(c.isspace() or c == ":" for c in value):
+            raise ValueError(f"owner: expected a user name, got {value!r}")
+        return value
+    if key == "repositories":
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(g, str) and g for g in items):
+            raise ValueError(f"repositories: expected a list of globs, got {value!r}")
+        for glob in items:
+            problem = glob_problem(glob)
+            if problem is None and "${" in glob:
+                problem = f"{glob!r}: a robot's scopes have no ${{user}} or ${{group}}"
+            if problem:
+                raise ValueError(f"repositories: {problem}")
+        return tuple(items)
+    if key == "actions":
+        items = value if isinstance(value, list) else [value]
+        if not items or any(a not in ACTIONS for a in items):
+            raise ValueError(f"actions: expected a list of pull, push, delete, got {value!r}")
+        return frozenset(items)
+    if key == "expires":
+        try:
+            return _moment(value)
+        except ValueError as exc:
+            raise ValueError(f"expires: {exc}") from None
+    if key == "secret":
+        if not isinstance(value, str) or not value.startswith(HASH_SCHEME):
+            raise ValueError(f"secret: expected {HASH_SCHEME}... (written by regproxy robot)")
+        return value
+    return "" if value is None else str(value)
+
+
+def _robot(node: yaml.Node, source: str) -> Robot:
+    """One entry; ValueError with `line: message` for the first problem."""
+    line = node.start_mark.line + 1
+    if not isinstance(node, yaml.MappingNode):
+        raise ValueError(f"{line}: expected a mapping (name, repositories, actions, ...)")
+    values: dict[str, Any] = {}
+    for key_node, value_node in node.value:
+        key, key_line = str(key_node.value), key_node.start_mark.line + 1
+        if key not in _KEYS:
+            raise ValueError(f"{key_line}: unknown key {key!r} (known: {', '.join(_KEYS)})")
+        if key in values:
+            raise ValueError(f"{key_line}: duplicate key {key!r}")
+        try:
+            values[key] = _field(key, construct(value_node))
+        except ValueError as exc:
+            raise ValueError(f"{key_line}: {exc}") from None
+    missing = [k for k in _REQUIRED if k not in values]
+    if missing:
+        raise ValueError(f"{line}: missing {', '.join(missing)}")
+    values["secret_hash"] = values.pop("secret")
+    return Robot(origin=f"{source}:{line}", **values)
+
+
+def parse_robots(text: str, source: str) -> tuple[dict[str, Robot], list[Problem]]:
+    """The robots of a file by name, and the entries that were skipped (file:line). Raises
+    ConfigError when the file is not a YAML list at all."""
+    node = compose_yaml(text, source)
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
+        return {}, []
+    if not isinstance(node, yaml.SequenceNode):
+        line = node.start_mark.line + 1
+        raise ConfigError([Problem(source, line, "robots: expected a list of robots")])
+    robots: dict[str, Robot] = {}
+    problems: list[Problem] = []
+    for item in node.value:
+        try:
+            robot = _robot(item, source)
+        except ValueError as exc:
+            line, _, message = str(exc).partition(": ")
+            problems.append(Problem(source, int(line), f"robot disabled: {message}"))
+            continue
+        if robot.name in robots:
+            line = int(robot.origin.rpartition(":")[2])
+            first = robots[robot.name].origin
+            problems.append(Problem(source, line, f"robot {robot.name!r} repeated ({first} wins)"))
+            continue
+        robots[robot.name] = robot
+    return robots, problems
+
+
+def load_robots(path: Path) -> tuple[dict[str, Robot], list[Problem]]:
+    """The robots file; a missing file has no robots (`regproxy robot create` makes it)."""
+    if not path.exists():
+        return {}, []
+    return parse_robots(read_text(path), str(path))
+
+
+def entry_text(robot: Robot) -> str:
+    """A robot as a block of the file, to append."""
+    fields: dict[str, Any] = {"name": robot.name}
+    if robot.owner:
+        fields["owner"] = robot.owner
+    fields["repositories"] = list(robot.repositories)
+    fields["actions"] = [a for a in ACTIONS if a in robot.actions]
+    fields["expires"] = timestamp(robot.expires)
+    fields["secret"] = robot.secret_hash
+    if robot.description:
+        fields["description"] = robot.description
+    if robot.created:
+        fields["created"] = robot.created
+    return yaml.safe_dump([fields], sort_keys=False, default_flow_style=None, width=1000)
+
+
+def without_entry(text: str, name: str, source: str) -> str | None:
+    """The file's text without the entry (or entries) named `name`, every other line kept
+    as it was; None when there is none."""
+    node = compose_yaml(text, source)
+    if not isinstance(node, yaml.SequenceNode):
+        return None
+    spans = []
+    for item in node.value:
+        if isinstance(item, yaml.MappingNode) and any(
+            k.value == "name" and isinstance(v, yaml.ScalarNode) and v.value == name
+            for k, v in item.value
+        ):
+            spans.append((item.start_mark.line, _end_line(item)))
+    if not spans:
+        return None
+    lines = text.splitlines(keepends=True)
+    drop = {n for start, end in spans for n in range(start, end)}
+    return "".join(line for n, line in enumerate(lines) if n not in drop)
+
+
+def _end_line(item: yaml.Node) -> int:
+    """The line after an entry (a block mapping's end mark is at the next entry's line)."""
+    end = item.end_mark
+    return end.line + 1 if end.column > 0 else end.line
+
+
+def appendable(text: str, source: str) -> bool:
+    """Whether a new entry can be appended as text: an empty file or a block list."""
+    node = compose_yaml(text, source)
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
+        return True
+    return isinstance(node, yaml.SequenceNode) and not node.flow_style
+
+
+def expired(robot: Robot, now: float) -> bool:
+    return robot.expires <= now
+
+
+def usage_path(robots: Path) -> Path:
+    """Where the workers record when each robot was last used."""
+    return robots.with_name(robots.name + ".last-used")
+
+
+def describe(robots: Mapping[str, Robot], used: Mapping[str, float], now: float) -> list[str]:
+    """`regproxy robot list`: one line per robot."""
+    rows = [("NAME", "OWNER", "ACTIONS", "REPOSITORIES", "EXPIRES", "LAST USED")]
+    for robot in sorted(robots.values(), key=lambda r: r.name):
+        expires = timestamp(robot.expires) + (" (expired)" if expired(robot, now) else "")
+        last = timestamp(used[robot.name]) if robot.name in used else "never"
+        actions = ",".join(a for a in ACTIONS if a in robot.actions)
+        rows.append(
+            (robot.name, robot.owner or "-", actions, " ".join(robot.repositories), expires, last)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]

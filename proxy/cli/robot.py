@@ -1,0 +1,223 @@
+"""`regproxy robot create | list | revoke`: the robots file as people edit it, through the CLI.
+
+Each command reads the config for the `robots` file and the `secret_file`, takes an exclusive
+lock next to the robots file (two commands at once cannot lose an edit), and writes the file
+whole to a temp file that is renamed over it: a running proxy reads the old file or the new
+one, never half of one, and picks it up within a second. `create` appends the new entry and
+`revoke` removes the lines of one entry: every other line, comments included, stays as it was.
+Commands return exit codes; `proxy.cli.main` exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..authn.credentials import parse_htpasswd
+from ..authn.robotfile import (
+    MIN_SECRET,
+    NAME_RE,
+    USER_PREFIX,
+    Robot,
+    appendable,
+    derive,
+    describe,
+    entry_text,
+    load_robots,
+    new_secret,
+    parse_expiry,
+    parse_robots,
+    read_secret_file,
+    secret_hash,
+    timestamp,
+    usage_path,
+    without_entry,
+)
+from ..authn.robots import read_usage
+from ..conf.config import Config
+from ..core.problems import ConfigError, read_text, write_atomically
+from ..http.routes import ACTIONS, Action
+from ..policy.acl import glob_problem
+
+HEADER = (
+    "# regproxy robot accounts: written by `regproxy robot`, fine to edit by hand.\n"
+    "# Secrets are stored as keyed hashes only; see the README, CI and robot identities.\n"
+)
+
+
+def add_arguments(
+    robot: argparse.ArgumentParser, add_config_flag: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """`regproxy robot create | list | revoke` and their options."""
+    actions = robot.add_subparsers(
+        dest="robot_command", required=True, metavar="ACTION", help="create, list or revoke"
+    )
+    exits = "exit codes:\n  0    done\n  1    the config has no robots file, or a file problem"
+    exits += "\n  2    the command line is wrong"
+
+    def action(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return actions.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog=exits,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    create = action(
+        "create",
+        "make a robot and print its secret (once)",
+        "Make robot NAME, limited to the repository globs and actions given and to its owner's\n"
+        "rights, expiring after --expires. Its secret is printed once; the robots file keeps a\n"
+        "keyed hash of it. It logs in as robot$NAME with the secret as the password.",
+    )
+    create.add_argument("name", metavar="NAME", help="the robot's name (it logs in as robot$NAME)")
+    create.add_argument(
+        "--repositories", nargs="+", required=True, metavar="GLOB", help="repository globs"
+    )
+    create.add_argument("--actions", required=True, help="pull,push[,delete]")
+    create.add_argument("--expires", required=True, help="30d, 12h, 2w or an ISO date")
+    create.add_argument("--owner", help="whose rights bound the robot's (an htpasswd user)")
+    create.add_argument("--description", default="", help="what the robot is for")
+    listing = action(
+        "list",
+        "name, owner, scopes, expiry, last use",
+        "Every robot: name, owner, scopes, expiry and when it was last used.",
+    )
+    revoke = action(
+        "revoke",
+        "delete a robot: refused within a second",
+        "Delete robot NAME from the robots file: every worker refuses it within a second.",
+    )
+    revoke.add_argument("name", metavar="NAME", help="the robot to delete")
+    for command in (create, listing, revoke):
+        add_config_flag(command)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    if config.robots is None or config.secret_file is None:
+        print("the config has no robots: file (and secret_file:); add them", file=sys.stderr)
+        return 1
+    command = {"create": _create, "list": _list, "revoke": _revoke}[args.robot_command]
+    try:
+        return command(args, config, config.robots)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
+@contextlib.contextmanager
+def _exclusive(robots: Path) -> Iterator[None]:
+    fd = os.open(robots.with_name(f".{robots.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _secret(config: Config) -> bytes:
+    """The server's secret; made (random, mode 0600) when the file does not exist yet."""
+    path = config.secret_file
+    assert path is not None
+    if not path.exists():
+        write_atomically(path, secrets.token_urlsafe(MIN_SECRET + 16) + "\n", mode=0o600)
+        print(f"made a new server secret in {path} (keep it private)", file=sys.stderr)
+    return read_secret_file(path)
+
+
+def _actions(text: str) -> frozenset[Action] | None:
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    if not names or any(a not in ACTIONS for a in names):
+        return None
+    return frozenset(a for a in ACTIONS if a in names)
+
+
+def _problem(args: argparse.Namespace, config: Config, now: float) -> str | None:
+    if not NAME_RE.fullmatch(args.name):
+        return f"robot name {args.name!r}: [a-z0-9], then [a-z0-9._-], 64 at most"
+    for glob in args.repositories:
+        problem = glob_problem(glob)
+        if problem or "${" in glob:
+            return f"--repositories: {problem or 'no ${user} or ${group} in a robot scope'}"
+    if _actions(args.actions) is None:
+        return f"--actions: expected pull, push, delete separated by commas, got {args.actions!r}"
+    try:
+        if parse_expiry(args.expires, now) <= now:
+            return "--expires: the expiry is in the past"
+    except ValueError as exc:
+        return f"--expires: {exc}"
+    if args.owner is not None and "htpasswd" in config.auth_backends:
+        users = parse_htpasswd(read_text(config.htpasswd), str(config.htpasswd)).users
+        if args.owner not in users:
+            return f"--owner: {args.owner!r} is not a user of {config.htpasswd}"
+    return None
+
+
+def _create(args: argparse.Namespace, config: Config, robots: Path) -> int:
+    now = time.time()
+    problem = _problem(args, config, now)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
+    key = derive(_secret(config), "robots")
+    with _exclusive(robots):
+        text = read_text(robots) if robots.exists() else ""
+        if not appendable(text, str(robots)):
+            print(f"{robots} is not a block list of robots: edit it by hand", file=sys.stderr)
+            return 1
+        if args.name in parse_robots(text, str(robots))[0] or without_entry(
+            text, args.name, str(robots)
+        ):
+            print(f"a robot named {args.name!r} exists: revoke it first", file=sys.stderr)
+            return 1
+        secret = new_secret()
+        actions = _actions(args.actions)
+        assert actions is not None
+        robot = Robot(
+            args.name,
+            secret_hash(key, secret),
+            tuple(args.repositories),
+            actions,
+            parse_expiry(args.expires, now),
+            args.owner,
+            args.description,
+            timestamp(now),
+        )
+        prefix = (text if text.endswith("\n") or not text else text + "\n") or HEADER
+        write_atomically(robots, prefix + entry_text(robot))
+    print(secret)
+    print(
+        f"robot {args.name} created, expires {timestamp(robot.expires)}: log in as "
+        f"'{USER_PREFIX}{args.name}' with the secret above; it is not shown again",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _list(args: argparse.Namespace, config: Config, robots: Path) -> int:
+    book, problems = load_robots(robots)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    for line in describe(book, read_usage(usage_path(robots)), time.time()):
+        print(line)
+    return 0
+
+
+def _revoke(args: argparse.Namespace, config: Config, robots: Path) -> int:
+    with _exclusive(robots):
+        text = read_text(robots) if robots.exists() else ""
+        kept = without_entry(text, args.name, str(robots)) if text else None
+        if kept is None:
+            print(f"no robot named {args.name!r} in {robots}", file=sys.stderr)
+            return 1
+        write_atomically(robots, kept)
+    print(f"robot {args.name} revoked")
+    return 0

@@ -1,0 +1,1 @@
+"""The files regproxy reads, as one immutable snapshot, and their live reload."""

@@ -1,0 +1,292 @@
+"""Live edits: watched files -> a new Snapshot, built off the event loop, swapped in one
+assignment; the snapshot a request holds stays whole until it finishes.
+
+Files are polled (stat every tenth of a second), which sees in-place edits, write-then-rename and
+Kubernetes' swap of a `..data` symlink alike, on any filesystem. A change is loaded once the
+file has stopped changing for one poll, so a half-written file is not read. Loading runs in a
+worker thread: requests go on being answered while a 16 MiB htpasswd file is parsed. A load
+that fails keeps the last good snapshot and logs why, with file and line; a certificate that
+fails keeps the current one while the rest of the edit applies.
+
+Requests `enter()` the current snapshot and `leave()` it when they finish; a backend that
+the new snapshot no longer uses (an LDAP pool whose settings changed) is closed only once the
+last request holding the old snapshot has left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gc
+import logging
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..authn.chain import Authenticators
+from ..core.problems import ConfigError, Problem
+from ..observe import metrics
+from .config import Config
+from .snapshot import Signature, Snapshot, load_snapshot, load_tls, signature
+
+log = logging.getLogger("regproxy.reload")
+
+POLL_INTERVAL = 0.1  # a stat of each watched file ten times a second: edits apply in 0.1-0.2 s
+# Config attributes the running process cannot change (sockets, processes, log handlers).
+RESTART_ONLY = (
+    "listen",
+    "workers",
+    "log_level",
+    "access_log",
+    "access_log_path",
+    "audit_log",
+    "metrics_listen",
+    "state",
+)
+RESTART_ONLY_TIMEOUTS = ("keepalive", "header", "handshake")
+
+# Builds a snapshot's Authenticators in the loading thread: (new snapshot, previous one).
+AttachAuthn = Callable[[Snapshot, Snapshot | None], Authenticators]
+
+
+@contextlib.contextmanager
+def _sharing_the_interpreter() -> Iterator[None]:
+    """While a thread builds a snapshot, requests on the event loop wait for the interpreter
+    lock between its steps: hand it over ten times as often, and keep the cyclic garbage
+    collector (which would walk every user just loaded) from running in the middle. At the
+    end, what was built goes to the oldest generation as it is (`freeze` then `unfreeze`
+    moves every tracked object there and resets the young count): otherwise the next
+    allocation, on the event loop, would scan every object just made in one pause. The
+    price: cyclic garbage made while the collector was off (the build's, and requests')
+    waits for the next full collection rather than a young one."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(interval / 10)
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.unfreeze()
+        gc.enable()
+        sys.setswitchinterval(interval)
+
+
+class Watcher:
+    """Which watched files have changed and then stayed the same for one poll."""
+
+    def __init__(self, seen: Mapping[Path, Signature]) -> None:
+        """`seen`: each file as it was when it was read (`Snapshot.signatures`)."""
+        self._seen = dict(seen)
+        self._pending: dict[Path, Signature] = {}
+
+    def stable_changes(self) -> list[Path]:
+        now = {path: signature(path) for path in self._seen}
+        changed = [p for p, sig in now.items() if sig != self._seen[p]]
+        stable = [p for p in changed if self._pending.get(p, ...) == now[p]]
+        self._pending = {p: now[p] for p in changed}
+        if not changed or len(stable) != len(changed):
+            return []
+        self._seen = now  # an edit made while loading is seen at the next poll
+        self._pending = {}
+        return stable
+
+    def watch(self, files: tuple[Path, ...]) -> None:
+        """Follow a new set of files (the config may name others after a reload)."""
+        self._seen = {path: self._seen.get(path, signature(path)) for path in files}
+
+
+def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """`new` with the settings the running process cannot change kept at their running
+    value, and the names of those that the edit tried to change."""
+    kept = {name: getattr(old, name) for name in RESTART_ONLY}
+    changed = [name for name in RESTART_ONLY if getattr(new, name) != kept[name]]
+    timeouts = {name: getattr(old.timeouts, name) for name in RESTART_ONLY_TIMEOUTS}
+    changed += [
+        f"timeouts.{name}"
+        for name in RESTART_ONLY_TIMEOUTS
+        if getattr(new.timeouts, name) != timeouts[name]
+    ]
+    fixed = {name: getattr(old.limits, name) for name in ("connections", "upstream_connections")}
+    changed += [f"limits.{n}" for n, v in fixed.items() if getattr(new.limits, n) != v]
+    limits = replace(new.limits, **fixed)
+    merged = replace(new, **kept, timeouts=replace(new.timeouts, **timeouts), limits=limits)
+    return merged, changed
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The outcome of loading the files again: the new snapshot (None: refused, the last
+    good one stays) and what to tell the operator."""
+
+    snapshot: Snapshot | None
+    refused: list[Problem] = field(default_factory=list)
+    ignored_lines: list[Problem] = field(default_factory=list)
+    restart_only: list[str] = field(default_factory=list)
+    tls_problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.snapshot is not None and not self.tls_problems
+
+
+def load_next(
+    previous: Snapshot,
+    config_path: Path | None,
+    overrides: Mapping[str, object],
+    attach: AttachAuthn | None = None,
+) -> Loaded:
+    """Everything for the next snapshot (blocking: a worker thread, or the supervisor).
+    Settings that need a restart keep their running value; a certificate that fails keeps
+    the current one while the rest applies."""
+    try:
+        snapshot, problems = load_snapshot(config_path, overrides, previous, tls=False)
+    except ConfigError as exc:
+        return Loaded(None, refused=exc.problems)
+    config, changed = keep_restart_only(previous.config, snapshot.config)
+    tls_problems: list[Problem] = []
+    try:
+        context = load_tls(config) if previous.tls is not None else None
+    except ConfigError as exc:
+        tls_problems, context = exc.problems, previous.tls
+    snapshot = replace(snapshot, config=config, tls=context)
+    if attach is not None:
+        try:
+            snapshot = replace(snapshot, authn=attach(snapshot, previous))
+        except Exception as exc:  # whatever a backend raises refuses the reload, never the watch
+            source = str(config_path) if config_path is not None else "command line"
+            message = f"cannot build the authentication backends: {exc}"
+            return Loaded(None, refused=[Problem(source, 0, message)])
+    return Loaded(snapshot, [], problems, changed, tls_problems)
+
+
+def report(loaded: Loaded, reason: str, quiet: bool = False) -> None:
+    """Log a reload's outcome; `quiet` (a worker other than 0 under a supervisor): debug level
+    only, worker 0 says it for all."""
+    for problem in loaded.refused:
+        (log.debug if quiet else log.error)(
+            "reload failed, keeping the last good configuration: %s", problem
+        )
+    if loaded.snapshot is None:
+        return
+    for problem in loaded.ignored_lines:
+        (log.debug if quiet else log.warning)("%s (line ignored)", problem)
+    for name in loaded.restart_only:
+        (log.debug if quiet else log.warning)(
+            "%s changed in the config: takes effect at the next restart", name
+        )
+    for problem in loaded.tls_problems:
+        (log.debug if quiet else log.error)(
+            "TLS reload failed, keeping the current certificate: %s", problem
+        )
+    (log.debug if quiet else log.info)("configuration reloaded (%s)", reason)
+
+
+@dataclass
+class _Holders:
+    """The requests holding one snapshot, and whether it has been replaced meanwhile."""
+
+    snapshot: Snapshot
+    count: int = 0
+    retired: bool = False
+
+
+class State:
+    """Holds the current Snapshot and reloads it when its files change."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        config_path: Path | None,
+        overrides: Mapping[str, object],
+        attach: AttachAuthn | None = None,
+        quiet: bool = False,
+        executor: Executor | None = None,
+    ) -> None:
+        self.current = snapshot
+        self._executor = executor  # where loading runs (None: the loop's default executor)
+        self._config_path = config_path
+        self._overrides = dict(overrides)
+        self._attach = attach
+        self._quiet = quiet  # a worker under a supervisor: the parent reports reloads
+        self._watcher = Watcher(snapshot.signatures)
+        self._holders: dict[int, _Holders] = {}
+        self._loading = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Attach the running server's backends to the first snapshot (off the loop)."""
+        if self._attach is not None and self.current.authn is None:
+            first = self.current
+            loop = asyncio.get_running_loop()
+            authn = await loop.run_in_executor(self._executor, self._attach, first, None)
+            self.current = replace(first, authn=authn)
+
+    def enter(self) -> Snapshot:
+        """The snapshot a request uses from start to end; `leave` it when done."""
+        snapshot = self.current
+        holders = self._holders.get(id(snapshot))
+        if holders is None:
+            holders = self._holders[id(snapshot)] = _Holders(snapshot)
+        holders.count += 1
+        return snapshot
+
+    def leave(self, snapshot: Snapshot) -> None:
+        holders = self._holders[id(snapshot)]
+        holders.count -= 1
+        if holders.count == 0:
+            del self._holders[id(snapshot)]
+            if holders.retired:
+                self._close_unused(snapshot)
+
+    async def reload(self, reason: str = "reload requested") -> bool:
+        """Load everything again in a worker thread; on failure keep the current snapshot.
+        True if a new snapshot was swapped in."""
+        async with self._loading:
+            previous = self.current
+            load = functools.partial(
+                load_next, previous, self._config_path, self._overrides, self._attach
+            )
+            with _sharing_the_interpreter():
+                loaded = await asyncio.get_running_loop().run_in_executor(self._executor, load)
+            report(loaded, reason, self._quiet)
+            metrics.RECORD.reloaded(loaded.ok)
+            if loaded.snapshot is None:
+                return False
+            self._swap(previous, loaded.snapshot)
+            self._watcher.watch(loaded.snapshot.config.watched_files())
+            return True
+
+    def _swap(self, previous: Snapshot, snapshot: Snapshot) -> None:
+        self.current = snapshot
+        holders = self._holders.get(id(previous))
+        if holders is None:
+            self._close_unused(previous)
+        else:
+            holders.retired = True
+
+    def _close_unused(self, old: Snapshot) -> None:
+        """Close the old snapshot's backends that neither the current one nor a snapshot still
+        held by a request uses (an unchanged backend is shared by consecutive snapshots)."""
+        if old.authn is None:
+            return
+        in_use = [self.current, *(holders.snapshot for holders in self._holders.values())]
+        keep = {id(b) for snapshot in in_use if snapshot.authn for b in snapshot.authn.backends}
+        for backend in old.authn.backends:
+            if id(backend) not in keep:
+                backend.close()
+
+    def close(self) -> None:
+        """At shutdown: close the current snapshot's backends."""
+        if self.current.authn is not None:
+            for backend in self.current.authn.backends:
+                backend.close()
+
+    async def watch(self) -> None:
+        """Poll forever (cancelled at shutdown)."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            changed = self._watcher.stable_changes()
+            if changed:
+                await self.reload(", ".join(f"{p} changed" for p in changed))

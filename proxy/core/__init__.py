@@ -1,0 +1,1 @@
+"""Values every layer uses: file problems, addresses, limits, memory."""

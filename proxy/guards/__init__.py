@@ -1,0 +1,1 @@
+"""Policy steps on the request path that look at the registry or the request's body."""

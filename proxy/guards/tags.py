@@ -1,0 +1,450 @@
+"""Immutable tags and protected deletes on the request path: the registry is asked before a
+guarded manifest PUT or DELETE is forwarded.
+
+`proxy.policy.tagrules.plan` says what a request must pass; this step asks the registry, with the
+proxy's own requests (accepting every manifest media type):
+
+- a PUT by a tag an immutable rule guards: the manifest is read whole (it is small: at most
+  MAX_MANIFEST, the registry's own limit), its digest computed, and the tag looked up (`HEAD`).
+  A tag that names another manifest is refused with 403 DENIED naming the rule; an absent tag,
+  or one naming this very manifest (clients retry pushes), lets the exact bytes read go on;
+- a DELETE by digest where tags are guarded: the tag list (bounded), then a `HEAD` of each
+  guarded tag (bounded, a few at a time), and the manifests an index tag holds, through the
+  indexes nested in it too (bounded). A digest that a guarded tag names, directly or through
+  its index, is refused.
+
+Manifests held in memory at once are bounded per worker (MANIFEST_BUDGET): beyond it, a push
+is told to retry (503), so no number of large manifests at once can exhaust memory. Check and
+forward run under one lock per repository (`Store.lock`: across workers, and across
+replicas with a shared store), so two pushes of one new tag cannot both find it absent, nor can
+a delete race a push. A registry that cannot answer the check is a refusal (503), never a pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from ..conf.config import Config
+from ..core.limits import Timeouts
+from ..http.errors import error_response
+from ..http.routes import DIGEST_RE, TAG_RE, Operation
+from ..policy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
+from ..state.store import LockTimeout, Store
+from ..upstream.forward import ClientStalled, OnHeaders, Route, closing, idle_bounded
+from ..upstream.headcache import CachingForwarder
+
+log = logging.getLogger("regproxy.tags")
+
+MAX_MANIFEST = 4 * 1024 * 1024  # distribution refuses larger manifests
+MANIFEST_BUDGET = 64 * 1024 * 1024  # bytes of manifests one worker holds at once
+MAX_TAG_PAGES = 20  # tag list pages read before a delete by digest
+MAX_TAG_LIST = 8 * 1024 * 1024  # bytes of one tag list page
+MAX_GUARDED = 1000  # guarded tags looked up before a delete by digest; more: refused
+MAX_NESTED = 32  # manifests fetched to look into the indexes an index tag nests; more: refused
+CONCURRENT_LOOKUPS = 8
+RETRY_AFTER = {"Retry-After": "5"}
+INDEX_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    }
+)
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    *sorted(INDEX_TYPES),
+    "application/vnd.oci.artifact.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/vnd.docker.distribution.manifest.v1+json",
+)
+# What an index's entry may say it is without being looked into: manifests that hold no others.
+_LEAVES = frozenset(MANIFEST_TYPES) - INDEX_TYPES
+_ACCEPT = ", ".join(MANIFEST_TYPES)
+_HASHES = ("sha256", "sha384", "sha512")
+
+
+class Unavailable(Exception):
+    """The registry did not answer a check: the request is refused, never let through."""
+
+
+@dataclass(frozen=True)
+class Current:
+    """What a tag names upstream now."""
+
+    digest: str
+    media_type: str
+
+
+class Budget:
+    """Bytes held in memory by the requests under way, bounded."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[Callable[[int], bool]]:
+        """A `take(n)` that reserves n more bytes (False: over the limit, nothing taken);
+        everything taken is given back when the block ends."""
+        taken = 0
+
+        def take(size: int) -> bool:
+            nonlocal taken
+            if self._used + size > self._limit:
+                return False
+            self._used += size
+            taken += size
+            return True
+
+        try:
+            yield take
+        finally:
+            self._used -= taken
+
+
+class TagGuard:
+    """The forwarder, behind the immutable-tag and protected-delete checks; one per worker."""
+
+    def __init__(
+        self, forwarder: CachingForwarder, store: Store, session: aiohttp.ClientSession
+    ) -> None:
+        self._forwarder = forwarder
+        self._store = store
+        self._session = session
+        self._budget = Budget(MANIFEST_BUDGET)
+
+    async def forward(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        operation: Operation,
+        config: Config,
+        on_headers: OnHeaders | None = None,
+    ) -> web.StreamResponse:
+        """Forward, with the tag checks the operation needs; `on_headers` sees the upstream's
+        headers before they are sent (proxy.upstream.forward)."""
+        check = plan(config.tag_rules, operation)
+        if check is None:
+            return await self._forward(request, route, operation, config, None, on_headers)
+        if isinstance(check, Denied):
+            log.info("refused %s %s: %s", request.method, route.raw_path, check.message)
+            return error_response(403, "DENIED", check.message)
+        if isinstance(check, Pointers):
+            return await self._guarded(request, route, operation, config, check, None)
+        with self._budget.hold() as take:
+            read = await _read_manifest(request, config.timeouts.client_idle, take)
+            if isinstance(read, web.StreamResponse):
+                return read
+            return await self._guarded(request, route, operation, config, check, read)
+
+    async def _guarded(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        operation: Operation,
+        config: Config,
+        check: Overwrite | Pointers,
+        body: bytes | None,
+    ) -> web.StreamResponse:
+        """Check and forward under the repository's lock."""
+        try:
+            async with self._locked(route.upstream, check.repository, config):
+                refusal = await self._check(request, route, check, body, config.timeouts)
+                if refusal is not None:
+                    log.info("refused %s %s: %s", request.method, route.raw_path, refusal)
+                    return error_response(403, "DENIED", refusal)
+                return await self._forward(request, route, operation, config, body)
+        except LockTimeout:
+            log.warning("%s %s: the repository stayed locked", request.method, route.raw_path)
+            return error_response(503, "UNAVAILABLE", "tag check busy, retry later", RETRY_AFTER)
+        except Unavailable as exc:
+            log.warning("%s %s refused: tag check failed: %s", request.method, route.raw_path, exc)
+            message = "registry unavailable for the tag check, retry later"
+            return error_response(503, "UNAVAILABLE", message, RETRY_AFTER)
+
+    def _forward(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        operation: Operation,
+        config: Config,
+        body: bytes | None = None,
+        on_headers: OnHeaders | None = None,
+    ) -> Awaitable[web.StreamResponse]:
+        return self._forwarder.forward(
+            request, route, operation, config.timeouts, config.limits.upstream_wait,
+            config.cache_ttl, body, on_headers,
+        )  # fmt: skip
+
+    def _locked(
+        self, upstream: str, repository: str, config: Config
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """One lock per repository, held across check and forward. A holder that dies frees
+        it after `ttl`: longer than the check (bounded below) plus the forward."""
+        t = config.timeouts
+        ttl = 2 * (t.connect + t.read) + t.client_idle + config.limits.upstream_wait
+        return self._store.lock(f"tags {upstream} {repository}", ttl, config.limits.upstream_wait)
+
+    async def _check(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        check: Overwrite | Pointers,
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> str | None:
+        """Why the request is refused, or None; Unavailable when the registry cannot say."""
+        ask = _Asker(self._session, route, request.host, timeouts)
+        try:
+            async with asyncio.timeout(timeouts.connect + timeouts.read):
+                if isinstance(check, Overwrite):
+                    assert body is not None
+                    return await _overwrite(ask, check, body)
+                return await _pointed_at(ask, check)
+        except TimeoutError:
+            raise Unavailable("timed out") from None
+
+
+async def _overwrite(ask: _Asker, check: Overwrite, body: bytes) -> str | None:
+    current = await ask.current(check.repository, check.tag)
+    if current is None:
+        return None
+    algorithm = current.digest.partition(":")[0]
+    pushed = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
+    if pushed == current.digest:
+        return None
+    return (
+        f"tag {check.tag} is immutable (rule {check.rule.label}): {check.repository}:{check.tag}"
+        f" is {current.digest}, this push is {pushed}"
+    )
+
+
+async def _pointed_at(ask: _Asker, check: Pointers) -> str | None:
+    """Why the delete is refused: a guarded tag names `check.digest` (directly, or in its
+    index); None when none does."""
+    guarded: list[tuple[str, TagRule]] = []
+    for tag in await ask.tags(check.repository):
+        rule = check.guarding(tag)
+        if rule is not None:
+            guarded.append((tag, rule))
+    if len(guarded) > MAX_GUARDED:
+        return f"over {MAX_GUARDED} guarded tags in {check.repository}: deletes are refused"
+    pending = iter(guarded)
+    found: list[str] = []
+    failed: list[Unavailable] = []
+
+    async def lookup() -> None:
+        for tag, rule in pending:  # shared: each tag is taken by one of the workers
+            if found or failed:
+                return
+            try:
+                how = await _names(ask, check.repository, tag, check.digest)
+            except Unavailable as exc:
+                failed.append(exc)
+                return
+            if how is not None:
+                kind = "immutable" if rule.kind == "immutable" else "protected from deletes"
+                found.append(f"tag {tag} is {kind} (rule {rule.label}): {how} {check.digest}")
+
+    await asyncio.gather(*(lookup() for _ in range(CONCURRENT_LOOKUPS)))
+    if found:
+        return found[0]
+    if failed:
+        raise failed[0]
+    return None
+
+
+async def _names(ask: _Asker, repository: str, tag: str, digest: str) -> str | None:
+    current = await ask.current(repository, tag)
+    if current is None:
+        return None  # deleted meanwhile
+    if current.digest == digest:
+        return "it names"
+    if current.media_type not in INDEX_TYPES:
+        return None
+    held = await ask.held(repository, tag)
+    if held is None:
+        return f"its index nests over {MAX_NESTED} manifests to look into, so it may hold"
+    return "its index holds" if digest in held else None
+
+
+@dataclass
+class _Asker:
+    """The proxy's own requests to the registry for one check."""
+
+    session: aiohttp.ClientSession
+    route: Route
+    host: str
+    timeouts: Timeouts
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Host": self.host,
+            "Accept": _ACCEPT,
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-For": self.route.forwarded_for,
+        }
+
+    @contextlib.asynccontextmanager
+    async def _request(self, method: str, path: str) -> AsyncIterator[aiohttp.ClientResponse]:
+        timeout = aiohttp.ClientTimeout(
+            sock_connect=self.timeouts.connect, sock_read=self.timeouts.read
+        )
+        url = self.route.upstream + path
+        try:
+            async with self.session.request(
+                method, url, headers=self._headers(), timeout=timeout, allow_redirects=False
+            ) as response:
+                yield response
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise Unavailable(f"{method} {path}: {exc!r}") from None
+
+    async def current(self, repository: str, tag: str) -> Current | None:
+        """What `tag` names now, or None when it does not exist."""
+        path = f"/v2/{repository}/manifests/{tag}"
+        async with self._request("HEAD", path) as response:
+            if response.status == 404:
+                return None
+            _expect_ok(response, path)
+            digest = response.headers.get("Docker-Content-Digest", "")
+            media_type = _media_type(response)
+        if DIGEST_RE.fullmatch(digest) and digest.partition(":")[0] in _HASHES:
+            return Current(digest, media_type)
+        async with self._request("GET", path) as response:  # no usable digest: hash the body
+            if response.status == 404:
+                return None
+            _expect_ok(response, path)
+            body = await _bounded(response, MAX_MANIFEST)
+            return Current(f"sha256:{hashlib.sha256(body).hexdigest()}", _media_type(response))
+
+    async def held(self, repository: str, tag: str) -> frozenset[str] | None:
+        """The digests of the manifests the index `tag` holds, and those of the indexes nested
+        in it (an index may hold indexes: deleting a manifest two levels down breaks the
+        tag's image as surely as one level down). An entry is looked into unless it says it
+        is a manifest that holds no others. None: more than MAX_NESTED to look into."""
+        held: set[str] = set()
+        pending = [tag]
+        for _ in range(MAX_NESTED + 1):
+            if not pending:
+                return frozenset(held)
+            for digest, media_type in await self._entries(repository, pending.pop()):
+                if digest not in held:
+                    held.add(digest)
+                    if media_type not in _LEAVES:
+                        pending.append(digest)
+        return None if pending else frozenset(held)
+
+    async def _entries(self, repository: str, reference: str) -> list[tuple[str, str]]:
+        """(digest, media type) of each manifest the index `reference` holds; none when it is
+        not an index (or is gone)."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        async with self._request("GET", path) as response:
+            if response.status == 404:
+                return []
+            _expect_ok(response, path)
+            if _media_type(response) not in INDEX_TYPES:
+                return []
+            body = await _bounded(response, MAX_MANIFEST)
+        try:
+            manifests = json.loads(body).get("manifests") or []
+            entries = [(str(m["digest"]), str(m.get("mediaType", ""))) for m in manifests]
+        except (ValueError, AttributeError, TypeError, KeyError, RecursionError):
+            raise Unavailable(f"{path}: not an index") from None
+        # Only digests are ever looked up (never a path of our own requests from a body).
+        return [(d, t) for d, t in entries if DIGEST_RE.fullmatch(d)]
+
+    async def tags(self, repository: str) -> list[str]:
+        """Every tag of `repository`, following the registry's pages (bounded)."""
+        found: list[str] = []
+        path: str | None = f"/v2/{repository}/tags/list"
+        for _ in range(MAX_TAG_PAGES):
+            if path is None:
+                return found
+            async with self._request("GET", path) as response:
+                if response.status == 404:
+                    return found  # no such repository: nothing is tagged
+                _expect_ok(response, path)
+                found.extend(_tag_page(await _bounded(response, MAX_TAG_LIST), path))
+                path = _next_page(response, repository)
+        if path is not None:
+            raise Unavailable(f"more than {MAX_TAG_PAGES} pages of tags in {repository}")
+        return found
+
+
+def _expect_ok(response: aiohttp.ClientResponse, path: str) -> None:
+    if response.status != 200:
+        raise Unavailable(f"{response.method} {path}: HTTP {response.status}")
+
+
+def _media_type(response: aiohttp.ClientResponse) -> str:
+    return response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+
+async def _bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    body = await response.content.read(limit + 1)
+    if len(body) > limit:
+        raise Unavailable(f"{response.url.path}: answer larger than {limit} bytes")
+    return body
+
+
+def _tag_page(body: bytes, path: str) -> list[str]:
+    try:
+        tags = json.loads(body).get("tags") or []
+    except (ValueError, AttributeError):
+        raise Unavailable(f"{path}: not a tag list") from None
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise Unavailable(f"{path}: not a tag list")
+    if not all(TAG_RE.fullmatch(t) for t in tags):  # never a path of our own requests
+        raise Unavailable(f"{path}: a tag outside the tag grammar")
+    return tags
+
+
+def _next_page(response: aiohttp.ClientResponse, repository: str) -> str | None:
+    """The next page's path and query from `Link: <...>; rel="next"`, only within this
+    repository's tag list."""
+    link = response.links.get("next")
+    if link is None:
+        return None
+    target = urlsplit(str(link.get("url", "")))
+    if target.path != f"/v2/{repository}/tags/list":
+        raise Unavailable(f"tag list of {repository}: unexpected next page {target.path!r}")
+    return f"{target.path}?{target.query}" if target.query else target.path
+
+
+async def _read_manifest(
+    request: web.BaseRequest, idle: float, take: Callable[[int], bool]
+) -> bytes | web.StreamResponse:
+    """The whole manifest body (bounded, each piece taken from the budget), or the answer
+    that refuses it."""
+    if request.content_length is not None and request.content_length > MAX_MANIFEST:
+        return await closing(request, _too_large())
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in idle_bounded(request, idle):
+            size += len(chunk)
+            if size > MAX_MANIFEST:
+                return await closing(request, _too_large())
+            if not take(len(chunk)):
+                message = "too many manifests in flight, retry later"
+                return await closing(
+                    request, error_response(503, "UNAVAILABLE", message, RETRY_AFTER)
+                )
+            chunks.append(chunk)
+    except ClientStalled:
+        return await closing(request, error_response(408, "UNKNOWN", "request body stalled"))
+    return b"".join(chunks)
+
+
+def _too_large() -> web.Response:
+    return error_response(413, "MANIFEST_INVALID", f"manifest larger than {MAX_MANIFEST} bytes")

@@ -1,0 +1,66 @@
+"""The server's TLS context: TLS 1.2+ with forward-secret AEAD ciphers only."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from ..core.problems import ConfigError, Problem, read_text
+
+# TLS 1.2 suites; TLS 1.3 suites are always AEAD and are left at OpenSSL's defaults.
+CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS:!SHA1"
+
+
+def server_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    return context
+
+
+def _certificate_problem(cert: Path, text: str) -> Problem | None:
+    """OpenSSL's own PEM parser on the certificate alone, so a bad file is named as such."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+    except ssl.SSLError:
+        return Problem(str(cert), 0, "TLS certificate: no PEM certificate in this file")
+    return None
+
+
+def _key_problem(key: Path, text: str) -> Problem | None:
+    if "ENCRYPTED" in text:
+        return Problem(
+            str(key), 0, "TLS key: encrypted with a passphrase; regproxy needs it unencrypted "
+            "(openssl pkey -in KEY -out NEW-KEY)",
+        )  # fmt: skip
+    if "PRIVATE KEY-----" not in text:
+        return Problem(str(key), 0, "TLS key: no PEM private key in this file")
+    return None
+
+
+def load_certificate(context: ssl.SSLContext, cert: Path, key: Path) -> list[Problem]:
+    """Load cert+key into `context` (new handshakes use them); problems instead of raising,
+    each naming the file at fault: the certificate, the key, or the pair that does not match."""
+    texts: list[str] = []
+    problems: list[Problem] = []
+    for path, what in ((cert, "TLS certificate"), (key, "TLS key")):
+        try:
+            texts.append(read_text(path))
+        except ConfigError as exc:
+            problems += [Problem(p.source, p.line, f"{what}: {p.message}") for p in exc.problems]
+    if problems:
+        return problems
+    found = (_certificate_problem(cert, texts[0]), _key_problem(key, texts[1]))
+    if any(found):
+        return [p for p in found if p is not None]
+    try:
+        # An empty password: an encrypted key fails here instead of prompting on a terminal.
+        context.load_cert_chain(cert, key, password="")
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            return [Problem(f"{cert} + {key}", 0, "the certificate does not match the key")]
+        return [Problem(str(key), 0, f"TLS key: cannot load: {exc.reason or exc}")]
+    except OSError as exc:  # replaced between the reads and the load
+        return [Problem(str(exc.filename or cert), 0, f"cannot read: {exc.strerror or exc}")]
+    return []

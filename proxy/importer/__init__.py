@@ -1,0 +1,1 @@
+"""`regproxy import`: Apache httpd.conf and nginx configs -> regproxy YAML. Pure."""

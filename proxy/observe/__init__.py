@@ -1,0 +1,1 @@
+"""What regproxy tells its operator: access and audit logs, metrics."""

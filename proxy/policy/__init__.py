@@ -1,0 +1,1 @@
+"""Who may do what: identities, ACL rules, claims, tag rules. Pure."""

@@ -1,0 +1,322 @@
+"""Authorization: ordered rules, first match wins, deny by default. Pure: no I/O.
+
+A rule matches on who is asking (users, groups, anonymous, a workload token's claims), from
+where (client networks), which repository (globs with `${user}` and `${group}`) and, for
+manifest requests by tag, which tag (globs too); the first rule that matches decides, grants
+only the actions it lists, and names the upstream the request goes to. A rule with tags
+matches only requests by tag: a request by digest, or for a blob, is decided by the rules
+without tags. When no rule matches the answer is no. Without an ACL the built-in rules are
+the Apache recipe's: members of
+the push group may do anything, any other valid user may pull.
+
+A robot's request is decided as its principal's (its owner's) would be, and then only within
+the robot's own scopes: it never exceeds, nor outlives, whoever it acts for.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..core.addresses import IPNetwork
+from ..http.routes import ACTIONS, Action, Operation, valid_component
+from . import claims as claim_values
+from .globs import glob_pattern, glob_regex
+from .identity import Identity
+
+PLACEHOLDER_RE = re.compile(r"\$\{(user|group)\}")
+
+
+_COMPONENT_HOLDER = re.compile(r"(?:^|(?<=/))\$\{(user|group)\}(?=/|$)")
+
+
+class Glob:
+    """One repository or tag glob, compiled once when the rule is made.
+
+    Placeholders that are whole path components (`${user}/**`, `teams/${group}/*`) are
+    matched by capturing that component and comparing it with the caller's name or groups: no
+    compiling per caller, whatever the number of users. A placeholder inside a component
+    (`ci-${user}-*`) is filled in and compiled per caller (cached), as it could otherwise
+    split the component more than one way."""
+
+    __slots__ = ("holders", "pattern", "regex", "whole")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.holders = tuple(PLACEHOLDER_RE.findall(pattern))
+        self.whole = len(_COMPONENT_HOLDER.findall(pattern)) == len(self.holders)
+        self.regex = (
+            re.compile(glob_pattern(pattern, self.whole), re.DOTALL) if self.whole else None
+        )
+
+    def matches(self, who: Identity, name: str) -> bool:
+        if self.regex is None:
+            return any(glob_regex(text).fullmatch(name) for text in _expand(self.pattern, who))
+        found = self.regex.fullmatch(name)
+        if found is None:
+            return False
+        if not self.holders:
+            return True
+        if who.user is None or ("user" in self.holders and not valid_component(who.user)):
+            return False
+        chosen = {v for k, v in zip(self.holders, found.groups(), strict=True) if k == "group"}
+        if len(chosen) > 1:  # one group fills every ${group} of a pattern
+            return False
+        return all(
+            value == who.user if kind == "user" else value in who.groups and valid_component(value)
+            for kind, value in zip(self.holders, found.groups(), strict=True)
+        )
+
+
+def _expand(pattern: str, who: Identity) -> list[str]:
+    """The pattern with its placeholders filled in, once per group for `${group}`.
+
+    A placeholder stands for exactly one repository path component: a user or group whose
+    name is not one (`alice/sub`, `*`, `Domain Users`) never fills it, so `${user}/**` can
+    never reach into another user's namespace, whichever identity source named them.
+    """
+    if "${" not in pattern:
+        return [pattern]
+    if who.user is None or ("${user}" in pattern and not valid_component(who.user)):
+        return []
+    groups = sorted(g for g in who.groups if valid_component(g)) if "${group}" in pattern else [""]
+    text = pattern.replace("${user}", who.user)
+    return [text.replace("${group}", group) for group in groups]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One ACL entry. Empty `users`/`groups`/`repositories`/`networks`/`claims` match anything;
+    `anonymous` True matches only requests without credentials, False only valid users;
+    `claims` and `issuers` match only workload tokens of one of `issuers` (none: no token)
+    whose claims meet every condition."""
+
+    actions: frozenset[Action]
+    users: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+    repositories: tuple[str, ...] = ()
+    networks: tuple[IPNetwork, ...] = ()
+    anonymous: bool = False
+    tags: tuple[str, ...] = ()  # globs over the tag: only manifest requests by tag match
+    claims: claim_values.Conditions = ()
+    issuers: frozenset[str] = frozenset()
+    upstream: str | None = None
+    origin: str = "built-in"
+    description: str = field(default="", compare=False)
+    _repositories: tuple[Glob, ...] = field(init=False, repr=False, compare=False)
+    _tags: tuple[Glob, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_repositories", tuple(Glob(p) for p in self.repositories))
+        object.__setattr__(self, "_tags", tuple(Glob(p) for p in self.tags))
+
+    def matches_who(self, who: Identity) -> bool:
+        if self.anonymous != who.anonymous:
+            return False
+        if self.users and who.user not in self.users:
+            return False
+        if self.groups and not self.groups & who.groups:
+            return False
+        # Claims are only ever read together with who vouched for them.
+        if (self.claims or self.issuers) and who.issuer not in self.issuers:
+            return False
+        if self.claims and not claim_values.holds(self.claims, who.claims):
+            return False
+        if self.networks:
+            return who.address is not None and any(who.address in n for n in self.networks)
+        return True
+
+    def matches_repository(self, who: Identity, repository: str) -> bool:
+        return not self._repositories or any(g.matches(who, repository) for g in self._repositories)
+
+    def matches_tag(self, who: Identity, tag: str | None) -> bool:
+        """Rules without tags match any request; rules with tags only requests by tag."""
+        if not self._tags:
+            return True
+        return tag is not None and any(g.matches(who, tag) for g in self._tags)
+
+    @property
+    def catch_all(self) -> bool:
+        """Matches every valid user (or every anonymous request) on every repository."""
+        return not (
+            self.users or self.groups or self.repositories or self.networks or self.tags
+            or self.claims or self.issuers
+        )  # fmt: skip
+
+
+_ANY = "*"  # index key: a rule that may match any first path component
+
+
+def _first_components(rule: Rule) -> set[str]:
+    """The first path components of the repositories `rule` can match: literal names,
+    `${user}`/`${group}` (looked up by the caller's names), or _ANY."""
+    keys = set()
+    for pattern in rule.repositories or ("**",):
+        first = pattern.split("/", 1)[0]
+        if first in ("${user}", "${group}") or not any(c in first for c in "*?$"):
+            keys.add(first)
+        else:
+            keys.add(_ANY)
+    return keys
+
+
+class RuleSet(tuple[Rule, ...]):
+    """The rules in order, indexed by the first path component a rule can match, so that
+    finding the deciding rule looks only at rules that could match the repository, however
+    many there are. Built with the snapshot, off the event loop."""
+
+    _index: dict[str, list[int]]
+    _everywhere: bool
+
+    def __new__(cls, rules: Iterable[Rule]) -> RuleSet:
+        self = super().__new__(cls, rules)
+        index: dict[str, list[int]] = {}
+        for position, rule in enumerate(self):
+            for key in _first_components(rule):
+                index.setdefault(key, []).append(position)
+        self._index = index
+        self._everywhere = index.keys() <= {_ANY}  # no rule names a first component
+        return self
+
+    def candidates(self, who: Identity, repository: str) -> Iterable[Rule]:
+        """The rules, in order, that could match `repository` for `who`."""
+        if self._everywhere:
+            return self
+        first = repository.split("/", 1)[0]
+        keys = [first, _ANY]
+        if who.user == first:
+            keys.append("${user}")
+        if first in who.groups:
+            keys.append("${group}")
+        lists = [self._index[key] for key in keys if key in self._index]
+        if len(lists) <= 1:
+            return (self[i] for i in (lists[0] if lists else ()))
+        return (self[i] for i in heapq.merge(*lists))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer, the rule that gave it (None: nothing matched) and where to forward."""
+
+    allowed: bool
+    rule: Rule | None
+    limited_by: str = ""  # what refused an action the rule grants (a robot's scopes)
+
+    @property
+    def upstream(self) -> str | None:
+        return self.rule.upstream if self.rule else None
+
+    @property
+    def reason(self) -> str:
+        if self.limited_by:
+            return self.limited_by
+        if self.rule:
+            return f"rule {self.rule.origin}"
+        if self.allowed:
+            return "any valid user may list the catalog (filtered by pull)"
+        return "no rule matched (deny by default)"
+
+
+def recipe_rules(push_group: str) -> tuple[Rule, ...]:
+    """The Apache recipe: the push group may push and delete, every valid user may pull."""
+    return (
+        Rule(
+            frozenset(ACTIONS),
+            groups=frozenset({push_group}),
+            origin=f"built-in: group {push_group}",
+        ),
+        Rule(frozenset({"pull"}), origin="built-in: valid-user"),
+    )
+
+
+def first_match(
+    rules: tuple[Rule, ...], who: Identity, repository: str | None, tag: str | None = None
+) -> Rule | None:
+    """The deciding rule; with `repository` None, repository constraints are not checked.
+    `tag` is the tag of a manifest request by tag (None for any other request)."""
+    candidates: Iterable[Rule] = rules
+    if repository is not None and isinstance(rules, RuleSet):
+        candidates = rules.candidates(who, repository)
+    for rule in candidates:
+        if (
+            rule.matches_who(who)
+            and (repository is None or rule.matches_repository(who, repository))
+            and rule.matches_tag(who, tag)
+        ):
+            return rule
+    return None
+
+
+def decide(
+    rules: tuple[Rule, ...],
+    who: Identity,
+    action: Action | None,
+    repository: str | None = None,
+    tag: str | None = None,
+) -> Decision:
+    """First matching rule decides. `action` None (the catalog) asks only whether the caller
+    may use the registry at all: any valid user may, and anonymous callers may when some
+    rule for anonymous requests grants anything."""
+    if who.robot is not None:
+        return _within_scopes(rules, who, action, repository, tag)
+    if action is None:
+        if not who.anonymous:
+            return Decision(True, first_match(rules, who, None))
+        rule = next((r for r in rules if r.matches_who(who) and r.actions), None)
+        return Decision(rule is not None, rule)
+    rule = first_match(rules, who, repository, tag)
+    return Decision(rule is not None and action in rule.actions, rule)
+
+
+def _within_scopes(
+    rules: tuple[Rule, ...],
+    who: Identity,
+    action: Action | None,
+    repository: str | None,
+    tag: str | None,
+) -> Decision:
+    """A robot: what its principal may do, narrowed to the robot's own scopes."""
+    robot = who.robot
+    assert robot is not None
+    decision = decide(rules, robot.acting(who.address), action, repository, tag)
+    if action is None or not decision.allowed:
+        return decision
+    if (
+        action in robot.actions
+        and repository is not None
+        and any(glob_regex(g).fullmatch(repository) for g in robot.repositories)
+    ):
+        return decision
+    return Decision(False, decision.rule, f"outside the scopes of robot {robot.name}")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with one classified request."""
+
+    decision: Decision
+    drop_mount: bool = False  # forward the upload without its cross-repository mount
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+
+def authorize(rules: tuple[Rule, ...], who: Identity, operation: Operation) -> Verdict:
+    """Check every repository the operation touches.
+
+    A cross-repository mount also reads `mount_from`: without pull there (or when the two
+    repositories live on different upstreams) the mount is dropped, so the registry starts an
+    ordinary upload and nothing leaks from the other repository.
+    """
+    if operation.kind == "ping" and who.anonymous:
+        # Always challenge: clients learn from the ping whether to send credentials, and
+        # one that got 200 here would never send them, even to push.
+        return Verdict(Decision(False, None))
+    decision = decide(rules, who, operation.action, operation.repository, operation.tag)
+    if not decision.allowed or operation.mount_from is None:
+        return Verdict(decision)
+    source = decide(rules, who, "pull", operation.mount_from)
+    return Verdict(decision, not source.allowed or source.upstream != decision.upstream)

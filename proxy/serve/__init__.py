@@ -1,0 +1,1 @@
+"""One worker's lifecycle and its request pipeline, and the supervisor of workers."""

@@ -1,0 +1,1 @@
+"""What workers and replicas share while running: events, locks, the stores."""

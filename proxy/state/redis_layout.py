@@ -1,0 +1,150 @@
+"""The Redis key layout, and the pure parts of sharing state through Redis (no I/O here).
+
+Every key starts with `state.key_prefix` (default `regproxy:`), so several installations can
+share one Redis database. Keys are bytes: a user name is whatever a Basic header carried.
+
+- `PREFIX events`, a stream: every event a replica publishes, fields `o` (origin replica),
+  `e` (the event, `proxy.state.events` encoding), `d` (milliseconds it waited to be written while
+  Redis was away); trimmed to the throttle's memory (`throttle.window + max_delay`);
+- `PREFIX known-good`, a sorted set: the (user, address) pairs that have logged in, member an
+  encoded `LoginSucceeded`, score the time (ms) it was last written; the newest
+  KNOWN_GOOD_KEPT are kept;
+- `PREFIX lock:NAME`, a string: a named lock, the holder's random token, expiring after ttl;
+- `PREFIX user:NAME`, a hash: a user of the `redis` auth backend (other tools may write it):
+  `password` (any hash an htpasswd file takes), `groups` (names separated by spaces or
+  commas), `upstream` (optional: the user's own registry, `http(s)://host[:port]`);
+- `PREFIX users:version`, an integer: INCR it after changing any `user:` key, and every
+  replica reads users again within a second.
+
+Stream entry ids are Redis's clock in milliseconds; a reader measures ages against Redis's
+clock too (`TIME` when it connects), so replicas' clocks never need to agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .events import Event, decode, encode
+from .store import StateSettings
+
+KNOWN_GOOD_KEPT = 50_000  # pairs kept in Redis (about 60 bytes each), as many as a throttle
+READ_BATCH = 1000  # stream entries per XREAD
+BLOCK_MS = 1000  # an idle XREAD waits this long for new entries, then asks again
+BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0  # seconds between reconnection attempts
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The key names under one prefix."""
+
+    prefix: str = "regproxy:"
+
+    def _key(self, name: str) -> bytes:
+        return (self.prefix + name).encode("utf-8", "surrogateescape")
+
+    @property
+    def events(self) -> bytes:
+        return self._key("events")
+
+    @property
+    def known_good(self) -> bytes:
+        return self._key("known-good")
+
+    @property
+    def users_version(self) -> bytes:
+        return self._key("users:version")
+
+    def lock(self, name: str) -> bytes:
+        return self._key("lock:" + name)
+
+    def user(self, name: str) -> bytes:
+        return self._key("user:" + name)
+
+
+def entry(origin: bytes, event: Event, delay: float) -> dict[bytes, bytes]:
+    """The stream fields of one published event; `delay`: seconds since it happened."""
+    return {b"o": origin, b"e": encode(event), b"d": str(max(0, round(delay * 1000))).encode()}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stream entry read back: who published it, what, when it was written and when it
+    happened (Redis's clock, ms)."""
+
+    origin: bytes
+    event: Event
+    written_ms: int
+    happened_ms: int
+
+
+def read_entry(entry_id: bytes, fields: Mapping[bytes, bytes]) -> Entry | None:
+    """The entry, or None for anything malformed (another tool's junk is ignored)."""
+    written = stream_ms(entry_id)
+    event = decode(fields.get(b"e", b""))
+    delay = fields.get(b"d", b"0")
+    if written is None or event is None or not delay.isdigit():
+        return None
+    return Entry(fields.get(b"o", b""), event, written, written - int(delay))
+
+
+def stream_ms(entry_id: bytes) -> int | None:
+    """The milliseconds part of a stream id (`1700000000000-3`)."""
+    ms, dash, seq = entry_id.partition(b"-")
+    return int(ms) if ms.isdigit() and dash and seq.isdigit() else None
+
+
+def start_id(now_ms: int, retention: float) -> bytes:
+    """The first id of the history a starting process replays: `retention` seconds back."""
+    return f"{max(0, now_ms - round(retention * 1000))}-0".encode()
+
+
+def backoff(attempt: int, jitter: float) -> float:
+    """Seconds before reconnection attempt `attempt` (0, 1, ...): doubling from BACKOFF_FIRST
+    up to BACKOFF_CAP, times 0.5-1.0 by `jitter` (0-1) so replicas do not retry in step."""
+    doubled = BACKOFF_FIRST * 2.0 ** min(attempt, 16)
+    return min(BACKOFF_CAP, doubled) * (0.5 + jitter / 2)
+
+
+def parse_redis_url(value: object) -> str:
+    """`redis://` or `rediss://` HOST[:PORT][/DB], with optional user and password."""
+    text = str(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError(f"expected redis://HOST[:PORT][/DB] or rediss://..., got {text!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"options go in the state: section, not the URL, got {text!r}")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"the database is a number (/0), got {parts.path!r}")
+    if parts.port == 0:  # .port raises ValueError itself for other bad ports
+        raise ValueError("port 0 is not a port")
+    return text
+
+
+def client_options(settings: StateSettings, password: str | None, timeout: float) -> dict[str, Any]:
+    """Keyword arguments for redis-py's `from_url` (sync or asyncio): bounded timeouts, no
+    retries of its own (the store reconnects with its own backoff; a request never waits
+    through retries), TLS verified whenever the URL says rediss."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": settings.connect_timeout,
+        "health_check_interval": 0,
+    }
+    if password is not None:
+        options["password"] = password
+    if settings.username is not None:
+        options["username"] = settings.username
+    if (settings.url or "").startswith("rediss://"):
+        options["ssl_cert_reqs"] = "required"
+        options["ssl_check_hostname"] = True
+        for name, path in (
+            ("ssl_ca_certs", settings.ca_file),
+            ("ssl_certfile", settings.cert_file),
+            ("ssl_keyfile", settings.key_file),
+        ):
+            if path is not None:
+                options[name] = str(path)
+    return options

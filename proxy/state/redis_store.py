@@ -1,0 +1,350 @@
+"""Replicas sharing state through Redis (`state: {backend: redis}`): the `Store` of a fleet.
+
+Within one machine the worker mesh (`LocalStore`) still carries events between workers, at
+once; Redis carries them between replicas (the key layout: `proxy.state.redis_layout`):
+
+- publishing appends to an outbox and wakes a writer task that sends everything waiting in
+  one pipeline (XADD to the `events` stream; a new known-good pair is also kept in a sorted
+  set). A request never waits for Redis;
+- a reader task in each worker follows the stream (XREAD BLOCK) and hands other replicas'
+  events to the subscribers with their age. What its own replica published since this process
+  started is skipped: its workers had it through the mesh. Starting, it first replays the
+  history (failed logins of the last `retention()` seconds, the known-good pairs), so a new or
+  restarted replica starts with the others' counts;
+- Redis unreachable: one warning per outage, `healthy` False (in `/health` and the
+  `regproxy_store_up` metric), events kept in the outbox (bounded); the reader reconnects with
+  backoff, resumes the stream where it stopped, and the writer flushes the outbox, each event
+  with its delay. Everything local goes on meanwhile; locks are refused, never granted
+  locally;
+- named locks: SET NX PX with a random token, released by a compare-and-delete script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..core.problems import read_text
+from ..observe import metrics
+from .events import Event, LoginSucceeded, decode, encode
+from .redis_layout import (
+    BLOCK_MS,
+    KNOWN_GOOD_KEPT,
+    READ_BATCH,
+    Keys,
+    backoff,
+    client_options,
+    entry,
+    read_entry,
+    start_id,
+)
+from .store import LocalStore, LockTimeout, StateSettings, StoreUnavailable, Subscriber
+
+log = logging.getLogger("regproxy.store")
+
+OUTBOX = 10_000  # events kept for Redis while it is away (the oldest dropped first)
+CATCH_UP = 5.0  # seconds a starting process spends replaying history before it serves
+LOCK_POLL_FIRST, LOCK_POLL_CAP = 0.01, 0.1
+RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+DOWN = (RedisError, OSError)  # OSError covers TimeoutError and refused connections
+
+
+def redis_password(settings: StateSettings) -> str | None:
+    """`password`, or the first line of `password_file` (ConfigError when unreadable)."""
+    if settings.password_file is None:
+        return settings.password
+    lines = read_text(settings.password_file).splitlines()
+    return lines[0] if lines else ""
+
+
+def connect(settings: StateSettings, password: str | None, timeout: float) -> Redis:
+    """A client (its own connection pool; nothing is connected until first used)."""
+    assert settings.url is not None  # config.load refuses backend redis without a url
+    options = client_options(settings, password, timeout)
+    return Redis.from_url(settings.url, retry=Retry(NoBackoff(), 0), **options)
+
+
+def where(url: str) -> str:
+    """The URL without credentials, for logs."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+
+class RedisStore:
+    """This machine's `LocalStore`, plus Redis for every other replica."""
+
+    def __init__(
+        self,
+        settings: StateSettings,
+        local: LocalStore,
+        origin: bytes,
+        retention: Callable[[], float],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        password = redis_password(settings)
+        self._settings = settings
+        self._where = where(settings.url or "")
+        self._local = local
+        self._origin = origin
+        self._retention = retention
+        self._clock = clock
+        self.keys = Keys(settings.key_prefix)
+        self.client = connect(settings, password, settings.timeout)
+        # A blocked XREAD answers after BLOCK_MS; a busy loop may take a while to read it.
+        self._reader = connect(settings, password, BLOCK_MS / 1000 + max(2.0, settings.timeout))
+        self._release = self.client.register_script(RELEASE)
+        self._subscribers: list[Subscriber] = []
+        self._outbox: deque[tuple[Event, float]] = deque()
+        self._dropped = 0
+        self._wake = asyncio.Event()
+        self._written = asyncio.Event()  # set while everything published has been sent
+        self._written.set()
+        self._healthy = False
+        self._outage_logged = False
+        self._started_ms: int | None = None  # Redis's clock when this process first connected
+        self._offset_ms = 0.0  # Redis's clock minus ours
+        self._last_id = b"0-0"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False  # redis-py may turn a cancellation into a ConnectionError
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def publish(self, event: Event) -> None:
+        self._local.publish(event)
+        self._written.clear()
+        self._outbox.append((event, self._clock()))
+        if len(self._outbox) > OUTBOX:
+            self._outbox.popleft()
+            self._dropped += 1
+        self._wake.set()
+
+    def tell_workers(self, event: Event) -> None:
+        self._local.tell_workers(event)  # derived from a credential: never into Redis
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._local.subscribe(subscriber)
+        self._subscribers.append(subscriber)
+
+    def sync(self) -> None:
+        self._local.sync()  # what arrives from Redis is applied as it arrives
+
+    async def flush(self) -> None:
+        if not self._healthy or self._written.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._settings.timeout):
+                await self._written.wait()
+
+    async def start(self) -> None:
+        """Connect and replay the history, for at most a few seconds: a replica starts even
+        while Redis is away (with local state, degraded, catching up when it is back)."""
+        await self._local.start()
+        try:
+            async with asyncio.timeout(CATCH_UP):
+                await self._connect()
+                while await self._read(block=False) == READ_BATCH:
+                    pass
+        except (*DOWN, TimeoutError) as exc:
+            self._unhealthy(exc)
+        self._tasks = [
+            asyncio.ensure_future(self._follow()),
+            asyncio.ensure_future(self._write()),
+        ]
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._healthy and self._outbox:  # a graceful stop still tells the others
+            with contextlib.suppress(*DOWN, TimeoutError):
+                async with asyncio.timeout(self._settings.timeout):
+                    await self._send(list(self._outbox))
+        await self.client.aclose()
+        await self._reader.aclose()
+        await self._local.close()
+
+    # --- reading ----------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        """Measure Redis's clock; the first time, load the known-good pairs and start the
+        stream `retention()` seconds back."""
+        seconds, micros = await self._reader.time()
+        now_ms = seconds * 1000 + micros // 1000
+        # Idle connections may be to a Redis that has restarted since: drop them, not a write.
+        await self.client.connection_pool.disconnect(inuse_connections=False)
+        self._offset_ms = now_ms - time.time() * 1000
+        if self._started_ms is None:
+            pairs = await self._reader.zrevrange(
+                self.keys.known_good, 0, KNOWN_GOOD_KEPT - 1, withscores=True
+            )
+            self._deliver_known_good(cast(list[tuple[bytes, float]], pairs), now_ms)
+            self._started_ms = now_ms
+            self._last_id = start_id(now_ms, self._retention())
+        self._healthy_again()
+
+    def _deliver_known_good(self, pairs: Iterable[tuple[bytes, float]], now_ms: int) -> None:
+        for member, score in reversed(list(pairs)):  # oldest first, as they happened
+            event = decode(member)
+            if isinstance(event, LoginSucceeded):
+                self._hand_over(event, (now_ms - score) / 1000)
+
+    async def _read(self, block: bool) -> int:
+        """One XREAD from where the stream was left; how many entries came."""
+        reply: Any = await self._reader.xread(
+            {self.keys.events: self._last_id}, count=READ_BATCH, block=BLOCK_MS if block else None
+        )
+        count = 0
+        for _stream, entries in reply or ():
+            self._deliver(entries)
+            count += len(entries)
+        return count
+
+    def _deliver(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        now_ms = self._now_ms()
+        for entry_id, fields in entries:
+            self._last_id = entry_id
+            read = read_entry(entry_id, fields)
+            if read is None:
+                continue
+            ours = read.origin == self._origin
+            if ours and read.written_ms >= (self._started_ms or 0):
+                continue  # this replica's workers had it through the mesh
+            self._hand_over(read.event, max(0.0, (now_ms - read.happened_ms) / 1000))
+
+    def _hand_over(self, event: Event, age: float) -> None:
+        for subscriber in self._subscribers:
+            subscriber(event, age)
+
+    async def _follow(self) -> None:
+        """Follow the stream forever, reconnecting with backoff."""
+        attempt = 0
+        while not self._closing:
+            try:
+                if not self._healthy:
+                    await self._connect()
+                    attempt = 0
+                await self._read(block=True)
+            except DOWN as exc:
+                if self._closing:
+                    return
+                self._unhealthy(exc)
+                await asyncio.sleep(backoff(attempt, random.random()))
+                attempt += 1
+
+    # --- writing ----------------------------------------------------------------------------
+
+    async def _write(self) -> None:
+        """Send what was published, in one pipeline per wake-up; keep it while Redis is away."""
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._healthy or not self._outbox:
+                continue
+            batch, self._outbox = self._outbox, deque()
+            try:
+                await self._send(batch)
+            except BaseException as exc:  # kept for the next try, or for close()
+                self._outbox.extendleft(reversed(batch))
+                while len(self._outbox) > OUTBOX:
+                    self._outbox.popleft()
+                    self._dropped += 1
+                if self._closing or not isinstance(exc, DOWN):
+                    raise
+                self._unhealthy(exc)
+                continue
+            if not self._outbox:
+                self._written.set()
+
+    async def _send(self, batch: Iterable[tuple[Event, float]]) -> None:
+        now_ms = self._now_ms()
+        oldest = start_id(now_ms, self._retention())
+        pipe = self.client.pipeline(transaction=False)
+        for event, at in batch:
+            fields: Any = entry(self._origin, event, self._clock() - at)
+            pipe.xadd(self.keys.events, fields, minid=oldest, approximate=True)
+            if isinstance(event, LoginSucceeded):
+                pipe.zadd(self.keys.known_good, {encode(event): now_ms})
+                pipe.zremrangebyrank(self.keys.known_good, 0, -KNOWN_GOOD_KEPT - 1)
+        await pipe.execute()
+
+    # --- health -----------------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return round(time.time() * 1000 + self._offset_ms)
+
+    def _unhealthy(self, exc: BaseException) -> None:
+        self._healthy = False
+        metrics.RECORD.store_up(False)
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.warning(
+                "state store %s unreachable (%s): throttle counts, known-good addresses and "
+                "cache invalidations stay on this replica, locks are refused; reconnecting",
+                self._where,
+                exc or type(exc).__name__,
+            )
+
+    def _healthy_again(self) -> None:
+        self._healthy = True
+        metrics.RECORD.store_up(True)
+        if self._outage_logged:
+            self._outage_logged = False
+            dropped, self._dropped = self._dropped, 0
+            log.warning(
+                "state store %s reachable again: sharing with the other replicas "
+                "(%d events waiting, %d dropped)",
+                self._where,
+                len(self._outbox),
+                dropped,
+            )
+        self._wake.set()  # flush what waited
+
+    # --- locks ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lock(self, name: str, ttl: float, wait: float) -> AsyncIterator[None]:
+        if not self._healthy:
+            raise StoreUnavailable(name)
+        key, token = self.keys.lock(name), secrets.token_hex(16)
+        await self._acquire(key, token, name, ttl, wait)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(*DOWN):  # unreleased, it expires after ttl
+                await self._release(keys=[key], args=[token])
+
+    async def _acquire(self, key: bytes, token: str, name: str, ttl: float, wait: float) -> None:
+        deadline = self._clock() + wait
+        delay = LOCK_POLL_FIRST
+        while True:
+            try:
+                if await self.client.set(key, token, nx=True, px=max(1, round(ttl * 1000))):
+                    return
+            except DOWN as exc:
+                self._unhealthy(exc)
+                raise StoreUnavailable(name) from None
+            if self._clock() + delay > deadline:
+                raise LockTimeout(name)
+            await asyncio.sleep(delay)
+            delay = min(LOCK_POLL_CAP, delay * 2)

@@ -1,0 +1,224 @@
+"""The state store: how a process shares what it saw with the others (the seam for replicas).
+
+The request path only ever talks to local state (the throttle's counts, the blob existence
+cache) and publishes events; a store carries those events to the other workers and, when a
+shared backend is configured, to the other replicas, and hands theirs to its subscribers.
+`LocalStore` is the default: in-process, plus the worker mesh (`proxy.state.peers`) when there are
+several workers. Publishing never blocks and never fails a request.
+
+Stores also give named locks (`lock`), for work that must not run twice at once anywhere (two
+pushes of the same new tag): held for at most `ttl` seconds, waited for at most `wait`.
+
+`state:` in the config picks the store (`StateSettings`): `local` (the default, nothing to
+install) or `redis` (`proxy.state.redis_store`: replicas share events, throttle history and locks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from .events import Event, decode, encode
+from .peers import Peers
+
+log = logging.getLogger("regproxy.store")
+
+# Called with an event and its age: seconds since it happened (0 for what arrives as it
+# happens; more for history a shared store replays, such as the failed logins of the last
+# minutes when a replica starts).
+Subscriber = Callable[[Event, float], None]
+StateBackend = Literal["local", "redis"]
+STATE_BACKENDS: tuple[str, ...] = ("local", "redis")
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """`state:` in the config: where processes share what they saw (restart to change).
+
+    `url` is `redis://HOST[:PORT][/DB]` or `rediss://` (TLS, always verified: against
+    `ca_file`, or the system's CAs); `password` or `password_file` (the file's first line),
+    with `username` for a Redis ACL user; `cert_file`/`key_file` a client certificate.
+    `timeout` bounds every command, `connect_timeout` every connection attempt."""
+
+    backend: StateBackend = "local"
+    url: str | None = None
+    key_prefix: str = "regproxy:"
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    timeout: float = 0.5
+    connect_timeout: float = 1.0
+
+
+class Store(Protocol):
+    """Events out to every other process, theirs in to the subscribers."""
+
+    def publish(self, event: Event) -> None:
+        """Tell the others (fire and forget; the caller has applied it locally already)."""
+        ...
+
+    def tell_workers(self, event: Event) -> None:
+        """Tell the other workers of this machine only: for what must not leave it (what is
+        derived from a credential)."""
+        ...
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Call `subscriber` with every event another process published."""
+        ...
+
+    async def flush(self) -> None:
+        """Wait until what this process published has reached the others (at most a command's
+        timeout; at once while they cannot be reached). Called where the answer must not
+        overtake the news: a failed login's 401, so a client's next guess, sent to any
+        replica, finds it counted there."""
+        ...
+
+    @property
+    def healthy(self) -> bool:
+        """False while a shared backend cannot be reached: the store then works for this
+        machine alone (and says so in `/health`), and catches up when it is back."""
+        ...
+
+    def sync(self) -> None:
+        """Apply, now, every event that has already arrived (cheap; never waits): called before
+        answering from local state that an event could have made stale."""
+        ...
+
+    def lock(self, name: str, ttl: float, wait: float) -> AbstractAsyncContextManager[None]:
+        """Hold `name` exclusively across every process sharing this store; LockTimeout if it
+        cannot be had within `wait` seconds. A holder that dies releases it (at the latest
+        after `ttl` seconds)."""
+        ...
+
+    async def start(self) -> None:
+        """Begin receiving (on the running loop)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LockTimeout(Exception):
+    """A named lock stayed held by someone else for longer than the caller would wait."""
+
+
+class StoreUnavailable(LockTimeout):
+    """The shared store cannot be reached: no lock can be promised (the caller refuses)."""
+
+
+LOCK_STRIPES = 256  # lock files per machine: names share them by hash
+LOCK_POLL = 0.01
+
+
+class LocalStore:
+    """This process, plus the other workers of this machine when there are several.
+
+    Locks: an asyncio lock per name within the process, and, when `lock_dir` is given (the
+    supervisor makes one for its workers), an advisory file lock on one of LOCK_STRIPES files
+    there, which the kernel releases if the holder dies."""
+
+    def __init__(self, peers: Peers | None = None, lock_dir: Path | None = None) -> None:
+        self._peers = peers
+        self._lock_dir = lock_dir
+        self._subscribers: list[Subscriber] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # name -> lock, users
+
+    @contextlib.asynccontextmanager
+    async def lock(self, name: str, ttl: float, wait: float) -> AsyncIterator[None]:
+        entry = self._locks.setdefault(name, (asyncio.Lock(), [0]))
+        local, users = entry
+        users[0] += 1
+        try:
+            try:
+                await asyncio.wait_for(local.acquire(), wait)
+            except TimeoutError:
+                raise LockTimeout(name) from None
+            try:
+                fd = None
+                if self._lock_dir is not None:
+                    fd = await asyncio.wait_for(self._file_lock(name), wait)
+            except TimeoutError:
+                local.release()
+                raise LockTimeout(name) from None
+            try:
+                yield
+            finally:
+                if fd is not None:
+                    os.close(fd)  # closing the descriptor releases the file lock
+                local.release()
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[name]
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    async def _file_lock(self, name: str) -> int:
+        assert self._lock_dir is not None
+        stripe = int.from_bytes(hashlib.sha256(name.encode()).digest()[:2]) % LOCK_STRIPES
+        path = self._lock_dir / f"{stripe:03d}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    await asyncio.sleep(LOCK_POLL)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def publish(self, event: Event) -> None:
+        self.tell_workers(event)
+
+    def tell_workers(self, event: Event) -> None:
+        if self._peers is not None:
+            self._peers.send(encode(event))
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    async def flush(self) -> None:
+        """The mesh's datagrams are in the others' inboxes once sent."""
+
+    def sync(self) -> None:
+        self.deliver()
+
+    def deliver(self) -> int:
+        """Hand every waiting event to the subscribers; how many were delivered."""
+        if self._peers is None:
+            return 0
+        delivered = 0
+        for datagram in self._peers.receive():
+            event = decode(datagram)
+            if event is None:
+                continue
+            for subscriber in self._subscribers:
+                subscriber(event, 0.0)
+            delivered += 1
+        return delivered
+
+    async def start(self) -> None:
+        if self._peers is not None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._peers.inbox.fileno(), self.deliver)
+
+    async def close(self) -> None:
+        if self._loop is not None and self._peers is not None:
+            self._loop.remove_reader(self._peers.inbox.fileno())
+            self._loop = None

@@ -1,0 +1,1 @@
+"""Token server mode: scopes and JWTs for a registry with `auth: token`."""

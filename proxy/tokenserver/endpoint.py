@@ -1,0 +1,66 @@
+"""The token server's HTTP endpoint (token server mode): reading the request, OAuth2 errors.
+
+`GET` with Basic credentials (docker, podman) or the OAuth2 password grant as a `POST` form;
+the scopes granted are decided by `proxy.tokenserver.scopes` with the same ACL as the proxy.
+The caller is authenticated by the same step as any request (throttle included).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from ..authn.chain import Denied
+from ..authn.credentials import basic_header
+from ..conf.snapshot import Snapshot
+from ..observe.accesslog import USER_KEY
+from ..policy.identity import Identity
+from .scopes import issue
+
+log = logging.getLogger("regproxy.token")
+
+Identify = Callable[[list[str]], Awaitable[Identity | Denied]]
+Refuse = Callable[[Denied], web.Response]
+
+
+async def token_endpoint(
+    request: web.BaseRequest, snapshot: Snapshot, identify: Identify, refuse: Refuse
+) -> web.StreamResponse:
+    settings, signer = snapshot.config.token, snapshot.signer
+    assert settings is not None and signer is not None  # load_snapshot pairs them
+    params: MultiMapping[str | bytes | object]
+    if request.method == "GET":
+        params = request.query
+        authorization = request.headers.getall("Authorization", [])
+    elif request.method == "POST":
+        try:
+            params = await request.post()
+        except ValueError:
+            return oauth_error(400, "invalid_request", "malformed form")
+        if params.get("grant_type") != "password":
+            return oauth_error(400, "unsupported_grant_type")
+        user, password = str(params.get("username", "")), str(params.get("password", ""))
+        authorization = [basic_header(user, password)] if user else []
+    else:
+        return oauth_error(405, "invalid_request")
+    if params.get("service") != settings.service:
+        return oauth_error(400, "invalid_request", "unknown service")
+    who = await identify(authorization)
+    if isinstance(who, Denied):
+        return refuse(who)
+    account = params.get("account")
+    if account and account != who.user:
+        return oauth_error(400, "invalid_request", "account does not match the credentials")
+    request[USER_KEY] = who.user or "-"
+    scopes = [str(v) for v in params.getall("scope", [])]
+    answer = issue(settings, signer, snapshot.rules, who, scopes)
+    log.info("token for %s: %s", who.user or "anonymous", answer["scope"] or "(no access)")
+    return web.json_response(answer)
+
+
+def oauth_error(status: int, error: str, description: str = "") -> web.Response:
+    body = {"error": error, **({"error_description": description} if description else {})}
+    return web.json_response(body, status=status)

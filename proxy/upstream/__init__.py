@@ -1,0 +1,1 @@
+"""Talking to the registry: forwarding, the blob existence cache, the catalog, health."""

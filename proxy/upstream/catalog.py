@@ -1,0 +1,171 @@
+"""`GET /v2/_catalog` filtered to what the caller may pull, with the registry's paging intact.
+
+Upstream pages are read until `n` allowed names are found, but never more than `MAX_PAGES` per
+client request: a huge registry where the caller sees little, or an upstream whose `Link`
+never ends, costs a bounded amount of work. The answer then carries what was found and a
+`Link` to continue. Names must come in strictly increasing order (the registry's own order);
+a repeated or out-of-order name is dropped and a page that brings nothing new ends the
+listing, so no upstream can make the proxy loop.
+
+Continuing from a name the caller may not see would reveal it, so such a position travels
+sealed (AES-GCM under a key of this process tree; `seal`/`unseal`): it is neither readable
+nor forgeable, and a sealed position from elsewhere is refused (the client lists again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+from ..http.routes import CATALOG_MAX, Refusal, valid_name
+
+if TYPE_CHECKING:
+    import aiohttp
+
+MAX_PAGES = 10  # upstream pages (of CATALOG_MAX names) read per client request
+SLICE = 50  # names decided between two turns of the event loop
+FILTERING = 2  # catalog pages being filtered at once per worker (the others wait their turn)
+SEALED = "~"  # marks a sealed position in `last` (never the start of a repository name)
+
+Fetch = Callable[[str], Awaitable[tuple[list[str], bool]]]
+Allow = Callable[[list[str]], Awaitable[list[bool]]]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One page for the client, and where the next one starts (None: the end)."""
+
+    repositories: list[str]
+    resume_after: str | None
+
+
+async def filtered(fetch: Fetch, allow: Allow, n: int, last: str) -> Listing:
+    """Up to `n` allowed names after `last`: `fetch(after)` gives one upstream page and whether
+    the registry has more; `allow(names)` says which of them the caller may see."""
+    found: list[str] = []
+    cursor = last
+    for _ in range(MAX_PAGES):
+        names, more = await fetch(cursor)
+        fresh = _increasing(names, cursor)
+        if not fresh:
+            return Listing(found, None)
+        for name, allowed in zip(fresh, await allow(fresh), strict=True):
+            cursor = name
+            if allowed:
+                found.append(name)
+                if len(found) == n:
+                    done = not more and name == fresh[-1]
+                    return Listing(found, None if done else name)
+        if not more:
+            return Listing(found, None)
+    return Listing(found, cursor)
+
+
+class Filtering:
+    """Deciding which names a caller may see, without holding up other requests: a slice at a
+    time with a turn of the event loop in between, and at most FILTERING pages at once, so a
+    request waits for a few slices at most, however many pages, names and rules (fair to
+    it, unlike a thread contending for the interpreter lock)."""
+
+    def __init__(self) -> None:
+        self._turns = asyncio.Semaphore(FILTERING)
+
+    async def allowed(self, allowed: Callable[[str], bool], names: list[str]) -> list[bool]:
+        answers: list[bool] = []
+        async with self._turns:
+            for start in range(0, len(names), SLICE):
+                answers += [allowed(name) for name in names[start : start + SLICE]]
+                await asyncio.sleep(0)
+        return answers
+
+
+def _increasing(names: list[str], after: str) -> list[str]:
+    """The names that keep the listing strictly increasing after `after`."""
+    kept: list[str] = []
+    for name in names:
+        if name > (kept[-1] if kept else after):
+            kept.append(name)
+    return kept
+
+
+def parse_page(query: str, key: bytes) -> tuple[int, str] | Refusal:
+    """`n` (default 100, as the registry) and `last` (a name, or a sealed position)."""
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    last = params.get("last", "")
+    if last.startswith(SEALED):
+        opened = unseal(last, key)
+        if opened is None:
+            return Refusal(400, "PAGINATION_NUMBER_INVALID", "stale catalog position: list again")
+        last = opened
+    elif last and not valid_name(last):
+        return Refusal(400, "NAME_INVALID", "invalid repository name in 'last'")
+    text = params.get("n", "100")
+    if (
+        not text.isascii()
+        or not text.isdigit()
+        or len(text) > 4
+        or not 0 < int(text) <= CATALOG_MAX
+    ):
+        return Refusal(400, "PAGINATION_NUMBER_INVALID", f"n must be 1 to {CATALOG_MAX}")
+    return int(text), last
+
+
+def next_link(listing: Listing, n: int, key: bytes) -> str | None:
+    """The `Link` header to the next page, sealing a position the caller may not see."""
+    if listing.resume_after is None:
+        return None
+    after = listing.resume_after
+    if not listing.repositories or listing.repositories[-1] != after:
+        after = seal(after, key)
+    return f'</v2/_catalog?last={after}&n={n}>; rel="next"'
+
+
+def seal(name: str, key: bytes) -> str:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # only when paging is cut
+
+    nonce = secrets.token_bytes(12)
+    sealed = nonce + AESGCM(key).encrypt(nonce, name.encode(), b"catalog")
+    return SEALED + base64.b32encode(sealed).decode().rstrip("=").lower()
+
+
+def unseal(token: str, key: bytes) -> str | None:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    text = token[len(SEALED) :].upper()
+    try:
+        raw = base64.b32decode(text + "=" * (-len(text) % 8))
+        name = AESGCM(key).decrypt(raw[:12], raw[12:], b"catalog").decode()
+    except (binascii.Error, ValueError, InvalidTag, UnicodeDecodeError):
+        return None
+    return name if valid_name(name) else None
+
+
+async def fetch_page(
+    session: aiohttp.ClientSession,
+    upstream: str,
+    headers: dict[str, str],
+    timeout: aiohttp.ClientTimeout,
+    after: str,
+) -> tuple[list[str], bool]:
+    """One upstream page after `after`, and whether the registry says there is more. Built
+    afresh: none of the client's headers (a Content-Length would stall it)."""
+    query = f"n={CATALOG_MAX}" + (f"&last={after}" if after else "")
+    async with session.get(
+        f"{upstream}/v2/_catalog?{query}", headers=headers, timeout=timeout
+    ) as response:
+        if response.status != 200:
+            raise ValueError(f"status {response.status}")
+        body = json.loads(await response.read())
+        names = body.get("repositories") if isinstance(body, dict) else None
+        names = names or []
+        if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+            raise ValueError("malformed catalog")
+        return [x for x in names if valid_name(x)], "Link" in response.headers

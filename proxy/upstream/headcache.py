@@ -1,0 +1,183 @@
+"""Blob existence answers (`HEAD /v2/<name>/blobs/<digest>`), remembered for a few seconds.
+
+Docker and podman check every layer with a HEAD before uploading it, and build farms repeat
+those checks for the same base layers all day. A blob is content-addressed and the registry
+itself marks its answers cacheable for a year (`Cache-Control: max-age=31536000`), so the
+proxy may answer a repeated check without the round trip. Kept deliberately narrow:
+
+- only 200 answers: a missing blob is always asked again;
+- only requests without a query, conditions or a range; the key is the upstream and the exact
+  path, so one repository's answer never serves another (blob links are per repository);
+- a DELETE of the blob through the proxy drops the entry in every worker (and every replica
+  sharing a store) before the DELETE's answer reaches the client: the event is published
+  when the registry's answer arrives, and each worker applies waiting events before it
+  answers from memory. Only a blob removed behind the proxy's back (garbage collection, a
+  DELETE sent to the registry directly) is still claimed, for at most `cache.ttl` seconds;
+- authorization is decided on every request before the cache is consulted.
+
+Deciding what may be stored is pure (`freshness`, `cache_key`); `HeadCache` is a bounded LRU;
+`CachingForwarder` is the one wrapper around the forwarder that keys, stores and forgets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..core.limits import Timeouts
+from ..http.routes import Operation
+from ..observe import metrics
+from ..state.events import BlobGone, Event
+from ..state.store import Store
+from .forward import Forwarder, OnHeaders, Route
+
+ENTRIES = 4096  # about 1 KiB each
+# Request headers that make an answer depend on more than the path.
+_CONDITIONAL = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "Range")
+# Never replayed to another client: per-response or per-connection.
+_NOT_STORED = frozenset({"date", "age", "set-cookie"})
+
+
+def cache_key(
+    method: str,
+    operation: Operation,
+    upstream: str,
+    path: str,
+    query: str,
+    headers: Mapping[str, str],
+) -> str | None:
+    """The key a request's answer may be cached and looked up under, or None."""
+    if method != "HEAD" or operation.kind != "blob" or query:
+        return None
+    if any(name in headers for name in _CONDITIONAL):
+        return None
+    return upstream + path
+
+
+def blob_key(operation: Operation, upstream: str, path: str) -> str | None:
+    """The entry a request invalidates when it succeeds upstream (a blob DELETE)."""
+    return upstream + path if operation.kind == "blob" and operation.action == "delete" else None
+
+
+def freshness(cache_control: str, ttl: float) -> float:
+    """Seconds an answer may be reused, per RFC 9111 for a shared cache, at most `ttl`:
+    0 unless the upstream gives `max-age` or `s-maxage` and nothing forbids storing."""
+    directives: dict[str, str] = {}
+    for part in cache_control.split(","):
+        name, _, value = part.strip().partition("=")
+        directives[name.strip().lower()] = value.strip().strip('"')
+    if directives.keys() & {"no-store", "no-cache", "private"}:
+        return 0.0
+    raw = directives.get("s-maxage", directives.get("max-age", ""))
+    if not raw.isdigit():
+        return 0.0
+    return float(min(int(raw), ttl))
+
+
+@dataclass(frozen=True)
+class Entry:
+    headers: tuple[tuple[str, str], ...]  # as sent to the client, without Date and Age
+    stored: float
+    expires: float
+
+
+class HeadCache:
+    """A bounded LRU of 200 answers to blob HEADs; one per worker process."""
+
+    def __init__(self, size: int = ENTRIES) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+
+    def get(self, key: str, now: float) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, headers: Mapping[str, str], lifetime: float, now: float) -> None:
+        if lifetime <= 0 or "Vary" in headers or "Location" in headers:
+            return
+        kept = tuple((k, v) for k, v in headers.items() if k.lower() not in _NOT_STORED)
+        self._entries[key] = Entry(kept, now, now + lifetime)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class CachingForwarder:
+    """The forwarder, with blob existence answers remembered for `ttl` seconds."""
+
+    def __init__(
+        self, forwarder: Forwarder, store: Store, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._forwarder = forwarder
+        self._store = store
+        self._clock = clock
+        self._heads = HeadCache()
+        store.subscribe(self._apply)
+
+    def _apply(self, event: Event, _age: float) -> None:
+        if isinstance(event, BlobGone):
+            self._heads.drop(event.key)
+
+    async def forward(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        operation: Operation,
+        timeouts: Timeouts,
+        wait: float,
+        ttl: float,
+        body: bytes | None = None,
+        on_headers: OnHeaders | None = None,
+    ) -> web.StreamResponse:
+        """Forward, or answer from memory; `on_headers` sees (and may change) the upstream's
+        headers before they are sent."""
+        path, _, query = route.raw_path.partition("?")
+        key = cache_key(request.method, operation, route.upstream, path, query, request.headers)
+        if key is not None and ttl > 0:
+            self._store.sync()  # a DELETE another worker just forwarded is applied first
+            hit = await self._answer(request, key)
+            if hit is not None:
+                return hit
+        gone = blob_key(operation, route.upstream, path)
+
+        def seen(status: int, headers: CIMultiDict[str]) -> None:
+            if on_headers is not None:
+                on_headers(status, headers)
+            if gone is not None:
+                self._heads.drop(gone)
+                self._store.publish(BlobGone(gone))
+            elif key is not None and ttl > 0 and status == 200:
+                lifetime = freshness(headers.get("Cache-Control", ""), ttl)
+                self._heads.put(key, headers, lifetime, self._clock())
+
+        return await self._forwarder.forward(request, route, timeouts, wait, seen, body)
+
+    async def _answer(self, request: web.BaseRequest, key: str) -> web.StreamResponse | None:
+        """The remembered answer under `key`, with its Age, or None."""
+        now = self._clock()
+        entry = self._heads.get(key, now)
+        if entry is None:
+            return None
+        metrics.RECORD.cache_hit()
+        response = web.StreamResponse(headers=CIMultiDict(entry.headers))
+        response.headers["Age"] = str(int(now - entry.stored))
+        await response.prepare(request)
+        await response.write_eof()
+        return response
