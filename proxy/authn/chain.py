@@ -45,7 +45,6 @@ from .robots import RobotAuthenticator, RobotUsage
 from .throttle import Throttle, ThrottleSettings, token_login
 
 if TYPE_CHECKING:
-    from ..conf.config import Config
     from .jwks import KeySource
     from .ldap_settings import LdapSettings
     from .oidc import IssuerVerifier
@@ -64,6 +63,18 @@ class Denied:
     status: int
     message: str
     retry_after: int | None = None
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """What a snapshot's authentication is built from: the backends in order and their
+    sections, the verified-credential cache, the throttle."""
+
+    backends: tuple[str, ...] = ("htpasswd",)
+    ldap: LdapSettings | None = None
+    oidc: OidcSettings | None = None
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
 
 
 @dataclass(frozen=True)
@@ -214,7 +225,7 @@ class BackendFactory:
 
     def authenticators(
         self,
-        config: Config,
+        settings: AuthSettings,
         users: UserFiles,
         robots: tuple[Mapping[str, Robot], bytes] | None = None,
         previous: Authenticators | None = None,
@@ -226,12 +237,10 @@ class BackendFactory:
         if robots is not None:
             book, key = robots
             tokens.append(RobotAuthenticator(book, key, users, self.robot_usage, self._wall))
-        bearer = self._oidc(config.oidc) if config.oidc is not None else None
+        bearer = self._oidc(settings.oidc) if settings.oidc is not None else None
         tokens.extend([bearer] if bearer is not None else [])
-        passwords = self.build(
-            config.auth_backends, users, config.ldap, config.credentials_cache, old
-        )
-        return Authenticators((*tokens, *passwords), users, config.throttle, bearer)
+        passwords = self.build(settings.backends, users, settings.ldap, settings.cache, old)
+        return Authenticators((*tokens, *passwords), users, settings.throttle, bearer)
 
     def build(
         self,

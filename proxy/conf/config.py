@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from ..authn.cache import CacheSettings
+from ..authn.chain import AuthSettings
 from ..authn.throttle import ThrottleSettings
 from ..core.addresses import IPNetwork, parse_networks, parse_upstream
 from ..core.limits import Limits, Timeouts
@@ -107,6 +108,12 @@ class Config:
     @property
     def rules(self) -> tuple[Rule, ...]:
         return self.acl if self.acl is not None else recipe_rules(self.push_group)
+
+    @property
+    def authentication(self) -> AuthSettings:
+        return AuthSettings(
+            self.auth_backends, self.ldap, self.oidc, self.credentials_cache, self.throttle
+        )
 
     def watched_files(self) -> tuple[Path, ...]:
         """Files whose edits take effect live."""

@@ -1,1 +1,29 @@
-"""Policy steps on the request path that look at the registry or the request's body."""
+"""Guards: the steps between authorization and the registry, each one module, in one list."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ..pipeline.guard import Guard
+from ..state.store import Store
+from ..upstream.client import Registry
+from .headcache import CachedHeads
+from .pings import FreshPings
+from .tags import TagGuard
+from .uploads import UploadBinding
+
+
+def ordered(
+    store: Store,
+    registry: Registry,
+    upload_key: bytes,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[Guard, ...]:
+    """Every guard, in the order a request meets them (and its answer, on the way back)."""
+    return (
+        UploadBinding(upload_key),  # an upload only by whoever started it
+        TagGuard(store, registry),  # immutable tags, protected deletes
+        FreshPings(clock),  # pings answered while the registry is known to be up
+        CachedHeads(store, clock),  # blob existence answers it remembers: last of all
+    )

@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -37,11 +37,13 @@ from aiohttp import web
 from ..conf.config import Config
 from ..core.limits import Timeouts
 from ..http.errors import error_response
-from ..http.routes import DIGEST_RE, TAG_RE, Operation
+from ..http.routes import DIGEST_RE, TAG_RE
+from ..pipeline.context import RequestContext
+from ..pipeline.guard import Guard
 from ..policy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
 from ..state.store import LockTimeout, Store
-from ..upstream.forward import ClientStalled, OnHeaders, Route, closing, idle_bounded
-from ..upstream.headcache import CachingForwarder
+from ..upstream.client import Registry, UpstreamError
+from ..upstream.forward import ClientStalled, Route, closing, idle_bounded
 
 log = logging.getLogger("regproxy.tags")
 
@@ -92,78 +94,60 @@ class Budget:
         self._limit = limit
         self._used = 0
 
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[Callable[[int], bool]]:
-        """A `take(n)` that reserves n more bytes (False: over the limit, nothing taken);
-        everything taken is given back when the block ends."""
-        taken = 0
-
-        def take(size: int) -> bool:
-            nonlocal taken
-            if self._used + size > self._limit:
-                return False
-            self._used += size
-            taken += size
-            return True
-
-        try:
-            yield take
-        finally:
-            self._used -= taken
+    def reserve(self) -> Reservation:
+        """A reservation to take bytes under; give them back with `release`."""
+        return Reservation(self)
 
 
-class TagGuard:
-    """The forwarder, behind the immutable-tag and protected-delete checks; one per worker."""
+class Reservation:
+    """The bytes one request holds of a Budget."""
 
-    def __init__(
-        self, forwarder: CachingForwarder, store: Store, session: aiohttp.ClientSession
-    ) -> None:
-        self._forwarder = forwarder
+    def __init__(self, budget: Budget) -> None:
+        self._budget = budget
+        self._taken = 0
+
+    def take(self, size: int) -> bool:
+        """Reserve `size` more bytes; False (nothing taken) when over the budget."""
+        budget = self._budget
+        if budget._used + size > budget._limit:
+            return False
+        budget._used += size
+        self._taken += size
+        return True
+
+    def release(self) -> None:
+        self._budget._used -= self._taken
+        self._taken = 0
+
+
+class TagGuard(Guard):
+    """Immutable tags and protected deletes: the registry asked before a guarded manifest PUT
+    or DELETE is forwarded, under the repository's lock; one per worker."""
+
+    def __init__(self, store: Store, registry: Registry) -> None:
         self._store = store
-        self._session = session
+        self._registry = registry
         self._budget = Budget(MANIFEST_BUDGET)
 
-    async def forward(
-        self,
-        request: web.BaseRequest,
-        route: Route,
-        operation: Operation,
-        config: Config,
-        on_headers: OnHeaders | None = None,
-    ) -> web.StreamResponse:
-        """Forward, with the tag checks the operation needs; `on_headers` sees the upstream's
-        headers before they are sent (proxy.upstream.forward)."""
-        check = plan(config.tag_rules, operation)
+    async def check(self, ctx: RequestContext) -> web.StreamResponse | None:
+        operation, route, request = ctx.operation, ctx.route, ctx.request
+        assert operation is not None and route is not None
+        check = plan(ctx.config.tag_rules, operation)
         if check is None:
-            return await self._forward(request, route, operation, config, None, on_headers)
+            return None
         if isinstance(check, Denied):
             log.info("refused %s %s: %s", request.method, route.raw_path, check.message)
             return error_response(403, "DENIED", check.message)
-        if isinstance(check, Pointers):
-            return await self._guarded(request, route, operation, config, check, None)
-        with self._budget.hold() as take:
-            read = await _read_manifest(request, config.timeouts.client_idle, take)
+        if isinstance(check, Overwrite):
+            reservation = self._budget.reserve()
+            ctx.defer(reservation.release)  # held until the manifest is forwarded
+            read = await _read_manifest(request, ctx.config.timeouts.client_idle, reservation)
             if isinstance(read, web.StreamResponse):
                 return read
-            return await self._guarded(request, route, operation, config, check, read)
-
-    async def _guarded(
-        self,
-        request: web.BaseRequest,
-        route: Route,
-        operation: Operation,
-        config: Config,
-        check: Overwrite | Pointers,
-        body: bytes | None,
-    ) -> web.StreamResponse:
-        """Check and forward under the repository's lock."""
+            ctx.body = read
         try:
-            async with self._locked(route.upstream, check.repository, config):
-                refusal = await self._check(request, route, check, body, config.timeouts)
-                if refusal is not None:
-                    log.info("refused %s %s: %s", request.method, route.raw_path, refusal)
-                    return error_response(403, "DENIED", refusal)
-                return await self._forward(request, route, operation, config, body)
+            await ctx.hold(self._locked(route.upstream, check.repository, ctx.config))
+            refusal = await self._check(ctx, check)
         except LockTimeout:
             log.warning("%s %s: the repository stayed locked", request.method, route.raw_path)
             return error_response(503, "UNAVAILABLE", "tag check busy, retry later", RETRY_AFTER)
@@ -171,20 +155,10 @@ class TagGuard:
             log.warning("%s %s refused: tag check failed: %s", request.method, route.raw_path, exc)
             message = "registry unavailable for the tag check, retry later"
             return error_response(503, "UNAVAILABLE", message, RETRY_AFTER)
-
-    def _forward(
-        self,
-        request: web.BaseRequest,
-        route: Route,
-        operation: Operation,
-        config: Config,
-        body: bytes | None = None,
-        on_headers: OnHeaders | None = None,
-    ) -> Awaitable[web.StreamResponse]:
-        return self._forwarder.forward(
-            request, route, operation, config.timeouts, config.limits.upstream_wait,
-            config.cache_ttl, body, on_headers,
-        )  # fmt: skip
+        if refusal is not None:
+            log.info("refused %s %s: %s", request.method, route.raw_path, refusal)
+            return error_response(403, "DENIED", refusal)
+        return None
 
     def _locked(
         self, upstream: str, repository: str, config: Config
@@ -195,21 +169,16 @@ class TagGuard:
         ttl = 2 * (t.connect + t.read) + t.client_idle + config.limits.upstream_wait
         return self._store.lock(f"tags {upstream} {repository}", ttl, config.limits.upstream_wait)
 
-    async def _check(
-        self,
-        request: web.BaseRequest,
-        route: Route,
-        check: Overwrite | Pointers,
-        body: bytes | None,
-        timeouts: Timeouts,
-    ) -> str | None:
+    async def _check(self, ctx: RequestContext, check: Overwrite | Pointers) -> str | None:
         """Why the request is refused, or None; Unavailable when the registry cannot say."""
-        ask = _Asker(self._session, route, request.host, timeouts)
+        assert ctx.route is not None
+        timeouts = ctx.config.timeouts
+        ask = _Asker(self._registry, ctx.route, ctx.request.host, timeouts)
         try:
             async with asyncio.timeout(timeouts.connect + timeouts.read):
                 if isinstance(check, Overwrite):
-                    assert body is not None
-                    return await _overwrite(ask, check, body)
+                    assert ctx.body is not None
+                    return await _overwrite(ask, check, ctx.body)
                 return await _pointed_at(ask, check)
         except TimeoutError:
             raise Unavailable("timed out") from None
@@ -282,32 +251,31 @@ async def _names(ask: _Asker, repository: str, tag: str, digest: str) -> str | N
 class _Asker:
     """The proxy's own requests to the registry for one check."""
 
-    session: aiohttp.ClientSession
+    registry: Registry
     route: Route
     host: str
     timeouts: Timeouts
 
-    def _headers(self) -> dict[str, str]:
-        return {
-            "Host": self.host,
-            "Accept": _ACCEPT,
-            "X-Forwarded-Proto": "https",
-            "X-Forwarded-For": self.route.forwarded_for,
-        }
-
     @contextlib.asynccontextmanager
     async def _request(self, method: str, path: str) -> AsyncIterator[aiohttp.ClientResponse]:
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=self.timeouts.connect, sock_read=self.timeouts.read
-        )
-        url = self.route.upstream + path
         try:
-            async with self.session.request(
-                method, url, headers=self._headers(), timeout=timeout, allow_redirects=False
+            async with self.registry.request(
+                method,
+                self.route.upstream + path,
+                timeouts=self.timeouts,
+                host=self.host,
+                forwarded_for=self.route.forwarded_for,
+                accept=_ACCEPT,
             ) as response:
                 yield response
-        except (aiohttp.ClientError, ValueError) as exc:
-            raise Unavailable(f"{method} {path}: {exc!r}") from None
+        except UpstreamError as exc:
+            raise Unavailable(str(exc)) from None
+
+    async def _body(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
+        try:
+            return await self.registry.body(response, limit)
+        except UpstreamError as exc:
+            raise Unavailable(str(exc)) from None
 
     async def current(self, repository: str, tag: str) -> Current | None:
         """What `tag` names now, or None when it does not exist."""
@@ -324,7 +292,7 @@ class _Asker:
             if response.status == 404:
                 return None
             _expect_ok(response, path)
-            body = await _bounded(response, MAX_MANIFEST)
+            body = await self._body(response, MAX_MANIFEST)
             return Current(f"sha256:{hashlib.sha256(body).hexdigest()}", _media_type(response))
 
     async def held(self, repository: str, tag: str) -> frozenset[str] | None:
@@ -354,7 +322,7 @@ class _Asker:
             _expect_ok(response, path)
             if _media_type(response) not in INDEX_TYPES:
                 return []
-            body = await _bounded(response, MAX_MANIFEST)
+            body = await self._body(response, MAX_MANIFEST)
         try:
             manifests = json.loads(body).get("manifests") or []
             entries = [(str(m["digest"]), str(m.get("mediaType", ""))) for m in manifests]
@@ -374,7 +342,7 @@ class _Asker:
                 if response.status == 404:
                     return found  # no such repository: nothing is tagged
                 _expect_ok(response, path)
-                found.extend(_tag_page(await _bounded(response, MAX_TAG_LIST), path))
+                found.extend(_tag_page(await self._body(response, MAX_TAG_LIST), path))
                 path = _next_page(response, repository)
         if path is not None:
             raise Unavailable(f"more than {MAX_TAG_PAGES} pages of tags in {repository}")
@@ -388,13 +356,6 @@ def _expect_ok(response: aiohttp.ClientResponse, path: str) -> None:
 
 def _media_type(response: aiohttp.ClientResponse) -> str:
     return response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-
-
-async def _bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    body = await response.content.read(limit + 1)
-    if len(body) > limit:
-        raise Unavailable(f"{response.url.path}: answer larger than {limit} bytes")
-    return body
 
 
 def _tag_page(body: bytes, path: str) -> list[str]:
@@ -422,7 +383,7 @@ def _next_page(response: aiohttp.ClientResponse, repository: str) -> str | None:
 
 
 async def _read_manifest(
-    request: web.BaseRequest, idle: float, take: Callable[[int], bool]
+    request: web.BaseRequest, idle: float, reservation: Reservation
 ) -> bytes | web.StreamResponse:
     """The whole manifest body (bounded, each piece taken from the budget), or the answer
     that refuses it."""
@@ -435,7 +396,7 @@ async def _read_manifest(
             size += len(chunk)
             if size > MAX_MANIFEST:
                 return await closing(request, _too_large())
-            if not take(len(chunk)):
+            if not reservation.take(len(chunk)):
                 message = "too many manifests in flight, retry later"
                 return await closing(
                     request, error_response(503, "UNAVAILABLE", message, RETRY_AFTER)

@@ -1,4 +1,4 @@
-"""Blob uploads bound to whoever started them. Pure.
+"""Blob uploads bound to whoever started them: the binding (pure) and its guard.
 
 The registry hands out an upload's URL (its `Location`) to the client that started it and takes
 any request to that URL from anyone allowed to push to the repository: another user with push
@@ -18,9 +18,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
+from dataclasses import replace
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
+from aiohttp import web
+
+from ..http.errors import error_response
 from ..http.routes import Operation, Refusal, classify
+from ..pipeline.context import RequestContext
+from ..pipeline.guard import Guard
+from ..upstream.forward import Answer
+
+log = logging.getLogger("regproxy")
 
 PARAM = "_regproxy"
 NOT_YOURS = Refusal(403, "DENIED", "this upload was started by someone else")
@@ -68,3 +78,39 @@ def check(key: bytes, operation: Operation, query: str, user: str | None) -> str
     if not hmac.compare_digest(offered, expected.encode()):
         return NOT_YOURS
     return "&".join(kept)
+
+
+class UploadBinding(Guard):
+    """Uploads only by whoever started them: a request to an upload must carry its starter's
+    binding (taken off before forwarding), and every upload Location handed out gets one.
+    `key`: the binding key without a `secret_file` (the supervisor's, shared by its workers)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    async def check(self, ctx: RequestContext) -> web.StreamResponse | None:
+        operation, route = ctx.operation, ctx.route
+        assert operation is not None and route is not None
+        if operation.kind != "upload":
+            return None
+        path, _, query = route.raw_path.partition("?")
+        own = check(self._key_of(ctx), operation, query, ctx.user)
+        if isinstance(own, Refusal):
+            log.warning("%s refused the upload %s of another", ctx.user, operation.reference)
+            return error_response(own.status, own.code, own.message)
+        ctx.route = replace(route, raw_path=f"{path}?{own}" if own else path)
+        return None
+
+    async def answered(self, ctx: RequestContext, answer: Answer) -> web.StreamResponse | None:
+        operation = ctx.operation
+        assert operation is not None
+        location = answer.headers.get("Location")
+        if location is not None and operation.kind in ("upload-start", "upload"):
+            assert operation.repository is not None  # uploads always name their repository
+            key = self._key_of(ctx)
+            answer.headers["Location"] = bind_location(location, operation.repository, key,
+                                                       ctx.user)  # fmt: skip
+        return None
+
+    def _key_of(self, ctx: RequestContext) -> bytes:
+        return ctx.snapshot.key("uploads") or self._key

@@ -15,14 +15,28 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from .logsetup import SINK
 
-USER_KEY = web.RequestKey("regproxy.user", str)
-BYTES_KEY = web.RequestKey("regproxy.bytes", int)  # body bytes, set by the forwarder
+
+class Logged(Protocol):
+    """What the request path found out that an access line shows (its request context)."""
+
+    @property
+    def user(self) -> str | None: ...
+
+    @property
+    def client(self) -> str | None: ...  # the client as believed (trusted X-Forwarded-For)
+
+    @property
+    def sent(self) -> int | None: ...  # body bytes sent; None: the answer's Content-Length
+
+
+LOGGED = web.RequestKey("regproxy.logged", Logged)  # set once, when the request arrives
 
 
 class _Clock:
@@ -132,14 +146,16 @@ class AccessLogger(AbstractAccessLogger):
         if self.format == "off":
             return
         version = request.version
+        seen = request.get(LOGGED)  # None: aiohttp answered before the request path ran
+        sent = seen.sent if seen is not None else None
         entry = Entry(
-            request.remote or "",
-            request.get(USER_KEY) or "",
+            (seen.client if seen is not None else None) or request.remote or "",
+            (seen.user if seen is not None else None) or "",
             request.method,
             request.raw_path,
             f"{version.major}.{version.minor}",
             response.status,
-            request.get(BYTES_KEY, response.content_length),
+            sent if sent is not None else response.content_length,
             request.headers.get("Referer"),
             request.headers.get("User-Agent"),
             time_,

@@ -15,10 +15,9 @@ from multidict import MultiMapping
 
 from ..authn.chain import Denied
 from ..authn.credentials import basic_header
-from ..conf.snapshot import Snapshot
-from ..observe.accesslog import USER_KEY
 from ..policy.identity import Identity
-from .scopes import issue
+from ..policy.rules import Rule
+from .scopes import Signer, TokenSettings, issue
 
 log = logging.getLogger("regproxy.token")
 
@@ -27,10 +26,15 @@ Refuse = Callable[[Denied], web.Response]
 
 
 async def token_endpoint(
-    request: web.BaseRequest, snapshot: Snapshot, identify: Identify, refuse: Refuse
+    request: web.BaseRequest,
+    settings: TokenSettings,
+    signer: Signer,
+    rules: tuple[Rule, ...],
+    identify: Identify,
+    refuse: Refuse,
 ) -> web.StreamResponse:
-    settings, signer = snapshot.config.token, snapshot.signer
-    assert settings is not None and signer is not None  # load_snapshot pairs them
+    """Authenticate the caller (`identify`, `refuse`) and issue a token for the scopes the
+    rules grant."""
     params: MultiMapping[str | bytes | object]
     if request.method == "GET":
         params = request.query
@@ -54,9 +58,8 @@ async def token_endpoint(
     account = params.get("account")
     if account and account != who.user:
         return oauth_error(400, "invalid_request", "account does not match the credentials")
-    request[USER_KEY] = who.user or "-"
     scopes = [str(v) for v in params.getall("scope", [])]
-    answer = issue(settings, signer, snapshot.rules, who, scopes)
+    answer = issue(settings, signer, rules, who, scopes)
     log.info("token for %s: %s", who.user or "anonymous", answer["scope"] or "(no access)")
     return web.json_response(answer)
 

@@ -17,17 +17,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from ..http.routes import CATALOG_MAX, Refusal, valid_name
+from aiohttp import web
 
-if TYPE_CHECKING:
-    import aiohttp
+from ..core.limits import Timeouts
+from ..http.errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
+from ..http.routes import CATALOG_MAX, Refusal, valid_name
+from .client import Registry, UpstreamError
+
+log = logging.getLogger("regproxy")
 
 MAX_PAGES = 10  # upstream pages (of CATALOG_MAX names) read per client request
 SLICE = 50  # names decided between two turns of the event loop
@@ -148,24 +153,75 @@ def unseal(token: str, key: bytes) -> str | None:
     return name if valid_name(name) else None
 
 
+MAX_PAGE_BYTES = 4 * 1024 * 1024  # one upstream page of CATALOG_MAX names, with room to spare
+
+
 async def fetch_page(
-    session: aiohttp.ClientSession,
+    registry: Registry,
     upstream: str,
-    headers: dict[str, str],
-    timeout: aiohttp.ClientTimeout,
+    host: str,
+    forwarded_for: str,
+    timeouts: Timeouts,
     after: str,
 ) -> tuple[list[str], bool]:
     """One upstream page after `after`, and whether the registry says there is more. Built
     afresh: none of the client's headers (a Content-Length would stall it)."""
     query = f"n={CATALOG_MAX}" + (f"&last={after}" if after else "")
-    async with session.get(
-        f"{upstream}/v2/_catalog?{query}", headers=headers, timeout=timeout
+    url = f"{upstream}/v2/_catalog?{query}"
+    async with registry.request(
+        "GET", url, timeouts=timeouts, host=host, forwarded_for=forwarded_for
     ) as response:
         if response.status != 200:
-            raise ValueError(f"status {response.status}")
-        body = json.loads(await response.read())
+            raise UpstreamError(f"GET {url}: status {response.status}")
+        try:
+            body = json.loads(await registry.body(response, MAX_PAGE_BYTES))
+        except (ValueError, RecursionError):
+            raise UpstreamError(f"GET {url}: not a catalog") from None
         names = body.get("repositories") if isinstance(body, dict) else None
         names = names or []
         if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
-            raise ValueError("malformed catalog")
+            raise UpstreamError(f"GET {url}: malformed catalog")
         return [x for x in names if valid_name(x)], "Link" in response.headers
+
+
+class Catalog:
+    """`GET /v2/_catalog` for one worker: the registry's pages, filtered to what the caller
+    may pull, a slice at a time."""
+
+    def __init__(self, registry: Registry, key: bytes) -> None:
+        self._registry = registry
+        self._key = key  # seals positions the caller may not see
+        self._filtering = Filtering()
+
+    async def answer(
+        self,
+        query: str,
+        may_pull: Callable[[str], bool],
+        *,
+        upstream: str,
+        host: str,
+        forwarded_for: str,
+        timeouts: Timeouts,
+    ) -> web.Response:
+        page = parse_page(query, self._key)
+        if isinstance(page, Refusal):
+            return error_response(page.status, page.code, page.message)
+        n, last = page
+        fetch = functools.partial(
+            fetch_page, self._registry, upstream, host, forwarded_for, timeouts
+        )
+        try:
+            listing = await filtered(fetch, functools.partial(self._filtering.allowed, may_pull),
+                                     n, last)  # fmt: skip
+        except UpstreamError as exc:
+            log.warning("upstream %s catalog failed: %s", upstream, exc)
+            if exc.timed_out:
+                return error_response(504, "UNAVAILABLE", "upstream registry timed out")
+            return error_response(502, "UNAVAILABLE", "upstream registry catalog failed")
+        response = web.json_response({"repositories": listing.repositories})
+        link = next_link(listing, n, self._key)
+        if link is not None:
+            response.headers["Link"] = link
+        response.headers[API_VERSION_HEADER] = API_VERSION
+        response.headers["Server"] = SERVER
+        return response

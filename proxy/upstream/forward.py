@@ -8,11 +8,12 @@ layer passes in constant memory. Keep-alive connections to the upstream are pool
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -21,9 +22,9 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..core.limits import Timeouts
+from ..http.bodies import read_whole
 from ..http.errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
 from ..observe import metrics
-from ..observe.accesslog import BYTES_KEY
 
 log = logging.getLogger("regproxy.forward")
 
@@ -91,7 +92,7 @@ CHUNK = 64 * 1024
 # aiohttp buffers up to twice this per upstream response before it stops reading: a smaller
 # buffer than the default 64 KiB keeps a download's memory low at the same throughput.
 UPSTREAM_READ_BUFFER = 16 * 1024
-RETRY_AFTER = "5"  # seconds a client is asked to wait when every upstream connection is busy
+_BUSY = {"Retry-After": "5"}  # when every upstream connection is busy
 _LINK_TARGET = re.compile(r"<([^>]*)>")  # the URI of each link in a Link header
 
 
@@ -174,8 +175,60 @@ class Route:
     forwarded_for: str
 
 
-# Called with the upstream's status and headers before anything is sent to the client.
-OnHeaders = Callable[[int, CIMultiDict[str]], None]
+class Answer:
+    """The registry's answer to a forwarded request, its headers as the client will get them,
+    before anything is sent: a guard may change the headers, or read the body whole (then
+    the bytes read are what is sent)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers = headers
+        self._body: bytes | None = None
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body (TooLarge past `limit` bytes), kept to be sent as read."""
+        if self._body is None:
+            self._body = await read_whole(self._response.content, limit)
+        return self._body
+
+    async def send(self, request: web.BaseRequest, idle: float) -> tuple[web.StreamResponse, int]:
+        """Stream the answer to the client; the response and the body bytes sent. A client
+        that stops reading for `idle` seconds, or an upstream that breaks off, cuts the
+        connection: a short body is never passed off as complete."""
+        response = web.StreamResponse(
+            status=self.status, reason=self._response.reason, headers=self.headers
+        )
+        await response.prepare(request)
+        if self._body is not None:
+            await response.write(self._body)
+            await response.write_eof()
+            return response, len(self._body)
+        sent = 0
+        try:
+            # Bounded pieces: a transfer never holds more than aiohttp's read buffer plus one
+            # chunk (iter_any() would join everything buffered into one large copy).
+            async for chunk in self._response.content.iter_chunked(CHUNK):
+                try:
+                    async with asyncio.timeout(idle):
+                        await response.write(chunk)
+                except (ConnectionError, TimeoutError):
+                    log.debug("client went away during %s %s", request.method, request.path)
+                    _cut(request)
+                    return response, sent
+                sent += len(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("upstream broke off %s %s: %r", request.method, request.path, exc)
+            _cut(request)
+            return response, sent
+        await response.write_eof()
+        return response, sent
+
+
+def _cut(request: web.BaseRequest) -> None:
+    """Close the client's connection at once: its answer has started and cannot end well."""
+    if request.transport is not None:
+        request.transport.abort()
 
 
 class Forwarder:
@@ -187,7 +240,7 @@ class Forwarder:
 
     def __init__(self, connections: int, keepalive: float) -> None:
         connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=keepalive)
-        self._session = aiohttp.ClientSession(
+        self.session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
             skip_auto_headers=_SKIP_AUTO_HEADERS,
@@ -197,46 +250,48 @@ class Forwarder:
         )
         self._slots = asyncio.Semaphore(connections)
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """For the proxy's own requests (catalog pages, health probes)."""
-        return self._session
-
     async def close(self) -> None:
-        await self._session.close()
+        await self.session.close()
 
-    async def forward(
+    @contextlib.asynccontextmanager
+    async def exchange(
         self,
         request: web.BaseRequest,
+        *,
         route: Route,
         timeouts: Timeouts,
         wait: float,
-        on_headers: OnHeaders | None = None,
         body: bytes | None = None,
-    ) -> web.StreamResponse:
-        """Send `request` to the route and stream the answer back. `body`: the request's
-        body, already read whole (a manifest the proxy had to see), sent as it is."""
+    ) -> AsyncIterator[Answer | web.StreamResponse]:
+        """Send `request` to the route: the registry's answer, unsent, or the proxy's own
+        answer when there is none (503 no connection free, 502, 504, 408). `body`: the
+        request's body, already read whole (a manifest a guard had to see), sent as it is."""
         try:
             async with asyncio.timeout(wait):
                 await self._slots.acquire()
         except TimeoutError:
             log.warning("no upstream connection free within %ss for %s", wait, route.raw_path)
-            return error_response(
-                503, "UNAVAILABLE", "registry busy, retry later", {"Retry-After": RETRY_AFTER}
-            )
+            yield error_response(503, "UNAVAILABLE", "registry busy, retry later", _BUSY)
+            return
         try:
-            return await self._exchange(request, route, timeouts, on_headers, body)
+            with metrics.RECORD.forwarding():
+                upstream_response = await self._send(request, route, timeouts, body)
+                if isinstance(upstream_response, web.StreamResponse):
+                    yield upstream_response
+                    return
+                async with upstream_response:
+                    public_origin = f"https://{request.host}"
+                    headers = response_headers(
+                        upstream_response.headers, route.upstream, public_origin
+                    )
+                    yield Answer(upstream_response, headers)
         finally:
             self._slots.release()
 
-    async def _exchange(
-        self,
-        request: web.BaseRequest,
-        route: Route,
-        timeouts: Timeouts,
-        on_headers: OnHeaders | None,
-        read: bytes | None,
-    ) -> web.StreamResponse:
+    async def _send(
+        self, request: web.BaseRequest, route: Route, timeouts: Timeouts, read: bytes | None
+    ) -> aiohttp.ClientResponse | web.StreamResponse:
+        """The upstream's response to `request`, or the proxy's answer when there is none."""
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
@@ -247,7 +302,7 @@ class Forwarder:
             body = idle_bounded(request, timeouts.client_idle)
         started = time.monotonic()
         try:
-            upstream_response = await self._session.request(
+            response = await self.session.request(
                 request.method,
                 route.upstream + route.raw_path,
                 headers=request_headers(request.headers, route.forwarded_for),
@@ -263,8 +318,9 @@ class Forwarder:
         except aiohttp.ClientError as exc:
             if _caused_by(exc, ClientStalled):
                 log.info("client stopped sending its body: %s %s", request.method, route.raw_path)
-                response = error_response(408, "UNKNOWN", "request body stalled")
-                return await closing(request, response)
+                return await closing(
+                    request, error_response(408, "UNKNOWN", "request body stalled")
+                )
             log.warning(
                 "upstream %s failed on %s %s: %s",
                 route.upstream,
@@ -274,49 +330,6 @@ class Forwarder:
             )
             return error_response(502, "UNAVAILABLE", "upstream registry unreachable")
         metrics.RECORD.upstream_latency(time.monotonic() - started)
-        async with upstream_response:
-            return await self._stream_back(request, upstream_response, route, timeouts, on_headers)
-
-    async def _stream_back(
-        self,
-        request: web.BaseRequest,
-        upstream_response: aiohttp.ClientResponse,
-        route: Route,
-        timeouts: Timeouts,
-        on_headers: OnHeaders | None,
-    ) -> web.StreamResponse:
-        public_origin = f"https://{request.host}"
-        headers = response_headers(upstream_response.headers, route.upstream, public_origin)
-        if on_headers is not None:
-            on_headers(upstream_response.status, headers)
-        response = web.StreamResponse(
-            status=upstream_response.status, reason=upstream_response.reason, headers=headers
-        )
-        await response.prepare(request)
-        sent = 0
-        try:
-            # Bounded pieces: a transfer never holds more than aiohttp's read buffer plus one
-            # chunk (iter_any() would join everything buffered into one large copy).
-            async for chunk in upstream_response.content.iter_chunked(CHUNK):
-                try:
-                    async with asyncio.timeout(timeouts.client_idle):
-                        await response.write(chunk)
-                except (ConnectionError, TimeoutError):
-                    log.debug("client went away during %s %s", request.method, request.path)
-                    if request.transport is not None:
-                        request.transport.abort()
-                    return response
-                sent += len(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # Headers are gone already: cut the connection so the client sees a truncated
-            # transfer, never a short body reported as complete.
-            log.warning("upstream broke off %s %s: %r", request.method, request.path, exc)
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-        finally:
-            request[BYTES_KEY] = sent
-        await response.write_eof()
         return response
 
 

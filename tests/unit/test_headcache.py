@@ -6,7 +6,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.http.routes import Operation
-from proxy.upstream.headcache import HeadCache, blob_key, cache_key, freshness
+from proxy.guards.headcache import HeadCache, blob_key, cache_key, freshness
 
 UP = "http://127.0.0.1:5000"
 PATH = "/v2/app/blobs/sha256:" + "a" * 64

@@ -16,7 +16,7 @@ proxy may answer a repeated check without the round trip. Kept deliberately narr
 - authorization is decided on every request before the cache is consulted.
 
 Deciding what may be stored is pure (`freshness`, `cache_key`); `HeadCache` is a bounded LRU;
-`CachingForwarder` is the one wrapper around the forwarder that keys, stores and forgets.
+`CachedHeads` is the guard that answers from it, stores and forgets.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..core.limits import Timeouts
 from ..http.routes import Operation
 from ..observe import metrics
+from ..pipeline.context import RequestContext
+from ..pipeline.guard import Guard
 from ..state.events import BlobGone, Event
 from ..state.store import Store
-from .forward import Forwarder, OnHeaders, Route
+from ..upstream.forward import Answer
 
 ENTRIES = 4096  # about 1 KiB each
 # Request headers that make an answer depend on more than the path.
@@ -87,7 +88,7 @@ class Entry:
 
 
 class HeadCache:
-    """A bounded LRU of 200 answers to blob HEADs; one per worker process."""
+    """Answers to blob HEADs, the least recently used dropped past `size`; one per worker."""
 
     def __init__(self, size: int = ENTRIES) -> None:
         self._size = size
@@ -119,13 +120,11 @@ class HeadCache:
         return len(self._entries)
 
 
-class CachingForwarder:
-    """The forwarder, with blob existence answers remembered for `ttl` seconds."""
+class CachedHeads(Guard):
+    """The last guard: blob existence answers remembered for `cache.ttl` seconds, and forgotten
+    in every worker when the blob is deleted through the proxy."""
 
-    def __init__(
-        self, forwarder: Forwarder, store: Store, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._forwarder = forwarder
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._clock = clock
         self._heads = HeadCache()
@@ -135,42 +134,11 @@ class CachingForwarder:
         if isinstance(event, BlobGone):
             self._heads.drop(event.key)
 
-    async def forward(
-        self,
-        request: web.BaseRequest,
-        route: Route,
-        operation: Operation,
-        timeouts: Timeouts,
-        wait: float,
-        ttl: float,
-        body: bytes | None = None,
-        on_headers: OnHeaders | None = None,
-    ) -> web.StreamResponse:
-        """Forward, or answer from memory; `on_headers` sees (and may change) the upstream's
-        headers before they are sent."""
-        path, _, query = route.raw_path.partition("?")
-        key = cache_key(request.method, operation, route.upstream, path, query, request.headers)
-        if key is not None and ttl > 0:
-            self._store.sync()  # a DELETE another worker just forwarded is applied first
-            hit = await self._answer(request, key)
-            if hit is not None:
-                return hit
-        gone = blob_key(operation, route.upstream, path)
-
-        def seen(status: int, headers: CIMultiDict[str]) -> None:
-            if on_headers is not None:
-                on_headers(status, headers)
-            if gone is not None:
-                self._heads.drop(gone)
-                self._store.publish(BlobGone(gone))
-            elif key is not None and ttl > 0 and status == 200:
-                lifetime = freshness(headers.get("Cache-Control", ""), ttl)
-                self._heads.put(key, headers, lifetime, self._clock())
-
-        return await self._forwarder.forward(request, route, timeouts, wait, seen, body)
-
-    async def _answer(self, request: web.BaseRequest, key: str) -> web.StreamResponse | None:
-        """The remembered answer under `key`, with its Age, or None."""
+    async def check(self, ctx: RequestContext) -> web.StreamResponse | None:
+        key = self._key(ctx)
+        if key is None:
+            return None
+        self._store.sync()  # a DELETE another worker just forwarded is applied first
         now = self._clock()
         entry = self._heads.get(key, now)
         if entry is None:
@@ -178,6 +146,31 @@ class CachingForwarder:
         metrics.RECORD.cache_hit()
         response = web.StreamResponse(headers=CIMultiDict(entry.headers))
         response.headers["Age"] = str(int(now - entry.stored))
-        await response.prepare(request)
+        await response.prepare(ctx.request)
         await response.write_eof()
         return response
+
+    async def answered(self, ctx: RequestContext, answer: Answer) -> web.StreamResponse | None:
+        assert ctx.operation is not None and ctx.route is not None
+        path = ctx.route.raw_path.partition("?")[0]
+        gone = blob_key(ctx.operation, ctx.route.upstream, path)
+        if gone is not None:  # published before the DELETE's answer reaches its client
+            self._heads.drop(gone)
+            self._store.publish(BlobGone(gone))
+            return None
+        key = self._key(ctx)
+        if key is not None and answer.status == 200:
+            lifetime = freshness(answer.headers.get("Cache-Control", ""), ctx.config.cache_ttl)
+            self._heads.put(key, answer.headers, lifetime, self._clock())
+        return None
+
+    @staticmethod
+    def _key(ctx: RequestContext) -> str | None:
+        """The entry the request's answer is kept under, when it may be cached at all."""
+        if ctx.config.cache_ttl <= 0:
+            return None
+        assert ctx.operation is not None and ctx.route is not None
+        path, _, query = ctx.route.raw_path.partition("?")
+        request = ctx.request
+        return cache_key(request.method, ctx.operation, ctx.route.upstream, path, query,
+                         request.headers)  # fmt: skip

@@ -1,0 +1,1 @@
+"""What every step of the request path shares: the request context and the guard interface."""

@@ -1,0 +1,70 @@
+"""The proxy's own requests to a registry: tag checks, catalog pages and health probes.
+
+One set of headers (the client's Host, so the registry builds the same addresses it would for
+the client; `X-Forwarded-Proto` and `-For` as for forwarded requests), the configured
+timeouts, and bodies read whole within a bound. Failures of every kind come out as one
+exception, `UpstreamError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from ..core.limits import Timeouts
+from ..http.bodies import TooLarge, read_whole
+
+
+class UpstreamError(Exception):
+    """The registry could not be asked, did not answer in time, or answered too much."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+class Registry:
+    """Asks registries on the proxy's own behalf, over the worker's upstream pool."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        timeouts: Timeouts,
+        host: str | None = None,
+        forwarded_for: str | None = None,
+        accept: str | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """`method url` with the proxy's headers; the response, open while the block runs."""
+        headers = {"X-Forwarded-Proto": "https"}
+        if host is not None:
+            headers["Host"] = host
+        if forwarded_for is not None:
+            headers["X-Forwarded-For"] = forwarded_for
+        if accept is not None:
+            headers["Accept"] = accept
+        timeout = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.read)
+        try:
+            async with self._session.request(
+                method, url, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                yield response
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamError(f"{method} {url}: timed out", timed_out=True) from exc
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise UpstreamError(f"{method} {url}: {exc!r}") from exc
+
+    @staticmethod
+    async def body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+        """The whole body of `response`, or UpstreamError past `limit` bytes."""
+        try:
+            return await read_whole(response.content, limit)
+        except TooLarge as exc:
+            raise UpstreamError(f"{response.method} {response.url.path}: {exc}") from None
