@@ -23,8 +23,8 @@ run: $(STAMP)
 	$(PY) scripts/run.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check proxy tests scripts compose bench
-	$(PY) -m ruff format --check proxy tests scripts compose bench
+	$(PY) -m ruff check proxy tests scripts compose bench devtools
+	$(PY) -m ruff format --check proxy tests scripts compose bench devtools
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
