@@ -23,8 +23,8 @@ run: $(STAMP)
 	$(PY) scripts/run.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check proxy tests scripts compose bench
-	$(PY) -m ruff format --check proxy tests scripts compose bench
+	$(PY) -m ruff check proxy tests scripts compose bench devtools
+	$(PY) -m ruff format --check proxy tests scripts compose bench devtools
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
@@ -42,9 +42,9 @@ bench: $(STAMP)
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh nginx apache2 apache2-utils:htpasswd \
 		docker-registry skopeo wrk curl openssl redis-server haproxy
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
-	test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy   # for bench/run.py --profile
-	$(PY) bench/run.py $(BENCH_ARGS)
-	$(PY) bench/scale.py $(SCALE_ARGS)
+	test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy   # for bench.run --profile
+	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.scale $(SCALE_ARGS)
 
 # The OCI distribution-spec conformance suite (v1.1.1) against a fresh registry directly, through
 # regproxy with the default policy and through regproxy with a per-user namespace ACL; fails when

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """`make bench`'s replicas case: regproxy replicas behind HAProxy on this machine, sharing one
 redis-server (`state: {backend: redis}`), and the Redis commands each kind of request costs.
 
-    .venv/bin/python bench/replicas.py [--quick]   # on its own, with a registry of its own
+    .venv/bin/python -m bench.replicas [--quick]   # on its own, with a registry of its own
     (bench/run.py calls run_case() after its other cases, with its registry and files)
 
 Rates: one replica reached directly, then 1, 2 and 3 replicas behind HAProxy (TCP, round
@@ -19,10 +18,10 @@ import argparse
 import base64
 import http.client
 import json
+import os
 import re
 import secrets
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -33,11 +32,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import redis
 
+from bench.fixtures import PULLER, PUSHER, Fixtures, make_fixtures
+from bench.load import Load, ab, push, wrk
+from bench.plan import PLANS, RESULTS, log
+from bench.processes import Processes, tool, wait_for_port
+from bench.targets import render, start_registry
+from devtools.net import free_port
 from proxy.authn.credentials import hash_password
 
 CONFIGS = (("1 replica, direct", 1, False), *((f"{n} behind HAProxy", n, True) for n in (1, 2, 3)))
@@ -49,13 +53,12 @@ IDLE_SECONDS = 3.0
 
 @dataclass(frozen=True)
 class Setup:
-    """What run.py (or main) hands over: its module, files and registry."""
+    """What run.py (or main) hands over: its files and registry."""
 
-    bench: ModuleType  # bench/run.py: its helpers (render, wrk, ab, tool, ...)
     workdir: Path
-    fixtures: Any  # run.Fixtures
+    fixtures: Fixtures
     registry: str  # HOST:PORT of the seeded docker-registry
-    processes: Any  # run.Processes: everything started is stopped by PID at the end
+    processes: Processes  # everything started is stopped by PID at the end
 
     def authorization(self, user: str, password: str | None = None) -> str:
         secret = password if password is not None else self.fixtures.passwords[user]
@@ -69,73 +72,60 @@ class Setup:
 # --- processes -------------------------------------------------------------------------------
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM by PID (a replica drains), SIGKILL after 15 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def start_redis(setup: Setup) -> int:
-    bench = setup.bench
     directory = setup.workdir / "redis"
     directory.mkdir()
-    port = bench.free_port()
-    argv = [bench.tool("redis-server"), "--bind", "127.0.0.1", "--port", str(port),
+    port = free_port()
+    argv = [tool("redis-server"), "--bind", "127.0.0.1", "--port", str(port),
             "--dir", str(directory), "--save", "", "--appendonly", "no"]  # fmt: skip
     process = setup.processes.start("redis-server", argv, directory)
-    bench.wait_for_port(port, process, "redis-server", directory)
+    wait_for_port(port, process, "redis-server", directory)
     return int(port)
 
 
 @contextmanager
 def replicas(setup: Setup, count: int, redis_port: int) -> Iterator[list[int]]:
     """`count` replicas sharing the Redis; their ports. Stopped when the block ends."""
-    bench, started, ports = setup.bench, [], []
+    started, ports = [], []
     secret = setup.workdir / "regproxy.secret"  # shared: replicas accept each other's uploads
     if not secret.exists():
         secret.write_text(secrets.token_hex(32) + "\n")
     try:
         for index in range(count):
             directory = Path(tempfile.mkdtemp(prefix=f"replica{index}-", dir=setup.workdir))
-            port = bench.free_port()
+            port = free_port()
             values = {
                 "dir": directory, "listen": f"127.0.0.1:{port}", "registry": setup.registry,
                 "htpasswd": setup.fixtures.htpasswd, "groups": setup.fixtures.groups,
                 "cert": setup.fixtures.cert, "key": setup.fixtures.key, "redis_port": redis_port,
                 "secret_file": secret,
             }  # fmt: skip
-            config = bench.render("regproxy-replica.yaml", directory / "regproxy.yaml", values)
+            config = render("regproxy-replica.yaml", directory / "regproxy.yaml", values)
             argv = [sys.executable, "-m", "proxy", "serve", "-c", str(config)]
             process = setup.processes.start(f"replica {index}", argv, directory)
             started.append(process)
-            bench.wait_for_port(port, process, f"replica {index}", directory)
+            wait_for_port(port, process, f"replica {index}", directory)
             ports.append(port)
         yield ports
     finally:
         for process in started:
-            stop(process)
+            setup.processes.stop(process)
 
 
 @contextmanager
 def haproxy(setup: Setup, ports: list[int]) -> Iterator[int]:
-    bench = setup.bench
     directory = Path(tempfile.mkdtemp(prefix="haproxy-", dir=setup.workdir))
-    port = bench.free_port()
+    port = free_port()
     servers = "\n".join(f"    server r{n} 127.0.0.1:{p}" for n, p in enumerate(ports))
     values = {"listen": f"127.0.0.1:{port}", "servers": servers}
-    config = bench.render("haproxy.cfg", directory / "haproxy.cfg", values)
-    process = setup.processes.start("haproxy", [bench.tool("haproxy"), "-db", "-f", str(config)],
+    config = render("haproxy.cfg", directory / "haproxy.cfg", values)
+    process = setup.processes.start("haproxy", [tool("haproxy"), "-db", "-f", str(config)],
                                     directory)  # fmt: skip
     try:
-        bench.wait_for_port(port, process, "haproxy", directory)
+        wait_for_port(port, process, "haproxy", directory)
         yield int(port)
     finally:
-        stop(process)
+        setup.processes.stop(process)
 
 
 # --- rates -----------------------------------------------------------------------------------
@@ -143,12 +133,12 @@ def haproxy(setup: Setup, ports: list[int]) -> Iterator[int]:
 
 def rates(setup: Setup, port: int, seconds: int, rounds: int) -> dict[str, dict[str, float]]:
     """GET /v2/ (wrk) and blob HEADs (ab) at `port`: req/s over the runs, median p50/p99."""
-    bench, url = setup.bench, f"https://127.0.0.1:{port}"
-    auth = setup.authorization(bench.PULLER)
-    runs: dict[str, list[Any]] = {"GET /v2/": [], "HEAD blob": []}
+    url = f"https://127.0.0.1:{port}"
+    auth = setup.authorization(PULLER)
+    runs: dict[str, list[Load]] = {"GET /v2/": [], "HEAD blob": []}
     for _ in range(rounds):
-        runs["GET /v2/"].append(bench.wrk(url + "/v2/", "GET", auth, CONNECTIONS, seconds))
-        runs["HEAD blob"].append(bench.ab(url + setup.blob_path, auth, CONNECTIONS, seconds))
+        runs["GET /v2/"].append(wrk(url + "/v2/", "GET", auth, CONNECTIONS, seconds))
+        runs["HEAD blob"].append(ab(url + setup.blob_path, auth, CONNECTIONS, seconds))
     out = {}
     for case, loads in runs.items():
         requests = sum(load.requests for load in loads)
@@ -196,9 +186,8 @@ class Kind:
 
 
 def kinds(setup: Setup) -> list[Kind]:
-    bench = setup.bench
-    puller, pusher = setup.authorization(bench.PULLER), setup.authorization(bench.PUSHER)
-    wrong = setup.authorization(bench.PULLER, "wrong")
+    puller, pusher = setup.authorization(PULLER), setup.authorization(PUSHER)
+    wrong = setup.authorization(PULLER, "wrong")
     blob = setup.blob_path
 
     def address(block: int, n: int) -> str:
@@ -267,14 +256,14 @@ def commands_per_kind(setup: Setup, redis_port: int, count: int) -> dict[str, An
     add_redis_users(client, count)
     log_path = setup.workdir / "monitor.log"
     with replicas(setup, 1, redis_port) as (port,), log_path.open("wb") as out:
-        argv = [setup.bench.tool("redis-cli"), "-p", str(redis_port), "monitor"]
+        argv = [tool("redis-cli"), "-p", str(redis_port), "monitor"]
         monitor = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.5)  # monitor attached
             replica = Client(setup, port)  # first logins, the blob's answer cached
-            for user in (setup.bench.PULLER, setup.bench.PUSHER):
+            for user in (PULLER, PUSHER):
                 replica.send("GET", "/v2/", setup.authorization(user), "10.0.0.1")
-            replica.send("HEAD", setup.blob_path, setup.authorization(setup.bench.PULLER),
+            replica.send("HEAD", setup.blob_path, setup.authorization(PULLER),
                          "10.0.0.1")  # fmt: skip
             statuses: dict[str, Counter[int]] = {}
             for kind in kinds(setup):
@@ -317,24 +306,24 @@ def commands_per_kind(setup: Setup, redis_port: int, count: int) -> dict[str, An
 
 
 def run_case(
-    bench: ModuleType, workdir: Path, fixtures: Any, registry: str, processes: Any, quick: bool
+    workdir: Path, fixtures: Fixtures, registry: str, processes: Processes, quick: bool
 ) -> str:
     """Everything above; the markdown report (also written under bench/results/)."""
-    setup = Setup(bench, workdir, fixtures, registry, processes)
+    setup = Setup(workdir, fixtures, registry, processes)
     seconds, rounds, count = (1, 1, 20) if quick else (3, 2, 100)
     redis_port = start_redis(setup)
     table: dict[str, dict[str, dict[str, float]]] = {}
     for name, count_of_replicas, balanced in CONFIGS:
-        bench.log(f"replicas: {name}, {rounds} x {seconds}s per case")
+        log(f"replicas: {name}, {rounds} x {seconds}s per case")
         with replicas(setup, count_of_replicas, redis_port) as ports:
             if balanced:
                 with haproxy(setup, ports) as port:
                     table[name] = rates(setup, port, seconds, rounds)
             else:
                 table[name] = rates(setup, ports[0], seconds, rounds)
-    bench.log(f"replicas: Redis commands per request, {count} requests of each kind")
+    log(f"replicas: Redis commands per request, {count} requests of each kind")
     commands = commands_per_kind(setup, redis_port, count)
-    return report(table, commands, seconds, rounds, count, bench)
+    return report(table, commands, seconds, rounds, count)
 
 
 def report(
@@ -343,10 +332,7 @@ def report(
     seconds: int,
     rounds: int,
     count: int,
-    bench: ModuleType,
 ) -> str:
-    import os
-
     lines = [
         "## Replicas behind HAProxy, sharing Redis",
         "",
@@ -376,36 +362,26 @@ def report(
         answers = ", ".join(f"{s}: {n}" for s, n in sorted(seen.get("statuses", {}).items()))
         lines.append(f"| {kind} | {seen['commands_per_request']:g} | {which} | {answers} |")
     text = "\n".join(lines) + "\n"
-    bench.RESULTS.mkdir(parents=True, exist_ok=True)
-    (bench.RESULTS / "replicas.md").write_text(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "replicas.md").write_text(text)
     data = {"rates": table, "commands": commands, "seconds": seconds, "rounds": rounds}
-    (bench.RESULTS / "replicas.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / "replicas.json").write_text(json.dumps(data, indent=2) + "\n")
     return text
 
 
 def main() -> int:
     """On its own: a registry seeded with the bench's image, then the case."""
-    import run as bench  # bench/run.py: this directory is on sys.path
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 s runs, 20 requests per kind")
     args = parser.parse_args()
-    plan = bench.PLANS["quick"]  # the image: a 16 MiB layer is plenty for HEADs
+    plan = PLANS["quick"]  # the image: a 16 MiB layer is plenty for HEADs
     workdir = Path(tempfile.mkdtemp(prefix="regproxy-replicas-"))
-    processes = bench.Processes()
+    processes = Processes()
     try:
-        fixtures = bench.make_fixtures(workdir, plan)
-        directory = workdir / "registry"
-        directory.mkdir()
-        port = bench.free_port()
-        values = {"dir": directory, "listen": f"127.0.0.1:{port}", "secret": secrets.token_hex(8)}
-        config = bench.render("registry.yml", directory / "registry.yml", values)
-        argv = [bench.tool("docker-registry"), "serve", str(config)]
-        process = processes.start("docker-registry", argv, directory)
-        bench.wait_for_port(port, process, "docker-registry", directory)
-        direct = bench.Target(bench.DIRECT, port, False, False, process)
-        bench.Bench(plan, {bench.DIRECT: direct}, fixtures, workdir).push(direct, "bench/seed")
-        text = run_case(bench, workdir, fixtures, f"127.0.0.1:{port}", processes, args.quick)
+        fixtures = make_fixtures(workdir, plan)
+        direct = start_registry(workdir / "registry", processes)
+        push(direct, fixtures, "bench/seed", workdir)
+        text = run_case(workdir, fixtures, f"127.0.0.1:{direct.port}", processes, args.quick)
     finally:
         processes.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make bench`, second part: how regproxy's cost grows with the size of the deployment.
 
 One docker-registry and, for each point of each curve, a regproxy started afresh with that
@@ -19,7 +18,7 @@ deployment (one worker by default, access log off, so a request's cost is one pr
 Prints a markdown report with issue 19's targets (met / not met) and writes
 bench/results/scale-latest.{md,json,png} (and a timestamped copy of each).
 
-    .venv/bin/python bench/scale.py [--quick] [--workers N] [--curves users,rules,...]
+    .venv/bin/python -m bench.scale [--quick] [--workers N] [--curves users,rules,...]
 """
 
 from __future__ import annotations
@@ -51,11 +50,17 @@ import aiohttp
 import uvloop
 import yaml
 
-import run  # bench/run.py: this directory is on sys.path
-import storm
-from run import Check, logarithmic
+from bench import storm
+from bench.chart import logarithmic
+from bench.fixtures import make_certificate
+from bench.load import Load, wrk
+from bench.plan import RESULTS
+from bench.processes import Processes, Usage, UsageSampler, last_lines, machine
+from bench.report import Check, number, save
+from bench.targets import start_registry
+from devtools.net import free_port
+from devtools.processes import process_tree, rss_kib, tree_cpu_seconds
 
-RESULTS = run.RESULTS
 STARTUP_TIMEOUT = 120.0  # seconds: 10,000 rules take seconds to load
 QUIET = 1.0  # seconds of probing before a reload or a catalog phase, to compare against
 AFTER, AFTER_SEVERAL = 0.3, 2.0  # seconds of probing after a reload is logged (1, N workers)
@@ -187,18 +192,6 @@ class Setup:
     notes: list[str] = field(default_factory=list)  # for the report: what went wrong where
 
 
-def start_registry(workdir: Path, processes: run.Processes) -> tuple[str, Path]:
-    port = run.free_port()
-    directory = workdir / "registry"
-    directory.mkdir()
-    values = {"dir": directory, "listen": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)}
-    config = run.render("registry.yml", directory / "registry.yml", values)
-    process = processes.start("docker-registry", [run.tool("docker-registry"), "serve",
-                                                  str(config)], directory)  # fmt: skip
-    run.wait_for_port(port, process, "docker-registry", directory)
-    return f"http://127.0.0.1:{port}", directory / "data" / "docker" / "registry" / "v2"
-
-
 def seed(setup: Setup, repositories: int) -> None:
     """One small image, pushed through the registry's API; then `repositories` more
     repositories holding it, written straight into the registry's storage (its link files
@@ -253,18 +246,18 @@ class Proxy:
         )
 
     def tree_kib(self) -> int:
-        return sum(run.rss_kib(pid) for pid in run.process_tree(self.process.pid))
+        return sum(rss_kib(pid) for pid in process_tree(self.process.pid))
 
 
 @contextmanager
 def regproxy(
-    setup: Setup, processes: run.Processes, name: str, workers: int, **settings: object
+    setup: Setup, processes: Processes, name: str, workers: int, **settings: object
 ) -> Iterator[Proxy]:
     """A regproxy with these settings on a free port; ready once it has answered an
     authenticated manifest GET (its startup time runs to then)."""
     directory = setup.workdir / name
     directory.mkdir()
-    port = run.free_port()
+    port = free_port()
     config: dict[str, object] = {
         "listen": f"127.0.0.1:{port}", "upstream": setup.registry,
         "htpasswd": str(setup.workdir / "htpasswd"), "groups": None,
@@ -307,27 +300,27 @@ def wait_ready(setup: Setup, proxy: Proxy) -> None:
         return False
 
     if not asyncio.run(ready()):
-        raise RuntimeError(f"regproxy not ready:\n{run.last_lines(proxy.directory)}")
+        raise RuntimeError(f"regproxy not ready:\n{last_lines(proxy.directory)}")
 
 
-def rate(setup: Setup, plan: Plan, proxy: Proxy) -> tuple[run.Load, run.Usage]:
+def rate(setup: Setup, plan: Plan, proxy: Proxy) -> tuple[Load, Usage]:
     """One wrk run of authenticated manifest GETs, with regproxy's CPU and RSS."""
     url = f"{proxy.url}/v2/{REPOSITORY}/manifests/latest"
-    with run.UsageSampler(proxy.process.pid) as usage:
-        load = run.wrk(url, "GET", setup.users.authorization(), plan.rate_connections,
+    with UsageSampler(proxy.process.pid) as usage:
+        load = wrk(url, "GET", setup.users.authorization(), plan.rate_connections,
                        plan.rate_seconds, accept=storm.MANIFEST_TYPE)  # fmt: skip
     if load.non_2xx or load.failed:
         log(f"  {load.non_2xx} non-2xx answers, {load.failed} failed requests")
     return load, usage
 
 
-def combined(plan: Plan, runs: list[tuple[run.Load, run.Usage]]) -> Point:
+def combined(plan: Plan, runs: list[tuple[Load, Usage]]) -> Point:
     """Counts added up over the runs; latency percentiles are the runs' median. When most
     connections got no answer before a run ended, only an upper bound on the rate is known
     (`rps_at_most`), as in run.py."""
     requests = sum(load.requests for load, _ in runs)
     seconds = sum(load.seconds for load, _ in runs)
-    usage = run.Usage()
+    usage = Usage()
     for _, one in runs:
         usage.include(one)
     bound = {}
@@ -419,7 +412,7 @@ async def reload_stall(setup: Setup, proxy: Proxy, path: Path, text: str) -> dic
     await asyncio.to_thread(replace_file, path, text)
     while proxy.reloads() == before:
         if time.perf_counter() - changed > STARTUP_TIMEOUT:
-            raise RuntimeError(f"reload not applied:\n{run.last_lines(proxy.directory)}")
+            raise RuntimeError(f"reload not applied:\n{last_lines(proxy.directory)}")
         await asyncio.sleep(0.01)
     applied = time.perf_counter()
     # One worker: its line is the reload done. Several: the others (or, under a supervisor,
@@ -461,7 +454,7 @@ class Size:
 
 
 def sized_curve(
-    setup: Setup, plan: Plan, processes: run.Processes, workers: int, name: str,
+    setup: Setup, plan: Plan, processes: Processes, workers: int, name: str,
     sizes: list[Size],
 ) -> list[Point]:  # fmt: skip
     """Every size's regproxy up at once (started one after another, each timed); manifest GETs
@@ -481,7 +474,7 @@ def sized_curve(
                            "idle_rss_mib": idle_rss_mib(proxy)})  # fmt: skip
         log(f"{name}: manifest GETs, {plan.rate_rounds} x {plan.rate_seconds}s per size, "
             f"round-robin; then a reload of each")  # fmt: skip
-        runs: list[list[tuple[run.Load, run.Usage]]] = [[] for _ in sizes]
+        runs: list[list[tuple[Load, Usage]]] = [[] for _ in sizes]
         for round_ in range(plan.rate_rounds):
             order = list(range(len(sizes)))
             for i in order[round_ % len(order) :] + order[: round_ % len(order)]:
@@ -492,7 +485,7 @@ def sized_curve(
     return points
 
 
-def users_curve(setup: Setup, plan: Plan, processes: run.Processes, workers: int) -> list[Point]:
+def users_curve(setup: Setup, plan: Plan, processes: Processes, workers: int) -> list[Point]:
     sizes = []
     for count in plan.users:
         path = setup.workdir / f"htpasswd-{count}"
@@ -502,7 +495,7 @@ def users_curve(setup: Setup, plan: Plan, processes: run.Processes, workers: int
     return sized_curve(setup, plan, processes, workers, "users", sizes)
 
 
-def rules_curve(setup: Setup, plan: Plan, processes: run.Processes, workers: int) -> list[Point]:
+def rules_curve(setup: Setup, plan: Plan, processes: Processes, workers: int) -> list[Point]:
     """The user's rule last, behind count - 1 others."""
     sizes = []
     for count in plan.rules:
@@ -512,7 +505,7 @@ def rules_curve(setup: Setup, plan: Plan, processes: run.Processes, workers: int
     return sized_curve(setup, plan, processes, workers, "rules", sizes)
 
 
-def catalog_curve(setup: Setup, plan: Plan, processes: run.Processes, workers: int) -> list[Point]:
+def catalog_curve(setup: Setup, plan: Plan, processes: Processes, workers: int) -> list[Point]:
     acl = setup.workdir / "acl-catalog.yaml"
     replace_file(acl, acl_text(plan.catalog_rules, viewer=True))
     visible = len([n for n in catalog_names(plan.repositories) if n.endswith("/app07")])
@@ -556,11 +549,11 @@ async def catalog_phases(setup: Setup, plan: Plan, proxy: Proxy, expected: int) 
         probe = probing(setup, proxy)
         task = asyncio.create_task(probe.run())
         await asyncio.sleep(QUIET / 2)  # connections up, before the quiet second
-        quiet_start, cpu_start = time.perf_counter(), run.tree_cpu_seconds(proxy.process.pid)
+        quiet_start, cpu_start = time.perf_counter(), tree_cpu_seconds(proxy.process.pid)
         await asyncio.sleep(QUIET)
-        one_start, cpu_one = time.perf_counter(), run.tree_cpu_seconds(proxy.process.pid)
+        one_start, cpu_one = time.perf_counter(), tree_cpu_seconds(proxy.process.pid)
         filtered = [await timed(proxy.url + query, viewer) for _ in range(plan.catalog_sequential)]
-        many_start, cpu_many = time.perf_counter(), run.tree_cpu_seconds(proxy.process.pid)
+        many_start, cpu_many = time.perf_counter(), tree_cpu_seconds(proxy.process.pid)
         together = await asyncio.gather(
             *(timed(proxy.url + query, viewer) for _ in range(plan.catalog_concurrent))
         )
@@ -596,9 +589,7 @@ async def catalog_phases(setup: Setup, plan: Plan, proxy: Proxy, expected: int) 
     return point
 
 
-def connections_curve(
-    setup: Setup, plan: Plan, processes: run.Processes, workers: int
-) -> list[Point]:
+def connections_curve(setup: Setup, plan: Plan, processes: Processes, workers: int) -> list[Point]:
     log(f"connections: {', '.join(f'{n:,}' for n in plan.connections)} idle TLS keep-alives")
     settings = {"timeouts": {"keepalive": 600}}  # idle connections stay for the whole curve
     with (
@@ -657,7 +648,7 @@ async def hold_connections(setup: Setup, plan: Plan, proxy: Proxy) -> list[Point
     return points
 
 
-Curve = Callable[[Setup, Plan, run.Processes, int], list[Point]]
+Curve = Callable[[Setup, Plan, Processes, int], list[Point]]
 # 1 / 2 / 3 replicas behind HAProxy sharing Redis are measured by bench/replicas.py (run by
 # `make bench`); a storms-through-HAProxy curve would plug in here and is listed as not
 # measured.
@@ -738,10 +729,6 @@ def checks(curves: dict[str, list[Point]]) -> list[Check]:
             many <= STALL_SLACK_MS and not failed,
         ))  # fmt: skip
     return out
-
-
-def number(value: float) -> str:
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def tables(curves: dict[str, list[Point]]) -> list[str]:
@@ -931,13 +918,13 @@ def report(
         "plan": asdict(plan),
         "workers": workers,
         "wall_seconds": wall,
-        "machine": run.machine(load_before),
+        "machine": machine(load_before),
         "curves": curves,
         "not_measured": skipped,
         "notes": notes,
         "checks": [asdict(c) for c in met],
     }
-    run.save("scale-", text, data, lambda path: chart(plan, curves, path))
+    save("scale-", text, data, lambda path: chart(plan, curves, path))
     return text
 
 
@@ -961,13 +948,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     memory = Path("/dev/shm")
     workdir = Path(tempfile.mkdtemp(prefix="regproxy-scale-", dir=memory if os.access(
         memory, os.W_OK) else None))  # fmt: skip
-    processes = run.Processes()
+    processes = Processes()
     curves: dict[str, list[Point]] = {}
     try:
-        cert, key, _ = run.make_certificate(workdir)
+        cert, key, _ = make_certificate(workdir)
         context = ssl.create_default_context(cafile=str(cert))
-        registry, data = start_registry(workdir, processes)
-        setup = Setup(workdir, cert, key, context, registry, data, Users.make())
+        registry = start_registry(workdir / "registry", processes)
+        data = workdir / "registry" / "data" / "docker" / "registry" / "v2"
+        setup = Setup(workdir, cert, key, context, registry.url, data, Users.make())
         replace_file(workdir / "htpasswd", htpasswd_text(setup.users, 10))  # unless a curve's own
         seed(setup, plan.repositories if "catalog" in names else 0)
         for name in names:

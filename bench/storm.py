@@ -1,6 +1,6 @@
 """The storm load generator: many registry clients at once, each its own user, pulling or
-pushing an image the way docker does. Used by bench/run.py (pull and push storms) and
-bench/scale.py; written once, asynchronous (aiohttp on uvloop, one process).
+pushing an image the way docker does. Used by run.py's storm cases (cases.py) and by
+scale.py; written once, asynchronous (aiohttp on uvloop, one process).
 
 A client, as the docker daemon does it with a registry that asks for Basic auth:
 - ping: `GET /v2/` without credentials; a 401 with a Basic challenge means every later request

@@ -12,7 +12,7 @@ credentials:
 It prints the three tallies side by side and every test whose outcome differs, and exits 1
 when a test that passes directly does not pass through the proxy (2 when the suite cannot run).
 The binary comes from OCI_CONFORMANCE_BIN or ../shared/conformance/conformance.test next to
-the checkout. Run from the checkout as a module (it shares the e2e harness with the tests):
+the checkout. Run from the checkout as a module (it uses `devtools`, shared with the tests):
 
     python -m scripts.conformance [--workers N] [--keep] [--workdir DIR]
 """
@@ -38,9 +38,12 @@ from pathlib import Path
 from proxy.authn.credentials import basic_header, hash_password
 
 try:
-    from tests.e2e.harness import Registry, TlsFiles, free_port, https_status, make_tls
+    from devtools.net import free_port
+    from devtools.processes import start, stop
+    from devtools.registry import Registry
+    from devtools.tls import TlsFiles, https_status, make_tls
 except ModuleNotFoundError as exc:  # run as a file: the checkout is not on sys.path
-    if exc.name not in ("tests", "tests.e2e"):
+    if exc.name != "devtools":
         raise
     sys.exit("run it from the checkout as `python -m scripts.conformance` (or `make conformance`)")
 
@@ -251,27 +254,18 @@ def regproxy(
         f"listen: 127.0.0.1:{port}\nupstream: {upstream}\nhtpasswd: htpasswd\ngroups: groups\n"
         f"tls:\n  cert: {tls.server_cert}\n  key: {tls.server_key}\n" + extra
     )
-    with (directory / "regproxy.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
-            cwd=directory,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's proxy
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start(
+        [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
+        directory / "regproxy.log",
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's proxy
+        cwd=directory,
+    )
     try:
         url = f"https://127.0.0.1:{port}"
         wait_ready(url, authorization, tls.ca_cert, process)
         yield url
     finally:
-        process.terminate()  # the workers too: the parent relays it
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 30)  # the workers too: the parent relays SIGTERM
 
 
 @dataclass(frozen=True)

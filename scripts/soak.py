@@ -55,7 +55,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -75,16 +74,11 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import (
-    MANIFEST_ACCEPT,
-    OCI_MANIFEST,
-    Registry,
-    Skopeo,
-    TlsFiles,
-    free_port,
-    make_tls,
-    write_htpasswd,
-)
+from devtools.net import free_port
+from devtools.processes import Children, CommandError, Proc, process_tree, rss_kib, start, stop
+from devtools.registry import MANIFEST_ACCEPT, OCI_MANIFEST, Registry, write_htpasswd
+from devtools.skopeo import Skopeo
+from devtools.tls import TlsFiles, make_tls, wait_for_tls
 
 KIB, MIB = 1024, 1024 * 1024
 PUSHERS = ("alice", "bob", "carol")  # group pusher: each owns ${user}/**
@@ -117,60 +111,6 @@ DEFAULT_JSON = ROOT / "bench/results/soak.json"
 
 def log(message: str) -> None:
     print(f"[soak {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- subprocesses
-
-
-class Children:
-    """Every subprocess a worker starts, so that all of them can be killed by PID."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live: set[subprocess.Popen[bytes]] = set()
-        self.closed = False
-
-    def run(
-        self, argv: Sequence[str], env: Mapping[str, str], timeout: float = COMMAND_TIMEOUT
-    ) -> subprocess.CompletedProcess[str]:
-        """Run argv in its own process group; SIGKILL the group on timeout (rc -9)."""
-        with self._lock:
-            if self.closed:
-                raise RuntimeError("soak is stopping")
-            proc = subprocess.Popen(
-                list(argv),
-                env=dict(env),
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            self._live.add(proc)
-        try:
-            try:
-                out, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _killpg(proc.pid)
-                out, err = proc.communicate()
-                err += f"\n(killed after {timeout}s)".encode()
-        finally:
-            with self._lock:
-                self._live.discard(proc)
-        text = [b.decode("utf-8", "replace") for b in (out, err)]
-        return subprocess.CompletedProcess(list(argv), proc.returncode, *text)
-
-    def kill_all(self) -> None:
-        with self._lock:
-            self.closed = True
-            live = list(self._live)
-        for proc in live:
-            _killpg(proc.pid)
-
-
-def _killpg(pid: int) -> None:
-    """SIGKILL the process group a child of ours leads (start_new_session: pgid == pid)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- images
@@ -270,36 +210,6 @@ def file_sha256(path: Path) -> tuple[str, int]:
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-def process_tree(root: int) -> list[int]:
-    """root and all its descendants (regproxy --workers N forks workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def tcp_states() -> dict[str, str]:
@@ -536,7 +446,8 @@ class Worker:
         self.soak, self.index, self.role, self.user = soak, index, role, user
         self.rng = random.Random(soak.options.seed * 1000 + index)
         self.dir = soak.workdir / f"worker{index}-{role}"
-        self.skopeo = Skopeo(self.dir / "skopeo")  # private HOME: its own blob-info cache
+        # A private HOME: its own blob-info cache.
+        self.skopeo = Skopeo(self.dir / "skopeo", timeout=COMMAND_TIMEOUT, children=soak.children)
         self.http = Http(soak.base_url, soak.tls.client_context())
         self.recent: list[Image] = []  # this pusher's images whose layouts are still on disk
         self.done = 0  # operations chosen so far
@@ -577,10 +488,11 @@ class Worker:
                 operation(stats)
             except Failed as exc:
                 stats.error(kind, time.monotonic() - started, str(exc))
-            except Exception:
+            except Exception as exc:
                 if stop.is_set() and self.soak.children.closed:
                     return  # interrupted: not an error of the proxy
-                message = traceback.format_exc(limit=4)
+                timeout = isinstance(exc, CommandError)  # a command ran out of time
+                message = str(exc) if timeout else traceback.format_exc(limit=4)
                 stats.error(kind, time.monotonic() - started, message)
             else:
                 stats.success(kind, time.monotonic() - started)
@@ -593,13 +505,13 @@ class Worker:
     def auth(self, user: str) -> tuple[str, str]:
         return user, self.soak.passwords[user]
 
-    def skopeo_copy(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.soak.children.run([*self.skopeo.base, "copy", *args], self.skopeo.env)
+    def skopeo_copy(self, *args: str) -> Proc:
+        return self.skopeo.run("copy", *args)
 
     def new_tag(self) -> str:
         return f"t{self.soak.shared.next_serial()}-w{self.index}"
 
-    def push_to(self, image: Image, repo: str, tag: str) -> subprocess.CompletedProcess[str]:
+    def push_to(self, image: Image, repo: str, tag: str) -> Proc:
         assert image.layout is not None
         digestfile = self.dir / "digest"
         digestfile.unlink(missing_ok=True)
@@ -890,12 +802,9 @@ class Soak:
             )
             pythonpath = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
-            with (directory / "regproxy.err").open("ab") as err:
-                self.proxy = subprocess.Popen(
-                    [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
-                    cwd=directory, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                    start_new_session=True,
-                )  # fmt: skip
+            argv = [sys.executable, "-m", "proxy", "serve", "-c", str(config)]
+            self.proxy = start(argv, directory / "regproxy.err", env=env, cwd=directory,
+                               append=True)  # fmt: skip
             if self._wait_for_proxy():
                 break
             log(f"regproxy did not start (attempt {attempt + 1}):\n{self.proxy_log()[-2000:]}")
@@ -911,20 +820,11 @@ class Soak:
 
     def _wait_for_proxy(self) -> bool:
         assert self.proxy is not None
-        deadline = time.monotonic() + 20
-        context = self.tls.client_context()
-        while time.monotonic() < deadline:
-            if self.proxy.poll() is not None:
-                return False
-            try:
-                with (
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw,
-                    context.wrap_socket(raw, server_hostname="127.0.0.1"),
-                ):
-                    return True
-            except OSError:
-                time.sleep(0.05)
-        return False
+        try:
+            wait_for_tls(self.port, self.tls.client_context(), self.proxy, 20)
+        except RuntimeError:
+            return False
+        return True
 
     def proxy_log(self) -> str:
         path = self.proxy_dir / "regproxy.err"
@@ -934,13 +834,8 @@ class Soak:
         proc = self.proxy
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()  # graceful: drain, exit 0 (the parent relays to its workers)
-            try:
-                proc.wait(40)
-            except subprocess.TimeoutExpired:
-                _killpg(proc.pid)
-        self.proxy_rc = proc.wait()
+        # Graceful: drain, exit 0 (the parent relays SIGTERM to its workers).
+        self.proxy_rc = stop(proc, 40)
 
     def close(self) -> None:
         self._sampling.set()

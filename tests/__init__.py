@@ -10,7 +10,9 @@
 - `tests/e2e/`: end to end with real programs: docker-registry, podman, skopeo, buildah,
   docker, slapd; every test there is marked `e2e` (`pytest -m "not e2e"` skips them).
 
-One set of helpers: `tests/net.py` (free ports), `tests/conftest.py` (fake upstream, TLS pair,
-in-process and subprocess proxies), `tests/e2e/harness.py` (the real programs). Tests wait for
-a positive signal, never for a fixed time before asserting that something did not happen.
+One set of helpers: `devtools/` (free ports, processes stopped by PID, the real registry, test
+TLS files, skopeo; shared with the bench and the scripts), `tests/conftest.py` (fake upstream,
+TLS pair, in-process and subprocess proxies), `tests/e2e/harness.py` (the other real clients).
+Tests wait for a positive signal, never for a fixed time before asserting that something did
+not happen.
 """

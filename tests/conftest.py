@@ -29,6 +29,7 @@ from aiohttp import web
 from hypothesis import settings
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.net import free_socket
 from proxy.authn.credentials import hash_password
 from proxy.authn.robotfile import derive
 from proxy.conf.reload import State
@@ -37,7 +38,6 @@ from proxy.guards.uploads import bind_location
 from proxy.http.routes import Operation, classify
 from proxy.serve.server import Server
 from proxy.state.peers import Peers
-from tests.net import free_socket
 
 if TYPE_CHECKING:
     from tests.oidc_issuer import Issuer
@@ -332,7 +332,7 @@ async def served(
 @pytest.fixture
 def issuer(tmp_path: Path) -> Iterator[Issuer]:
     """A local OIDC issuer on loopback HTTPS (tests/oidc_issuer.py), stopped afterwards."""
-    from tests.oidc_issuer import Issuer  # it uses this module's free_socket
+    from tests.oidc_issuer import Issuer
 
     running = Issuer(tmp_path / "issuer").start()
     yield running

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
-from tests.conftest import free_socket
+from devtools.net import free_socket
 
 AUDIENCE = "https://registry.test"
 Key = RSAKey | ECKey

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from tests.net import free_port
+from devtools.net import free_port
 
 START_TIMEOUT = 20.0
 

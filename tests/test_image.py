@@ -22,7 +22,8 @@ import pytest
 import trustme
 import yaml
 
-from tests.conftest import ENV, FakeUpstream, basic, free_socket, htpasswd_text
+from devtools.net import free_socket
+from tests.conftest import ENV, FakeUpstream, basic, htpasswd_text
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = ROOT / "compose" / "entrypoint.sh"

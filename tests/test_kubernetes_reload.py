@@ -22,6 +22,7 @@ import trustme
 import yaml
 from aiohttp import web
 
+from devtools.net import free_port
 from tests.conftest import (
     GROUPS_TEXT,
     USERS,
@@ -33,7 +34,6 @@ from tests.conftest import (
     until,
 )
 from tests.kube import Pod, container, find
-from tests.net import free_port
 from tests.redis_server import RedisServer
 
 RELOAD_BOUND = 10.0  # seconds; only stops a broken run from hanging (it takes well under 1)

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from devtools.net import free_port
 from proxy.observe.accesslog import json_text
 from tests import apache_log
 from tests.conftest import (
@@ -28,7 +29,6 @@ from tests.conftest import (
     samples,
     scrape,
 )
-from tests.net import free_port
 
 PULL = {"Authorization": basic("pull", USERS["pull"])}
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.net import free_socket
 from proxy.conf.config import Config
-from tests.conftest import free_socket
 from tests.e2e.harness import Podman
 from tests.terminal import Terminal
 

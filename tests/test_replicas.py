@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from devtools.net import free_port, free_socket
 from tests.conftest import (
     ENV,
     FakeUpstream,
@@ -26,7 +27,6 @@ from tests.conftest import (
     scrape,
     until,
 )
-from tests.net import free_port, free_socket
 from tests.redis_server import RedisServer
 
 

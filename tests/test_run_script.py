@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.net import free_port
+from devtools.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -285,7 +285,7 @@ async def test_connection_cannot_drop_host_and_upstream_locations_never_leak(
 
 
 async def test_upstream_refused_is_502(make_proxy: ProxyFactory) -> None:
-    from tests.conftest import free_socket
+    from devtools.net import free_socket
 
     sock = free_socket()
     dead = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -4,20 +4,21 @@ and real podman/skopeo clients, each with its own port and temp dir."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from devtools.net import free_port
+from devtools.processes import kill_group, start, stop
+from devtools.registry import Registry
+from devtools.skopeo import Skopeo
+from devtools.tls import TlsFiles, make_tls, wait_for_tls
 from tests.conftest import one_worker_unless
-from tests.e2e.harness import Podman, Registry, Skopeo, TlsFiles, free_port, make_tls
+from tests.e2e.harness import Podman
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -58,32 +59,9 @@ class RegproxyProcess:
     def access_log(self) -> str:
         return (self.directory / "regproxy.out").read_text(errors="replace")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                return self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait()
-
-
-def wait_for_tls(
-    port: int, context: ssl.SSLContext, process: subprocess.Popen[bytes], host: str = "127.0.0.1"
-) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"regproxy exited with {process.returncode}")
-        try:
-            with (
-                socket.create_connection((host, port), timeout=1) as raw,
-                context.wrap_socket(raw, server_hostname="localhost"),
-            ):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("regproxy did not start listening")
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM by PID (it drains, its workers too), SIGKILL after `timeout`; the status."""
+        return stop(self.process, timeout)
 
 
 def start_regproxy(
@@ -118,22 +96,18 @@ def start_regproxy(
         f"htpasswd: htpasswd\ngroups: groups\n"
         f"tls:\n  cert: {tls.server_cert}\n  key: {tls.server_key}\n" + one_worker_unless(extra)
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with (
-        (directory / "regproxy.out").open("wb") as out,
-        (directory / "regproxy.err").open("wb") as err,
-    ):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
-            stdout=out,
-            stderr=err,
-            env=env,
-            cwd=directory,
-        )
+    process = start(
+        [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
+        directory / "regproxy.out",
+        directory / "regproxy.err",
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=directory,
+    )
     try:
-        wait_for_tls(port, tls.client_context(), process, host)
+        wait_for_tls(port, tls.client_context(), process, 20, host)
     except RuntimeError:
-        process.kill()
+        kill_group(process)
+        process.wait()
         raise RuntimeError((directory / "regproxy.err").read_text()) from None
     return RegproxyProcess(process, port, directory)
 

@@ -10,16 +10,16 @@ import http.client
 import json
 import os
 import signal
-import socket
 import ssl
-import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.net import free_port, wait_for_port
+from devtools.processes import start, stop
+from devtools.registry import Registry
+from devtools.tls import TlsFiles
 from proxy.authn.credentials import basic_header
 from tests.e2e.conftest import RegproxyProcess, start_regproxy
-from tests.e2e.harness import Registry, TlsFiles, free_port
 from tests.redis_server import RedisServer, debian_binary
 
 START_TIMEOUT = 20.0
@@ -50,30 +50,16 @@ class HAProxy:
         config = directory / "haproxy.cfg"
         config.write_text(haproxy_config(self.port, backends))
         self.log = directory / "haproxy.log"
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [debian_binary("haproxy"), "-db", "-f", str(config)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"haproxy exited: {self.log.read_text(errors='replace')}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError("haproxy did not listen")
+        argv = [debian_binary("haproxy"), "-db", "-f", str(config)]
+        self.process = start(argv, self.log)
+        try:
+            wait_for_port(self.port, self.process, START_TIMEOUT)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"haproxy: {exc}: {self.log.read_text(errors='replace')}") from None
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process, 10)
 
 
 def children(pid: int) -> list[int]:

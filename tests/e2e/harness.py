@@ -1,10 +1,8 @@
-"""End-to-end harness: a real docker-registry on 127.0.0.1 and real clients (podman, skopeo,
-buildah, oras-py, the docker CLI with a private dockerd), each with private state."""
+"""End-to-end harness: real clients (podman, buildah, oras-py, the docker CLI with a private
+dockerd), each with private state; the registry and skopeo are in `devtools`."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import gzip
 import hashlib
 import io
@@ -14,339 +12,19 @@ import platform
 import random
 import secrets
 import shutil
-import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import trustme
-
-from tests.net import free_port
-
-DEFAULT_TIMEOUT = 120.0
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MANIFEST_ACCEPT = ", ".join(
-    [
-        OCI_MANIFEST,
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-    ]
-)
-Auth = tuple[str, str]
-Proc = subprocess.CompletedProcess[str]
-
-
-class CommandError(RuntimeError):
-    """A harness subprocess failed or timed out."""
-
-
-def https_status(url: str, authorization: str, ca_cert: Path, timeout: float) -> int:
-    """The status of a GET of `url` with this Authorization header, trusting `ca_cert`."""
-    request = urllib.request.Request(url, headers={"Authorization": authorization})
-    context = ssl.create_default_context(cafile=str(ca_cert))
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def run(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    input: str | None = None,
-    check: bool = False,
-) -> Proc:
-    """Run argv in its own process group (SIGKILLed on timeout -> CommandError).
-
-    Output is decoded UTF-8/surrogateescape without newline translation, so
-    `stdout.encode("utf-8", "surrogateescape")` gives back the exact bytes.
-    """
-    proc = subprocess.Popen(
-        list(argv),
-        env=dict(env) if env is not None else None,
-        start_new_session=True,
-        stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        out, err = proc.communicate(None if input is None else input.encode(), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        msg = err.decode(errors="replace")
-        raise CommandError(f"timeout after {timeout}s: {list(argv)}\n{msg}") from None
-    text = [b.decode("utf-8", "surrogateescape") for b in (out, err)]
-    result = subprocess.CompletedProcess(list(argv), proc.returncode, *text)
-    if check and result.returncode != 0:
-        raise CommandError(f"exit {result.returncode}: {list(argv)}\n{result.stderr}")
-    return result
-
-
-def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    """SIGTERM a server started in its own session by PID; SIGKILL its process group after
-    timeout."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout)
-
-
-def _flags(opts: Mapping[str, object]) -> list[str]:
-    """["--flag", "value", ...] for the options whose value is set."""
-    return [arg for flag, value in opts.items() if value for arg in (flag, str(value))]
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    """os.environ minus proxy, REGISTRY_* (docker-registry config overrides!), CONTAINERS_*."""
-    drop = ("REGISTRY_", "CONTAINERS_", "_CONTAINERS_")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.lower().endswith("_proxy") and not k.startswith(drop)
-    }
-    return env | extra
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files of a test CA and a server cert for localhost, 127.0.0.1 and ::1."""
-
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-    cert_dir: Path  # contains ONLY ca.crt: the value for podman/skopeo --cert-dir
-
-    def client_context(self) -> ssl.SSLContext:
-        """Client context trusting only the test CA."""
-        return ssl.create_default_context(cafile=str(self.ca_cert))
-
-
-def make_tls(dir: Path, *names: str) -> TlsFiles:
-    """Write ca.crt, server.crt (chain), server.key and certs.d/ca.crt into dir; the server
-    certificate is for localhost, 127.0.0.1, ::1 and `names`."""
-    dir.mkdir(parents=True, exist_ok=True)
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1", "::1", *names)
-    files = TlsFiles(dir / "ca.crt", dir / "server.crt", dir / "server.key", dir / "certs.d")
-    ca.cert_pem.write_to_path(str(files.ca_cert))
-    files.server_cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(files.server_key))
-    files.cert_dir.mkdir(exist_ok=True)
-    shutil.copy(files.ca_cert, files.cert_dir / "ca.crt")
-    return files
-
-
-def write_htpasswd(path: Path, users: Mapping[str, str]) -> Path:
-    """Write a bcrypt htpasswd file (the only hash docker-registry accepts) via htpasswd -Bbn."""
-    lines = [
-        run(["htpasswd", "-Bbn", user, pw], check=True, timeout=30).stdout.strip()
-        for user, pw in users.items()
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-class Registry:
-    """A real `docker-registry serve` subprocess on 127.0.0.1, started by the constructor."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        *,
-        tls: TlsFiles | None = None,
-        htpasswd: Path | None = None,
-        token: Mapping[str, str] | None = None,
-        start_timeout: float = 20.0,
-    ) -> None:
-        self.workdir, self.tls, self.htpasswd, self.token = workdir, tls, htpasswd, token
-        self.root = workdir / "storage"
-        self.log = workdir / "registry.log"
-        self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._start(start_timeout)
-
-    @property
-    def hostport(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{self.hostport}"
-
-    def _config(self) -> dict[str, Any]:
-        http: dict[str, Any] = {"addr": self.hostport, "secret": secrets.token_hex(16)}
-        if self.tls:
-            http["tls"] = {
-                "certificate": str(self.tls.server_cert),
-                "key": str(self.tls.server_key),
-            }
-        storage = {"filesystem": {"rootdirectory": str(self.root)}, "delete": {"enabled": True}}
-        cfg = {"version": "0.1", "log": {"level": "warn"}, "http": http, "storage": storage}
-        if self.htpasswd:
-            cfg["auth"] = {"htpasswd": {"realm": "regproxy-test", "path": str(self.htpasswd)}}
-        if self.token:  # realm, service, issuer, rootcertbundle
-            cfg["auth"] = {"token": dict(self.token)}
-        return cfg
-
-    def _start(self, timeout: float) -> None:
-        ready = (200, 401) if self.htpasswd or self.token else (200,)
-        for attempt in range(3):  # someone may grab the free port before the registry binds it
-            self.port = free_port()
-            config = self.workdir / "config.yml"
-            config.write_text(json.dumps(self._config(), indent=1))  # JSON is valid YAML
-            with self.log.open("wb") as log:
-                self._proc = subprocess.Popen(
-                    ["docker-registry", "serve", str(config)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=_clean_env(),
-                    start_new_session=True,
-                )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if (rc := self._proc.poll()) is not None:
-                    if "address already in use" in self.log_text() and attempt < 2:
-                        break
-                    raise RuntimeError(f"docker-registry exited {rc}:\n{self.log_text()}")
-                try:
-                    if self._request("GET", "/v2/", timeout=1)[0] in ready:
-                        return
-                except OSError:
-                    pass
-                time.sleep(0.05)
-            else:
-                self.stop()
-                raise RuntimeError(f"docker-registry not ready in {timeout}s:\n{self.log_text()}")
-
-    def log_text(self) -> str:
-        """Registry output so far: error lines plus one access-log line per request."""
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the registry by PID, SIGKILL after timeout."""
-        _terminate(self._proc, timeout)
-
-    def __enter__(self) -> Registry:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        auth: Auth | None = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: float = 10.0,
-    ) -> tuple[int, Any, bytes]:
-        """Direct request to the registry, ignoring env proxies; returns (status, headers, body)."""
-        req = urllib.request.Request(self.url + path, method=method, headers=dict(headers or {}))
-        if auth:
-            token = base64.b64encode(":".join(auth).encode()).decode()
-            req.add_header("Authorization", f"Basic {token}")
-        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-        if self.tls:
-            handlers.append(urllib.request.HTTPSHandler(context=self.tls.client_context()))
-        try:
-            with urllib.request.build_opener(*handlers).open(req, timeout=timeout) as resp:
-                return resp.status, resp.headers, resp.read()
-        except urllib.error.HTTPError as err:
-            with err:
-                return err.code, err.headers, err.read()
-
-    def _get_json(self, path: str, auth: Auth | None) -> Any:
-        status, _, body = self._request("GET", path, auth=auth)
-        if status == 404:
-            return {}
-        if status != 200:
-            raise RuntimeError(f"GET {path}: HTTP {status} {body[:200]!r}")
-        return json.loads(body)
-
-    def catalog(self, auth: Auth | None = None) -> list[str]:
-        """All repositories upstream (up to 1000: docker-registry 2.8 rejects larger n)."""
-        return sorted(self._get_json("/v2/_catalog?n=1000", auth).get("repositories") or [])
-
-    def tags(self, repo: str, auth: Auth | None = None) -> list[str]:
-        """Tags of repo upstream ([] if the repository is unknown)."""
-        return sorted(self._get_json(f"/v2/{repo}/tags/list", auth).get("tags") or [])
-
-    def manifest_digest(self, repo: str, ref: str, auth: Auth | None = None) -> str | None:
-        """Docker-Content-Digest of repo:ref (tag or digest) via HEAD, None if absent."""
-        status, headers, _ = self._request(
-            "HEAD", f"/v2/{repo}/manifests/{ref}", auth=auth, headers={"Accept": MANIFEST_ACCEPT}
-        )
-        if status == 404:
-            return None
-        if status != 200:
-            raise RuntimeError(f"HEAD manifest {repo}:{ref}: HTTP {status}")
-        return str(headers["Docker-Content-Digest"])
-
-    def snapshot(self, auth: Auth | None = None) -> dict[str, dict[str, str | None]]:
-        """{repo: {tag: digest}} of everything upstream: compare to prove nothing changed."""
-        return {
-            repo: {tag: self.manifest_digest(repo, tag, auth) for tag in self.tags(repo, auth)}
-            for repo in self.catalog(auth)
-        }
-
-    def stored_blobs(self) -> set[str]:
-        """Digests of all blobs in the storage dir, including ones no manifest references."""
-        blobs = self.root / "docker/registry/v2/blobs/sha256"
-        return {f"sha256:{data.parent.name}" for data in blobs.glob("*/*/data")}
-
-    def stored_files(self) -> set[str]:
-        """Every file in the storage dir (blobs, links, tags, upload sessions), as relative
-        paths: equal before and after something proves it left nothing behind."""
-        return {str(path.relative_to(self.root)) for path in self.root.rglob("*") if path.is_file()}
-
-
-def _private_home(home: Path, **extra: str) -> dict[str, str]:
-    """Env giving containers/image tools a private HOME (config, policy, auth, blob-info cache).
-
-    ~/.config/containers/registries.conf (unlike CONTAINERS_REGISTRIES_CONF) also hides the
-    system registries.conf.d; a fake non-zero _CONTAINERS_ROOTLESS_UID moves root's blob-info
-    cache from the shared /var/lib/containers/cache to ~/.local/share/containers/cache.
-    """
-    conf = home / ".config/containers"
-    conf.mkdir(parents=True, exist_ok=True)
-    (home / "tmp").mkdir(exist_ok=True)
-    (conf / "registries.conf").write_text(
-        'unqualified-search-registries = []\nshort-name-mode = "disabled"\n'
-    )
-    (conf / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
-    (home / "auth.json").write_text('{"auths": {}}')  # podman --authfile fails if it is missing
-    return _clean_env(
-        HOME=str(home),
-        XDG_RUNTIME_DIR=str(home / "run"),
-        TMPDIR=str(home / "tmp"),
-        REGISTRY_AUTH_FILE=str(home / "auth.json"),
-        _CONTAINERS_ROOTLESS_UID="4242",
-        **extra,
-    )
+from devtools.processes import DEFAULT_TIMEOUT, Proc, clean_env, run, start, stop
+from devtools.registry import OCI_MANIFEST
+from devtools.skopeo import flags, private_home
 
 
 def _rmtree(path: Path) -> None:
@@ -384,7 +62,7 @@ class _StorageTool:
         self.authfile = self.home / "auth.json"
         self.runroot = Path(tempfile.mkdtemp(prefix="pr-", dir="/tmp"))  # short: socket paths
         self.graphroot = workdir / "root"
-        self.env = _private_home(
+        self.env = private_home(
             self.home,
             CONTAINERS_CONF=str(self.home / "containers.conf"),
             CONTAINERS_STORAGE_CONF=str(self.home / "storage.conf"),
@@ -395,9 +73,9 @@ class _StorageTool:
             f'runroot = "{self.runroot}"\n'
         )
         storage = ["--root", str(self.graphroot), "--runroot", str(self.runroot)]
-        self.base = [self.program, *storage, "--storage-driver", "vfs", *self._global_flags()]
+        self.base = [self.program, *storage, "--storage-driver", "vfs", *self._globalflags()]
 
-    def _global_flags(self) -> list[str]:
+    def _globalflags(self) -> list[str]:
         return []
 
     def run(self, *args: str, input: str | None = None, check: bool = False) -> Proc:
@@ -406,7 +84,7 @@ class _StorageTool:
         return run(argv, env=self.env, timeout=self.timeout, input=input, check=check)
 
     def _remote(self, cert_dir: Path | None, creds: str | None) -> list[str]:
-        return _flags({"--authfile": self.authfile, "--cert-dir": cert_dir, "--creds": creds})
+        return flags({"--authfile": self.authfile, "--cert-dir": cert_dir, "--creds": creds})
 
     def login(self, hostport: str, user: str, password: str, cert_dir: Path | None = None) -> Proc:
         """`login` (password on stdin); never raises on failure."""
@@ -428,7 +106,7 @@ class _StorageTool:
     ) -> Proc:
         """Push local_ref to docker://dest_ref; digestfile receives the pushed manifest digest;
         format: oci or v2s2 (default: the tool's choice)."""
-        extra = _flags({"--digestfile": digestfile, "--format": format})
+        extra = flags({"--digestfile": digestfile, "--format": format})
         remote = self._remote(cert_dir, creds)
         return self.run("push", *remote, *extra, local_ref, f"docker://{dest_ref}")
 
@@ -452,7 +130,7 @@ class Podman(_StorageTool):
 
     program = "podman"
 
-    def _global_flags(self) -> list[str]:
+    def _globalflags(self) -> list[str]:
         return [
             "--tmpdir",
             str(self.runroot / "libpod"),
@@ -478,7 +156,7 @@ class Podman(_StorageTool):
         """Create ref offline by `podman import [--arch ARCH]` of a tiny tar; returns its id."""
         tar_path = make_rootfs_tar(self.workdir / f"rootfs-{secrets.token_hex(4)}.tar", content)
         try:
-            args = ["import", "--quiet", *_flags({"--arch": arch}), str(tar_path), ref]
+            args = ["import", "--quiet", *flags({"--arch": arch}), str(tar_path), ref]
             out = self.run(*args, check=True).stdout
         finally:
             tar_path.unlink()
@@ -547,59 +225,6 @@ def make_oci_layout(dir: Path, size_bytes: int, seed: int, tag: str = "latest") 
     return dir, str(desc["digest"])
 
 
-class Skopeo:
-    """skopeo with a private HOME: blob-info cache, auth file, registries.conf and policy.
-
-    The cache lives as long as the instance: copying a blob again to another repo of the same
-    registry becomes a cross-repo mount (HEAD in the old repo, POST ?mount=&from=). Use a fresh
-    instance to force real uploads.
-    """
-
-    def __init__(self, workdir: Path, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.workdir, self.timeout = workdir, timeout
-        self.env = _private_home(workdir)
-        self.base = ["skopeo", "--tmpdir", str(workdir / "tmp")]
-
-    def run(self, *args: str) -> Proc:
-        """`skopeo <private global flags> args...`; never raises on failure."""
-        return run([*self.base, *args], env=self.env, timeout=self.timeout)
-
-    def copy(
-        self,
-        src: str,
-        dest: str,
-        *,
-        creds: str | None = None,
-        src_creds: str | None = None,
-        dest_cert_dir: Path | None = None,
-        src_cert_dir: Path | None = None,
-        extra: Sequence[str] = (),
-    ) -> Proc:
-        """`skopeo copy [extra] src dest` (transport-prefixed refs); creds (USER:PASS) for dest."""
-        opts = {
-            "--dest-creds": creds,
-            "--src-creds": src_creds,
-            "--dest-cert-dir": dest_cert_dir,
-            "--src-cert-dir": src_cert_dir,
-        }
-        return self.run("copy", *_flags(opts), *extra, src, dest)
-
-    def inspect_raw(self, ref: str, creds: str | None = None, cert_dir: Path | None = None) -> Proc:
-        """`skopeo inspect --raw ref`: the raw top-level manifest on stdout."""
-        flags = _flags({"--creds": creds, "--cert-dir": cert_dir})
-        return self.run("inspect", "--raw", *flags, ref)
-
-    def manifest_digest(
-        self, ref: str, creds: str | None = None, cert_dir: Path | None = None
-    ) -> str:
-        """sha256 of the raw top-level manifest at ref; raises CommandError on failure."""
-        proc = self.inspect_raw(ref, creds, cert_dir)
-        if proc.returncode != 0:
-            raise CommandError(f"skopeo inspect {ref}: exit {proc.returncode}\n{proc.stderr}")
-        raw = proc.stdout.encode("utf-8", "surrogateescape")
-        return f"sha256:{hashlib.sha256(raw).hexdigest()}"
-
-
 DOCKER_CLI = "/usr/bin/docker"  # Debian's docker.io, the CLI of the dockerd it ships
 
 
@@ -631,7 +256,7 @@ class Docker:
         (workdir / "home").mkdir()
         lines = ["127.0.0.1 localhost", *(f"{addr} {name}" for name, addr in hosts.items())]
         (workdir / "hosts").write_text("\n".join(lines) + "\n")
-        self.env = _clean_env(
+        self.env = clean_env(
             DOCKER_HOST=f"unix://{self.socket}",
             DOCKER_CONFIG=str(workdir / "config"),
             HOME=str(workdir / "home"),
@@ -657,15 +282,8 @@ class Docker:
         argv = ["unshare", "--mount", "--propagation", "private", "--"]
         argv += ["sh", "-c", f'{private} && exec "$@"', "sh"]
         argv += [str(self.workdir / "hosts"), str(self.etc), *dockerd]
-        with self.log.open("wb") as log:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_clean_env(PATH=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"),
-                start_new_session=True,
-            )
+        path = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
+        self._proc = start(argv, self.log, env=clean_env(PATH=path))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if (rc := self._proc.poll()) is not None:
@@ -717,7 +335,8 @@ class Docker:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM dockerd by PID (it stops the containerd it started), SIGKILL after timeout."""
-        _terminate(self._proc, timeout)
+        if self._proc is not None:
+            stop(self._proc, timeout)
 
     def cleanup(self) -> None:
         """Stop dockerd, then remove its data root (vfs layers are plain directories)."""
@@ -733,7 +352,7 @@ class Oras:
     def __init__(self, workdir: Path, ca_cert: Path, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.ca_cert, self.timeout = ca_cert, timeout
         (workdir / "home").mkdir(parents=True)
-        self.env = _clean_env(HOME=str(workdir / "home"))
+        self.env = clean_env(HOME=str(workdir / "home"))
 
     def run(self, *args: str, input: str | None = None) -> Proc:
         """`oras_client.py args...`; never raises on failure."""

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import trustme
 
-from tests.e2e.harness import free_port
+from devtools.net import free_port
+from devtools.processes import start, stop
 
 SUFFIX = "dc=example,dc=org"
 ROOT_DN = f"cn=admin,{SUFFIX}"
@@ -216,16 +217,9 @@ class Slapd:
         if self.running:
             return
         listen = f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.tls_port}/"
-        with self.log.open("ab") as log:
-            self._log_offset = log.tell()
-            self._proc = subprocess.Popen(
-                [tool("slapd"), "-d", "stats", "-f", str(self.config), "-h", listen],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=_ldap_env(),
-            )
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
+        argv = [tool("slapd"), "-d", "stats", "-f", str(self.config), "-h", listen]
+        self._proc = start(argv, self.log, env=_ldap_env(), append=True)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if (rc := self._proc.poll()) is not None:
@@ -253,12 +247,7 @@ class Slapd:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self._proc.pid, signal.SIGCONT)  # a paused slapd cannot handle SIGTERM
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout)
+        stop(self._proc, timeout)
 
     def restart(self) -> None:
         self.stop()

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.registry import Registry
+from devtools.skopeo import Skopeo
+from devtools.tls import TlsFiles
 from tests.e2e.conftest import USERS, RegproxyProcess, start_regproxy
-from tests.e2e.harness import Podman, Registry, Skopeo, TlsFiles, make_oci_layout
+from tests.e2e.harness import Podman, make_oci_layout
 
 ACL = """acl:
   - users: [testuser]

@@ -22,20 +22,12 @@ from typing import Any
 
 import pytest
 
+from devtools.processes import Proc
+from devtools.registry import Registry
+from devtools.skopeo import Skopeo
+from devtools.tls import TlsFiles, make_tls
 from tests.e2e.conftest import USERS, RegproxyProcess, start_regproxy
-from tests.e2e.harness import (
-    Buildah,
-    Docker,
-    Oras,
-    Podman,
-    Proc,
-    Registry,
-    Skopeo,
-    TlsFiles,
-    make_oci_layout,
-    make_rootfs_tar,
-    make_tls,
-)
+from tests.e2e.harness import Buildah, Docker, Oras, Podman, make_oci_layout, make_rootfs_tar
 
 pytestmark = pytest.mark.e2e
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from devtools.net import free_port
 from proxy.authn import AuthResult, BackendUnavailable, Outcome
 from proxy.authn.ldap import LdapAuthenticator
 from proxy.authn.ldap_settings import LdapSettings, parse_ldap_settings
-from tests.e2e.harness import free_port
 from tests.e2e.ldap_harness import (
     GROUPS,
     PASSWORDS,

@@ -14,8 +14,9 @@ import ssl
 
 import pytest
 
+from devtools.registry import Registry
+from devtools.tls import TlsFiles
 from tests.e2e.conftest import USERS, RegproxyProcess
-from tests.e2e.harness import Registry, TlsFiles
 
 pytestmark = pytest.mark.e2e
 

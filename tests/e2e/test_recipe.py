@@ -9,8 +9,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from devtools.registry import Registry
+from devtools.skopeo import Skopeo
+from devtools.tls import TlsFiles
 from tests.e2e.conftest import USERS, RegproxyProcess
-from tests.e2e.harness import Podman, Registry, Skopeo, TlsFiles, make_oci_layout
+from tests.e2e.harness import Podman, make_oci_layout
 
 PUSHER = f"testuserpush:{USERS['testuserpush']}"
 PULLER = f"testuser:{USERS['testuser']}"

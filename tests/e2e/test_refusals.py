@@ -16,8 +16,9 @@ import time
 
 import pytest
 
+from devtools.registry import Registry
+from devtools.tls import TlsFiles
 from tests.e2e.conftest import USERS, RegproxyProcess
-from tests.e2e.harness import Registry, TlsFiles
 from tests.unit.test_routes import CATALOG_REFUSALS, REFUSALS, Answer
 
 pytestmark = pytest.mark.e2e

@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from devtools.registry import Registry
+from devtools.skopeo import Skopeo
+from devtools.tls import make_tls
 from proxy.state.events import LoginFailed, decode
 from proxy.state.redis_layout import Keys
 from tests.e2e.conftest import ROOT, USERS
 from tests.e2e.fleet import Fleet, HAProxy
-from tests.e2e.harness import Podman, Registry, Skopeo, make_oci_layout, make_tls
+from tests.e2e.harness import Podman, make_oci_layout
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e

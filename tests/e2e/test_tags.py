@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.registry import Registry
+from devtools.skopeo import Skopeo
+from devtools.tls import TlsFiles
 from tests.e2e.conftest import ROOT, USERS, RegproxyProcess, start_regproxy
-from tests.e2e.harness import Podman, Registry, Skopeo, TlsFiles
+from tests.e2e.harness import Podman
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,11 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 from joserfc.jws import JWSRegistry
 
+from devtools.net import free_port
+from devtools.registry import Registry
+from devtools.tls import TlsFiles, https_status
 from tests.e2e.conftest import USERS, RegproxyProcess, start_regproxy
-from tests.e2e.harness import Podman, Registry, TlsFiles, free_port, https_status
+from tests.e2e.harness import Podman
 
 SERVICE = "registry.test"
 ACL = """acl:

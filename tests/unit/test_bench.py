@@ -6,17 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-from pathlib import Path
 
+from bench import fixtures, plan, scale, storm
 from proxy.authn.credentials import parse_htpasswd
 from proxy.policy.acl import parse_acl_text
 from proxy.policy.rules import Identity, decide
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import run
-import scale
-import storm
 
 
 def test_filler_users_parse_as_cost_10_bcrypt_and_the_real_ones_verify() -> None:
@@ -74,8 +68,7 @@ def test_generated_images_are_consistent_and_distinct() -> None:
 
 
 def test_every_storm_has_fresh_users_one_per_client() -> None:
-    plan = run.PLANS["full"].storm
-    by_case = run.storm_users(plan)
+    by_case = fixtures.storm_users(plan.PLANS["full"].storm)
     assert set(by_case) == {"pull-1", "pull-8", "pull-32", "pull-64", "push-16"}
     assert all(len(users) == int(case.split("-")[1]) for case, users in by_case.items())
     everyone = [user for users in by_case.values() for user in users]
