@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from proxy.http.routes import Operation
 from proxy.guards.headcache import HeadCache, blob_key, cache_key, freshness
+from proxy.http.routes import Operation
 
 UP = "http://127.0.0.1:5000"
 PATH = "/v2/app/blobs/sha256:" + "a" * 64
