@@ -141,10 +141,42 @@ async def test_a_lock_held_too_long_times_out_the_waiter(tmp_path: Path) -> None
         pass  # released: free again
 
 
-async def test_different_names_do_not_wait_for_each_other() -> None:
+async def test_different_names_do_not_wait_for_each_other(tmp_path: Path) -> None:
+    """Across processes too: no two names share a lock file (#23 finding 4), and a name's
+    file is gone once its lock is let go, so they never pile up."""
     store = LocalStore()
     async with store.lock("a", ttl=30, wait=1), store.lock("b", ttl=30, wait=0.1):
         pass
+    first, second = LocalStore(lock_dir=tmp_path), LocalStore(lock_dir=tmp_path)
+    names = [f"tags http://registry apps/app{n}" for n in range(300)]  # more than 256
+    async with first.lock(names[0], ttl=30, wait=1):
+        for name in names[1:]:
+            async with second.lock(name, ttl=30, wait=0.1):
+                pass
+        assert len(list(tmp_path.iterdir())) == 1  # the held one's
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_waiter_whose_file_was_removed_locks_the_next_one(tmp_path: Path) -> None:
+    """Three holders in turn: each finds the file its predecessor removed and takes a new
+    one, and no two ever hold the name at once."""
+    import asyncio
+
+    stores = [LocalStore(lock_dir=tmp_path) for _ in range(3)]
+    holding: list[int] = []
+    most = 0
+
+    async def hold(index: int) -> None:
+        nonlocal most
+        async with stores[index].lock("x", ttl=30, wait=5):
+            holding.append(index)
+            most = max(most, len(holding))
+            await asyncio.sleep(0.02)
+            holding.remove(index)
+
+    await asyncio.gather(*(hold(i) for i in range(3)))
+    assert most == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_a_password_verified_by_one_worker_is_not_hashed_again_by_another() -> None:

@@ -404,7 +404,7 @@ async def test_a_delete_by_digest_of_what_an_immutable_tag_names_is_refused(
     index = json.dumps({"schemaVersion": 2, "manifests": [{"digest": child, "size": 9}]})
     repo.add("v2", index.encode(), INDEX)
     loose = repo.add("sha-1", manifest(4))
-    repo.serve("v1", "v2", "sha-1", named, child, loose)
+    repo.serve("v1", "v2", "sha-1", *repo.manifests)
     proxy = await make_proxy(GUARDS)
     status, text = await call(proxy, "DELETE", f"/v2/apps/web/manifests/{named}")
     assert status == 403
@@ -433,7 +433,7 @@ async def test_a_delete_by_digest_of_what_a_nested_index_holds_is_refused(
     inner = repo.add(None, index_of((leaf, OCI)), INDEX)
     repo.add("v3", index_of((inner, INDEX)), INDEX)  # an index of an index (the registry takes it)
     loose = repo.add("sha-2", manifest(6))
-    repo.serve("v3", leaf, inner, loose)
+    repo.serve("v3", *repo.manifests)
     proxy = await make_proxy(GUARDS)
     status, text = await call(proxy, "DELETE", f"/v2/apps/web/manifests/{leaf}")
     assert status == 403
@@ -462,6 +462,24 @@ async def test_indexes_nested_without_end_refuse_a_delete(
     assert requests_of(upstream, "DELETE") == []
 
 
+async def test_the_manifests_one_check_fetches_are_bounded(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tagguard, "MAX_FETCHES", 3)
+    repo = Repository(upstream)
+    leaves = [(repo.add(None, manifest(20 + n)), OCI) for n in range(4)]
+    repo.add("v6", index_of(*leaves), INDEX)
+    repo.serve("v6", *repo.manifests)
+    proxy = await make_proxy(GUARDS)
+    status, text = await call(proxy, "DELETE", "/v2/apps/web/manifests/sha256:" + "2" * 64)
+    assert (status, error_message(text)) == (
+        403,
+        "over 3 manifests to look into in apps/web: deletes are refused",
+    )
+    assert len(requests_of(upstream, "GET")) == 1 + 3  # the tag list, then three manifests
+    assert requests_of(upstream, "DELETE") == []
+
+
 async def test_every_page_of_tags_is_read_before_a_delete(
     make_proxy: ProxyFactory, upstream: FakeUpstream
 ) -> None:
@@ -483,6 +501,58 @@ async def test_every_page_of_tags_is_read_before_a_delete(
         "/v2/apps/web/tags/list",
         "/v2/apps/web/tags/list?n=1&last=a",
     ]
+
+
+async def test_a_tag_list_arriving_in_pieces_is_read_whole(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """#23: about 1,000 tags, sent in pieces: every piece is read (a bounded read that took
+    the first piece alone made the list "not a tag list" and the delete a 503)."""
+    repo = Repository(upstream)
+    named = repo.add("v1", manifest(1))
+    repo.serve("v1", *repo.manifests)
+    tags = ["v1", *(f"sha-{n:04d}" for n in range(1000))]
+
+    async def in_pieces(request: web.Request) -> web.StreamResponse:
+        body = json.dumps({"name": "apps/web", "tags": tags}).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for start in range(0, len(body), 4096):
+            await response.write(body[start : start + 4096])
+            await asyncio.sleep(0.005)  # each piece its own read on the proxy's side
+        await response.write_eof()
+        return response
+
+    upstream.handlers["/v2/apps/web/tags/list"] = in_pieces
+    upstream.streaming.add("/v2/apps/web/tags/list")
+    proxy = await make_proxy(GUARDS)
+    status, text = await call(proxy, "DELETE", f"/v2/apps/web/manifests/{named}")
+    assert (status, error_message(text)) == (
+        403,
+        f"tag v1 is immutable (rule {RULE}): it names {named}",
+    )
+
+
+async def test_what_a_manifest_holds_is_read_from_its_bytes_once(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """An entry is looked into whatever its descriptor says (#23 finding 3), and what a
+    manifest holds is remembered by digest: the next delete asks only for the tag."""
+    repo = Repository(upstream)
+    leaf = repo.add(None, manifest(5))
+    inner = repo.add(None, index_of((leaf, OCI)), INDEX)
+    repo.add("v3", index_of((inner, OCI)), INDEX)  # I2 listed as an image manifest
+    loose = repo.add("sha-2", manifest(6))
+    repo.serve("v3", *repo.manifests)
+    proxy = await make_proxy(GUARDS)
+    status, text = await call(proxy, "DELETE", f"/v2/apps/web/manifests/{leaf}")
+    assert (status, error_message(text)) == (
+        403,
+        f"tag v3 is immutable (rule {RULE}): its index holds {leaf}",
+    )
+    fetched = requests_of(upstream, "GET")
+    assert (await call(proxy, "DELETE", f"/v2/apps/web/manifests/{loose}"))[0] == 202
+    assert requests_of(upstream, "GET")[len(fetched) :] == ["/v2/apps/web/tags/list"]
 
 
 async def test_too_many_guarded_tags_refuse_a_delete(
@@ -674,6 +744,52 @@ async def test_two_workers_pushing_one_new_tag_cannot_both_win(
         await connection.close()
     assert sorted(statuses) == [201, 403]
     assert [r.method for r in upstream.requests].count("PUT") == 1
+
+
+def _sharing_a_stripe(upstream: str, repository: str) -> str:
+    """A repository whose lock name fell on the same one of 256 lock files as `repository`'s
+    under the striped locks this replaces (so the test below fails where that is so)."""
+
+    def stripe(name: str) -> int:
+        lock = f"tags {upstream} {name}".encode()
+        return int.from_bytes(hashlib.sha256(lock).digest()[:2]) % 256
+
+    return next(
+        f"apps/other{n}" for n in range(100_000) if stripe(f"apps/other{n}") == stripe(repository)
+    )
+
+
+@pytest.mark.parametrize(
+    "served", ["workers: 2\nlimits:\n  upstream_wait: 2\n" + GUARDS], indirect=True
+)
+async def test_one_repositorys_long_check_never_holds_up_anothers(
+    served: Served, upstream: FakeUpstream, tls: TlsPair
+) -> None:
+    """#23 finding 4: while a delete by digest in one repository is being checked (its tag
+    list is slow to come), a push of an immutable tag in another repository, in the other
+    worker, goes through at once: each repository's lock is its own."""
+    slow = _sharing_a_stripe(upstream.url, "apps/web")
+    listing, release = asyncio.Event(), asyncio.Event()
+
+    async def hanging_tags(request: web.Request) -> web.StreamResponse:
+        listing.set()
+        await release.wait()
+        return web.json_response({"name": slow, "tags": []})
+
+    upstream.handlers[f"/v2/{slow}/tags/list"] = hanging_tags
+    Repository(upstream).serve("v1")
+    deleting, pushing = await one_connection_per_worker(served, tls)
+    head = (
+        f"DELETE /v2/{slow}/manifests/sha256:{'1' * 64} HTTP/1.1\r\nHost: localhost\r\n"
+        f"Authorization: {basic('push', USERS['push'])}\r\n\r\n"
+    )
+    deleting.writer.write(head.encode())
+    await asyncio.wait_for(listing.wait(), 10)  # the check holds its repository's lock now
+    status = await _raw_put(pushing, "/v2/apps/web/manifests/v1", manifest(1))
+    release.set()
+    assert status == 201
+    for connection in (deleting, pushing):
+        await connection.close()
 
 
 # --------------------------------------------------------------------------------------------

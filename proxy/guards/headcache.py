@@ -22,13 +22,13 @@ Deciding what may be stored is pure (`freshness`, `cache_key`); `HeadCache` is a
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ..core.lru import LRU
 from ..http.routes import Operation
 from ..observe import metrics
 from ..pipeline.context import RequestContext
@@ -91,30 +91,23 @@ class HeadCache:
     """Answers to blob HEADs, the least recently used dropped past `size`; one per worker."""
 
     def __init__(self, size: int = ENTRIES) -> None:
-        self._size = size
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._entries: LRU[str, Entry] = LRU(size)
 
     def get(self, key: str, now: float) -> Entry | None:
         entry = self._entries.get(key)
-        if entry is None:
+        if entry is not None and entry.expires <= now:
+            self._entries.pop(key)
             return None
-        if entry.expires <= now:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
         return entry
 
     def put(self, key: str, headers: Mapping[str, str], lifetime: float, now: float) -> None:
         if lifetime <= 0 or "Vary" in headers or "Location" in headers:
             return
         kept = tuple((k, v) for k, v in headers.items() if k.lower() not in _NOT_STORED)
-        self._entries[key] = Entry(kept, now, now + lifetime)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
+        self._entries.put(key, Entry(kept, now, now + lifetime))
 
     def drop(self, key: str) -> None:
-        self._entries.pop(key, None)
+        self._entries.pop(key)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -36,6 +36,7 @@ from aiohttp import web
 
 from ..conf.config import Config
 from ..core.limits import Timeouts
+from ..core.lru import LRU
 from ..http.errors import error_response
 from ..http.routes import DIGEST_RE, TAG_RE
 from ..pipeline.context import RequestContext
@@ -52,7 +53,9 @@ MANIFEST_BUDGET = 64 * 1024 * 1024  # bytes of manifests one worker holds at onc
 MAX_TAG_PAGES = 20  # tag list pages read before a delete by digest
 MAX_TAG_LIST = 8 * 1024 * 1024  # bytes of one tag list page
 MAX_GUARDED = 1000  # guarded tags looked up before a delete by digest; more: refused
-MAX_NESTED = 32  # manifests fetched to look into the indexes an index tag nests; more: refused
+MAX_NESTED = 256  # manifests looked into under one tag (its own included); more: refused
+MAX_FETCHES = 1024  # manifests fetched for one check (the others were read before); more: refused
+CONTENTS = 16_384  # manifests whose contents a worker remembers, by digest
 CONCURRENT_LOOKUPS = 8
 RETRY_AFTER = {"Retry-After": "5"}
 INDEX_TYPES = frozenset(
@@ -69,8 +72,6 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
     "application/vnd.docker.distribution.manifest.v1+json",
 )
-# What an index's entry may say it is without being looked into: manifests that hold no others.
-_LEAVES = frozenset(MANIFEST_TYPES) - INDEX_TYPES
 _ACCEPT = ", ".join(MANIFEST_TYPES)
 _HASHES = ("sha256", "sha384", "sha512")
 
@@ -79,12 +80,8 @@ class Unavailable(Exception):
     """The registry did not answer a check: the request is refused, never let through."""
 
 
-@dataclass(frozen=True)
-class Current:
-    """What a tag names upstream now."""
-
-    digest: str
-    media_type: str
+class TooMuch(Exception):
+    """A check would look into more manifests than it may: the request is refused."""
 
 
 class Budget:
@@ -128,6 +125,8 @@ class TagGuard(Guard):
         self._store = store
         self._registry = registry
         self._budget = Budget(MANIFEST_BUDGET)
+        # What each manifest holds, read from its bytes: content-addressed, never stale.
+        self._contents: LRU[str, frozenset[str]] = LRU(CONTENTS)
 
     async def check(self, ctx: RequestContext) -> web.StreamResponse | None:
         operation, route, request = ctx.operation, ctx.route, ctx.request
@@ -173,7 +172,7 @@ class TagGuard(Guard):
         """Why the request is refused, or None; Unavailable when the registry cannot say."""
         assert ctx.route is not None
         timeouts = ctx.config.timeouts
-        ask = _Asker(self._registry, ctx.route, ctx.request.host, timeouts)
+        ask = _Asker(self._registry, ctx.route, ctx.request.host, timeouts, self._contents)
         try:
             async with asyncio.timeout(timeouts.connect + timeouts.read):
                 if isinstance(check, Overwrite):
@@ -182,19 +181,21 @@ class TagGuard(Guard):
                 return await _pointed_at(ask, check)
         except TimeoutError:
             raise Unavailable("timed out") from None
+        except TooMuch as exc:
+            return f"{exc}: deletes are refused"
 
 
 async def _overwrite(ask: _Asker, check: Overwrite, body: bytes) -> str | None:
     current = await ask.current(check.repository, check.tag)
     if current is None:
         return None
-    algorithm = current.digest.partition(":")[0]
+    algorithm = current.partition(":")[0]
     pushed = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
-    if pushed == current.digest:
+    if pushed == current:
         return None
     return (
         f"tag {check.tag} is immutable (rule {check.rule.label}): {check.repository}:{check.tag}"
-        f" is {current.digest}, this push is {pushed}"
+        f" is {current}, this push is {pushed}"
     )
 
 
@@ -237,11 +238,9 @@ async def _names(ask: _Asker, repository: str, tag: str, digest: str) -> str | N
     current = await ask.current(repository, tag)
     if current is None:
         return None  # deleted meanwhile
-    if current.digest == digest:
+    if current == digest:
         return "it names"
-    if current.media_type not in INDEX_TYPES:
-        return None
-    held = await ask.held(repository, tag)
+    held = await ask.held(repository, current)
     if held is None:
         return f"its index nests over {MAX_NESTED} manifests to look into, so it may hold"
     return "its index holds" if digest in held else None
@@ -255,6 +254,8 @@ class _Asker:
     route: Route
     host: str
     timeouts: Timeouts
+    contents: LRU[str, frozenset[str]]
+    fetched: int = 0
 
     @contextlib.asynccontextmanager
     async def _request(self, method: str, path: str) -> AsyncIterator[aiohttp.ClientResponse]:
@@ -277,59 +278,62 @@ class _Asker:
         except UpstreamError as exc:
             raise Unavailable(str(exc)) from None
 
-    async def current(self, repository: str, tag: str) -> Current | None:
-        """What `tag` names now, or None when it does not exist."""
+    async def current(self, repository: str, tag: str) -> str | None:
+        """The digest of what `tag` names now, or None when it does not exist."""
         path = f"/v2/{repository}/manifests/{tag}"
         async with self._request("HEAD", path) as response:
             if response.status == 404:
                 return None
             _expect_ok(response, path)
             digest = response.headers.get("Docker-Content-Digest", "")
-            media_type = _media_type(response)
         if DIGEST_RE.fullmatch(digest) and digest.partition(":")[0] in _HASHES:
-            return Current(digest, media_type)
+            return digest
         async with self._request("GET", path) as response:  # no usable digest: hash the body
             if response.status == 404:
                 return None
             _expect_ok(response, path)
             body = await self._body(response, MAX_MANIFEST)
-            return Current(f"sha256:{hashlib.sha256(body).hexdigest()}", _media_type(response))
+            return f"sha256:{hashlib.sha256(body).hexdigest()}"
 
-    async def held(self, repository: str, tag: str) -> frozenset[str] | None:
-        """The digests of the manifests the index `tag` holds, and those of the indexes nested
-        in it (an index may hold indexes: deleting a manifest two levels down breaks the
-        tag's image as surely as one level down). An entry is looked into unless it says it
-        is a manifest that holds no others. None: more than MAX_NESTED to look into."""
+    async def held(self, repository: str, digest: str) -> frozenset[str] | None:
+        """The digests of every manifest the manifest `digest` holds, through the indexes
+        nested in it (deleting a manifest two levels down breaks the tag's image as surely as
+        one level down). Each one is looked into, whatever its descriptor says it is: what it
+        holds is read from its bytes. None: more than MAX_NESTED to look into."""
         held: set[str] = set()
-        pending = [tag]
-        for _ in range(MAX_NESTED + 1):
+        pending = [digest]
+        for _ in range(MAX_NESTED):
             if not pending:
                 return frozenset(held)
-            for digest, media_type in await self._entries(repository, pending.pop()):
-                if digest not in held:
-                    held.add(digest)
-                    if media_type not in _LEAVES:
-                        pending.append(digest)
+            for child in await self._holds(repository, pending.pop()):
+                if child not in held:
+                    held.add(child)
+                    pending.append(child)
         return None if pending else frozenset(held)
 
-    async def _entries(self, repository: str, reference: str) -> list[tuple[str, str]]:
-        """(digest, media type) of each manifest the index `reference` holds; none when it is
-        not an index (or is gone)."""
-        path = f"/v2/{repository}/manifests/{reference}"
+    async def _holds(self, repository: str, digest: str) -> frozenset[str]:
+        """The manifests `digest` holds: none unless its bytes are an index (or it is gone)."""
+        known = self.contents.get(digest)
+        if known is not None:
+            return known
+        self.fetched += 1
+        if self.fetched > MAX_FETCHES:
+            raise TooMuch(f"over {MAX_FETCHES} manifests to look into in {repository}")
+        path = f"/v2/{repository}/manifests/{digest}"
         async with self._request("GET", path) as response:
             if response.status == 404:
-                return []
+                return frozenset()
             _expect_ok(response, path)
-            if _media_type(response) not in INDEX_TYPES:
-                return []
             body = await self._body(response, MAX_MANIFEST)
-        try:
-            manifests = json.loads(body).get("manifests") or []
-            entries = [(str(m["digest"]), str(m.get("mediaType", ""))) for m in manifests]
-        except (ValueError, AttributeError, TypeError, KeyError, RecursionError):
-            raise Unavailable(f"{path}: not an index") from None
-        # Only digests are ever looked up (never a path of our own requests from a body).
-        return [(d, t) for d, t in entries if DIGEST_RE.fullmatch(d)]
+        algorithm = digest.partition(":")[0]
+        if (
+            algorithm not in _HASHES
+            or f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}" != digest
+        ):
+            raise Unavailable(f"{path}: the registry answered other bytes")
+        held = _held_by(body)
+        self.contents.put(digest, held)
+        return held
 
     async def tags(self, repository: str) -> list[str]:
         """Every tag of `repository`, following the registry's pages (bounded)."""
@@ -349,13 +353,28 @@ class _Asker:
         return found
 
 
+def _held_by(body: bytes) -> frozenset[str]:
+    """The digests an index's bytes list (`manifests`), whatever its media type says; none
+    for any other manifest. Only digests are kept: never a path of our own requests."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return frozenset()
+    entries = document.get("manifests") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        return frozenset()
+    return frozenset(
+        entry["digest"]
+        for entry in entries
+        if isinstance(entry, dict)
+        and isinstance(entry.get("digest"), str)
+        and DIGEST_RE.fullmatch(entry["digest"])
+    )
+
+
 def _expect_ok(response: aiohttp.ClientResponse, path: str) -> None:
     if response.status != 200:
         raise Unavailable(f"{response.method} {path}: HTTP {response.status}")
-
-
-def _media_type(response: aiohttp.ClientResponse) -> str:
-    return response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
 
 
 def _tag_page(body: bytes, path: str) -> list[str]:

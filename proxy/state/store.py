@@ -109,6 +109,16 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
+def _still_linked(path: Path, fd: int) -> bool:
+    """Whether `fd` is the file at `path` (not one removed since it was opened)."""
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 class LockTimeout(Exception):
     """A named lock stayed held by someone else for longer than the caller would wait."""
 
@@ -117,7 +127,6 @@ class StoreUnavailable(LockTimeout):
     """The shared store cannot be reached: no lock can be promised (the caller refuses)."""
 
 
-LOCK_STRIPES = 256  # lock files per machine: names share them by hash
 LOCK_POLL = 0.01
 
 
@@ -125,8 +134,9 @@ class LocalStore:
     """This process, plus the other workers of this machine when there are several.
 
     Locks: an asyncio lock per name within the process, and, when `lock_dir` is given (the
-    supervisor makes one for its workers), an advisory file lock on one of LOCK_STRIPES files
-    there, which the kernel releases if the holder dies."""
+    supervisor makes one for its workers), an advisory lock on a file of that name's own
+    there (no two names share one: a long hold of one repository's lock never holds up
+    another's), which the kernel releases if the holder dies."""
 
     def __init__(self, peers: Peers | None = None, lock_dir: Path | None = None) -> None:
         self._peers = peers
@@ -146,16 +156,20 @@ class LocalStore:
             except TimeoutError:
                 raise LockTimeout(name) from None
             try:
-                fd = None
+                held = None
                 if self._lock_dir is not None:
-                    fd = await asyncio.wait_for(self._file_lock(name), wait)
+                    held = await asyncio.wait_for(self._file_lock(name), wait)
             except TimeoutError:
                 local.release()
                 raise LockTimeout(name) from None
             try:
                 yield
             finally:
-                if fd is not None:
+                if held is not None:
+                    path, fd = held
+                    # Removed while held: a waiter that opened it finds it gone and opens
+                    # the next one, so lock files do not pile up, one per name ever locked.
+                    os.unlink(path)
                     os.close(fd)  # closing the descriptor releases the file lock
                 local.release()
         finally:
@@ -167,21 +181,25 @@ class LocalStore:
     def healthy(self) -> bool:
         return True
 
-    async def _file_lock(self, name: str) -> int:
+    async def _file_lock(self, name: str) -> tuple[Path, int]:
+        """The name's lock file, locked: its path and descriptor."""
         assert self._lock_dir is not None
-        stripe = int.from_bytes(hashlib.sha256(name.encode()).digest()[:2]) % LOCK_STRIPES
-        path = self._lock_dir / f"{stripe:03d}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return fd
-                except BlockingIOError:
-                    await asyncio.sleep(LOCK_POLL)
-        except BaseException:
-            os.close(fd)
-            raise
+        path = self._lock_dir / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        await asyncio.sleep(LOCK_POLL)
+                if _still_linked(path, fd):
+                    return path, fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # the holder before removed it: lock the file that stands there now
 
     def publish(self, event: Event) -> None:
         self.tell_workers(event)

@@ -4,12 +4,18 @@ deletes what a v* tag names. podman and skopeo print the proxy's refusal to the 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from devtools.registry import Registry
+from devtools.registry import OCI_MANIFEST, Registry
 from devtools.skopeo import Skopeo
 from devtools.tls import TlsFiles
 from tests.e2e.conftest import ROOT, USERS, RegproxyProcess, start_regproxy
@@ -83,3 +89,75 @@ def test_release_tags_with_podman_and_skopeo(
     assert '"PUT /v2/apps/web/manifests/v1 HTTP/1.1" 403' in log
     assert '"PUT /v2/apps/web/manifests/v2 HTTP/1.1" 403' in log
     assert f'"DELETE /v2/apps/web/manifests/{v1} HTTP/1.1" 403' in log
+
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def _push_blob(registry: Registry, repository: str, data: bytes) -> dict[str, object]:
+    """A blob pushed straight to the registry (a monolithic upload); its descriptor."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    status, headers, _ = registry._request("POST", f"/v2/{repository}/blobs/uploads/")
+    assert status == 202
+    location = urlsplit(headers["Location"])
+    query = f"{location.query}&digest={digest}" if location.query else f"digest={digest}"
+    put = urllib.request.Request(
+        f"{registry.url}{location.path}?{query}", data=data, method="PUT",
+        headers={"Content-Type": "application/octet-stream"},
+    )  # fmt: skip
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(put, timeout=10) as resp:
+        assert resp.status == 201
+    return {"mediaType": "application/octet-stream", "digest": digest, "size": len(data)}
+
+
+def _push_manifest(registry: Registry, repository: str, reference: str, document: object,
+                   media_type: str) -> dict[str, object]:  # fmt: skip
+    """A manifest pushed straight to the registry; its descriptor (with the true type)."""
+    body = json.dumps(document).encode()
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    put = urllib.request.Request(
+        f"{registry.url}/v2/{repository}/manifests/{reference or digest}", data=body,
+        method="PUT", headers={"Content-Type": media_type},
+    )  # fmt: skip
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(put, timeout=10) as resp:
+        assert resp.status == 201
+    return {"mediaType": media_type, "digest": digest, "size": len(body)}
+
+
+def test_a_mislabelled_nested_index_cannot_hide_what_an_immutable_tag_holds(
+    tagged: RegproxyProcess, registry: Registry, tls: TlsFiles
+) -> None:
+    """#23 finding 3: the outer index of apps/web:v1 lists an index I2 (holding the leaf L)
+    under an image manifest's media type, which the registry accepts; deleting L by digest
+    would break v1's image, so it is refused: what a manifest holds is read from its bytes."""
+    config = _push_blob(registry, "apps/web", b"{}")
+    layer = _push_blob(registry, "apps/web", b"layer bytes")
+    leaf = _push_manifest(registry, "apps/web", "", {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {**config, "mediaType": "application/vnd.oci.image.config.v1+json"},
+        "layers": [{**layer, "mediaType": "application/vnd.oci.image.layer.v1.tar"}],
+    }, OCI_MANIFEST)  # fmt: skip
+    inner = _push_manifest(registry, "apps/web", "", {
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [leaf],
+    }, OCI_INDEX)  # fmt: skip
+    lie = {**inner, "mediaType": OCI_MANIFEST}  # the descriptor says: an image, nothing inside
+    _push_manifest(registry, "apps/web", "v1", {
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [lie],
+    }, OCI_INDEX)  # fmt: skip
+    delete = urllib.request.Request(
+        f"https://{tagged.hostport}/v2/apps/web/manifests/{leaf['digest']}", method="DELETE",
+        headers={"Authorization": "Basic " + base64.b64encode(ADMIN.encode()).decode()},
+    )  # fmt: skip
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls.client_context())
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        opener.open(delete, timeout=30)
+    assert refused.value.code == 403
+    message = json.loads(refused.value.read())["errors"][0]["message"]
+    assert message == (
+        f"tag v1 is immutable (rule release-tags.yaml:28): its index holds {leaf['digest']}"
+    )
+    assert registry.manifest_digest("apps/web", str(leaf["digest"])) == leaf["digest"]
