@@ -6,10 +6,12 @@ with raw sockets where a well-behaved client library would not misbehave."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -84,13 +86,15 @@ async def test_hundreds_of_stalled_uploads_by_one_user_do_not_stall_another_user
     make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair
 ) -> None:
     proxy = await make_proxy(
-        "limits:\n  per_user: 32\n  upstream_connections: 60\n  upstream_wait: 30\n"
+        "limits:\n  per_user: 32\n  upstream_connections: 60\n  upstream_per_user: 32\n"
+        "  upstream_wait: 30\n"
         "timeouts:\n  client_idle: 300\n"
     )
     stalling_upstream(upstream)
     uploads = [asyncio.ensure_future(stalled_upload(proxy, tls)) for _ in range(200)]
     # 32 of them reach the registry and hold a connection there; the others are told at once.
-    await until(lambda: sum(u.done() for u in uploads) == 200 - 32)
+    # 200 TLS handshakes: the bound is generous for a loaded machine (it only ends a hang).
+    await until(lambda: sum(u.done() for u in uploads) == 200 - 32, seconds=120)
     refused = [u.result() for u in uploads if u.done()]
     assert all(r.startswith(b"HTTP/1.1 429") and b"Retry-After: 1" in r for r in refused)
     assert sum(r.method == "PATCH" for r in upstream.requests) == 32
@@ -105,8 +109,9 @@ async def test_waiting_for_an_upstream_connection_is_bounded(
     make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair
 ) -> None:
     proxy = await make_proxy(
-        "limits:\n  upstream_connections: 2\n  upstream_wait: 0.2\ntimeouts:\n  client_idle: 300\n"
-    )
+        "limits:\n  upstream_connections: 4\n  upstream_per_user: 2\n  upstream_wait: 0.2\n"
+        "timeouts:\n  client_idle: 300\n"
+    )  # 4 connections: 2 kept for the proxy's own requests, 2 for clients'
     started = stalling_upstream(upstream)
     held = []
     for _ in range(2):
@@ -282,3 +287,213 @@ async def test_idle_connections_cannot_lock_out_a_real_client_under_a_low_file_l
                 assert resp.status == 200
         for _, writer in idle:
             writer.close()
+
+
+# -- #23: shares of the upstream pool and of the manifest budget ---------------------------------
+
+BLOB = "/v2/library/app/blobs/sha256:" + "b" * 64
+PUBLIC_BLOB = "/v2/public/app/blobs/sha256:" + "c" * 64
+SLOW = "limits:\n  upstream_connections: 6\n  upstream_wait: 1\ntimeouts:\n  client_idle: 300\n"
+
+
+def hanging_blobs(upstream: FakeUpstream, *paths: str) -> tuple[list[str], asyncio.Event]:
+    """Blob GETs whose answer starts and then stops coming (the path of each one that reached
+    the registry is recorded): each holds its upstream connection until `release` is set."""
+    reached: list[str] = []
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.StreamResponse:
+        reached.append(request.path)
+        response = web.StreamResponse(headers={"Content-Length": str(1 << 20)})
+        await response.prepare(request)
+        await response.write(b"x" * 1024)
+        await release.wait()
+        return response
+
+    for path in paths:
+        upstream.handlers[path] = hang
+    return reached, release
+
+
+@dataclass
+class SlowGets:
+    """GETs whose answers are never read past their heads, each kept open until `release`."""
+
+    proxy: RunningProxy
+    tls: TlsPair
+    release: asyncio.Event
+    heads: list[bytes] = field(default_factory=list)
+    tasks: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def start(self, path: str, user: str | None = None, source: str = "127.0.0.1") -> None:
+        self.tasks.append(asyncio.ensure_future(self._get(path, user, source)))
+
+    def told(self, status: bytes) -> int:
+        return sum(head.split()[1] == status for head in self.heads)
+
+    async def _get(self, path: str, user: str | None, source: str) -> None:
+        assert self.proxy.server.port is not None
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", self.proxy.server.port, ssl=self.tls.client_context(),
+            server_hostname="localhost", local_addr=(source, 0),
+        )  # fmt: skip
+        try:
+            auth = f"Authorization: {basic(user, USERS[user])}\r\n" if user else ""
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n".encode())
+            self.heads.append(await reader.readuntil(b"\r\n\r\n"))
+            await self.release.wait()
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        self.release.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def test_users_within_their_caps_cannot_fill_the_upstream_pool(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair
+) -> None:
+    """#23 finding 7: two users, each within their own cap, start more slow downloads than
+    their share of the pool; a third user's pull still gets an upstream connection (the
+    first two are told to retry what is over their share)."""
+    proxy = await make_proxy(SLOW)  # 6 connections: 2 for the proxy's own, 4 for clients
+    reached, release = hanging_blobs(upstream, BLOB)
+    slow = SlowGets(proxy, tls, release)
+    for user in ("push", "other", "push", "other", "push", "other"):
+        slow.start(BLOB, user)
+    # Each of the six holds a connection upstream, or was told to retry.
+    await until(lambda: len(reached) + slow.told(b"503") == 6)
+    async with proxy.session.get(proxy.url + MANIFEST, headers=proxy.auth("pull")) as resp:
+        assert resp.status == 200
+    await slow.stop()
+
+
+async def test_the_proxys_own_requests_have_connections_of_their_own(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair
+) -> None:
+    """#23: clients' slow downloads take every connection they may have; the catalog (which
+    the proxy pages through on its own connections) is still answered."""
+    proxy = await make_proxy(SLOW)
+    reached, release = hanging_blobs(upstream, BLOB)
+    slow = SlowGets(proxy, tls, release)
+    for user in ("push", "other", "pull", "push", "other", "pull"):
+        slow.start(BLOB, user)
+    await until(lambda: len(reached) + slow.told(b"503") == 6)
+    upstream.handlers["/v2/_catalog"] = lambda request: _catalog_page()
+    async with asyncio.timeout(30):  # only ends a hang: the catalog must come at once
+        async with proxy.session.get(proxy.url + "/v2/_catalog", headers=proxy.auth("pull")) as r:
+            assert r.status == 200
+    await slow.stop()
+
+
+async def _catalog_page() -> web.StreamResponse:
+    return web.json_response({"repositories": ["library/app"]})
+
+
+PUBLIC = "acl:\n  - anonymous: true\n    repositories: [public/**]\n    actions: [pull]\n"
+
+
+async def test_anonymous_callers_cannot_fill_the_upstream_pool(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair
+) -> None:
+    """#23 finding 8: with a public repository, anonymous slow downloads from two addresses
+    take no more than their addresses' shares; a user's pull still goes through."""
+    proxy = await make_proxy(SLOW + PUBLIC + "  - actions: [pull]\n")
+    reached, release = hanging_blobs(upstream, PUBLIC_BLOB)
+    slow = SlowGets(proxy, tls, release)
+    for source in ("127.0.0.2", "127.0.0.3") * 3:
+        slow.start(PUBLIC_BLOB, source=source)
+    await until(lambda: len(reached) + slow.told(b"503") == 6)
+    async with proxy.session.get(proxy.url + MANIFEST, headers=proxy.auth("pull")) as resp:
+        assert resp.status == 200
+    await slow.stop()
+
+
+async def test_anonymous_requests_are_capped_together_and_per_address(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair
+) -> None:
+    limits = "limits:\n  anonymous: 3\n  anonymous_per_address: 2\n"
+    proxy = await make_proxy(limits + PUBLIC + "  - actions: [pull]\n")
+    reached, release = hanging_blobs(upstream, PUBLIC_BLOB)
+    slow = SlowGets(proxy, tls, release)
+    for source in ("127.0.0.2", "127.0.0.2", "127.0.0.3"):
+        slow.start(PUBLIC_BLOB, source=source)
+    await until(lambda: len(reached) == 3)
+    slow.start(PUBLIC_BLOB, source="127.0.0.2")  # its address has 2 in flight
+    slow.start(PUBLIC_BLOB, source="127.0.0.4")  # anonymous callers have 3 in flight
+    await until(lambda: slow.told(b"429") == 2)
+    async with proxy.session.get(proxy.url + MANIFEST, headers=proxy.auth("pull")) as resp:
+        assert resp.status == 200  # a user is no anonymous caller
+    await slow.stop()
+
+
+async def test_one_users_stalled_manifests_do_not_take_the_budget_of_others(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair
+) -> None:
+    """#23 finding 6: one user's manifest PUTs for immutable tags, each 4 MiB but the last
+    byte, then silent: once that user's share is held, its next one is told to retry, and
+    another user's release push goes through."""
+    guards = "immutable_tags:\n  - repositories: ['apps/**']\n    tags: ['v*']\n"
+    acl = "acl:\n  - users: [push, other]\n    actions: '*'\n"
+    proxy = await make_proxy(guards + acl + "timeouts:\n  client_idle: 300\n")
+    size = 4 * 1024 * 1024
+    answers: list[bytes] = []
+
+    async def stalled_manifest(n: int) -> None:
+        async with tls_stream(proxy, tls) as (reader, writer):
+            extra = f"Content-Type: application/json\r\nContent-Length: {size}\r\n"
+            writer.write(head("PUT", f"/v2/apps/web/manifests/v{n}", "push", extra))
+            writer.write(b" " * (size - 1))
+            await writer.drain()
+            answers.append(await reader.read(4096))
+
+    stalled = [asyncio.ensure_future(stalled_manifest(n)) for n in range(17)]
+    await until(lambda: any(a.startswith(b"HTTP/1.1 503") for a in answers), seconds=120)
+    assert b"too many manifests in flight" in next(a for a in answers if a)
+
+    async def new_tag(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=201 if request.method == "PUT" else 404)
+
+    upstream.handlers["/v2/apps/web/manifests/v99"] = new_tag
+    release = json.dumps({"schemaVersion": 2, "layers": [{"size": n} for n in range(40)]})
+    async with proxy.session.put(
+        proxy.url + "/v2/apps/web/manifests/v99", data=release.encode(),  # about 500 bytes
+        headers={**proxy.auth("other"), "Content-Type": "application/json"},
+    ) as resp:  # fmt: skip
+        assert resp.status == 201
+    for task in stalled:
+        task.cancel()
+    await asyncio.gather(*stalled, return_exceptions=True)
+
+
+async def test_a_client_reading_slower_than_the_minimum_rate_is_cut(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """#23 finding 7: a download read slower than `limits.min_rate`, window after window, is
+    cut (its upstream connection freed), whatever the idle timeout allows per piece."""
+    size = 16 * 1024 * 1024
+    blob = bytes(size)
+
+    async def fast(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=blob)
+
+    upstream.handlers[BLOB] = fast
+    proxy = await make_proxy("limits:\n  min_rate: 262144\ntimeouts:\n  client_idle: 2\n")
+    assert proxy.server.port is not None
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", proxy.server.port, ssl=tls.client_context(), server_hostname="localhost"
+    )
+    writer.write(head("GET", BLOB, "pull"))
+    received = 0
+
+    def cut() -> bool:
+        return any("reads under 262144 B/s" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.INFO, "regproxy.forward"):
+        while not cut():  # about 64 KiB a second: a quarter of the minimum
+            piece = await reader.read(16 * 1024)
+            assert piece, "the whole answer came before the proxy cut it"
+            received += len(piece)
+            await asyncio.sleep(0.25)
+    writer.close()
+    assert received < size

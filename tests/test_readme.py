@@ -156,6 +156,7 @@ def test_the_defaults_the_readme_states_are_the_codes() -> None:
     stated = re.findall(r"`(limits|timeouts)\.(\w+)`(?: seconds)? \((?:default )?(\d+)", text)
     assert {(section, key) for section, key, _ in stated} >= {
         ("limits", "per_user"), ("limits", "per_address"), ("limits", "upstream_wait"),
+        ("limits", "anonymous"), ("limits", "anonymous_per_address"), ("limits", "min_rate"),
         ("timeouts", "header"), ("timeouts", "keepalive"), ("timeouts", "handshake"),
         ("timeouts", "client_idle"),
     }  # fmt: skip

@@ -206,6 +206,16 @@ def _parse_connections(value: object) -> int:
         raise ValueError(f"expected auto or a positive integer, got {value!r}") from None
 
 
+def _parse_rate(value: object) -> int:
+    """Bytes a second, or 0 (off)."""
+    if value == 0:
+        return 0
+    try:
+        return _parse_positive_int(value)
+    except ValueError:
+        raise ValueError(f"expected bytes a second (0: off), got {value!r}") from None
+
+
 def _parse_seconds(value: object) -> float:
     if (
         isinstance(value, bool)
@@ -294,6 +304,10 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "limits.connections": ("limits.connections", _parse_connections),
     "limits.upstream_connections": ("limits.upstream_connections", _parse_connections),
     "limits.upstream_wait": ("limits.upstream_wait", _parse_seconds),
+    "limits.upstream_per_user": ("limits.upstream_per_user", _parse_connections),
+    "limits.anonymous": ("limits.anonymous", _parse_positive_int),
+    "limits.anonymous_per_address": ("limits.anonymous_per_address", _parse_positive_int),
+    "limits.min_rate": ("limits.min_rate", _parse_rate),
     "throttle.attempts": ("throttle.attempts", _parse_positive_int),
     "throttle.window": ("throttle.window", _parse_seconds),
     "throttle.max_delay": ("throttle.max_delay", _parse_seconds),

@@ -8,11 +8,15 @@ hold an upstream connection; how long a request may wait for one is bounded too 
 
 from __future__ import annotations
 
+import asyncio
+import math
 import resource
 from dataclasses import dataclass
 
 # Upstream connections per worker at most; fewer when the open-files limit is low.
 UPSTREAM_CONNECTIONS = 512
+OWN_SHARE = 16  # a sixteenth of them (at least 2) for the proxy's own requests
+PER_USER_SHARE = 8  # by default one caller holds at most an eighth of the rest
 RESERVED_FILES = 64  # log files, the config files being read, the mesh, the admin listener
 
 
@@ -39,17 +43,36 @@ class Limits:
 
     per_user: int = 128
     per_address: int = 256
+    anonymous: int = 128  # requests without credentials in flight, from every address together
+    anonymous_per_address: int = 32
     connections: int = 0
     upstream_connections: int = 0
+    upstream_per_user: int = 0  # 0: an eighth of the upstream connections
     upstream_wait: float = 10.0
+    min_rate: int = 4096  # bytes a second a body must move, window after window; 0: off
 
 
 @dataclass(frozen=True)
 class Capacity:
-    """What one worker may hold open, from its open-files limit."""
+    """What one worker may hold open, from its open-files limit: client connections, and
+    upstream connections (of which `own` for the proxy's own requests: tag checks, catalog
+    pages, health probes)."""
 
     connections: int
     upstream: int
+
+    @property
+    def own(self) -> int:
+        return max(2, self.upstream // OWN_SHARE)
+
+    @property
+    def forwarded(self) -> int:
+        """Upstream connections for clients' requests."""
+        return max(1, self.upstream - self.own)
+
+    def per_user(self, limits: Limits) -> int:
+        """Upstream connections one caller may hold at once."""
+        return limits.upstream_per_user or max(1, self.forwarded // PER_USER_SHARE)
 
 
 def capacity(limits: Limits, open_files: int) -> Capacity:
@@ -104,3 +127,92 @@ class Gate:
 
     def __len__(self) -> int:
         return len(self._in_flight)
+
+
+class FairSlots:
+    """Upstream connections shared fairly: one owner (a user, or an anonymous address) holds
+    at most its share; while every slot is taken, the next one freed goes to the waiter
+    whose owner holds fewest (the first of those to come), so a newcomer never waits behind
+    a heavy user's queue."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._held: dict[str, int] = {}
+        self._in_use = 0
+        self._waiting: list[tuple[str, int, asyncio.Future[None]]] = []
+
+    async def acquire(self, owner: str, share: int, wait: float) -> bool:
+        """Take a slot for `owner`, who may hold `share`, within `wait` seconds; False when
+        none came."""
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (owner, share, ready)
+        self._waiting.append(entry)
+        self._hand_on()
+        if ready.done():
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(ready), wait)
+            return True
+        except TimeoutError:
+            if ready.done():  # granted as the wait ran out: keep it
+                return True
+            self._waiting.remove(entry)
+            self._hand_on()  # it may have held up others behind it
+            return False
+
+    def release(self, owner: str) -> None:
+        count = self._held[owner] - 1
+        if count:
+            self._held[owner] = count
+        else:
+            del self._held[owner]
+        self._in_use -= 1
+        self._hand_on()
+
+    def held(self, owner: str) -> int:
+        return self._held.get(owner, 0)
+
+    def _take(self, owner: str) -> None:
+        self._held[owner] = self.held(owner) + 1
+        self._in_use += 1
+
+    def _hand_on(self) -> None:
+        """Give free slots to the waiters that may take one, fewest held first."""
+        while self._in_use < self.total:
+            eligible = [(self.held(owner), n) for n, (owner, share, _) in enumerate(self._waiting)
+                        if self.held(owner) < share]  # fmt: skip
+            if not eligible:
+                return
+            owner, _, ready = self._waiting.pop(min(eligible)[1])
+            self._take(owner)
+            ready.set_result(None)
+
+
+class Pace:
+    """A transfer that must move `rate` bytes a second, each `window` seconds at a time: a
+    peer reading (or sending) slower than that cannot hold a connection for ever."""
+
+    def __init__(self, rate: float, window: float, now: float) -> None:
+        self._quota = rate * window
+        self._window = window
+        self._end = now + window
+        self._moved = 0.0
+
+    def deadline(self) -> float:
+        """When the move under way must be done: the end of the first window short of its
+        quota (with no rate, never)."""
+        if not self._quota:
+            return math.inf
+        return self._end if self._moved < self._quota else self._end + self._window
+
+    def moved(self, size: int, now: float) -> bool:
+        """Count `size` bytes moved by `now`; False when a window ended short of its quota."""
+        if not self._quota:
+            return True
+        while now >= self._end:
+            if self._moved < self._quota:
+                return False
+            self._moved = 0.0  # no credit carried over: a fast start buys no slow end
+            self._end += self._window
+        self._moved += size
+        return True

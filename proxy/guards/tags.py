@@ -44,12 +44,13 @@ from ..pipeline.guard import Guard
 from ..policy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
 from ..state.store import LockTimeout, Store
 from ..upstream.client import Registry, UpstreamError
-from ..upstream.forward import ClientStalled, Route, closing, idle_bounded
+from ..upstream.forward import ClientStalled, Route, closing, paced_body
 
 log = logging.getLogger("regproxy.tags")
 
 MAX_MANIFEST = 4 * 1024 * 1024  # distribution refuses larger manifests
 MANIFEST_BUDGET = 64 * 1024 * 1024  # bytes of manifests one worker holds at once
+MANIFEST_SHARE = 2 * MAX_MANIFEST  # of which one user (or anonymous address) holds at most
 MAX_TAG_PAGES = 20  # tag list pages read before a delete by digest
 MAX_TAG_LIST = 8 * 1024 * 1024  # bytes of one tag list page
 MAX_GUARDED = 1000  # guarded tags looked up before a delete by digest; more: refused
@@ -85,36 +86,53 @@ class TooMuch(Exception):
 
 
 class Budget:
-    """Bytes held in memory by the requests under way, bounded."""
+    """Bytes held in memory by the requests under way, bounded, and bounded per owner (a
+    user, or an anonymous address) to `share`: one caller's stalled pushes cannot take the
+    budget from everyone else."""
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
+    def __init__(self, limit: int, share: int) -> None:
+        self._limit, self._share = limit, share
         self._used = 0
+        self._by_owner: dict[str, int] = {}
 
-    def reserve(self) -> Reservation:
+    def reserve(self, owner: str) -> Reservation:
         """A reservation to take bytes under; give them back with `release`."""
-        return Reservation(self)
+        return Reservation(self, owner)
+
+    def _take(self, owner: str, size: int) -> bool:
+        held = self._by_owner.get(owner, 0)
+        if self._used + size > self._limit or held + size > self._share:
+            return False
+        self._used += size
+        self._by_owner[owner] = held + size
+        return True
+
+    def _give_back(self, owner: str, size: int) -> None:
+        self._used -= size
+        held = self._by_owner.pop(owner) - size
+        if held:
+            self._by_owner[owner] = held
 
 
 class Reservation:
     """The bytes one request holds of a Budget."""
 
-    def __init__(self, budget: Budget) -> None:
-        self._budget = budget
+    def __init__(self, budget: Budget, owner: str) -> None:
+        self._budget, self._owner = budget, owner
         self._taken = 0
 
     def take(self, size: int) -> bool:
-        """Reserve `size` more bytes; False (nothing taken) when over the budget."""
-        budget = self._budget
-        if budget._used + size > budget._limit:
+        """Reserve `size` more bytes; False (nothing taken) when over the budget or the
+        owner's share of it."""
+        if not self._budget._take(self._owner, size):
             return False
-        budget._used += size
         self._taken += size
         return True
 
     def release(self) -> None:
-        self._budget._used -= self._taken
-        self._taken = 0
+        if self._taken:
+            self._budget._give_back(self._owner, self._taken)
+            self._taken = 0
 
 
 class TagGuard(Guard):
@@ -124,7 +142,7 @@ class TagGuard(Guard):
     def __init__(self, store: Store, registry: Registry) -> None:
         self._store = store
         self._registry = registry
-        self._budget = Budget(MANIFEST_BUDGET)
+        self._budget = Budget(MANIFEST_BUDGET, MANIFEST_SHARE)
         # What each manifest holds, read from its bytes: content-addressed, never stale.
         self._contents: LRU[str, frozenset[str]] = LRU(CONTENTS)
 
@@ -138,9 +156,11 @@ class TagGuard(Guard):
             log.info("refused %s %s: %s", request.method, route.raw_path, check.message)
             return error_response(403, "DENIED", check.message)
         if isinstance(check, Overwrite):
-            reservation = self._budget.reserve()
+            reservation = self._budget.reserve(ctx.owner)
             ctx.defer(reservation.release)  # held until the manifest is forwarded
-            read = await _read_manifest(request, ctx.config.timeouts.client_idle, reservation)
+            limits, timeouts = ctx.config.limits, ctx.config.timeouts
+            read = await _read_manifest(request, timeouts.client_idle, limits.min_rate,
+                                        reservation)  # fmt: skip
             if isinstance(read, web.StreamResponse):
                 return read
             ctx.body = read
@@ -402,7 +422,7 @@ def _next_page(response: aiohttp.ClientResponse, repository: str) -> str | None:
 
 
 async def _read_manifest(
-    request: web.BaseRequest, idle: float, reservation: Reservation
+    request: web.BaseRequest, idle: float, rate: int, reservation: Reservation
 ) -> bytes | web.StreamResponse:
     """The whole manifest body (bounded, each piece taken from the budget), or the answer
     that refuses it."""
@@ -411,7 +431,7 @@ async def _read_manifest(
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in idle_bounded(request, idle):
+        async for chunk in paced_body(request, idle, rate):
             size += len(chunk)
             if size > MAX_MANIFEST:
                 return await closing(request, _too_large())

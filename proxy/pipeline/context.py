@@ -46,6 +46,13 @@ class RequestContext:
         return self.identity.user if self.identity is not None else None
 
     @property
+    def owner(self) -> str:
+        """Whose share of a worker's resources the request uses: its user's, or, without
+        credentials, its address's."""
+        user = self.user
+        return f"user:{user}" if user is not None else f"addr:{self.origin.client}"
+
+    @property
     def client(self) -> str | None:
         """The client's address as the proxy believes it (trusted X-Forwarded-For)."""
         address = self.origin.address

@@ -1,6 +1,6 @@
 """The request path: one context per request, walked through the steps in order.
 
-    token endpoint -> classify -> admit (address) -> identify -> admit (user) -> authorize
+    token endpoint -> classify -> admit (address) -> identify -> admit (caller) -> authorize
     -> catalog -> guards -> forward (the guards see the answer) -> record
 
 Each step reads and fills the request's context (`proxy.pipeline.context`) and either answers,
@@ -17,7 +17,7 @@ from aiohttp import web
 from ..authn.chain import Authentication, Denied
 from ..conf.reload import State
 from ..core.addresses import origin
-from ..core.limits import Gate
+from ..core.limits import Gate, Limits
 from ..http.errors import error_response, unauthorized
 from ..http.routes import Refusal, classify_request, without_mount
 from ..observe import metrics
@@ -94,9 +94,9 @@ class Handler:
         return (
             await self._token(ctx)
             or self._classify(ctx)
-            or self._admit(ctx, f"addr:{ctx.origin.client}", limits.per_address, "from")
+            or self._admit_address(ctx, limits)
             or await self._identify(ctx)
-            or self._admit_user(ctx, limits.per_user)
+            or self._admit_caller(ctx, limits)
             or self._authorize(ctx)
             or await self._list(ctx)
             or await self._guard(ctx)
@@ -127,11 +127,11 @@ class Handler:
         return None
 
     def _admit(
-        self, ctx: RequestContext, key: str, limit: int, word: str
+        self, ctx: RequestContext, key: str, limit: int, whose: str
     ) -> web.StreamResponse | None:
         """Fair share: one more request in flight under `key`, or 429 over `limit`."""
         if not self._gate.enter(key, limit):
-            message = f"too many requests in flight {word} {key.partition(':')[2]}"
+            message = f"too many requests in flight {whose}"
             return error_response(429, "TOOMANYREQUESTS", message, RETRY_SOON)
         ctx.defer(lambda: self._gate.leave(key))
         return None
@@ -149,9 +149,20 @@ class Handler:
             ctx.identity = who
         return who
 
-    def _admit_user(self, ctx: RequestContext, limit: int) -> web.StreamResponse | None:
-        user = ctx.user
-        return None if user is None else self._admit(ctx, f"user:{user}", limit, "for")
+    def _admit_address(self, ctx: RequestContext, limits: Limits) -> web.StreamResponse | None:
+        client = ctx.origin.client
+        return self._admit(ctx, f"addr:{client}", limits.per_address, f"from {client}")
+
+    def _admit_caller(self, ctx: RequestContext, limits: Limits) -> web.StreamResponse | None:
+        """A user's share; without credentials, the share of anonymous callers together and
+        of their address (a public repository cannot be made everyone's bottleneck)."""
+        user, client = ctx.user, ctx.origin.client
+        if user is not None:
+            return self._admit(ctx, f"user:{user}", limits.per_user, f"for {user}")
+        return self._admit(
+            ctx, "anonymous", limits.anonymous, "without credentials"
+        ) or self._admit(ctx, f"anonymous:{client}", limits.anonymous_per_address,
+                         f"without credentials from {client}")  # fmt: skip
 
     def _authorize(self, ctx: RequestContext) -> web.StreamResponse | None:
         """The policy's answer; where an allowed request goes (a refused mount dropped)."""
@@ -209,8 +220,9 @@ class Handler:
         async with self._forwarder.exchange(
             ctx.request,
             route=route,
+            owner=ctx.owner,
+            limits=config.limits,
             timeouts=config.timeouts,
-            wait=config.limits.upstream_wait,
             body=ctx.body,
         ) as answer:
             if not isinstance(answer, Answer):
@@ -219,7 +231,8 @@ class Handler:
                 instead = await guard.answered(ctx, answer)
                 if instead is not None:
                     return instead
-            response, ctx.sent = await answer.send(ctx.request, config.timeouts.client_idle)
+            idle, rate = config.timeouts.client_idle, config.limits.min_rate
+            response, ctx.sent = await answer.send(ctx.request, idle, rate)
             return response
 
     @staticmethod

@@ -140,9 +140,9 @@ class Server:
             lambda event, age: throttle.apply(event, clock() - age, state.current.config.throttle)
         )
         room = capacity(config.limits, raise_open_files_limit())
-        forwarder = Forwarder(room.upstream, config.timeouts.keepalive)
+        forwarder = Forwarder(room, config.timeouts.keepalive)
         self._stack.push_async_callback(forwarder.close)
-        registry = Registry(forwarder.session)
+        registry = Registry(forwarder.session, room.own)
         handler = Handler(
             state,
             Authentication(throttle, clock, store.flush),

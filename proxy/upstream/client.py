@@ -8,6 +8,7 @@ exception, `UpstreamError`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -26,10 +27,13 @@ class UpstreamError(Exception):
 
 
 class Registry:
-    """Asks registries on the proxy's own behalf, over the worker's upstream pool."""
+    """Asks registries on the proxy's own behalf, over the worker's upstream pool, on
+    `connections` of it kept for these requests (clients' requests cannot take them, nor
+    these all of the clients')."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, connections: int) -> None:
         self._session = session
+        self._slots = asyncio.Semaphore(connections)
 
     @contextlib.asynccontextmanager
     async def request(
@@ -52,6 +56,11 @@ class Registry:
             headers["Accept"] = accept
         timeout = aiohttp.ClientTimeout(sock_connect=timeouts.connect, sock_read=timeouts.read)
         try:
+            async with asyncio.timeout(timeouts.connect):  # waiting for one is connecting
+                await self._slots.acquire()
+        except TimeoutError:
+            raise UpstreamError(f"{method} {url}: no connection free", timed_out=True) from None
+        try:
             async with self._session.request(
                 method, url, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
@@ -60,6 +69,8 @@ class Registry:
             raise UpstreamError(f"{method} {url}: timed out", timed_out=True) from exc
         except (aiohttp.ClientError, ValueError) as exc:
             raise UpstreamError(f"{method} {url}: {exc!r}") from exc
+        finally:
+            self._slots.release()
 
     @staticmethod
     async def body(response: aiohttp.ClientResponse, limit: int) -> bytes:

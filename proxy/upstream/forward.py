@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ..core.limits import Timeouts
+from ..core.limits import Capacity, FairSlots, Limits, Pace, Timeouts
 from ..http.bodies import read_whole
 from ..http.errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
 from ..observe import metrics
@@ -192,10 +192,13 @@ class Answer:
             self._body = await read_whole(self._response.content, limit)
         return self._body
 
-    async def send(self, request: web.BaseRequest, idle: float) -> tuple[web.StreamResponse, int]:
+    async def send(
+        self, request: web.BaseRequest, idle: float, rate: int
+    ) -> tuple[web.StreamResponse, int]:
         """Stream the answer to the client; the response and the body bytes sent. A client
-        that stops reading for `idle` seconds, or an upstream that breaks off, cuts the
-        connection: a short body is never passed off as complete."""
+        that stops reading for `idle` seconds or reads slower than `rate` bytes a second
+        (window after window), or an upstream that breaks off, cuts the connection: a short
+        body is never passed off as complete."""
         response = web.StreamResponse(
             status=self.status, reason=self._response.reason, headers=self.headers
         )
@@ -205,18 +208,31 @@ class Answer:
             await response.write_eof()
             return response, len(self._body)
         sent = 0
+        loop = asyncio.get_running_loop()
+        pace = Pace(rate, idle, loop.time())
         try:
             # Bounded pieces: a transfer never holds more than aiohttp's read buffer plus one
             # chunk (iter_any() would join everything buffered into one large copy).
             async for chunk in self._response.content.iter_chunked(CHUNK):
                 try:
-                    async with asyncio.timeout(idle):
+                    async with asyncio.timeout_at(min(loop.time() + idle, pace.deadline())):
                         await response.write(chunk)
-                except (ConnectionError, TimeoutError):
+                except ConnectionError:
                     log.debug("client went away during %s %s", request.method, request.path)
                     _cut(request)
                     return response, sent
-                sent += len(chunk)
+                except TimeoutError:
+                    moved = False
+                else:
+                    sent += len(chunk)
+                    moved = pace.moved(len(chunk), loop.time())
+                if not moved:
+                    log.info(
+                        "client stopped reading or reads under %s B/s: %s %s",
+                        rate, request.method, request.path,
+                    )  # fmt: skip
+                    _cut(request)
+                    return response, sent
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("upstream broke off %s %s: %r", request.method, request.path, exc)
             _cut(request)
@@ -238,7 +254,9 @@ class Forwarder:
     free connection at most `wait` seconds, then gets 503 with Retry-After: a client holding
     many slow uploads cannot make every other client wait without end."""
 
-    def __init__(self, connections: int, keepalive: float) -> None:
+    def __init__(self, room: Capacity, keepalive: float) -> None:
+        self._room = room
+        connections = room.forwarded + room.own  # more than `upstream` when it is tiny
         connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=keepalive)
         self.session = aiohttp.ClientSession(
             connector=connector,
@@ -248,7 +266,7 @@ class Forwarder:
             cookie_jar=aiohttp.DummyCookieJar(),
             read_bufsize=UPSTREAM_READ_BUFFER,
         )
-        self._slots = asyncio.Semaphore(connections)
+        self._slots = FairSlots(room.forwarded)  # the rest are the proxy's own (Registry)
 
     async def close(self) -> None:
         await self.session.close()
@@ -259,23 +277,23 @@ class Forwarder:
         request: web.BaseRequest,
         *,
         route: Route,
+        owner: str,
+        limits: Limits,
         timeouts: Timeouts,
-        wait: float,
         body: bytes | None = None,
     ) -> AsyncIterator[Answer | web.StreamResponse]:
         """Send `request` to the route: the registry's answer, unsent, or the proxy's own
-        answer when there is none (503 no connection free, 502, 504, 408). `body`: the
-        request's body, already read whole (a manifest a guard had to see), sent as it is."""
-        try:
-            async with asyncio.timeout(wait):
-                await self._slots.acquire()
-        except TimeoutError:
+        answer when there is none (503 no connection free for `owner` within the wait, 502,
+        504, 408). `body`: the request's body, already read whole (a manifest a guard had to
+        see), sent as it is."""
+        wait, share = limits.upstream_wait, self._room.per_user(limits)
+        if not await self._slots.acquire(owner, share, wait):
             log.warning("no upstream connection free within %ss for %s", wait, route.raw_path)
             yield error_response(503, "UNAVAILABLE", "registry busy, retry later", _BUSY)
             return
         try:
             with metrics.RECORD.forwarding():
-                upstream_response = await self._send(request, route, timeouts, body)
+                upstream_response = await self._send(request, route, timeouts, limits, body)
                 if isinstance(upstream_response, web.StreamResponse):
                     yield upstream_response
                     return
@@ -286,10 +304,15 @@ class Forwarder:
                     )
                     yield Answer(upstream_response, headers)
         finally:
-            self._slots.release()
+            self._slots.release(owner)
 
     async def _send(
-        self, request: web.BaseRequest, route: Route, timeouts: Timeouts, read: bytes | None
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        timeouts: Timeouts,
+        limits: Limits,
+        read: bytes | None,
     ) -> aiohttp.ClientResponse | web.StreamResponse:
         """The upstream's response to `request`, or the proxy's answer when there is none."""
         timeout = aiohttp.ClientTimeout(
@@ -299,7 +322,7 @@ class Forwarder:
         if read is not None:
             body = io.BytesIO(read)  # sent in pieces, with its Content-Length
         elif request.body_exists:
-            body = idle_bounded(request, timeouts.client_idle)
+            body = paced_body(request, timeouts.client_idle, limits.min_rate)
         started = time.monotonic()
         try:
             response = await self.session.request(
@@ -356,15 +379,19 @@ class ClientStalled(aiohttp.ClientError):
     """The client sent nothing of its request body for `timeouts.client_idle` seconds."""
 
 
-async def idle_bounded(request: web.BaseRequest, idle: float) -> AsyncIterator[bytes]:
-    """The request body as it arrives, ended with ClientStalled when the client goes quiet."""
-    content = request.content
+async def paced_body(request: web.BaseRequest, idle: float, rate: int) -> AsyncIterator[bytes]:
+    """The request body as it arrives, ended with ClientStalled when the client goes quiet
+    for `idle` seconds or sends slower than `rate` bytes a second, window after window."""
+    content, loop = request.content, asyncio.get_running_loop()
+    pace = Pace(rate, idle, loop.time())
     while True:
         try:
-            async with asyncio.timeout(idle):
+            async with asyncio.timeout_at(min(loop.time() + idle, pace.deadline())):
                 chunk = await content.readany()
         except TimeoutError:
-            raise ClientStalled(f"no body data for {idle:g}s") from None
+            raise ClientStalled(f"no body data for {idle:g}s or slower than {rate} B/s") from None
         if not chunk:
             return
+        if not pace.moved(len(chunk), loop.time()):
+            raise ClientStalled(f"body slower than {rate} B/s")
         yield chunk
