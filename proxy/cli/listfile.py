@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 from ..core.problems import read_text, write_atomically
-from ..core.yamllist import appendable, appended, without_entries
+from ..core.yamllist import appendable, appended, entry_spans, without_entries
 
 
 @contextlib.contextmanager
@@ -39,14 +39,17 @@ def append(path: Path, header: str, make: Callable[[str], str]) -> None:
         write_atomically(path, appended(text, make(text), header))
 
 
-def remove(path: Path, key: str, values: Collection[str]) -> bool:
-    """Remove the entries whose `key` is one of `values`, under the lock; False if none."""
+def remove(path: Path, key: str, values: Collection[str]) -> int:
+    """Remove the entries whose `key` is one of `values`, under the lock; how many there were."""
     with exclusive(path) as text:
-        kept = without_entries(text, str(path), key, values) if text else None
-        if kept is None:
-            return False
-        write_atomically(path, kept)
-    return True
+        if not text:
+            return 0
+        count = len(entry_spans(text, str(path), key, values))
+        if count:
+            kept = without_entries(text, str(path), key, values)
+            assert kept is not None
+            write_atomically(path, kept)
+    return count
 
 
 def aligned(rows: Sequence[Sequence[str]]) -> list[str]:

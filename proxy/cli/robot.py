@@ -37,7 +37,7 @@ from ..authn.robots import read_usage
 from ..conf.config import Config
 from ..core.moments import timestamp
 from ..core.problems import ConfigError, read_text, write_atomically
-from ..core.yamllist import without_entries
+from ..core.yamllist import entry_spans
 from ..http.routes import ACTIONS, Action
 from ..policy.acl import glob_problem
 from .listfile import Refused, aligned, append, remove
@@ -189,7 +189,7 @@ def _create(args: argparse.Namespace, config: Config, robots: Path) -> int:
 
 def _named(text: str, robots: Path, name: str) -> bool:
     """Whether an entry of the file, usable or not, has this name."""
-    return without_entries(text, str(robots), "name", (name,)) is not None
+    return bool(entry_spans(text, str(robots), "name", (name,)))
 
 
 def _list(args: argparse.Namespace, config: Config, robots: Path) -> int:

@@ -34,24 +34,30 @@ def appended(text: str, entry: str, header: str) -> str:
     return (text if text.endswith("\n") else text + "\n") + entry
 
 
+def entry_spans(text: str, source: str, key: str, values: Collection[str]) -> list[range]:
+    """The lines (0-based) of each entry whose `key` is one of `values`, usable or not."""
+    node = compose_yaml(text, source)
+    if not isinstance(node, yaml.SequenceNode):
+        return []
+    return [
+        range(item.start_mark.line, _end_line(item))
+        for item in node.value
+        if isinstance(item, yaml.MappingNode)
+        and any(
+            k.value == key and isinstance(v, yaml.ScalarNode) and v.value in values
+            for k, v in item.value
+        )
+    ]
+
+
 def without_entries(text: str, source: str, key: str, values: Collection[str]) -> str | None:
     """The text without the entries whose `key` is one of `values`, every other line kept as
     it was; None when there is none."""
-    node = compose_yaml(text, source)
-    if not isinstance(node, yaml.SequenceNode):
-        return None
-    spans = []
-    for item in node.value:
-        if isinstance(item, yaml.MappingNode) and any(
-            k.value == key and isinstance(v, yaml.ScalarNode) and v.value in values
-            for k, v in item.value
-        ):
-            spans.append((item.start_mark.line, _end_line(item)))
+    spans = entry_spans(text, source, key, values)
     if not spans:
         return None
-    lines = text.splitlines(keepends=True)
-    drop = {n for start, end in spans for n in range(start, end)}
-    return "".join(line for n, line in enumerate(lines) if n not in drop)
+    drop = {n for span in spans for n in span}
+    return "".join(line for n, line in enumerate(text.splitlines(keepends=True)) if n not in drop)
 
 
 def _end_line(item: yaml.Node) -> int:
