@@ -34,6 +34,7 @@ from tests.conftest import (
     replace_file,
     until,
 )
+from tests.test_authz import paginating_catalog, walk_catalog
 
 SETUP = "grants:\n  file: grants.yaml\n"
 PUSH = ("PUT", "/v2/apps/web/manifests/1")
@@ -145,6 +146,31 @@ async def test_a_bad_entry_disables_only_itself_and_a_broken_file_keeps_the_last
         replace_file(path, "- [not: closed\n")  # not YAML: the last good file stays
         await until(refused)
     assert await _is(proxy, "pull", 200) and await _is(proxy, "other", 200)
+
+
+async def test_a_granted_pull_is_listed_in_the_catalog_and_audited(
+    make_proxy: ProxyFactory, tmp_path: Path, upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    upstream.handlers["/v2/_catalog"] = paginating_catalog(  # type: ignore[assignment]
+        ["apps/web", "library/x", "other/y"]
+    )
+    proxy = await make_proxy(SETUP + "acl:\n  - repositories: [library/**]\n    actions: [pull]\n")
+    listed = ["library/x"]
+    assert await walk_catalog(proxy, proxy.url + "/v2/_catalog", proxy.auth("pull")) == [listed]
+    grant_cli(tmp_path, "pull", "--actions", "pull", "--repositories", "apps/*", "--for", "1h",
+              "--reason", "read the release for the incident")  # fmt: skip
+    manifest = ("GET", "/v2/apps/web/manifests/1")
+    with caplog.at_level("INFO", "regproxy.audit"):
+        await until(lambda: _is(proxy, "pull", 200, manifest))
+        assert await status(proxy, "pull", "GET", "/v2/library/x/manifests/1") == 200
+    pages = await walk_catalog(proxy, proxy.url + "/v2/_catalog", proxy.auth("pull"))
+    assert pages == [["apps/web", *listed]]
+    lines = audited(caplog)  # the ACL's own pull is not audited; the granted one is
+    assert [(a["action"], a["repository"], a["status"]) for a in lines] == [
+        ("pull", "apps/web", 200)
+    ]
+    assert lines[0]["grant"]["reason"] == "read the release for the incident"  # type: ignore[index]
 
 
 def _id(text: str) -> str:

@@ -490,22 +490,20 @@ def _token_identity(
     return Identity(name, groups | users.groups_of(name), address, claims, issuer=issuer.issuer)
 
 
-def _robot(args: argparse.Namespace) -> int:
-    try:
-        config = config_module.load(_config_path(args), {})
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return robot_commands.run(args, config)
+def _on_config(
+    run: Callable[[argparse.Namespace, Config], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A command that edits a file the config names (`robot`, `grant`): the config loaded."""
 
+    def command(args: argparse.Namespace) -> int:
+        try:
+            config = config_module.load(_config_path(args), {})
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        return run(args, config)
 
-def _grant(args: argparse.Namespace) -> int:
-    try:
-        config = config_module.load(_config_path(args), {})
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return grant_commands.run(args, config)
+    return command
 
 
 _ANY_DIGEST = "sha256:" + "0" * 64
@@ -701,8 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": _explain,
         "import": _import,
         "passwd": _passwd,
-        "robot": _robot,
-        "grant": _grant,
+        "robot": _on_config(robot_commands.run),
+        "grant": _on_config(grant_commands.run),
     }
     try:
         args = _parser().parse_args(argv)
