@@ -332,6 +332,7 @@ def test_check_and_explain_say_what_they_see(tmp_path: Path) -> None:
         (("pull", "--repositories", "${user}/**"), 2, "--repositories: '${user}/**': placeholders"),
         (("pull", "--actions", "push,fly"), 2, "--actions: expected pull, push, delete"),
         (("pull", "--reason", " "), 2, "--reason: one line of text"),
+        (("pull", "--by", "on\ncall"), 2, "--by: one line of text"),
     ],
 )  # fmt: skip
 def test_the_cli_refuses_what_it_cannot_grant(

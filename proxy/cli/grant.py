@@ -114,6 +114,8 @@ def _problem(args: argparse.Namespace, config: Config) -> str | None:
         return f"USER: {problem}"
     if not args.reason.strip() or not args.reason.isprintable():
         return "--reason: one line of text, saying why"
+    if args.by is not None and (not args.by.strip() or not args.by.isprintable()):
+        return "--by: one line of text, naming who grants it"
     try:
         fixed_globs(args.repositories, "--repositories")
     except ValueError as exc:
@@ -139,8 +141,8 @@ def _unknown_user(config: Config, user: str) -> str | None:
 
 
 def _granted_by(args: argparse.Namespace) -> str:
-    if args.by:
-        return str(args.by)
+    if args.by is not None:
+        return str(args.by).strip()
     try:
         login = pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:

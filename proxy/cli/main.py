@@ -80,9 +80,9 @@ _COMMANDS = {  # name: (one-line help, description, exit codes)
     "check": (
         "check the configuration like `nginx -t` (serve's flags)",
         "Load everything serve would load: the config, the ACL, htpasswd and group files,\n"
-        "the LDAP and token sections, the certificate and key. Print `configuration ok`, or\n"
-        "every problem as FILE:LINE: message (in a checkout, with the files `make run`\n"
-        "would create).",
+        "the robots and grants files, the LDAP and token sections, the certificate and key.\n"
+        "Print `configuration ok`, or every problem as FILE:LINE: message (in a checkout,\n"
+        "with the files `make run` would create).",
         "  0    configuration ok\n  1    problems, each printed",
     ),
     "explain": (

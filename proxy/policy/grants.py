@@ -80,7 +80,8 @@ class Grants(tuple[Grant, ...]):
         return self
 
     def at(self, now: float) -> Active:
-        return Active(self._by_user, now)
+        # No grants (most configurations): nothing to make per request.
+        return Active(self._by_user, now) if self._by_user else NONE_ACTIVE
 
     def idle(self, user: str | None, action: Action, repository: str, now: float) -> list[Grant]:
         """The grants that would give `user` this action here, but are not in force now."""
@@ -88,5 +89,5 @@ class Grants(tuple[Grant, ...]):
         return [g for g in held if g.covers(action, repository) and not g.in_force(now)]
 
 
+NONE_ACTIVE = Active({}, 0.0)
 NO_GRANTS = Grants(())
-NONE_ACTIVE = NO_GRANTS.at(0.0)
