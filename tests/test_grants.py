@@ -108,7 +108,7 @@ async def test_a_grant_ends_on_the_clock_without_a_reload(
     make_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
     now = int(time.time())
-    ending = Grant("soon", "pull", frozenset({"push"}), ("apps/*",), now - 1, now + 3, "test")
+    ending = Grant("soon", "pull", frozenset({"push"}), ("apps/*",), now - 1, now + 5, "test")
     (tmp_path / "grants.yaml").write_text(entry_text(ending))  # there before the proxy starts
     proxy = await make_proxy(SETUP)
     assert await status(proxy, "pull", *PUSH) == 200
@@ -350,3 +350,9 @@ def test_the_cli_refuses_what_it_cannot_grant(
     (tmp_path / "regproxy.yaml").write_text("htpasswd: htpasswd\ngroups: null\n")
     unconfigured = regproxy("grant", "list", "-c", "regproxy.yaml", cwd=tmp_path)
     assert unconfigured.returncode == 1 and "no grants file" in unconfigured.stderr
+    (tmp_path / "regproxy.yaml").write_text("htpasswd: htpasswd\ngroups: null\n"
+                                            "grants:\n  file: nowhere/grants.yaml\n")  # fmt: skip
+    unwritable = regproxy("grant", *GIVE_PUSH, "-c", "regproxy.yaml", cwd=tmp_path)
+    assert unwritable.returncode == 1, unwritable.stderr
+    missing = "nowhere/.grants.yaml.lock: cannot write: No such file or directory\n"
+    assert unwritable.stderr == missing  # the directory is named, not a traceback

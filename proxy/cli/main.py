@@ -493,7 +493,8 @@ def _token_identity(
 def _on_config(
     run: Callable[[argparse.Namespace, Config], int],
 ) -> Callable[[argparse.Namespace], int]:
-    """A command that edits a file the config names (`robot`, `grant`): the config loaded."""
+    """A command that edits a file the config names (`robot`, `grant`): the config loaded,
+    and a file it cannot write (a missing directory, no permission) named, not a traceback."""
 
     def command(args: argparse.Namespace) -> int:
         try:
@@ -501,7 +502,11 @@ def _on_config(
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 1
-        return run(args, config)
+        try:
+            return run(args, config)
+        except OSError as exc:
+            print(f"{exc.filename}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            return 1
 
     return command
 
