@@ -1,8 +1,9 @@
 """The README's examples, run as a reader runs them, each block on a fresh clone: every
 ```console block (the commands after `$ `, then exactly the output they print), the quickstart
-(podman through `make run`'s proxy and registry: end to end), and the lists of what `make test`
-installs. A comment `<!-- readme: fresh clone | after make run | quickstart -->` before a block
-says where it starts: a clone as it is, or after `make run` made its files."""
+(podman through `make run`'s proxy and registry: end to end, then the blocks that go on from it),
+and the lists of what `make test` installs. A comment `<!-- readme: fresh clone | after make run
+| quickstart | after the quickstart -->` before a block says where it starts: a clone as it is,
+after `make run` made its files, or in the quickstart's shell."""
 
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ import pytest
 
 from devtools.net import free_socket
 from proxy.conf.config import Config
+from proxy.policy.grantfile import parse_max_duration
 from tests.e2e.harness import Podman
 from tests.terminal import Terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-STATES = ("fresh clone", "after make run", "quickstart")
+STATES = ("fresh clone", "after make run", "quickstart", "after the quickstart")
 FENCE = re.compile(r"( *)```(\w*)\n")
 
 
@@ -165,12 +167,25 @@ def test_the_defaults_the_readme_states_are_the_codes() -> None:
         assert getattr(getattr(defaults, section), key) == float(value), (section, key)
 
 
+def test_the_longest_grant_the_readme_states_is_the_codes() -> None:
+    """`grants.max_duration`: the config table's default and the prose's are the code's."""
+    text = " ".join(README.read_text().split())
+    table = re.findall(r"\| `grants\.max_duration` \| `(\w+)` \|", text)
+    prose = re.findall(r"at most `grants\.max_duration` \(default `(\w+)`\)", text)
+    assert len(table) == 1 and len(prose) == 1
+    for stated in table + prose:
+        assert parse_max_duration(stated) == Config().grants.max_duration
+
+
 @pytest.mark.e2e
 def test_quickstart(tmp_path: Path) -> None:
-    """`make run` in a fresh clone, then the quickstart's commands in one shell on a terminal
-    (podman with private storage), the ports replaced by free ones; every command succeeds
-    but those marked `# refused: WHY`, which fail saying WHY."""
-    (block,) = [b for b in readme_blocks() if b.state == "quickstart"]
+    """`make run` in a fresh clone, then the quickstart's commands and those that go on from it
+    in one shell on a terminal (podman with private storage), the ports replaced by free ones;
+    every command succeeds but those marked `# refused: WHY`, which fail saying WHY."""
+    (quickstart,) = [b for b in readme_blocks() if b.state == "quickstart"]
+    after = [b for b in readme_blocks() if b.state == "after the quickstart"]
+    assert after, "the README has no block that goes on from the quickstart"
+    text = "".join(block.text for block in (quickstart, *after))
     clone = fresh_clone(tmp_path / "clone")
     with free_socket() as a, free_socket() as b:
         port, registry_port = a.getsockname()[1], b.getsockname()[1]
@@ -199,7 +214,7 @@ def test_quickstart(tmp_path: Path) -> None:
         real = [shutil.which("podman") or "podman", *podman.base[1:]]
         shim.write_text(f'#!/bin/sh\nexec {shlex.join(real)} "$@"\n')
         shim.chmod(0o755)
-        steps = [s.strip() for s in block.text.replace("\\\n", " ").splitlines() if s.strip()]
+        steps = [s.strip() for s in text.replace("\\\n", " ").splitlines() if s.strip()]
         script = "".join(
             f'{step.replace("localhost:5043", f"localhost:{port}")}\necho "@@ $?"\n'
             for step in steps
@@ -222,5 +237,8 @@ def test_quickstart(tmp_path: Path) -> None:
         assert pulled.returncode == 0
     finally:
         make_run.send_signal(signal.SIGINT)
-        print(make_run.communicate(timeout=30)[0])  # shown when the test fails
+        served = make_run.communicate(timeout=30)[0]
+        print(served)  # shown when the test fails
         podman.cleanup()
+    # The grant's push (after the quickstart) is audited with the grant.
+    assert re.search(r'"user": "reader", "action": "push", .*"status": 201, "grant": ', served)

@@ -31,15 +31,15 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..core.problems import ConfigError, Problem, compose_yaml, construct, read_text
+from ..core.moments import parse_duration, parse_moment, timestamp
+from ..core.problems import ConfigError, Problem, read_text
+from ..core.yamllist import EntryFormat, read_entries
 from ..http.routes import ACTIONS, Action
 from ..policy.acl import glob_problem
 
@@ -94,44 +94,16 @@ def read_secret_file(path: Path) -> bytes:
     return secret.encode()
 
 
-def timestamp(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-_DURATION_RE = re.compile(r"(\d{1,5})([hdw])")
-_UNITS = {"h": 3600, "d": 86_400, "w": 604_800}
-
-
 def parse_expiry(text: str, now: float) -> float:
     """`30d`, `12h`, `2w` from now, or an ISO 8601 date or time (UTC unless it says)."""
-    match = _DURATION_RE.fullmatch(text.strip())
-    if match:
-        seconds = int(match[1]) * _UNITS[match[2]]
-        if seconds <= 0:
-            raise ValueError("the expiry must be in the future")
-        return now + seconds
     try:
-        return _moment(text)
+        return now + parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return parse_moment(text)
     except ValueError:
         raise ValueError(f"expected 30d, 12h, 2w or an ISO 8601 date, got {text!r}") from None
-
-
-def _moment(value: Any) -> float:
-    moment: datetime | None = None
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, date):  # YAML reads an unquoted 2030-01-01 as a date
-        moment = datetime(value.year, value.month, value.day)
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            moment = None
-    if not isinstance(moment, datetime):
-        raise ValueError(f"expected an ISO 8601 date and time, got {value!r}")
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def _field(key: str, value: Any) -> Any:
@@ -163,7 +135,7 @@ def _field(key: str, value: Any) -> Any:
         return frozenset(items)
     if key == "expires":
         try:
-            return _moment(value)
+            return parse_moment(value)
         except ValueError as exc:
             raise ValueError(f"expires: {exc}") from None
     if key == "secret":
@@ -173,53 +145,17 @@ def _field(key: str, value: Any) -> Any:
     return "" if value is None else str(value)
 
 
-def _robot(node: yaml.Node, source: str) -> Robot:
-    """One entry; ValueError with `line: message` for the first problem."""
-    line = node.start_mark.line + 1
-    if not isinstance(node, yaml.MappingNode):
-        raise ValueError(f"{line}: expected a mapping (name, repositories, actions, ...)")
-    values: dict[str, Any] = {}
-    for key_node, value_node in node.value:
-        key, key_line = str(key_node.value), key_node.start_mark.line + 1
-        if key not in _KEYS:
-            raise ValueError(f"{key_line}: unknown key {key!r} (known: {', '.join(_KEYS)})")
-        if key in values:
-            raise ValueError(f"{key_line}: duplicate key {key!r}")
-        try:
-            values[key] = _field(key, construct(value_node))
-        except ValueError as exc:
-            raise ValueError(f"{key_line}: {exc}") from None
-    missing = [k for k in _REQUIRED if k not in values]
-    if missing:
-        raise ValueError(f"{line}: missing {', '.join(missing)}")
-    values["secret_hash"] = values.pop("secret")
-    return Robot(origin=f"{source}:{line}", **values)
+_FORMAT = EntryFormat("robot", _KEYS, _REQUIRED, "name", _field)
 
 
 def parse_robots(text: str, source: str) -> tuple[dict[str, Robot], list[Problem]]:
     """The robots of a file by name, and the entries that were skipped (file:line). Raises
     ConfigError when the file is not a YAML list at all."""
-    node = compose_yaml(text, source)
-    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
-        return {}, []
-    if not isinstance(node, yaml.SequenceNode):
-        line = node.start_mark.line + 1
-        raise ConfigError([Problem(source, line, "robots: expected a list of robots")])
-    robots: dict[str, Robot] = {}
-    problems: list[Problem] = []
-    for item in node.value:
-        try:
-            robot = _robot(item, source)
-        except ValueError as exc:
-            line, _, message = str(exc).partition(": ")
-            problems.append(Problem(source, int(line), f"robot disabled: {message}"))
-            continue
-        if robot.name in robots:
-            line = int(robot.origin.rpartition(":")[2])
-            first = robots[robot.name].origin
-            problems.append(Problem(source, line, f"robot {robot.name!r} repeated ({first} wins)"))
-            continue
-        robots[robot.name] = robot
+    entries, problems = read_entries(text, source, _FORMAT)
+    robots = {}
+    for line, values in entries:
+        values["secret_hash"] = values.pop("secret")
+        robots[values["name"]] = Robot(origin=f"{source}:{line}", **values)
     return robots, problems
 
 
@@ -246,40 +182,6 @@ def entry_text(robot: Robot) -> str:
     return yaml.safe_dump([fields], sort_keys=False, default_flow_style=None, width=1000)
 
 
-def without_entry(text: str, name: str, source: str) -> str | None:
-    """The file's text without the entry (or entries) named `name`, every other line kept
-    as it was; None when there is none."""
-    node = compose_yaml(text, source)
-    if not isinstance(node, yaml.SequenceNode):
-        return None
-    spans = []
-    for item in node.value:
-        if isinstance(item, yaml.MappingNode) and any(
-            k.value == "name" and isinstance(v, yaml.ScalarNode) and v.value == name
-            for k, v in item.value
-        ):
-            spans.append((item.start_mark.line, _end_line(item)))
-    if not spans:
-        return None
-    lines = text.splitlines(keepends=True)
-    drop = {n for start, end in spans for n in range(start, end)}
-    return "".join(line for n, line in enumerate(lines) if n not in drop)
-
-
-def _end_line(item: yaml.Node) -> int:
-    """The line after an entry (a block mapping's end mark is at the next entry's line)."""
-    end = item.end_mark
-    return end.line + 1 if end.column > 0 else end.line
-
-
-def appendable(text: str, source: str) -> bool:
-    """Whether a new entry can be appended as text: an empty file or a block list."""
-    node = compose_yaml(text, source)
-    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
-        return True
-    return isinstance(node, yaml.SequenceNode) and not node.flow_style
-
-
 def expired(robot: Robot, now: float) -> bool:
     return robot.expires <= now
 
@@ -287,19 +189,3 @@ def expired(robot: Robot, now: float) -> bool:
 def usage_path(robots: Path) -> Path:
     """Where the workers record when each robot was last used."""
     return robots.with_name(robots.name + ".last-used")
-
-
-def describe(robots: Mapping[str, Robot], used: Mapping[str, float], now: float) -> list[str]:
-    """`regproxy robot list`: one line per robot."""
-    rows = [("NAME", "OWNER", "ACTIONS", "REPOSITORIES", "EXPIRES", "LAST USED")]
-    for robot in sorted(robots.values(), key=lambda r: r.name):
-        expires = timestamp(robot.expires) + (" (expired)" if expired(robot, now) else "")
-        last = timestamp(used[robot.name]) if robot.name in used else "never"
-        actions = ",".join(a for a in ACTIONS if a in robot.actions)
-        rows.append(
-            (robot.name, robot.owner or "-", actions, " ".join(robot.repositories), expires, last)
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]

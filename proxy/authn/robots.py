@@ -26,10 +26,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from ..core.moments import timestamp
 from ..policy.identity import RobotGrant
 from . import AuthResult, Outcome
 from .htpasswd import UserFiles
-from .robotfile import SECRET_PREFIX, USER_PREFIX, Robot, expired, secret_hash, timestamp
+from .robotfile import SECRET_PREFIX, USER_PREFIX, Robot, expired, secret_hash
 
 log = logging.getLogger("regproxy.authn.robots")
 

@@ -34,15 +34,19 @@ from ..conf.config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS, Config
 from ..conf.snapshot import load_users, preflight
 from ..core.addresses import IPAddress, ip_address
 from ..core.limits import raise_open_files_limit
+from ..core.moments import parse_moment, timestamp
 from ..core.problems import ConfigError, Problem, read_text, write_atomically
 from ..http.routes import ACTIONS, TAG_RE, Action, Operation, valid_component, valid_name
 from ..observe.logsetup import configure_logging
 from ..policy.acl import TAG_SECTIONS
+from ..policy.grantfile import load_grants
+from ..policy.grants import Grant
 from ..policy.identity import Identity
 from ..policy.rules import Decision, decide
 from ..policy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
 from ..serve.supervisor import become_supervisor
 from ..serve.worker import bind, run_worker
+from . import grant as grant_commands
 from . import robot as robot_commands
 
 log = logging.getLogger("regproxy")
@@ -76,9 +80,9 @@ _COMMANDS = {  # name: (one-line help, description, exit codes)
     "check": (
         "check the configuration like `nginx -t` (serve's flags)",
         "Load everything serve would load: the config, the ACL, htpasswd and group files,\n"
-        "the LDAP and token sections, the certificate and key. Print `configuration ok`, or\n"
-        "every problem as FILE:LINE: message (in a checkout, with the files `make run`\n"
-        "would create).",
+        "the robots and grants files, the LDAP and token sections, the certificate and key.\n"
+        "Print `configuration ok`, or every problem as FILE:LINE: message (in a checkout,\n"
+        "with the files `make run` would create).",
         "  0    configuration ok\n  1    problems, each printed",
     ),
     "explain": (
@@ -86,7 +90,9 @@ _COMMANDS = {  # name: (one-line help, description, exit codes)
         "Dry-run the ACL: print ALLOW or DENY, the rule that decided (FILE:LINE), the\n"
         "upstream the request would go to and the user's groups. --acl tries a rules file\n"
         "before putting it in the config. --tag: a manifest request by that tag (tag rules,\n"
-        "immutable tags, protected deletes); without it, by digest (or a blob).",
+        "immutable tags, protected deletes); without it, by digest (or a blob). A\n"
+        "break-glass grant that decides is named, with what the ACL alone would say; --at\n"
+        "decides at another moment (grants in force then).",
         "  0    allowed\n  3    denied\n  1    the configuration cannot be loaded",
     ),
     "import": (
@@ -111,6 +117,16 @@ _COMMANDS = {  # name: (one-line help, description, exit codes)
         "  0    done (--verify: the password is right)\n"
         "  1    a file problem, an empty password, a refused name, or USER not found\n"
         "  3    --verify: wrong password",
+    ),
+    "grant": (
+        "give a user rights they lack, for a while (break-glass)",
+        "`grant USER` gives USER the --actions on the --repositories that the ACL refuses\n"
+        "them, from now --for DURATION (at most grants.max_duration), and says why\n"
+        "(--reason). Every request it allows is audited with the grant. It applies on every\n"
+        "worker reading the grants file within a second and ends on the clock. `list` shows\n"
+        "the grants, `revoke` removes one by id, or every grant of a user. Needs `grants:\n"
+        "{file: ...}` in the config.",
+        "  0    done\n  1    the config has no grants file, a file problem, or nothing to revoke",
     ),
     "robot": (
         "create, list or revoke robot accounts (CI credentials)",
@@ -163,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--client", metavar="IP", help="client address, for rules with networks")
     explain.add_argument("--tag", metavar="TAG", help="a manifest request by this tag")
     explain.add_argument(
+        "--at", metavar="TIME", help="decide at this ISO 8601 time (grants in force then)"
+    )
+    explain.add_argument(
         "--claims",
         type=Path,
         metavar="FILE",
@@ -204,6 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     passwd.add_argument("--groups", help="Redis: the user's groups (space separated; '' none)")
     passwd.add_argument("--upstream", metavar="URL", help="Redis: the user's registry ('' none)")
     robot_commands.add_arguments(_command(commands, "robot"), _add_config_flag)
+    grant_commands.add_arguments(_command(commands, "grant"), _add_config_flag)
     return parser
 
 
@@ -356,10 +376,16 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"{args.tag!r} is not a valid tag", file=sys.stderr)
         return 2
     try:
+        moment = time.time() if args.at is None else parse_moment(args.at)
+    except ValueError as exc:
+        print(f"--at: {exc}", file=sys.stderr)
+        return 2
+    try:
         config, missing = _without_missing_user_files(
             config_module.load(_config_path(args), _overrides(args))
         )
         users = load_users(config)[0]
+        grants = load_grants(config.grants)[0]
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -368,7 +394,7 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"REFUSED {args.user}: {who}")
         return 3
     user, groups = who.user, who.robot.principal_groups if who.robot else who.groups
-    decision = decide(config.rules, who, args.action, args.repository, args.tag)
+    decision = decide(config.rules, who, args.action, args.repository, args.tag, grants.at(moment))
     check = _tag_check(config, args.action, args.repository, args.tag, decision)
     allowed = decision.allowed and not isinstance(check, Denied)
     target = args.repository + (f":{args.tag}" if args.tag else "")
@@ -378,6 +404,9 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"  acl: {decision.reason} allows it")
     else:
         print(f"  decided by: {decision.reason}")
+    if decision.grant is not None:
+        print(f"  grant: {_grant_words(decision.grant)}")
+        print(f"  without it: DENY, {decision.acl_reason}")
     if isinstance(check, Overwrite):
         print(f"  immutable: {_tag_rule_name(check.rule)}: a push changing {args.tag} is refused")
     if isinstance(check, Pointers):
@@ -388,12 +417,26 @@ def _explain(args: argparse.Namespace) -> int:
     print(f"  groups: {', '.join(sorted(groups)) or '(none)'}")
     if who.robot is not None:
         print(f"  robot {who.robot.name} acting as {who.robot.principal}")
+    for grant in grants.idle(who.user, args.action, args.repository, moment):
+        when = "ended" if moment >= grant.expires else "starts"
+        moment_text = timestamp(grant.expires if when == "ended" else grant.granted)
+        print(f"  note: grant {grant.id} ({grant.origin}) {when} at {moment_text}")
     for path in missing:
         print(f"  note: {path} does not exist (yet): read as empty")
     known = user in users.htpasswd.users or who.claims or who.robot
     if user and "htpasswd" in config.auth_backends and not known:
         print(f"  note: {user!r} is not in {config.htpasswd}")
     return 0 if allowed else 3
+
+
+def _grant_words(grant: Grant) -> str:
+    """A grant as `explain` describes it."""
+    actions = ",".join(a for a in ACTIONS if a in grant.actions)
+    by = f" by {grant.granted_by}" if grant.granted_by else ""
+    return (
+        f"{grant.user} may {actions} {' '.join(grant.repositories)} from"
+        f" {timestamp(grant.granted)} until {timestamp(grant.expires)}, granted{by}: {grant.reason}"
+    )
 
 
 def _who(
@@ -447,13 +490,25 @@ def _token_identity(
     return Identity(name, groups | users.groups_of(name), address, claims, issuer=issuer.issuer)
 
 
-def _robot(args: argparse.Namespace) -> int:
-    try:
-        config = config_module.load(_config_path(args), {})
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return robot_commands.run(args, config)
+def _on_config(
+    run: Callable[[argparse.Namespace, Config], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A command that edits a file the config names (`robot`, `grant`): the config loaded,
+    and a file it cannot write (a missing directory, no permission) named, not a traceback."""
+
+    def command(args: argparse.Namespace) -> int:
+        try:
+            config = config_module.load(_config_path(args), {})
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        try:
+            return run(args, config)
+        except OSError as exc:
+            print(f"{exc.filename}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+
+    return command
 
 
 _ANY_DIGEST = "sha256:" + "0" * 64
@@ -649,7 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": _explain,
         "import": _import,
         "passwd": _passwd,
-        "robot": _robot,
+        "robot": _on_config(robot_commands.run),
+        "grant": _on_config(grant_commands.run),
     }
     try:
         args = _parser().parse_args(argv)

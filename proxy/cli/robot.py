@@ -11,13 +11,10 @@ Commands return exit codes; `proxy.cli.main` exits.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..authn.credentials import parse_htpasswd
@@ -26,25 +23,24 @@ from ..authn.robotfile import (
     NAME_RE,
     USER_PREFIX,
     Robot,
-    appendable,
     derive,
-    describe,
     entry_text,
+    expired,
     load_robots,
     new_secret,
     parse_expiry,
-    parse_robots,
     read_secret_file,
     secret_hash,
-    timestamp,
     usage_path,
-    without_entry,
 )
 from ..authn.robots import read_usage
 from ..conf.config import Config
+from ..core.moments import timestamp
 from ..core.problems import ConfigError, read_text, write_atomically
+from ..core.yamllist import entry_spans
 from ..http.routes import ACTIONS, Action
 from ..policy.acl import glob_problem
+from .listfile import Refused, aligned, append, remove
 
 HEADER = (
     "# regproxy robot accounts: written by `regproxy robot`, fine to edit by hand.\n"
@@ -113,16 +109,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return 1
 
 
-@contextlib.contextmanager
-def _exclusive(robots: Path) -> Iterator[None]:
-    fd = os.open(robots.with_name(f".{robots.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def _secret(config: Config) -> bytes:
     """The server's secret; made (random, mode 0600) when the file does not exist yet."""
     path = config.secret_file
@@ -168,31 +154,30 @@ def _create(args: argparse.Namespace, config: Config, robots: Path) -> int:
         print(problem, file=sys.stderr)
         return 2
     key = derive(_secret(config), "robots")
-    with _exclusive(robots):
-        text = read_text(robots) if robots.exists() else ""
-        if not appendable(text, str(robots)):
-            print(f"{robots} is not a block list of robots: edit it by hand", file=sys.stderr)
-            return 1
-        if args.name in parse_robots(text, str(robots))[0] or without_entry(
-            text, args.name, str(robots)
-        ):
-            print(f"a robot named {args.name!r} exists: revoke it first", file=sys.stderr)
-            return 1
-        secret = new_secret()
-        actions = _actions(args.actions)
-        assert actions is not None
-        robot = Robot(
-            args.name,
-            secret_hash(key, secret),
-            tuple(args.repositories),
-            actions,
-            parse_expiry(args.expires, now),
-            args.owner,
-            args.description,
-            timestamp(now),
-        )
-        prefix = (text if text.endswith("\n") or not text else text + "\n") or HEADER
-        write_atomically(robots, prefix + entry_text(robot))
+    secret = new_secret()
+    actions = _actions(args.actions)
+    assert actions is not None
+    robot = Robot(
+        args.name,
+        secret_hash(key, secret),
+        tuple(args.repositories),
+        actions,
+        parse_expiry(args.expires, now),
+        args.owner,
+        args.description,
+        timestamp(now),
+    )
+
+    def entry(text: str) -> str:
+        if _named(text, robots, args.name):
+            raise Refused(f"a robot named {args.name!r} exists: revoke it first")
+        return entry_text(robot)
+
+    try:
+        append(robots, HEADER, entry)
+    except Refused as exc:
+        print(exc, file=sys.stderr)
+        return 1
     print(secret)
     print(
         f"robot {args.name} created, expires {timestamp(robot.expires)}: log in as "
@@ -200,6 +185,11 @@ def _create(args: argparse.Namespace, config: Config, robots: Path) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _named(text: str, robots: Path, name: str) -> bool:
+    """Whether an entry of the file, usable or not, has this name."""
+    return bool(entry_spans(text, str(robots), "name", (name,)))
 
 
 def _list(args: argparse.Namespace, config: Config, robots: Path) -> int:
@@ -211,13 +201,22 @@ def _list(args: argparse.Namespace, config: Config, robots: Path) -> int:
     return 0
 
 
+def describe(robots: Mapping[str, Robot], used: Mapping[str, float], now: float) -> list[str]:
+    """`regproxy robot list`: one line per robot."""
+    rows = [("NAME", "OWNER", "ACTIONS", "REPOSITORIES", "EXPIRES", "LAST USED")]
+    for robot in sorted(robots.values(), key=lambda r: r.name):
+        expires = timestamp(robot.expires) + (" (expired)" if expired(robot, now) else "")
+        last = timestamp(used[robot.name]) if robot.name in used else "never"
+        actions = ",".join(a for a in ACTIONS if a in robot.actions)
+        rows.append(
+            (robot.name, robot.owner or "-", actions, " ".join(robot.repositories), expires, last)
+        )
+    return aligned(rows)
+
+
 def _revoke(args: argparse.Namespace, config: Config, robots: Path) -> int:
-    with _exclusive(robots):
-        text = read_text(robots) if robots.exists() else ""
-        kept = without_entry(text, args.name, str(robots)) if text else None
-        if kept is None:
-            print(f"no robot named {args.name!r} in {robots}", file=sys.stderr)
-            return 1
-        write_atomically(robots, kept)
+    if not remove(robots, "name", (args.name,)):
+        print(f"no robot named {args.name!r} in {robots}", file=sys.stderr)
+        return 1
     print(f"robot {args.name} revoked")
     return 0

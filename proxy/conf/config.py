@@ -32,6 +32,7 @@ from ..policy.acl import (
     parse_rules,
     parse_tag_rules,
 )
+from ..policy.grantfile import GrantSettings, parse_max_duration
 from ..policy.rules import Rule, recipe_rules
 from ..policy.tagrules import TagRule
 from ..state.redis_layout import parse_redis_url
@@ -99,6 +100,7 @@ class Config:
     oidc: OidcSettings | None = None  # workload tokens: proxy.authn.oidc_settings
     robots: Path | None = None  # the robots file (proxy.authn.robotfile)
     secret_file: Path | None = None  # the server's secret: robot hashes, upload bindings
+    grants: GrantSettings = field(default_factory=GrantSettings)  # break-glass grants
     auth_backends: tuple[Backend, ...] = ("htpasswd",)
     acl: tuple[Rule, ...] | None = None  # None: the recipe's rules (push_group)
     acl_file: Path | None = None  # where `acl` came from when it is a separate file
@@ -124,7 +126,7 @@ class Config:
             files.extend((self.token.key, self.token.certificate))
         if self.oidc is not None:
             files.extend(self.oidc.ca_files())
-        files.extend(p for p in (self.robots, self.secret_file) if p is not None)
+        files.extend(p for p in (self.robots, self.secret_file, self.grants.file) if p is not None)
         if self.groups is not None:
             files.append(self.groups)
         files.extend(p for p in (self.source, self.acl_file) if p is not None)
@@ -335,6 +337,8 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "oidc": ("oidc", "oidc"),  # handled by _load_oidc
     "robots": ("robots", _OPTIONAL_PATH),
     "secret_file": ("secret_file", _OPTIONAL_PATH),
+    "grants.file": ("grants.file", _OPTIONAL_PATH),
+    "grants.max_duration": ("grants.max_duration", parse_max_duration),
     "token": ("token", "token"),  # built from the token.* keys by _combinations
     "token.issuer": ("token.issuer", _parse_text),
     "token.service": ("token.service", _parse_text),

@@ -1,7 +1,7 @@
 """A snapshot: everything a request reads, built from the files at once and never mutated.
 
-`load_snapshot` reads and parses every file (config, ACL, htpasswd, groups, robots, the
-server's secret, token key, TLS pair). It does blocking I/O and slow work (parsing a large
+`load_snapshot` reads and parses every file (config, ACL, htpasswd, groups, robots, grants,
+the server's secret, token key, TLS pair). It does blocking I/O and slow work (parsing a large
 htpasswd file, a dummy bcrypt hash, loading certificates), so a running server calls it in a
 worker thread (`proxy.conf.reload`); the CLI calls it directly.
 """
@@ -21,6 +21,8 @@ from ..authn.htpasswd import UserFiles
 from ..authn.robotfile import Robot, derive, load_robots, read_secret_file
 from ..core.problems import ConfigError, Problem, read_text
 from ..http.tls import load_certificate, server_context
+from ..policy.grantfile import load_grants
+from ..policy.grants import NO_GRANTS, Grants
 from ..policy.rules import Rule, RuleSet
 from ..tokenserver.scopes import Signer, load_signer
 from . import config as config_module
@@ -54,6 +56,7 @@ class Snapshot:
     signatures: Mapping[Path, Signature] = field(default_factory=dict, compare=False)
     robots: Mapping[str, Robot] = field(default_factory=lambda: MappingProxyType({}))
     secret: bytes | None = field(default=None, repr=False)  # the config's secret_file
+    grants: Grants = NO_GRANTS  # break-glass grants (in force or not: checked per request)
 
     def key(self, purpose: str) -> bytes | None:
         """A key derived from the server's secret for one purpose, if there is a secret."""
@@ -135,6 +138,12 @@ def load_snapshot(
             problems = problems + robot_problems
     except ConfigError as exc:
         fatal += exc.problems
+    grants = NO_GRANTS
+    try:
+        grants, grant_problems = load_grants(config.grants)
+        problems = problems + grant_problems
+    except ConfigError as exc:
+        fatal += exc.problems
     context = None
     try:
         context = load_tls(config) if tls else None
@@ -151,7 +160,16 @@ def load_snapshot(
         raise ConfigError(fatal + problems)
     rules = RuleSet(config.rules)  # indexed here, off the event loop
     snapshot = Snapshot(
-        config, users, rules, signer, context, None, signatures, MappingProxyType(robots), secret
+        config,
+        users,
+        rules,
+        signer,
+        context,
+        None,
+        signatures,
+        MappingProxyType(robots),
+        secret,
+        grants,
     )
     return snapshot, problems
 

@@ -1,4 +1,5 @@
-"""The audit log: one JSON line per push or delete decision, allowed or refused."""
+"""The audit log: one JSON line per push or delete decision, allowed or refused, and per
+request a break-glass grant allowed."""
 
 from __future__ import annotations
 
@@ -7,27 +8,57 @@ import logging
 from datetime import UTC, datetime
 
 from ..http.routes import Operation
+from ..policy.grants import Grant
 from ..policy.identity import Identity
+from ..policy.rules import Verdict
 
 audit_log = logging.getLogger("regproxy.audit")
 
 
-def audit(who: Identity, operation: Operation, status: int) -> None:
-    """Record a push or delete decision (other actions are not audited). A robot's line names
-    the robot and its owner; a workload token's, its issuer and subject."""
-    if operation.action not in ("push", "delete"):
+def audit(who: Identity, operation: Operation, status: int, verdict: Verdict | None) -> None:
+    """Record a push or delete decision, and any request a grant allowed (other requests are
+    not audited). A robot's line names the robot and its owner; a workload token's, its
+    issuer and subject; a grant's, the grant (`mount_grant`: the one that allowed reading a
+    mount's source)."""
+    grant = verdict.decision.grant if verdict is not None else None
+    mount_grant = verdict.mount_grant if verdict is not None else None
+    if operation.action not in ("push", "delete") and grant is None and mount_grant is None:
         return
-    entry: dict[str, object] = {
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "client": str(who.address) if who.address else None,
-        "user": who.user,
+    entry = _stamp(who) | {
         "action": operation.action,
         "repository": operation.repository,
         "reference": operation.reference,
         "status": status,
     }
+    entry |= _acting(who)
+    if grant is not None:
+        entry["grant"] = grant.record()
+    if mount_grant is not None:
+        entry["mount_grant"] = mount_grant.record()
+    audit_log.info(json.dumps(entry))
+
+
+def audit_token(who: Identity, scope: str, grant: Grant) -> None:
+    """Record a token (token server mode) holding a scope a grant gave: the registry, not the
+    proxy, sees the requests made with it."""
+    entry = _stamp(who) | {"action": "token", "scope": scope} | _acting(who)
+    audit_log.info(json.dumps(entry | {"grant": grant.record()}))
+
+
+def _stamp(who: Identity) -> dict[str, object]:
+    """When, and who asked from where."""
+    return {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "client": str(who.address) if who.address else None,
+        "user": who.user,
+    }
+
+
+def _acting(who: Identity) -> dict[str, object]:
+    """A robot and its owner, or a workload token's issuer and subject."""
+    entry: dict[str, object] = {}
     if who.robot is not None:
         entry |= {"robot": who.robot.name, "owner": who.robot.owner}
     if who.issuer is not None:
         entry |= {"issuer": who.issuer, "subject": who.claims.get("sub")}
-    audit_log.info(json.dumps(entry))
+    return entry

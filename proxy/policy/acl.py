@@ -123,6 +123,9 @@ def _fixed(parse: Callable[[Any, str], tuple[str, ...]]) -> Callable[[Any, str],
     return parse_fixed
 
 
+fixed_globs = _fixed(_globs)  # repository globs that hold for every caller alike
+
+
 def _networks(value: Any, key: str) -> tuple[IPNetwork, ...]:
     try:
         return parse_networks(value)
@@ -231,12 +234,12 @@ _FIELDS: dict[str, Callable[[Any, str], Any]] = {
 }
 _TAG_RULE_FIELDS: dict[TagRuleKind, dict[str, Callable[[Any, str], Any]]] = {
     "immutable": {
-        "repositories": _fixed(_globs),
+        "repositories": fixed_globs,
         "tags": _fixed(_tag_globs),
         "description": _description,
     },
     "protected": {
-        "repositories": _fixed(_globs),
+        "repositories": fixed_globs,
         "tags": _fixed(_tag_globs),
         "allow_by_digest": _boolean,
         "description": _description,

@@ -11,6 +11,9 @@ the push group may do anything, any other valid user may pull.
 
 A robot's request is decided as its principal's (its owner's) would be, and then only within
 the robot's own scopes: it never exceeds, nor outlives, whoever it acts for.
+
+What the ACL refuses a user, a break-glass grant in force at that moment may allow
+(`proxy.policy.grants`): the decision then names the grant, and the rule that refused.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ..core.addresses import IPNetwork
 from ..http.routes import ACTIONS, Action, Operation, valid_component
 from . import claims as claim_values
 from .globs import glob_pattern, glob_regex
+from .grants import NONE_ACTIVE, Active, Grant
 from .identity import Identity
 
 PLACEHOLDER_RE = re.compile(r"\$\{(user|group)\}")
@@ -198,11 +202,14 @@ class RuleSet(tuple[Rule, ...]):
 
 @dataclass(frozen=True)
 class Decision:
-    """The answer, the rule that gave it (None: nothing matched) and where to forward."""
+    """The answer, the rule that gave it (None: nothing matched) and where to forward. With
+    `grant`, the grant allowed what `rule` (or the default) refused; the request still goes
+    where that rule routes the repository."""
 
     allowed: bool
     rule: Rule | None
     limited_by: str = ""  # what refused an action the rule grants (a robot's scopes)
+    grant: Grant | None = None
 
     @property
     def upstream(self) -> str | None:
@@ -210,6 +217,13 @@ class Decision:
 
     @property
     def reason(self) -> str:
+        if self.grant:
+            return f"grant {self.grant.id} ({self.grant.origin})"
+        return self.acl_reason
+
+    @property
+    def acl_reason(self) -> str:
+        """What the ACL says, whatever a grant adds."""
         if self.limited_by:
             return self.limited_by
         if self.rule:
@@ -255,10 +269,12 @@ def decide(
     action: Action | None,
     repository: str | None = None,
     tag: str | None = None,
+    grants: Active = NONE_ACTIVE,
 ) -> Decision:
-    """First matching rule decides. `action` None (the catalog) asks only whether the caller
-    may use the registry at all: any valid user may, and anonymous callers may when some
-    rule for anonymous requests grants anything."""
+    """First matching rule decides; what it refuses, a grant in force may allow. `action`
+    None (the catalog) asks only whether the caller may use the registry at all: any valid
+    user may, and anonymous callers may when some rule for anonymous requests grants
+    anything."""
     if who.robot is not None:
         return _within_scopes(rules, who, action, repository, tag)
     if action is None:
@@ -267,7 +283,10 @@ def decide(
         rule = next((r for r in rules if r.matches_who(who) and r.actions), None)
         return Decision(rule is not None, rule)
     rule = first_match(rules, who, repository, tag)
-    return Decision(rule is not None and action in rule.actions, rule)
+    if rule is not None and action in rule.actions:
+        return Decision(True, rule)
+    grant = grants.find(who.user, action, repository) if repository is not None else None
+    return Decision(grant is not None, rule, grant=grant)
 
 
 def _within_scopes(
@@ -298,14 +317,17 @@ class Verdict:
 
     decision: Decision
     drop_mount: bool = False  # forward the upload without its cross-repository mount
+    mount_grant: Grant | None = None  # the grant that allowed reading the mount's source
 
     @property
     def allowed(self) -> bool:
         return self.decision.allowed
 
 
-def authorize(rules: tuple[Rule, ...], who: Identity, operation: Operation) -> Verdict:
-    """Check every repository the operation touches.
+def authorize(
+    rules: tuple[Rule, ...], who: Identity, operation: Operation, grants: Active = NONE_ACTIVE
+) -> Verdict:
+    """Check every repository the operation touches (with the grants in force).
 
     A cross-repository mount also reads `mount_from`: without pull there (or when the two
     repositories live on different upstreams) the mount is dropped, so the registry starts an
@@ -315,8 +337,9 @@ def authorize(rules: tuple[Rule, ...], who: Identity, operation: Operation) -> V
         # Always challenge: clients learn from the ping whether to send credentials, and
         # one that got 200 here would never send them, even to push.
         return Verdict(Decision(False, None))
-    decision = decide(rules, who, operation.action, operation.repository, operation.tag)
+    decision = decide(rules, who, operation.action, operation.repository, operation.tag, grants)
     if not decision.allowed or operation.mount_from is None:
         return Verdict(decision)
-    source = decide(rules, who, "pull", operation.mount_from)
-    return Verdict(decision, not source.allowed or source.upstream != decision.upstream)
+    source = decide(rules, who, "pull", operation.mount_from, grants=grants)
+    drop = not source.allowed or source.upstream != decision.upstream
+    return Verdict(decision, drop, None if drop else source.grant)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiohttp import web
 
@@ -110,6 +111,7 @@ class Handler:
             return None
         ctx.counted_as = "token"
         return await token_endpoint(ctx.request, settings, signer, ctx.snapshot.rules,
+                                    ctx.snapshot.grants,
                                     lambda authorization: self._who(ctx, authorization),
                                     lambda denied: _denied(denied, ctx.config.realm))  # fmt: skip
 
@@ -168,7 +170,8 @@ class Handler:
         """The policy's answer; where an allowed request goes (a refused mount dropped)."""
         request, operation, who, config = ctx.request, ctx.operation, ctx.identity, ctx.config
         assert operation is not None and who is not None
-        verdict = ctx.verdict = authorize(ctx.snapshot.rules, who, operation)
+        grants = ctx.snapshot.grants.at(time.time())  # grants expire on the clock, not at a reload
+        verdict = ctx.verdict = authorize(ctx.snapshot.rules, who, operation, grants)
         if not verdict.allowed:
             if who.anonymous:
                 return unauthorized(config.realm)
@@ -191,9 +194,10 @@ class Handler:
             return None
         rules, who, upstream = ctx.snapshot.rules, ctx.identity, ctx.route.upstream
         default = who.upstream or ctx.config.upstream
+        grants = ctx.snapshot.grants.at(time.time())
 
         def may_pull(name: str) -> bool:
-            decision = decide(rules, who, "pull", name)
+            decision = decide(rules, who, "pull", name, grants=grants)
             return decision.allowed and (decision.upstream or default) == upstream
 
         query = ctx.request.raw_path.partition("?")[2]
@@ -237,12 +241,13 @@ class Handler:
 
     @staticmethod
     def _record(ctx: RequestContext, response: web.StreamResponse) -> None:
-        """Metrics, and the audit line of a push or delete decided for an identity."""
+        """Metrics, and the audit line of a push or delete decided for an identity (or of any
+        request a grant allowed)."""
         metrics.RECORD.request(ctx.counted_as, response.status)
         if ctx.sent is not None:
             metrics.RECORD.transferred(ctx.request.content.total_bytes, ctx.sent)
         if ctx.identity is not None and ctx.operation is not None:
-            audit(ctx.identity, ctx.operation, response.status)
+            audit(ctx.identity, ctx.operation, response.status, ctx.verdict)
 
 
 def _denied(denied: Denied, realm: str) -> web.Response:

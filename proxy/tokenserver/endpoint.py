@@ -8,6 +8,7 @@ The caller is authenticated by the same step as any request (throttle included).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -15,6 +16,8 @@ from multidict import MultiMapping
 
 from ..authn.chain import Denied
 from ..authn.credentials import basic_header
+from ..observe.audit import audit_token
+from ..policy.grants import Grants
 from ..policy.identity import Identity
 from ..policy.rules import Rule
 from .scopes import Signer, TokenSettings, issue
@@ -30,11 +33,12 @@ async def token_endpoint(
     settings: TokenSettings,
     signer: Signer,
     rules: tuple[Rule, ...],
+    grants: Grants,
     identify: Identify,
     refuse: Refuse,
 ) -> web.StreamResponse:
     """Authenticate the caller (`identify`, `refuse`) and issue a token for the scopes the
-    rules grant."""
+    rules (or the grants in force) give; each scope a grant gave is audited."""
     params: MultiMapping[str | bytes | object]
     if request.method == "GET":
         params = request.query
@@ -59,8 +63,12 @@ async def token_endpoint(
     if account and account != who.user:
         return oauth_error(400, "invalid_request", "account does not match the credentials")
     scopes = [str(v) for v in params.getall("scope", [])]
-    answer = issue(settings, signer, rules, who, scopes)
+    now = time.time()
+    answer, access = issue(settings, signer, rules, who, scopes, now, grants.at(now))
     log.info("token for %s: %s", who.user or "anonymous", answer["scope"] or "(no access)")
+    for scope in access:
+        for grant in scope.grants:
+            audit_token(who, str(scope.scope), grant)
     return web.json_response(answer)
 
 

@@ -7,6 +7,10 @@ of those scopes that the same ACL grants (scopes it does not grant are dropped, 
 the spec requires). Signed RS256 or ES256 with a key whose certificate the registry trusts
 (`rootcertbundle`); the certificate rides in the `x5c` header.
 
+A scope a break-glass grant gives (the ACL refusing it) makes the whole token end with the
+grant: its `exp` is the grant's end less the leeway the registry allows past `exp`
+(REGISTRY_LEEWAY), so the registry stops taking the token when the grant ends.
+
 Scope parsing and claim building are pure; signing uses joserfc.
 """
 
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.problems import Problem
 from ..http.routes import ACTIONS, Action, valid_name
+from ..policy.grants import NONE_ACTIVE, Active, Grant
 from ..policy.identity import Identity
 from ..policy.rules import Rule, decide
 
@@ -30,6 +35,9 @@ if TYPE_CHECKING:  # cryptography and joserfc are imported only in token server 
 
 _SCOPE_RE = re.compile(r"(repository(?:\([a-z0-9]+\))?):([^:]+):([a-z*,]*)")
 MAX_EXPIRY = 86_400
+# Seconds past `exp` that the registry still takes a token: distribution's `Leeway` (for clock
+# skew), which it adds to `exp` and takes from `nbf`.
+REGISTRY_LEEWAY = 60
 
 
 @dataclass(frozen=True)
@@ -72,34 +80,62 @@ def parse_scopes(values: list[str]) -> list[Scope]:
     return scopes
 
 
-def granted(rules: tuple[Rule, ...], who: Identity, scope: Scope, catalog_groups: frozenset[str]
-            ) -> Scope | None:  # fmt: skip
-    """The part of `scope` the ACL grants, or None."""
+@dataclass(frozen=True)
+class Access:
+    """A scope as granted, and the break-glass grants that gave some of its actions."""
+
+    scope: Scope
+    grants: tuple[Grant, ...] = ()
+
+
+def granted(
+    rules: tuple[Rule, ...],
+    who: Identity,
+    scope: Scope,
+    catalog_groups: frozenset[str],
+    grants: Active = NONE_ACTIVE,
+) -> Access | None:
+    """The part of `scope` the ACL (or a grant in force) gives, or None."""
     if scope.type == "registry":
-        return scope if who.groups & catalog_groups else None
+        return Access(scope) if who.groups & catalog_groups else None
     wanted: list[str] = []
+    used: dict[str, Grant] = {}
     for action in scope.actions:
         needed: tuple[Action, ...] = ACTIONS if action == "*" else (action,)  # type: ignore[assignment]
-        if action in (*ACTIONS, "*") and all(
-            decide(rules, who, a, scope.name).allowed for a in needed
-        ):
+        if action not in (*ACTIONS, "*"):
+            continue
+        decisions = [decide(rules, who, a, scope.name, grants=grants) for a in needed]
+        if all(d.allowed for d in decisions):
             wanted.append(action)
-    return Scope(scope.type, scope.name, tuple(wanted)) if wanted else None
+            used |= {d.grant.id: d.grant for d in decisions if d.grant is not None}
+    if not wanted:
+        return None
+    return Access(Scope(scope.type, scope.name, tuple(wanted)), tuple(used.values()))
 
 
 def claims(
-    settings: TokenSettings, who: Identity, access: list[Scope], now: float
+    settings: TokenSettings, who: Identity, access: list[Access], now: float
 ) -> dict[str, Any]:
     return {
         "iss": settings.issuer,
         "sub": who.user or "",
         "aud": settings.service,
-        "exp": int(now) + settings.expiry,
+        "exp": _expiry(settings, access, now),
         "nbf": int(now) - 1,
         "iat": int(now),
         "jti": secrets.token_urlsafe(16),
-        "access": [{"type": s.type, "name": s.name, "actions": list(s.actions)} for s in access],
+        "access": [
+            {"type": a.scope.type, "name": a.scope.name, "actions": list(a.scope.actions)}
+            for a in access
+        ],
     }
+
+
+def _expiry(settings: TokenSettings, access: list[Access], now: float) -> int:
+    """`exp`: `expiry` from now, or sooner, so that the registry (which takes a token up to
+    REGISTRY_LEEWAY seconds past it) stops taking it when the first grant in it ends."""
+    ends = [int(g.expires) - REGISTRY_LEEWAY for a in access for g in a.grants]
+    return min([int(now) + settings.expiry, *ends])
 
 
 @dataclass(frozen=True)
@@ -159,20 +195,26 @@ def issue(
     who: Identity,
     scope_params: list[str],
     now: float | None = None,
-) -> dict[str, Any]:
-    """The token endpoint's JSON answer for an authenticated (or anonymous) caller."""
+    grants: Active = NONE_ACTIVE,
+) -> tuple[dict[str, Any], list[Access]]:
+    """The token endpoint's JSON answer for an authenticated (or anonymous) caller, and the
+    access it holds."""
     moment = time.time() if now is None else now
     access = [
         g
         for s in parse_scopes(scope_params)
-        if (g := granted(rules, who, s, settings.catalog_groups)) is not None
+        if (g := granted(rules, who, s, settings.catalog_groups, grants)) is not None
     ]
-    token = signer.sign(claims(settings, who, access, moment))
+    payload = claims(settings, who, access, moment)
+    token = signer.sign(payload)
     issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
-    return {
+    # Until the registry stops taking it (a grant's end), counted in whole seconds, one at least.
+    lasts = max(1, payload["exp"] + REGISTRY_LEEWAY - int(moment))
+    answer = {
         "token": token,
         "access_token": token,
-        "expires_in": settings.expiry,
+        "expires_in": min(settings.expiry, lasts),
         "issued_at": issued,
-        "scope": " ".join(str(s) for s in access),
+        "scope": " ".join(str(a.scope) for a in access),
     }
+    return answer, access

@@ -4,6 +4,7 @@ regproxy, and podman logging in, pushing and pulling through it with the same AC
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import ssl
 import time
@@ -46,25 +47,36 @@ def token_pair(directory: Path) -> tuple[Path, Path]:
     return key, cert
 
 
-@pytest.fixture
-def token_setup(tmp_path: Path, tls: TlsFiles) -> Iterator[tuple[RegproxyProcess, Registry, Path]]:
-    key, cert = token_pair(tmp_path / "token")
+@contextlib.contextmanager
+def token_registry(
+    directory: Path, tls: TlsFiles, extra: str, expiry: int = 60
+) -> Iterator[tuple[RegproxyProcess, Registry, Path]]:
+    """regproxy as the token server (with `extra` config) of a registry with `auth: token`."""
+    key, cert = token_pair(directory / "token")
     port = free_port()
     realm = f"https://localhost:{port}/auth"
-    extra = (
+    token = (
         f"token:\n  issuer: regproxy-test\n  service: {SERVICE}\n"
-        f"  key: {key}\n  certificate: {cert}\n  expiry: 60\n" + ACL
+        f"  key: {key}\n  certificate: {cert}\n  expiry: {expiry}\n"
     )
-    proxy = start_regproxy(tmp_path / "proxy", "http://127.0.0.1:9", tls, extra, port=port)
+    proxy = start_regproxy(directory / "proxy", "http://127.0.0.1:9", tls, token + extra, port=port)
     registry = Registry(
-        tmp_path / "registry",
+        directory / "registry",
         tls=tls,
         token={"realm": realm, "service": SERVICE, "issuer": "regproxy-test",
                "rootcertbundle": str(cert)},
     )  # fmt: skip
-    yield proxy, registry, key
-    registry.stop()
-    proxy.stop()
+    try:
+        yield proxy, registry, key
+    finally:
+        registry.stop()
+        proxy.stop()
+
+
+@pytest.fixture
+def token_setup(tmp_path: Path, tls: TlsFiles) -> Iterator[tuple[RegproxyProcess, Registry, Path]]:
+    with token_registry(tmp_path, tls, ACL) as running:
+        yield running
 
 
 def fetch_token(proxy: RegproxyProcess, tls: TlsFiles, user: str, scope: str) -> dict[str, object]:

@@ -14,17 +14,16 @@ from proxy.authn.htpasswd import UserFiles
 from proxy.authn.robotfile import (
     SECRET_RE,
     Robot,
-    appendable,
     derive,
     entry_text,
     new_secret,
     parse_expiry,
     parse_robots,
     secret_hash,
-    without_entry,
 )
 from proxy.authn.robots import grant
 from proxy.core.problems import ConfigError
+from proxy.core.yamllist import appendable, without_entries
 from proxy.policy.identity import RobotGrant
 
 KEY = derive(b"s" * 40, "robots")
@@ -122,12 +121,12 @@ def test_an_appended_entry_reads_back_and_every_other_line_stays() -> None:
     assert problems == []
     assert robots["new"] == robot(origin=f"robots.yaml:{FILE.count(chr(10)) + 1}")
     assert text.startswith(FILE)
-    dropped = without_entry(text, "ci-app", "robots.yaml")
+    dropped = without_entries(text, "robots.yaml", "name", ["ci-app"])
     assert dropped is not None
     assert sorted(parse_robots(dropped, "r")[0]) == ["new", "nightly"]
     assert dropped.startswith("# robots\n- name: nightly\n")  # the comment stays
-    assert without_entry(dropped, "ci-app", "robots.yaml") is None
-    last = without_entry(text, "new", "robots.yaml")
+    assert without_entries(dropped, "robots.yaml", "name", ["ci-app"]) is None
+    last = without_entries(text, "robots.yaml", "name", ["new"])
     assert last == FILE
 
 

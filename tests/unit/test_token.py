@@ -46,7 +46,7 @@ def test_granted_is_the_acl_subset(
 ) -> None:
     who = Identity("u", frozenset(groups))
     result = granted(recipe_rules("pusher"), who, Scope("repository", "a", actions), frozenset())
-    assert (result.actions if result else None) == expected
+    assert (result.scope.actions if result else None) == expected
 
 
 def test_a_token_never_grants_a_slashed_user_anothers_namespace() -> None:
@@ -55,4 +55,4 @@ def test_a_token_never_grants_a_slashed_user_anothers_namespace() -> None:
     for user, expected in (("alice/sub", None), ("alice", ("pull", "push"))):
         scope = parse_scopes(["repository:alice/sub/app:pull,push"])[0]
         got = granted(rules, Identity(user), scope, frozenset())
-        assert (got and got.actions) == expected
+        assert (got and got.scope.actions) == expected
