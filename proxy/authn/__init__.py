@@ -36,6 +36,7 @@ class AuthResult:
     reason: str = ""  # why a token was refused (logged, and the 401's message)
     upstream: str | None = None  # the user's own registry, when the backend keeps one
     issuer: str | None = None  # the trusted issuer of a workload token
+    expires: float | None = None  # epoch seconds the credential ends (robots, tokens)
 
 
 class BackendUnavailable(Exception):

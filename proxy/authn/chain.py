@@ -177,7 +177,14 @@ def _identity(
     name = result.user or user
     groups = result.groups | users.groups_of(name)
     return Identity(
-        name, groups, address, result.claims, result.robot, result.upstream, result.issuer
+        name,
+        groups,
+        address,
+        result.claims,
+        result.robot,
+        result.upstream,
+        result.issuer,
+        result.expires,
     )
 
 

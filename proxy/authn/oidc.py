@@ -141,7 +141,12 @@ class OidcAuthenticator:
             log.info("workload token refused: %s", exc)
             return AuthResult(Outcome.WRONG_PASSWORD, reason=str(exc))
         return AuthResult(
-            Outcome.OK, groups, user=name, claims=verified.claims, issuer=issuer.issuer
+            Outcome.OK,
+            groups,
+            user=name,
+            claims=verified.claims,
+            issuer=issuer.issuer,
+            expires=verified.expires,
         )
 
     def close(self) -> None:

@@ -145,7 +145,7 @@ class RobotAuthenticator:
             log.info("robot %s refused: %s", robot.name, granted)
             return AuthResult(Outcome.WRONG_PASSWORD, reason=granted)
         self._usage.touch(robot.name, now)
-        return AuthResult(Outcome.OK, robot=granted)
+        return AuthResult(Outcome.OK, robot=granted, expires=robot.expires)
 
     def close(self) -> None:
         """Nothing of its own."""

@@ -46,6 +46,7 @@ class Identity:
     robot: RobotGrant | None = None
     upstream: str | None = None
     issuer: str | None = None
+    expires: float | None = None  # when the credential ends (a robot's, a workload token's)
 
     @property
     def anonymous(self) -> bool:

@@ -120,7 +120,7 @@ def claims(
         "iss": settings.issuer,
         "sub": who.user or "",
         "aud": settings.service,
-        "exp": _expiry(settings, access, now),
+        "exp": _expiry(settings, who, access, now),
         "nbf": int(now) - 1,
         "iat": int(now),
         "jti": secrets.token_urlsafe(16),
@@ -131,10 +131,13 @@ def claims(
     }
 
 
-def _expiry(settings: TokenSettings, access: list[Access], now: float) -> int:
+def _expiry(settings: TokenSettings, who: Identity, access: list[Access], now: float) -> int:
     """`exp`: `expiry` from now, or sooner, so that the registry (which takes a token up to
-    REGISTRY_LEEWAY seconds past it) stops taking it when the first grant in it ends."""
+    REGISTRY_LEEWAY seconds past it) stops taking it when the caller's own credential (a
+    robot's, a workload token's) or the first grant in it ends."""
     ends = [int(g.expires) - REGISTRY_LEEWAY for a in access for g in a.grants]
+    if who.expires is not None:
+        ends.append(int(who.expires) - REGISTRY_LEEWAY)
     return min([int(now) + settings.expiry, *ends])
 
 

@@ -56,3 +56,16 @@ def test_a_token_never_grants_a_slashed_user_anothers_namespace() -> None:
         scope = parse_scopes(["repository:alice/sub/app:pull,push"])[0]
         got = granted(rules, Identity(user), scope, frozenset())
         assert (got and got.scope.actions) == expected
+
+
+def test_a_token_ends_with_the_credential_it_was_issued_for() -> None:
+    """A robot's, or a workload token's, end caps the registry token's `exp`: it is never
+    taken past what it was issued for (the registry takes it REGISTRY_LEEWAY seconds more)."""
+    from proxy.policy.identity import Identity
+    from proxy.tokenserver.scopes import REGISTRY_LEEWAY, TokenSettings, claims
+
+    settings = TokenSettings("iss", "svc", None, None, expiry=300)  # type: ignore[arg-type]
+    assert claims(settings, Identity("alice"), [], 1000)["exp"] == 1300
+    ending = Identity("robot$ci", expires=1100)
+    assert claims(settings, ending, [], 1000)["exp"] + REGISTRY_LEEWAY == 1100
+    assert claims(settings, Identity("ci:x", expires=5000), [], 1000)["exp"] == 1300
