@@ -300,6 +300,46 @@ async def test_failed_tokens_feed_the_throttle(make_proxy: ProxyFactory, issuer:
     assert (await status(proxy, as_password(good)))[0] == 200
 
 
+def absurd_time_claims(issuer: Issuer) -> dict[str, str]:
+    """Tokens of a configured issuer, for the right audience, whose time claims no float can
+    hold or that are no number at all: signed by the issuer, or with any signature."""
+    valid = issuer.token()
+    head, _, signature = valid.split(".")
+    huge = {**issuer.claims(), "exp": 10**400}
+    return {
+        "exp 10**400, any signature": f"{head}.{base64url(huge)}.{signature}",
+        "exp 10**400": issuer.token(exp=10**400),
+        "exp -10**400": issuer.token(exp=-(10**400)),
+        "nbf 10**400": issuer.token(nbf=10**400),
+        "iat 10**400": issuer.token(iat=10**400),
+        "exp NaN": issuer.token(exp=float("nan")),
+        "exp Infinity": issuer.token(exp=float("inf")),
+        "exp true": issuer.token(exp=True),
+        "exp text": issuer.token(exp="2099-01-01"),
+    }
+
+
+def base64url(claims: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+
+
+async def test_absurd_time_claims_are_401_and_counted_as_failed_logins(
+    make_proxy: ProxyFactory, issuer: Issuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """#23 finding 11: `exp: 10**400` was a 500 with an OverflowError traceback, before any
+    signature check, and not counted by the throttle."""
+    proxy = await start(make_proxy, issuer, "  clock_skew: 30\n")
+    assert (await status(proxy, as_bearer(issuer.token())))[0] == 200  # keys are fetched
+    for name, token in absurd_time_claims(issuer).items():
+        code, body = await status(proxy, as_password(token, f"job-{len(name)}"))
+        assert code == 401, (name, body)
+        assert json.loads(body)["errors"][0]["message"].startswith("token claim "), name
+    assert "Traceback" not in caplog.text and "OverflowError" not in caplog.text
+    huge = absurd_time_claims(issuer)["exp 10**400, any signature"]
+    codes = [(await status(proxy, as_bearer(huge)))[0] for _ in range(6)]
+    assert codes == [401] * 5 + [429]  # counted like any failed login (as Bearer: apart)
+
+
 async def test_groups_and_names_from_claims_reach_the_acl_and_the_logs(
     make_proxy: ProxyFactory, issuer: Issuer, caplog: pytest.LogCaptureFixture
 ) -> None:
