@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from ..core.lastgood import LastGood
 from ..core.problems import BadValue, Problem, construct
 from ..policy.acl import claim_conditions
 from ..policy.claims import CLAIM_NAME_RE, Conditions, template_names
@@ -133,11 +134,17 @@ def _basic_user(value: Any, key: str) -> str:
     return value
 
 
-def _ca_file(value: Any, key: str, base: Path) -> tuple[Path, str]:
-    """The path and its PEM text, which must hold a usable CA certificate."""
+def _ca_file(value: Any, key: str, base: Path, files: LastGood) -> tuple[Path, str]:
+    """The path and its PEM text, which must hold a usable CA certificate (at a reload, one
+    that does not keeps its last good text)."""
     if not isinstance(value, str) or not value:
         raise BadValue(f"{key}: expected a file path, got {value!r}")
     path = Path(value) if Path(value).is_absolute() else base / value
+    return path, files.read("oidc CA", path, lambda path: _ca_pem(path, key))
+
+
+def _ca_pem(path: Path, key: str) -> str:
+    """The PEM text of a file that holds a usable CA certificate; BadValue otherwise."""
     try:
         pem = path.read_text(encoding="ascii")
         ssl.create_default_context(cadata=pem)
@@ -148,7 +155,7 @@ def _ca_file(value: Any, key: str, base: Path) -> tuple[Path, str]:
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
         raise BadValue(f"{key}: no usable CA certificate in {path}: {reason}") from None
-    return path, pem
+    return pem
 
 
 _SECTION: dict[str, Callable[[Any, str], Any]] = {
@@ -186,7 +193,7 @@ def _entries(node: yaml.Node, where: str, source: str, problems: list[Problem]
 
 
 def _issuer(
-    node: yaml.Node, source: str, base: Path, problems: list[Problem]
+    node: yaml.Node, source: str, base: Path, problems: list[Problem], files: LastGood
 ) -> IssuerSettings | None:
     line = node.start_mark.line + 1
     entries = _entries(node, "oidc.issuers", source, problems)
@@ -199,7 +206,7 @@ def _issuer(
                 raise BadValue(f"unknown key {name!r} (known: {', '.join(sorted(_ISSUER_KEYS))})")
             value = construct(value_node)
             if key == "ca_file":
-                values["ca_file"], values["ca_pem"] = _ca_file(value, name, base)
+                values["ca_file"], values["ca_pem"] = _ca_file(value, name, base, files)
             else:
                 values[key] = _ISSUER[key](value, name)
         except ValueError as exc:
@@ -245,10 +252,11 @@ def _clashes(first: IssuerSettings, second: IssuerSettings) -> list[str]:
 
 
 def parse_oidc_settings(
-    node: yaml.Node, source: str, line: int, base: Path
+    node: yaml.Node, source: str, line: int, base: Path, files: LastGood | None = None
 ) -> tuple[OidcSettings | None, list[Problem]]:
     """The `oidc:` section's node (its key on `line`) -> settings (None if any problem), and
-    every problem. Relative `ca_file`s are relative to `base`."""
+    every problem. Relative `ca_file`s are relative to `base`, read through `files`."""
+    files = files or LastGood()
     problems: list[Problem] = []
     entries = _entries(node, "oidc", source, problems)
     values: dict[str, Any] = {}
@@ -260,7 +268,7 @@ def parse_oidc_settings(
                 problems.append(Problem(source, key_line, message))
                 continue
             for item in value_node.value:
-                issuer = _issuer(item, source, base, problems)
+                issuer = _issuer(item, source, base, problems, files)
                 if issuer is None:
                     continue
                 where = int(issuer.origin.rpartition(":")[2])
