@@ -193,6 +193,74 @@ async def test_an_idle_keep_alive_connection_outlives_the_header_timeout(
             await asyncio.sleep(0.6)  # idle between requests: the keep-alive timeout applies
 
 
+PIPELINED = {
+    "a complete request": head("GET", "/v2/", "pull"),
+    "a request with a body": head("PUT", MANIFEST, "push", "Content-Length: 6\r\n") + b"\r\n\r\nab",
+    "a chunked request": head("PUT", MANIFEST, "push", "Transfer-Encoding: chunked\r\n")
+    + b"2\r\nab\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("first", list(PIPELINED))
+async def test_a_request_pipelined_behind_another_gets_the_header_timeout(
+    make_proxy: ProxyFactory, tls: TlsPair, first: str
+) -> None:
+    """#23 finding 12: one write holding a complete request and the start of another, and
+    then nothing: the second is cut `timeouts.header` after the first is answered (it was
+    left open until the keep-alive timeout, 60 s here)."""
+    proxy = await make_proxy("timeouts:\n  header: 0.5\n  keepalive: 60\n")
+    async with tls_stream(proxy, tls) as (reader, writer):
+        writer.write(PIPELINED[first] + b"GET /v2/ HTTP/1.1\r\nHost: local")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        length = await _content_length(reader)
+        await reader.readexactly(length)
+        rest = await asyncio.wait_for(reader.read(), 20)  # the keep-alive would take 60 s
+        assert rest.startswith(b"HTTP/1.1 408 Request Timeout"), rest
+
+
+async def _content_length(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    return int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+
+
+async def test_the_start_of_a_request_sent_while_another_is_answered_gets_the_header_timeout(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair
+) -> None:
+    proxy = await make_proxy("timeouts:\n  header: 0.5\n  keepalive: 60\n")
+    answering, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        answering.set()
+        await release.wait()
+        return web.json_response({})
+
+    upstream.handlers[MANIFEST] = slow
+    async with tls_stream(proxy, tls) as (reader, writer):
+        writer.write(head("GET", MANIFEST, "pull"))
+        await answering.wait()
+        writer.write(b"GET /v2/ HTTP/1.1\r\nHost: local")  # while the first is answered
+        await writer.drain()
+        release.set()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        await reader.readexactly(await _content_length(reader))
+        rest = await asyncio.wait_for(reader.read(), 20)
+        assert rest.startswith(b"HTTP/1.1 408 Request Timeout"), rest
+
+
+@pytest.mark.parametrize("first", list(PIPELINED))
+async def test_after_any_request_an_idle_connection_outlives_the_header_timeout(
+    make_proxy: ProxyFactory, tls: TlsPair, first: str
+) -> None:
+    """Nothing pending after a request with or without a body: the keep-alive applies."""
+    proxy = await make_proxy("timeouts:\n  header: 0.3\n  keepalive: 60\n")
+    async with tls_stream(proxy, tls) as (reader, writer):
+        for request in (PIPELINED[first], head("GET", "/v2/", "pull")):
+            writer.write(request)
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            await reader.readexactly(await _content_length(reader))
+            await asyncio.sleep(0.6)  # idle between requests: the keep-alive timeout applies
+
+
 async def test_connections_that_never_start_tls_are_evicted_for_a_real_client(
     make_proxy: ProxyFactory,
 ) -> None:

@@ -14,13 +14,17 @@ any TLS it can:
 `Connection` is aiohttp's request handler plus a header timeout: a request's headers must be
 complete within `timeouts.header` of its first byte (or of the connection's start), so a
 client trickling one header line a second is cut, while the keep-alive timeout still governs
-idle time between requests.
+idle time between requests. That holds for every request on a connection: the start of a
+request sent behind another (pipelined, in the same write or while the first is answered)
+gets its `timeouts.header` from the moment the one before it is answered, as Go's server
+reads it then (`proxy.http.framing` knows such a start is held).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
 import ssl
@@ -30,9 +34,11 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from ..core.limits import Timeouts
+from .framing import Framing, Head
 
 log = logging.getLogger("regproxy.listener")
 
@@ -57,6 +63,8 @@ class Connection(RequestHandler):
         self._listener = manager.listener
         self._header_timeout = manager.header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
+        self._framing = Framing()
+        self._body: StreamReader | None = None  # the body being read, if one is
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -69,12 +77,34 @@ class Connection(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        before = self._request_count
+        before, body = self._request_count, self._body
+        taken = body.total_bytes if body is not None else 0
         super().data_received(data)
-        if self._request_count != before:
+        read = self._request_count - before
+        new = itertools.islice(self._messages, len(self._messages) - read, None) if read else ()
+        heads = [_head(message, payload) for message, payload in new]
+        took = body.total_bytes - taken if body is not None else 0
+        done = body is not None and body.is_eof()
+        self._framing.received(data, took, done, heads)
+        if heads:
+            payload = self._messages[-1][1]
+            self._body = None if payload.is_eof() else payload
+        elif done:
+            self._body = None
+        if read:
             self._disarm()  # headers complete
-        elif self._header_timer is None and self.waiting_for_request:
+        elif self._header_timer is None and self.waiting_for_request and self._framing.pending:
             self._arm()
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """After each answer: the start of a pipelined request held meanwhile gets its
+        header timeout from now."""
+        finished = await super().finish_response(request, resp, start_time)
+        if self._framing.pending and not self._messages and self._header_timer is None:
+            self._arm()
+        return finished
 
     @property
     def waiting_for_request(self) -> bool:
@@ -288,6 +318,18 @@ class Listener:
         finally:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def _head(message: Any, payload: StreamReader) -> Head:
+    """What the framing needs of a request whose headers the parser read: its body's length
+    (None: chunked, or not known: a request the parser refused), how much it took, done."""
+    if getattr(message, "chunked", True):  # _ErrInfo (a refused request) has none
+        return Head(None, payload.total_bytes, payload.is_eof())
+    try:
+        length = int(message.headers.get("Content-Length") or 0)
+    except ValueError:
+        return Head(None, payload.total_bytes, payload.is_eof())
+    return Head(length, payload.total_bytes, payload.is_eof())
 
 
 def _host(peer: Any) -> str:
