@@ -6,6 +6,7 @@ with raw sockets where a well-behaved client library would not misbehave."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import ssl
@@ -273,6 +274,78 @@ async def test_connections_that_never_start_tls_are_evicted_for_a_real_client(
     for reader, _ in idle[:21]:
         assert await reader.read() == b""
     for _, writer in idle:
+        writer.close()
+
+
+STALLED_HELLO = b"\x16\x03\x01\x02\x00"  # a ClientHello record of 512 bytes: its header only
+
+
+async def stalled_handshakes(
+    proxy: RunningProxy, address: str, count: int
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """`count` connections from `address` that start a TLS handshake and never finish it,
+    each taken into its handshake by the proxy (it has read what they sent) before the next
+    is opened."""
+    assert proxy.server.port is not None
+    opened = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", proxy.server.port, local_addr=(address, 0)
+        )
+        writer.write(STALLED_HELLO)
+        await writer.drain()
+        opened.append((reader, writer))
+        read = functools.partial(
+            _read_by_server, proxy.server.port, writer.get_extra_info("sockname")[1]
+        )
+        await until(read, what="the proxy never read the ClientHello's first bytes")
+    return opened
+
+
+def _read_by_server(server_port: int, client_port: int) -> bool:
+    """Whether the server's end of the connection from `client_port` has nothing left
+    unread (or is gone): the proxy took the bytes into its TLS handshake."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+        if (local, remote) == (server_port, client_port):
+            return int(fields[4].split(":")[1], 16) == 0
+    return True
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    return await reader.read() == b""
+
+
+async def test_stalled_tls_handshakes_are_evicted_for_a_real_client(
+    make_proxy: ProxyFactory,
+) -> None:
+    """#23 finding 9: addresses holding every connection with handshakes that never finish
+    got a real client's TLS connection refused. Now the oldest stalled handshake makes room."""
+    proxy = await make_proxy("limits:\n  connections: 8\ntimeouts:\n  handshake: 60\n")
+    held = [
+        *await stalled_handshakes(proxy, "127.0.0.2", 4),  # each address may hold half
+        *await stalled_handshakes(proxy, "127.0.0.3", 4),
+    ]
+    async with proxy.session.get(proxy.url + "/v2/", headers=proxy.auth("pull")) as resp:
+        assert resp.status == 200
+    assert await asyncio.wait_for(closed(held[0][0]), 10)  # the oldest made room
+    for _, writer in held:
+        writer.close()
+
+
+async def test_one_address_holds_at_most_half_of_the_connections(
+    make_proxy: ProxyFactory,
+) -> None:
+    """#23 finding 9: no per-address cap, handshakes included. With room for 8, one address
+    holds 4 at most: each one more closes its own oldest stalled handshake."""
+    proxy = await make_proxy("limits:\n  connections: 8\ntimeouts:\n  handshake: 60\n")
+    held = await stalled_handshakes(proxy, "127.0.0.2", 6)
+    gone = [asyncio.wait_for(closed(reader), 10) for reader, _ in held[:2]]
+    assert all(await asyncio.gather(*gone))
+    async with proxy.session.get(proxy.url + "/v2/", headers=proxy.auth("pull")) as resp:
+        assert resp.status == 200
+    for _, writer in held:
         writer.close()
 
 

@@ -303,6 +303,7 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "limits.per_user": ("limits.per_user", _parse_positive_int),
     "limits.per_address": ("limits.per_address", _parse_positive_int),
     "limits.connections": ("limits.connections", _parse_connections),
+    "limits.connections_per_address": ("limits.connections_per_address", _parse_connections),
     "limits.upstream_connections": ("limits.upstream_connections", _parse_connections),
     "limits.upstream_wait": ("limits.upstream_wait", _parse_seconds),
     "limits.upstream_per_user": ("limits.upstream_per_user", _parse_connections),

@@ -50,6 +50,7 @@ RESTART_ONLY = (
     "state",
 )
 RESTART_ONLY_TIMEOUTS = ("keepalive", "header", "handshake")
+RESTART_ONLY_LIMITS = ("connections", "connections_per_address", "upstream_connections")
 
 # Builds a snapshot's Authenticators in the loading thread: (new snapshot, previous one).
 AttachAuthn = Callable[[Snapshot, Snapshot | None], Authenticators]
@@ -112,7 +113,7 @@ def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
         for name in RESTART_ONLY_TIMEOUTS
         if getattr(new.timeouts, name) != timeouts[name]
     ]
-    fixed = {name: getattr(old.limits, name) for name in ("connections", "upstream_connections")}
+    fixed = {name: getattr(old.limits, name) for name in RESTART_ONLY_LIMITS}
     changed += [f"limits.{n}" for n, v in fixed.items() if getattr(new.limits, n) != v]
     limits = replace(new.limits, **fixed)
     merged = replace(new, **kept, timeouts=replace(new.timeouts, **timeouts), limits=limits)

@@ -29,7 +29,7 @@ import logging
 import socket
 import ssl
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -37,7 +37,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from ..core.limits import Timeouts
+from ..core.limits import Timeouts, address_share
 from .framing import Framing, Head
 
 log = logging.getLogger("regproxy.listener")
@@ -159,14 +159,28 @@ class Connections(web.Server):
 class _Unstarted:
     """An accepted socket that has not sent its first byte yet."""
 
-    def __init__(self, sock: socket.socket, peer: Any, timer: asyncio.TimerHandle) -> None:
+    def __init__(self, sock: socket.socket, address: str, timer: asyncio.TimerHandle) -> None:
         self.sock = sock
-        self.peer = peer
+        self.address = address
         self.timer = timer
 
 
+class _Handshake:
+    """A connection whose TLS handshake is under way (or stalled)."""
+
+    def __init__(self, fd: int, address: str) -> None:
+        self.fd = fd
+        self.address = address
+        self.task: asyncio.Task[None] | None = None
+
+
+Held = _Unstarted | _Handshake | Connection  # a connection in one of its stages
+
+
 class Listener:
-    """Accepts on a bound, listening socket (shared by every worker)."""
+    """Accepts on a bound, listening socket (shared by every worker). `capacity`: client
+    connections this worker may hold; `per_address`: how many of them one client address
+    may hold (0: half), handshakes included."""
 
     def __init__(
         self,
@@ -174,15 +188,18 @@ class Listener:
         tls: Callable[[], ssl.SSLContext | None],
         timeouts: Timeouts,
         capacity: int,
+        per_address: int = 0,
     ) -> None:
         self._sock = sock
         self._tls = tls
         self._timeouts = timeouts
         self.capacity = capacity
+        self.per_address = address_share(capacity, per_address)
         self._loop = asyncio.get_running_loop()
         self._unstarted: OrderedDict[int, _Unstarted] = OrderedDict()
-        self._handshaking = 0
-        self._live: OrderedDict[Connection, None] = OrderedDict()
+        self._handshakes: OrderedDict[int, _Handshake] = OrderedDict()
+        self._live: OrderedDict[Connection, str] = OrderedDict()  # -> its client's address
+        self._addresses: dict[str, OrderedDict[Held, None]] = {}  # each one's, oldest first
         self._tasks: set[asyncio.Task[None]] = set()
         self._protocol: Callable[[], Connection] | None = None
         self._accepting = False
@@ -190,7 +207,7 @@ class Listener:
     @property
     def open(self) -> int:
         """Client connections this worker holds, in every stage."""
-        return len(self._unstarted) + self._handshaking + len(self._live)
+        return len(self._unstarted) + len(self._handshakes) + len(self._live)
 
     def start(self, protocol: Callable[[], Connection]) -> None:
         self._protocol = protocol
@@ -211,10 +228,22 @@ class Listener:
             task.cancel()
 
     def opened(self, connection: Connection) -> None:
-        self._live[connection] = None
+        """A connection whose handshake is done (or that needs none) serves requests."""
+        transport = connection.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        handshake = self._handshakes.pop(sock.fileno(), None) if sock is not None else None
+        if handshake is not None:
+            self._forget(handshake.address, handshake)
+            address = handshake.address
+        else:
+            address = _host(transport.get_extra_info("peername") if transport else None)
+        self._live[connection] = address
+        self._track(address, connection)
 
     def closed(self, connection: Connection) -> None:
-        self._live.pop(connection, None)
+        address = self._live.pop(connection, None)
+        if address is not None:
+            self._forget(address, connection)
 
     def _accept(self) -> None:
         for _ in range(ACCEPTS_PER_WAKEUP):
@@ -225,32 +254,72 @@ class Listener:
             except OSError as exc:  # EMFILE and the like: back off until a connection closes
                 log.error("cannot accept a connection: %s", exc)
                 return
-            if self.open >= self.capacity and not self._evict():
-                log.warning("connection from %s refused: %d connections open", peer, self.open)
+            address = _host(peer)
+            held = len(self._addresses.get(address, ()))
+            if held >= self.per_address and not self._evict(self._addresses[address]):
+                log.warning("connection from %s refused: it holds %d connections", address, held)
+                conn.close()
+                continue
+            if self.open >= self.capacity and not self._evict_any():
+                log.warning("connection from %s refused: %d connections open", address, self.open)
                 conn.close()
                 continue
             conn.setblocking(False)
             fd = conn.fileno()
             timer = self._loop.call_later(self._timeouts.handshake, self._expired, fd)
-            self._unstarted[fd] = _Unstarted(conn, peer, timer)
+            self._unstarted[fd] = waiting = _Unstarted(conn, address, timer)
+            self._track(address, waiting)
             self._loop.add_reader(fd, self._first_byte, fd)
 
-    def _evict(self) -> bool:
-        """Close the oldest idle connection (never started first): True if one was closed."""
-        if self._unstarted:
-            self._drop(next(iter(self._unstarted)))
-            return True
-        for connection in self._live:
-            if connection.waiting_for_request:
-                log.info("closing an idle connection to make room for a new one")
-                self._live.pop(connection)
-                connection.force_close()
+    def _evict_any(self) -> bool:
+        """Close the oldest idle connection to make room: one that never sent a byte, then a
+        TLS handshake (a stalled one is the oldest), then an idle keep-alive one. True if one
+        was closed."""
+        for stage in (self._unstarted.values(), self._handshakes.values(), self._live):
+            if self._evict(stage):
                 return True
         return False
+
+    def _evict(self, held: Iterable[Held]) -> bool:
+        """Close the oldest idle connection among `held` (oldest first), in the same order of
+        stages; True if one was closed."""
+        for kind in (_Unstarted, _Handshake, Connection):
+            for connection in held:
+                if isinstance(connection, kind) and self._close_idle(connection):
+                    return True
+        return False
+
+    def _close_idle(self, held: Held) -> bool:
+        if isinstance(held, _Unstarted):
+            self._drop(held.sock.fileno())
+        elif isinstance(held, _Handshake):
+            log.info("closing a TLS handshake from %s to make room", held.address)
+            del self._handshakes[held.fd]
+            self._forget(held.address, held)
+            if held.task is not None:
+                held.task.cancel()  # it closes the socket
+        elif held.waiting_for_request:
+            log.info("closing an idle connection to make room for a new one")
+            self.closed(held)
+            held.force_close()
+        else:
+            return False
+        return True
+
+    def _track(self, address: str, held: Held) -> None:
+        self._addresses.setdefault(address, OrderedDict())[held] = None
+
+    def _forget(self, address: str, held: Held) -> None:
+        mine = self._addresses.get(address)
+        if mine is not None:
+            mine.pop(held, None)
+            if not mine:
+                del self._addresses[address]
 
     def _drop(self, fd: int) -> socket.socket:
         """Forget an unstarted socket (and close it, unless the caller takes it over)."""
         waiting = self._unstarted.pop(fd)
+        self._forget(waiting.address, waiting)
         waiting.timer.cancel()
         self._loop.remove_reader(fd)
         waiting.sock.close()
@@ -275,22 +344,25 @@ class Listener:
             self._drop(fd)
             return
         del self._unstarted[fd]
+        self._forget(waiting.address, waiting)
         waiting.timer.cancel()
         self._loop.remove_reader(fd)
         if first == TLS_RECORD:
-            self._spawn(self._start_tls(waiting.sock))
+            handshake = self._handshakes[fd] = _Handshake(fd, waiting.address)
+            self._track(waiting.address, handshake)
+            handshake.task = self._spawn(self._start_tls(waiting.sock, handshake))
         else:
-            self._spawn(self._plain_http(waiting.sock, waiting.peer))
+            self._spawn(self._plain_http(waiting.sock, waiting.address))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def _start_tls(self, sock: socket.socket) -> None:
+    async def _start_tls(self, sock: socket.socket, handshake: _Handshake) -> None:
         assert self._protocol is not None
         context = self._tls()
-        self._handshaking += 1
         try:
             await self._loop.connect_accepted_socket(
                 self._protocol,
@@ -302,11 +374,13 @@ class Listener:
             log.debug("TLS handshake failed: %r", exc)
             sock.close()
         finally:
-            self._handshaking -= 1
+            if self._handshakes.get(handshake.fd) is handshake:  # not handed over, nor evicted
+                del self._handshakes[handshake.fd]
+                self._forget(handshake.address, handshake)
 
-    async def _plain_http(self, sock: socket.socket, peer: Any) -> None:
+    async def _plain_http(self, sock: socket.socket, address: str) -> None:
         """Answer 400 in plain HTTP, let the client read it, then close."""
-        log.info("plain HTTP request on the TLS port from %s: answered 400", _host(peer))
+        log.info("plain HTTP request on the TLS port from %s: answered 400", address)
         try:
             async with asyncio.timeout(self._timeouts.handshake):
                 await self._loop.sock_sendall(sock, PLAIN_HTTP_ANSWER)
