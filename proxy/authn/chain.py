@@ -298,16 +298,19 @@ class BackendFactory:
                 settings.timeout,
                 settings.jwks_refresh,
                 settings.jwks_min_interval,
+                settings.jwks_max_size,
             )
             source = sources[endpoint] = self._sources.get(endpoint) or KeySource(
                 endpoint, self._clock
             )
-            checks = (endpoint, issuer.audiences, settings.clock_skew)
+            cache = (settings.token_cache_ttl, settings.token_cache_size)
+            checks = (endpoint, issuer.audiences, settings.clock_skew, cache)
             verifier = verifiers[checks] = self._verifiers.get(checks) or IssuerVerifier(
                 issuer.issuer,
                 issuer.audiences,
                 settings.clock_skew,
                 source,
+                cache,
                 self._clock,
                 self._wall,
             )

@@ -7,6 +7,9 @@ an identity. Pure but for checking the CA files; every problem is reported with 
       timeout: 5                # seconds for the issuer to answer (discovery, JWKS)
       jwks_refresh: 3600        # seconds the issuer's keys are used before they are fetched again
       jwks_min_interval: 10     # at most one fetch per issuer this often (unknown `kid`s)
+      jwks_max_size: 1048576    # bytes a discovery document or key set may have
+      token_cache_ttl: 3600     # seconds a verified token is remembered at most (0: never)
+      token_cache_size: 10000   # verified tokens remembered per issuer and worker
       issuers:
         - issuer: https://token.actions.githubusercontent.com   # exactly the tokens' `iss`
           audience: https://registry.example.org   # or a list: the token's `aud` must hold one
@@ -42,6 +45,8 @@ from ..policy.acl import claim_conditions
 from ..policy.claims import CLAIM_NAME_RE, Conditions, template_names
 
 MAX_SKEW = 300.0
+MAX_DOCUMENT = 16 * 1024 * 1024
+MAX_CACHE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,9 @@ class OidcSettings:
     timeout: float = 5.0
     jwks_refresh: float = 3600.0
     jwks_min_interval: float = 10.0
+    jwks_max_size: int = 1024 * 1024
+    token_cache_ttl: float = 3600.0
+    token_cache_size: int = 10_000
 
     def issuer(self, iss: str) -> IssuerSettings | None:
         return next((i for i in self.issuers if i.issuer == iss), None)
@@ -128,6 +136,12 @@ def _seconds(value: Any, key: str, high: float, *, zero: bool = False) -> float:
     return float(value)
 
 
+def _count(value: Any, key: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadValue(f"{key}: expected a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
 def _basic_user(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value or any(c.isspace() or c == ":" for c in value):
         raise BadValue(f"{key}: expected a user name without spaces or ':', got {value!r}")
@@ -164,6 +178,9 @@ _SECTION: dict[str, Callable[[Any, str], Any]] = {
     "timeout": lambda v, k: _seconds(v, k, 60),
     "jwks_refresh": lambda v, k: _seconds(v, k, 86_400),
     "jwks_min_interval": lambda v, k: _seconds(v, k, 3600),
+    "jwks_max_size": lambda v, k: _count(v, k, 1024, MAX_DOCUMENT),
+    "token_cache_ttl": lambda v, k: _seconds(v, k, 86_400, zero=True),
+    "token_cache_size": lambda v, k: _count(v, k, 1, MAX_CACHE),
 }
 _ISSUER: dict[str, Callable[[Any, str], Any]] = {
     "issuer": _https,
