@@ -136,6 +136,20 @@ class LdapSettings:
                 shown.append(f"{item.name}={value!r}")
         return f"LdapSettings({', '.join(shown)})"
 
+    def clear_text_refused(self, url: LdapUrl, address: str) -> bool:
+        """Whether connecting to `address`, one that `url`'s host resolved to, would send
+        passwords in clear text to another host without `allow_insecure`. The host was
+        checked by name when the settings were read (plain `ldap://` only to a loopback one);
+        this holds the name to where it leads (a `localhost` that resolves elsewhere)."""
+        if url.tls or self.start_tls or self.allow_insecure:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.partition("%")[0])  # an IPv6 scope: not the host
+        except ValueError:
+            return True
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return not (ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
     @property
     def search(self) -> bool:
         """True: search-then-bind; False: direct bind with `user_dn_template`."""
