@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.net import free_port
 from proxy.authn.robotfile import Robot, derive, entry_text, new_secret, secret_hash
 from tests.conftest import (
     GROUPS_TEXT,
@@ -29,7 +30,6 @@ from tests.conftest import (
     scrape,
     until,
 )
-from tests.net import free_port
 from tests.oidc_issuer import Issuer, new_key
 
 

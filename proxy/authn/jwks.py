@@ -29,6 +29,7 @@ import aiohttp
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
+from ..http.bodies import TooLarge, read_whole
 from . import BackendUnavailable
 from .jwt import ALGORITHMS, Key, key_fits
 
@@ -185,11 +186,7 @@ async def _get_json(session: aiohttp.ClientSession, url: str, limit: int) -> Any
     async with session.get(url, allow_redirects=False) as response:
         if response.status != 200:
             raise ValueError(f"{url} answered {response.status}")
-        body = bytearray()
-        # read(n) returns whatever has arrived, up to n: a document in several pieces is read
-        # piece by piece, never cut at the first
-        while piece := await response.content.read(limit + 1 - len(body)):
-            body += piece
-            if len(body) > limit:
-                raise ValueError(f"{url}: document larger than {limit} bytes")
-        return json.loads(body)
+        try:
+            return json.loads(await read_whole(response.content, limit))
+        except TooLarge:
+            raise ValueError(f"{url}: document larger than {limit} bytes") from None
