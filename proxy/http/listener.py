@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import socket
@@ -350,14 +351,16 @@ class Listener:
         if first == TLS_RECORD:
             handshake = self._handshakes[fd] = _Handshake(fd, waiting.address)
             self._track(waiting.address, handshake)
-            handshake.task = self._spawn(self._start_tls(waiting.sock, handshake))
+            handshake.task = self._spawn(self._start_tls(waiting.sock, handshake), waiting.sock)
         else:
-            self._spawn(self._plain_http(waiting.sock, waiting.address))
+            self._spawn(self._plain_http(waiting.sock, waiting.address), waiting.sock)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, None], sock: socket.socket) -> asyncio.Task[None]:
+        """Run `coro`, which owns `sock` (and closes it when it fails or is cancelled)."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(_close_unstarted, sock))
         return task
 
     async def _start_tls(self, sock: socket.socket, handshake: _Handshake) -> None:
@@ -392,6 +395,13 @@ class Listener:
         finally:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def _close_unstarted(sock: socket.socket, task: asyncio.Task[None]) -> None:
+    """A task cancelled before it ever ran (evicted, or at shutdown, in the loop iteration
+    that made it) never reached the code that closes its socket: close it here."""
+    if task.cancelled():
+        sock.close()
 
 
 def _head(message: Any, payload: StreamReader) -> Head:
