@@ -59,6 +59,7 @@ class Issuer:
         self.keys: list[Key] = [new_key("RSA", "rsa-1")]  # published in the JWKS
         self.requests: list[str] = []  # paths asked for
         self.failing = False  # answer 503 to everything
+        self.padding: list[dict[str, Any]] = []  # more JWKS entries (unusable ones: size)
         self._sock = free_socket()
         self.port = self._sock.getsockname()[1]
         self.url = f"https://localhost:{self.port}"
@@ -106,7 +107,8 @@ class Issuer:
         self.requests.append(request.path)
         if self.failing:
             return web.Response(status=503)
-        return web.json_response({"keys": [k.as_dict(private=False) for k in self.keys]})
+        keys = [k.as_dict(private=False) for k in self.keys]
+        return web.json_response({"keys": keys + self.padding})
 
     @property
     def jwks_fetches(self) -> int:

@@ -6,6 +6,7 @@ with raw sockets where a well-behaved client library would not misbehave."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import ssl
@@ -193,6 +194,74 @@ async def test_an_idle_keep_alive_connection_outlives_the_header_timeout(
             await asyncio.sleep(0.6)  # idle between requests: the keep-alive timeout applies
 
 
+PIPELINED = {
+    "a complete request": head("GET", "/v2/", "pull"),
+    "a request with a body": head("PUT", MANIFEST, "push", "Content-Length: 6\r\n") + b"\r\n\r\nab",
+    "a chunked request": head("PUT", MANIFEST, "push", "Transfer-Encoding: chunked\r\n")
+    + b"2\r\nab\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("first", list(PIPELINED))
+async def test_a_request_pipelined_behind_another_gets_the_header_timeout(
+    make_proxy: ProxyFactory, tls: TlsPair, first: str
+) -> None:
+    """#23 finding 12: one write holding a complete request and the start of another, and
+    then nothing: the second is cut `timeouts.header` after the first is answered (it was
+    left open until the keep-alive timeout, 60 s here)."""
+    proxy = await make_proxy("timeouts:\n  header: 0.5\n  keepalive: 60\n")
+    async with tls_stream(proxy, tls) as (reader, writer):
+        writer.write(PIPELINED[first] + b"GET /v2/ HTTP/1.1\r\nHost: local")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        length = await _content_length(reader)
+        await reader.readexactly(length)
+        rest = await asyncio.wait_for(reader.read(), 20)  # the keep-alive would take 60 s
+        assert rest.startswith(b"HTTP/1.1 408 Request Timeout"), rest
+
+
+async def _content_length(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    return int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+
+
+async def test_the_start_of_a_request_sent_while_another_is_answered_gets_the_header_timeout(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair
+) -> None:
+    proxy = await make_proxy("timeouts:\n  header: 0.5\n  keepalive: 60\n")
+    answering, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        answering.set()
+        await release.wait()
+        return web.json_response({})
+
+    upstream.handlers[MANIFEST] = slow
+    async with tls_stream(proxy, tls) as (reader, writer):
+        writer.write(head("GET", MANIFEST, "pull"))
+        await answering.wait()
+        writer.write(b"GET /v2/ HTTP/1.1\r\nHost: local")  # while the first is answered
+        await writer.drain()
+        release.set()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        await reader.readexactly(await _content_length(reader))
+        rest = await asyncio.wait_for(reader.read(), 20)
+        assert rest.startswith(b"HTTP/1.1 408 Request Timeout"), rest
+
+
+@pytest.mark.parametrize("first", list(PIPELINED))
+async def test_after_any_request_an_idle_connection_outlives_the_header_timeout(
+    make_proxy: ProxyFactory, tls: TlsPair, first: str
+) -> None:
+    """Nothing pending after a request with or without a body: the keep-alive applies."""
+    proxy = await make_proxy("timeouts:\n  header: 0.3\n  keepalive: 60\n")
+    async with tls_stream(proxy, tls) as (reader, writer):
+        for request in (PIPELINED[first], head("GET", "/v2/", "pull")):
+            writer.write(request)
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            await reader.readexactly(await _content_length(reader))
+            await asyncio.sleep(0.6)  # idle between requests: the keep-alive timeout applies
+
+
 async def test_connections_that_never_start_tls_are_evicted_for_a_real_client(
     make_proxy: ProxyFactory,
 ) -> None:
@@ -205,6 +274,78 @@ async def test_connections_that_never_start_tls_are_evicted_for_a_real_client(
     for reader, _ in idle[:21]:
         assert await reader.read() == b""
     for _, writer in idle:
+        writer.close()
+
+
+STALLED_HELLO = b"\x16\x03\x01\x02\x00"  # a ClientHello record of 512 bytes: its header only
+
+
+async def stalled_handshakes(
+    proxy: RunningProxy, address: str, count: int
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """`count` connections from `address` that start a TLS handshake and never finish it,
+    each taken into its handshake by the proxy (it has read what they sent) before the next
+    is opened."""
+    assert proxy.server.port is not None
+    opened = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", proxy.server.port, local_addr=(address, 0)
+        )
+        writer.write(STALLED_HELLO)
+        await writer.drain()
+        opened.append((reader, writer))
+        read = functools.partial(
+            _read_by_server, proxy.server.port, writer.get_extra_info("sockname")[1]
+        )
+        await until(read, what="the proxy never read the ClientHello's first bytes")
+    return opened
+
+
+def _read_by_server(server_port: int, client_port: int) -> bool:
+    """Whether the server's end of the connection from `client_port` has nothing left
+    unread (or is gone): the proxy took the bytes into its TLS handshake."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+        if (local, remote) == (server_port, client_port):
+            return int(fields[4].split(":")[1], 16) == 0
+    return True
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    return await reader.read() == b""
+
+
+async def test_stalled_tls_handshakes_are_evicted_for_a_real_client(
+    make_proxy: ProxyFactory,
+) -> None:
+    """#23 finding 9: addresses holding every connection with handshakes that never finish
+    got a real client's TLS connection refused. Now the oldest stalled handshake makes room."""
+    proxy = await make_proxy("limits:\n  connections: 8\ntimeouts:\n  handshake: 60\n")
+    held = [
+        *await stalled_handshakes(proxy, "127.0.0.2", 4),  # each address may hold half
+        *await stalled_handshakes(proxy, "127.0.0.3", 4),
+    ]
+    async with proxy.session.get(proxy.url + "/v2/", headers=proxy.auth("pull")) as resp:
+        assert resp.status == 200
+    assert await asyncio.wait_for(closed(held[0][0]), 10)  # the oldest made room
+    for _, writer in held:
+        writer.close()
+
+
+async def test_one_address_holds_at_most_half_of_the_connections(
+    make_proxy: ProxyFactory,
+) -> None:
+    """#23 finding 9: no per-address cap, handshakes included. With room for 8, one address
+    holds 4 at most: each one more closes its own oldest stalled handshake."""
+    proxy = await make_proxy("limits:\n  connections: 8\ntimeouts:\n  handshake: 60\n")
+    held = await stalled_handshakes(proxy, "127.0.0.2", 6)
+    gone = [asyncio.wait_for(closed(reader), 10) for reader, _ in held[:2]]
+    assert all(await asyncio.gather(*gone))
+    async with proxy.session.get(proxy.url + "/v2/", headers=proxy.auth("pull")) as resp:
+        assert resp.status == 200
+    for _, writer in held:
         writer.close()
 
 

@@ -140,7 +140,9 @@ async def test_a_bad_entry_disables_only_itself_and_a_broken_file_keeps_the_last
     assert await status(proxy, "pull", *PUSH) == 200  # the others keep working
 
     async def refused() -> bool:
-        return f"keeping the last good configuration: {path}:" in caplog.text
+        return f"reload failed for {path}, keeping its last good version: {path}:1:" in (
+            caplog.text
+        )
 
     with caplog.at_level("ERROR", "regproxy.reload"):
         replace_file(path, "- [not: closed\n")  # not YAML: the last good file stays

@@ -129,6 +129,31 @@ async def test_json_access_log_and_sigusr1_reopen(served: Served) -> None:
     assert "/v2/a/tags/list" not in rotated.read_text()
 
 
+BEHIND_A_PROXY = (
+    "trusted_proxies: [127.0.0.0/8]\naudit_log: audit.log\n"
+    "access_log:\n  format: json\n  path: access.jsonl\n"
+)
+
+
+@pytest.mark.parametrize("served", [BEHIND_A_PROXY], indirect=True)
+async def test_the_access_and_audit_logs_name_the_same_client(served: Served) -> None:
+    """#23 (left open): behind a trusted proxy the access log named the socket peer (the
+    proxy) while the audit log named the client from X-Forwarded-For. Both name the client
+    as regproxy believes it."""
+    push = {
+        "Authorization": basic("push", USERS["push"]),
+        "X-Forwarded-For": "198.51.100.9, 203.0.113.7",  # 127.0.0.1 is a trusted proxy
+    }
+    path = "/v2/team/app/manifests/v1"
+    async with served.session.put(served.url + path, headers=push, data=b"{}") as resp:
+        assert resp.status == 200
+    await written(served.directory / "access.jsonl", path)
+    await written(served.directory / "audit.log", '"action": "push"')
+    (access,) = map(json.loads, (served.directory / "access.jsonl").read_text().splitlines())
+    (audit,) = map(json.loads, (served.directory / "audit.log").read_text().splitlines())
+    assert access["client"] == audit["client"] == "203.0.113.7"
+
+
 @pytest.mark.parametrize(
     "served", [f"workers: 2\nmetrics:\n  listen: 127.0.0.1:{free_port()}\n"], indirect=True
 )

@@ -251,6 +251,79 @@ async def test_issuer_down_cached_keys_keep_working(
     assert (await status(proxy, as_bearer(unknown)))[0] == 503
 
 
+def _min_interval(issuer: Issuer, seconds: float, section: str = "") -> str:
+    return issuer.config(section).replace("jwks_min_interval: 0.2", f"jwks_min_interval: {seconds}")
+
+
+async def test_a_key_the_issuers_last_answer_did_not_publish_is_401_while_it_is_down(
+    make_proxy: ProxyFactory, issuer: Issuer
+) -> None:
+    """Within jwks_min_interval of a fetch that succeeded the issuer is not asked again: a
+    token naming a key its answer did not have is refused, down or not."""
+    proxy = await make_proxy(_min_interval(issuer, 60) + ACL)
+    assert (await status(proxy, as_bearer(issuer.token())))[0] == 200
+    issuer.stop()
+    code, body = await status(proxy, as_bearer(issuer.token(key=new_key("RSA", "never"))))
+    assert (code, json.loads(body)["errors"][0]["message"]) == (
+        401,
+        "token signed by a key the issuer does not publish",
+    )
+    assert (await status(proxy, as_bearer(issuer.token(workflow="again"))))[0] == 200
+
+
+async def test_a_key_unknown_while_the_issuer_could_not_be_reached_is_503(
+    make_proxy: ProxyFactory, issuer: Issuer
+) -> None:
+    """The last fetch failed: a token naming a key not among the cached ones cannot be
+    checked, also within jwks_min_interval of that fetch (no new fetch is tried)."""
+    proxy = await make_proxy(_min_interval(issuer, 0.5, "  jwks_refresh: 0.1\n") + ACL)
+    assert (await status(proxy, as_bearer(issuer.token())))[0] == 200
+    issuer.stop()
+    unknown = [issuer.token(key=new_key("EC", f"new-{n}")) for n in range(2)]
+
+    async def unavailable() -> bool:  # once min_interval has passed: a fetch, which fails
+        return (await status(proxy, as_bearer(unknown[0])))[0] == 503
+
+    await until(unavailable)
+    assert (await status(proxy, as_bearer(unknown[1])))[0] == 503  # no fetch: still 503
+    assert (await status(proxy, as_bearer(issuer.token(workflow="cached key"))))[0] == 200
+
+
+async def test_token_cache_and_key_document_limits_are_settings(
+    make_proxy: ProxyFactory, issuer: Issuer
+) -> None:
+    """oidc.token_cache_ttl: a verified token is remembered that long at most (its key
+    withdrawn, it is refused once forgotten); oidc.jwks_max_size: a larger key set is not
+    used (503 while there is no other)."""
+    proxy = await start(make_proxy, issuer, "  token_cache_ttl: 0.5\n  jwks_max_size: 4096\n")
+    old = as_bearer(issuer.token())
+    assert (await status(proxy, old))[0] == 200
+    rotated = new_key("EC", "rotated")
+    issuer.keys = [rotated]  # the old key withdrawn
+    new = as_bearer(issuer.token(key=rotated))
+
+    async def answers(headers: dict[str, str], code: int) -> bool:
+        return (await status(proxy, headers))[0] == code
+
+    await until(lambda: answers(new, 200))  # fetched again once jwks_min_interval allows
+    await until(lambda: answers(old, 401))  # forgotten after 0.5 s, and its key is gone
+    issuer.padding = [{"kty": "oct", "k": "A" * 5000}]  # the key set is now over 4096 bytes
+    later = as_bearer(issuer.token(key=new_key("EC", "later")))
+    await until(lambda: answers(later, 503))  # fetched (past min_interval): too large
+    assert (await status(proxy, as_bearer(issuer.token(key=rotated, workflow="x"))))[0] == 200
+    assert issuer.keys == [rotated]  # (the cached keys stay in use)
+
+
+async def test_a_large_key_set_arriving_in_pieces_is_read_whole(
+    make_proxy: ProxyFactory, issuer: Issuer
+) -> None:
+    """A key set of 600 KB (under the 1 MiB default) arrives in many pieces: it was cut at
+    the first and its issuer's tokens got 503."""
+    issuer.padding = [{"kty": "oct", "kid": f"pad-{n}", "k": "A" * 6000} for n in range(100)]
+    proxy = await start(make_proxy, issuer)
+    assert (await status(proxy, as_bearer(issuer.token())))[0] == 200
+
+
 async def test_issuer_failing_with_no_keys_is_503_never_an_allow(
     make_proxy: ProxyFactory, issuer: Issuer, upstream: FakeUpstream
 ) -> None:
@@ -298,6 +371,46 @@ async def test_failed_tokens_feed_the_throttle(make_proxy: ProxyFactory, issuer:
     good = issuer.token()
     assert (await status(proxy, as_bearer(good)))[0] == 200
     assert (await status(proxy, as_password(good)))[0] == 200
+
+
+def absurd_time_claims(issuer: Issuer) -> dict[str, str]:
+    """Tokens of a configured issuer, for the right audience, whose time claims no float can
+    hold or that are no number at all: signed by the issuer, or with any signature."""
+    valid = issuer.token()
+    head, _, signature = valid.split(".")
+    huge = {**issuer.claims(), "exp": 10**400}
+    return {
+        "exp 10**400, any signature": f"{head}.{base64url(huge)}.{signature}",
+        "exp 10**400": issuer.token(exp=10**400),
+        "exp -10**400": issuer.token(exp=-(10**400)),
+        "nbf 10**400": issuer.token(nbf=10**400),
+        "iat 10**400": issuer.token(iat=10**400),
+        "exp NaN": issuer.token(exp=float("nan")),
+        "exp Infinity": issuer.token(exp=float("inf")),
+        "exp true": issuer.token(exp=True),
+        "exp text": issuer.token(exp="2099-01-01"),
+    }
+
+
+def base64url(claims: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+
+
+async def test_absurd_time_claims_are_401_and_counted_as_failed_logins(
+    make_proxy: ProxyFactory, issuer: Issuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """#23 finding 11: `exp: 10**400` was a 500 with an OverflowError traceback, before any
+    signature check, and not counted by the throttle."""
+    proxy = await start(make_proxy, issuer, "  clock_skew: 30\n")
+    assert (await status(proxy, as_bearer(issuer.token())))[0] == 200  # keys are fetched
+    for name, token in absurd_time_claims(issuer).items():
+        code, body = await status(proxy, as_password(token, f"job-{len(name)}"))
+        assert code == 401, (name, body)
+        assert json.loads(body)["errors"][0]["message"].startswith("token claim "), name
+    assert "Traceback" not in caplog.text and "OverflowError" not in caplog.text
+    huge = absurd_time_claims(issuer)["exp 10**400, any signature"]
+    codes = [(await status(proxy, as_bearer(huge)))[0] for _ in range(6)]
+    assert codes == [401] * 5 + [429]  # counted like any failed login (as Bearer: apart)
 
 
 async def test_groups_and_names_from_claims_reach_the_acl_and_the_logs(

@@ -22,6 +22,7 @@ import pytest
 
 from devtools.net import free_socket
 from proxy.conf.config import Config
+from proxy.core.limits import address_share
 from proxy.policy.grantfile import parse_max_duration
 from tests.e2e.harness import Podman
 from tests.terminal import Terminal
@@ -155,16 +156,22 @@ def test_the_defaults_the_readme_states_are_the_codes() -> None:
     """Each number the README gives as a limit's or a timeout's default ("`limits.per_user`
     (128)", "`timeouts.header` seconds (default 20)") is the one a config without it gets."""
     text = " ".join(README.read_text().split())
-    stated = re.findall(r"`(limits|timeouts)\.(\w+)`(?: seconds)? \((?:default )?(\d+)", text)
+    stated = re.findall(
+        r"`(limits|timeouts)\.(\w+)`(?: seconds)? \((?:default )?`?(\d+|auto)", text
+    )
     assert {(section, key) for section, key, _ in stated} >= {
         ("limits", "per_user"), ("limits", "per_address"), ("limits", "upstream_wait"),
         ("limits", "anonymous"), ("limits", "anonymous_per_address"), ("limits", "min_rate"),
+        ("limits", "connections_per_address"),
         ("timeouts", "header"), ("timeouts", "keepalive"), ("timeouts", "handshake"),
         ("timeouts", "client_idle"),
     }  # fmt: skip
     defaults = Config()
     for section, key, value in stated:
-        assert getattr(getattr(defaults, section), key) == float(value), (section, key)
+        expected = 0.0 if value == "auto" else float(value)  # auto: derived at start
+        assert getattr(getattr(defaults, section), key) == expected, (section, key)
+    # auto for one address: half of the connections (so one address never holds them all).
+    assert [address_share(n, defaults.limits.connections_per_address) for n in (8, 9)] == [4, 4]
 
 
 def test_the_longest_grant_the_readme_states_is_the_codes() -> None:

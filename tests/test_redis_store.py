@@ -105,6 +105,38 @@ async def test_failures_spread_over_replicas_count_in_every_one(replicas: Replic
     assert not locked(b, "alice", "192.0.2.8")
 
 
+async def test_attempts_under_way_are_counted_in_redis_with_the_failures_before_them(
+    replicas: ReplicaFactory,
+) -> None:
+    """Every replica counts a (user, address)'s attempts under way in one place; one that
+    lets go after its failure is published leaves that failure counted for whoever counts
+    next, in the same round trip."""
+    a, b = await replicas(), await replicas()
+    key = "192.0.2.9\0mallory"
+    assert (await a.store.reserve(key, b"guess-1", 60))[0] == 1
+    count, let_go = await b.store.reserve(key, b"guess-2", 60)
+    assert count == 2
+    assert (await b.store.reserve(key, b"guess-2", 60))[0] == 2  # the same attempt: once
+    b.store.publish(LoginFailed("mallory", "192.0.2.9"))
+    let_go()
+    await b.store.flush()
+    count, _ = await a.store.reserve(key, b"guess-3", 60)
+    assert count == 2  # guess-1 and guess-3 under way; guess-2 let go ...
+    assert a.received(LoginFailed("mallory", "192.0.2.9")) == 1  # ... and its failure is here
+
+
+async def test_attempts_under_way_are_counted_on_this_machine_while_redis_is_away(
+    replicas: ReplicaFactory, own_redis: RedisServer
+) -> None:
+    a = await replicas(own_redis)
+    own_redis.stop()
+    await until(lambda: not a.store.healthy)
+    first, let_go = await a.store.reserve("k", b"1", 60)
+    assert (first, (await a.store.reserve("k", b"2", 60))[0]) == (1, 2)
+    let_go()
+    assert (await a.store.reserve("k", b"3", 60))[0] == 2
+
+
 async def test_a_replica_ignores_its_own_events(replicas: ReplicaFactory) -> None:
     a, b = await replicas(), await replicas()
     fail(a, "bob", "192.0.2.1")

@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from devtools.net import free_port
+from proxy.authn.robotfile import Robot, derive, entry_text, new_secret, secret_hash
 from tests.conftest import (
+    GROUPS_TEXT,
+    SECRET,
     USERS,
     FakeUpstream,
     ProxyFactory,
@@ -19,9 +24,13 @@ from tests.conftest import (
     TlsPair,
     basic,
     htpasswd_text,
+    regproxy,
     replace_file,
+    samples,
+    scrape,
     until,
 )
+from tests.oidc_issuer import Issuer, new_key
 
 
 async def status(proxy: RunningProxy, user: str, password: str, method: str = "GET") -> int:
@@ -85,7 +94,7 @@ async def test_broken_edit_keeps_last_good_version(
     else:
         replace_file(path, content)
     await until(lambda: _async(any(logged in r.getMessage() for r in caplog.records)))
-    assert "keeping the last good configuration" in caplog.text
+    assert f"reload failed for {path}, keeping its last good version: {path}" in caplog.text
     assert await status(proxy, "pull", USERS["pull"]) == 200
     assert await status(proxy, "push", USERS["push"], "POST") == 200
     assert await status(proxy, "pull", USERS["pull"], "POST") == 403
@@ -93,6 +102,98 @@ async def test_broken_edit_keeps_last_good_version(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+ACL = "- groups: [pusher]\n  actions: '*'\n- actions: [pull]\n"
+
+
+def _robot_entry(secret: str) -> str:
+    """A robot `ci` owned by `push`, for this secret, as `regproxy robot create` writes it."""
+    key = derive(SECRET.encode(), "robots")
+    robot = Robot("ci", secret_hash(key, secret), ("**",), frozenset({"pull", "push"}),
+                  time.time() + 3600, "push")  # fmt: skip
+    return entry_text(robot)
+
+
+def _with_oidc_line(path: Path, line: str) -> str:
+    """The config with one more line at the top of its `oidc:` section."""
+    return path.read_text().replace("oidc:\n", f"oidc:\n{line}\n", 1)
+
+
+# File -> its broken edit (from its current text): each a way to break one file of a snapshot.
+BREAKS: dict[str, tuple[str, Callable[[Path], str | bytes]]] = {
+    "robots": ("robots.yaml", lambda path: path.read_text() + "- name: [broken\n"),
+    "groups": ("groups", lambda _: b"pusher: push\n\x00\x00"),
+    "acl": ("acl.yaml", lambda _: "- groups: [pusher\n  actions: '*'\n"),
+    "htpasswd": ("htpasswd", lambda _: b"\xff\xfe\x00 binary"),
+    "oidc CA": ("issuer/issuer-ca.pem", lambda _: "not a certificate\n"),
+    "oidc section": ("regproxy.yaml", lambda path: _with_oidc_line(path, "  clock_skew: 9999")),
+    "config": ("regproxy.yaml", lambda path: path.read_text() + "upstreem: http://x\n"),
+    "config naming a missing file": (
+        "regproxy.yaml",
+        lambda path: path.read_text().replace("htpasswd: htpasswd", "htpasswd: missing"),
+    ),
+}
+
+
+@pytest.mark.parametrize("broken", list(BREAKS))
+async def test_one_broken_file_costs_only_that_file(
+    make_proxy: ProxyFactory, issuer: Issuer, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, broken: str,
+) -> None:  # fmt: skip
+    """#23 finding 5: a broken edit of one file (the robots file, as in the finding: then
+    `regproxy passwd --delete`) refused the whole new snapshot, so a deleted user kept
+    logging in. Now the broken file keeps its last good version (logged with file:line,
+    counted as a failed reload) and every other file's edits apply."""
+    (tmp_path / "acl.yaml").write_text(ACL)
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    ci = new_secret()
+    (tmp_path / "robots.yaml").write_text(_robot_entry(ci))
+    proxy = await make_proxy(
+        "acl: acl.yaml\nrobots: robots.yaml\nsecret_file: secret\n"
+        f"metrics:\n  listen: 127.0.0.1:{free_port()}\n" + issuer.config()
+    )
+    assert proxy.server.metrics_port is not None
+    tokens = {"Authorization": f"Bearer {issuer.token()}"}
+    assert await status(proxy, "other", USERS["other"]) == 200
+    assert await _status(proxy, tokens) == 200  # the issuer's keys are fetched
+    name, edit = BREAKS[broken]
+    path = tmp_path / name
+    before = samples((await scrape(proxy.server.metrics_port))[1])  # counters are per process
+    caplog.set_level(logging.ERROR, logger="regproxy.reload")
+    replace_file(path, edit(path))
+    kept = f"reload failed for {path}, keeping its last good version: {tmp_path}/"
+    await until(lambda: _async(kept in caplog.text), what=caplog.text)
+    if broken == "htpasswd":  # another file's edit: `other` becomes a pusher
+        replace_file(proxy.groups, GROUPS_TEXT + "pusher: other\n")
+        await until(lambda: _is(status(proxy, "other", USERS["other"], "POST"), 200))
+    else:  # the finding's edit: a user deleted with `regproxy passwd --delete`
+        deleted = regproxy("passwd", "htpasswd", "other", "--delete", cwd=tmp_path)
+        assert deleted.returncode == 0, deleted.stderr
+        await until(lambda: _is(status(proxy, "other", USERS["other"]), 401))
+    # The broken file's last good version is what is in force: users and their passwords,
+    # groups and ACL (push may push), the robot, the issuer's CA (a new key is fetched).
+    assert await status(proxy, "pull", USERS["pull"]) == 200
+    assert await status(proxy, "push", USERS["push"], "POST") == 200
+    assert await _status(proxy, {"Authorization": basic("robot$ci", ci)}) == 200
+    rotated = new_key("EC", "rotated")
+    issuer.keys.append(rotated)
+    assert await _status(proxy, {"Authorization": f"Bearer {issuer.token(key=rotated)}"}) == 200
+    assert proxy.state.current.config.oidc is not None
+    assert proxy.state.current.config.oidc.clock_skew == 60  # the kept config's
+    assert "keeping the last good configuration" not in caplog.text  # nothing else was kept
+    after = samples((await scrape(proxy.server.metrics_port))[1])
+
+    def reloads(result: str) -> float:
+        key = ("regproxy_reloads_total", (("result", result),))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert (reloads("failed") >= 2, reloads("ok")) == (True, 0)  # each reload: the file kept
+
+
+async def _status(proxy: RunningProxy, headers: dict[str, str]) -> int:
+    async with proxy.session.get(proxy.url + "/v2/", headers=headers) as resp:
+        return resp.status
 
 
 async def test_bad_line_disables_only_that_user(make_proxy: ProxyFactory) -> None:
@@ -145,7 +246,11 @@ async def test_sighup_style_reload_of_tls_certificate(
     leaf.private_key_pem.write_to_path(str(key))
     text = proxy.config.read_text()
     replace_file(proxy.config, text + f"tls:\n  cert: {cert}\n  key: {key}\n")
-    assert await proxy.state.reload("test") is False  # duplicate 'tls' key: refused, old kept
+    assert await proxy.state.reload("test") is True  # duplicate 'tls' key: the config is kept
+    assert [(path, p.message) for path, p in proxy.state.current.kept] == [
+        (proxy.config, "duplicate key 'tls'")
+    ]
+    assert proxy.state.current.config.tls_cert != cert
     replace_file(
         proxy.config,
         text.split("tls:")[0] + f"tls:\n  cert: {cert}\n  key: {key}\n",

@@ -5,6 +5,7 @@ passwd --redis`) take effect on both; Redis away is degraded, never an open door
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import subprocess
@@ -13,19 +14,26 @@ from asyncio.subprocess import PIPE
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from devtools.net import free_port, free_socket
+from proxy.authn.credentials import hash_password
 from tests.conftest import (
     ENV,
+    USERS,
     FakeUpstream,
     ProxyFactory,
     RunningProxy,
+    TlsPair,
     basic,
+    htpasswd_text,
     samples,
     scrape,
+    serving,
     until,
+    write_setup,
 )
 from tests.redis_server import RedisServer
 
@@ -99,6 +107,50 @@ async def test_guesses_spread_over_replicas_are_throttled_after_the_total(
     await answers(second, "pull", "wrong", 429)
     assert await status(first, "pull", "pull-pw") == 429  # locked for that address
     assert await status(first, "push", "push:pw") == 200  # not for other users
+
+
+async def test_a_burst_of_guesses_over_replicas_and_workers_gets_the_limit_in_all(
+    redis_server: RedisServer, tmp_path: Path, tls: TlsPair, upstream: FakeUpstream
+) -> None:
+    """#23 finding 10: 18 wrong passwords for one user sent at once, 6 to each of 3 replicas
+    (`regproxy serve`, one with two workers) sharing Redis, with `throttle.attempts: 5`: 16
+    were checked (401), because each worker counted only its own attempts under way. Now
+    every attempt under way is counted in Redis before its password is checked: 5 at most."""
+    prefix = f"t{secrets.token_hex(3)}:"
+    ports = []
+    async with contextlib.AsyncExitStack() as stack:
+        for n, workers in enumerate((1, 2, 1)):
+            directory = tmp_path / f"replica-{n}"
+            directory.mkdir()
+            extra = (
+                state_yaml(redis_server, prefix, "[htpasswd]")
+                + f"workers: {workers}\nthrottle:\n  attempts: 5\n"
+            )
+            config = write_setup(directory, tls, upstream.url, extra)
+            # A cost-10 hash, as `regproxy passwd` writes: every guess is under way at once.
+            (directory / "htpasswd").write_text(
+                htpasswd_text(USERS).replace(
+                    htpasswd_text({"pull": USERS["pull"]}),
+                    f"pull:{hash_password(USERS['pull'], cost=10)}\n",
+                )
+            )
+            await stack.enter_async_context(serving(["serve", "-c", str(config)], directory))
+            ports.append(int(config.read_text().split("listen: 127.0.0.1:")[1].split()[0]))
+
+        async def guess(port: int, n: int) -> int:
+            connector = aiohttp.TCPConnector(ssl=tls.client_context(), force_close=True)
+            headers = {"Authorization": basic("pull", f"guess-{n}")}
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.get(f"https://localhost:{port}/v2/", headers=headers) as resp,
+            ):
+                return resp.status
+
+        statuses = await asyncio.gather(
+            *(guess(port, 6 * r + n) for r, port in enumerate(ports) for n in range(6))
+        )
+        assert sorted(set(statuses)) <= [401, 429], statuses
+        assert 1 <= statuses.count(401) <= 5, statuses  # the README's bound: attempts, in all
 
 
 async def test_users_in_redis_take_effect_on_every_replica(

@@ -205,7 +205,7 @@ async def test_a_hand_edit_with_a_bad_entry_disables_only_that_robot(
     assert await status(proxy, ci) == 200  # the others keep working
 
     async def refused() -> bool:
-        return f"keeping the last good configuration: {path}:" in caplog.text
+        return f"reload failed for {path}, keeping its last good version: {path}:" in caplog.text
 
     with caplog.at_level("ERROR", "regproxy.reload"):
         replace_file(path, "- [not: closed\n")  # not YAML: the last good file stays

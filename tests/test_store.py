@@ -3,6 +3,7 @@ mesh (proxy.state.peers), in one process; named locks over shared lock files."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from proxy.authn.cache import CacheSettings
 from proxy.authn.throttle import Throttle, ThrottleSettings
-from proxy.state.events import BlobGone, Event
+from proxy.state.events import BlobGone, Event, LoginFailed
 from proxy.state.store import LocalStore, LockTimeout
 from tests.conftest import Mesh
 
@@ -177,6 +178,36 @@ async def test_a_waiter_whose_file_was_removed_locks_the_next_one(tmp_path: Path
     await asyncio.gather(*(hold(i) for i in range(3)))
     assert most == 1
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_attempts_under_way_are_counted_by_every_worker(tmp_path: Path) -> None:
+    """Workers count a (user, address)'s login attempts under way in one file they lock in
+    turn; a failure sent before letting go is in the other's inbox when it counts next."""
+    mesh = Mesh(2)
+    first, second = (LocalStore(mesh.peers(n), tmp_path) for n in range(2))  # as supervised
+    seen: list[Event] = []
+    second.subscribe(lambda event, _age: seen.append(event))
+    key = "192.0.2.9\0mallory"
+    one, let_go = await first.reserve(key, b"guess-1", 60)
+    two, _ = await second.reserve(key, b"guess-2", 60)
+    assert (one, two) == (1, 2)
+    first.publish(LoginFailed("mallory", "192.0.2.9"))
+    let_go()
+    assert (await second.reserve(key, b"guess-3", 60))[0] == 2
+    assert seen == [LoginFailed("mallory", "192.0.2.9")]
+    alone = LocalStore()
+    assert [(await alone.reserve(key, b"x", 60))[0] for _ in range(2)] == [1, 1]
+    mesh.close()
+
+
+async def test_attempts_of_a_worker_that_died_count_only_until_their_time(tmp_path: Path) -> None:
+    store = LocalStore(lock_dir=tmp_path)
+    await store.reserve("k", b"dead", 0.05)  # never let go of
+    await asyncio.sleep(0.1)
+    count, let_go = await store.reserve("k", b"alive", 60)
+    assert count == 1
+    let_go()
+    assert list(tmp_path.iterdir()) == []  # nothing under way: no file left
 
 
 async def test_a_password_verified_by_one_worker_is_not_hashed_again_by_another() -> None:

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..core.addresses import IPAddress, throttle_key
+from ..core.lru import LRU
 from ..observe import metrics
 from ..policy.identity import Identity
 from ..state.events import CredentialVerified, Event
+from ..state.store import Release, Store
 from . import (
     Authenticator,
     AuthResult,
@@ -42,7 +44,7 @@ from .credentials import MalformedCredentials, PasswordHash, bearer_token, parse
 from .htpasswd import HtpasswdAuthenticator, UserFiles
 from .robotfile import Robot
 from .robots import RobotAuthenticator, RobotUsage
-from .throttle import Throttle, ThrottleSettings, token_login
+from .throttle import Throttle, ThrottleSettings, pair, token_login
 
 if TYPE_CHECKING:
     from .jwks import KeySource
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
     from .redis_users import RedisUsers
 
 BEARER = "(bearer)"  # who a Bearer token's failures are counted against, with the address
+ATTEMPT_HOLD = 60.0  # seconds a login attempt counts as under way at most (its process died)
+LOGGED_IN_KEPT = 10_000  # credentials remembered per worker as having logged in lately
 
 log = logging.getLogger("regproxy.authn")
 
@@ -90,18 +94,26 @@ class Authenticators:
 
 class Authentication:
     """Turns an Authorization header into an Identity, or a Denied answer. `flush`: waits
-    until a failure has reached the other processes (`Store.flush`), before the 401."""
+    until a failure has reached the other processes (`Store.flush`), before the 401.
+    `store`: where a login attempt is counted as under way before its password is checked,
+    with every other worker and replica (`Store.reserve`), so that a burst of guesses spread
+    over them is held to the throttle's limit as one; without it, each process counts alone.
+    An attempt with credentials that logged in here lately is not counted there (a verified
+    credential costs no round trip)."""
 
     def __init__(
         self,
         throttle: Throttle,
         clock: Callable[[], float] = time.monotonic,
         flush: Callable[[], Awaitable[None]] | None = None,
+        store: Store | None = None,
     ) -> None:
         self.throttle = throttle
         self._clock = clock
-        self._flush = flush
+        self._store = store
+        self._flush = flush if flush is not None or store is None else store.flush
         self._key = secrets.token_bytes(32)  # tells attempts apart without keeping passwords
+        self._logged_in: LRU[bytes, float] = LRU(LOGGED_IN_KEPT)  # attempt -> until when
 
     async def identify(
         self, authorization: list[str], address: IPAddress | None, setup: Authenticators
@@ -130,13 +142,26 @@ class Authentication:
             counted = token_login(attempt)
         wait = self.throttle.retry_after(counted, where, self._clock(), setup.throttle)
         if wait > 0:
-            log.warning("throttled login for %r from %s: retry in %.0fs", user, where, wait)
-            metrics.RECORD.throttled()
-            return Denied(429, "too many failed logins, retry later", math.ceil(wait))
+            return _throttled(user, where, wait)
+        release: Release = _nothing
+        if self._store is not None and not self._logged_in_lately(attempt):
+            under_way, release = await self._store.reserve(
+                pair(counted, where), attempt, ATTEMPT_HOLD
+            )
+            # What the others published before is counted now: ask again, with every attempt
+            # under way anywhere but this one.
+            now = self._clock()
+            wait = self.throttle.retry_after(counted, where, now, setup.throttle, under_way - 1)
+            if wait > 0:
+                release()
+                return _throttled(user, where, wait)
         self.throttle.started(counted, where, attempt)
         try:
             answer = await self._ask(setup, user, password, bearer=token is not None)
-        except BackendUnavailable as exc:
+        except BaseException as exc:
+            release()
+            if not isinstance(exc, BackendUnavailable):
+                raise
             log.error("authentication backend unavailable: %s", exc)
             metrics.RECORD.auth_failure("backend_unavailable")
             return Denied(503, "authentication backend unavailable")
@@ -144,14 +169,21 @@ class Authentication:
             self.throttle.finished(counted, where, attempt)
         if answer is not None and answer.outcome is Outcome.OK:
             self.throttle.success(counted, where)
+            self._logged_in.put(attempt, self._clock() + setup.throttle.window)
+            release()
             return _identity(answer, user, address, setup.users)
         reason = answer.reason if answer is not None else ""
         self.throttle.failure(counted, where, self._clock(), setup.throttle)
+        release()  # after the failure is published: who counts after this counts the failure
         if self._flush is not None:
             await self._flush()
         metrics.RECORD.auth_failure("invalid")
         log.info("authentication failed for %r from %s", user, where)
         return Denied(401, reason or "invalid username or password")
+
+    def _logged_in_lately(self, attempt: bytes) -> bool:
+        until = self._logged_in.get(attempt)
+        return until is not None and until > self._clock()
 
     @staticmethod
     async def _ask(
@@ -168,6 +200,16 @@ class Authentication:
             if answer.outcome is not Outcome.NO_SUCH_USER:
                 return answer
         return None
+
+
+def _throttled(user: str, where: str, wait: float) -> Denied:
+    log.warning("throttled login for %r from %s: retry in %.0fs", user, where, wait)
+    metrics.RECORD.throttled()
+    return Denied(429, "too many failed logins, retry later", math.ceil(wait))
+
+
+def _nothing() -> None:
+    """No attempt was counted in the store: nothing to let go of."""
 
 
 def _identity(
@@ -305,16 +347,19 @@ class BackendFactory:
                 settings.timeout,
                 settings.jwks_refresh,
                 settings.jwks_min_interval,
+                settings.jwks_max_size,
             )
             source = sources[endpoint] = self._sources.get(endpoint) or KeySource(
                 endpoint, self._clock
             )
-            checks = (endpoint, issuer.audiences, settings.clock_skew)
+            cache = (settings.token_cache_ttl, settings.token_cache_size)
+            checks = (endpoint, issuer.audiences, settings.clock_skew, cache)
             verifier = verifiers[checks] = self._verifiers.get(checks) or IssuerVerifier(
                 issuer.issuer,
                 issuer.audiences,
                 settings.clock_skew,
                 source,
+                cache,
                 self._clock,
                 self._wall,
             )

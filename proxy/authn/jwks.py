@@ -29,12 +29,12 @@ import aiohttp
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
+from ..http.bodies import TooLarge, read_whole
 from . import BackendUnavailable
 from .jwt import ALGORITHMS, Key, key_fits
 
 log = logging.getLogger("regproxy.authn.oidc")
 
-MAX_DOCUMENT = 1024 * 1024
 MIN_RSA_BITS = 2048
 DISCOVERY = "/.well-known/openid-configuration"
 
@@ -88,6 +88,7 @@ class Endpoint:
     timeout: float
     refresh: float
     min_interval: float
+    max_size: int  # bytes a discovery document or key set may have
 
 
 @dataclass
@@ -156,7 +157,7 @@ class KeySource:
                 cookie_jar=aiohttp.DummyCookieJar(),
             ) as session:
                 uri = endpoint.jwks_uri or await self._discover(session)
-                keys = parse_jwks(await _get_json(session, uri))
+                keys = parse_jwks(await _get_json(session, uri, endpoint.max_size))
         except Exception as exc:  # whatever the issuer sends or does: logged, never raised
             state.failed = True
             held = f"keeping {len(state.keys)} cached key(s)" if state.keys else "no keys"
@@ -171,7 +172,7 @@ class KeySource:
 
     async def _discover(self, session: aiohttp.ClientSession) -> str:
         issuer = self.endpoint.issuer
-        document = await _get_json(session, issuer.rstrip("/") + DISCOVERY)
+        document = await _get_json(session, issuer.rstrip("/") + DISCOVERY, self.endpoint.max_size)
         if not isinstance(document, Mapping) or document.get("issuer") != issuer:
             raise ValueError("the discovery document names another issuer")
         uri = document.get("jwks_uri")
@@ -180,12 +181,12 @@ class KeySource:
         return uri
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
-    """A JSON document, at most MAX_DOCUMENT bytes, from a 200 answer (redirects refused)."""
+async def _get_json(session: aiohttp.ClientSession, url: str, limit: int) -> Any:
+    """A JSON document, at most `limit` bytes, from a 200 answer (redirects refused)."""
     async with session.get(url, allow_redirects=False) as response:
         if response.status != 200:
             raise ValueError(f"{url} answered {response.status}")
-        body = await response.content.read(MAX_DOCUMENT + 1)
-        if len(body) > MAX_DOCUMENT:
-            raise ValueError(f"{url}: document larger than {MAX_DOCUMENT} bytes")
-        return json.loads(body)
+        try:
+            return json.loads(await read_whole(response.content, limit))
+        except TooLarge:
+            raise ValueError(f"{url}: document larger than {limit} bytes") from None

@@ -104,12 +104,20 @@ def parse(text: str) -> Parsed:
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    """A time claim as a finite float; Rejected for anything else (a bool, text, NaN, an
+    infinity, or an integer too large for a float: `exp: 10**400`)."""
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise Rejected(f"token claim {name} is not a number")
-    return float(value)
+    try:
+        number = float(value)  # an int beyond a float's range raises OverflowError
+    except OverflowError:
+        raise Rejected(f"token claim {name} is out of range") from None
+    if not math.isfinite(number):
+        raise Rejected(f"token claim {name} is not a number")
+    return number
 
 
 def check_claims(

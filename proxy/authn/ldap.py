@@ -6,8 +6,9 @@ Security: the user name is escaped (RFC 4515 in filters, RFC 4514 in DNs) and na
 control characters or surrounding spaces are refused before any request; an empty password is
 refused outright (an LDAP "unauthenticated bind" succeeds on many servers); certificates are
 always verified (chain and host name) for ldaps:// and StartTLS, and plain ldap:// to another
-host needs `allow_insecure: true`. A server that cannot be reached, times out or fails TLS
-raises `BackendUnavailable`: never an allow, never a fall-through to the next backend.
+host needs `allow_insecure: true` (each address a host name resolves to is checked too). A
+server that cannot be reached, times out or fails TLS raises `BackendUnavailable`: never an
+allow, never a fall-through to the next backend.
 
 Outcomes: bind accepted -> OK with the groups; bind refused -> WRONG_PASSWORD; the search finds
 no entry -> NO_SUCH_USER (the next backend is asked); the search finds several -> refused.
@@ -208,6 +209,12 @@ class _Directory:
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         last: Exception = OSError(f"no address for {url.host}")
         for address in addresses:
+            if self.settings.clear_text_refused(url, address):
+                last = OSError(
+                    f"{url.host} resolves to {address}: not loopback, and the URL is "
+                    "plain ldap:// (allow_insecure: true would send passwords there)"
+                )
+                continue
             tls = _VerifyingTls(self._context, url.host) if self._context else None
             server = ldap3.Server(
                 address,

@@ -53,6 +53,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from ..core.lastgood import LastGood
 from ..core.problems import BadValue, Problem
 
 with warnings.catch_warnings():
@@ -134,6 +135,20 @@ class LdapSettings:
             else:
                 shown.append(f"{item.name}={value!r}")
         return f"LdapSettings({', '.join(shown)})"
+
+    def clear_text_refused(self, url: LdapUrl, address: str) -> bool:
+        """Whether connecting to `address`, one that `url`'s host resolved to, would send
+        passwords in clear text to another host without `allow_insecure`. The host was
+        checked by name when the settings were read (plain `ldap://` only to a loopback one);
+        this holds the name to where it leads (a `localhost` that resolves elsewhere)."""
+        if url.tls or self.start_tls or self.allow_insecure:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.partition("%")[0])  # an IPv6 scope: not the host
+        except ValueError:
+            return True
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return not (ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
     @property
     def search(self) -> bool:
@@ -338,6 +353,7 @@ def parse_ldap_settings(
     line_of: Mapping[str, int],
     *,
     base_dir: Path | None = None,
+    files: LastGood | None = None,
 ) -> tuple[LdapSettings | None, list[Problem]]:
     """The `ldap:` section's keys -> settings (None if any problem), and every problem found.
 
@@ -345,7 +361,8 @@ def parse_ldap_settings(
     the same keys to their lines in `source`, and may map "ldap" to the section's own line (used
     for problems about missing keys; otherwise the line before the first key). Relative paths
     are resolved against `base_dir`, by default the directory of `source`. The password file
-    and the CA file are read here, so an unreadable one is a problem now, not at first login.
+    and the CA file are read here, so an unreadable one is a problem now, not at first login
+    (through `files`: at a reload, one that cannot be used keeps its last good version).
     """
     problems: list[Problem] = []
     section = line_of.get("ldap", min(line_of.values(), default=1) - 1)
@@ -370,7 +387,7 @@ def parse_ldap_settings(
             problem(key, str(exc))
     bad = {key for key in values if key not in parsed}  # no follow-on problems for these
 
-    _read_files(values, parsed, problem)
+    _read_files(values, parsed, problem, files or LastGood())
     _check_combinations(values, parsed, bad, problem)
     names = _user_name_attributes(parsed, problem) if not problems else ()
     if problems:
@@ -385,11 +402,13 @@ def parse_ldap_settings(
     return settings, []
 
 
-def _read_files(values: Mapping[str, Any], parsed: dict[str, Any], problem: Report) -> None:
+def _read_files(
+    values: Mapping[str, Any], parsed: dict[str, Any], problem: Report, files: LastGood
+) -> None:
     """Read the CA file and the bind password file now: unreadable is a problem at load."""
     if "ca_file" in parsed:
         try:
-            _check_ca(parsed["ca_file"], "ca_file")
+            files.read("ldap CA", parsed["ca_file"], lambda path: _check_ca(path, "ca_file"))
         except BadValue as exc:
             problem("ca_file", str(exc))
     if "bind_password_file" in parsed:
@@ -397,8 +416,10 @@ def _read_files(values: Mapping[str, Any], parsed: dict[str, Any], problem: Repo
             problem("bind_password_file", "use bind_password or bind_password_file, not both")
         else:
             try:
-                parsed["bind_password"] = _read_secret(
-                    parsed["bind_password_file"], "bind_password_file"
+                parsed["bind_password"] = files.read(
+                    "ldap password",
+                    parsed["bind_password_file"],
+                    lambda path: _read_secret(path, "bind_password_file"),
                 )
             except BadValue as exc:
                 problem("bind_password_file", str(exc))

@@ -6,8 +6,8 @@ password backend (an LDAP server never sees a CI token). The token is read stric
 (`proxy.authn.jwt`), its issuer must be configured, its claims are checked (iss, aud, exp,
 nbf, iat, with the clock skew) before its signature is (`proxy.authn.jwks` holds the keys);
 then the issuer's `required` conditions, and the identity's name and groups come from the
-claims. A token that passed is remembered until it expires (never longer than the verified
-cache's ttl), under a keyed hash of the token.
+claims. A token that passed is remembered until it expires (never longer than
+`oidc.token_cache_ttl`, at most `oidc.token_cache_size` of them), under a keyed hash of it.
 
 Outcomes: not a token -> NO_SUCH_USER (the password backends are asked); a token refused for
 any reason -> WRONG_PASSWORD with the reason (401); no keys to check it with ->
@@ -33,9 +33,6 @@ from .robotfile import USER_PREFIX
 
 log = logging.getLogger("regproxy.authn.oidc")
 
-CACHE_TTL = 3600.0  # a token is remembered until it expires, and at most this long
-CACHE_SIZE = 10_000
-
 
 @dataclass(frozen=True)
 class Verified:
@@ -55,13 +52,16 @@ class IssuerVerifier:
         audiences: tuple[str, ...],
         skew: float,
         keys: KeySource,
+        cache: tuple[float, int],
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        """`cache`: how long a verified token is remembered at most (it is never kept past its
+        `exp`), and how many are (`oidc.token_cache_ttl`, `oidc.token_cache_size`)."""
         self.issuer, self.audiences, self.skew, self.keys = issuer, audiences, skew, keys
         self._wall = wall
         self._key = secrets.token_bytes(32)
-        self._cache: VerifiedCache[Verified] = VerifiedCache(CACHE_TTL, CACHE_SIZE, clock)
+        self._cache: VerifiedCache[Verified] = VerifiedCache(*cache, clock)
 
     async def verify(self, token: Parsed) -> Verified:
         """The verified token; Rejected, or BackendUnavailable without keys to check it."""

@@ -7,6 +7,9 @@ an identity. Pure but for checking the CA files; every problem is reported with 
       timeout: 5                # seconds for the issuer to answer (discovery, JWKS)
       jwks_refresh: 3600        # seconds the issuer's keys are used before they are fetched again
       jwks_min_interval: 10     # at most one fetch per issuer this often (unknown `kid`s)
+      jwks_max_size: 1048576    # bytes a discovery document or key set may have
+      token_cache_ttl: 3600     # seconds a verified token is remembered at most (0: never)
+      token_cache_size: 10000   # verified tokens remembered per issuer and worker
       issuers:
         - issuer: https://token.actions.githubusercontent.com   # exactly the tokens' `iss`
           audience: https://registry.example.org   # or a list: the token's `aud` must hold one
@@ -36,11 +39,14 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from ..core.lastgood import LastGood
 from ..core.problems import BadValue, Problem, construct
 from ..policy.acl import claim_conditions
 from ..policy.claims import CLAIM_NAME_RE, Conditions, template_names
 
 MAX_SKEW = 300.0
+MAX_DOCUMENT = 16 * 1024 * 1024
+MAX_CACHE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,9 @@ class OidcSettings:
     timeout: float = 5.0
     jwks_refresh: float = 3600.0
     jwks_min_interval: float = 10.0
+    jwks_max_size: int = 1024 * 1024
+    token_cache_ttl: float = 3600.0
+    token_cache_size: int = 10_000
 
     def issuer(self, iss: str) -> IssuerSettings | None:
         return next((i for i in self.issuers if i.issuer == iss), None)
@@ -127,17 +136,29 @@ def _seconds(value: Any, key: str, high: float, *, zero: bool = False) -> float:
     return float(value)
 
 
+def _count(value: Any, key: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadValue(f"{key}: expected a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
 def _basic_user(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value or any(c.isspace() or c == ":" for c in value):
         raise BadValue(f"{key}: expected a user name without spaces or ':', got {value!r}")
     return value
 
 
-def _ca_file(value: Any, key: str, base: Path) -> tuple[Path, str]:
-    """The path and its PEM text, which must hold a usable CA certificate."""
+def _ca_file(value: Any, key: str, base: Path, files: LastGood) -> tuple[Path, str]:
+    """The path and its PEM text, which must hold a usable CA certificate (at a reload, one
+    that does not keeps its last good text)."""
     if not isinstance(value, str) or not value:
         raise BadValue(f"{key}: expected a file path, got {value!r}")
     path = Path(value) if Path(value).is_absolute() else base / value
+    return path, files.read("oidc CA", path, lambda path: _ca_pem(path, key))
+
+
+def _ca_pem(path: Path, key: str) -> str:
+    """The PEM text of a file that holds a usable CA certificate; BadValue otherwise."""
     try:
         pem = path.read_text(encoding="ascii")
         ssl.create_default_context(cadata=pem)
@@ -148,7 +169,7 @@ def _ca_file(value: Any, key: str, base: Path) -> tuple[Path, str]:
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
         raise BadValue(f"{key}: no usable CA certificate in {path}: {reason}") from None
-    return path, pem
+    return pem
 
 
 _SECTION: dict[str, Callable[[Any, str], Any]] = {
@@ -157,6 +178,9 @@ _SECTION: dict[str, Callable[[Any, str], Any]] = {
     "timeout": lambda v, k: _seconds(v, k, 60),
     "jwks_refresh": lambda v, k: _seconds(v, k, 86_400),
     "jwks_min_interval": lambda v, k: _seconds(v, k, 3600),
+    "jwks_max_size": lambda v, k: _count(v, k, 1024, MAX_DOCUMENT),
+    "token_cache_ttl": lambda v, k: _seconds(v, k, 86_400, zero=True),
+    "token_cache_size": lambda v, k: _count(v, k, 1, MAX_CACHE),
 }
 _ISSUER: dict[str, Callable[[Any, str], Any]] = {
     "issuer": _https,
@@ -186,7 +210,7 @@ def _entries(node: yaml.Node, where: str, source: str, problems: list[Problem]
 
 
 def _issuer(
-    node: yaml.Node, source: str, base: Path, problems: list[Problem]
+    node: yaml.Node, source: str, base: Path, problems: list[Problem], files: LastGood
 ) -> IssuerSettings | None:
     line = node.start_mark.line + 1
     entries = _entries(node, "oidc.issuers", source, problems)
@@ -199,7 +223,7 @@ def _issuer(
                 raise BadValue(f"unknown key {name!r} (known: {', '.join(sorted(_ISSUER_KEYS))})")
             value = construct(value_node)
             if key == "ca_file":
-                values["ca_file"], values["ca_pem"] = _ca_file(value, name, base)
+                values["ca_file"], values["ca_pem"] = _ca_file(value, name, base, files)
             else:
                 values[key] = _ISSUER[key](value, name)
         except ValueError as exc:
@@ -245,10 +269,11 @@ def _clashes(first: IssuerSettings, second: IssuerSettings) -> list[str]:
 
 
 def parse_oidc_settings(
-    node: yaml.Node, source: str, line: int, base: Path
+    node: yaml.Node, source: str, line: int, base: Path, files: LastGood | None = None
 ) -> tuple[OidcSettings | None, list[Problem]]:
     """The `oidc:` section's node (its key on `line`) -> settings (None if any problem), and
-    every problem. Relative `ca_file`s are relative to `base`."""
+    every problem. Relative `ca_file`s are relative to `base`, read through `files`."""
+    files = files or LastGood()
     problems: list[Problem] = []
     entries = _entries(node, "oidc", source, problems)
     values: dict[str, Any] = {}
@@ -260,7 +285,7 @@ def parse_oidc_settings(
                 problems.append(Problem(source, key_line, message))
                 continue
             for item in value_node.value:
-                issuer = _issuer(item, source, base, problems)
+                issuer = _issuer(item, source, base, problems, files)
                 if issuer is None:
                     continue
                 where = int(issuer.origin.rpartition(":")[2])

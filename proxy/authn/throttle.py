@@ -82,7 +82,8 @@ def token_login(attempt: bytes) -> str:
     return _TOKEN + attempt[:6].hex()
 
 
-def _pair(user: str, address: str) -> str:
+def pair(user: str, address: str) -> str:
+    """The key of one user's logins from one address."""
     return f"{address}\0{user}"
 
 
@@ -98,11 +99,15 @@ class Throttle:
         self._pending: dict[str, dict[bytes, int]] = {}
         self._known_good: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
 
-    def retry_after(self, user: str, address: str, now: float, s: ThrottleSettings) -> float:
-        """Seconds to wait before this (user, address) may try; 0 if it may try now."""
-        pair = _pair(user, address)
-        wait = _locked(self._pairs.get(pair), now)
-        busy = self._busy(pair, self._pairs.get(pair), s.attempts, now - s.window)
+    def retry_after(
+        self, user: str, address: str, now: float, s: ThrottleSettings, under_way: int = 0
+    ) -> float:
+        """Seconds to wait before this (user, address) may try; 0 if it may try now.
+        `under_way`: its other attempts under way anywhere, as the store counts them (those
+        of this process are known here too)."""
+        key = pair(user, address)
+        wait = _locked(self._pairs.get(key), now)
+        busy = self._busy(key, self._pairs.get(key), s.attempts, now - s.window, under_way)
         if not self.known_good(user, address):
             wait = max(
                 wait,
@@ -113,9 +118,11 @@ class Throttle:
             busy = busy or self._spray_busy(address, now - s.window, s)
         return wait if wait > 0 or not busy else 1.0
 
-    def _busy(self, key: str, counter: _Counter | None, limit: int, since: float) -> bool:
+    def _busy(
+        self, key: str, counter: _Counter | None, limit: int, since: float, under_way: int = 0
+    ) -> bool:
         """Checks under way would reach the limit if they all failed."""
-        pending = len(self._pending.get(key, ()))
+        pending = max(len(self._pending.get(key, ())), under_way)
         return pending > 0 and (counter.recent(since) if counter else 0) + pending >= limit
 
     def _user_busy(self, user: str, since: float, s: ThrottleSettings) -> bool:
@@ -133,7 +140,7 @@ class Throttle:
     def _pending_keys(self, user: str, address: str, attempt: bytes) -> list[tuple[str, bytes]]:
         # Per address, what is pending is a user name (spraying counts users, not passwords).
         return [
-            (_pair(user, address), attempt),
+            (pair(user, address), attempt),
             (f"user\0{user}", attempt),
             (f"addr\0{address}", user.encode("utf-8", "surrogateescape")),
         ]
@@ -197,7 +204,7 @@ class Throttle:
 
     def _count_failure(self, user: str, address: str, now: float, s: ThrottleSettings) -> None:
         since = now - s.window
-        _fail(self._pairs.counter(_pair(user, address)), user, now, since, s, s.attempts)
+        _fail(self._pairs.counter(pair(user, address)), user, now, since, s, s.attempts)
         _fail(self._users.counter(user), address, now, since, s, s.attempts * USER_FACTOR)
         if user.startswith(_TOKEN):
             return

@@ -23,6 +23,7 @@ from ..authn.cache import CacheSettings
 from ..authn.chain import AuthSettings
 from ..authn.throttle import ThrottleSettings
 from ..core.addresses import IPNetwork, parse_networks, parse_upstream
+from ..core.lastgood import LastGood
 from ..core.limits import Limits, Timeouts
 from ..core.problems import ConfigError, Problem, compose_yaml, construct, read_text
 from ..policy.acl import (
@@ -304,6 +305,7 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "limits.per_user": ("limits.per_user", _parse_positive_int),
     "limits.per_address": ("limits.per_address", _parse_positive_int),
     "limits.connections": ("limits.connections", _parse_connections),
+    "limits.connections_per_address": ("limits.connections_per_address", _parse_connections),
     "limits.upstream_connections": ("limits.upstream_connections", _parse_connections),
     "limits.upstream_wait": ("limits.upstream_wait", _parse_seconds),
     "limits.upstream_per_user": ("limits.upstream_per_user", _parse_connections),
@@ -395,10 +397,10 @@ def _flatten(
     return flat
 
 
-def _read_yaml(path: Path, problems: list[Problem]) -> dict[str, tuple[Any, int]]:
+def _read_yaml(path: Path, problems: list[Problem], files: LastGood) -> dict[str, tuple[Any, int]]:
     source = str(path)
     try:
-        text = read_text(path)
+        text = files.read("config", path, read_text)
     except ConfigError as exc:
         problems.extend(exc.problems)
         return {}
@@ -452,11 +454,18 @@ def _apply(config: Config, values: Mapping[str, Any]) -> Config:
     return replace(config, **direct)
 
 
-def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Config:
+def load(
+    path: Path | None,
+    overrides: Mapping[str, object] | None = None,
+    files: LastGood | None = None,
+) -> Config:
     """Build the Config from a YAML file (optional) and flag overrides (YAML keys -> values).
+    `files`: how the config file and the files it names are read (at a reload, with their
+    last good versions to fall back on; by default, plainly).
 
     Raises ConfigError listing every problem found, never just the first.
     """
+    files = files or LastGood()
     problems: list[Problem] = []
     values: dict[str, Any] = {}
     acl: tuple[tuple[Rule, ...] | None, Path | None] = (None, None)
@@ -464,13 +473,15 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
     tag_rules: list[TagRule] = []  # from the config's own sections
     sources: list[tuple[dict[str, tuple[Any, int]], Path, str]] = []
     if path is not None:
-        sources.append((_read_yaml(path, problems), path.parent, str(path)))
+        sources.append((_read_yaml(path, problems, files), path.parent, str(path)))
     flags = {key: (raw, 0) for key, raw in (overrides or {}).items()}
     sources.append((flags, Path("."), "command line"))
     for entries, base, source in sources:
         for key, (raw, line) in entries.items():
             if key == "acl":
-                rules, acl_tag_rules, acl_path = _load_acl(raw, base, source, line, problems)
+                rules, acl_tag_rules, acl_path = _load_acl(
+                    raw, base, (source, line), problems, files
+                )
                 acl = (rules, acl_path)
                 continue
             if key in TAG_SECTIONS:
@@ -479,10 +490,10 @@ def load(path: Path | None, overrides: Mapping[str, object] | None = None) -> Co
                 problems.extend(section_problems)
                 continue
             if key == "ldap":
-                values["ldap"] = _load_ldap(raw, source, line, problems)
+                values["ldap"] = _load_ldap(raw, source, line, problems, files)
                 continue
             if key == "oidc":
-                values["oidc"] = _load_oidc(raw, base, source, line, problems)
+                values["oidc"] = _load_oidc(raw, base, (source, line), problems, files)
                 continue
             converted = _convert(key, raw, base, (source, line), problems)
             if converted is not None or raw is None:
@@ -551,7 +562,7 @@ def _state_problems(values: dict[str, Any], backends: tuple[str, ...]) -> list[s
     return problems
 
 
-def _load_ldap(node: Any, source: str, line: int, problems: list[Problem]) -> Any:
+def _load_ldap(node: Any, source: str, line: int, problems: list[Problem], files: LastGood) -> Any:
     """The `ldap:` section, checked by the LDAP backend's own parser (with lines)."""
     from ..authn.ldap_settings import parse_ldap_settings  # imports ldap3: only when configured
 
@@ -567,25 +578,28 @@ def _load_ldap(node: Any, source: str, line: int, problems: list[Problem]) -> An
             values[key] = construct(value_node)
         except ValueError as exc:
             problems.append(Problem(source, line_of[key], f"ldap.{key}: {exc}"))
-    settings, ldap_problems = parse_ldap_settings(values, source, line_of)
+    settings, ldap_problems = parse_ldap_settings(values, source, line_of, files=files)
     problems.extend(ldap_problems)
     return settings
 
 
-def _load_oidc(node: Any, base: Path, source: str, line: int, problems: list[Problem]) -> Any:
+def _load_oidc(
+    node: Any, base: Path, where: tuple[str, int], problems: list[Problem], files: LastGood
+) -> Any:
     """The `oidc:` section, checked by its own parser (with lines)."""
     from ..authn.oidc_settings import parse_oidc_settings
 
-    settings, oidc_problems = parse_oidc_settings(node, source, line, base)
+    settings, oidc_problems = parse_oidc_settings(node, *where, base, files)
     problems.extend(oidc_problems)
     return settings
 
 
 def _load_acl(
-    raw: Any, base: Path, source: str, line: int, problems: list[Problem]
+    raw: Any, base: Path, where: tuple[str, int], problems: list[Problem], files: LastGood
 ) -> tuple[tuple[Rule, ...] | None, tuple[TagRule, ...], Path | None]:
     """`acl:` is a list of rules in place, the name of a file holding them (and, maybe, tag
     rules), or null (none: the recipe's policy)."""
+    source, line = where
     if isinstance(raw, yaml.Node) and not isinstance(raw, yaml.ScalarNode):
         rules, rule_problems = parse_rules(raw, source)
         problems.extend(rule_problems)
@@ -598,8 +612,16 @@ def _load_acl(
         return None, (), None
     acl_path = normalised(base / name)
     try:
-        rules, tag_rules, rule_problems = parse_acl_document(read_text(acl_path), str(acl_path))
+        rules, tag_rules = files.read("acl", acl_path, _acl_file)
     except ConfigError as exc:
-        rules, tag_rules, rule_problems = (), (), exc.problems
-    problems.extend(rule_problems)
+        rules, tag_rules = (), ()
+        problems.extend(exc.problems)
     return rules, tag_rules, acl_path
+
+
+def _acl_file(path: Path) -> tuple[tuple[Rule, ...], tuple[TagRule, ...]]:
+    """An ACL file's rules and tag rules; ConfigError with every problem in it."""
+    rules, tag_rules, problems = parse_acl_document(read_text(path), str(path))
+    if problems:
+        raise ConfigError(problems)
+    return rules, tag_rules

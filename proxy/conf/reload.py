@@ -4,9 +4,12 @@ assignment; the snapshot a request holds stays whole until it finishes.
 Files are polled (stat every tenth of a second), which sees in-place edits, write-then-rename and
 Kubernetes' swap of a `..data` symlink alike, on any filesystem. A change is loaded once the
 file has stopped changing for one poll, so a half-written file is not read. Loading runs in a
-worker thread: requests go on being answered while a 16 MiB htpasswd file is parsed. A load
-that fails keeps the last good snapshot and logs why, with file and line; a certificate that
-fails keeps the current one while the rest of the edit applies.
+worker thread: requests go on being answered while a 16 MiB htpasswd file is parsed. A file
+that cannot be used keeps its last good version while every other file's edits apply
+(`proxy.snapshot`), logged with file and line and counted as a failed reload; a certificate
+that fails keeps the current one likewise. Only when even that cannot be done (a new file
+named by the config is broken too, or no version of a file was ever good) does the whole
+last good snapshot stay.
 
 Requests `enter()` the current snapshot and `leave()` it when they finish; a backend that
 the new snapshot no longer uses (an LDAP pool whose settings changed) is closed only once the
@@ -47,6 +50,7 @@ RESTART_ONLY = (
     "state",
 )
 RESTART_ONLY_TIMEOUTS = ("keepalive", "header", "handshake")
+RESTART_ONLY_LIMITS = ("connections", "connections_per_address", "upstream_connections")
 
 # Builds a snapshot's Authenticators in the loading thread: (new snapshot, previous one).
 AttachAuthn = Callable[[Snapshot, Snapshot | None], Authenticators]
@@ -109,7 +113,7 @@ def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
         for name in RESTART_ONLY_TIMEOUTS
         if getattr(new.timeouts, name) != timeouts[name]
     ]
-    fixed = {name: getattr(old.limits, name) for name in ("connections", "upstream_connections")}
+    fixed = {name: getattr(old.limits, name) for name in RESTART_ONLY_LIMITS}
     changed += [f"limits.{n}" for n, v in fixed.items() if getattr(new.limits, n) != v]
     limits = replace(new.limits, **fixed)
     merged = replace(new, **kept, timeouts=replace(new.timeouts, **timeouts), limits=limits)
@@ -129,7 +133,9 @@ class Loaded:
 
     @property
     def ok(self) -> bool:
-        return self.snapshot is not None and not self.tls_problems
+        """Every file applied as it is now (a file kept at its last good version is not)."""
+        kept = self.snapshot is not None and self.snapshot.kept
+        return self.snapshot is not None and not self.tls_problems and not kept
 
 
 def load_next(
@@ -171,6 +177,10 @@ def report(loaded: Loaded, reason: str, quiet: bool = False) -> None:
         )
     if loaded.snapshot is None:
         return
+    for path, problem in loaded.snapshot.kept:
+        (log.debug if quiet else log.error)(
+            "reload failed for %s, keeping its last good version: %s", path, problem
+        )
     for problem in loaded.ignored_lines:
         (log.debug if quiet else log.warning)("%s (line ignored)", problem)
     for name in loaded.restart_only:

@@ -4,6 +4,10 @@
 the server's secret, token key, TLS pair). It does blocking I/O and slow work (parsing a large
 htpasswd file, a dummy bcrypt hash, loading certificates), so a running server calls it in a
 worker thread (`proxy.conf.reload`); the CLI calls it directly.
+
+At startup any problem in any file is fatal. At a reload one broken file costs only that file:
+it keeps its last good version (`proxy.core.lastgood`) while every other file's edits apply,
+and `Snapshot.kept` says which and why.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from ..authn.chain import Authenticators
 from ..authn.credentials import Htpasswd, parse_groups, parse_htpasswd
 from ..authn.htpasswd import UserFiles
 from ..authn.robotfile import Robot, derive, load_robots, read_secret_file
+from ..core.lastgood import Kept, LastGood, Parsed
 from ..core.problems import ConfigError, Problem, read_text
 from ..http.tls import load_certificate, server_context
-from ..policy.grantfile import load_grants
+from ..policy.grantfile import GrantSettings, load_grants
 from ..policy.grants import NO_GRANTS, Grants
 from ..policy.rules import Rule, RuleSet
-from ..tokenserver.scopes import Signer, load_signer
+from ..tokenserver.scopes import Signer, TokenSettings, load_signer
 from . import config as config_module
 from .config import Config
 
@@ -57,40 +62,50 @@ class Snapshot:
     robots: Mapping[str, Robot] = field(default_factory=lambda: MappingProxyType({}))
     secret: bytes | None = field(default=None, repr=False)  # the config's secret_file
     grants: Grants = NO_GRANTS  # break-glass grants (in force or not: checked per request)
+    # What each file parsed to (the next reload's fallback), and the files kept at their last
+    # good version in this one, with why.
+    parsed: Parsed = field(default_factory=dict, compare=False, repr=False)
+    kept: tuple[Kept, ...] = ()
 
     def key(self, purpose: str) -> bytes | None:
         """A key derived from the server's secret for one purpose, if there is a secret."""
         return derive(self.secret, purpose) if self.secret is not None else None
 
 
-def _read_htpasswd(config: Config) -> Htpasswd:
-    htpasswd = parse_htpasswd(read_text(config.htpasswd), str(config.htpasswd))
-    if not htpasswd.users:
-        # Empty or all lines bad: most likely a truncated or half-written file.
-        raise ConfigError([Problem(str(config.htpasswd), 0, "no usable users in this file")])
-    return htpasswd
-
-
 def load_users(
-    config: Config, previous: UserFiles | None = None
+    config: Config, previous: UserFiles | None = None, files: LastGood | None = None
 ) -> tuple[UserFiles, list[Problem]]:
-    """Parse htpasswd (when that backend is used) and groups. Raises ConfigError if a file
-    cannot be used at all (with the bad lines of the others); returns line-level problems
-    (those lines are ignored)."""
+    """Parse htpasswd (when that backend is used) and groups, through `files` (at a reload,
+    with the last good versions to fall back on). Raises ConfigError if a file cannot be used
+    at all (with the bad lines of the others); returns line-level problems (those lines are
+    ignored)."""
+    files = files or LastGood()
     fatal: list[Problem] = []
     htpasswd = Htpasswd({})
     groups: dict[str, frozenset[str]] = {}
-    problems: list[Problem] = []
+    problems: list[Problem] = []  # of the files read now (a kept file said its own before)
+
+    def read_htpasswd(path: Path) -> Htpasswd:
+        read = parse_htpasswd(read_text(path), str(path))
+        if not read.users:
+            # Empty or all lines bad: most likely a truncated or half-written file.
+            raise ConfigError([Problem(str(path), 0, "no usable users in this file")])
+        problems.extend(read.problems)
+        return read
+
+    def read_groups(path: Path) -> dict[str, frozenset[str]]:
+        read, group_problems = parse_groups(read_text(path), str(path))
+        problems.extend(group_problems)
+        return read
+
     if "htpasswd" in config.auth_backends:
         try:
-            htpasswd = _read_htpasswd(config)
-            problems.extend(htpasswd.problems)
+            htpasswd = files.read("htpasswd", config.htpasswd, read_htpasswd)
         except ConfigError as exc:
             fatal.extend(exc.problems)
     if config.groups is not None:
         try:
-            groups, group_problems = parse_groups(read_text(config.groups), str(config.groups))
-            problems.extend(group_problems)
+            groups = files.read("groups", config.groups, read_groups)
         except ConfigError as exc:
             fatal.extend(exc.problems)
     if fatal:
@@ -116,32 +131,67 @@ def load_snapshot(
 ) -> tuple[Snapshot, list[Problem]]:
     """Build a Snapshot from scratch: the snapshot and its line-level problems (those lines are
     ignored), or ConfigError with every problem found in every file when it is unusable.
-    `tls` False skips the certificate (the CLI's `explain`, a reload that handles it apart);
-    `startup` also checks the log files can be appended to (they are opened only at start)."""
+    `previous` (a reload): a file that cannot be used, or whose content does not fit with the
+    others, keeps its last good version when its path is unchanged (`Snapshot.kept`); a config
+    edit naming files that cannot be used keeps the last good config. `tls` False skips the
+    certificate (the CLI's `explain`, a reload that handles it apart); `startup` also checks
+    the log files can be appended to (they are opened only at start)."""
+    forced: dict[Path, list[Problem]] = {}
+    while True:
+        files = LastGood(previous.parsed if previous else None, forced)
+        try:
+            return _load(config_path, overrides, files, previous, tls, startup)
+        except ConfigError as exc:
+            if previous is None:
+                raise
+            blamed = files.blame(exc.problems)
+            if not blamed and config_path is not None and config_path not in forced:
+                blamed = {config_path: exc.problems} if files.has(config_path) else {}
+            if not blamed:
+                raise
+            forced = files.force(blamed)
+
+
+def _load(
+    config_path: Path | None,
+    overrides: Mapping[str, object],
+    files: LastGood,
+    previous: Snapshot | None,
+    tls: bool,
+    startup: bool,
+) -> tuple[Snapshot, list[Problem]]:
     first = {config_path: signature(config_path)} if config_path is not None else {}
-    config = config_module.load(config_path, overrides)
+    config = config_module.load(config_path, overrides, files)
     signatures = {path: signature(path) for path in config.watched_files()} | first
     fatal: list[Problem] = []
     problems: list[Problem] = []
     try:
-        users, problems = load_users(config, previous.users if previous else None)
+        users, problems = load_users(config, previous.users if previous else None, files)
     except ConfigError as exc:
         fatal += exc.problems
-    signer, token_problems = load_signer(config.token) if config.token else (None, [])
-    fatal += token_problems
+    signer = None
+    try:
+        signer = _read_signer(config.token, files) if config.token else None
+    except ConfigError as exc:
+        fatal += exc.problems
     secret: bytes | None = None
     robots: dict[str, Robot] = {}
     try:
-        secret = read_secret_file(config.secret_file) if config.secret_file else None
+        secret = (
+            files.read("secret", config.secret_file, read_secret_file)
+            if config.secret_file
+            else None
+        )
         if config.robots is not None:
-            robots, robot_problems = load_robots(config.robots)
-            problems = problems + robot_problems
+            robots = files.read("robots", config.robots, lambda path: _read_robots(path, problems))
     except ConfigError as exc:
         fatal += exc.problems
     grants = NO_GRANTS
     try:
-        grants, grant_problems = load_grants(config.grants)
-        problems = problems + grant_problems
+        if config.grants.file is not None:
+            grants = files.read(
+                "grants", config.grants.file, lambda _: _read_grants(config.grants, problems)
+            )
     except ConfigError as exc:
         fatal += exc.problems
     context = None
@@ -151,7 +201,7 @@ def load_snapshot(
         fatal += exc.problems
     if config.state.password_file is not None:
         try:
-            read_text(config.state.password_file)
+            files.read("state password", config.state.password_file, read_text)
         except ConfigError as exc:
             fatal += exc.problems
     if startup:
@@ -160,18 +210,36 @@ def load_snapshot(
         raise ConfigError(fatal + problems)
     rules = RuleSet(config.rules)  # indexed here, off the event loop
     snapshot = Snapshot(
-        config,
-        users,
-        rules,
-        signer,
-        context,
-        None,
-        signatures,
-        MappingProxyType(robots),
-        secret,
-        grants,
-    )
+        config, users, rules, signer, context, None, signatures, MappingProxyType(robots), secret,
+        grants, files.parsed, tuple(files.kept),
+    )  # fmt: skip
     return snapshot, problems
+
+
+def _read_signer(settings: TokenSettings, files: LastGood) -> Signer:
+    """The token server's key and certificate (read together: kept together)."""
+
+    def read(_: Path) -> Signer:
+        signer, problems = load_signer(settings)
+        if signer is None:
+            raise ConfigError(problems)
+        return signer
+
+    return files.read(f"token key for {settings.certificate}", settings.key, read)
+
+
+def _read_robots(path: Path, problems: list[Problem]) -> dict[str, Robot]:
+    """The robots file's robots; the entries it skipped are added to `problems`."""
+    robots, skipped = load_robots(path)
+    problems.extend(skipped)
+    return robots
+
+
+def _read_grants(settings: GrantSettings, problems: list[Problem]) -> Grants:
+    """The grants file's grants; the entries it skipped are added to `problems`."""
+    grants, skipped = load_grants(settings)
+    problems.extend(skipped)
+    return grants
 
 
 def preflight(

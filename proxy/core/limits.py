@@ -39,13 +39,14 @@ class Timeouts:
 @dataclass(frozen=True)
 class Limits:
     """`limits:` in the config. `connections` and `upstream_connections` 0: derived from the
-    open-files limit."""
+    open-files limit; `connections_per_address` 0: half of `connections`."""
 
     per_user: int = 128
     per_address: int = 256
     anonymous: int = 128  # requests without credentials in flight, from every address together
     anonymous_per_address: int = 32
     connections: int = 0
+    connections_per_address: int = 0  # 0: half of `connections`
     upstream_connections: int = 0
     upstream_per_user: int = 0  # 0: an eighth of the upstream connections
     upstream_wait: float = 10.0
@@ -87,6 +88,12 @@ def capacity(limits: Limits, open_files: int) -> Capacity:
     if limits.connections:
         clients = min(clients, limits.connections)
     return Capacity(clients, upstream)
+
+
+def address_share(connections: int, per_address: int) -> int:
+    """How many of a worker's `connections` one client address may hold: `per_address` (0:
+    half of them, so one address never holds them all), and never more than all of them."""
+    return min(connections, per_address or max(1, connections // 2))
 
 
 def raise_open_files_limit() -> int:

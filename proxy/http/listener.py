@@ -14,25 +14,32 @@ any TLS it can:
 `Connection` is aiohttp's request handler plus a header timeout: a request's headers must be
 complete within `timeouts.header` of its first byte (or of the connection's start), so a
 client trickling one header line a second is cut, while the keep-alive timeout still governs
-idle time between requests.
+idle time between requests. That holds for every request on a connection: the start of a
+request sent behind another (pipelined, in the same write or while the first is answered)
+gets its `timeouts.header` from the moment the one before it is answered, as Go's server
+reads it then (`proxy.http.framing` knows such a start is held).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 import socket
 import ssl
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from ..core.limits import Timeouts
+from ..core.limits import Timeouts, address_share
+from .framing import Framing, Head
 
 log = logging.getLogger("regproxy.listener")
 
@@ -57,6 +64,8 @@ class Connection(RequestHandler):
         self._listener = manager.listener
         self._header_timeout = manager.header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
+        self._framing = Framing()
+        self._body: StreamReader | None = None  # the body being read, if one is
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -69,12 +78,34 @@ class Connection(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        before = self._request_count
+        before, body = self._request_count, self._body
+        taken = body.total_bytes if body is not None else 0
         super().data_received(data)
-        if self._request_count != before:
+        read = self._request_count - before
+        new = itertools.islice(self._messages, len(self._messages) - read, None) if read else ()
+        heads = [_head(message, payload) for message, payload in new]
+        took = body.total_bytes - taken if body is not None else 0
+        done = body is not None and body.is_eof()
+        self._framing.received(data, took, done, heads)
+        if heads:
+            payload = self._messages[-1][1]
+            self._body = None if payload.is_eof() else payload
+        elif done:
+            self._body = None
+        if read:
             self._disarm()  # headers complete
-        elif self._header_timer is None and self.waiting_for_request:
+        elif self._header_timer is None and self.waiting_for_request and self._framing.pending:
             self._arm()
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """After each answer: the start of a pipelined request held meanwhile gets its
+        header timeout from now."""
+        finished = await super().finish_response(request, resp, start_time)
+        if self._framing.pending and not self._messages and self._header_timer is None:
+            self._arm()
+        return finished
 
     @property
     def waiting_for_request(self) -> bool:
@@ -129,14 +160,28 @@ class Connections(web.Server):
 class _Unstarted:
     """An accepted socket that has not sent its first byte yet."""
 
-    def __init__(self, sock: socket.socket, peer: Any, timer: asyncio.TimerHandle) -> None:
+    def __init__(self, sock: socket.socket, address: str, timer: asyncio.TimerHandle) -> None:
         self.sock = sock
-        self.peer = peer
+        self.address = address
         self.timer = timer
 
 
+class _Handshake:
+    """A connection whose TLS handshake is under way (or stalled)."""
+
+    def __init__(self, fd: int, address: str) -> None:
+        self.fd = fd
+        self.address = address
+        self.task: asyncio.Task[None] | None = None
+
+
+Held = _Unstarted | _Handshake | Connection  # a connection in one of its stages
+
+
 class Listener:
-    """Accepts on a bound, listening socket (shared by every worker)."""
+    """Accepts on a bound, listening socket (shared by every worker). `capacity`: client
+    connections this worker may hold; `per_address`: how many of them one client address
+    may hold (0: half), handshakes included."""
 
     def __init__(
         self,
@@ -144,15 +189,18 @@ class Listener:
         tls: Callable[[], ssl.SSLContext | None],
         timeouts: Timeouts,
         capacity: int,
+        per_address: int = 0,
     ) -> None:
         self._sock = sock
         self._tls = tls
         self._timeouts = timeouts
         self.capacity = capacity
+        self.per_address = address_share(capacity, per_address)
         self._loop = asyncio.get_running_loop()
         self._unstarted: OrderedDict[int, _Unstarted] = OrderedDict()
-        self._handshaking = 0
-        self._live: OrderedDict[Connection, None] = OrderedDict()
+        self._handshakes: OrderedDict[int, _Handshake] = OrderedDict()
+        self._live: OrderedDict[Connection, str] = OrderedDict()  # -> its client's address
+        self._addresses: dict[str, OrderedDict[Held, None]] = {}  # each one's, oldest first
         self._tasks: set[asyncio.Task[None]] = set()
         self._protocol: Callable[[], Connection] | None = None
         self._accepting = False
@@ -160,7 +208,7 @@ class Listener:
     @property
     def open(self) -> int:
         """Client connections this worker holds, in every stage."""
-        return len(self._unstarted) + self._handshaking + len(self._live)
+        return len(self._unstarted) + len(self._handshakes) + len(self._live)
 
     def start(self, protocol: Callable[[], Connection]) -> None:
         self._protocol = protocol
@@ -181,10 +229,22 @@ class Listener:
             task.cancel()
 
     def opened(self, connection: Connection) -> None:
-        self._live[connection] = None
+        """A connection whose handshake is done (or that needs none) serves requests."""
+        transport = connection.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        handshake = self._handshakes.pop(sock.fileno(), None) if sock is not None else None
+        if handshake is not None:
+            self._forget(handshake.address, handshake)
+            address = handshake.address
+        else:
+            address = _host(transport.get_extra_info("peername") if transport else None)
+        self._live[connection] = address
+        self._track(address, connection)
 
     def closed(self, connection: Connection) -> None:
-        self._live.pop(connection, None)
+        address = self._live.pop(connection, None)
+        if address is not None:
+            self._forget(address, connection)
 
     def _accept(self) -> None:
         for _ in range(ACCEPTS_PER_WAKEUP):
@@ -195,32 +255,72 @@ class Listener:
             except OSError as exc:  # EMFILE and the like: back off until a connection closes
                 log.error("cannot accept a connection: %s", exc)
                 return
-            if self.open >= self.capacity and not self._evict():
-                log.warning("connection from %s refused: %d connections open", peer, self.open)
+            address = _host(peer)
+            held = len(self._addresses.get(address, ()))
+            if held >= self.per_address and not self._evict(self._addresses[address]):
+                log.warning("connection from %s refused: it holds %d connections", address, held)
+                conn.close()
+                continue
+            if self.open >= self.capacity and not self._evict_any():
+                log.warning("connection from %s refused: %d connections open", address, self.open)
                 conn.close()
                 continue
             conn.setblocking(False)
             fd = conn.fileno()
             timer = self._loop.call_later(self._timeouts.handshake, self._expired, fd)
-            self._unstarted[fd] = _Unstarted(conn, peer, timer)
+            self._unstarted[fd] = waiting = _Unstarted(conn, address, timer)
+            self._track(address, waiting)
             self._loop.add_reader(fd, self._first_byte, fd)
 
-    def _evict(self) -> bool:
-        """Close the oldest idle connection (never started first): True if one was closed."""
-        if self._unstarted:
-            self._drop(next(iter(self._unstarted)))
-            return True
-        for connection in self._live:
-            if connection.waiting_for_request:
-                log.info("closing an idle connection to make room for a new one")
-                self._live.pop(connection)
-                connection.force_close()
+    def _evict_any(self) -> bool:
+        """Close the oldest idle connection to make room: one that never sent a byte, then a
+        TLS handshake (a stalled one is the oldest), then an idle keep-alive one. True if one
+        was closed."""
+        for stage in (self._unstarted.values(), self._handshakes.values(), self._live):
+            if self._evict(stage):
                 return True
         return False
+
+    def _evict(self, held: Iterable[Held]) -> bool:
+        """Close the oldest idle connection among `held` (oldest first), in the same order of
+        stages; True if one was closed."""
+        for kind in (_Unstarted, _Handshake, Connection):
+            for connection in held:
+                if isinstance(connection, kind) and self._close_idle(connection):
+                    return True
+        return False
+
+    def _close_idle(self, held: Held) -> bool:
+        if isinstance(held, _Unstarted):
+            self._drop(held.sock.fileno())
+        elif isinstance(held, _Handshake):
+            log.info("closing a TLS handshake from %s to make room", held.address)
+            del self._handshakes[held.fd]
+            self._forget(held.address, held)
+            if held.task is not None:
+                held.task.cancel()  # it closes the socket
+        elif held.waiting_for_request:
+            log.info("closing an idle connection to make room for a new one")
+            self.closed(held)
+            held.force_close()
+        else:
+            return False
+        return True
+
+    def _track(self, address: str, held: Held) -> None:
+        self._addresses.setdefault(address, OrderedDict())[held] = None
+
+    def _forget(self, address: str, held: Held) -> None:
+        mine = self._addresses.get(address)
+        if mine is not None:
+            mine.pop(held, None)
+            if not mine:
+                del self._addresses[address]
 
     def _drop(self, fd: int) -> socket.socket:
         """Forget an unstarted socket (and close it, unless the caller takes it over)."""
         waiting = self._unstarted.pop(fd)
+        self._forget(waiting.address, waiting)
         waiting.timer.cancel()
         self._loop.remove_reader(fd)
         waiting.sock.close()
@@ -245,22 +345,27 @@ class Listener:
             self._drop(fd)
             return
         del self._unstarted[fd]
+        self._forget(waiting.address, waiting)
         waiting.timer.cancel()
         self._loop.remove_reader(fd)
         if first == TLS_RECORD:
-            self._spawn(self._start_tls(waiting.sock))
+            handshake = self._handshakes[fd] = _Handshake(fd, waiting.address)
+            self._track(waiting.address, handshake)
+            handshake.task = self._spawn(self._start_tls(waiting.sock, handshake), waiting.sock)
         else:
-            self._spawn(self._plain_http(waiting.sock, waiting.peer))
+            self._spawn(self._plain_http(waiting.sock, waiting.address), waiting.sock)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], sock: socket.socket) -> asyncio.Task[None]:
+        """Run `coro`, which owns `sock` (and closes it when it fails or is cancelled)."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(_close_unstarted, sock))
+        return task
 
-    async def _start_tls(self, sock: socket.socket) -> None:
+    async def _start_tls(self, sock: socket.socket, handshake: _Handshake) -> None:
         assert self._protocol is not None
         context = self._tls()
-        self._handshaking += 1
         try:
             await self._loop.connect_accepted_socket(
                 self._protocol,
@@ -272,11 +377,13 @@ class Listener:
             log.debug("TLS handshake failed: %r", exc)
             sock.close()
         finally:
-            self._handshaking -= 1
+            if self._handshakes.get(handshake.fd) is handshake:  # not handed over, nor evicted
+                del self._handshakes[handshake.fd]
+                self._forget(handshake.address, handshake)
 
-    async def _plain_http(self, sock: socket.socket, peer: Any) -> None:
+    async def _plain_http(self, sock: socket.socket, address: str) -> None:
         """Answer 400 in plain HTTP, let the client read it, then close."""
-        log.info("plain HTTP request on the TLS port from %s: answered 400", _host(peer))
+        log.info("plain HTTP request on the TLS port from %s: answered 400", address)
         try:
             async with asyncio.timeout(self._timeouts.handshake):
                 await self._loop.sock_sendall(sock, PLAIN_HTTP_ANSWER)
@@ -288,6 +395,25 @@ class Listener:
         finally:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def _close_unstarted(sock: socket.socket, task: asyncio.Task[None]) -> None:
+    """A task cancelled before it ever ran (evicted, or at shutdown, in the loop iteration
+    that made it) never reached the code that closes its socket: close it here."""
+    if task.cancelled():
+        sock.close()
+
+
+def _head(message: Any, payload: StreamReader) -> Head:
+    """What the framing needs of a request whose headers the parser read: its body's length
+    (None: chunked, or not known: a request the parser refused), how much it took, done."""
+    if getattr(message, "chunked", True):  # _ErrInfo (a refused request) has none
+        return Head(None, payload.total_bytes, payload.is_eof())
+    try:
+        length = int(message.headers.get("Content-Length") or 0)
+    except ValueError:
+        return Head(None, payload.total_bytes, payload.is_eof())
+    return Head(length, payload.total_bytes, payload.is_eof())
 
 
 def _host(peer: Any) -> str:

@@ -145,7 +145,7 @@ class Server:
         registry = Registry(forwarder.session, room.own)
         handler = Handler(
             state,
-            Authentication(throttle, clock, store.flush),
+            Authentication(throttle, clock, store=store),
             forwarder,
             Catalog(registry, self._siblings.catalog_key),
             guards.ordered(store, registry, self.upload_key, clock),
@@ -206,7 +206,13 @@ class Server:
         """Accept connections on `sock`, each with the current snapshot's TLS context; at
         shutdown, drain them."""
         config = self._first.config
-        listener = Listener(sock, lambda: state.current.tls, config.timeouts, connections)
+        listener = Listener(
+            sock,
+            lambda: state.current.tls,
+            config.timeouts,
+            connections,
+            config.limits.connections_per_address,
+        )
         manager = Connections(
             handler,
             listener,

@@ -10,6 +10,9 @@ share one Redis database. Keys are bytes: a user name is whatever a Basic header
   encoded `LoginSucceeded`, score the time (ms) it was last written; the newest
   KNOWN_GOOD_KEPT are kept;
 - `PREFIX lock:NAME`, a string: a named lock, the holder's random token, expiring after ttl;
+- `PREFIX attempts:HASH`, a sorted set: the login attempts under way for one (user, address)
+  (a hash of it), member a keyed hash of the attempt, score when it lets go at the latest
+  (ms); `RESERVE` updates it;
 - `PREFIX user:NAME`, a hash: a user of the `redis` auth backend (other tools may write it):
   `password` (any hash an htpasswd file takes), `groups` (names separated by spaces or
   commas), `upstream` (optional: the user's own registry, `http(s)://host[:port]`);
@@ -22,6 +25,7 @@ clock too (`TIME` when it connects), so replicas' clocks never need to agree.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +38,17 @@ KNOWN_GOOD_KEPT = 50_000  # pairs kept in Redis (about 60 bytes each), as many a
 READ_BATCH = 1000  # stream entries per XREAD
 BLOCK_MS = 1000  # an idle XREAD waits this long for new entries, then asks again
 BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0  # seconds between reconnection attempts
+# Count a login attempt as under way (KEYS[1]: the attempts of one (user, address); ARGV: the
+# attempt, how long it may stay at most in ms): drop those past their time, add it (once,
+# however often), return how many are under way. Redis's clock, so replicas' need not agree.
+RESERVE = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZCARD', KEYS[1])
+"""
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,10 @@ class Keys:
 
     def lock(self, name: str) -> bytes:
         return self._key("lock:" + name)
+
+    def attempts(self, key: str) -> bytes:
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16)
+        return self._key("attempts:" + digest.hexdigest())
 
     def user(self, name: str) -> bytes:
         return self._key("user:" + name)
@@ -88,6 +107,17 @@ def read_entry(entry_id: bytes, fields: Mapping[bytes, bytes]) -> Entry | None:
     if written is None or event is None or not delay.isdigit():
         return None
     return Entry(fields.get(b"o", b""), event, written, written - int(delay))
+
+
+def after(entry_id: bytes, last_id: bytes) -> bool:
+    """Whether stream id `entry_id` comes after `last_id` (a malformed id never does)."""
+    ids = [tuple(int(n) for n in i.split(b"-")) for i in (entry_id, last_id) if _id(i)]
+    return len(ids) == 2 and ids[0] > ids[1]
+
+
+def _id(value: bytes) -> bool:
+    ms, dash, seq = value.partition(b"-")
+    return ms.isdigit() and bool(dash) and seq.isdigit()
 
 
 def stream_ms(entry_id: bytes) -> int | None:

@@ -16,7 +16,11 @@ once; Redis carries them between replicas (the key layout: `proxy.state.redis_la
   backoff, resumes the stream where it stopped, and the writer flushes the outbox, each event
   with its delay. Everything local goes on meanwhile; locks are refused, never granted
   locally;
-- named locks: SET NX PX with a random token, released by a compare-and-delete script.
+- named locks: SET NX PX with a random token, released by a compare-and-delete script;
+- login attempts under way: a sorted set per (user, address) that one script updates, read
+  together with the stream's newest entries in one round trip (so the failures of attempts
+  that let go before are counted too); letting go goes out with the events published before
+  it, after them. Redis away: this machine counts alone.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -44,14 +49,23 @@ from .redis_layout import (
     BLOCK_MS,
     KNOWN_GOOD_KEPT,
     READ_BATCH,
+    RESERVE,
     Keys,
+    after,
     backoff,
     client_options,
     entry,
     read_entry,
     start_id,
 )
-from .store import LocalStore, LockTimeout, StateSettings, StoreUnavailable, Subscriber
+from .store import (
+    LocalStore,
+    LockTimeout,
+    Release,
+    StateSettings,
+    StoreUnavailable,
+    Subscriber,
+)
 
 log = logging.getLogger("regproxy.store")
 
@@ -88,6 +102,14 @@ def where(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
 
 
+@dataclass(frozen=True)
+class _LetGo:
+    """A login attempt no longer under way: sent after what was published before it."""
+
+    name: bytes
+    attempt: bytes
+
+
 class RedisStore:
     """This machine's `LocalStore`, plus Redis for every other replica."""
 
@@ -111,8 +133,9 @@ class RedisStore:
         # A blocked XREAD answers after BLOCK_MS; a busy loop may take a while to read it.
         self._reader = connect(settings, password, BLOCK_MS / 1000 + max(2.0, settings.timeout))
         self._release = self.client.register_script(RELEASE)
+        self._reserve = self.client.register_script(RESERVE)
         self._subscribers: list[Subscriber] = []
-        self._outbox: deque[tuple[Event, float]] = deque()
+        self._outbox: deque[tuple[Event | _LetGo, float]] = deque()
         self._dropped = 0
         self._wake = asyncio.Event()
         self._written = asyncio.Event()  # set while everything published has been sent
@@ -131,12 +154,35 @@ class RedisStore:
 
     def publish(self, event: Event) -> None:
         self._local.publish(event)
+        self._send_later(event)
+
+    def _send_later(self, item: Event | _LetGo) -> None:
         self._written.clear()
-        self._outbox.append((event, self._clock()))
+        self._outbox.append((item, self._clock()))
         if len(self._outbox) > OUTBOX:
             self._outbox.popleft()
             self._dropped += 1
         self._wake.set()
+
+    async def reserve(self, key: str, attempt: bytes, hold: float) -> tuple[int, Release]:
+        """In Redis, with the stream read up to now in the same round trip; this machine's
+        count alone while Redis is away (or does not answer in `state.timeout`)."""
+        if not self._healthy:
+            return await self._local.reserve(key, attempt, hold)
+        name = self.keys.attempts(key)
+        try:
+            async with asyncio.timeout(self._settings.timeout):
+                pipe = self.client.pipeline(transaction=False)
+                await self._reserve(keys=[name], args=[attempt, round(hold * 1000)], client=pipe)
+                pipe.xread({self.keys.events: self._last_id}, count=READ_BATCH)
+                count, reply = await pipe.execute()
+        except (*DOWN, TimeoutError) as exc:
+            log.warning("state store %s: counting a login attempt here alone: %r", self._where, exc)
+            return await self._local.reserve(key, attempt, hold)
+        for _stream, entries in reply or ():
+            self._deliver(entries)
+        self._local.sync()
+        return int(count), lambda: self._send_later(_LetGo(name, attempt))
 
     def tell_workers(self, event: Event) -> None:
         self._local.tell_workers(event)  # derived from a credential: never into Redis
@@ -223,6 +269,8 @@ class RedisStore:
     def _deliver(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> None:
         now_ms = self._now_ms()
         for entry_id, fields in entries:
+            if not after(entry_id, self._last_id):
+                continue  # read already (a login attempt read the stream meanwhile)
             self._last_id = entry_id
             read = read_entry(entry_id, fields)
             if read is None:
@@ -276,11 +324,14 @@ class RedisStore:
             if not self._outbox:
                 self._written.set()
 
-    async def _send(self, batch: Iterable[tuple[Event, float]]) -> None:
+    async def _send(self, batch: Iterable[tuple[Event | _LetGo, float]]) -> None:
         now_ms = self._now_ms()
         oldest = start_id(now_ms, self._retention())
         pipe = self.client.pipeline(transaction=False)
         for event, at in batch:
+            if isinstance(event, _LetGo):
+                pipe.zrem(event.name, event.attempt)
+                continue
             fields: Any = entry(self._origin, event, self._clock() - at)
             pipe.xadd(self.keys.events, fields, minid=oldest, approximate=True)
             if isinstance(event, LoginSucceeded):

@@ -7,7 +7,9 @@ shared backend is configured, to the other replicas, and hands theirs to its sub
 several workers. Publishing never blocks and never fails a request.
 
 Stores also give named locks (`lock`), for work that must not run twice at once anywhere (two
-pushes of the same new tag): held for at most `ttl` seconds, waited for at most `wait`.
+pushes of the same new tag): held for at most `ttl` seconds, waited for at most `wait`; and a
+count of login attempts under way (`reserve`, `proxy.state.attempts`), so that a burst of
+guesses spread over workers and replicas is counted as one.
 
 `state:` in the config picks the store (`StateSettings`): `local` (the default, nothing to
 install) or `redis` (`proxy.state.redis_store`: replicas share events, throttle history and locks).
@@ -18,15 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
+from . import attempts
 from .events import Event, decode, encode
 from .peers import Peers
 
@@ -36,6 +41,8 @@ log = logging.getLogger("regproxy.store")
 # happens; more for history a shared store replays, such as the failed logins of the last
 # minutes when a replica starts).
 Subscriber = Callable[[Event, float], None]
+Release = Callable[[], None]  # lets go of a login attempt counted as under way
+T = TypeVar("T")
 StateBackend = Literal["local", "redis"]
 STATE_BACKENDS: tuple[str, ...] = ("local", "redis")
 
@@ -102,11 +109,40 @@ class Store(Protocol):
         after `ttl` seconds)."""
         ...
 
+    async def reserve(self, key: str, attempt: bytes, hold: float) -> tuple[int, Release]:
+        """Count `attempt` as under way under `key` in every process sharing this store (for
+        `hold` seconds at most), then apply what the others published before it: how many
+        distinct attempts are under way there now, this one included, and what lets go of it
+        (after anything this process published before)."""
+        ...
+
     async def start(self) -> None:
         """Begin receiving (on the running loop)."""
         ...
 
     async def close(self) -> None: ...
+
+
+def _change_file(path: Path, change: Callable[[str], tuple[str, T]]) -> T:
+    """Apply `change` to the text of `path` under an exclusive lock (held for one read and
+    one write, so waiting for it blocks for no longer); an empty text removes the file."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not _still_linked(path, fd):
+                continue  # removed by the worker before: change the file that stands there now
+            with os.fdopen(os.dup(fd), "r+", encoding="ascii") as handle:
+                text, result = change(handle.read())
+                if not text:
+                    os.unlink(path)  # while locked: whoever opened it finds it gone
+                    return result
+                handle.seek(0)
+                handle.truncate()
+                handle.write(text)
+            return result
+        finally:
+            os.close(fd)
 
 
 def _still_linked(path: Path, fd: int) -> bool:
@@ -144,6 +180,7 @@ class LocalStore:
         self._subscribers: list[Subscriber] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # name -> lock, users
+        self._under_way: dict[str, str] = {}  # alone (no lock_dir): each key's attempts
 
     @contextlib.asynccontextmanager
     async def lock(self, name: str, ttl: float, wait: float) -> AsyncIterator[None]:
@@ -200,6 +237,25 @@ class LocalStore:
                 os.close(fd)
                 raise
             os.close(fd)  # the holder before removed it: lock the file that stands there now
+
+    async def reserve(self, key: str, attempt: bytes, hold: float) -> tuple[int, Release]:
+        """Each key's attempts are a file in `lock_dir` the workers lock in turn, for one read
+        and one write (a process alone keeps them in memory)."""
+        count = self._change(key, functools.partial(attempts.counted, attempt=attempt, hold=hold))
+        self.deliver()  # a worker's failure was sent before it let go: it is in the inbox
+        change = functools.partial(attempts.let_go, attempt=attempt)
+        return count, functools.partial(self._change, key, change)
+
+    def _change(self, key: str, change: Callable[..., tuple[str, T]]) -> T:
+        """`change(text, now=...)` applied to a key's attempts; its result."""
+        now = time.time()  # the machine's clock: the same in every worker
+        if self._lock_dir is None:
+            text, result = change(self._under_way.pop(key, ""), now=now)
+            if text:
+                self._under_way[key] = text
+            return result
+        path = self._lock_dir / f"attempts-{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+        return _change_file(path, functools.partial(change, now=now))
 
     def publish(self, event: Event) -> None:
         self.tell_workers(event)

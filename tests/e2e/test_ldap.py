@@ -350,6 +350,15 @@ async def test_a_hung_server_times_out_without_blocking_the_loop(
     assert await ldap.authenticate("alice", PASSWORDS["alice"]) == ok()
 
 
+async def test_plain_ldap_by_a_loopback_name_goes_to_loopback_addresses_only(
+    slapd: Slapd, backend: Factory
+) -> None:
+    """Plain ldap:// needs no allow_insecure for `localhost`: every address it resolves to is
+    checked to be loopback before a password is sent (here all are: the login works)."""
+    auth = backend(url=f"ldap://localhost:{slapd.port}", **SEARCH, **MEMBER_OF)
+    assert await auth.authenticate("alice", PASSWORDS["alice"]) == ok("developers", "pusher")
+
+
 async def test_failover_to_the_next_url(slapd: Slapd, backend: Factory) -> None:
     dead = f"ldap://127.0.0.1:{free_port()}"
     ldap = backend(url=[dead, slapd.url], **SEARCH)

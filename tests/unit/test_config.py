@@ -11,7 +11,7 @@ import pytest
 
 from proxy.authn.throttle import ThrottleSettings as Throttle
 from proxy.conf.config import FLAG_KEYS, Config, Listen, default_workers, load
-from proxy.core.limits import Timeouts
+from proxy.core.limits import Limits, Timeouts
 from proxy.core.problems import ConfigError, Problem
 from proxy.policy.rules import recipe_rules
 
@@ -155,6 +155,8 @@ LAN = (ipaddress.ip_network("192.168.0.0/16"),)
         ("realm: Registry ünïcode", "realm", "Registry ünïcode"),
         ("push_group: docker-pushers", "push_group", "docker-pushers"),
         ("trusted_proxies: 192.168.0.0/16", "trusted_proxies", LAN),
+        ("limits:\n  connections_per_address: 3", "limits", Limits(connections_per_address=3)),
+        ("limits:\n  connections_per_address: auto", "limits", Limits()),
     ],
 )  # fmt: skip
 def test_single_key(tmp_path: Path, yaml_text: str, attribute: str, expected: object) -> None:
@@ -366,6 +368,10 @@ ERRORS = [
     ("workers: 2.0", [(1, "workers: expected a positive integer, got 2.0")]),
     ("workers: null", [(1, "workers: expected a positive integer, got None")]),
     ("throttle:\n  attempts: 0", [(2, "throttle.attempts: expected a positive integer")]),
+    (
+        "limits:\n  connections_per_address: 0",
+        [(2, "limits.connections_per_address: expected auto or a positive integer, got 0")],
+    ),
     # seconds
     ("timeouts:\n  connect: 0", [(2, "timeouts.connect: expected a positive number of seconds")]),
     ("timeouts:\n  read: -1", [(2, "timeouts.read: expected a positive number of seconds")]),

@@ -326,6 +326,32 @@ def test_clear_text_to_a_remote_host_needs_a_choice(extra: str) -> None:
     assert problems_of("ldap:\n  url: ldap://ldap.example.org\n  user_base: dc=x\n" + extra) == []
 
 
+@pytest.mark.parametrize(
+    ("url", "extra", "address", "refused"),
+    [
+        ("ldap://localhost", "", "127.0.0.1", False),
+        ("ldap://localhost", "", "::1", False),
+        ("ldap://localhost", "", "::ffff:127.0.0.1", False),
+        ("ldap://localhost", "", "fe80::1%eth0", True),
+        ("ldap://localhost", "", "192.0.2.10", True),  # a `localhost` that leads elsewhere
+        ("ldap://localhost", "", "::ffff:192.0.2.10", True),
+        ("ldap://localhost", "", "not an address", True),
+        ("ldap://localhost", "  allow_insecure: true\n", "192.0.2.10", False),
+        ("ldap://localhost", "  start_tls: true\n", "192.0.2.10", False),
+        ("ldaps://localhost", "", "192.0.2.10", False),
+        ("ldap://ldap.example.org", "  allow_insecure: true\n", "192.0.2.10", False),
+    ],
+)
+def test_clear_text_goes_only_where_the_settings_allow(
+    url: str, extra: str, address: str, refused: bool
+) -> None:
+    """`allow_insecure` is what lets a password go in clear text to another host: checked on
+    the host's name when the settings are read, and on each address it resolves to."""
+    settings, problems = parse(f"ldap:\n  url: '{url}'\n  user_base: dc=x\n" + extra)
+    assert settings is not None, problems
+    assert settings.clear_text_refused(settings.urls[0], address) is refused
+
+
 def test_lines_without_the_ldap_key_fall_back_to_the_line_before_the_first_key() -> None:
     values, lines = section("x: 1\nldap:\n  user_base: dc=x\n")
     del lines["ldap"]

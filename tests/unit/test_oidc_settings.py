@@ -16,6 +16,8 @@ GOOD = """\
 oidc:
   basic_user: oidc
   clock_skew: 30
+  token_cache_ttl: 0
+  token_cache_size: 500
   issuers:
     - issuer: https://token.actions.githubusercontent.com
       audience: https://registry.example.org
@@ -43,11 +45,16 @@ def test_a_full_section_loads(tmp_path: Path, ca: Path) -> None:
     oidc = load(config).oidc
     assert oidc is not None
     assert (oidc.basic_user, oidc.clock_skew, oidc.timeout) == ("oidc", 30.0, 5.0)
+    assert (oidc.jwks_max_size, oidc.token_cache_ttl, oidc.token_cache_size) == (
+        1024 * 1024,
+        0.0,
+        500,
+    )
     github, gitlab = oidc.issuers
     assert github.audiences == ("https://registry.example.org",)
     assert github.groups == (("repository_owner", "github:"),)
     assert github.required == (("repository_owner", ("acme",)),)
-    assert github.origin == f"{config}:5"
+    assert github.origin == f"{config}:7"
     assert gitlab.ca_file == ca and gitlab.ca_pem == ca.read_text()
     assert gitlab.audiences == ("https://registry.example.org", "regproxy")
     assert oidc.issuer("https://gitlab.example.org") is gitlab
@@ -68,6 +75,14 @@ ISSUER = "    - issuer: https://i.example\n      audience: a\n      user: sub\n"
          "oidc.clock_skew: expected 0 to 300"),
         ("oidc:\n  timeout: 0\n  issuers:\n" + ISSUER, 2, "oidc.timeout: expected more than 0"),
         ("oidc:\n  basic_user: 'a b'\n  issuers:\n" + ISSUER, 2, "oidc.basic_user: expected"),
+        ("oidc:\n  token_cache_ttl: -1\n  issuers:\n" + ISSUER, 2,
+         "oidc.token_cache_ttl: expected 0 to 86400"),
+        ("oidc:\n  token_cache_size: 0\n  issuers:\n" + ISSUER, 2,
+         "oidc.token_cache_size: expected a whole number from 1 to 1000000, got 0"),
+        ("oidc:\n  token_cache_size: true\n  issuers:\n" + ISSUER, 2,
+         "oidc.token_cache_size: expected a whole number"),
+        ("oidc:\n  jwks_max_size: 100\n  issuers:\n" + ISSUER, 2,
+         "oidc.jwks_max_size: expected a whole number from 1024 to 16777216, got 100"),
         ("oidc:\n  issuers:\n    - issuer: http://i.example\n      audience: a\n      user: sub\n",
          3, "oidc.issuers.issuer: expected an https:// URL"),
         ("oidc:\n  issuers:\n    - issuer: https://i.example?x=1\n      audience: a\n"

@@ -118,6 +118,15 @@ def claims(**changes: Any) -> dict[str, Any]:
         (claims(exp="soon"), NOW, "token claim exp is not a number"),
         (claims(exp=True), NOW, "token claim exp is not a number"),
         (claims(iat=float("nan")), NOW, "token claim iat is not a number"),
+        (claims(exp=float("inf")), NOW, "token claim exp is not a number"),
+        (claims(exp=10**400), NOW, "token claim exp is out of range"),
+        (claims(exp=-(10**400)), NOW, "token claim exp is out of range"),
+        (claims(nbf=10**400), NOW, "token claim nbf is out of range"),
+        (claims(iat=10**309), NOW, "token claim iat is out of range"),
+        (claims(nbf=False), NOW, "token claim nbf is not a number"),
+        (claims(exp=[NOW + 60]), NOW, "token claim exp is not a number"),
+        (claims(exp=2**900), NOW, None),  # far away, but a float holds it exactly
+        (claims(exp=1.5e300, iat=-1e300), NOW, None),
         (claims(iss=ISS + "/"), NOW, "token issuer not trusted"),
         (claims(iss=None), NOW, "token issuer not trusted"),
         (claims(aud="other"), NOW, "token audience is not this registry"),
@@ -132,6 +141,24 @@ def test_check_claims(values: dict[str, Any], now: float, reason: str | None) ->
     else:
         with pytest.raises(Rejected, match=f"^{reason}"):
             check_claims(values, ISS, (AUD,), now, 30)
+
+
+@given(
+    st.sampled_from(["exp", "nbf", "iat"]),
+    st.one_of(
+        st.integers(),
+        st.floats(),
+        st.booleans(),
+        st.text(max_size=5),
+        st.none(),
+        st.lists(st.integers(), max_size=2),
+    ),
+)
+def test_any_time_claim_value_is_a_decision_never_a_crash(name: str, value: Any) -> None:
+    """Whatever JSON puts in a time claim (huge integers, NaN, infinities, booleans), the
+    token is accepted or Rejected: nothing else escapes."""
+    with contextlib.suppress(Rejected):
+        check_claims(claims(**{name: value}), ISS, (AUD,), NOW, 30)
 
 
 def signed(key: RSAKey | ECKey, alg: str, **header: Any) -> Parsed:

@@ -1,0 +1,83 @@
+"""The last good version of each file: what every file a snapshot reads parsed to, and, at a
+reload, that version put back in place of a file that cannot be used now. Pure but for the
+parse functions it is handed.
+
+A snapshot is built from many files (the config, the ACL, htpasswd, groups, robots, the
+server's secret, the token key, the LDAP and OIDC issuers' CA and password files). At startup
+any problem in any of them is fatal. At a reload, one broken file must cost only that file:
+`LastGood` gives each reader either the file's value now or, when it cannot be used (and its
+path is the one the previous snapshot read), the value the previous snapshot had, and says
+why it was kept. A file whose content parses but does not fit with the others (an ACL rule
+that names no issuer once a second issuer is configured) is found only when the whole is
+assembled: the caller then `force`s the files the problems name and builds again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TypeVar, cast
+
+from .problems import BadValue, ConfigError, Problem
+
+T = TypeVar("T")
+Key = tuple[str, Path]  # (what the file is, where it is): one path may be read two ways
+Parsed = Mapping[Key, object]
+Kept = tuple[Path, Problem]  # a file kept at its last good version, and one reason why
+
+
+class LastGood:
+    """The values read for one snapshot, with the previous snapshot's to fall back on."""
+
+    def __init__(
+        self, previous: Parsed | None = None, forced: Mapping[Path, list[Problem]] | None = None
+    ) -> None:
+        """`previous`: the last snapshot's values (None at startup: nothing falls back);
+        `forced`: files to keep at their last good version whatever they hold now, each with
+        the problems that made them so."""
+        self._previous = previous
+        self._forced = dict(forced or {})
+        self.parsed: dict[Key, object] = {}
+        self.kept: list[Kept] = [(path, p) for path, found in self._forced.items() for p in found]
+
+    def read(self, kind: str, path: Path, parse: Callable[[Path], T]) -> T:
+        """`parse(path)`, or the last good value of this file when it raises ConfigError or
+        BadValue at a reload (the problems are kept in `kept`)."""
+        key = (kind, path)
+        previous = self._previous or {}
+        if path in self._forced and key in previous:
+            value = cast(T, previous[key])
+        else:
+            try:
+                value = parse(path)
+            except (ConfigError, BadValue) as exc:
+                if key not in previous:
+                    raise
+                self.kept.extend((path, problem) for problem in _problems(exc, path))
+                value = cast(T, previous[key])
+        self.parsed[key] = value
+        return value
+
+    def has(self, path: Path) -> bool:
+        """Whether the previous snapshot read this file (so a reload may fall back on it)."""
+        return self._previous is not None and any(p == path for _, p in self._previous)
+
+    def blame(self, problems: Iterable[Problem]) -> dict[Path, list[Problem]]:
+        """The files these problems are in that may be kept at their last good version
+        (and are not yet), each with its problems."""
+        blamed: dict[Path, list[Problem]] = {}
+        for problem in problems:
+            path = Path(problem.source)
+            if path not in self._forced and self.has(path):
+                blamed.setdefault(path, []).append(problem)
+        return blamed
+
+    def force(self, blamed: Mapping[Path, list[Problem]]) -> dict[Path, list[Problem]]:
+        """The forced files for the next attempt: these added to the ones forced now."""
+        return {**self._forced, **blamed}
+
+
+def _problems(exc: ConfigError | BadValue, path: Path) -> list[Problem]:
+    if isinstance(exc, ConfigError):
+        return exc.problems
+    return [Problem(str(path), 0, str(exc))]  # a value's problem: the file is the culprit
