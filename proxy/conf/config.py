@@ -297,6 +297,7 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "timeouts.connect": ("timeouts.connect", _parse_seconds),
     "timeouts.read": ("timeouts.read", _parse_seconds),
     "timeouts.drain": ("timeouts.drain", _parse_seconds),
+    "timeouts.drain_delay": ("timeouts.drain_delay", _parse_ttl),
     "timeouts.keepalive": ("timeouts.keepalive", _parse_seconds),
     "timeouts.header": ("timeouts.header", _parse_seconds),
     "timeouts.handshake": ("timeouts.handshake", _parse_seconds),
