@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -30,9 +31,12 @@ class RedisServer:
     """`redis-server` on 127.0.0.1:`port` with its data in `directory`; `start()` again after
     `stop()` restarts it on the same port with the same data."""
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, password: str | None = None, extra: Sequence[str] = ()
+    ) -> None:
         self.directory = directory
         self.password = password
+        self.extra = list(extra)  # more redis-server options (`--replicaof HOST PORT`, ...)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
@@ -49,7 +53,8 @@ class RedisServer:
             "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
         ]  # fmt: skip
         if self.password is not None:
-            argv += ["--requirepass", self.password]
+            argv += ["--requirepass", self.password, "--masterauth", self.password]
+        argv += self.extra
         self.process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
         )
