@@ -1,7 +1,8 @@
 """A Redis Sentinel deployment for tests, from Debian's `redis-server` and `redis-sentinel`:
 one primary, one replica and three sentinels (quorum 2), all on free loopback ports with their
-own directories, Redis and the sentinels each requiring a password of their own. Started
-and stopped by PID; the primary can be killed to make the sentinels fail over."""
+own directories, Redis and the sentinels each requiring a password of their own, everything
+spoken over TLS if asked. Started and stopped by PID; the primary can be killed to make the
+sentinels fail over."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 import redis
 
 from devtools.net import free_port
-from tests.redis_server import RedisServer, debian_binary
+from devtools.tls import TlsFiles
+from tests.redis_server import RedisServer, client_tls, debian_binary, listen_options
 
 SERVICE = "regproxy"
 DOWN_AFTER_MS = 1000  # a primary silent this long is down for a sentinel
@@ -43,10 +45,13 @@ class SentinelProcess:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.password = password
+        self.tls = primary.tls
         self.port = free_port()
         config = directory / "sentinel.conf"  # the sentinel rewrites it as it learns
+        listen = listen_options(self.port, self.tls)
         config.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+            "".join(f"{name} {value}\n" for name, value in listen)
+            + f"bind 127.0.0.1\ndir {directory}\n"
             f"logfile {directory / 'sentinel.log'}\n"
             f"requirepass {password}\nsentinel sentinel-pass {password}\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} 2\n"
@@ -63,8 +68,9 @@ class SentinelProcess:
 
     def client(self) -> redis.Redis:
         return redis.Redis(
-            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2
-        )
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2,
+            **client_tls(self.tls),
+        )  # fmt: skip
 
     def primary(self) -> tuple[str, int] | None:
         """The primary this sentinel names now."""
@@ -108,12 +114,13 @@ class Failover:
 class SentinelDeployment:
     """One primary, one replica, three sentinels."""
 
-    def __init__(self, directory: Path, password: str, sentinel_password: str) -> None:
+    def __init__(
+        self, directory: Path, password: str, sentinel_password: str, tls: TlsFiles | None = None
+    ) -> None:
         self.directory = directory
-        self.primary = RedisServer(directory / "primary", password)
-        self.replica = RedisServer(
-            directory / "replica", password, ["--replicaof", "127.0.0.1", str(self.primary.port)]
-        )
+        self.primary = RedisServer(directory / "primary", password, tls=tls)
+        replica_of = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.replica = RedisServer(directory / "replica", password, replica_of, tls)
         self.sentinel_password = sentinel_password
         self.sentinels: list[SentinelProcess] = []
 
