@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_PACKAGES := docker-registry podman skopeo buildah docker.io:dockerd apache2-utils:htpasswd openssl slapd:slapd ldap-utils:ldapadd \
-                 docker-compose redis-server:redis-server haproxy:haproxy \
+                 docker-compose redis-server:redis-server redis-sentinel:redis-sentinel haproxy:haproxy \
                  python3-venv:python3-venv
 
 .PHONY: run test venv lint typecheck clean bench fuzz soak conformance

@@ -9,11 +9,13 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
 
 from devtools.net import free_port
+from devtools.tls import TlsFiles
 
 START_TIMEOUT = 20.0
 
@@ -26,13 +28,39 @@ def debian_binary(name: str) -> str:
     return found
 
 
-class RedisServer:
-    """`redis-server` on 127.0.0.1:`port` with its data in `directory`; `start()` again after
-    `stop()` restarts it on the same port with the same data."""
+def listen_options(port: int, tls: TlsFiles | None) -> list[tuple[str, str]]:
+    """Where a redis-server or redis-sentinel listens, as (option, value): `port`, or with
+    `tls` its TLS port only."""
+    if tls is None:
+        return [("port", str(port))]
+    return [
+        ("port", "0"), ("tls-port", str(port)), ("tls-cert-file", str(tls.server_cert)),
+        ("tls-key-file", str(tls.server_key)), ("tls-ca-cert-file", str(tls.ca_cert)),
+        ("tls-replication", "yes"), ("tls-auth-clients", "no"),
+    ]  # fmt: skip
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+
+def client_tls(tls: TlsFiles | None) -> dict[str, object]:
+    """redis-py's options to reach a server started with `tls`."""
+    return {} if tls is None else {"ssl": True, "ssl_ca_certs": str(tls.ca_cert)}
+
+
+class RedisServer:
+    """`redis-server` on 127.0.0.1:`port` with its data in `directory` (TLS only, with `tls`:
+    to clients and between replicas, clients not asked for a certificate); `start()` again
+    after `stop()` restarts it on the same port with the same data."""
+
+    def __init__(
+        self,
+        directory: Path,
+        password: str | None = None,
+        extra: Sequence[str] = (),
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.directory = directory
         self.password = password
+        self.extra = list(extra)  # more redis-server options (`--replicaof HOST PORT`, ...)
+        self.tls = tls
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
@@ -44,12 +72,15 @@ class RedisServer:
     def start(self) -> None:
         argv = [
             debian_binary("redis-server"),
-            "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
+            "--bind", "127.0.0.1", "--dir", str(self.directory),
             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
             "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
+            *(part for name, value in listen_options(self.port, self.tls)
+              for part in (f"--{name}", value)),
         ]  # fmt: skip
         if self.password is not None:
-            argv += ["--requirepass", self.password]
+            argv += ["--requirepass", self.password, "--masterauth", self.password]
+        argv += self.extra
         self.process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
         )
@@ -66,8 +97,9 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(
-            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5
-        )
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5,
+            **client_tls(self.tls),
+        )  # fmt: skip
 
     def log(self) -> str:
         path = self.directory / "redis.log"

@@ -10,7 +10,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +18,7 @@ import pytest
 import trustme
 from aiohttp import web
 
+from devtools.net import free_port
 from proxy.authn.credentials import hash_password
 from tests.conftest import (
     ENV,
@@ -30,6 +31,7 @@ from tests.conftest import (
     one_connection_per_worker,
     regproxy,
     secret_bound,
+    until,
     write_setup,
 )
 from tests.terminal import Terminal
@@ -38,14 +40,18 @@ MIB = 1024 * 1024
 
 
 async def refused_soon(url: str) -> None:
-    """New connections are refused once the signal has been handled: try until they are."""
+    """New connections are refused once the signal has been handled: try until they are (a
+    connection queued where nobody accepts it any more is not refused: tried again)."""
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=False, force_close=True)
+        connector=aiohttp.TCPConnector(ssl=False, force_close=True),
+        timeout=aiohttp.ClientTimeout(total=1),
     ) as fresh:
         for _ in range(200):
             try:
                 async with fresh.get(url + "/v2/") as resp:
                     await resp.read()
+            except TimeoutError:  # aiohttp's is a ClientConnectionError too: first
+                pass
             except aiohttp.ClientConnectionError:
                 return
             await asyncio.sleep(0.02)
@@ -108,7 +114,10 @@ def test_flags_override_the_config_file(tmp_path: Path, tls: TlsPair) -> None:
     assert f"{missing}: cannot read: No such file or directory" in result.stderr
 
 
+@pytest.mark.parametrize("served", ["", "workers: 2\n"], indirect=True)
 async def test_sigterm_drains_in_flight_download(served: Served, upstream: FakeUpstream) -> None:
+    """New connections refused at once (with workers too: the supervisor lets go of the
+    socket), the download in flight finished, exit 0."""
     size = 8 * MIB
     started = asyncio.Event()
 
@@ -133,8 +142,60 @@ async def test_sigterm_drains_in_flight_download(served: Served, upstream: FakeU
     await started.wait()
     served.process.send_signal(signal.SIGTERM)
     await refused_soon(served.url)
+    assert not transfer.done()  # refused while the transfer is still being drained
     assert await transfer == size
     assert await asyncio.wait_for(served.process.wait(), 30) == 0
+
+
+ADMIN_PORT = free_port()
+DRAINING = f"workers: 2\nmetrics:\n  listen: 127.0.0.1:{ADMIN_PORT}\ntimeouts:\n  drain_delay: 2\n"
+
+
+@pytest.mark.parametrize("served", [DRAINING], indirect=True)
+async def test_sigterm_first_leaves_the_load_balancers_while_serving(
+    served: Served, upstream: FakeUpstream, tls: TlsPair
+) -> None:
+    """SIGTERM with a /health: for timeouts.drain_delay every worker answers /health 503
+    "draining" (/live stays 200) and still serves, old connections and new, each answer
+    closing its connection; then no new connections, and exit 0."""
+    auth = {"Authorization": basic("pull", USERS["pull"])}
+    admin = f"http://127.0.0.1:{ADMIN_PORT}"
+    fresh = aiohttp.TCPConnector(ssl=tls.client_context(), force_close=True)
+    async with aiohttp.ClientSession() as plain, aiohttp.ClientSession(connector=fresh) as new:
+
+        async def health() -> tuple[int, object]:
+            async with plain.get(admin + "/health") as response:
+                return response.status, await response.json()
+
+        assert (await health())[0] == 200
+        async with served.session.get(served.url + "/v2/", headers=auth) as kept:
+            assert kept.status == 200 and "Connection" not in kept.headers
+        served.process.send_signal(signal.SIGTERM)
+        await until(lambda: _status(health(), 503))
+        assert (await health())[1] == {"status": "draining", "upstream": upstream.url}
+        async with plain.get(admin + "/live") as live:
+            assert live.status == 200
+        for session in (served.session, new):  # the kept-alive connection, and a new one
+            async with session.get(served.url + "/v2/", headers=auth) as answer:
+                assert answer.status == 200 and answer.headers["Connection"] == "close"
+    await refused_soon(served.url)
+    assert await asyncio.wait_for(served.process.wait(), 30) == 0
+    said = (served.directory / "regproxy.err").read_text()
+    assert said.count("/health answers 503 draining for 2.0s") == 1  # worker 0 says it
+
+
+async def _status(answer: Awaitable[tuple[int, object]], expected: int) -> bool:
+    return (await answer)[0] == expected
+
+
+@pytest.mark.parametrize(
+    "served", [DRAINING.replace("drain_delay: 2", "drain_delay: 600")], indirect=True
+)
+async def test_sigint_stops_without_the_drain_delay(served: Served) -> None:
+    """Ctrl-C in a terminal: no load balancer to wait for (exiting well within 600 s)."""
+    served.process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(served.process.wait(), 30) == 0
+    assert "draining for" not in (served.directory / "regproxy.err").read_text()
 
 
 @pytest.mark.parametrize("served", ["workers: 2\n"], indirect=True)

@@ -23,8 +23,8 @@ from proxy.core.problems import ConfigError
 from proxy.http.tls import load_certificate, server_context
 from tests.kube import KUBERNETES, ROOT, Pod, container, find, local, manifests, pod_volumes
 
-# The oldest Kubernetes the manifests are written for (the preStop `sleep` action is on by
-# default from 1.30), and the newest one kubernetes-validate had schemas for when written.
+# The oldest Kubernetes the manifests are written for, and the newest one kubernetes-validate
+# had schemas for when written.
 KUBERNETES_VERSIONS = ("1.30", "1.37")
 
 
@@ -138,9 +138,18 @@ def test_probes_and_ports_match_the_config(tmp_path: Path) -> None:
     assert readiness["timeoutSeconds"] > min(5.0, config.timeouts.connect + config.timeouts.read)
     service = find("Service", "regproxy")["spec"]
     assert [port["targetPort"] for port in service["ports"]] == ["https"]
-    # SIGTERM drains for timeouts.drain after the preStop sleep: the kubelet must wait longer.
-    pre_stop = app["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert spec["terminationGracePeriodSeconds"] > pre_stop + config.timeouts.drain
+    # SIGTERM: serving on for drain_delay (after a preStop sleep, if there is one), then the
+    # drain: the kubelet must wait longer, or it kills uploads still running.
+    pre_stop = app.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    stopping = pre_stop + config.timeouts.drain_delay + config.timeouts.drain
+    assert spec["terminationGracePeriodSeconds"] > stopping
+    # A terminating pod stays "serving" (ready) for kube-proxy through the drain delay: the
+    # readiness probe's failures ("draining") take longer to count, the first maybe at once.
+    assert config.timeouts.drain_delay > 0
+    assert (readiness["failureThreshold"] - 1) * readiness["periodSeconds"] >= (
+        config.timeouts.drain_delay
+    )
+    assert "failureThreshold" not in liveness or liveness["failureThreshold"] >= 3
     # The default worker count is the node's CPUs: the ConfigMap sets it to the CPU limit.
     text = pod.files["config"]["regproxy.yaml"].decode()
     assert "workers" in yaml.safe_load(text)

@@ -63,9 +63,10 @@ def with_test_contents(
     pod: Pod, tls: TlsPair, upstream: str, ports: tuple[int, int], redis: RedisServer
 ) -> None:
     """The shipped ConfigMap with loopback addresses, one worker (each worker reloads on its
-    own; one makes every answer come from the process under test) and a throttle that the
-    logins polled until a new user works do not trip; test users; the session's TLS pair; a
-    real Redis whose password is in the projected Secret."""
+    own; one makes every answer come from the process under test), a throttle that the
+    logins polled until a new user works do not trip and a short drain delay (no load
+    balancer to wait for at the end); test users; the session's TLS pair; a real Redis whose
+    password is in the projected Secret."""
     config = yaml.safe_load(pod.files["config"]["regproxy.yaml"])
     config.update(
         listen=f"127.0.0.1:{ports[0]}",
@@ -73,6 +74,7 @@ def with_test_contents(
         workers=1,
         metrics={"listen": f"127.0.0.1:{ports[1]}"},
         throttle={"attempts": 1000},
+        timeouts={"drain_delay": 1},
     )
     config["state"]["url"] = redis.url
     pod.files["config"]["regproxy.yaml"] = yaml.safe_dump(config).encode()

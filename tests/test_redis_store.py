@@ -1,29 +1,27 @@
 """Replicas sharing state through a real redis-server (proxy.state.redis_store), in one
-process: each `Replica` is a RedisStore with its own origin, feeding its own throttle as a
-server does. Redis stopped and restarted mid-test: the stores degrade, reconnect and catch up."""
+process: each `Replica` (tests/stores.py) a RedisStore with its own origin, feeding its own
+throttle as a server does. Redis stopped and restarted mid-test: the stores degrade,
+reconnect and catch up."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from proxy.authn.throttle import Throttle, ThrottleSettings
-from proxy.state.events import BlobGone, Event, LoginFailed, LoginSucceeded, encode
+from proxy.state.events import BlobGone, LoginFailed, LoginSucceeded, encode
 from proxy.state.redis_layout import Keys, entry
 from proxy.state.redis_store import RedisStore
 from proxy.state.store import LocalStore, LockTimeout, StateSettings, StoreUnavailable
 from tests.conftest import Mesh, until
 from tests.redis_server import RedisServer
+from tests.stores import SETTINGS, Replica, fail, locked, start_replica
 
-SETTINGS = ThrottleSettings(attempts=4, window=60.0, max_delay=100.0)
 BOUND = 10.0  # seconds: only stops a broken run from hanging
 
 
@@ -41,16 +39,6 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
-@dataclass
-class Replica:
-    store: RedisStore
-    throttle: Throttle
-    seen: list[tuple[Event, float]] = field(default_factory=list)
-
-    def received(self, event: Event) -> int:
-        return sum(1 for seen, _ in self.seen if seen == event)
-
-
 ReplicaFactory = Callable[..., Awaitable[Replica]]
 
 
@@ -66,31 +54,13 @@ async def replicas(shared_redis: RedisServer) -> AsyncIterator[ReplicaFactory]:
         local: LocalStore | None = None,
     ) -> Replica:
         settings = StateSettings("redis", (server or shared_redis).url, prefix, timeout=0.5)
-        store = RedisStore(
-            settings,
-            local or LocalStore(),
-            origin or secrets.token_hex(8).encode(),
-            lambda: SETTINGS.window + SETTINGS.max_delay,
-        )
-        throttle = Throttle(store.publish)
-        replica = Replica(store, throttle)
-        store.subscribe(lambda event, age: replica.seen.append((event, age)))
-        store.subscribe(lambda e, age: throttle.apply(e, time.monotonic() - age, SETTINGS))
-        await store.start()
+        replica = await start_replica(settings, origin, local)
         started.append(replica)
         return replica
 
     yield start
     for replica in started:
         await replica.store.close()
-
-
-def locked(replica: Replica, user: str, address: str) -> bool:
-    return replica.throttle.retry_after(user, address, time.monotonic(), SETTINGS) > 0
-
-
-def fail(replica: Replica, user: str, address: str) -> None:
-    replica.throttle.failure(user, address, time.monotonic(), SETTINGS)
 
 
 async def test_failures_spread_over_replicas_count_in_every_one(replicas: ReplicaFactory) -> None:
@@ -343,3 +313,24 @@ async def test_flush_returns_once_the_news_is_in_redis(
         fail(a, "kim", "192.0.2.5")
         await a.store.flush()
         assert client.xlen(keys.events) == n
+
+
+async def test_a_reader_ahead_of_the_stream_it_reconnects_to_resumes_at_its_end(
+    replicas: ReplicaFactory, own_redis: RedisServer
+) -> None:
+    """After a failover the new primary may lack the last entries a reader saw on the old one
+    (and its clock may be behind): the reader must not wait for ids past the old position.
+    Here: an entry an hour ahead is read, the stream is lost, the connections are cut."""
+    a, b = await replicas(own_redis), await replicas(own_redis)
+    keys, client = Keys(a.store.keys.prefix), own_redis.client()
+    seconds, _ = client.time()
+    ahead = f"{(seconds + 3600) * 1000}-0"
+    fields: Any = entry(b"elsewhere", BlobGone("from the future"), 0)
+    client.xadd(keys.events, fields, id=ahead)
+    await until(lambda: a.received(BlobGone("from the future")) == 1)
+    client.delete(keys.events)
+    attempts = count_reconnections(a.store)
+    client.client_kill_filter(_type="normal", skipme=True)  # as when the old primary dies
+    await until(lambda: attempts[0] >= 1 and a.store.healthy)
+    b.store.publish(BlobGone("now"))
+    await until(lambda: a.received(BlobGone("now")) == 1)

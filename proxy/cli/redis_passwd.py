@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import cast
 
 import redis
+import redis.sentinel
 
 from ..authn.credentials import hash_password, identify
 from ..conf.config import load
 from ..core.addresses import parse_upstream
 from ..core.problems import ConfigError
-from ..state.redis_layout import Keys, client_options, parse_redis_url
-from ..state.redis_store import redis_password, where
+from ..state.redis_layout import Keys, client_options, parse_redis_url, sentinel_options
+from ..state.redis_store import redis_password, sentinel_password
 from ..state.store import StateSettings
 
 ReadPassword = Callable[[bool, bool], str | None]
@@ -78,16 +79,35 @@ def redis_passwd(
     try:
         client = _client(replace(settings, timeout=max(settings.timeout, 5.0)), password)
         with client:
-            return _apply(client, Keys(settings.key_prefix), user, args, read_password)
-    except redis.RedisError as exc:
-        print(f"Redis at {where(settings.url or '')}: {exc}", file=sys.stderr)
+            status = _apply(client, Keys(settings.key_prefix), user, args, read_password)
+            if settings.sentinels and status == 0 and not (args.verify or _replicated(client)):
+                print(
+                    "warning: no replica confirmed the change within 2s: if the primary fails "
+                    "before one has it, the change is lost",
+                    file=sys.stderr,
+                )
+            return status
+    except (redis.RedisError, ConfigError) as exc:
+        print(f"Redis at {settings.where}: {exc}", file=sys.stderr)
         return 1
 
 
 def _client(settings: StateSettings, password: str | None) -> redis.Redis:
-    assert settings.url is not None
+    """A client of Redis: the URL's, or the primary the sentinels name."""
     options = client_options(settings, password, settings.timeout)
-    return redis.Redis.from_url(settings.url, **options)
+    if not settings.sentinels:
+        assert settings.url is not None
+        return redis.Redis.from_url(settings.url, **options)
+    assert settings.service is not None
+    sentinel_kwargs = sentinel_options(settings, sentinel_password(settings))
+    sentinel = redis.sentinel.Sentinel(settings.sentinels, sentinel_kwargs=sentinel_kwargs)
+    client: redis.Redis = sentinel.master_for(settings.service, **options)
+    return client
+
+
+def _replicated(client: redis.Redis) -> bool:
+    """Whether a replica has what this client wrote (Sentinel: a failover keeps it)."""
+    return int(client.wait(1, 2000)) > 0
 
 
 def _apply(

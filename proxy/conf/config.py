@@ -36,7 +36,7 @@ from ..policy.acl import (
 from ..policy.grantfile import GrantSettings, parse_max_duration
 from ..policy.rules import Rule, recipe_rules
 from ..policy.tagrules import TagRule
-from ..state.redis_layout import parse_redis_url
+from ..state.redis_layout import parse_redis_url, parse_sentinel_addresses, parse_service
 from ..state.store import STATE_BACKENDS, StateSettings
 from ..tokenserver.scopes import MAX_EXPIRY as MAX_TOKEN_EXPIRY
 from ..tokenserver.scopes import TokenSettings
@@ -264,6 +264,18 @@ def _parse_name(value: object) -> str:
     return text
 
 
+def _parse_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _parse_database(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a database number (0, 1, ...), got {value!r}")
+    return value
+
+
 def _parse_key_prefix(value: object) -> str:
     if not isinstance(value, str) or not value.isprintable() or " " in value or len(value) > 64:
         raise ValueError(f"expected up to 64 printable characters without spaces, got {value!r}")
@@ -298,6 +310,7 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "timeouts.connect": ("timeouts.connect", _parse_seconds),
     "timeouts.read": ("timeouts.read", _parse_seconds),
     "timeouts.drain": ("timeouts.drain", _parse_seconds),
+    "timeouts.drain_delay": ("timeouts.drain_delay", _parse_ttl),
     "timeouts.keepalive": ("timeouts.keepalive", _parse_seconds),
     "timeouts.header": ("timeouts.header", _parse_seconds),
     "timeouts.handshake": ("timeouts.handshake", _parse_seconds),
@@ -332,6 +345,13 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "state.key_file": ("state.key_file", _OPTIONAL_PATH),
     "state.timeout": ("state.timeout", _parse_seconds),
     "state.connect_timeout": ("state.connect_timeout", _parse_seconds),
+    "state.sentinel.addresses": ("state.sentinels", parse_sentinel_addresses),
+    "state.sentinel.service": ("state.service", parse_service),
+    "state.sentinel.database": ("state.database", _parse_database),
+    "state.sentinel.tls": ("state.sentinel_tls", _parse_bool),
+    "state.sentinel.username": ("state.sentinel_username", _parse_text),
+    "state.sentinel.password": ("state.sentinel_password", _parse_text),
+    "state.sentinel.password_file": ("state.sentinel_password_file", _OPTIONAL_PATH),
     "acl": ("acl", "acl"),  # handled by _load_acl
     "immutable_tags": ("tag_rules", "tag rules"),  # parsed by proxy.policy.acl, with the ACL file's
     "protected_deletes": ("tag_rules", "tag rules"),
@@ -351,7 +371,8 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "token.catalog_groups": ("token.catalog_groups", _parse_groups_list),
     "auth_backends": ("auth_backends", _parse_backends),
 }
-_SECTIONS = {key.split(".")[0] for key in _KEYS if "." in key}
+# Every mapping the keys are nested in: `tls`, `state`, `state.sentinel`, ...
+_SECTIONS = {key.rsplit(".", n)[0] for key in _KEYS for n in range(1, key.count(".") + 1)}
 
 # Command-line flag destinations (argparse names) -> YAML keys they override.
 FLAG_KEYS: dict[str, str] = {
@@ -383,11 +404,12 @@ def _flatten(
             problems.append(Problem(source, line, f"duplicate key {key!r}"))
             continue
         seen.add(key)
-        if not prefix and key in _SECTIONS:
+        dotted = "." in str(key_node.value)  # `tls.cert:` is no alias of `tls: {cert:}`
+        if key in _SECTIONS and not dotted:
             flat.update(_flatten(value_node, source, problems, prefix=f"{key}."))
         elif key in ("acl", "ldap", "oidc", *TAG_SECTIONS) and not prefix:
             flat[key] = (value_node, line)  # parsed later, with the lines of the nodes inside
-        elif key in _KEYS and ("." in key) == bool(prefix):  # `tls.cert:` is no alias
+        elif key in _KEYS and not dotted:
             try:
                 flat[key] = (construct(value_node), line)
             except ValueError as exc:
@@ -476,8 +498,10 @@ def load(
         sources.append((_read_yaml(path, problems, files), path.parent, str(path)))
     flags = {key: (raw, 0) for key, raw in (overrides or {}).items()}
     sources.append((flags, Path("."), "command line"))
+    lines: dict[str, int] = {}  # key -> its line in the file, for problems of combinations
     for entries, base, source in sources:
         for key, (raw, line) in entries.items():
+            lines[key] = line
             if key == "acl":
                 rules, acl_tag_rules, acl_path = _load_acl(
                     raw, base, (source, line), problems, files
@@ -498,7 +522,8 @@ def load(
             converted = _convert(key, raw, base, (source, line), problems)
             if converted is not None or raw is None:
                 values[key] = converted
-    problems.extend(_combinations(values, acl[0] is not None, str(path or "command line")))
+    source = str(path or "command line")
+    problems.extend(_combinations(values, acl[0] is not None, source, lines))
     if acl[0] is not None:
         oidc = values.get("oidc")
         issuers = tuple(i.issuer for i in oidc.issuers) if oidc is not None else ()
@@ -512,7 +537,9 @@ def load(
     return _apply(config, values)
 
 
-def _combinations(values: dict[str, Any], has_acl: bool, source: str) -> list[Problem]:
+def _combinations(
+    values: dict[str, Any], has_acl: bool, source: str, lines: Mapping[str, int]
+) -> list[Problem]:
     """Settings that only make sense together. Also fills in the default backend order
     (htpasswd, then LDAP when there is an `ldap:` section) and builds the token section."""
     problems = []
@@ -537,29 +564,47 @@ def _combinations(values: dict[str, Any], has_acl: bool, source: str) -> list[Pr
         problems.append(
             Problem(source, 0, "push_group has no effect with an acl: name the group in a rule")
         )
-    problems.extend(Problem(source, 0, text) for text in _state_problems(values, backends))
+    problems.extend(
+        Problem(source, lines.get(key, 0), text) for key, text in _state_problems(values, backends)
+    )
     return problems
 
 
-def _state_problems(values: dict[str, Any], backends: tuple[str, ...]) -> list[str]:
-    """The `state:` keys that only make sense together."""
+def _state_problems(values: dict[str, Any], backends: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The `state:` keys that only make sense together: (the key at fault, the problem)."""
     state = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("state.")}
+    sentinel = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("sentinel.")}
     redis = state.get("backend") == "redis"
-    problems = []
-    if redis and not state.get("url"):
-        problems.append("state: backend redis needs a url (redis://HOST:PORT/DB)")
+    found: list[tuple[str, str]] = []
+
+    def problem(key: str, text: str) -> None:
+        found.append((key if key == "auth_backends" else f"state.{key}", text))
+
+    if redis and not state.get("url") and not sentinel:
+        problem("backend", "state: backend redis needs a url (redis://HOST:PORT/DB) or a sentinel")
+    if redis and state.get("url") and sentinel:
+        problem("url", "state: url and sentinel exclude each other (the sentinels name Redis)")
     if not redis and set(state) - {"backend"}:
-        problems.append("state: these keys need backend: redis")
+        problem(min(set(state) - {"backend"}), "state: these keys need backend: redis")
     if "redis" in backends and not redis:
-        problems.append("auth_backends names redis: it needs state: {backend: redis, url: ...}")
-    if state.get("password") is not None and state.get("password_file") is not None:
-        problems.append("state: password and password_file exclude each other")
+        problem("auth_backends", "auth_backends names redis: it needs state: {backend: redis}")
+    for section in ("", "sentinel."):
+        secrets = (state.get(f"{section}password"), state.get(f"{section}password_file"))
+        if None not in secrets:
+            where = f"state.{section}".rstrip(".")
+            problem(
+                f"{section}password_file", f"{where}: password and password_file exclude each other"
+            )
+    if sentinel and not {"sentinel.addresses", "sentinel.service"} <= state.keys():
+        problem(f"sentinel.{min(sentinel)}", "state.sentinel: needs addresses and service")
     tls = [k for k in ("ca_file", "cert_file", "key_file") if state.get(k) is not None]
-    if tls and not str(state.get("url") or "").startswith("rediss://"):
-        problems.append(f"state: {', '.join(tls)}: only with a rediss:// url (TLS)")
+    tls_on = sentinel.get("tls") if sentinel else str(state.get("url")).startswith("rediss://")
+    if tls and not tls_on:
+        problem(tls[0], f"state: {', '.join(tls)}: only with TLS (rediss://, sentinel.tls)")
     if (state.get("cert_file") is None) != (state.get("key_file") is None):
-        problems.append("state: cert_file and key_file go together")
-    return problems
+        problem("cert_file" if "cert_file" in state else "key_file",
+                "state: cert_file and key_file go together")  # fmt: skip
+    return found
 
 
 def _load_ldap(node: Any, source: str, line: int, problems: list[Problem], files: LastGood) -> Any:

@@ -22,14 +22,19 @@ RESERVED_FILES = 64  # log files, the config files being read, the mesh, the adm
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds. `connect`/`read` bound the upstream, `drain` the graceful shutdown;
-    `keepalive` an idle client connection between requests, `header` the time a client has to
-    send a request's headers, `handshake` the time to start and finish TLS, `client_idle` the
-    time a client may leave its request body unsent or the response unread."""
+    """Seconds. `connect`/`read` bound the upstream, `drain` the graceful shutdown, before
+    which `drain_delay` lets load balancers see a stopping replica unready while it still
+    serves; `keepalive` an idle client connection between requests, `header` the time a
+    client has to send a request's headers, `handshake` the time to start and finish TLS,
+    `client_idle` the time a client may leave its request body unsent or the response
+    unread."""
 
     connect: float = 5.0
     read: float = 300.0
     drain: float = 30.0
+    # Above what the shipped HAProxy config (deploy/haproxy) takes to mark a replica down
+    # (2 checks 1 s apart) and what kube-proxy takes to drop a terminating pod.
+    drain_delay: float = 5.0
     keepalive: float = 75.0
     header: float = 20.0
     handshake: float = 10.0

@@ -34,7 +34,9 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
@@ -146,15 +148,38 @@ class Connection(RequestHandler):
 
 
 class Connections(web.Server):
-    """aiohttp's low-level server (the protocol factory), making `Connection`s."""
+    """aiohttp's low-level server (the protocol factory), making `Connection`s. While
+    `closing()` holds (a stopping replica, still serving), every answer says `Connection:
+    close` and its connection is closed after it, so clients open their next one through the
+    load balancer, to a replica that stays."""
 
-    def __init__(self, handler: Any, listener: Listener, header_timeout: float, **kwargs: Any):
+    def __init__(
+        self,
+        handler: Any,
+        listener: Listener,
+        header_timeout: float,
+        closing: Callable[[], bool],
+        **kwargs: Any,
+    ):
         super().__init__(handler, **kwargs)
         self.listener = listener
         self.header_timeout = header_timeout
+        self._closing = closing
 
     def __call__(self) -> Connection:
         return Connection(self, loop=self._loop, **self._kwargs)
+
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        if self._closing():  # as if the client had asked: aiohttp then answers and closes
+            message = message._replace(should_close=True)
+        return super()._make_request(message, payload, protocol, writer, task)
 
 
 class _Unstarted:

@@ -1,6 +1,11 @@
 """One worker's lifecycle: startup (every resource registered for cleanup as it is made),
 serving until SIGTERM/SIGINT, a graceful drain, and shutdown; SIGHUP reloads every file.
-The request path itself is `proxy.serve.handler`."""
+The request path itself is `proxy.serve.handler`.
+
+Stopping on SIGTERM with the admin listener on, a worker first keeps serving for
+`timeouts.drain_delay` seconds while `/health` answers 503 "draining" and every answer closes
+its connection, so load balancers take the replica out before it stops accepting; SIGINT
+(Ctrl-C) skips that."""
 
 from __future__ import annotations
 
@@ -93,6 +98,8 @@ class Server:
         self.metrics_port: int | None = None
         self._stop = asyncio.Event()
         self._stops_requested = 0
+        self._stop_signal: int | None = None
+        self.draining = False  # stopping, still serving: /health 503, connections closed
         self._stack = contextlib.AsyncExitStack()
         self._reloads: set[asyncio.Task[bool]] = set()
 
@@ -105,6 +112,7 @@ class Server:
             if ready is not None:
                 ready()
             await self._stop.wait()
+            await self._leave_load_balancers()
             (log.debug if self._quiet else log.info)(
                 "shutting down: no new connections, draining for up to %ss",
                 self._first.config.timeouts.drain,
@@ -112,6 +120,23 @@ class Server:
         finally:
             await self.shutdown()
         (log.debug if self._quiet else log.info)("stopped")
+
+    async def _leave_load_balancers(self) -> None:
+        """On SIGTERM, with a `/health` to say it: `timeouts.drain_delay` seconds of serving
+        while unready, so that load balancers (and kube-proxy) stop sending new connections
+        here before this worker stops accepting them."""
+        assert self.state is not None
+        config = self.state.current.config
+        delay = config.timeouts.drain_delay
+        if self._stop_signal != signal.SIGTERM or config.metrics_listen is None or not delay:
+            return
+        self.draining = True
+        (log.info if self._reports_reloads else log.debug)(
+            "stopping: /health answers 503 draining for %ss while requests are served, "
+            "each connection closed after its answer",
+            delay,
+        )
+        await asyncio.sleep(delay)
 
     async def startup(self, sock: socket.socket) -> None:
         """Accept connections on the (already bound) socket and start watching files. A
@@ -217,6 +242,7 @@ class Server:
             handler,
             listener,
             config.timeouts.header,
+            lambda: self.draining,
             handler_cancellation=True,
             access_log_class=access_logger_class(config.access_log),
             access_log=logging.getLogger("regproxy.access"),
@@ -270,7 +296,7 @@ class Server:
         assert state is not None
         config = state.current.config
         assert config.metrics_listen is not None
-        admin = admin_handler(registry, lambda: state.current.config, store)
+        admin = admin_handler(registry, lambda: state.current.config, store, lambda: self.draining)
         # No access lines: a probe every few seconds per pod is noise, not traffic.
         runner = web.ServerRunner(web.Server(admin, access_log=None), shutdown_timeout=1)
         await runner.setup()
@@ -295,8 +321,8 @@ class Server:
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, signal.SIGTERM)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, signal.SIGINT)
         loop.add_signal_handler(signal.SIGHUP, self._reload, "SIGHUP")
         loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
         # A supervised worker starts with these blocked: any that came meanwhile arrive now.
@@ -310,10 +336,12 @@ class Server:
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)
 
-    def request_stop(self) -> None:
-        """First signal: graceful stop. Second: exit at once."""
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """First signal: graceful stop (after the drain delay for SIGTERM). Second: exit at
+        once."""
         self._stops_requested += 1
         if self._stops_requested > 1:
             log.warning("second stop signal: exiting without draining")
             os._exit(1)
+        self._stop_signal = signum
         self._stop.set()

@@ -182,6 +182,10 @@ class Supervisor:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 if not self.stopping:
                     log.info("shutting down: draining the workers")
+                    # No worker will be started again: the socket is theirs alone now, so it
+                    # refuses connections once the last of them stops accepting, rather than
+                    # queueing them for nobody.
+                    os.close(int(str(self.spec["listen_fd"])))
                 self.stopping = True
             for _, process in self.children.values():
                 with contextlib.suppress(ProcessLookupError):

@@ -26,6 +26,8 @@ clock too (`TIME` when it connects), so replicas' clocks never need to agree.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +51,10 @@ redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return redis.call('ZCARD', KEYS[1])
 """
+# With Sentinel an attempt first asks a sentinel where the primary is (cheap), and a failover
+# is over in seconds: try at least this often, so a replica follows it soon after.
+SENTINEL_BACKOFF_CAP = 1.0
+SENTINEL_PORT = 26379
 
 
 @dataclass(frozen=True)
@@ -126,16 +132,31 @@ def stream_ms(entry_id: bytes) -> int | None:
     return int(ms) if ms.isdigit() and dash and seq.isdigit() else None
 
 
+def resume_id(last_read: bytes, newest: bytes | None) -> bytes:
+    """Where a reader goes on after reconnecting: where it stopped, unless the stream now ends
+    before that (a promoted replica that never had the last entries read from the old primary,
+    or a Redis that lost its data): then from the stream's end (`0-0` when it is empty), or
+    it would skip what is written next until the clock passes the old position."""
+    if newest is None:
+        return b"0-0"
+    return newest if _order(newest) < _order(last_read) else last_read
+
+
+def _order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms or 0), int(seq or 0)
+
+
 def start_id(now_ms: int, retention: float) -> bytes:
     """The first id of the history a starting process replays: `retention` seconds back."""
     return f"{max(0, now_ms - round(retention * 1000))}-0".encode()
 
 
-def backoff(attempt: int, jitter: float) -> float:
+def backoff(attempt: int, jitter: float, cap: float = BACKOFF_CAP) -> float:
     """Seconds before reconnection attempt `attempt` (0, 1, ...): doubling from BACKOFF_FIRST
-    up to BACKOFF_CAP, times 0.5-1.0 by `jitter` (0-1) so replicas do not retry in step."""
+    up to `cap`, times 0.5-1.0 by `jitter` (0-1) so replicas do not retry in step."""
     doubled = BACKOFF_FIRST * 2.0 ** min(attempt, 16)
-    return min(BACKOFF_CAP, doubled) * (0.5 + jitter / 2)
+    return min(cap, doubled) * (0.5 + jitter / 2)
 
 
 def parse_redis_url(value: object) -> str:
@@ -154,20 +175,72 @@ def parse_redis_url(value: object) -> str:
     return text
 
 
+def parse_sentinel_addresses(value: object) -> tuple[tuple[str, int], ...]:
+    """`[HOST[:PORT], ...]` (port 26379 unless given; `[IPv6]:PORT`), at least one, distinct."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("expected a list of HOST:PORT, got an empty list")
+    addresses = tuple(_sentinel_address(item) for item in items)
+    if len(set(addresses)) != len(addresses):
+        raise ValueError(f"an address is listed twice in {value!r}")
+    return addresses
+
+
+_ADDRESS = re.compile(r"\[([0-9a-fA-F:.]+)\](?::(\d+))?|([A-Za-z0-9][A-Za-z0-9.-]*)(?::(\d+))?")
+
+
+def _sentinel_address(item: object) -> tuple[str, int]:
+    match = _ADDRESS.fullmatch(item) if isinstance(item, str) else None
+    if match is None:
+        raise ValueError(f"expected HOST[:PORT] or [IPv6][:PORT], got {item!r}")
+    if match.group(1):
+        ipaddress.IPv6Address(match.group(1))  # ValueError names the address
+    port = int(match.group(2) or match.group(4) or SENTINEL_PORT)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range 1-65535")
+    return match.group(1) or match.group(3), port
+
+
+def parse_service(value: object) -> str:
+    """The name the sentinels monitor the primary under (`sentinel monitor NAME ...`)."""
+    if not isinstance(value, str) or not value or not value.isprintable() or " " in value:
+        raise ValueError(f"expected a name without spaces, got {value!r}")
+    return value
+
+
 def client_options(settings: StateSettings, password: str | None, timeout: float) -> dict[str, Any]:
-    """Keyword arguments for redis-py's `from_url` (sync or asyncio): bounded timeouts, no
-    retries of its own (the store reconnects with its own backoff; a request never waits
-    through retries), TLS verified whenever the URL says rediss."""
+    """Keyword arguments for a redis-py client of Redis (sync or asyncio, `from_url` or a
+    Sentinel's `master_for`): bounded timeouts, no retries of its own (the store reconnects
+    with its own backoff; a request never waits through retries), TLS verified whenever it
+    is on."""
+    options: dict[str, Any] = {"health_check_interval": 0}
+    options.update(_socket(settings, timeout, password, settings.username))
+    if settings.sentinels:  # what a URL would say
+        options.update(ssl=settings.tls, db=settings.database)
+    return options
+
+
+def sentinel_options(settings: StateSettings, password: str | None) -> dict[str, Any]:
+    """Keyword arguments for the clients of the sentinels (their own credentials; TLS as
+    Redis's)."""
+    options = _socket(settings, settings.timeout, password, settings.sentinel_username)
+    if settings.tls:
+        options["ssl"] = True
+    return options
+
+
+def _socket(
+    settings: StateSettings, timeout: float, password: str | None, username: str | None
+) -> dict[str, Any]:
     options: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": settings.connect_timeout,
-        "health_check_interval": 0,
     }
     if password is not None:
         options["password"] = password
-    if settings.username is not None:
-        options["username"] = settings.username
-    if (settings.url or "").startswith("rediss://"):
+    if username is not None:
+        options["username"] = username
+    if settings.tls:
         options["ssl_cert_reqs"] = "required"
         options["ssl_check_hostname"] = True
         for name, path in (

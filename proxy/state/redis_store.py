@@ -21,6 +21,10 @@ once; Redis carries them between replicas (the key layout: `proxy.state.redis_la
   together with the stream's newest entries in one round trip (so the failures of attempts
   that let go before are counted too); letting go goes out with the events published before
   it, after them. Redis away: this machine counts alone.
+- with Redis Sentinel (`state.sentinel`), every new connection asks the sentinels where the
+  primary is, so a reconnection after a failover reaches the new one; a batch of events counts
+  as written once a replica has it too (WAIT), since a failover loses what only the old
+  primary had; and reconnection attempts are at most SENTINEL_BACKOFF_CAP apart.
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
@@ -46,16 +51,20 @@ from ..core.problems import read_text
 from ..observe import metrics
 from .events import Event, LoginSucceeded, decode, encode
 from .redis_layout import (
+    BACKOFF_CAP,
     BLOCK_MS,
     KNOWN_GOOD_KEPT,
     READ_BATCH,
     RESERVE,
+    SENTINEL_BACKOFF_CAP,
     Keys,
     after,
     backoff,
     client_options,
     entry,
     read_entry,
+    resume_id,
+    sentinel_options,
     start_id,
 )
 from .store import (
@@ -81,25 +90,51 @@ return 0
 DOWN = (RedisError, OSError)  # OSError covers TimeoutError and refused connections
 
 
-def redis_password(settings: StateSettings) -> str | None:
+def secret(password: str | None, password_file: Path | None) -> str | None:
     """`password`, or the first line of `password_file` (ConfigError when unreadable)."""
-    if settings.password_file is None:
-        return settings.password
-    lines = read_text(settings.password_file).splitlines()
+    if password_file is None:
+        return password
+    lines = read_text(password_file).splitlines()
     return lines[0] if lines else ""
 
 
-def connect(settings: StateSettings, password: str | None, timeout: float) -> Redis:
-    """A client (its own connection pool; nothing is connected until first used)."""
-    assert settings.url is not None  # config.load refuses backend redis without a url
+def redis_password(settings: StateSettings) -> str | None:
+    """Redis's password (`password` or `password_file`)."""
+    return secret(settings.password, settings.password_file)
+
+
+def sentinel_password(settings: StateSettings) -> str | None:
+    """The sentinels' password (`sentinel.password` or `sentinel.password_file`)."""
+    return secret(settings.sentinel_password, settings.sentinel_password_file)
+
+
+def sentinels(settings: StateSettings) -> Sentinel | None:
+    """The clients of the sentinels (None without Sentinel); nothing connects until used."""
+    if not settings.sentinels:
+        return None
+    options = sentinel_options(settings, sentinel_password(settings))
+    return Sentinel(settings.sentinels, sentinel_kwargs=options)
+
+
+def connect(
+    settings: StateSettings, password: str | None, timeout: float, sentinel: Sentinel | None
+) -> Redis:
+    """A client (its own connection pool; nothing is connected until first used): of the URL,
+    or of whichever server the sentinels name primary when it connects."""
     options = client_options(settings, password, timeout)
-    return Redis.from_url(settings.url, retry=Retry(NoBackoff(), 0), **options)
+    retry = Retry(NoBackoff(), 0)
+    if sentinel is None:
+        assert settings.url is not None  # config.load refuses backend redis without either
+        return Redis.from_url(settings.url, retry=retry, **options)
+    assert settings.service is not None  # config.load refuses addresses without it
+    client: Redis = sentinel.master_for(settings.service, retry=retry, **options)
+    return client
 
 
-def where(url: str) -> str:
-    """The URL without credentials, for logs."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+def primary(client: Redis) -> str | None:
+    """The primary a Sentinel client last connected to (None without Sentinel)."""
+    address = getattr(client.connection_pool, "master_address", None)
+    return f"{address[0]}:{address[1]}" if address else None
 
 
 @dataclass(frozen=True)
@@ -123,15 +158,19 @@ class RedisStore:
     ) -> None:
         password = redis_password(settings)
         self._settings = settings
-        self._where = where(settings.url or "")
+        self._where = settings.where
         self._local = local
         self._origin = origin
         self._retention = retention
         self._clock = clock
         self.keys = Keys(settings.key_prefix)
-        self.client = connect(settings, password, settings.timeout)
+        self._sentinel = sentinels(settings)
+        self.client = connect(settings, password, settings.timeout, self._sentinel)
         # A blocked XREAD answers after BLOCK_MS; a busy loop may take a while to read it.
-        self._reader = connect(settings, password, BLOCK_MS / 1000 + max(2.0, settings.timeout))
+        reader_timeout = BLOCK_MS / 1000 + max(2.0, settings.timeout)
+        self._reader = connect(settings, password, reader_timeout, self._sentinel)
+        self._backoff_cap = SENTINEL_BACKOFF_CAP if self._sentinel else BACKOFF_CAP
+        self._replicated = True  # with Sentinel: whether a replica confirmed the last batch
         self._release = self.client.register_script(RELEASE)
         self._reserve = self.client.register_script(RESERVE)
         self._subscribers: list[Subscriber] = []
@@ -228,16 +267,20 @@ class RedisStore:
                     await self._send(list(self._outbox))
         await self.client.aclose()
         await self._reader.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
         await self._local.close()
 
     # --- reading ----------------------------------------------------------------------------
 
     async def _connect(self) -> None:
         """Measure Redis's clock; the first time, load the known-good pairs and start the
-        stream `retention()` seconds back."""
+        stream `retention()` seconds back; later, go on where the stream was left (or where
+        it now ends, if that is before)."""
         seconds, micros = await self._reader.time()
         now_ms = seconds * 1000 + micros // 1000
-        # Idle connections may be to a Redis that has restarted since: drop them, not a write.
+        # Idle connections may be to a Redis that has restarted (or been replaced by a promoted
+        # replica) since: drop them, not a write.
         await self.client.connection_pool.disconnect(inuse_connections=False)
         self._offset_ms = now_ms - time.time() * 1000
         if self._started_ms is None:
@@ -247,6 +290,9 @@ class RedisStore:
             self._deliver_known_good(cast(list[tuple[bytes, float]], pairs), now_ms)
             self._started_ms = now_ms
             self._last_id = start_id(now_ms, self._retention())
+        else:
+            newest: Any = await self._reader.xrevrange(self.keys.events, count=1)
+            self._last_id = resume_id(self._last_id, newest[0][0] if newest else None)
         self._healthy_again()
 
     def _deliver_known_good(self, pairs: Iterable[tuple[bytes, float]], now_ms: int) -> None:
@@ -297,7 +343,7 @@ class RedisStore:
                 if self._closing:
                     return
                 self._unhealthy(exc)
-                await asyncio.sleep(backoff(attempt, random.random()))
+                await asyncio.sleep(backoff(attempt, random.random(), self._backoff_cap))
                 attempt += 1
 
     # --- writing ----------------------------------------------------------------------------
@@ -337,7 +383,26 @@ class RedisStore:
             if isinstance(event, LoginSucceeded):
                 pipe.zadd(self.keys.known_good, {encode(event): now_ms})
                 pipe.zremrangebyrank(self.keys.known_good, 0, -KNOWN_GOOD_KEPT - 1)
-        await pipe.execute()
+        if self._sentinel is not None:
+            # Half the command timeout: the pipeline's reply must still come within it.
+            pipe.wait(1, max(1, round(self._settings.timeout * 500)))
+        replies = await pipe.execute()
+        if self._sentinel is not None:
+            self._confirmed(int(replies[-1]) > 0)
+
+    def _confirmed(self, replicated: bool) -> None:
+        """Note whether a replica has what was just written; say so when that changes."""
+        if replicated != self._replicated:
+            self._replicated = replicated
+            if replicated:
+                log.warning("state store %s: a replica confirms writes again", self._where)
+            else:
+                log.warning(
+                    "state store %s: no replica confirmed a write within %ss: what is written "
+                    "until one does is on the primary only, and lost if it fails now",
+                    self._where,
+                    self._settings.timeout / 2,
+                )
 
     # --- health -----------------------------------------------------------------------------
 
@@ -362,10 +427,12 @@ class RedisStore:
         if self._outage_logged:
             self._outage_logged = False
             dropped, self._dropped = self._dropped, 0
+            address = primary(self._reader)
             log.warning(
-                "state store %s reachable again: sharing with the other replicas "
+                "state store %s reachable again%s: sharing with the other replicas "
                 "(%d events waiting, %d dropped)",
                 self._where,
+                f" (primary {address})" if address else "",
                 len(self._outbox),
                 dropped,
             )

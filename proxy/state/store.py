@@ -30,6 +30,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from . import attempts
 from .events import Event, decode, encode
@@ -54,7 +55,12 @@ class StateSettings:
     `url` is `redis://HOST[:PORT][/DB]` or `rediss://` (TLS, always verified: against
     `ca_file`, or the system's CAs); `password` or `password_file` (the file's first line),
     with `username` for a Redis ACL user; `cert_file`/`key_file` a client certificate.
-    `timeout` bounds every command, `connect_timeout` every connection attempt."""
+    `timeout` bounds every command, `connect_timeout` every connection attempt.
+
+    Instead of `url`, a Redis Sentinel deployment: `sentinels` (HOST, PORT) asked for the
+    primary of `service`, with their own credentials (`sentinel_username`, `_password`,
+    `_password_file`); `database` and `sentinel_tls` say what the url's /DB and rediss://
+    would (TLS then applies to the sentinels and to Redis alike)."""
 
     backend: StateBackend = "local"
     url: str | None = None
@@ -67,6 +73,27 @@ class StateSettings:
     key_file: Path | None = None
     timeout: float = 0.5
     connect_timeout: float = 1.0
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
+    database: int = 0
+    sentinel_tls: bool = False
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    sentinel_password_file: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        """Whether Redis (and the sentinels) are spoken to over TLS."""
+        return self.sentinel_tls if self.sentinels else (self.url or "").startswith("rediss://")
+
+    @property
+    def where(self) -> str:
+        """Where Redis is, without credentials, for logs."""
+        if self.sentinels:
+            listed = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"sentinel service {self.service} via {listed}"
+        parts = urlsplit(self.url or "")
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
 
 
 class Store(Protocol):

@@ -1,5 +1,6 @@
 """The admin listener (`metrics.listen`): `/metrics`, `/health` (ready: the default upstream
-answers, asked each time) and `/live` (the worker's event loop runs)."""
+answers, asked each time, and the replica is not stopping) and `/live` (the worker's event
+loop runs)."""
 
 from __future__ import annotations
 
@@ -28,13 +29,19 @@ async def probe(registry: Registry, upstream: str, timeouts: Timeouts) -> bool:
 AdminHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-def admin_handler(registry: Registry, current: Callable[[], Config], store: Store) -> AdminHandler:
+def admin_handler(
+    registry: Registry, current: Callable[[], Config], store: Store, draining: Callable[[], bool]
+) -> AdminHandler:
     """The admin listener's requests: `/metrics`, `/health` (against the configuration in
-    force, `current()`), `/live`; GET and HEAD only."""
+    force, `current()`; 503 "draining" once `draining()`), `/live`; GET and HEAD only."""
     shared = current().state.backend != "local"  # restart-only
 
     async def health(_: web.BaseRequest) -> web.Response:
         config = current()
+        if draining():  # stopping: out of the load balancer first, while it still serves
+            return web.json_response(
+                {"status": "draining", "upstream": config.upstream}, status=503
+            )
         ok = await probe(registry, config.upstream, config.timeouts)
         status = "ok" if ok else "upstream unavailable"
         body = {"status": status, "upstream": config.upstream}
@@ -44,8 +51,9 @@ def admin_handler(registry: Registry, current: Callable[[], Config], store: Stor
         return web.json_response(body, status=200 if ok else 503)
 
     async def live(_: web.BaseRequest) -> web.Response:
-        # Answered while this worker's event loop runs, whatever the upstream does: a
-        # liveness probe must not restart the proxy because the registry is down.
+        # Answered while this worker's event loop runs, whatever the upstream does, draining
+        # too: a liveness probe must not restart the proxy because the registry is down, or
+        # kill it while it finishes its requests.
         return web.json_response({"status": "ok"})
 
     routes: dict[str, AdminHandler] = {

@@ -1,16 +1,22 @@
-"""Several regproxy replicas on one machine: a real redis-server they share state through,
-`regproxy serve` processes on distinct loopback ports, and HAProxy (Debian's, TCP mode, round
-robin, health-checked) in front, as a Kubernetes Service or a load balancer would be. Every
-process is started here with its own files and stopped by PID."""
+"""Several regproxy replicas on one machine: `regproxy serve` processes on distinct loopback
+ports sharing state (a real redis-server, or a Sentinel deployment), and HAProxy (Debian's,
+with the shipped deploy/haproxy/haproxy.cfg: TCP mode, round robin, /health checks) in front,
+as a Kubernetes Service or a load balancer would be. Every process is started here with its
+own files and stopped by PID."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import http.client
 import json
 import os
+import re
 import signal
+import socket
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,36 +25,39 @@ from devtools.processes import start, stop
 from devtools.registry import Registry
 from devtools.tls import TlsFiles
 from proxy.authn.credentials import basic_header
-from tests.e2e.conftest import RegproxyProcess, start_regproxy
-from tests.redis_server import RedisServer, debian_binary
+from tests.e2e.conftest import ROOT, RegproxyProcess, start_regproxy
+from tests.redis_server import debian_binary
 
 START_TIMEOUT = 20.0
+SHIPPED_HAPROXY = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 
 
-def haproxy_config(port: int, backends: list[int]) -> str:
-    """TCP passthrough (TLS ends at the replicas), round robin; a replica whose port stops
-    answering is out within a check, and a connection it refuses goes to another."""
-    servers = "".join(
-        f"    server r{n} 127.0.0.1:{backend}\n" for n, backend in enumerate(backends)
-    )
-    return (
-        "global\n    maxconn 1024\n"
-        "defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 120s\n"
-        "    timeout server 120s\n    retries 3\n    option redispatch\n"
-        f"frontend replicas\n    bind 127.0.0.1:{port}\n    default_backend replicas\n"
-        "backend replicas\n    balance roundrobin\n"
-        "    default-server check inter 300ms fall 1 rise 2\n" + servers
-    )
+def haproxy_config(shipped: str, port: int, backends: list[tuple[int, int]], sock: Path) -> str:
+    """The shipped configuration with only its addresses replaced: the frontend's, each
+    server's and its check port (`backends`: (port, metrics port) on loopback), the stats
+    socket's. Anything else in the file is run as shipped."""
+    text, binds = re.subn(r"(?m)^(\s*bind )\S+$", rf"\g<1>127.0.0.1:{port}", shipped)
+    text, sockets = re.subn(r"(?m)^(\s*stats socket )\S+", rf"\g<1>{sock}", text)
+    servers = re.findall(r"(?m)^\s*server \S+ \S+ port \d+$", text)
+    assert (binds, sockets, len(servers)) == (1, 1, len(backends)), "the shipped file changed"
+    for line, (backend, health) in zip(servers, backends, strict=True):
+        name = line.split()[1]
+        text = text.replace(line, f"    server {name} 127.0.0.1:{backend} port {health}", 1)
+    return text
 
 
 class HAProxy:
-    """`haproxy -db` in front of `backends`, on a free port."""
+    """`haproxy -db` with the shipped configuration in front of `backends` ((port, metrics
+    port) of each replica), on a free port."""
 
-    def __init__(self, directory: Path, backends: list[int]) -> None:
+    def __init__(self, directory: Path, backends: list[tuple[int, int]]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.socket = directory / "admin.sock"
         config = directory / "haproxy.cfg"
-        config.write_text(haproxy_config(self.port, backends))
+        config.write_text(
+            haproxy_config(SHIPPED_HAPROXY.read_text(), self.port, backends, self.socket)
+        )
         self.log = directory / "haproxy.log"
         argv = [debian_binary("haproxy"), "-db", "-f", str(config)]
         self.process = start(argv, self.log)
@@ -58,8 +67,34 @@ class HAProxy:
             self.stop()
             raise RuntimeError(f"haproxy: {exc}: {self.log.read_text(errors='replace')}") from None
 
+    def states(self) -> dict[str, str]:
+        """Each server's status as HAProxy sees it now (UP, DOWN, ...), from its stats socket."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.socket))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        rows = csv.DictReader(data.decode().removeprefix("# ").splitlines())
+        return {
+            row["svname"]: row["status"].split()[0]
+            for row in rows
+            if row["svname"] not in ("FRONTEND", "BACKEND")
+        }
+
     def stop(self) -> None:
         stop(self.process, 10)
+
+
+def until(check: Callable[[], bool], what: str, bound: float = 20.0) -> float:
+    """Wait for a positive signal; the seconds it took. The bound only stops a broken run
+    from hanging."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < bound, f"not reached: {what}"
+        time.sleep(0.02)
+    return time.monotonic() - start
 
 
 def children(pid: int) -> list[int]:
@@ -75,12 +110,11 @@ def children(pid: int) -> list[int]:
 
 @dataclass
 class Fleet:
-    """The registry, Redis, the replicas (index -> process) and HAProxy."""
+    """The registry, the replicas (index -> process) and HAProxy."""
 
     workdir: Path
     tls: TlsFiles
     registry: Registry
-    redis: RedisServer
     extra: str  # each replica's config after its own metrics listener
     replicas: list[RegproxyProcess] = field(default_factory=list)
     metrics_ports: list[int] = field(default_factory=list)
@@ -91,6 +125,10 @@ class Fleet:
         """What clients call the fleet: the load balancer."""
         assert self.haproxy is not None
         return f"localhost:{self.haproxy.port}"
+
+    def start_haproxy(self) -> None:
+        backends = [(r.port, m) for r, m in zip(self.replicas, self.metrics_ports, strict=True)]
+        self.haproxy = HAProxy(self.workdir / "haproxy", backends)
 
     def start_replica(self, index: int, workers: int = 1, port: int | None = None) -> None:
         if index == len(self.metrics_ports):
@@ -123,6 +161,17 @@ class Fleet:
         finally:
             connection.close()
 
+    def ready(self, index: int) -> bool:
+        """Whether the replica's /health says 200 (its metrics listener may not be up yet)."""
+        try:
+            return self.health(index)[0] == 200
+        except OSError:
+            return False
+
+    def served_by(self, marker: str) -> list[int]:
+        """How many access-log lines with `marker` each replica wrote."""
+        return [replica.access_log().count(marker) for replica in self.replicas]
+
     def health(self, index: int) -> tuple[int, dict[str, str]]:
         status, body = self.admin(index, "/health")
         return status, json.loads(body)
@@ -139,11 +188,11 @@ class Fleet:
     ) -> http.client.HTTPResponse:
         """One request on a new connection, to the load balancer or to one replica's port;
         the body is read."""
-        assert self.haproxy is not None
+        if port is None:
+            assert self.haproxy is not None
+            port = self.haproxy.port
         context = ssl.create_default_context(cafile=str(self.tls.ca_cert))
-        connection = http.client.HTTPSConnection(
-            "localhost", port or self.haproxy.port, context=context, timeout=60
-        )
+        connection = http.client.HTTPSConnection("localhost", port, context=context, timeout=60)
         try:
             connection.request(
                 method, path, headers={"Authorization": basic_header(user, password)}
@@ -157,5 +206,8 @@ class Fleet:
     def stop(self) -> None:
         if self.haproxy is not None:
             self.haproxy.stop()
+        for replica in self.replicas:  # all at once: each spends its drain delay
+            if replica.process.poll() is None:
+                replica.process.terminate()
         for replica in self.replicas:
             replica.stop()

@@ -12,8 +12,7 @@ import json
 import secrets
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from devtools.tls import make_tls
 from proxy.state.events import LoginFailed, decode
 from proxy.state.redis_layout import Keys
 from tests.e2e.conftest import ROOT, USERS
-from tests.e2e.fleet import Fleet, HAProxy
+from tests.e2e.fleet import Fleet, until
 from tests.e2e.harness import Podman, make_oci_layout
 from tests.redis_server import RedisServer
 
@@ -34,16 +33,21 @@ ATTEMPTS = 5  # throttle.attempts on every replica
 PUSHER = f"testuserpush:{USERS['testuserpush']}"
 PULLER = f"testuser:{USERS['testuser']}"
 REDIS_USER, REDIS_PASSWORD = "rita", "rita-in-redis"
-BOUND = 20.0  # seconds: only stops a broken run from hanging
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer) -> Iterator[Fleet]:
     workdir = tmp_path_factory.mktemp("fleet")
     tls = make_tls(workdir / "tls")
     secret = workdir / "regproxy.secret"  # replicas accept each other's uploads with it
     secret.write_text(secrets.token_hex(32) + "\n")
-    with Registry(workdir / "registry") as registry, RedisServer(workdir / "redis") as redis:
+    with Registry(workdir / "registry") as registry:
         extra = (
             f"secret_file: {secret}\n"
             f"state:\n  backend: redis\n  url: {redis.url}\n"
@@ -51,11 +55,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             f"throttle:\n  attempts: {ATTEMPTS}\n"
             "cache:\n  ttl: 60\n"  # a HEAD answer outlives every wait below
         )
-        running = Fleet(workdir, tls, registry, redis, extra)
+        running = Fleet(workdir, tls, registry, extra)
         try:
             for index in range(3):
                 running.start_replica(index, workers=2 if index == 0 else 1)
-            running.haproxy = HAProxy(workdir / "haproxy", [r.port for r in running.replicas])
+            running.start_haproxy()
             passwd = [sys.executable, "-m", "proxy", "passwd", "--redis", redis.url]
             subprocess.run(
                 [*passwd, REDIS_USER, "--stdin", "--cost", "5"],
@@ -65,20 +69,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             yield running
         finally:
             running.stop()
-
-
-def until(check: Callable[[], bool], what: str) -> float:
-    """Wait for a positive signal; the seconds it took."""
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < BOUND, f"not reached: {what}"
-        time.sleep(0.02)
-    return time.monotonic() - start
-
-
-def served_by(fleet: Fleet, marker: str) -> list[int]:
-    """How many access-log lines with `marker` each replica wrote."""
-    return [replica.access_log().count(marker) for replica in fleet.replicas]
 
 
 def test_podman_and_skopeo_push_and_pull_through_the_load_balancer(
@@ -108,7 +98,7 @@ def test_podman_and_skopeo_push_and_pull_through_the_load_balancer(
     assert blobs(tmp_path / "back") == blobs(layout)
     index = json.loads((tmp_path / "back" / "index.json").read_text())
     assert index["manifests"][0]["digest"] == layout_digest
-    assert all(served_by(fleet, "/v2/fleet/")), "round robin reached every replica"
+    assert all(fleet.served_by("/v2/fleet/")), "round robin reached every replica"
 
 
 def blobs(layout: Path) -> dict[str, bytes]:
@@ -121,7 +111,7 @@ def test_guesses_spread_over_replicas_are_throttled_after_the_total(fleet: Fleet
         response = fleet.request("GET", "/v2/fleet/guess/manifests/1", "reader", "wrong")
         statuses.append(response.status)
     assert statuses == [401] * ATTEMPTS + [429]  # not 3 x ATTEMPTS
-    assert sum(1 for n in served_by(fleet, "/v2/fleet/guess/") if n) >= 2
+    assert sum(1 for n in fleet.served_by("/v2/fleet/guess/") if n) >= 2
     for replica in fleet.replicas:  # every replica refuses that user there, right or wrong
         response = fleet.request("GET", "/v2/", "reader", USERS["reader"], port=replica.port)
         assert response.status == 429
@@ -161,11 +151,13 @@ def head(fleet: Fleet, path: str, user: str, password: str, port: int) -> int:
     return fleet.request("HEAD", path, user, password, port=port).status
 
 
-def test_redis_restarted_mid_test_loses_no_decision(fleet: Fleet, skopeo: Skopeo) -> None:
+def test_redis_restarted_mid_test_loses_no_decision(
+    fleet: Fleet, redis: RedisServer, skopeo: Skopeo
+) -> None:
     """Redis away: every replica says degraded and goes on with its own state (htpasswd users
     pull, Redis users get 503, guesses are counted where they land); back: they reconnect,
     the guesses made meanwhile reach every replica, and the total counts again."""
-    fleet.redis.stop()
+    redis.stop()
     for index in range(len(fleet.replicas)):
         until(
             lambda i=index: fleet.health(i) == (200, degraded(fleet)), f"replica {index} degraded"
@@ -178,13 +170,13 @@ def test_redis_restarted_mid_test_loses_no_decision(fleet: Fleet, skopeo: Skopeo
         assert response.status == 503
     away = [fleet.request("GET", "/v2/", "testuser", "wrong").status for _ in range(ATTEMPTS - 1)]
     assert away == [401] * (ATTEMPTS - 1)
-    fleet.redis.start()
+    redis.start()
     for index in range(len(fleet.replicas)):
         until(
             lambda i=index: fleet.health(i)[1].get("store") == "ok",  # type: ignore[misc]
             f"replica {index} back",
         )
-    client, keys = fleet.redis.client(), Keys()
+    client, keys = redis.client(), Keys()
 
     def guesses_in_redis() -> int:
         entries = client.xrange(keys.events)
@@ -216,7 +208,7 @@ def test_a_replica_killed_during_a_push_costs_a_retry_not_a_digest(
     push = subprocess.Popen(argv, env=skopeo.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         started = "POST /v2/fleet/killed/blobs/uploads/"
-        until(lambda: any(served_by(fleet, started)) or push.poll() is not None, "upload started")
+        until(lambda: any(fleet.served_by(started)) or push.poll() is not None, "upload started")
         victim: list[int] = []
         until(lambda: transferring(fleet, victim) or push.poll() is not None, "a transfer")
         assert victim, "the push ended before anything could be killed"
@@ -243,15 +235,7 @@ def test_a_replica_killed_during_a_push_costs_a_retry_not_a_digest(
     assert pulled.returncode == 0, pulled.stderr
     assert blobs(tmp_path / "pulled") == blobs(layout)  # skopeo checked every digest too
     fleet.start_replica(victim[0], port=fleet.replicas[victim[0]].port)  # back in the pool
-    until(lambda: ready(fleet, victim[0]), "the restarted replica ready")
-
-
-def ready(fleet: Fleet, index: int) -> bool:
-    """Whether the replica's /health says 200 (its metrics listener may not be up yet)."""
-    try:
-        return fleet.health(index)[0] == 200
-    except OSError:
-        return False
+    until(lambda: fleet.ready(victim[0]), "the restarted replica ready")
 
 
 def transferring(fleet: Fleet, found: list[int]) -> bool:

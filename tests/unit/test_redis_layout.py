@@ -18,17 +18,23 @@ from proxy.state.events import BlobGone, LoginFailed, LoginSucceeded
 from proxy.state.redis_layout import (
     BACKOFF_CAP,
     BACKOFF_FIRST,
+    SENTINEL_BACKOFF_CAP,
     Keys,
+    backoff,
     client_options,
     entry,
     parse_redis_url,
+    parse_sentinel_addresses,
     read_entry,
+    resume_id,
+    sentinel_options,
     start_id,
     stream_ms,
 )
 from proxy.state.store import StateSettings
 
 BCRYPT = "$2y$04$" + "a" * 53
+SENTINEL = "state:\n  backend: redis\n  sentinel:\n    addresses: [s]\n    service: s\n"
 APR1 = "$apr1$abcdefgh$0123456789012345678901"
 
 
@@ -95,13 +101,83 @@ def test_history_starts_retention_back_and_never_before_zero() -> None:
     assert start_id(1_000, 300) == b"0-0"
 
 
-def test_backoff_doubles_to_a_cap_with_jitter() -> None:
-    from proxy.state.redis_layout import backoff
+@pytest.mark.parametrize(
+    ("last_read", "newest", "resumed"),
+    [
+        (b"1000-5", b"1000-5", b"1000-5"),  # the same stream: where it stopped
+        (b"1000-5", b"2000-0", b"1000-5"),  # more written since: read it
+        (b"1000-5", b"1000-3", b"1000-3"),  # a promoted replica never had 1000-4 and -5
+        (b"9000-0", b"1000-0", b"1000-0"),  # a primary with a clock behind the old one's
+        (b"1000-5", None, b"0-0"),  # a Redis that lost the stream: from its start
+    ],
+)
+def test_a_reader_resumes_where_the_stream_it_reconnected_to_ends(
+    last_read: bytes, newest: bytes | None, resumed: bytes
+) -> None:
+    assert resume_id(last_read, newest) == resumed
 
+
+def test_backoff_doubles_to_a_cap_with_jitter() -> None:
     assert [backoff(n, 1.0) for n in range(3)] == [BACKOFF_FIRST, 2 * BACKOFF_FIRST, 0.4]
     assert backoff(0, 0.0) == BACKOFF_FIRST / 2
     assert backoff(100, 1.0) == BACKOFF_CAP
     assert all(0 < backoff(n, j / 10) <= BACKOFF_CAP for n in range(40) for j in range(11))
+    assert backoff(100, 1.0, SENTINEL_BACKOFF_CAP) == SENTINEL_BACKOFF_CAP < BACKOFF_CAP
+
+
+@pytest.mark.parametrize(
+    ("value", "addresses"),
+    [
+        (["127.0.0.1:26379"], (("127.0.0.1", 26379),)),
+        ("sentinel-0.redis", (("sentinel-0.redis", 26379),)),
+        (["a:1", "b:2", "[::1]:3", "[2001:db8::5]"],
+         (("a", 1), ("b", 2), ("::1", 3), ("2001:db8::5", 26379))),
+    ],
+)  # fmt: skip
+def test_sentinel_addresses(value: object, addresses: tuple[tuple[str, int], ...]) -> None:
+    assert parse_sentinel_addresses(value) == addresses
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([], "empty list"),
+        (["a:1", "a:1"], "listed twice"),
+        (["a:0"], "out of range"),
+        (["a:70000"], "out of range"),
+        (["::1"], "expected HOST"),
+        (["[::g]:1"], "IPv6"),
+        (["a b"], "expected HOST"),
+        ([26379], "expected HOST"),
+        (["redis://a:1"], "expected HOST"),
+        (["a:"], "expected HOST"),
+    ],
+)
+def test_bad_sentinel_addresses(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_sentinel_addresses(value)
+
+
+def test_with_sentinels_the_options_say_what_a_url_would_and_sentinels_get_their_own() -> None:
+    settings = StateSettings(
+        "redis", None, username="rp", sentinels=(("s", 1),), service="main", database=3,
+        sentinel_tls=True, sentinel_username="watcher", ca_file=Path("ca.pem"),
+    )  # fmt: skip
+    primary = client_options(settings, "redis-pw", 0.5)
+    assert (primary["ssl"], primary["db"], primary["password"], primary["username"]) == (
+        True, 3, "redis-pw", "rp",
+    )  # fmt: skip
+    watchers = sentinel_options(settings, "sentinel-pw")
+    assert (watchers["password"], watchers["username"], watchers["ssl"]) == (
+        "sentinel-pw", "watcher", True,
+    )  # fmt: skip
+    for options in (primary, watchers):
+        assert options["ssl_cert_reqs"] == "required" and options["ssl_ca_certs"] == "ca.pem"
+    plain = StateSettings("redis", None, sentinels=(("s", 1),), service="main")
+    assert "ssl_cert_reqs" not in client_options(plain, None, 0.5)
+    assert "ssl" not in sentinel_options(plain, None) and plain.tls is False
+    assert plain.where == "sentinel service main via s:1"
+    assert StateSettings("redis", "rediss://u:pw@h/2").where == "rediss://h:6379/2"
 
 
 @pytest.mark.parametrize(
@@ -182,6 +258,24 @@ def test_the_state_section(tmp_path: Path) -> None:
     assert load(None).state == StateSettings()  # local, as before
 
 
+def test_the_state_section_with_sentinels(tmp_path: Path) -> None:
+    config = load(
+        write(
+            tmp_path,
+            "state:\n  backend: redis\n  password_file: pw\n  ca_file: ca.pem\n"
+            "  sentinel:\n    addresses: [s0:26379, s1, '[::1]:26380']\n"
+            "    service: regproxy\n    database: 2\n    tls: true\n"
+            "    username: watcher\n    password_file: sentinel-pw\n",
+        )
+    )
+    assert config.state == StateSettings(
+        "redis", None, password_file=tmp_path / "pw", ca_file=tmp_path / "ca.pem",
+        sentinels=(("s0", 26379), ("s1", 26379), ("::1", 26380)), service="regproxy",
+        database=2, sentinel_tls=True, sentinel_username="watcher",
+        sentinel_password_file=tmp_path / "sentinel-pw",
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -194,7 +288,7 @@ def test_the_state_section(tmp_path: Path) -> None:
         ),
         (
             "state:\n  backend: redis\n  url: redis://h\n  ca_file: ca.pem\n",
-            "ca_file: only with a rediss:// url",
+            "4: state: ca_file: only with TLS",
         ),
         (
             "state:\n  backend: redis\n  url: rediss://h\n  cert_file: c.crt\n",
@@ -204,6 +298,26 @@ def test_the_state_section(tmp_path: Path) -> None:
         ("state:\n  backend: redis\n  url: redis://h\n  key_prefix: a b\n", "without spaces"),
         ("state:\n  backend: redis\n  url: redis://h\n  timeout: 0\n", "positive number"),
         ("state:\n  backend: redis\n  url: redis://h\n  tls: true\n", "unknown key 'state.tls'"),
+        (f"{SENTINEL}  url: redis://h\n", "6: state: url and sentinel exclude each other"),
+        (
+            "state:\n  backend: redis\n  sentinel:\n    addresses: [s]\n",
+            "4: state.sentinel: needs addresses and service",
+        ),
+        (
+            "state:\n  backend: redis\n  sentinel:\n    service: s\n",
+            "4: state.sentinel: needs addresses and service",
+        ),
+        ("state:\n  sentinel:\n    service: s\n", "3: state: these keys need backend: redis"),
+        (f"{SENTINEL}    tls: 'yes'\n", "6: state.sentinel.tls: expected true or false"),
+        (f"{SENTINEL}    database: -1\n", "6: state.sentinel.database: expected a database"),
+        (f"{SENTINEL}    service: a b\n", "6: duplicate key 'state.sentinel.service'"),
+        (
+            f"{SENTINEL}    password: a\n    password_file: b\n",
+            "7: state.sentinel: password and password_file exclude each other",
+        ),
+        (f"{SENTINEL}  ca_file: ca.pem\n", "6: state: ca_file: only with TLS"),
+        ("state:\n  backend: redis\n  sentinel.service: s\n", "unknown key 'state.sentinel.s"),
+        (f"{SENTINEL}    port: 1\n", "6: unknown key 'state.sentinel.port'"),
     ],
 )
 def test_state_problems(tmp_path: Path, text: str, message: str) -> None:
