@@ -21,12 +21,13 @@ import asyncio
 import hmac
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from ..core.flight import SingleFlight
+from ..core.lru import LRU
 from . import fingerprint
 from .credentials import PasswordHash
 
@@ -64,8 +65,8 @@ class VerifiedCache(Generic[T]):
         self._clock = clock
         self._key = key or secrets.token_bytes(32)
         self._learned = learned  # told of each success: (key, tag, seconds it holds)
-        self._entries: OrderedDict[Hashable, _Entry[T]] = OrderedDict()
-        self._inflight: dict[tuple[Hashable, bytes], asyncio.Future[T]] = {}
+        self._entries: LRU[Hashable, _Entry[T]] = LRU(size)
+        self._checks: SingleFlight[tuple[Hashable, bytes], T] = SingleFlight()
 
     async def check(
         self,
@@ -86,15 +87,13 @@ class VerifiedCache(Generic[T]):
             and entry.expires > self._clock()
             and hmac.compare_digest(entry.tag, tag)
         ):
-            self._entries.move_to_end(key)
             return entry.value
         flight = (key, tag)
-        future = self._inflight.get(flight)
-        if future is None:
-            future = asyncio.ensure_future(verify())
-            self._inflight[flight] = future
-            future.add_done_callback(lambda done: self._settle(flight, done, keep, lifetime))
-        return await asyncio.shield(future)
+
+        def settle(done: asyncio.Future[T]) -> None:
+            self._settle(flight, done, keep, lifetime)
+
+        return await self._checks.join(flight, verify, settle)
 
     def _settle(
         self,
@@ -103,7 +102,6 @@ class VerifiedCache(Generic[T]):
         keep: Callable[[T], bool],
         lifetime: Callable[[T], float] | None,
     ) -> None:
-        self._inflight.pop(flight, None)
         if done.cancelled() or done.exception() is not None or self.ttl <= 0:
             return
         value = done.result()
@@ -120,17 +118,15 @@ class VerifiedCache(Generic[T]):
             self._remember(key, tag, min(seconds, self.ttl), value)
 
     def _remember(self, key: Hashable, tag: bytes, seconds: float, value: T) -> None:
-        self._entries[key] = _Entry(tag, self._clock() + seconds, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        self._entries.size = self.size  # the setting may have changed at a reload
+        self._entries.put(key, _Entry(tag, self._clock() + seconds, value))
 
     def forget(self, key: Hashable | None = None) -> None:
         """Drop one remembered key, or all of them."""
         if key is None:
             self._entries.clear()
         else:
-            self._entries.pop(key, None)
+            self._entries.pop(key)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -21,7 +21,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,6 +29,7 @@ import aiohttp
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
+from ..core.flight import SingleFlight
 from ..http.bodies import TooLarge, read_whole
 from . import BackendUnavailable
 from .jwt import ALGORITHMS, Key, key_fits
@@ -97,7 +98,6 @@ class _Fetched:
     at: float | None = None  # last success (monotonic)
     attempted: float | None = None  # last attempt, successful or not
     failed: bool = False  # whether the last attempt failed
-    flight: asyncio.Future[None] | None = field(default=None, repr=False)
 
 
 class KeySource:
@@ -108,6 +108,7 @@ class KeySource:
         self._clock = clock
         self._context = ssl.create_default_context(cadata=endpoint.ca_pem)
         self._state = _Fetched()
+        self._fetches: SingleFlight[None, None] = SingleFlight()  # one fetch at a time
 
     async def keys_for(self, kid: str | None, algorithm: str) -> list[Key]:
         """The keys a token may be checked with; [] when the issuer has none for it (refused:
@@ -134,19 +135,13 @@ class KeySource:
     async def _refresh(self, wait: bool) -> None:
         """Fetch the keys (or join the fetch under way), at most once per min_interval."""
         state, now = self._state, self._clock()
-        if state.flight is None:
+        if not self._fetches.under_way(None):
             if not self._may_fetch(now):
                 return
             state.attempted = now
-            state.flight = asyncio.ensure_future(self._fetch())
-            state.flight.add_done_callback(self._settled)
+        fetch = self._fetches.start(None, self._fetch)
         if wait:
-            await asyncio.shield(state.flight)
-
-    def _settled(self, flight: asyncio.Future[None]) -> None:
-        self._state.flight = None
-        if not flight.cancelled():
-            flight.exception()  # retrieved: _fetch logs its own failures
+            await asyncio.shield(fetch)
 
     async def _fetch(self) -> None:
         state, endpoint = self._state, self.endpoint

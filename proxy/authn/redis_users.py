@@ -22,7 +22,6 @@ import contextlib
 import logging
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from typing import cast
 from redis.asyncio import Redis
 
 from ..core.addresses import parse_upstream
+from ..core.flight import SingleFlight
+from ..core.lru import LRU
 from ..state.redis_layout import Keys
 from ..state.redis_store import DOWN
 from . import AuthResult, BackendUnavailable, Outcome
@@ -95,11 +96,11 @@ class RedisUsers:
         self._keys = keys
         self._clock = clock
         self._reachable = reachable  # the store's word: a lost connection is known at once
-        self._records: OrderedDict[str, UserRecord | None] = OrderedDict()
+        self._records: LRU[str, UserRecord | None] = LRU(RECORDS)
         self._generation = 0  # bumped whenever the records are forgotten
         self._version: bytes | None = None
         self._fresh_until = 0.0
-        self._inflight: dict[str, asyncio.Future[UserRecord | None]] = {}
+        self._fetches: SingleFlight[str, UserRecord | None] = SingleFlight()
         self._first: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
 
@@ -109,14 +110,9 @@ class RedisUsers:
         if self._clock() >= self._fresh_until or not self._reachable():
             raise BackendUnavailable("Redis is unreachable: cannot check users kept there")
         if user in self._records:
-            self._records.move_to_end(user)
-            return self._records[user]
-        future = self._inflight.get(user)
-        if future is None:
-            future = self._inflight[user] = asyncio.ensure_future(self._fetch(user))
-            future.add_done_callback(lambda _: self._inflight.pop(user, None))
+            return self._records.get(user)
         try:
-            return await asyncio.shield(future)
+            return await self._fetches.join(user, lambda: self._fetch(user))
         except DOWN as exc:
             raise BackendUnavailable(f"Redis: {exc}") from None
 
@@ -134,9 +130,7 @@ class RedisUsers:
         if record is not None and record.problem:
             log.warning("Redis user %r refused: %s", user, record.problem)
         if generation == self._generation:  # not read before a change it missed
-            self._records[user] = record
-            while len(self._records) > RECORDS:
-                self._records.popitem(last=False)
+            self._records.put(user, record)
         return record
 
     async def _check(self) -> None:

@@ -27,10 +27,11 @@ keep the same counts; `apply` takes theirs without publishing again.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..core.lru import LRU
 from ..state.events import Event, LoginFailed, LoginSucceeded
 
 MAX_TRACKED = 50_000  # keys remembered at most (oldest forgotten first): bounded memory
@@ -63,15 +64,13 @@ class _Counter:
         return {who for t, who in self.failures if t > since}
 
 
-class _Bounded(OrderedDict[str, _Counter]):
-    def counter(self, key: str) -> _Counter:
-        counter = self.get(key)
-        if counter is None:
-            counter = self[key] = _Counter()
-            while len(self) > MAX_TRACKED:
-                self.popitem(last=False)
-        self.move_to_end(key)
-        return counter
+def _counter(counters: LRU[str, _Counter], key: str) -> _Counter:
+    """The key's counter, made when it has none yet."""
+    counter = counters.get(key)
+    if counter is None:
+        counter = _Counter()
+        counters.put(key, counter)
+    return counter
 
 
 _TOKEN = ":token:"  # no Basic user name starts with ':' (it ends the name)
@@ -92,12 +91,12 @@ class Throttle:
 
     def __init__(self, publish: Callable[[Event], None] = lambda _: None) -> None:
         self._publish = publish
-        self._pairs = _Bounded()
-        self._addresses = _Bounded()
-        self._users = _Bounded()
+        self._pairs: LRU[str, _Counter] = LRU(MAX_TRACKED)
+        self._addresses: LRU[str, _Counter] = LRU(MAX_TRACKED)
+        self._users: LRU[str, _Counter] = LRU(MAX_TRACKED)
         # Checks under way, not yet counted: key -> {attempt: how many requests share it}.
         self._pending: dict[str, dict[bytes, int]] = {}
-        self._known_good: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+        self._known_good: LRU[str, LRU[str, bool]] = LRU(MAX_TRACKED)  # user -> addresses
 
     def retry_after(
         self, user: str, address: str, now: float, s: ThrottleSettings, under_way: int = 0
@@ -193,22 +192,18 @@ class Throttle:
         if good is not None and address in good:
             return False
         if good is None:
-            good = self._known_good[user] = OrderedDict()
-            while len(self._known_good) > MAX_TRACKED:
-                self._known_good.popitem(last=False)
-        good[address] = None
-        while len(good) > KNOWN_GOOD_PER_USER:
-            good.popitem(last=False)
-        self._known_good.move_to_end(user)
+            good = LRU(KNOWN_GOOD_PER_USER)
+            self._known_good.put(user, good)
+        good.put(address, True)
         return True
 
     def _count_failure(self, user: str, address: str, now: float, s: ThrottleSettings) -> None:
         since = now - s.window
-        _fail(self._pairs.counter(pair(user, address)), user, now, since, s, s.attempts)
-        _fail(self._users.counter(user), address, now, since, s, s.attempts * USER_FACTOR)
+        _fail(_counter(self._pairs, pair(user, address)), user, now, since, s, s.attempts)
+        _fail(_counter(self._users, user), address, now, since, s, s.attempts * USER_FACTOR)
         if user.startswith(_TOKEN):
             return
-        spray = self._addresses.counter(address)
+        spray = _counter(self._addresses, address)
         _record(spray, user, now, since)
         if len(spray.distinct(since)) >= s.attempts * SPRAY_FACTOR:
             _lock(spray, now, s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -16,11 +17,11 @@ class LRU(Generic[K, V]):
         self.size = size
         self._entries: OrderedDict[K, V] = OrderedDict()
 
-    def get(self, key: K) -> V | None:
-        value = self._entries.get(key)
-        if value is not None:
-            self._entries.move_to_end(key)
-        return value
+    def get(self, key: K, default: V | None = None) -> V | None:
+        if key not in self._entries:
+            return default
+        self._entries.move_to_end(key)
+        return self._entries[key]
 
     def put(self, key: K, value: V) -> None:
         self._entries[key] = value
@@ -39,3 +40,7 @@ class LRU(Generic[K, V]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
+
+    def __iter__(self) -> Iterator[K]:
+        """The keys, least recently used first."""
+        return iter(self._entries)

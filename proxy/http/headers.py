@@ -20,6 +20,8 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..core.lru import LRU
+
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
@@ -99,10 +101,10 @@ class Unreadable:
 # A client sends the same headers on request after request (only the path changes): each
 # header set's reading is remembered under a keyed hash of its exact bytes (marshal's
 # encoding is unambiguous), never the bytes themselves: an entry holds no credential and
-# costs the same whatever a client sends. Bounded, oldest first out.
+# costs the same whatever a client sends. Bounded, the least recently used first out.
 _REMEMBERED = 512
 _KEY = secrets.token_bytes(32)
-_remembered: dict[bytes, Reading | Unreadable] = {}
+_remembered: LRU[bytes, Reading | Unreadable] = LRU(_REMEMBERED)
 
 
 def read(headers: RawHeaders, http11: bool = True) -> Reading | Unreadable:
@@ -113,9 +115,8 @@ def read(headers: RawHeaders, http11: bool = True) -> Reading | Unreadable:
     ).digest()
     reading = _remembered.get(key)
     if reading is None:
-        reading = _remembered[key] = _read(fields, http11)
-        if len(_remembered) > _REMEMBERED:
-            del _remembered[next(iter(_remembered))]
+        reading = _read(fields, http11)
+        _remembered.put(key, reading)
     return reading
 
 

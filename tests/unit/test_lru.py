@@ -1,0 +1,39 @@
+"""The one bounded LRU (proxy.core.lru)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.core.lru import LRU
+
+
+def test_the_least_recently_used_goes_first() -> None:
+    lru: LRU[str, int] = LRU(2)
+    lru.put("a", 1)
+    lru.put("b", 2)
+    assert lru.get("a") == 1  # a is now the most recent
+    lru.put("c", 3)
+    assert "b" not in lru and list(lru) == ["a", "c"]
+
+
+def test_none_is_a_value_like_any_other() -> None:
+    lru: LRU[str, int | None] = LRU(2)
+    lru.put("gone", None)
+    assert "gone" in lru and lru.get("gone", 7) is None and lru.get("other", 7) == 7
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.booleans()), max_size=200))
+def test_it_is_a_dict_of_the_most_recent(operations: list[tuple[str, bool]]) -> None:
+    """Against a model: puts and gets in order; at most `size` kept, the most recent."""
+    size = 3
+    lru: LRU[str, int] = LRU(size)
+    recent: list[str] = []
+    for n, (key, put) in enumerate(operations):
+        if put:
+            lru.put(key, n)
+        elif lru.get(key) is None:
+            continue
+        recent = [k for k in recent if k != key] + [key]
+        recent = recent[-size:]
+        assert list(lru) == recent
