@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The OCI conformance program (v1.1.1), for `make conformance` and the rolling-restart test:
+# next to the checkout, or where this machine keeps it, wherever the checkout was cloned to.
+OCI_CONFORMANCE_BIN ?= $(firstword $(wildcard $(CURDIR)/../shared/conformance/conformance.test \
+                                            /work/shared/conformance/conformance.test))
+export OCI_CONFORMANCE_BIN
 TEST_PACKAGES := docker-registry podman skopeo buildah docker.io:dockerd apache2-utils:htpasswd openssl slapd:slapd ldap-utils:ldapadd \
                  docker-compose redis-server:redis-server redis-sentinel:redis-sentinel haproxy:haproxy \
                  python3-venv:python3-venv
