@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import logging
 import os
 import sys
@@ -22,6 +21,7 @@ from . import __version__, robot_commands
 from . import config as config_module
 from .acl import TAG_SECTIONS
 from .addresses import IPAddress, ip_address
+from .askpass import ask_password
 from .authn.htpasswd import UserFiles
 from .authn.robots import grant as robot_grant
 from .config import DEFAULT_CONFIG_PATH, FLAG_KEYS, LOG_LEVELS, Config
@@ -616,8 +616,8 @@ def _read_password(from_stdin: bool, confirm: bool) -> str | None:
         password = line.rstrip("\r\n")
     else:
         try:
-            password = getpass.getpass("Password: ")
-            if confirm and password and getpass.getpass("Re-type password: ") != password:
+            password = ask_password("Password: ")
+            if confirm and password and ask_password("Re-type password: ") != password:
                 print("passwords do not match", file=sys.stderr)
                 return None
         except EOFError:
