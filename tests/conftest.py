@@ -37,7 +37,7 @@ from proxy.routes import Operation, classify
 from proxy.server import Server
 from proxy.snapshot import load_snapshot
 from proxy.uploads import bind_location
-from tests.net import free_socket
+from tests.net import free_port, free_socket
 
 if TYPE_CHECKING:
     from tests.oidc_issuer import Issuer
@@ -251,11 +251,10 @@ def write_setup(directory: Path, tls: TlsPair, upstream: str, extra: str = "") -
     (directory / "groups").write_text(GROUPS_TEXT)
     (directory / "secret").write_text(SECRET + "\n")
     config = directory / "regproxy.yaml"
-    with free_socket() as sock:
-        port = sock.getsockname()[1]
     config.write_text(
-        f"listen: 127.0.0.1:{port}\nupstream: {upstream}\nhtpasswd: htpasswd\ngroups: groups\n"
-        "tls:\n  cert: server.crt\n  key: server.key\n" + one_worker_unless(extra)
+        f"listen: 127.0.0.1:{free_port()}\nupstream: {upstream}\n"
+        "htpasswd: htpasswd\ngroups: groups\ntls:\n  cert: server.crt\n  key: server.key\n"
+        + one_worker_unless(extra)
     )
     return config
 
@@ -318,7 +317,8 @@ async def serving(
 async def served(
     tmp_path: Path, tls: TlsPair, upstream: FakeUpstream, request: pytest.FixtureRequest
 ) -> AsyncIterator[Served]:
-    extra = getattr(request, "param", "")
+    # "{free_port}" in the extra config: a port picked as the test starts, not at collection
+    extra = getattr(request, "param", "").replace("{free_port}", str(free_port()))
     config = write_setup(tmp_path, tls, upstream.url, extra)
     port = int(re.search(r"listen: 127.0.0.1:(\d+)", config.read_text()).group(1))  # type: ignore[union-attr]
     async with serving(["serve", "-c", str(config)], tmp_path) as process:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from proxy.config import Config
-from tests.conftest import free_socket
 from tests.e2e.harness import Podman
+from tests.net import free_port
 from tests.terminal import Terminal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,8 +171,7 @@ def test_quickstart(tmp_path: Path) -> None:
     but those marked `# refused: WHY`, which fail saying WHY."""
     (block,) = [b for b in readme_blocks() if b.state == "quickstart"]
     clone = fresh_clone(tmp_path / "clone")
-    with free_socket() as a, free_socket() as b:
-        port, registry_port = a.getsockname()[1], b.getsockname()[1]
+    port, registry_port = free_port(), free_port()
     config = clone / "conf" / "regproxy.yaml"
     config.write_text(
         config.read_text()

@@ -29,6 +29,7 @@ from tests.conftest import (
     replace_file,
     write_setup,
 )
+from tests.net import free_port
 
 
 async def test_a_request_is_decided_by_the_snapshot_it_started_with(
@@ -113,8 +114,7 @@ async def test_a_startup_failing_at_any_step_leaves_nothing_behind(
 ) -> None:
     (tmp_path / "htpasswd").write_text(htpasswd_text(USERS))
     config = tmp_path / "regproxy.yaml"
-    with free_socket() as probe:
-        metrics_port = probe.getsockname()[1]
+    metrics_port = free_port()
     config.write_text(
         f"upstream: {upstream.url}\nhtpasswd: htpasswd\ngroups: null\n"
         f"tls:\n  cert: {tls.cert}\n  key: {tls.key}\n"
