@@ -19,6 +19,14 @@ class Terminal:
         pid, fd = pty.fork()
         if pid == 0:  # the child: exec at once, nothing of the test's process runs here
             try:
+                # As a terminal starts a shell: every signal at its default, none blocked. A
+                # test run started with Ctrl-C ignored (nohup, `make test &` in a script)
+                # would pass that on through exec, and Python then never turns Ctrl-C into
+                # KeyboardInterrupt.
+                for number in signal.valid_signals():
+                    with contextlib.suppress(OSError, ValueError):
+                        signal.signal(number, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, ())
                 os.chdir(cwd)
                 os.execvpe(argv[0], list(argv), dict(env))
             finally:
