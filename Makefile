@@ -12,7 +12,12 @@ TEST_PACKAGES := docker-registry podman skopeo buildah docker.io:dockerd apache2
                  docker-compose redis-server:redis-server redis-sentinel:redis-sentinel haproxy:haproxy \
                  python3-venv:python3-venv
 
-.PHONY: run test venv lint typecheck clean bench fuzz soak conformance
+# pytest-xdist: one process per CPU, each running whole test files (a module's tests may share
+# one server, and tests/e2e/test_replicas.py's run in order).
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+XDIST := -n auto --dist loadfile
+
+.PHONY: run test check venv lint typecheck clean bench fuzz soak conformance
 
 $(STAMP): pyproject.toml
 	scripts/install-deps.sh python3-venv:python3-venv
@@ -37,7 +42,11 @@ typecheck: $(STAMP)
 test:
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh $(TEST_PACKAGES)
 	$(MAKE) --no-print-directory lint typecheck
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PYTEST) $(XDIST) $(PYTEST_ARGS)
+
+# The inner loop while editing: lint, type check and the pure unit tests (under a minute).
+check: lint typecheck
+	$(PYTEST) $(XDIST) tests/unit $(PYTEST_ARGS)
 
 # regproxy side by side with the registry, nginx and Apache, storms included, then the scale
 # curves (bench/README.md). BENCH_ARGS=--quick for a run of about two minutes (SCALE_ARGS takes
@@ -72,4 +81,4 @@ clean:
 # reading, policy, throttle, catalog, events), far longer than in `make test`
 # (HYPOTHESIS_PROFILE=long: 20,000 examples per property; many minutes).
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q -p no:cacheprovider tests/unit
+	HYPOTHESIS_PROFILE=long $(PYTEST) $(XDIST) tests/unit

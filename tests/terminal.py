@@ -19,6 +19,14 @@ class Terminal:
         pid, fd = pty.fork()
         if pid == 0:  # the child: exec at once, nothing of the test's process runs here
             try:
+                # As a terminal starts a shell: every signal at its default, none blocked. A
+                # test run started with Ctrl-C ignored (nohup, `make test &` in a script)
+                # would pass that on through exec, and Python then never turns Ctrl-C into
+                # KeyboardInterrupt.
+                for number in signal.valid_signals():
+                    with contextlib.suppress(OSError, ValueError):
+                        signal.signal(number, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, ())
                 os.chdir(cwd)
                 os.execvpe(argv[0], list(argv), dict(env))
             finally:
@@ -68,6 +76,8 @@ class Terminal:
         return self.wait()
 
     def wait(self, timeout: float = 60) -> int:
+        """The exit status; AssertionError, saying what the program was doing, when it is still
+        running after `timeout` (a status of -9 is then someone else's SIGKILL)."""
         deadline = time.monotonic() + timeout
         while self._read(deadline) and time.monotonic() < deadline:
             pass
@@ -76,11 +86,24 @@ class Terminal:
             if pid:
                 self.code = os.waitstatus_to_exitcode(status)
             elif time.monotonic() > deadline:
+                doing = self._doing()
                 self.kill()
+                os.waitpid(self.pid, 0)
+                os.close(self.fd)
+                raise AssertionError(f"still running after {timeout} s ({doing}):\n{self.output}")
             else:
                 time.sleep(0.05)
         os.close(self.fd)
         return self.code
+
+    def _doing(self) -> str:
+        """The program's state, signals and wait channel, from /proc."""
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{self.pid}/status").read_text().splitlines()
+            wanted = ("State", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+            fields = [" ".join(line.split()) for line in status if line.startswith(wanted)]
+            return ", ".join([*fields, "wchan " + Path(f"/proc/{self.pid}/wchan").read_text()])
+        return "gone"
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):

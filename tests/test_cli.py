@@ -18,7 +18,6 @@ import pytest
 import trustme
 from aiohttp import web
 
-from devtools.net import free_port
 from proxy.authn.credentials import hash_password
 from tests.conftest import (
     ENV,
@@ -147,8 +146,7 @@ async def test_sigterm_drains_in_flight_download(served: Served, upstream: FakeU
     assert await asyncio.wait_for(served.process.wait(), 30) == 0
 
 
-ADMIN_PORT = free_port()
-DRAINING = f"workers: 2\nmetrics:\n  listen: 127.0.0.1:{ADMIN_PORT}\ntimeouts:\n  drain_delay: 2\n"
+DRAINING = "workers: 2\nmetrics:\n  listen: 127.0.0.1:{free_port}\ntimeouts:\n  drain_delay: 2\n"
 
 
 @pytest.mark.parametrize("served", [DRAINING], indirect=True)
@@ -159,7 +157,8 @@ async def test_sigterm_first_leaves_the_load_balancers_while_serving(
     "draining" (/live stays 200) and still serves, old connections and new, each answer
     closing its connection; then no new connections, and exit 0."""
     auth = {"Authorization": basic("pull", USERS["pull"])}
-    admin = f"http://127.0.0.1:{ADMIN_PORT}"
+    config = (served.directory / "regproxy.yaml").read_text()
+    admin = "http://" + re.findall(r"listen: (127\.0\.0\.1:\d+)", config)[1]
     fresh = aiohttp.TCPConnector(ssl=tls.client_context(), force_close=True)
     async with aiohttp.ClientSession() as plain, aiohttp.ClientSession(connector=fresh) as new:
 

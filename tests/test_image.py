@@ -22,7 +22,7 @@ import pytest
 import trustme
 import yaml
 
-from devtools.net import free_socket
+from devtools.net import free_port
 from tests.conftest import ENV, FakeUpstream, basic, htpasswd_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,8 +87,7 @@ def served_certificate(port: int) -> bytes:
 async def test_entrypoint_runs_as_10001_with_two_capabilities_and_reads_a_root_0600_key(
     auth: Path, upstream: FakeUpstream
 ) -> None:
-    with free_socket() as sock:
-        port = sock.getsockname()[1]
+    port = free_port()
     stderr = auth.parent / f"{auth.name}.err"
     with stderr.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
@@ -185,8 +184,7 @@ def test_without_dac_read_search_the_key_is_named_with_the_permission_it_needs(a
 
 
 def test_healthcheck_fails_when_nothing_or_something_else_answers() -> None:
-    with free_socket() as sock:
-        closed = sock.getsockname()[1]
+    closed = free_port()
     nothing = subprocess.run(
         [sys.executable, str(HEALTHCHECK), f"https://127.0.0.1:{closed}/v2/"],
         capture_output=True, text=True, timeout=30,

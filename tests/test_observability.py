@@ -24,7 +24,6 @@ from tests.conftest import (
     Served,
     TlsPair,
     basic,
-    free_socket,
     htpasswd_text,
     samples,
     scrape,
@@ -81,8 +80,7 @@ async def test_metrics_count_requests_failures_bytes_and_latency(
 
 
 async def test_health_says_whether_the_upstream_answers(make_proxy: ProxyFactory) -> None:
-    with free_socket() as sock:
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"
     proxy = await make_proxy(f"metrics:\n  listen: 127.0.0.1:{free_port()}\n")
     port = proxy.server.metrics_port
     assert port is not None
@@ -97,8 +95,7 @@ async def test_health_says_whether_the_upstream_answers(make_proxy: ProxyFactory
 
 async def test_live_answers_while_the_upstream_is_down(make_proxy: ProxyFactory) -> None:
     """A liveness probe on /live does not restart a proxy whose registry is down."""
-    with free_socket() as sock:
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"
     proxy = await make_proxy(f"metrics:\n  listen: 127.0.0.1:{free_port()}\n", upstream_url=dead)
     port = proxy.server.metrics_port
     assert port is not None
@@ -155,7 +152,7 @@ async def test_the_access_and_audit_logs_name_the_same_client(served: Served) ->
 
 
 @pytest.mark.parametrize(
-    "served", [f"workers: 2\nmetrics:\n  listen: 127.0.0.1:{free_port()}\n"], indirect=True
+    "served", ["workers: 2\nmetrics:\n  listen: 127.0.0.1:{free_port}\n"], indirect=True
 )
 async def test_metrics_add_up_across_workers(served: Served, tls: TlsPair) -> None:
     config = (served.directory / "regproxy.yaml").read_text()

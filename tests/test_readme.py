@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.net import free_socket
+from devtools.net import free_port
 from proxy.conf.config import Config
 from proxy.core.limits import address_share
 from proxy.policy.grantfile import parse_max_duration
@@ -194,8 +194,7 @@ def test_quickstart(tmp_path: Path) -> None:
     assert after, "the README has no block that goes on from the quickstart"
     text = "".join(block.text for block in (quickstart, *after))
     clone = fresh_clone(tmp_path / "clone")
-    with free_socket() as a, free_socket() as b:
-        port, registry_port = a.getsockname()[1], b.getsockname()[1]
+    port, registry_port = free_port(), free_port()
     config = clone / "conf" / "regproxy.yaml"
     config.write_text(
         config.read_text()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.net import free_port
 from proxy.authn import AuthResult, Outcome
 from proxy.authn.chain import Authenticators
 from proxy.authn.credentials import PasswordHash
@@ -113,8 +114,7 @@ async def test_a_startup_failing_at_any_step_leaves_nothing_behind(
 ) -> None:
     (tmp_path / "htpasswd").write_text(htpasswd_text(USERS))
     config = tmp_path / "regproxy.yaml"
-    with free_socket() as probe:
-        metrics_port = probe.getsockname()[1]
+    metrics_port = free_port()
     config.write_text(
         f"upstream: {upstream.url}\nhtpasswd: htpasswd\ngroups: null\n"
         f"tls:\n  cert: {tls.cert}\n  key: {tls.key}\n"

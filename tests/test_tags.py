@@ -19,6 +19,7 @@ from typing import ClassVar
 import pytest
 from aiohttp import web
 
+from devtools.net import free_port
 from proxy.guards import tags as tagguard
 from proxy.guards.tags import MANIFEST_TYPES, MAX_MANIFEST
 from proxy.serve import server as server_module
@@ -32,7 +33,6 @@ from tests.conftest import (
     Served,
     TlsPair,
     basic,
-    free_socket,
     htpasswd_text,
     one_connection_per_worker,
     regproxy,
@@ -382,8 +382,7 @@ async def test_a_registry_silent_during_the_check_refuses_the_push(
 
 
 async def test_an_unreachable_registry_refuses_the_push(make_proxy: ProxyFactory) -> None:
-    with free_socket() as sock:
-        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"
     proxy = await make_proxy(GUARDS, upstream_url=closed)
     status, _, text = await put(proxy, "/v2/apps/web/manifests/v1", manifest(1))
     assert status == 503

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import logging
 import os
 import sys
@@ -48,6 +47,7 @@ from ..serve.supervisor import become_supervisor
 from ..serve.worker import bind, run_worker
 from . import grant as grant_commands
 from . import robot as robot_commands
+from .askpass import ask_password
 
 log = logging.getLogger("regproxy")
 
@@ -672,8 +672,8 @@ def _read_password(from_stdin: bool, confirm: bool) -> str | None:
         password = line.rstrip("\r\n")
     else:
         try:
-            password = getpass.getpass("Password: ")
-            if confirm and password and getpass.getpass("Re-type password: ") != password:
+            password = ask_password("Password: ")
+            if confirm and password and ask_password("Re-type password: ") != password:
                 print("passwords do not match", file=sys.stderr)
                 return None
         except EOFError:

@@ -171,9 +171,9 @@ def test_redis_restarted_mid_test_loses_no_decision(
     away = [fleet.request("GET", "/v2/", "testuser", "wrong").status for _ in range(ATTEMPTS - 1)]
     assert away == [401] * (ATTEMPTS - 1)
     redis.start()
-    for index in range(len(fleet.replicas)):
+    for index in range(len(fleet.replicas)):  # every worker: /health is one worker's answer
         until(
-            lambda i=index: fleet.health(i)[1].get("store") == "ok",  # type: ignore[misc]
+            lambda i=index: fleet.metric(i, "regproxy_store_up") == 1,  # type: ignore[misc]
             f"replica {index} back",
         )
     client, keys = redis.client(), Keys()

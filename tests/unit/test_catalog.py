@@ -110,6 +110,7 @@ def test_a_position_the_caller_may_not_see_is_sealed() -> None:
         seal("secret/x", secrets.token_bytes(32)),  # sealed by another process tree
         seal("secret/x", KEY)[:-2],  # tampered
     ],
+    ids=["marker-only", "not-base32", "another-key", "tampered"],  # stable under xdist
 )
 def test_sealed_positions_cannot_be_forged(token: str) -> None:
     assert unseal(token, KEY) is None
