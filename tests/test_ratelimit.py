@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from devtools.net import free_port
 from tests.conftest import (
@@ -62,7 +63,7 @@ async def get(
     user: str | None = None,
     method: str = "GET",
     headers: dict[str, str] | None = None,
-) -> tuple[int, aiohttp.typedefs.LooseHeaders, bytes]:
+) -> tuple[int, CIMultiDictProxy[str], bytes]:
     sent = dict(headers or {})
     if user is not None:
         sent.update(proxy.auth(user))
