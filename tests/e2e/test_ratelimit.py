@@ -1,8 +1,9 @@
 """Rate limits with real clients and real replicas: podman and skopeo push and pull under
 the `RateLimit-*` headers, and refused, wait for `Retry-After` and go on; once a budget is
-spent, the docker CLI (a private dockerd) shows the 429's reason; a concurrent burst spread over three replicas sharing one
-redis-server, and over two workers of one replica (the worker mesh), allows the budget plus
-at most the README's bound (the numbers are printed: `pytest -s`)."""
+spent, the docker CLI (a private dockerd) shows the 429's reason; a concurrent burst spread
+over three replicas sharing one redis-server, and over two workers of one replica (the
+worker mesh), allows the budget plus at most the README's bound (the numbers are printed:
+`pytest -s`)."""
 
 from __future__ import annotations
 
@@ -240,8 +241,9 @@ def test_a_burst_over_three_replicas_overshoots_within_the_bound(
         result = burst(tls, ports, path, BURST_LIMIT, concurrency=16)
         round_trip = 0.01  # loopback Redis plus a busy event loop's delay, generously
         most = bound(BURST_LIMIT, 3, result, 2 * (SYNC_INTERVAL + round_trip))
-        print(f"\n3 replicas, budget {BURST_LIMIT}: {result.allowed} allowed, {result.refused} "
-              f"refused in {result.seconds:.2f}s ({result.rate:.0f} req/s); bound {most}")  # fmt: skip
+        print(f"\n3 replicas, budget {BURST_LIMIT}: {result.allowed} allowed, "
+              f"{result.refused} refused in {result.seconds:.2f}s ({result.rate:.0f} req/s); "
+              f"bound {most}")  # fmt: skip
         assert BURST_LIMIT <= result.allowed <= most
         # Settled: every replica now refuses, and the shared total says what was counted.
         for port in ports:
