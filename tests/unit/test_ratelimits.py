@@ -181,13 +181,13 @@ def test_the_headers_and_the_refusal_say_docker_hubs_way() -> None:
             2,
             "rate_limits: unknown key 'user' (expected anonymous, "
             "users, robots, workloads, overrides)",
-        ),  # fmt: skip
+        ),
         (
             "rate_limits:\n  users:\n    manifest_pull: unlimited",
             3,
             "rate_limits.users: unknown key 'manifest_pull' (expected manifest_pulls, blob_bytes, "
             "pushes)",
-        ),  # fmt: skip
+        ),
         (
             "rate_limits:\n  users:\n    pushes: {limit: 0, per: 1h}",
             3,
@@ -208,13 +208,13 @@ def test_the_headers_and_the_refusal_say_docker_hubs_way() -> None:
             3,
             "rate_limits.users.pushes: expected {limit: N, per: DURATION} or unlimited, got "
             "{'limit': 5}",
-        ),  # fmt: skip
+        ),
         (
             "rate_limits:\n  users:\n    blob_bytes: {limit: 5 parsecs, per: 1h}",
             3,
             "rate_limits.users.blob_bytes: limit: expected bytes (a number, or 500MB, 50GiB), got "
             "'5 parsecs'",
-        ),  # fmt: skip
+        ),
         (
             "rate_limits:\n  users:\n    pushes: unlimited\n    pushes: unlimited",
             4,
@@ -241,13 +241,13 @@ def test_the_headers_and_the_refusal_say_docker_hubs_way() -> None:
             "unlimited",
             4,
             "rate_limits.overrides[0].name: expected up to 64 letters",
-        ),  # fmt: skip
+        ),
         (
             "rate_limits:\n  overrides:\n    - groups: [ci]\n      pushs: unlimited",
             4,
             "rate_limits.overrides[0]: unknown key 'pushs' (expected manifest_pulls, blob_bytes, "
             "pushes, groups, name, users)",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_every_problem_names_its_line(tmp_path: Path, text: str, line: int, message: str) -> None:
@@ -268,7 +268,7 @@ def test_every_problem_names_its_line(tmp_path: Path, text: str, line: int, mess
         ("1.5 GB", 1_500_000_000),
         ("2kib", 2048),
         ("10", 10),
-    ],  # fmt: skip
+    ],
 )
 def test_byte_budgets_take_units(value: object, bytes_: int) -> None:
     text = f"rate_limits:\n  users:\n    blob_bytes: {{limit: {value}, per: 1h}}\n"
