@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -26,8 +27,10 @@ from tests.conftest import (
     samples,
     scrape,
     serving,
+    until,
     write_setup,
 )
+from tests.redis_server import RedisServer
 
 MANIFEST = "/v2/test/app/manifests/1"
 DIGEST = "sha256:" + "ab" * 32
@@ -236,3 +239,60 @@ async def test_two_workers_count_together(
             statuses.append(await pull())
         assert statuses.count(200) == limit, statuses
         assert statuses.count(429) == limit
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+async def remaining(proxy: RunningProxy) -> str:
+    """What a HEAD (which spends nothing) says is left of pull's manifest pulls."""
+    return (await get(proxy, MANIFEST, "pull", "HEAD"))[1]["RateLimit-Remaining"]
+
+
+async def test_replicas_share_counts_through_redis_and_count_alone_while_it_is_away(
+    redis_server: RedisServer, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Two replicas (in-process) sharing a real redis-server: what one counts, the other
+    refuses on, within a sync; Redis stopped: each counts alone (fail open), /health says
+    so, syncs fail and are counted; Redis back: what was counted meanwhile reaches it."""
+    port = free_port()
+    state = f"state:\n  backend: redis\n  url: {redis_server.url}\n  key_prefix: 't{port}:'\n"
+    limits = "rate_limits:\n  users:\n    manifest_pulls: {limit: 6, per: 6h}\n"
+    first = await make_proxy(
+        ACL + state + limits + f"metrics:\n  listen: 127.0.0.1:{port}\n", directory=tmp_path / "a"
+    )
+    second = await make_proxy(ACL + state + limits, directory=tmp_path / "b")
+    assert [(await get(first, MANIFEST, "pull"))[0] for _ in range(2)] == [200, 200]
+
+    async def says(proxy: RunningProxy, left: str) -> bool:
+        return await remaining(proxy) == left
+
+    await until(lambda: says(second, "4;w=21600"))  # within a sync or two
+    code, body = await scrape(port, "/health")
+    assert (code, json.loads(body)["rate_limits"]) == (200, "shared")
+
+    redis_server.stop()
+
+    async def alone() -> bool:
+        return json.loads((await scrape(port, "/health"))[1]).get("rate_limits") == "local"
+
+    await until(alone)
+    # Open, counted here: first spends the rest of what it knew of, second still has its 4.
+    assert [(await get(first, MANIFEST, "pull"))[0] for _ in range(5)] == [200] * 4 + [429]
+    assert await remaining(second) == "4;w=21600"
+    failures = ("regproxy_rate_limit_sync_failures_total", ())
+    await until(lambda: scraped(port, failures, lambda value: value >= 1))
+    redis_server.start()
+    # Back: first's four reach Redis, and second learns the total.
+    await until(lambda: says(second, "0;w=21600"), seconds=20)
+    assert (await get(second, MANIFEST, "pull"))[0] == 429
+    assert json.loads((await scrape(port, "/health"))[1])["rate_limits"] == "shared"
+
+
+async def scraped(
+    port: int, name: tuple[str, tuple[tuple[str, str], ...]], holds: Callable[[float], bool]
+) -> bool:
+    return holds(samples((await scrape(port))[1]).get(name, 0.0))

@@ -6,7 +6,7 @@ SYNC_INTERVAL seconds while there is anything to send or ask about, and not at a
 how it sends is the store's (`send`): INCRBY on a window key in Redis, whose answer is the
 total over every replica; or, on one machine, telling the other workers, whose tallies add it
 as it arrives (`heard`). A failed sync keeps its amounts for the next one: counting goes on
-here alone meanwhile.
+here alone meanwhile, and is tried again every interval until the store answers.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class SharedCounts:
             self._tally.unsent(counts)
             if not isinstance(exc, Exception):
                 raise
+            self._wake.set()  # tried again after an interval, requests or not
             metrics.RECORD.rate_limit_sync_failed()
             if not self._failing:
                 self._failing = True
