@@ -336,9 +336,10 @@ def _override(node: yaml.Node, index: int, source: str, problems: list[Problem])
         return None
     name = values.get("name") or _default_name(values, index)
     budgets = _budgets(node, source, where, name, problems, _SELECTORS)
-    if not budgets:
+    if not budgets and not any(key.value in ACTION_CLASSES for key, _ in node.value):
         problems.append(_at(node, source, f"{where}: names no budget "
                                           f"({', '.join(ACTION_CLASSES)})"))  # fmt: skip
+    if not budgets:
         return None
     return Override(name, values.get("users", frozenset()), values.get("groups", frozenset()),
                     budgets)  # fmt: skip
