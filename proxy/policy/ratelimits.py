@@ -47,7 +47,7 @@ UNLIMITED = "unlimited"
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
-_WORDS = {"manifest_pulls": "manifest pulls", "blob_bytes": "bytes of blobs pulled",
+_WORDS = {"manifest_pulls": "manifest pulls", "blob_bytes": "of blobs pulled",
           "pushes": "manifests pushed"}  # fmt: skip
 
 
@@ -71,7 +71,8 @@ class Budget:
     def describe(self) -> str:
         if self.limit is None:
             return f"unlimited {_WORDS[self.action]}"
-        return f"{self.limit} {_WORDS[self.action]} per {describe_duration(self.per)}"
+        amount = _size(self.limit) if self.action == "blob_bytes" else str(self.limit)
+        return f"{amount} {_WORDS[self.action]} per {describe_duration(self.per)}"
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,35 @@ class Applies:
         """The count's name: the same for every budget of one subject, action and window, so
         that an override changes the limit, not what was spent."""
         return f"{self.budget.action}/{self.budget.per}/{self.subject}"
+
+
+def _size(amount: int) -> str:
+    """Bytes in the largest binary unit that states them exactly (`100GiB`, `1500B`)."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if amount % size == 0:
+            return f"{amount // size}{unit}"
+    return f"{amount}B"
+
+
+# The action classes a request of each ACL action may spend.
+CLASSES_OF: Mapping[str, tuple[ActionClass, ...]] = {
+    "pull": ("manifest_pulls", "blob_bytes"),
+    "push": ("pushes",),
+}
+
+
+def explained(
+    limits: RateLimits, who: Identity, address: IPAddress | None, action: str
+) -> list[str]:
+    """What `regproxy explain` says of the budgets `who` spends on `action`, one line each."""
+    whose = subject(who, address) if who.user is not None or address else "each address"
+    lines = []
+    for action_class in CLASSES_OF.get(action, ()):
+        budget = _budget(limits, who, action_class)
+        if budget is not None:
+            counted = "" if budget.limit is None else f" for {whose}"
+            lines.append(f"{budget.describe()}{counted} (budget {budget.label}, {budget.origin})")
+    return lines or [f"none for {action}"]
 
 
 def kind_of(who: Identity) -> Kind:

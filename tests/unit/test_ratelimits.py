@@ -88,7 +88,7 @@ def test_the_section_loads_with_the_config(tmp_path: Path) -> None:
         (ALICE, "manifest_pulls", "group:ci: 5000 manifest pulls per 6h", "user:alice"),
         (ALICE, "pushes", None, None),  # unlimited by the second override
         (CI, "pushes", "users: 500 manifests pushed per 1h", "user:carol"),  # not overridden
-        (BOB, "blob_bytes", "users: 53687091200 bytes of blobs pulled per 1d", "user:bob"),
+        (BOB, "blob_bytes", "users: 50GiB of blobs pulled per 1d", "user:bob"),
         (ANONYMOUS, "manifest_pulls", "anonymous: 100 manifest pulls per 6h", "address:10.0.0.7"),
         (ANONYMOUS, "pushes", None, None),  # nothing configured for anonymous pushes
         (ROBOT, "pushes", "robots: 50 manifests pushed per 1h", "user:robot$deploy"),
