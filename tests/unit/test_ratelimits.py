@@ -20,6 +20,7 @@ from proxy.policy.ratelimits import (
     Budget,
     RateLimits,
     budget_for,
+    explained,
     headers,
     measure,
     parse_rate_limits,
@@ -303,3 +304,18 @@ def test_the_first_override_that_names_the_action_decides(
     else:
         assert applies is None
     assert applies is None or applies.subject == f"user:{name}"
+
+
+def test_explain_names_each_budget_an_action_spends_and_whose_count() -> None:
+    assert explained(LIMITS, BOB, None, "pull") == [
+        "200 manifest pulls per 6h for user:bob (budget users/manifest_pulls, f.yaml:5)",
+        "50GiB of blobs pulled per 1d for user:bob (budget users/blob_bytes, f.yaml:6)",
+    ]
+    assert explained(LIMITS, ALICE, None, "push") == [
+        "unlimited manifests pushed (budget release/pushes, f.yaml:15)"
+    ]
+    assert explained(LIMITS, ANONYMOUS, None, "pull") == [
+        "100 manifest pulls per 6h for each address (budget anonymous/manifest_pulls, f.yaml:3)"
+    ]
+    assert explained(LIMITS, ANONYMOUS, None, "push") == ["none for push"]
+    assert explained(LIMITS, BOB, None, "delete") == ["none for delete"]
