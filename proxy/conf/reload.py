@@ -274,7 +274,8 @@ class State:
             return True
 
     def _tell_certificate(self) -> None:
-        """The served certificate's expiry, for the metric (unchanged unless it changed)."""
+        """Tell the metrics when the served certificate expires (the same value again unless
+        a reload replaced it)."""
         if self.current.tls_expires is not None:
             metrics.RECORD.certificate_expires(self.current.tls_expires)
 
