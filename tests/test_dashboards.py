@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import USERS, Served, basic, scrape, until
 from tests.prometheus_server import running_prometheus, scrape_config
@@ -65,10 +66,24 @@ def dashboard_expressions() -> list[tuple[str, str]]:
     return [(where, re.sub(r"\$\{(\w+)\}|\$(\w+)", substitute, expr)) for where, expr in found]
 
 
-def readme_metrics() -> list[str]:
-    """The first column of the table in "### Metrics and health": metric names, labels cut."""
+def readme_metrics() -> list[tuple[str, frozenset[str]]]:
+    """The first column of the table in "### Metrics and health": each metric's name and the
+    label names it is written with (`name{a,b}`)."""
     section = README.read_text().split("### Metrics and health\n", 1)[1].split("\n#", 1)[0]
-    return re.findall(r"^\| `([a-z_:]+)(?:\{[a-z_,]*\})?` \|", section, re.M)
+    rows = re.findall(r"^\| `([a-z_:]+)(?:\{([a-z_,]*)\})?` \|", section, re.M)
+    return [(name, frozenset(filter(None, labels.split(",")))) for name, labels in rows]
+
+
+def label_names(exposition: str) -> dict[str, frozenset[str]]:
+    """The label names of each family's samples (a histogram's `le` left out), by the name
+    its TYPE line gives it."""
+    found: dict[str, frozenset[str]] = {}
+    for family in text_string_to_metric_families(exposition):
+        name = family.name + "_total" if family.type == "counter" else family.name
+        for sample in family.samples:
+            if not sample.name.endswith("_created"):
+                found[name] = found.get(name, frozenset()) | (set(sample.labels) - {"le"})
+    return found
 
 
 # -- the files alone ---------------------------------------------------------------------------
@@ -205,12 +220,17 @@ async def test_the_readme_lists_exactly_the_exported_metrics(served: Served) -> 
     every metric in the table is declared, with one worker (the process' own registry) and with
     several (prometheus-client's multiprocess mode shows a labelled metric once it has a
     value: a request and a refused login give the request counter its first)."""
-    documented = readme_metrics()
-    assert len(documented) == len(set(documented)), "a metric listed twice"
+    documented = dict(readme_metrics())
+    assert len(documented) == len(readme_metrics()), "a metric listed twice"
     for password in (USERS["pull"], "wrong"):
         headers = {"Authorization": basic("pull", password)}
         async with served.session.get(served.url + "/v2/", headers=headers):
             pass
-    exported = declared((await scrape(metrics_port(served)))[1])
+    exposition = (await scrape(metrics_port(served)))[1]
+    exported = declared(exposition)
     assert sorted(exported - set(documented)) == [], "exported, not in the README"
     assert sorted(set(documented) - exported) == [], "in the README, not exported"
+    labelled = label_names(exposition)
+    assert {name: labelled[name] for name in exported if name in labelled} == {
+        name: documented[name] for name in exported if name in labelled
+    }, "labels not as the README writes them"
