@@ -55,6 +55,11 @@ class Recorder:
     def store_up(self, up: bool) -> None:
         """Whether the shared state store (Redis) can be reached."""
 
+    def rate_limited(self, budget: str) -> None:
+        """A request refused with 429: its budget (`users/manifest_pulls`) is spent."""
+
+    def rate_limit_sync_failed(self) -> None:
+        """Rate-limit counts could not be shared (the state store is away): counted here."""
     def upstream_up(self, up: bool) -> None:
         """Whether the upstream answered its last probe (a scrape or a health check)."""
 
@@ -130,6 +135,15 @@ class PrometheusRecorder(Recorder):
             self._reloads.labels(result)
         for limit in FAIR_SHARE_LIMITS:
             self._fair_share.labels(limit)
+        self._rate_limited = Counter(
+            "regproxy_rate_limited_total",
+            "Requests refused with 429 because a rate-limit budget was spent, by budget",
+            ["budget"],
+        )
+        self._rate_sync_failures = Counter(
+            "regproxy_rate_limit_sync_failures_total",
+            "Syncs of rate-limit counts with the state store that failed (counted locally)",
+        )
         # Labelled children are looked up once per label set, not per request.
         self._request_child: Callable[[str, int], Counter] = lru_cache(maxsize=512)(
             lambda action, status: self._requests.labels(action, str(status))
@@ -168,6 +182,11 @@ class PrometheusRecorder(Recorder):
 
     def certificate_expires(self, timestamp: float) -> None:
         self._certificate_expiry.set(timestamp)
+    def rate_limited(self, budget: str) -> None:
+        self._rate_limited.labels(budget).inc()
+
+    def rate_limit_sync_failed(self) -> None:
+        self._rate_sync_failures.inc()
 
     @contextlib.contextmanager
     def forwarding(self) -> Iterator[None]:

@@ -51,6 +51,8 @@ def admin_handler(
         if shared:  # Redis away: still ready (local state), but say so
             body["store"] = "ok" if store.healthy else "degraded"
             body["status"] = "degraded" if ok and not store.healthy else status
+            if config.rate_limits is not None:  # Redis away: each worker counts alone
+                body["rate_limits"] = "shared" if store.healthy else "local"
         return web.json_response(body, status=200 if ok else 503)
 
     async def scraped(request: web.BaseRequest) -> web.Response:
