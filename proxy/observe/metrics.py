@@ -127,14 +127,6 @@ class PrometheusRecorder(Recorder):
             "Requests being forwarded right now",
             multiprocess_mode="livesum",
         )
-        # Known label values start at 0: a first failure is then an increase() an alert sees,
-        # and the series are there for every worker (multiprocess mode shows only those).
-        for reason in ("invalid", "malformed", "backend_unavailable"):
-            self._auth_failures.labels(reason)
-        for result in ("ok", "failed"):
-            self._reloads.labels(result)
-        for limit in FAIR_SHARE_LIMITS:
-            self._fair_share.labels(limit)
         self._rate_limited = Counter(
             "regproxy_rate_limited_total",
             "Requests refused with 429 because a rate-limit budget was spent, by budget",
@@ -144,6 +136,14 @@ class PrometheusRecorder(Recorder):
             "regproxy_rate_limit_sync_failures_total",
             "Syncs of rate-limit counts with the state store that failed (counted locally)",
         )
+        # Known label values start at 0: a first failure is then an increase() an alert sees,
+        # and the series are there for every worker (multiprocess mode shows only those).
+        for reason in ("invalid", "malformed", "backend_unavailable"):
+            self._auth_failures.labels(reason)
+        for result in ("ok", "failed"):
+            self._reloads.labels(result)
+        for limit in FAIR_SHARE_LIMITS:
+            self._fair_share.labels(limit)
         # Labelled children are looked up once per label set, not per request.
         self._request_child: Callable[[str, int], Counter] = lru_cache(maxsize=512)(
             lambda action, status: self._requests.labels(action, str(status))
