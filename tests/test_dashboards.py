@@ -152,7 +152,11 @@ def test_the_readme_lists_the_panels_their_queries_and_the_alerts() -> None:
 
 # -- against a real regproxy -------------------------------------------------------------------
 
-METRICS = "metrics:\n  listen: 127.0.0.1:{free_port}\n"
+# Rate limits on, so that their refusals' counter has a series per budget from the start.
+METRICS = (
+    "metrics:\n  listen: 127.0.0.1:{free_port}\n"
+    "rate_limits:\n  users:\n    manifest_pulls: {limit: 1000, per: 1h}\n"
+)
 
 
 def metrics_port(served: Served) -> int:

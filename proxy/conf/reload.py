@@ -235,7 +235,7 @@ class State:
             loop = asyncio.get_running_loop()
             authn = await loop.run_in_executor(self._executor, self._attach, first, None)
             self.current = replace(first, authn=authn)
-        self._tell_certificate()
+        self._tell_metrics()
 
     def enter(self) -> Snapshot:
         """The snapshot a request uses from start to end; `leave` it when done."""
@@ -270,14 +270,17 @@ class State:
                 return False
             self._swap(previous, loaded.snapshot)
             self._watcher.watch(loaded.snapshot.config.watched_files())
-            self._tell_certificate()
+            self._tell_metrics()
             return True
 
-    def _tell_certificate(self) -> None:
-        """Tell the metrics when the served certificate expires (the same value again unless
-        a reload replaced it)."""
+    def _tell_metrics(self) -> None:
+        """Tell the metrics when the served certificate expires and which rate-limit budgets
+        there are (the same again unless a reload changed them)."""
         if self.current.tls_expires is not None:
             metrics.RECORD.certificate_expires(self.current.tls_expires)
+        rate_limits = self.current.config.rate_limits
+        if rate_limits is not None:
+            metrics.RECORD.rate_limit_budgets(rate_limits.labels())
 
     def _swap(self, previous: Snapshot, snapshot: Snapshot) -> None:
         self.current = snapshot

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -57,6 +57,9 @@ class Recorder:
 
     def rate_limited(self, budget: str) -> None:
         """A request refused with 429: its budget (`users/manifest_pulls`) is spent."""
+
+    def rate_limit_budgets(self, budgets: Iterable[str]) -> None:
+        """The configured budgets, each counted from 0."""
 
     def rate_limit_sync_failed(self) -> None:
         """Rate-limit counts could not be shared (the state store is away): counted here."""
@@ -184,6 +187,10 @@ class PrometheusRecorder(Recorder):
         self._certificate_expiry.set(timestamp)
     def rate_limited(self, budget: str) -> None:
         self._rate_limited.labels(budget).inc()
+
+    def rate_limit_budgets(self, budgets: Iterable[str]) -> None:
+        for budget in budgets:
+            self._rate_limited.labels(budget)
 
     def rate_limit_sync_failed(self) -> None:
         self._rate_sync_failures.inc()
