@@ -44,7 +44,6 @@ its DN (`memberOf`: `cn=developers,ou=groups,...` -> `developers`). With `group_
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import ssl
 import warnings
@@ -55,6 +54,7 @@ from typing import Any, Literal
 
 from ..core.lastgood import LastGood
 from ..core.problems import BadValue, Problem
+from ..core.values import boolean, choice, file_path, keyed, port, seconds, text, whole_number
 
 with warnings.catch_warnings():
     # ldap3 2.9.1 imports names that pyasn1 >= 0.6 deprecates: harmless, but warnings are errors
@@ -168,13 +168,13 @@ class LdapSettings:
 
 # -- configuration -------------------------------------------------------------------------------
 
-
-def _text(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise BadValue(f"{key}: expected a non-empty string (quote it), got {value!r}")
-    if "\0" in value or not value.isprintable():
-        raise BadValue(f"{key}: control characters in {value!r}")
-    return value
+_text = keyed(text)
+_boolean = keyed(boolean)
+_number = keyed(seconds)
+_integer = keyed(whole_number)
+_choice = keyed(choice)
+_port = keyed(port)
+_path = keyed(file_path)
 
 
 def _secret(value: Any, key: str) -> str:
@@ -185,31 +185,8 @@ def _secret(value: Any, key: str) -> str:
     return value
 
 
-def _boolean(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise BadValue(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _number(value: Any, key: str, low: float, high: float, *, zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise BadValue(f"{key}: expected a number of seconds, got {value!r}")
-    if not (low <= value <= high) or (value == 0 and not zero):
-        floor = "0" if zero else "more than 0"
-        raise BadValue(f"{key}: expected {floor} and at most {high:g}, got {value!r}")
-    return float(value)
-
-
-def _integer(value: Any, key: str, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-        raise BadValue(f"{key}: expected a whole number from 1 to {high}, got {value!r}")
-    return value
-
-
 def _scope(value: Any, key: str) -> Scope:
-    if value not in SCOPES:
-        raise BadValue(f"{key}: expected base, one or subtree, got {value!r}")
-    scope: Scope = value
+    scope: Scope = _choice(value, key, SCOPES, "base, one or subtree")  # type: ignore[assignment]
     return scope
 
 
@@ -242,10 +219,8 @@ def _url(value: Any, key: str) -> LdapUrl:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise BadValue(f"{key}: bad IPv6 address in {value!r}") from None
-    port = int(match.group(3) or (636 if tls else 389))
-    if not 0 < port < 65536:
-        raise BadValue(f"{key}: port {port} out of range 1-65535")
-    return LdapUrl(text.strip(), tls, host, port)
+    number = _port(int(match.group(3) or (636 if tls else 389)), key)
+    return LdapUrl(text.strip(), tls, host, number)
 
 
 def _urls(value: Any, key: str) -> tuple[LdapUrl, ...]:
@@ -283,12 +258,6 @@ def _user_template(value: Any, key: str) -> str:
     return text
 
 
-def _path(value: Any, key: str, base: Path) -> Path:
-    text = _text(value, key)
-    path = Path(text)
-    return path if path.is_absolute() else base / path
-
-
 _SIMPLE: dict[str, Callable[[Any, str], Any]] = {
     "url": _urls,
     "start_tls": _boolean,
@@ -308,9 +277,11 @@ _SIMPLE: dict[str, Callable[[Any, str], Any]] = {
     "group_filter": lambda v, k: _filter(v, k, ("user", "dn")),
     "group_scope": _scope,
     "group_name_attribute": _attribute,
-    "timeout": lambda v, k: _number(v, k, 0, 300),
-    "pool_size": lambda v, k: _integer(v, k, MAX_POOL_SIZE),
-    "cache_ttl": lambda v, k: _number(v, k, 0, MAX_CACHE_TTL, zero=True),
+    "timeout": lambda v, k: _number(v, k, high=300),
+    "pool_size": lambda v, k: _integer(v, k, 1, MAX_POOL_SIZE),
+    "cache_ttl": lambda v, k: _number(
+        v, k, high=MAX_CACHE_TTL, zero=True, wanted=f"0 and at most {MAX_CACHE_TTL:g} seconds"
+    ),
 }
 _PATHS = ("ca_file", "bind_password_file")
 KEYS = frozenset(_SIMPLE) | frozenset(_PATHS)

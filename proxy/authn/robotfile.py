@@ -39,6 +39,7 @@ import yaml
 
 from ..core.moments import parse_duration, parse_moment, timestamp
 from ..core.problems import ConfigError, Problem, read_text
+from ..core.values import keyed, name, strings, subset
 from ..core.yamllist import EntryFormat, read_entries
 from ..http.routes import ACTIONS, Action
 from ..policy.acl import glob_problem
@@ -114,30 +115,20 @@ def _field(key: str, value: Any) -> Any:
             )
         return value
     if key == "owner":
-        if not isinstance(value, str) or not value or any(c.isspace() or c == ":" for c in value):
-            raise ValueError(f"owner: expected a user name, got {value!r}")
-        return value
+        return keyed(name)(value, key, "user name")
     if key == "repositories":
-        items = value if isinstance(value, list) else [value]
-        if not items or not all(isinstance(g, str) and g for g in items):
-            raise ValueError(f"repositories: expected a list of globs, got {value!r}")
+        items = keyed(strings)(value, key, "glob")
         for glob in items:
             problem = glob_problem(glob)
             if problem is None and "${" in glob:
                 problem = f"{glob!r}: a robot's scopes have no ${{user}} or ${{group}}"
             if problem:
                 raise ValueError(f"repositories: {problem}")
-        return tuple(items)
+        return items
     if key == "actions":
-        items = value if isinstance(value, list) else [value]
-        if not items or any(a not in ACTIONS for a in items):
-            raise ValueError(f"actions: expected a list of pull, push, delete, got {value!r}")
-        return frozenset(items)
+        return keyed(subset)(value, key, ACTIONS)
     if key == "expires":
-        try:
-            return parse_moment(value)
-        except ValueError as exc:
-            raise ValueError(f"expires: {exc}") from None
+        return keyed(parse_moment)(value, key)
     if key == "secret":
         if not isinstance(value, str) or not value.startswith(HASH_SCHEME):
             raise ValueError(f"secret: expected {HASH_SCHEME}... (written by regproxy robot)")

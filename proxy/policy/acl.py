@@ -28,6 +28,7 @@ import yaml
 
 from ..core.addresses import IPNetwork, parse_networks, parse_upstream
 from ..core.problems import BadValue, ConfigError, Problem, compose_yaml, construct, release
+from ..core.values import boolean, keyed, strings
 from ..http.routes import ACTIONS, Action
 from .claims import CLAIM_NAME_RE, Conditions
 from .rules import PLACEHOLDER_RE, Rule
@@ -49,18 +50,11 @@ TAG_SECTIONS: dict[str, TagRuleKind] = {
 }
 
 
-def _value(node: yaml.Node, key: str) -> Any:
-    try:
-        return construct(node)
-    except ValueError as exc:
-        raise BadValue(f"{key}: {exc}") from None
-
-
-def _strings(value: Any, key: str) -> list[str]:
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(v, str) and v for v in items):
-        raise BadValue(f"{key}: expected a name or a list of names, got {value!r}")
-    return items
+_value = keyed(construct)
+_strings = keyed(strings)
+_boolean = keyed(boolean)
+_networks = keyed(parse_networks)
+_upstream = keyed(parse_upstream)
 
 
 def _names(value: Any, key: str) -> frozenset[str]:
@@ -126,13 +120,6 @@ def _fixed(parse: Callable[[Any, str], tuple[str, ...]]) -> Callable[[Any, str],
 fixed_globs = _fixed(_globs)  # repository globs that hold for every caller alike
 
 
-def _networks(value: Any, key: str) -> tuple[IPNetwork, ...]:
-    try:
-        return parse_networks(value)
-    except ValueError as exc:
-        raise BadValue(f"{key}: {exc}") from None
-
-
 def _actions(value: Any, key: str) -> frozenset[Action]:
     if value == "*" or value == ["*"]:
         return frozenset(ACTIONS)
@@ -142,19 +129,6 @@ def _actions(value: Any, key: str) -> frozenset[Action]:
     if unknown:
         raise BadValue(f"{key}: unknown action(s) {unknown!r}: use pull, push, delete or '*'")
     return frozenset(value)
-
-
-def _boolean(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise BadValue(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _upstream(value: Any, key: str) -> str:
-    try:
-        return parse_upstream(value)
-    except ValueError as exc:
-        raise BadValue(f"{key}: {exc}") from None
 
 
 def _description(value: Any, key: str) -> str:

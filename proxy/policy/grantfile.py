@@ -27,8 +27,9 @@ import yaml
 
 from ..core.moments import describe_duration, parse_duration, parse_moment, timestamp
 from ..core.problems import Problem, read_text
+from ..core.values import keyed, subset, text
 from ..core.yamllist import EntryFormat, read_entries
-from ..http.routes import ACTIONS, Action
+from ..http.routes import ACTIONS
 from .acl import fixed_globs
 from .grants import NO_GRANTS, Grant, Grants
 
@@ -66,19 +67,6 @@ def user_problem(user: object) -> str | None:
     return None
 
 
-def _actions(value: Any) -> frozenset[Action]:
-    items = value if isinstance(value, list) else [value]
-    if not items or any(a not in ACTIONS for a in items):
-        raise ValueError(f"actions: expected a list of pull, push, delete, got {value!r}")
-    return frozenset(items)
-
-
-def _text(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or not value.isprintable():
-        raise ValueError(f"{key}: expected one line of text, got {value!r}")
-    return value
-
-
 def _field(key: str, value: Any) -> Any:
     if key == "id":
         if not isinstance(value, str) or not ID_RE.fullmatch(value):
@@ -90,15 +78,12 @@ def _field(key: str, value: Any) -> Any:
             raise ValueError(f"user: {problem}")
         return value
     if key == "actions":
-        return _actions(value)
+        return keyed(subset)(value, key, ACTIONS)
     if key == "repositories":
         return fixed_globs(value, key)
     if key in ("granted", "expires"):
-        try:
-            return parse_moment(value)
-        except ValueError as exc:
-            raise ValueError(f"{key}: {exc}") from None
-    return _text(key, value)
+        return keyed(parse_moment)(value, key)
+    return keyed(text)(value, key)
 
 
 def _window(max_duration: float) -> Callable[[dict[str, Any]], None]:

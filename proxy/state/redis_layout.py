@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..core.values import port
 from .events import Event, decode, encode
 from .store import StateSettings
 
@@ -195,10 +196,8 @@ def _sentinel_address(item: object) -> tuple[str, int]:
         raise ValueError(f"expected HOST[:PORT] or [IPv6][:PORT], got {item!r}")
     if match.group(1):
         ipaddress.IPv6Address(match.group(1))  # ValueError names the address
-    port = int(match.group(2) or match.group(4) or SENTINEL_PORT)
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} out of range 1-65535")
-    return match.group(1) or match.group(3), port
+    number = port(int(match.group(2) or match.group(4) or SENTINEL_PORT))
+    return match.group(1) or match.group(3), number
 
 
 def parse_service(value: object) -> str:
