@@ -1,9 +1,7 @@
-"""Validators of single configuration values (YAML scalars and lists), shared by every settings
-parser. Pure.
+"""Validators of single config values, shared by every settings parser. Pure.
 
-Each takes the value YAML gave and returns it checked, or raises ValueError saying what was
-expected and what was found, without naming the key. `keyed` makes one for the parsers whose
-errors name the key themselves (`BadValue("key: ...")`).
+Each returns the value checked, or raises ValueError saying what was expected and found,
+without the key; `keyed` makes one whose errors name the key (`BadValue`).
 """
 
 from __future__ import annotations
@@ -40,8 +38,7 @@ def boolean(value: Any) -> bool:
 def seconds(
     value: Any, *, high: float = math.inf, zero: bool = False, wanted: str | None = None
 ) -> float:
-    """A finite number of seconds above 0 (or 0 too, with `zero`), at most `high`; `wanted`
-    says the range, if not in the default words."""
+    """A finite number of seconds above 0 (or 0 too, with `zero`), at most `high`."""
     if math.isfinite(high):
         kind = "a number of seconds"
         default = f"0 to {high:g}" if zero else f"more than 0 and at most {high:g}"
