@@ -1,9 +1,8 @@
 """Authentication backends: interchangeable parts behind one Protocol.
 
-The contract, as in docker_auth: a backend raises `BackendUnavailable` only if it could not
-service the request, never to deny. It answers `NO_SUCH_USER` when the user is not its own (the
-next backend is asked) and `WRONG_PASSWORD` when it is but the password is wrong (the chain
-stops). The end of the chain denies.
+The contract, as in docker_auth: `BackendUnavailable` only when a backend could not service the
+request, never to deny; `NO_SUCH_USER` asks the next backend, `WRONG_PASSWORD` stops the chain,
+and the end of the chain denies.
 """
 
 from __future__ import annotations

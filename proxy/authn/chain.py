@@ -1,16 +1,9 @@
 """The authentication step: Basic (or Bearer) header -> throttle check -> backends in order ->
-Identity.
+Identity; and `BackendFactory`, which builds each snapshot's backends.
 
-Backends are asked in order: `NO_SUCH_USER` passes to the next one, `WRONG_PASSWORD` stops
-the chain, and a backend that cannot answer makes the request fail with 503 (never a silent
-allow, never a fall-through to a weaker backend). Failures feed the brute-force throttle.
-Token backends come first (robots, then workload tokens): a robot's secret or a CI token is
-never handed to a password backend. `Authorization: Bearer` goes to the workload-token backend
-alone, and only when one is configured (otherwise it counts as no credentials).
-
-What a request authenticates against (`Authenticators`: the backends, the group file, the
-throttle settings) belongs to one configuration snapshot and is passed in with the request;
-`BackendFactory` builds it at reload, off the event loop, reusing what has not changed.
+A backend that cannot answer fails the request with 503: never an allow, never a fall-through
+to a weaker backend. Token backends come first, so a robot's secret or a CI token never
+reaches a password backend.
 """
 
 from __future__ import annotations
@@ -93,13 +86,12 @@ class Authenticators:
 
 
 class Authentication:
-    """Turns an Authorization header into an Identity, or a Denied answer. `flush`: waits
-    until a failure has reached the other processes (`Store.flush`), before the 401.
-    `store`: where a login attempt is counted as under way before its password is checked,
-    with every other worker and replica (`Store.reserve`), so that a burst of guesses spread
-    over them is held to the throttle's limit as one; without it, each process counts alone.
-    An attempt with credentials that logged in here lately is not counted there (a verified
-    credential costs no round trip)."""
+    """Turns an Authorization header into an Identity, or a Denied answer."""
+
+    # `store` counts a login attempt as under way everywhere before its password is checked,
+    # so a burst of guesses spread over workers and replicas is held to the throttle's limit
+    # as one; credentials verified here lately skip that round trip. `flush` holds the 401
+    # until a failure has reached the other processes.
 
     def __init__(
         self,
@@ -231,12 +223,9 @@ def _identity(
 
 
 class BackendFactory:
-    """Builds each snapshot's backends (at reload, in a worker thread). Owns what outlives
-    snapshots: the hashing thread pool, the verified-credential cache of the backends that keep
-    hashes (htpasswd, Redis), when robots were last used, and each OIDC issuer's keys and
-    verified tokens (kept while that issuer's settings are unchanged); an LDAP backend is
-    reused while its settings are unchanged. `redis_users`: the worker's view of the users in
-    Redis (with `state.backend: redis`)."""
+    """Builds each snapshot's backends (at reload, in a worker thread), and owns what outlives
+    snapshots: the hashing pool, the verified-credential cache, robot usage, OIDC issuers'
+    keys, LDAP backends while their settings are unchanged."""
 
     def __init__(
         self,

@@ -1,17 +1,9 @@
 """Workload identity: an OIDC token (GitHub Actions, GitLab CI, a Kubernetes service account)
 as the Basic password or as `Authorization: Bearer`.
 
-A password with a JWT's shape is this backend's: it is checked here and never handed to a
-password backend (an LDAP server never sees a CI token). The token is read strictly
-(`proxy.authn.jwt`), its issuer must be configured, its claims are checked (iss, aud, exp,
-nbf, iat, with the clock skew) before its signature is (`proxy.authn.jwks` holds the keys);
-then the issuer's `required` conditions, and the identity's name and groups come from the
-claims. A token that passed is remembered until it expires (never longer than
-`oidc.token_cache_ttl`, at most `oidc.token_cache_size` of them), under a keyed hash of it.
-
-Outcomes: not a token -> NO_SUCH_USER (the password backends are asked); a token refused for
-any reason -> WRONG_PASSWORD with the reason (401); no keys to check it with ->
-BackendUnavailable (503).
+A password with a JWT's shape is this backend's and never reaches a password backend. Its
+claims are checked before its signature, then the issuer's `required` conditions; the name and
+groups come from the claims. A token that passed is remembered until it expires.
 """
 
 from __future__ import annotations

@@ -1,31 +1,27 @@
 """The `oidc:` section: which workload-token issuers are trusted, and how a token's claims become
-an identity. Pure but for checking the CA files; every problem is reported with its line.
+an identity, every problem with its line. Pure but for checking the CA files."""
 
-    oidc:
-      basic_user: oidc          # the Basic user name that carries a token; default: any name
-      clock_skew: 60            # seconds of leeway on exp, nbf and iat (at most 300)
-      timeout: 5                # seconds for the issuer to answer (discovery, JWKS)
-      jwks_refresh: 3600        # seconds the issuer's keys are used before they are fetched again
-      jwks_min_interval: 10     # at most one fetch per issuer this often (unknown `kid`s)
-      jwks_max_size: 1048576    # bytes a discovery document or key set may have
-      token_cache_ttl: 3600     # seconds a verified token is remembered at most (0: never)
-      token_cache_size: 10000   # verified tokens remembered per issuer and worker
-      issuers:
-        - issuer: https://token.actions.githubusercontent.com   # exactly the tokens' `iss`
-          audience: https://registry.example.org   # or a list: the token's `aud` must hold one
-          # jwks_uri: https://...                  # default: from OIDC discovery
-          # ca_file: issuer-ca.pem                 # default: the system CAs
-          user: "ci:{repository}"        # the identity's name: a template, or a claim name
-          groups:                        # claim -> prefix: each value of the claim, prefixed,
-            repository_owner: "github:"  # is a group ("github:acme")
-          required:                      # every condition must hold, or the token is refused
-            repository_owner: acme       # globs: `*`, `?` within a `/` part, `**` across
-
-Names and groups from tokens are whatever the issuer puts in its claims: give them a prefix
-(`ci:`, `github:`), one of each issuer's own. A token whose name has no `:` is refused and
-groups without one are dropped (no password user's name, nor a group file's group, has one);
-two issuers that could make the same name or group are a problem.
-"""
+#   oidc:
+#     basic_user: oidc          # the Basic user name that carries a token; default: any
+#     clock_skew: 60            # seconds of leeway on exp, nbf and iat (at most 300)
+#     timeout: 5                # seconds for the issuer to answer (discovery, JWKS)
+#     jwks_refresh: 3600        # seconds the issuer's keys are used before a new fetch
+#     jwks_min_interval: 10     # at most one fetch per issuer this often (unknown `kid`s)
+#     jwks_max_size: 1048576    # bytes a discovery document or key set may have
+#     token_cache_ttl: 3600     # seconds a verified token is remembered at most (0: never)
+#     token_cache_size: 10000   # verified tokens remembered per issuer and worker
+#     issuers:
+#       - issuer: https://token.actions.githubusercontent.com   # exactly the tokens' `iss`
+#         audience: https://registry.example.org   # or a list: `aud` must hold one
+#         # jwks_uri: https://...                  # default: from OIDC discovery
+#         # ca_file: issuer-ca.pem                 # default: the system CAs
+#         user: "ci:{repository}"        # a template, or a claim name
+#         groups: {repository_owner: "github:"}    # claim -> prefix: "github:acme"
+#         required: {repository_owner: acme}      # globs that must all hold
+#
+# Names and groups from tokens are the issuer's: each issuer gets a prefix of its own (`ci:`).
+# A name without `:` is refused and groups without one are dropped (no password user or
+# group file's group has one); two issuers that could make the same name are a problem.
 
 from __future__ import annotations
 

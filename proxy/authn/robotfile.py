@@ -1,28 +1,16 @@
-"""Robot accounts: scoped, expiring, revocable tokens for scripts and CI, each acting for an
-owner. The robots file and the secrets' keyed hashes; pure but for `read_secret_file`.
+"""Robot accounts: scoped, expiring, revocable credentials for scripts and CI, each acting for
+an owner. The robots file and the secrets' keyed hashes; pure but for `read_secret_file`."""
 
-A robot logs in with Basic as `robot$NAME` and its secret, `regproxy_robot_` followed by 43
-URL-safe base64 characters (256 random bits): the prefix lets secret scanners find a leaked
-one (`regproxy_robot_[A-Za-z0-9_-]{43}`). The file keeps only HMAC-SHA256(key, secret), the key
-derived from the server's `secret_file`. A slow hash would buy nothing: the secret is random,
-not a password a person chose, so it cannot be guessed from its hash whatever the speed; the
-key means a stolen robots file alone does not even allow trying. A check costs one HMAC.
-
-The file is a YAML list, one mapping per robot, written by `regproxy robot` and fine to edit
-by hand:
-
-    - name: ci-app                      # [a-z0-9], then [a-z0-9._-], at most 64
-      owner: alice                      # optional: whose rights bound the robot's
-      repositories: [apps/app, "apps/app-*"]   # globs as in the ACL (no ${user})
-      actions: [pull, push]             # pull, push, delete
-      expires: "2026-12-31T00:00:00Z"
-      secret: "hmac-sha256:..."
-      description: release pipeline     # optional
-      created: "2026-12-01T09:00:00Z"   # optional, informational
-
-An entry that cannot be used disables that robot only, reported as `file:line`; a repeated
-name disables the later entry. A file that is not YAML keeps the last good version in force.
-"""
+# The robots file, written by `regproxy robot` and fine to edit by hand:
+#
+#   - name: ci-app                      # [a-z0-9], then [a-z0-9._-], at most 64
+#     owner: alice                      # optional: whose rights bound the robot's
+#     repositories: [apps/app, "apps/app-*"]   # globs as in the ACL (no ${user})
+#     actions: [pull, push]             # pull, push, delete
+#     expires: "2026-12-31T00:00:00Z"
+#     secret: "hmac-sha256:..."
+#     description: release pipeline     # optional
+#     created: "2026-12-01T09:00:00Z"   # optional, informational
 
 from __future__ import annotations
 
@@ -44,6 +32,9 @@ from ..core.yamllist import EntryFormat, read_entries
 from ..http.routes import ACTIONS, Action
 from ..policy.acl import glob_problem
 
+# A secret is this prefix (for secret scanners) and 256 random bits. The file keeps only
+# HMAC-SHA256 of it, keyed from `secret_file`: a slow hash would buy nothing for a random
+# secret, and a stolen robots file alone does not even allow trying.
 SECRET_PREFIX = "regproxy_robot_"
 SECRET_RE = re.compile(rf"{SECRET_PREFIX}[A-Za-z0-9_-]{{43}}")
 USER_PREFIX = "robot$"
