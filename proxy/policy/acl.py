@@ -1,19 +1,17 @@
-"""The ACL file: YAML -> ordered policy Rules, every problem reported as `file:line`. Pure.
+"""The ACL file: YAML -> ordered policy Rules, every problem reported as `file:line`. Pure."""
 
-    acl:
-      - users: [alice]              # any of: users, groups, anonymous, networks, repositories,
-        repositories: ["${user}/**"]  # claims (of a workload token: {ref: "refs/tags/v*"}),
-                                    # issuer (whose tokens' claims: required with several)
-        tags: ["v*"]                # optional: then only manifest requests by tag match
-        actions: [pull, push]       # pull, push, delete, or "*"; [] denies explicitly
-        upstream: http://10.0.0.5:5000   # optional: where matching requests go
-    immutable_tags: [...]           # optional, see proxy.policy.tagrules
-    protected_deletes: [...]
-
-A list with no rules is refused (it would deny everything: probably a mistake), and so is a
-rule that can never match because a catch-all rule above it matches first, and a tag pattern
-that can never match because an earlier rule matches every request it would.
-"""
+#   acl:
+#     - users: [alice]              # any of: users, groups, anonymous, networks, repositories,
+#       repositories: ["${user}/**"]  # claims (of a workload token: {ref: "refs/tags/v*"}),
+#                                   # issuer (whose tokens' claims: required with several)
+#       tags: ["v*"]                # optional: then only manifest requests by tag match
+#       actions: [pull, push]       # pull, push, delete, or "*"; [] denies explicitly
+#       upstream: http://10.0.0.5:5000   # optional: where matching requests go
+#   immutable_tags: [...]           # optional, see proxy.policy.tagrules
+#   protected_deletes: [...]
+#
+# Refused as probably a mistake: a list with no rules (it denies everything), a rule a
+# catch-all above it always pre-empts, a tag pattern an earlier rule always pre-empts.
 
 from __future__ import annotations
 
@@ -166,8 +164,7 @@ def bind_issuers(
     rules: tuple[Rule, ...], issuers: tuple[str, ...]
 ) -> tuple[tuple[Rule, ...], list[Problem]]:
     """Each rule's `issuer` checked against the configured issuers, and `claims` rules without
-    one bound to the only issuer; with several configured, such a rule is a problem (another
-    issuer could mint the same claims)."""
+    one bound to the only issuer (with several, a problem: another could mint the claims)."""
     bound: list[Rule] = []
     problems: list[Problem] = []
     for rule in rules:
@@ -401,9 +398,8 @@ _TOKEN_RE = re.compile(r"\$\{(?:user|group)\}|\*\*|\*|\?|.", re.DOTALL)
 
 
 def glob_covers(wide: str, narrow: str) -> bool:
-    """Whether every name `narrow` matches, `wide` matches too (globs as in policy: `*` and `?`
-    within one path component, `**` across). Sound, not complete. A placeholder is one token
-    that only itself or `**` covers: what it stands for may hold a `/`."""
+    """Whether every name `narrow` matches, `wide` matches too. Sound, not complete."""
+    # A placeholder is one token that only itself or `**` covers: it may stand for a `/`.
     a, b = _TOKEN_RE.findall(wide), _TOKEN_RE.findall(narrow)
     # row[j]: whether a[i:] covers b[j:], for i from the end of `a` down to 0.
     row = [j == len(b) for j in range(len(b) + 1)]

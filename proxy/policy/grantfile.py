@@ -1,19 +1,14 @@
 """The grants file (`grants.file`): a YAML list, written by `regproxy grant` and fine to edit
-by hand. Pure but for `load_grants`.
+by hand. Pure but for `load_grants`."""
 
-    - id: g-3f9a61c2                    # [a-z0-9], then [a-z0-9._-], at most 64
-      user: alice                       # as they log in
-      actions: [push]                   # pull, push, delete
-      repositories: [apps/web, "apps/web-*"]   # globs as in the ACL (no ${user})
-      granted: "2026-12-01T09:00:00Z"   # in force from then ...
-      expires: "2026-12-01T11:00:00Z"   # ... until then: at most grants.max_duration later
-      reason: "INC-1234: hotfix for the checkout outage"
-      granted_by: bob                   # optional
-
-An entry that cannot be used (a bad value, a window longer than the maximum) disables that
-grant only, reported as `file:line`; a repeated id disables the later entry. A file that is
-not a YAML list keeps the last good version in force.
-"""
+#   - id: g-3f9a61c2                    # [a-z0-9], then [a-z0-9._-], at most 64
+#     user: alice                       # as they log in
+#     actions: [push]                   # pull, push, delete
+#     repositories: [apps/web, "apps/web-*"]   # globs as in the ACL (no ${user})
+#     granted: "2026-12-01T09:00:00Z"   # in force from then ...
+#     expires: "2026-12-01T11:00:00Z"   # ... until then: at most grants.max_duration later
+#     reason: "INC-1234: hotfix for the checkout outage"
+#     granted_by: bob                   # optional
 
 from __future__ import annotations
 
