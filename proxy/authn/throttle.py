@@ -60,6 +60,8 @@ _TOKEN = ":token:"  # no Basic user name starts with ':' (it ends the name)
 
 def token_login(attempt: bytes) -> str:
     """The name a workload token's login is counted under (from its keyed hash)."""
+    # Its failures lock only that token; it is no distinct user for spraying and never a
+    # known-good login (each token is new: it would only push real users' addresses out).
     return _TOKEN + attempt[:6].hex()
 
 
