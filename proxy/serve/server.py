@@ -1,11 +1,5 @@
 """One worker's lifecycle: startup (every resource registered for cleanup as it is made),
-serving until SIGTERM/SIGINT, a graceful drain, and shutdown; SIGHUP reloads every file.
-The request path itself is `proxy.serve.handler`.
-
-Stopping on SIGTERM with the admin listener on, a worker first keeps serving for
-`timeouts.drain_delay` seconds while `/health` answers 503 "draining" and every answer closes
-its connection, so load balancers take the replica out before it stops accepting; SIGINT
-(Ctrl-C) skips that."""
+serving until SIGTERM/SIGINT, a graceful drain, and shutdown; SIGHUP reloads every file."""
 
 from __future__ import annotations
 
@@ -70,11 +64,10 @@ async def _every(seconds: float, chore: Callable[[], Awaitable[None]]) -> None:
 
 
 class Server:
-    """Owns one worker's lifecycle: startup() -> serve until a signal -> shutdown().
+    """Owns one worker's lifecycle: startup() -> serve until a signal -> shutdown()."""
 
-    `siblings`: the other workers of its supervisor (proxy.state.peers.Siblings; by default it is
-    alone). Under a supervisor, which reports the lifecycle, a worker logs it at debug level
-    only, and only worker 0 reports reloads."""
+    # Under a supervisor, which reports the lifecycle, a worker logs it at debug level only,
+    # and only worker 0 reports reloads.
 
     def __init__(
         self,
@@ -123,8 +116,7 @@ class Server:
 
     async def _leave_load_balancers(self) -> None:
         """On SIGTERM, with a `/health` to say it: `timeouts.drain_delay` seconds of serving
-        while unready, so that load balancers (and kube-proxy) stop sending new connections
-        here before this worker stops accepting them."""
+        while unready, so load balancers leave before this worker stops accepting."""
         assert self.state is not None
         config = self.state.current.config
         delay = config.timeouts.drain_delay
