@@ -1,12 +1,5 @@
-"""`regproxy robot create | list | revoke`: the robots file as people edit it, through the CLI.
-
-Each command reads the config for the `robots` file and the `secret_file`, takes an exclusive
-lock next to the robots file (two commands at once cannot lose an edit), and writes the file
-whole to a temp file that is renamed over it: a running proxy reads the old file or the new
-one, never half of one, and picks it up within a second. `create` appends the new entry and
-`revoke` removes the lines of one entry: every other line, comments included, stays as it was.
-Commands return exit codes; `proxy.cli.main` exits.
-"""
+"""`regproxy robot create | list | revoke`: the robots file edited through the CLI
+(`proxy.cli.listfile`)."""
 
 from __future__ import annotations
 
