@@ -24,8 +24,7 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class AuthResult:
-    """A backend's answer. Token backends name the caller themselves (`user`: the name made
-    from a workload token's claims, or `robot$NAME`) and say why a token was refused."""
+    """A backend's answer (token backends name the caller themselves, in `user`)."""
 
     outcome: Outcome
     groups: frozenset[str] = frozenset()
@@ -43,8 +42,7 @@ class BackendUnavailable(Exception):
 
 
 class Authenticator(Protocol):
-    """One backend. Built at reload (off the event loop) and held by a snapshot; `close()` is
-    called once no request holds that snapshot any more and the new one does not reuse it."""
+    """One backend, built at reload and held by a snapshot; closed once no snapshot holds it."""
 
     async def authenticate(self, user: str, password: str) -> AuthResult:
         """Check one user's password; see the module docstring for the contract."""
@@ -68,6 +66,6 @@ class TokenAuthenticator(Authenticator, Protocol):
 
 
 def fingerprint(key: bytes, secret: bytes) -> bytes:
-    """A keyed hash of a secret, for caches that must not hold passwords: keyed BLAKE2b is a
-    MAC in one C call (the hmac module's Python layers cost more than the rest of a lookup)."""
+    """A keyed hash of a secret, for caches that must not hold passwords."""
+    # Keyed BLAKE2b is a MAC in one C call; hmac's Python layers cost more than the lookup.
     return hashlib.blake2b(secret, key=key, digest_size=32).digest()

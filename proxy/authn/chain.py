@@ -64,8 +64,7 @@ class Denied:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    """What a snapshot's authentication is built from: the backends in order and their
-    sections, the verified-credential cache, the throttle."""
+    """What a snapshot's authentication is built from."""
 
     backends: tuple[str, ...] = ("htpasswd",)
     ldap: LdapSettings | None = None
@@ -76,8 +75,7 @@ class AuthSettings:
 
 @dataclass(frozen=True)
 class Authenticators:
-    """One snapshot's way of authenticating: backends in order, the group file (which adds
-    groups to any backend's users), the throttle settings."""
+    """One snapshot's way of authenticating: backends in order, the group file, the throttle."""
 
     backends: tuple[Authenticator, ...]
     users: UserFiles
@@ -181,8 +179,7 @@ class Authentication:
     async def _ask(
         setup: Authenticators, user: str, password: str, bearer: bool
     ) -> AuthResult | None:
-        """The answer that ends the chain (OK or WRONG_PASSWORD), each backend asked only when
-        the one before passed; None when every one passed."""
+        """The answer that ends the chain (OK or WRONG_PASSWORD); None when every one passed."""
         if bearer:
             assert setup.bearer is not None
             answer = await setup.bearer.authenticate_token(password)
@@ -268,8 +265,7 @@ class BackendFactory:
         robots: tuple[Mapping[str, Robot], bytes] | None = None,
         previous: Authenticators | None = None,
     ) -> Authenticators:
-        """One snapshot's way of authenticating: token backends (robots: the robots and the
-        key their secrets are hashed with; OIDC), then the password backends."""
+        """One snapshot's way of authenticating: token backends, then the password backends."""
         old = previous.backends if previous else ()
         tokens: list[Authenticator] = []
         if robots is not None:

@@ -31,8 +31,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 
 def _lines(text: str) -> list[str]:
-    """Lines as editors and Apache count them: split on newlines only (not on form feeds or
-    Unicode separators, which str.splitlines also takes), CR of CRLF dropped."""
+    """Lines as editors and Apache count them: on newlines only, CR of CRLF dropped."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -109,11 +108,10 @@ class PasswordHash:
         return 0
 
     def verify(self, password: bytes) -> bool:
-        """Slow for bcrypt and sha-crypt: callers run it off the event loop. A password the
-        scheme cannot even take (NUL bytes for crypt) is simply wrong, never an error."""
+        """Whether `password` matches; slow for bcrypt and sha-crypt (run off the event loop)."""
         try:
             return _check(self.scheme, password, self.value)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError):  # a password the scheme cannot take (NUL): wrong
             return False
 
 
@@ -186,8 +184,8 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
 
 
 def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tuple[Problem, ...]]:
-    """Parse Apache's group file: `group: user1 user2`; a group may appear on several lines.
-    A group named with `/` is refused with its line, a member named with `/` is left out."""
+    """Parse Apache's group file: `group: user1 user2`, a group on one line or several (a
+    group named with `/` is refused with its line, a member named with `/` left out)."""
     members: dict[str, set[str]] = {}
     problems: list[Problem] = []
     for number, line in _entries(text):

@@ -354,8 +354,8 @@ class _Directory:
         return [*wanted, s.member_of_attribute] if s.member_of_attribute else wanted
 
     def _spelled_as_in_directory(self, user: str, attributes: Mapping[str, list[str]]) -> bool:
-        """The login name is exactly a value of a naming attribute (directories match names
-        case-insensitively; ACL rules compare them exactly, so ALICE must not pass as alice)."""
+        """The login name is exactly a value of a naming attribute."""
+        # Directories match names case-insensitively; ACL rules compare them exactly.
         names = self.settings.user_name_attributes
         if not names or any(user in attributes.get(a.lower(), []) for a in names):
             return True

@@ -35,8 +35,7 @@ class Verified:
 
 
 class IssuerVerifier:
-    """Checks one issuer's tokens for one audience and skew; outlives snapshots while those
-    and the key source stay the same."""
+    """Checks one issuer's tokens; outlives snapshots while its settings stay the same."""
 
     def __init__(
         self,
@@ -48,8 +47,7 @@ class IssuerVerifier:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        """`cache`: how long a verified token is remembered at most (it is never kept past its
-        `exp`), and how many are (`oidc.token_cache_ttl`, `oidc.token_cache_size`)."""
+        """`cache`: how long and how many verified tokens are remembered (never past `exp`)."""
         self.issuer, self.audiences, self.skew, self.keys = issuer, audiences, skew, keys
         self._wall = wall
         self._key = secrets.token_bytes(32)
@@ -77,8 +75,7 @@ class IssuerVerifier:
 
 
 def identity_from(issuer: IssuerSettings, claims: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
-    """The name and groups a verified token's claims give; Rejected when the issuer's required
-    conditions do not hold or the name cannot be made."""
+    """The name and groups a verified token's claims give; Rejected when they give none."""
     unmet = claim_values.unmet(issuer.required, claims)
     if unmet is not None:
         raise Rejected(f"token claim {unmet} does not meet the issuer's requirements")

@@ -41,8 +41,7 @@ _GROUP = re.compile(r"[^\s:,]+")
 
 @dataclass(frozen=True)
 class UserRecord:
-    """One user's hash, read. `password` None: the record is unusable (`problem` says why)
-    and the user is refused."""
+    """One user's hash, read (`password` None: unusable, `problem` says why)."""
 
     password: PasswordHash | None
     groups: frozenset[str] = frozenset()
@@ -74,8 +73,7 @@ def parse_record(fields: Mapping[bytes, bytes]) -> UserRecord | None:
 
 
 class RedisUsers:
-    """One worker's view of the users in Redis: records read on demand, forgotten when
-    `users:version` changes. Outlives configuration snapshots."""
+    """One worker's view of the users in Redis, forgotten when `users:version` changes."""
 
     def __init__(
         self,
@@ -126,8 +124,7 @@ class RedisUsers:
         return record
 
     async def _check(self) -> None:
-        """Read users:version; a change forgets every record. Silent when Redis is away: the
-        records then stop being fresh."""
+        """Read users:version; a change forgets every record."""
         try:
             version = cast(bytes | None, await self._client.get(self._keys.users_version))
         except DOWN:

@@ -49,8 +49,7 @@ AttachAuthn = Callable[[Snapshot, Snapshot | None], Authenticators]
 
 @contextlib.contextmanager
 def _sharing_the_interpreter() -> Iterator[None]:
-    """While a thread builds a snapshot: the interpreter lock handed to the event loop more
-    often, and the cyclic garbage collector kept out of the build."""
+    """While a thread builds a snapshot: the event loop gets the GIL often, the GC waits."""
     interval = sys.getswitchinterval()
     sys.setswitchinterval(interval / 10)  # requests wait for the lock between build steps
     gc.disable()  # it would walk every user just loaded
@@ -91,8 +90,7 @@ class Watcher:
 
 
 def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
-    """`new` with the settings the running process cannot change kept at their running
-    value, and the names of those that the edit tried to change."""
+    """`new` with restart-only settings kept at their running value, and the names changed."""
     kept = {name: getattr(old, name) for name in RESTART_ONLY}
     changed = [name for name in RESTART_ONLY if getattr(new, name) != kept[name]]
     timeouts = {name: getattr(old.timeouts, name) for name in RESTART_ONLY_TIMEOUTS}
@@ -110,8 +108,7 @@ def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
 
 @dataclass(frozen=True)
 class Loaded:
-    """The outcome of loading the files again: the new snapshot (None: refused, the last
-    good one stays) and what to tell the operator."""
+    """The outcome of loading the files again, and what to tell the operator."""
 
     snapshot: Snapshot | None
     refused: list[Problem] = field(default_factory=list)
@@ -132,8 +129,7 @@ def load_next(
     overrides: Mapping[str, object],
     attach: AttachAuthn | None = None,
 ) -> Loaded:
-    """Everything for the next snapshot (blocking); settings that need a restart keep their
-    running value."""
+    """Everything for the next snapshot (blocking: a worker thread, or the supervisor)."""
     try:
         snapshot, problems = load_snapshot(config_path, overrides, previous, tls=False)
     except ConfigError as exc:
@@ -156,8 +152,7 @@ def load_next(
 
 
 def report(loaded: Loaded, reason: str, quiet: bool = False) -> None:
-    """Log a reload's outcome; `quiet` (a worker other than 0 under a supervisor): debug level
-    only, worker 0 says it for all."""
+    """Log a reload's outcome (`quiet`: debug level, as worker 0 says it for all)."""
     for problem in loaded.refused:
         (log.debug if quiet else log.error)(
             "reload failed, keeping the last good configuration: %s", problem
@@ -238,8 +233,7 @@ class State:
                 self._close_unused(snapshot)
 
     async def reload(self, reason: str = "reload requested") -> bool:
-        """Load everything again in a worker thread; on failure keep the current snapshot.
-        True if a new snapshot was swapped in."""
+        """Load everything again in a worker thread; True if a new snapshot was swapped in."""
         async with self._loading:
             previous = self.current
             load = functools.partial(
@@ -264,8 +258,7 @@ class State:
             holders.retired = True
 
     def _close_unused(self, old: Snapshot) -> None:
-        """Close the old snapshot's backends that neither the current one nor a snapshot still
-        held by a request uses (an unchanged backend is shared by consecutive snapshots)."""
+        """Close the backends no snapshot still in use holds."""
         if old.authn is None:
             return
         in_use = [self.current, *(holders.snapshot for holders in self._holders.values())]

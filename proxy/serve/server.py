@@ -97,8 +97,7 @@ class Server:
         self._reloads: set[asyncio.Task[bool]] = set()
 
     async def serve(self, sock: socket.socket, ready: Callable[[], None] | None = None) -> None:
-        """Run until SIGTERM/SIGINT, then drain. SIGHUP reloads every file. `ready` is called
-        once connections are being accepted."""
+        """Run until SIGTERM/SIGINT, then drain; `ready` once connections are accepted."""
         await self.startup(sock)
         try:
             self._install_signals()
@@ -131,8 +130,7 @@ class Server:
         await asyncio.sleep(delay)
 
     async def startup(self, sock: socket.socket) -> None:
-        """Accept connections on the (already bound) socket and start watching files. A
-        failure at any step closes everything made before it."""
+        """Accept connections and watch files; a failure closes everything made before it."""
         try:
             await self._start(sock)
         except BaseException:
@@ -180,8 +178,7 @@ class Server:
         )
 
     def _executors(self) -> tuple[Executor, Executor]:
-        """The pool slow password hashes run in, and a small one for reloads and for writing
-        when robots were last used."""
+        """The pool slow password hashes run in, and a small one for reloads and chores."""
         hashing = ThreadPoolExecutor(max(2, os.cpu_count() or 2), "regproxy-hash")
         self._stack.callback(hashing.shutdown, wait=False, cancel_futures=True)
         work = ThreadPoolExecutor(2, "regproxy-work")
@@ -220,8 +217,7 @@ class Server:
     def _listen(
         self, sock: socket.socket, handler: Handler, state: State, connections: int
     ) -> None:
-        """Accept connections on `sock`, each with the current snapshot's TLS context; at
-        shutdown, drain them."""
+        """Accept connections on `sock`, each with the current snapshot's TLS context."""
         config = self._first.config
         listener = Listener(
             sock,
@@ -258,8 +254,7 @@ class Server:
         self._stack.push_async_callback(drain)
 
     def _start_chores(self, state: State, usage: RobotUsage, work: Executor) -> None:
-        """What runs beside the requests until shutdown: returning freed memory, watching the
-        files, writing when robots were last used (and once more at shutdown)."""
+        """What runs beside the requests until shutdown: freeing memory, watching files, usage."""
         record = functools.partial(_record_robot_use, usage, state, work)
         self._stack.push_async_callback(record)  # at shutdown: what was seen since the last time
         for chore in (release_memory(), state.watch(), _every(FLUSH_INTERVAL, record)):
@@ -282,8 +277,7 @@ class Server:
         return store, RedisUsers(store.client, store.keys, clock, lambda: store.healthy)
 
     async def _start_admin(self, registry: Registry, store: Store) -> None:
-        """`/metrics`, `/health` and `/live` on their own plain-HTTP listener (keep it on
-        loopback or a management network); every worker binds it with SO_REUSEPORT."""
+        """`/metrics`, `/health` and `/live` on their own plain-HTTP listener (SO_REUSEPORT)."""
         state = self.state
         assert state is not None
         config = state.current.config
@@ -329,8 +323,7 @@ class Server:
         task.add_done_callback(self._reloads.discard)
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
-        """First signal: graceful stop (after the drain delay for SIGTERM). Second: exit at
-        once."""
+        """First signal: graceful stop; second: exit at once."""
         self._stops_requested += 1
         if self._stops_requested > 1:
             log.warning("second stop signal: exiting without draining")

@@ -87,8 +87,7 @@ class Store(Protocol):
         ...
 
     def tell_workers(self, event: Event) -> None:
-        """Tell the other workers of this machine only: for what must not leave it (what is
-        derived from a credential)."""
+        """Tell the other workers of this machine only (what is derived from a credential)."""
         ...
 
     def subscribe(self, subscriber: Subscriber) -> None:
@@ -102,13 +101,11 @@ class Store(Protocol):
 
     @property
     def healthy(self) -> bool:
-        """False while a shared backend cannot be reached: the store then works for this
-        machine alone (and says so in `/health`), and catches up when it is back."""
+        """False while a shared backend cannot be reached (this machine then works alone)."""
         ...
 
     def sync(self) -> None:
-        """Apply, now, every event that has already arrived (cheap; never waits): called before
-        answering from local state that an event could have made stale."""
+        """Apply every event that has already arrived, now (cheap; never waits)."""
         ...
 
     def lock(self, name: str, ttl: float, wait: float) -> AbstractAsyncContextManager[None]:
@@ -129,8 +126,7 @@ class Store(Protocol):
 
 
 def _change_file(path: Path, change: Callable[[str], tuple[str, T]]) -> T:
-    """Apply `change` to the text of `path` under an exclusive lock (held for one read and
-    one write, so waiting for it blocks for no longer); an empty text removes the file."""
+    """Apply `change` to the text of `path` under an exclusive lock; empty text removes it."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -243,8 +239,7 @@ class LocalStore:
             os.close(fd)  # the holder before removed it: lock the file that stands there now
 
     async def reserve(self, key: str, attempt: bytes, hold: float) -> tuple[int, Release]:
-        """Each key's attempts are a file in `lock_dir` the workers lock in turn, for one read
-        and one write (a process alone keeps them in memory)."""
+        """Each key's attempts: a file in `lock_dir` the workers lock in turn (alone: memory)."""
         count = self._change(key, functools.partial(attempts.counted, attempt=attempt, hold=hold))
         self.deliver()  # a worker's failure was sent before it let go: it is in the inbox
         change = functools.partial(attempts.let_go, attempt=attempt)
