@@ -27,7 +27,7 @@ import yaml
 
 from ..core.moments import parse_duration, parse_moment, timestamp
 from ..core.problems import ConfigError, Problem, read_text
-from ..core.values import keyed, name, strings, subset
+from ..core.values import identifier, keyed, name, strings, subset
 from ..core.yamllist import EntryFormat, read_entries
 from ..http.routes import ACTIONS, Action
 from ..policy.acl import glob_problem
@@ -38,7 +38,6 @@ from ..policy.acl import glob_problem
 SECRET_PREFIX = "regproxy_robot_"
 SECRET_RE = re.compile(rf"{SECRET_PREFIX}[A-Za-z0-9_-]{{43}}")
 USER_PREFIX = "robot$"
-NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 HASH_SCHEME = "hmac-sha256:"
 MIN_SECRET = 32  # characters of the server's secret_file
 _KEYS = ("name", "owner", "repositories", "actions", "expires", "secret", "description",
@@ -100,11 +99,7 @@ def parse_expiry(text: str, now: float) -> float:
 
 def _field(key: str, value: Any) -> Any:
     if key == "name":
-        if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-            raise ValueError(
-                f"name: expected [a-z0-9] then [a-z0-9._-] (64 at most), got {value!r}"
-            )
-        return value
+        return keyed(identifier)(value, key)
     if key == "owner":
         return keyed(name)(value, key, "user name")
     if key == "repositories":

@@ -14,7 +14,6 @@ from typing import Any
 from ..authn.credentials import parse_htpasswd
 from ..authn.robotfile import (
     MIN_SECRET,
-    NAME_RE,
     USER_PREFIX,
     Robot,
     derive,
@@ -31,6 +30,7 @@ from ..authn.robots import read_usage
 from ..conf.config import Config
 from ..core.moments import timestamp
 from ..core.problems import ConfigError, read_text, write_atomically
+from ..core.values import IDENTIFIER_RE
 from ..core.yamllist import entry_spans
 from ..http.routes import ACTIONS, Action
 from ..policy.acl import glob_problem
@@ -137,7 +137,7 @@ def _actions(text: str) -> frozenset[Action] | None:
 
 
 def _problem(args: argparse.Namespace, config: Config, now: float) -> str | None:
-    if not NAME_RE.fullmatch(args.name):
+    if not IDENTIFIER_RE.fullmatch(args.name):
         return f"robot name {args.name!r}: [a-z0-9], then [a-z0-9._-], 64 at most"
     for glob in args.repositories:
         problem = glob_problem(glob)

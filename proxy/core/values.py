@@ -7,6 +7,7 @@ without the key; `keyed` makes one whose errors name the key (`BadValue`).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -14,6 +15,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from .problems import BadValue
 
 T = TypeVar("T")
+IDENTIFIER_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 P = ParamSpec("P")
 
 
@@ -64,6 +66,13 @@ def whole_number(value: Any, low: int = 1, high: int | None = None) -> int:
             wanted = "a positive integer" if low == 1 else f"a whole number from {low} up"
         raise ValueError(f"expected {wanted}, got {value!r}")
     return number
+
+
+def identifier(value: Any) -> str:
+    """A name for an entry of a list file (a robot, a grant): [a-z0-9], then [a-z0-9._-]."""
+    if not isinstance(value, str) or not IDENTIFIER_RE.fullmatch(value):
+        raise ValueError(f"expected [a-z0-9] then [a-z0-9._-] (64 at most), got {value!r}")
+    return value
 
 
 def port(number: int) -> int:

@@ -12,7 +12,6 @@ by hand. Pure but for `load_grants`."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,12 @@ import yaml
 
 from ..core.moments import describe_duration, parse_duration, parse_moment, timestamp
 from ..core.problems import Problem, read_text
-from ..core.values import keyed, subset, text
+from ..core.values import identifier, keyed, subset, text
 from ..core.yamllist import EntryFormat, read_entries
 from ..http.routes import ACTIONS
 from .acl import fixed_globs
 from .grants import NO_GRANTS, Grant, Grants
 
-ID_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 ROBOT_PREFIX = "robot$"  # robots never use grants (proxy.authn.robotfile names them so)
 DEFAULT_MAX_DURATION = 8 * 3600
 _KEYS = ("id", "user", "actions", "repositories", "granted", "expires", "reason", "granted_by")
@@ -64,9 +62,7 @@ def user_problem(user: object) -> str | None:
 
 def _field(key: str, value: Any) -> Any:
     if key == "id":
-        if not isinstance(value, str) or not ID_RE.fullmatch(value):
-            raise ValueError(f"id: expected [a-z0-9] then [a-z0-9._-] (64 at most), got {value!r}")
-        return value
+        return keyed(identifier)(value, key)
     if key == "user":
         problem = user_problem(value)
         if problem:
