@@ -26,6 +26,7 @@ from ..policy.acl import TAG_SECTIONS
 from ..policy.grantfile import load_grants
 from ..policy.grants import Grant
 from ..policy.identity import Identity
+from ..policy.ratelimits import explained
 from ..policy.rules import Decision, decide
 from ..policy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
 from .parser import add_config_flag, add_user_file_flags, command, config_path, overrides
@@ -123,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  groups: {', '.join(sorted(groups)) or '(none)'}")
     if who.robot is not None:
         print(f"  robot {who.robot.name} acting as {who.robot.principal}")
+    if allowed and config.rate_limits is not None:
+        for line in explained(config.rate_limits, who, address, args.action):
+            print(f"  rate limit: {line}")
     for grant in grants.idle(who.user, args.action, args.repository, moment):
         when = "ended" if moment >= grant.expires else "starts"
         moment_text = timestamp(grant.expires if when == "ended" else grant.granted)

@@ -1,5 +1,5 @@
-"""What one process tells the others to keep their local copies in step: login outcomes and
-cache invalidations, as small byte strings (`encode`, `decode`)."""
+"""What one process tells the others to keep their local copies in step: login outcomes, cache
+invalidations and rate counts, as small byte strings (`encode`, `decode`)."""
 
 from __future__ import annotations
 
@@ -39,12 +39,24 @@ class CredentialVerified:
     seconds: str  # how long it holds
 
 
-Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified
+@dataclass(frozen=True)
+class Counted:
+    """A worker counted `amount` (an integer; negative: given back) under a rate limit's `key`
+    in the window ending at `expires` (epoch seconds). Among the workers of one machine:
+    replicas share totals through the store instead."""
+
+    key: str
+    expires: str
+    amount: str
+
+
+Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified | Counted
 _KINDS: dict[bytes, type[Event]] = {
     b"F": LoginFailed,
     b"S": LoginSucceeded,
     b"B": BlobGone,
     b"V": CredentialVerified,
+    b"C": Counted,
 }
 _CODES = {kind: code for code, kind in _KINDS.items()}
 _LENGTH = struct.Struct("!H")
