@@ -1,6 +1,5 @@
 """`regproxy`: the entry point. Parses the command line, runs the command, and is the only place
-that exits. A user's mistake (a missing, unreadable or misplaced file, Ctrl-C or end of input at
-a prompt, an empty password) ends in a message that names the file, never a traceback."""
+that exits; a user's mistake ends in a message, never a traceback."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""Shared by every file reader: one problem in one file (`file:line: message`), the error that
-carries all of them, safe reading of a file a user edits, and the YAML loader.
-
-Config, ACL, LDAP settings, htpasswd and group files all report through these, so `check`,
-`serve` and a live reload word a problem the same way.
-"""
+"""Problems in files as `file:line: message`, the error that carries them, safe reading of a
+file a user edits, and the YAML loader: every file reader reports through these, so `check`,
+`serve` and a reload word a problem the same way."""
 
 from __future__ import annotations
 
@@ -43,8 +40,7 @@ class ConfigError(Exception):
 
 
 class BadValue(ValueError):
-    """A problem with one key's value, its message naming the key; the caller, which knows
-    the file and the line, makes it a Problem (the ACL, LDAP and OIDC parsers)."""
+    """A problem with one key's value, naming the key; the caller makes it a Problem."""
 
 
 def _owner(st: os.stat_result) -> str:
@@ -55,8 +51,7 @@ def _owner(st: os.stat_result) -> str:
 
 
 def permission_hint(path: Path) -> str:
-    """What this process lacks to read `path`: search permission on a directory on the way,
-    or read permission on the file, with the owner and mode it has now."""
+    """What this process lacks to read `path`, with the owner and mode it has now."""
     blocked, need = path, "read"
     for parent in reversed(path.absolute().parents):
         if not os.access(parent, os.X_OK):
@@ -101,8 +96,7 @@ def read_text(path: Path) -> str:
 
 
 def compose_yaml(text: str, source: str) -> yaml.Node | None:
-    """The YAML node tree of `text` (None for an empty document), keeping every node's line;
-    ConfigError at the line that causes a syntax error."""
+    """The YAML node tree of `text` (None when empty), every node with its line."""
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -110,10 +104,10 @@ def compose_yaml(text: str, source: str) -> yaml.Node | None:
 
 
 def release(node: yaml.Node | None) -> None:
-    """Drop a node tree one node at a time. Freed at once, the tree of a 10,000-rule file is
-    one deallocation cascade that holds the interpreter lock for tens of milliseconds,
-    stalling the event loop while a reload thread parses; taken apart here, the loop gets
-    the lock between nodes. The tree must not be used afterwards."""
+    """Drop a node tree one node at a time; the tree must not be used afterwards."""
+    # Freed at once, the tree of a 10,000-rule file is one deallocation cascade holding the
+    # interpreter lock for tens of milliseconds, stalling the event loop while a reload
+    # thread parses; taken apart, the loop gets the lock between nodes.
     stack = [node] if node is not None else []
     while stack:
         current = stack.pop()
@@ -133,8 +127,7 @@ _OPENED = {
 
 
 def _run_on_start(text: str, line: int) -> int:
-    """The line where the plain value that ran on into `line` began (a forgotten ':' or a
-    wrong indentation before it), else `line`."""
+    """The line where a plain value that ran on into `line` began, else `line`."""
     start = line
     try:
         for token in yaml.scan(text, Loader=yaml.SafeLoader):
@@ -146,9 +139,7 @@ def _run_on_start(text: str, line: int) -> int:
 
 
 def yaml_problem(exc: yaml.YAMLError, text: str, source: str) -> Problem:
-    """A YAML syntax error at the line that causes it (where a bracket or quote was opened,
-    where a value that runs on began, the last line of a file that ends half-written), not
-    where the parser gave up."""
+    """A YAML syntax error at the line that causes it, not where the parser gave up."""
     problem = str(getattr(exc, "problem", None) or exc)
     mark = getattr(exc, "problem_mark", None)
     context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
@@ -178,8 +169,7 @@ def construct(node: yaml.Node) -> Any:
 
 
 def write_atomically(path: Path, text: str, mode: int = 0o640) -> None:
-    """Write-then-rename in the same directory: readers see the old file or the new one (a new
-    file gets `mode`, an existing one keeps its own)."""
+    """Write-then-rename: readers see the old file or the new one, never half of one."""
     mode = path.stat().st_mode & 0o777 if path.exists() else mode
     fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
     try:

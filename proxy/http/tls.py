@@ -54,8 +54,7 @@ def certificate_expiry(cert: Path) -> float | None:
 
 
 def load_certificate(context: ssl.SSLContext, cert: Path, key: Path) -> list[Problem]:
-    """Load cert+key into `context` (new handshakes use them); problems instead of raising,
-    each naming the file at fault: the certificate, the key, or the pair that does not match."""
+    """Load cert+key into `context`; the problems, each naming the file at fault."""
     texts: list[str] = []
     problems: list[Problem] = []
     for path, what in ((cert, "TLS certificate"), (key, "TLS key")):

@@ -1,19 +1,17 @@
-"""The ACL file: YAML -> ordered policy Rules, every problem reported as `file:line`. Pure.
+"""The ACL file: YAML -> ordered policy Rules, every problem reported as `file:line`. Pure."""
 
-    acl:
-      - users: [alice]              # any of: users, groups, anonymous, networks, repositories,
-        repositories: ["${user}/**"]  # claims (of a workload token: {ref: "refs/tags/v*"}),
-                                    # issuer (whose tokens' claims: required with several)
-        tags: ["v*"]                # optional: then only manifest requests by tag match
-        actions: [pull, push]       # pull, push, delete, or "*"; [] denies explicitly
-        upstream: http://10.0.0.5:5000   # optional: where matching requests go
-    immutable_tags: [...]           # optional, see proxy.policy.tagrules
-    protected_deletes: [...]
-
-A list with no rules is refused (it would deny everything: probably a mistake), and so is a
-rule that can never match because a catch-all rule above it matches first, and a tag pattern
-that can never match because an earlier rule matches every request it would.
-"""
+#   acl:
+#     - users: [alice]              # any of: users, groups, anonymous, networks, repositories,
+#       repositories: ["${user}/**"]  # claims (of a workload token: {ref: "refs/tags/v*"}),
+#                                   # issuer (whose tokens' claims: required with several)
+#       tags: ["v*"]                # optional: then only manifest requests by tag match
+#       actions: [pull, push]       # pull, push, delete, or "*"; [] denies explicitly
+#       upstream: http://10.0.0.5:5000   # optional: where matching requests go
+#   immutable_tags: [...]           # optional, see proxy.policy.tagrules
+#   protected_deletes: [...]
+#
+# Refused as probably a mistake: a list with no rules (it denies everything), a rule a
+# catch-all above it always pre-empts, a tag pattern an earlier rule always pre-empts.
 
 from __future__ import annotations
 
@@ -28,6 +26,7 @@ import yaml
 
 from ..core.addresses import IPNetwork, parse_networks, parse_upstream
 from ..core.problems import BadValue, ConfigError, Problem, compose_yaml, construct, release
+from ..core.values import boolean, keyed, strings
 from ..http.routes import ACTIONS, Action
 from .claims import CLAIM_NAME_RE, Conditions
 from .rules import PLACEHOLDER_RE, Rule
@@ -49,18 +48,11 @@ TAG_SECTIONS: dict[str, TagRuleKind] = {
 }
 
 
-def _value(node: yaml.Node, key: str) -> Any:
-    try:
-        return construct(node)
-    except ValueError as exc:
-        raise BadValue(f"{key}: {exc}") from None
-
-
-def _strings(value: Any, key: str) -> list[str]:
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(v, str) and v for v in items):
-        raise BadValue(f"{key}: expected a name or a list of names, got {value!r}")
-    return items
+_value = keyed(construct)
+_strings = keyed(strings)
+_boolean = keyed(boolean)
+_networks = keyed(parse_networks)
+_upstream = keyed(parse_upstream)
 
 
 def _names(value: Any, key: str) -> frozenset[str]:
@@ -126,13 +118,6 @@ def _fixed(parse: Callable[[Any, str], tuple[str, ...]]) -> Callable[[Any, str],
 fixed_globs = _fixed(_globs)  # repository globs that hold for every caller alike
 
 
-def _networks(value: Any, key: str) -> tuple[IPNetwork, ...]:
-    try:
-        return parse_networks(value)
-    except ValueError as exc:
-        raise BadValue(f"{key}: {exc}") from None
-
-
 def _actions(value: Any, key: str) -> frozenset[Action]:
     if value == "*" or value == ["*"]:
         return frozenset(ACTIONS)
@@ -142,19 +127,6 @@ def _actions(value: Any, key: str) -> frozenset[Action]:
     if unknown:
         raise BadValue(f"{key}: unknown action(s) {unknown!r}: use pull, push, delete or '*'")
     return frozenset(value)
-
-
-def _boolean(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise BadValue(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _upstream(value: Any, key: str) -> str:
-    try:
-        return parse_upstream(value)
-    except ValueError as exc:
-        raise BadValue(f"{key}: {exc}") from None
 
 
 def _description(value: Any, key: str) -> str:
@@ -192,8 +164,7 @@ def bind_issuers(
     rules: tuple[Rule, ...], issuers: tuple[str, ...]
 ) -> tuple[tuple[Rule, ...], list[Problem]]:
     """Each rule's `issuer` checked against the configured issuers, and `claims` rules without
-    one bound to the only issuer; with several configured, such a rule is a problem (another
-    issuer could mint the same claims)."""
+    one bound to the only issuer (with several, a problem: another could mint the claims)."""
     bound: list[Rule] = []
     problems: list[Problem] = []
     for rule in rules:
@@ -427,9 +398,8 @@ _TOKEN_RE = re.compile(r"\$\{(?:user|group)\}|\*\*|\*|\?|.", re.DOTALL)
 
 
 def glob_covers(wide: str, narrow: str) -> bool:
-    """Whether every name `narrow` matches, `wide` matches too (globs as in policy: `*` and `?`
-    within one path component, `**` across). Sound, not complete. A placeholder is one token
-    that only itself or `**` covers: what it stands for may hold a `/`."""
+    """Whether every name `narrow` matches, `wide` matches too. Sound, not complete."""
+    # A placeholder is one token that only itself or `**` covers: it may stand for a `/`.
     a, b = _TOKEN_RE.findall(wide), _TOKEN_RE.findall(narrow)
     # row[j]: whether a[i:] covers b[j:], for i from the end of `a` down to 0.
     row = [j == len(b) for j in range(len(b) + 1)]

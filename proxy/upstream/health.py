@@ -1,6 +1,5 @@
-"""The admin listener (`metrics.listen`): `/metrics` (the upstream probed first, for
-`regproxy_upstream_up`), `/health` (ready: the default upstream answers, asked each time, and
-the replica is not stopping) and `/live` (the worker's event loop runs)."""
+"""The admin listener (`metrics.listen`): `/metrics` (the upstream probed first), `/health`
+(ready: the upstream answers and the replica is not stopping) and `/live` (the event loop runs)."""
 
 from __future__ import annotations
 
