@@ -60,6 +60,7 @@ class Recorder:
 
     def rate_limit_sync_failed(self) -> None:
         """Rate-limit counts could not be shared (the state store is away): counted here."""
+
     def upstream_up(self, up: bool) -> None:
         """Whether the upstream answered its last probe (a scrape or a health check)."""
 
@@ -182,6 +183,7 @@ class PrometheusRecorder(Recorder):
 
     def certificate_expires(self, timestamp: float) -> None:
         self._certificate_expiry.set(timestamp)
+
     def rate_limited(self, budget: str) -> None:
         self._rate_limited.labels(budget).inc()
 
