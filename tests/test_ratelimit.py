@@ -1,14 +1,16 @@
 """Rate limits through the real request path, in-process against the recording fake upstream:
 429 `TOOMANYREQUESTS` with `Retry-After` and Docker Hub's headers, overrides by group and user,
-anonymous budgets per address, blob bytes counted as sent, a window's end, answers the
-registry refuses given back, the metric, and two workers of one `regproxy serve` counting
-together through the worker mesh."""
+anonymous budgets per address, blob bytes counted as sent, a window's end (in real time, and
+on the guard's injected clock), answers the registry refuses given back, the metric, two
+workers of one `regproxy serve` counting together through the worker mesh, and two replicas
+through a real redis-server, also while it is away."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,13 +19,22 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from devtools.net import free_port
+from devtools.net import free_port, free_socket
+from proxy.conf.snapshot import load_snapshot
+from proxy.core.addresses import origin
+from proxy.guards.ratelimit import RateLimits
+from proxy.http.routes import Operation, classify
+from proxy.pipeline.context import RequestContext
+from proxy.policy.identity import Identity
+from proxy.state.store import LocalStore
 from tests.conftest import (
+    USERS,
     FakeUpstream,
     ProxyFactory,
     RunningProxy,
     TlsPair,
     basic,
+    htpasswd_text,
     samples,
     scrape,
     serving,
@@ -297,3 +308,54 @@ async def scraped(
     port: int, name: tuple[str, tuple[tuple[str, str], ...]], holds: Callable[[float], bool]
 ) -> bool:
     return holds(samples((await scrape(port))[1]).get(name, 0.0))
+
+
+async def test_a_window_rolls_over_on_the_guards_clock(tmp_path: Path) -> None:
+    """The guard on an injected clock, in front of a real aiohttp server: a window of 60 s
+    ends at a multiple of 60, Retry-After counts down to it, and then the budget is whole."""
+    config = tmp_path / "regproxy.yaml"
+    (tmp_path / "htpasswd").write_text(htpasswd_text(USERS))
+    config.write_text(
+        "htpasswd: htpasswd\ngroups: null\n"
+        "rate_limits:\n  users:\n    manifest_pulls: {limit: 1, per: 60s}\n"
+    )
+    snapshot, _ = load_snapshot(config, {}, tls=False)
+    store = LocalStore()
+    await store.start()
+    # An hour ahead (the store drops windows that ended by the real clock), 40 s into a window.
+    start = (int(time.time()) // 60 + 60) * 60
+    now = [start + 40.0]
+    guard = RateLimits(store, clock=lambda: now[0])
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        ctx = RequestContext(request, snapshot, origin(request.remote, [], ()))
+        operation = classify(request.method, request.path)
+        assert isinstance(operation, Operation)
+        ctx.operation, ctx.identity = operation, Identity("alice")
+        try:
+            return await guard.check(ctx) or web.Response(text="let through")
+        finally:
+            await ctx.close()
+
+    runner = web.ServerRunner(web.Server(handle))
+    await runner.setup()
+    sock = free_socket()
+    await web.SockSite(runner, sock).start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}{MANIFEST}"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def pull() -> tuple[int, str | None]:
+                async with session.get(url) as resp:
+                    return resp.status, resp.headers.get("Retry-After")
+
+            assert await pull() == (200, None)
+            assert await pull() == (429, "20")
+            now[0] = start + 59.2
+            assert await pull() == (429, "1")
+            now[0] = start + 60.0  # the next window
+            assert await pull() == (200, None)
+            assert await pull() == (429, "60")
+    finally:
+        await runner.cleanup()
+        await store.close()
