@@ -46,6 +46,7 @@ from ..policy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
 from ..serve.supervisor import become_supervisor
 from ..serve.worker import bind, run_worker
 from . import grant as grant_commands
+from . import replay as replay_commands
 from . import robot as robot_commands
 from .askpass import ask_password
 
@@ -127,6 +128,17 @@ _COMMANDS = {  # name: (one-line help, description, exit codes)
         "the grants, `revoke` removes one by id, or every grant of a user. Needs `grants:\n"
         "{file: ...}` in the config.",
         "  0    done\n  1    the config has no grants file, a file problem, or nothing to revoke",
+    ),
+    "replay": (
+        "which logged requests a proposed policy change would answer differently",
+        "Decide every request of the access logs (regproxy's formats, Apache's and nginx's;\n"
+        "plain or gzip) twice: under the config's files and under the proposed ones (--acl,\n"
+        "--groups, --htpasswd, --proposed-config), and list the requests whose answer would\n"
+        "change, grouped by user, action and repositories, with the rules that decide.\n"
+        "What a log cannot tell (requests refused before authentication, users only LDAP or\n"
+        "tokens know, token requests, lines outside /v2) is counted, never guessed.",
+        "  0    nothing changes\n  1    some requests would be answered differently\n"
+        "  2    a log or a config cannot be used",
     ),
     "robot": (
         "create, list or revoke robot accounts (CI credentials)",
@@ -224,6 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     passwd.add_argument("--upstream", metavar="URL", help="Redis: the user's registry ('' none)")
     robot_commands.add_arguments(_command(commands, "robot"), _add_config_flag)
     grant_commands.add_arguments(_command(commands, "grant"), _add_config_flag)
+    replay_commands.add_arguments(_command(commands, "replay"), _add_config_flag)
     return parser
 
 
@@ -706,6 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "passwd": _passwd,
         "robot": _on_config(robot_commands.run),
         "grant": _on_config(grant_commands.run),
+        "replay": lambda args: replay_commands.run(args, _config_path(args)),
     }
     try:
         args = _parser().parse_args(argv)
