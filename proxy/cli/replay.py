@@ -15,7 +15,7 @@ from ..conf import config as config_module
 from ..conf.config import Config
 from ..conf.snapshot import load_users
 from ..core.problems import ConfigError
-from ..observe.logread import open_log, read_lines
+from ..observe.logread import open_log, parse_line
 from ..observe.replay import Policy, Replay, Users
 from ..observe.replayreport import as_json, text_lines
 from ..policy.grantfile import load_grants
@@ -72,8 +72,9 @@ def _read(replay: Replay, name: str) -> str | None:
     number = 0
     try:
         with open_log(name, sys.stdin.buffer) as lines:  # type: ignore[arg-type]
-            for number, logged in read_lines(lines):
-                replay.add(logged, f"{name}:{number}")
+            replay.source = name
+            for number, line in enumerate(lines, 1):
+                replay.add(parse_line(line), number)
     except OSError as exc:
         where = f" after line {number}" if number else ""
         return f"{name}: cannot read{where}: {exc.strerror or exc}"

@@ -12,6 +12,7 @@ a token request, a line outside /v2 or refused before any decision.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from .logread import Logged
 ROBOT_PREFIX = "robot$"  # robots are decided by their scopes and owner at the time: not here
 FIRST = 5  # line numbers kept per kind of line not decided
 KEPT_NAMES = 1000  # repositories kept per change: the pattern covers the rest
-_CACHED = 100_000  # decisions remembered (then forgotten at once: memory stays flat)
+_CACHED = 50_000  # classifications and decisions remembered, then forgotten: flat memory
 
 
 @dataclass(frozen=True)
@@ -106,19 +107,19 @@ class Change:
     action: str
     before: Outcome
     after: Outcome
+    first_line: str  # FILE:LINE of the first one read
     count: int = 0
-    first_seen: float = 0.0
-    last_seen: float = 0.0
-    first_line: str = ""
+    first_seen: float = math.inf
+    last_seen: float = -math.inf
     repositories: set[str] = field(default_factory=set)
     more: bool = False  # repositories beyond KEPT_NAMES were seen
 
-    def add(self, logged: Logged, where: str, repository: str | None) -> None:
-        if not self.count:
-            self.first_seen, self.first_line = logged.time, where
+    def add(self, moment: float, repository: str | None) -> None:
         self.count += 1
-        self.first_seen = min(self.first_seen, logged.time)
-        self.last_seen = max(self.last_seen, logged.time)
+        if moment < self.first_seen:
+            self.first_seen = moment
+        if moment > self.last_seen:
+            self.last_seen = moment
         if repository is not None and repository not in self.repositories:
             if len(self.repositories) < KEPT_NAMES:
                 self.repositories.add(repository)
@@ -157,6 +158,15 @@ UNDECIDED = {
 }
 
 
+@dataclass(frozen=True, eq=False, slots=True)
+class _Pair:
+    """The two answers to one request, made once per distinct pair (compared by identity)."""
+
+    before: Outcome
+    after: Outcome
+    changes: bool
+
+
 class Replay:
     """Decides logged requests under `before` and `after` and keeps what changes."""
 
@@ -168,81 +178,116 @@ class Replay:
         self.undecided = {kind: Sample() for kind in UNDECIDED}
         self.unresolved_users: dict[str, int] = {}
         self.disagreements = Sample()  # answered in the log, refused by the current policy
-        self.changes: dict[tuple[object, ...], Change] = {}
-        self.first_seen: float | None = None
-        self.last_seen: float | None = None
-        self._networks = any(r.networks for r in (*before.rules, *after.rules))
-        self._operations: dict[tuple[str, str], Operation | Refusal] = {}
-        self._outcomes: dict[tuple[object, ...], tuple[Outcome | None, Outcome | None]] = {}
+        self.changes: dict[tuple[str | None, str, _Pair], Change] = {}
+        self.source = "-"  # the log being read
+        self.first_seen = math.inf
+        self.last_seen = -math.inf
+        rules = (*before.rules, *after.rules)
+        # What a decision depends on beyond user, action and repository, if any rule reads it.
+        self._networks = any(rule.networks for rule in rules)
+        self._tags = any(rule.tags for rule in rules)
+        self._grants = bool(before.grants or after.grants)
+        # Plain dicts emptied when full: cheaper per line than keeping the recently used.
+        self._operations: dict[tuple[str, str], tuple[Operation, int] | str] = {}
+        self._reads: dict[tuple[object, ...], int] = {}
+        self._pairs: dict[tuple[object, ...], _Pair | None] = {}
+        self._interned: dict[tuple[Outcome, Outcome], _Pair] = {}
 
-    def add(self, logged: Logged | None, where: str) -> None:
-        """One log line (None: malformed), found at `where` (FILE:LINE)."""
+    def add(self, logged: Logged | None, line: int) -> None:
+        """Line `line` of the log `source` (None: malformed)."""
         if logged is None:
-            self.malformed.add(where)
+            self.malformed.add(self._where(line))
             return
         self.requests += 1
-        if self.first_seen is None or logged.time < self.first_seen:
+        if logged.time < self.first_seen:
             self.first_seen = logged.time
-        if self.last_seen is None or logged.time > self.last_seen:
+        if logged.time > self.last_seen:
             self.last_seen = logged.time
-        operation = self._operation(logged)
-        if isinstance(operation, str):
-            self.undecided[operation].add(where)
+        classified = self._operation(logged)
+        if isinstance(classified, str):
+            self.undecided[classified].add(self._where(line))
             return
+        operation, reads = classified
         if logged.status == 401 or (logged.user is None and logged.status in (400, 429)):
-            self.undecided["before_authentication"].add(where)
+            self.undecided["before_authentication"].add(self._where(line))
             return
-        before, after = self._outcomes_of(logged, operation)
-        if before is None or after is None:
-            self.undecided["unresolved"].add(where)
+        pair = self._pair(logged, operation, reads)
+        if pair is None:
+            self.undecided["unresolved"].add(self._where(line))
             user = logged.user or "-"
             if user in self.unresolved_users or len(self.unresolved_users) < KEPT_NAMES:
                 self.unresolved_users[user] = self.unresolved_users.get(user, 0) + 1
             return
         self.decided += 1
-        if not before.allowed and 200 <= logged.status < 400:
-            self.disagreements.add(where)
-        if before.answer != after.answer:
+        if not pair.before.allowed and 200 <= logged.status < 400:
+            self.disagreements.add(self._where(line))
+        if pair.changes:
             action = operation.action or operation.kind
-            key = (logged.user, action, before, after)
-            change = self.changes.get(key)
+            change = self.changes.get((logged.user, action, pair))
             if change is None:
-                change = self.changes[key] = Change(logged.user, action, before, after)
-            change.add(logged, where, operation.repository)
+                change = Change(logged.user, action, pair.before, pair.after, self._where(line))
+                self.changes[(logged.user, action, pair)] = change
+            change.add(logged.time, operation.repository)
 
-    def _operation(self, logged: Logged) -> Operation | str:
-        """The classified request, or the kind of line it is when it cannot be decided."""
+    def _where(self, line: int) -> str:
+        return f"{self.source}:{line}"
+
+    def _operation(self, logged: Logged) -> tuple[Operation, int] | str:
+        """The classified request and the number of what a decision reads of it, or the kind
+        of line it is when it cannot be decided."""
         key = (logged.method, logged.target)
         found = self._operations.get(key)
         if found is None:
-            path, _, query = logged.target.partition("?")
-            if path in (self.before.token_path, self.after.token_path):
-                return "token"
-            if not logged.method or not is_proxied(path):
-                return "not_v2"
-            if len(self._operations) >= _CACHED:
+            if len(self._operations) >= _CACHED:  # the numbers in _pairs' keys go with them
                 self._operations.clear()
-            found = self._operations[key] = classify(logged.method, path, query)
-        return "refused" if isinstance(found, Refusal) else found
-
-    def _outcomes_of(
-        self, logged: Logged, operation: Operation
-    ) -> tuple[Outcome | None, Outcome | None]:
-        address = _address(logged.client) if self._networks else None
-        key = (
-            logged.user, address, operation.kind, operation.action, operation.repository,
-            operation.tag, operation.mount_from, operation.drop_mount,
-            self.before.epoch(logged.time), self.after.epoch(logged.time),
-        )  # fmt: skip
-        found = self._outcomes.get(key)
-        if found is None:
-            if len(self._outcomes) >= _CACHED:
-                self._outcomes.clear()
-            found = self._outcomes[key] = (
-                decide(self.before, logged.user, address, operation, logged.time),
-                decide(self.after, logged.user, address, operation, logged.time),
-            )
+                self._reads.clear()
+                self._pairs.clear()
+            found = self._operations[key] = self._classify(logged.method, logged.target)
         return found
+
+    def _classify(self, method: str, target: str) -> tuple[Operation, int] | str:
+        path, _, query = target.partition("?")
+        if path in (self.before.token_path, self.after.token_path):
+            return "token"
+        if not method or not is_proxied(path):
+            return "not_v2"
+        operation = classify(method, path, query)
+        if isinstance(operation, Refusal):
+            return "refused"
+        read = (
+            operation.action,
+            operation.repository,
+            operation.tag if self._tags else None,
+            operation.mount_from,
+            operation.drop_mount,
+            operation.kind == "ping",
+        )  # fmt: skip: all `authorize` reads of an operation (a digest is not read)
+        return operation, self._reads.setdefault(read, len(self._reads))
+
+    def _pair(self, logged: Logged, operation: Operation, reads: int) -> _Pair | None:
+        """Both answers (None: a side cannot tell who the user is), cached by what `authorize`
+        reads."""
+        key: tuple[object, ...] = (logged.user, reads)
+        address = None
+        if self._networks:
+            address = _address(logged.client)
+            key += (address,)
+        if self._grants:
+            key += (self.before.epoch(logged.time), self.after.epoch(logged.time))
+        if key in self._pairs:
+            return self._pairs[key]
+        before = decide(self.before, logged.user, address, operation, logged.time)
+        after = decide(self.after, logged.user, address, operation, logged.time)
+        pair = None
+        if before is not None and after is not None:
+            pair = self._interned.get((before, after))
+            if pair is None:
+                pair = _Pair(before, after, before.answer != after.answer)
+                self._interned[(before, after)] = pair
+        if len(self._pairs) >= _CACHED:
+            self._pairs.clear()
+        self._pairs[key] = pair
+        return pair
 
     def sorted_changes(self) -> list[Change]:
         """The changes, most requests first."""

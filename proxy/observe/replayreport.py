@@ -93,7 +93,7 @@ def _sample(sample: Sample) -> dict[str, Any]:
 
 def as_json(replay: Replay, logs: list[str]) -> dict[str, Any]:
     """Everything the text says, as one JSON object."""
-    seen = (replay.first_seen, replay.last_seen)
+    seen = (replay.first_seen, replay.last_seen) if replay.requests else (None, None)
     return {
         "logs": logs,
         "requests": replay.requests,
