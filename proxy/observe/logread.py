@@ -138,8 +138,11 @@ def parse_line(line: str) -> Logged | None:
 def open_log(path: Path | str, stdin: io.BufferedReader | None = None) -> io.TextIOWrapper:
     """The log's lines as text, gunzipped when it starts with gzip's magic bytes (whatever its
     name); `-` is `stdin`. OSError when it cannot be read."""
-    raw = stdin if str(path) == "-" and stdin is not None else open(path, "rb")  # noqa: SIM115
-    binary: io.BufferedReader | gzip.GzipFile = raw
-    if raw.peek(2)[:2] == GZIP_MAGIC:
-        binary = gzip.GzipFile(fileobj=raw)
+    binary: io.BufferedReader | gzip.GzipFile
+    if str(path) == "-" and stdin is not None:
+        binary = gzip.GzipFile(fileobj=stdin) if stdin.peek(2)[:2] == GZIP_MAGIC else stdin
+    else:
+        with open(path, "rb") as start:
+            packed = start.read(2) == GZIP_MAGIC
+        binary = gzip.open(path) if packed else open(path, "rb")  # noqa: SIM115
     return io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="\n")
