@@ -7,6 +7,8 @@ from typing import Any
 from ..core.moments import timestamp
 from .replay import UNDECIDED, Change, Outcome, Replay, Sample
 
+SHOWN = 3  # repositories named one by one in a change
+
 
 def _with_upstream(change: Change) -> bool:
     return change.before.allowed and change.after.allowed and (
@@ -17,6 +19,14 @@ def _with_upstream(change: Change) -> bool:
 def _where(sample: Sample) -> str:
     more = ", ..." if sample.count > len(sample.first) else ""
     return f" ({', '.join(sample.first)}{more})" if sample.first else ""
+
+
+def _repositories(change: Change) -> str:
+    """A few names as they are; more as one glob, with how many."""
+    if len(change.repositories) <= SHOWN and not change.more:
+        return ", ".join(sorted(change.repositories)) or "-"
+    more = "+" if change.more else ""
+    return f"{change.pattern} ({len(change.repositories)}{more} repositories)"
 
 
 def _seen(change: Change) -> str:
@@ -46,10 +56,8 @@ def text_lines(replay: Replay) -> list[str]:
     lines = []
     for change in replay.sorted_changes():
         upstream = _with_upstream(change)
-        count = _plural(len(change.repositories), "repository").replace("ys", "ies")
-        names = f" ({count})" if len(change.repositories) > 1 else ""
         lines += [
-            f"{change.user or '-'} {change.action} {change.pattern}{names}:"
+            f"{change.user or '-'} {change.action} {_repositories(change)}:"
             f" {change.before.words(upstream)} -> {change.after.words(upstream)},"
             f" {_plural(change.count, 'request')}, {_seen(change)}",
             f"  before: {change.before.by}",

@@ -213,7 +213,7 @@ def test_the_report_reads_as_an_operator_reads_it() -> None:
         line("carol", "GET", "/v2/team/web/manifests/1", at=T + 5),
     )  # fmt: skip
     assert text_lines(replay) == [
-        "carol pull team/* (2 repositories): allow -> deny 403, 2 requests,"
+        "carol pull team/app, team/web: allow -> deny 403, 2 requests,"
         " 2026-12-06T10:00:00Z to 2026-12-06T10:00:05Z",
         "  before: rule built-in: valid-user",
         "  after:  no rule matched (deny by default)",
