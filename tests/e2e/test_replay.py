@@ -125,7 +125,7 @@ def check_answers(hostport: str, tls: TlsFiles, log: Path, changes: set[Change])
     for logged, operation in decided_lines(log):
         action = operation.action or operation.kind
         was = logged.status == 403
-        expected = after.get((logged.user, action, operation.repository), None)
+        expected = after.get((logged.user, action, operation.repository))
         now = denied(hostport, tls, logged)
         assert now == (was if expected is None else not expected), (logged, was, now)
         flipped += now != was
