@@ -44,7 +44,6 @@ _APACHE = re.compile(
     r'(?: "[^"\\]*(?:\\.[^"\\]*)*" "[^"\\]*(?:\\.[^"\\]*)*")?(?: \d+)?'
 )
 _REQUEST = re.compile(r"([A-Z]+) (\S+) HTTP/\d\.\d")
-_HTTP = re.compile(r"HTTP/[0-9]\.[0-9]")
 _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[bnrtv\"\\])")
 _NAMED = {b"b": b"\b", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b'"': b'"',
           b"\\": b"\\"}  # fmt: skip
@@ -94,57 +93,8 @@ def _user(text: str) -> str | None:
     return None if text in ("-", "") else text
 
 
-def _digits(text: str) -> bool:
-    return text.isascii() and text.isdigit()
-
-
-def split_apache(line: str) -> Logged | None:
-    """The common case, split at its quotes and spaces (much cheaper than the expression):
-    a printable ASCII line without escapes, a user without spaces, a registry request line.
-    None: not such a line (`match_apache` reads it)."""
-    if "\\" in line or not (line.isascii() and line.isprintable()):
-        return None
-    parts = line.split('"')
-    if len(parts) == 7:  # combined: "referer" "agent", then maybe the duration
-        duration = parts[6]
-        if duration and not (duration[0] == " " and _digits(duration[1:])):
-            return None
-        if parts[4] != " " or parts[2][-1:] != " ":
-            return None
-        answer = parts[2][:-1].split(" ")
-    elif len(parts) == 3:
-        answer = parts[2].split(" ")
-    else:
-        return None
-    head = parts[0]
-    opened = head.find(" [")
-    who = head[:opened].split(" ")
-    stamp = head[opened + 2 : -2]
-    request = parts[1].split(" ")
-    if (
-        opened < 0 or head[-2:] != "] " or len(who) != 3 or not all(who) or "]" in stamp
-        or len(answer) != 3 or answer[0] or len(answer[1]) != 3 or not _digits(answer[1])
-        or not (answer[2] == "-" or _digits(answer[2])) or len(request) != 3
-        or not (request[0].isalpha() and request[0].isupper()) or not request[1]
-        or not _HTTP.fullmatch(request[2])
-    ):  # fmt: skip
-        return None
-    try:
-        moment = apache_time(stamp)
-    except (ValueError, KeyError):
-        return None
-    user = who[2]
-    return Logged(moment, who[0], None if user == "-" else user, request[0], request[1],
-                  int(answer[1]))  # fmt: skip
-
-
 def parse_apache(line: str) -> Logged | None:
     """A common, combined or combined + duration line (Apache's, nginx's or regproxy's)."""
-    return split_apache(line) or match_apache(line)
-
-
-def match_apache(line: str) -> Logged | None:
-    """Any common, combined or combined + duration line, by the regular expression."""
     match = _APACHE.fullmatch(line)
     if match is None:
         return None

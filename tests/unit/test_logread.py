@@ -14,14 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.observe.accesslog import Entry, apache_line, json_line
-from proxy.observe.logread import (
-    Logged,
-    apache_time,
-    match_apache,
-    open_log,
-    parse_line,
-    split_apache,
-)
+from proxy.observe.logread import Logged, apache_time, open_log, parse_line
 from tests import apache_log
 
 STAMP = "06/Dec/2026:10:00:00 +0000"
@@ -180,30 +173,3 @@ def test_json_lines_read_back(entry: Entry) -> None:
     assert json.loads(line)["status"] == read.status
     if "\\" not in entry.target + entry.user:  # JSON shows other bytes as `\\xhh` text
         assert read == _expected(entry, entry.method, entry.target)
-
-
-_NOISE = st.text(st.sampled_from(' "[]\\-0123456789/:+ aGETHP.x\t'), max_size=12)
-
-
-@given(_ENTRY, st.sampled_from(["common", "combined", "combined_duration"]), st.integers(0, 400),
-       _NOISE)  # fmt: skip
-def test_the_quick_split_reads_what_the_expression_reads(
-    entry: Entry, fmt: str, at: int, noise: str
-) -> None:
-    """Wherever the quick split gives an answer, it is the regular expression's."""
-    line = apache_line(entry, fmt, STAMP)
-    for text in (line, line[:at] + noise + line[at:], line[:at] + line[at + len(noise) :]):
-        quick = split_apache(text)
-        assert quick is None or quick == match_apache(text), text
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        f'127.0.0.1 - alice [{STAMP}] "GET /v2/ HTTP/1.1" 200 2',
-        f'127.0.0.1 - alice [{STAMP}] "GET /v2/ HTTP/1.1" 200 - "-" "podman" 2999',
-        f'127.0.0.1 - alice [{STAMP}] "GET /v2/ HTTP/1.1" 200 2 "-" "x"',
-    ],
-)
-def test_the_quick_split_reads_the_common_lines(line: str) -> None:
-    assert split_apache(line) is not None and split_apache(line) == match_apache(line)
