@@ -4,7 +4,6 @@ itself changes nothing, and every line is counted once."""
 
 from __future__ import annotations
 
-import json
 from ipaddress import ip_network
 
 import pytest
@@ -13,7 +12,6 @@ from hypothesis import strategies as st
 
 from proxy.observe.logread import Logged
 from proxy.observe.replay import Policy, Replay, Users, repository_pattern
-from proxy.observe.replayreport import as_json, text_lines
 from proxy.policy.grants import NO_GRANTS, Grant, Grants
 from proxy.policy.rules import Rule, recipe_rules
 
@@ -202,37 +200,6 @@ def test_malformed_lines_are_counted_with_the_first_few_line_numbers() -> None:
 )
 def test_repository_pattern(names: set[str], pattern: str) -> None:
     assert repository_pattern(names) == pattern
-
-
-def test_the_report_reads_as_an_operator_reads_it() -> None:
-    replay = replayed(
-        policy(), policy(TEAM),
-        line(None, "GET", "/v2/", 401),
-        line("carol", "GET", MANIFEST),
-        None,
-        line("carol", "GET", "/v2/team/web/manifests/1", at=T + 5),
-    )  # fmt: skip
-    assert text_lines(replay) == [
-        "carol pull team/app, team/web: allow -> deny 403, 2 requests,"
-        " 2026-12-06T10:00:00Z to 2026-12-06T10:00:05Z",
-        "  before: rule built-in: valid-user",
-        "  after:  no rule matched (deny by default)",
-        "  first:  access.log:2",
-        "not decided, what the log cannot tell:",
-        "  refused before authentication, sender unknown: 1 (access.log:1)",
-        "malformed lines: 1 (access.log:3)",
-        "replay: 3 requests, 2 decided: 2 would be answered differently (1 change);"
-        " 1 not decided; 1 malformed line",
-    ]
-    report = json.loads(json.dumps(as_json(replay, ["access.log"])))
-    assert report["changed"] == 2 and report["changes"][0]["repository_names"] == [
-        "team/app", "team/web"]  # fmt: skip
-    assert report["changes"][0]["after"] == {
-        "allowed": False, "status": 403, "upstream": None, "mount_dropped": False,
-        "known_user": True, "by": "no rule matched (deny by default)",
-    }  # fmt: skip
-    assert report["not_decided"]["before_authentication"] == {
-        "count": 1, "first_lines": ["access.log:1"]}  # fmt: skip
 
 
 _LINES = st.builds(
