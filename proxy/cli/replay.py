@@ -73,8 +73,9 @@ def _read(replay: Replay, name: str) -> str | None:
     try:
         with open_log(name, sys.stdin.buffer) as lines:  # type: ignore[arg-type]
             replay.source = name
+            add, parse = replay.add, parse_line  # looked up once, not per line
             for number, line in enumerate(lines, 1):
-                replay.add(parse_line(line), number)
+                add(parse(line), number)
     except OSError as exc:
         where = f" after line {number}" if number else ""
         return f"{name}: cannot read{where}: {exc.strerror or exc}"

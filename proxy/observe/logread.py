@@ -21,7 +21,7 @@ from typing import NamedTuple
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-class Logged(NamedTuple):  # a tuple: made a million times a second, a dataclass costs more
+class Logged(NamedTuple):  # a tuple: one is made per line, and a dataclass costs more to make
     """One logged request: when (epoch seconds), from where, who (None: no user logged), the
     request line's method and target (path and query, as sent) and the status answered. A
     request line that is not `METHOD TARGET HTTP/x` (Apache's `-`, TLS bytes on a plain port)

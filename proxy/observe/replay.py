@@ -4,7 +4,8 @@ one, and the requests whose answer would change, grouped as an operator reads th
 A request is classified by the proxy's own classifier and decided by the proxy's own rules
 (`proxy.policy.rules.authorize`) for the logged user, with the grants in force at the logged
 moment. What a log cannot tell is counted, never guessed: a request refused before
-authentication (its credentials were never checked, so nobody knows who sent it), a user
+authentication (a 401: nobody knows who sent it, or behind Apache and nginx, which answer 401
+to a refused group as well, whether the password was right), a user
 neither side's files know while another source (LDAP, Redis, workload tokens, robots) might,
 a token request, a line outside /v2 or refused before any decision.
 """
@@ -23,6 +24,7 @@ from ..policy.identity import Identity
 from ..policy.rules import Rule, authorize
 from .logread import Logged
 
+_UNKNOWN = object()  # not in a cache (None is a cached answer there)
 ROBOT_PREFIX = "robot$"  # robots are decided by their scopes and owner at the time: not here
 FIRST = 5  # line numbers kept per kind of line not decided
 KEPT_NAMES = 1000  # repositories kept per change: the pattern covers the rest
@@ -274,8 +276,9 @@ class Replay:
             key += (address,)
         if self._grants:
             key += (self.before.epoch(logged.time), self.after.epoch(logged.time))
-        if key in self._pairs:
-            return self._pairs[key]
+        found = self._pairs.get(key, _UNKNOWN)
+        if found is not _UNKNOWN:
+            return found  # type: ignore[return-value]
         before = decide(self.before, logged.user, address, operation, logged.time)
         after = decide(self.after, logged.user, address, operation, logged.time)
         pair = None
