@@ -111,10 +111,12 @@ def test_nothing_changes_exit_0_and_a_proposed_htpasswd(setup: Path) -> None:
         (("missing.log",), "missing.log: cannot read: No such file or directory"),
         (("--acl", "nowhere.yaml", "access.log"), "nowhere.yaml"),
         (("empty.log",), "nothing to replay"),
+        (("cut.log.gz",), "cut.log.gz: compressed data ends early, after line "),
     ],
 )
 def test_unusable_input_exits_2(setup: Path, args: tuple[str, ...], message: str) -> None:
     (setup / "empty.log").write_text("not an access line\n")
+    (setup / "cut.log.gz").write_bytes(gzip.compress(LOG.encode() * 50)[:-40])
     done = regproxy("replay", "-c", "regproxy.yaml", *args, cwd=setup)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr
