@@ -1,15 +1,16 @@
 """`regproxy replay LOG...`: the logged requests decided under the running policy files and
 under proposed ones (`--acl`, `--groups`, `--htpasswd`, `--proposed-config`), and the requests
-whose answer would change. Returns exit codes: 0 nothing changes, 1 something does, 2 the input
-cannot be used; `proxy.cli.main` exits. The work is in `proxy.observe.replay`."""
+whose answer would change. Exit codes: 0 nothing changes, 1 something does, 2 the input cannot
+be used. The work is in `proxy.observe.replay`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..conf import config as config_module
 from ..conf.config import Config
@@ -20,14 +21,28 @@ from ..observe.replay import Policy, Replay, Users
 from ..observe.replayreport import as_json, text_lines
 from ..policy.grantfile import load_grants
 from ..policy.rules import RuleSet
+from .parser import add_config_flag, command, config_path
 
 _PROPOSED = {"acl": "acl", "groups": "groups", "htpasswd": "htpasswd"}  # flag: config key
 
 
-def add_arguments(
-    replay: argparse.ArgumentParser, add_config_flag: Callable[[argparse.ArgumentParser], None]
-) -> None:
-    """`regproxy replay [-c FILE] [proposed files] [--json] LOG...`."""
+NAME = "replay"
+
+
+def add_parser(commands: Any) -> None:
+    replay = command(
+        commands,
+        NAME,
+        "which logged requests a proposed policy change would answer differently",
+        "Decide every request of the access logs (regproxy's formats, Apache's and nginx's;\n"
+        "plain or gzip) twice: under the config's files and under the proposed ones (--acl,\n"
+        "--groups, --htpasswd, --proposed-config), and list the requests whose answer would\n"
+        "change, grouped by user, action and repositories, with the rules that decide.\n"
+        "What a log cannot tell (requests refused before authentication, users only LDAP or\n"
+        "tokens know, token requests, lines outside /v2) is counted, never guessed.",
+        "  0    nothing changes\n  1    some requests would be answered differently\n"
+        "  2    a log or a config cannot be used",
+    )
     add_config_flag(replay)
     replay.add_argument(
         "logs", nargs="+", metavar="LOG", help="access logs (plain or gzip; - for stdin)"
@@ -41,13 +56,14 @@ def add_arguments(
     replay.add_argument("--json", action="store_true", help="the report as one JSON object")
 
 
-def run(args: argparse.Namespace, config_path: Path | None) -> int:
-    proposed_path = args.proposed_config or config_path
-    overrides = {key: getattr(args, flag) for flag, key in _PROPOSED.items()
-                 if getattr(args, flag) is not None}  # fmt: skip
+def run(args: argparse.Namespace) -> int:
+    running = config_path(args)
+    proposed = args.proposed_config or running
+    changed = {key: getattr(args, flag) for flag, key in _PROPOSED.items()
+               if getattr(args, flag) is not None}  # fmt: skip
     try:
-        before = policy(config_module.load(config_path, {}))
-        after = policy(config_module.load(proposed_path, overrides))
+        before = policy(config_module.load(running, {}))
+        after = policy(config_module.load(proposed, changed))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -62,7 +78,7 @@ def run(args: argparse.Namespace, config_path: Path | None) -> int:
     else:
         print("\n".join(text_lines(replay)))
     if not replay.requests:
-        print("nothing to replay: no line of the logs is an access log line", file=sys.stderr)
+        print("nothing to replay: no line of the logs is an access line", file=sys.stderr)
         return 2
     return 1 if replay.changes else 0
 

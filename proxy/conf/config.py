@@ -34,6 +34,7 @@ from ..policy.acl import (
     parse_tag_rules,
 )
 from ..policy.grantfile import GrantSettings, parse_max_duration
+from ..policy.ratelimits import RateLimits, parse_rate_limits
 from ..policy.rules import Rule, recipe_rules
 from ..policy.tagrules import TagRule
 from ..state.redis_layout import parse_redis_url, parse_sentinel_addresses, parse_service
@@ -102,6 +103,7 @@ class Config:
     robots: Path | None = None  # the robots file (proxy.authn.robotfile)
     secret_file: Path | None = None  # the server's secret: robot hashes, upload bindings
     grants: GrantSettings = field(default_factory=GrantSettings)  # break-glass grants
+    rate_limits: RateLimits | None = None  # budgets per identity and window; None: off
     auth_backends: tuple[Backend, ...] = ("htpasswd",)
     acl: tuple[Rule, ...] | None = None  # None: the recipe's rules (push_group)
     acl_file: Path | None = None  # where `acl` came from when it is a separate file
@@ -370,6 +372,7 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "token.path": ("token.path", _parse_token_path),
     "token.catalog_groups": ("token.catalog_groups", _parse_groups_list),
     "auth_backends": ("auth_backends", _parse_backends),
+    "rate_limits": ("rate_limits", "rate limits"),  # parsed by proxy.policy.ratelimits
 }
 # Every mapping the keys are nested in: `tls`, `state`, `state.sentinel`, ...
 _SECTIONS = {key.rsplit(".", n)[0] for key in _KEYS for n in range(1, key.count(".") + 1)}
@@ -407,7 +410,7 @@ def _flatten(
         dotted = "." in str(key_node.value)  # `tls.cert:` is no alias of `tls: {cert:}`
         if key in _SECTIONS and not dotted:
             flat.update(_flatten(value_node, source, problems, prefix=f"{key}."))
-        elif key in ("acl", "ldap", "oidc", *TAG_SECTIONS) and not prefix:
+        elif key in ("acl", "ldap", "oidc", "rate_limits", *TAG_SECTIONS) and not prefix:
             flat[key] = (value_node, line)  # parsed later, with the lines of the nodes inside
         elif key in _KEYS and not dotted:
             try:
@@ -518,6 +521,10 @@ def load(
                 continue
             if key == "oidc":
                 values["oidc"] = _load_oidc(raw, base, (source, line), problems, files)
+                continue
+            if key == "rate_limits":
+                values["rate_limits"], found = parse_rate_limits(raw, source)
+                problems.extend(found)
                 continue
             converted = _convert(key, raw, base, (source, line), problems)
             if converted is not None or raw is None:

@@ -153,11 +153,13 @@ def load_next(
         return Loaded(None, refused=exc.problems)
     config, changed = keep_restart_only(previous.config, snapshot.config)
     tls_problems: list[Problem] = []
+    context, expires = None, None
     try:
-        context = load_tls(config) if previous.tls is not None else None
+        if previous.tls is not None:
+            context, expires = load_tls(config)
     except ConfigError as exc:
-        tls_problems, context = exc.problems, previous.tls
-    snapshot = replace(snapshot, config=config, tls=context)
+        tls_problems, context, expires = exc.problems, previous.tls, previous.tls_expires
+    snapshot = replace(snapshot, config=config, tls=context, tls_expires=expires)
     if attach is not None:
         try:
             snapshot = replace(snapshot, authn=attach(snapshot, previous))
@@ -226,12 +228,14 @@ class State:
         self._loading = asyncio.Lock()
 
     async def start(self) -> None:
-        """Attach the running server's backends to the first snapshot (off the loop)."""
+        """Attach the running server's backends to the first snapshot (off the loop); tell
+        the metrics when its certificate expires."""
         if self._attach is not None and self.current.authn is None:
             first = self.current
             loop = asyncio.get_running_loop()
             authn = await loop.run_in_executor(self._executor, self._attach, first, None)
             self.current = replace(first, authn=authn)
+        self._tell_certificate()
 
     def enter(self) -> Snapshot:
         """The snapshot a request uses from start to end; `leave` it when done."""
@@ -266,7 +270,14 @@ class State:
                 return False
             self._swap(previous, loaded.snapshot)
             self._watcher.watch(loaded.snapshot.config.watched_files())
+            self._tell_certificate()
             return True
+
+    def _tell_certificate(self) -> None:
+        """Tell the metrics when the served certificate expires (the same value again unless
+        a reload replaced it)."""
+        if self.current.tls_expires is not None:
+            metrics.RECORD.certificate_expires(self.current.tls_expires)
 
     def _swap(self, previous: Snapshot, snapshot: Snapshot) -> None:
         self.current = snapshot

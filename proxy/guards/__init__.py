@@ -10,6 +10,7 @@ from ..state.store import Store
 from ..upstream.client import Registry
 from .headcache import CachedHeads
 from .pings import FreshPings
+from .ratelimit import RateLimits
 from .tags import TagGuard
 from .uploads import UploadBinding
 
@@ -24,6 +25,7 @@ def ordered(
     return (
         UploadBinding(upload_key),  # an upload only by whoever started it
         TagGuard(store, registry),  # immutable tags, protected deletes
+        RateLimits(store),  # budgets per identity and window: after what refuses for free
         FreshPings(clock),  # pings answered while the registry is known to be up
         CachedHeads(store, clock),  # blob existence answers it remembers: last of all
     )

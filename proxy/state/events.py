@@ -1,4 +1,4 @@
-"""What one process tells the others: login outcomes and cache invalidations.
+"""What one process tells the others: login outcomes, cache invalidations, rate counts.
 
 Each worker (and, with a shared store, each replica) keeps its own fast local state; these events
 keep the copies in step. They travel as small self-describing byte strings (`encode`/`decode`):
@@ -46,12 +46,24 @@ class CredentialVerified:
     seconds: str
 
 
-Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified
+@dataclass(frozen=True)
+class Counted:
+    """A worker counted `amount` (an integer; negative: given back) under a rate limit's `key`
+    in the window ending at `expires` (epoch seconds). Among the workers of one machine:
+    replicas share totals through the store instead."""
+
+    key: str
+    expires: str
+    amount: str
+
+
+Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified | Counted
 _KINDS: dict[bytes, type[Event]] = {
     b"F": LoginFailed,
     b"S": LoginSucceeded,
     b"B": BlobGone,
     b"V": CredentialVerified,
+    b"C": Counted,
 }
 _CODES = {kind: code for code, kind in _KINDS.items()}
 _LENGTH = struct.Struct("!H")

@@ -13,6 +13,9 @@ share one Redis database. Keys are bytes: a user name is whatever a Basic header
 - `PREFIX attempts:HASH`, a sorted set: the login attempts under way for one (user, address)
   (a hash of it), member a keyed hash of the attempt, score when it lets go at the latest
   (ms); `RESERVE` updates it;
+- `PREFIX rate:HASH`, an integer: a rate limit's count in one window (a hash of the count's
+  key and the window's end), INCRBY by each worker's sync, expiring RATE_KEPT seconds after
+  its window;
 - `PREFIX user:NAME`, a hash: a user of the `redis` auth backend (other tools may write it):
   `password` (any hash an htpasswd file takes), `groups` (names separated by spaces or
   commas), `upstream` (optional: the user's own registry, `http(s)://host[:port]`);
@@ -37,6 +40,7 @@ from .events import Event, decode, encode
 from .store import StateSettings
 
 KNOWN_GOOD_KEPT = 50_000  # pairs kept in Redis (about 60 bytes each), as many as a throttle
+RATE_KEPT = 60  # seconds a rate limit's window key outlives its window (clocks a bit apart)
 READ_BATCH = 1000  # stream entries per XREAD
 BLOCK_MS = 1000  # an idle XREAD waits this long for new entries, then asks again
 BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0  # seconds between reconnection attempts
@@ -84,6 +88,10 @@ class Keys:
     def attempts(self, key: str) -> bytes:
         digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16)
         return self._key("attempts:" + digest.hexdigest())
+
+    def rate(self, key: str, expires: int) -> bytes:
+        text = f"{key}\n{expires}".encode("utf-8", "surrogateescape")
+        return self._key("rate:" + hashlib.blake2b(text, digest_size=16).hexdigest())
 
     def user(self, name: str) -> bytes:
         return self._key("user:" + name)

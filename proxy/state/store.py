@@ -25,15 +25,17 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from ..core.windows import Count
 from . import attempts
-from .events import Event, decode, encode
+from .counts import SharedCounts
+from .events import Counted, Event, decode, encode
 from .peers import Peers
 
 log = logging.getLogger("regproxy.store")
@@ -143,6 +145,16 @@ class Store(Protocol):
         (after anything this process published before)."""
         ...
 
+    def used(self, key: str, expires: int) -> int:
+        """A rate limit's count under `key` in the window ending at `expires` (epoch seconds)
+        as this process knows it now: its own counts at once, the others' as of the last sync
+        (`proxy.state.counts`; never waits)."""
+        ...
+
+    def count(self, key: str, expires: int, amount: int) -> None:
+        """Add `amount` to that count (negative: give back); shared at the next sync."""
+        ...
+
     async def start(self) -> None:
         """Begin receiving (on the running loop)."""
         ...
@@ -208,6 +220,10 @@ class LocalStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # name -> lock, users
         self._under_way: dict[str, str] = {}  # alone (no lock_dir): each key's attempts
+        # The mesh costs no round trip: counts go to the other workers as soon as the loop
+        # runs, before the request that made them is answered.
+        self._counts = SharedCounts(self._tell_counts, interval=0.0)
+        self._subscribers.append(self._counts.heard)
 
     @contextlib.asynccontextmanager
     async def lock(self, name: str, ttl: float, wait: float) -> AsyncIterator[None]:
@@ -284,6 +300,18 @@ class LocalStore:
         path = self._lock_dir / f"attempts-{hashlib.sha256(key.encode()).hexdigest()[:32]}"
         return _change_file(path, functools.partial(change, now=now))
 
+    def used(self, key: str, expires: int) -> int:
+        return self._counts.used(key, expires)
+
+    def count(self, key: str, expires: int, amount: int) -> None:
+        self._counts.count(key, expires, amount)
+
+    async def _tell_counts(self, counts: Sequence[Count]) -> None:
+        """The other workers add what this one counted as it arrives (no shared total)."""
+        for count in counts:
+            if count.amount:
+                self.tell_workers(Counted(count.key, str(count.expires), str(count.amount)))
+
     def publish(self, event: Event) -> None:
         self.tell_workers(event)
 
@@ -315,11 +343,13 @@ class LocalStore:
         return delivered
 
     async def start(self) -> None:
+        self._counts.start()
         if self._peers is not None:
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(self._peers.inbox.fileno(), self.deliver)
 
     async def close(self) -> None:
+        await self._counts.close()
         if self._loop is not None and self._peers is not None:
             self._loop.remove_reader(self._peers.inbox.fileno())
             self._loop = None

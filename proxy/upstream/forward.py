@@ -289,6 +289,7 @@ class Forwarder:
         wait, share = limits.upstream_wait, self._room.per_user(limits)
         if not await self._slots.acquire(owner, share, wait):
             log.warning("no upstream connection free within %ss for %s", wait, route.raw_path)
+            metrics.RECORD.fair_share_refused("upstream_wait")
             yield error_response(503, "UNAVAILABLE", "registry busy, retry later", _BUSY)
             return
         try:
