@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..authn.chain import Authenticators
+from ..core.collector import collector_paused
 from ..core.problems import ConfigError, Problem
 from ..observe import metrics
 from .config import Config
@@ -60,21 +60,15 @@ AttachAuthn = Callable[[Snapshot, Snapshot | None], Authenticators]
 def _sharing_the_interpreter() -> Iterator[None]:
     """While a thread builds a snapshot, requests on the event loop wait for the interpreter
     lock between its steps: hand it over ten times as often, and keep the cyclic garbage
-    collector (which would walk every user just loaded) from running in the middle. At the
-    end, what was built goes to the oldest generation as it is (`freeze` then `unfreeze`
-    moves every tracked object there and resets the young count): otherwise the next
-    allocation, on the event loop, would scan every object just made in one pause. The
-    price: cyclic garbage made while the collector was off (the build's, and requests')
-    waits for the next full collection rather than a young one."""
+    collector (which would walk every user just loaded) from running in the middle
+    (`collector_paused`). The price: cyclic garbage made while the collector was off (the
+    build's, and requests') waits for the next full collection rather than a young one."""
     interval = sys.getswitchinterval()
     sys.setswitchinterval(interval / 10)
-    gc.disable()
     try:
-        yield
+        with collector_paused():
+            yield
     finally:
-        gc.freeze()
-        gc.unfreeze()
-        gc.enable()
         sys.setswitchinterval(interval)
 
 

@@ -23,6 +23,7 @@ from ..authn.chain import Authenticators
 from ..authn.credentials import Htpasswd, parse_groups, parse_htpasswd
 from ..authn.htpasswd import UserFiles
 from ..authn.robotfile import Robot, derive, load_robots, read_secret_file
+from ..core.collector import collector_paused
 from ..core.lastgood import Kept, LastGood, Parsed
 from ..core.problems import ConfigError, Problem, read_text
 from ..http.tls import load_certificate, server_context
@@ -136,6 +137,19 @@ def load_snapshot(
     edit naming files that cannot be used keeps the last good config. `tls` False skips the
     certificate (the CLI's `explain`, a reload that handles it apart); `startup` also checks
     the log files can be appended to (they are opened only at start)."""
+    with collector_paused():
+        return _last_good(config_path, overrides, previous, tls, startup)
+
+
+def _last_good(
+    config_path: Path | None,
+    overrides: Mapping[str, object],
+    previous: Snapshot | None,
+    tls: bool,
+    startup: bool,
+) -> tuple[Snapshot, list[Problem]]:
+    """`load_snapshot`, each file that cannot be used in turn put back at its last good
+    version."""
     forced: dict[Path, list[Problem]] = {}
     while True:
         files = LastGood(previous.parsed if previous else None, forced)
