@@ -29,7 +29,7 @@ from ..core.problems import ConfigError, Problem, read_text
 from ..http.tls import load_certificate, server_context
 from ..policy.grantfile import GrantSettings, load_grants
 from ..policy.grants import NO_GRANTS, Grants
-from ..policy.rules import Rule, RuleSet
+from ..policy.rules import RuleSet
 from ..tokenserver.scopes import Signer, TokenSettings, load_signer
 from . import config as config_module
 from .config import Config
@@ -53,7 +53,7 @@ class Snapshot:
 
     config: Config
     users: UserFiles
-    rules: tuple[Rule, ...]
+    rules: RuleSet
     signer: Signer | None = None  # token server mode
     tls: ssl.SSLContext | None = None
     authn: Authenticators | None = None

@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 from ..pipeline.guard import Guard
 from ..state.store import Store
+from ..upstream.catalog import Listings
 from ..upstream.client import Registry
 from .headcache import CachedHeads
+from .listings import NewRepositories
 from .pings import FreshPings
 from .tags import TagGuard
 from .uploads import UploadBinding
@@ -18,6 +20,7 @@ def ordered(
     store: Store,
     registry: Registry,
     upload_key: bytes,
+    listings: Listings,
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[Guard, ...]:
     """Every guard, in the order a request meets them (and its answer, on the way back)."""
@@ -25,5 +28,6 @@ def ordered(
         UploadBinding(upload_key),  # an upload only by whoever started it
         TagGuard(store, registry),  # immutable tags, protected deletes
         FreshPings(clock),  # pings answered while the registry is known to be up
+        NewRepositories(store, listings),  # a push's new repository in the catalog at once
         CachedHeads(store, clock),  # blob existence answers it remembers: last of all
     )

@@ -19,10 +19,11 @@ What the ACL refuses a user, a break-glass grant in force at that moment may all
 from __future__ import annotations
 
 import heapq
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..core.addresses import IPNetwork
 from ..http.routes import ACTIONS, Action, Operation, valid_component
@@ -220,6 +221,7 @@ class RuleSet(tuple[Rule, ...]):
     _who: dict[Caller, list[int]]
     _who_untagged: dict[Caller, list[int]]  # the rules without tags
     _groups: frozenset[str]
+    _reads: frozenset[str]
 
     def __new__(cls, rules: Iterable[Rule]) -> RuleSet:
         self = super().__new__(cls, rules)
@@ -229,7 +231,29 @@ class RuleSet(tuple[Rule, ...]):
         self._who = positions(callers)
         self._who_untagged = positions((key, i) for key, i in callers if not self[i].tags)
         self._groups = frozenset(name for kind, name in self._who if kind == "group")
+        globs = [g for r in self for g in (*r.repositories, *r.tags)]
+        self._reads = frozenset(  # which of a caller's attributes some rule reads
+            ({"user"} if any(r.users for r in self) or any("${user}" in g for g in globs)
+             else set())
+            | ({"groups"} if any("${group}" in g for g in globs) else set())
+            | ({"claims"} if any(r.claims or r.issuers for r in self) else set())
+            | ({"address"} if any(r.networks for r in self) else set())
+        )  # fmt: skip
         return self
+
+    def viewer(self, who: Identity) -> Hashable:
+        """What of `who` these rules can tell apart: two callers with the same viewer are
+        decided alike everywhere (many users of the same groups share one). Robots and
+        workload tokens are told apart by their scopes, claims and issuer."""
+        reads = self._reads
+        return (
+            who.anonymous,
+            who.user if "user" in reads or who.robot is not None else None,
+            who.groups if "groups" in reads else who.groups & self._groups,
+            who.address if "address" in reads else None,
+            (who.issuer, _frozen(who.claims)) if "claims" in reads else None,
+            who.robot,
+        )
 
     def candidates(self, who: Identity, repository: str | None, tag: str | None = None
                    ) -> Iterable[Rule]:  # fmt: skip
@@ -270,6 +294,11 @@ class RuleSet(tuple[Rule, ...]):
             if who.issuer is not None:
                 keys.append(("issuer", who.issuer))
         return [index[key] for key in keys if key in index]
+
+
+def _frozen(claims: Mapping[str, Any]) -> str:
+    """A workload token's claims as one comparable text."""
+    return json.dumps(dict(claims), sort_keys=True, default=repr)
 
 
 @dataclass(frozen=True)

@@ -46,12 +46,22 @@ class CredentialVerified:
     seconds: str
 
 
-Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified
+@dataclass(frozen=True)
+class RepositoryPushed:
+    """A manifest was pushed through the proxy: a catalog listing of `upstream` without
+    `repository` is out of date."""
+
+    upstream: str
+    repository: str
+
+
+Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified | RepositoryPushed
 _KINDS: dict[bytes, type[Event]] = {
     b"F": LoginFailed,
     b"S": LoginSucceeded,
     b"B": BlobGone,
     b"V": CredentialVerified,
+    b"R": RepositoryPushed,
 }
 _CODES = {kind: code for code, kind in _KINDS.items()}
 _LENGTH = struct.Struct("!H")
