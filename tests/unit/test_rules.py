@@ -128,3 +128,28 @@ def test_a_caller_in_many_groups_finds_their_rule_among_ten_thousand() -> None:
     assert [r.origin for r in many.candidates(who, None)] == ["r9999"]
     assert decide(many, who, None).rule is many[9_999]
     assert decide(many, Identity("bob", frozenset({"g1"})), None).rule is None
+
+
+@settings(max_examples=150)
+@given(rule_lists(), callers(), callers(), st.lists(REPOSITORIES, max_size=4))
+def test_callers_with_the_same_viewer_are_decided_alike(
+    listed: tuple[Rule, ...], one: Identity, other: Identity, names: list[str | None]
+) -> None:
+    """What the catalog keeps per viewer holds for every caller of that viewer."""
+    rules = RuleSet(listed)
+    if rules.viewer(one) != rules.viewer(other):
+        return
+    for name in names:
+        for action in ("pull", "push"):
+            mine, theirs = decide(rules, one, action, name), decide(rules, other, action, name)
+            assert (mine.allowed, mine.rule) == (theirs.allowed, theirs.rule)
+
+
+def test_users_of_the_same_groups_share_a_viewer_unless_rules_name_users() -> None:
+    by_group = RuleSet([Rule(frozenset({"pull"}), groups=frozenset({"devs"}), origin="a:1")])
+    alice, bob = Identity("alice", frozenset({"devs", "x"})), Identity("bob", frozenset({"devs"}))
+    assert by_group.viewer(alice) == by_group.viewer(bob)
+    by_user = RuleSet([*by_group, Rule(frozenset({"pull"}), users=frozenset({"bob"}))])
+    assert by_user.viewer(alice) != by_user.viewer(bob)
+    own = RuleSet([Rule(frozenset({"pull"}), repositories=("${user}/**",))])
+    assert own.viewer(alice) != own.viewer(bob)
