@@ -63,7 +63,8 @@ def acl(count: int) -> str:
     rules: list[dict[str, object]] = []
     for i in range(count):
         if i in places:
-            rules.append({"users": [places[i]], "repositories": ["scale/**", "*/app07"],
+            users = [places[i], *([USER] if i == 0 else [])]  # USER: to see it is ready
+            rules.append({"users": users, "repositories": ["scale/**", "*/app07"],
                           "actions": ["pull"]})  # fmt: skip
         elif i % 2:
             rules.append({"users": [f"user{i:06d}"], "repositories": [f"home{i:05d}/**"],
@@ -92,7 +93,8 @@ def requests(registry: str) -> dict[str, tuple[str, str | None]]:
 def kinds_curve(setup: Setup, plan: Plan, processes: Processes, workers: int) -> list[Point]:
     passwords = {caller: f"pw-{caller}-{os.getpid()}" for caller in CALLERS}
     htpasswd = setup.workdir / "htpasswd-kinds"
-    replace_file(htpasswd, "".join(storm.htpasswd_lines(passwords, 10)))
+    # The measured user too: a regproxy is ready once it has answered that user's GET.
+    replace_file(htpasswd, setup.users.lines + "".join(storm.htpasswd_lines(passwords, 10)))
     token = {"issuer": "regproxy", "service": TOKEN_SERVICE, "key": str(setup.key),
              "certificate": str(setup.cert)}  # fmt: skip
     kinds = requests(setup.registry)
