@@ -23,7 +23,6 @@ nor forgeable, and a sealed position from elsewhere is refused (the client lists
 
 from __future__ import annotations
 
-import array
 import asyncio
 import base64
 import binascii
@@ -35,7 +34,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import TypeAlias
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -56,7 +54,7 @@ SEALED = "~"  # marks a sealed position in `last` (never the start of a reposito
 LISTED_PAGES = 50  # upstream pages (of CATALOG_MAX names) a listing holds at most
 LISTING_TTL = 5.0  # seconds a listing is used (pushes through the proxy drop it at once)
 UPSTREAMS = 16  # listings kept (one per upstream)
-VIEWERS = 256  # visibility entries kept (each an index per visible name)
+VIEWERS = 256  # visibility entries kept (each a byte per name: 12.5 MiB at most)
 
 Fetch = Callable[[str], Awaitable[tuple[list[str], bool]]]
 Allow = Callable[[list[str]], Awaitable[list[bool]]]
@@ -231,7 +229,10 @@ class Names:
 
 class Listings:
     """The registry's repository names per upstream, read whole by one request at a time
-    and used for LISTING_TTL seconds; `drop` forgets one (a push added a repository)."""
+    and used for LISTING_TTL seconds; after that they are read again in the background
+    while requests go on using them (no request waits for the registry's slow listing,
+    but the first); `drop` forgets one (a push added a repository: the next request waits
+    for the new names)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -240,8 +241,6 @@ class Listings:
 
     async def names(self, upstream: str, fetch: Fetch) -> Names:
         kept = self._kept.get(upstream)
-        if kept is not None and self._clock() - kept[0] < LISTING_TTL:
-            return kept[1]
 
         async def read() -> Names:
             names = Names(await read_whole(fetch))
@@ -250,7 +249,11 @@ class Listings:
             self._kept.put(upstream, (self._clock(), names))
             return names
 
-        return await self._reading.join(upstream, read)
+        if kept is None:
+            return await self._reading.join(upstream, read)
+        if self._clock() - kept[0] >= LISTING_TTL:
+            self._reading.start(upstream, read, _settled)
+        return kept[1]
 
     def drop(self, upstream: str, repository: str | None = None) -> None:
         """Forget the upstream's names (only when they lack `repository`, if given)."""
@@ -262,7 +265,13 @@ class Listings:
         self._kept.clear()
 
 
-Visible: TypeAlias = "array.array[int]"  # positions in a listing's names, increasing
+def _settled(reading: asyncio.Future[Names]) -> None:
+    """A background read that failed: the names in use stay, the next read tries again."""
+    if not reading.cancelled() and reading.exception() is not None:
+        log.warning("catalog: reading the registry's names failed: %s", reading.exception())
+
+
+Visible = bytes  # per name of a listing, 1 when the viewer may see it, else 0
 
 
 class Visibility:
@@ -283,8 +292,7 @@ class Visibility:
 
         async def decide() -> Visible:
             assert names.names is not None
-            answers = await self._filtering.allowed(allowed, names.names)
-            visible = array.array("I", (i for i, yes in enumerate(answers) if yes))
+            visible = bytes(await self._filtering.allowed(allowed, names.names))
             self._kept.put(viewer, (names, visible))
             return visible
 
@@ -296,10 +304,12 @@ class Visibility:
 
 def page_of(names: list[str], visible: Visible, n: int, last: str) -> Listing:
     """Up to `n` visible names after `last`, and where the next page starts."""
-    start = bisect.bisect_right(visible, last, key=names.__getitem__)
-    found = [names[i] for i in visible[start : start + n]]
-    more = start + n < len(visible)
-    return Listing(found, found[-1] if more else None)
+    found: list[str] = []
+    at = visible.find(1, bisect.bisect_right(names, last))
+    while at != -1 and len(found) < n:
+        found.append(names[at])
+        at = visible.find(1, at + 1)
+    return Listing(found, found[-1] if at != -1 else None)
 
 
 class Catalog:
