@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..authn.chain import Authenticators
+from ..core.collector import collector_paused
 from ..core.problems import ConfigError, Problem
 from ..observe import metrics
 from .config import Config
@@ -52,16 +52,12 @@ def _sharing_the_interpreter() -> Iterator[None]:
     """While a thread builds a snapshot: the event loop gets the GIL often, the GC waits."""
     interval = sys.getswitchinterval()
     sys.setswitchinterval(interval / 10)  # requests wait for the lock between build steps
-    gc.disable()  # it would walk every user just loaded
+    # The cyclic collector would walk every user just loaded. The price: cyclic garbage
+    # made meanwhile waits for the next full collection rather than a young one.
     try:
-        yield
+        with collector_paused():
+            yield
     finally:
-        # What was built goes to the oldest generation as it is: otherwise the next
-        # allocation, on the event loop, would scan every object just made in one pause.
-        # Cyclic garbage made meanwhile waits for the next full collection.
-        gc.freeze()
-        gc.unfreeze()
-        gc.enable()
         sys.setswitchinterval(interval)
 
 

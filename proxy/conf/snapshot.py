@@ -23,12 +23,13 @@ from ..authn.chain import Authenticators
 from ..authn.credentials import Htpasswd, parse_groups, parse_htpasswd
 from ..authn.htpasswd import UserFiles
 from ..authn.robotfile import Robot, derive, load_robots, read_secret_file
+from ..core.collector import collector_paused
 from ..core.lastgood import Kept, LastGood, Parsed
 from ..core.problems import ConfigError, Problem, read_text
 from ..http.tls import certificate_expiry, load_certificate, server_context
 from ..policy.grantfile import GrantSettings, load_grants
 from ..policy.grants import NO_GRANTS, Grants
-from ..policy.rules import Rule, RuleSet
+from ..policy.rules import RuleSet
 from ..tokenserver.scopes import Signer, TokenSettings, load_signer
 from . import config as config_module
 from .config import Config
@@ -52,7 +53,7 @@ class Snapshot:
 
     config: Config
     users: UserFiles
-    rules: tuple[Rule, ...]
+    rules: RuleSet
     signer: Signer | None = None  # token server mode
     tls: ssl.SSLContext | None = None
     authn: Authenticators | None = None
@@ -138,6 +139,19 @@ def load_snapshot(
     edit naming files that cannot be used keeps the last good config. `tls` False skips the
     certificate (the CLI's `explain`, a reload that handles it apart); `startup` also checks
     the log files can be appended to (they are opened only at start)."""
+    with collector_paused():
+        return _last_good(config_path, overrides, previous, tls, startup)
+
+
+def _last_good(
+    config_path: Path | None,
+    overrides: Mapping[str, object],
+    previous: Snapshot | None,
+    tls: bool,
+    startup: bool,
+) -> tuple[Snapshot, list[Problem]]:
+    """`load_snapshot`, each file that cannot be used in turn put back at its last good
+    version."""
     forced: dict[Path, list[Problem]] = {}
     while True:
         files = LastGood(previous.parsed if previous else None, forced)

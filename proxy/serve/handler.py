@@ -204,10 +204,17 @@ class Handler:
             decision = decide(rules, who, "pull", name, grants=grants)
             return decision.allowed and (decision.upstream or default) == upstream
 
+        # Whatever decides what the caller may pull: what the rules tell apart of them,
+        # where their repositories go by default, and the grants in force for them now.
+        in_force = tuple(g.id for g in grants.by_user.get(who.user or "", ())
+                         if g.in_force(grants.now))  # fmt: skip
+        viewer = (rules.viewer(who), default, in_force)
         query = ctx.request.raw_path.partition("?")[2]
         return await self._catalog.answer(
             query,
             may_pull,
+            viewer=viewer,
+            rules=rules,
             upstream=upstream,
             host=ctx.request.host,
             forwarded_for=ctx.origin.forwarded_for,

@@ -35,7 +35,7 @@ from ..observe.accesslog import access_logger_class
 from ..observe.logsetup import reopen_logs
 from ..state.peers import Siblings
 from ..state.store import LocalStore, Store
-from ..upstream.catalog import Catalog
+from ..upstream.catalog import Catalog, Listings
 from ..upstream.client import Registry
 from ..upstream.forward import Forwarder
 from ..upstream.health import admin_handler
@@ -158,12 +158,13 @@ class Server:
         forwarder = Forwarder(room, config.timeouts.keepalive)
         self._stack.push_async_callback(forwarder.close)
         registry = Registry(forwarder.session, room.own)
+        listings = Listings(clock)
         handler = Handler(
             state,
             Authentication(throttle, clock, store=store),
             forwarder,
-            Catalog(registry, self._siblings.catalog_key),
-            guards.ordered(store, registry, self.upload_key, clock),
+            Catalog(registry, self._siblings.catalog_key, listings),
+            guards.ordered(store, registry, self.upload_key, listings, clock),
         )
         self._listen(sock, handler, state, room.connections)
         self._start_chores(state, factory.robot_usage, work)

@@ -50,13 +50,23 @@ class Counted:
     amount: str
 
 
-Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified | Counted
+@dataclass(frozen=True)
+class RepositoryPushed:
+    """A manifest was pushed through the proxy: a catalog listing of `upstream` without
+    `repository` is out of date."""
+
+    upstream: str
+    repository: str
+
+
+Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified | Counted | RepositoryPushed
 _KINDS: dict[bytes, type[Event]] = {
     b"F": LoginFailed,
     b"S": LoginSucceeded,
     b"B": BlobGone,
     b"V": CredentialVerified,
     b"C": Counted,
+    b"R": RepositoryPushed,
 }
 _CODES = {kind: code for code, kind in _KINDS.items()}
 _LENGTH = struct.Struct("!H")
