@@ -1,18 +1,9 @@
-"""The verified-credential cache every backend shares: remember a successful check, and let
-concurrent identical checks share one computation (single flight).
+"""The verified-credential cache every backend shares: a successful check remembered for a
+while under a keyed hash of the password, and concurrent identical checks sharing one.
 
-A registry client sends the same credentials on every one of hundreds of requests; Apache and
-nginx pay bcrypt (or an LDAP bind) on each. Here a success is remembered for `ttl` seconds
-under a keyed hash of the password (a per-process random key; never the password), and looked
-up by a key the backend chooses: htpasswd uses (user, stored hash), so a password change or
-removal misses at once. A different password always misses. The clock is injected.
-
-An answer that is only good for a while (a workload token until it expires) says so through
-`lifetime`: it is remembered for that long at most.
-
-Workers on one machine share what they verified (`learned` out, `learn` in, over the worker
-mesh, under a key the supervisor gives them all): a client whose requests are spread over
-several workers costs one slow hash, not one per worker.
+A registry client sends the same credentials on each of hundreds of requests; Apache and nginx
+pay bcrypt (or an LDAP bind) on each. The workers of one machine share what they verified
+(`learned`, `learn`), so a client spread over them costs one slow hash.
 """
 
 from __future__ import annotations
@@ -76,10 +67,8 @@ class VerifiedCache(Generic[T]):
         keep: Callable[[T], bool],
         lifetime: Callable[[T], float] | None = None,
     ) -> T:
-        """The remembered answer for (key, secret), or `verify()`'s: shared with every
-        identical check under way, and remembered when `keep(answer)`, for `ttl` seconds or
-        `lifetime(answer)` if that is shorter. Cancelling one caller does not cancel the
-        shared check."""
+        """The remembered answer for (key, secret), or `verify()`'s, shared with every identical
+        check under way and remembered when `keep(answer)` (at most `lifetime(answer)`)."""
         tag = fingerprint(self._key, secret)
         entry = self._entries.get(key)
         if (
@@ -136,10 +125,9 @@ def verify_hash(
     cache: VerifiedCache[bool], executor: Executor, user: str, stored: PasswordHash, secret: bytes
 ) -> Awaitable[bool]:
     """Check `secret` against a stored hash in the hashing pool, remembered under (user,
-    stored hash) as one text (shared with the other workers as such): a changed or removed
-    hash misses at once. Every hash-keeping backend. (The check itself is the awaitable: a
-    remembered success costs no extra coroutine.)"""
+    stored hash): a changed or removed hash misses at once."""
     loop = asyncio.get_running_loop()
+    # The check itself is the awaitable: a remembered success costs no extra coroutine.
     return cache.check(
         f"{user}\0{stored.value}",
         secret,

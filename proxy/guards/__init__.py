@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 from ..pipeline.guard import Guard
 from ..state.store import Store
+from ..upstream.catalog import Listings
 from ..upstream.client import Registry
 from .headcache import CachedHeads
+from .listings import NewRepositories
 from .pings import FreshPings
 from .ratelimit import RateLimits
 from .tags import TagGuard
@@ -19,6 +21,7 @@ def ordered(
     store: Store,
     registry: Registry,
     upload_key: bytes,
+    listings: Listings,
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[Guard, ...]:
     """Every guard, in the order a request meets them (and its answer, on the way back)."""
@@ -27,5 +30,6 @@ def ordered(
         TagGuard(store, registry),  # immutable tags, protected deletes
         RateLimits(store),  # budgets per identity and window: after what refuses for free
         FreshPings(clock),  # pings answered while the registry is known to be up
+        NewRepositories(store, listings),  # a push's new repository in the catalog at once
         CachedHeads(store, clock),  # blob existence answers it remembers: last of all
     )

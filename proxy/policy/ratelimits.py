@@ -95,6 +95,12 @@ class RateLimits:
     classes: Mapping[Kind, Mapping[ActionClass, Budget]]
     overrides: tuple[Override, ...] = ()
 
+    def labels(self) -> list[str]:
+        """Every limited budget's name in metrics."""
+        budgets = [b for c in self.classes.values() for b in c.values()]
+        budgets += [b for o in self.overrides for b in o.budgets.values()]
+        return [b.label for b in budgets if b.limit is not None]
+
 
 @dataclass(frozen=True)
 class Measure:

@@ -1,10 +1,5 @@
-"""What one process tells the others: login outcomes, cache invalidations, rate counts.
-
-Each worker (and, with a shared store, each replica) keeps its own fast local state; these events
-keep the copies in step. They travel as small self-describing byte strings (`encode`/`decode`):
-a kind byte, then length-prefixed UTF-8 fields (surrogate escapes kept, so any user name a
-Basic header can carry round-trips). `decode` never raises: a malformed event is dropped.
-"""
+"""What one process tells the others to keep their local copies in step: login outcomes, cache
+invalidations and rate counts, as small byte strings (`encode`, `decode`)."""
 
 from __future__ import annotations
 
@@ -37,13 +32,11 @@ class BlobGone:
 
 @dataclass(frozen=True)
 class CredentialVerified:
-    """A worker verified a password (htpasswd): `key` names the user and stored hash, `tag`
-    is the keyed hash of the password (hex), `seconds` how long it holds. Derived from a
-    credential: it stays among the workers of one machine, never leaves it."""
+    """A worker verified a password (htpasswd); never leaves the machine."""
 
-    key: str
-    tag: str
-    seconds: str
+    key: str  # the user and stored hash
+    tag: str  # the keyed hash of the password (hex)
+    seconds: str  # how long it holds
 
 
 @dataclass(frozen=True)
@@ -57,13 +50,23 @@ class Counted:
     amount: str
 
 
-Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified | Counted
+@dataclass(frozen=True)
+class RepositoryPushed:
+    """A manifest was pushed through the proxy: a catalog listing of `upstream` without
+    `repository` is out of date."""
+
+    upstream: str
+    repository: str
+
+
+Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified | Counted | RepositoryPushed
 _KINDS: dict[bytes, type[Event]] = {
     b"F": LoginFailed,
     b"S": LoginSucceeded,
     b"B": BlobGone,
     b"V": CredentialVerified,
     b"C": Counted,
+    b"R": RepositoryPushed,
 }
 _CODES = {kind: code for code, kind in _KINDS.items()}
 _LENGTH = struct.Struct("!H")

@@ -73,3 +73,16 @@ def test_every_storm_has_fresh_users_one_per_client() -> None:
     assert all(len(users) == int(case.split("-")[1]) for case, users in by_case.items())
     everyone = [user for users in by_case.values() for user in users]
     assert len(everyone) == len(set(everyone))
+
+
+def test_the_kinds_acl_puts_each_caller_at_its_place() -> None:
+    from bench import kinds
+    from proxy.policy.rules import RuleSet
+
+    rules, problems = parse_acl_text(kinds.acl(1_000), "acl.yaml")
+    assert problems == [] and len(rules) == 1_000
+    indexed = RuleSet(rules)
+    for caller, place in (("first", 0), ("middle", 500), ("last", 999)):
+        assert decide(indexed, Identity(caller), None).rule is rules[place]
+        assert decide(indexed, Identity(caller), "pull", scale.REPOSITORY).rule is rules[place]
+    assert not decide(indexed, Identity("none"), "pull", scale.REPOSITORY).allowed
