@@ -46,12 +46,23 @@ class CredentialVerified:
     seconds: str
 
 
-Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified
+@dataclass(frozen=True)
+class CredentialChecking:
+    """A worker started (`ended` "0") or ended ("1", whatever the answer) checking a password:
+    `key` and `tag` as in CredentialVerified. Among the workers of one machine only."""
+
+    key: str
+    tag: str
+    ended: str
+
+
+Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified | CredentialChecking
 _KINDS: dict[bytes, type[Event]] = {
     b"F": LoginFailed,
     b"S": LoginSucceeded,
     b"B": BlobGone,
     b"V": CredentialVerified,
+    b"C": CredentialChecking,
 }
 _CODES = {kind: code for code, kind in _KINDS.items()}
 _LENGTH = struct.Struct("!H")
