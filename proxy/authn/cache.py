@@ -3,12 +3,15 @@ while under a keyed hash of the password, and concurrent identical checks sharin
 
 A registry client sends the same credentials on each of hundreds of requests; Apache and nginx
 pay bcrypt (or an LDAP bind) on each. The workers of one machine share what they verified
-(`learned`, `learn`), so a client spread over them costs one slow hash.
+(`learned`, `learn`), so a client spread over them costs one slow hash; and they say when
+they start and end a check (`checking`, `noticed`), so a password another worker is hashing
+right now is waited for (at most `wait_elsewhere` seconds), not hashed twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import secrets
 import time
@@ -23,6 +26,7 @@ from . import fingerprint
 from .credentials import PasswordHash
 
 T = TypeVar("T")
+WAIT_ELSEWHERE = 5.0  # seconds: longer than a slow hash in a busy pool; then check here
 
 
 @dataclass(frozen=True)
@@ -50,14 +54,20 @@ class VerifiedCache(Generic[T]):
         clock: Callable[[], float] = time.monotonic,
         key: bytes | None = None,
         learned: Callable[[Hashable, bytes, float], None] | None = None,
+        checking: Callable[[Hashable, bytes, bool], None] | None = None,
+        wait_elsewhere: float = WAIT_ELSEWHERE,
     ) -> None:
         self.ttl = ttl
         self.size = size
         self._clock = clock
         self._key = key or secrets.token_bytes(32)
         self._learned = learned  # told of each success: (key, tag, seconds it holds)
+        self._checking = checking  # told of each check here: (key, tag, ended)
+        self._wait_elsewhere = wait_elsewhere
         self._entries: LRU[Hashable, _Entry[T]] = LRU(size)
         self._checks: SingleFlight[tuple[Hashable, bytes], T] = SingleFlight()
+        # Checks under way in another worker: done when it says it ended (or at the deadline).
+        self._elsewhere: dict[tuple[Hashable, bytes], asyncio.Future[None]] = {}
 
     async def check(
         self,
@@ -70,19 +80,54 @@ class VerifiedCache(Generic[T]):
         """The remembered answer for (key, secret), or `verify()`'s, shared with every identical
         check under way and remembered when `keep(answer)` (at most `lifetime(answer)`)."""
         tag = fingerprint(self._key, secret)
-        entry = self._entries.get(key)
-        if (
-            entry is not None
-            and entry.expires > self._clock()
-            and hmac.compare_digest(entry.tag, tag)
-        ):
+        entry = self._remembered(key, tag)
+        if entry is not None:
             return entry.value
         flight = (key, tag)
+        elsewhere = self._elsewhere.get(flight)
+        if elsewhere is not None and not self._checks.under_way(flight):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(elsewhere), self._wait_elsewhere)
+            entry = self._remembered(key, tag)  # learned meanwhile, if it was right
+            if entry is not None:
+                return entry.value
 
         def settle(done: asyncio.Future[T]) -> None:
-            self._settle(flight, done, keep, lifetime)
+            try:
+                self._settle(flight, done, keep, lifetime)
+            finally:
+                self._told(flight, ended=True)  # after the success was shared, if it was one
 
-        return await self._checks.join(flight, verify, settle)
+        return await self._checks.join(flight, lambda: self._verify(flight, verify), settle)
+
+    def _remembered(self, key: Hashable, tag: bytes) -> _Entry[T] | None:
+        entry = self._entries.get(key)
+        if entry is None or entry.expires <= self._clock():
+            return None
+        return entry if hmac.compare_digest(entry.tag, tag) else None
+
+    def _verify(
+        self, flight: tuple[Hashable, bytes], verify: Callable[[], Awaitable[T]]
+    ) -> Awaitable[T]:
+        self._told(flight, ended=False)
+        return verify()
+
+    def _told(self, flight: tuple[Hashable, bytes], ended: bool) -> None:
+        if self._checking is not None:
+            self._checking(*flight, ended)
+
+    def noticed(self, key: Hashable, tag: bytes, ended: bool) -> None:
+        """Another worker started or ended checking a password (on the running loop)."""
+        flight = (key, tag)
+        if ended:
+            waiting = self._elsewhere.pop(flight, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+        elif flight not in self._elsewhere:
+            loop = asyncio.get_running_loop()
+            self._elsewhere[flight] = loop.create_future()
+            # An end that never comes (a worker that died) holds nobody past the deadline.
+            loop.call_later(self._wait_elsewhere, self.noticed, key, tag, True)
 
     def _settle(
         self,

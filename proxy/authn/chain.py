@@ -22,7 +22,7 @@ from ..core.addresses import IPAddress, throttle_key
 from ..core.lru import LRU
 from ..observe import metrics
 from ..policy.identity import Identity
-from ..state.events import CredentialVerified, Event
+from ..state.events import CredentialChecking, CredentialVerified, Event
 from ..state.store import Release, Store
 from . import (
     Authenticator,
@@ -240,8 +240,9 @@ class BackendFactory:
         self._redis_users = redis_users
         self._redis_dummy: PasswordHash | None = None
         self._verified: VerifiedCache[bool] = VerifiedCache(
-            CacheSettings.ttl, CacheSettings.size, clock, credentials_key, self._learned
-        )
+            CacheSettings.ttl, CacheSettings.size, clock, credentials_key, self._learned,
+            self._checking,
+        )  # fmt: skip
         self.robot_usage = RobotUsage()
         self._sources: dict[object, KeySource] = {}
         self._verifiers: dict[object, IssuerVerifier] = {}
@@ -251,12 +252,20 @@ class BackendFactory:
         if self._share is not None:
             self._share(CredentialVerified(str(key), tag.hex(), repr(seconds)))
 
+    def _checking(self, key: Hashable, tag: bytes, ended: bool) -> None:
+        """A password this worker starts (or ended) hashing: the others wait for it."""
+        if self._share is not None:
+            self._share(CredentialChecking(str(key), tag.hex(), "1" if ended else "0"))
+
     def learn(self, event: Event, age: float = 0.0) -> None:
-        """A password another worker verified (a malformed event is ignored)."""
+        """A password another worker verified, or is hashing (a malformed event is ignored)."""
         if isinstance(event, CredentialVerified):
             with contextlib.suppress(ValueError):
                 tag, seconds = bytes.fromhex(event.tag), float(event.seconds)
                 self._verified.learn(event.key, tag, seconds, True)
+        elif isinstance(event, CredentialChecking):
+            with contextlib.suppress(ValueError):
+                self._verified.noticed(event.key, bytes.fromhex(event.tag), event.ended == "1")
 
     def authenticators(
         self,

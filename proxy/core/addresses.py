@@ -54,6 +54,13 @@ def peer_address(text: str | None) -> tuple[IPAddress | None, str]:
     return peer, str(peer)
 
 
+@lru_cache(maxsize=4096)
+def address_text(address: IPAddress) -> str:
+    """An address as text, worked out once per distinct address (the access log writes it for
+    every request, and ipaddress's str() costs more than the rest of a refusal's line)."""
+    return str(address)
+
+
 @dataclass(frozen=True)
 class Origin:
     """Where a request comes from."""

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..conf.config import Config
 from ..conf.snapshot import Snapshot
-from ..core.addresses import Origin
+from ..core.addresses import Origin, address_text
 from ..http.routes import Operation
 from ..policy.identity import Identity
 from ..policy.ratelimits import Charge
@@ -59,7 +59,7 @@ class RequestContext:
     def client(self) -> str | None:
         """The client's address as the proxy believes it (trusted X-Forwarded-For)."""
         address = self.origin.address
-        return str(address) if address is not None else None
+        return address_text(address) if address is not None else None
 
     def defer(self, release: Release) -> None:
         """Call `release` (plain or async) when the request ends, in reverse order."""

@@ -59,12 +59,31 @@ class RepositoryPushed:
     repository: str
 
 
-Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified | Counted | RepositoryPushed
+@dataclass(frozen=True)
+class CredentialChecking:
+    """A worker started (`ended` "0") or ended ("1", whatever the answer) checking a password:
+    `key` and `tag` as in CredentialVerified. Among the workers of one machine only."""
+
+    key: str
+    tag: str
+    ended: str
+
+
+Event = (
+    LoginFailed
+    | LoginSucceeded
+    | BlobGone
+    | CredentialVerified
+    | CredentialChecking
+    | Counted
+    | RepositoryPushed
+)
 _KINDS: dict[bytes, type[Event]] = {
     b"F": LoginFailed,
     b"S": LoginSucceeded,
     b"B": BlobGone,
     b"V": CredentialVerified,
+    b"K": CredentialChecking,
     b"C": Counted,
     b"R": RepositoryPushed,
 }

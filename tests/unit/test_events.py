@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from proxy.state.events import (
     BlobGone,
     Counted,
+    CredentialChecking,
     CredentialVerified,
     Event,
     LoginFailed,
@@ -33,6 +34,7 @@ def test_blob_gone_credential_verified_and_counted_round_trip() -> None:
         BlobGone("http://registry:5000/v2/a/b/blobs/sha256:" + "0" * 64),
         CredentialVerified("alice\0$2y$10$" + "x" * 53, "ab" * 32, "300.0"),
         Counted("manifest_pulls/21600/user:alice", "1733508000", "-1"),
+        CredentialChecking("alice\0$2y$10$" + "x" * 53, "ab" * 32, "1"),
     ):
         assert decode(encode(event)) == event
 
@@ -49,7 +51,8 @@ def test_malformed_events_are_dropped(data: bytes) -> None:
 def test_decode_never_raises(data: bytes) -> None:
     event = decode(data)
     assert event is None or isinstance(
-        event, LoginFailed | LoginSucceeded | BlobGone | CredentialVerified | Counted
+        event,
+        LoginFailed | LoginSucceeded | BlobGone | CredentialVerified | CredentialChecking | Counted,
     )
 
 
