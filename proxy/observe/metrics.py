@@ -48,6 +48,12 @@ class Recorder:
     def store_up(self, up: bool) -> None:
         """Whether the shared state store (Redis) can be reached."""
 
+    def quarantine_refused(self, kind: str) -> None:
+        """A request refused by the quarantine: `manifest`, `tag`, `index` or `blob`."""
+
+    def quarantine_entries(self, count: int) -> None:
+        """The quarantined digests in force (the file's and the shared store's)."""
+
     @contextlib.contextmanager
     def forwarding(self) -> Iterator[None]:
         """Around a request being forwarded."""
@@ -86,6 +92,16 @@ class PrometheusRecorder(Recorder):
             "1 while the shared state store (Redis) answers, 0 while this replica is on its own",
             multiprocess_mode="livemin",
         )
+        self._quarantine_refused = Counter(
+            "regproxy_quarantine_refused_total",
+            "Requests refused by the quarantine, by how they reached the digest",
+            ["kind"],
+        )
+        self._quarantine_entries = Gauge(
+            "regproxy_quarantine_entries",
+            "Quarantined digests in force (the file's and the shared store's)",
+            multiprocess_mode="livemax",
+        )
         self._in_flight = Gauge(
             "regproxy_inflight_transfers",
             "Requests being forwarded right now",
@@ -120,6 +136,12 @@ class PrometheusRecorder(Recorder):
 
     def store_up(self, up: bool) -> None:
         self._store_up.set(1 if up else 0)
+
+    def quarantine_refused(self, kind: str) -> None:
+        self._quarantine_refused.labels(kind).inc()
+
+    def quarantine_entries(self, count: int) -> None:
+        self._quarantine_entries.set(count)
 
     @contextlib.contextmanager
     def forwarding(self) -> Iterator[None]:

@@ -18,6 +18,9 @@ share one Redis database. Keys are bytes: a user name is whatever a Basic header
   commas), `upstream` (optional: the user's own registry, `http(s)://host[:port]`);
 - `PREFIX users:version`, an integer: INCR it after changing any `user:` key, and every
   replica reads users again within a second.
+- `PREFIX shared:NAME`, a hash every replica reads whole (`proxy.state.shared`), and
+  `PREFIX shared:NAME:version`, an integer: INCR it after changing the hash. `quarantine`:
+  digest -> the entry as JSON (`proxy.policy.quarantinefile.shared_value`).
 
 Stream entry ids are Redis's clock in milliseconds; a reader measures ages against Redis's
 clock too (`TIME` when it connects), so replicas' clocks never need to agree.
@@ -87,6 +90,12 @@ class Keys:
 
     def user(self, name: str) -> bytes:
         return self._key("user:" + name)
+
+    def shared(self, name: str) -> bytes:
+        return self._key("shared:" + name)
+
+    def shared_version(self, name: str) -> bytes:
+        return self._key(f"shared:{name}:version")
 
 
 def entry(origin: bytes, event: Event, delay: float) -> dict[bytes, bytes]:

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -75,6 +75,9 @@ from .store import (
     StoreUnavailable,
     Subscriber,
 )
+
+if TYPE_CHECKING:
+    from .shared import SharedMap
 
 log = logging.getLogger("regproxy.store")
 
@@ -185,6 +188,7 @@ class RedisStore:
         self._offset_ms = 0.0  # Redis's clock minus ours
         self._last_id = b"0-0"
         self._tasks: list[asyncio.Task[None]] = []
+        self._shared: dict[str, SharedMap] = {}
         self._closing = False  # redis-py may turn a cancellation into a ConnectionError
 
     @property
@@ -256,8 +260,17 @@ class RedisStore:
             asyncio.ensure_future(self._write()),
         ]
 
+    def shared_map(self, name: str) -> SharedMap:
+        from .shared import SharedMap  # it reads Redis as this module does (DOWN)
+
+        if name not in self._shared:
+            self._shared[name] = SharedMap(self.client, self.keys, name)
+        return self._shared[name]
+
     async def close(self) -> None:
         self._closing = True
+        for shared in self._shared.values():
+            await shared.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -29,12 +29,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from . import attempts
 from .events import Event, decode, encode
 from .peers import Peers
+
+if TYPE_CHECKING:
+    from .shared import SharedMap
 
 log = logging.getLogger("regproxy.store")
 
@@ -141,6 +144,11 @@ class Store(Protocol):
         `hold` seconds at most), then apply what the others published before it: how many
         distinct attempts are under way there now, this one included, and what lets go of it
         (after anything this process published before)."""
+        ...
+
+    def shared_map(self, name: str) -> SharedMap | None:
+        """The hash `name` every replica sharing this store reads (`proxy.state.shared`);
+        None without a shared backend (each machine has only its files)."""
         ...
 
     async def start(self) -> None:
@@ -286,6 +294,9 @@ class LocalStore:
 
     def publish(self, event: Event) -> None:
         self.tell_workers(event)
+
+    def shared_map(self, name: str) -> SharedMap | None:
+        return None
 
     def tell_workers(self, event: Event) -> None:
         if self._peers is not None:
