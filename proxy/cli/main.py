@@ -46,6 +46,7 @@ from ..policy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
 from ..serve.supervisor import become_supervisor
 from ..serve.worker import bind, run_worker
 from . import grant as grant_commands
+from . import quarantine as quarantine_commands
 from . import robot as robot_commands
 from .askpass import ask_password
 
@@ -128,6 +129,7 @@ _COMMANDS = {  # name: (one-line help, description, exit codes)
         "{file: ...}` in the config.",
         "  0    done\n  1    the config has no grants file, a file problem, or nothing to revoke",
     ),
+    "quarantine": quarantine_commands.HELP,
     "robot": (
         "create, list or revoke robot accounts (CI credentials)",
         "Robots are machine accounts for CI: `create` prints a secret once (the robots file\n"
@@ -224,6 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     passwd.add_argument("--upstream", metavar="URL", help="Redis: the user's registry ('' none)")
     robot_commands.add_arguments(_command(commands, "robot"), _add_config_flag)
     grant_commands.add_arguments(_command(commands, "grant"), _add_config_flag)
+    quarantine_commands.add_arguments(_command(commands, "quarantine"), _add_config_flag)
     return parser
 
 
@@ -706,6 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "passwd": _passwd,
         "robot": _on_config(robot_commands.run),
         "grant": _on_config(grant_commands.run),
+        "quarantine": _on_config(quarantine_commands.run),
     }
     try:
         args = _parser().parse_args(argv)

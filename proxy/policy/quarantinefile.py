@@ -30,6 +30,7 @@ from .quarantine import NO_QUARANTINE, Entry, Quarantine
 
 _KEYS = ("digest", "reason", "added", "added_by", "blobs")
 _REQUIRED = ("digest", "reason", "added")
+_HEX_DIGITS = {"sha256": 64, "sha384": 96, "sha512": 128}
 SHARED_ORIGIN = "the shared store"  # where an entry of the Redis hash comes from
 
 
@@ -44,6 +45,10 @@ def digest_problem(value: object) -> str | None:
     """Why `value` is not a digest a request can name, or None."""
     if not isinstance(value, str) or not DIGEST_RE.fullmatch(value):
         return f"expected a digest like sha256:<64 hex digits>, got {value!r}"
+    algorithm, _, hexdigits = value.partition(":")
+    size = _HEX_DIGITS.get(algorithm)
+    if size is not None and len(hexdigits) != size:
+        return f"a {algorithm} digest has {size} hex digits, got {len(hexdigits)} in {value!r}"
     return None
 
 
