@@ -5,15 +5,18 @@ sent; lifting it; a cached blob answer that cannot bypass it; a broken edit; the
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from proxy.cli.main import main as cli
 from tests.conftest import FakeUpstream, ProxyFactory, RunningProxy, regproxy, replace_file, until
+from tests.redis_server import RedisServer
 from tests.test_tags import INDEX, OCI, Repository, call, error_message
 
 SETUP = "quarantine:\n  file: quarantine.yaml\n"
@@ -236,3 +239,31 @@ async def test_regproxy_check_names_a_bad_entry_by_file_and_line(make_proxy: Pro
     assert "quarantine.yaml:1: quarantine entry disabled: digest: a sha256 digest has 64" in (
         done.stdout + done.stderr
     ), done.stdout + done.stderr
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+async def test_with_redis_one_add_is_applied_by_every_replica_and_outlives_an_outage(
+    make_proxy: ProxyFactory, image: Image, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    state = f"state:\n  backend: redis\n  url: {redis_server.url}\n  key_prefix: 'q:'\n"
+    one = await make_proxy(SETUP + state, directory=tmp_path / "one")
+    two = await make_proxy(SETUP + state, directory=tmp_path / "two")
+    for proxy in (one, two):
+        assert (await call(proxy, "GET", "/v2/apps/web/manifests/v1", "pull"))[0] == 200
+    args = ["quarantine", "add", image.digest, "--reason", REASON, "-c", str(one.config)]
+    assert await asyncio.to_thread(cli, args) == 0
+    for proxy in (one, two):  # two has it from Redis only: its own file is empty
+        await until_refused(proxy, "/v2/apps/web/manifests/multi")
+    assert not (two.directory / "quarantine.yaml").exists()
+    redis_server.stop()  # an outage keeps what was read: never an open door
+    assert await refused(two, "GET", image.blob_path(image.layer)) is not None
+    redis_server.start()
+    args = ["quarantine", "remove", image.digest, "-c", str(two.config)]
+    assert await asyncio.to_thread(cli, args) == 0  # two's file has none: lifted in Redis
+    await until(lambda: _status(two, "/v2/apps/web/manifests/v1", 200), what="two never lifted")
+    assert await refused(one, "GET", "/v2/apps/web/manifests/v1") is not None  # its file has it
