@@ -67,7 +67,9 @@ def add_arguments(
 ) -> None:
     """`regproxy quarantine add DIGEST ... | list | remove DIGEST` and their options."""
     command.usage = USAGE
-    command.add_argument("verb", choices=("add", "list", "remove"), metavar="add|list|remove")
+    command.add_argument(
+        "verb", choices=("add", "list", "remove"), metavar="add|list|remove", help="what to do"
+    )
     command.add_argument("digest", nargs="?", metavar="DIGEST", help="sha256:<64 hex digits>")
     command.add_argument("--reason", help="why (sent with every refusal, and audited)")
     command.add_argument(
@@ -82,8 +84,7 @@ def add_arguments(
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    path = config.quarantine.file
-    if path is None:
+    if config.quarantine.file is None and not _shared(config):
         print("the config has no quarantine file: add quarantine: {file: quarantine.yaml}",
               file=sys.stderr)  # fmt: skip
         return 1
@@ -124,7 +125,6 @@ def _wrong_command_line(args: argparse.Namespace) -> str | None:
 
 
 def _add(config: Config, args: argparse.Namespace) -> int:
-    assert config.quarantine.file is not None
     entry = Entry(args.digest, args.reason.strip(), int(time.time()), granted_by(args.by),
                   not args.manifest_only)  # fmt: skip
 
@@ -137,7 +137,8 @@ def _add(config: Config, args: argparse.Namespace) -> int:
         return entry_text(entry)
 
     try:
-        append(path, HEADER, make)
+        if path is not None:
+            append(path, HEADER, make)
     except _Present as exc:
         print(exc, file=sys.stderr)
         if not _shared(config):
@@ -149,13 +150,14 @@ def _add(config: Config, args: argparse.Namespace) -> int:
 
 
 def _remove(config: Config, digest: str) -> int:
-    assert config.quarantine.file is not None
-    count = remove(config.quarantine.file, "digest", (digest,))
+    path = config.quarantine.file
+    count = remove(path, "digest", (digest,)) if path is not None else 0
     removed: list[int] = []
     status = _write_shared(config, lambda client, keys: removed.append(_hdel(client, keys, digest)))
     if not count and not any(removed):
-        nor = " nor in the shared store" if _shared(config) else ""
-        print(f"{digest} is not quarantined in {config.quarantine.file}{nor}", file=sys.stderr)
+        where = [str(path)] if path is not None else []
+        where += ["the shared store"] if _shared(config) else []
+        print(f"{digest} is not quarantined in {' nor in '.join(where)}", file=sys.stderr)
         return 1
     print(f"lifted {digest}")
     return status
@@ -199,8 +201,8 @@ def _write_shared(config: Config, change: Callable[[redis.Redis, Keys], object])
         with redis_client(settings, redis_password(settings)) as client:
             change(client, Keys(settings.key_prefix))
     except (redis.RedisError, ConfigError) as exc:
-        print(f"Redis at {settings.where}: {exc} (only {config.quarantine.file} was changed)",
-              file=sys.stderr)  # fmt: skip
+        changed = f" (only {config.quarantine.file} was changed)" if config.quarantine.file else ""
+        print(f"Redis at {settings.where}: {exc}{changed}", file=sys.stderr)
         return 1
     return 0
 
