@@ -6,6 +6,7 @@ replicas both refusing after one `add`."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 from devtools.registry import Registry
 from devtools.tls import TlsFiles
+from proxy.upstream.manifests import MANIFEST_TYPES
 from tests.conftest import ENV, basic, worker_holding
 from tests.e2e.conftest import USERS, RegproxyProcess, start_regproxy
 from tests.e2e.harness import Podman
@@ -25,18 +27,24 @@ from tests.redis_server import RedisServer
 SETUP = "quarantine:\n  file: quarantine.yaml\naudit_log: audit.log\n"
 PUSHER = f"testuserpush:{USERS['testuserpush']}"
 READER = f"reader:{USERS['reader']}"
+READER_AUTH = basic("reader", USERS["reader"])
 REASON = "INC-77: a token baked into a layer"
+ACCEPT = ", ".join(MANIFEST_TYPES)
 
 
 def quarantine(proxy: RegproxyProcess, *args: str) -> float:
-    """`regproxy quarantine ARGS` against the proxy's config; the moment it returned."""
+    """`regproxy quarantine ARGS` against the proxy's config; the moment it returned (printed
+    with how long the command itself took: the file is written before the interpreter exits)."""
+    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "proxy", "quarantine", *args, "-c",
          str(proxy.directory / "regproxy.yaml")],
         env=ENV, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    return time.monotonic()
+    returned = time.monotonic()
+    print(f"\nregproxy quarantine {args[0]} took {(returned - started) * 1000:.0f} ms")
+    return returned
 
 
 class Kept:
@@ -53,8 +61,9 @@ class Kept:
         self.local_port: int = self.connection.sock.getsockname()[1]
 
     def status(self, path: str) -> int:
-        self.connection.request("GET", path, headers={"Authorization": basic("reader",
-                                                                             USERS["reader"])})  # fmt: skip
+        """GET `path` as the reader, accepting every manifest type (as podman does)."""
+        headers = {"Authorization": READER_AUTH, "Accept": ACCEPT}
+        self.connection.request("GET", path, headers=headers)
         response = self.connection.getresponse()
         response.read()
         return response.status
@@ -149,25 +158,27 @@ def test_podman_cannot_pull_a_quarantined_image_any_way_until_it_is_lifted(
         done = podman2.pull(ref, tls.cert_dir, creds=READER)
         assert done.returncode == 0, (ref, done.stderr)
     workers = one_per_worker(proxy, tls)
-    by_tag = "/v2/team/app/manifests/1"
+    try:
+        by_tag = "/v2/team/app/manifests/1"
 
-    added = quarantine(proxy, "add", digest, "--reason", REASON)
-    applied = seconds_until_each(workers, by_tag, 403, added)
-    for ref in refs:
-        done = podman2.pull(ref, tls.cert_dir, creds=READER)
-        assert refused_saying(done, f"{digest} is quarantined"), (ref, done.stderr)
-    assert REASON in podman2.pull(refs[0], tls.cert_dir, creds=READER).stderr
-    assert podman2.pull(f"{host}/team/app:ok", tls.cert_dir, creds=READER).returncode == 0
+        added = quarantine(proxy, "add", digest, "--reason", REASON)
+        applied = seconds_until_each(workers, by_tag, 403, added)
+        for ref in refs:
+            done = podman2.pull(ref, tls.cert_dir, creds=READER)
+            assert refused_saying(done, f"{digest} is quarantined"), (ref, done.stderr)
+        assert REASON in podman2.pull(refs[0], tls.cert_dir, creds=READER).stderr
+        assert podman2.pull(f"{host}/team/app:ok", tls.cert_dir, creds=READER).returncode == 0
 
-    removed = quarantine(proxy, "remove", digest)
-    lifted = seconds_until_each(workers, by_tag, 200, removed)
-    for ref in refs:
-        done = podman2.pull(ref, tls.cert_dir, creds=READER)
-        assert done.returncode == 0, (ref, done.stderr)
-    for kept in workers:
-        kept.close()
-    print(f"\nquarantine applied by each of 2 workers after: {_ms(applied)}"
-          f"\nquarantine lifted by each of 2 workers after: {_ms(lifted)}")  # fmt: skip
+        removed = quarantine(proxy, "remove", digest)
+        lifted = seconds_until_each(workers, by_tag, 200, removed)
+        for ref in refs:
+            done = podman2.pull(ref, tls.cert_dir, creds=READER)
+            assert done.returncode == 0, (ref, done.stderr)
+        print(f"\nquarantine applied by each of 2 workers after: {_ms(applied)}"
+              f"\nquarantine lifted by each of 2 workers after: {_ms(lifted)}")  # fmt: skip
+    finally:
+        for kept in workers:
+            kept.close()
     audited = (proxy.directory / "audit.log").read_text()
     assert f'"quarantine": {{"digest": "{digest}"' in audited and '"user": "reader"' in audited
 
@@ -187,12 +198,15 @@ def test_with_redis_one_add_is_refused_by_two_replicas(
     redis_server: RedisServer,
 ) -> None:  # fmt: skip
     state = f"state:\n  backend: redis\n  url: {redis_server.url}\n"
+    stack = contextlib.ExitStack()
     replicas = [start_regproxy(tmp_path / name, registry.url, tls, SETUP + state)
                 for name in ("one", "two")]  # fmt: skip
     try:
         one, two = replicas
         digest, _ = pushed_image(one.hostport, tls, podman, tmp_path)
         kept = [Kept(replica.port, tls) for replica in replicas]
+        for k in kept:
+            stack.callback(k.close)
         by_tag = "/v2/team/app/manifests/1"
         assert [k.status(by_tag) for k in kept] == [200, 200]
         added = quarantine(one, "add", digest, "--reason", REASON)
@@ -205,10 +219,9 @@ def test_with_redis_one_add_is_refused_by_two_replicas(
         assert kept[0].status(by_tag) == 403
         quarantine(one, "remove", digest)
         seconds_until_each(kept[:1], by_tag, 200, time.monotonic())
-        for k in kept:
-            k.close()
-        print(f"\nquarantine applied by each of 2 replicas (Redis) after: {_ms(applied)}"
-              f"\nquarantine lifted by the replica without it in its file after: {_ms(lifted)}")  # fmt: skip
+        print(f"\nquarantine applied by each of 2 replicas (Redis) after: {_ms(applied)}")
+        print(f"quarantine lifted by the replica without it in its file after: {_ms(lifted)}")
     finally:
+        stack.close()
         for replica in replicas:
             replica.stop()
