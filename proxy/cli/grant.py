@@ -15,8 +15,8 @@ import pwd
 import secrets
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..authn.credentials import parse_htpasswd
 from ..conf.config import Config
@@ -28,6 +28,7 @@ from ..policy.acl import fixed_globs
 from ..policy.grantfile import entry_text, load_grants, user_problem
 from ..policy.grants import Grant
 from .listfile import aligned, append, remove
+from .parser import add_config_flag, command, on_config
 
 HEADER = (
     "# regproxy break-glass grants: written by `regproxy grant`, fine to edit by hand.\n"
@@ -41,10 +42,23 @@ _NEEDED = {"actions": "--actions", "repositories": "--repositories", "duration":
            "reason": "--reason"}  # fmt: skip
 
 
-def add_arguments(
-    grant: argparse.ArgumentParser, add_config_flag: Callable[[argparse.ArgumentParser], None]
-) -> None:
+NAME = "grant"
+
+
+def add_parser(commands: Any) -> None:
     """`regproxy grant USER ... | list | revoke ID|USER` and their options."""
+    grant = command(
+        commands,
+        NAME,
+        "give a user rights they lack, for a while (break-glass)",
+        "`grant USER` gives USER the --actions on the --repositories that the ACL refuses\n"
+        "them, from now --for DURATION (at most grants.max_duration), and says why\n"
+        "(--reason). Every request it allows is audited with the grant. It applies on every\n"
+        "worker reading the grants file within a second and ends on the clock. `list` shows\n"
+        "the grants, `revoke` removes one by id, or every grant of a user. Needs `grants:\n"
+        "{file: ...}` in the config.",
+        "  0    done\n  1    the config has no grants file, a file problem, or nothing to revoke",
+    )
     grant.usage = USAGE
     grant.add_argument("target", metavar="USER|list|revoke", help="whom to grant, or a command")
     grant.add_argument(
@@ -65,7 +79,7 @@ def add_arguments(
     add_config_flag(grant)
 
 
-def run(args: argparse.Namespace, config: Config) -> int:
+def _run(args: argparse.Namespace, config: Config) -> int:
     path = config.grants.file
     if path is None:
         print("the config has no grants file: add grants: {file: grants.yaml}", file=sys.stderr)
@@ -83,6 +97,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+
+
+run = on_config(_run)
 
 
 def _wrong_command_line(args: argparse.Namespace) -> str | None:

@@ -1,13 +1,15 @@
 """The CLI's edits of a list file a running proxy watches (robots, grants): under an exclusive
 lock next to the file (two commands at once cannot lose an edit), written whole to a temp file
 renamed over it (a running proxy reads the old file or the new one, never half of one), every
-line the edit does not touch kept as it was (`proxy.core.yamllist`)."""
+line the edit does not touch kept as it was (`proxy.core.yamllist`); and whole files the CLI
+writes (`write`)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
@@ -58,3 +60,14 @@ def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
     return [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
+
+
+def write(path: Path, text: str) -> bool:
+    """Write-then-rename (`write_atomically`); False after printing why it cannot be written."""
+    try:
+        write_atomically(path, text)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and exc.filename != str(path) else ""
+        print(f"{path}: cannot write: {exc.strerror or exc}{where}", file=sys.stderr)
+        return False
+    return True

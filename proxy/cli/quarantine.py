@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import redis
 
@@ -35,6 +36,7 @@ from ..state.redis_layout import Keys
 from ..state.redis_store import redis_password
 from .grant import granted_by
 from .listfile import Refused, aligned, append, remove
+from .parser import add_config_flag, command, on_config
 from .redis_passwd import redis_client
 
 HEADER = (
@@ -44,7 +46,8 @@ HEADER = (
 USAGE = """regproxy quarantine add DIGEST --reason TEXT [--by NAME] [--manifest-only] [-c FILE]
        regproxy quarantine list [-c FILE]
        regproxy quarantine remove DIGEST [-c FILE]"""
-HELP = (
+NAME = "quarantine"
+_HELP = (
     "refuse every request for an image, index or blob digest",
     "`add DIGEST --reason TEXT` quarantines a digest: every request for it is refused with\n"
     "403 and the reason, on every worker within a second: the manifest by digest, by any\n"
@@ -62,28 +65,27 @@ class _Present(Refused):
     """The file has an entry for the digest already (the shared store may still lack it)."""
 
 
-def add_arguments(
-    command: argparse.ArgumentParser, add_config_flag: Callable[[argparse.ArgumentParser], None]
-) -> None:
+def add_parser(commands: Any) -> None:
     """`regproxy quarantine add DIGEST ... | list | remove DIGEST` and their options."""
-    command.usage = USAGE
-    command.add_argument(
+    quarantine = command(commands, NAME, *_HELP)
+    quarantine.usage = USAGE
+    quarantine.add_argument(
         "verb", choices=("add", "list", "remove"), metavar="add|list|remove", help="what to do"
     )
-    command.add_argument("digest", nargs="?", metavar="DIGEST", help="sha256:<64 hex digits>")
-    command.add_argument("--reason", help="why (sent with every refusal, and audited)")
-    command.add_argument(
+    quarantine.add_argument("digest", nargs="?", metavar="DIGEST", help="sha256:<64 hex digits>")
+    quarantine.add_argument("--reason", help="why (sent with every refusal, and audited)")
+    quarantine.add_argument(
         "--by", metavar="NAME", help="who quarantines it (default: $SUDO_USER, else your login)"
     )
-    command.add_argument(
+    quarantine.add_argument(
         "--manifest-only",
         action="store_true",
         help="refuse the manifest only, not the blobs it lists (shared base layers)",
     )
-    add_config_flag(command)
+    add_config_flag(quarantine)
 
 
-def run(args: argparse.Namespace, config: Config) -> int:
+def _run(args: argparse.Namespace, config: Config) -> int:
     if config.quarantine.file is None and not _shared(config):
         print("the config has no quarantine file: add quarantine: {file: quarantine.yaml}",
               file=sys.stderr)  # fmt: skip
@@ -101,6 +103,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except (ConfigError, Refused) as exc:
         print(exc, file=sys.stderr)
         return 1
+
+
+run = on_config(_run)
 
 
 def _wrong_command_line(args: argparse.Namespace) -> str | None:

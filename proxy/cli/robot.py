@@ -14,8 +14,9 @@ import argparse
 import secrets
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..authn.credentials import parse_htpasswd
 from ..authn.robotfile import (
@@ -41,6 +42,7 @@ from ..core.yamllist import entry_spans
 from ..http.routes import ACTIONS, Action
 from ..policy.acl import glob_problem
 from .listfile import Refused, aligned, append, remove
+from .parser import add_config_flag, command, on_config
 
 HEADER = (
     "# regproxy robot accounts: written by `regproxy robot`, fine to edit by hand.\n"
@@ -48,10 +50,22 @@ HEADER = (
 )
 
 
-def add_arguments(
-    robot: argparse.ArgumentParser, add_config_flag: Callable[[argparse.ArgumentParser], None]
-) -> None:
+NAME = "robot"
+
+
+def add_parser(commands: Any) -> None:
     """`regproxy robot create | list | revoke` and their options."""
+    robot = command(
+        commands,
+        NAME,
+        "create, list or revoke robot accounts (CI credentials)",
+        "Robots are machine accounts for CI: `create` prints a secret once (the robots file\n"
+        "keeps only a keyed hash of it), scoped to repository globs and actions, expiring,\n"
+        "and never allowed more than its owner; `list` shows them with their last use;\n"
+        "`revoke` deletes one (refused everywhere within a second). Needs `robots:` and\n"
+        "`secret_file:` in the config.",
+        "  0    done\n  1    the config has no robots file, or a file problem",
+    )
     actions = robot.add_subparsers(
         dest="robot_command", required=True, metavar="ACTION", help="create, list or revoke"
     )
@@ -93,11 +107,11 @@ def add_arguments(
         "Delete robot NAME from the robots file: every worker refuses it within a second.",
     )
     revoke.add_argument("name", metavar="NAME", help="the robot to delete")
-    for command in (create, listing, revoke):
-        add_config_flag(command)
+    for action_parser in (create, listing, revoke):
+        add_config_flag(action_parser)
 
 
-def run(args: argparse.Namespace, config: Config) -> int:
+def _run(args: argparse.Namespace, config: Config) -> int:
     if config.robots is None or config.secret_file is None:
         print("the config has no robots: file (and secret_file:); add them", file=sys.stderr)
         return 1
@@ -107,6 +121,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+
+
+run = on_config(_run)
 
 
 def _secret(config: Config) -> bytes:
