@@ -54,7 +54,7 @@ _HELP = (
     "tag naming it, through any index holding it, and the blobs it lists (unless\n"
     "--manifest-only). With `state: {backend: redis}` every replica applies it too. `list`\n"
     "shows the entries, `remove` lifts one as fast. Nothing is deleted. Needs\n"
-    "`quarantine: {file: ...}` in the config.",
+    "`quarantine: {file: ...}` or a Redis `state:` in the config.",
     "  0    done\n  1    the config has no quarantine file, a file or Redis problem, or"
     " nothing to remove",
 )
@@ -169,22 +169,11 @@ def _remove(config: Config, digest: str) -> int:
 
 
 def _list(config: Config) -> int:
-    quarantine, problems = load_quarantine(config.quarantine)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    shared = Quarantine()
-    if _shared(config):
-
-        def read(client: redis.Redis, keys: Keys) -> None:
-            nonlocal shared
-            shared, skipped = parse_shared(client.hgetall(keys.shared(SHARED)))  # type: ignore[arg-type]
-            for problem in skipped:
-                print(problem, file=sys.stderr)
-
-        if _write_shared(config, read):
-            return 1
+    quarantine = in_force(config)
+    if quarantine is None:
+        return 1
     rows = [("DIGEST", "SINCE", "BY", "BLOBS", "WHERE", "REASON")]
-    for entry in quarantine.merged(shared):
+    for entry in quarantine:
         rows.append((entry.digest, timestamp(entry.added), entry.added_by or "-",
                      "yes" if entry.blobs else "no", entry.origin, entry.reason))  # fmt: skip
     for line in aligned(rows):
@@ -192,13 +181,32 @@ def _list(config: Config) -> int:
     return 0
 
 
+def in_force(config: Config) -> Quarantine | None:
+    """The entries a proxy with this config applies: the file's and the shared store's (its
+    problems printed); None after saying why Redis could not be read."""
+    quarantine, problems = load_quarantine(config.quarantine)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not _shared(config):
+        return quarantine
+    shared = Quarantine()
+
+    def read(client: redis.Redis, keys: Keys) -> None:
+        nonlocal shared
+        shared, skipped = parse_shared(client.hgetall(keys.shared(SHARED)))  # type: ignore[arg-type]
+        for problem in skipped:
+            print(problem, file=sys.stderr)
+
+    return None if _write_shared(config, read) else quarantine.merged(shared)
+
+
 def _shared(config: Config) -> bool:
     return config.state.backend == "redis"
 
 
 def _write_shared(config: Config, change: Callable[[redis.Redis, Keys], object]) -> int:
-    """Apply `change` to the shared store when one is configured: 0, or 1 after saying why
-    it could not be (this machine's file is changed either way)."""
+    """Apply `change` to (or read) the shared store when one is configured: 0, or 1 after
+    saying why it could not be (this machine's file is changed either way)."""
     if not _shared(config):
         return 0
     settings = replace(config.state, timeout=max(config.state.timeout, 5.0))
