@@ -14,8 +14,18 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from devtools.net import free_port
 from proxy.cli.main import main as cli
-from tests.conftest import FakeUpstream, ProxyFactory, RunningProxy, regproxy, replace_file, until
+from tests.conftest import (
+    FakeUpstream,
+    ProxyFactory,
+    RunningProxy,
+    regproxy,
+    replace_file,
+    samples,
+    scrape,
+    until,
+)
 from tests.redis_server import RedisServer
 from tests.test_tags import INDEX, OCI, Repository, call, error_message
 
@@ -267,3 +277,57 @@ async def test_with_redis_one_add_is_applied_by_every_replica_and_outlives_an_ou
     assert await asyncio.to_thread(cli, args) == 0  # two's file has none: lifted in Redis
     await until(lambda: _status(two, "/v2/apps/web/manifests/v1", 200), what="two never lifted")
     assert await refused(one, "GET", "/v2/apps/web/manifests/v1") is not None  # its file has it
+
+
+async def test_refusals_and_entries_are_in_the_metrics(
+    make_proxy: ProxyFactory, image: Image
+) -> None:
+    proxy = await make_proxy(SETUP + f"metrics:\n  listen: 127.0.0.1:{free_port()}\n")
+    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await until_refused(proxy, "/v2/apps/web/manifests/v1")
+    assert await refused(proxy, "GET", "/v2/apps/web/manifests/multi") is not None
+    assert await refused(proxy, "GET", image.blob_path(image.layer)) is not None
+    assert proxy.server.metrics_port is not None
+    _, text = await scrape(proxy.server.metrics_port)
+    found = samples(text)
+    assert found[("regproxy_quarantine_entries", ())] == 1
+    for kind, count in (("tag", 1), ("index", 1), ("blob", 1)):
+        assert found[("regproxy_quarantine_refused_total", (("kind", kind),))] >= count, kind
+
+
+async def test_explain_says_when_a_quarantined_digest_decides(
+    make_proxy: ProxyFactory, image: Image
+) -> None:
+    proxy = await make_proxy(SETUP)
+    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    base = ("explain", "-c", str(proxy.config), "pull", "pull", "apps/web")
+    done = regproxy(*base, "--digest", image.digest, cwd=proxy.directory)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.splitlines()[:3] == [
+        f"DENY pull pull apps/web@{image.digest}",
+        f"  decided by: quarantine {proxy.directory / 'quarantine.yaml'}:3: {REASON}",
+        "  acl: rule built-in: valid-user allows it",
+    ]
+    done = regproxy(*base, "--tag", "v1", cwd=proxy.directory)
+    assert done.returncode == 0 and "note: 1 digest(s) quarantined" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["add", "sha256:12", "--reason", "x"], 2, "a sha256 digest has 64 hex digits"),
+        (["add", f"sha256:{'a' * 64}"], 2, "missing --reason"),
+        (["add", f"sha256:{'a' * 64}", "--reason", "two\nlines"], 2, "one line of text"),
+        (["remove", f"sha256:{'a' * 64}", "--reason", "x"], 2, "remove takes one DIGEST"),
+        (["list", f"sha256:{'a' * 64}"], 2, "list takes no other arguments"),
+        (["remove", f"sha256:{'a' * 64}"], 1, "is not quarantined in"),
+    ],
+)
+def test_the_command_line_refuses_what_it_cannot_do(
+    tmp_path: Path, args: list[str], code: int, says: str
+) -> None:
+    config = tmp_path / "regproxy.yaml"
+    config.write_text("quarantine:\n  file: quarantine.yaml\n")
+    done = regproxy("quarantine", *args, "-c", str(config), cwd=tmp_path)
+    assert done.returncode == code and says in done.stderr, done.stderr
+    assert not (tmp_path / "quarantine.yaml").exists()

@@ -118,10 +118,8 @@ class Quarantined(Guard):
         """The file's entries merged with the shared store's (rebuilt only when either
         changes)."""
         local = ctx.snapshot.quarantine
-        if self._shared is None:
-            return local
-        fields = await self._shared.current()
-        generation = self._shared.generation
+        fields = await self._shared.current() if self._shared is not None else {}
+        generation = self._shared.generation if self._shared is not None else 0
         seen, seen_generation, merged = self._merged
         if seen is not local or seen_generation != generation:
             shared, problems = parse_shared(fields)
