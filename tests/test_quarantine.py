@@ -99,6 +99,14 @@ async def until_refused(proxy: RunningProxy, path: str) -> None:
     await until(lambda: refused(proxy, "GET", path), what=f"{path} was never refused")
 
 
+async def quarantined(make_proxy: ProxyFactory, image: Image) -> RunningProxy:
+    """A proxy whose every worker refuses `image` (quarantined by the CLI)."""
+    proxy = await make_proxy(SETUP)
+    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await until_refused(proxy, "/v2/apps/web/manifests/v1")
+    return proxy
+
+
 @pytest.fixture
 async def image(upstream: FakeUpstream) -> Image:
     return Image(upstream, "one")
@@ -145,9 +153,7 @@ def _body(image: Image) -> str:
 async def test_lifting_it_lets_every_request_through_again(
     make_proxy: ProxyFactory, image: Image
 ) -> None:
-    proxy = await make_proxy(SETUP)
-    quarantine(proxy, "add", image.digest, "--reason", REASON)
-    await until_refused(proxy, "/v2/apps/web/manifests/v1")
+    proxy = await quarantined(make_proxy, image)
     quarantine(proxy, "remove", image.digest)
     await until(lambda: _status(proxy, "/v2/apps/web/manifests/v1", 200), what="never lifted")
     for path in ("/v2/apps/web/manifests/nested", f"/v2/apps/web/manifests/{image.digest}",
@@ -184,9 +190,7 @@ async def test_the_registry_without_a_digest_header_is_checked_from_the_bytes(
     make_proxy: ProxyFactory, upstream: FakeUpstream, image: Image
 ) -> None:
     image.repo.send_digest = False
-    proxy = await make_proxy(SETUP)
-    quarantine(proxy, "add", image.digest, "--reason", REASON)
-    await until_refused(proxy, "/v2/apps/web/manifests/v1")
+    proxy = await quarantined(make_proxy, image)
     assert await refused(proxy, "HEAD", "/v2/apps/web/manifests/v1") == "403"
     assert await refused(proxy, "GET", "/v2/apps/web/manifests/nested") is not None
 
@@ -194,9 +198,7 @@ async def test_the_registry_without_a_digest_header_is_checked_from_the_bytes(
 async def test_a_registry_that_cannot_be_asked_is_a_refusal_not_a_pass(
     make_proxy: ProxyFactory, upstream: FakeUpstream, image: Image
 ) -> None:
-    proxy = await make_proxy(SETUP)
-    quarantine(proxy, "add", image.digest, "--reason", REASON)
-    await until_refused(proxy, "/v2/apps/web/manifests/v1")
+    proxy = await quarantined(make_proxy, image)
 
     async def broken(request: web.Request) -> web.StreamResponse:
         return web.Response(status=500)
@@ -209,9 +211,7 @@ async def test_a_registry_that_cannot_be_asked_is_a_refusal_not_a_pass(
 async def test_a_broken_edit_keeps_the_last_good_list_and_a_bad_entry_only_itself(
     make_proxy: ProxyFactory, upstream: FakeUpstream, image: Image
 ) -> None:
-    proxy = await make_proxy(SETUP)
-    quarantine(proxy, "add", image.digest, "--reason", REASON)
-    await until_refused(proxy, "/v2/apps/web/manifests/v1")
+    proxy = await quarantined(make_proxy, image)
     path = proxy.directory / "quarantine.yaml"
     good = path.read_text()
     replace_file(path, "digest: [\n")  # not even YAML: the last good list stays

@@ -11,13 +11,13 @@ outage never lifts what was shared, and a change made meanwhile applies when it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import cast
 
 from redis.asyncio import Redis
 
+from ..core.chores import every, stop
 from .redis_layout import Keys
 from .redis_store import DOWN
 
@@ -46,7 +46,7 @@ class SharedMap:
         """The hash as last read; the first call starts polling and waits for one read."""
         if self._first is None:
             self._first = asyncio.ensure_future(self._check())
-            self._poller = asyncio.ensure_future(self._poll())
+            self._poller = asyncio.ensure_future(every(POLL, self._check))
         if not self._first.done():
             await asyncio.shield(self._first)
         return self.fields
@@ -69,14 +69,5 @@ class SharedMap:
             self.fields = fields
             self.generation += 1
 
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(POLL)
-            await self._check()
-
     async def close(self) -> None:
-        for task in (self._poller, self._first):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stop(self._poller, self._first)
