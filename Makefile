@@ -10,6 +10,7 @@ OCI_CONFORMANCE_BIN ?= $(firstword $(wildcard $(CURDIR)/../shared/conformance/co
 export OCI_CONFORMANCE_BIN
 TEST_PACKAGES := docker-registry podman skopeo buildah docker.io:dockerd apache2-utils:htpasswd openssl slapd:slapd ldap-utils:ldapadd \
                  docker-compose redis-server:redis-server redis-sentinel:redis-sentinel haproxy:haproxy \
+                 prometheus:promtool apache2:apache2 \
                  python3-venv:python3-venv
 
 # pytest-xdist: one process per CPU, each running whole test files (a module's tests may share

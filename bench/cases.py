@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import statistics
 import subprocess
@@ -12,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import storm as storm_module
-from bench.fixtures import PULLER, PULLER_10, PUSHER, Fixtures
+from bench.fixtures import PULLER, PULLER_10, PUSHER, STORM_COST, Fixtures
 from bench.load import Client, Load, ab, push, wrk
 from bench.plan import MB, MIB, Plan, log
 from bench.processes import Usage, UsageSampler, tool
+from bench.stats import spread
 from bench.targets import DIRECT, Target
 from devtools.processes import tree_cpu_seconds
 
@@ -51,6 +53,7 @@ class Result:
     usage: Usage
     note: str = ""
     errors: dict[str, int] = field(default_factory=dict)  # storms: what stopped clients
+    runs: list[float] = field(default_factory=list)  # the main value of each round, in order
     first_errors: tuple[str, ...] = ()  # storms: the first few, request by request
 
 
@@ -174,11 +177,14 @@ class Bench:
             self.results.append(self.rate_result(case, name, runs, usages[name]))
 
     def rate_result(self, case: RateCase, name: str, runs: list[Load], usage: Usage) -> Result:
-        """Counts added up over the runs; latency percentiles are the runs' median."""
+        """Counts added up over the runs; the rate and the latency percentiles are the runs'
+        median (each run's rate kept, for ratios paired by round)."""
         requests, seconds = sum(r.requests for r in runs), sum(r.seconds for r in runs)
         non_2xx, failed = sum(r.non_2xx for r in runs), sum(r.failed for r in runs)
+        rates = [r.requests / r.seconds if r.seconds else 0.0 for r in runs]
         metrics = {
-            "rps": requests / seconds,
+            "rps": statistics.median(rates),
+            "rps_spread": spread(rates),
             "requests": requests,
             "seconds": seconds,
             "p50_ms": statistics.median(r.p50_ms for r in runs),
@@ -192,7 +198,7 @@ class Bench:
             # Most connections got no answer before the end: a request takes longer than a
             # run, and the count says little but that throughput is below this.
             metrics["rps_at_most"] = case.concurrency * len(runs) / seconds
-        result = Result(case.key, name, metrics, usage)
+        result = Result(case.key, name, metrics, usage, runs=rates)
         refused = requests if case.user is None and self.targets[name].authenticates else 0
         if non_2xx != refused or failed:
             result.note = f"{non_2xx} non-2xx answers (expected {refused}), {failed} failed"
@@ -213,9 +219,9 @@ class Bench:
             rates = [size / s / MB for s in runs]
             gigabytes = len(runs) * size / 1e9
             metrics = {"mbps": statistics.median(rates), "mbps_min": min(rates),
-                       "mbps_max": max(rates), "runs": len(runs),
+                       "mbps_max": max(rates), "runs": len(runs), "mbps_spread": spread(rates),
                        "cpu_s_per_gb": usages[name].cpu_seconds / gigabytes}  # fmt: skip
-            self.results.append(Result("get-blob", name, metrics, usages[name]))
+            self.results.append(Result("get-blob", name, metrics, usages[name], runs=rates))
 
     def downloads(self, name: str, count: int) -> list[float]:
         """`count` concurrent curl GETs of the blob; each one's seconds, length checked."""
@@ -269,7 +275,7 @@ class Bench:
             metrics = {"seconds": statistics.median(runs), "seconds_min": min(runs),
                        "seconds_max": max(runs), "runs": len(runs),
                        "cpu_s_per_push": usages[name].cpu_seconds / len(runs)}  # fmt: skip
-            self.results.append(Result("push", name, metrics, usages[name]))
+            self.results.append(Result("push", name, metrics, usages[name], runs=runs))
 
     # --- storms: many clients at once, each its own user (bench/storm.py) --------------------
 
@@ -325,10 +331,13 @@ class Bench:
         for name in self.rotated(list(self.targets)):
             work = work_for(name)
             throttled = self.throttled_logins(name)
+            # What one login costs any front end right now: the storm's floor (bench/stats.py).
+            check = storm_module.check_seconds(STORM_COST)
             with self.measured(name, case) as usage:
                 outcome = self.storm(name, users, work)
             self.settle(self.targets[name])
             result = storm_result(case, name, outcome, usage)
+            result.metrics |= {"bcrypt_check_s": check, "cpus": os.cpu_count() or 1}
             throttled = self.throttled_logins(name) - throttled
             result.metrics["throttled_logins"] = throttled
             if throttled:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,10 +89,14 @@ class Processes:
     def __init__(self) -> None:
         self._started: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: Sequence[str], workdir: Path) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: Sequence[str], workdir: Path,
+        env: Mapping[str, str] | None = None, cwd: Path | None = None,
+    ) -> subprocess.Popen[bytes]:  # fmt: skip
         """`argv` in a session of its own, its output in `workdir`'s stdout.log and stderr.log."""
         log(f"starting {name}: {' '.join(argv)}")
-        process = start(argv, workdir / "stdout.log", workdir / "stderr.log", append=True)
+        process = start(argv, workdir / "stdout.log", workdir / "stderr.log", env=env, cwd=cwd,
+                        append=True)  # fmt: skip
         self._started.append((name, process))
         return process
 

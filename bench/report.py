@@ -28,6 +28,7 @@ from bench.chart import chart
 from bench.fixtures import Fixtures
 from bench.plan import MIB, RESULTS, SECTIONS, Plan
 from bench.processes import machine, tool
+from bench.stats import bcrypt_floor, ratio, ratio_spread, spread
 from bench.targets import DIRECT, LIMIT, TARGET_ORDER, TARGETS, Target
 
 
@@ -98,6 +99,13 @@ def times(value: float, base: float) -> float:
     return value / base if base else math.inf
 
 
+def over(ours: Result, theirs: Result) -> float:
+    """`ours`' main value over `theirs`': paired by round when both ran in rounds."""
+    if ours.runs and theirs.runs:
+        return ratio(ours.runs, theirs.runs)
+    return times(main_value(ours), main_value(theirs))
+
+
 def number(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
@@ -122,8 +130,10 @@ def cell(row: Row, results: dict[tuple[str, str], Result], target: str) -> str:
         return number(metrics[row.kind]) if row.kind in metrics else "—"
     value = main_value(result)
     text = number(value) + (" s" if main_key(result) == "seconds" else "")
+    if len(result.runs) > 1:
+        text += f" ±{spread(result.runs):.0%}"
     ratios = [
-        f"{times(value, main_value(results[(row.case, base)])):.2f}x{base[0]}"
+        f"{over(result, results[(row.case, base)]):.2f}x{base[0]}"
         for base in (DIRECT, LIMIT)
         if base != target and comparable(results.get((row.case, base)))
     ]
@@ -179,8 +189,11 @@ def comparison(
         ours, theirs = by_key[(case, "regproxy")], by_key[(case, base)]
         if not (comparable(ours) and comparable(theirs)):
             return Check(goal, "too few answers in the runs to compare", False)
-        ratio = times(main_value(ours), main_value(theirs))
-        return Check(goal, f"{ratio:.2f}x", passes(ratio))
+        value = over(ours, theirs)
+        shown = f"{value:.2f}x"
+        if width := ratio_spread(ours.runs, theirs.runs):
+            shown += f" (rounds within ±{width:.0%})"
+        return Check(goal, shown, passes(value))
 
     return compare
 
@@ -244,7 +257,7 @@ def storm_checks(plan: Plan, results: list[Result], workers: int) -> list[Check]
                         f"wall time, and below every authenticating peer's", pull, LIMIT,
                         lambda r: r <= 1.05)  # fmt: skip
         mine = by_key[(pull, "regproxy")]
-        ratios = {p: times(main_value(mine), main_value(by_key[(pull, p)])) for p in PEERS}
+        ratios = {p: over(mine, by_key[(pull, p)]) for p in PEERS}
         peers = ", ".join(f"{ratio:.2f}x {peer}" for peer, ratio in ratios.items())
         below = all(ratio < 1 for ratio in ratios.values())
         measured = f"{check.measured} the limit; {peers}"
@@ -258,9 +271,6 @@ def storm_checks(plan: Plan, results: list[Result], workers: int) -> list[Check]
         mine = by_key[(push, "regproxy")]
         measured = f"{mine.note}: {check.measured}" if mine.note else check.measured
         out.append(replace(check, measured=measured, met=check.met and not mine.note))
-    if "anonymous" in ran:
-        out.append(compare("anonymous 401: ≥ 1.0x apache req/s", "anonymous", "apache",
-                           lambda r: r >= 1.0))  # fmt: skip
     tree = max(r.usage.tree_kib for r in results if r.target == "regproxy") / 1024
     out.append(Check(
         f"peak RSS of the whole tree ≤ 48 MiB per worker, parent included ({workers} workers: "
@@ -268,6 +278,75 @@ def storm_checks(plan: Plan, results: list[Result], workers: int) -> list[Check]
         f"({tree / workers:.1f} per worker)", tree <= 48 * workers,
     ))  # fmt: skip
     return out
+
+
+RATE_PEERS = ("apache", "nginx", "nginx-tuned")
+
+
+def issue_24_checks(plan: Plan, results: list[Result], workers: int) -> list[Check]:
+    """Issue 24's targets that run.py measures, as ratios within this run."""
+    by_key = {(r.case, r.target): r for r in results}
+    ran = {r.case for r in results}
+    compare = comparison(results)
+    out = []
+    if "anonymous" in ran:
+        check = compare("anonymous 401: ≥ 1.0x apache req/s", "anonymous", "apache",
+                        lambda r: r >= 1.0)  # fmt: skip
+        ours = by_key[("anonymous", "regproxy")]
+        others = ", ".join(f"{over(ours, by_key[('anonymous', p)]):.2f}x {p}"
+                           for p in RATE_PEERS[1:])  # fmt: skip
+        out.append(replace(check, measured=f"{check.measured}; {others}"))
+    rate = [r for r in results if r.target == "regproxy" and r.case in rate_case_keys(plan)]
+    if rate:
+        peak = max(rate, key=lambda r: r.usage.tree_kib)
+        tree = peak.usage.tree_kib / 1024
+        out.append(Check(
+            f"peak RSS of the whole tree in the rate cases ≤ 48 MiB per worker, supervisor "
+            f"included ({workers} workers: {48 * workers} MiB)",
+            f"{tree:.1f} MiB ({tree / workers:.1f} per worker; largest worker "
+            f"{peak.usage.worker_kib / 1024:.1f} MiB; in {peak.case})", tree <= 48 * workers,
+        ))  # fmt: skip
+    push = f"push-{plan.storm.push_clients}"
+    if push in ran:
+        check = compare(f"push storm, {plan.storm.push_clients} clients: ≤ 1.3x the limit's "
+                        "wall time", push, LIMIT, lambda r: r <= 1.3)  # fmt: skip
+        out.append(replace(check, met=check.met and not by_key[(push, "regproxy")].note))
+    pull = f"pull-{max(plan.storm.pull_clients)}"
+    if pull in ran:
+        out.append(pull_storm_check(pull, by_key[(pull, "regproxy")], by_key[(pull, LIMIT)]))
+    if "get-blob" in ran:
+        best = max((LIMIT, *RATE_PEERS), key=lambda t: main_value(by_key[("get-blob", t)]))
+        out.append(compare(f"GET blob: ≥ 1.0x the best of the limit, nginx and Apache ({best})",
+                           "get-blob", best, lambda r: r >= 1.0))  # fmt: skip
+    spreads = {r.case: spread(r.runs) for r in rate}
+    if spreads:
+        case, widest = max(spreads.items(), key=lambda item: item[1])
+        out.append(Check(
+            "rate cases: regproxy's rounds agree within ±10% (the median is reported)",
+            f"widest ±{widest:.0%} ({case}, {plan.rate_rounds} rounds of "
+            f"{plan.rate_seconds}s)", widest <= 0.10,
+        ))  # fmt: skip
+    return out
+
+
+def pull_storm_check(case: str, ours: Result, limit: Result) -> Check:
+    """The pull storm against what no authenticating front end avoids: the limit's wall time
+    plus one bcrypt check per client spread over the CPUs, both measured in this run."""
+    clients = int(ours.metrics["clients"])
+    floor = bcrypt_floor(clients, ours.metrics["bcrypt_check_s"], int(ours.metrics["cpus"]))
+    bound = main_value(limit) + floor
+    value = times(main_value(ours), bound)
+    measured = (f"{value:.2f}x ({main_value(ours):.2f} s against {main_value(limit):.2f} s + "
+                f"{clients} x {ours.metrics['bcrypt_check_s'] * 1000:.0f} ms / "
+                f"{ours.metrics['cpus']:.0f} CPUs = {bound:.2f} s)")  # fmt: skip
+    if ours.note:
+        measured = f"{ours.note}: {measured}"
+    goal = f"pull storm, {clients} clients: ≤ 1.05x (the limit's wall time + the bcrypt floor)"
+    return Check(goal, measured, value <= 1.05 and not ours.note)
+
+
+def rate_case_keys(plan: Plan) -> set[str]:
+    return {key for key, *_ in MAIN_RATE_CASES} | {key for _, key in sweep_keys(plan)}
 
 
 def versions(workers: int) -> dict[str, str]:
@@ -295,6 +374,7 @@ def report(
     blob_mib = fixtures.layer_size / MIB
     met = checks(plan, results, workers)
     met_19 = storm_checks(plan, results, workers)
+    met_24 = issue_24_checks(plan, results, workers)
     only = "" if set(sections) == set(SECTIONS) else f" Only {', '.join(sections)} (--only)."
     wall = time.monotonic() - started
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -304,7 +384,8 @@ def report(
         f"{os.cpu_count()} CPUs ({platform.platform()}), load average {load_before:.1f} before "
         f"and {os.getloadavg()[0]:.1f} after: anything else running skews every number. "
         f"regproxy with {workers} workers, cache.ttl {cache_ttl:g}. Rate cases: "
-        f"{plan.rate_rounds} x {plan.rate_seconds}s per target, round-robin, wrk (1 thread) "
+        f"{plan.rate_rounds} x {plan.rate_seconds}s per target, round-robin (the median run, ± "
+        f"half the runs' range; ratios: the median of the rounds' ratios), wrk (1 thread) "
         f"for GET, ab for HEAD; blob GETs with curl; "
         f"{wall:.0f}s in all. {plan.note}{only}",
         "",
@@ -332,6 +413,10 @@ def report(
         "Targets of issue 19 measured here (the scale curves' are in bench/scale.py's report):",
         "",
         *(c.line for c in met_19),
+        "",
+        "Targets of issue 24 measured here (ratios paired by round, bench/stats.py):",
+        "",
+        *(c.line for c in met_24),
     ]
     text = "\n".join(lines) + "\n"
     data = {
@@ -347,6 +432,7 @@ def report(
         "sections": list(sections),
         "checks": [asdict(c) for c in met],
         "checks_issue_19": [asdict(c) for c in met_19],
+        "checks_issue_24": [asdict(c) for c in met_24],
     }
     save("", text, data, lambda path: chart(plan, results, path))
     return text

@@ -190,6 +190,7 @@ class Setup:
     registry_data: Path
     users: Users
     notes: list[str] = field(default_factory=list)  # for the report: what went wrong where
+    baseline: Path | None = None  # another checkout to run beside this one (--baseline)
 
 
 def seed(setup: Setup, repositories: int) -> None:
@@ -251,10 +252,12 @@ class Proxy:
 
 @contextmanager
 def regproxy(
-    setup: Setup, processes: Processes, name: str, workers: int, **settings: object
-) -> Iterator[Proxy]:
-    """A regproxy with these settings on a free port; ready once it has answered an
-    authenticated manifest GET (its startup time runs to then)."""
+    setup: Setup, processes: Processes, name: str, workers: int, source: Path | None = None,
+    **settings: object,
+) -> Iterator[Proxy]:  # fmt: skip
+    """A regproxy with these settings on a free port (run from the checkout at `source`, if
+    given); ready once it has answered an authenticated manifest GET (its startup time runs
+    to then)."""
     directory = setup.workdir / name
     directory.mkdir()
     port = free_port()
@@ -268,7 +271,7 @@ def regproxy(
     path.write_text(yaml.safe_dump(config))
     started = time.perf_counter()
     process = processes.start(name, [sys.executable, "-m", "proxy", "serve", "-c", str(path)],
-                              directory)  # fmt: skip
+                              directory, **from_checkout(source))  # fmt: skip
     proxy = Proxy(process, port, directory, workers)
     try:
         wait_ready(setup, proxy)
@@ -450,7 +453,7 @@ class Size:
     path: Path
     text: str
     grown: str
-    settings: dict[str, object]
+    settings: dict[str, Any]
 
 
 def sized_curve(
@@ -511,14 +514,27 @@ def catalog_curve(setup: Setup, plan: Plan, processes: Processes, workers: int) 
     visible = len([n for n in catalog_names(plan.repositories) if n.endswith("/app07")])
     log(f"catalog: {plan.repositories:,} repositories, {visible} visible to the viewer, "
         f"{plan.catalog_rules:,} rules ahead")  # fmt: skip
-    with (
-        regproxy(setup, processes, "catalog", workers, acl=str(acl)) as proxy,
-        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
-    ):
-        point = runner.run(catalog_phases(setup, plan, proxy, min(visible, 100)))
-    return [{"repositories": plan.repositories, "rules": plan.catalog_rules, "visible": visible,
-             "catalog_concurrent": plan.catalog_concurrent,
-             "catalog_sequential": plan.catalog_sequential, **point}]  # fmt: skip
+    points = []
+    for baseline in [None, *([setup.baseline] if setup.baseline else [])]:
+        name = "catalog-baseline" if baseline else "catalog"
+        with (
+            regproxy(setup, processes, name, workers, source=baseline, acl=str(acl)) as proxy,
+            asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+        ):
+            point = runner.run(catalog_phases(setup, plan, proxy, min(visible, 100)))
+        points.append({"repositories": plan.repositories, "rules": plan.catalog_rules,
+                       "visible": visible, "catalog_concurrent": plan.catalog_concurrent,
+                       "catalog_sequential": plan.catalog_sequential,
+                       "baseline": float(baseline is not None), **point})  # fmt: skip
+    return points
+
+
+def from_checkout(source: Path | None) -> dict[str, Any]:
+    """How to start regproxy from another checkout (`--baseline`): there, and first on the
+    path (`python -m proxy` finds the package of its working directory first)."""
+    if source is None:
+        return {}
+    return {"env": {**os.environ, "PYTHONPATH": str(source)}, "cwd": source}
 
 
 async def catalog_phases(setup: Setup, plan: Plan, proxy: Proxy, expected: int) -> Point:
@@ -570,6 +586,7 @@ async def catalog_phases(setup: Setup, plan: Plan, proxy: Proxy, expected: int) 
     point: Point = {
         "direct_p50_ms": statistics.median(t for t, _ in direct) * 1000,
         "filtered_p50_ms": statistics.median(t for t, _ in filtered) * 1000,
+        "filtered_first_ms": filtered[0][0] * 1000,  # the names read, the viewer decided
         "filtered_max_ms": max(t for t, _ in filtered) * 1000,
         "filtered_cpu_ms": page_cpu * 1000,
         "concurrent_p50_ms": statistics.median(t for t, _ in together) * 1000,
@@ -591,7 +608,7 @@ async def catalog_phases(setup: Setup, plan: Plan, proxy: Proxy, expected: int) 
 
 def connections_curve(setup: Setup, plan: Plan, processes: Processes, workers: int) -> list[Point]:
     log(f"connections: {', '.join(f'{n:,}' for n in plan.connections)} idle TLS keep-alives")
-    settings = {"timeouts": {"keepalive": 600}}  # idle connections stay for the whole curve
+    settings: dict[str, Any] = {"timeouts": {"keepalive": 600}}  # idle for the whole curve
     with (
         regproxy(setup, processes, "connections", workers, **settings) as proxy,
         asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
@@ -648,6 +665,25 @@ async def hold_connections(setup: Setup, plan: Plan, proxy: Proxy) -> list[Point
     return points
 
 
+# Request kinds by rule count, and a large deployment: bench/kinds.py (which imports this).
+def kinds_tables(curves: dict[str, list[Point]]) -> list[str]:
+    from bench import kinds
+
+    return kinds.tables(curves)
+
+
+def kinds_curve(setup: Setup, plan: Plan, processes: Processes, workers: int) -> list[Point]:
+    from bench import kinds
+
+    return kinds.kinds_curve(setup, plan, processes, workers)
+
+
+def big_curve(setup: Setup, plan: Plan, processes: Processes, workers: int) -> list[Point]:
+    from bench import kinds
+
+    return kinds.big_curve(setup, plan, processes, workers)
+
+
 Curve = Callable[[Setup, Plan, Processes, int], list[Point]]
 # 1 / 2 / 3 replicas behind HAProxy sharing Redis are measured by bench/replicas.py (run by
 # `make bench`); a storms-through-HAProxy curve would plug in here and is listed as not
@@ -656,6 +692,8 @@ CURVES: dict[str, Curve | None] = {
     "users": users_curve,
     "rules": rules_curve,
     "catalog": catalog_curve,
+    "kinds": kinds_curve,
+    "big": big_curve,
     "connections": connections_curve,
     "replicas": None,
 }
@@ -750,9 +788,10 @@ def tables(curves: dict[str, list[Point]]) -> list[str]:
 
     sizes("users", "htpasswd users")
     sizes("rules", "ACL rules (the user's last)")
-    if catalog := curves.get("catalog"):
-        p = catalog[0]
+    lines.extend(kinds_tables(curves))
+    for p in curves.get("catalog", []):
         lines.extend([
+            *(["Catalog, the same with the baseline checkout:"] if p["baseline"] else []),
             f"Catalog: {p['repositories']:,.0f} repositories, the viewer may pull "
             f"{p['visible']:,.0f} (1%, spread over the listing), {p['rules']:,.0f} rules ahead "
             "of theirs; `GET /v2/_catalog?n=100`.",
@@ -763,6 +802,8 @@ def tables(curves: dict[str, list[Point]]) -> list[str]:
             f"| quiet (no catalog request) | | | | {_probe(p, 'quiet')} |",
             f"| registry, unfiltered | {number(p['direct_p50_ms'])}"
             f"{_failures(p, 'direct', p['catalog_sequential'])} | | | |",
+            f"| regproxy, filtered, first page (names read, viewer decided) | "
+            f"{number(p['filtered_first_ms'])} | | | |",
             f"| regproxy, filtered, one at a time | {number(p['filtered_p50_ms'])}"
             f"{_failures(p, 'filtered', p['catalog_sequential'])} | "
             f"{number(p['filtered_max_ms'])} | {number(p['filtered_cpu_ms'])} | "
@@ -932,6 +973,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, about a minute")
     parser.add_argument("--workers", type=int, default=1, help="regproxy workers (default 1)")
+    parser.add_argument("--baseline", type=Path,
+                        help="also run regproxy from this checkout (the catalog, kinds and "
+                        "big curves), for before/after in one run")  # fmt: skip
     parser.add_argument("--curves", default=",".join(n for n, c in CURVES.items() if c),
                         help=f"comma-separated, of {','.join(CURVES)}")  # fmt: skip
     args = parser.parse_args(argv)
@@ -955,9 +999,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         context = ssl.create_default_context(cafile=str(cert))
         registry = start_registry(workdir / "registry", processes)
         data = workdir / "registry" / "data" / "docker" / "registry" / "v2"
-        setup = Setup(workdir, cert, key, context, registry.url, data, Users.make())
+        setup = Setup(workdir, cert, key, context, registry.url, data, Users.make(),
+                      baseline=args.baseline.resolve() if args.baseline else None)  # fmt: skip
         replace_file(workdir / "htpasswd", htpasswd_text(setup.users, 10))  # unless a curve's own
-        seed(setup, plan.repositories if "catalog" in names else 0)
+        seed(setup, plan.repositories if {"catalog", "kinds"} & set(names) else 0)
         for name in names:
             curve = CURVES[name]
             assert curve is not None

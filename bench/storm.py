@@ -125,6 +125,17 @@ def bcrypt_line(item: tuple[str, str, int]) -> str:
     return f"{user}:$2y${hashed[4:]}\n"  # as `htpasswd -B` writes it
 
 
+def check_seconds(cost: int, times: int = 3) -> float:
+    """What one bcrypt check at `cost` takes on this machine now (the median of `times`)."""
+    hashed = bcrypt.hashpw(b"storm", bcrypt.gensalt(cost))
+    spent = []
+    for _ in range(times):
+        started = time.perf_counter()
+        bcrypt.checkpw(b"storm", hashed)
+        spent.append(time.perf_counter() - started)
+    return statistics.median(spent)
+
+
 def htpasswd_lines(passwords: dict[str, str], cost: int) -> list[str]:
     """htpasswd lines for many users, hashed on every CPU (bcrypt is the slow part)."""
     items = [(user, password, cost) for user, password in passwords.items()]

@@ -278,11 +278,15 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serving(
-    args: list[str], directory: Path, open_files: int | tuple[int, int] | None = None
+    args: list[str],
+    directory: Path,
+    open_files: int | tuple[int, int] | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """`regproxy ARGS` as a subprocess in `directory` (access log to access.log, diagnostics
     to regproxy.err), from its "listening on" line until the block ends. `open_files`: its
-    open-files limit (soft and hard, or both alike), as a service manager would set it."""
+    open-files limit (soft and hard, or both alike), as a service manager would set it; `env`:
+    variables to add to its environment."""
     stdout, stderr = directory / "access.log", directory / "regproxy.err"
 
     def limit() -> None:
@@ -293,7 +297,8 @@ async def serving(
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", *args,
-            cwd=directory, env=ENV, stdout=out, stderr=err, start_new_session=True,
+            cwd=directory, env={**ENV, **(env or {})}, stdout=out, stderr=err,
+            start_new_session=True,
             preexec_fn=limit,
         )  # fmt: skip
     try:

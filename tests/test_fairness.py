@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from devtools.net import free_port
 from tests.conftest import (
     USERS,
     FakeUpstream,
@@ -26,6 +27,8 @@ from tests.conftest import (
     RunningProxy,
     TlsPair,
     basic,
+    samples,
+    scrape,
     serving,
     until,
     write_setup,
@@ -66,6 +69,20 @@ async def stalled_upload(proxy: RunningProxy, tls: TlsPair, user: str = "push") 
             return await reader.read(4096)
         except (ConnectionError, ssl.SSLError):
             return b""
+
+
+METRICS = "metrics:\n  listen: 127.0.0.1:{port}\n"
+
+
+async def refused_by(proxy: RunningProxy) -> dict[str, float]:
+    """`regproxy_fair_share_refused_total` by `limit`, as `/metrics` says now."""
+    assert proxy.server.metrics_port is not None
+    values = samples((await scrape(proxy.server.metrics_port))[1])
+    return {
+        dict(labels)["limit"]: value
+        for (name, labels), value in values.items()
+        if name == "regproxy_fair_share_refused_total"
+    }
 
 
 def stalling_upstream(upstream: FakeUpstream) -> asyncio.Event:
@@ -113,8 +130,9 @@ async def test_waiting_for_an_upstream_connection_is_bounded(
 ) -> None:
     proxy = await make_proxy(
         "limits:\n  upstream_connections: 4\n  upstream_per_user: 2\n  upstream_wait: 0.2\n"
-        "timeouts:\n  client_idle: 300\n"
+        "timeouts:\n  client_idle: 300\n" + METRICS.format(port=free_port())
     )  # 4 connections: 2 kept for the proxy's own requests, 2 for clients'
+    before = await refused_by(proxy)
     started = stalling_upstream(upstream)
     held = []
     for _ in range(2):
@@ -125,6 +143,11 @@ async def test_waiting_for_an_upstream_connection_is_bounded(
         assert resp.status == 503
         assert resp.headers["Retry-After"]
         assert (await resp.json())["errors"][0]["code"] == "UNAVAILABLE"
+    after = await refused_by(proxy)
+    assert {limit: after[limit] - before[limit] for limit in after} == {
+        "per_address": 0, "per_user": 0, "anonymous": 0, "anonymous_per_address": 0,
+        "upstream_wait": 1,
+    }  # fmt: skip
     for upload in held:
         upload.cancel()
     await asyncio.gather(*held, return_exceptions=True)
@@ -133,7 +156,11 @@ async def test_waiting_for_an_upstream_connection_is_bounded(
 async def test_requests_in_flight_per_address_are_capped(
     make_proxy: ProxyFactory, upstream: FakeUpstream, tls: TlsPair
 ) -> None:
-    proxy = await make_proxy("limits:\n  per_address: 3\ntimeouts:\n  client_idle: 300\n")
+    proxy = await make_proxy(
+        "limits:\n  per_address: 3\ntimeouts:\n  client_idle: 300\n"
+        + METRICS.format(port=free_port())
+    )
+    before = await refused_by(proxy)
     started = stalling_upstream(upstream)
     held = []
     for user in ("push", "push", "push"):
@@ -143,6 +170,7 @@ async def test_requests_in_flight_per_address_are_capped(
     async with proxy.session.get(proxy.url + MANIFEST, headers=proxy.auth("pull")) as resp:
         assert resp.status == 429  # the fourth request from this address, whoever sends it
         assert (await resp.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
+    assert (await refused_by(proxy))["per_address"] - before["per_address"] == 1
     for upload in held:
         upload.cancel()
     await asyncio.gather(*held, return_exceptions=True)

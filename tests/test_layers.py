@@ -69,11 +69,10 @@ def test_every_guard_is_in_the_one_list() -> None:
     """A module of proxy/guards/ defining a Guard is used by `ordered`, in the package."""
     from proxy import guards
     from proxy.pipeline.guard import Guard
+    from proxy.upstream.catalog import Listings
 
-    listed = {
-        type(guard)
-        for guard in guards.ordered(store=_NoStore(), registry=None, upload_key=b"k")  # type: ignore[arg-type]
-    }
+    every = guards.ordered(store=_NoStore(), registry=None, upload_key=b"k", listings=Listings())  # type: ignore[arg-type]
+    listed = {type(guard) for guard in every}
     defined = {
         value
         for path in (ROOT / "proxy" / "guards").glob("*.py")

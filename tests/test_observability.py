@@ -9,10 +9,13 @@ import json
 import re
 import signal
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
+from cryptography import x509
 
 from devtools.net import free_port
 from proxy.observe.accesslog import json_text
@@ -25,8 +28,10 @@ from tests.conftest import (
     TlsPair,
     basic,
     htpasswd_text,
+    replace_file,
     samples,
     scrape,
+    until,
 )
 
 PULL = {"Authorization": basic("pull", USERS["pull"])}
@@ -86,10 +91,13 @@ async def test_health_says_whether_the_upstream_answers(make_proxy: ProxyFactory
     assert port is not None
     status, body = await scrape(port, "/health")
     assert (status, json.loads(body)["status"]) == (200, "ok")
+    assert samples((await scrape(port))[1])[("regproxy_upstream_up", ())] == 1
     snapshot = proxy.state.current
     proxy.state.current = replace(snapshot, config=replace(snapshot.config, upstream=dead))
     status, body = await scrape(port, "/health")
     assert (status, json.loads(body)) == (503, {"status": "upstream unavailable", "upstream": dead})
+    # Asked again at the scrape: no traffic, no health check needed to see it.
+    assert samples((await scrape(port))[1])[("regproxy_upstream_up", ())] == 0
     assert (await scrape(port, "/v2/"))[0] == 404
 
 
@@ -172,6 +180,34 @@ async def test_metrics_add_up_across_workers(served: Served, tls: TlsPair) -> No
     for _ in range(5):  # whichever worker answers the scrape, the sum is the same
         values = samples((await scrape(port))[1])
         assert values[ping_ok] == 40
+
+
+def not_after(pem: bytes) -> float:
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+
+
+@pytest.mark.parametrize(
+    "served", ["workers: 2\nmetrics:\n  listen: 127.0.0.1:{free_port}\n"], indirect=True
+)
+async def test_the_certificate_expiry_metric_follows_a_reload(served: Served) -> None:
+    """Every worker tells when the certificate it serves expires, from start and after a
+    renewed one is loaded (the lowest of the workers' values while they differ)."""
+    config = (served.directory / "regproxy.yaml").read_text()
+    port = int(re.search(r"listen: 127\.0\.0\.1:(\d+)\n$", config).group(1))  # type: ignore[union-attr]
+    expiry = ("regproxy_certificate_expiry_timestamp_seconds", ())
+    values = samples((await scrape(port))[1])
+    assert values[expiry] == not_after((served.directory / "server.crt").read_bytes())
+    assert values[("regproxy_upstream_up", ())] == 1
+    assert values[("regproxy_reloads_total", (("result", "failed"),))] == 0  # there from start
+    renewed = trustme.CA().issue_cert("localhost", not_after=datetime(2031, 5, 6, tzinfo=UTC))
+    replace_file(served.directory / "server.crt", renewed.cert_chain_pems[0].bytes())
+    replace_file(served.directory / "server.key", renewed.private_key_pem.bytes())
+
+    async def renewed_everywhere() -> bool:
+        values = samples((await scrape(port))[1])
+        return values[expiry] == datetime(2031, 5, 6, tzinfo=UTC).timestamp()
+
+    await until(renewed_everywhere, 20, "the metric never told the renewed certificate")
 
 
 def test_reference_config_documents_every_key() -> None:

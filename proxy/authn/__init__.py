@@ -1,9 +1,8 @@
 """Authentication backends: interchangeable parts behind one Protocol.
 
-The contract, as in docker_auth: a backend raises `BackendUnavailable` only if it could not
-service the request, never to deny. It answers `NO_SUCH_USER` when the user is not its own (the
-next backend is asked) and `WRONG_PASSWORD` when it is but the password is wrong (the chain
-stops). The end of the chain denies.
+The contract, as in docker_auth: `BackendUnavailable` only when a backend could not service the
+request, never to deny; `NO_SUCH_USER` asks the next backend, `WRONG_PASSWORD` stops the chain,
+and the end of the chain denies.
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class AuthResult:
-    """A backend's answer. Token backends name the caller themselves (`user`: the name made
-    from a workload token's claims, or `robot$NAME`) and say why a token was refused."""
+    """A backend's answer (token backends name the caller themselves, in `user`)."""
 
     outcome: Outcome
     groups: frozenset[str] = frozenset()
@@ -44,8 +42,7 @@ class BackendUnavailable(Exception):
 
 
 class Authenticator(Protocol):
-    """One backend. Built at reload (off the event loop) and held by a snapshot; `close()` is
-    called once no request holds that snapshot any more and the new one does not reuse it."""
+    """One backend, built at reload and held by a snapshot; closed once no snapshot holds it."""
 
     async def authenticate(self, user: str, password: str) -> AuthResult:
         """Check one user's password; see the module docstring for the contract."""
@@ -69,6 +66,6 @@ class TokenAuthenticator(Authenticator, Protocol):
 
 
 def fingerprint(key: bytes, secret: bytes) -> bytes:
-    """A keyed hash of a secret, for caches that must not hold passwords: keyed BLAKE2b is a
-    MAC in one C call (the hmac module's Python layers cost more than the rest of a lookup)."""
+    """A keyed hash of a secret, for caches that must not hold passwords."""
+    # Keyed BLAKE2b is a MAC in one C call; hmac's Python layers cost more than the lookup.
     return hashlib.blake2b(secret, key=key, digest_size=32).digest()

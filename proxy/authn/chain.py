@@ -1,16 +1,9 @@
 """The authentication step: Basic (or Bearer) header -> throttle check -> backends in order ->
-Identity.
+Identity; and `BackendFactory`, which builds each snapshot's backends.
 
-Backends are asked in order: `NO_SUCH_USER` passes to the next one, `WRONG_PASSWORD` stops
-the chain, and a backend that cannot answer makes the request fail with 503 (never a silent
-allow, never a fall-through to a weaker backend). Failures feed the brute-force throttle.
-Token backends come first (robots, then workload tokens): a robot's secret or a CI token is
-never handed to a password backend. `Authorization: Bearer` goes to the workload-token backend
-alone, and only when one is configured (otherwise it counts as no credentials).
-
-What a request authenticates against (`Authenticators`: the backends, the group file, the
-throttle settings) belongs to one configuration snapshot and is passed in with the request;
-`BackendFactory` builds it at reload, off the event loop, reusing what has not changed.
+A backend that cannot answer fails the request with 503: never an allow, never a fall-through
+to a weaker backend. Token backends come first, so a robot's secret or a CI token never
+reaches a password backend.
 """
 
 from __future__ import annotations
@@ -29,7 +22,7 @@ from ..core.addresses import IPAddress, throttle_key
 from ..core.lru import LRU
 from ..observe import metrics
 from ..policy.identity import Identity
-from ..state.events import CredentialVerified, Event
+from ..state.events import CredentialChecking, CredentialVerified, Event
 from ..state.store import Release, Store
 from . import (
     Authenticator,
@@ -71,8 +64,7 @@ class Denied:
 
 @dataclass(frozen=True)
 class AuthSettings:
-    """What a snapshot's authentication is built from: the backends in order and their
-    sections, the verified-credential cache, the throttle."""
+    """What a snapshot's authentication is built from."""
 
     backends: tuple[str, ...] = ("htpasswd",)
     ldap: LdapSettings | None = None
@@ -83,8 +75,7 @@ class AuthSettings:
 
 @dataclass(frozen=True)
 class Authenticators:
-    """One snapshot's way of authenticating: backends in order, the group file (which adds
-    groups to any backend's users), the throttle settings."""
+    """One snapshot's way of authenticating: backends in order, the group file, the throttle."""
 
     backends: tuple[Authenticator, ...]
     users: UserFiles
@@ -93,13 +84,12 @@ class Authenticators:
 
 
 class Authentication:
-    """Turns an Authorization header into an Identity, or a Denied answer. `flush`: waits
-    until a failure has reached the other processes (`Store.flush`), before the 401.
-    `store`: where a login attempt is counted as under way before its password is checked,
-    with every other worker and replica (`Store.reserve`), so that a burst of guesses spread
-    over them is held to the throttle's limit as one; without it, each process counts alone.
-    An attempt with credentials that logged in here lately is not counted there (a verified
-    credential costs no round trip)."""
+    """Turns an Authorization header into an Identity, or a Denied answer."""
+
+    # `store` counts a login attempt as under way everywhere before its password is checked,
+    # so a burst of guesses spread over workers and replicas is held to the throttle's limit
+    # as one; credentials verified here lately skip that round trip. `flush` holds the 401
+    # until a failure has reached the other processes.
 
     def __init__(
         self,
@@ -189,8 +179,7 @@ class Authentication:
     async def _ask(
         setup: Authenticators, user: str, password: str, bearer: bool
     ) -> AuthResult | None:
-        """The answer that ends the chain (OK or WRONG_PASSWORD), each backend asked only when
-        the one before passed; None when every one passed."""
+        """The answer that ends the chain (OK or WRONG_PASSWORD); None when every one passed."""
         if bearer:
             assert setup.bearer is not None
             answer = await setup.bearer.authenticate_token(password)
@@ -231,12 +220,9 @@ def _identity(
 
 
 class BackendFactory:
-    """Builds each snapshot's backends (at reload, in a worker thread). Owns what outlives
-    snapshots: the hashing thread pool, the verified-credential cache of the backends that keep
-    hashes (htpasswd, Redis), when robots were last used, and each OIDC issuer's keys and
-    verified tokens (kept while that issuer's settings are unchanged); an LDAP backend is
-    reused while its settings are unchanged. `redis_users`: the worker's view of the users in
-    Redis (with `state.backend: redis`)."""
+    """Builds each snapshot's backends (at reload, in a worker thread), and owns what outlives
+    snapshots: the hashing pool, the verified-credential cache, robot usage, OIDC issuers'
+    keys, LDAP backends while their settings are unchanged."""
 
     def __init__(
         self,
@@ -254,8 +240,9 @@ class BackendFactory:
         self._redis_users = redis_users
         self._redis_dummy: PasswordHash | None = None
         self._verified: VerifiedCache[bool] = VerifiedCache(
-            CacheSettings.ttl, CacheSettings.size, clock, credentials_key, self._learned
-        )
+            CacheSettings.ttl, CacheSettings.size, clock, credentials_key, self._learned,
+            self._checking,
+        )  # fmt: skip
         self.robot_usage = RobotUsage()
         self._sources: dict[object, KeySource] = {}
         self._verifiers: dict[object, IssuerVerifier] = {}
@@ -265,12 +252,20 @@ class BackendFactory:
         if self._share is not None:
             self._share(CredentialVerified(str(key), tag.hex(), repr(seconds)))
 
+    def _checking(self, key: Hashable, tag: bytes, ended: bool) -> None:
+        """A password this worker starts (or ended) hashing: the others wait for it."""
+        if self._share is not None:
+            self._share(CredentialChecking(str(key), tag.hex(), "1" if ended else "0"))
+
     def learn(self, event: Event, age: float = 0.0) -> None:
-        """A password another worker verified (a malformed event is ignored)."""
+        """A password another worker verified, or is hashing (a malformed event is ignored)."""
         if isinstance(event, CredentialVerified):
             with contextlib.suppress(ValueError):
                 tag, seconds = bytes.fromhex(event.tag), float(event.seconds)
                 self._verified.learn(event.key, tag, seconds, True)
+        elif isinstance(event, CredentialChecking):
+            with contextlib.suppress(ValueError):
+                self._verified.noticed(event.key, bytes.fromhex(event.tag), event.ended == "1")
 
     def authenticators(
         self,
@@ -279,8 +274,7 @@ class BackendFactory:
         robots: tuple[Mapping[str, Robot], bytes] | None = None,
         previous: Authenticators | None = None,
     ) -> Authenticators:
-        """One snapshot's way of authenticating: token backends (robots: the robots and the
-        key their secrets are hashed with; OIDC), then the password backends."""
+        """One snapshot's way of authenticating: token backends, then the password backends."""
         old = previous.backends if previous else ()
         tokens: list[Authenticator] = []
         if robots is not None:

@@ -1,9 +1,5 @@
-"""Apache htpasswd and group files: pure parsers and hash verification.
-
-Parsing never does I/O: `parse_htpasswd(text, source)` and `parse_groups(text, source)` take the
-file's text and the name to put in error messages. A bad line is reported as `source:line` and
-skipped; every other line keeps working, as Apache does.
-"""
+"""Apache htpasswd and group files: pure parsers (a bad line reported and skipped, as Apache
+does) and hash verification."""
 
 from __future__ import annotations
 
@@ -35,8 +31,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 
 def _lines(text: str) -> list[str]:
-    """Lines as editors and Apache count them: split on newlines only (not on form feeds or
-    Unicode separators, which str.splitlines also takes), CR of CRLF dropped."""
+    """Lines as editors and Apache count them: on newlines only, CR of CRLF dropped."""
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -113,11 +108,10 @@ class PasswordHash:
         return 0
 
     def verify(self, password: bytes) -> bool:
-        """Slow for bcrypt and sha-crypt: callers run it off the event loop. A password the
-        scheme cannot even take (NUL bytes for crypt) is simply wrong, never an error."""
+        """Whether `password` matches; slow for bcrypt and sha-crypt (run off the event loop)."""
         try:
             return _check(self.scheme, password, self.value)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError):  # a password the scheme cannot take (NUL): wrong
             return False
 
 
@@ -133,11 +127,9 @@ DEFAULT_DUMMY_SAMPLE = PasswordHash("bcrypt", "$2y$05$" + "." * 53)
 
 
 def dummy_like(sample: PasswordHash | None) -> PasswordHash:
-    """A hash of a random password with the same scheme and cost as `sample`.
-
-    Unknown users are checked against it so that they cost as long as a wrong password:
-    the response time does not tell which user names exist.
-    """
+    """A hash of a random password with the same scheme and cost as `sample`."""
+    # Unknown users are checked against it, so the response time does not tell which user
+    # names exist.
     sample = sample or DEFAULT_DUMMY_SAMPLE
     return PasswordHash(
         sample.scheme, _hash_like(sample.scheme, secrets.token_urlsafe(16), sample.value)
@@ -165,13 +157,9 @@ class Htpasswd:
 
 
 def parse_htpasswd(text: str, source: str) -> Htpasswd:
-    """Parse `user:hash` lines, splitting on the first colon. Blank and `#` lines are skipped.
-
-    A user listed twice keeps the first entry (Apache stops at the first match) and the repeat
-    is reported. A line that cannot be parsed disables that line, and with it its user: a
-    later line for the same user does not take over, since Apache would stop at the first.
-    A name with `/` is refused (see SLASH_PROBLEM).
-    """
+    """Parse `user:hash` lines; a user listed twice keeps the first entry, as in Apache."""
+    # A line that cannot be parsed disables its user too: a later line for the same user does
+    # not take over, since Apache would stop at the first.
     users: dict[str, PasswordHash] = {}
     seen: set[str] = set()
     problems: list[Problem] = []
@@ -196,8 +184,8 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
 
 
 def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tuple[Problem, ...]]:
-    """Parse Apache's group file: `group: user1 user2`; a group may appear on several lines.
-    A group named with `/` is refused with its line, a member named with `/` is left out."""
+    """Parse Apache's group file: `group: user1 user2`, a group on one line or several (a
+    group named with `/` is refused with its line, a member named with `/` left out)."""
     members: dict[str, set[str]] = {}
     problems: list[Problem] = []
     for number, line in _entries(text):
@@ -217,10 +205,8 @@ def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tup
 
 
 def placeholder_notes(text: str, source: str, kind: str) -> list[Problem]:
-    """The users (kind "user", an htpasswd file) or groups (kind "group", a group file) whose
-    names can never fill a `${user}` or `${group}` placeholder: not one repository path
-    component (lowercase letters, digits and single separators). They still log in and match
-    rules by name; only placeholder patterns pass them by."""
+    """The users or groups (`kind`) whose names can never fill a `${user}` or `${group}`
+    placeholder (not one repository path component); they still match rules by name."""
     notes = []
     for number, line in _entries(text):
         name = line.partition(":")[0].strip()
@@ -244,15 +230,10 @@ AUTHORIZATION_MAX = 4096
 
 
 def parse_basic_auth(values: list[str]) -> tuple[str, str] | None:
-    """The (user, password) of a Basic Authorization header; None if there is none.
-
-    Raises MalformedCredentials for several headers, anything outside ASCII, bad base64, a
-    missing colon, or an absurd length. Another scheme, or an empty user with an empty
-    password, counts as no credentials (the client is asked for Basic). Spaces and tabs around
-    the parts are tolerated, as Apache does; the scheme is compared ASCII case-insensitively
-    (Go's parseBasicAuth uses ascii.EqualFold), never with Unicode folding.
-    Bytes that are not UTF-8 are kept (surrogate escapes) so they still compare as bytes.
-    """
+    """The (user, password) of a Basic Authorization header; None for none, another scheme,
+    or an empty user and password. MalformedCredentials for anything else unreadable."""
+    # The scheme is compared ASCII case-insensitively, as Go's parseBasicAuth does, never with
+    # Unicode folding; bytes that are not UTF-8 are kept as surrogate escapes.
     if not values:
         return None
     if len(values) > 1:
@@ -282,8 +263,7 @@ _TOKEN68_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
 def bearer_token(values: list[str]) -> str | None:
     """The token of a single `Authorization: Bearer` header (RFC 6750), or None for another
-    scheme or none. MalformedCredentials for a Bearer header without a well-formed token (the
-    length and count limits are `parse_basic_auth`'s, which runs first)."""
+    scheme or none; MalformedCredentials for a malformed token."""
     if len(values) != 1:
         return None
     scheme, _, token = values[0].strip().partition(" ")
@@ -319,10 +299,8 @@ def user_name_problem(user: str) -> str | None:
 
 
 def edit_htpasswd(text: str, user: str, new_hash: str | None) -> tuple[str, bool]:
-    """Set (or, with `new_hash` None, delete) `user`'s line; every other line is kept as is.
-
-    Returns the new text and whether the user was there before.
-    """
+    """Set (or, with `new_hash` None, delete) `user`'s line: the new text, and whether the
+    user was there before."""
     problem = user_name_problem(user)
     if problem is not None and (new_hash is not None or "/" not in user):
         raise ValueError(problem)  # a user with '/' may still be deleted

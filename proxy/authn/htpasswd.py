@@ -1,10 +1,5 @@
-"""The htpasswd + group file backend.
-
-Slow hashes run in a thread pool; successes are remembered in the shared verified-credential
-cache (`proxy.authn.cache`), keyed by (user, stored hash) so a password change or removal
-takes effect at once. Unknown users cost the same hash as a wrong password (a dummy of the
-file's typical scheme and cost), so timing does not tell which users exist.
-"""
+"""The htpasswd + group file backend: slow hashes in a thread pool, successes in the shared
+verified-credential cache, unknown users checked against a dummy hash."""
 
 from __future__ import annotations
 

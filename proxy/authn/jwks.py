@@ -1,14 +1,8 @@
-"""An issuer's signing keys: found by OIDC discovery (or a configured `jwks_uri`), fetched with
-aiohttp over verified HTTPS, cached, and fetched again when they are old or when a token names
-a key (`kid`) that is not among them, at most once per `jwks_min_interval`.
+"""An issuer's signing keys: found by OIDC discovery (or `jwks_uri`), fetched over verified
+HTTPS, cached, and fetched again when old or when a token names an unknown `kid`.
 
-When the issuer cannot be reached the keys already fetched stay in use (a CI run does not stop
-because the issuer has a bad minute), and the failure is logged. Without any usable key a token
-cannot be checked: `BackendUnavailable`, which the request gets as 503, never an allow.
-
-Reading a key set is pure (`parse_jwks`): only RSA keys of 2048 bits or more and EC P-256 keys,
-meant for signatures, are kept; symmetric (`oct`) keys are dropped, so no secret that anyone
-could read off the issuer's public endpoint is ever used to check a signature.
+When the issuer cannot be reached the keys already fetched stay in use; without any usable key
+a token cannot be checked (`BackendUnavailable`: 503, never an allow).
 """
 
 from __future__ import annotations
@@ -111,10 +105,8 @@ class KeySource:
         self._fetches: SingleFlight[None, None] = SingleFlight()  # one fetch at a time
 
     async def keys_for(self, kid: str | None, algorithm: str) -> list[Key]:
-        """The keys a token may be checked with; [] when the issuer has none for it (refused:
-        401). BackendUnavailable when there are no keys at all and none can be fetched, or
-        when the kid is unknown and the issuer could not be asked (503). Old keys are
-        replaced in the background: no request waits for that."""
+        """The keys a token may be checked with ([] when the issuer has none for it);
+        BackendUnavailable when none can be had. Old keys are replaced in the background."""
         state = self._state
         if state.at is None:
             await self._refresh(wait=True)

@@ -1,17 +1,9 @@
 """Workload tokens (JWTs, RFC 7519) read strictly, before and after their signature is checked.
-Pure: the signature check is arithmetic on keys already fetched.
+Pure.
 
-What is accepted, and nothing else:
-- a compact JWS of three base64url parts (no padding), whose header and payload are JSON
-  objects without repeated names;
-- `alg` RS256 with an RSA key, or ES256 with an EC P-256 key. `none`, every HMAC algorithm and
-  every other one are refused before any key is looked at, and a key is used only for the one
-  algorithm its type is for: a public key can never become an HMAC secret (the classic
-  algorithm-confusion forgery), and no key is ever taken from the token itself (`jwk`, `jku`,
-  `x5c`, `x5u` are ignored);
-- no `crit` header (no extension is understood);
-- `iss` exactly the configured issuer, one of the configured audiences in `aud`, `exp`
-  required, `nbf` and `iat` checked when present, each with the configured clock skew.
+Accepted, and nothing else: a compact JWS of three base64url parts whose header and payload
+are JSON objects without repeated names; RS256 or ES256; no `crit`; `iss` exactly the issuer,
+an audience in `aud`, `exp` required, `nbf` and `iat` checked when present.
 """
 
 from __future__ import annotations
@@ -29,7 +21,9 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
-# The only algorithms, each with the only key type it may be used with.
+# The only algorithms, each with the only key type it may be used with: `none` and HMAC are
+# refused before any key is looked at, so a public key can never become an HMAC secret (the
+# algorithm-confusion forgery); no key is ever taken from the token (`jwk`, `jku`, `x5c`).
 ALGORITHMS: dict[str, str] = {"RS256": "RSA", "ES256": "EC"}
 _SEGMENT = r"[A-Za-z0-9_-]"
 # A JWT's header is a JSON object, so its first part starts with "ey" ('{"'); an empty last

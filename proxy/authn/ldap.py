@@ -1,26 +1,11 @@
-"""LDAP / Active Directory backend: search-then-bind or direct bind, groups, TLS, a short cache.
+"""LDAP / Active Directory backend: search-then-bind or direct bind, groups, TLS, successes in
+the verified-credential cache (settings: `proxy.authn.ldap_settings`).
 
-Settings (the `ldap:` section) are parsed and documented in `proxy.authn.ldap_settings`.
-
-Security: the user name is escaped (RFC 4515 in filters, RFC 4514 in DNs) and names with
-control characters or surrounding spaces are refused before any request; an empty password is
-refused outright (an LDAP "unauthenticated bind" succeeds on many servers); certificates are
-always verified (chain and host name) for ldaps:// and StartTLS, and plain ldap:// to another
-host needs `allow_insecure: true` (each address a host name resolves to is checked too). A
-server that cannot be reached, times out or fails TLS raises `BackendUnavailable`: never an
-allow, never a fall-through to the next backend.
-
-Outcomes: bind accepted -> OK with the groups; bind refused -> WRONG_PASSWORD; the search finds
-no entry -> NO_SUCH_USER (the next backend is asked); the search finds several -> refused.
-With `user_dn_template`, a refused bind cannot tell an unknown user from a wrong password
-(servers answer invalidCredentials for both on purpose): with `bind_dn` set the entry is
-looked up to tell them apart, without it the answer is WRONG_PASSWORD.
-
-Successful logins are cached for `cache_ttl` seconds under a keyed hash of the password
-(per-process key, never the password), so a registry client's hundreds of requests cost one bind; a
-different password always goes to the server. Group changes also take up to `cache_ttl`.
-Concurrent identical checks share one bind. The `ldap3` library runs in a thread pool of
-`pool_size` threads, each check bounded by `timeout` x (number of URLs + 1).
+User names are escaped (RFC 4515, 4514), control characters refused; an empty password is
+refused outright (an "unauthenticated bind" succeeds on many servers); certificates are always
+verified; a server that cannot be reached raises `BackendUnavailable`, never an allow.
+With `user_dn_template` a refused bind cannot tell an unknown user from a wrong password:
+`bind_dn` then looks the entry up, or the answer is WRONG_PASSWORD.
 """
 
 from __future__ import annotations
@@ -85,10 +70,9 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
 
 
 class _VerifyingTls(ldap3.Tls):  # type: ignore[misc]
-    """ldap3's Tls with our SSLContext: the handshake checks the host name itself.
+    """ldap3's Tls with our SSLContext: the handshake checks the host name itself."""
 
-    (ldap3 would turn check_hostname off and call the deprecated ssl.match_hostname.)
-    """
+    # ldap3 would turn check_hostname off and call the deprecated ssl.match_hostname.
 
     def __init__(self, context: ssl.SSLContext, hostname: str) -> None:
         super().__init__(validate=ssl.CERT_REQUIRED)
@@ -370,8 +354,8 @@ class _Directory:
         return [*wanted, s.member_of_attribute] if s.member_of_attribute else wanted
 
     def _spelled_as_in_directory(self, user: str, attributes: Mapping[str, list[str]]) -> bool:
-        """The login name is exactly a value of a naming attribute (directories match names
-        case-insensitively; ACL rules compare them exactly, so ALICE must not pass as alice)."""
+        """The login name is exactly a value of a naming attribute."""
+        # Directories match names case-insensitively; ACL rules compare them exactly.
         names = self.settings.user_name_attributes
         if not names or any(user in attributes.get(a.lower(), []) for a in names):
             return True

@@ -1,50 +1,40 @@
-"""The `ldap:` section: LDAP / Active Directory settings, parsed and validated. Pure: reading
-the password and CA files is the only I/O; every problem is reported with its line.
+"""The `ldap:` section: LDAP / Active Directory settings, parsed and validated, every problem
+with its line. Pure but for reading the password and CA files."""
 
-Configured under a top-level `ldap:` section (every key below; only `url` and one way of finding
-the user are required):
-
-    ldap:
-      url: ldaps://ldap1.example.org          # or a list, tried in order: [ldaps://a, ldaps://b]
-      start_tls: false          # true: upgrade ldap:// URLs with StartTLS before anything else
-      ca_file: /etc/regproxy/ldap-ca.pem      # CA for ldaps/StartTLS; default: system CAs
-      allow_insecure: false     # true allows plain ldap:// to a host that is not loopback
-      bind_dn: cn=regproxy,ou=services,dc=example,dc=org   # service account; omit: anonymous
-      bind_password_file: /run/secrets/ldap   # or bind_password: "..." (never both)
-      # Search-then-bind: find the user's entry, then bind as it with the password ...
-      user_base: ou=people,dc=example,dc=org
-      user_filter: "(uid={user})"             # AD: "(sAMAccountName={user})"; default (uid={user})
-      user_scope: subtree                     # base, one or subtree
-      # ... or direct bind (no search; instead of user_base/user_filter/user_scope):
-      # user_dn_template: "uid={user},ou=people,dc=example,dc=org"   # AD: "{user}@corp.example.org"
-      exact_user_name: true     # the login name must be spelled as in the directory (below)
-      # user_name_attribute: uid  # where that spelling is; default: from the filter/template
-      member_of_attribute: memberOf           # groups from this attribute of the user's entry
-      group_base: ou=groups,dc=example,dc=org # only groups under it count
-      group_filter: "(member={dn})"           # group search; or "(memberUid={user})";
-                                              # AD nested: "(member:1.2.840.113556.1.4.1941:={dn})"
-      group_scope: subtree
-      group_name_attribute: cn                # a group's name; default cn
-      timeout: 5                # seconds for one server to connect or answer
-      pool_size: 4              # connections (and threads) per kind: searches, binds
-      cache_ttl: 60             # seconds a successful login is remembered; 0: never
-
-Directories match names loosely (`ALICE`, `alice` and ` alice` find the same entry) but ACL
-rules compare them exactly, so another spelling could dodge a rule written for the real one.
-With `exact_user_name: true` (the default) the login name must equal a value of the naming
-attribute (read off `(uid={user})` in the filter or `uid={user},...` in the template, or given
-as `user_name_attribute`); any other spelling is NO_SUCH_USER. An AD `{user}@domain` template
-has no entry to compare with: it needs `exact_user_name: false`.
-
-A group's name is its `group_name_attribute` (group search) or the value of the first RDN of
-its DN (`memberOf`: `cn=developers,ou=groups,...` -> `developers`). With `group_base` set,
-`memberOf` values outside it are ignored (the same CN elsewhere in the tree is another group).
-"""
+# Every key (only `url` and one way of finding the user are required):
+#
+#   ldap:
+#     url: ldaps://ldap1.example.org      # or a list, tried in order
+#     start_tls: false                    # true: upgrade ldap:// URLs with StartTLS first
+#     ca_file: /etc/regproxy/ldap-ca.pem  # default: system CAs
+#     allow_insecure: false               # true allows plain ldap:// to a non-loopback host
+#     bind_dn: cn=regproxy,ou=services,dc=example,dc=org   # omit: anonymous
+#     bind_password_file: /run/secrets/ldap                # or bind_password (never both)
+#     user_base: ou=people,dc=example,dc=org                # search-then-bind ...
+#     user_filter: "(uid={user})"         # AD: "(sAMAccountName={user})"
+#     user_scope: subtree                 # base, one or subtree
+#     # user_dn_template: "uid={user},ou=people,dc=example,dc=org"   # ... or direct bind
+#     exact_user_name: true               # the login name spelled as in the directory
+#     # user_name_attribute: uid          # default: from the filter or template
+#     member_of_attribute: memberOf       # groups from this attribute of the user's entry
+#     group_base: ou=groups,dc=example,dc=org   # only groups under it count
+#     group_filter: "(member={dn})"       # or "(memberUid={user})"; AD nested:
+#                                         # "(member:1.2.840.113556.1.4.1941:={dn})"
+#     group_scope: subtree
+#     group_name_attribute: cn
+#     timeout: 5                          # seconds for one server to connect or answer
+#     pool_size: 4                        # connections (and threads) per kind
+#     cache_ttl: 60                       # seconds a login is remembered; 0: never
+#
+# Directories match names loosely (`ALICE` finds `alice`) but ACL rules compare them exactly:
+# with `exact_user_name` the login name must equal a value of the naming attribute, or it is
+# NO_SUCH_USER (an AD `{user}@domain` template has no entry to compare: it needs false).
+# A group's name is its `group_name_attribute`, or the first RDN value of a `memberOf` DN;
+# with `group_base`, `memberOf` values outside it are ignored.
 
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import ssl
 import warnings
@@ -55,6 +45,7 @@ from typing import Any, Literal
 
 from ..core.lastgood import LastGood
 from ..core.problems import BadValue, Problem
+from ..core.values import boolean, choice, file_path, keyed, port, seconds, text, whole_number
 
 with warnings.catch_warnings():
     # ldap3 2.9.1 imports names that pyasn1 >= 0.6 deprecates: harmless, but warnings are errors
@@ -137,10 +128,8 @@ class LdapSettings:
         return f"LdapSettings({', '.join(shown)})"
 
     def clear_text_refused(self, url: LdapUrl, address: str) -> bool:
-        """Whether connecting to `address`, one that `url`'s host resolved to, would send
-        passwords in clear text to another host without `allow_insecure`. The host was
-        checked by name when the settings were read (plain `ldap://` only to a loopback one);
-        this holds the name to where it leads (a `localhost` that resolves elsewhere)."""
+        """Whether connecting to `address`, which `url`'s host resolved to, would send
+        passwords in clear text to another host (a `localhost` that resolves elsewhere)."""
         if url.tls or self.start_tls or self.allow_insecure:
             return False
         try:
@@ -168,13 +157,13 @@ class LdapSettings:
 
 # -- configuration -------------------------------------------------------------------------------
 
-
-def _text(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise BadValue(f"{key}: expected a non-empty string (quote it), got {value!r}")
-    if "\0" in value or not value.isprintable():
-        raise BadValue(f"{key}: control characters in {value!r}")
-    return value
+_text = keyed(text)
+_boolean = keyed(boolean)
+_number = keyed(seconds)
+_integer = keyed(whole_number)
+_choice = keyed(choice)
+_port = keyed(port)
+_path = keyed(file_path)
 
 
 def _secret(value: Any, key: str) -> str:
@@ -185,31 +174,8 @@ def _secret(value: Any, key: str) -> str:
     return value
 
 
-def _boolean(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise BadValue(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _number(value: Any, key: str, low: float, high: float, *, zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise BadValue(f"{key}: expected a number of seconds, got {value!r}")
-    if not (low <= value <= high) or (value == 0 and not zero):
-        floor = "0" if zero else "more than 0"
-        raise BadValue(f"{key}: expected {floor} and at most {high:g}, got {value!r}")
-    return float(value)
-
-
-def _integer(value: Any, key: str, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-        raise BadValue(f"{key}: expected a whole number from 1 to {high}, got {value!r}")
-    return value
-
-
 def _scope(value: Any, key: str) -> Scope:
-    if value not in SCOPES:
-        raise BadValue(f"{key}: expected base, one or subtree, got {value!r}")
-    scope: Scope = value
+    scope: Scope = _choice(value, key, SCOPES, "base, one or subtree")  # type: ignore[assignment]
     return scope
 
 
@@ -242,10 +208,8 @@ def _url(value: Any, key: str) -> LdapUrl:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise BadValue(f"{key}: bad IPv6 address in {value!r}") from None
-    port = int(match.group(3) or (636 if tls else 389))
-    if not 0 < port < 65536:
-        raise BadValue(f"{key}: port {port} out of range 1-65535")
-    return LdapUrl(text.strip(), tls, host, port)
+    number = _port(int(match.group(3) or (636 if tls else 389)), key)
+    return LdapUrl(text.strip(), tls, host, number)
 
 
 def _urls(value: Any, key: str) -> tuple[LdapUrl, ...]:
@@ -283,12 +247,6 @@ def _user_template(value: Any, key: str) -> str:
     return text
 
 
-def _path(value: Any, key: str, base: Path) -> Path:
-    text = _text(value, key)
-    path = Path(text)
-    return path if path.is_absolute() else base / path
-
-
 _SIMPLE: dict[str, Callable[[Any, str], Any]] = {
     "url": _urls,
     "start_tls": _boolean,
@@ -308,9 +266,11 @@ _SIMPLE: dict[str, Callable[[Any, str], Any]] = {
     "group_filter": lambda v, k: _filter(v, k, ("user", "dn")),
     "group_scope": _scope,
     "group_name_attribute": _attribute,
-    "timeout": lambda v, k: _number(v, k, 0, 300),
-    "pool_size": lambda v, k: _integer(v, k, MAX_POOL_SIZE),
-    "cache_ttl": lambda v, k: _number(v, k, 0, MAX_CACHE_TTL, zero=True),
+    "timeout": lambda v, k: _number(v, k, high=300),
+    "pool_size": lambda v, k: _integer(v, k, 1, MAX_POOL_SIZE),
+    "cache_ttl": lambda v, k: _number(
+        v, k, high=MAX_CACHE_TTL, zero=True, wanted=f"0 and at most {MAX_CACHE_TTL:g} seconds"
+    ),
 }
 _PATHS = ("ca_file", "bind_password_file")
 KEYS = frozenset(_SIMPLE) | frozenset(_PATHS)
@@ -355,15 +315,8 @@ def parse_ldap_settings(
     base_dir: Path | None = None,
     files: LastGood | None = None,
 ) -> tuple[LdapSettings | None, list[Problem]]:
-    """The `ldap:` section's keys -> settings (None if any problem), and every problem found.
-
-    `values` maps the section's keys (no `ldap.` prefix) to their YAML values; `line_of` maps
-    the same keys to their lines in `source`, and may map "ldap" to the section's own line (used
-    for problems about missing keys; otherwise the line before the first key). Relative paths
-    are resolved against `base_dir`, by default the directory of `source`. The password file
-    and the CA file are read here, so an unreadable one is a problem now, not at first login
-    (through `files`: at a reload, one that cannot be used keeps its last good version).
-    """
+    """The `ldap:` section's values and their lines -> settings (None if any problem), and
+    every problem found. The password and CA files are read now, not at first login."""
     problems: list[Problem] = []
     section = line_of.get("ldap", min(line_of.values(), default=1) - 1)
 
@@ -564,10 +517,8 @@ _HEX = re.compile(r"[0-9A-Fa-f]{2}")
 
 
 def split_dn(dn: str) -> list[list[tuple[str, str]]]:
-    """RFC 4514 DN -> RDNs, each a list of (attribute, unescaped value). ValueError if bad.
-
-    Lenient where servers are (spaces around `,`, `+` and `=`), strict about escapes.
-    """
+    """RFC 4514 DN -> RDNs, each a list of (attribute, unescaped value); ValueError if bad."""
+    # Lenient where servers are (spaces around `,`, `+` and `=`), strict about escapes.
     rdns: list[list[tuple[str, str]]] = []
     pairs: list[tuple[str, str]] = []
     i, n = 0, len(dn)

@@ -1,17 +1,9 @@
 """Workload identity: an OIDC token (GitHub Actions, GitLab CI, a Kubernetes service account)
 as the Basic password or as `Authorization: Bearer`.
 
-A password with a JWT's shape is this backend's: it is checked here and never handed to a
-password backend (an LDAP server never sees a CI token). The token is read strictly
-(`proxy.authn.jwt`), its issuer must be configured, its claims are checked (iss, aud, exp,
-nbf, iat, with the clock skew) before its signature is (`proxy.authn.jwks` holds the keys);
-then the issuer's `required` conditions, and the identity's name and groups come from the
-claims. A token that passed is remembered until it expires (never longer than
-`oidc.token_cache_ttl`, at most `oidc.token_cache_size` of them), under a keyed hash of it.
-
-Outcomes: not a token -> NO_SUCH_USER (the password backends are asked); a token refused for
-any reason -> WRONG_PASSWORD with the reason (401); no keys to check it with ->
-BackendUnavailable (503).
+A password with a JWT's shape is this backend's and never reaches a password backend. Its
+claims are checked before its signature, then the issuer's `required` conditions; the name and
+groups come from the claims. A token that passed is remembered until it expires.
 """
 
 from __future__ import annotations
@@ -43,8 +35,7 @@ class Verified:
 
 
 class IssuerVerifier:
-    """Checks one issuer's tokens for one audience and skew; outlives snapshots while those
-    and the key source stay the same."""
+    """Checks one issuer's tokens; outlives snapshots while its settings stay the same."""
 
     def __init__(
         self,
@@ -56,8 +47,7 @@ class IssuerVerifier:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        """`cache`: how long a verified token is remembered at most (it is never kept past its
-        `exp`), and how many are (`oidc.token_cache_ttl`, `oidc.token_cache_size`)."""
+        """`cache`: how long and how many verified tokens are remembered (never past `exp`)."""
         self.issuer, self.audiences, self.skew, self.keys = issuer, audiences, skew, keys
         self._wall = wall
         self._key = secrets.token_bytes(32)
@@ -85,8 +75,7 @@ class IssuerVerifier:
 
 
 def identity_from(issuer: IssuerSettings, claims: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
-    """The name and groups a verified token's claims give; Rejected when the issuer's required
-    conditions do not hold or the name cannot be made."""
+    """The name and groups a verified token's claims give; Rejected when they give none."""
     unmet = claim_values.unmet(issuer.required, claims)
     if unmet is not None:
         raise Rejected(f"token claim {unmet} does not meet the issuer's requirements")

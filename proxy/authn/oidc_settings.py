@@ -1,35 +1,30 @@
 """The `oidc:` section: which workload-token issuers are trusted, and how a token's claims become
-an identity. Pure but for checking the CA files; every problem is reported with its line.
+an identity, every problem with its line. Pure but for checking the CA files."""
 
-    oidc:
-      basic_user: oidc          # the Basic user name that carries a token; default: any name
-      clock_skew: 60            # seconds of leeway on exp, nbf and iat (at most 300)
-      timeout: 5                # seconds for the issuer to answer (discovery, JWKS)
-      jwks_refresh: 3600        # seconds the issuer's keys are used before they are fetched again
-      jwks_min_interval: 10     # at most one fetch per issuer this often (unknown `kid`s)
-      jwks_max_size: 1048576    # bytes a discovery document or key set may have
-      token_cache_ttl: 3600     # seconds a verified token is remembered at most (0: never)
-      token_cache_size: 10000   # verified tokens remembered per issuer and worker
-      issuers:
-        - issuer: https://token.actions.githubusercontent.com   # exactly the tokens' `iss`
-          audience: https://registry.example.org   # or a list: the token's `aud` must hold one
-          # jwks_uri: https://...                  # default: from OIDC discovery
-          # ca_file: issuer-ca.pem                 # default: the system CAs
-          user: "ci:{repository}"        # the identity's name: a template, or a claim name
-          groups:                        # claim -> prefix: each value of the claim, prefixed,
-            repository_owner: "github:"  # is a group ("github:acme")
-          required:                      # every condition must hold, or the token is refused
-            repository_owner: acme       # globs: `*`, `?` within a `/` part, `**` across
-
-Names and groups from tokens are whatever the issuer puts in its claims: give them a prefix
-(`ci:`, `github:`), one of each issuer's own. A token whose name has no `:` is refused and
-groups without one are dropped (no password user's name, nor a group file's group, has one);
-two issuers that could make the same name or group are a problem.
-"""
+#   oidc:
+#     basic_user: oidc          # the Basic user name that carries a token; default: any
+#     clock_skew: 60            # seconds of leeway on exp, nbf and iat (at most 300)
+#     timeout: 5                # seconds for the issuer to answer (discovery, JWKS)
+#     jwks_refresh: 3600        # seconds the issuer's keys are used before a new fetch
+#     jwks_min_interval: 10     # at most one fetch per issuer this often (unknown `kid`s)
+#     jwks_max_size: 1048576    # bytes a discovery document or key set may have
+#     token_cache_ttl: 3600     # seconds a verified token is remembered at most (0: never)
+#     token_cache_size: 10000   # verified tokens remembered per issuer and worker
+#     issuers:
+#       - issuer: https://token.actions.githubusercontent.com   # exactly the tokens' `iss`
+#         audience: https://registry.example.org   # or a list: `aud` must hold one
+#         # jwks_uri: https://...                  # default: from OIDC discovery
+#         # ca_file: issuer-ca.pem                 # default: the system CAs
+#         user: "ci:{repository}"        # a template, or a claim name
+#         groups: {repository_owner: "github:"}    # claim -> prefix: "github:acme"
+#         required: {repository_owner: acme}      # globs that must all hold
+#
+# Names and groups from tokens are the issuer's: each issuer gets a prefix of its own (`ci:`).
+# A name without `:` is refused and groups without one are dropped (no password user or
+# group file's group has one); two issuers that could make the same name are a problem.
 
 from __future__ import annotations
 
-import math
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +36,7 @@ import yaml
 
 from ..core.lastgood import LastGood
 from ..core.problems import BadValue, Problem, construct
+from ..core.values import file_path, keyed, name, seconds, strings, whole_number
 from ..policy.acl import claim_conditions
 from ..policy.claims import CLAIM_NAME_RE, Conditions, template_names
 
@@ -85,6 +81,13 @@ class OidcSettings:
         return tuple(i.ca_file for i in self.issuers if i.ca_file is not None)
 
 
+_strings = keyed(strings)
+_seconds = keyed(seconds)
+_count = keyed(whole_number)
+_name = keyed(name)
+_path = keyed(file_path)
+
+
 def _https(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value.isprintable():
         raise BadValue(f"{key}: expected an https:// URL, got {value!r}")
@@ -95,10 +98,7 @@ def _https(value: Any, key: str) -> str:
 
 
 def _texts(value: Any, key: str) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(v, str) and v and v.isprintable() for v in items):
-        raise BadValue(f"{key}: expected a string or a list of strings, got {value!r}")
-    return tuple(items)
+    return _strings(value, key, "string")
 
 
 def _template(value: Any, key: str) -> str:
@@ -126,34 +126,10 @@ def _groups(value: Any, key: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _seconds(value: Any, key: str, high: float, *, zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BadValue(f"{key}: expected a number of seconds, got {value!r}")
-    if value > high or value < 0 or (value == 0 and not zero):
-        raise BadValue(
-            f"{key}: expected {'0' if zero else 'more than 0'} to {high:g}, got {value!r}"
-        )
-    return float(value)
-
-
-def _count(value: Any, key: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise BadValue(f"{key}: expected a whole number from {low} to {high}, got {value!r}")
-    return value
-
-
-def _basic_user(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value or any(c.isspace() or c == ":" for c in value):
-        raise BadValue(f"{key}: expected a user name without spaces or ':', got {value!r}")
-    return value
-
-
 def _ca_file(value: Any, key: str, base: Path, files: LastGood) -> tuple[Path, str]:
     """The path and its PEM text, which must hold a usable CA certificate (at a reload, one
     that does not keeps its last good text)."""
-    if not isinstance(value, str) or not value:
-        raise BadValue(f"{key}: expected a file path, got {value!r}")
-    path = Path(value) if Path(value).is_absolute() else base / value
+    path = _path(value, key, base)
     return path, files.read("oidc CA", path, lambda path: _ca_pem(path, key))
 
 
@@ -173,13 +149,13 @@ def _ca_pem(path: Path, key: str) -> str:
 
 
 _SECTION: dict[str, Callable[[Any, str], Any]] = {
-    "basic_user": _basic_user,
-    "clock_skew": lambda v, k: _seconds(v, k, MAX_SKEW, zero=True),
-    "timeout": lambda v, k: _seconds(v, k, 60),
-    "jwks_refresh": lambda v, k: _seconds(v, k, 86_400),
-    "jwks_min_interval": lambda v, k: _seconds(v, k, 3600),
+    "basic_user": lambda v, k: _name(v, k, "user name"),
+    "clock_skew": lambda v, k: _seconds(v, k, high=MAX_SKEW, zero=True),
+    "timeout": lambda v, k: _seconds(v, k, high=60),
+    "jwks_refresh": lambda v, k: _seconds(v, k, high=86_400),
+    "jwks_min_interval": lambda v, k: _seconds(v, k, high=3600),
     "jwks_max_size": lambda v, k: _count(v, k, 1024, MAX_DOCUMENT),
-    "token_cache_ttl": lambda v, k: _seconds(v, k, 86_400, zero=True),
+    "token_cache_ttl": lambda v, k: _seconds(v, k, high=86_400, zero=True),
     "token_cache_size": lambda v, k: _count(v, k, 1, MAX_CACHE),
 }
 _ISSUER: dict[str, Callable[[Any, str], Any]] = {

@@ -1,18 +1,8 @@
-"""Users in Redis (`auth_backends: [..., redis]`), as the ngx_mruby proxy kept them: adding a user
-or moving them to their own registry is a Redis write, not a file edit on every node.
+"""Users in Redis (`auth_backends: [..., redis]`, keys in `proxy.state.redis_layout`), as the
+ngx_mruby proxy kept them: adding a user is a Redis write, not a file edit on every node.
 
-A user is the hash `PREFIX user:NAME` (`proxy.state.redis_layout`): `password` in any format an
-htpasswd file takes, `groups` (names separated by spaces or commas), `upstream` (optional: the
-user's own registry). Writers INCR `PREFIX users:version` after a change.
-
-No round trip on the hot path: each worker keeps the records it has read (`RedisUsers`) and
-forgets them all when `users:version` changes, which it polls every POLL seconds; a password is
-checked once and remembered in the shared verified-credential cache under (user, stored hash).
-A change therefore takes effect within a second on every replica. While the store has lost
-Redis, or Redis has not answered a poll for FRESH seconds, the records cannot be trusted to be
-current, so every Redis user is refused with 503 (BackendUnavailable) until it answers again:
-never an allow, never a fall-through to another backend. Unknown users cost a bcrypt of the
-cost `passwd` writes.
+No round trip on the hot path: each worker keeps the records it read until `users:version`
+changes, so a change applies within a second on every replica.
 """
 
 from __future__ import annotations
@@ -41,6 +31,8 @@ from .credentials import PasswordHash, dummy_like, identify
 log = logging.getLogger("regproxy.authn")
 
 POLL = 0.25  # seconds between reads of users:version
+# Records older than this cannot be trusted to be current: every Redis user is refused with
+# 503 until Redis answers again, never an allow, never a fall-through.
 FRESH = 1.0  # seconds records stay usable after Redis last answered
 RECORDS = 10_000  # records remembered per worker at most
 DUMMY_SAMPLE = PasswordHash("bcrypt", "$2y$10$" + "." * 53)  # what `regproxy passwd` writes
@@ -49,8 +41,7 @@ _GROUP = re.compile(r"[^\s:,]+")
 
 @dataclass(frozen=True)
 class UserRecord:
-    """One user's hash, read. `password` None: the record is unusable (`problem` says why)
-    and the user is refused."""
+    """One user's hash, read (`password` None: unusable, `problem` says why)."""
 
     password: PasswordHash | None
     groups: frozenset[str] = frozenset()
@@ -82,8 +73,7 @@ def parse_record(fields: Mapping[bytes, bytes]) -> UserRecord | None:
 
 
 class RedisUsers:
-    """One worker's view of the users in Redis: records read on demand, forgotten when
-    `users:version` changes. Outlives configuration snapshots."""
+    """One worker's view of the users in Redis, forgotten when `users:version` changes."""
 
     def __init__(
         self,
@@ -134,8 +124,7 @@ class RedisUsers:
         return record
 
     async def _check(self) -> None:
-        """Read users:version; a change forgets every record. Silent when Redis is away: the
-        records then stop being fresh."""
+        """Read users:version; a change forgets every record."""
         try:
             version = cast(bytes | None, await self._client.get(self._keys.users_version))
         except DOWN:

@@ -1,28 +1,16 @@
-"""Robot accounts: scoped, expiring, revocable tokens for scripts and CI, each acting for an
-owner. The robots file and the secrets' keyed hashes; pure but for `read_secret_file`.
+"""Robot accounts: scoped, expiring, revocable credentials for scripts and CI, each acting for
+an owner. The robots file and the secrets' keyed hashes; pure but for `read_secret_file`."""
 
-A robot logs in with Basic as `robot$NAME` and its secret, `regproxy_robot_` followed by 43
-URL-safe base64 characters (256 random bits): the prefix lets secret scanners find a leaked
-one (`regproxy_robot_[A-Za-z0-9_-]{43}`). The file keeps only HMAC-SHA256(key, secret), the key
-derived from the server's `secret_file`. A slow hash would buy nothing: the secret is random,
-not a password a person chose, so it cannot be guessed from its hash whatever the speed; the
-key means a stolen robots file alone does not even allow trying. A check costs one HMAC.
-
-The file is a YAML list, one mapping per robot, written by `regproxy robot` and fine to edit
-by hand:
-
-    - name: ci-app                      # [a-z0-9], then [a-z0-9._-], at most 64
-      owner: alice                      # optional: whose rights bound the robot's
-      repositories: [apps/app, "apps/app-*"]   # globs as in the ACL (no ${user})
-      actions: [pull, push]             # pull, push, delete
-      expires: "2026-12-31T00:00:00Z"
-      secret: "hmac-sha256:..."
-      description: release pipeline     # optional
-      created: "2026-12-01T09:00:00Z"   # optional, informational
-
-An entry that cannot be used disables that robot only, reported as `file:line`; a repeated
-name disables the later entry. A file that is not YAML keeps the last good version in force.
-"""
+# The robots file, written by `regproxy robot` and fine to edit by hand:
+#
+#   - name: ci-app                      # [a-z0-9], then [a-z0-9._-], at most 64
+#     owner: alice                      # optional: whose rights bound the robot's
+#     repositories: [apps/app, "apps/app-*"]   # globs as in the ACL (no ${user})
+#     actions: [pull, push]             # pull, push, delete
+#     expires: "2026-12-31T00:00:00Z"
+#     secret: "hmac-sha256:..."
+#     description: release pipeline     # optional
+#     created: "2026-12-01T09:00:00Z"   # optional, informational
 
 from __future__ import annotations
 
@@ -39,14 +27,17 @@ import yaml
 
 from ..core.moments import parse_duration, parse_moment, timestamp
 from ..core.problems import ConfigError, Problem, read_text
+from ..core.values import identifier, keyed, name, strings, subset
 from ..core.yamllist import EntryFormat, read_entries
 from ..http.routes import ACTIONS, Action
 from ..policy.acl import glob_problem
 
+# A secret is this prefix (for secret scanners) and 256 random bits. The file keeps only
+# HMAC-SHA256 of it, keyed from `secret_file`: a slow hash would buy nothing for a random
+# secret, and a stolen robots file alone does not even allow trying.
 SECRET_PREFIX = "regproxy_robot_"
 SECRET_RE = re.compile(rf"{SECRET_PREFIX}[A-Za-z0-9_-]{{43}}")
 USER_PREFIX = "robot$"
-NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 HASH_SCHEME = "hmac-sha256:"
 MIN_SECRET = 32  # characters of the server's secret_file
 _KEYS = ("name", "owner", "repositories", "actions", "expires", "secret", "description",
@@ -108,36 +99,22 @@ def parse_expiry(text: str, now: float) -> float:
 
 def _field(key: str, value: Any) -> Any:
     if key == "name":
-        if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-            raise ValueError(
-                f"name: expected [a-z0-9] then [a-z0-9._-] (64 at most), got {value!r}"
-            )
-        return value
+        return keyed(identifier)(value, key)
     if key == "owner":
-        if not isinstance(value, str) or not value or any(c.isspace() or c == ":" for c in value):
-            raise ValueError(f"owner: expected a user name, got {value!r}")
-        return value
+        return keyed(name)(value, key, "user name")
     if key == "repositories":
-        items = value if isinstance(value, list) else [value]
-        if not items or not all(isinstance(g, str) and g for g in items):
-            raise ValueError(f"repositories: expected a list of globs, got {value!r}")
+        items = keyed(strings)(value, key, "glob")
         for glob in items:
             problem = glob_problem(glob)
             if problem is None and "${" in glob:
                 problem = f"{glob!r}: a robot's scopes have no ${{user}} or ${{group}}"
             if problem:
                 raise ValueError(f"repositories: {problem}")
-        return tuple(items)
+        return items
     if key == "actions":
-        items = value if isinstance(value, list) else [value]
-        if not items or any(a not in ACTIONS for a in items):
-            raise ValueError(f"actions: expected a list of pull, push, delete, got {value!r}")
-        return frozenset(items)
+        return keyed(subset)(value, key, ACTIONS)
     if key == "expires":
-        try:
-            return parse_moment(value)
-        except ValueError as exc:
-            raise ValueError(f"expires: {exc}") from None
+        return keyed(parse_moment)(value, key)
     if key == "secret":
         if not isinstance(value, str) or not value.startswith(HASH_SCHEME):
             raise ValueError(f"secret: expected {HASH_SCHEME}... (written by regproxy robot)")

@@ -1,16 +1,5 @@
-"""The robot backend: `robot$NAME` and its secret (`proxy.authn.robotfile`), checked with one HMAC.
-
-Outcomes: a user name without `robot$` -> NO_SUCH_USER (the next backend is asked), unless the
-password is a robot secret (WRONG_PASSWORD: it never reaches a password backend); a robot
-name with a wrong secret, an unknown robot, an expired one, or one whose owner is no longer a
-user of the htpasswd file -> WRONG_PASSWORD (the chain stops: a robot secret never reaches a
-password backend). Revoking is deleting the entry: the next snapshot does not have it.
-
-When each robot was last used is noted in memory (`RobotUsage`) and written to a file next to
-the robots file every FLUSH_INTERVAL seconds and at shutdown, merged with what the other
-workers wrote, never on the request path (the robots file itself is only written by people and
-`regproxy robot`).
-"""
+"""The robot backend: `robot$NAME` and its secret, checked with one HMAC; a robot secret
+never reaches a password backend. When each robot was last used (`RobotUsage`)."""
 
 from __future__ import annotations
 
@@ -34,7 +23,7 @@ from .robotfile import SECRET_PREFIX, USER_PREFIX, Robot, expired, secret_hash
 
 log = logging.getLogger("regproxy.authn.robots")
 
-FLUSH_INTERVAL = 30.0
+FLUSH_INTERVAL = 30.0  # seconds between writes of the last-used file (never on a request)
 _DENIED = AuthResult(Outcome.WRONG_PASSWORD, reason="invalid username or password")
 _MISNAMED = AuthResult(Outcome.WRONG_PASSWORD, reason="a robot logs in as robot$NAME")
 

@@ -1,28 +1,8 @@
-"""Brute-force throttling of failed logins, keyed by who fails. Pure: the clock and the
-settings are passed in.
+"""Brute-force throttling of failed logins, keyed by who fails: per (address, user), per
+address by distinct users (spraying), per user across addresses. Pure.
 
-Three counters, each forgetting failures older than `window`:
-- per (address, user): after `attempts` failures that user gets 429 from that address, the
-  lockout doubling with each further failure up to `max_delay`. One CI job with a stale secret
-  locks out only itself, not the office or the runner pool behind the same address;
-- per address, by distinct user names (spraying): once `SPRAY_FACTOR x attempts` different
-  users failed from one address, it is locked for every user who has not logged in from there;
-- per user, across addresses (a guesser spread over many): after `USER_FACTOR x attempts`
-  failures, that user is locked, but not at addresses they have logged in from, so an attacker
-  cannot lock the real user out.
-
-A user with a known-good address is refused there only for their own failures. Checks still
-under way count: distinct guesses for one user sent all at once cannot slip past the limit
-before the first is verified, while identical attempts (one client's parallel requests) count
-once, and many different users logging in at once from one address (a CI fleet behind one NAT)
-count nothing unless that address has been failing.
-
-A workload token's login is counted under its own name (`token_login`): its failures lock
-only that token, and it neither counts as a distinct user name for spraying nor becomes a
-known-good login (each token is new: that would only push real users' addresses out).
-
-Every outcome is also published as an event (`proxy.state.events`) so other workers and replicas
-keep the same counts; `apply` takes theirs without publishing again.
+One CI job with a stale secret locks out only itself, not the office behind the same address,
+and a user is never locked out at addresses they have logged in from.
 """
 
 from __future__ import annotations
@@ -38,6 +18,8 @@ MAX_TRACKED = 50_000  # keys remembered at most (oldest forgotten first): bounde
 KNOWN_GOOD_PER_USER = 64
 USER_FACTOR = 4  # failures across addresses before a user is locked, x attempts
 SPRAY_FACTOR = 4  # distinct failing users before an address is locked, x attempts
+# Checks still under way count, so distinct guesses sent at once cannot slip past the limit;
+# identical attempts (one client's parallel requests) count once.
 
 
 @dataclass(frozen=True)
@@ -78,6 +60,8 @@ _TOKEN = ":token:"  # no Basic user name starts with ':' (it ends the name)
 
 def token_login(attempt: bytes) -> str:
     """The name a workload token's login is counted under (from its keyed hash)."""
+    # Its failures lock only that token; it is no distinct user for spraying and never a
+    # known-good login (each token is new: it would only push real users' addresses out).
     return _TOKEN + attempt[:6].hex()
 
 
@@ -101,9 +85,8 @@ class Throttle:
     def retry_after(
         self, user: str, address: str, now: float, s: ThrottleSettings, under_way: int = 0
     ) -> float:
-        """Seconds to wait before this (user, address) may try; 0 if it may try now.
-        `under_way`: its other attempts under way anywhere, as the store counts them (those
-        of this process are known here too)."""
+        """Seconds to wait before this (user, address) may try (0: now), counting its
+        attempts `under_way` elsewhere."""
         key = pair(user, address)
         wait = _locked(self._pairs.get(key), now)
         busy = self._busy(key, self._pairs.get(key), s.attempts, now - s.window, under_way)
@@ -167,9 +150,8 @@ class Throttle:
         self._publish(LoginFailed(user, address))
 
     def success(self, user: str, address: str) -> None:
-        """A correct password: this address is known good for this user from now on. The
-        address's failures stay counted (one valid account must not reset an attacker's
-        count). Only a new (user, address) is news for the others."""
+        """A correct password: this address is known good for this user from now on."""
+        # The address's failures stay counted: one valid account must not reset an attacker's.
         if self._remember(user, address):
             self._publish(LoginSucceeded(user, address))
 

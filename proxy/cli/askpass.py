@@ -14,9 +14,8 @@ from collections.abc import Iterator
 
 
 def ask_password(prompt: str) -> str:
-    """The line typed after `prompt` on the controlling terminal, without its newline.
-    EOFError at end of input (Ctrl-D), KeyboardInterrupt on Ctrl-C. Without a terminal,
-    getpass's fallback (standard input, with its warning)."""
+    """The line typed after `prompt` on the controlling terminal; EOFError on Ctrl-D,
+    KeyboardInterrupt on Ctrl-C. Without a terminal, getpass's fallback."""
     try:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:

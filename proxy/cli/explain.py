@@ -27,6 +27,7 @@ from ..policy.grantfile import load_grants
 from ..policy.grants import Grant
 from ..policy.identity import Identity
 from ..policy.quarantinefile import digest_problem
+from ..policy.ratelimits import explained
 from ..policy.rules import Decision, decide
 from ..policy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
 from .parser import add_config_flag, add_user_file_flags, command, config_path, overrides
@@ -142,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  groups: {', '.join(sorted(groups)) or '(none)'}")
     if who.robot is not None:
         print(f"  robot {who.robot.name} acting as {who.robot.principal}")
+    if allowed and config.rate_limits is not None:
+        for line in explained(config.rate_limits, who, address, args.action):
+            print(f"  rate limit: {line}")
     for grant in grants.idle(who.user, args.action, args.repository, moment):
         when = "ended" if moment >= grant.expires else "starts"
         moment_text = timestamp(grant.expires if when == "ended" else grant.granted)

@@ -1,11 +1,5 @@
-"""`regproxy grant USER ... | list | revoke`: break-glass grants, kept in the grants file.
-
-`grant USER` appends an entry, `revoke` removes the lines of entries, each under the file's lock
-and written whole then renamed (`proxy.cli.listfile`): every other line, comments included,
-stays as it was, and every worker reading the file applies the change within a second. A
-grant never lasts longer than `grants.max_duration`. Commands return exit codes;
-`proxy.cli.main` exits.
-"""
+"""`regproxy grant USER ... | list | revoke`: break-glass grants, kept in the grants file (edited
+by `proxy.cli.listfile`)."""
 
 from __future__ import annotations
 

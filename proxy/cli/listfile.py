@@ -1,8 +1,5 @@
-"""The CLI's edits of a list file a running proxy watches (robots, grants): under an exclusive
-lock next to the file (two commands at once cannot lose an edit), written whole to a temp file
-renamed over it (a running proxy reads the old file or the new one, never half of one), every
-line the edit does not touch kept as it was (`proxy.core.yamllist`); and whole files the CLI
-writes (`write`)."""
+"""The CLI's file edits: a list file a running proxy watches (robots, grants) edited under a
+lock, every line the edit does not touch kept, and whole files written (`write`)."""
 
 from __future__ import annotations
 
@@ -20,6 +17,7 @@ from ..core.yamllist import appendable, appended, entry_spans, without_entries
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[str]:
     """Hold the file's lock; yields its text ('' when it does not exist yet)."""
+    # Two commands at once cannot lose an edit.
     fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -1,6 +1,5 @@
 """`regproxy`: the entry point. Parses the command line, runs the command, and is the only place
-that exits. A user's mistake (a missing, unreadable or misplaced file, Ctrl-C or end of input at
-a prompt, an empty password) ends in a message that names the file, never a traceback."""
+that exits; a user's mistake ends in a message, never a traceback."""
 
 from __future__ import annotations
 
@@ -10,11 +9,21 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import check, explain, grant, importing, passwd, quarantine, robot, serve
+from . import check, explain, grant, importing, passwd, quarantine, replay, robot, serve
 from .parser import Command, build
 
 # The subcommands, in the order `regproxy --help` lists them (adding one: see proxy.cli.parser).
-COMMANDS: tuple[Command, ...] = (serve, check, explain, importing, passwd, robot, grant, quarantine)
+COMMANDS: tuple[Command, ...] = (
+    serve,
+    check,
+    explain,
+    importing,
+    passwd,
+    robot,
+    grant,
+    quarantine,
+    replay,
+)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -111,9 +111,9 @@ def _save(path: Path, text: str, done: str) -> int:
 
 
 def _unusable_name(user: str) -> str | None:
-    """Why a new user name would be unsafe or useless in ACL rules, if it would be: `${user}`
-    stands for one repository path component, so `a/b` would reach into user a's namespace,
-    and names with capitals or wildcards never match a repository."""
+    """Why a new user name would be unsafe or useless in ACL rules, if it would be."""
+    # `${user}` stands for one repository path component: `a/b` would reach into user a's
+    # namespace, and names with capitals or wildcards never match a repository.
     if valid_component(user):
         return None
     return (

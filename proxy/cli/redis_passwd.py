@@ -1,7 +1,5 @@
-"""`regproxy passwd --redis URL USER` / `--store`: users of the `redis` auth backend, written the
-way any other tool may write them (`proxy.state.redis_layout`): the user's hash, then INCR of
-`users:version` in the same transaction, so every replica reads the change within a second.
-"""
+"""`regproxy passwd --redis URL USER` / `--store`: users of the `redis` auth backend, written as
+any tool may write them (`proxy.state.redis_layout`)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""`regproxy robot create | list | revoke`: the robots file as people edit it, through the CLI.
-
-Each command reads the config for the `robots` file and the `secret_file`, takes an exclusive
-lock next to the robots file (two commands at once cannot lose an edit), and writes the file
-whole to a temp file that is renamed over it: a running proxy reads the old file or the new
-one, never half of one, and picks it up within a second. `create` appends the new entry and
-`revoke` removes the lines of one entry: every other line, comments included, stays as it was.
-Commands return exit codes; `proxy.cli.main` exits.
-"""
+"""`regproxy robot create | list | revoke`: the robots file edited through the CLI
+(`proxy.cli.listfile`)."""
 
 from __future__ import annotations
 
@@ -21,7 +14,6 @@ from typing import Any
 from ..authn.credentials import parse_htpasswd
 from ..authn.robotfile import (
     MIN_SECRET,
-    NAME_RE,
     USER_PREFIX,
     Robot,
     derive,
@@ -38,6 +30,7 @@ from ..authn.robots import read_usage
 from ..conf.config import Config
 from ..core.moments import timestamp
 from ..core.problems import ConfigError, read_text, write_atomically
+from ..core.values import IDENTIFIER_RE
 from ..core.yamllist import entry_spans
 from ..http.routes import ACTIONS, Action
 from ..policy.acl import glob_problem
@@ -144,7 +137,7 @@ def _actions(text: str) -> frozenset[Action] | None:
 
 
 def _problem(args: argparse.Namespace, config: Config, now: float) -> str | None:
-    if not NAME_RE.fullmatch(args.name):
+    if not IDENTIFIER_RE.fullmatch(args.name):
         return f"robot name {args.name!r}: [a-z0-9], then [a-z0-9._-], 64 at most"
     for glob in args.repositories:
         problem = glob_problem(glob)

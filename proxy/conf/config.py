@@ -9,11 +9,11 @@ Only the CLI exits; this module raises.
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,6 +26,7 @@ from ..core.addresses import IPNetwork, parse_networks, parse_upstream
 from ..core.lastgood import LastGood
 from ..core.limits import Limits, Timeouts
 from ..core.problems import ConfigError, Problem, compose_yaml, construct, read_text
+from ..core.values import boolean, choice, file_path, name, port, seconds, text, whole_number
 from ..policy.acl import (
     TAG_SECTIONS,
     bind_issuers,
@@ -35,6 +36,7 @@ from ..policy.acl import (
 )
 from ..policy.grantfile import GrantSettings, parse_max_duration
 from ..policy.quarantinefile import QuarantineSettings
+from ..policy.ratelimits import RateLimits, parse_rate_limits
 from ..policy.rules import Rule, recipe_rules
 from ..policy.tagrules import TagRule
 from ..state.redis_layout import parse_redis_url, parse_sentinel_addresses, parse_service
@@ -104,6 +106,7 @@ class Config:
     secret_file: Path | None = None  # the server's secret: robot hashes, upload bindings
     grants: GrantSettings = field(default_factory=GrantSettings)  # break-glass grants
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
+    rate_limits: RateLimits | None = None  # budgets per identity and window; None: off
     auth_backends: tuple[Backend, ...] = ("htpasswd",)
     acl: tuple[Rule, ...] | None = None  # None: the recipe's rules (push_group)
     acl_file: Path | None = None  # where `acl` came from when it is a separate file
@@ -148,25 +151,17 @@ def _parse_listen(value: object) -> Listen:
         hint = " (every interface is 0.0.0.0 or [::])" if text.startswith("*") else ""
         raise ValueError(f"expected HOST:PORT or [IPv6]:PORT, got {text!r}{hint}")
     host = match.group(1) or match.group(3)
-    port = int(match.group(2) or match.group(4))
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} out of range 1-65535")
+    number = port(int(match.group(2) or match.group(4)))
     if match.group(1):
         ipaddress.IPv6Address(host)
-    return Listen(host, port)
-
-
-def _parse_text(value: object) -> str:
-    if not isinstance(value, str) or not value.strip() or not value.isprintable():
-        raise ValueError(f"expected printable text, got {value!r}")
-    return value
+    return Listen(host, number)
 
 
 def _parse_expiry(value: object) -> int:
-    seconds = _parse_positive_int(value)
-    if seconds > MAX_TOKEN_EXPIRY:
-        raise ValueError(f"at most {MAX_TOKEN_EXPIRY} seconds, got {seconds}")
-    return seconds
+    number = whole_number(value)
+    if number > MAX_TOKEN_EXPIRY:
+        raise ValueError(f"at most {MAX_TOKEN_EXPIRY} seconds, got {number}")
+    return number
 
 
 def _parse_token_path(value: object) -> str:
@@ -179,7 +174,7 @@ def _parse_token_path(value: object) -> str:
 
 def _parse_groups_list(value: object) -> frozenset[str]:
     items = value if isinstance(value, list) else [value]
-    return frozenset(_parse_name(v) for v in items)
+    return frozenset(name(v, "group name") for v in items)
 
 
 def _parse_trusted(value: object) -> tuple[IPNetwork, ...]:
@@ -197,18 +192,12 @@ def _parse_optional_listen(value: object) -> Listen | None:
     return None if value is None else _parse_listen(value)
 
 
-def _parse_positive_int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a positive integer, got {value!r}")
-    return value
-
-
 def _parse_connections(value: object) -> int:
     """`auto` (0: from the open-files limit) or a positive number."""
     if value == "auto":
         return 0
     try:
-        return _parse_positive_int(value)
+        return whole_number(value)
     except ValueError:
         raise ValueError(f"expected auto or a positive integer, got {value!r}") from None
 
@@ -218,66 +207,16 @@ def _parse_rate(value: object) -> int:
     if value == 0:
         return 0
     try:
-        return _parse_positive_int(value)
+        return whole_number(value)
     except ValueError:
         raise ValueError(f"expected bytes a second (0: off), got {value!r}") from None
 
 
-def _parse_seconds(value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"expected a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _parse_ttl(value: object) -> float:
-    """Seconds, where 0 means off."""
-    if value == 0 and not isinstance(value, bool):
-        return 0.0
-    try:
-        return _parse_seconds(value)
-    except ValueError:
-        message = f"expected 0 (off) or a positive number of seconds, got {value!r}"
-        raise ValueError(message) from None
-
-
-def _parse_choice(choices: tuple[str, ...]) -> _Parser:
-    def parse(value: object) -> str:
-        if value is False and "off" in choices:
-            return "off"  # YAML 1.1 reads a bare `off` as false
-        if not isinstance(value, str):
-            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
-        text = value.lower()
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
-        return text
-
-    return parse
-
-
-def _parse_name(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a group name, got {value!r}")
-    text = value
-    if not text or any(c.isspace() or c == ":" for c in text):
-        raise ValueError(f"expected a name without spaces or ':', got {value!r}")
-    return text
-
-
-def _parse_bool(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
 def _parse_database(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"expected a database number (0, 1, ...), got {value!r}")
-    return value
+    try:
+        return whole_number(value, low=0)
+    except ValueError:
+        raise ValueError(f"expected a database number (0, 1, ...), got {value!r}") from None
 
 
 def _parse_key_prefix(value: object) -> str:
@@ -295,6 +234,13 @@ def _parse_realm(value: object) -> str:
     return text
 
 
+_seconds_or_off = partial(seconds, zero=True)
+
+
+def _parse_choice(choices: tuple[str, ...]) -> _Parser:
+    return partial(choice, choices=choices)
+
+
 # YAML key (nested keys dotted) -> (Config attribute, parser).
 _PATH = "path"
 _OPTIONAL_PATH = "optional-path"
@@ -305,56 +251,56 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "groups": ("groups", _OPTIONAL_PATH),
     "tls.cert": ("tls_cert", _PATH),
     "tls.key": ("tls_key", _PATH),
-    "workers": ("workers", _parse_positive_int),
+    "workers": ("workers", whole_number),
     "log_level": ("log_level", _parse_choice(LOG_LEVELS)),
     "realm": ("realm", _parse_realm),
-    "push_group": ("push_group", _parse_name),
+    "push_group": ("push_group", name),
     "access_log.format": ("access_log", _parse_choice(ACCESS_LOG_FORMATS)),
     "access_log.path": ("access_log_path", _OPTIONAL_PATH),
-    "timeouts.connect": ("timeouts.connect", _parse_seconds),
-    "timeouts.read": ("timeouts.read", _parse_seconds),
-    "timeouts.drain": ("timeouts.drain", _parse_seconds),
-    "timeouts.drain_delay": ("timeouts.drain_delay", _parse_ttl),
-    "timeouts.keepalive": ("timeouts.keepalive", _parse_seconds),
-    "timeouts.header": ("timeouts.header", _parse_seconds),
-    "timeouts.handshake": ("timeouts.handshake", _parse_seconds),
-    "timeouts.client_idle": ("timeouts.client_idle", _parse_seconds),
-    "limits.per_user": ("limits.per_user", _parse_positive_int),
-    "limits.per_address": ("limits.per_address", _parse_positive_int),
+    "timeouts.connect": ("timeouts.connect", seconds),
+    "timeouts.read": ("timeouts.read", seconds),
+    "timeouts.drain": ("timeouts.drain", seconds),
+    "timeouts.drain_delay": ("timeouts.drain_delay", _seconds_or_off),
+    "timeouts.keepalive": ("timeouts.keepalive", seconds),
+    "timeouts.header": ("timeouts.header", seconds),
+    "timeouts.handshake": ("timeouts.handshake", seconds),
+    "timeouts.client_idle": ("timeouts.client_idle", seconds),
+    "limits.per_user": ("limits.per_user", whole_number),
+    "limits.per_address": ("limits.per_address", whole_number),
     "limits.connections": ("limits.connections", _parse_connections),
     "limits.connections_per_address": ("limits.connections_per_address", _parse_connections),
     "limits.upstream_connections": ("limits.upstream_connections", _parse_connections),
-    "limits.upstream_wait": ("limits.upstream_wait", _parse_seconds),
+    "limits.upstream_wait": ("limits.upstream_wait", seconds),
     "limits.upstream_per_user": ("limits.upstream_per_user", _parse_connections),
-    "limits.anonymous": ("limits.anonymous", _parse_positive_int),
-    "limits.anonymous_per_address": ("limits.anonymous_per_address", _parse_positive_int),
+    "limits.anonymous": ("limits.anonymous", whole_number),
+    "limits.anonymous_per_address": ("limits.anonymous_per_address", whole_number),
     "limits.min_rate": ("limits.min_rate", _parse_rate),
-    "throttle.attempts": ("throttle.attempts", _parse_positive_int),
-    "throttle.window": ("throttle.window", _parse_seconds),
-    "throttle.max_delay": ("throttle.max_delay", _parse_seconds),
+    "throttle.attempts": ("throttle.attempts", whole_number),
+    "throttle.window": ("throttle.window", seconds),
+    "throttle.max_delay": ("throttle.max_delay", seconds),
     "trusted_proxies": ("trusted_proxies", _parse_trusted),
     "audit_log": ("audit_log", _OPTIONAL_PATH),
-    "cache.ttl": ("cache_ttl", _parse_ttl),
-    "cache.credentials_ttl": ("credentials_cache.ttl", _parse_ttl),
-    "cache.credentials_size": ("credentials_cache.size", _parse_positive_int),
+    "cache.ttl": ("cache_ttl", _seconds_or_off),
+    "cache.credentials_ttl": ("credentials_cache.ttl", _seconds_or_off),
+    "cache.credentials_size": ("credentials_cache.size", whole_number),
     "metrics.listen": ("metrics_listen", _parse_optional_listen),
     "state.backend": ("state.backend", _parse_choice(STATE_BACKENDS)),
     "state.url": ("state.url", parse_redis_url),
     "state.key_prefix": ("state.key_prefix", _parse_key_prefix),
-    "state.username": ("state.username", _parse_text),
-    "state.password": ("state.password", _parse_text),
+    "state.username": ("state.username", text),
+    "state.password": ("state.password", text),
     "state.password_file": ("state.password_file", _OPTIONAL_PATH),
     "state.ca_file": ("state.ca_file", _OPTIONAL_PATH),
     "state.cert_file": ("state.cert_file", _OPTIONAL_PATH),
     "state.key_file": ("state.key_file", _OPTIONAL_PATH),
-    "state.timeout": ("state.timeout", _parse_seconds),
-    "state.connect_timeout": ("state.connect_timeout", _parse_seconds),
+    "state.timeout": ("state.timeout", seconds),
+    "state.connect_timeout": ("state.connect_timeout", seconds),
     "state.sentinel.addresses": ("state.sentinels", parse_sentinel_addresses),
     "state.sentinel.service": ("state.service", parse_service),
     "state.sentinel.database": ("state.database", _parse_database),
-    "state.sentinel.tls": ("state.sentinel_tls", _parse_bool),
-    "state.sentinel.username": ("state.sentinel_username", _parse_text),
-    "state.sentinel.password": ("state.sentinel_password", _parse_text),
+    "state.sentinel.tls": ("state.sentinel_tls", boolean),
+    "state.sentinel.username": ("state.sentinel_username", text),
+    "state.sentinel.password": ("state.sentinel_password", text),
     "state.sentinel.password_file": ("state.sentinel_password_file", _OPTIONAL_PATH),
     "acl": ("acl", "acl"),  # handled by _load_acl
     "immutable_tags": ("tag_rules", "tag rules"),  # parsed by proxy.policy.acl, with the ACL file's
@@ -367,14 +313,15 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "grants.max_duration": ("grants.max_duration", parse_max_duration),
     "quarantine.file": ("quarantine.file", _OPTIONAL_PATH),
     "token": ("token", "token"),  # built from the token.* keys by _combinations
-    "token.issuer": ("token.issuer", _parse_text),
-    "token.service": ("token.service", _parse_text),
+    "token.issuer": ("token.issuer", text),
+    "token.service": ("token.service", text),
     "token.key": ("token.key", _PATH),
     "token.certificate": ("token.certificate", _PATH),
     "token.expiry": ("token.expiry", _parse_expiry),
     "token.path": ("token.path", _parse_token_path),
     "token.catalog_groups": ("token.catalog_groups", _parse_groups_list),
     "auth_backends": ("auth_backends", _parse_backends),
+    "rate_limits": ("rate_limits", "rate limits"),  # parsed by proxy.policy.ratelimits
 }
 # Every mapping the keys are nested in: `tls`, `state`, `state.sentinel`, ...
 _SECTIONS = {key.rsplit(".", n)[0] for key in _KEYS for n in range(1, key.count(".") + 1)}
@@ -412,7 +359,7 @@ def _flatten(
         dotted = "." in str(key_node.value)  # `tls.cert:` is no alias of `tls: {cert:}`
         if key in _SECTIONS and not dotted:
             flat.update(_flatten(value_node, source, problems, prefix=f"{key}."))
-        elif key in ("acl", "ldap", "oidc", *TAG_SECTIONS) and not prefix:
+        elif key in ("acl", "ldap", "oidc", "rate_limits", *TAG_SECTIONS) and not prefix:
             flat[key] = (value_node, line)  # parsed later, with the lines of the nodes inside
         elif key in _KEYS and not dotted:
             try:
@@ -445,14 +392,11 @@ def _convert(
     key: str, value: Any, base: Path, where: tuple[str, int], problems: list[Problem]
 ) -> Any:
     parser = _KEYS[key][1]
-    if parser in (_PATH, _OPTIONAL_PATH):
-        if value is None and parser == _OPTIONAL_PATH:
-            return None
-        if not isinstance(value, str) or not value or "\0" in value:
-            problems.append(Problem(*where, f"{key}: expected a file path, got {value!r}"))
-            return None
-        return normalised(base / value)
+    if parser == _OPTIONAL_PATH and value is None:
+        return None
     try:
+        if parser in (_PATH, _OPTIONAL_PATH):
+            return normalised(file_path(value, base))
         return parser(value)
     except ValueError as exc:
         problems.append(Problem(*where, f"{key}: {exc}"))
@@ -523,6 +467,10 @@ def load(
                 continue
             if key == "oidc":
                 values["oidc"] = _load_oidc(raw, base, (source, line), problems, files)
+                continue
+            if key == "rate_limits":
+                values["rate_limits"], found = parse_rate_limits(raw, source)
+                problems.extend(found)
                 continue
             converted = _convert(key, raw, base, (source, line), problems)
             if converted is not None or raw is None:

@@ -1,19 +1,8 @@
-"""Live edits: watched files -> a new Snapshot, built off the event loop, swapped in one
+"""Live edits: watched files -> a new Snapshot, built in a worker thread, swapped in one
 assignment; the snapshot a request holds stays whole until it finishes.
 
-Files are polled (stat every tenth of a second), which sees in-place edits, write-then-rename and
-Kubernetes' swap of a `..data` symlink alike, on any filesystem. A change is loaded once the
-file has stopped changing for one poll, so a half-written file is not read. Loading runs in a
-worker thread: requests go on being answered while a 16 MiB htpasswd file is parsed. A file
-that cannot be used keeps its last good version while every other file's edits apply
-(`proxy.snapshot`), logged with file and line and counted as a failed reload; a certificate
-that fails keeps the current one likewise. Only when even that cannot be done (a new file
-named by the config is broken too, or no version of a file was ever good) does the whole
-last good snapshot stay.
-
-Requests `enter()` the current snapshot and `leave()` it when they finish; a backend that
-the new snapshot no longer uses (an LDAP pool whose settings changed) is closed only once the
-last request holding the old snapshot has left.
+A file that cannot be used keeps its last good version while the others' edits apply; a
+backend the new snapshot no longer uses is closed when the last request holding it leaves.
 """
 
 from __future__ import annotations
@@ -21,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..authn.chain import Authenticators
+from ..core.collector import collector_paused
 from ..core.problems import ConfigError, Problem
 from ..observe import metrics
 from .config import Config
@@ -37,6 +26,8 @@ from .snapshot import Signature, Snapshot, load_snapshot, load_tls, signature
 
 log = logging.getLogger("regproxy.reload")
 
+# Polling sees in-place edits, write-then-rename and Kubernetes' `..data` symlink swap alike,
+# on any filesystem; a change is loaded once it stayed for one poll (no half-written file).
 POLL_INTERVAL = 0.1  # a stat of each watched file ten times a second: edits apply in 0.1-0.2 s
 # Config attributes the running process cannot change (sockets, processes, log handlers).
 RESTART_ONLY = (
@@ -58,23 +49,15 @@ AttachAuthn = Callable[[Snapshot, Snapshot | None], Authenticators]
 
 @contextlib.contextmanager
 def _sharing_the_interpreter() -> Iterator[None]:
-    """While a thread builds a snapshot, requests on the event loop wait for the interpreter
-    lock between its steps: hand it over ten times as often, and keep the cyclic garbage
-    collector (which would walk every user just loaded) from running in the middle. At the
-    end, what was built goes to the oldest generation as it is (`freeze` then `unfreeze`
-    moves every tracked object there and resets the young count): otherwise the next
-    allocation, on the event loop, would scan every object just made in one pause. The
-    price: cyclic garbage made while the collector was off (the build's, and requests')
-    waits for the next full collection rather than a young one."""
+    """While a thread builds a snapshot: the event loop gets the GIL often, the GC waits."""
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(interval / 10)
-    gc.disable()
+    sys.setswitchinterval(interval / 10)  # requests wait for the lock between build steps
+    # The cyclic collector would walk every user just loaded. The price: cyclic garbage
+    # made meanwhile waits for the next full collection rather than a young one.
     try:
-        yield
+        with collector_paused():
+            yield
     finally:
-        gc.freeze()
-        gc.unfreeze()
-        gc.enable()
         sys.setswitchinterval(interval)
 
 
@@ -103,8 +86,7 @@ class Watcher:
 
 
 def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
-    """`new` with the settings the running process cannot change kept at their running
-    value, and the names of those that the edit tried to change."""
+    """`new` with restart-only settings kept at their running value, and the names changed."""
     kept = {name: getattr(old, name) for name in RESTART_ONLY}
     changed = [name for name in RESTART_ONLY if getattr(new, name) != kept[name]]
     timeouts = {name: getattr(old.timeouts, name) for name in RESTART_ONLY_TIMEOUTS}
@@ -122,8 +104,7 @@ def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
 
 @dataclass(frozen=True)
 class Loaded:
-    """The outcome of loading the files again: the new snapshot (None: refused, the last
-    good one stays) and what to tell the operator."""
+    """The outcome of loading the files again, and what to tell the operator."""
 
     snapshot: Snapshot | None
     refused: list[Problem] = field(default_factory=list)
@@ -144,20 +125,20 @@ def load_next(
     overrides: Mapping[str, object],
     attach: AttachAuthn | None = None,
 ) -> Loaded:
-    """Everything for the next snapshot (blocking: a worker thread, or the supervisor).
-    Settings that need a restart keep their running value; a certificate that fails keeps
-    the current one while the rest applies."""
+    """Everything for the next snapshot (blocking: a worker thread, or the supervisor)."""
     try:
         snapshot, problems = load_snapshot(config_path, overrides, previous, tls=False)
     except ConfigError as exc:
         return Loaded(None, refused=exc.problems)
     config, changed = keep_restart_only(previous.config, snapshot.config)
     tls_problems: list[Problem] = []
+    context, expires = None, None
     try:
-        context = load_tls(config) if previous.tls is not None else None
+        if previous.tls is not None:
+            context, expires = load_tls(config)
     except ConfigError as exc:
-        tls_problems, context = exc.problems, previous.tls
-    snapshot = replace(snapshot, config=config, tls=context)
+        tls_problems, context, expires = exc.problems, previous.tls, previous.tls_expires
+    snapshot = replace(snapshot, config=config, tls=context, tls_expires=expires)
     if attach is not None:
         try:
             snapshot = replace(snapshot, authn=attach(snapshot, previous))
@@ -169,8 +150,7 @@ def load_next(
 
 
 def report(loaded: Loaded, reason: str, quiet: bool = False) -> None:
-    """Log a reload's outcome; `quiet` (a worker other than 0 under a supervisor): debug level
-    only, worker 0 says it for all."""
+    """Log a reload's outcome (`quiet`: debug level, as worker 0 says it for all)."""
     for problem in loaded.refused:
         (log.debug if quiet else log.error)(
             "reload failed, keeping the last good configuration: %s", problem
@@ -226,12 +206,14 @@ class State:
         self._loading = asyncio.Lock()
 
     async def start(self) -> None:
-        """Attach the running server's backends to the first snapshot (off the loop)."""
+        """Attach the running server's backends to the first snapshot (off the loop); tell
+        the metrics when its certificate expires."""
         if self._attach is not None and self.current.authn is None:
             first = self.current
             loop = asyncio.get_running_loop()
             authn = await loop.run_in_executor(self._executor, self._attach, first, None)
             self.current = replace(first, authn=authn)
+        self._tell_metrics()
 
     def enter(self) -> Snapshot:
         """The snapshot a request uses from start to end; `leave` it when done."""
@@ -251,8 +233,7 @@ class State:
                 self._close_unused(snapshot)
 
     async def reload(self, reason: str = "reload requested") -> bool:
-        """Load everything again in a worker thread; on failure keep the current snapshot.
-        True if a new snapshot was swapped in."""
+        """Load everything again in a worker thread; True if a new snapshot was swapped in."""
         async with self._loading:
             previous = self.current
             load = functools.partial(
@@ -266,7 +247,17 @@ class State:
                 return False
             self._swap(previous, loaded.snapshot)
             self._watcher.watch(loaded.snapshot.config.watched_files())
+            self._tell_metrics()
             return True
+
+    def _tell_metrics(self) -> None:
+        """Tell the metrics when the served certificate expires and which rate-limit budgets
+        there are (the same again unless a reload changed them)."""
+        if self.current.tls_expires is not None:
+            metrics.RECORD.certificate_expires(self.current.tls_expires)
+        rate_limits = self.current.config.rate_limits
+        if rate_limits is not None:
+            metrics.RECORD.rate_limit_budgets(rate_limits.labels())
 
     def _swap(self, previous: Snapshot, snapshot: Snapshot) -> None:
         self.current = snapshot
@@ -277,8 +268,7 @@ class State:
             holders.retired = True
 
     def _close_unused(self, old: Snapshot) -> None:
-        """Close the old snapshot's backends that neither the current one nor a snapshot still
-        held by a request uses (an unchanged backend is shared by consecutive snapshots)."""
+        """Close the backends no snapshot still in use holds."""
         if old.authn is None:
             return
         in_use = [self.current, *(holders.snapshot for holders in self._holders.values())]

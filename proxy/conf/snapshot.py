@@ -23,14 +23,15 @@ from ..authn.chain import Authenticators
 from ..authn.credentials import Htpasswd, parse_groups, parse_htpasswd
 from ..authn.htpasswd import UserFiles
 from ..authn.robotfile import Robot, derive, load_robots, read_secret_file
+from ..core.collector import collector_paused
 from ..core.lastgood import Kept, LastGood, Parsed
 from ..core.problems import ConfigError, Problem, read_text
-from ..http.tls import load_certificate, server_context
+from ..http.tls import certificate_expiry, load_certificate, server_context
 from ..policy.grantfile import GrantSettings, load_grants
 from ..policy.grants import NO_GRANTS, Grants
 from ..policy.quarantine import NO_QUARANTINE, Quarantine
 from ..policy.quarantinefile import QuarantineSettings, load_quarantine
-from ..policy.rules import Rule, RuleSet
+from ..policy.rules import RuleSet
 from ..tokenserver.scopes import Signer, TokenSettings, load_signer
 from . import config as config_module
 from .config import Config
@@ -54,7 +55,7 @@ class Snapshot:
 
     config: Config
     users: UserFiles
-    rules: tuple[Rule, ...]
+    rules: RuleSet
     signer: Signer | None = None  # token server mode
     tls: ssl.SSLContext | None = None
     authn: Authenticators | None = None
@@ -69,6 +70,7 @@ class Snapshot:
     # good version in this one, with why.
     parsed: Parsed = field(default_factory=dict, compare=False, repr=False)
     kept: tuple[Kept, ...] = ()
+    tls_expires: float | None = None  # when the certificate `tls` serves expires (UNIX time)
 
     def key(self, purpose: str) -> bytes | None:
         """A key derived from the server's secret for one purpose, if there is a secret."""
@@ -116,13 +118,14 @@ def load_users(
     return UserFiles.build(htpasswd, groups, previous.dummy if previous else None), problems
 
 
-def load_tls(config: Config) -> ssl.SSLContext:
-    """A new server context with the configured pair; ConfigError naming what is wrong."""
+def load_tls(config: Config) -> tuple[ssl.SSLContext, float | None]:
+    """A new server context with the configured pair, and when its certificate expires;
+    ConfigError naming what is wrong."""
     context = server_context()
     problems = load_certificate(context, config.tls_cert, config.tls_key)
     if problems:
         raise ConfigError(problems)
-    return context
+    return context, certificate_expiry(config.tls_cert)
 
 
 def load_snapshot(
@@ -139,6 +142,19 @@ def load_snapshot(
     edit naming files that cannot be used keeps the last good config. `tls` False skips the
     certificate (the CLI's `explain`, a reload that handles it apart); `startup` also checks
     the log files can be appended to (they are opened only at start)."""
+    with collector_paused():
+        return _last_good(config_path, overrides, previous, tls, startup)
+
+
+def _last_good(
+    config_path: Path | None,
+    overrides: Mapping[str, object],
+    previous: Snapshot | None,
+    tls: bool,
+    startup: bool,
+) -> tuple[Snapshot, list[Problem]]:
+    """`load_snapshot`, each file that cannot be used in turn put back at its last good
+    version."""
     forced: dict[Path, list[Problem]] = {}
     while True:
         files = LastGood(previous.parsed if previous else None, forced)
@@ -207,9 +223,10 @@ def _load(
             )
     except ConfigError as exc:
         fatal += exc.problems
-    context = None
+    context, expires = None, None
     try:
-        context = load_tls(config) if tls else None
+        if tls:
+            context, expires = load_tls(config)
     except ConfigError as exc:
         fatal += exc.problems
     if config.state.password_file is not None:
@@ -224,7 +241,7 @@ def _load(
     rules = RuleSet(config.rules)  # indexed here, off the event loop
     snapshot = Snapshot(
         config, users, rules, signer, context, None, signatures, MappingProxyType(robots), secret,
-        grants, quarantine, files.parsed, tuple(files.kept),
+        grants, quarantine, files.parsed, tuple(files.kept), expires,
     )  # fmt: skip
     return snapshot, problems
 

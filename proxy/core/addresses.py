@@ -1,9 +1,5 @@
 """Addresses and networks: who is at the other end of a connection, and where the registry is.
-
-The client's address decides network rules and throttling, and the `X-Forwarded-For` the proxy
-sends tells the registry the same story: both come from one reading (`origin`), so they can
-never disagree. Pure: no I/O.
-"""
+Pure."""
 
 from __future__ import annotations
 
@@ -38,20 +34,19 @@ def parse_networks(value: object) -> tuple[IPNetwork, ...]:
 
 
 def ip_address(text: str) -> IPAddress:
-    """An address as rules read it: an IPv4-mapped IPv6 address (`::ffff:10.0.0.5`, how a
-    socket listening on `[::]` sees an IPv4 client) is the IPv4 address it carries, so that
-    IPv4 networks in rules, `trusted_proxies` and throttle counts hold on such a listener.
-    ValueError if it is not an address."""
+    """An address as rules read it (an IPv4-mapped IPv6 address as its IPv4 address);
+    ValueError if it is not one."""
     address = ipaddress.ip_address(text)
+    # A socket listening on [::] sees an IPv4 client as ::ffff:10.0.0.5: IPv4 networks in
+    # rules, trusted_proxies and throttle counts must still hold for it.
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=4096)  # ipaddress costs more than the rest of an anonymous request
 def peer_address(text: str | None) -> tuple[IPAddress | None, str]:
-    """The connected peer and its normalised text, worked out once per distinct peer
-    (ipaddress costs more than the rest of an anonymous request)."""
+    """The connected peer and its normalised text."""
     try:
         peer = ip_address(text or "")
     except ValueError:
@@ -59,24 +54,28 @@ def peer_address(text: str | None) -> tuple[IPAddress | None, str]:
     return peer, str(peer)
 
 
+@lru_cache(maxsize=4096)
+def address_text(address: IPAddress) -> str:
+    """An address as text, worked out once per distinct address (the access log writes it for
+    every request, and ipaddress's str() costs more than the rest of a refusal's line)."""
+    return str(address)
+
+
 @dataclass(frozen=True)
 class Origin:
-    """Where a request comes from: the client's address (None if unknown), the
-    `X-Forwarded-For` to send upstream, and what the client is counted under (`throttle_key`:
-    the address, or its IPv6 /64)."""
+    """Where a request comes from."""
 
-    address: IPAddress | None
-    forwarded_for: str
-    client: str
+    address: IPAddress | None  # None if unknown
+    forwarded_for: str  # the X-Forwarded-For to send upstream
+    client: str  # what the client is counted under (`throttle_key`)
 
 
 def origin(remote: str | None, forwarded_for: list[str], trusted: tuple[IPNetwork, ...]) -> Origin:
-    """The peer (`remote`, as the socket gives it), unless it is a trusted proxy: then
-    X-Forwarded-For is walked from the right past trusted hops, and a malformed entry stops the
-    walk at the last address known for sure. The chain is passed on only when the peer is
-    trusted, always ending with the peer."""
+    """The peer (`remote`), or, when it is a trusted proxy, the first untrusted hop of its
+    X-Forwarded-For read from the right."""
     peer, own = peer_address(remote)
     if peer is None or not forwarded_for or not _trusted(peer, trusted):
+        # The chain is passed on only when the peer is trusted.
         return Origin(peer, own, throttle_key(peer))
     current = peer
     hops = [h.strip(" \t") for value in forwarded_for for h in value.split(",")]
@@ -84,7 +83,7 @@ def origin(remote: str | None, forwarded_for: list[str], trusted: tuple[IPNetwor
         try:
             current = ip_address(hops.pop())
         except ValueError:
-            break
+            break  # a malformed entry: the last address known for sure stands
     return Origin(current, f"{', '.join(forwarded_for)}, {own}", throttle_key(current))
 
 
@@ -95,10 +94,9 @@ def _trusted(address: IPAddress, trusted: tuple[IPNetwork, ...]) -> bool:
 @lru_cache(maxsize=4096)
 def throttle_key(address: IPAddress | None) -> str:
     """What the throttle and the per-address cap count a client under: its IPv4 address, or
-    its IPv6 /64 (a client usually holds a whole /64, and could otherwise try from each of its
-    addresses in turn)."""
+    its IPv6 /64."""
     if address is None:
         return "unknown"
-    if address.version == 6:
+    if address.version == 6:  # a client usually holds a whole /64 and could try from each
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)

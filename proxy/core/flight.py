@@ -12,8 +12,7 @@ Settle = Callable[[asyncio.Future[V]], None]
 
 
 class SingleFlight(Generic[K, V]):
-    """The computation under way for a key, started by its first caller; cancelling a
-    caller never cancels it (the others still wait for it)."""
+    """The computation under way for a key, shared by every caller that asks for it."""
 
     def __init__(self) -> None:
         self._flights: dict[K, asyncio.Future[V]] = {}
@@ -21,8 +20,7 @@ class SingleFlight(Generic[K, V]):
     def start(
         self, key: K, compute: Callable[[], Awaitable[V]], settle: Settle[V] | None = None
     ) -> asyncio.Future[V]:
-        """The flight for `key`: the one under way, or `compute()` started now (and
-        `settle` called with it once it is done)."""
+        """The flight for `key`: the one under way, or `compute()` started now."""
         flight = self._flights.get(key)
         if flight is None:
             flight = self._flights[key] = asyncio.ensure_future(compute())

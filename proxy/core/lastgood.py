@@ -1,15 +1,9 @@
-"""The last good version of each file: what every file a snapshot reads parsed to, and, at a
-reload, that version put back in place of a file that cannot be used now. Pure but for the
-parse functions it is handed.
+"""The last good version of each file a snapshot reads, put back at a reload in place of a file
+that cannot be used now, so one broken file costs only that file. Pure but for the parsers.
 
-A snapshot is built from many files (the config, the ACL, htpasswd, groups, robots, the
-server's secret, the token key, the LDAP and OIDC issuers' CA and password files). At startup
-any problem in any of them is fatal. At a reload, one broken file must cost only that file:
-`LastGood` gives each reader either the file's value now or, when it cannot be used (and its
-path is the one the previous snapshot read), the value the previous snapshot had, and says
-why it was kept. A file whose content parses but does not fit with the others (an ACL rule
-that names no issuer once a second issuer is configured) is found only when the whole is
-assembled: the caller then `force`s the files the problems name and builds again.
+A file that parses but does not fit the others (an ACL rule naming no issuer once a second
+issuer is configured) shows only when the whole is assembled: the caller then forces the
+files the problems name (`blame`) and builds again.
 """
 
 from __future__ import annotations
@@ -32,17 +26,15 @@ class LastGood:
     def __init__(
         self, previous: Parsed | None = None, forced: Mapping[Path, list[Problem]] | None = None
     ) -> None:
-        """`previous`: the last snapshot's values (None at startup: nothing falls back);
-        `forced`: files to keep at their last good version whatever they hold now, each with
-        the problems that made them so."""
+        """`previous`: the last snapshot's values (None at startup); `forced`: files to keep
+        at their last good version, with the problems that made them so."""
         self._previous = previous
         self._forced = dict(forced or {})
         self.parsed: dict[Key, object] = {}
         self.kept: list[Kept] = [(path, p) for path, found in self._forced.items() for p in found]
 
     def read(self, kind: str, path: Path, parse: Callable[[Path], T]) -> T:
-        """`parse(path)`, or the last good value of this file when it raises ConfigError or
-        BadValue at a reload (the problems are kept in `kept`)."""
+        """`parse(path)`, or at a reload this file's last good value when it cannot be used."""
         key = (kind, path)
         previous = self._previous or {}
         if path in self._forced and key in previous:
@@ -51,7 +43,7 @@ class LastGood:
             try:
                 value = parse(path)
             except (ConfigError, BadValue) as exc:
-                if key not in previous:
+                if key not in previous:  # at startup, or a new path: nothing to fall back on
                     raise
                 self.kept.extend((path, problem) for problem in _problems(exc, path))
                 value = cast(T, previous[key])
@@ -63,8 +55,7 @@ class LastGood:
         return self._previous is not None and any(p == path for _, p in self._previous)
 
     def blame(self, problems: Iterable[Problem]) -> dict[Path, list[Problem]]:
-        """The files these problems are in that may be kept at their last good version
-        (and are not yet), each with its problems."""
+        """The files these problems are in that may still be kept at their last good version."""
         blamed: dict[Path, list[Problem]] = {}
         for problem in problems:
             path = Path(problem.source)

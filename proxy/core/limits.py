@@ -1,10 +1,5 @@
-"""Fair share: timeouts and caps that keep one client from starving the others.
-
-Settings (`timeouts:` and `limits:` in the config) live here with the one piece of state they
-need on the request path, `Gate`: how many requests each user and each client address has in
-flight. A request over its share is answered 429 with `Retry-After` at once, before it can
-hold an upstream connection; how long a request may wait for one is bounded too (503).
-"""
+"""Fair share: the `timeouts:` and `limits:` settings, and the counters that keep one client
+from starving the others (`Gate`, `FairSlots`, `Pace`)."""
 
 from __future__ import annotations
 
@@ -22,37 +17,32 @@ RESERVED_FILES = 64  # log files, the config files being read, the mesh, the adm
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds. `connect`/`read` bound the upstream, `drain` the graceful shutdown, before
-    which `drain_delay` lets load balancers see a stopping replica unready while it still
-    serves; `keepalive` an idle client connection between requests, `header` the time a
-    client has to send a request's headers, `handshake` the time to start and finish TLS,
-    `client_idle` the time a client may leave its request body unsent or the response
-    unread."""
+    """`timeouts:` in the config, in seconds."""
 
-    connect: float = 5.0
-    read: float = 300.0
-    drain: float = 30.0
-    # Above what the shipped HAProxy config (deploy/haproxy) takes to mark a replica down
+    connect: float = 5.0  # to the upstream
+    read: float = 300.0  # from the upstream
+    drain: float = 30.0  # the graceful shutdown
+    # Stopping replicas still serve this long, unready, so load balancers leave them first:
+    # above what the shipped HAProxy config (deploy/haproxy) takes to mark a replica down
     # (2 checks 1 s apart) and what kube-proxy takes to drop a terminating pod.
     drain_delay: float = 5.0
-    keepalive: float = 75.0
-    header: float = 20.0
-    handshake: float = 10.0
-    client_idle: float = 60.0
+    keepalive: float = 75.0  # an idle client connection between requests
+    header: float = 20.0  # for a client to send a request's headers
+    handshake: float = 10.0  # to start and finish TLS
+    client_idle: float = 60.0  # a request body left unsent, or the response unread
 
 
 @dataclass(frozen=True)
 class Limits:
-    """`limits:` in the config. `connections` and `upstream_connections` 0: derived from the
-    open-files limit; `connections_per_address` 0: half of `connections`."""
+    """`limits:` in the config."""
 
     per_user: int = 128
     per_address: int = 256
     anonymous: int = 128  # requests without credentials in flight, from every address together
     anonymous_per_address: int = 32
-    connections: int = 0
+    connections: int = 0  # 0: from the open-files limit
     connections_per_address: int = 0  # 0: half of `connections`
-    upstream_connections: int = 0
+    upstream_connections: int = 0  # 0: from the open-files limit
     upstream_per_user: int = 0  # 0: an eighth of the upstream connections
     upstream_wait: float = 10.0
     min_rate: int = 4096  # bytes a second a body must move, window after window; 0: off
@@ -60,9 +50,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class Capacity:
-    """What one worker may hold open, from its open-files limit: client connections, and
-    upstream connections (of which `own` for the proxy's own requests: tag checks, catalog
-    pages, health probes)."""
+    """What one worker may hold open: client connections, and upstream connections (of which
+    `own` for the proxy's own requests)."""
 
     connections: int
     upstream: int
@@ -82,28 +71,27 @@ class Capacity:
 
 
 def capacity(limits: Limits, open_files: int) -> Capacity:
-    """A quarter of the files for upstream connections (at most UPSTREAM_CONNECTIONS, or
-    `limits.upstream_connections`), the rest, minus a reserve, for clients, so that accepting
-    a client never fails for lack of a descriptor (`limits.connections` may only lower it)."""
+    """A quarter of the open files for upstream connections, the rest for clients."""
+    # The reserve: accepting a client never fails for lack of a descriptor.
     usable = max(16, open_files - RESERVED_FILES)
     upstream = max(4, min(UPSTREAM_CONNECTIONS, usable // 4))
     if limits.upstream_connections:
         upstream = min(usable // 2, limits.upstream_connections)
     clients = max(4, usable - upstream)
-    if limits.connections:
+    if limits.connections:  # may only lower it
         clients = min(clients, limits.connections)
     return Capacity(clients, upstream)
 
 
 def address_share(connections: int, per_address: int) -> int:
-    """How many of a worker's `connections` one client address may hold: `per_address` (0:
-    half of them, so one address never holds them all), and never more than all of them."""
+    """How many of a worker's `connections` one client address may hold (`per_address` 0:
+    half, so one address never holds them all)."""
     return min(connections, per_address or max(1, connections // 2))
 
 
 def raise_open_files_limit() -> int:
-    """Raise the soft open-files limit to the hard one (systemd's default soft limit is 1,024);
-    the soft limit now in force."""
+    """Raise the soft open-files limit to the hard one; the soft limit now in force."""
+    # systemd's default soft limit is 1,024.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         hard = max(soft, 1 << 20)
@@ -142,10 +130,8 @@ class Gate:
 
 
 class FairSlots:
-    """Upstream connections shared fairly: one owner (a user, or an anonymous address) holds
-    at most its share; while every slot is taken, the next one freed goes to the waiter
-    whose owner holds fewest (the first of those to come), so a newcomer never waits behind
-    a heavy user's queue."""
+    """Upstream connections shared fairly: an owner (a user, or an anonymous address) holds at
+    most its share, and a slot freed goes to the waiter whose owner holds fewest."""
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -154,8 +140,7 @@ class FairSlots:
         self._waiting: list[tuple[str, int, asyncio.Future[None]]] = []
 
     async def acquire(self, owner: str, share: int, wait: float) -> bool:
-        """Take a slot for `owner`, who may hold `share`, within `wait` seconds; False when
-        none came."""
+        """Take a slot for `owner` within `wait` seconds; False when none came."""
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (owner, share, ready)
         self._waiting.append(entry)
@@ -190,6 +175,7 @@ class FairSlots:
 
     def _hand_on(self) -> None:
         """Give free slots to the waiters that may take one, fewest held first."""
+        # Fewest held first: a newcomer never waits behind a heavy user's queue.
         while self._in_use < self.total:
             eligible = [(self.held(owner), n) for n, (owner, share, _) in enumerate(self._waiting)
                         if self.held(owner) < share]  # fmt: skip
@@ -201,8 +187,8 @@ class FairSlots:
 
 
 class Pace:
-    """A transfer that must move `rate` bytes a second, each `window` seconds at a time: a
-    peer reading (or sending) slower than that cannot hold a connection for ever."""
+    """A minimum transfer rate, checked window by window, so a slow peer cannot hold a
+    connection for ever."""
 
     def __init__(self, rate: float, window: float, now: float) -> None:
         self._quota = rate * window
@@ -211,8 +197,7 @@ class Pace:
         self._moved = 0.0
 
     def deadline(self) -> float:
-        """When the move under way must be done: the end of the first window short of its
-        quota (with no rate, never)."""
+        """When the move under way must be done (with no rate, never)."""
         if not self._quota:
             return math.inf
         return self._end if self._moved < self._quota else self._end + self._window

@@ -1,9 +1,8 @@
-"""Handing freed heap pages back to the system (glibc's malloc_trim), once a second.
+"""Handing freed heap pages back to the system (glibc's malloc_trim), once a second."""
 
-Each TLS connection reads into 256 KiB blocks (uvloop) that glibc serves from the heap once a
-large block has been freed; the pages they touched stay resident after the connection is gone,
-so without this a worker's RSS only ever grows. Allocators without malloc_trim are left alone.
-"""
+# Each TLS connection reads into 256 KiB blocks (uvloop) that glibc serves from the heap once
+# a large block has been freed; the pages they touched stay resident after the connection is
+# gone, so without this a worker's RSS only ever grows.
 
 from __future__ import annotations
 

@@ -37,8 +37,7 @@ def describe_duration(seconds: float) -> str:
 
 
 def parse_moment(value: Any) -> float:
-    """Epoch seconds of an ISO 8601 date or time (UTC unless it says), or of the date or
-    time YAML read from an unquoted one."""
+    """Epoch seconds of an ISO 8601 date or time (UTC unless it says), text or as YAML read it."""
     moment: datetime | None = None
     if isinstance(value, datetime):
         moment = value

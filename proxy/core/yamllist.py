@@ -1,7 +1,5 @@
-"""Files that are a YAML list of mappings, one per entry (the robots and grants files): read
-with a problem (file:line) for each entry that cannot be used, which disables that entry only;
-edited as text by the CLI: an entry is appended, or the lines of some entries are removed, and
-every other line (comments included) stays as it was. Pure: text in, text out."""
+"""Files that are a YAML list of entries (robots, grants): read entry by entry, and edited as
+text, every line an edit does not touch kept. Pure."""
 
 from __future__ import annotations
 
@@ -51,8 +49,7 @@ def entry_spans(text: str, source: str, key: str, values: Collection[str]) -> li
 
 
 def without_entries(text: str, source: str, key: str, values: Collection[str]) -> str | None:
-    """The text without the entries whose `key` is one of `values`, every other line kept as
-    it was; None when there is none."""
+    """The text without the entries whose `key` is one of `values`; None when there is none."""
     spans = entry_spans(text, source, key, values)
     if not spans:
         return None
@@ -68,25 +65,21 @@ def _end_line(item: yaml.Node) -> int:
 
 @dataclass(frozen=True)
 class EntryFormat:
-    """What the entries of one kind of list file hold: `keys` (in the order the CLI writes
-    them), the `required` ones, the key whose value names an entry (a repeated name disables
-    the later entry), `field` to check and convert one key's value and `whole` to check an
-    entry's values together (both raise ValueError saying why)."""
+    """What the entries of one kind of list file hold, and how each is checked."""
 
     kind: str  # "robot", "grant": how problems name an entry
-    keys: tuple[str, ...]
+    keys: tuple[str, ...]  # in the order the CLI writes them
     required: tuple[str, ...]
-    name_key: str
-    field: Callable[[str, Any], Any]
-    whole: Callable[[dict[str, Any]], None] = lambda values: None
+    name_key: str  # names an entry: a repeated name disables the later entry
+    field: Callable[[str, Any], Any]  # checks and converts one value (ValueError says why)
+    whole: Callable[[dict[str, Any]], None] = lambda values: None  # checks them together
 
 
 def read_entries(
     text: str, source: str, form: EntryFormat
 ) -> tuple[list[tuple[int, dict[str, Any]]], list[Problem]]:
-    """The usable entries' values, each with its line, and a problem (file:line) for each entry
-    that is skipped: an entry that cannot be used disables itself only. ConfigError when the
-    file is not a YAML list at all (the caller keeps the last good version)."""
+    """The usable entries, each with its line, and a problem for each entry skipped;
+    ConfigError when the file is not a YAML list at all."""
     node = compose_yaml(text, source)
     if empty_document(node):
         return [], []

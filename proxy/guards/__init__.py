@@ -7,11 +7,14 @@ from collections.abc import Callable
 
 from ..pipeline.guard import Guard
 from ..state.store import Store
+from ..upstream.catalog import Listings
 from ..upstream.client import Registry
 from ..upstream.manifests import new_contents
 from .headcache import CachedHeads
+from .listings import NewRepositories
 from .pings import FreshPings
 from .quarantine import Quarantined
+from .ratelimit import RateLimits
 from .tags import TagGuard
 from .uploads import UploadBinding
 
@@ -20,6 +23,7 @@ def ordered(
     store: Store,
     registry: Registry,
     upload_key: bytes,
+    listings: Listings,
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[Guard, ...]:
     """Every guard, in the order a request meets them (and its answer, on the way back)."""
@@ -28,6 +32,8 @@ def ordered(
         Quarantined(store, registry, contents, clock),  # first: wins over everything after
         UploadBinding(upload_key),  # an upload only by whoever started it
         TagGuard(store, registry, contents),  # immutable tags, protected deletes
+        RateLimits(store),  # budgets per identity and window: after what refuses for free
         FreshPings(clock),  # pings answered while the registry is known to be up
+        NewRepositories(store, listings),  # a push's new repository in the catalog at once
         CachedHeads(store, clock),  # blob existence answers it remembers: last of all
     )

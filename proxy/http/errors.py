@@ -1,9 +1,5 @@
-"""Distribution-spec JSON error answers, each carrying the API version header.
-
-The docker client's login looks for `Docker-Distribution-Api-Version` on the 401 it gets from
-`/v2/`; every `/v2` answer the proxy makes itself carries it too. Bodies and header sets are
-built once per distinct answer: the anonymous 401 is the busiest path there is.
-"""
+"""Distribution-spec JSON error answers, each carrying the API version header (the docker
+client's login looks for it on the 401 from `/v2/`)."""
 
 from __future__ import annotations
 
@@ -19,6 +15,7 @@ SERVER = "regproxy"  # no version: it only helps attackers
 JSON = "application/json; charset=utf-8"
 
 
+# Built once per distinct answer: the anonymous 401 is the busiest path there is.
 @lru_cache(maxsize=256)
 def _error_body(code: str, message: str) -> bytes:
     return json.dumps({"errors": [{"code": code, "message": message, "detail": None}]}).encode()

@@ -1,27 +1,14 @@
-"""Where a client connection's bytes stand against the requests read out of them: whether
-bytes of a request whose headers are not complete are held. Pure.
+"""Whether a client connection holds bytes of a request whose headers are not complete, so
+the header timeout runs for pipelined requests too. Pure."""
 
-The header timeout must run for every request on a connection, a pipelined one included: a
-client that sends a complete request and the start of another in one write, and then nothing,
-must be cut `timeouts.header` after the first is answered, as Go's server does, not left to
-the keep-alive timeout. aiohttp's (C) parser keeps such a start to itself, so `Framing` follows
-the same bytes with what the parser says it made of them (the requests whose headers it read,
-each with its `Content-Length` or chunked body, and how much of each body it took) and knows
-where each request ends:
-
-- a header block ends at the first CRLF CRLF after its start (no header line holds one), past
-  any empty lines before it, which the parser skips;
-- a `Content-Length` body ends that many bytes later; what the body's reader did not take
-  (the parser holds it while the reader is full) is counted, so the end is found however
-  the bytes were cut up;
-- the end of a chunked body is not counted (its size lines are the parser's): the bytes
-  received end there only if they end with CRLF CRLF (the last chunk, or its trailers), since
-  more after it would have made another header block.
-
-When it cannot tell (a chunked body with more bytes behind it, a request the parser refused,
-bytes it never saw), it says that a request is pending: the header timeout then runs, which
-at worst closes an idle connection sooner than the keep-alive timeout would.
-"""
+# A client that sends a request and the start of another in one write, then nothing, must be
+# cut `timeouts.header` after the first is answered, as Go's server does. aiohttp's C parser
+# keeps such a start to itself, so `Framing` follows the same bytes with what the parser made
+# of them and finds where each request ends: a header block at the first CRLF CRLF (past empty
+# lines the parser skips); a Content-Length body that many bytes later, counting what its
+# reader did not take yet; a chunked body only where the bytes end with CRLF CRLF (more after
+# it would have made another header block). When it cannot tell, a request is pending: at
+# worst an idle connection is closed sooner than the keep-alive timeout would.
 
 from __future__ import annotations
 
@@ -34,12 +21,11 @@ MAX_HELD = 64 * 1024  # bytes of unfinished header blocks kept; more: it cannot 
 
 @dataclass(frozen=True)
 class Head:
-    """A request whose headers the parser read in this call: its body's `length` (None:
-    chunked), the body bytes it `took` so far and whether the body is `done`."""
+    """A request whose headers the parser read in this call."""
 
-    length: int | None
-    took: int
-    done: bool
+    length: int | None  # of its body; None: chunked
+    took: int  # body bytes taken so far
+    done: bool  # the body is complete
 
 
 class Framing:
@@ -58,8 +44,7 @@ class Framing:
         return self._lost or bool(self._held.strip(b"\r\n"))
 
     def received(self, data: bytes, took: int, done: bool, heads: Sequence[Head]) -> None:
-        """`data` went to the parser; the open body (if any) took `took` bytes of it and is
-        `done` or not; `heads` are the requests whose headers the parser read from it."""
+        """`data` went to the parser: the open body took `took` bytes of it, `heads` were read."""
         self._last4 = (self._last4 + data[-4:])[-4:]
         if self._lost:
             self._resync(heads)

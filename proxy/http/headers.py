@@ -1,15 +1,10 @@
-"""One reading of a request's headers: the registry's. Pure: no I/O.
+"""A request's headers read as the registry (Go 1.19's net/http, textproto, mime) reads them,
+on raw bytes, ASCII only; anything else is refused, never guessed at. Pure."""
 
-The registry behind the proxy is Go: Debian's docker-registry 2.8 is built with Go 1.19, whose
-net/http, net/textproto and mime packages decide how a header is read. Python reads the same
-bytes differently as soon as they leave ASCII: Go's `strings.ToLower` maps each rune to one
-rune (U+0130 'İ' becomes an ASCII 'i', so `multİpart/form-data` is multipart to Go) while
-`str.lower()` makes it 'i' + U+0307; `str.strip()` and Go's `strings.TrimSpace` trim different
-sets of Unicode spaces. So every header the proxy or the registry uses to interpret a request
-is read here on its raw bytes, by Go's rules restricted to ASCII (where bytes methods fold and
-trim exactly as Go's ASCII fast paths do), and a value outside ASCII or outside Go's grammar
-is refused, never guessed at. The Go functions each rule follows are named where it is applied.
-"""
+# Python and Go read the same bytes differently outside ASCII: Go's strings.ToLower makes
+# U+0130 an ASCII 'i' (`multİpart/form-data` is multipart to Go) where str.lower() makes it
+# 'i' + U+0307, and they trim different Unicode spaces. On ASCII, bytes methods fold and trim
+# exactly as Go's fast paths do. The Go function each rule follows is named where it applies.
 
 from __future__ import annotations
 
@@ -61,8 +56,7 @@ _INTERPRETED = _ONCE | _LISTS
 
 @dataclass(frozen=True)
 class MediaType:
-    """A Content-Type as Go's mime.ParseMediaType returns it: the lower-cased type and the
-    parameters (names lower-cased, values as written), in order."""
+    """A Content-Type as Go's mime.ParseMediaType returns it."""
 
     type: str
     params: tuple[tuple[str, str], ...] = ()
@@ -70,13 +64,10 @@ class MediaType:
 
 @dataclass(frozen=True)
 class Reading:
-    """What the request's headers say, exactly as the registry reads them.
-
-    `content_length` is Go's Request.ContentLength: -1 for a chunked body, 0 for none.
-    """
+    """What the request's headers say, exactly as the registry reads them."""
 
     media_type: MediaType | None
-    content_length: int
+    content_length: int  # Go's Request.ContentLength: -1 for a chunked body, 0 for none
     chunked: bool
     expect_continue: bool = False
 
@@ -201,14 +192,11 @@ def _framing(
 
 
 def parse_media_type(value: bytes) -> MediaType | None:
-    """Go 1.19's mime.ParseMediaType on an ASCII value; None wherever it reports an error.
-
-    Go lower-cases and trims the part before the first ';' (strings.ToLower and TrimSpace,
-    which on ASCII fold and trim ASCII only), checks it is token or token/token
-    (checkMediaTypeDisposition), then reads `; name=value` parameters (consumeMediaParam),
-    allowing one trailing ';' and refusing a repeated name. RFC 2231 names (`name*`) are
-    refused here as outside what the proxy reads: Go stitches them after the fact.
-    """
+    """Go 1.19's mime.ParseMediaType on an ASCII value; None wherever it reports an error."""
+    # The type: lower-cased and trimmed (ToLower, TrimSpace), token or token/token
+    # (checkMediaTypeDisposition); then `; name=value` parameters (consumeMediaParam), one
+    # trailing ';' allowed, a repeated name refused. RFC 2231 names (`name*`) are refused:
+    # Go stitches them after the fact.
     base = value.partition(b";")[0]
     media_type = base.lower().strip(b" \t")
     if not _MEDIA_TYPE.fullmatch(media_type):
@@ -245,8 +233,9 @@ def _media_param(text: bytes) -> tuple[str, str, bytes] | None:
 
 
 def _media_value(text: bytes) -> tuple[str, bytes] | None:
-    """mediatype.go consumeValue (Go 1.19): a token, or a quoted string in which a backslash
-    escapes only a tspecial (before anything else it is kept as a literal backslash)."""
+    """mediatype.go consumeValue (Go 1.19): a token, or a quoted string."""
+    # In the quoted string a backslash escapes only a tspecial; before anything else it is
+    # kept as a literal backslash.
     if not text.startswith(b'"'):
         match = _MIME_TOKEN_AT.match(text)
         return None if match is None else (match.group().decode("ascii"), text[match.end() :])

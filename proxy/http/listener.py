@@ -1,23 +1,9 @@
 """The client side of the socket: accepting, TLS, and the limits that hold before a request.
 
-regproxy accepts connections itself rather than through `loop.create_server`, so that before
-any TLS it can:
-- look at the first byte: a client speaking plain HTTP to the TLS port (containerd does for
-  `localhost:PORT`) gets a plain-HTTP 400 that names the problem, as nginx answers, instead of
-  a closed connection;
-- bound the time to start and finish the TLS handshake (`timeouts.handshake`);
-- hand each new connection the TLS context of the current snapshot (a reloaded certificate
-  applies to new connections, and is built off the event loop);
-- keep the number of connections under what the open-files limit allows, evicting idle ones
-  (those that never sent a byte first, then idle keep-alive ones) to make room for a new one.
-
-`Connection` is aiohttp's request handler plus a header timeout: a request's headers must be
-complete within `timeouts.header` of its first byte (or of the connection's start), so a
-client trickling one header line a second is cut, while the keep-alive timeout still governs
-idle time between requests. That holds for every request on a connection: the start of a
-request sent behind another (pipelined, in the same write or while the first is answered)
-gets its `timeouts.header` from the moment the one before it is answered, as Go's server
-reads it then (`proxy.http.framing` knows such a start is held).
+regproxy accepts connections itself (not `loop.create_server`) so that before any TLS it can
+answer plain HTTP on the TLS port with a plain-HTTP 400, bound the handshake, hand each
+connection the current snapshot's TLS context, and evict idle connections to stay within the
+open-files limit.
 """
 
 from __future__ import annotations
@@ -102,8 +88,7 @@ class Connection(RequestHandler):
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
-        """After each answer: the start of a pipelined request held meanwhile gets its
-        header timeout from now."""
+        """After each answer, a pipelined request held meanwhile gets its header timeout."""
         finished = await super().finish_response(request, resp, start_time)
         if self._framing.pending and not self._messages and self._header_timer is None:
             self._arm()
@@ -111,8 +96,7 @@ class Connection(RequestHandler):
 
     @property
     def waiting_for_request(self) -> bool:
-        """Between requests: no request being handled or queued (idle keep-alive, or the
-        headers of the next one arriving)."""
+        """No request being handled or queued (idle keep-alive, or the next one arriving)."""
         if self._messages or self._request_in_progress:
             return False
         return self._request_count == 0 or (self._waiter is not None and not self._waiter.done())
@@ -126,9 +110,9 @@ class Connection(RequestHandler):
             self._header_timer = None
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
-        """A request aiohttp cannot parse is the client's mistake, answered 400: one line
-        without a traceback (aiohttp logs an ERROR with one, so any client could fill the
-        log). The proxy's own failures keep theirs."""
+        """A request aiohttp cannot parse: one line, no traceback; the proxy's own failures
+        keep theirs."""
+        # aiohttp logs an ERROR with a traceback: any client could fill the log.
         exc = kw.get("exc_info")
         if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500:
             peer = self.transport.get_extra_info("peername") if self.transport else None
@@ -148,10 +132,11 @@ class Connection(RequestHandler):
 
 
 class Connections(web.Server):
-    """aiohttp's low-level server (the protocol factory), making `Connection`s. While
-    `closing()` holds (a stopping replica, still serving), every answer says `Connection:
-    close` and its connection is closed after it, so clients open their next one through the
-    load balancer, to a replica that stays."""
+    """aiohttp's low-level server (the protocol factory), making `Connection`s."""
+
+    # While `closing()` holds (a stopping replica, still serving), every answer says
+    # `Connection: close`: clients open their next one through the load balancer, to a
+    # replica that stays.
 
     def __init__(
         self,
@@ -204,9 +189,8 @@ Held = _Unstarted | _Handshake | Connection  # a connection in one of its stages
 
 
 class Listener:
-    """Accepts on a bound, listening socket (shared by every worker). `capacity`: client
-    connections this worker may hold; `per_address`: how many of them one client address
-    may hold (0: half), handshakes included."""
+    """Accepts on a bound, listening socket (shared by every worker), within `capacity`
+    connections and `per_address` for one client address (0: half)."""
 
     def __init__(
         self,
@@ -242,8 +226,7 @@ class Listener:
         self._accepting = True
 
     def stop(self) -> None:
-        """Stop accepting and close this process's copy of the listening socket; connections
-        not yet started are closed (in-flight ones stay)."""
+        """Stop accepting and close connections not yet started (in-flight ones stay)."""
         if self._accepting:
             self._loop.remove_reader(self._sock.fileno())
             self._accepting = False
@@ -298,17 +281,16 @@ class Listener:
             self._loop.add_reader(fd, self._first_byte, fd)
 
     def _evict_any(self) -> bool:
-        """Close the oldest idle connection to make room: one that never sent a byte, then a
-        TLS handshake (a stalled one is the oldest), then an idle keep-alive one. True if one
-        was closed."""
+        """Close the oldest idle connection to make room; True if one was closed."""
+        # First one that never sent a byte, then a TLS handshake (a stalled one is the
+        # oldest), then an idle keep-alive one.
         for stage in (self._unstarted.values(), self._handshakes.values(), self._live):
             if self._evict(stage):
                 return True
         return False
 
     def _evict(self, held: Iterable[Held]) -> bool:
-        """Close the oldest idle connection among `held` (oldest first), in the same order of
-        stages; True if one was closed."""
+        """Close the oldest idle connection among `held`; True if one was closed."""
         for kind in (_Unstarted, _Handshake, Connection):
             for connection in held:
                 if isinstance(connection, kind) and self._close_idle(connection):
@@ -423,15 +405,13 @@ class Listener:
 
 
 def _close_unstarted(sock: socket.socket, task: asyncio.Task[None]) -> None:
-    """A task cancelled before it ever ran (evicted, or at shutdown, in the loop iteration
-    that made it) never reached the code that closes its socket: close it here."""
+    """Close the socket of a task cancelled before it ever ran (it never reached its own close)."""
     if task.cancelled():
         sock.close()
 
 
 def _head(message: Any, payload: StreamReader) -> Head:
-    """What the framing needs of a request whose headers the parser read: its body's length
-    (None: chunked, or not known: a request the parser refused), how much it took, done."""
+    """What the framing needs of a request whose headers the parser read."""
     if getattr(message, "chunked", True):  # _ErrInfo (a refused request) has none
         return Head(None, payload.total_bytes, payload.is_eof())
     try:

@@ -1,18 +1,8 @@
-"""Classification of a registry request into (repository, action), following the OCI
-distribution spec's endpoints. Pure: no I/O.
+"""A registry request classified into (endpoint, repository, action) by the OCI distribution
+spec's endpoints, on the raw path the proxy forwards unchanged. Pure.
 
-The classifier works on the raw, undecoded path, and the proxy forwards exactly that path, so
-the check and the upstream can never disagree about which repository a request touches. Names,
-tags and digests must match the spec's grammar; percent-encoding, dot segments, empty segments
-and `;` parameters therefore never match and are refused before any decision.
-
-A refusal says what the spec says for the same request, with one of its error codes: a
-reference that names nothing the registry could hold (neither tag nor digest) is "not found",
-as the registry itself answers for a path outside its routes; a digest of a known algorithm
-with the wrong encoding is DIGEST_INVALID, as the registry answers for blobs.
-
-Headers are read first, as the registry reads them (proxy.http.headers), and the body must not be
-able to carry what the classifier did not see.
+Names, tags and digests must match the spec's grammar, so percent-encoding, dot segments and
+`;` parameters are refused before any decision, with the error code the spec gives.
 """
 
 from __future__ import annotations
@@ -90,18 +80,14 @@ _NOT_A_REFERENCE: dict[Kind, tuple[int, str, str]] = {
 
 @dataclass(frozen=True)
 class Operation:
-    """What a request does: the endpoint kind, the repository and the action it needs.
-
-    `mount_from` is the second repository a cross-repository blob mount reads from;
-    `drop_mount` marks mount parameters without a usable `from` or digest, to be removed.
-    """
+    """What a request does: the endpoint kind, the repository and the action it needs."""
 
     kind: Kind
     action: Action | None
     repository: str | None = None
     reference: str | None = None
-    mount_from: str | None = None
-    drop_mount: bool = False
+    mount_from: str | None = None  # the repository a cross-repository mount reads from
+    drop_mount: bool = False  # mount parameters without a usable source: removed
 
     @property
     def tag(self) -> str | None:
@@ -146,9 +132,8 @@ def valid_reference(kind: Kind, ref: str) -> bool:
 
 
 def malformed_digest(ref: str) -> bool:
-    """A digest of a known algorithm whose encoded part that algorithm never produces (the
-    spec: sha256 is 64 lower-case hex digits). The registry fails on these, for manifests
-    with a 500; other algorithms are left to the registry."""
+    """A sha256 digest that is not 64 lower-case hex digits (the registry fails on these,
+    for manifests with a 500); other algorithms are left to the registry."""
     algorithm, colon, encoded = ref.partition(":")
     pattern = _ENCODED.get(algorithm)
     return bool(colon) and pattern is not None and pattern.fullmatch(encoded) is None
@@ -186,9 +171,8 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def query_pairs(query: str) -> list[tuple[str, str]] | None:
-    """The query's (key, value) pairs as Go's url.ParseQuery reads them, which is how the
-    registry's FormValue reads `mount`, `from` and `digest`; None where Go reports an error
-    (a pair with `;` or a bad %-escape), since Go then skips a pair that Python would keep."""
+    """The query's (key, value) pairs as Go's url.ParseQuery (the registry's FormValue)
+    reads them; None where Go reports an error and skips a pair Python would keep."""
     pairs = []
     for pair in query.split("&"):
         if ";" in pair or _BAD_ESCAPE.search(pair):
@@ -200,14 +184,10 @@ def query_pairs(query: str) -> list[tuple[str, str]] | None:
 
 
 def _mount_source(query: str) -> str | Refusal | None:
-    """The `from` repository of a cross-repository mount, checked like any other name; "" when
-    the mount has no usable source (no `from`, or a `from` or `mount` outside its grammar).
-
-    The spec lets a registry treat `from` as optional and search for the blob itself, and tells
-    it to start an ordinary upload when it cannot mount: such a mount is forwarded as that
-    upload, so no registry picks a source the caller may not read, and nothing malformed is
-    forwarded. Repeated parameters are refused: the registry might read another copy than we.
-    """
+    """The `from` repository of a cross-repository mount, checked like any other name; ""
+    when the mount has no usable source (it is then forwarded as an ordinary upload)."""
+    # The spec lets a registry search for the blob itself when `from` is missing: forwarded
+    # as an upload, no registry picks a source the caller may not read.
     pairs = query_pairs(query)
     if pairs is None:
         return Refusal(400, "UNSUPPORTED", "query string the registry would read differently")
@@ -225,8 +205,7 @@ def _mount_source(query: str) -> str | Refusal | None:
 
 
 def without_mount(query: str) -> str:
-    """The query minus `mount` and `from`: the registry then starts an ordinary upload (the
-    spec's fallback). Other parameters keep their exact encoding."""
+    """The query minus `mount` and `from`, the rest in its exact encoding."""
     kept = [
         pair
         for pair in query.split("&")
@@ -239,15 +218,11 @@ CATALOG_MAX = 1000  # the registry refuses larger pages
 
 
 def body_refusal(operation: Operation, reading: Reading, query: str) -> Refusal | None:
-    """Bodies that could carry what the classifier never saw.
-
-    The registry reads `mount`, `from` and `digest` with Go's FormValue, which prefers a form
-    body over the query string (ParseForm reads application/x-www-form-urlencoded bodies of
-    POST, PUT and PATCH; ParseMultipartForm reads multipart/form-data bodies of any method):
-    form types, by Go's reading of the Content-Type, are refused on every registry request.
-    An upload start without `digest=` carries no body at all: docker, podman, skopeo,
-    containerd and ORAS send `Content-Length: 0` there, and nothing else can smuggle a form.
-    """
+    """Why a body could carry what the classifier never saw, if it could."""
+    # The registry reads `mount`, `from` and `digest` with Go's FormValue, which prefers a form
+    # body (urlencoded for POST, PUT, PATCH; multipart for any method) over the query: form
+    # types are refused on every request. An upload start without `digest=` has no body at
+    # all (docker, podman, skopeo, containerd and ORAS send Content-Length: 0).
     if reading.form:
         assert reading.media_type is not None
         return Refusal(400, "UNSUPPORTED", f"{reading.media_type.type} bodies are not accepted")
@@ -259,9 +234,8 @@ def body_refusal(operation: Operation, reading: Reading, query: str) -> Refusal 
 
 
 def _tag_parameters(kind: Kind, method: str, query: str) -> Refusal | None:
-    """A manifest PUT with `tag` query parameters (a newer spec's way to tag a manifest pushed
-    by digest) would set tags this classifier never saw: tag rules and immutable tags could not
-    hold, so it is refused; each tag is pushed by its own reference instead."""
+    """A manifest PUT with `tag` query parameters, refused: it would set tags the tag rules
+    never saw (each tag is pushed by its own reference instead)."""
     if kind != "manifest" or method != "PUT" or not query:
         return None
     pairs = query_pairs(query)
@@ -295,8 +269,7 @@ def classify(method: str, path: str, query: str = "") -> Operation | Refusal:
 def classify_request(
     method: str, path: str, query: str, headers: RawHeaders, http11: bool = True
 ) -> Operation | Refusal:
-    """The classify step of the request path: the headers as the registry reads them, the
-    endpoint and action, and the body check. Nothing refused here is ever forwarded."""
+    """The classify step: headers as the registry reads them, endpoint and action, body check."""
     reading = read_headers(headers, http11)
     if isinstance(reading, Unreadable):
         return Refusal(reading.status, "UNSUPPORTED", reading.message)

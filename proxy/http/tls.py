@@ -39,9 +39,22 @@ def _key_problem(key: Path, text: str) -> Problem | None:
     return None
 
 
+def certificate_expiry(cert: Path) -> float | None:
+    """When the first certificate in the PEM file (the server's own) expires, as a UNIX time;
+    None if the file has no readable certificate."""
+    from cryptography import x509
+
+    # Read again after OpenSSL loaded the file by its path, as load_certificate's check does: a
+    # file replaced in between is an edit the next poll reloads.
+    try:
+        found = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return found.not_valid_after_utc.timestamp()
+
+
 def load_certificate(context: ssl.SSLContext, cert: Path, key: Path) -> list[Problem]:
-    """Load cert+key into `context` (new handshakes use them); problems instead of raising,
-    each naming the file at fault: the certificate, the key, or the pair that does not match."""
+    """Load cert+key into `context`; the problems, each naming the file at fault."""
     texts: list[str] = []
     problems: list[Problem] = []
     for path, what in ((cert, "TLS certificate"), (key, "TLS key")):

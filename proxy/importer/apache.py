@@ -1,11 +1,9 @@
-"""Apache httpd.conf for `proxy.importer`: tokenizer (quotes, `\\` continuations, comments,
-case-insensitive names, nested <Sections>) and the walk that records settings and Require rules.
+"""Apache httpd.conf for `proxy.importer`: tokenizer and the walk that records settings and
+Require rules, with Apache's semantics. Pure."""
 
-Apache semantics kept: <Limit>/<LimitExcept> restrict Require to methods (GET implies HEAD);
-several Require lines mean any of them (implicit <RequireAny>); with the default
-`AuthMerging Off` the innermost section with Require lines decides alone; a method no Require
-covers needs no credentials. Internal to the importer. Pure.
-"""
+# Kept from Apache: <Limit>/<LimitExcept> restrict Require to methods (GET implies HEAD);
+# several Require lines mean any of them; with `AuthMerging Off` the innermost section with
+# Require lines decides alone; a method no Require covers needs no credentials.
 
 from __future__ import annotations
 

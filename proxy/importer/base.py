@@ -1,9 +1,5 @@
-"""Shared pieces of `proxy.importer`: the parsed-directive tree, who-may-do-what (`Grant`),
-the collected output (`Out`), and the settings both Apache and nginx translate the same way
-(listen, file paths, realm, proxy target, headers, untranslatable directives). Pure.
-
-Internal to the importer: `proxy.importer.import_config` is the API.
-"""
+"""What Apache and nginx translation share: the directive tree, who-may-do-what (`Grant`),
+the output (`Out`) and the settings both translate alike. Pure."""
 
 from __future__ import annotations
 
@@ -87,9 +83,8 @@ NOBODY, ANYONE, VALID = Grant(), Grant(anyone=True), Grant(valid=True)
 
 @dataclass(frozen=True)
 class Note(Problem):
-    """A directive the import could not carry over as written: `translated` when regproxy
-    has it now with a difference to check (a changed address, a path kept as written),
-    otherwise left out (regproxy does it itself, or has no equivalent)."""
+    """A directive the import could not carry over as written (`translated`: with a
+    difference to check; otherwise left out)."""
 
     translated: bool = False
 

@@ -1,11 +1,9 @@
-"""nginx.conf for `proxy.importer`: tokenizer (`directive args;`, `{ }` blocks, comments,
-quoted strings, `${var}`) and the walk over http, upstream, server, location and limit_except.
+"""nginx.conf for `proxy.importer`: tokenizer and the walk over http, upstream, server,
+location and limit_except, with nginx's semantics. Pure."""
 
-nginx semantics kept: auth_basic, auth_basic_user_file and allow/deny are inherited by inner
-blocks unless they set their own; allow/deny are checked first, first match wins; limit_except
-applies its block to the methods it does not name (GET implies HEAD). Internal to the importer.
-Pure.
-"""
+# Kept from nginx: auth_basic, auth_basic_user_file and allow/deny are inherited unless an
+# inner block sets its own; allow/deny come first, first match wins; limit_except applies to
+# the methods it does not name (GET implies HEAD).
 
 from __future__ import annotations
 

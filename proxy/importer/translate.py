@@ -1,14 +1,10 @@
-"""`regproxy import`: an Apache httpd.conf or nginx config written like the recipes -> YAML. Pure.
+"""`regproxy import`: an Apache httpd.conf or nginx config written like the recipes -> YAML and
+notes (`file:line: directive — why`); a policy it cannot express denies rather than allows.
+Pure."""
 
-`import_config(text, source)` returns the regproxy YAML and the notes: every directive it could
-not translate, as `file:line: directive — why`. Structural errors (unbalanced sections or
-braces, unterminated quotes, binary or empty input, neither Apache nor nginx) raise ValueError
-with file:line. When the access policy cannot be expressed, the output denies rather than allows.
-
-regproxy decides per action, not per method: pull is GET/HEAD, push is POST/PUT/PATCH (and an
-upload's GET/DELETE), delete is DELETE. When one action's methods differ, the stricter applies.
-The syntaxes live in importer_apache and importer_nginx; both fill an `Out` (importer_base).
-"""
+# regproxy decides per action, not per method: pull is GET/HEAD, push is POST/PUT/PATCH (and
+# an upload's GET/DELETE), delete is DELETE; when one action's methods differ, the stricter
+# applies.
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-r"""Access log: one line per request in Apache's common or combined format (exactly Apache's;
-`combined_duration` adds `%D`, the duration in microseconds), or JSON lines.
-
-No value can forge a line or a field: each is escaped as Apache's ap_escape_logitem does
-(`\"`, `\\`, `\b \n \r \t \v`, and `\xhh` for every other byte outside printable ASCII, so C1
-controls, U+2028/U+2029 and bidi overrides appear as their UTF-8 bytes). JSON lines are
-json.dumps with ensure_ascii; bytes that are not UTF-8 appear there as `\xhh` text.
-Lines go straight to a file descriptor with one write(2) each (`logsetup.SINK`), like
-Apache's own log, without the logging module's record, lock and formatter machinery.
-"""
+"""Access log: one line per request in Apache's common or combined format (`combined_duration`
+adds `%D`), or JSON lines, each written with one write(2) (`logsetup.SINK`)."""
 
 from __future__ import annotations
 
@@ -59,6 +51,8 @@ class _Clock:
 _NAMED = {0x08: "b", 0x0A: "n", 0x0D: "r", 0x09: "t", 0x0B: "v", 0x22: '"', 0x5C: "\\"}
 
 
+# No value can forge a line or a field: escaped as Apache's ap_escape_logitem does, `\xhh`
+# for every byte outside printable ASCII (C1 controls, U+2028, bidi overrides included).
 def _escaped(byte: int) -> str:
     if byte in _NAMED:
         return "\\" + _NAMED[byte]

@@ -17,10 +17,7 @@ audit_log = logging.getLogger("regproxy.audit")
 
 
 def audit(who: Identity, operation: Operation, status: int, verdict: Verdict | None) -> None:
-    """Record a push or delete decision, and any request a grant allowed (other requests are
-    not audited). A robot's line names the robot and its owner; a workload token's, its
-    issuer and subject; a grant's, the grant (`mount_grant`: the one that allowed reading a
-    mount's source)."""
+    """Record a push or delete decision, and any request a grant allowed, with who decided."""
     grant = verdict.decision.grant if verdict is not None else None
     mount_grant = verdict.mount_grant if verdict is not None else None
     if operation.action not in ("push", "delete") and grant is None and mount_grant is None:

@@ -1,6 +1,5 @@
 """Where log lines go: diagnostics to stderr, access lines to stdout or a file, audit lines to
-their file (or, without one, with the diagnostics); SIGUSR1 reopens the files (logrotate).
-Imported by the supervisor too: nothing here pulls in the HTTP stack."""
+their file; SIGUSR1 reopens the files. No HTTP stack: the supervisor imports it too."""
 
 from __future__ import annotations
 

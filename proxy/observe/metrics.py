@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
     from aiohttp import web
     from prometheus_client import CollectorRegistry, Counter
+
+# The fair-share caps a request can be refused by (README "Operating safely"): the 429s
+# before forwarding, and the 503 of a request that found no upstream connection in time.
+FairShareLimit = Literal[
+    "per_address", "per_user", "anonymous", "anonymous_per_address", "upstream_wait"
+]
+FAIR_SHARE_LIMITS: tuple[FairShareLimit, ...] = get_args(FairShareLimit)
 
 
 class Recorder:
@@ -48,6 +55,24 @@ class Recorder:
     def store_up(self, up: bool) -> None:
         """Whether the shared state store (Redis) can be reached."""
 
+    def rate_limited(self, budget: str) -> None:
+        """A request refused with 429: its budget (`users/manifest_pulls`) is spent."""
+
+    def rate_limit_budgets(self, budgets: Iterable[str]) -> None:
+        """The configured budgets, each counted from 0."""
+
+    def rate_limit_sync_failed(self) -> None:
+        """Rate-limit counts could not be shared (the state store is away): counted here."""
+
+    def upstream_up(self, up: bool) -> None:
+        """Whether the upstream answered its last probe (a scrape or a health check)."""
+
+    def fair_share_refused(self, limit: FairShareLimit) -> None:
+        """A request refused by a fair-share cap, named by its `limits.` key."""
+
+    def certificate_expires(self, timestamp: float) -> None:
+        """The served certificate's end of validity (UNIX time), once loaded."""
+
     def quarantine_refused(self, kind: str) -> None:
         """A request refused by the quarantine: `manifest`, `tag`, `index` or `blob`."""
 
@@ -74,6 +99,11 @@ class PrometheusRecorder(Recorder):
         self._auth_failures = Counter(
             "regproxy_auth_failures_total", "Refused logins, by reason", ["reason"]
         )
+        self._fair_share = Counter(
+            "regproxy_fair_share_refused_total",
+            "Requests refused by a fair-share cap, by its limits. key",
+            ["limit"],
+        )
         self._throttled = Counter("regproxy_throttled_total", "Login attempts refused with 429")
         self._bytes_in = Counter("regproxy_request_bytes_total", "Body bytes received from clients")
         self._bytes_out = Counter("regproxy_response_bytes_total", "Body bytes sent to clients")
@@ -92,6 +122,16 @@ class PrometheusRecorder(Recorder):
             "1 while the shared state store (Redis) answers, 0 while this replica is on its own",
             multiprocess_mode="livemin",
         )
+        self._upstream_up = Gauge(
+            "regproxy_upstream_up",
+            "1 if the upstream answered /v2/ at the last scrape or health check, else 0",
+            multiprocess_mode="livemostrecent",
+        )
+        self._certificate_expiry = Gauge(
+            "regproxy_certificate_expiry_timestamp_seconds",
+            "When the served TLS certificate expires (UNIX time)",
+            multiprocess_mode="livemin",  # a worker still on the old certificate counts
+        )
         self._quarantine_refused = Counter(
             "regproxy_quarantine_refused_total",
             "Requests refused by the quarantine, by how they reached the digest",
@@ -107,6 +147,23 @@ class PrometheusRecorder(Recorder):
             "Requests being forwarded right now",
             multiprocess_mode="livesum",
         )
+        self._rate_limited = Counter(
+            "regproxy_rate_limited_total",
+            "Requests refused with 429 because a rate-limit budget was spent, by budget",
+            ["budget"],
+        )
+        self._rate_sync_failures = Counter(
+            "regproxy_rate_limit_sync_failures_total",
+            "Syncs of rate-limit counts with the state store that failed (counted locally)",
+        )
+        # Known label values start at 0: a first failure is then an increase() an alert sees,
+        # and the series are there for every worker (multiprocess mode shows only those).
+        for reason in ("invalid", "malformed", "backend_unavailable"):
+            self._auth_failures.labels(reason)
+        for result in ("ok", "failed"):
+            self._reloads.labels(result)
+        for limit in FAIR_SHARE_LIMITS:
+            self._fair_share.labels(limit)
         # Labelled children are looked up once per label set, not per request.
         self._request_child: Callable[[str, int], Counter] = lru_cache(maxsize=512)(
             lambda action, status: self._requests.labels(action, str(status))
@@ -136,6 +193,25 @@ class PrometheusRecorder(Recorder):
 
     def store_up(self, up: bool) -> None:
         self._store_up.set(1 if up else 0)
+
+    def upstream_up(self, up: bool) -> None:
+        self._upstream_up.set(1 if up else 0)
+
+    def fair_share_refused(self, limit: FairShareLimit) -> None:
+        self._fair_share.labels(limit).inc()
+
+    def certificate_expires(self, timestamp: float) -> None:
+        self._certificate_expiry.set(timestamp)
+
+    def rate_limited(self, budget: str) -> None:
+        self._rate_limited.labels(budget).inc()
+
+    def rate_limit_budgets(self, budgets: Iterable[str]) -> None:
+        for budget in budgets:
+            self._rate_limited.labels(budget)
+
+    def rate_limit_sync_failed(self) -> None:
+        self._rate_sync_failures.inc()
 
     def quarantine_refused(self, kind: str) -> None:
         self._quarantine_refused.labels(kind).inc()

@@ -10,9 +10,10 @@ from aiohttp import web
 
 from ..conf.config import Config
 from ..conf.snapshot import Snapshot
-from ..core.addresses import Origin
+from ..core.addresses import Origin, address_text
 from ..http.routes import Operation
 from ..policy.identity import Identity
+from ..policy.ratelimits import Charge
 from ..policy.rules import Verdict
 from ..upstream.forward import Route
 
@@ -23,7 +24,8 @@ Release = Callable[[], Awaitable[object] | None]  # called when the request ends
 class RequestContext:
     """The request, the snapshot it is decided with, and what each step found: the operation
     (classify), the identity (identify), the verdict and route (authorize), a body a guard
-    read whole, and what the answer sent (for the access and audit logs and metrics)."""
+    read whole, the rate-limit budget it spends, and what the answer sent (for the access
+    and audit logs and metrics)."""
 
     request: web.BaseRequest
     snapshot: Snapshot
@@ -35,6 +37,7 @@ class RequestContext:
     route: Route | None = None
     body: bytes | None = None  # read whole by a guard (a manifest): forwarded as read
     sent: int | None = None  # body bytes sent; None: the answer's Content-Length
+    charge: Charge | None = None  # the rate-limit budget the request spends (guards.ratelimit)
     _releases: list[Release] | None = None
 
     @property
@@ -56,7 +59,7 @@ class RequestContext:
     def client(self) -> str | None:
         """The client's address as the proxy believes it (trusted X-Forwarded-For)."""
         address = self.origin.address
-        return str(address) if address is not None else None
+        return address_text(address) if address is not None else None
 
     def defer(self, release: Release) -> None:
         """Call `release` (plain or async) when the request ends, in reverse order."""

@@ -1,17 +1,5 @@
-"""Claims of a verified workload token, as rules and settings read them. Pure.
-
-A claim is named by its key (`repository_owner`); a name with `/` that is not itself a key
-walks into nested objects (`kubernetes.io/namespace`). A scalar claim is read as text (`true`,
-`42`); a list claim stands for each of its scalar elements; objects and nulls are never text.
-
-Conditions (ACL `claims:`, an issuer's `required:`) map claim names to globs, as repository
-globs work: `*` and `?` within one `/`-separated part, `**` across. A condition holds when some
-value of the claim matches some of its globs; a missing claim never matches.
-
-User-name templates (`ci:{repository}`) put claim values between literal text; a template
-without braces is a claim name. Nothing is evaluated: `{a.b}` is the claim `a.b`, not an
-attribute.
-"""
+"""Claims of a verified workload token as rules and settings read them: conditions (claim ->
+globs, some value matching some glob) and user-name templates (`ci:{repository}`). Pure."""
 
 from __future__ import annotations
 
@@ -29,6 +17,9 @@ _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 MAX_NAME = 256
 
 
+# A name with `/` that is not itself a key walks into nested objects
+# (`kubernetes.io/namespace`); a scalar is read as text (`true`, `42`), a list as each of its
+# scalars, objects and nulls never.
 def lookup(claims: Mapping[str, Any], name: str) -> Any:
     """The claim's value, or None when there is none."""
     if name in claims:

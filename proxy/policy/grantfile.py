@@ -1,23 +1,17 @@
 """The grants file (`grants.file`): a YAML list, written by `regproxy grant` and fine to edit
-by hand. Pure but for `load_grants`.
+by hand. Pure but for `load_grants`."""
 
-    - id: g-3f9a61c2                    # [a-z0-9], then [a-z0-9._-], at most 64
-      user: alice                       # as they log in
-      actions: [push]                   # pull, push, delete
-      repositories: [apps/web, "apps/web-*"]   # globs as in the ACL (no ${user})
-      granted: "2026-12-01T09:00:00Z"   # in force from then ...
-      expires: "2026-12-01T11:00:00Z"   # ... until then: at most grants.max_duration later
-      reason: "INC-1234: hotfix for the checkout outage"
-      granted_by: bob                   # optional
-
-An entry that cannot be used (a bad value, a window longer than the maximum) disables that
-grant only, reported as `file:line`; a repeated id disables the later entry. A file that is
-not a YAML list keeps the last good version in force.
-"""
+#   - id: g-3f9a61c2                    # [a-z0-9], then [a-z0-9._-], at most 64
+#     user: alice                       # as they log in
+#     actions: [push]                   # pull, push, delete
+#     repositories: [apps/web, "apps/web-*"]   # globs as in the ACL (no ${user})
+#     granted: "2026-12-01T09:00:00Z"   # in force from then ...
+#     expires: "2026-12-01T11:00:00Z"   # ... until then: at most grants.max_duration later
+#     reason: "INC-1234: hotfix for the checkout outage"
+#     granted_by: bob                   # optional
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +21,12 @@ import yaml
 
 from ..core.moments import describe_duration, parse_duration, parse_moment, timestamp
 from ..core.problems import Problem, read_text
+from ..core.values import identifier, keyed, subset, text
 from ..core.yamllist import EntryFormat, read_entries
-from ..http.routes import ACTIONS, Action
+from ..http.routes import ACTIONS
 from .acl import fixed_globs
 from .grants import NO_GRANTS, Grant, Grants
 
-ID_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 ROBOT_PREFIX = "robot$"  # robots never use grants (proxy.authn.robotfile names them so)
 DEFAULT_MAX_DURATION = 8 * 3600
 _KEYS = ("id", "user", "actions", "repositories", "granted", "expires", "reason", "granted_by")
@@ -66,39 +60,21 @@ def user_problem(user: object) -> str | None:
     return None
 
 
-def _actions(value: Any) -> frozenset[Action]:
-    items = value if isinstance(value, list) else [value]
-    if not items or any(a not in ACTIONS for a in items):
-        raise ValueError(f"actions: expected a list of pull, push, delete, got {value!r}")
-    return frozenset(items)
-
-
-def _text(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or not value.isprintable():
-        raise ValueError(f"{key}: expected one line of text, got {value!r}")
-    return value
-
-
 def _field(key: str, value: Any) -> Any:
     if key == "id":
-        if not isinstance(value, str) or not ID_RE.fullmatch(value):
-            raise ValueError(f"id: expected [a-z0-9] then [a-z0-9._-] (64 at most), got {value!r}")
-        return value
+        return keyed(identifier)(value, key)
     if key == "user":
         problem = user_problem(value)
         if problem:
             raise ValueError(f"user: {problem}")
         return value
     if key == "actions":
-        return _actions(value)
+        return keyed(subset)(value, key, ACTIONS)
     if key == "repositories":
         return fixed_globs(value, key)
     if key in ("granted", "expires"):
-        try:
-            return parse_moment(value)
-        except ValueError as exc:
-            raise ValueError(f"{key}: {exc}") from None
-    return _text(key, value)
+        return keyed(parse_moment)(value, key)
+    return keyed(text)(value, key)
 
 
 def _window(max_duration: float) -> Callable[[dict[str, Any]], None]:

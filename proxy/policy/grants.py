@@ -1,12 +1,7 @@
 """Break-glass grants: rights given to one user for a while, beyond what the ACL gives. Pure.
 
-A grant names a user as they log in, actions and repository globs, why, who gave it (when
-known) and the window it is in force: from `granted` until `expires`. Authorization asks the
-ACL first; only when the ACL refuses does a grant in force at the moment of the request allow
-it (`proxy.policy.rules.decide`), so a grant never narrows anything, and the guards after
-authorization (immutable tags, protected deletes) hold whatever decided. A robot is decided by
-its owner's ACL rights and its own scopes only: a grant is for the person it names, not for
-what acts for them. The file they are kept in: `proxy.policy.grantfile`.
+A grant is asked only when the ACL refuses (`proxy.policy.rules.decide`), so it never narrows
+anything, and the guards after authorization hold whatever decided. Robots have no grants.
 """
 
 from __future__ import annotations

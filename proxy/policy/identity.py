@@ -16,13 +16,11 @@ NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 @dataclass(frozen=True)
 class RobotGrant:
-    """What a robot may do: its own scopes, and whose rights it borrows (`principal`, with
-    `principal_groups`: its owner, or the robot itself when it has none). Authorization grants
-    the intersection of the two."""
+    """What a robot may do: the intersection of its own scopes and the rights it borrows."""
 
     name: str
     owner: str | None
-    principal: str
+    principal: str  # whose rights it borrows: its owner, or the robot itself without one
     principal_groups: frozenset[str]
     repositories: tuple[str, ...]
     actions: frozenset[Action]
@@ -34,17 +32,15 @@ class RobotGrant:
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is asking and from where. `user` is None for a request without credentials.
-    `claims` and `issuer`: a workload token's verified claims and its trusted issuer (OIDC);
-    `robot`: set for robot tokens; `upstream`: the user's own registry when their backend
-    names one (Redis users)."""
+    """Who is asking and from where."""
 
-    user: str | None
+    user: str | None  # None for a request without credentials
     groups: frozenset[str] = frozenset()
     address: IPAddress | None = None
+    # A workload token's verified claims, and its trusted issuer.
     claims: Mapping[str, Any] = field(default_factory=lambda: NO_CLAIMS, compare=False)
     robot: RobotGrant | None = None
-    upstream: str | None = None
+    upstream: str | None = None  # the user's own registry, when their backend names one
     issuer: str | None = None
     expires: float | None = None  # when the credential ends (a robot's, a workload token's)
 

@@ -19,9 +19,11 @@ What the ACL refuses a user, a break-glass grant in force at that moment may all
 from __future__ import annotations
 
 import heapq
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from ..core.addresses import IPNetwork
 from ..http.routes import ACTIONS, Action, Operation, valid_component
@@ -37,25 +39,38 @@ _COMPONENT_HOLDER = re.compile(r"(?:^|(?<=/))\$\{(user|group)\}(?=/|$)")
 
 
 class Glob:
-    """One repository or tag glob, compiled once when the rule is made.
+    """One repository or tag glob, prepared once when the rule is made.
 
-    Placeholders that are whole path components (`${user}/**`, `teams/${group}/*`) are
-    matched by capturing that component and comparing it with the caller's name or groups: no
-    compiling per caller, whatever the number of users. A placeholder inside a component
-    (`ci-${user}-*`) is filled in and compiled per caller (cached), as it could otherwise
-    split the component more than one way."""
+    A glob without placeholders that is a literal name, or a literal prefix followed by `**`
+    (`team42/**`, the most common kind), is compared as text: no regular expression to
+    compile, so a 10,000-rule ACL loads in a fraction of a second. Placeholders that are whole
+    path components (`${user}/**`, `teams/${group}/*`) are matched by capturing that component
+    and comparing it with the caller's name or groups: no compiling per caller, whatever the
+    number of users. A placeholder inside a component (`ci-${user}-*`) is filled in and
+    compiled per caller (cached), as it could otherwise split the component more than one
+    way."""
 
-    __slots__ = ("holders", "pattern", "regex", "whole")
+    __slots__ = ("exact", "holders", "pattern", "prefix", "regex", "whole")
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
         self.holders = tuple(PLACEHOLDER_RE.findall(pattern))
+        head = pattern.removesuffix("**")
+        literal = not any(c in head for c in "*?$")
+        self.exact = pattern if literal and head == pattern else None
+        self.prefix = head if literal and head != pattern else None  # `**` matches anything
         self.whole = len(_COMPONENT_HOLDER.findall(pattern)) == len(self.holders)
         self.regex = (
-            re.compile(glob_pattern(pattern, self.whole), re.DOTALL) if self.whole else None
+            re.compile(glob_pattern(pattern, self.whole), re.DOTALL)
+            if self.whole and self.exact is None and self.prefix is None
+            else None
         )
 
     def matches(self, who: Identity, name: str) -> bool:
+        if self.exact is not None:
+            return name == self.exact
+        if self.prefix is not None:
+            return name.startswith(self.prefix)
         if self.regex is None:
             return any(glob_regex(text).fullmatch(name) for text in _expand(self.pattern, who))
         found = self.regex.fullmatch(name)
@@ -150,54 +165,140 @@ class Rule:
         )  # fmt: skip
 
 
-_ANY = "*"  # index key: a rule that may match any first path component
+ANY = "*"  # index key: a rule that may match any first path component
 
 
-def _first_components(rule: Rule) -> set[str]:
+def first_components(rule: Rule) -> set[str]:
     """The first path components of the repositories `rule` can match: literal names,
-    `${user}`/`${group}` (looked up by the caller's names), or _ANY."""
+    `${user}`/`${group}` (looked up by the caller's names), or ANY."""
     keys = set()
     for pattern in rule.repositories or ("**",):
         first = pattern.split("/", 1)[0]
         if first in ("${user}", "${group}") or not any(c in first for c in "*?$"):
             keys.add(first)
         else:
-            keys.add(_ANY)
+            keys.add(ANY)
     return keys
 
 
+K = TypeVar("K")
+Caller = tuple[str, str]  # ("user", name), ("group", name), ("issuer", iss), or one below
+_ANONYMOUS: Caller = ("anonymous", "")
+_EVERYONE: Caller = ("everyone", "")
+
+
+def _callers(rule: Rule) -> list[Caller]:
+    """Who `rule` can match, as index keys: requests without credentials, its users (when it
+    names some), else its groups, else its issuers' tokens, else every valid user."""
+    if rule.anonymous:
+        return [_ANONYMOUS]
+    if rule.users:
+        return [("user", user) for user in rule.users]
+    if rule.groups:
+        return [("group", group) for group in rule.groups]
+    if rule.claims or rule.issuers:
+        return [("issuer", issuer) for issuer in rule.issuers]  # none: it never matches
+    return [_EVERYONE]
+
+
+def positions(pairs: Iterable[tuple[K, int]]) -> dict[K, list[int]]:
+    """Each key's rule positions, in order."""
+    index: dict[K, list[int]] = {}
+    for key, position in pairs:
+        index.setdefault(key, []).append(position)
+    return index
+
+
 class RuleSet(tuple[Rule, ...]):
-    """The rules in order, indexed by the first path component a rule can match, so that
-    finding the deciding rule looks only at rules that could match the repository, however
-    many there are. Built with the snapshot, off the event loop."""
+    """The rules in order, indexed twice: by the first path component a rule can match, and
+    by whom it can match (a user, a group, an issuer, every valid user, anonymous requests).
+    Finding the deciding rule walks, in order, the shorter of the two lists of rules that
+    could match (both hold every rule that does), however many rules there are. Built with
+    the snapshot, off the event loop."""
 
     _index: dict[str, list[int]]
     _everywhere: bool
+    _who: dict[Caller, list[int]]
+    _who_untagged: dict[Caller, list[int]]  # the rules without tags
+    _groups: frozenset[str]
+    _reads: frozenset[str]
 
     def __new__(cls, rules: Iterable[Rule]) -> RuleSet:
         self = super().__new__(cls, rules)
-        index: dict[str, list[int]] = {}
-        for position, rule in enumerate(self):
-            for key in _first_components(rule):
-                index.setdefault(key, []).append(position)
-        self._index = index
-        self._everywhere = index.keys() <= {_ANY}  # no rule names a first component
+        self._index = positions((k, i) for i, r in enumerate(self) for k in first_components(r))
+        self._everywhere = self._index.keys() <= {ANY}  # no rule names a first component
+        callers = [(key, i) for i, rule in enumerate(self) for key in _callers(rule)]
+        self._who = positions(callers)
+        self._who_untagged = positions((key, i) for key, i in callers if not self[i].tags)
+        self._groups = frozenset(name for kind, name in self._who if kind == "group")
+        globs = [g for r in self for g in (*r.repositories, *r.tags)]
+        self._reads = frozenset(  # which of a caller's attributes some rule reads
+            ({"user"} if any(r.users for r in self) or any("${user}" in g for g in globs)
+             else set())
+            | ({"groups"} if any("${group}" in g for g in globs) else set())
+            | ({"claims"} if any(r.claims or r.issuers for r in self) else set())
+            | ({"address"} if any(r.networks for r in self) else set())
+        )  # fmt: skip
         return self
 
-    def candidates(self, who: Identity, repository: str) -> Iterable[Rule]:
-        """The rules, in order, that could match `repository` for `who`."""
-        if self._everywhere:
-            return self
+    def viewer(self, who: Identity) -> Hashable:
+        """What of `who` these rules can tell apart: two callers with the same viewer are
+        decided alike everywhere (many users of the same groups share one). Robots and
+        workload tokens are told apart by their scopes, claims and issuer."""
+        reads = self._reads
+        return (
+            who.anonymous,
+            who.user if "user" in reads or who.robot is not None else None,
+            who.groups if "groups" in reads else who.groups & self._groups,
+            who.address if "address" in reads else None,
+            (who.issuer, _frozen(who.claims)) if "claims" in reads else None,
+            who.robot,
+        )
+
+    def candidates(self, who: Identity, repository: str | None, tag: str | None = None
+                   ) -> Iterable[Rule]:  # fmt: skip
+        """The rules, in order, that could match `repository` (None: any) for `who`; `tag`:
+        the tag of a manifest request by tag (None: only rules without tags can match)."""
+        lists = self._for_caller(who, tagged=tag is not None)
+        if repository is not None and not self._everywhere:
+            by_name = self._for_repository(who, repository)
+            if sum(map(len, by_name)) < sum(map(len, lists)):
+                lists = by_name
+        return self._merged(lists)
+
+    def for_caller(self, who: Identity) -> Iterable[Rule]:
+        """The rules, in order, that could match `who`, on any repository, tags or not."""
+        return self._merged(self._for_caller(who, tagged=True))
+
+    def _merged(self, lists: list[list[int]]) -> Iterable[Rule]:
+        if len(lists) <= 1:
+            return (self[i] for i in (lists[0] if lists else ()))
+        return (self[i] for i in heapq.merge(*lists))
+
+    def _for_repository(self, who: Identity, repository: str) -> list[list[int]]:
         first = repository.split("/", 1)[0]
-        keys = [first, _ANY]
+        keys = [first, ANY]
         if who.user == first:
             keys.append("${user}")
         if first in who.groups:
             keys.append("${group}")
-        lists = [self._index[key] for key in keys if key in self._index]
-        if len(lists) <= 1:
-            return (self[i] for i in (lists[0] if lists else ()))
-        return (self[i] for i in heapq.merge(*lists))
+        return [self._index[key] for key in keys if key in self._index]
+
+    def _for_caller(self, who: Identity, tagged: bool) -> list[list[int]]:
+        index = self._who if tagged else self._who_untagged
+        keys: list[Caller] = [_ANONYMOUS]
+        if not who.anonymous:
+            # frozenset & frozenset walks the smaller: a user in 1,000 groups, few in rules
+            groups = who.groups & self._groups
+            keys = [_EVERYONE, ("user", who.user or ""), *(("group", g) for g in groups)]
+            if who.issuer is not None:
+                keys.append(("issuer", who.issuer))
+        return [index[key] for key in keys if key in index]
+
+
+def _frozen(claims: Mapping[str, Any]) -> str:
+    """A workload token's claims as one comparable text."""
+    return json.dumps(dict(claims), sort_keys=True, default=repr)
 
 
 @dataclass(frozen=True)
@@ -251,8 +352,8 @@ def first_match(
     """The deciding rule; with `repository` None, repository constraints are not checked.
     `tag` is the tag of a manifest request by tag (None for any other request)."""
     candidates: Iterable[Rule] = rules
-    if repository is not None and isinstance(rules, RuleSet):
-        candidates = rules.candidates(who, repository)
+    if isinstance(rules, RuleSet):
+        candidates = rules.candidates(who, repository, tag)
     for rule in candidates:
         if (
             rule.matches_who(who)
@@ -280,7 +381,8 @@ def decide(
     if action is None:
         if not who.anonymous:
             return Decision(True, first_match(rules, who, None))
-        rule = next((r for r in rules if r.matches_who(who) and r.actions), None)
+        candidates = rules.for_caller(who) if isinstance(rules, RuleSet) else rules
+        rule = next((r for r in candidates if r.matches_who(who) and r.actions), None)
         return Decision(rule is not None, rule)
     rule = first_match(rules, who, repository, tag)
     if rule is not None and action in rule.actions:

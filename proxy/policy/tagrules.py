@@ -1,24 +1,15 @@
-"""Immutable tags and protected deletes: what a push or delete must pass besides the ACL. Pure.
+"""Immutable tags and protected deletes: what a push or delete must pass besides the ACL. Every
+rule that matches applies, in any order. Pure."""
 
-    immutable_tags:             # a tag, once pushed, always names the same manifest
-      - repositories: ["apps/**"]
-        tags: ["v*"]
-    protected_deletes:          # regardless of delete rights
-      - repositories: ["base/**"]           # no manifest or blob is deleted here
-      - repositories: ["apps/**"]
-        tags: ["v*", "latest"]              # nor what these tags point to
-      - repositories: ["scratch/**"]
-        allow_by_digest: true               # deletes by digest only, never by tag
-
-Every rule that matches applies (unlike the ACL, order does not matter). `plan` tells, for one
-request the ACL allowed, whether it goes on (None), is refused at once (`Denied`, naming the
-rule), or needs the registry's answer first: an `Overwrite` check (what the tag names now)
-before a manifest PUT by tag, a `Pointers` check (which guarded tags name the digest) before
-a manifest DELETE by digest. `proxy.guards.tags` asks the registry.
-
-A blob DELETE in a repository with immutable or protected tags is refused: a deleted layer
-breaks every manifest that uses it.
-"""
+#   immutable_tags:             # a tag, once pushed, always names the same manifest
+#     - repositories: ["apps/**"]
+#       tags: ["v*"]
+#   protected_deletes:          # regardless of delete rights
+#     - repositories: ["base/**"]           # no manifest or blob is deleted here
+#     - repositories: ["apps/**"]
+#       tags: ["v*", "latest"]              # nor what these tags point to
+#     - repositories: ["scratch/**"]
+#       allow_by_digest: true               # deletes by digest only, never by tag
 
 from __future__ import annotations
 
@@ -34,9 +25,8 @@ TagRuleKind = Literal["immutable", "protected"]
 
 @dataclass(frozen=True)
 class TagRule:
-    """One `immutable_tags` or `protected_deletes` entry. Empty `repositories`: every
-    repository; empty `tags`: every tag (a protected-deletes rule without tags protects every
-    manifest of its repositories)."""
+    """One `immutable_tags` or `protected_deletes` entry (empty `repositories` or `tags`:
+    every one)."""
 
     kind: TagRuleKind
     repositories: tuple[str, ...] = ()

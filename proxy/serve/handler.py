@@ -129,10 +129,12 @@ class Handler:
         return None
 
     def _admit(
-        self, ctx: RequestContext, key: str, limit: int, whose: str
+        self, ctx: RequestContext, key: str, limit: int, cap: metrics.FairShareLimit, whose: str
     ) -> web.StreamResponse | None:
-        """Fair share: one more request in flight under `key`, or 429 over `limit`."""
+        """Fair share: one more request in flight under `key`, or 429 over `limit`
+        (`limits.<cap>`)."""
         if not self._gate.enter(key, limit):
+            metrics.RECORD.fair_share_refused(cap)
             message = f"too many requests in flight {whose}"
             return error_response(429, "TOOMANYREQUESTS", message, RETRY_SOON)
         ctx.defer(lambda: self._gate.leave(key))
@@ -153,18 +155,20 @@ class Handler:
 
     def _admit_address(self, ctx: RequestContext, limits: Limits) -> web.StreamResponse | None:
         client = ctx.origin.client
-        return self._admit(ctx, f"addr:{client}", limits.per_address, f"from {client}")
+        return self._admit(
+            ctx, f"addr:{client}", limits.per_address, "per_address", f"from {client}"
+        )
 
     def _admit_caller(self, ctx: RequestContext, limits: Limits) -> web.StreamResponse | None:
         """A user's share; without credentials, the share of anonymous callers together and
         of their address (a public repository cannot be made everyone's bottleneck)."""
         user, client = ctx.user, ctx.origin.client
         if user is not None:
-            return self._admit(ctx, f"user:{user}", limits.per_user, f"for {user}")
+            return self._admit(ctx, f"user:{user}", limits.per_user, "per_user", f"for {user}")
         return self._admit(
-            ctx, "anonymous", limits.anonymous, "without credentials"
+            ctx, "anonymous", limits.anonymous, "anonymous", "without credentials"
         ) or self._admit(ctx, f"anonymous:{client}", limits.anonymous_per_address,
-                         f"without credentials from {client}")  # fmt: skip
+                         "anonymous_per_address", f"without credentials from {client}")  # fmt: skip
 
     def _authorize(self, ctx: RequestContext) -> web.StreamResponse | None:
         """The policy's answer; where an allowed request goes (a refused mount dropped)."""
@@ -200,10 +204,17 @@ class Handler:
             decision = decide(rules, who, "pull", name, grants=grants)
             return decision.allowed and (decision.upstream or default) == upstream
 
+        # Whatever decides what the caller may pull: what the rules tell apart of them,
+        # where their repositories go by default, and the grants in force for them now.
+        in_force = tuple(g.id for g in grants.by_user.get(who.user or "", ())
+                         if g.in_force(grants.now))  # fmt: skip
+        viewer = (rules.viewer(who), default, in_force)
         query = ctx.request.raw_path.partition("?")[2]
         return await self._catalog.answer(
             query,
             may_pull,
+            viewer=viewer,
+            rules=rules,
             upstream=upstream,
             host=ctx.request.host,
             forwarded_for=ctx.origin.forwarded_for,

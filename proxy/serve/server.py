@@ -1,11 +1,5 @@
 """One worker's lifecycle: startup (every resource registered for cleanup as it is made),
-serving until SIGTERM/SIGINT, a graceful drain, and shutdown; SIGHUP reloads every file.
-The request path itself is `proxy.serve.handler`.
-
-Stopping on SIGTERM with the admin listener on, a worker first keeps serving for
-`timeouts.drain_delay` seconds while `/health` answers 503 "draining" and every answer closes
-its connection, so load balancers take the replica out before it stops accepting; SIGINT
-(Ctrl-C) skips that."""
+serving until SIGTERM/SIGINT, a graceful drain, and shutdown; SIGHUP reloads every file."""
 
 from __future__ import annotations
 
@@ -42,7 +36,7 @@ from ..observe.accesslog import access_logger_class
 from ..observe.logsetup import reopen_logs
 from ..state.peers import Siblings
 from ..state.store import LocalStore, Store
-from ..upstream.catalog import Catalog
+from ..upstream.catalog import Catalog, Listings
 from ..upstream.client import Registry
 from ..upstream.forward import Forwarder
 from ..upstream.health import admin_handler
@@ -65,11 +59,10 @@ async def _record_robot_use(usage: RobotUsage, state: State, work: Executor) -> 
 
 
 class Server:
-    """Owns one worker's lifecycle: startup() -> serve until a signal -> shutdown().
+    """Owns one worker's lifecycle: startup() -> serve until a signal -> shutdown()."""
 
-    `siblings`: the other workers of its supervisor (proxy.state.peers.Siblings; by default it is
-    alone). Under a supervisor, which reports the lifecycle, a worker logs it at debug level
-    only, and only worker 0 reports reloads."""
+    # Under a supervisor, which reports the lifecycle, a worker logs it at debug level only,
+    # and only worker 0 reports reloads.
 
     def __init__(
         self,
@@ -99,8 +92,7 @@ class Server:
         self._reloads: set[asyncio.Task[bool]] = set()
 
     async def serve(self, sock: socket.socket, ready: Callable[[], None] | None = None) -> None:
-        """Run until SIGTERM/SIGINT, then drain. SIGHUP reloads every file. `ready` is called
-        once connections are being accepted."""
+        """Run until SIGTERM/SIGINT, then drain; `ready` once connections are accepted."""
         await self.startup(sock)
         try:
             self._install_signals()
@@ -118,8 +110,7 @@ class Server:
 
     async def _leave_load_balancers(self) -> None:
         """On SIGTERM, with a `/health` to say it: `timeouts.drain_delay` seconds of serving
-        while unready, so that load balancers (and kube-proxy) stop sending new connections
-        here before this worker stops accepting them."""
+        while unready, so load balancers leave before this worker stops accepting."""
         assert self.state is not None
         config = self.state.current.config
         delay = config.timeouts.drain_delay
@@ -134,8 +125,7 @@ class Server:
         await asyncio.sleep(delay)
 
     async def startup(self, sock: socket.socket) -> None:
-        """Accept connections on the (already bound) socket and start watching files. A
-        failure at any step closes everything made before it."""
+        """Accept connections and watch files; a failure closes everything made before it."""
         try:
             await self._start(sock)
         except BaseException:
@@ -163,12 +153,13 @@ class Server:
         forwarder = Forwarder(room, config.timeouts.keepalive)
         self._stack.push_async_callback(forwarder.close)
         registry = Registry(forwarder.session, room.own)
+        listings = Listings(clock)
         handler = Handler(
             state,
             Authentication(throttle, clock, store=store),
             forwarder,
-            Catalog(registry, self._siblings.catalog_key),
-            guards.ordered(store, registry, self.upload_key, clock),
+            Catalog(registry, self._siblings.catalog_key, listings),
+            guards.ordered(store, registry, self.upload_key, listings, clock),
         )
         self._listen(sock, handler, state, room.connections)
         self._start_chores(state, factory.robot_usage, work)
@@ -183,8 +174,7 @@ class Server:
         )
 
     def _executors(self) -> tuple[Executor, Executor]:
-        """The pool slow password hashes run in, and a small one for reloads and for writing
-        when robots were last used."""
+        """The pool slow password hashes run in, and a small one for reloads and chores."""
         hashing = ThreadPoolExecutor(max(2, os.cpu_count() or 2), "regproxy-hash")
         self._stack.callback(hashing.shutdown, wait=False, cancel_futures=True)
         work = ThreadPoolExecutor(2, "regproxy-work")
@@ -223,8 +213,7 @@ class Server:
     def _listen(
         self, sock: socket.socket, handler: Handler, state: State, connections: int
     ) -> None:
-        """Accept connections on `sock`, each with the current snapshot's TLS context; at
-        shutdown, drain them."""
+        """Accept connections on `sock`, each with the current snapshot's TLS context."""
         config = self._first.config
         listener = Listener(
             sock,
@@ -261,8 +250,7 @@ class Server:
         self._stack.push_async_callback(drain)
 
     def _start_chores(self, state: State, usage: RobotUsage, work: Executor) -> None:
-        """What runs beside the requests until shutdown: returning freed memory, watching the
-        files, writing when robots were last used (and once more at shutdown)."""
+        """What runs beside the requests until shutdown: freeing memory, watching files, usage."""
         record = functools.partial(_record_robot_use, usage, state, work)
         self._stack.push_async_callback(record)  # at shutdown: what was seen since the last time
         for chore in (release_memory(), state.watch(), every(FLUSH_INTERVAL, record)):
@@ -285,8 +273,7 @@ class Server:
         return store, RedisUsers(store.client, store.keys, clock, lambda: store.healthy)
 
     async def _start_admin(self, registry: Registry, store: Store) -> None:
-        """`/metrics`, `/health` and `/live` on their own plain-HTTP listener (keep it on
-        loopback or a management network); every worker binds it with SO_REUSEPORT."""
+        """`/metrics`, `/health` and `/live` on their own plain-HTTP listener (SO_REUSEPORT)."""
         state = self.state
         assert state is not None
         config = state.current.config
@@ -332,8 +319,7 @@ class Server:
         task.add_done_callback(self._reloads.discard)
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
-        """First signal: graceful stop (after the drain delay for SIGTERM). Second: exit at
-        once."""
+        """First signal: graceful stop; second: exit at once."""
         self._stops_requested += 1
         if self._stops_requested > 1:
             log.warning("second stop signal: exiting without draining")

@@ -1,16 +1,8 @@
-"""Several workers: a small supervisor process that starts them and watches over them (like
-uvicorn's multiprocess supervisor, or nginx's master process).
+"""Several workers: a small supervisor process (like nginx's master) that starts them with the
+listening socket and the worker mesh, relays signals, and restarts a worker that dies.
 
-`regproxy serve` checks the configuration, binds the socket and then becomes this supervisor
-(exec, same PID), so the process that stays in memory holds only a few standard modules
-(not even `secrets` or `tempfile`, which pull in OpenSSL): nothing else of regproxy. It:
-- makes the worker mesh (`proxy.state.peers`: one datagram socket pair per worker), the lock
-  directory (`proxy.state.store`) and the catalog key the workers share, and starts each worker
-  (`python -m proxy.serve.worker`) with the listening socket and its mesh sockets;
-- relays SIGTERM/SIGINT/SIGHUP/SIGUSR1 to every worker (each in its own process group, so a
-  terminal's Ctrl-C reaches the supervisor only and is relayed once);
-- restarts a worker that died while it was not asked to stop (backing off if it keeps dying);
-- says what happens once: the workers are quiet, except worker 0, which reports reloads.
+`regproxy serve` becomes it (exec, same PID) once the configuration is checked and the socket
+bound; it imports only a few standard modules (not even `secrets`, which pulls in OpenSSL).
 """
 
 from __future__ import annotations
@@ -102,8 +94,7 @@ class Supervisor:
 
     def _environment(self, runtime: Path) -> tuple[dict[str, str], dict[str, str]]:
         """The workers' environment, and what every worker is told alike: the keys they share
-        (catalog positions and upload Locations signed by one worker are read by another: an
-        upload may continue through any worker) and the lock directory."""
+        (an upload may continue through any worker) and the lock directory."""
         env = dict(os.environ)
         env.pop(SPEC_ENV, None)
         if self.spec["metrics"]:
@@ -192,9 +183,9 @@ class Supervisor:
                     process.send_signal(signum)
 
     def _reap(self) -> int:
-        """Collect exited workers; plan a restart of those that died unasked, sooner or later
-        by how long they lived (a worker that cannot start is not restarted in a tight loop).
-        A failure status."""
+        """Collect exited workers and plan a restart of those that died unasked; a failure
+        status."""
+        # Sooner or later by how long they lived: one that cannot start is no tight loop.
         status = 0
         for pid, (index, process) in list(self.children.items()):
             code = process.poll()

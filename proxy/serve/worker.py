@@ -1,11 +1,5 @@
-"""A worker: one process serving connections on the shared listening socket.
-
-`run_worker` serves in this process (one worker: `regproxy serve` itself). With several, the
-supervisor starts each as `python -m proxy.serve.worker`, describing it in the REGPROXY_WORKER
-environment variable (its index, the inherited socket descriptors, the shared catalog key and
-lock directory); `main` loads the configuration and serves. A worker stops when its
-supervisor dies, whatever the cause (Linux's PR_SET_PDEATHSIG).
-"""
+"""A worker: one process serving connections on the shared listening socket, in this process
+(`run_worker`) or started by the supervisor (`main`, told about itself in REGPROXY_WORKER)."""
 
 from __future__ import annotations
 
@@ -27,7 +21,7 @@ from ..observe.logsetup import configure_logging
 from ..state.peers import Peers, Siblings
 from .supervisor import WORKER_ENV
 
-PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG = 1  # a worker stops when its supervisor dies, whatever the cause
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 
 

@@ -1,13 +1,8 @@
-"""Login attempts under way, as every process sharing a store counts them: what keeps a burst
-of guesses for one user, spread over workers and replicas and sent all at once, from getting
-more than `throttle.attempts` of them checked. Pure: the set of one key, as text.
+"""Login attempts under way for one key, as text: a burst of guesses spread over workers and
+replicas gets no more than `throttle.attempts` checked. Pure."""
 
-An attempt is counted before its password is checked and let go of when the check is done
-(after its failure, if it failed, has been published: whoever counts after that finds the
-failure instead). Each stays counted at most until its expiry, so a process that dies with
-attempts under way holds nobody up for longer. `LocalStore` keeps a key's set in a file the
-workers of a machine lock in turn; `RedisStore` in a sorted set that one script updates.
-"""
+# An attempt is counted before its password is checked and let go of once its failure (if
+# any) is published; each expires, so a process that dies holds nobody up for longer.
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""What one process tells the others: login outcomes and cache invalidations.
-
-Each worker (and, with a shared store, each replica) keeps its own fast local state; these events
-keep the copies in step. They travel as small self-describing byte strings (`encode`/`decode`):
-a kind byte, then length-prefixed UTF-8 fields (surrogate escapes kept, so any user name a
-Basic header can carry round-trips). `decode` never raises: a malformed event is dropped.
-"""
+"""What one process tells the others to keep their local copies in step: login outcomes, cache
+invalidations and rate counts, as small byte strings (`encode`, `decode`)."""
 
 from __future__ import annotations
 
@@ -37,21 +32,60 @@ class BlobGone:
 
 @dataclass(frozen=True)
 class CredentialVerified:
-    """A worker verified a password (htpasswd): `key` names the user and stored hash, `tag`
-    is the keyed hash of the password (hex), `seconds` how long it holds. Derived from a
-    credential: it stays among the workers of one machine, never leaves it."""
+    """A worker verified a password (htpasswd); never leaves the machine."""
+
+    key: str  # the user and stored hash
+    tag: str  # the keyed hash of the password (hex)
+    seconds: str  # how long it holds
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A worker counted `amount` (an integer; negative: given back) under a rate limit's `key`
+    in the window ending at `expires` (epoch seconds). Among the workers of one machine:
+    replicas share totals through the store instead."""
+
+    key: str
+    expires: str
+    amount: str
+
+
+@dataclass(frozen=True)
+class RepositoryPushed:
+    """A manifest was pushed through the proxy: a catalog listing of `upstream` without
+    `repository` is out of date."""
+
+    upstream: str
+    repository: str
+
+
+@dataclass(frozen=True)
+class CredentialChecking:
+    """A worker started (`ended` "0") or ended ("1", whatever the answer) checking a password:
+    `key` and `tag` as in CredentialVerified. Among the workers of one machine only."""
 
     key: str
     tag: str
-    seconds: str
+    ended: str
 
 
-Event = LoginFailed | LoginSucceeded | BlobGone | CredentialVerified
+Event = (
+    LoginFailed
+    | LoginSucceeded
+    | BlobGone
+    | CredentialVerified
+    | CredentialChecking
+    | Counted
+    | RepositoryPushed
+)
 _KINDS: dict[bytes, type[Event]] = {
     b"F": LoginFailed,
     b"S": LoginSucceeded,
     b"B": BlobGone,
     b"V": CredentialVerified,
+    b"K": CredentialChecking,
+    b"C": Counted,
+    b"R": RepositoryPushed,
 }
 _CODES = {kind: code for code, kind in _KINDS.items()}
 _LENGTH = struct.Struct("!H")

@@ -1,10 +1,8 @@
-"""The worker mesh: one datagram socket pair per worker, made by the supervisor
-(`proxy.serve.supervisor`, which imports nothing of regproxy) and handed to each worker it starts.
+"""The worker mesh: one datagram socket pair per worker, made by the supervisor; each worker
+writes its events to every other worker's inbox."""
 
-A worker writes an encoded event (`proxy.state.events`) to every other worker's inbox and reads its
-own inbox on the event loop. Datagrams on a local socket arrive before a client's next
-connection has finished its TLS handshake, so what one worker saw holds in all of them.
-"""
+# Datagrams on a local socket arrive before a client's next connection has finished its TLS
+# handshake: what one worker saw holds in all of them.
 
 from __future__ import annotations
 
@@ -49,14 +47,12 @@ def _key() -> bytes:
 
 @dataclass(frozen=True)
 class Siblings:
-    """What a worker shares with the other workers of its supervisor: its place (`index`;
-    None when it is alone), the mesh, the lock directory (proxy.state.store), and the keys with
-    which one worker's signatures and hashes are read by another: catalog positions, upload
-    Locations (unless a secret_file gives one), verified credentials."""
+    """What a worker shares with the other workers of its supervisor."""
 
-    index: int | None = None
+    index: int | None = None  # None when it is alone
     peers: Peers | None = None
     lock_dir: Path | None = None
+    # Keys with which one worker reads another's signatures and hashes.
     catalog_key: bytes = field(default_factory=_key, repr=False)
     upload_key: bytes = field(default_factory=_key, repr=False)
     credentials_key: bytes = field(default_factory=_key, repr=False)

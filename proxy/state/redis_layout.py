@@ -1,30 +1,4 @@
-"""The Redis key layout, and the pure parts of sharing state through Redis (no I/O here).
-
-Every key starts with `state.key_prefix` (default `regproxy:`), so several installations can
-share one Redis database. Keys are bytes: a user name is whatever a Basic header carried.
-
-- `PREFIX events`, a stream: every event a replica publishes, fields `o` (origin replica),
-  `e` (the event, `proxy.state.events` encoding), `d` (milliseconds it waited to be written while
-  Redis was away); trimmed to the throttle's memory (`throttle.window + max_delay`);
-- `PREFIX known-good`, a sorted set: the (user, address) pairs that have logged in, member an
-  encoded `LoginSucceeded`, score the time (ms) it was last written; the newest
-  KNOWN_GOOD_KEPT are kept;
-- `PREFIX lock:NAME`, a string: a named lock, the holder's random token, expiring after ttl;
-- `PREFIX attempts:HASH`, a sorted set: the login attempts under way for one (user, address)
-  (a hash of it), member a keyed hash of the attempt, score when it lets go at the latest
-  (ms); `RESERVE` updates it;
-- `PREFIX user:NAME`, a hash: a user of the `redis` auth backend (other tools may write it):
-  `password` (any hash an htpasswd file takes), `groups` (names separated by spaces or
-  commas), `upstream` (optional: the user's own registry, `http(s)://host[:port]`);
-- `PREFIX users:version`, an integer: INCR it after changing any `user:` key, and every
-  replica reads users again within a second.
-- `PREFIX shared:NAME`, a hash every replica reads whole (`proxy.state.shared`), and
-  `PREFIX shared:NAME:version`, an integer: INCR it after changing the hash. `quarantine`:
-  digest -> the entry as JSON (`proxy.policy.quarantinefile.shared_value`).
-
-Stream entry ids are Redis's clock in milliseconds; a reader measures ages against Redis's
-clock too (`TIME` when it connects), so replicas' clocks never need to agree.
-"""
+"""The Redis key layout (`Keys`), and the pure parts of sharing state through Redis."""
 
 from __future__ import annotations
 
@@ -36,10 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..core.values import port
 from .events import Event, decode, encode
 from .store import StateSettings
 
 KNOWN_GOOD_KEPT = 50_000  # pairs kept in Redis (about 60 bytes each), as many as a throttle
+RATE_KEPT = 60  # seconds a rate limit's window key outlives its window (clocks a bit apart)
 READ_BATCH = 1000  # stream entries per XREAD
 BLOCK_MS = 1000  # an idle XREAD waits this long for new entries, then asks again
 BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0  # seconds between reconnection attempts
@@ -60,6 +36,23 @@ SENTINEL_BACKOFF_CAP = 1.0
 SENTINEL_PORT = 26379
 
 
+# Every key starts with `state.key_prefix`, so installations can share a database; keys are
+# bytes (a user name is whatever a Basic header carried).
+# - `events`, a stream: every event a replica publishes, fields `o` (origin replica), `e` (the
+#   event, encoded), `d` (ms it waited while Redis was away); trimmed to the throttle's memory;
+# - `known-good`, a sorted set: (user, address) pairs that logged in, as encoded
+#   LoginSucceeded, scored by when (ms); the newest KNOWN_GOOD_KEPT are kept;
+# - `lock:NAME`, a string: a named lock, the holder's random token, expiring after ttl;
+# - `attempts:HASH`, a sorted set: the login attempts under way for one (user, address),
+#   member a keyed hash of the attempt, scored by when it lets go at the latest (ms);
+# - `rate:HASH`, an integer: a rate limit's count in one window (a hash of the count's key
+#   and the window's end), INCRBY by each worker's sync, expiring RATE_KEPT after its window;
+# - `user:NAME`, a hash other tools may write: `password` (any htpasswd hash), `groups`
+#   (separated by spaces or commas), `upstream` (optional: the user's own registry);
+# - `users:version`, an integer: INCR it after changing any `user:` key, and every replica
+#   reads users again within a second.
+# Stream ids are Redis's clock (ms); readers measure ages by it too (`TIME` on connecting),
+# so replicas' clocks never need to agree.
 @dataclass(frozen=True)
 class Keys:
     """The key names under one prefix."""
@@ -87,6 +80,10 @@ class Keys:
     def attempts(self, key: str) -> bytes:
         digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16)
         return self._key("attempts:" + digest.hexdigest())
+
+    def rate(self, key: str, expires: int) -> bytes:
+        text = f"{key}\n{expires}".encode("utf-8", "surrogateescape")
+        return self._key("rate:" + hashlib.blake2b(text, digest_size=16).hexdigest())
 
     def user(self, name: str) -> bytes:
         return self._key("user:" + name)
@@ -142,10 +139,10 @@ def stream_ms(entry_id: bytes) -> int | None:
 
 
 def resume_id(last_read: bytes, newest: bytes | None) -> bytes:
-    """Where a reader goes on after reconnecting: where it stopped, unless the stream now ends
-    before that (a promoted replica that never had the last entries read from the old primary,
-    or a Redis that lost its data): then from the stream's end (`0-0` when it is empty), or
-    it would skip what is written next until the clock passes the old position."""
+    """Where a reader goes on after reconnecting: where it stopped, or the stream's end when
+    the stream now ends before that."""
+    # A promoted replica may lack the last entries read from the old primary, or Redis lost
+    # its data: going on from the old position would skip what is written next.
     if newest is None:
         return b"0-0"
     return newest if _order(newest) < _order(last_read) else last_read
@@ -204,10 +201,8 @@ def _sentinel_address(item: object) -> tuple[str, int]:
         raise ValueError(f"expected HOST[:PORT] or [IPv6][:PORT], got {item!r}")
     if match.group(1):
         ipaddress.IPv6Address(match.group(1))  # ValueError names the address
-    port = int(match.group(2) or match.group(4) or SENTINEL_PORT)
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} out of range 1-65535")
-    return match.group(1) or match.group(3), port
+    number = port(int(match.group(2) or match.group(4) or SENTINEL_PORT))
+    return match.group(1) or match.group(3), number
 
 
 def parse_service(value: object) -> str:
@@ -218,10 +213,10 @@ def parse_service(value: object) -> str:
 
 
 def client_options(settings: StateSettings, password: str | None, timeout: float) -> dict[str, Any]:
-    """Keyword arguments for a redis-py client of Redis (sync or asyncio, `from_url` or a
-    Sentinel's `master_for`): bounded timeouts, no retries of its own (the store reconnects
-    with its own backoff; a request never waits through retries), TLS verified whenever it
-    is on."""
+    """Keyword arguments for a redis-py client of Redis: bounded timeouts, no retries, TLS
+    verified whenever it is on."""
+    # No retries of its own: the store reconnects with its own backoff, and a request never
+    # waits through retries.
     options: dict[str, Any] = {"health_check_interval": 0}
     options.update(_socket(settings, timeout, password, settings.username))
     if settings.sentinels:  # what a URL would say

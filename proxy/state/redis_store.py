@@ -48,12 +48,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..core.problems import read_text
+from ..core.windows import Count
 from ..observe import metrics
+from .counts import SharedCounts
 from .events import Event, LoginSucceeded, decode, encode
 from .redis_layout import (
     BACKOFF_CAP,
     BLOCK_MS,
     KNOWN_GOOD_KEPT,
+    RATE_KEPT,
     READ_BATCH,
     RESERVE,
     SENTINEL_BACKOFF_CAP,
@@ -190,6 +193,7 @@ class RedisStore:
         self._tasks: list[asyncio.Task[None]] = []
         self._shared: dict[str, SharedMap] = {}
         self._closing = False  # redis-py may turn a cancellation into a ConnectionError
+        self._counts = SharedCounts(self._send_counts)
 
     @property
     def healthy(self) -> bool:
@@ -230,6 +234,31 @@ class RedisStore:
     def tell_workers(self, event: Event) -> None:
         self._local.tell_workers(event)  # derived from a credential: never into Redis
 
+    def used(self, key: str, expires: int) -> int:
+        return self._counts.used(key, expires)
+
+    def count(self, key: str, expires: int, amount: int) -> None:
+        self._counts.count(key, expires, amount)
+
+    async def _send_counts(self, counts: Sequence[Count]) -> list[int]:
+        """INCRBY each window key (kept a minute past its window), in one round trip: the
+        totals over every replica. Redis away: StoreUnavailable, and each worker counts alone
+        (every worker, also of one machine, is a sharer of its own here)."""
+        if not self._healthy:
+            raise StoreUnavailable("rate limit counts")
+        pipe = self.client.pipeline(transaction=False)
+        for count in counts:
+            key = self.keys.rate(count.key, count.expires)
+            pipe.incrby(key, count.amount)
+            pipe.expireat(key, count.expires + RATE_KEPT)
+        try:
+            async with asyncio.timeout(self._settings.timeout):
+                replies = await pipe.execute()
+        except DOWN as exc:
+            self._unhealthy(exc)
+            raise
+        return [int(total) for total in replies[::2]]
+
     def subscribe(self, subscriber: Subscriber) -> None:
         self._local.subscribe(subscriber)
         self._subscribers.append(subscriber)
@@ -259,6 +288,7 @@ class RedisStore:
             asyncio.ensure_future(self._follow()),
             asyncio.ensure_future(self._write()),
         ]
+        self._counts.start()
 
     def shared_map(self, name: str) -> SharedMap:
         from .shared import SharedMap  # it reads Redis as this module does (DOWN)
@@ -268,6 +298,7 @@ class RedisStore:
         return self._shared[name]
 
     async def close(self) -> None:
+        await self._counts.close()
         self._closing = True
         for shared in self._shared.values():
             await shared.close()

@@ -1,18 +1,9 @@
-"""The state store: how a process shares what it saw with the others (the seam for replicas).
+"""The state store: how a process shares what it saw with the other workers and replicas
+(events, named locks, login attempts under way), and its settings (`state:`).
 
-The request path only ever talks to local state (the throttle's counts, the blob existence
-cache) and publishes events; a store carries those events to the other workers and, when a
-shared backend is configured, to the other replicas, and hands theirs to its subscribers.
-`LocalStore` is the default: in-process, plus the worker mesh (`proxy.state.peers`) when there are
-several workers. Publishing never blocks and never fails a request.
-
-Stores also give named locks (`lock`), for work that must not run twice at once anywhere (two
-pushes of the same new tag): held for at most `ttl` seconds, waited for at most `wait`; and a
-count of login attempts under way (`reserve`, `proxy.state.attempts`), so that a burst of
-guesses spread over workers and replicas is counted as one.
-
-`state:` in the config picks the store (`StateSettings`): `local` (the default, nothing to
-install) or `redis` (`proxy.state.redis_store`: replicas share events, throttle history and locks).
+The request path talks only to local state and publishes events; publishing never blocks and
+never fails a request. `LocalStore` is the default; `proxy.state.redis_store` shares with
+replicas.
 """
 
 from __future__ import annotations
@@ -25,15 +16,17 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from ..core.windows import Count
 from . import attempts
-from .events import Event, decode, encode
+from .counts import SharedCounts
+from .events import Counted, Event, decode, encode
 from .peers import Peers
 
 if TYPE_CHECKING:
@@ -53,33 +46,25 @@ STATE_BACKENDS: tuple[str, ...] = ("local", "redis")
 
 @dataclass(frozen=True)
 class StateSettings:
-    """`state:` in the config: where processes share what they saw (restart to change).
-
-    `url` is `redis://HOST[:PORT][/DB]` or `rediss://` (TLS, always verified: against
-    `ca_file`, or the system's CAs); `password` or `password_file` (the file's first line),
-    with `username` for a Redis ACL user; `cert_file`/`key_file` a client certificate.
-    `timeout` bounds every command, `connect_timeout` every connection attempt.
-
-    Instead of `url`, a Redis Sentinel deployment: `sentinels` (HOST, PORT) asked for the
-    primary of `service`, with their own credentials (`sentinel_username`, `_password`,
-    `_password_file`); `database` and `sentinel_tls` say what the url's /DB and rediss://
-    would (TLS then applies to the sentinels and to Redis alike)."""
+    """`state:` in the config: where processes share what they saw (restart to change)."""
 
     backend: StateBackend = "local"
-    url: str | None = None
+    url: str | None = None  # redis://HOST[:PORT][/DB], or rediss:// (TLS, always verified)
     key_prefix: str = "regproxy:"
-    username: str | None = None
+    username: str | None = None  # a Redis ACL user
     password: str | None = None
-    password_file: Path | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
+    password_file: Path | None = None  # its first line
+    ca_file: Path | None = None  # default: the system's CAs
+    cert_file: Path | None = None  # a client certificate
     key_file: Path | None = None
-    timeout: float = 0.5
-    connect_timeout: float = 1.0
+    timeout: float = 0.5  # every command
+    connect_timeout: float = 1.0  # every connection attempt
+    # Instead of `url`: sentinels asked for the primary of `service`, with credentials of
+    # their own; `database` and `sentinel_tls` say what the url's /DB and rediss:// would.
     sentinels: tuple[tuple[str, int], ...] = ()
     service: str | None = None
     database: int = 0
-    sentinel_tls: bool = False
+    sentinel_tls: bool = False  # for the sentinels and Redis alike
     sentinel_username: str | None = None
     sentinel_password: str | None = None
     sentinel_password_file: Path | None = None
@@ -107,8 +92,7 @@ class Store(Protocol):
         ...
 
     def tell_workers(self, event: Event) -> None:
-        """Tell the other workers of this machine only: for what must not leave it (what is
-        derived from a credential)."""
+        """Tell the other workers of this machine only (what is derived from a credential)."""
         ...
 
     def subscribe(self, subscriber: Subscriber) -> None:
@@ -117,33 +101,36 @@ class Store(Protocol):
 
     async def flush(self) -> None:
         """Wait until what this process published has reached the others (at most a command's
-        timeout; at once while they cannot be reached). Called where the answer must not
-        overtake the news: a failed login's 401, so a client's next guess, sent to any
-        replica, finds it counted there."""
+        timeout), where the answer must not overtake the news (a failed login's 401)."""
         ...
 
     @property
     def healthy(self) -> bool:
-        """False while a shared backend cannot be reached: the store then works for this
-        machine alone (and says so in `/health`), and catches up when it is back."""
+        """False while a shared backend cannot be reached (this machine then works alone)."""
         ...
 
     def sync(self) -> None:
-        """Apply, now, every event that has already arrived (cheap; never waits): called before
-        answering from local state that an event could have made stale."""
+        """Apply every event that has already arrived, now (cheap; never waits)."""
         ...
 
     def lock(self, name: str, ttl: float, wait: float) -> AbstractAsyncContextManager[None]:
-        """Hold `name` exclusively across every process sharing this store; LockTimeout if it
-        cannot be had within `wait` seconds. A holder that dies releases it (at the latest
-        after `ttl` seconds)."""
+        """Hold `name` exclusively across every process sharing this store (a dead holder's
+        lock lasts `ttl` at most); LockTimeout after `wait` seconds."""
         ...
 
     async def reserve(self, key: str, attempt: bytes, hold: float) -> tuple[int, Release]:
-        """Count `attempt` as under way under `key` in every process sharing this store (for
-        `hold` seconds at most), then apply what the others published before it: how many
-        distinct attempts are under way there now, this one included, and what lets go of it
-        (after anything this process published before)."""
+        """Count `attempt` as under way under `key` everywhere (`hold` seconds at most): how
+        many are under way now, this one included, and what lets go of it."""
+        ...
+
+    def used(self, key: str, expires: int) -> int:
+        """A rate limit's count under `key` in the window ending at `expires` (epoch seconds)
+        as this process knows it now: its own counts at once, the others' as of the last sync
+        (`proxy.state.counts`; never waits)."""
+        ...
+
+    def count(self, key: str, expires: int, amount: int) -> None:
+        """Add `amount` to that count (negative: give back); shared at the next sync."""
         ...
 
     def shared_map(self, name: str) -> SharedMap | None:
@@ -159,8 +146,7 @@ class Store(Protocol):
 
 
 def _change_file(path: Path, change: Callable[[str], tuple[str, T]]) -> T:
-    """Apply `change` to the text of `path` under an exclusive lock (held for one read and
-    one write, so waiting for it blocks for no longer); an empty text removes the file."""
+    """Apply `change` to the text of `path` under an exclusive lock; empty text removes it."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -202,12 +188,11 @@ LOCK_POLL = 0.01
 
 
 class LocalStore:
-    """This process, plus the other workers of this machine when there are several.
+    """This process, plus the other workers of this machine when there are several."""
 
-    Locks: an asyncio lock per name within the process, and, when `lock_dir` is given (the
-    supervisor makes one for its workers), an advisory lock on a file of that name's own
-    there (no two names share one: a long hold of one repository's lock never holds up
-    another's), which the kernel releases if the holder dies."""
+    # Locks: an asyncio lock per name, and with a `lock_dir` (the supervisor's) an advisory
+    # lock on a file of that name's own (a long hold of one repository's lock never holds up
+    # another's), which the kernel releases if the holder dies.
 
     def __init__(self, peers: Peers | None = None, lock_dir: Path | None = None) -> None:
         self._peers = peers
@@ -216,6 +201,10 @@ class LocalStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # name -> lock, users
         self._under_way: dict[str, str] = {}  # alone (no lock_dir): each key's attempts
+        # The mesh costs no round trip: counts go to the other workers as soon as the loop
+        # runs, before the request that made them is answered.
+        self._counts = SharedCounts(self._tell_counts, interval=0.0)
+        self._subscribers.append(self._counts.heard)
 
     @contextlib.asynccontextmanager
     async def lock(self, name: str, ttl: float, wait: float) -> AsyncIterator[None]:
@@ -274,8 +263,7 @@ class LocalStore:
             os.close(fd)  # the holder before removed it: lock the file that stands there now
 
     async def reserve(self, key: str, attempt: bytes, hold: float) -> tuple[int, Release]:
-        """Each key's attempts are a file in `lock_dir` the workers lock in turn, for one read
-        and one write (a process alone keeps them in memory)."""
+        """Each key's attempts: a file in `lock_dir` the workers lock in turn (alone: memory)."""
         count = self._change(key, functools.partial(attempts.counted, attempt=attempt, hold=hold))
         self.deliver()  # a worker's failure was sent before it let go: it is in the inbox
         change = functools.partial(attempts.let_go, attempt=attempt)
@@ -291,6 +279,18 @@ class LocalStore:
             return result
         path = self._lock_dir / f"attempts-{hashlib.sha256(key.encode()).hexdigest()[:32]}"
         return _change_file(path, functools.partial(change, now=now))
+
+    def used(self, key: str, expires: int) -> int:
+        return self._counts.used(key, expires)
+
+    def count(self, key: str, expires: int, amount: int) -> None:
+        self._counts.count(key, expires, amount)
+
+    async def _tell_counts(self, counts: Sequence[Count]) -> None:
+        """The other workers add what this one counted as it arrives (no shared total)."""
+        for count in counts:
+            if count.amount:
+                self.tell_workers(Counted(count.key, str(count.expires), str(count.amount)))
 
     def publish(self, event: Event) -> None:
         self.tell_workers(event)
@@ -326,11 +326,13 @@ class LocalStore:
         return delivered
 
     async def start(self) -> None:
+        self._counts.start()
         if self._peers is not None:
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(self._peers.inbox.fileno(), self.deliver)
 
     async def close(self) -> None:
+        await self._counts.close()
         if self._loop is not None and self._peers is not None:
             self._loop.remove_reader(self._peers.inbox.fileno())
             self._loop = None

@@ -1,9 +1,5 @@
-"""The token server's HTTP endpoint (token server mode): reading the request, OAuth2 errors.
-
-`GET` with Basic credentials (docker, podman) or the OAuth2 password grant as a `POST` form;
-the scopes granted are decided by `proxy.tokenserver.scopes` with the same ACL as the proxy.
-The caller is authenticated by the same step as any request (throttle included).
-"""
+"""The token server's HTTP endpoint: `GET` with Basic credentials or the OAuth2 password grant
+(`POST`), the caller authenticated as any request is, OAuth2 errors."""
 
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
-"""Token server mode: the distribution token-authentication endpoint, like docker_auth.
-
-A registry configured with `auth: token` sends clients here (its `realm`). They ask, with
-Basic credentials (GET) or the OAuth2 password grant (POST), for scopes such as
-`repository:alice/app:pull,push`; the answer is a JWT whose `access` claim holds the subset
-of those scopes that the same ACL grants (scopes it does not grant are dropped, not refused, as
-the spec requires). Signed RS256 or ES256 with a key whose certificate the registry trusts
-(`rootcertbundle`); the certificate rides in the `x5c` header.
-
-A scope a break-glass grant gives (the ACL refusing it) makes the whole token end with the
-grant: its `exp` is the grant's end less the leeway the registry allows past `exp`
-(REGISTRY_LEEWAY), so the registry stops taking the token when the grant ends.
+"""Token server mode, like docker_auth: requested scopes (`repository:alice/app:pull,push`) ->
+a JWT whose `access` holds the subset the ACL grants, signed with a key the registry trusts.
 
 Scope parsing and claim building are pure; signing uses joserfc.
 """
@@ -64,9 +54,8 @@ class Scope:
 
 
 def parse_scopes(values: list[str]) -> list[Scope]:
-    """`scope` parameters (each may hold several scopes separated by ASCII spaces, not by any
-    Unicode space). Malformed ones and unknown resource types are dropped: a token never
-    grants what it cannot name."""
+    """`scope` parameters (several scopes each, ASCII spaces apart); malformed ones and
+    unknown resource types are dropped: a token never grants what it cannot name."""
     scopes = []
     for value in values:
         for text in filter(None, value.split(" ")):
@@ -132,9 +121,9 @@ def claims(
 
 
 def _expiry(settings: TokenSettings, who: Identity, access: list[Access], now: float) -> int:
-    """`exp`: `expiry` from now, or sooner, so that the registry (which takes a token up to
-    REGISTRY_LEEWAY seconds past it) stops taking it when the caller's own credential (a
-    robot's, a workload token's) or the first grant in it ends."""
+    """`exp`: `expiry` from now, or sooner, so the token ends with the caller's credential or
+    the first grant in it."""
+    # The registry takes a token up to REGISTRY_LEEWAY seconds past its `exp`.
     ends = [int(g.expires) - REGISTRY_LEEWAY for a in access for g in a.grants]
     if who.expires is not None:
         ends.append(int(who.expires) - REGISTRY_LEEWAY)

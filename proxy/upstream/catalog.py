@@ -1,11 +1,20 @@
 """`GET /v2/_catalog` filtered to what the caller may pull, with the registry's paging intact.
 
-Upstream pages are read until `n` allowed names are found, but never more than `MAX_PAGES` per
-client request: a huge registry where the caller sees little, or an upstream whose `Link`
-never ends, costs a bounded amount of work. The answer then carries what was found and a
-`Link` to continue. Names must come in strictly increasing order (the registry's own order);
-a repeated or out-of-order name is dropped and a page that brings nothing new ends the
-listing, so no upstream can make the proxy loop.
+The registry's names are read whole (`Listings`: up to LISTED_PAGES pages, kept LISTING_TTL
+seconds, one read at a time per upstream, dropped at once when a push through any worker
+or replica adds a repository) and which of them a caller may pull is decided once per
+viewer (`Visibility`: what the rules can tell apart of a caller, so users of the same
+groups share one entry; a bounded LRU, emptied at a reload): a page is then a binary
+search. Deciding runs a slice at a time with turns of the event loop in between, so other
+requests wait for a few slices at most.
+
+A registry with more names than a listing holds is paged as it goes: upstream pages are read
+until `n` allowed names are found, but never more than `MAX_PAGES` per client request: a huge
+registry where the caller sees little, or an upstream whose `Link` never ends, costs a bounded
+amount of work. The answer then carries what was found and a `Link` to continue. Names must
+come in strictly increasing order (the registry's own order); a repeated or out-of-order name
+is dropped and a page that brings nothing new ends the listing, so no upstream can make the
+proxy loop.
 
 Continuing from a name the caller may not see would reveal it, so such a position travels
 sealed (AES-GCM under a key of this process tree; `seal`/`unseal`): it is neither readable
@@ -17,17 +26,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import functools
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from ..core.flight import SingleFlight
 from ..core.limits import Timeouts
+from ..core.lru import LRU
 from ..http.errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
 from ..http.routes import CATALOG_MAX, Refusal, valid_name
 from .client import Registry, UpstreamError
@@ -38,6 +51,10 @@ MAX_PAGES = 10  # upstream pages (of CATALOG_MAX names) read per client request
 SLICE = 50  # names decided between two turns of the event loop
 FILTERING = 2  # catalog pages being filtered at once per worker (the others wait their turn)
 SEALED = "~"  # marks a sealed position in `last` (never the start of a repository name)
+LISTED_PAGES = 50  # upstream pages (of CATALOG_MAX names) a listing holds at most
+LISTING_TTL = 5.0  # seconds a listing is used (pushes through the proxy drop it at once)
+UPSTREAMS = 16  # listings kept (one per upstream)
+VIEWERS = 256  # visibility entries kept (each a byte per name: 12.5 MiB at most)
 
 Fetch = Callable[[str], Awaitable[tuple[list[str], bool]]]
 Allow = Callable[[list[str]], Awaitable[list[bool]]]
@@ -184,35 +201,162 @@ async def fetch_page(
         return [x for x in names if valid_name(x)], "Link" in response.headers
 
 
-class Catalog:
-    """`GET /v2/_catalog` for one worker: the registry's pages, filtered to what the caller
-    may pull, a slice at a time."""
+async def read_whole(fetch: Fetch) -> list[str] | None:
+    """Every name the registry lists, in order, or None when it lists more than a listing
+    holds (or never ends)."""
+    names: list[str] = []
+    for _ in range(LISTED_PAGES):
+        page, more = await fetch(names[-1] if names else "")
+        fresh = _increasing(page, names[-1] if names else "")
+        names += fresh
+        if not more or not fresh:
+            return names
+    return None
 
-    def __init__(self, registry: Registry, key: bytes) -> None:
+
+@dataclass(frozen=True, eq=False)
+class Names:
+    """One upstream's repository names, strictly increasing (None: too many to hold)."""
+
+    names: list[str] | None
+
+    def holds(self, name: str) -> bool:
+        if self.names is None:
+            return True  # nothing to drop: each request pages the registry itself
+        at = bisect.bisect_left(self.names, name)
+        return at < len(self.names) and self.names[at] == name
+
+
+class Listings:
+    """The registry's repository names per upstream, read whole by one request at a time
+    and used for LISTING_TTL seconds; after that they are read again in the background
+    while requests go on using them (no request waits for the registry's slow listing,
+    but the first); `drop` forgets one (a push added a repository: the next request waits
+    for the new names)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._kept: LRU[str, tuple[float, Names]] = LRU(UPSTREAMS)  # when read, what
+        self._reading: SingleFlight[str, Names] = SingleFlight()
+
+    async def names(self, upstream: str, fetch: Fetch) -> Names:
+        kept = self._kept.get(upstream)
+
+        async def read() -> Names:
+            names = Names(await read_whole(fetch))
+            if kept is not None and kept[1].names == names.names:
+                names = kept[1]  # unchanged: what was decided about it still holds
+            self._kept.put(upstream, (self._clock(), names))
+            return names
+
+        if kept is None:
+            return await self._reading.join(upstream, read)
+        if self._clock() - kept[0] >= LISTING_TTL:
+            self._reading.start(upstream, read, _settled)
+        return kept[1]
+
+    def drop(self, upstream: str, repository: str | None = None) -> None:
+        """Forget the upstream's names (only when they lack `repository`, if given)."""
+        kept = self._kept.get(upstream)
+        if kept is not None and (repository is None or not kept[1].holds(repository)):
+            self._kept.pop(upstream)
+
+    def clear(self) -> None:
+        self._kept.clear()
+
+
+def _settled(reading: asyncio.Future[Names]) -> None:
+    """A background read that failed: the names in use stay, the next read tries again."""
+    if not reading.cancelled() and reading.exception() is not None:
+        log.warning("catalog: reading the registry's names failed: %s", reading.exception())
+
+
+Visible = bytes  # per name of a listing, 1 when the viewer may see it, else 0
+
+
+class Visibility:
+    """Which of a listing's names each viewer may see, decided once (a slice at a time, at
+    most FILTERING listings at once) and kept in a bounded LRU; `clear` at a reload."""
+
+    def __init__(self, filtering: Filtering) -> None:
+        self._kept: LRU[Hashable, tuple[Names, Visible]] = LRU(VIEWERS)
+        self._deciding: SingleFlight[tuple[Hashable, int], Visible] = SingleFlight()
+        self._filtering = filtering
+
+    async def visible(
+        self, viewer: Hashable, names: Names, allowed: Callable[[str], bool]
+    ) -> Visible:
+        kept = self._kept.get(viewer)
+        if kept is not None and kept[0] is names:
+            return kept[1]
+
+        async def decide() -> Visible:
+            assert names.names is not None
+            visible = bytes(await self._filtering.allowed(allowed, names.names))
+            self._kept.put(viewer, (names, visible))
+            return visible
+
+        return await self._deciding.join((viewer, id(names)), decide)
+
+    def clear(self) -> None:
+        self._kept.clear()
+
+
+def page_of(names: list[str], visible: Visible, n: int, last: str) -> Listing:
+    """Up to `n` visible names after `last`, and where the next page starts."""
+    found: list[str] = []
+    at = visible.find(1, bisect.bisect_right(names, last))
+    while at != -1 and len(found) < n:
+        found.append(names[at])
+        at = visible.find(1, at + 1)
+    return Listing(found, found[-1] if at != -1 else None)
+
+
+class Catalog:
+    """`GET /v2/_catalog` for one worker: the registry's names, filtered to what the caller
+    may pull."""
+
+    def __init__(self, registry: Registry, key: bytes, listings: Listings) -> None:
         self._registry = registry
         self._key = key  # seals positions the caller may not see
         self._filtering = Filtering()
+        self._listings = listings
+        self._visibility = Visibility(self._filtering)
+        self._rules: object = None  # the rules the kept visibility was decided by
 
     async def answer(
         self,
         query: str,
         may_pull: Callable[[str], bool],
         *,
+        viewer: Hashable,
+        rules: object,
         upstream: str,
         host: str,
         forwarded_for: str,
         timeouts: Timeouts,
     ) -> web.Response:
+        """The page; `viewer`: what the `rules` (their snapshot's) can tell apart of the
+        caller, with whatever else decides what they may pull (grants in force)."""
         page = parse_page(query, self._key)
         if isinstance(page, Refusal):
             return error_response(page.status, page.code, page.message)
         n, last = page
+        if rules is not self._rules:  # a reload: what was decided may no longer hold
+            self._rules = rules
+            self._visibility.clear()
+            self._listings.clear()
         fetch = functools.partial(
             fetch_page, self._registry, upstream, host, forwarded_for, timeouts
         )
         try:
-            listing = await filtered(fetch, functools.partial(self._filtering.allowed, may_pull),
-                                     n, last)  # fmt: skip
+            names = await self._listings.names(upstream, fetch)
+            if names.names is None:
+                allow = functools.partial(self._filtering.allowed, may_pull)
+                listing = await filtered(fetch, allow, n, last)
+            else:
+                visible = await self._visibility.visible((viewer, upstream), names, may_pull)
+                listing = page_of(names.names, visible, n, last)
         except UpstreamError as exc:
             log.warning("upstream %s catalog failed: %s", upstream, exc)
             if exc.timed_out:

@@ -1,10 +1,5 @@
-"""The proxy's own requests to a registry: tag checks, catalog pages and health probes.
-
-One set of headers (the client's Host, so the registry builds the same addresses it would for
-the client; `X-Forwarded-Proto` and `-For` as for forwarded requests), the configured
-timeouts, and bodies read whole within a bound. Failures of every kind come out as one
-exception, `UpstreamError`.
-"""
+"""The proxy's own requests to a registry (tag checks, catalog pages, health probes): one set
+of headers and timeouts, bounded body reads, every failure an `UpstreamError`."""
 
 from __future__ import annotations
 
@@ -27,9 +22,7 @@ class UpstreamError(Exception):
 
 
 class Registry:
-    """Asks registries on the proxy's own behalf, over the worker's upstream pool, on
-    `connections` of it kept for these requests (clients' requests cannot take them, nor
-    these all of the clients')."""
+    """Asks registries on the proxy's own behalf, on upstream connections kept for it."""
 
     def __init__(self, session: aiohttp.ClientSession, connections: int) -> None:
         self._session = session

@@ -1,9 +1,5 @@
-"""Forwarding to the upstream registry: header rewriting and streaming in both directions.
-
-Bodies are never buffered: the client's body is handed to the upstream as a stream, and the
-upstream's answer is copied chunk by chunk with back-pressure on both sides, so a multi-GB
-layer passes in constant memory. Keep-alive connections to the upstream are pooled.
-"""
+"""Forwarding to the upstream registry: header rewriting, and bodies streamed both ways with
+back-pressure, never buffered, over a pool of keep-alive connections."""
 
 from __future__ import annotations
 
@@ -97,9 +93,9 @@ _LINK_TARGET = re.compile(r"<([^>]*)>")  # the URI of each link in a Link header
 
 
 def _droppable(headers: CIMultiDictProxy[str]) -> set[str]:
-    """Hop-by-hop headers, and any the sender named in `Connection` that is not END_TO_END.
-    Names are folded ASCII-only (proxy.http.headers refuses anything else in a request's
-    Connection header), so no Unicode case mapping can turn one name into another."""
+    """Hop-by-hop headers, and any the sender named in `Connection` that is not END_TO_END."""
+    # Names are folded ASCII-only (proxy.http.headers refuses anything else in a request's
+    # Connection header): no Unicode case mapping turns one name into another.
     named = {
         token.strip(" \t").encode().lower().decode()
         for value in headers.getall("Connection", [])
@@ -146,10 +142,9 @@ def response_headers(
 
 def rewrite_location(location: str, upstream: str, public_origin: str) -> str:
     """Point a Location (or a Link's URI) at the upstream's own address back at the proxy,
-    whatever its scheme: the registry takes the scheme from X-Forwarded-Proto and the host
-    from Host, so its address can come back as https://upstream-host:port. A Location without
-    a port points there when the port is the default of either scheme (the client omits a
-    default port from the Host it sends)."""
+    whatever its scheme (the registry takes it from X-Forwarded-Proto)."""
+    # A Location without a port points there when the port is the default of either scheme:
+    # the client omits a default port from the Host it sends.
     try:
         parts, base = urlsplit(location), urlsplit(upstream)
         port, base_port = parts.port, base.port or _default_port(base.scheme)
@@ -176,9 +171,8 @@ class Route:
 
 
 class Answer:
-    """The registry's answer to a forwarded request, its headers as the client will get them,
-    before anything is sent: a guard may change the headers, or read the body whole (then
-    the bytes read are what is sent)."""
+    """The registry's answer to a forwarded request before anything is sent: a guard may
+    change the headers, or read the body whole (then the bytes read are what is sent)."""
 
     def __init__(self, response: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> None:
         self._response = response
@@ -195,10 +189,9 @@ class Answer:
     async def send(
         self, request: web.BaseRequest, idle: float, rate: int
     ) -> tuple[web.StreamResponse, int]:
-        """Stream the answer to the client; the response and the body bytes sent. A client
-        that stops reading for `idle` seconds or reads slower than `rate` bytes a second
-        (window after window), or an upstream that breaks off, cuts the connection: a short
-        body is never passed off as complete."""
+        """Stream the answer to the client; the response and the body bytes sent. A slow
+        reader or an upstream that breaks off cuts the connection, so a short body is never
+        passed off as complete."""
         response = web.StreamResponse(
             status=self.status, reason=self._response.reason, headers=self.headers
         )
@@ -248,11 +241,7 @@ def _cut(request: web.BaseRequest) -> None:
 
 
 class Forwarder:
-    """Owns the upstream connection pool; one per worker process.
-
-    The pool is bounded (`connections`, from the open-files limit) and a request waits for a
-    free connection at most `wait` seconds, then gets 503 with Retry-After: a client holding
-    many slow uploads cannot make every other client wait without end."""
+    """Owns the upstream connection pool (bounded, shared fairly); one per worker process."""
 
     def __init__(self, room: Capacity, keepalive: float) -> None:
         self._room = room
@@ -282,13 +271,12 @@ class Forwarder:
         timeouts: Timeouts,
         body: bytes | None = None,
     ) -> AsyncIterator[Answer | web.StreamResponse]:
-        """Send `request` to the route: the registry's answer, unsent, or the proxy's own
-        answer when there is none (503 no connection free for `owner` within the wait, 502,
-        504, 408). `body`: the request's body, already read whole (a manifest a guard had to
-        see), sent as it is."""
+        """Send `request` (with `body` when a guard read it whole): the registry's answer,
+        unsent, or the proxy's own (503 no connection free within the wait, 502, 504, 408)."""
         wait, share = limits.upstream_wait, self._room.per_user(limits)
         if not await self._slots.acquire(owner, share, wait):
             log.warning("no upstream connection free within %ss for %s", wait, route.raw_path)
+            metrics.RECORD.fair_share_refused("upstream_wait")
             yield error_response(503, "UNAVAILABLE", "registry busy, retry later", _BUSY)
             return
         try:

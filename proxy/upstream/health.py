@@ -1,6 +1,5 @@
-"""The admin listener (`metrics.listen`): `/metrics`, `/health` (ready: the default upstream
-answers, asked each time, and the replica is not stopping) and `/live` (the worker's event
-loop runs)."""
+"""The admin listener (`metrics.listen`): `/metrics` (the upstream probed first), `/health`
+(ready: the upstream answers and the replica is not stopping) and `/live` (the event loop runs)."""
 
 from __future__ import annotations
 
@@ -17,13 +16,16 @@ from .client import Registry, UpstreamError
 
 
 async def probe(registry: Registry, upstream: str, timeouts: Timeouts) -> bool:
-    """Whether the upstream answers `/v2/` at all (any status below 500), within 5 seconds."""
+    """Whether the upstream answers `/v2/` at all (any status below 500), within 5 seconds;
+    the answer goes to the `regproxy_upstream_up` metric too."""
     quick = replace(timeouts, read=min(5.0, timeouts.connect + timeouts.read))
     try:
         async with registry.request("GET", f"{upstream}/v2/", timeouts=quick) as response:
-            return response.status < 500
+            up = response.status < 500
     except UpstreamError:
-        return False
+        up = False
+    metrics.RECORD.upstream_up(up)
+    return up
 
 
 AdminHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -48,7 +50,16 @@ def admin_handler(
         if shared:  # Redis away: still ready (local state), but say so
             body["store"] = "ok" if store.healthy else "degraded"
             body["status"] = "degraded" if ok and not store.healthy else status
+            if config.rate_limits is not None:  # Redis away: each worker counts alone
+                body["rate_limits"] = "shared" if store.healthy else "local"
         return web.json_response(body, status=200 if ok else 503)
+
+    async def scraped(request: web.BaseRequest) -> web.Response:
+        # Probed at each scrape: the upstream's state is then as fresh as the scrape, with no
+        # traffic too, and a replica that cannot reach it says so whatever its load balancer asks.
+        config = current()
+        await probe(registry, config.upstream, config.timeouts)
+        return await metrics.metrics(request)
 
     async def live(_: web.BaseRequest) -> web.Response:
         # Answered while this worker's event loop runs, whatever the upstream does, draining
@@ -57,7 +68,7 @@ def admin_handler(
         return web.json_response({"status": "ok"})
 
     routes: dict[str, AdminHandler] = {
-        "/metrics": metrics.metrics,
+        "/metrics": scraped,
         "/health": health,
         "/live": live,
     }

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
-from bench import fixtures, plan, scale, storm
+from bench import fixtures, plan, report, scale, stats, storm
+from bench.cases import Result
+from bench.processes import Usage
 from proxy.authn.credentials import parse_htpasswd
 from proxy.policy.acl import parse_acl_text
 from proxy.policy.rules import Identity, decide
@@ -73,3 +76,72 @@ def test_every_storm_has_fresh_users_one_per_client() -> None:
     assert all(len(users) == int(case.split("-")[1]) for case, users in by_case.items())
     everyone = [user for users in by_case.values() for user in users]
     assert len(everyone) == len(set(everyone))
+
+
+def test_the_kinds_acl_puts_each_caller_at_its_place() -> None:
+    from bench import kinds
+    from proxy.policy.rules import RuleSet
+
+    rules, problems = parse_acl_text(kinds.acl(1_000), "acl.yaml")
+    assert problems == [] and len(rules) == 1_000
+    indexed = RuleSet(rules)
+    for caller, place in (("first", 0), ("middle", 500), ("last", 999)):
+        assert decide(indexed, Identity(caller), None).rule is rules[place]
+        assert decide(indexed, Identity(caller), "pull", scale.REPOSITORY).rule is rules[place]
+    assert not decide(indexed, Identity("none"), "pull", scale.REPOSITORY).allowed
+
+
+def test_paired_rounds_cancel_what_hit_both_sides_of_a_round() -> None:
+    # Round 2 ran while the machine was busy: both sides slowed alike, the ratio did not.
+    ours, theirs = [1000.0, 500.0, 1100.0], [800.0, 400.0, 880.0]
+    assert stats.ratio(ours, theirs) == 1.25
+    assert stats.ratio_spread(ours, theirs) == 0.0
+    assert stats.spread(ours) == (1100 - 500) / 2 / 1000
+    # Not paired (a different count of runs): the medians' ratio.
+    assert stats.ratio([3.0, 1.0, 2.0], [4.0]) == 0.5
+    assert stats.ratio([], [1.0]) == math.inf
+    assert stats.spread([7.0]) == 0.0
+
+
+def test_the_storm_floor_is_one_check_per_client_over_the_cpus() -> None:
+    assert stats.bcrypt_floor(64, 0.06, 2) == 64 * 0.06 / 2
+    assert stats.bcrypt_floor(8, 0.05, 0) == 8 * 0.05
+
+
+def _result(case: str, target: str, value: float, key: str = "rps", **metrics: float) -> Result:
+    return Result(case, target, {key: value, **metrics}, Usage(tree_kib=90 * 1024))
+
+
+def test_the_pull_storm_is_held_against_the_limit_plus_the_bcrypt_floor() -> None:
+    def storm(check_s: float) -> Result:
+        return _result("pull-64", "regproxy", 4.8, "seconds", clients=64, bcrypt_check_s=check_s,
+                       cpus=2)  # fmt: skip
+
+    limit = _result("pull-64", "limit", 3.0, "seconds")
+    check = report.pull_storm_check("pull-64", storm(0.05), limit)
+    assert check.met and check.measured.startswith("1.04x")  # 4.8 / (3.0 + 64 x 0.05 / 2)
+    assert "= 4.60 s" in check.measured
+    cheaper = report.pull_storm_check("pull-64", storm(0.02), limit)
+    assert not cheaper.met and cheaper.measured.startswith("1.32x")  # 4.8 / (3.0 + 0.64)
+
+
+def test_issue_24_checks_pair_the_rounds_and_name_the_worst_spread() -> None:
+    quick = plan.PLANS["quick"]
+    rounds = {
+        "regproxy": [900.0, 1200.0, 1000.0],
+        "apache": [1000.0, 1000.0, 1000.0],
+        "nginx": [450.0, 600.0, 500.0],
+        "nginx-tuned": [900.0, 1200.0, 1000.0],
+    }
+    results = [_result("anonymous", target, runs[1]) for target, runs in rounds.items()]
+    for result in results:
+        result.runs = rounds[result.target]
+    checks = {c.goal.split(":")[0]: c for c in report.issue_24_checks(quick, results, 2)}
+    anonymous = checks["anonymous 401"]
+    assert anonymous.met and anonymous.measured.startswith("1.00x")
+    assert "2.00x nginx, 1.00x nginx-tuned" in anonymous.measured
+    memory = checks["peak RSS of the whole tree in the rate cases ≤ 48 MiB per worker, supervisor "
+                    "included (2 workers"]  # fmt: skip
+    assert memory.met and "45.0 per worker" in memory.measured
+    noise = checks["rate cases"]
+    assert not noise.met and "±15%" in noise.measured

@@ -1,5 +1,7 @@
 """The filtered catalog (proxy.upstream.catalog): paging over a fake registry, bounded work,
-no loops, and sealed positions that neither leak nor can be forged. Pure: `fetch` and `allow` are
+no loops, sealed positions that neither leak nor can be forged, and what is kept between
+requests: the registry's names (read once, briefly, dropped by a push of a new repository) and
+each viewer's visible names. Pure: `fetch` and `allow` are
 functions of the test."""
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ from hypothesis import strategies as st
 
 from proxy.http.routes import CATALOG_MAX, Refusal
 from proxy.upstream.catalog import (
+    LISTED_PAGES,
+    LISTING_TTL,
     MAX_PAGES,
     SEALED,
+    Filtering,
     Listing,
+    Listings,
+    Visibility,
     filtered,
     next_link,
+    page_of,
     parse_page,
+    read_whole,
     seal,
     unseal,
 )
@@ -162,3 +171,105 @@ def test_parse_page_refusals(query: str, code: str) -> None:
     result = parse_page(query, KEY)
     assert isinstance(result, Refusal)
     assert (result.status, result.code) == (400, code)
+
+
+# --------------------------------------------------------------------------------------------
+# What is kept between requests: listings and visibility
+# --------------------------------------------------------------------------------------------
+
+NAMES = st.lists(
+    st.text("abc/", min_size=1, max_size=4).filter(lambda n: not n.startswith("/")), max_size=40
+).map(lambda names: sorted(set(names)))
+
+
+@given(NAMES, st.sets(st.integers(0, 39)), st.integers(1, 7))
+def test_walking_the_pages_of_a_visibility_lists_every_visible_name_once(
+    names: list[str], shown: set[int], n: int
+) -> None:
+    visible = bytes(i in shown for i in range(len(names)))
+    pages, last = [], ""
+    while True:
+        listing = page_of(names, visible, n, last)
+        pages.append(listing.repositories)
+        if listing.resume_after is None:
+            break
+        assert listing.resume_after == listing.repositories[-1]  # a name the caller sees
+        last = listing.resume_after
+    assert [name for page in pages for name in page] == [
+        n for i, n in enumerate(names) if visible[i]
+    ]
+    assert all(len(page) == n for page in pages[:-1]) and len(pages[-1]) <= n
+
+
+async def test_a_listing_is_read_whole_and_stops_at_what_it_holds() -> None:
+    names = [f"team{i:05d}/app" for i in range(2_500)]
+    registry = Registry(names)
+    assert await read_whole(registry.fetch) == names
+    assert registry.pages == 3
+    endless = Registry(names, size=10, endless=True)
+    assert await read_whole(endless.fetch) is None
+    assert endless.pages == LISTED_PAGES
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def until_read(registry: Registry, pages: int) -> None:
+    import asyncio
+
+    while registry.pages < pages:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # and its answer kept
+
+
+async def test_concurrent_catalogs_read_the_registry_once_and_reuse_it_briefly() -> None:
+    import asyncio
+
+    clock, registry = Clock(), Registry(["a/x", "b/y"])
+    listings = Listings(clock)
+    first, second = await asyncio.gather(
+        listings.names("up", registry.fetch), listings.names("up", registry.fetch)
+    )
+    assert first is second and first.names == ["a/x", "b/y"] and registry.pages == 1
+    clock.now += LISTING_TTL / 2
+    assert await listings.names("up", registry.fetch) is first and registry.pages == 1
+    clock.now += LISTING_TTL
+    assert await listings.names("up", registry.fetch) is first  # read again, meanwhile
+    await until_read(registry, 2)
+    assert await listings.names("up", registry.fetch) is first  # unchanged: still decided
+    registry.names.append("c/z")
+    listings.drop("up", "a/x")  # a push to a repository it holds: still current
+    assert await listings.names("up", registry.fetch) is first
+    listings.drop("up", "c/z")  # a new repository: read again at once
+    assert (await listings.names("up", registry.fetch)).names == ["a/x", "b/y", "c/z"]
+
+
+async def test_each_viewer_is_decided_once_per_listing() -> None:
+    import asyncio
+
+    listings, visibility = Listings(Clock()), Visibility(Filtering())
+    names = await listings.names("up", Registry([f"n{i:03d}" for i in range(120)]).fetch)
+    assert names.names is not None
+    asked: list[str] = []
+
+    def even(name: str) -> bool:
+        asked.append(name)
+        return int(name[1:]) % 2 == 0
+
+    one, two = await asyncio.gather(visibility.visible("devs", names, even),
+                                    visibility.visible("devs", names, even))  # fmt: skip
+    assert one is two and len(asked) == 120
+    assert [n for n, yes in zip(names.names, one, strict=True) if yes] == [
+        f"n{i:03d}" for i in range(0, 120, 2)
+    ]
+    assert await visibility.visible("devs", names, even) is one and len(asked) == 120
+    await visibility.visible("ops", names, even)
+    assert len(asked) == 240  # another viewer
+    visibility.clear()  # a reload
+    await visibility.visible("devs", names, even)
+    assert len(asked) == 360

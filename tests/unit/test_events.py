@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from proxy.state.events import (
     BlobGone,
+    Counted,
+    CredentialChecking,
     CredentialVerified,
     Event,
     LoginFailed,
@@ -27,10 +29,12 @@ def test_login_events_round_trip(kind: type[LoginFailed | LoginSucceeded], user:
     assert decode(encode(event)) == event
 
 
-def test_blob_gone_and_credential_verified_round_trip() -> None:
+def test_blob_gone_credential_verified_and_counted_round_trip() -> None:
     for event in (
         BlobGone("http://registry:5000/v2/a/b/blobs/sha256:" + "0" * 64),
         CredentialVerified("alice\0$2y$10$" + "x" * 53, "ab" * 32, "300.0"),
+        Counted("manifest_pulls/21600/user:alice", "1733508000", "-1"),
+        CredentialChecking("alice\0$2y$10$" + "x" * 53, "ab" * 32, "1"),
     ):
         assert decode(encode(event)) == event
 
@@ -47,7 +51,8 @@ def test_malformed_events_are_dropped(data: bytes) -> None:
 def test_decode_never_raises(data: bytes) -> None:
     event = decode(data)
     assert event is None or isinstance(
-        event, LoginFailed | LoginSucceeded | BlobGone | CredentialVerified
+        event,
+        LoginFailed | LoginSucceeded | BlobGone | CredentialVerified | CredentialChecking | Counted,
     )
 
 

@@ -216,7 +216,7 @@ REFUSALS = [
     ),
 ]  # fmt: skip
 # The catalog (not in the spec; regproxy pages it itself, after authentication): what it
-# cannot page exactly. Checked through the proxy (tests/test_server.py, tests/e2e).
+# cannot page exactly. Checked through the proxy (tests/test_handler.py, tests/e2e).
 CATALOG_REFUSALS = [
     pytest.param(
         Answer("GET", "/v2/_catalog", "n=1001", 400, "PAGINATION_NUMBER_INVALID", 400), id="n-big"

@@ -1,5 +1,5 @@
-"""Workload tokens read strictly, by tables: shapes, headers, claim times, key choice, and the
-algorithm-confusion guards, without any network."""
+"""Workload tokens read strictly (proxy.authn.jwt), by tables: shapes, headers, claim times, key
+choice, and the algorithm-confusion guards, without any network."""
 
 from __future__ import annotations
 
@@ -8,17 +8,14 @@ import contextlib
 import hashlib
 import hmac
 import json
-import warnings
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from joserfc import jwt
-from joserfc.errors import SecurityWarning
-from joserfc.jwk import ECKey, OctKey, RSAKey
+from joserfc.jwk import ECKey, RSAKey
 
-from proxy.authn.jwks import candidates, parse_jwks
 from proxy.authn.jwt import (
     Parsed,
     Rejected,
@@ -202,35 +199,6 @@ def test_a_public_key_is_never_an_hmac_secret() -> None:
 )
 def test_key_fits(key: RSAKey | ECKey, alg: str, fits: bool) -> None:
     assert key_fits(key, alg) is fits
-
-
-def test_parse_jwks_keeps_only_public_signing_keys_it_can_use() -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SecurityWarning)  # joserfc warns: that is the point
-        small = RSAKey.generate_key(1024, parameters={"kid": "small"})
-    document = {
-        "keys": [
-            RSA.as_dict(private=False),
-            EC.as_dict(private=False),
-            OctKey.generate_key(256, parameters={"kid": "hmac"}).as_dict(private=True),
-            ECKey.generate_key("P-384", parameters={"kid": "p384"}).as_dict(private=False),
-            small.as_dict(private=False),
-            {**RSA.as_dict(private=False), "kid": "enc", "use": "enc"},
-            {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"},
-            "not a key",
-        ]
-    }
-    assert sorted(k.kid or "" for k in parse_jwks(document)) == ["e1", "r1"]
-    assert parse_jwks({"keys": "x"}) == () and parse_jwks([]) == ()
-    keys = parse_jwks(document)
-    assert [k.kid for k in candidates(keys, "r1", "RS256")] == ["r1"]
-    assert candidates(keys, "r1", "ES256") == []
-    assert [k.kid for k in candidates(keys, None, "ES256")] == ["e1"]
-
-
-def test_private_parts_of_a_published_key_are_dropped() -> None:
-    (key,) = parse_jwks({"keys": [RSA.as_dict(private=True)]})
-    assert not key.is_private
 
 
 @given(st.text(max_size=200))

@@ -1,6 +1,6 @@
 """The token endpoint in-process: GET and the OAuth2 password grant, scopes trimmed by the
 ACL, errors as the spec wants them; and `regproxy check` of the token section. (Scopes and
-grants as pure functions: tests/unit/test_token.py.)"""
+grants as pure functions: tests/unit/test_scopes.py.)"""
 
 from __future__ import annotations
 

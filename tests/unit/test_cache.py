@@ -4,9 +4,11 @@ clock, LRU bounds, single flight, and failures never remembered. No sleeps, no I
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Hashable
 
 import pytest
 
+from proxy.authn import fingerprint
 from proxy.authn.cache import VerifiedCache
 
 
@@ -126,3 +128,58 @@ async def test_forget() -> None:
     assert len(cache) == 1
     cache.forget()
     assert len(cache) == 0
+
+
+class Siblings:
+    """Two workers' caches, each telling the other what it verified and what it is hashing
+    (the worker mesh, delivered at once)."""
+
+    def __init__(self, wait_elsewhere: float = 5.0) -> None:
+        key = b"k" * 32
+        self.first: VerifiedCache[bool]
+        self.second: VerifiedCache[bool]
+        self.first = VerifiedCache(60, 10, Clock(), key, self._to(1), self._told(1), wait_elsewhere)
+        self.second = VerifiedCache(60, 10, Clock(), key, self._to(0), self._told(0),
+                                    wait_elsewhere)  # fmt: skip
+
+    def _other(self, index: int) -> VerifiedCache[bool]:
+        return (self.first, self.second)[index]
+
+    def _to(self, index: int) -> Callable[[Hashable, bytes, float], None]:
+        return lambda key, tag, seconds: self._other(index).learn(key, tag, seconds, True)
+
+    def _told(self, index: int) -> Callable[[Hashable, bytes, bool], None]:
+        return lambda key, tag, ended: self._other(index).noticed(key, tag, ended)
+
+
+async def test_a_password_another_worker_is_hashing_is_not_hashed_again() -> None:
+    workers, first, second = Siblings(), Checker(), Checker()
+    first.gate.clear()
+    hashing = asyncio.ensure_future(workers.first.check("alice", b"pw", first, keep=bool))
+    await ticks()
+    waiting = asyncio.ensure_future(workers.second.check("alice", b"pw", second, keep=bool))
+    await ticks()
+    assert not waiting.done()  # waits for the first worker's answer
+    first.gate.set()
+    assert await hashing and await waiting
+    assert (first.calls, second.calls) == (1, 0)
+
+
+async def test_a_wrong_password_elsewhere_is_checked_here_after_it() -> None:
+    workers, first, second = Siblings(), Checker(answer=False), Checker(answer=False)
+    first.gate.clear()
+    hashing = asyncio.ensure_future(workers.first.check("alice", b"bad", first, keep=bool))
+    await ticks()
+    waiting = asyncio.ensure_future(workers.second.check("alice", b"bad", second, keep=bool))
+    await ticks()
+    assert second.calls == 0
+    first.gate.set()
+    assert not await hashing and not await waiting
+    assert (first.calls, second.calls) == (1, 1)  # a failure is never taken on hearsay
+
+
+async def test_a_worker_that_never_ends_its_check_holds_nobody_past_the_deadline() -> None:
+    workers, second = Siblings(wait_elsewhere=0.05), Checker()
+    workers.second.noticed("alice", fingerprint(b"k" * 32, b"pw"), ended=False)
+    assert await workers.second.check("alice", b"pw", second, keep=bool)
+    assert second.calls == 1

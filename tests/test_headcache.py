@@ -1,4 +1,5 @@
-"""Blob existence checks answered from the cache (proxy.cache), against the fake upstream."""
+"""Blob existence checks answered from the cache (proxy.guards.headcache), against the fake
+upstream."""
 
 from __future__ import annotations
 

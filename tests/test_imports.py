@@ -1,0 +1,45 @@
+"""`regproxy serve` imports what its configuration needs: with a plain htpasswd setup, no
+LDAP, JOSE, Redis, Prometheus or importer code in any of its processes, and no aiohttp (nor
+OpenSSL) in the supervisor. Python's own import log (PYTHONPROFILEIMPORTTIME) names every
+module each process imported; the supervisor's memory map names the libraries it loaded."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FakeUpstream, TlsPair, serving, write_setup
+
+# Each one is imported where the configuration asks for it (README: "What each backend adds").
+NOT_FOR_HTPASSWD = ("ldap3", "joserfc", "redis", "prometheus_client", "cryptography", "passlib")
+NOT_FOR_SERVE = (
+    "proxy.importer",
+    "proxy.authn.ldap",
+    "proxy.authn.oidc",
+    "proxy.state.redis_store",
+)
+
+
+def imported(log: str) -> set[str]:
+    """The modules named in a PYTHONPROFILEIMPORTTIME log."""
+    return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", log, re.MULTILINE))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_serve_with_htpasswd_imports_no_other_backend(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream, workers: int
+) -> None:
+    config = write_setup(tmp_path, tls, upstream.url, f"workers: {workers}\n")
+    trace = {"PYTHONPROFILEIMPORTTIME": "1"}
+    async with serving(["serve", "-c", str(config)], tmp_path, env=trace) as process:
+        supervisor_maps = Path(f"/proc/{process.pid}/maps").read_text()
+    modules = imported((tmp_path / "regproxy.err").read_text())
+    assert "aiohttp.web" in modules  # the log is there, and names the workers' imports
+    heavy = {m for m in modules if m.split(".")[0] in NOT_FOR_HTPASSWD}
+    assert heavy == set()
+    assert {m for m in modules if m.startswith(NOT_FOR_SERVE)} == set()
+    if workers > 1:  # the process that stays is the supervisor: the standard library only
+        assert "aiohttp" not in supervisor_maps
+        assert "_ssl" not in supervisor_maps
