@@ -87,3 +87,6 @@ class _NoStore:
 
     def subscribe(self, subscriber: object) -> None:
         pass
+
+    def shared_map(self, name: str) -> None:
+        return None

@@ -21,9 +21,10 @@ from aiohttp import web
 
 from devtools.net import free_port
 from proxy.guards import tags as tagguard
-from proxy.guards.tags import MANIFEST_TYPES, MAX_MANIFEST
 from proxy.serve import server as server_module
 from proxy.state.store import LocalStore
+from proxy.upstream import manifests
+from proxy.upstream.manifests import MANIFEST_TYPES, MAX_MANIFEST
 from tests.conftest import (
     USERS,
     FakeUpstream,
@@ -446,7 +447,7 @@ async def test_indexes_nested_without_end_refuse_a_delete(
 ) -> None:
     repo = Repository(upstream)
     held = repo.add(None, manifest(7))
-    for _ in range(tagguard.MAX_NESTED + 1):
+    for _ in range(manifests.MAX_NESTED + 1):
         held = repo.add(None, index_of((held, INDEX)), INDEX)
     repo.add("v5", index_of((held, INDEX)), INDEX)
     loose = repo.add("sha-3", manifest(8))
@@ -455,7 +456,7 @@ async def test_indexes_nested_without_end_refuse_a_delete(
     status, text = await call(proxy, "DELETE", f"/v2/apps/web/manifests/{loose}")
     assert status == 403
     assert error_message(text) == (
-        f"tag v5 is immutable (rule {RULE}): its index nests over {tagguard.MAX_NESTED}"
+        f"tag v5 is immutable (rule {RULE}): its index nests over {manifests.MAX_NESTED}"
         f" manifests to look into, so it may hold {loose}"
     )
     assert requests_of(upstream, "DELETE") == []
@@ -464,7 +465,7 @@ async def test_indexes_nested_without_end_refuse_a_delete(
 async def test_the_manifests_one_check_fetches_are_bounded(
     make_proxy: ProxyFactory, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tagguard, "MAX_FETCHES", 3)
+    monkeypatch.setattr(manifests, "MAX_FETCHES", 3)
     repo = Repository(upstream)
     leaves = [(repo.add(None, manifest(20 + n)), OCI) for n in range(4)]
     repo.add("v6", index_of(*leaves), INDEX)
@@ -573,7 +574,7 @@ async def test_too_many_guarded_tags_refuse_a_delete(
 async def test_endless_tag_pages_refuse_a_delete(
     make_proxy: ProxyFactory, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tagguard, "MAX_TAG_PAGES", 3)
+    monkeypatch.setattr(manifests, "MAX_TAG_PAGES", 3)
 
     async def endless(request: web.Request) -> web.StreamResponse:
         last = int(request.query.get("last", "0"))

@@ -8,7 +8,6 @@ changes, so a change applies within a second on every replica.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -20,6 +19,7 @@ from typing import cast
 from redis.asyncio import Redis
 
 from ..core.addresses import parse_upstream
+from ..core.chores import every, stop
 from ..core.flight import SingleFlight
 from ..core.lru import LRU
 from ..state.redis_layout import Keys
@@ -110,7 +110,7 @@ class RedisUsers:
         """The first lookup starts polling (the backend may be configured later, live)."""
         if self._first is None:
             self._first = asyncio.ensure_future(self._check())
-            self._poller = asyncio.ensure_future(self._poll())
+            self._poller = asyncio.ensure_future(every(POLL, self._check))
         await asyncio.shield(self._first)
 
     async def _fetch(self, user: str) -> UserRecord | None:
@@ -135,17 +135,8 @@ class RedisUsers:
             self._records.clear()
         self._fresh_until = self._clock() + FRESH
 
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(POLL)
-            await self._check()
-
     async def close(self) -> None:
-        for task in (self._poller, self._first):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stop(self._poller, self._first)
 
 
 class RedisAuthenticator:

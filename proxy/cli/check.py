@@ -24,7 +24,8 @@ def add_parser(commands: Any) -> None:
         NAME,
         "check the configuration like `nginx -t` (serve's flags)",
         "Load everything serve would load: the config, the ACL, htpasswd and group files,\n"
-        "the robots and grants files, the LDAP and token sections, the certificate and key.\n"
+        "the robots, grants and quarantine files, the LDAP and token sections, the\n"
+        "certificate and key.\n"
         "Print `configuration ok`, or every problem as FILE:LINE: message (in a checkout,\n"
         "with the files `make run` would create).",
         "  0    configuration ok\n  1    problems, each printed",

@@ -26,10 +26,12 @@ from ..policy.acl import TAG_SECTIONS
 from ..policy.grantfile import load_grants
 from ..policy.grants import Grant
 from ..policy.identity import Identity
+from ..policy.quarantinefile import digest_problem
 from ..policy.ratelimits import explained
 from ..policy.rules import Decision, decide
 from ..policy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
 from .parser import add_config_flag, add_user_file_flags, command, config_path, overrides
+from .quarantine import in_force
 
 NAME = "explain"
 
@@ -44,7 +46,8 @@ def add_parser(commands: Any) -> None:
         "before putting it in the config. --tag: a manifest request by that tag (tag rules,\n"
         "immutable tags, protected deletes); without it, by digest (or a blob). A\n"
         "break-glass grant that decides is named, with what the ACL alone would say; --at\n"
-        "decides at another moment (grants in force then).",
+        "decides at another moment (grants in force then). --digest: a request by that digest\n"
+        "(a quarantined one is refused whatever allows it).",
         "  0    allowed\n  3    denied\n  1    the configuration cannot be loaded",
     )
     add_config_flag(explain)
@@ -57,7 +60,11 @@ def add_parser(commands: Any) -> None:
         "repository", metavar="REPOSITORY", help="repository name, e.g. library/ubuntu"
     )
     explain.add_argument("--client", metavar="IP", help="client address, for rules with networks")
-    explain.add_argument("--tag", metavar="TAG", help="a manifest request by this tag")
+    reference = explain.add_mutually_exclusive_group()
+    reference.add_argument("--tag", metavar="TAG", help="a manifest request by this tag")
+    reference.add_argument(
+        "--digest", metavar="DIGEST", help="a manifest or blob request by this digest"
+    )
     explain.add_argument(
         "--at", metavar="TIME", help="decide at this ISO 8601 time (grants in force then)"
     )
@@ -82,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     if args.tag is not None and not TAG_RE.fullmatch(args.tag):
         print(f"{args.tag!r} is not a valid tag", file=sys.stderr)
         return 2
+    if args.digest is not None and (problem := digest_problem(args.digest)):
+        print(f"--digest: {problem}", file=sys.stderr)
+        return 2
     try:
         moment = time.time() if args.at is None else parse_moment(args.at)
     except ValueError as exc:
@@ -93,8 +103,11 @@ def run(args: argparse.Namespace) -> int:
         )
         users = load_users(config)[0]
         grants = load_grants(config.grants)[0]
+        quarantined = in_force(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    if quarantined is None:
         return 1
     who = _who(args, config, users, address)
     if isinstance(who, str):
@@ -103,10 +116,16 @@ def run(args: argparse.Namespace) -> int:
     user, groups = who.user, who.robot.principal_groups if who.robot else who.groups
     decision = decide(config.rules, who, args.action, args.repository, args.tag, grants.at(moment))
     check = _tag_check(config, args.action, args.repository, args.tag, decision)
-    allowed = decision.allowed and not isinstance(check, Denied)
-    target = args.repository + (f":{args.tag}" if args.tag else "")
+    entry = quarantined.get(args.digest)
+    allowed = decision.allowed and not isinstance(check, Denied) and entry is None
+    target = args.repository + (
+        f":{args.tag}" if args.tag else f"@{args.digest}" if args.digest else ""
+    )
     print(f"{'ALLOW' if allowed else 'DENY'} {user or '-'} {args.action} {target}")
-    if isinstance(check, Denied):
+    if entry is not None and decision.allowed:
+        print(f"  decided by: quarantine {entry.origin}: {entry.reason}")
+        print(f"  acl: {decision.reason} allows it")
+    elif isinstance(check, Denied):
         print(f"  decided by: {_tag_rule_name(check.rule)}")
         print(f"  acl: {decision.reason} allows it")
     else:
@@ -131,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
         when = "ended" if moment >= grant.expires else "starts"
         moment_text = timestamp(grant.expires if when == "ended" else grant.granted)
         print(f"  note: grant {grant.id} ({grant.origin}) {when} at {moment_text}")
+    if entry is not None and not decision.allowed:
+        print(f"  quarantined too: {entry.origin}: {entry.reason}")
+    elif quarantined and entry is None:
+        print(f"  note: {len(quarantined)} digest(s) quarantined (regproxy quarantine list): a"
+              " request reaching one (by digest, tag, index or blob) is refused")  # fmt: skip
     for path in missing:
         print(f"  note: {path} does not exist (yet): read as empty")
     known = user in users.htpasswd.users or who.claims or who.robot

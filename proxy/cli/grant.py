@@ -151,9 +151,10 @@ def _unknown_user(config: Config, user: str) -> str | None:
     return None if user in users else f"USER: {user!r} is not a user of {config.htpasswd}"
 
 
-def _granted_by(args: argparse.Namespace) -> str:
-    if args.by is not None:
-        return str(args.by).strip()
+def granted_by(by: str | None) -> str:
+    """Who acts: `by` when given, else $SUDO_USER, else the login name."""
+    if by is not None:
+        return by.strip()
     try:
         login = pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
@@ -180,7 +181,7 @@ def _create(args: argparse.Namespace, config: Config, path: Path) -> int:
             now,
             now + parse_duration(args.duration),
             args.reason.strip(),
-            _granted_by(args),
+            granted_by(args.by),
         )
         made.append(grant)
         return entry_text(grant)

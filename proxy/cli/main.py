@@ -9,11 +9,21 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import check, explain, grant, importing, passwd, replay, robot, serve
+from . import check, explain, grant, importing, passwd, quarantine, replay, robot, serve
 from .parser import Command, build
 
 # The subcommands, in the order `regproxy --help` lists them (adding one: see proxy.cli.parser).
-COMMANDS: tuple[Command, ...] = (serve, check, explain, importing, passwd, robot, grant, replay)
+COMMANDS: tuple[Command, ...] = (
+    serve,
+    check,
+    explain,
+    importing,
+    passwd,
+    robot,
+    grant,
+    quarantine,
+    replay,
+)
 
 
 def _parser() -> argparse.ArgumentParser:

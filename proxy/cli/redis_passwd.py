@@ -75,7 +75,7 @@ def redis_passwd(
         return 1
     user = args.names[0]
     try:
-        client = _client(replace(settings, timeout=max(settings.timeout, 5.0)), password)
+        client = redis_client(replace(settings, timeout=max(settings.timeout, 5.0)), password)
         with client:
             status = _apply(client, Keys(settings.key_prefix), user, args, read_password)
             if settings.sentinels and status == 0 and not (args.verify or _replicated(client)):
@@ -90,7 +90,7 @@ def redis_passwd(
         return 1
 
 
-def _client(settings: StateSettings, password: str | None) -> redis.Redis:
+def redis_client(settings: StateSettings, password: str | None) -> redis.Redis:
     """A client of Redis: the URL's, or the primary the sentinels name."""
     options = client_options(settings, password, settings.timeout)
     if not settings.sentinels:

@@ -35,6 +35,7 @@ from ..policy.acl import (
     parse_tag_rules,
 )
 from ..policy.grantfile import GrantSettings, parse_max_duration
+from ..policy.quarantinefile import QuarantineSettings
 from ..policy.ratelimits import RateLimits, parse_rate_limits
 from ..policy.rules import Rule, recipe_rules
 from ..policy.tagrules import TagRule
@@ -104,6 +105,7 @@ class Config:
     robots: Path | None = None  # the robots file (proxy.authn.robotfile)
     secret_file: Path | None = None  # the server's secret: robot hashes, upload bindings
     grants: GrantSettings = field(default_factory=GrantSettings)  # break-glass grants
+    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
     rate_limits: RateLimits | None = None  # budgets per identity and window; None: off
     auth_backends: tuple[Backend, ...] = ("htpasswd",)
     acl: tuple[Rule, ...] | None = None  # None: the recipe's rules (push_group)
@@ -131,6 +133,8 @@ class Config:
         if self.oidc is not None:
             files.extend(self.oidc.ca_files())
         files.extend(p for p in (self.robots, self.secret_file, self.grants.file) if p is not None)
+        if self.quarantine.file is not None:
+            files.append(self.quarantine.file)
         if self.groups is not None:
             files.append(self.groups)
         files.extend(p for p in (self.source, self.acl_file) if p is not None)
@@ -307,6 +311,7 @@ _KEYS: dict[str, tuple[str, _Parser]] = {
     "secret_file": ("secret_file", _OPTIONAL_PATH),
     "grants.file": ("grants.file", _OPTIONAL_PATH),
     "grants.max_duration": ("grants.max_duration", parse_max_duration),
+    "quarantine.file": ("quarantine.file", _OPTIONAL_PATH),
     "token": ("token", "token"),  # built from the token.* keys by _combinations
     "token.issuer": ("token.issuer", text),
     "token.service": ("token.service", text),

@@ -29,6 +29,8 @@ from ..core.problems import ConfigError, Problem, read_text
 from ..http.tls import certificate_expiry, load_certificate, server_context
 from ..policy.grantfile import GrantSettings, load_grants
 from ..policy.grants import NO_GRANTS, Grants
+from ..policy.quarantine import NO_QUARANTINE, Quarantine
+from ..policy.quarantinefile import QuarantineSettings, load_quarantine
 from ..policy.rules import RuleSet
 from ..tokenserver.scopes import Signer, TokenSettings, load_signer
 from . import config as config_module
@@ -63,6 +65,7 @@ class Snapshot:
     robots: Mapping[str, Robot] = field(default_factory=lambda: MappingProxyType({}))
     secret: bytes | None = field(default=None, repr=False)  # the config's secret_file
     grants: Grants = NO_GRANTS  # break-glass grants (in force or not: checked per request)
+    quarantine: Quarantine = NO_QUARANTINE  # the quarantine file's (proxy.guards.quarantine)
     # What each file parsed to (the next reload's fallback), and the files kept at their last
     # good version in this one, with why.
     parsed: Parsed = field(default_factory=dict, compare=False, repr=False)
@@ -210,6 +213,16 @@ def _load(
             )
     except ConfigError as exc:
         fatal += exc.problems
+    quarantine = NO_QUARANTINE
+    try:
+        if config.quarantine.file is not None:
+            quarantine = files.read(
+                "quarantine",
+                config.quarantine.file,
+                lambda _: _read_quarantine(config.quarantine, problems),
+            )
+    except ConfigError as exc:
+        fatal += exc.problems
     context, expires = None, None
     try:
         if tls:
@@ -228,7 +241,7 @@ def _load(
     rules = RuleSet(config.rules)  # indexed here, off the event loop
     snapshot = Snapshot(
         config, users, rules, signer, context, None, signatures, MappingProxyType(robots), secret,
-        grants, files.parsed, tuple(files.kept), expires,
+        grants, quarantine, files.parsed, tuple(files.kept), expires,
     )  # fmt: skip
     return snapshot, problems
 
@@ -257,6 +270,13 @@ def _read_grants(settings: GrantSettings, problems: list[Problem]) -> Grants:
     grants, skipped = load_grants(settings)
     problems.extend(skipped)
     return grants
+
+
+def _read_quarantine(settings: QuarantineSettings, problems: list[Problem]) -> Quarantine:
+    """The quarantine file's entries; the entries it skipped are added to `problems`."""
+    quarantine, skipped = load_quarantine(settings)
+    problems.extend(skipped)
+    return quarantine
 
 
 def preflight(

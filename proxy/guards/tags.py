@@ -24,65 +24,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 
 from ..conf.config import Config
-from ..core.limits import Timeouts
 from ..core.lru import LRU
 from ..http.errors import error_response
-from ..http.routes import DIGEST_RE, TAG_RE
 from ..pipeline.context import RequestContext
 from ..pipeline.guard import Guard
 from ..policy.tagrules import Denied, Overwrite, Pointers, TagRule, plan
 from ..state.store import LockTimeout, Store
-from ..upstream.client import Registry, UpstreamError
-from ..upstream.forward import ClientStalled, Route, closing, paced_body
+from ..upstream.client import Registry
+from ..upstream.forward import ClientStalled, closing, paced_body
+from ..upstream.manifests import (
+    MAX_MANIFEST,
+    MAX_NESTED,
+    Asker,
+    Contents,
+    TooMuch,
+    Unavailable,
+    digest_of,
+)
 
 log = logging.getLogger("regproxy.tags")
 
-MAX_MANIFEST = 4 * 1024 * 1024  # distribution refuses larger manifests
 MANIFEST_BUDGET = 64 * 1024 * 1024  # bytes of manifests one worker holds at once
 MANIFEST_SHARE = 2 * MAX_MANIFEST  # of which one user (or anonymous address) holds at most
-MAX_TAG_PAGES = 20  # tag list pages read before a delete by digest
-MAX_TAG_LIST = 8 * 1024 * 1024  # bytes of one tag list page
 MAX_GUARDED = 1000  # guarded tags looked up before a delete by digest; more: refused
-MAX_NESTED = 256  # manifests looked into under one tag (its own included); more: refused
-MAX_FETCHES = 1024  # manifests fetched for one check (the others were read before); more: refused
-CONTENTS = 16_384  # manifests whose contents a worker remembers, by digest
 CONCURRENT_LOOKUPS = 8
 RETRY_AFTER = {"Retry-After": "5"}
-INDEX_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-    }
-)
-MANIFEST_TYPES = (
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    *sorted(INDEX_TYPES),
-    "application/vnd.oci.artifact.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    "application/vnd.docker.distribution.manifest.v1+json",
-)
-_ACCEPT = ", ".join(MANIFEST_TYPES)
-_HASHES = ("sha256", "sha384", "sha512")
-
-
-class Unavailable(Exception):
-    """The registry did not answer a check: the request is refused, never let through."""
-
-
-class TooMuch(Exception):
-    """A check would look into more manifests than it may: the request is refused."""
 
 
 class Budget:
@@ -139,12 +110,11 @@ class TagGuard(Guard):
     """Immutable tags and protected deletes: the registry asked before a guarded manifest PUT
     or DELETE is forwarded, under the repository's lock; one per worker."""
 
-    def __init__(self, store: Store, registry: Registry) -> None:
+    def __init__(self, store: Store, registry: Registry, contents: LRU[str, Contents]) -> None:
         self._store = store
         self._registry = registry
         self._budget = Budget(MANIFEST_BUDGET, MANIFEST_SHARE)
-        # What each manifest holds, read from its bytes: content-addressed, never stale.
-        self._contents: LRU[str, frozenset[str]] = LRU(CONTENTS)
+        self._contents = contents  # what each manifest holds (proxy.upstream.manifests)
 
     async def check(self, ctx: RequestContext) -> web.StreamResponse | None:
         operation, route, request = ctx.operation, ctx.route, ctx.request
@@ -192,7 +162,7 @@ class TagGuard(Guard):
         """Why the request is refused, or None; Unavailable when the registry cannot say."""
         assert ctx.route is not None
         timeouts = ctx.config.timeouts
-        ask = _Asker(self._registry, ctx.route, ctx.request.host, timeouts, self._contents)
+        ask = Asker(self._registry, ctx.route, ctx.request.host, timeouts, self._contents)
         try:
             async with asyncio.timeout(timeouts.connect + timeouts.read):
                 if isinstance(check, Overwrite):
@@ -205,12 +175,11 @@ class TagGuard(Guard):
             return f"{exc}: deletes are refused"
 
 
-async def _overwrite(ask: _Asker, check: Overwrite, body: bytes) -> str | None:
+async def _overwrite(ask: Asker, check: Overwrite, body: bytes) -> str | None:
     current = await ask.current(check.repository, check.tag)
     if current is None:
         return None
-    algorithm = current.partition(":")[0]
-    pushed = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
+    pushed = digest_of(body, current.partition(":")[0])
     if pushed == current:
         return None
     return (
@@ -219,7 +188,7 @@ async def _overwrite(ask: _Asker, check: Overwrite, body: bytes) -> str | None:
     )
 
 
-async def _pointed_at(ask: _Asker, check: Pointers) -> str | None:
+async def _pointed_at(ask: Asker, check: Pointers) -> str | None:
     """Why the delete is refused: a guarded tag names `check.digest` (directly, or in its
     index); None when none does."""
     guarded: list[tuple[str, TagRule]] = []
@@ -254,7 +223,7 @@ async def _pointed_at(ask: _Asker, check: Pointers) -> str | None:
     return None
 
 
-async def _names(ask: _Asker, repository: str, tag: str, digest: str) -> str | None:
+async def _names(ask: Asker, repository: str, tag: str, digest: str) -> str | None:
     current = await ask.current(repository, tag)
     if current is None:
         return None  # deleted meanwhile
@@ -264,161 +233,6 @@ async def _names(ask: _Asker, repository: str, tag: str, digest: str) -> str | N
     if held is None:
         return f"its index nests over {MAX_NESTED} manifests to look into, so it may hold"
     return "its index holds" if digest in held else None
-
-
-@dataclass
-class _Asker:
-    """The proxy's own requests to the registry for one check."""
-
-    registry: Registry
-    route: Route
-    host: str
-    timeouts: Timeouts
-    contents: LRU[str, frozenset[str]]
-    fetched: int = 0
-
-    @contextlib.asynccontextmanager
-    async def _request(self, method: str, path: str) -> AsyncIterator[aiohttp.ClientResponse]:
-        try:
-            async with self.registry.request(
-                method,
-                self.route.upstream + path,
-                timeouts=self.timeouts,
-                host=self.host,
-                forwarded_for=self.route.forwarded_for,
-                accept=_ACCEPT,
-            ) as response:
-                yield response
-        except UpstreamError as exc:
-            raise Unavailable(str(exc)) from None
-
-    async def _body(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
-        try:
-            return await self.registry.body(response, limit)
-        except UpstreamError as exc:
-            raise Unavailable(str(exc)) from None
-
-    async def current(self, repository: str, tag: str) -> str | None:
-        """The digest of what `tag` names now, or None when it does not exist."""
-        path = f"/v2/{repository}/manifests/{tag}"
-        async with self._request("HEAD", path) as response:
-            if response.status == 404:
-                return None
-            _expect_ok(response, path)
-            digest = response.headers.get("Docker-Content-Digest", "")
-        if DIGEST_RE.fullmatch(digest) and digest.partition(":")[0] in _HASHES:
-            return digest
-        async with self._request("GET", path) as response:  # no usable digest: hash the body
-            if response.status == 404:
-                return None
-            _expect_ok(response, path)
-            body = await self._body(response, MAX_MANIFEST)
-            return f"sha256:{hashlib.sha256(body).hexdigest()}"
-
-    async def held(self, repository: str, digest: str) -> frozenset[str] | None:
-        """The digests of every manifest the manifest `digest` holds, through the indexes
-        nested in it (deleting a manifest two levels down breaks the tag's image as surely as
-        one level down). Each one is looked into, whatever its descriptor says it is: what it
-        holds is read from its bytes. None: more than MAX_NESTED to look into."""
-        held: set[str] = set()
-        pending = [digest]
-        for _ in range(MAX_NESTED):
-            if not pending:
-                return frozenset(held)
-            for child in await self._holds(repository, pending.pop()):
-                if child not in held:
-                    held.add(child)
-                    pending.append(child)
-        return None if pending else frozenset(held)
-
-    async def _holds(self, repository: str, digest: str) -> frozenset[str]:
-        """The manifests `digest` holds: none unless its bytes are an index (or it is gone)."""
-        known = self.contents.get(digest)
-        if known is not None:
-            return known
-        self.fetched += 1
-        if self.fetched > MAX_FETCHES:
-            raise TooMuch(f"over {MAX_FETCHES} manifests to look into in {repository}")
-        path = f"/v2/{repository}/manifests/{digest}"
-        async with self._request("GET", path) as response:
-            if response.status == 404:
-                return frozenset()
-            _expect_ok(response, path)
-            body = await self._body(response, MAX_MANIFEST)
-        algorithm = digest.partition(":")[0]
-        if (
-            algorithm not in _HASHES
-            or f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}" != digest
-        ):
-            raise Unavailable(f"{path}: the registry answered other bytes")
-        held = _held_by(body)
-        self.contents.put(digest, held)
-        return held
-
-    async def tags(self, repository: str) -> list[str]:
-        """Every tag of `repository`, following the registry's pages (bounded)."""
-        found: list[str] = []
-        path: str | None = f"/v2/{repository}/tags/list"
-        for _ in range(MAX_TAG_PAGES):
-            if path is None:
-                return found
-            async with self._request("GET", path) as response:
-                if response.status == 404:
-                    return found  # no such repository: nothing is tagged
-                _expect_ok(response, path)
-                found.extend(_tag_page(await self._body(response, MAX_TAG_LIST), path))
-                path = _next_page(response, repository)
-        if path is not None:
-            raise Unavailable(f"more than {MAX_TAG_PAGES} pages of tags in {repository}")
-        return found
-
-
-def _held_by(body: bytes) -> frozenset[str]:
-    """The digests an index's bytes list (`manifests`), whatever its media type says; none
-    for any other manifest. Only digests are kept: never a path of our own requests."""
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        return frozenset()
-    entries = document.get("manifests") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        return frozenset()
-    return frozenset(
-        entry["digest"]
-        for entry in entries
-        if isinstance(entry, dict)
-        and isinstance(entry.get("digest"), str)
-        and DIGEST_RE.fullmatch(entry["digest"])
-    )
-
-
-def _expect_ok(response: aiohttp.ClientResponse, path: str) -> None:
-    if response.status != 200:
-        raise Unavailable(f"{response.method} {path}: HTTP {response.status}")
-
-
-def _tag_page(body: bytes, path: str) -> list[str]:
-    try:
-        tags = json.loads(body).get("tags") or []
-    except (ValueError, AttributeError):
-        raise Unavailable(f"{path}: not a tag list") from None
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise Unavailable(f"{path}: not a tag list")
-    if not all(TAG_RE.fullmatch(t) for t in tags):  # never a path of our own requests
-        raise Unavailable(f"{path}: a tag outside the tag grammar")
-    return tags
-
-
-def _next_page(response: aiohttp.ClientResponse, repository: str) -> str | None:
-    """The next page's path and query from `Link: <...>; rel="next"`, only within this
-    repository's tag list."""
-    link = response.links.get("next")
-    if link is None:
-        return None
-    target = urlsplit(str(link.get("url", "")))
-    if target.path != f"/v2/{repository}/tags/list":
-        raise Unavailable(f"tag list of {repository}: unexpected next page {target.path!r}")
-    return f"{target.path}?{target.query}" if target.query else target.path
 
 
 async def _read_manifest(

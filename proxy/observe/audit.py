@@ -1,5 +1,5 @@
-"""The audit log: one JSON line per push or delete decision, allowed or refused, and per
-request a break-glass grant allowed."""
+"""The audit log: one JSON line per push or delete decision, allowed or refused, per request
+a break-glass grant allowed, and per request the quarantine refused."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from ..http.routes import Operation
 from ..policy.grants import Grant
 from ..policy.identity import Identity
+from ..policy.quarantine import Refused
 from ..policy.rules import Verdict
 
 audit_log = logging.getLogger("regproxy.audit")
@@ -32,6 +33,19 @@ def audit(who: Identity, operation: Operation, status: int, verdict: Verdict | N
         entry["grant"] = grant.record()
     if mount_grant is not None:
         entry["mount_grant"] = mount_grant.record()
+    audit_log.info(json.dumps(entry))
+
+
+def audit_quarantine(who: Identity, operation: Operation, method: str, refused: Refused) -> None:
+    """Record a request the quarantine refused: who asked for what, and the entry."""
+    entry = _stamp(who) | {
+        "action": operation.action,
+        "method": method,
+        "repository": operation.repository,
+        "reference": operation.reference,
+        "status": 403,
+    }
+    entry |= _acting(who) | {"quarantine": refused.entry.record() | {"how": refused.how or None}}
     audit_log.info(json.dumps(entry))
 
 

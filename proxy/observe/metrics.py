@@ -73,6 +73,12 @@ class Recorder:
     def certificate_expires(self, timestamp: float) -> None:
         """The served certificate's end of validity (UNIX time), once loaded."""
 
+    def quarantine_refused(self, kind: str) -> None:
+        """A request refused by the quarantine: `manifest`, `tag`, `index` or `blob`."""
+
+    def quarantine_entries(self, count: int) -> None:
+        """The quarantined digests in force (the file's and the shared store's)."""
+
     @contextlib.contextmanager
     def forwarding(self) -> Iterator[None]:
         """Around a request being forwarded."""
@@ -125,6 +131,16 @@ class PrometheusRecorder(Recorder):
             "regproxy_certificate_expiry_timestamp_seconds",
             "When the served TLS certificate expires (UNIX time)",
             multiprocess_mode="livemin",  # a worker still on the old certificate counts
+        )
+        self._quarantine_refused = Counter(
+            "regproxy_quarantine_refused_total",
+            "Requests refused by the quarantine, by how they reached the digest",
+            ["kind"],
+        )
+        self._quarantine_entries = Gauge(
+            "regproxy_quarantine_entries",
+            "Quarantined digests in force (the file's and the shared store's)",
+            multiprocess_mode="livemax",
         )
         self._in_flight = Gauge(
             "regproxy_inflight_transfers",
@@ -196,6 +212,12 @@ class PrometheusRecorder(Recorder):
 
     def rate_limit_sync_failed(self) -> None:
         self._rate_sync_failures.inc()
+
+    def quarantine_refused(self, kind: str) -> None:
+        self._quarantine_refused.labels(kind).inc()
+
+    def quarantine_entries(self, count: int) -> None:
+        self._quarantine_entries.set(count)
 
     @contextlib.contextmanager
     def forwarding(self) -> Iterator[None]:

@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +27,7 @@ from ..authn.throttle import Throttle
 from ..conf.config import Config
 from ..conf.reload import State
 from ..conf.snapshot import Snapshot
+from ..core.chores import every
 from ..core.limits import capacity, raise_open_files_limit
 from ..core.memory import release_memory
 from ..http.listener import Connections, Listener
@@ -55,12 +56,6 @@ async def _record_robot_use(usage: RobotUsage, state: State, work: Executor) -> 
     robots = state.current.config.robots
     if robots is not None:
         await asyncio.get_running_loop().run_in_executor(work, usage.flush, usage_path(robots))
-
-
-async def _every(seconds: float, chore: Callable[[], Awaitable[None]]) -> None:
-    while True:
-        await asyncio.sleep(seconds)
-        await chore()
 
 
 class Server:
@@ -258,7 +253,7 @@ class Server:
         """What runs beside the requests until shutdown: freeing memory, watching files, usage."""
         record = functools.partial(_record_robot_use, usage, state, work)
         self._stack.push_async_callback(record)  # at shutdown: what was seen since the last time
-        for chore in (release_memory(), state.watch(), _every(FLUSH_INTERVAL, record)):
+        for chore in (release_memory(), state.watch(), every(FLUSH_INTERVAL, record)):
             self._stack.callback(asyncio.ensure_future(chore).cancel)
 
     def _store(self, config: Config, clock: Callable[[], float]) -> tuple[Store, RedisUsers | None]:

@@ -88,6 +88,12 @@ class Keys:
     def user(self, name: str) -> bytes:
         return self._key("user:" + name)
 
+    def shared(self, name: str) -> bytes:
+        return self._key("shared:" + name)
+
+    def shared_version(self, name: str) -> bytes:
+        return self._key(f"shared:{name}:version")
+
 
 def entry(origin: bytes, event: Event, delay: float) -> dict[bytes, bytes]:
     """The stream fields of one published event; `delay`: seconds since it happened."""

@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -81,6 +81,9 @@ from .store import (
     StoreUnavailable,
     Subscriber,
 )
+
+if TYPE_CHECKING:
+    from .shared import SharedMap
 
 log = logging.getLogger("regproxy.store")
 
@@ -191,6 +194,7 @@ class RedisStore:
         self._offset_ms = 0.0  # Redis's clock minus ours
         self._last_id = b"0-0"
         self._tasks: list[asyncio.Task[None]] = []
+        self._shared: dict[str, SharedMap] = {}
         self._closing = False  # redis-py may turn a cancellation into a ConnectionError
         self._counts = SharedCounts(self._send_counts)
 
@@ -289,9 +293,18 @@ class RedisStore:
         ]
         self._counts.start()
 
+    def shared_map(self, name: str) -> SharedMap:
+        from .shared import SharedMap  # it reads Redis as this module does (DOWN)
+
+        if name not in self._shared:
+            self._shared[name] = SharedMap(self.client, self.keys, name)
+        return self._shared[name]
+
     async def close(self) -> None:
         await self._counts.close()
         self._closing = True
+        for shared in self._shared.values():
+            await shared.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

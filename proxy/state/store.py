@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from ..core.windows import Count
@@ -29,6 +29,9 @@ from . import attempts
 from .counts import SharedCounts
 from .events import Counted, Event, decode, encode
 from .peers import Peers
+
+if TYPE_CHECKING:
+    from .shared import SharedMap
 
 log = logging.getLogger("regproxy.store")
 
@@ -129,6 +132,11 @@ class Store(Protocol):
 
     def count(self, key: str, expires: int, amount: int) -> None:
         """Add `amount` to that count (negative: give back); shared at the next sync."""
+        ...
+
+    def shared_map(self, name: str) -> SharedMap | None:
+        """The hash `name` every replica sharing this store reads (`proxy.state.shared`);
+        None without a shared backend (each machine has only its files)."""
         ...
 
     async def start(self) -> None:
@@ -287,6 +295,9 @@ class LocalStore:
 
     def publish(self, event: Event) -> None:
         self.tell_workers(event)
+
+    def shared_map(self, name: str) -> SharedMap | None:
+        return None
 
     def tell_workers(self, event: Event) -> None:
         if self._peers is not None:

@@ -1,0 +1,213 @@
+"""Quarantine on the request path: no request reaches a quarantined digest, whatever allowed it.
+
+The entries in force are the quarantine file's (`Snapshot.quarantine`, reloaded within a
+second of an edit) merged with the shared store's (`quarantine` hash in Redis, polled by every
+worker: `proxy.state.shared`). With none, this guard costs a request nothing. With some:
+
+- before forwarding: a manifest or blob by a quarantined digest, with any method, is refused;
+  so is a blob that a quarantined image lists as a layer or config (its entry may say
+  `blobs: false`). What an image lists is read from its manifest's bytes, fetched from the
+  registry with the proxy's own requests the first time (single flight per repository and
+  digest; the contents are remembered by digest, `proxy.upstream.manifests`; a repository that
+  does not have the image is asked again after ABSENT_TTL);
+- on the registry's answer to a manifest GET or HEAD, before any byte of it is sent: the
+  digest the answer names (`Docker-Content-Digest`) and, for a GET, the digest of the bytes
+  read, and every manifest nested in it (an index, read from bytes: the answer's own, then
+  the nested ones fetched by digest, bounded). A tag that names a quarantined image, or an
+  index that holds one, is refused.
+
+Refusals are 403 DENIED with the entry's reason, audited and counted. A registry that cannot
+be asked while the guard must look is a 503, never a pass. It runs first of all guards, so no
+answer a later guard remembers (blob existence) can be given for a quarantined digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from ..core.flight import SingleFlight
+from ..core.lru import LRU
+from ..http.bodies import TooLarge
+from ..http.errors import error_response
+from ..http.routes import DIGEST_RE
+from ..observe import metrics
+from ..observe.audit import audit_quarantine
+from ..pipeline.context import RequestContext
+from ..pipeline.guard import Guard
+from ..policy.quarantine import NO_QUARANTINE, Quarantine, Refused, answered, listed, requested
+from ..policy.quarantinefile import parse_shared
+from ..state.store import Store
+from ..upstream.client import Registry
+from ..upstream.forward import Answer
+from ..upstream.manifests import (
+    MAX_MANIFEST,
+    Asker,
+    Contents,
+    TooMuch,
+    Unavailable,
+    digest_of,
+    usable_digest,
+)
+
+log = logging.getLogger("regproxy.quarantine")
+
+ABSENT_TTL = 1.0  # seconds a repository's "no such manifest" is believed for its blobs
+ABSENT = 4096  # (repository, digest) pairs remembered as absent
+RETRY_AFTER = {"Retry-After": "5"}
+Where = tuple[str, str, str]  # upstream, repository, digest
+
+
+class Quarantined(Guard):
+    """The quarantine, applied before forwarding and on manifest answers; one per worker."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        contents: LRU[str, Contents],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._shared = store.shared_map("quarantine")
+        self._registry = registry
+        self._contents = contents
+        self._clock = clock
+        self._absent: LRU[Where, float] = LRU(ABSENT)  # until when
+        self._learning: SingleFlight[Where, frozenset[str] | None] = SingleFlight()
+        self._merged: tuple[Quarantine, int, Quarantine] = (NO_QUARANTINE, 0, NO_QUARANTINE)
+
+    async def check(self, ctx: RequestContext) -> web.StreamResponse | None:
+        quarantine = await self._in_force(ctx)
+        if not quarantine:
+            return None
+        operation = ctx.operation
+        assert operation is not None
+        refused = requested(quarantine, operation)
+        blob = operation.reference
+        if refused is None and operation.kind == "blob" and blob and DIGEST_RE.fullmatch(blob):
+            try:
+                refused = listed(quarantine, blob, await self._blobs_of(ctx, quarantine))
+            except (Unavailable, TooMuch) as exc:
+                return self._cannot_tell(ctx, exc)
+        return self._refuse(ctx, refused) if refused is not None else None
+
+    async def answered(self, ctx: RequestContext, answer: Answer) -> web.StreamResponse | None:
+        operation = ctx.operation
+        assert operation is not None
+        if operation.kind != "manifest" or ctx.request.method not in ("GET", "HEAD"):
+            return None
+        quarantine = await self._in_force(ctx)
+        if not quarantine:
+            return None
+        try:
+            async with asyncio.timeout(_patience(ctx)):
+                digests, held = await self._looked_into(ctx, answer)
+        except TimeoutError:
+            return self._cannot_tell(ctx, Unavailable("timed out"))
+        except (Unavailable, TooMuch) as exc:
+            return self._cannot_tell(ctx, exc)
+        refused = answered(quarantine, operation, digests, held)
+        return self._refuse(ctx, refused) if refused is not None else None
+
+    async def _in_force(self, ctx: RequestContext) -> Quarantine:
+        """The file's entries merged with the shared store's (rebuilt only when either
+        changes)."""
+        local = ctx.snapshot.quarantine
+        fields = await self._shared.current() if self._shared is not None else {}
+        generation = self._shared.generation if self._shared is not None else 0
+        seen, seen_generation, merged = self._merged
+        if seen is not local or seen_generation != generation:
+            shared, problems = parse_shared(fields)
+            for problem in problems:
+                log.warning("%s", problem)
+            merged = local.merged(shared)
+            self._merged = (local, generation, merged)
+            metrics.RECORD.quarantine_entries(len(merged))
+        return merged
+
+    async def _looked_into(
+        self, ctx: RequestContext, answer: Answer
+    ) -> tuple[set[str], frozenset[str]]:
+        """The digests naming what was answered, and every manifest nested in it."""
+        assert ctx.operation is not None and ctx.operation.repository is not None
+        repository, reference = ctx.operation.repository, ctx.operation.reference or ""
+        named = answer.headers.get("Docker-Content-Digest", "")
+        digests = {named} if usable_digest(named) else set()
+        if answer.status != 200:
+            return digests, frozenset()  # nothing to look into (a 304 still names its digest)
+        ask = self._asker(ctx)
+        if ctx.request.method == "GET":
+            try:
+                body = await answer.read(MAX_MANIFEST)
+            except TooLarge as exc:
+                raise Unavailable(f"manifest answer: {exc}") from None
+            top = digest_of(body, named.partition(":")[0] if digests else "sha256")
+            ask.remember(top, body)
+        else:  # a HEAD: the named digest, or (none usable) the digest of what a GET answers
+            top = named if digests else await ask.current(repository, reference) or ""
+            if not top:
+                return digests, frozenset()
+        digests.add(top)
+        held = await ask.held(repository, top)
+        if held is None:
+            raise TooMuch(f"{top} nests too many manifests to look into")
+        return digests, held
+
+    async def _blobs_of(
+        self, ctx: RequestContext, quarantine: Quarantine
+    ) -> dict[str, frozenset[str]]:
+        """The blobs of each quarantined image (with its blobs refused), as far as they can be
+        known in this repository."""
+        assert ctx.operation is not None and ctx.route is not None
+        repository, upstream = ctx.operation.repository or "", ctx.route.upstream
+        ask = self._asker(ctx)
+        found: dict[str, frozenset[str]] = {}
+        async with asyncio.timeout(_patience(ctx)):
+            for entry in quarantine.with_blobs():
+                where = (upstream, repository, entry.digest)
+                until = self._absent.get(where)
+                if until is not None and until > self._clock():
+                    continue
+                learn = functools.partial(ask.blobs, repository, entry.digest)
+                blobs = await self._learning.join(where, learn)
+                if blobs is None:
+                    self._absent.put(where, self._clock() + ABSENT_TTL)
+                else:
+                    found[entry.digest] = blobs
+        return found
+
+    def _asker(self, ctx: RequestContext) -> Asker:
+        assert ctx.route is not None
+        timeouts = ctx.config.timeouts
+        return Asker(self._registry, ctx.route, ctx.request.host, timeouts, self._contents)
+
+    @staticmethod
+    def _refuse(ctx: RequestContext, refused: Refused) -> web.StreamResponse:
+        assert ctx.operation is not None and ctx.route is not None
+        log.info("refused %s %s for %s: %s", ctx.request.method, ctx.route.raw_path,
+                 ctx.user or "-", refused.message)  # fmt: skip
+        metrics.RECORD.quarantine_refused(refused.kind)
+        if ctx.identity is not None:
+            audit_quarantine(ctx.identity, ctx.operation, ctx.request.method, refused)
+        return error_response(403, "DENIED", refused.message)
+
+    @staticmethod
+    def _cannot_tell(ctx: RequestContext, exc: Exception) -> web.StreamResponse:
+        assert ctx.route is not None
+        log.warning("%s %s refused: the quarantine check failed: %s", ctx.request.method,
+                    ctx.route.raw_path, exc)  # fmt: skip
+        if isinstance(exc, TooMuch):
+            return error_response(403, "DENIED", f"{exc}: it may hold a quarantined digest")
+        message = "registry unavailable for the quarantine check, retry later"
+        return error_response(503, "UNAVAILABLE", message, RETRY_AFTER)
+
+
+def _patience(ctx: RequestContext) -> float:
+    """How long one check may ask the registry."""
+    timeouts = ctx.config.timeouts
+    return timeouts.connect + timeouts.read
