@@ -119,13 +119,15 @@ def load_users(
 
 
 def load_tls(config: Config) -> tuple[ssl.SSLContext, float | None]:
-    """A new server context with the configured pair, and when its certificate expires;
-    ConfigError naming what is wrong."""
+    """A new server context with the configured pair, and when its certificate expires (with
+    metrics on); ConfigError naming what is wrong."""
     context = server_context()
     problems = load_certificate(context, config.tls_cert, config.tls_key)
     if problems:
         raise ConfigError(problems)
-    return context, certificate_expiry(config.tls_cert)
+    # Read only for the metric: its parser (cryptography) adds about 7 MiB to each worker.
+    metric = config.metrics_listen is not None
+    return context, certificate_expiry(config.tls_cert) if metric else None
 
 
 def load_snapshot(
