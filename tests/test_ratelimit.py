@@ -42,6 +42,7 @@ from tests.conftest import (
     write_setup,
 )
 from tests.redis_server import RedisServer
+from tests.test_quarantine import SETUP, Image, quarantine, refused
 
 MANIFEST = "/v2/test/app/manifests/1"
 DIGEST = "sha256:" + "ab" * 32
@@ -333,7 +334,11 @@ async def test_a_window_rolls_over_on_the_guards_clock(tmp_path: Path) -> None:
         assert isinstance(operation, Operation)
         ctx.operation, ctx.identity = operation, Identity("alice")
         try:
-            return await guard.check(ctx) or web.Response(text="let through")
+            refused = await guard.check(ctx)
+            if refused is not None:
+                return refused
+            ctx.charge = None  # the registry's answer sent: what it spent stays spent
+            return web.Response(text="let through")
         finally:
             await ctx.close()
 
@@ -359,3 +364,19 @@ async def test_a_window_rolls_over_on_the_guards_clock(tmp_path: Path) -> None:
     finally:
         await runner.cleanup()
         await store.close()
+
+
+async def test_a_pull_the_proxy_refuses_after_the_answer_is_given_back(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    # The attack on a budget: a tag whose answer the quarantine refuses (403, the registry
+    # said 200) must not spend a manifest pull of whoever asked.
+    image = Image(upstream, "spent", "test/app")
+    proxy = await make_proxy(ACL + LIMITS + SETUP)
+    quarantine(proxy, "add", image.digest, "--reason", "INC-1")
+    path = f"/v2/test/app/manifests/{image.digest}"
+    await until(lambda: refused(proxy, "HEAD", path), what="never quarantined")  # spends none
+    for _ in range(5):
+        status, headers, body = await get(proxy, "/v2/test/app/manifests/v1", "pull")
+        assert status == 403, (headers, body)
+    assert [(await get(proxy, MANIFEST, "pull"))[0] for _ in range(4)] == [200] * 3 + [429]

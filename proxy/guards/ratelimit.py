@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -56,6 +57,9 @@ class RateLimits(Guard):
             return error_response(429, "TOOMANYREQUESTS", message, refused)
         if spends.amount:
             self._store.count(applies.key, expires, spends.amount)
+            # Given back at the end unless the registry's answer is sent: a registry that
+            # refuses it, fails, or a guard before this one refusing its answer.
+            ctx.defer(lambda: self._give_back(ctx))
         ctx.charge = Charge(applies, expires, spends.amount)
         if spends.action == "blob_bytes":  # as sent, whatever the answer claimed
             ctx.defer(lambda: self._store.count(applies.key, expires, ctx.sent or 0))
@@ -66,9 +70,15 @@ class RateLimits(Guard):
         if charge is None:
             return None
         key, budget = charge.applies.key, charge.applies.budget
-        if charge.amount and answer.status >= 400:  # refused by the registry: not spent
-            self._store.count(key, charge.expires, -charge.amount)
+        refused = charge.amount if answer.status >= 400 else 0  # by the registry: not spent
+        if answer.status < 400:
+            ctx.charge = replace(charge, amount=0)  # spent: nothing to give back
         assert budget.limit is not None
-        left = max(0, budget.limit - self._store.used(key, charge.expires))
+        left = max(0, budget.limit - self._store.used(key, charge.expires) + refused)
         answer.headers.update(headers(budget, left))
         return None
+
+    def _give_back(self, ctx: RequestContext) -> None:
+        charge = ctx.charge
+        if charge is not None and charge.amount:
+            self._store.count(charge.applies.key, charge.expires, -charge.amount)
