@@ -24,7 +24,7 @@ from ..http.errors import error_response
 from ..observe import metrics
 from ..pipeline.context import RequestContext
 from ..pipeline.guard import Guard
-from ..policy.ratelimits import Charge, budget_for, headers, measure, refusal
+from ..policy.ratelimits import Applies, Charge, budget_for, headers, measure, refusal
 from ..state.store import Store
 from ..upstream.forward import Answer
 
@@ -62,7 +62,7 @@ class RateLimits(Guard):
             ctx.defer(lambda: self._give_back(ctx))
         ctx.charge = Charge(applies, expires, spends.amount)
         if spends.action == "blob_bytes":  # as sent, whatever the answer claimed
-            ctx.defer(lambda: self._store.count(applies.key, expires, ctx.sent or 0))
+            ctx.defer(lambda: self._sent(ctx, applies))
         return None
 
     async def answered(self, ctx: RequestContext, answer: Answer) -> web.StreamResponse | None:
@@ -77,6 +77,12 @@ class RateLimits(Guard):
         left = max(0, budget.limit - self._store.used(key, charge.expires) + refused)
         answer.headers.update(headers(budget, left))
         return None
+
+    def _sent(self, ctx: RequestContext, applies: Applies) -> None:
+        # In the window the transfer ends in: one begun in a window's last second must not
+        # be counted in a window about to end (a whole budget again at once).
+        expires = window_end(self._clock(), applies.budget.per)
+        self._store.count(applies.key, expires, ctx.sent or 0)
 
     def _give_back(self, ctx: RequestContext) -> None:
         charge = ctx.charge
