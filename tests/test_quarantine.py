@@ -368,3 +368,21 @@ async def test_a_registry_naming_another_algorithm_cannot_hide_the_bytes(
     quarantine(proxy, "add", image.digest, "--reason", REASON)
     await until_refused(proxy, f"/v2/apps/web/manifests/{image.digest}")
     assert await refused(proxy, "GET", "/v2/apps/web/manifests/v1") is not None
+
+
+async def test_a_not_modified_answer_to_a_quarantined_etag_is_refused(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, image: Image
+) -> None:
+    # The attack: a client holding the image asks by tag with If-None-Match; the registry
+    # answers 304 (distribution's names no digest), and the client goes on with its copy.
+    async def not_modified(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=304, headers={"Etag": f'"{image.digest}"'})
+
+    upstream.handlers["/v2/apps/web/manifests/v1"] = not_modified
+    proxy = await make_proxy(SETUP)
+    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await until_refused(proxy, f"/v2/apps/web/manifests/{image.digest}")
+    etag = f'"{image.digest}"'
+    for method in ("GET", "HEAD"):
+        path = "/v2/apps/web/manifests/v1"
+        assert await refused(proxy, method, path, **{"If-None-Match": etag}) is not None, method

@@ -62,6 +62,7 @@ log = logging.getLogger("regproxy.quarantine")
 ABSENT_TTL = 1.0  # seconds a repository's "no such manifest" is believed for its blobs
 ABSENT = 4096  # (repository, digest) pairs remembered as absent
 RETRY_AFTER = {"Retry-After": "5"}
+MAX_ETAGS = 8  # digests of one If-None-Match looked into
 Where = tuple[str, str, str]  # upstream, repository, digest
 
 
@@ -140,9 +141,15 @@ class Quarantined(Guard):
         repository, reference = ctx.operation.repository, ctx.operation.reference or ""
         named = answer.headers.get("Docker-Content-Digest", "")
         digests = {named} if usable_digest(named) else set()
-        if answer.status != 200:
-            return digests, frozenset()  # nothing to look into (a 304 still names its digest)
         ask = self._asker(ctx)
+        if answer.status == 304:  # the client keeps what it holds: what its etags name
+            kept: set[str] = set()
+            for etag in _etags(ctx)[:MAX_ETAGS]:
+                digests.add(etag)
+                kept |= await _held(ask, repository, etag)
+            return digests, frozenset(kept)
+        if answer.status != 200:
+            return digests, frozenset()  # nothing to look into
         if ctx.request.method == "GET":
             try:
                 body = await answer.read(MAX_MANIFEST)
@@ -158,10 +165,7 @@ class Quarantined(Guard):
             if not top:
                 return digests, frozenset()
         digests.add(top)
-        held = await ask.held(repository, top)
-        if held is None:
-            raise TooMuch(f"{top} nests too many manifests to look into")
-        return digests, held
+        return digests, await _held(ask, repository, top)
 
     async def _blobs_of(
         self, ctx: RequestContext, repository: str, quarantine: Quarantine
@@ -221,6 +225,21 @@ def _reads(ctx: RequestContext) -> Operation:
         return operation
     mount = dict(query_pairs(ctx.route.raw_path.partition("?")[2]) or []).get("mount")
     return replace(operation, kind="blob", repository=operation.mount_from, reference=mount)
+
+
+async def _held(ask: Asker, repository: str, digest: str) -> frozenset[str]:
+    held = await ask.held(repository, digest)
+    if held is None:
+        raise TooMuch(f"{digest} nests too many manifests to look into")
+    return held
+
+
+def _etags(ctx: RequestContext) -> list[str]:
+    """The digests a conditional request's If-None-Match names (registries' etags are
+    quoted digests)."""
+    values = ctx.request.headers.getall("If-None-Match", [])
+    tags = (t.strip().removeprefix("W/").strip('"') for v in values for t in v.split(","))
+    return [t for t in tags if usable_digest(t)]
 
 
 def _patience(ctx: RequestContext) -> float:
