@@ -331,3 +331,58 @@ def test_the_command_line_refuses_what_it_cannot_do(
     done = regproxy("quarantine", *args, "-c", str(config), cwd=tmp_path)
     assert done.returncode == code and says in done.stderr, done.stderr
     assert not (tmp_path / "quarantine.yaml").exists()
+
+
+# Attacks (red team): each one a way around the quarantine that was tried.
+
+
+async def test_a_mount_of_a_quarantined_layer_is_refused(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, image: Image
+) -> None:
+    # The attack: copy a quarantined image's layer into a repository of one's own, registry
+    # side, with a cross-repository mount, to pull it from there later.
+    proxy = await make_proxy(SETUP)
+    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await until_refused(proxy, f"/v2/apps/web/manifests/{image.digest}")
+    for blob in (image.layer, image.config):
+        path = f"/v2/apps/other/blobs/uploads/?mount={sha(blob)}&from=apps/web"
+        async with proxy.session.post(proxy.url + path, headers=proxy.auth("push")) as resp:
+            assert resp.status == 403, (blob, await resp.text())
+    assert not [r for r in upstream.requests if "mount=" in r.path_qs]
+
+
+async def test_a_registry_naming_another_algorithm_cannot_hide_the_bytes(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, image: Image
+) -> None:
+    # The attack: the answer's Docker-Content-Digest names sha512 (or lies), so the bytes
+    # would be hashed with sha512 only and never match the sha256 entry.
+    body, media_type = image.repo.manifests[image.digest]
+    named = "sha512:" + hashlib.sha512(body).hexdigest()
+
+    async def sha512_named(request: web.Request) -> web.StreamResponse:
+        headers = {"Docker-Content-Digest": named, "Content-Type": media_type}
+        return web.Response(body=body if request.method == "GET" else None, headers=headers)
+
+    upstream.handlers["/v2/apps/web/manifests/v1"] = sha512_named
+    proxy = await make_proxy(SETUP)
+    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await until_refused(proxy, f"/v2/apps/web/manifests/{image.digest}")
+    assert await refused(proxy, "GET", "/v2/apps/web/manifests/v1") is not None
+
+
+async def test_a_not_modified_answer_to_a_quarantined_etag_is_refused(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, image: Image
+) -> None:
+    # The attack: a client holding the image asks by tag with If-None-Match; the registry
+    # answers 304 (distribution's names no digest), and the client goes on with its copy.
+    async def not_modified(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=304, headers={"Etag": f'"{image.digest}"'})
+
+    upstream.handlers["/v2/apps/web/manifests/v1"] = not_modified
+    proxy = await make_proxy(SETUP)
+    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await until_refused(proxy, f"/v2/apps/web/manifests/{image.digest}")
+    etag = f'"{image.digest}"'
+    for method in ("GET", "HEAD"):
+        path = "/v2/apps/web/manifests/v1"
+        assert await refused(proxy, method, path, **{"If-None-Match": etag}) is not None, method

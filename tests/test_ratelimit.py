@@ -8,10 +8,11 @@ through a real redis-server, also while it is away."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -42,6 +43,7 @@ from tests.conftest import (
     write_setup,
 )
 from tests.redis_server import RedisServer
+from tests.test_quarantine import SETUP, Image, quarantine, refused
 
 MANIFEST = "/v2/test/app/manifests/1"
 DIGEST = "sha256:" + "ab" * 32
@@ -310,21 +312,19 @@ async def scraped(
     return holds(samples((await scrape(port))[1]).get(name, 0.0))
 
 
-async def test_a_window_rolls_over_on_the_guards_clock(tmp_path: Path) -> None:
-    """The guard on an injected clock, in front of a real aiohttp server: a window of 60 s
-    ends at a multiple of 60, Retry-After counts down to it, and then the budget is whole."""
+@contextlib.asynccontextmanager
+async def guarded(
+    tmp_path: Path, budget: str, now: list[float], sent: int = 0
+) -> AsyncIterator[Callable[[str], Awaitable[tuple[int, str | None]]]]:
+    """The guard on an injected clock (`now`), in front of a real aiohttp server whose
+    answers, let through, send `sent` body bytes while the clock moves on by one window
+    minute; yields a GET of a path, as alice: the status and Retry-After."""
     config = tmp_path / "regproxy.yaml"
     (tmp_path / "htpasswd").write_text(htpasswd_text(USERS))
-    config.write_text(
-        "htpasswd: htpasswd\ngroups: null\n"
-        "rate_limits:\n  users:\n    manifest_pulls: {limit: 1, per: 60s}\n"
-    )
+    config.write_text(f"htpasswd: htpasswd\ngroups: null\nrate_limits:\n  users:\n    {budget}\n")
     snapshot, _ = load_snapshot(config, {}, tls=False)
     store = LocalStore()
     await store.start()
-    # An hour ahead (the store drops windows that ended by the real clock), 40 s into a window.
-    start = (int(time.time()) // 60 + 60) * 60
-    now = [start + 40.0]
     guard = RateLimits(store, clock=lambda: now[0])
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
@@ -333,7 +333,14 @@ async def test_a_window_rolls_over_on_the_guards_clock(tmp_path: Path) -> None:
         assert isinstance(operation, Operation)
         ctx.operation, ctx.identity = operation, Identity("alice")
         try:
-            return await guard.check(ctx) or web.Response(text="let through")
+            refused = await guard.check(ctx)
+            if refused is not None:
+                return refused
+            ctx.charge = None  # the registry's answer sent: what it spent stays spent
+            if sent:
+                ctx.sent = sent
+                now[0] += 60  # the transfer outlives the window it began in
+            return web.Response(text="let through")
         finally:
             await ctx.close()
 
@@ -341,21 +348,61 @@ async def test_a_window_rolls_over_on_the_guards_clock(tmp_path: Path) -> None:
     await runner.setup()
     sock = free_socket()
     await web.SockSite(runner, sock).start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}{MANIFEST}"
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
         async with aiohttp.ClientSession() as session:
 
-            async def pull() -> tuple[int, str | None]:
-                async with session.get(url) as resp:
+            async def pull(path: str) -> tuple[int, str | None]:
+                async with session.get(base + path) as resp:
                     return resp.status, resp.headers.get("Retry-After")
 
-            assert await pull() == (200, None)
-            assert await pull() == (429, "20")
-            now[0] = start + 59.2
-            assert await pull() == (429, "1")
-            now[0] = start + 60.0  # the next window
-            assert await pull() == (200, None)
-            assert await pull() == (429, "60")
+            yield pull
     finally:
         await runner.cleanup()
         await store.close()
+
+
+def _window_start() -> int:
+    # An hour ahead (the store drops windows that ended by the real clock).
+    return (int(time.time()) // 60 + 60) * 60
+
+
+async def test_a_window_rolls_over_on_the_guards_clock(tmp_path: Path) -> None:
+    """A window of 60 s ends at a multiple of 60, Retry-After counts down to it, and then the
+    budget is whole."""
+    start = _window_start()
+    now = [start + 40.0]  # 40 s into a window
+    async with guarded(tmp_path, "manifest_pulls: {limit: 1, per: 60s}", now) as pull:
+        assert await pull(MANIFEST) == (200, None)
+        assert await pull(MANIFEST) == (429, "20")
+        now[0] = start + 59.2
+        assert await pull(MANIFEST) == (429, "1")
+        now[0] = start + 60.0  # the next window
+        assert await pull(MANIFEST) == (200, None)
+        assert await pull(MANIFEST) == (429, "60")
+
+
+async def test_blob_bytes_count_in_the_window_the_transfer_ends_in(tmp_path: Path) -> None:
+    # The attack: start a large blob GET in the last second of a window, so that its bytes
+    # are counted in a window that is about to end, and have a whole budget again at once.
+    start = _window_start()
+    now = [start + 59.5]
+    async with guarded(tmp_path, "blob_bytes: {limit: 1000, per: 60s}", now, 5000) as pull:
+        assert await pull(BLOB) == (200, None)  # ends in the next window, 5000 bytes sent
+        assert await pull(BLOB) == (429, "1")
+
+
+async def test_a_pull_the_proxy_refuses_after_the_answer_is_given_back(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    # The attack on a budget: a tag whose answer the quarantine refuses (403, the registry
+    # said 200) must not spend a manifest pull of whoever asked.
+    image = Image(upstream, "spent", "test/app")
+    proxy = await make_proxy(ACL + LIMITS + SETUP)
+    quarantine(proxy, "add", image.digest, "--reason", "INC-1")
+    path = f"/v2/test/app/manifests/{image.digest}"
+    await until(lambda: refused(proxy, "HEAD", path), what="never quarantined")  # spends none
+    for _ in range(5):
+        status, headers, body = await get(proxy, "/v2/test/app/manifests/v1", "pull")
+        assert status == 403, (headers, body)
+    assert [(await get(proxy, MANIFEST, "pull"))[0] for _ in range(4)] == [200] * 3 + [429]

@@ -28,6 +28,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -35,7 +36,7 @@ from ..core.flight import SingleFlight
 from ..core.lru import LRU
 from ..http.bodies import TooLarge
 from ..http.errors import error_response
-from ..http.routes import DIGEST_RE
+from ..http.routes import DIGEST_RE, Operation, query_pairs
 from ..observe import metrics
 from ..observe.audit import audit_quarantine
 from ..pipeline.context import RequestContext
@@ -46,6 +47,7 @@ from ..state.store import Store
 from ..upstream.client import Registry
 from ..upstream.forward import Answer
 from ..upstream.manifests import (
+    HASHES,
     MAX_MANIFEST,
     Asker,
     Contents,
@@ -60,6 +62,7 @@ log = logging.getLogger("regproxy.quarantine")
 ABSENT_TTL = 1.0  # seconds a repository's "no such manifest" is believed for its blobs
 ABSENT = 4096  # (repository, digest) pairs remembered as absent
 RETRY_AFTER = {"Retry-After": "5"}
+MAX_ETAGS = 8  # digests of one If-None-Match looked into
 Where = tuple[str, str, str]  # upstream, repository, digest
 
 
@@ -85,13 +88,13 @@ class Quarantined(Guard):
         quarantine = await self._in_force(ctx)
         if not quarantine:
             return None
-        operation = ctx.operation
-        assert operation is not None
+        operation = _reads(ctx)
         refused = requested(quarantine, operation)
-        blob = operation.reference
+        blob, repository = operation.reference, operation.repository or ""
         if refused is None and operation.kind == "blob" and blob and DIGEST_RE.fullmatch(blob):
             try:
-                refused = listed(quarantine, blob, await self._blobs_of(ctx, quarantine))
+                blobs_of = await self._blobs_of(ctx, repository, quarantine)
+                refused = listed(quarantine, blob, blobs_of)
             except (Unavailable, TooMuch) as exc:
                 return self._cannot_tell(ctx, exc)
         return self._refuse(ctx, refused) if refused is not None else None
@@ -138,9 +141,15 @@ class Quarantined(Guard):
         repository, reference = ctx.operation.repository, ctx.operation.reference or ""
         named = answer.headers.get("Docker-Content-Digest", "")
         digests = {named} if usable_digest(named) else set()
-        if answer.status != 200:
-            return digests, frozenset()  # nothing to look into (a 304 still names its digest)
         ask = self._asker(ctx)
+        if answer.status == 304:  # the client keeps what it holds: what its etags name
+            kept: set[str] = set()
+            for etag in _etags(ctx)[:MAX_ETAGS]:
+                digests.add(etag)
+                kept |= await _held(ask, repository, etag)
+            return digests, frozenset(kept)
+        if answer.status != 200:
+            return digests, frozenset()  # nothing to look into
         if ctx.request.method == "GET":
             try:
                 body = await answer.read(MAX_MANIFEST)
@@ -148,23 +157,23 @@ class Quarantined(Guard):
                 raise Unavailable(f"manifest answer: {exc}") from None
             top = digest_of(body, named.partition(":")[0] if digests else "sha256")
             ask.remember(top, body)
+            # Every algorithm's digest of the bytes: an answer naming sha512 (or lying) must
+            # not hide the bytes of a sha256 entry, nor the other way round.
+            digests.update(digest_of(body, algorithm) for algorithm in HASHES)
         else:  # a HEAD: the named digest, or (none usable) the digest of what a GET answers
             top = named if digests else await ask.current(repository, reference) or ""
             if not top:
                 return digests, frozenset()
         digests.add(top)
-        held = await ask.held(repository, top)
-        if held is None:
-            raise TooMuch(f"{top} nests too many manifests to look into")
-        return digests, held
+        return digests, await _held(ask, repository, top)
 
     async def _blobs_of(
-        self, ctx: RequestContext, quarantine: Quarantine
+        self, ctx: RequestContext, repository: str, quarantine: Quarantine
     ) -> dict[str, frozenset[str]]:
         """The blobs of each quarantined image (with its blobs refused), as far as they can be
-        known in this repository."""
-        assert ctx.operation is not None and ctx.route is not None
-        repository, upstream = ctx.operation.repository or "", ctx.route.upstream
+        known in `repository`."""
+        assert ctx.route is not None
+        upstream = ctx.route.upstream
         ask = self._asker(ctx)
         found: dict[str, frozenset[str]] = {}
         async with asyncio.timeout(_patience(ctx)):
@@ -205,6 +214,32 @@ class Quarantined(Guard):
             return error_response(403, "DENIED", f"{exc}: it may hold a quarantined digest")
         message = "registry unavailable for the quarantine check, retry later"
         return error_response(503, "UNAVAILABLE", message, RETRY_AFTER)
+
+
+def _reads(ctx: RequestContext) -> Operation:
+    """What the request reads: a cross-repository mount reads its blob from `from` (the
+    query forwarded, so a mount the policy dropped reads nothing)."""
+    operation = ctx.operation
+    assert operation is not None and ctx.route is not None
+    if operation.kind != "upload-start" or operation.mount_from is None:
+        return operation
+    mount = dict(query_pairs(ctx.route.raw_path.partition("?")[2]) or []).get("mount")
+    return replace(operation, kind="blob", repository=operation.mount_from, reference=mount)
+
+
+async def _held(ask: Asker, repository: str, digest: str) -> frozenset[str]:
+    held = await ask.held(repository, digest)
+    if held is None:
+        raise TooMuch(f"{digest} nests too many manifests to look into")
+    return held
+
+
+def _etags(ctx: RequestContext) -> list[str]:
+    """The digests a conditional request's If-None-Match names (registries' etags are
+    quoted digests)."""
+    values = ctx.request.headers.getall("If-None-Match", [])
+    tags = (t.strip().removeprefix("W/").strip('"') for v in values for t in v.split(","))
+    return [t for t in tags if usable_digest(t)]
 
 
 def _patience(ctx: RequestContext) -> float:

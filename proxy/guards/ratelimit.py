@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -23,7 +24,7 @@ from ..http.errors import error_response
 from ..observe import metrics
 from ..pipeline.context import RequestContext
 from ..pipeline.guard import Guard
-from ..policy.ratelimits import Charge, budget_for, headers, measure, refusal
+from ..policy.ratelimits import Applies, Charge, budget_for, headers, measure, refusal
 from ..state.store import Store
 from ..upstream.forward import Answer
 
@@ -56,9 +57,12 @@ class RateLimits(Guard):
             return error_response(429, "TOOMANYREQUESTS", message, refused)
         if spends.amount:
             self._store.count(applies.key, expires, spends.amount)
+            # Given back at the end unless the registry's answer is sent: a registry that
+            # refuses it, fails, or a guard before this one refusing its answer.
+            ctx.defer(lambda: self._give_back(ctx))
         ctx.charge = Charge(applies, expires, spends.amount)
         if spends.action == "blob_bytes":  # as sent, whatever the answer claimed
-            ctx.defer(lambda: self._store.count(applies.key, expires, ctx.sent or 0))
+            ctx.defer(lambda: self._sent(ctx, applies))
         return None
 
     async def answered(self, ctx: RequestContext, answer: Answer) -> web.StreamResponse | None:
@@ -66,9 +70,21 @@ class RateLimits(Guard):
         if charge is None:
             return None
         key, budget = charge.applies.key, charge.applies.budget
-        if charge.amount and answer.status >= 400:  # refused by the registry: not spent
-            self._store.count(key, charge.expires, -charge.amount)
+        refused = charge.amount if answer.status >= 400 else 0  # by the registry: not spent
+        if answer.status < 400:
+            ctx.charge = replace(charge, amount=0)  # spent: nothing to give back
         assert budget.limit is not None
-        left = max(0, budget.limit - self._store.used(key, charge.expires))
+        left = max(0, budget.limit - self._store.used(key, charge.expires) + refused)
         answer.headers.update(headers(budget, left))
         return None
+
+    def _sent(self, ctx: RequestContext, applies: Applies) -> None:
+        # In the window the transfer ends in: one begun in a window's last second must not
+        # be counted in a window about to end (a whole budget again at once).
+        expires = window_end(self._clock(), applies.budget.per)
+        self._store.count(applies.key, expires, ctx.sent or 0)
+
+    def _give_back(self, ctx: RequestContext) -> None:
+        charge = ctx.charge
+        if charge is not None and charge.amount:
+            self._store.count(charge.applies.key, charge.expires, -charge.amount)
