@@ -15,9 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from ..conf.config import Config
 from ..core.moments import timestamp
@@ -33,11 +31,12 @@ from ..policy.quarantinefile import (
     text_problem,
 )
 from ..state.redis_layout import Keys
-from ..state.redis_store import redis_password
 from .grant import granted_by
 from .listfile import Refused, aligned, append, remove
 from .parser import add_config_flag, command, on_config
-from .redis_passwd import redis_client
+
+if TYPE_CHECKING:  # redis is imported only when the config names it: explain imports this
+    import redis
 
 HEADER = (
     "# regproxy quarantine: written by `regproxy quarantine`, fine to edit by hand.\n"
@@ -209,6 +208,11 @@ def _write_shared(config: Config, change: Callable[[redis.Redis, Keys], object])
     saying why it could not be (this machine's file is changed either way)."""
     if not _shared(config):
         return 0
+    import redis
+
+    from ..state.redis_store import redis_password
+    from .redis_passwd import redis_client
+
     settings = replace(config.state, timeout=max(config.state.timeout, 5.0))
     try:
         with redis_client(settings, redis_password(settings)) as client:

@@ -42,15 +42,15 @@ def _key_problem(key: Path, text: str) -> Problem | None:
 def certificate_expiry(cert: Path) -> float | None:
     """When the first certificate in the PEM file (the server's own) expires, as a UNIX time;
     None if the file has no readable certificate."""
-    from cryptography import x509
-
-    # Read again after OpenSSL loaded the file by its path, as load_certificate's check does: a
-    # file replaced in between is an edit the next poll reloads.
+    # OpenSSL's own decoder, which the ssl module already loaded: `cryptography` would cost a
+    # worker several MiB for one date. The file is read again after OpenSSL loaded it by its
+    # path, as load_certificate's check does: a file replaced in between is an edit the next
+    # poll reloads.
     try:
-        found = x509.load_pem_x509_certificate(cert.read_bytes())
-    except (OSError, ValueError):
+        decoded = ssl._ssl._test_decode_cert(str(cert))  # type: ignore[attr-defined]
+        return float(ssl.cert_time_to_seconds(decoded["notAfter"]))
+    except (OSError, ssl.SSLError, KeyError, ValueError):
         return None
-    return found.not_valid_after_utc.timestamp()
 
 
 def load_certificate(context: ssl.SSLContext, cert: Path, key: Path) -> list[Problem]:

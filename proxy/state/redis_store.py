@@ -21,6 +21,9 @@ once; Redis carries them between replicas (the key layout: `proxy.state.redis_la
   together with the stream's newest entries in one round trip (so the failures of attempts
   that let go before are counted too); letting go goes out with the events published before
   it, after them. Redis away: this machine counts alone.
+- rate-limit counts: each worker sends what it counted and learns the totals of what it was
+  asked about in one pipeline (INCRBY, EXPIREAT) every SYNC_INTERVAL while it counts
+  (`proxy.state.counts`); Redis away: each worker counts alone, and sends it all once back;
 - with Redis Sentinel (`state.sentinel`), every new connection asks the sentinels where the
   primary is, so a reconnection after a failover reaches the new one; a batch of events counts
   as written once a replica has it too (WAIT), since a failover loses what only the old

@@ -1,5 +1,6 @@
 """The state store: how a process shares what it saw with the other workers and replicas
-(events, named locks, login attempts under way), and its settings (`state:`).
+(events, named locks, login attempts under way, rate-limit counts), and its settings
+(`state:`).
 
 The request path talks only to local state and publishes events; publishing never blocks and
 never fails a request. `LocalStore` is the default; `proxy.state.redis_store` shares with
