@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import ssl
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..core.problems import ConfigError, Problem, read_text
@@ -42,15 +45,54 @@ def _key_problem(key: Path, text: str) -> Problem | None:
 def certificate_expiry(cert: Path) -> float | None:
     """When the first certificate in the PEM file (the server's own) expires, as a UNIX time;
     None if the file has no readable certificate."""
-    # OpenSSL's own decoder, which the ssl module already loaded: `cryptography` would cost a
-    # worker several MiB for one date. The file is read again after OpenSSL loaded it by its
-    # path, as load_certificate's check does: a file replaced in between is an edit the next
-    # poll reloads.
+    # Read again after OpenSSL loaded the file by its path, as load_certificate's check does: a
+    # file replaced in between is an edit the next poll reloads.
     try:
-        decoded = ssl._ssl._test_decode_cert(str(cert))  # type: ignore[attr-defined]
-        return float(ssl.cert_time_to_seconds(decoded["notAfter"]))
-    except (OSError, ssl.SSLError, KeyError, ValueError):
+        return pem_not_after(cert.read_bytes())
+    except OSError:
         return None
+
+
+def pem_not_after(pem: bytes) -> float | None:
+    """The first PEM certificate's notAfter as a UNIX time (None: no certificate there). Read
+    from the DER here: the cryptography package would cost every worker its memory."""
+    found = re.search(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", pem, re.S)
+    try:
+        der = base64.b64decode(b"".join(found.group(1).split()), validate=True) if found else b""
+        tbs = _der_items(_der_items(der)[0][1])[0][1]  # Certificate -> tbsCertificate
+        fields = _der_items(tbs)
+        if fields[0][0] == 0xA0:  # [0] version, present from v2 on
+            fields = fields[1:]
+        validity = _der_items(fields[3][1])  # serialNumber, signature, issuer, validity
+        return _der_time(*validity[1])
+    except (ValueError, IndexError):
+        return None
+
+
+def _der_items(data: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, content) of each DER item in `data` (single-byte tags: all X.509 needs)."""
+    items, at = [], 0
+    while at < len(data):
+        tag, length, at = data[at], data[at + 1], at + 2
+        if length & 0x80:  # long form: the next (length & 0x7F) bytes
+            size = length & 0x7F
+            length, at = int.from_bytes(data[at : at + size], "big"), at + size
+        if at + length > len(data):
+            raise ValueError("DER item longer than its container")
+        items.append((tag, data[at : at + length]))
+        at += length
+    return items
+
+
+def _der_time(tag: int, value: bytes) -> float:
+    """An X.509 Time: UTCTime (YYMMDDHHMMSSZ, years 1950-2049) or GeneralizedTime."""
+    text = value.decode("ascii")
+    if tag == 0x17:
+        text = ("19" if int(text[:2]) >= 50 else "20") + text
+    elif tag != 0x18:
+        raise ValueError(f"not an X.509 time: tag {tag:#x}")
+    moment = datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def load_certificate(context: ssl.SSLContext, cert: Path, key: Path) -> list[Problem]:
