@@ -16,19 +16,22 @@ import bisect
 import math
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..core.addresses import IPAddress, ip_address
+from ..core.lru import LRU
 from ..http.routes import Operation, Refusal, classify, is_proxied
 from ..policy.grants import Grants
 from ..policy.identity import Identity
 from ..policy.rules import Rule, authorize
 from .logread import Logged
 
-_UNKNOWN = object()  # not in a cache (None is a cached answer there)
 ROBOT_PREFIX = "robot$"  # robots are decided by their scopes and owner at the time: not here
 FIRST = 5  # line numbers kept per kind of line not decided
 KEPT_NAMES = 1000  # repositories kept per change: the pattern covers the rest
-_CACHED = 50_000  # classifications and decisions remembered, then forgotten: flat memory
+# Requests, classifications and decisions remembered (the least recently used forgotten):
+# what bounds a replay's memory, whatever the log's length.
+CACHED = 8192
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,16 @@ class _Pair:
     changes: bool
 
 
+class _Request(NamedTuple):
+    """What one logged request is, remembered by its user, method and target (and what else
+    a decision reads of its line): the kind of line not decided, or both answers."""
+
+    kind: str | None
+    pair: _Pair | None
+    action: str
+    repository: str | None
+
+
 class Replay:
     """Decides logged requests under `before` and `after` and keeps what changes."""
 
@@ -189,11 +202,14 @@ class Replay:
         self._networks = any(rule.networks for rule in rules)
         self._tags = any(rule.tags for rule in rules)
         self._grants = bool(before.grants or after.grants)
-        # Plain dicts emptied when full: cheaper per line than keeping the recently used.
-        self._operations: dict[tuple[str, str], tuple[Operation, int] | str] = {}
-        self._reads: dict[tuple[object, ...], int] = {}
-        self._pairs: dict[tuple[object, ...], _Pair | None] = {}
-        self._interned: dict[tuple[Outcome, Outcome], _Pair] = {}
+        # A log repeats its requests: each distinct one (as logged) is decided once while it
+        # is remembered; one forgotten is decided again from the classifications and the
+        # decisions, remembered by what they depend on.
+        self._requests: LRU[tuple[object, ...], _Request] = LRU(CACHED)
+        self._operations: LRU[tuple[str, str], tuple[Operation, tuple[object, ...]] | str]
+        self._operations = LRU(CACHED)
+        self._pairs: LRU[tuple[object, ...], _Pair | None] = LRU(CACHED)
+        self._interned: dict[tuple[Outcome, Outcome], _Pair] = {}  # as many as rule outcomes
 
     def add(self, logged: Logged | None, line: int) -> None:
         """Line `line` of the log `source` (None: malformed)."""
@@ -201,19 +217,27 @@ class Replay:
             self.malformed.add(self._where(line))
             return
         self.requests += 1
-        if logged.time < self.first_seen:
-            self.first_seen = logged.time
-        if logged.time > self.last_seen:
-            self.last_seen = logged.time
-        classified = self._operation(logged)
-        if isinstance(classified, str):
-            self.undecided[classified].add(self._where(line))
+        moment = logged.time
+        if moment < self.first_seen:
+            self.first_seen = moment
+        if moment > self.last_seen:
+            self.last_seen = moment
+        key: tuple[object, ...] = (logged.user, logged.method, logged.target)
+        if self._networks:
+            key += (logged.client,)
+        if self._grants:
+            key += (self.before.epoch(moment), self.after.epoch(moment))
+        request = self._requests.get(key)
+        if request is None:
+            request = self._request(logged)
+            self._requests.put(key, request)
+        kind, pair, action, repository = request
+        if kind is not None:
+            self.undecided[kind].add(self._where(line))
             return
-        operation, reads = classified
         if logged.status == 401 or (logged.user is None and logged.status in (400, 429)):
             self.undecided["before_authentication"].add(self._where(line))
             return
-        pair = self._pair(logged, operation, reads)
         if pair is None:
             self.undecided["unresolved"].add(self._where(line))
             user = logged.user or "-"
@@ -224,30 +248,30 @@ class Replay:
         if not pair.before.allowed and 200 <= logged.status < 400:
             self.disagreements.add(self._where(line))
         if pair.changes:
-            action = operation.action or operation.kind
             change = self.changes.get((logged.user, action, pair))
             if change is None:
                 change = Change(logged.user, action, pair.before, pair.after, self._where(line))
                 self.changes[(logged.user, action, pair)] = change
-            change.add(logged.time, operation.repository)
+            change.add(moment, repository)
 
     def _where(self, line: int) -> str:
         return f"{self.source}:{line}"
 
-    def _operation(self, logged: Logged) -> tuple[Operation, int] | str:
-        """The classified request and the number of what a decision reads of it, or the kind
-        of line it is when it cannot be decided."""
+    def _request(self, logged: Logged) -> _Request:
+        """What a logged request is: the kind of line it is when it cannot be decided, else
+        both answers (None: a side cannot tell who the user is), its action and repository."""
         key = (logged.method, logged.target)
-        found = self._operations.get(key)
-        if found is None:
-            if len(self._operations) >= _CACHED:  # the numbers in _pairs' keys go with them
-                self._operations.clear()
-                self._reads.clear()
-                self._pairs.clear()
-            found = self._operations[key] = self._classify(logged.method, logged.target)
-        return found
+        classified = self._operations.get(key)
+        if classified is None:
+            classified = self._classify(logged.method, logged.target)
+            self._operations.put(key, classified)
+        if isinstance(classified, str):
+            return _Request(classified, None, "", None)
+        operation, reads = classified
+        pair = self._pair(logged, operation, reads)
+        return _Request(None, pair, operation.action or operation.kind, operation.repository)
 
-    def _classify(self, method: str, target: str) -> tuple[Operation, int] | str:
+    def _classify(self, method: str, target: str) -> tuple[Operation, tuple[object, ...]] | str:
         path, _, query = target.partition("?")
         if path in (self.before.token_path, self.after.token_path):
             return "token"
@@ -264,9 +288,11 @@ class Replay:
             operation.drop_mount,
             operation.kind == "ping",
         )  # fmt: skip: all `authorize` reads of an operation (a digest is not read)
-        return operation, self._reads.setdefault(read, len(self._reads))
+        return operation, read
 
-    def _pair(self, logged: Logged, operation: Operation, reads: int) -> _Pair | None:
+    def _pair(
+        self, logged: Logged, operation: Operation, reads: tuple[object, ...]
+    ) -> _Pair | None:
         """Both answers (None: a side cannot tell who the user is), cached by what `authorize`
         reads."""
         key: tuple[object, ...] = (logged.user, reads)
@@ -276,9 +302,8 @@ class Replay:
             key += (address,)
         if self._grants:
             key += (self.before.epoch(logged.time), self.after.epoch(logged.time))
-        found = self._pairs.get(key, _UNKNOWN)
-        if found is not _UNKNOWN:
-            return found  # type: ignore[return-value]
+        if key in self._pairs:
+            return self._pairs.get(key)
         before = decide(self.before, logged.user, address, operation, logged.time)
         after = decide(self.after, logged.user, address, operation, logged.time)
         pair = None
@@ -287,9 +312,7 @@ class Replay:
             if pair is None:
                 pair = _Pair(before, after, before.answer != after.answer)
                 self._interned[(before, after)] = pair
-        if len(self._pairs) >= _CACHED:
-            self._pairs.clear()
-        self._pairs[key] = pair
+        self._pairs.put(key, pair)
         return pair
 
     def sorted_changes(self) -> list[Change]:
