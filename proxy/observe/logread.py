@@ -43,6 +43,13 @@ _APACHE = re.compile(
     r" (\d{3}) (?:\d+|-)"
     r'(?: "[^"\\]*(?:\\.[^"\\]*)*" "[^"\\]*(?:\\.[^"\\]*)*")?(?: \d+)?'
 )
+# `_APACHE` for the lines it reads the same way without trying alternatives or backtracking:
+# fields without spaces, a stamp as wide as `apache_time`'s, no backslash anywhere. (The first
+# ` [` then ends the user for both; `\S`, `\s` and `\d` are Unicode classes in both.)
+_PLAIN = re.compile(
+    r'([^\s\\]+) [^\s\\]+ ([^\s\\]+) \[([^\]]{26})\] "([A-Z]+) ([^\s"\\]+) HTTP/\d\.\d"'
+    r' (\d{3}) (?:\d+|-)(?: "[^"\\]*" "[^"\\]*")?(?: \d+)?'
+)
 _REQUEST = re.compile(r"([A-Z]+) (\S+) HTTP/\d\.\d")
 _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[bnrtv\"\\])")
 _NAMED = {b"b": b"\b", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b'"': b'"',
@@ -113,56 +120,17 @@ def parse_apache(line: str) -> Logged | None:
 
 
 def parse_common(line: str) -> Logged | None:
-    """An Apache-style line (`parse_apache`'s formats), read by splitting on its fixed
-    separators; it falls back to `parse_apache` for any line it cannot read unambiguously
-    (escapes, spaces in a user, a request line that is not `METHOD TARGET HTTP/x.y`, ...)."""
-    # Read this way only when every field is plain: no backslash (no escapes, no escaped
-    # quote), single spaces between the head's three fields, the stamp's fixed width, and a
-    # tail that is the status, the size and optionally the quoted two and the duration.
-    if "\\" in line:
+    """`parse_apache`, sooner for the usual line: one whose fields hold no space and no
+    escape, and whose request line is `METHOD TARGET HTTP/x.y`; any other goes to it."""
+    match = _PLAIN.fullmatch(line)
+    if match is None:
         return parse_apache(line)
-    head, bracket, rest = line.partition(" [")
-    fields = head.split(" ")
-    if not bracket or len(fields) != 3 or len(head.split()) != 3 or rest[26:29] != '] "':
-        return parse_apache(line)
-    request, quote, tail = rest[29:].partition('"')
-    words = request.split(" ")
-    if not quote or len(words) != 3 or len(request.split()) != 3 or not _plain_tail(tail):
-        return parse_apache(line)
-    method, target, version = words
-    if not (method.isascii() and method.isalpha() and method.isupper()) or not (
-        len(version) == 8 and version[:5] == "HTTP/" and version[6] == "."
-        and version[5].isdecimal() and version[7].isdecimal()
-    ):  # fmt: skip
-        return parse_apache(line)
-    stamp = rest[:26]
+    client, user, stamp, method, target, status = match.groups()
     try:
         moment = apache_time(stamp)
     except (ValueError, KeyError):
-        return parse_apache(line)
-    if "]" in stamp:
-        return parse_apache(line)
-    client, _, user = fields
-    return Logged(moment, client, None if user == "-" else user, method, target, int(tail[1:4]))
-
-
-def _plain_tail(tail: str) -> bool:
-    """` STATUS SIZE`, then optionally ` "REFERER" "AGENT"` (no quote inside), then optionally
-    ` DURATION`: `_APACHE`'s end, for a line without backslashes."""
-    quoted = tail.split('"')
-    if len(quoted) == 5 and quoted[2] == " ":
-        end = quoted[4]
-        words = quoted[0].split(" ")
-        if words.pop() != "" or not (end == "" or (end[:1] == " " and end[1:].isdecimal())):
-            return False
-    elif len(quoted) == 1:
-        words = tail.split(" ")
-        if len(words) == 4 and not words.pop().isdecimal():
-            return False
-    else:
-        return False
-    return len(words) == 3 and words[0] == "" and len(words[1]) == 3 and words[1].isdecimal() \
-        and (words[2] == "-" or words[2].isdecimal())
+        return None
+    return Logged(moment, client, None if user == "-" else user, method, target, int(status))
 
 
 def parse_json(line: str) -> Logged | None:

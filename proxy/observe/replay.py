@@ -16,22 +16,22 @@ import bisect
 import math
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from ..core.addresses import IPAddress, ip_address
-from ..core.lru import LRU
+from ..core.lru import Recent
 from ..http.routes import Operation, Refusal, classify, is_proxied
 from ..policy.grants import Grants
 from ..policy.identity import Identity
 from ..policy.rules import Rule, authorize
 from .logread import Logged
 
+_UNKNOWN = object()  # not in a cache (None is a cached answer there)
 ROBOT_PREFIX = "robot$"  # robots are decided by their scopes and owner at the time: not here
 FIRST = 5  # line numbers kept per kind of line not decided
 KEPT_NAMES = 1000  # repositories kept per change: the pattern covers the rest
-# Requests, classifications and decisions remembered (the least recently used forgotten):
-# what bounds a replay's memory, whatever the log's length.
-CACHED = 8192
+# Classifications and decisions remembered (up to twice this many, the least recently used
+# forgotten): what bounds a replay's memory, whatever the log's length.
+CACHED = 16_384
 
 
 @dataclass(frozen=True)
@@ -172,16 +172,6 @@ class _Pair:
     changes: bool
 
 
-class _Request(NamedTuple):
-    """What one logged request is, remembered by its user, method and target (and what else
-    a decision reads of its line): the kind of line not decided, or both answers."""
-
-    kind: str | None
-    pair: _Pair | None
-    action: str
-    repository: str | None
-
-
 class Replay:
     """Decides logged requests under `before` and `after` and keeps what changes."""
 
@@ -202,13 +192,10 @@ class Replay:
         self._networks = any(rule.networks for rule in rules)
         self._tags = any(rule.tags for rule in rules)
         self._grants = bool(before.grants or after.grants)
-        # A log repeats its requests: each distinct one (as logged) is decided once while it
-        # is remembered; one forgotten is decided again from the classifications and the
-        # decisions, remembered by what they depend on.
-        self._requests: LRU[tuple[object, ...], _Request] = LRU(CACHED)
-        self._operations: LRU[tuple[str, str], tuple[Operation, tuple[object, ...]] | str]
-        self._operations = LRU(CACHED)
-        self._pairs: LRU[tuple[object, ...], _Pair | None] = LRU(CACHED)
+        # Bounded, and the requests a log repeats stay remembered (not emptied when full).
+        self._operations: Recent[tuple[str, str], tuple[Operation, tuple[object, ...]] | str]
+        self._operations = Recent(CACHED)
+        self._pairs: Recent[tuple[object, ...], _Pair | None] = Recent(CACHED)
         self._interned: dict[tuple[Outcome, Outcome], _Pair] = {}  # as many as rule outcomes
 
     def add(self, logged: Logged | None, line: int) -> None:
@@ -222,22 +209,15 @@ class Replay:
             self.first_seen = moment
         if moment > self.last_seen:
             self.last_seen = moment
-        key: tuple[object, ...] = (logged.user, logged.method, logged.target)
-        if self._networks:
-            key += (logged.client,)
-        if self._grants:
-            key += (self.before.epoch(moment), self.after.epoch(moment))
-        request = self._requests.get(key)
-        if request is None:
-            request = self._request(logged)
-            self._requests.put(key, request)
-        kind, pair, action, repository = request
-        if kind is not None:
-            self.undecided[kind].add(self._where(line))
+        classified = self._operation(logged)
+        if isinstance(classified, str):
+            self.undecided[classified].add(self._where(line))
             return
+        operation, reads = classified
         if logged.status == 401 or (logged.user is None and logged.status in (400, 429)):
             self.undecided["before_authentication"].add(self._where(line))
             return
+        pair = self._pair(logged, operation, reads)
         if pair is None:
             self.undecided["unresolved"].add(self._where(line))
             user = logged.user or "-"
@@ -248,28 +228,25 @@ class Replay:
         if not pair.before.allowed and 200 <= logged.status < 400:
             self.disagreements.add(self._where(line))
         if pair.changes:
+            action = operation.action or operation.kind
             change = self.changes.get((logged.user, action, pair))
             if change is None:
                 change = Change(logged.user, action, pair.before, pair.after, self._where(line))
                 self.changes[(logged.user, action, pair)] = change
-            change.add(moment, repository)
+            change.add(moment, operation.repository)
 
     def _where(self, line: int) -> str:
         return f"{self.source}:{line}"
 
-    def _request(self, logged: Logged) -> _Request:
-        """What a logged request is: the kind of line it is when it cannot be decided, else
-        both answers (None: a side cannot tell who the user is), its action and repository."""
+    def _operation(self, logged: Logged) -> tuple[Operation, tuple[object, ...]] | str:
+        """The classified request and what a decision reads of it, or the kind of line it is
+        when it cannot be decided."""
         key = (logged.method, logged.target)
-        classified = self._operations.get(key)
-        if classified is None:
-            classified = self._classify(logged.method, logged.target)
-            self._operations.put(key, classified)
-        if isinstance(classified, str):
-            return _Request(classified, None, "", None)
-        operation, reads = classified
-        pair = self._pair(logged, operation, reads)
-        return _Request(None, pair, operation.action or operation.kind, operation.repository)
+        found = self._operations.get(key)
+        if found is None:
+            found = self._classify(logged.method, logged.target)
+            self._operations.put(key, found)
+        return found
 
     def _classify(self, method: str, target: str) -> tuple[Operation, tuple[object, ...]] | str:
         path, _, query = target.partition("?")
@@ -302,8 +279,9 @@ class Replay:
             key += (address,)
         if self._grants:
             key += (self.before.epoch(logged.time), self.after.epoch(logged.time))
-        if key in self._pairs:
-            return self._pairs.get(key)
+        found = self._pairs.get(key, _UNKNOWN)  # type: ignore[arg-type]
+        if found is not _UNKNOWN:
+            return found
         before = decide(self.before, logged.user, address, operation, logged.time)
         after = decide(self.after, logged.user, address, operation, logged.time)
         pair = None
