@@ -14,7 +14,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.observe.accesslog import Entry, apache_line, json_line
-from proxy.observe.logread import Logged, apache_time, open_log, parse_apache, parse_common, parse_line
+from proxy.observe.logread import (
+    Logged,
+    apache_time,
+    open_log,
+    parse_apache,
+    parse_common,
+    parse_line,
+)
 from tests import apache_log
 
 STAMP = "06/Dec/2026:10:00:00 +0000"
@@ -179,14 +186,46 @@ def test_json_lines_read_back(entry: Entry) -> None:
 # or odd separators, so that its refusals and the strict reader's are both exercised.
 _PIECE = st.sampled_from(["-", "alice", "a b", "a [b", "a]b", 'a"b', "a\\b", "\t", "", "é", "\x85"])
 _FIELD = _PIECE | st.text(st.sampled_from(' -[]"\\\tab1/HTTP.é'), max_size=8)
-_STAMPS = st.sampled_from([STAMP, "06/Dec/2026:10:00:00 +01", "06/Dec/2026:10:00:0] +0000",
-                           "06/Dec/2026:1 :00:00 +0000", "06/Foo/2026:10:00:00 +0000"])
-_REQUESTS = st.sampled_from(["GET /v2/ HTTP/1.1", "-", "GET  /v2/ HTTP/1.1", "get /v2/ HTTP/1.1",
-                             "GET /v2/\tx HTTP/1.1", "GET /v2/ HTTP/1.10", "GET /v2/ HTTP/١.1",
-                             'GET /v2/\\" HTTP/1.1', "GET /v2/ HTTP/1.1 x", "GÉT /v2/ HTTP/1.1"])
-_TAILS = st.sampled_from([" 200 2", " 200 -", " 200 2 1200", ' 200 2 "-" "agent"',
-                          ' 200 2 "-" "agent" 1200', " 20 2", " 200", ' 200 2 "-" "a"b"',
-                          ' 200 2 "-"  "a"', ' 200 2 "-" "a" x', " ٢٠٠ 2", " 200 2 ", ' 200 2 "-"'])
+_STAMPS = st.sampled_from(
+    [
+        STAMP,
+        "06/Dec/2026:10:00:00 +01",
+        "06/Dec/2026:10:00:0] +0000",
+        "06/Dec/2026:1 :00:00 +0000",
+        "06/Foo/2026:10:00:00 +0000",
+    ]
+)
+_REQUESTS = st.sampled_from(
+    [
+        "GET /v2/ HTTP/1.1",
+        "-",
+        "GET  /v2/ HTTP/1.1",
+        "get /v2/ HTTP/1.1",
+        "GET /v2/\tx HTTP/1.1",
+        "GET /v2/ HTTP/1.10",
+        "GET /v2/ HTTP/\u0661.1",
+        'GET /v2/\\" HTTP/1.1',
+        "GET /v2/ HTTP/1.1 x",
+        "GÉT /v2/ HTTP/1.1",
+    ]
+)
+_TAILS = st.sampled_from(
+    [
+        " 200 2",
+        " 200 -",
+        " 200 2 1200",
+        ' 200 2 "-" "agent"',
+        ' 200 2 "-" "agent" 1200',
+        " 20 2",
+        " 200",
+        ' 200 2 "-" "a"b"',
+        ' 200 2 "-"  "a"',
+        ' 200 2 "-" "a" x',
+        " \u0662\u0660\u0660 2",
+        " 200 2 ",
+        ' 200 2 "-"',
+    ]
+)
 
 
 @given(_FIELD, _FIELD, _FIELD, _STAMPS, _REQUESTS, _TAILS, _FIELD | st.just(""))
