@@ -18,9 +18,10 @@ class LRU(Generic[K, V]):
         self._entries: OrderedDict[K, V] = OrderedDict()
 
     def get(self, key: K, default: V | None = None) -> V | None:
-        if key not in self._entries:
+        try:
+            self._entries.move_to_end(key)
+        except KeyError:
             return default
-        self._entries.move_to_end(key)
         return self._entries[key]
 
     def put(self, key: K, value: V) -> None:
@@ -44,3 +45,35 @@ class LRU(Generic[K, V]):
     def __iter__(self) -> Iterator[K]:
         """The keys, least recently used first."""
         return iter(self._entries)
+
+
+_MISSING = object()
+
+
+class Recent(Generic[K, V]):
+    """Bounded like `LRU`, cheaper per hit (one dict lookup): the entries put or used since
+    the last `size` puts are kept, and at most `2 * size` entries are."""
+
+    # Two generations: a hit in the older one moves the entry into the newer one; when the
+    # newer one is full, it becomes the older one and the older one is dropped whole.
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._new: dict[K, V] = {}
+        self._old: dict[K, V] = {}
+
+    def get(self, key: K, default: V | None = None) -> V | None:
+        value = self._new.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._old.pop(key, _MISSING)
+            if value is _MISSING:
+                return default
+            self.put(key, value)  # type: ignore[arg-type]
+        return value  # type: ignore[return-value]
+
+    def put(self, key: K, value: V) -> None:
+        if len(self._new) >= self.size and key not in self._new:
+            self._old, self._new = self._new, {}
+        self._new[key] = value
+
+    def __len__(self) -> int:
+        return len(self._new) + len(self._old)

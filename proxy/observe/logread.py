@@ -43,6 +43,13 @@ _APACHE = re.compile(
     r" (\d{3}) (?:\d+|-)"
     r'(?: "[^"\\]*(?:\\.[^"\\]*)*" "[^"\\]*(?:\\.[^"\\]*)*")?(?: \d+)?'
 )
+# `_APACHE` for the lines it reads the same way without trying alternatives or backtracking:
+# fields without spaces, a stamp as wide as `apache_time`'s, no backslash anywhere. (The first
+# ` [` then ends the user for both; `\S`, `\s` and `\d` are Unicode classes in both.)
+_PLAIN = re.compile(
+    r'([^\s\\]+) [^\s\\]+ ([^\s\\]+) \[([^\]]{26})\] "([A-Z]+) ([^\s"\\]+) HTTP/\d\.\d"'
+    r' (\d{3}) (?:\d+|-)(?: "[^"\\]*" "[^"\\]*")?(?: \d+)?'
+)
 _REQUEST = re.compile(r"([A-Z]+) (\S+) HTTP/\d\.\d")
 _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[bnrtv\"\\])")
 _NAMED = {b"b": b"\b", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b'"': b'"',
@@ -112,6 +119,20 @@ def parse_apache(line: str) -> Logged | None:
     return Logged(moment, client, None if user == "-" else user, method, target, int(status))
 
 
+def parse_common(line: str) -> Logged | None:
+    """`parse_apache`, sooner for the usual line: one whose fields hold no space and no
+    escape, and whose request line is `METHOD TARGET HTTP/x.y`; any other goes to it."""
+    match = _PLAIN.fullmatch(line)
+    if match is None:
+        return parse_apache(line)
+    client, user, stamp, method, target, status = match.groups()
+    try:
+        moment = apache_time(stamp)
+    except (ValueError, KeyError):
+        return None
+    return Logged(moment, client, None if user == "-" else user, method, target, int(status))
+
+
 def parse_json(line: str) -> Logged | None:
     """A line of regproxy's `json` format."""
     try:
@@ -132,7 +153,7 @@ def parse_line(line: str) -> Logged | None:
     line = line.rstrip("\r\n")
     if line.startswith("{"):
         return parse_json(line)
-    return parse_apache(line)
+    return parse_common(line)
 
 
 def open_log(path: Path | str, stdin: io.BufferedReader | None = None) -> io.TextIOWrapper:

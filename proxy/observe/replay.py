@@ -18,6 +18,7 @@ from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 
 from ..core.addresses import IPAddress, ip_address
+from ..core.lru import Recent
 from ..http.routes import Operation, Refusal, classify, is_proxied
 from ..policy.grants import Grants
 from ..policy.identity import Identity
@@ -28,7 +29,9 @@ _UNKNOWN = object()  # not in a cache (None is a cached answer there)
 ROBOT_PREFIX = "robot$"  # robots are decided by their scopes and owner at the time: not here
 FIRST = 5  # line numbers kept per kind of line not decided
 KEPT_NAMES = 1000  # repositories kept per change: the pattern covers the rest
-_CACHED = 50_000  # classifications and decisions remembered, then forgotten: flat memory
+# Classifications and decisions remembered (up to twice this many, the least recently used
+# forgotten): what bounds a replay's memory, whatever the log's length.
+CACHED = 16_384
 
 
 @dataclass(frozen=True)
@@ -189,11 +192,11 @@ class Replay:
         self._networks = any(rule.networks for rule in rules)
         self._tags = any(rule.tags for rule in rules)
         self._grants = bool(before.grants or after.grants)
-        # Plain dicts emptied when full: cheaper per line than keeping the recently used.
-        self._operations: dict[tuple[str, str], tuple[Operation, int] | str] = {}
-        self._reads: dict[tuple[object, ...], int] = {}
-        self._pairs: dict[tuple[object, ...], _Pair | None] = {}
-        self._interned: dict[tuple[Outcome, Outcome], _Pair] = {}
+        # Bounded, and the requests a log repeats stay remembered (not emptied when full).
+        self._operations: Recent[tuple[str, str], tuple[Operation, tuple[object, ...]] | str]
+        self._operations = Recent(CACHED)
+        self._pairs: Recent[tuple[object, ...], _Pair | None] = Recent(CACHED)
+        self._interned: dict[tuple[Outcome, Outcome], _Pair] = {}  # as many as rule outcomes
 
     def add(self, logged: Logged | None, line: int) -> None:
         """Line `line` of the log `source` (None: malformed)."""
@@ -201,10 +204,11 @@ class Replay:
             self.malformed.add(self._where(line))
             return
         self.requests += 1
-        if logged.time < self.first_seen:
-            self.first_seen = logged.time
-        if logged.time > self.last_seen:
-            self.last_seen = logged.time
+        moment = logged.time
+        if moment < self.first_seen:
+            self.first_seen = moment
+        if moment > self.last_seen:
+            self.last_seen = moment
         classified = self._operation(logged)
         if isinstance(classified, str):
             self.undecided[classified].add(self._where(line))
@@ -229,25 +233,22 @@ class Replay:
             if change is None:
                 change = Change(logged.user, action, pair.before, pair.after, self._where(line))
                 self.changes[(logged.user, action, pair)] = change
-            change.add(logged.time, operation.repository)
+            change.add(moment, operation.repository)
 
     def _where(self, line: int) -> str:
         return f"{self.source}:{line}"
 
-    def _operation(self, logged: Logged) -> tuple[Operation, int] | str:
-        """The classified request and the number of what a decision reads of it, or the kind
-        of line it is when it cannot be decided."""
+    def _operation(self, logged: Logged) -> tuple[Operation, tuple[object, ...]] | str:
+        """The classified request and what a decision reads of it, or the kind of line it is
+        when it cannot be decided."""
         key = (logged.method, logged.target)
         found = self._operations.get(key)
         if found is None:
-            if len(self._operations) >= _CACHED:  # the numbers in _pairs' keys go with them
-                self._operations.clear()
-                self._reads.clear()
-                self._pairs.clear()
-            found = self._operations[key] = self._classify(logged.method, logged.target)
+            found = self._classify(logged.method, logged.target)
+            self._operations.put(key, found)
         return found
 
-    def _classify(self, method: str, target: str) -> tuple[Operation, int] | str:
+    def _classify(self, method: str, target: str) -> tuple[Operation, tuple[object, ...]] | str:
         path, _, query = target.partition("?")
         if path in (self.before.token_path, self.after.token_path):
             return "token"
@@ -264,9 +265,11 @@ class Replay:
             operation.drop_mount,
             operation.kind == "ping",
         )  # fmt: skip: all `authorize` reads of an operation (a digest is not read)
-        return operation, self._reads.setdefault(read, len(self._reads))
+        return operation, read
 
-    def _pair(self, logged: Logged, operation: Operation, reads: int) -> _Pair | None:
+    def _pair(
+        self, logged: Logged, operation: Operation, reads: tuple[object, ...]
+    ) -> _Pair | None:
         """Both answers (None: a side cannot tell who the user is), cached by what `authorize`
         reads."""
         key: tuple[object, ...] = (logged.user, reads)
@@ -276,9 +279,9 @@ class Replay:
             key += (address,)
         if self._grants:
             key += (self.before.epoch(logged.time), self.after.epoch(logged.time))
-        found = self._pairs.get(key, _UNKNOWN)
+        found = self._pairs.get(key, _UNKNOWN)  # type: ignore[arg-type]
         if found is not _UNKNOWN:
-            return found  # type: ignore[return-value]
+            return found
         before = decide(self.before, logged.user, address, operation, logged.time)
         after = decide(self.after, logged.user, address, operation, logged.time)
         pair = None
@@ -287,9 +290,7 @@ class Replay:
             if pair is None:
                 pair = _Pair(before, after, before.answer != after.answer)
                 self._interned[(before, after)] = pair
-        if len(self._pairs) >= _CACHED:
-            self._pairs.clear()
-        self._pairs[key] = pair
+        self._pairs.put(key, pair)
         return pair
 
     def sorted_changes(self) -> list[Change]:

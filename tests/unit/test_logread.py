@@ -14,7 +14,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.observe.accesslog import Entry, apache_line, json_line
-from proxy.observe.logread import Logged, apache_time, open_log, parse_line
+from proxy.observe.logread import (
+    Logged,
+    apache_time,
+    open_log,
+    parse_apache,
+    parse_common,
+    parse_line,
+)
 from tests import apache_log
 
 STAMP = "06/Dec/2026:10:00:00 +0000"
@@ -173,3 +180,64 @@ def test_json_lines_read_back(entry: Entry) -> None:
     assert json.loads(line)["status"] == read.status
     if "\\" not in entry.target + entry.user:  # JSON shows other bytes as `\\xhh` text
         assert read == _expected(entry, entry.method, entry.target)
+
+
+# Lines near the fast reader's edges: plain and odd pieces of each field, joined with single
+# or odd separators, so that its refusals and the strict reader's are both exercised.
+_PIECE = st.sampled_from(["-", "alice", "a b", "a [b", "a]b", 'a"b', "a\\b", "\t", "", "é", "\x85"])
+_FIELD = _PIECE | st.text(st.sampled_from(' -[]"\\\tab1/HTTP.é'), max_size=8)
+_STAMPS = st.sampled_from(
+    [
+        STAMP,
+        "06/Dec/2026:10:00:00 +01",
+        "06/Dec/2026:10:00:0] +0000",
+        "06/Dec/2026:1 :00:00 +0000",
+        "06/Foo/2026:10:00:00 +0000",
+    ]
+)
+_REQUESTS = st.sampled_from(
+    [
+        "GET /v2/ HTTP/1.1",
+        "-",
+        "GET  /v2/ HTTP/1.1",
+        "get /v2/ HTTP/1.1",
+        "GET /v2/\tx HTTP/1.1",
+        "GET /v2/ HTTP/1.10",
+        "GET /v2/ HTTP/\u0661.1",
+        'GET /v2/\\" HTTP/1.1',
+        "GET /v2/ HTTP/1.1 x",
+        "GÉT /v2/ HTTP/1.1",
+    ]
+)
+_TAILS = st.sampled_from(
+    [
+        " 200 2",
+        " 200 -",
+        " 200 2 1200",
+        ' 200 2 "-" "agent"',
+        ' 200 2 "-" "agent" 1200',
+        " 20 2",
+        " 200",
+        ' 200 2 "-" "a"b"',
+        ' 200 2 "-"  "a"',
+        ' 200 2 "-" "a" x',
+        " \u0662\u0660\u0660 2",
+        " 200 2 ",
+        ' 200 2 "-"',
+    ]
+)
+
+
+@given(_FIELD, _FIELD, _FIELD, _STAMPS, _REQUESTS, _TAILS, _FIELD | st.just(""))
+def test_fast_reader_agrees_with_the_strict_one(
+    client: str, ident: str, user: str, stamp: str, request: str, tail: str, noise: str
+) -> None:
+    line = f'{client} {ident} {user} [{stamp}] "{request}"{tail}'
+    assert parse_common(line) == parse_apache(line)
+    assert parse_common(line + noise) == parse_apache(line + noise)
+
+
+@given(_ENTRY, st.sampled_from(["common", "combined", "combined_duration"]))
+def test_fast_reader_agrees_on_what_regproxy_writes(entry: Entry, fmt: str) -> None:
+    line = apache_line(entry, fmt, STAMP)
+    assert parse_common(line) == parse_apache(line)
