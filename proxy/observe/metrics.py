@@ -164,6 +164,8 @@ class PrometheusRecorder(Recorder):
             self._reloads.labels(result)
         for limit in FAIR_SHARE_LIMITS:
             self._fair_share.labels(limit)
+        for kind in ("manifest", "tag", "index", "blob"):
+            self._quarantine_refused.labels(kind)
         # Labelled children are looked up once per label set, not per request.
         self._request_child: Callable[[str, int], Counter] = lru_cache(maxsize=512)(
             lambda action, status: self._requests.labels(action, str(status))
