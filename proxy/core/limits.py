@@ -1,11 +1,12 @@
 """Fair share: the `timeouts:` and `limits:` settings, and the counters that keep one client
-from starving the others (`Gate`, `FairSlots`, `Pace`)."""
+from starving the others (`Gate`, `FairSlots`, `Pace`, `Watchdog`)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Upstream connections per worker at most; fewer when the open-files limit is low.
@@ -213,3 +214,59 @@ class Pace:
             self._end += self._window
         self._moved += size
         return True
+
+
+class Watchdog:
+    """The deadline of the write under way: `idle` seconds after it started, or the pace's
+    (`Pace.deadline`), whichever is first; `on_stall` is called once when it passes."""
+
+    # One timer for a whole transfer, moved only when it fires early or a write's deadline
+    # falls before it: deadlines only move later, so it fires about once per `idle` seconds,
+    # where a timeout around each write would make and cancel a timer per piece.
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, idle: float, pace: Pace, on_stall: Callable[[], None]
+    ) -> None:
+        self._loop = loop
+        self._idle = idle
+        self._pace = pace
+        self._on_stall = on_stall
+        self._since: float | None = None  # when the write under way started
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf  # when the timer fires
+        self.stalled = False
+
+    def writing(self, now: float) -> None:
+        """A write starts at `now`."""
+        self._since = now
+        due = self._due(now)
+        if due < self._at:
+            self._arm(due)
+
+    def written(self) -> None:
+        """The write under way is done."""
+        self._since = None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._at = None, math.inf
+
+    def _due(self, since: float) -> float:
+        return min(since + self._idle, self._pace.deadline())
+
+    def _arm(self, at: float) -> None:
+        self.close()
+        self._at = at
+        self._timer = self._loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._at = None, math.inf
+        if self._since is None or self.stalled:
+            return  # between writes: the next one arms it again
+        due = self._due(self._since)
+        if self._loop.time() < due:
+            self._arm(due)
+            return
+        self.stalled = True
+        self._on_stall()

@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ..core.limits import Capacity, FairSlots, Limits, Pace, Timeouts
+from ..core.limits import Capacity, FairSlots, Limits, Pace, Timeouts, Watchdog
 from ..http.bodies import read_whole
 from ..http.errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
 from ..observe import metrics
@@ -203,35 +203,42 @@ class Answer:
         sent = 0
         loop = asyncio.get_running_loop()
         pace = Pace(rate, idle, loop.time())
+        # A write past its deadline is ended by cutting the connection, which wakes it.
+        watchdog = Watchdog(loop, idle, pace, lambda: _too_slow(request, rate))
         try:
             # Bounded pieces: a transfer never holds more than aiohttp's read buffer plus one
             # chunk (iter_any() would join everything buffered into one large copy).
             async for chunk in self._response.content.iter_chunked(CHUNK):
+                watchdog.writing(loop.time())
                 try:
-                    async with asyncio.timeout_at(min(loop.time() + idle, pace.deadline())):
-                        await response.write(chunk)
+                    await response.write(chunk)
                 except ConnectionError:
-                    log.debug("client went away during %s %s", request.method, request.path)
-                    _cut(request)
+                    if not watchdog.stalled:
+                        log.debug("client went away during %s %s", request.method, request.path)
+                        _cut(request)
                     return response, sent
-                except TimeoutError:
-                    moved = False
-                else:
-                    sent += len(chunk)
-                    moved = pace.moved(len(chunk), loop.time())
-                if not moved:
-                    log.info(
-                        "client stopped reading or reads under %s B/s: %s %s",
-                        rate, request.method, request.path,
-                    )  # fmt: skip
-                    _cut(request)
+                watchdog.written()
+                if watchdog.stalled:
+                    return response, sent
+                sent += len(chunk)
+                if not pace.moved(len(chunk), loop.time()):
+                    _too_slow(request, rate)
                     return response, sent
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("upstream broke off %s %s: %r", request.method, request.path, exc)
             _cut(request)
             return response, sent
+        finally:
+            watchdog.close()
         await response.write_eof()
         return response, sent
+
+
+def _too_slow(request: web.BaseRequest, rate: int) -> None:
+    log.info(
+        "client stopped reading or reads under %s B/s: %s %s", rate, request.method, request.path
+    )
+    _cut(request)
 
 
 def _cut(request: web.BaseRequest) -> None:

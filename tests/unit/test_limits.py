@@ -1,14 +1,18 @@
-"""Fair share's own pieces (proxy.core.limits): capacity split, fair upstream slots, pace."""
+"""Fair share's own pieces (proxy.core.limits): capacity split, fair upstream slots, pace,
+the watchdog on writes."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.core.limits import Capacity, FairSlots, Limits, Pace
+from proxy.core.limits import Capacity, FairSlots, Limits, Pace, Watchdog
 
 
 @pytest.mark.parametrize(
@@ -91,3 +95,94 @@ def test_pace_agrees_with_counting_each_window(moves: list[tuple[int, float]]) -
         if short:
             return
         per_window[ended] = per_window.get(ended, 0) + size
+
+
+@dataclass
+class Timer:
+    when: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Clock:
+    """An event loop's clock and timers, advanced by hand: `advance` runs what falls due."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[Timer] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        self.timers.append(timer := Timer(when, callback))
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while due := [t for t in self.timers if t.when <= end and not t.cancelled]:
+            timer = min(due, key=lambda t: t.when)
+            self.timers.remove(timer)
+            self.now = max(self.now, timer.when)
+            timer.callback()
+        self.now = end
+
+    def armed(self) -> int:
+        return sum(not t.cancelled for t in self.timers)
+
+
+def watched(rate: int, idle: float) -> tuple[Clock, Watchdog, list[float]]:
+    clock = Clock()
+    stalls: list[float] = []
+    loop = cast(asyncio.AbstractEventLoop, clock)
+    watchdog = Watchdog(loop, idle, Pace(rate, idle, 0.0), lambda: stalls.append(clock.now))
+    return clock, watchdog, stalls
+
+
+def test_a_write_that_takes_longer_than_idle_is_cut_once() -> None:
+    clock, watchdog, stalls = watched(rate=0, idle=10)
+    watchdog.writing(clock.now)
+    clock.advance(9.5)
+    assert not stalls
+    clock.advance(0.5)
+    assert stalls == [10] and watchdog.stalled
+    clock.advance(100)
+    assert stalls == [10]
+
+
+def test_quick_writes_keep_one_timer_and_are_never_cut() -> None:
+    clock, watchdog, stalls = watched(rate=0, idle=10)
+    for _ in range(1000):  # a write every 0.1 s for 100 s
+        watchdog.writing(clock.now)
+        clock.advance(0.05)
+        watchdog.written()
+        clock.advance(0.05)
+        assert clock.armed() <= 1
+    assert not stalls
+    watchdog.writing(clock.now)  # the last write stalls: cut 10 s after it started
+    started = clock.now
+    clock.advance(20)
+    assert stalls == [pytest.approx(started + 10)]
+
+
+def test_a_write_is_cut_at_the_pace_deadline_before_idle() -> None:
+    clock, watchdog, stalls = watched(rate=100, idle=10)
+    watchdog.writing(clock.now)  # the first window ends at 10 with nothing moved
+    clock.advance(5)
+    watchdog.written()
+    watchdog.writing(clock.now)  # idle alone would allow it until 15
+    clock.advance(6)
+    assert stalls == [10]
+
+
+def test_no_write_under_way_is_never_cut() -> None:
+    clock, watchdog, stalls = watched(rate=100, idle=10)
+    watchdog.writing(clock.now)
+    watchdog.written()
+    clock.advance(1000)  # waiting for the upstream: its own timeout and the pace cover it
+    assert not stalls
+    watchdog.close()
+    assert clock.armed() == 0
