@@ -217,12 +217,12 @@ class Pace:
 
 
 class Watchdog:
-    """The deadline of the write under way: `idle` seconds after it started, or the pace's
-    (`Pace.deadline`), whichever is first; `on_stall` is called once when it passes."""
+    """The deadline of the read or write under way: `idle` seconds after it started, or the
+    pace's (`Pace.deadline`), whichever is first; `on_stall` is called once when it passes."""
 
-    # One timer for a whole transfer, moved only when it fires early or a write's deadline
+    # One timer for a whole transfer, moved only when it fires early or a move's deadline
     # falls before it: deadlines only move later, so it fires about once per `idle` seconds,
-    # where a timeout around each write would make and cancel a timer per piece.
+    # where a timeout around each piece would make and cancel a timer per piece.
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, idle: float, pace: Pace, on_stall: Callable[[], None]
@@ -231,20 +231,20 @@ class Watchdog:
         self._idle = idle
         self._pace = pace
         self._on_stall = on_stall
-        self._since: float | None = None  # when the write under way started
+        self._since: float | None = None  # when the move under way started
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf  # when the timer fires
         self.stalled = False
 
-    def writing(self, now: float) -> None:
-        """A write starts at `now`."""
+    def started(self, now: float) -> None:
+        """A read or write starts at `now`."""
         self._since = now
         due = self._due(now)
         if due < self._at:
             self._arm(due)
 
-    def written(self) -> None:
-        """The write under way is done."""
+    def finished(self) -> None:
+        """The move under way is done."""
         self._since = None
 
     def close(self) -> None:
@@ -263,7 +263,7 @@ class Watchdog:
     def _fire(self) -> None:
         self._timer, self._at = None, math.inf
         if self._since is None or self.stalled:
-            return  # between writes: the next one arms it again
+            return  # between moves: the next one arms it again
         due = self._due(self._since)
         if self._loop.time() < due:
             self._arm(due)

@@ -209,7 +209,7 @@ class Answer:
             # Bounded pieces: a transfer never holds more than aiohttp's read buffer plus one
             # chunk (iter_any() would join everything buffered into one large copy).
             async for chunk in self._response.content.iter_chunked(CHUNK):
-                watchdog.writing(loop.time())
+                watchdog.started(loop.time())
                 try:
                     await response.write(chunk)
                 except ConnectionError:
@@ -217,7 +217,7 @@ class Answer:
                         log.debug("client went away during %s %s", request.method, request.path)
                         _cut(request)
                     return response, sent
-                watchdog.written()
+                watchdog.finished()
                 if watchdog.stalled:
                     return response, sent
                 sent += len(chunk)
@@ -379,14 +379,18 @@ async def paced_body(request: web.BaseRequest, idle: float, rate: int) -> AsyncI
     for `idle` seconds or sends slower than `rate` bytes a second, window after window."""
     content, loop = request.content, asyncio.get_running_loop()
     pace = Pace(rate, idle, loop.time())
-    while True:
-        try:
-            async with asyncio.timeout_at(min(loop.time() + idle, pace.deadline())):
-                chunk = await content.readany()
-        except TimeoutError:
-            raise ClientStalled(f"no body data for {idle:g}s or slower than {rate} B/s") from None
-        if not chunk:
-            return
-        if not pace.moved(len(chunk), loop.time()):
-            raise ClientStalled(f"body slower than {rate} B/s")
-        yield chunk
+    stalled = ClientStalled(f"no body data for {idle:g}s or slower than {rate} B/s")
+    # A read past its deadline is ended by the exception, which wakes it.
+    watchdog = Watchdog(loop, idle, pace, lambda: content.set_exception(stalled))
+    try:
+        while True:
+            watchdog.started(loop.time())
+            chunk = await content.readany()
+            watchdog.finished()
+            if not chunk:
+                return
+            if not pace.moved(len(chunk), loop.time()):
+                raise ClientStalled(f"body slower than {rate} B/s")
+            yield chunk
+    finally:
+        watchdog.close()

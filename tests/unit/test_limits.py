@@ -144,7 +144,7 @@ def watched(rate: int, idle: float) -> tuple[Clock, Watchdog, list[float]]:
 
 def test_a_write_that_takes_longer_than_idle_is_cut_once() -> None:
     clock, watchdog, stalls = watched(rate=0, idle=10)
-    watchdog.writing(clock.now)
+    watchdog.started(clock.now)
     clock.advance(9.5)
     assert not stalls
     clock.advance(0.5)
@@ -156,13 +156,13 @@ def test_a_write_that_takes_longer_than_idle_is_cut_once() -> None:
 def test_quick_writes_keep_one_timer_and_are_never_cut() -> None:
     clock, watchdog, stalls = watched(rate=0, idle=10)
     for _ in range(1000):  # a write every 0.1 s for 100 s
-        watchdog.writing(clock.now)
+        watchdog.started(clock.now)
         clock.advance(0.05)
-        watchdog.written()
+        watchdog.finished()
         clock.advance(0.05)
         assert clock.armed() <= 1
     assert not stalls
-    watchdog.writing(clock.now)  # the last write stalls: cut 10 s after it started
+    watchdog.started(clock.now)  # the last write stalls: cut 10 s after it started
     started = clock.now
     clock.advance(20)
     assert stalls == [pytest.approx(started + 10)]
@@ -170,18 +170,18 @@ def test_quick_writes_keep_one_timer_and_are_never_cut() -> None:
 
 def test_a_write_is_cut_at_the_pace_deadline_before_idle() -> None:
     clock, watchdog, stalls = watched(rate=100, idle=10)
-    watchdog.writing(clock.now)  # the first window ends at 10 with nothing moved
+    watchdog.started(clock.now)  # the first window ends at 10 with nothing moved
     clock.advance(5)
-    watchdog.written()
-    watchdog.writing(clock.now)  # idle alone would allow it until 15
+    watchdog.finished()
+    watchdog.started(clock.now)  # idle alone would allow it until 15
     clock.advance(6)
     assert stalls == [10]
 
 
 def test_no_write_under_way_is_never_cut() -> None:
     clock, watchdog, stalls = watched(rate=100, idle=10)
-    watchdog.writing(clock.now)
-    watchdog.written()
+    watchdog.started(clock.now)
+    watchdog.finished()
     clock.advance(1000)  # waiting for the upstream: its own timeout and the pace cover it
     assert not stalls
     watchdog.close()
