@@ -212,7 +212,7 @@ class Bench:
         usages = {name: Usage() for name in self.targets}
         for _ in range(self.plan.get_runs):
             for name in self.rotated(list(self.targets)):
-                with sampled(self.targets[name]) as usage:
+                with self.measured(name, "get-blob") as usage:
                     seconds[name] += self.downloads(name, 1)
                 usages[name].include(usage)
         for name, runs in seconds.items():

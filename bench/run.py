@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy flame graphs of regproxy in each rate and storm case (bench/results/)",
+        help="py-spy flame graphs of regproxy in each rate, blob GET and storm case "
+        "(bench/results/)",
     )
     parser.add_argument(
         "--only",
