@@ -73,6 +73,10 @@ class Canned(web.StreamResponse):
         self._headers = built.headers  # type: ignore[assignment]  # read-only on purpose
 
     @property
+    def body(self) -> bytes:
+        return self._built.body
+
+    @property
     def content_length(self) -> int:
         return len(self._built.body)
 
