@@ -49,7 +49,10 @@ class Built:
 
 def build(status: int, headers: Mapping[str, str], body: bytes) -> Built:
     """The bytes aiohttp's `Response` would send before its Date header, in its order."""
-    reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:  # a status Python does not name: aiohttp sends no reason either
+        reason = ""
     fields = CIMultiDict(headers)
     fields[hdrs.CONTENT_LENGTH] = str(len(body))
     lines = [f" {status} {reason}", *(f"{name}: {value}" for name, value in fields.items())]
@@ -64,8 +67,9 @@ class Canned(web.StreamResponse):
     transport write, with the Date and Connection headers aiohttp's `Response` adds, and no
     body for HEAD. What it sends cannot change: its headers are read-only."""
 
-    # aiohttp's header and body writers cost a refusal more than the rest of its path (the
-    # anonymous 401 is the busiest answer there is); the state they keep is set here.
+    # aiohttp's Response builds, checks and serializes the same headers for every refusal,
+    # and the anonymous 401 is the busiest answer there is. The state the base class's
+    # methods read is set here.
     def __init__(self, built: Built) -> None:  # StreamResponse.__init__ builds what is built
         self._built = built
         self._state = {}
