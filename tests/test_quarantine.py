@@ -6,6 +6,7 @@ sent; lifting it; a cached blob answer that cannot bypass it; a broken edit; the
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -60,6 +61,7 @@ class Image:
         self.repo.serve("v1", "multi", "nested", *self.repo.manifests)
         for blob in (self.config, self.layer):
             upstream.handlers[self.blob_path(blob)] = _blob(blob)
+        upstream.handlers["/v2/_catalog"] = functools.partial(_catalog, upstream)
 
     def blob_path(self, data: bytes) -> str:
         return f"/v2/{self.repo.name}/blobs/{sha(data)}"
@@ -68,6 +70,12 @@ class Image:
 def _index(digest: str, media_type: str) -> bytes:
     entry = {"mediaType": media_type, "digest": digest, "size": 1}
     return json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": [entry]}).encode()
+
+
+async def _catalog(upstream: FakeUpstream, request: web.Request) -> web.StreamResponse:
+    """The repositories whose manifests the fake upstream serves."""
+    names = {p[4:].partition("/manifests/")[0] for p in upstream.handlers if "/manifests/" in p}
+    return web.json_response({"repositories": sorted(names)})
 
 
 def _blob(data: bytes) -> Callable[[web.Request], object]:
@@ -80,8 +88,9 @@ def _blob(data: bytes) -> Callable[[web.Request], object]:
     return handle  # type: ignore[return-value]
 
 
-def quarantine(proxy: RunningProxy, *args: str) -> None:
-    assert cli(["quarantine", *args, "-c", str(proxy.config)]) == 0
+async def quarantine(proxy: RunningProxy, *args: str) -> None:
+    """`regproxy quarantine ARGS` (in a thread: it reads the fake upstream this loop serves)."""
+    assert await asyncio.to_thread(cli, ["quarantine", *args, "-c", str(proxy.config)]) == 0
 
 
 async def refused(proxy: RunningProxy, method: str, path: str, **headers: str) -> str | None:
@@ -102,7 +111,7 @@ async def until_refused(proxy: RunningProxy, path: str) -> None:
 async def quarantined(make_proxy: ProxyFactory, image: Image) -> RunningProxy:
     """A proxy whose every worker refuses `image` (quarantined by the CLI)."""
     proxy = await make_proxy(SETUP)
-    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await quarantine(proxy, "add", image.digest, "--reason", REASON)
     await until_refused(proxy, "/v2/apps/web/manifests/v1")
     return proxy
 
@@ -117,7 +126,7 @@ async def test_a_quarantined_image_is_refused_every_way_it_can_be_reached(
 ) -> None:
     proxy = await make_proxy(SETUP)
     assert await call(proxy, "GET", "/v2/apps/web/manifests/v1", "pull") == (200, _body(image))
-    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await quarantine(proxy, "add", image.digest, "--reason", REASON)
     by_digest = f"/v2/apps/web/manifests/{image.digest}"
     await until_refused(proxy, by_digest)
     before = len(upstream.requests)
@@ -154,7 +163,7 @@ async def test_lifting_it_lets_every_request_through_again(
     make_proxy: ProxyFactory, image: Image
 ) -> None:
     proxy = await quarantined(make_proxy, image)
-    quarantine(proxy, "remove", image.digest)
+    await quarantine(proxy, "remove", image.digest)
     await until(lambda: _status(proxy, "/v2/apps/web/manifests/v1", 200), what="never lifted")
     for path in ("/v2/apps/web/manifests/nested", f"/v2/apps/web/manifests/{image.digest}",
                  image.blob_path(image.layer)):  # fmt: skip
@@ -170,7 +179,7 @@ async def test_manifest_only_leaves_the_blobs_and_other_images_alone(
 ) -> None:
     proxy = await make_proxy(SETUP)
     other = Image(upstream, "two", "apps/other")
-    quarantine(proxy, "add", image.digest, "--reason", REASON, "--manifest-only")
+    await quarantine(proxy, "add", image.digest, "--reason", REASON, "--manifest-only")
     await until_refused(proxy, "/v2/apps/web/manifests/v1")
     assert (await call(proxy, "GET", image.blob_path(image.layer), "pull"))[0] == 200
     assert (await call(proxy, "GET", other.blob_path(other.layer), "pull"))[0] == 200
@@ -182,7 +191,7 @@ async def test_a_remembered_blob_answer_cannot_bypass_it(
     proxy = await make_proxy(SETUP)
     path = image.blob_path(image.layer)
     assert (await call(proxy, "HEAD", path, "pull"))[0] == 200  # remembered (cache.ttl)
-    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await quarantine(proxy, "add", image.digest, "--reason", REASON)
     await until(lambda: refused(proxy, "HEAD", path), what="the cached answer was given")
 
 
@@ -226,7 +235,7 @@ async def test_each_refusal_is_audited_with_who_and_the_entry(
     make_proxy: ProxyFactory, image: Image, caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy = await make_proxy(SETUP)
-    quarantine(proxy, "add", image.digest, "--reason", REASON, "--by", "oncall")
+    await quarantine(proxy, "add", image.digest, "--reason", REASON, "--by", "oncall")
     with caplog.at_level("INFO", "regproxy.audit"):
         await until_refused(proxy, "/v2/apps/web/manifests/multi")
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "regproxy.audit"]
@@ -283,7 +292,7 @@ async def test_refusals_and_entries_are_in_the_metrics(
     make_proxy: ProxyFactory, image: Image
 ) -> None:
     proxy = await make_proxy(SETUP + f"metrics:\n  listen: 127.0.0.1:{free_port()}\n")
-    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await quarantine(proxy, "add", image.digest, "--reason", REASON)
     await until_refused(proxy, "/v2/apps/web/manifests/v1")
     assert await refused(proxy, "GET", "/v2/apps/web/manifests/multi") is not None
     assert await refused(proxy, "GET", image.blob_path(image.layer)) is not None
@@ -299,7 +308,7 @@ async def test_explain_says_when_a_quarantined_digest_decides(
     make_proxy: ProxyFactory, image: Image
 ) -> None:
     proxy = await make_proxy(SETUP)
-    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await quarantine(proxy, "add", image.digest, "--reason", REASON)
     base = ("explain", "-c", str(proxy.config), "pull", "pull", "apps/web")
     done = regproxy(*base, "--digest", image.digest, cwd=proxy.directory)
     assert done.returncode == 3, done.stderr
@@ -342,7 +351,7 @@ async def test_a_mount_of_a_quarantined_layer_is_refused(
     # The attack: copy a quarantined image's layer into a repository of one's own, registry
     # side, with a cross-repository mount, to pull it from there later.
     proxy = await make_proxy(SETUP)
-    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await quarantine(proxy, "add", image.digest, "--reason", REASON)
     await until_refused(proxy, f"/v2/apps/web/manifests/{image.digest}")
     for blob in (image.layer, image.config):
         path = f"/v2/apps/other/blobs/uploads/?mount={sha(blob)}&from=apps/web"
@@ -365,7 +374,7 @@ async def test_a_registry_naming_another_algorithm_cannot_hide_the_bytes(
 
     upstream.handlers["/v2/apps/web/manifests/v1"] = sha512_named
     proxy = await make_proxy(SETUP)
-    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await quarantine(proxy, "add", image.digest, "--reason", REASON)
     await until_refused(proxy, f"/v2/apps/web/manifests/{image.digest}")
     assert await refused(proxy, "GET", "/v2/apps/web/manifests/v1") is not None
 
@@ -380,7 +389,7 @@ async def test_a_not_modified_answer_to_a_quarantined_etag_is_refused(
 
     upstream.handlers["/v2/apps/web/manifests/v1"] = not_modified
     proxy = await make_proxy(SETUP)
-    quarantine(proxy, "add", image.digest, "--reason", REASON)
+    await quarantine(proxy, "add", image.digest, "--reason", REASON)
     await until_refused(proxy, f"/v2/apps/web/manifests/{image.digest}")
     etag = f'"{image.digest}"'
     for method in ("GET", "HEAD"):

@@ -60,7 +60,7 @@ def test_a_good_file() -> None:
         (f"- digest: {C}\n  reason: x\n  added: 2030-01-01\n  blobs: no-thanks\n", 4,
          "blobs: expected true or false, got 'no-thanks'"),
         (f"- digest: {C}\n  reason: x\n  added: 2030-01-01\n  tag: v1\n", 4,
-         "unknown key 'tag' (known: digest, reason, added, added_by, blobs)"),
+         "unknown key 'tag' (known: digest, reason, added, added_by, blobs, image_blobs)"),
         (f"- digest: {C}\n  reason: ''\n  added: 2030-01-01\n", 2,
          "reason: expected one line of text, got ''"),
     ],
