@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +24,7 @@ from devtools.tls import TlsFiles
 from proxy.upstream.manifests import MANIFEST_TYPES
 from tests.conftest import ENV, basic, worker_holding
 from tests.e2e.conftest import USERS, RegproxyProcess, start_regproxy
-from tests.e2e.harness import Podman
+from tests.e2e.harness import Podman, make_rootfs_tar
 from tests.redis_server import RedisServer
 
 SETUP = "quarantine:\n  file: quarantine.yaml\naudit_log: audit.log\n"
@@ -60,10 +63,10 @@ class Kept:
         assert self.connection.sock is not None
         self.local_port: int = self.connection.sock.getsockname()[1]
 
-    def status(self, path: str) -> int:
-        """GET `path` as the reader, accepting every manifest type (as podman does)."""
-        headers = {"Authorization": READER_AUTH, "Accept": ACCEPT}
-        self.connection.request("GET", path, headers=headers)
+    def status(self, path: str, method: str = "GET", **extra: str) -> int:
+        """`method path` as the reader, accepting every manifest type (as podman does)."""
+        headers = {"Authorization": READER_AUTH, "Accept": ACCEPT} | extra
+        self.connection.request(method, path, headers=headers)
         response = self.connection.getresponse()
         response.read()
         return response.status
@@ -229,3 +232,72 @@ def test_with_redis_one_add_is_refused_by_two_replicas(
         stack.close()
         for replica in replicas:
             replica.stop()
+
+
+def test_a_layer_of_a_quarantined_image_is_refused_by_a_worker_that_never_read_it(
+    tmp_path: Path, registry: Registry, tls: TlsFiles, podman: Podman, podman2: Podman
+) -> None:
+    """The image's layer, held by another repository (a derived image: same layer, its own
+    config) but not the image: refused by a proxy started after the `add`, whose workers
+    never read the image, for podman's pull of the derived image, a GET, HEAD and range of
+    the layer and a cross-repository mount of it."""
+    proxy = start_regproxy(tmp_path / "proxy", registry.url, tls, SETUP + "workers: 2\n")
+    try:
+        digest, _ = pushed_image(proxy.hostport, tls, podman, tmp_path)
+        layer = _derived_image(proxy.hostport, tls, podman, digest, registry)
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy", "quarantine", "add", digest, "--reason", REASON,
+             "-c", str(proxy.directory / "regproxy.yaml")],
+            env=ENV, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        print(f"\n{done.stdout}")
+    finally:
+        proxy.stop()
+    fresh = start_regproxy(tmp_path / "proxy", registry.url, tls, SETUP + "workers: 2\n")
+    try:
+        pulled = podman2.pull(f"{fresh.hostport}/other/derived:1", tls.cert_dir, creds=READER)
+        assert refused_saying(pulled, f"reading blob {layer}"), pulled.stderr  # podman: 403
+        assert "403 (Forbidden)" in pulled.stderr, pulled.stderr
+        workers = one_per_worker(fresh, tls)
+        blob = f"/v2/other/derived/blobs/{layer}"
+        mount = f"/v2/elsewhere/blobs/uploads/?mount={layer}&from=other/derived"
+        for kept in workers:
+            assert kept.status(blob) == 403
+            assert kept.status(blob, "HEAD") == 403
+            assert kept.status(blob, Range="bytes=0-9") == 403
+            assert kept.status(mount, "POST", Authorization=basic("testuserpush",
+                               USERS["testuserpush"])) == 403  # fmt: skip
+            kept.close()
+        assert podman2.pull(f"{fresh.hostport}/team/app:ok", tls.cert_dir, creds=READER)\
+            .returncode == 0  # fmt: skip
+    finally:
+        fresh.stop()
+
+
+def _derived_image(host: str, tls: TlsFiles, podman: Podman, digest: str, registry: Registry
+                   ) -> str:  # fmt: skip
+    """other/derived:1, an image with team/app:1's layer and a config of its own, pushed (the
+    registry then holds the layer in other/derived, without team/app:1's manifest): the
+    layer's digest."""
+    tar = make_rootfs_tar(tmp := podman.workdir / "derived.tar", b"quarantined content\n")
+    podman.run("import", "--quiet", "--change", "LABEL derived=yes", str(tar),
+               "localhost/derived:1", check=True)  # fmt: skip
+    tmp.unlink()
+    done = podman.push("localhost/derived:1", f"{host}/other/derived:1", tls.cert_dir,
+                       creds=PUSHER)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    image, derived = (_manifest(registry, name, ref) for name, ref in
+                      (("team/app", digest), ("other/derived", "1")))  # fmt: skip
+    layers = [layer["digest"] for layer in image["layers"]]
+    assert layers == [layer["digest"] for layer in derived["layers"]]  # the same layer
+    assert image["config"]["digest"] != derived["config"]["digest"]
+    return str(layers[0])
+
+
+def _manifest(registry: Registry, name: str, reference: str) -> dict[str, Any]:
+    """A manifest, straight from the registry."""
+    request = urllib.request.Request(f"{registry.url}/v2/{name}/manifests/{reference}",
+                                     headers={"Accept": ACCEPT})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return dict(json.loads(answer.read()))
