@@ -9,6 +9,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from devtools.net import free_port
 from proxy.cli.main import main as cli
+from proxy.policy.quarantinefile import parse_quarantine
 from tests.conftest import (
     FakeUpstream,
     ProxyFactory,
@@ -267,7 +269,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 async def test_with_redis_one_add_is_applied_by_every_replica_and_outlives_an_outage(
-    make_proxy: ProxyFactory, image: Image, redis_server: RedisServer, tmp_path: Path
+    make_proxy: ProxyFactory,
+    upstream: FakeUpstream,
+    image: Image,
+    redis_server: RedisServer,
+    tmp_path: Path,
 ) -> None:
     state = f"state:\n  backend: redis\n  url: {redis_server.url}\n  key_prefix: 'q:'\n"
     one = await make_proxy(SETUP + state, directory=tmp_path / "one")
@@ -279,6 +285,9 @@ async def test_with_redis_one_add_is_applied_by_every_replica_and_outlives_an_ou
     for proxy in (one, two):  # two has it from Redis only: its own file is empty
         await until_refused(proxy, "/v2/apps/web/manifests/multi")
     assert not (two.directory / "quarantine.yaml").exists()
+    # two never read the image: the layer from a repository without it, by the record.
+    upstream.handlers[f"/v2/apps/derived/blobs/{sha(image.layer)}"] = _blob(image.layer)
+    assert await refused(two, "GET", f"/v2/apps/derived/blobs/{sha(image.layer)}") is not None
     redis_server.stop()  # an outage keeps what was read: never an open door
     assert await refused(two, "GET", image.blob_path(image.layer)) is not None
     redis_server.start()
@@ -340,6 +349,128 @@ def test_the_command_line_refuses_what_it_cannot_do(
     done = regproxy("quarantine", *args, "-c", str(config), cwd=tmp_path)
     assert done.returncode == code and says in done.stderr, done.stderr
     assert not (tmp_path / "quarantine.yaml").exists()
+
+
+# `add` records the blobs: read from the registry, so that every worker knows them.
+
+
+async def add(proxy: RunningProxy, digest: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """`regproxy quarantine add DIGEST --reason REASON OPTIONS`, as a user runs it."""
+    args = ("quarantine", "add", digest, "--reason", REASON, *options, "-c", str(proxy.config))
+    return await asyncio.to_thread(regproxy, *args, cwd=proxy.directory)
+
+
+def recorded(proxy: RunningProxy, digest: str) -> frozenset[str] | None:
+    """The blobs the quarantine file records with `digest`'s entry."""
+    path = proxy.directory / "quarantine.yaml"
+    entry = parse_quarantine(path.read_text(), str(path))[0].get(digest)
+    assert entry is not None
+    return entry.image_blobs
+
+
+async def test_add_records_the_blobs_read_from_the_registry(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, image: Image
+) -> None:
+    other = Image(upstream, "two", "apps/other")
+    alone = sha(b"a blob by itself")
+    for name, digest in (("other", image.nested), ("other", alone), ("web", alone)):
+        upstream.handlers[f"/v2/apps/{name}/manifests/{digest}"] = _not_found  # the fake: 200
+    proxy = await make_proxy(SETUP)
+    done = await add(proxy, image.nested)  # an index of an index: searched in the catalog
+    assert done.returncode == 0, done.stderr
+    assert "its 2 blob(s) recorded (config and layers), read in apps/web" in done.stdout
+    assert recorded(proxy, image.nested) == {sha(image.config), sha(image.layer)}
+    done = await add(proxy, other.digest, "--repository", "apps/other")
+    assert done.returncode == 0, done.stderr
+    assert recorded(proxy, other.digest) == {sha(other.config), sha(other.layer)}
+    done = await add(proxy, alone)  # no manifest anywhere: nothing to read
+    assert done.returncode == 0 and "no blobs to record" in done.stdout, done.stderr
+    assert recorded(proxy, alone) is None
+
+
+async def test_a_worker_that_never_read_the_image_refuses_its_recorded_blobs(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, image: Image
+) -> None:
+    # A derived image's repository holds the layer, not the quarantined image.
+    upstream.handlers[f"/v2/apps/derived/blobs/{sha(image.layer)}"] = _blob(image.layer)
+    proxy = await make_proxy(SETUP)
+    before = len(upstream.requests)
+    assert (await add(proxy, image.digest)).returncode == 0
+    read_by_add = len(upstream.requests)
+    await until_refused(proxy, f"/v2/apps/web/manifests/{image.digest}")
+    path = f"/v2/apps/derived/blobs/{sha(image.layer)}"
+    message = f"{image.digest} is quarantined (blob {sha(image.layer)} is a layer or config of it)"
+    assert await refused(proxy, "GET", path) == f"{message}: {REASON}"
+    assert await refused(proxy, "HEAD", path) == "403"
+    assert await refused(proxy, "GET", path, Range="bytes=0-9") is not None
+    mount = f"/v2/apps/mine/blobs/uploads/?mount={sha(image.layer)}&from=apps/derived"
+    async with proxy.session.post(proxy.url + mount, headers=proxy.auth("push")) as resp:
+        assert resp.status == 403
+    # The proxy asked the registry nothing: not the image, not the other repository.
+    assert [r.path_qs for r in upstream.requests[read_by_add:]] == []
+    assert before < read_by_add  # `add` did
+    done = await asyncio.to_thread(
+        regproxy, "explain", "-c", str(proxy.config), "pull", "pull", "apps/derived",
+        "--digest", sha(image.layer), cwd=proxy.directory,
+    )  # fmt: skip
+    assert done.returncode == 3
+    assert done.stdout.splitlines()[1] == (
+        f"  decided by: quarantine {proxy.directory / 'quarantine.yaml'}:3"
+        f" (a layer or config of {image.digest}): {REASON}"
+    )
+
+
+async def _other_bytes(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=b'{"schemaVersion": 2, "layers": []}')
+
+
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [
+        ("down", "cannot read"),
+        ("other bytes", "the registry answered other bytes"),
+        ("not in the repository", "apps/elsewhere has no manifest"),
+        ("no catalog", "cannot read"),
+    ],
+)
+async def test_add_that_cannot_read_the_blobs_quarantines_the_digest_and_says_so(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, image: Image, fault: str, says: str
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}" if fault == "down" else None
+    proxy = await make_proxy(SETUP, upstream_url=down)
+    options: tuple[str, ...] = ()
+    if fault == "other bytes":
+        upstream.handlers[f"/v2/apps/web/manifests/{image.digest}"] = _other_bytes
+    elif fault == "not in the repository":
+        options = ("--repository", "apps/elsewhere")
+        upstream.handlers[f"/v2/apps/elsewhere/manifests/{image.digest}"] = _not_found
+    elif fault == "no catalog":
+        upstream.handlers["/v2/_catalog"] = _unauthorized
+    done = await add(proxy, image.digest, *options)
+    assert done.returncode == 1, done.stdout
+    assert f"quarantined {image.digest}: {REASON}" in done.stdout
+    assert says in done.stderr and "WARNING: the blobs of" in done.stderr, done.stderr
+    assert "are NOT recorded" in done.stderr
+    assert recorded(proxy, image.digest) is None
+    await until_refused(proxy, f"/v2/apps/web/manifests/{image.digest}")
+
+
+async def _unauthorized(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=401)
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=404)
+
+
+async def test_a_hand_written_entry_without_blobs_still_refuses_them_once_read(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, image: Image
+) -> None:
+    proxy = await make_proxy(SETUP)
+    entry = f"- digest: {image.digest}\n  reason: '{REASON}'\n  added: 2026-12-07\n"
+    replace_file(proxy.directory / "quarantine.yaml", entry)
+    await until_refused(proxy, f"/v2/apps/web/manifests/{image.digest}")
+    assert await refused(proxy, "GET", image.blob_path(image.layer)) is not None
 
 
 # Attacks (red team): each one a way around the quarantine that was tried.
