@@ -22,13 +22,16 @@ from ..core.collector import collector_paused
 from ..core.problems import ConfigError, Problem
 from ..observe import metrics
 from .config import Config
-from .snapshot import Signature, Snapshot, load_snapshot, load_tls, signature
+from .snapshot import Signature, Snapshot, load_snapshot, load_tls, signature, with_quarantine
 
 log = logging.getLogger("regproxy.reload")
 
 # Polling sees in-place edits, write-then-rename and Kubernetes' `..data` symlink swap alike,
 # on any filesystem; a change is loaded once it stayed for one poll (no half-written file).
 POLL_INTERVAL = 0.1  # a stat of each watched file ten times a second: edits apply in 0.1-0.2 s
+# The quarantine file is watched apart, more often, and only it is read again: an `add` must
+# hold on every worker well within a second, and one stat costs next to nothing.
+QUARANTINE_POLL = 0.04  # edits apply in 0.04-0.08 s, plus reading that one file
 # Config attributes the running process cannot change (sockets, processes, log handlers).
 RESTART_ONLY = (
     "listen",
@@ -201,7 +204,9 @@ class State:
         self._overrides = dict(overrides)
         self._attach = attach
         self._quiet = quiet  # a worker under a supervisor: the parent reports reloads
-        self._watcher = Watcher(snapshot.signatures)
+        quick = _quarantine_file(snapshot)
+        self._watcher = Watcher({p: s for p, s in snapshot.signatures.items() if p != quick})
+        self._quick = Watcher({quick: snapshot.signatures.get(quick)} if quick else {})
         self._holders: dict[int, _Holders] = {}
         self._loading = asyncio.Lock()
 
@@ -246,9 +251,31 @@ class State:
             if loaded.snapshot is None:
                 return False
             self._swap(previous, loaded.snapshot)
-            self._watcher.watch(loaded.snapshot.config.watched_files())
+            quick = _quarantine_file(loaded.snapshot)
+            self._watcher.watch(tuple(p for p in loaded.snapshot.config.watched_files()
+                                      if p != quick))  # fmt: skip
+            self._quick.watch((quick,) if quick else ())
             self._tell_metrics()
             return True
+
+    async def _reload_quarantine(self, reason: str) -> None:
+        """Read the quarantine file again (in a worker thread), the rest of the snapshot kept."""
+        async with self._loading:
+            previous = self.current
+            if _quarantine_file(previous) is None:
+                return  # a full reload meanwhile stopped naming one
+            load = functools.partial(with_quarantine, previous)
+            try:
+                snapshot, problems = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, load
+                )
+            except ConfigError as exc:  # never read well before: nothing to fall back on
+                loaded = Loaded(None, refused=exc.problems)
+            else:
+                loaded = Loaded(snapshot, ignored_lines=problems)
+                self._swap(previous, snapshot)
+            report(loaded, reason, self._quiet)
+            metrics.RECORD.reloaded(loaded.ok)
 
     def _tell_metrics(self) -> None:
         """Tell the metrics when the served certificate expires and which rate-limit budgets
@@ -284,9 +311,23 @@ class State:
                 backend.close()
 
     async def watch(self) -> None:
-        """Poll forever (cancelled at shutdown)."""
+        """Poll forever (cancelled at shutdown): every file, and the quarantine file apart."""
+        await asyncio.gather(self._watch_all(), self._watch_quarantine())
+
+    async def _watch_all(self) -> None:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             changed = self._watcher.stable_changes()
             if changed:
                 await self.reload(", ".join(f"{p} changed" for p in changed))
+
+    async def _watch_quarantine(self) -> None:
+        while True:
+            await asyncio.sleep(QUARANTINE_POLL)
+            changed = self._quick.stable_changes()
+            if changed:
+                await self._reload_quarantine(f"{changed[0]} changed")
+
+
+def _quarantine_file(snapshot: Snapshot) -> Path | None:
+    return snapshot.config.quarantine.file

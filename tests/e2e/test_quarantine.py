@@ -183,11 +183,29 @@ def test_podman_cannot_pull_a_quarantined_image_any_way_until_it_is_lifted(
               f" (after the file was written: {_ms([s + written for s in applied])})"
               f"\nquarantine lifted by each of 2 workers after: {_ms(lifted)}"
               f" (after the file was written: {_ms([s + rewritten for s in lifted])})")  # fmt: skip
+        path, entry = proxy.directory / "quarantine.yaml", _entry(digest)
+        for edit, status in (("written", 403), ("lifted", 200)):
+            since = _rewrite(path, entry if status == 403 else "")
+            print(f"a hand edit ({edit}, renamed into place) applied by each of 2 workers after:"
+                  f" {_ms(seconds_until_each(workers, by_tag, status, since))}")  # fmt: skip
     finally:
         for kept in workers:
             kept.close()
     audited = (proxy.directory / "audit.log").read_text()
     assert f'"quarantine": {{"digest": "{digest}"' in audited and '"user": "reader"' in audited
+
+
+def _entry(digest: str) -> str:
+    return f"- digest: {digest}\n  reason: '{REASON}'\n  added: 2026-12-07T00:00:00Z\n"
+
+
+def _rewrite(path: Path, text: str) -> float:
+    """Write `path` whole and rename it into place, as an editor or a config tool does: the
+    moment it was in place."""
+    tmp = path.with_name(f".{path.name}.edit")
+    tmp.write_text(text)
+    tmp.rename(path)
+    return time.monotonic()
 
 
 def _ms(seconds: list[float]) -> str:
