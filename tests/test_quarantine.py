@@ -255,11 +255,15 @@ async def test_regproxy_check_names_a_bad_entry_by_file_and_line(make_proxy: Pro
     proxy = await make_proxy(SETUP)
     (proxy.directory / "quarantine.yaml").write_text(
         "- digest: sha256:12\n  reason: x\n  added: 2026-01-01\n"
+        f"- digest: {sha(b'x')}\n  reason: x\n  added: 2026-01-01\n  image_blobs:\n  - latest\n"
     )
     done = regproxy("check", "-c", str(proxy.config), cwd=proxy.directory)
-    assert "quarantine.yaml:1: quarantine entry disabled: digest: a sha256 digest has 64" in (
-        done.stdout + done.stderr
-    ), done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "quarantine.yaml:1: quarantine entry disabled: digest: a sha256 digest has 64" in output
+    assert (
+        "quarantine.yaml:7: quarantine entry disabled: image_blobs: item 1: expected a digest"
+        " like sha256:<64 hex digits>, got 'latest'"
+    ) in output, output
 
 
 @pytest.fixture
@@ -383,6 +387,12 @@ async def test_add_records_the_blobs_read_from_the_registry(
     done = await add(proxy, other.digest, "--repository", "apps/other")
     assert done.returncode == 0, done.stderr
     assert recorded(proxy, other.digest) == {sha(other.config), sha(other.layer)}
+    listing = await asyncio.to_thread(
+        regproxy, "quarantine", "list", "-c", str(proxy.config), cwd=proxy.directory
+    )
+    assert [line.split()[3:5] for line in listing.stdout.splitlines()[1:]] == [
+        ["yes", "(2)"], ["yes", "(2)"]
+    ]  # fmt: skip
     done = await add(proxy, alone)  # no manifest anywhere: nothing to read
     assert done.returncode == 0 and "no blobs to record" in done.stdout, done.stderr
     assert recorded(proxy, alone) is None
