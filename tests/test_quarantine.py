@@ -343,6 +343,17 @@ async def test_explain_says_when_a_quarantined_digest_decides(
         (["remove", f"sha256:{'a' * 64}", "--reason", "x"], 2, "remove takes one DIGEST"),
         (["list", f"sha256:{'a' * 64}"], 2, "list takes no other arguments"),
         (["remove", f"sha256:{'a' * 64}"], 1, "is not quarantined in"),
+        (
+            ["add", f"sha256:{'a' * 64}", "--reason", "x", "--manifest-only", "--repository", "a"],
+            2,
+            "--manifest-only reads no blobs",
+        ),
+        (
+            ["add", f"sha256:{'a' * 64}", "--reason", "x", "--repository", "../x"],
+            2,
+            "--repository: not a repository name",
+        ),
+        (["remove", f"sha256:{'a' * 64}", "--repository", "a"], 2, "remove takes one DIGEST"),
     ],
 )
 def test_the_command_line_refuses_what_it_cannot_do(

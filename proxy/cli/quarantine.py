@@ -64,9 +64,8 @@ _HELP = (
     "--manifest-only): `add` reads the manifest from the registry, in --repository or else\n"
     "the first repository of the catalog that has it, and records its config and layers\n"
     "(an index: its images') with the entry. With `state: {backend: redis}` every replica\n"
-    "applies it too. `list`\n"
-    "shows the entries, `remove` lifts one as fast. Nothing is deleted. Needs\n"
-    "`quarantine: {file: ...}` or a Redis `state:` in the config.",
+    "applies it too. `list` shows the entries, `remove` lifts one as fast. Nothing is\n"
+    "deleted. Needs `quarantine: {file: ...}` or a Redis `state:` in the config.",
     "  0    done\n  1    the config has no quarantine file, a file or Redis problem, nothing"
     " to remove,\n       or (the digest quarantined all the same) its blobs could not be"
     " read from the registry",
