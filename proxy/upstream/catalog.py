@@ -176,8 +176,8 @@ MAX_PAGE_BYTES = 4 * 1024 * 1024  # one upstream page of CATALOG_MAX names, with
 async def fetch_page(
     registry: Registry,
     upstream: str,
-    host: str,
-    forwarded_for: str,
+    host: str | None,
+    forwarded_for: str | None,
     timeouts: Timeouts,
     after: str,
 ) -> tuple[list[str], bool]:
@@ -335,7 +335,7 @@ class Catalog:
         host: str,
         forwarded_for: str,
         timeouts: Timeouts,
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         """The page; `viewer`: what the `rules` (their snapshot's) can tell apart of the
         caller, with whatever else decides what they may pull (grants in force)."""
         page = parse_page(query, self._key)
