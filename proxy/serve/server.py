@@ -30,6 +30,7 @@ from ..conf.snapshot import Snapshot
 from ..core.chores import every
 from ..core.limits import capacity, raise_open_files_limit
 from ..core.memory import release_memory
+from ..http import clienttls
 from ..http.listener import Connections, Listener
 from ..observe import metrics
 from ..observe.accesslog import access_logger_class
@@ -150,6 +151,7 @@ class Server:
             lambda event, age: throttle.apply(event, clock() - age, state.current.config.throttle)
         )
         room = capacity(config.limits, raise_open_files_limit())
+        clienttls.for_url(config.upstream)  # an https:// registry's CAs read before serving
         forwarder = Forwarder(room, config.timeouts.keepalive)
         self._stack.push_async_callback(forwarder.close)
         registry = Registry(forwarder.session, room.own)

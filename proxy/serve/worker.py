@@ -6,20 +6,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import json
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from ..conf.config import Config
 from ..conf.snapshot import Snapshot, preflight
 from ..core.problems import ConfigError
 from ..observe.logsetup import configure_logging
 from ..state.peers import Peers, Siblings
-from .supervisor import WORKER_ENV
+from .supervisor import WORKER_ENV, decode
 
 PR_SET_PDEATHSIG = 1  # a worker stops when its supervisor dies, whatever the cause
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
@@ -44,6 +44,9 @@ def run_worker(
 ) -> int:
     import uvloop
 
+    from ..http.clienttls import import_aiohttp
+
+    import_aiohttp()  # first, so that its client contexts hold no CA bundle
     from .server import Server
 
     server = Server(snapshot, config_path, overrides, siblings)
@@ -64,7 +67,7 @@ def main() -> int:
     # Signals wait until the server can handle them (a SIGTERM while starting is a graceful
     # stop once it has started, not a kill); Server.serve unblocks them.
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
-    spec = json.loads(os.environ.pop(WORKER_ENV))
+    spec: dict[str, Any] = decode(os.environ.pop(WORKER_ENV))
     _stop_with(int(spec["parent"]))
     config_path = Path(spec["config"]) if spec["config"] is not None else None
     try:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from ..core.limits import Timeouts
+from ..http import clienttls
 from ..http.bodies import TooLarge, read_whole
 
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -81,7 +82,12 @@ class Registry:
             raise UpstreamError(f"{method} {url}: no connection free", timed_out=True) from None
         try:
             async with self._session.request(
-                method, url, headers=headers, timeout=timeout, allow_redirects=False
+                method,
+                url,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+                ssl=clienttls.for_url(url),
             ) as response:
                 yield response
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:

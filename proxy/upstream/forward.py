@@ -18,6 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..core.limits import Capacity, FairSlots, Limits, Pace, Timeouts, Watchdog
+from ..http import clienttls
 from ..http.bodies import read_whole
 from ..http.errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
 from ..observe import metrics
@@ -319,6 +320,7 @@ class Forwarder:
                 data=body,
                 allow_redirects=False,
                 timeout=timeout,
+                ssl=clienttls.for_url(route.upstream),
             )
         except (TimeoutError, aiohttp.ServerTimeoutError):
             log.warning(
