@@ -45,9 +45,10 @@ test:
 	$(MAKE) --no-print-directory lint typecheck
 	$(PYTEST) $(XDIST) $(PYTEST_ARGS)
 
-# The inner loop while editing: lint, type check and the pure unit tests (under a minute).
+# The inner loop while editing: lint, type check and the pure unit tests (under a minute), the
+# properties at 100 examples each (`make test` draws 300, `make fuzz` 20,000).
 check: lint typecheck
-	$(PYTEST) $(XDIST) tests/unit $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=check $(PYTEST) $(XDIST) tests/unit $(PYTEST_ARGS)
 
 # regproxy side by side with the registry, nginx and Apache, storms included, then the scale
 # curves (bench/README.md). BENCH_ARGS=--quick for a run of about two minutes (SCALE_ARGS takes

@@ -42,8 +42,10 @@ from proxy.state.peers import Peers
 if TYPE_CHECKING:
     from tests.oidc_issuer import Issuer
 
-# Property tests: a quick profile for `make test`, a long one for `make fuzz`.
+# Property tests: 300 examples in `make test`, Hypothesis's own 100 in `make check` (the inner
+# loop, where every property still runs), a long run in `make fuzz`.
 settings.register_profile("default", max_examples=300, deadline=None)
+settings.register_profile("check", max_examples=100, deadline=None)
 settings.register_profile("long", max_examples=20_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
