@@ -524,7 +524,7 @@ def subsets(names: list[str]) -> st.SearchStrategy[frozenset[str]]:
 INDEX_GLOBS = st.lists(
     st.lists(st.sampled_from(PIECES), min_size=1, max_size=2), min_size=1, max_size=3
 ).map(lambda parts: "/".join("".join(p) for p in parts))
-WHO = st.fixed_dictionaries(
+RULE_WHO = st.fixed_dictionaries(
     {
         "users": subsets(USERS),
         "groups": subsets(GROUPS),
@@ -541,7 +541,7 @@ RULE_NETWORKS = st.lists(st.sampled_from(NETWORKS), max_size=1)
 @st.composite
 def rules(draw: st.DrawFn, position: int) -> Rule:
     anonymous = draw(st.booleans())
-    who = {} if anonymous else draw(WHO)
+    who = {} if anonymous else draw(RULE_WHO)
     return Rule(
         draw(ACTIONS),
         anonymous=anonymous,
