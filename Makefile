@@ -13,10 +13,13 @@ TEST_PACKAGES := docker-registry podman skopeo buildah docker.io:dockerd apache2
                  prometheus:promtool apache2:apache2 \
                  python3-venv:python3-venv
 
-# pytest-xdist: one process per CPU, each running whole test files (a module's tests may share
-# one server, and tests/e2e/test_replicas.py's run in order).
+# pytest-xdist: processes running whole test files (a module's tests may share one server, and
+# tests/e2e/test_replicas.py's run in order). One per CPU for the unit tier, which computes; two
+# per CPU for the whole suite, whose end-to-end and subprocess tests mostly wait on the programs
+# they start (tests/conftest.py hands out the long files first).
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 XDIST := -n auto --dist loadfile
+WORKERS ?= $(shell echo $$(( 2 * $$(nproc) )))
 
 .PHONY: run test check venv lint typecheck clean bench fuzz soak conformance
 
@@ -43,7 +46,7 @@ typecheck: $(STAMP)
 test:
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh $(TEST_PACKAGES)
 	$(MAKE) --no-print-directory lint typecheck
-	$(PYTEST) $(XDIST) $(PYTEST_ARGS)
+	$(PYTEST) -n $(WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The inner loop while editing: lint, type check and the pure unit tests (under a minute), the
 # properties at 100 examples each (`make test` draws 300, `make fuzz` 20,000).
