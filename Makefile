@@ -16,7 +16,8 @@ TEST_PACKAGES := docker-registry podman skopeo buildah docker.io:dockerd apache2
 # pytest-xdist: processes running whole test files (a module's tests may share one server, and
 # tests/e2e/test_replicas.py's run in order). One per CPU for the unit tier, which computes; two
 # per CPU for the whole suite, whose end-to-end and subprocess tests mostly wait on the programs
-# they start (tests/conftest.py hands out the long files first).
+# they start. Files go out in the order tests/conftest.py collects them, long e2e files first
+# (xdist's default order, most tests first, sent the one-test e2e files out last).
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 XDIST := -n auto --dist loadfile
 WORKERS ?= $(shell echo $$(( 2 * $$(nproc) )))
@@ -46,7 +47,7 @@ typecheck: $(STAMP)
 test:
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh $(TEST_PACKAGES)
 	$(MAKE) --no-print-directory lint typecheck
-	$(PYTEST) -n $(WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PYTEST) -n $(WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The inner loop while editing: lint, type check and the pure unit tests (under a minute), the
 # properties at 100 examples each (`make test` draws 300, `make fuzz` 20,000).
