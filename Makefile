@@ -13,10 +13,14 @@ TEST_PACKAGES := docker-registry podman skopeo buildah docker.io:dockerd apache2
                  prometheus:promtool apache2:apache2 \
                  python3-venv:python3-venv
 
-# pytest-xdist: one process per CPU, each running whole test files (a module's tests may share
-# one server, and tests/e2e/test_replicas.py's run in order).
+# pytest-xdist: processes running whole test files (a module's tests may share one server, and
+# tests/e2e/test_replicas.py's run in order). One per CPU for the unit tier, which computes; two
+# per CPU for the whole suite, whose end-to-end and subprocess tests mostly wait on the programs
+# they start. Files go out in the order tests/conftest.py collects them, long e2e files first
+# (xdist's default order, most tests first, sent the one-test e2e files out last).
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 XDIST := -n auto --dist loadfile
+WORKERS ?= $(shell echo $$(( 2 * $$(nproc) )))
 
 .PHONY: run test check venv lint typecheck clean bench fuzz soak conformance
 
@@ -43,11 +47,12 @@ typecheck: $(STAMP)
 test:
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh $(TEST_PACKAGES)
 	$(MAKE) --no-print-directory lint typecheck
-	$(PYTEST) $(XDIST) $(PYTEST_ARGS)
+	$(PYTEST) -n $(WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
-# The inner loop while editing: lint, type check and the pure unit tests (under a minute).
+# The inner loop while editing: lint, type check and the pure unit tests (under a minute), the
+# properties at 100 examples each (`make test` draws 300, `make fuzz` 20,000).
 check: lint typecheck
-	$(PYTEST) $(XDIST) tests/unit $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=check $(PYTEST) $(XDIST) tests/unit $(PYTEST_ARGS)
 
 # regproxy side by side with the registry, nginx and Apache, storms included, then the scale
 # curves (bench/README.md). BENCH_ARGS=--quick for a run of about two minutes (SCALE_ARGS takes

@@ -42,13 +42,26 @@ from proxy.state.peers import Peers
 if TYPE_CHECKING:
     from tests.oidc_issuer import Issuer
 
-# Property tests: a quick profile for `make test`, a long one for `make fuzz`.
+# Property tests: 300 examples in `make test`, Hypothesis's own 100 in `make check` (the inner
+# loop, where every property still runs), a long run in `make fuzz`.
 settings.register_profile("default", max_examples=300, deadline=None)
+settings.register_profile("check", max_examples=100, deadline=None)
 settings.register_profile("long", max_examples=20_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long files first: e2e, then in-process, then the many short unit tests, so that the
+    files xdist hands out last are short ones that fill the gaps, not a long e2e file that
+    runs on alone while the other workers wait. Within a file the order stays."""
+    first, last = ROOT / "tests" / "e2e", ROOT / "tests" / "unit"
+    items.sort(
+        key=lambda item: 1 - item.path.is_relative_to(first) + item.path.is_relative_to(last)
+    )
+
 
 # Test users: (password, groups). Cost 4 keeps hashing fast; the cost is not what is tested.
 USERS = {"pull": "pull-pw", "push": "push:pw", "other": "other-pw"}

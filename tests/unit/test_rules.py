@@ -519,30 +519,37 @@ def subsets(names: list[str]) -> st.SearchStrategy[frozenset[str]]:
     return st.frozensets(st.sampled_from(names), max_size=2)
 
 
-@st.composite
-def index_globs(draw: st.DrawFn) -> str:
-    parts = draw(st.lists(st.lists(st.sampled_from(PIECES), min_size=1, max_size=2),
-                          min_size=1, max_size=3))  # fmt: skip
-    return "/".join("".join(p) for p in parts)
+# Built once: a strategy made inside a composite is built and validated again at every draw,
+# which cost more than the draws themselves (the examples drawn are the same).
+INDEX_GLOBS = st.lists(
+    st.lists(st.sampled_from(PIECES), min_size=1, max_size=2), min_size=1, max_size=3
+).map(lambda parts: "/".join("".join(p) for p in parts))
+RULE_WHO = st.fixed_dictionaries(
+    {
+        "users": subsets(USERS),
+        "groups": subsets(GROUPS),
+        "issuers": subsets(ISSUERS),
+        "claims": st.sampled_from([(), (("ref", ("main",)),), (("ref", ("v*",)),)]),
+    }
+)
+ACTIONS = st.frozensets(st.sampled_from(["pull", "push", "delete"]))
+RULE_REPOSITORIES = st.lists(INDEX_GLOBS, max_size=2)
+RULE_TAGS = st.lists(st.sampled_from(["v*", "latest", "v1.?"]), max_size=2)
+RULE_NETWORKS = st.lists(st.sampled_from(NETWORKS), max_size=1)
 
 
 @st.composite
 def rules(draw: st.DrawFn, position: int) -> Rule:
     anonymous = draw(st.booleans())
-    who = {} if anonymous else {
-        "users": draw(subsets(USERS)),
-        "groups": draw(subsets(GROUPS)),
-        "issuers": draw(subsets(ISSUERS)),
-        "claims": draw(st.sampled_from([(), (("ref", ("main",)),), (("ref", ("v*",)),)])),
-    }  # fmt: skip
+    who = {} if anonymous else draw(RULE_WHO)
     return Rule(
-        draw(st.frozensets(st.sampled_from(["pull", "push", "delete"]))),
+        draw(ACTIONS),
         anonymous=anonymous,
-        repositories=tuple(draw(st.lists(index_globs(), max_size=2))),
-        tags=tuple(draw(st.lists(st.sampled_from(["v*", "latest", "v1.?"]), max_size=2))),
-        networks=tuple(draw(st.lists(st.sampled_from(NETWORKS), max_size=1))),
+        repositories=tuple(draw(RULE_REPOSITORIES)),
+        tags=tuple(draw(RULE_TAGS)),
+        networks=tuple(draw(RULE_NETWORKS)),
         origin=f"acl.yaml:{position + 1}",
-        **who,  # type: ignore[arg-type]
+        **who,
     )
 
 

@@ -275,33 +275,33 @@ def test_glob_covers(wide: str, narrow: str, covers: bool) -> None:
 
 
 _GLOB_ALPHABET = "ab/*?"
+# What each wildcard accepts; built once, not at every draw (building a strategy costs more
+# than drawing from it).
+_FILLS = {
+    "**": st.text("ab/", max_size=4),
+    "*": st.text("ab", max_size=3),
+    "?": st.sampled_from("ab"),
+}
 
 
 @st.composite
 def _instance(draw: st.DrawFn, glob: str) -> str:
     """A name `glob` matches: each wildcard replaced by random text it accepts."""
-    out = []
-    for part in re.split(r"(\*\*|\*|\?)", glob):
-        if part == "**":
-            out.append(draw(st.text("ab/", max_size=4)))
-        elif part == "*":
-            out.append(draw(st.text("ab", max_size=3)))
-        elif part == "?":
-            out.append(draw(st.sampled_from("ab")))
-        else:
-            out.append(part)
-    return "".join(out)
+    parts = re.split(r"(\*\*|\*|\?)", glob)
+    return "".join(draw(_FILLS[part]) if part in _FILLS else part for part in parts)
 
 
 _WIDER = {"a": ["a", "?", "*", "**"], "b": ["b", "?", "*", "**"], "/": ["/", "**"],
           "?": ["?", "*", "**"], "*": ["*", "**"], "**": ["**"]}  # fmt: skip
+_NARROW = st.lists(st.sampled_from(sorted(_WIDER)), max_size=6)
+_WIDENED = {token: st.sampled_from(wider) for token, wider in _WIDER.items()}
 
 
 @st.composite
 def _widened(draw: st.DrawFn) -> tuple[str, str]:
     """A glob, and one made from it by widening each token: the first must be covered."""
-    narrow = draw(st.lists(st.sampled_from(sorted(_WIDER)), max_size=6))
-    wide = [draw(st.sampled_from(_WIDER[token])) for token in narrow]
+    narrow = draw(_NARROW)
+    wide = [draw(_WIDENED[token]) for token in narrow]
     return "".join(wide), "".join(narrow)
 
 
