@@ -101,7 +101,7 @@ def test_a_change_names_the_rules_and_the_first_line() -> None:
         T + 1,
         T + 60,
     )
-    assert change.repositories == {"team/app", "team/web"}
+    assert list(change.repositories) == ["team/app", "team/web"]  # in the order read
 
 
 @pytest.mark.parametrize(
