@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple, cast
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20  # bytes read at a time
@@ -177,27 +177,31 @@ def is_gzip(path: Path | str) -> bool:
         return start.read(2) == GZIP_MAGIC
 
 
-def read_lines(binary: io.BufferedIOBase, size: int | None = None) -> Iterator[str]:
+def read_lines(
+    binary: io.BufferedIOBase, size: int | None = None, chunk: int = CHUNK
+) -> Iterator[str]:
     """The lines of `binary` as `open_log` reads them, without their newline, up to `size`
     bytes (a whole number of lines). A chunk at a time, split at once: cheaper per line."""
-    pending = b""
+    pending: list[bytes] = []  # the start of a line, in chunks: joined once it ends
     left = math.inf if size is None else size
     while left > 0:
-        chunk = binary.read(int(min(CHUNK, left)))
-        if not chunk:
+        read = binary.read1(int(min(chunk, left)))  # what there is: up to a cut gzip end
+        if not read:
             break
-        left -= len(chunk)
-        cut = chunk.rfind(b"\n") + 1
+        left -= len(read)
+        cut = read.rfind(b"\n") + 1
         if not cut:  # a line longer than a chunk
-            pending += chunk
+            pending.append(read)
             continue
         # Cut after a newline, which no UTF-8 sequence holds: decoded as the whole would be.
-        lines = (pending + chunk[:cut]).decode("utf-8", "surrogateescape").split("\n")
-        pending = chunk[cut:]
+        text = b"".join((*pending, read[:cut])).decode("utf-8", "surrogateescape")
+        pending = [read[cut:]]
+        lines = text.split("\n")
         lines.pop()  # after the last newline: nothing
         yield from lines
-    if pending:
-        yield pending.decode("utf-8", "surrogateescape")
+    rest = b"".join(pending)
+    if rest:
+        yield rest.decode("utf-8", "surrogateescape")
 
 
 def pieces(path: Path | str, most: int, smallest: int) -> list[tuple[int, int]]:
@@ -219,6 +223,5 @@ def pieces(path: Path | str, most: int, smallest: int) -> list[tuple[int, int]]:
 
 def open_log(path: Path | str, stdin: io.BufferedReader | None = None) -> io.TextIOWrapper:
     """The log's lines as text, gunzipped as `open_binary` does."""
-    binary = open_binary(path, stdin)  # a BufferedReader or a GzipFile: both have a name
-    text = io.TextIOWrapper(binary, "utf-8", "surrogateescape", "\n")  # type: ignore[arg-type]
-    return text
+    binary = cast(BinaryIO, open_binary(path, stdin))  # a BufferedReader or a GzipFile
+    return io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="\n")
