@@ -1,9 +1,10 @@
 """`regproxy replay`'s throughput and memory: a generated access log of N lines (a registry's
 mix: blob and manifest pulls, pushes, pings, anonymous 401s), replayed against an ACL edit by
-`regproxy replay` as a subprocess; prints lines a second and the peak RSS, for two sizes, so
-that flat memory shows as the same RSS for ten times the lines.
+`regproxy replay` as a subprocess; prints lines a second (wall, and per CPU second) and the
+peak RSS, for two sizes, so that flat memory shows as the same RSS for ten times the lines; the
+larger with `--jobs 1` and with `--jobs N` (the CPUs), in the same run.
 
-    .venv/bin/python -m bench.replay [--lines N] [--gzip]
+    .venv/bin/python -m bench.replay [--lines N] [--gzip] [--jobs N]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.authn.credentials import hash_password
+from proxy.observe.replayjobs import default_jobs
 
 USERS = [f"user{n}" for n in range(50)]
 TEAMS = [f"team{n}" for n in range(10)]
@@ -114,19 +116,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1_000_000, help="the larger log's lines")
     parser.add_argument("--gzip", action="store_true", help="gzip-compressed logs")
+    parser.add_argument("--jobs", type=int, default=default_jobs(), help="the larger log's N")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="replay-bench-") as name:
         directory = Path(name)
         config = setup(directory)
+        replay = [sys.executable, "-m", "proxy", "replay", "-c", str(config), "--acl",
+                  str(directory / "acl.yaml")]  # fmt: skip
         for count in (args.lines // 10, args.lines):
             log = write_log(directory, count, args.gzip)
             floor = timed([sys.executable, "-c", FLOOR, str(log)])
-            run = timed([sys.executable, "-m", "proxy", "replay", "-c", str(config), "--acl",
-                         str(directory / "acl.yaml"), str(log)], expected=1)  # fmt: skip
-            print(run.output.splitlines()[-1])
-            print(f"{count} lines: {count / run.seconds:,.0f} lines/s"
-                  f" ({count / run.cpu:,.0f} a CPU second; only reading and splitting them:"
-                  f" {count / floor.cpu:,.0f}), peak RSS {run.rss / 1024:.0f} MiB")  # fmt: skip
+            for jobs in (1, args.jobs) if count == args.lines else (1,):
+                run = timed([*replay, "--jobs", str(jobs), str(log)], expected=1)
+                print(run.output.splitlines()[-1])
+                print(f"{count} lines, --jobs {jobs}: {count / run.seconds:,.0f} lines/s"
+                      f" ({count / run.cpu:,.0f} a CPU second; only reading and splitting them:"
+                      f" {count / floor.cpu:,.0f} in one process), peak RSS of a process"
+                      f" {run.rss / 1024:.0f} MiB; load average {os.getloadavg()[0]:.1f}"
+                      f" on {os.cpu_count()} CPUs")  # fmt: skip
     return 0
 
 

@@ -127,3 +127,38 @@ def test_help_lists_replay_and_its_exit_codes(setup: Path) -> None:
     assert "replay" in regproxy("--help", cwd=setup).stdout
     text = regproxy("replay", "--help", cwd=setup).stdout
     assert "--proposed-config" in text and "1    some requests would be answered" in text
+
+
+def _long_log(lines: int) -> str:
+    """`lines` requests that change nothing, then LOG: what changes is in its last piece."""
+    same = f'10.0.0.2 - carol [{STAMP}] "GET /v2/library/x/manifests/{{}} HTTP/1.1" 200 512\n'
+    return "".join(same.format(n) for n in range(lines)) + LOG
+
+
+def test_jobs_report_what_one_process_reports(setup: Path) -> None:
+    # Plain logs split into byte ranges of whole lines, gzip logs read whole by a process:
+    # the same report, line numbers and all, as one process reading them in turn.
+    (setup / "a.log").write_text(_long_log(3000))
+    (setup / "b.log.gz").write_bytes(gzip.compress(_long_log(1000).encode()))
+    (setup / "c.log").write_text(LOG + _long_log(2000))
+    logs = ("a.log", "b.log.gz", "c.log", "a.log")
+    args = ("replay", "-c", "regproxy.yaml", "--acl", "acl.yaml", *logs)
+    for extra in (("--json",), ()):
+        one = regproxy(*args, *extra, "--jobs", "1", cwd=setup)
+        many = regproxy(*args, *extra, "--jobs", "4", cwd=setup)
+        assert (one.returncode, many.returncode) == (1, 1), one.stderr + many.stderr
+        assert many.stdout == one.stdout
+    where = "a.log:3005, b.log.gz:1005, c.log:5, c.log:2011, a.log:3005"
+    assert f"malformed lines: 5 ({where})" in many.stdout
+    assert "  first:  a.log:3003" in many.stdout
+
+
+def test_a_log_cut_short_names_the_line_with_jobs(setup: Path) -> None:
+    (setup / "a.log").write_text(_long_log(3000))
+    (setup / "cut.log.gz").write_bytes(gzip.compress(_long_log(3000).encode())[:-40])
+    args = ("replay", "-c", "regproxy.yaml", "a.log", "cut.log.gz")
+    one = regproxy(*args, "--jobs", "1", cwd=setup)
+    many = regproxy(*args, "--jobs", "3", cwd=setup)
+    assert (one.returncode, many.returncode) == (2, 2)
+    assert one.stderr.startswith("cut.log.gz: compressed data ends early, after line 30")
+    assert many.stderr == one.stderr

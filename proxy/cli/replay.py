@@ -16,8 +16,8 @@ from ..conf import config as config_module
 from ..conf.config import Config
 from ..conf.snapshot import load_users
 from ..core.problems import ConfigError
-from ..observe.logread import open_log, parse_line
-from ..observe.replay import Policy, Replay, Users
+from ..observe.replay import Policy, Users
+from ..observe.replayjobs import Unreadable, default_jobs, replay_logs
 from ..observe.replayreport import as_json, text_lines
 from ..policy.grantfile import load_grants
 from ..policy.rules import RuleSet
@@ -54,6 +54,17 @@ def add_parser(commands: Any) -> None:
     replay.add_argument("--groups", metavar="FILE", help="the proposed group file")
     replay.add_argument("--htpasswd", metavar="FILE", help="the proposed htpasswd file")
     replay.add_argument("--json", action="store_true", help="the report as one JSON object")
+    replay.add_argument(
+        "--jobs", type=_positive, default=default_jobs(), metavar="N",
+        help="processes reading the logs (default: the CPUs, at most 8); the report is the same",
+    )  # fmt: skip
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text}")
+    return number
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,12 +78,12 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    replay = Replay(before, after)
-    for name in args.logs:
-        problem = _read(replay, name)
-        if problem is not None:
-            print(problem, file=sys.stderr)
-            return 2
+    try:
+        stdin = sys.stdin.buffer
+        replay = replay_logs(before, after, args.logs, args.jobs, stdin)  # type: ignore[arg-type]
+    except Unreadable as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(as_json(replay, args.logs), indent=2))
     else:
@@ -81,23 +92,6 @@ def run(args: argparse.Namespace) -> int:
         print("nothing to replay: no line of the logs is an access line", file=sys.stderr)
         return 2
     return 1 if replay.changes else 0
-
-
-def _read(replay: Replay, name: str) -> str | None:
-    """Feed one log to the replay; why it cannot be read, if it cannot."""
-    number = 0
-    try:
-        with open_log(name, sys.stdin.buffer) as lines:  # type: ignore[arg-type]
-            replay.source = name
-            add, parse = replay.add, parse_line  # looked up once, not per line
-            for number, line in enumerate(lines, 1):
-                add(parse(line), number)
-    except OSError as exc:
-        where = f" after line {number}" if number else ""
-        return f"{name}: cannot read{where}: {exc.strerror or exc}"
-    except EOFError:  # a gzip stream cut short, a log compressed while being written
-        return f"{name}: compressed data ends early, after line {number}"
-    return None
 
 
 def policy(config: Config) -> Policy:

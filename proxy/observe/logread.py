@@ -1,6 +1,7 @@
 r"""Reading access logs back: regproxy's own formats (`common`, `combined`,
 `combined_duration`, `json`) and the Apache and nginx recipes' default ones (Apache's common and
-combined, nginx's combined), told apart line by line. Pure, but for `open_log`.
+combined, nginx's combined), told apart line by line. Pure, but for the
+functions that open and read files (`open_binary`, `read_lines`, `pieces`, `open_log`).
 
 Values are unescaped back to what was received: Apache's `\"`, `\\`, `\n`... and `\xhh`, and
 nginx's `\xHH`; bytes that are not UTF-8 come back as surrogate escapes, as aiohttp hands them
@@ -12,13 +13,17 @@ from __future__ import annotations
 import functools
 import gzip
 import io
+import itertools
 import json
+import math
 import re
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple, cast
 
 GZIP_MAGIC = b"\x1f\x8b"
+CHUNK = 1 << 20  # bytes read at a time
 
 
 class Logged(NamedTuple):  # a tuple: one is made per line, and a dataclass costs more to make
@@ -50,6 +55,9 @@ _PLAIN = re.compile(
     r'([^\s\\]+) [^\s\\]+ ([^\s\\]+) \[([^\]]{26})\] "([A-Z]+) ([^\s"\\]+) HTTP/\d\.\d"'
     r' (\d{3}) (?:\d+|-)(?: "[^"\\]*" "[^"\\]*")?(?: \d+)?'
 )
+# `parse_common`'s usual line, as read (line end and all), and never a `json` line: a caller
+# that takes the fields of a match reads what `parse_line` would.
+USUAL_LINE = re.compile(r"(?!\{)" + _PLAIN.pattern + r"[\r\n]*")
 _REQUEST = re.compile(r"([A-Z]+) (\S+) HTTP/\d\.\d")
 _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[bnrtv\"\\])")
 _NAMED = {b"b": b"\b", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v", b'"': b'"',
@@ -156,14 +164,64 @@ def parse_line(line: str) -> Logged | None:
     return parse_common(line)
 
 
-def open_log(path: Path | str, stdin: io.BufferedReader | None = None) -> io.TextIOWrapper:
-    """The log's lines as text, gunzipped when it starts with gzip's magic bytes (whatever its
-    name); `-` is `stdin`. OSError when it cannot be read."""
-    binary: io.BufferedReader | gzip.GzipFile
+def open_binary(path: Path | str, stdin: io.BufferedReader | None = None) -> io.BufferedIOBase:
+    """The log's bytes, gunzipped when it starts with gzip's magic bytes (whatever its name);
+    `-` is `stdin`. OSError when it cannot be read."""
     if str(path) == "-" and stdin is not None:
-        binary = gzip.GzipFile(fileobj=stdin) if stdin.peek(2)[:2] == GZIP_MAGIC else stdin
-    else:
-        with open(path, "rb") as start:
-            packed = start.read(2) == GZIP_MAGIC
-        binary = gzip.open(path) if packed else open(path, "rb")  # noqa: SIM115
+        return gzip.GzipFile(fileobj=stdin) if stdin.peek(2)[:2] == GZIP_MAGIC else stdin
+    return gzip.GzipFile(path) if is_gzip(path) else open(path, "rb")
+
+
+def is_gzip(path: Path | str) -> bool:
+    with open(path, "rb") as start:
+        return start.read(2) == GZIP_MAGIC
+
+
+def read_lines(
+    binary: io.BufferedIOBase, size: int | None = None, chunk: int = CHUNK
+) -> Iterator[str]:
+    """The lines of `binary` as `open_log` reads them, without their newline, up to `size`
+    bytes (a whole number of lines). A chunk at a time, split at once: cheaper per line."""
+    pending: list[bytes] = []  # the start of a line, in chunks: joined once it ends
+    left = math.inf if size is None else size
+    while left > 0:
+        read = binary.read1(int(min(chunk, left)))  # what there is: up to a cut gzip end
+        if not read:
+            break
+        left -= len(read)
+        cut = read.rfind(b"\n") + 1
+        if not cut:  # a line longer than a chunk
+            pending.append(read)
+            continue
+        # Cut after a newline, which no UTF-8 sequence holds: decoded as the whole would be.
+        text = b"".join((*pending, read[:cut])).decode("utf-8", "surrogateescape")
+        pending = [read[cut:]]
+        lines = text.split("\n")
+        lines.pop()  # after the last newline: nothing
+        yield from lines
+    rest = b"".join(pending)
+    if rest:
+        yield rest.decode("utf-8", "surrogateescape")
+
+
+def pieces(path: Path | str, most: int, smallest: int) -> list[tuple[int, int]]:
+    """Byte ranges (start, size) of a plain file, each whole lines: up to `most`, of about
+    `smallest` bytes or more."""
+    with open(path, "rb") as log:
+        total = log.seek(0, io.SEEK_END)
+        count = max(1, min(most, total // smallest))
+        starts = {0}
+        for n in range(1, count):
+            if total * n // count == 0:
+                continue
+            log.seek(total * n // count - 1)
+            log.readline()  # to the start of the next line (this one if it starts here)
+            starts.add(log.tell())
+    edges = [*sorted(start for start in starts if start < total), total]
+    return [(start, end - start) for start, end in itertools.pairwise(edges)]
+
+
+def open_log(path: Path | str, stdin: io.BufferedReader | None = None) -> io.TextIOWrapper:
+    """The log's lines as text, gunzipped as `open_binary` does."""
+    binary = cast(BinaryIO, open_binary(path, stdin))  # a BufferedReader or a GzipFile
     return io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="\n")

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Container, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Container, Iterable, Mapping
+from dataclasses import dataclass, field, fields
 
 from ..core.addresses import IPAddress, ip_address
 from ..core.lru import Recent
@@ -23,9 +23,8 @@ from ..http.routes import Operation, Refusal, classify, is_proxied
 from ..policy.grants import Grants
 from ..policy.identity import Identity
 from ..policy.rules import Rule, authorize
-from .logread import Logged
+from .logread import USUAL_LINE, Logged, apache_time, parse_line
 
-_UNKNOWN = object()  # not in a cache (None is a cached answer there)
 ROBOT_PREFIX = "robot$"  # robots are decided by their scopes and owner at the time: not here
 FIRST = 5  # line numbers kept per kind of line not decided
 KEPT_NAMES = 1000  # repositories kept per change: the pattern covers the rest
@@ -90,23 +89,36 @@ class Outcome:
         return text + (", mount dropped" if self.mount_dropped else "")
 
 
-@dataclass
+@dataclass(slots=True)
 class Sample:
     """How many lines of one kind, and where the first few are (`FILE:LINE`)."""
 
     count: int = 0
     first: list[str] = field(default_factory=list)
 
-    def add(self, where: str) -> None:
+    def add(self, source: str, line: int) -> None:
         self.count += 1
-        if len(self.first) < FIRST:
-            self.first.append(where)
+        if len(self.first) < FIRST:  # formatted only for the few kept
+            self.first.append(f"{source}:{line}")
+
+    def merge(self, later: Sample, base: int) -> None:
+        """Add the lines of `later`, read after these, its line numbers `base` lines on."""
+        self.count += later.count
+        room = FIRST - len(self.first)
+        self.first += [_shifted(where, base) for where in later.first[:room]]
+
+
+def _shifted(where: str, base: int) -> str:
+    """`FILE:LINE` of a piece of a file, as a line number of the whole file."""
+    source, _, line = where.rpartition(":")
+    return f"{source}:{int(line) + base}"
 
 
 @dataclass
 class Change:
     """Requests of one user and action whose answer changes the same way, decided by the
-    same rules: how many, on which repositories, first and last seen."""
+    same rules: how many, on which repositories (the first `KEPT_NAMES` seen, in order), first
+    and last seen."""
 
     user: str | None
     action: str
@@ -116,7 +128,7 @@ class Change:
     count: int = 0
     first_seen: float = math.inf
     last_seen: float = -math.inf
-    repositories: set[str] = field(default_factory=set)
+    repositories: dict[str, None] = field(default_factory=dict)  # a set that keeps its order
     more: bool = False  # repositories beyond KEPT_NAMES were seen
 
     def add(self, moment: float, repository: str | None) -> None:
@@ -126,10 +138,24 @@ class Change:
         if moment > self.last_seen:
             self.last_seen = moment
         if repository is not None and repository not in self.repositories:
-            if len(self.repositories) < KEPT_NAMES:
-                self.repositories.add(repository)
-            else:
-                self.more = True
+            self._name(repository)
+
+    def _name(self, repository: str) -> None:
+        if len(self.repositories) < KEPT_NAMES:
+            self.repositories[repository] = None
+        else:
+            self.more = True
+
+    def merge(self, later: Change) -> None:
+        """Add the requests of `later`, read after these: the same as reading them here."""
+        self.count += later.count
+        self.first_seen = min(self.first_seen, later.first_seen)
+        self.last_seen = max(self.last_seen, later.last_seen)
+        # `later` kept its first names in order: those not here come first among them.
+        for repository in later.repositories:
+            if repository not in self.repositories:
+                self._name(repository)
+        self.more = self.more or later.more
 
     @property
     def pattern(self) -> str:
@@ -137,7 +163,7 @@ class Change:
         return repository_pattern(self.repositories, self.more)
 
 
-def repository_pattern(names: set[str], more: bool = False) -> str:
+def repository_pattern(names: Collection[str], more: bool = False) -> str:
     if not names:
         return "-"
     if len(names) == 1 and not more:
@@ -162,93 +188,200 @@ UNDECIDED = {
     "refused": "refused by regproxy before any decision (not a registry request)",
 }
 
-
-@dataclass(frozen=True, eq=False, slots=True)
-class _Pair:
-    """The two answers to one request, made once per distinct pair (compared by identity)."""
-
-    before: Outcome
-    after: Outcome
-    changes: bool
+ChangeKey = tuple[str | None, str, Outcome, Outcome]  # user, action, before, after
 
 
-class Replay:
+@dataclass
+class Tally:
+    """What a replay counted, and all a report reads. Tallies of consecutive pieces of the
+    logs merge into the tally of reading them in one go."""
+
+    requests: int = 0
+    decided: int = 0
+    malformed: Sample = field(default_factory=Sample)
+    undecided: dict[str, Sample] = field(
+        default_factory=lambda: {kind: Sample() for kind in UNDECIDED}
+    )
+    # The unresolved users counted: the KEPT_NAMES first in sort order (not in the order seen:
+    # the order seen cannot be merged from pieces read apart), in the order seen.
+    unresolved_users: dict[str, int] = field(default_factory=dict)
+    disagreements: Sample = field(default_factory=Sample)  # answered in the log, refused now
+    changes: dict[ChangeKey, Change] = field(default_factory=dict)
+    first_seen: float = math.inf
+    last_seen: float = -math.inf
+    _highest: str | None = None  # the last unresolved user counted, once KEPT_NAMES are
+
+    def unresolved(self, user: str) -> None:
+        users = self.unresolved_users
+        if user in users:
+            users[user] += 1
+        elif self._highest is None or user < self._highest:
+            users[user] = 1
+            self._trim()
+
+    def _trim(self) -> None:
+        users = self.unresolved_users
+        while len(users) > KEPT_NAMES:
+            del users[max(users)]
+        self._highest = max(users) if len(users) == KEPT_NAMES else None
+
+    def merge(self, later: Tally, base: int = 0) -> None:
+        """Add `later`, the tally of the lines read after these; its line numbers are `base`
+        lines on (the lines of its log read before it)."""
+        self.requests += later.requests
+        self.decided += later.decided
+        self.first_seen = min(self.first_seen, later.first_seen)
+        self.last_seen = max(self.last_seen, later.last_seen)
+        for mine, theirs in (
+            (self.malformed, later.malformed),
+            (self.disagreements, later.disagreements),
+            *((self.undecided[kind], later.undecided[kind]) for kind in UNDECIDED),
+        ):
+            mine.merge(theirs, base)
+        for user, count in later.unresolved_users.items():
+            # Exact: a user among the first KEPT_NAMES of all is among those of each piece.
+            self.unresolved_users[user] = self.unresolved_users.get(user, 0) + count
+        self._trim()
+        for key, change in later.changes.items():
+            found = self.changes.get(key)
+            if found is None:
+                found = Change(key[0], key[1], key[2], key[3], _shifted(change.first_line, base))
+                self.changes[key] = found
+            found.merge(change)
+
+    def sorted_changes(self) -> list[Change]:
+        """The changes, most requests first."""
+        return sorted(self.changes.values(), key=lambda c: (-c.count, c.user or "", c.action))
+
+    @property
+    def changed(self) -> int:
+        return sum(change.count for change in self.changes.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Effect:
+    """What the two answers to a request make of it: a user a side cannot tell, or decided
+    (refused by the policy in force; the change it belongs to, if it changes)."""
+
+    unresolved: bool = False
+    refused: bool = False
+    change: Change | None = None
+
+
+Classified = tuple[Operation, tuple[object, ...]] | str
+
+
+class Replay(Tally):
     """Decides logged requests under `before` and `after` and keeps what changes."""
 
     def __init__(self, before: Policy, after: Policy) -> None:
+        super().__init__()
         self.before, self.after = before, after
-        self.requests = 0
-        self.decided = 0
-        self.malformed = Sample()
-        self.undecided = {kind: Sample() for kind in UNDECIDED}
-        self.unresolved_users: dict[str, int] = {}
-        self.disagreements = Sample()  # answered in the log, refused by the current policy
-        self.changes: dict[tuple[str | None, str, _Pair], Change] = {}
         self.source = "-"  # the log being read
-        self.first_seen = math.inf
-        self.last_seen = -math.inf
+        self.line = 0  # the last line read of it
         rules = (*before.rules, *after.rules)
         # What a decision depends on beyond user, action and repository, if any rule reads it.
         self._networks = any(rule.networks for rule in rules)
         self._tags = any(rule.tags for rule in rules)
         self._grants = bool(before.grants or after.grants)
         # Bounded, and the requests a log repeats stay remembered (not emptied when full).
-        self._operations: Recent[tuple[str, str], tuple[Operation, tuple[object, ...]] | str]
-        self._operations = Recent(CACHED)
-        self._pairs: Recent[tuple[object, ...], _Pair | None] = Recent(CACHED)
-        self._interned: dict[tuple[Outcome, Outcome], _Pair] = {}  # as many as rule outcomes
+        self._operations: Recent[tuple[str, str], Classified] = Recent(CACHED)
+        self._effects: Recent[tuple[object, ...], _Effect] = Recent(CACHED)
+
+    def tally(self) -> Tally:
+        """What was counted, without the memos (to hand to another process)."""
+        return Tally(**{f.name: getattr(self, f.name) for f in fields(Tally)})
+
+    def feed(self, lines: Iterable[str]) -> None:
+        """Add each of `lines`, the lines of `source` from its first; `line` counts them.
+        The usual line is read here, any other by `parse_line`."""
+        request, usual = self._request, USUAL_LINE.fullmatch  # looked up once, not per line
+        number = 0
+        try:
+            for number, text in enumerate(lines, 1):
+                match = usual(text)
+                if match is None:
+                    self.add(parse_line(text), number)
+                    continue
+                client, user, stamp, method, target, status = match.groups()
+                try:
+                    moment = apache_time(stamp)
+                except (ValueError, KeyError):
+                    self.malformed.add(self.source, number)
+                    continue
+                user = None if user == "-" else user
+                request(moment, client, user, method, target, int(status), number)
+        finally:
+            self.line = number
 
     def add(self, logged: Logged | None, line: int) -> None:
         """Line `line` of the log `source` (None: malformed)."""
         if logged is None:
-            self.malformed.add(self._where(line))
+            self.malformed.add(self.source, line)
             return
+        self._request(*logged, line)
+
+    def _request(
+        self, moment: float, client: str, user: str | None, method: str, target: str,
+        status: int, line: int,
+    ) -> None:  # fmt: skip
+        classified = self._operations.get((method, target))
+        if classified is None:
+            classified = self._classify(method, target)
+            self._operations.put((method, target), classified)
         self.requests += 1
-        moment = logged.time
         if moment < self.first_seen:
             self.first_seen = moment
         if moment > self.last_seen:
             self.last_seen = moment
-        classified = self._operation(logged)
         if isinstance(classified, str):
-            self.undecided[classified].add(self._where(line))
+            self.undecided[classified].add(self.source, line)
+            return
+        if status == 401 or (user is None and status in (400, 429)):
+            self.undecided["before_authentication"].add(self.source, line)
             return
         operation, reads = classified
-        if logged.status == 401 or (logged.user is None and logged.status in (400, 429)):
-            self.undecided["before_authentication"].add(self._where(line))
-            return
-        pair = self._pair(logged, operation, reads)
-        if pair is None:
-            self.undecided["unresolved"].add(self._where(line))
-            user = logged.user or "-"
-            if user in self.unresolved_users or len(self.unresolved_users) < KEPT_NAMES:
-                self.unresolved_users[user] = self.unresolved_users.get(user, 0) + 1
+        # Everything a decision reads: the address and the grants in force only when a rule
+        # or a grant reads them. A hit answers what deciding again would.
+        key: tuple[object, ...] = (user, reads)
+        if self._networks:
+            key += (client,)
+        if self._grants:
+            key += (self.before.epoch(moment), self.after.epoch(moment))
+        effect = self._effects.get(key)
+        if effect is None:
+            address = _address(client) if self._networks else None
+            effect = self._effect(user, address, operation, moment, line)
+            self._effects.put(key, effect)
+        if effect.unresolved:
+            self.undecided["unresolved"].add(self.source, line)
+            self.unresolved(user or "-")
             return
         self.decided += 1
-        if not pair.before.allowed and 200 <= logged.status < 400:
-            self.disagreements.add(self._where(line))
-        if pair.changes:
-            action = operation.action or operation.kind
-            change = self.changes.get((logged.user, action, pair))
-            if change is None:
-                change = Change(logged.user, action, pair.before, pair.after, self._where(line))
-                self.changes[(logged.user, action, pair)] = change
-            change.add(moment, operation.repository)
+        if effect.refused and 200 <= status < 400:
+            self.disagreements.add(self.source, line)
+        if effect.change is not None:
+            effect.change.add(moment, operation.repository)
 
-    def _where(self, line: int) -> str:
-        return f"{self.source}:{line}"
+    def _effect(
+        self, user: str | None, address: IPAddress | None, operation: Operation, moment: float,
+        line: int,
+    ) -> _Effect:  # fmt: skip
+        """Both answers (line `line`, for a change it is the first of)."""
+        before = decide(self.before, user, address, operation, moment)
+        after = decide(self.after, user, address, operation, moment)
+        if before is None or after is None:
+            return _Effect(unresolved=True)
+        if before.answer == after.answer:
+            return _Effect(refused=not before.allowed)
+        key = (user, operation.action or operation.kind, before, after)
+        change = self.changes.get(key)
+        if change is None:
+            change = Change(*key, first_line=f"{self.source}:{line}")
+            self.changes[key] = change
+        return _Effect(refused=not before.allowed, change=change)
 
-    def _operation(self, logged: Logged) -> tuple[Operation, tuple[object, ...]] | str:
-        """The classified request and what a decision reads of it, or the kind of line it is
-        when it cannot be decided."""
-        key = (logged.method, logged.target)
-        found = self._operations.get(key)
-        if found is None:
-            found = self._classify(logged.method, logged.target)
-            self._operations.put(key, found)
-        return found
-
-    def _classify(self, method: str, target: str) -> tuple[Operation, tuple[object, ...]] | str:
+    def _classify(self, method: str, target: str) -> Classified:
         path, _, query = target.partition("?")
         if path in (self.before.token_path, self.after.token_path):
             return "token"
@@ -266,40 +399,6 @@ class Replay:
             operation.kind == "ping",
         )  # fmt: skip: all `authorize` reads of an operation (a digest is not read)
         return operation, read
-
-    def _pair(
-        self, logged: Logged, operation: Operation, reads: tuple[object, ...]
-    ) -> _Pair | None:
-        """Both answers (None: a side cannot tell who the user is), cached by what `authorize`
-        reads."""
-        key: tuple[object, ...] = (logged.user, reads)
-        address = None
-        if self._networks:
-            address = _address(logged.client)
-            key += (address,)
-        if self._grants:
-            key += (self.before.epoch(logged.time), self.after.epoch(logged.time))
-        found = self._pairs.get(key, _UNKNOWN)  # type: ignore[arg-type]
-        if found is not _UNKNOWN:
-            return found
-        before = decide(self.before, logged.user, address, operation, logged.time)
-        after = decide(self.after, logged.user, address, operation, logged.time)
-        pair = None
-        if before is not None and after is not None:
-            pair = self._interned.get((before, after))
-            if pair is None:
-                pair = _Pair(before, after, before.answer != after.answer)
-                self._interned[(before, after)] = pair
-        self._pairs.put(key, pair)
-        return pair
-
-    def sorted_changes(self) -> list[Change]:
-        """The changes, most requests first."""
-        return sorted(self.changes.values(), key=lambda c: (-c.count, c.user or "", c.action))
-
-    @property
-    def changed(self) -> int:
-        return sum(change.count for change in self.changes.values())
 
 
 def _address(client: str) -> IPAddress | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.moments import timestamp
-from .replay import UNDECIDED, Change, Outcome, Replay, Sample
+from .replay import UNDECIDED, Change, Outcome, Sample, Tally
 
 SHOWN = 3  # repositories named one by one in a change
 
@@ -38,7 +38,7 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def summary(replay: Replay) -> str:
+def summary(replay: Tally) -> str:
     """The last line: what changes, out of how much."""
     undecided = sum(sample.count for sample in replay.undecided.values())
     text = (
@@ -51,7 +51,7 @@ def summary(replay: Replay) -> str:
     return text
 
 
-def text_lines(replay: Replay) -> list[str]:
+def text_lines(replay: Tally) -> list[str]:
     """The report: each change, then what was not decided, then the summary line."""
     lines = []
     for change in replay.sorted_changes():
@@ -99,7 +99,7 @@ def _sample(sample: Sample) -> dict[str, Any]:
     return {"count": sample.count, "first_lines": sample.first}
 
 
-def as_json(replay: Replay, logs: list[str]) -> dict[str, Any]:
+def as_json(replay: Tally, logs: list[str]) -> dict[str, Any]:
     """Everything the text says, as one JSON object."""
     seen = (replay.first_seen, replay.last_seen) if replay.requests else (None, None)
     return {

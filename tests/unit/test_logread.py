@@ -15,12 +15,16 @@ from hypothesis import strategies as st
 
 from proxy.observe.accesslog import Entry, apache_line, json_line
 from proxy.observe.logread import (
+    USUAL_LINE,
     Logged,
     apache_time,
+    open_binary,
     open_log,
     parse_apache,
     parse_common,
     parse_line,
+    pieces,
+    read_lines,
 )
 from tests import apache_log
 
@@ -241,3 +245,41 @@ def test_fast_reader_agrees_with_the_strict_one(
 def test_fast_reader_agrees_on_what_regproxy_writes(entry: Entry, fmt: str) -> None:
     line = apache_line(entry, fmt, STAMP)
     assert parse_common(line) == parse_apache(line)
+
+
+_RAW = st.lists(
+    st.sampled_from([b"a", b"\n", b"\r", b"\xff", "é".encode(), b"\xc3", b'"', b" ", b"{"]),
+    max_size=60,
+).map(b"".join)
+
+
+@given(_RAW, st.integers(1, 8), st.integers(1, 5))
+def test_byte_ranges_read_the_lines_a_text_reader_reads(
+    tmp_path_factory: pytest.TempPathFactory, raw: bytes, most: int, chunk: int
+) -> None:
+    path = tmp_path_factory.mktemp("log") / "access.log"
+    path.write_bytes(raw)
+    with open_log(path) as text:
+        expected = [line.removesuffix("\n") for line in text]
+    read: list[str] = []
+    ranges = pieces(path, most, smallest=1)
+    assert sum(size for _, size in ranges) == len(raw)
+    for start, size in ranges:
+        assert start == 0 or raw[start - 1 : start] == b"\n"  # whole lines
+        with open_binary(path) as binary:
+            binary.seek(start)
+            read += read_lines(binary, size, chunk)
+    assert read == expected
+
+
+@given(st.lists(st.text(st.characters(codec="utf-8", exclude_characters="\n"), max_size=9)))
+def test_the_usual_line_reads_as_parse_line_does(texts: list[str]) -> None:
+    for text in texts:
+        line = f'10.0.0.1 - {text or "-"} [{STAMP}] "GET /v2/{text} HTTP/1.1" 200 5\r\n'
+        match = USUAL_LINE.fullmatch(line)
+        if match is not None:
+            client, user, _, method, target, status = match.groups()
+            assert parse_line(line) == (
+                apache_time(STAMP), client, None if user == "-" else user, method, target,
+                int(status),
+            )  # fmt: skip

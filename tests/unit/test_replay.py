@@ -7,11 +7,13 @@ from __future__ import annotations
 from ipaddress import ip_network
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.observe import replay as replay_module
 from proxy.observe.logread import Logged
-from proxy.observe.replay import Policy, Replay, Users, repository_pattern
+from proxy.observe.replay import Policy, Replay, Tally, Users, repository_pattern
+from proxy.observe.replayreport import as_json
 from proxy.policy.grants import NO_GRANTS, Grant, Grants
 from proxy.policy.rules import Rule, recipe_rules
 
@@ -43,6 +45,7 @@ def line(user: str | None, method: str, target: str, status: int = 200, at: floa
 
 
 def replayed(before: Policy, after: Policy, *lines: Logged | None) -> Replay:
+    """The lines of `access.log` replayed."""
     replay = Replay(before, after)
     replay.source = "access.log"
     for number, logged in enumerate(lines, 1):
@@ -101,7 +104,7 @@ def test_a_change_names_the_rules_and_the_first_line() -> None:
         T + 1,
         T + 60,
     )
-    assert change.repositories == {"team/app", "team/web"}
+    assert list(change.repositories) == ["team/app", "team/web"]  # in the order read
 
 
 @pytest.mark.parametrize(
@@ -235,3 +238,107 @@ def test_every_line_is_counted_once(before: Policy, after: Policy, lines: list[L
     assert replay.changed <= replay.decided
     swapped = replayed(after, before, *lines)
     assert swapped.changed == replay.changed  # a change seen from the other side is one too
+
+
+_RULES = st.lists(
+    st.sampled_from([
+        *TEAM,
+        Rule(frozenset({"pull"}), networks=(ip_network("10.0.0.0/8"),), origin="acl:7"),
+        Rule(frozenset({"pull", "push"}), repositories=("team/**",), tags=("v*",),
+             origin="acl:8"),
+        Rule(frozenset({"push"}), users=frozenset({"carol"}), repositories=("library/**",),
+             origin="acl:9"),
+        Rule(frozenset({"pull"}), repositories=("team/**",), upstream="http://other:5000",
+             origin="acl:10"),
+    ]),
+    max_size=4,
+).map(tuple)  # fmt: skip
+_GRANTS = st.lists(
+    st.builds(
+        lambda user, start, hours: Grant(f"g-{user}", user, frozenset({"push"}), ("team/*",),
+                                         T + start, T + start + hours * 3600, "INC"),
+        st.sampled_from(["alice", "carol", "dave"]), st.floats(0, 86400), st.integers(1, 6),
+    ),
+    max_size=2,
+).map(Grants)  # fmt: skip
+_RANDOM_POLICIES = st.builds(
+    policy,
+    rules=_RULES,
+    grants=_GRANTS,
+    elsewhere=st.sampled_from([(), ("ldap",)]),
+)
+
+
+def _merged(before: Policy, after: Policy, lines: list[Logged | None]) -> Tally:
+    """Each line decided by a replay of its own (nothing memoized), the tallies merged."""
+    tally = Tally()
+    for number, logged in enumerate(lines):
+        replay = replayed(before, after, logged)
+        tally.merge(replay.tally(), base=number)
+    return tally
+
+
+# A few requests, each logged many times at other moments from other addresses: what the
+# memos tell apart (or must).
+_REPEATED = st.lists(_LINES, min_size=1, max_size=4).flatmap(
+    lambda requests: st.lists(
+        st.builds(
+            lambda logged, at, client: logged._replace(time=at, client=client),
+            st.sampled_from(requests), _LINES.map(lambda x: x.time), _LINES.map(lambda x: x.client),
+        ),
+        max_size=30,
+    )
+)  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(_RANDOM_POLICIES, _RANDOM_POLICIES, _REPEATED)
+def test_memoized_decisions_are_the_decisions(
+    before: Policy, after: Policy, lines: list[Logged | None]
+) -> None:
+    # Repeated requests hit the memos; a replay per line decides every one afresh.
+    memoized = replayed(before, after, *lines)
+    assert as_json(memoized, ["access.log"]) == as_json(
+        _merged(before, after, lines), ["access.log"]
+    )
+
+
+@given(_POLICIES, _POLICIES, st.lists(st.none() | _LINES, max_size=40), st.data())
+def test_tallies_of_pieces_merge_into_the_tally_of_the_whole(
+    before: Policy, after: Policy, lines: list[Logged | None], data: st.DataObject
+) -> None:
+    cut = data.draw(st.integers(0, len(lines)))
+    whole = replayed(before, after, *lines)
+    tally = replayed(before, after, *lines[:cut]).tally()
+    tally.merge(replayed(before, after, *lines[cut:]).tally(), base=cut)
+    assert as_json(tally, ["access.log"]) == as_json(whole, ["access.log"])
+
+
+def test_the_unresolved_users_kept_are_the_first_in_sort_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(replay_module, "KEPT_NAMES", 2)
+    ldap = policy(elsewhere=("ldap",))
+    names = ["erin", "dave", "erin", "zoe", "bea", "dave", "zoe"]
+    lines = [line(name, "GET", MANIFEST) for name in names]
+    whole = replayed(ldap, ldap, *lines)
+    assert whole.unresolved_users == {"dave": 2, "bea": 1}
+    assert whole.undecided["unresolved"].count == 7
+    tally = replayed(ldap, ldap, *lines[:3]).tally()
+    tally.merge(replayed(ldap, ldap, *lines[3:]).tally(), base=3)
+    assert tally.unresolved_users == whole.unresolved_users
+
+
+def test_a_change_merged_keeps_the_first_repositories_seen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(replay_module, "KEPT_NAMES", 2)
+    names = ["a", "b", "a", "c", "d"]
+    lines = [line("carol", "GET", f"/v2/team/{name}/manifests/1") for name in names]
+    whole = replayed(policy(), policy(TEAM), *lines)
+    tally = replayed(policy(), policy(TEAM), *lines[:2]).tally()
+    tally.merge(replayed(policy(), policy(TEAM), *lines[2:]).tally(), base=2)
+    for found in (whole, tally):
+        [change] = found.sorted_changes()
+        assert (list(change.repositories), change.more, change.count) == (
+            ["team/a", "team/b"], True, 5)  # fmt: skip
