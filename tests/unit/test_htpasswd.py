@@ -8,10 +8,18 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.authn import Outcome
 from proxy.authn.cache import VerifiedCache
-from proxy.authn.credentials import PasswordHash, hash_password, parse_groups, parse_htpasswd
+from proxy.authn.credentials import (
+    DEFAULT_DUMMY_SAMPLE,
+    PasswordHash,
+    hash_password,
+    parse_groups,
+    parse_htpasswd,
+)
 from proxy.authn.htpasswd import HtpasswdAuthenticator, UserFiles
 
 
@@ -115,3 +123,15 @@ def test_reload_keeps_the_dummy_when_scheme_and_cost_stay() -> None:
     cheaper = parse_htpasswd(f"carol:{hash_password('x', cost=4)}\n", "htpasswd")
     changed = UserFiles.build(cheaper, {}, first.dummy)
     assert changed.dummy.cost == 4 and changed.dummy is not first.dummy
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["pusher", "team", "ops", "ci", "all"]),
+        st.frozensets(st.sampled_from(["alice", "bob", "carol", "dave", "erin"])),
+    )
+)
+def test_memberships_invert_the_group_file(groups: dict[str, frozenset[str]]) -> None:
+    built = UserFiles.build(parse_htpasswd("", "h"), groups, DEFAULT_DUMMY_SAMPLE)
+    for user in ("alice", "bob", "carol", "dave", "erin", "nobody"):
+        assert built.groups_of(user) == {g for g, members in groups.items() if user in members}
