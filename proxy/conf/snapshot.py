@@ -12,9 +12,10 @@ and `Snapshot.kept` says which and why.
 
 from __future__ import annotations
 
+import operator
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -31,7 +32,7 @@ from ..policy.grantfile import GrantSettings, load_grants
 from ..policy.grants import NO_GRANTS, Grants
 from ..policy.quarantine import NO_QUARANTINE, Quarantine
 from ..policy.quarantinefile import QuarantineSettings, load_quarantine
-from ..policy.rules import RuleSet
+from ..policy.rules import Rule, RuleSet
 from ..tokenserver.scopes import Signer, TokenSettings, load_signer
 from . import config as config_module
 from .config import Config
@@ -105,16 +106,18 @@ def load_users(
 
     if "htpasswd" in config.auth_backends:
         try:
-            htpasswd = files.read("htpasswd", config.htpasswd, read_htpasswd)
+            htpasswd = files.read("htpasswd", config.htpasswd, read_htpasswd, pure=True)
         except ConfigError as exc:
             fatal.extend(exc.problems)
     if config.groups is not None:
         try:
-            groups = files.read("groups", config.groups, read_groups)
+            groups = files.read("groups", config.groups, read_groups, pure=True)
         except ConfigError as exc:
             fatal.extend(exc.problems)
     if fatal:
         raise ConfigError(fatal + problems)
+    if previous is not None and previous.htpasswd is htpasswd and previous.groups is groups:
+        return previous, problems  # both files unchanged: nothing to build again
     return UserFiles.build(htpasswd, groups, previous.dummy if previous else None), problems
 
 
@@ -157,7 +160,7 @@ def _last_good(
     version."""
     forced: dict[Path, list[Problem]] = {}
     while True:
-        files = LastGood(previous.parsed if previous else None, forced)
+        files = LastGood(previous.parsed if previous else None, forced, _unchanged(previous))
         try:
             return _load(config_path, overrides, files, previous, tls, startup)
         except ConfigError as exc:
@@ -169,6 +172,21 @@ def _last_good(
             if not blamed:
                 raise
             forced = files.force(blamed)
+
+
+def _unchanged(previous: Snapshot | None) -> Callable[[Path], bool]:
+    """Whether a file is as `previous` read it, and it used what it read (not a last good
+    version kept in place of a broken file)."""
+    if previous is None:
+        return lambda _: False
+    kept = {path for path, _ in previous.kept}
+    recorded = previous.signatures
+
+    def unchanged(path: Path) -> bool:
+        now = signature(path)
+        return now is not None and recorded.get(path) == now and path not in kept
+
+    return unchanged
 
 
 def _load(
@@ -238,12 +256,21 @@ def _load(
         fatal += _log_file_problems(config)
     if fatal:
         raise ConfigError(fatal + problems)
-    rules = RuleSet(config.rules)  # indexed here, off the event loop
+    rules = _indexed(config.rules, previous.rules if previous else None)
     snapshot = Snapshot(
         config, users, rules, signer, context, None, signatures, MappingProxyType(robots), secret,
         grants, quarantine, files.parsed, tuple(files.kept), expires,
     )  # fmt: skip
     return snapshot, problems
+
+
+def _indexed(rules: tuple[Rule, ...], previous: RuleSet | None) -> RuleSet:
+    """The rules indexed (here, off the event loop), or the previous index when it holds the
+    very same rules (an unchanged ACL file)."""
+    same = previous is not None and len(previous) == len(rules)
+    if previous is not None and same and all(map(operator.is_, previous, rules)):
+        return previous
+    return RuleSet(rules)
 
 
 def _read_signer(settings: TokenSettings, files: LastGood) -> Signer:
