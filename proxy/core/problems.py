@@ -184,10 +184,10 @@ def construct(node: yaml.Node) -> Any:
     # the constructor would read them: a 10,000-rule file has tens of thousands of them.
     if isinstance(node, yaml.ScalarNode) and node.tag == _STR:
         return node.value
-    if isinstance(node, yaml.SequenceNode) and all(
-        isinstance(item, yaml.ScalarNode) and item.tag == _STR for item in node.value
-    ):
-        return [item.value for item in node.value]
+    if isinstance(node, yaml.SequenceNode):
+        items = [i.value for i in node.value if isinstance(i, yaml.ScalarNode) and i.tag == _STR]
+        if len(items) == len(node.value):
+            return items
     try:
         # A constructor alone, not a whole loader: a file's every value is constructed apart.
         return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
