@@ -3,6 +3,7 @@ verified-credential cache, unknown users checked against a dummy hash."""
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ class UserFiles:
 
     htpasswd: Htpasswd
     groups: dict[str, frozenset[str]]
-    dummy: PasswordHash = field(repr=False)
+    reuse: PasswordHash | None = field(default=None, repr=False, compare=False)
     memberships: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -29,12 +30,17 @@ class UserFiles:
     ) -> UserFiles:
         """Built at reload, off the event loop. `reuse`: the previous dummy, kept when the
         typical scheme and cost are the same (a slow hash is not computed again)."""
-        typical = htpasswd.typical_hash() or DEFAULT_DUMMY_SAMPLE
+        return cls(htpasswd, groups, reuse, _memberships(groups))
+
+    @functools.cached_property
+    def dummy(self) -> PasswordHash:
+        """What unknown users are checked against. Made when first asked for (a slow hash):
+        by the authenticator, built off the event loop; never by `regproxy check`."""
+        typical = self.htpasswd.typical_hash() or DEFAULT_DUMMY_SAMPLE
+        reuse = self.reuse
         if reuse is not None and (reuse.scheme, reuse.cost) == (typical.scheme, typical.cost):
-            dummy = reuse
-        else:
-            dummy = dummy_like(typical)
-        return cls(htpasswd, groups, dummy, _memberships(groups))
+            return reuse
+        return dummy_like(typical)
 
     def groups_of(self, user: str) -> frozenset[str]:
         """Every group of the group file that lists `user` (indexed at reload)."""
@@ -63,6 +69,7 @@ class HtpasswdAuthenticator:
         self._files = files
         self._cache = cache
         self._executor = executor
+        files.dummy  # noqa: B018 (made now, off the event loop, not at the first unknown user)
 
     async def authenticate(self, user: str, password: str) -> AuthResult:
         files = self._files

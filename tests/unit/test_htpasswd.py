@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.authn import Outcome
+from proxy.authn import htpasswd as htpasswd_module
 from proxy.authn.cache import VerifiedCache
 from proxy.authn.credentials import (
     DEFAULT_DUMMY_SAMPLE,
@@ -135,3 +136,16 @@ def test_memberships_invert_the_group_file(groups: dict[str, frozenset[str]]) ->
     built = UserFiles.build(parse_htpasswd("", "h"), groups, DEFAULT_DUMMY_SAMPLE)
     for user in ("alice", "bob", "carol", "dave", "erin", "nobody"):
         assert built.groups_of(user) == {g for g, members in groups.items() if user in members}
+
+
+def test_the_dummy_is_made_by_the_authenticator_not_by_loading(
+    monkeypatch: pytest.MonkeyPatch, executor: RecordingExecutor
+) -> None:
+    """Loading the files (`regproxy check`) makes no slow hash; the authenticator, built off
+    the event loop, makes it before its first request."""
+    made: list[PasswordHash] = []
+    monkeypatch.setattr(htpasswd_module, "dummy_like", lambda s: made.append(s) or s)
+    user_files = files(ALICE)
+    assert made == []
+    htpasswd(user_files, executor)
+    assert len(made) == 1 and user_files.dummy is made[0]
