@@ -144,7 +144,12 @@ def test_the_dummy_is_made_by_the_authenticator_not_by_loading(
     """Loading the files (`regproxy check`) makes no slow hash; the authenticator, built off
     the event loop, makes it before its first request."""
     made: list[PasswordHash] = []
-    monkeypatch.setattr(htpasswd_module, "dummy_like", lambda s: made.append(s) or s)
+
+    def dummy_like(sample: PasswordHash) -> PasswordHash:
+        made.append(sample)
+        return sample
+
+    monkeypatch.setattr(htpasswd_module, "dummy_like", dummy_like)
     user_files = files(ALICE)
     assert made == []
     htpasswd(user_files, executor)
