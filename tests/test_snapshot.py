@@ -272,3 +272,6 @@ def test_a_reload_reuses_what_unchanged_files_built(tmp_path: Path, tls: TlsPair
     replace_file(acl, "- {users: [pull], actions: [pull]}\n")
     fifth, _ = load_snapshot(config, {}, fourth)
     assert not fifth.kept and fifth.rules[0].users == {"pull"}
+    sixth, _ = load_snapshot(config, {}, fifth, reread=True)  # SIGHUP: every file read again
+    assert sixth.users.htpasswd is not fifth.users.htpasswd and sixth.rules is not fifth.rules
+    assert sixth.users.htpasswd == fifth.users.htpasswd and sixth.rules == fifth.rules

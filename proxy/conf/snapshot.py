@@ -137,16 +137,20 @@ def load_snapshot(
     previous: Snapshot | None = None,
     tls: bool = True,
     startup: bool = False,
+    reread: bool = False,
 ) -> tuple[Snapshot, list[Problem]]:
     """Build a Snapshot from scratch: the snapshot and its line-level problems (those lines are
     ignored), or ConfigError with every problem found in every file when it is unusable.
-    `previous` (a reload): a file that cannot be used, or whose content does not fit with the
-    others, keeps its last good version when its path is unchanged (`Snapshot.kept`); a config
-    edit naming files that cannot be used keeps the last good config. `tls` False skips the
+    `previous` (a reload): the htpasswd, group and ACL files it read are parsed again only
+    when changed (`reread`: every file is, SIGHUP); a file that cannot be used, or whose
+    content does not fit with the others, keeps its last good version when its path is
+    unchanged (`Snapshot.kept`); a config edit naming files that cannot be used keeps the
+    last good config. `tls` False skips the
     certificate (the CLI's `explain`, a reload that handles it apart); `startup` also checks
     the log files can be appended to (they are opened only at start)."""
     with collector_paused():
-        return _last_good(config_path, overrides, previous, tls, startup)
+        unchanged = _unchanged(None if reread else previous)
+        return _last_good(config_path, overrides, previous, tls, startup, unchanged)
 
 
 def _last_good(
@@ -155,12 +159,13 @@ def _last_good(
     previous: Snapshot | None,
     tls: bool,
     startup: bool,
+    unchanged: Callable[[Path], bool],
 ) -> tuple[Snapshot, list[Problem]]:
     """`load_snapshot`, each file that cannot be used in turn put back at its last good
     version."""
     forced: dict[Path, list[Problem]] = {}
     while True:
-        files = LastGood(previous.parsed if previous else None, forced, _unchanged(previous))
+        files = LastGood(previous.parsed if previous else None, forced, unchanged)
         try:
             return _load(config_path, overrides, files, previous, tls, startup)
         except ConfigError as exc:
