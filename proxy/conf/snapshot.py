@@ -12,7 +12,6 @@ and `Snapshot.kept` says which and why.
 
 from __future__ import annotations
 
-import operator
 import os
 import ssl
 from collections.abc import Callable, Mapping
@@ -32,7 +31,7 @@ from ..policy.grantfile import GrantSettings, load_grants
 from ..policy.grants import NO_GRANTS, Grants
 from ..policy.quarantine import NO_QUARANTINE, Quarantine
 from ..policy.quarantinefile import QuarantineSettings, load_quarantine
-from ..policy.rules import Rule, RuleSet
+from ..policy.rules import RuleSet
 from ..tokenserver.scopes import Signer, TokenSettings, load_signer
 from . import config as config_module
 from .config import Config
@@ -261,21 +260,14 @@ def _load(
         fatal += _log_file_problems(config)
     if fatal:
         raise ConfigError(fatal + problems)
-    rules = _indexed(config.rules, previous.rules if previous else None)
+    # Indexed anew at each reload, here off the event loop: a new RuleSet is what tells the
+    # catalog's per-viewer cache that a reload happened.
+    rules = RuleSet(config.rules)
     snapshot = Snapshot(
         config, users, rules, signer, context, None, signatures, MappingProxyType(robots), secret,
         grants, quarantine, files.parsed, tuple(files.kept), expires,
     )  # fmt: skip
     return snapshot, problems
-
-
-def _indexed(rules: tuple[Rule, ...], previous: RuleSet | None) -> RuleSet:
-    """The rules indexed (here, off the event loop), or the previous index when it holds the
-    very same rules (an unchanged ACL file)."""
-    same = previous is not None and len(previous) == len(rules)
-    if previous is not None and same and all(map(operator.is_, previous, rules)):
-        return previous
-    return RuleSet(rules)
 
 
 def _read_signer(settings: TokenSettings, files: LastGood) -> Signer:
