@@ -44,6 +44,8 @@ MAIN_RATE_CASES: tuple[tuple[str, str, str, str | None, bool], ...] = (
     ("head-cost10", "HEAD blob, bcrypt cost 10", "HEAD", PULLER_10, True),
 )
 
+RATE_KEYS = tuple(case[0] for case in MAIN_RATE_CASES)
+
 
 @dataclass
 class Result:
@@ -113,7 +115,9 @@ class Bench:
         return [*names[shift:], *names[:shift]]
 
     def rate_cases(self) -> list[RateCase]:
-        connections = self.plan.main_concurrency
+        connections, chosen = self.plan.main_concurrency, self.plan.rate_cases
+        if chosen is not None:
+            return [RateCase(*case, connections) for case in MAIN_RATE_CASES if case[0] in chosen]
         return [
             *(RateCase(*case, connections) for case in MAIN_RATE_CASES),
             *(RateCase(f"sweep-c{n}", "GET /v2/, cost 5", "GET", PULLER, False, n)

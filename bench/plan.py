@@ -36,6 +36,9 @@ class Plan:
     note: str  # what this plan leaves out, said in the report
     storm: StormPlan
     main_concurrency: int = 64
+    rate_cases: tuple[str, ...] | None = (
+        None  # --cases: the rate cases run (None: all, the sweep too)
+    )
 
 
 @dataclass(frozen=True)

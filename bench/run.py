@@ -10,6 +10,7 @@ the direct registry and the limit, and writes JSON, a PNG chart and the table un
 bench/results/. Everything started is stopped by PID at the end, and the temp dir removed.
 
     .venv/bin/python -m bench.run [--quick] [--workers N] [--cache-ttl SECONDS]
+    .venv/bin/python -m bench.run --only rate --cases anonymous --rounds 9 --profile
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import replicas
-from bench.cases import Bench
+from bench.cases import RATE_KEYS, Bench
 from bench.fixtures import make_fixtures
 from bench.plan import PLANS, RESULTS, SECTIONS, log
 from bench.processes import Processes
@@ -59,11 +61,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(SECTIONS),
         help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})",
     )
+    parser.add_argument(
+        "--cases",
+        help=f"comma-separated rate cases to run (default: all of {','.join(RATE_KEYS)}, "
+        "then the sweep)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="runs per rate case and target (default: the plan's)"
+    )
+    parser.add_argument("--seconds", type=int, help="length of each rate run (default: the plan's)")
     args = parser.parse_args(argv)
     sections = [s for s in args.only.split(",") if s]
     if not sections or not set(sections) <= set(SECTIONS):
         parser.error(f"--only takes some of {','.join(SECTIONS)}")
     plan = PLANS["quick" if args.quick else "full"]
+    cases = None if args.cases is None else tuple(c for c in args.cases.split(",") if c)
+    if cases is not None and not (cases and set(cases) <= set(RATE_KEYS)):
+        parser.error(f"--cases takes some of {','.join(RATE_KEYS)}")
+    plan = replace(
+        plan, rate_rounds=args.rounds or plan.rate_rounds,
+        rate_seconds=args.seconds or plan.rate_seconds, rate_cases=cases,
+    )  # fmt: skip
     started, load_before = time.monotonic(), os.getloadavg()[0]
     # SIGTERM unwinds like Ctrl-C does, through the `finally` that stops what was started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

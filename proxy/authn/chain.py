@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ..core.addresses import IPAddress, throttle_key
 from ..core.lru import LRU
 from ..observe import metrics
-from ..policy.identity import Identity
+from ..policy.identity import Identity, anonymous
 from ..state.events import CredentialChecking, CredentialVerified, Event
 from ..state.store import Release, Store
 from . import (
@@ -119,7 +119,7 @@ class Authentication:
         if token is not None:
             credentials = (BEARER, token)
         if credentials is None:
-            return Identity(None, address=address)
+            return anonymous(address)
         user, password = credentials
         where = throttle_key(address)
         attempt = fingerprint(self._key, f"{user}:{password}".encode(errors="surrogateescape"))

@@ -260,5 +260,5 @@ async def _read_manifest(
     return b"".join(chunks)
 
 
-def _too_large() -> web.Response:
+def _too_large() -> web.StreamResponse:
     return error_response(413, "MANIFEST_INVALID", f"manifest larger than {MAX_MANIFEST} bytes")

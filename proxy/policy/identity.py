@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -47,3 +48,11 @@ class Identity:
     @property
     def anonymous(self) -> bool:
         return self.user is None
+
+
+# Every request without credentials has one: made once per address, not per request (an
+# identity is frozen, so one can serve them all).
+@lru_cache(maxsize=1024)
+def anonymous(address: IPAddress | None) -> Identity:
+    """The identity of a request without credentials from `address`."""
+    return Identity(None, address=address)

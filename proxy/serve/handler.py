@@ -261,7 +261,7 @@ class Handler:
             audit(ctx.identity, ctx.operation, response.status, ctx.verdict)
 
 
-def _denied(denied: Denied, realm: str) -> web.Response:
+def _denied(denied: Denied, realm: str) -> web.StreamResponse:
     if denied.status == 401:
         return unauthorized(realm, denied.message)
     code = {400: "UNAUTHORIZED", 429: "TOOMANYREQUESTS"}.get(denied.status, "UNAVAILABLE")

@@ -21,7 +21,7 @@ from .scopes import Signer, TokenSettings, issue
 log = logging.getLogger("regproxy.token")
 
 Identify = Callable[[list[str]], Awaitable[Identity | Denied]]
-Refuse = Callable[[Denied], web.Response]
+Refuse = Callable[[Denied], web.StreamResponse]
 
 
 async def token_endpoint(

@@ -335,7 +335,7 @@ class Catalog:
         host: str,
         forwarded_for: str,
         timeouts: Timeouts,
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         """The page; `viewer`: what the `rules` (their snapshot's) can tell apart of the
         caller, with whatever else decides what they may pull (grants in force)."""
         page = parse_page(query, self._key)
