@@ -280,3 +280,25 @@ def test_an_edit_made_while_the_files_were_read_is_not_lost(
     watcher = Watcher(snapshot.signatures)
     assert watcher.stable_changes() == []  # changed, but not yet stable for one poll
     assert watcher.stable_changes() == [tmp_path / "htpasswd"]
+
+
+async def test_a_quarantine_edit_reads_that_file_alone(make_proxy: ProxyFactory) -> None:
+    """The quarantine file is watched apart and read alone: the rest of the snapshot is kept
+    as it is (the same users, rules); a broken edit keeps its last good version while the
+    other files' edits still apply."""
+    proxy = await make_proxy("quarantine:\n  file: quarantine.yaml\n")
+    path, before = proxy.directory / "quarantine.yaml", proxy.state.current
+    entry = f"- digest: sha256:{'a' * 64}\n  reason: x\n  added: 2026-12-07\n"
+    replace_file(path, entry)
+    await until(lambda: proxy.state.current.quarantine, what="the entry was never read")
+    now = proxy.state.current
+    assert now.users is before.users and now.rules is before.rules and now.authn is before.authn
+    replace_file(path, "- digest: [\n")
+    await until(lambda: proxy.state.current.kept, what="the broken edit was never seen")
+    assert len(proxy.state.current.quarantine) == 1  # its last good version
+    replace_file(proxy.groups, GROUPS_TEXT + "pusher: other\n")
+    await until(lambda: _is(status(proxy, "other", USERS["other"], "POST"), 200))
+    assert len(proxy.state.current.quarantine) == 1 and proxy.state.current.kept
+    replace_file(path, "")
+    await until(lambda: not proxy.state.current.quarantine, what="never lifted")
+    assert not proxy.state.current.kept

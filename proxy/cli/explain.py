@@ -47,7 +47,8 @@ def add_parser(commands: Any) -> None:
         "immutable tags, protected deletes); without it, by digest (or a blob). A\n"
         "break-glass grant that decides is named, with what the ACL alone would say; --at\n"
         "decides at another moment (grants in force then). --digest: a request by that digest\n"
-        "(a quarantined one is refused whatever allows it).",
+        "(a quarantined one, or a blob recorded with a quarantined image, is refused whatever\n"
+        "allows it).",
         "  0    allowed\n  3    denied\n  1    the configuration cannot be loaded",
     )
     add_config_flag(explain)
@@ -116,14 +117,15 @@ def run(args: argparse.Namespace) -> int:
     user, groups = who.user, who.robot.principal_groups if who.robot else who.groups
     decision = decide(config.rules, who, args.action, args.repository, args.tag, grants.at(moment))
     check = _tag_check(config, args.action, args.repository, args.tag, decision)
-    entry = quarantined.get(args.digest)
+    entry = quarantined.get(args.digest) or quarantined.recorded(args.digest or "")
+    of = f" (a layer or config of {entry.digest})" if entry and entry.digest != args.digest else ""
     allowed = decision.allowed and not isinstance(check, Denied) and entry is None
     target = args.repository + (
         f":{args.tag}" if args.tag else f"@{args.digest}" if args.digest else ""
     )
     print(f"{'ALLOW' if allowed else 'DENY'} {user or '-'} {args.action} {target}")
     if entry is not None and decision.allowed:
-        print(f"  decided by: quarantine {entry.origin}: {entry.reason}")
+        print(f"  decided by: quarantine {entry.origin}{of}: {entry.reason}")
         print(f"  acl: {decision.reason} allows it")
     elif isinstance(check, Denied):
         print(f"  decided by: {_tag_rule_name(check.rule)}")
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         moment_text = timestamp(grant.expires if when == "ended" else grant.granted)
         print(f"  note: grant {grant.id} ({grant.origin}) {when} at {moment_text}")
     if entry is not None and not decision.allowed:
-        print(f"  quarantined too: {entry.origin}: {entry.reason}")
+        print(f"  quarantined too: {entry.origin}{of}: {entry.reason}")
     elif quarantined and entry is None:
         print(f"  note: {len(quarantined)} digest(s) quarantined (regproxy quarantine list): a"
               " request reaching one (by digest, tag, index or blob) is refused")  # fmt: skip

@@ -6,11 +6,18 @@ file applies it within a second. With `state: {backend: redis}` the entry is als
 (or removed from) the shared store's `quarantine` hash, which every replica polls: a digest is
 quarantined on a replica when its own file or the shared store holds it. Commands return exit
 codes; `proxy.cli.main` exits.
+
+`add` first reads the manifest from the registry (`upstream`), in `--repository` or else the
+first repository of the catalog that has it, and records the blobs it lists with the entry
+(`image_blobs`), so every worker refuses them without having read the image. When the
+registry cannot tell, the digest is quarantined all the same, and `add` says loudly that its
+blobs are not recorded and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..conf.config import Config
 from ..core.moments import timestamp
 from ..core.problems import ConfigError
+from ..http.routes import valid_name
 from ..policy.quarantine import Entry, Quarantine
 from ..policy.quarantinefile import (
     digest_problem,
@@ -31,6 +39,7 @@ from ..policy.quarantinefile import (
     text_problem,
 )
 from ..state.redis_layout import Keys
+from ..upstream.imageblobs import Unreadable, image_blobs
 from .grant import granted_by
 from .listfile import Refused, aligned, append, remove
 from .parser import add_config_flag, command, on_config
@@ -42,7 +51,8 @@ HEADER = (
     "# regproxy quarantine: written by `regproxy quarantine`, fine to edit by hand.\n"
     "# Every request for these digests is refused; see the README, Quarantine.\n"
 )
-USAGE = """regproxy quarantine add DIGEST --reason TEXT [--by NAME] [--manifest-only] [-c FILE]
+USAGE = """regproxy quarantine add DIGEST --reason TEXT [--by NAME] [--repository NAME]
+                                [--manifest-only] [-c FILE]
        regproxy quarantine list [-c FILE]
        regproxy quarantine remove DIGEST [-c FILE]"""
 NAME = "quarantine"
@@ -51,11 +61,14 @@ _HELP = (
     "`add DIGEST --reason TEXT` quarantines a digest: every request for it is refused with\n"
     "403 and the reason, on every worker within a second: the manifest by digest, by any\n"
     "tag naming it, through any index holding it, and the blobs it lists (unless\n"
-    "--manifest-only). With `state: {backend: redis}` every replica applies it too. `list`\n"
-    "shows the entries, `remove` lifts one as fast. Nothing is deleted. Needs\n"
-    "`quarantine: {file: ...}` or a Redis `state:` in the config.",
-    "  0    done\n  1    the config has no quarantine file, a file or Redis problem, or"
-    " nothing to remove",
+    "--manifest-only): `add` reads the manifest from the registry, in --repository or else\n"
+    "the first repository of the catalog that has it, and records its config and layers\n"
+    "(an index: its images') with the entry. With `state: {backend: redis}` every replica\n"
+    "applies it too. `list` shows the entries, `remove` lifts one as fast. Nothing is\n"
+    "deleted. Needs `quarantine: {file: ...}` or a Redis `state:` in the config.",
+    "  0    done\n  1    the config has no quarantine file, a file or Redis problem, nothing"
+    " to remove,\n       or (the digest quarantined all the same) its blobs could not be"
+    " read from the registry",
 )
 SHARED = "quarantine"  # the shared store's hash (proxy.state.shared)
 
@@ -75,6 +88,11 @@ def add_parser(commands: Any) -> None:
     quarantine.add_argument("--reason", help="why (sent with every refusal, and audited)")
     quarantine.add_argument(
         "--by", metavar="NAME", help="who quarantines it (default: $SUDO_USER, else your login)"
+    )
+    quarantine.add_argument(
+        "--repository",
+        metavar="NAME",
+        help="where to read the manifest's blobs (default: searched in the registry's catalog)",
     )
     quarantine.add_argument(
         "--manifest-only",
@@ -109,7 +127,8 @@ run = on_config(_run)
 
 def _wrong_command_line(args: argparse.Namespace) -> str | None:
     """What the command line lacks or has too much of, for the form it takes."""
-    options = args.reason is not None or args.by is not None or args.manifest_only
+    options = (args.reason is not None or args.by is not None or args.manifest_only
+               or args.repository is not None)  # fmt: skip
     if args.verb == "list":
         return "list takes no other arguments" if options or args.digest else None
     if args.digest is None:
@@ -121,6 +140,10 @@ def _wrong_command_line(args: argparse.Namespace) -> str | None:
         return "remove takes one DIGEST, and no options" if options else None
     if args.reason is None:
         return "missing --reason"
+    if args.manifest_only and args.repository is not None:
+        return "--manifest-only reads no blobs: no --repository"
+    if args.repository is not None and not valid_name(args.repository):
+        return f"--repository: not a repository name: {args.repository!r}"
     for flag, value in (("--reason", args.reason), ("--by", args.by)):
         problem = text_problem(value) if value is not None else None
         if problem is not None:
@@ -131,7 +154,9 @@ def _wrong_command_line(args: argparse.Namespace) -> str | None:
 def _add(config: Config, args: argparse.Namespace) -> int:
     entry = Entry(args.digest, args.reason.strip(), int(time.time()), granted_by(args.by),
                   not args.manifest_only)  # fmt: skip
-
+    unread, note = 0, ""
+    if entry.blobs:
+        entry, unread, note = _with_blobs(config, entry, args.repository)
     path = config.quarantine.file
 
     def make(text: str) -> str:
@@ -150,7 +175,34 @@ def _add(config: Config, args: argparse.Namespace) -> int:
     status = _write_shared(config, lambda client, keys: _hset(client, keys, entry))
     blobs = "" if entry.blobs else " (manifest only)"
     print(f"quarantined {entry.digest}{blobs}: {entry.reason}")
-    return status
+    if note:
+        print(note)
+    if unread:
+        print(f"WARNING: the blobs of {entry.digest} are NOT recorded: only the workers that read"
+              " the image refuse them; see above", file=sys.stderr)  # fmt: skip
+    return status or unread
+
+
+def _with_blobs(config: Config, entry: Entry, repository: str | None) -> tuple[Entry, int, str]:
+    """`entry` with the blobs its manifest lists, read from the registry, 0 and what to say;
+    or the entry as it is and 1, after saying loudly why they could not be read."""
+    where = "in any repository of the registry's catalog"
+    try:
+        found = asyncio.run(image_blobs(config.upstream, entry.digest, repository,
+                                        config.timeouts))  # fmt: skip
+    except Unreadable as exc:
+        print(f"WARNING: cannot read {entry.digest} from {config.upstream}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return entry, 1, ""
+    if found is None and repository:
+        print(f"WARNING: {repository} has no manifest {entry.digest} at {config.upstream}",
+              file=sys.stderr)  # fmt: skip
+        return entry, 1, ""
+    if found is None:  # a blob, or a manifest not pushed yet: nothing more to record
+        return entry, 0, f"no manifest {entry.digest} {where}: no blobs to record"
+    count = len(found.blobs)
+    note = f"its {count} blob(s) recorded (config and layers), read in {found.repository}"
+    return replace(entry, image_blobs=found.blobs), 0, note
 
 
 def _remove(config: Config, digest: str) -> int:
@@ -174,10 +226,16 @@ def _list(config: Config) -> int:
     rows = [("DIGEST", "SINCE", "BY", "BLOBS", "WHERE", "REASON")]
     for entry in quarantine:
         rows.append((entry.digest, timestamp(entry.added), entry.added_by or "-",
-                     "yes" if entry.blobs else "no", entry.origin, entry.reason))  # fmt: skip
+                     _blobs_column(entry), entry.origin, entry.reason))  # fmt: skip
     for line in aligned(rows):
         print(line)
     return 0
+
+
+def _blobs_column(entry: Entry) -> str:
+    if not entry.blobs:
+        return "no"
+    return "yes" if entry.image_blobs is None else f"yes ({len(entry.image_blobs)})"
 
 
 def in_force(config: Config) -> Quarantine | None:

@@ -22,13 +22,17 @@ from ..core.collector import collector_paused
 from ..core.problems import ConfigError, Problem
 from ..observe import metrics
 from .config import Config
-from .snapshot import Signature, Snapshot, load_snapshot, load_tls, signature
+from .snapshot import Signature, Snapshot, load_snapshot, load_tls, signature, with_quarantine
 
 log = logging.getLogger("regproxy.reload")
 
 # Polling sees in-place edits, write-then-rename and Kubernetes' `..data` symlink swap alike,
 # on any filesystem; a change is loaded once it stayed for one poll (no half-written file).
 POLL_INTERVAL = 0.1  # a stat of each watched file ten times a second: edits apply in 0.1-0.2 s
+# A change of the quarantine file alone is looked at again this soon rather than at the next
+# poll, and only that file is read again: an `add` holds on every worker in 0.02-0.12 s, at no
+# cost while nothing changes (a quarantine file is small: written whole well within this).
+QUARANTINE_SETTLE = 0.02
 # Config attributes the running process cannot change (sockets, processes, log handlers).
 RESTART_ONLY = (
     "listen",
@@ -79,6 +83,11 @@ class Watcher:
         self._seen = now  # an edit made while loading is seen at the next poll
         self._pending = {}
         return stable
+
+    @property
+    def pending(self) -> list[Path]:
+        """The files seen changed at the last look, not yet stable."""
+        return list(self._pending)
 
     def watch(self, files: tuple[Path, ...]) -> None:
         """Follow a new set of files (the config may name others after a reload)."""
@@ -255,6 +264,25 @@ class State:
             self._tell_metrics()
             return True
 
+    async def _reload_quarantine(self, reason: str) -> None:
+        """Read the quarantine file again (in a worker thread), the rest of the snapshot kept."""
+        async with self._loading:
+            previous = self.current
+            if _quarantine_file(previous) is None:
+                return  # a full reload meanwhile stopped naming one
+            load = functools.partial(with_quarantine, previous)
+            try:
+                snapshot, problems = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, load
+                )
+            except ConfigError as exc:  # never read well before: nothing to fall back on
+                loaded = Loaded(None, refused=exc.problems)
+            else:
+                loaded = Loaded(snapshot, ignored_lines=problems)
+                self._swap(previous, snapshot)
+            report(loaded, reason, self._quiet)
+            metrics.RECORD.reloaded(loaded.ok)
+
     def _tell_metrics(self) -> None:
         """Tell the metrics when the served certificate expires and which rate-limit budgets
         there are (the same again unless a reload changed them)."""
@@ -293,5 +321,16 @@ class State:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             changed = self._watcher.stable_changes()
-            if changed:
-                await self.reload(", ".join(f"{p} changed" for p in changed))
+            quarantine = [_quarantine_file(self.current)]
+            if not changed and self._watcher.pending == quarantine:
+                await asyncio.sleep(QUARANTINE_SETTLE)
+                changed = self._watcher.stable_changes()
+            reason = ", ".join(f"{p} changed" for p in changed)
+            if changed == quarantine:
+                await self._reload_quarantine(reason)
+            elif changed:
+                await self.reload(reason)
+
+
+def _quarantine_file(snapshot: Snapshot) -> Path | None:
+    return snapshot.config.quarantine.file

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -294,6 +294,25 @@ def _read_grants(settings: GrantSettings, problems: list[Problem]) -> Grants:
     grants, skipped = load_grants(settings)
     problems.extend(skipped)
     return grants
+
+
+def with_quarantine(previous: Snapshot) -> tuple[Snapshot, list[Problem]]:
+    """`previous` with only its quarantine file read again (everything else as it is), and
+    the entries that file skipped; a file that cannot be used keeps its last good version."""
+    settings = previous.config.quarantine
+    assert settings.file is not None
+    path, problems = settings.file, list[Problem]()
+    first = signature(path)  # before reading: an edit made meanwhile is seen afterwards
+    files = LastGood(previous.parsed)
+    quarantine = files.read("quarantine", path, lambda _: _read_quarantine(settings, problems))
+    snapshot = replace(
+        previous,
+        quarantine=quarantine,
+        signatures={**previous.signatures, path: first},
+        parsed={**previous.parsed, **files.parsed},
+        kept=(*(kept for kept in previous.kept if kept[0] != path), *files.kept),
+    )
+    return snapshot, problems
 
 
 def _read_quarantine(settings: QuarantineSettings, problems: list[Problem]) -> Quarantine:

@@ -51,11 +51,12 @@ _MISSING = object()
 
 
 class Recent(Generic[K, V]):
-    """Bounded like `LRU`, cheaper per hit (one dict lookup): the entries put or used since
-    the last `size` puts are kept, and at most `2 * size` entries are."""
+    """Bounded like `LRU`, cheaper per hit (one dict lookup): the entries put or found since
+    the last `size` puts and hits are kept, and at most `2 * size` entries are."""
 
-    # Two generations: a hit in the older one moves the entry into the newer one; when the
-    # newer one is full, it becomes the older one and the older one is dropped whole.
+    # Two generations: a hit in the older one moves the entry into the newer one (so a hit
+    # can fill the newer one as a put does); when the newer one is full, it becomes the older
+    # one and the older one is dropped whole.
     def __init__(self, size: int) -> None:
         self.size = size
         self._new: dict[K, V] = {}

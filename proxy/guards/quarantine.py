@@ -6,7 +6,9 @@ worker: `proxy.state.shared`). With none, this guard costs a request nothing. Wi
 
 - before forwarding: a manifest or blob by a quarantined digest, with any method, is refused;
   so is a blob that a quarantined image lists as a layer or config (its entry may say
-  `blobs: false`). What an image lists is read from its manifest's bytes, fetched from the
+  `blobs: false`). What an image lists is recorded with its entry by `regproxy quarantine
+  add` (so every worker knows it without asking); for an entry without that record
+  (written by hand), it is read from the manifest's bytes, fetched from the
   registry with the proxy's own requests the first time (single flight per repository and
   digest; the contents are remembered by digest, `proxy.upstream.manifests`; a repository that
   does not have the image is asked again after ABSENT_TTL);
@@ -92,9 +94,11 @@ class Quarantined(Guard):
         refused = requested(quarantine, operation)
         blob, repository = operation.reference, operation.repository or ""
         if refused is None and operation.kind == "blob" and blob and DIGEST_RE.fullmatch(blob):
+            refused = listed(quarantine, blob, {})  # the blobs recorded with the entries
             try:
-                blobs_of = await self._blobs_of(ctx, repository, quarantine)
-                refused = listed(quarantine, blob, blobs_of)
+                if refused is None and quarantine.to_learn():
+                    blobs_of = await self._blobs_of(ctx, repository, quarantine)
+                    refused = listed(quarantine, blob, blobs_of)
             except (Unavailable, TooMuch) as exc:
                 return self._cannot_tell(ctx, exc)
         return self._refuse(ctx, refused) if refused is not None else None
@@ -170,14 +174,14 @@ class Quarantined(Guard):
     async def _blobs_of(
         self, ctx: RequestContext, repository: str, quarantine: Quarantine
     ) -> dict[str, frozenset[str]]:
-        """The blobs of each quarantined image (with its blobs refused), as far as they can be
-        known in `repository`."""
+        """The blobs of each quarantined image whose blobs are refused but not recorded, as far
+        as they can be known in `repository`."""
         assert ctx.route is not None
         upstream = ctx.route.upstream
         ask = self._asker(ctx)
         found: dict[str, frozenset[str]] = {}
         async with asyncio.timeout(_patience(ctx)):
-            for entry in quarantine.with_blobs():
+            for entry in quarantine.to_learn():
                 where = (upstream, repository, entry.digest)
                 until = self._absent.get(where)
                 if until is not None and until > self._clock():

@@ -5,8 +5,9 @@ A request is refused (`Refused`) when it asks for a quarantined digest (a manife
 digest), when the registry's answer turns out to be one (a manifest by tag: the digest the
 answer names and the digest of its bytes), when a manifest it gets holds one (an index, nested
 indexes included), or when it asks for a blob a quarantined image lists as a layer or config
-(unless its entry says `blobs: false`). The guard that applies it: `proxy.guards.quarantine`;
-the file: `proxy.policy.quarantinefile`.
+(unless its entry says `blobs: false`): the blobs `regproxy quarantine add` recorded with the
+entry (`image_blobs`), else those learned from the image's manifest. The guard that applies
+it: `proxy.guards.quarantine`; the file: `proxy.policy.quarantinefile`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class Entry:
     added_by: str | None = None
     blobs: bool = True  # the blobs the image lists are refused too
     origin: str = ""  # file:line, or where the shared store keeps it
+    # The config and layers the image lists (an index: its images'), read from its bytes by
+    # `regproxy quarantine add`; None: not recorded (a hand-written entry), learned by reading.
+    image_blobs: frozenset[str] | None = None
 
     def record(self) -> dict[str, str | None]:
         """What the audit log says of it."""
@@ -53,13 +57,19 @@ class Refused:
 class Quarantine:
     """The quarantined digests in force: one file's entries, with the shared store's merged in."""
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "_recorded")
 
     def __init__(self, entries: Iterable[Entry] = ()) -> None:
         kept: dict[str, Entry] = {}
         for entry in entries:
             kept.setdefault(entry.digest, entry)  # the first one of a digest wins
         self._entries: Mapping[str, Entry] = MappingProxyType(kept)
+        recorded: dict[str, Entry] = {}
+        for entry in kept.values():
+            if entry.blobs and entry.image_blobs:
+                for blob in entry.image_blobs:
+                    recorded.setdefault(blob, entry)
+        self._recorded: Mapping[str, Entry] = MappingProxyType(recorded)
 
     def __bool__(self) -> bool:
         return bool(self._entries)
@@ -91,9 +101,13 @@ class Quarantine:
         """The entry of the first quarantined digest among `digests` (in sorted order)."""
         return next((e for d in sorted(digests) if (e := self._entries.get(d)) is not None), None)
 
-    def with_blobs(self) -> list[Entry]:
-        """The entries whose image's blobs are refused too."""
-        return [entry for entry in self._entries.values() if entry.blobs]
+    def recorded(self, blob: str) -> Entry | None:
+        """The entry whose recorded `image_blobs` list `blob` (its blobs refused)."""
+        return self._recorded.get(blob)
+
+    def to_learn(self) -> list[Entry]:
+        """The entries whose image's blobs are refused but not recorded: learned by reading."""
+        return [e for e in self._entries.values() if e.blobs and e.image_blobs is None]
 
 
 NO_QUARANTINE = Quarantine()
@@ -131,9 +145,9 @@ def answered(
 def listed(
     quarantine: Quarantine, blob: str, blobs_of: Mapping[str, frozenset[str]]
 ) -> Refused | None:
-    """A blob that a quarantined image (with its blobs refused) lists as a layer or config;
-    `blobs_of`: each quarantined digest's blobs, as far as they are known."""
-    for entry in quarantine.with_blobs():
-        if blob in blobs_of.get(entry.digest, frozenset()):
-            return Refused(entry, f"blob {blob} is a layer or config of it", "blob")
-    return None
+    """A blob that a quarantined image (with its blobs refused) lists as a layer or config:
+    recorded with its entry, or in `blobs_of` (each other quarantined digest's blobs, as far
+    as they are known)."""
+    learned = (e for e in quarantine.to_learn() if blob in blobs_of.get(e.digest, frozenset()))
+    entry = quarantine.recorded(blob) or next(learned, None)
+    return Refused(entry, f"blob {blob} is a layer or config of it", "blob") if entry else None

@@ -7,6 +7,8 @@ fine to edit by hand; and the same entries as the shared store keeps them. Pure 
       added: "2026-12-06T23:00:00Z"
       added_by: bob                         # optional
       blobs: false                          # optional: refuse the manifest only, not its blobs
+      image_blobs:                          # optional: its config and layers (an index: its
+      - sha256:9b1e...                      #   images'), recorded by `regproxy quarantine add`
 
 An entry that cannot be used disables that entry only, reported as `file:line`; a repeated
 digest disables the later entry. A file that is not a YAML list keeps the last good version.
@@ -28,7 +30,7 @@ from ..core.yamllist import EntryFormat, read_entries
 from ..http.routes import DIGEST_RE
 from .quarantine import NO_QUARANTINE, Entry, Quarantine
 
-_KEYS = ("digest", "reason", "added", "added_by", "blobs")
+_KEYS = ("digest", "reason", "added", "added_by", "blobs", "image_blobs")
 _REQUIRED = ("digest", "reason", "added")
 _HEX_DIGITS = {"sha256": 64, "sha384": 96, "sha512": 128}
 SHARED_ORIGIN = "the shared store"  # where an entry of the Redis hash comes from
@@ -68,6 +70,8 @@ def _field(key: str, value: Any) -> Any:
     elif key == "blobs":
         if not isinstance(value, bool):
             problem = f"expected true or false, got {value!r}"
+    elif key == "image_blobs":
+        return _digests(value)
     elif key == "added":
         try:
             return parse_moment(value)
@@ -76,6 +80,17 @@ def _field(key: str, value: Any) -> Any:
     if problem is not None:
         raise ValueError(f"{key}: {problem}")
     return value
+
+
+def _digests(value: Any) -> frozenset[str]:
+    """A list of digests (`image_blobs`); ValueError names the first bad one."""
+    if not isinstance(value, list):
+        raise ValueError(f"image_blobs: expected a list of digests, got {value!r}")
+    for n, item in enumerate(value, 1):
+        problem = digest_problem(item)
+        if problem is not None:
+            raise ValueError(f"image_blobs: item {n}: {problem}")
+    return frozenset(value)
 
 
 FORMAT = EntryFormat("quarantine entry", _KEYS, _REQUIRED, "digest", _field)
@@ -107,6 +122,8 @@ def entry_fields(entry: Entry) -> dict[str, Any]:
         fields["added_by"] = entry.added_by
     if not entry.blobs:
         fields["blobs"] = False
+    if entry.image_blobs is not None:
+        fields["image_blobs"] = sorted(entry.image_blobs)
     return fields
 
 

@@ -176,8 +176,8 @@ MAX_PAGE_BYTES = 4 * 1024 * 1024  # one upstream page of CATALOG_MAX names, with
 async def fetch_page(
     registry: Registry,
     upstream: str,
-    host: str,
-    forwarded_for: str,
+    host: str | None,
+    forwarded_for: str | None,
     timeouts: Timeouts,
     after: str,
 ) -> tuple[list[str], bool]:

@@ -12,6 +12,25 @@ import aiohttp
 from ..core.limits import Timeouts
 from ..http.bodies import TooLarge, read_whole
 
+_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# aiohttp buffers up to twice this per upstream response before it stops reading: a smaller
+# buffer than the default 64 KiB keeps a download's memory low at the same throughput.
+UPSTREAM_READ_BUFFER = 16 * 1024
+
+
+def upstream_session(connections: int, keepalive: float) -> aiohttp.ClientSession:
+    """The connections to registries: bytes passed as they are (no decompression, no
+    cookies, no headers of aiohttp's own), no overall time limit."""
+    connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=keepalive)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        skip_auto_headers=_SKIP_AUTO_HEADERS,
+        timeout=aiohttp.ClientTimeout(total=None),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        read_bufsize=UPSTREAM_READ_BUFFER,
+    )
+
 
 class UpstreamError(Exception):
     """The registry could not be asked, did not answer in time, or answered too much."""
@@ -27,6 +46,13 @@ class Registry:
     def __init__(self, session: aiohttp.ClientSession, connections: int) -> None:
         self._session = session
         self._slots = asyncio.Semaphore(connections)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def own(cls, connections: int, keepalive: float) -> AsyncIterator[Registry]:
+        """A Registry on connections of its own (the CLI's), closed after the block."""
+        async with upstream_session(connections, keepalive) as session:
+            yield cls(session, connections)
 
     @contextlib.asynccontextmanager
     async def request(

@@ -21,6 +21,7 @@ from ..core.limits import Capacity, FairSlots, Limits, Pace, Timeouts
 from ..http.bodies import read_whole
 from ..http.errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
 from ..observe import metrics
+from .client import upstream_session
 
 log = logging.getLogger("regproxy.forward")
 
@@ -83,11 +84,7 @@ _CLIENT_ONLY = frozenset(
         "x-method-override",
     }
 )
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 CHUNK = 64 * 1024
-# aiohttp buffers up to twice this per upstream response before it stops reading: a smaller
-# buffer than the default 64 KiB keeps a download's memory low at the same throughput.
-UPSTREAM_READ_BUFFER = 16 * 1024
 _BUSY = {"Retry-After": "5"}  # when every upstream connection is busy
 _LINK_TARGET = re.compile(r"<([^>]*)>")  # the URI of each link in a Link header
 
@@ -246,15 +243,7 @@ class Forwarder:
     def __init__(self, room: Capacity, keepalive: float) -> None:
         self._room = room
         connections = room.forwarded + room.own  # more than `upstream` when it is tiny
-        connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=keepalive)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            timeout=aiohttp.ClientTimeout(total=None),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            read_bufsize=UPSTREAM_READ_BUFFER,
-        )
+        self.session = upstream_session(connections, keepalive)
         self._slots = FairSlots(room.forwarded)  # the rest are the proxy's own (Registry)
 
     async def close(self) -> None:

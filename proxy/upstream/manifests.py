@@ -89,7 +89,7 @@ class Asker:
 
     registry: Registry
     route: Route
-    host: str
+    host: str | None  # the Host to send (None: the registry's own, for the CLI)
     timeouts: Timeouts
     contents_by_digest: LRU[str, Contents]
     fetched: int = 0
@@ -102,7 +102,7 @@ class Asker:
                 self.route.upstream + path,
                 timeouts=self.timeouts,
                 host=self.host,
-                forwarded_for=self.route.forwarded_for,
+                forwarded_for=self.route.forwarded_for or None,
                 accept=ACCEPT,
             ) as response:
                 yield response
@@ -131,6 +131,15 @@ class Asker:
             _expect_ok(response, path)
             body = await self._body(response, MAX_MANIFEST)
             return digest_of(body)
+
+    async def has(self, repository: str, digest: str) -> bool:
+        """Whether `repository` has the manifest `digest`."""
+        path = f"/v2/{repository}/manifests/{digest}"
+        async with self._request("HEAD", path) as response:
+            if response.status == 404:
+                return False
+            _expect_ok(response, path)
+            return True
 
     async def held(self, repository: str, digest: str) -> frozenset[str] | None:
         """The digests of every manifest the manifest `digest` holds, through the indexes

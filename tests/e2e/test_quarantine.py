@@ -1,18 +1,23 @@
 """Quarantine end to end: real podman cannot pull a quarantined image from a real docker-registry
 through regproxy (two workers) by tag, by digest or through an index holding it, and can again
 after `regproxy quarantine remove`; how long after `add` (and `remove`) returns each worker
-refuses (and allows) again, measured on one kept connection per worker; and with Redis, two
-replicas both refusing after one `add`."""
+refuses (and allows) again, measured on one kept connection per worker, and after a hand
+edit renamed into place; a layer of a quarantined image refused from another repository by a
+proxy that never read the image (the blobs `add` recorded); and with Redis, two replicas both
+refusing after one `add`."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +26,7 @@ from devtools.tls import TlsFiles
 from proxy.upstream.manifests import MANIFEST_TYPES
 from tests.conftest import ENV, basic, worker_holding
 from tests.e2e.conftest import USERS, RegproxyProcess, start_regproxy
-from tests.e2e.harness import Podman
+from tests.e2e.harness import Podman, make_rootfs_tar
 from tests.redis_server import RedisServer
 
 SETUP = "quarantine:\n  file: quarantine.yaml\naudit_log: audit.log\n"
@@ -60,10 +65,10 @@ class Kept:
         assert self.connection.sock is not None
         self.local_port: int = self.connection.sock.getsockname()[1]
 
-    def status(self, path: str) -> int:
-        """GET `path` as the reader, accepting every manifest type (as podman does)."""
-        headers = {"Authorization": READER_AUTH, "Accept": ACCEPT}
-        self.connection.request("GET", path, headers=headers)
+    def status(self, path: str, method: str = "GET", **extra: str) -> int:
+        """`method path` as the reader, accepting every manifest type (as podman does)."""
+        headers = {"Authorization": READER_AUTH, "Accept": ACCEPT} | extra
+        self.connection.request(method, path, headers=headers)
         response = self.connection.getresponse()
         response.read()
         return response.status
@@ -162,7 +167,9 @@ def test_podman_cannot_pull_a_quarantined_image_any_way_until_it_is_lifted(
         by_tag = "/v2/team/app/manifests/1"
 
         added = quarantine(proxy, "add", digest, "--reason", REASON)
-        written = time.time() - (proxy.directory / "quarantine.yaml").stat().st_mtime
+        # The rename into place sets the file's ctime (its mtime is the temporary file's, before
+        # the CLI's fsync): the moment every worker can see it.
+        written = time.time() - (proxy.directory / "quarantine.yaml").stat().st_ctime
         applied = seconds_until_each(workers, by_tag, 403, added)
         for ref in refs:
             done = podman2.pull(ref, tls.cert_dir, creds=READER)
@@ -171,20 +178,43 @@ def test_podman_cannot_pull_a_quarantined_image_any_way_until_it_is_lifted(
         assert podman2.pull(f"{host}/team/app:ok", tls.cert_dir, creds=READER).returncode == 0
 
         removed = quarantine(proxy, "remove", digest)
-        rewritten = time.time() - (proxy.directory / "quarantine.yaml").stat().st_mtime
+        rewritten = time.time() - (proxy.directory / "quarantine.yaml").stat().st_ctime
         lifted = seconds_until_each(workers, by_tag, 200, removed)
         for ref in refs:
             done = podman2.pull(ref, tls.cert_dir, creds=READER)
             assert done.returncode == 0, (ref, done.stderr)
+        # From the rename, an upper bound: a worker may apply it before the command returns.
+        since_add, since_remove = (
+            _ms([s + written for s in applied]),
+            _ms([s + rewritten for s in lifted]),
+        )
         print(f"\nquarantine applied by each of 2 workers after: {_ms(applied)}"
-              f" (after the file was written: {_ms([s + written for s in applied])})"
+              f" (after the rename into place, at most: {since_add})"
               f"\nquarantine lifted by each of 2 workers after: {_ms(lifted)}"
-              f" (after the file was written: {_ms([s + rewritten for s in lifted])})")  # fmt: skip
+              f" (after the rename into place, at most: {since_remove})")  # fmt: skip
+        path, entry = proxy.directory / "quarantine.yaml", _entry(digest)
+        for edit, status in (("written", 403), ("lifted", 200)):
+            since = _rewrite(path, entry if status == 403 else "")
+            print(f"a hand edit ({edit}, renamed into place) applied by each of 2 workers after:"
+                  f" {_ms(seconds_until_each(workers, by_tag, status, since))}")  # fmt: skip
     finally:
         for kept in workers:
             kept.close()
     audited = (proxy.directory / "audit.log").read_text()
     assert f'"quarantine": {{"digest": "{digest}"' in audited and '"user": "reader"' in audited
+
+
+def _entry(digest: str) -> str:
+    return f"- digest: {digest}\n  reason: '{REASON}'\n  added: 2026-12-07T00:00:00Z\n"
+
+
+def _rewrite(path: Path, text: str) -> float:
+    """Write `path` whole and rename it into place, as an editor or a config tool does: the
+    moment it was in place."""
+    tmp = path.with_name(f".{path.name}.edit")
+    tmp.write_text(text)
+    tmp.rename(path)
+    return time.monotonic()
 
 
 def _ms(seconds: list[float]) -> str:
@@ -229,3 +259,72 @@ def test_with_redis_one_add_is_refused_by_two_replicas(
         stack.close()
         for replica in replicas:
             replica.stop()
+
+
+def test_a_layer_of_a_quarantined_image_is_refused_by_a_worker_that_never_read_it(
+    tmp_path: Path, registry: Registry, tls: TlsFiles, podman: Podman, podman2: Podman
+) -> None:
+    """The image's layer, held by another repository (a derived image: same layer, its own
+    config) but not the image: refused by a proxy started after the `add`, whose workers
+    never read the image, for podman's pull of the derived image, a GET, HEAD and range of
+    the layer and a cross-repository mount of it."""
+    proxy = start_regproxy(tmp_path / "proxy", registry.url, tls, SETUP + "workers: 2\n")
+    try:
+        digest, _ = pushed_image(proxy.hostport, tls, podman, tmp_path)
+        layer = _derived_image(proxy.hostport, tls, podman, digest, registry)
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy", "quarantine", "add", digest, "--reason", REASON,
+             "-c", str(proxy.directory / "regproxy.yaml")],
+            env=ENV, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        print(f"\n{done.stdout}")
+    finally:
+        proxy.stop()
+    fresh = start_regproxy(tmp_path / "proxy", registry.url, tls, SETUP + "workers: 2\n")
+    try:
+        pulled = podman2.pull(f"{fresh.hostport}/other/derived:1", tls.cert_dir, creds=READER)
+        assert refused_saying(pulled, f"reading blob {layer}"), pulled.stderr  # podman: 403
+        assert "403 (Forbidden)" in pulled.stderr, pulled.stderr
+        workers = one_per_worker(fresh, tls)
+        blob = f"/v2/other/derived/blobs/{layer}"
+        mount = f"/v2/elsewhere/blobs/uploads/?mount={layer}&from=other/derived"
+        for kept in workers:
+            assert kept.status(blob) == 403
+            assert kept.status(blob, "HEAD") == 403
+            assert kept.status(blob, Range="bytes=0-9") == 403
+            assert kept.status(mount, "POST", Authorization=basic("testuserpush",
+                               USERS["testuserpush"])) == 403  # fmt: skip
+            kept.close()
+        assert podman2.pull(f"{fresh.hostport}/team/app:ok", tls.cert_dir, creds=READER)\
+            .returncode == 0  # fmt: skip
+    finally:
+        fresh.stop()
+
+
+def _derived_image(host: str, tls: TlsFiles, podman: Podman, digest: str, registry: Registry
+                   ) -> str:  # fmt: skip
+    """other/derived:1, an image with team/app:1's layer and a config of its own, pushed (the
+    registry then holds the layer in other/derived, without team/app:1's manifest): the
+    layer's digest."""
+    tar = make_rootfs_tar(tmp := podman.workdir / "derived.tar", b"quarantined content\n")
+    podman.run("import", "--quiet", "--change", "LABEL derived=yes", str(tar),
+               "localhost/derived:1", check=True)  # fmt: skip
+    tmp.unlink()
+    done = podman.push("localhost/derived:1", f"{host}/other/derived:1", tls.cert_dir,
+                       creds=PUSHER)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    image, derived = (_manifest(registry, name, ref) for name, ref in
+                      (("team/app", digest), ("other/derived", "1")))  # fmt: skip
+    layers = [layer["digest"] for layer in image["layers"]]
+    assert layers == [layer["digest"] for layer in derived["layers"]]  # the same layer
+    assert image["config"]["digest"] != derived["config"]["digest"]
+    return str(layers[0])
+
+
+def _manifest(registry: Registry, name: str, reference: str) -> dict[str, Any]:
+    """A manifest, straight from the registry."""
+    request = urllib.request.Request(f"{registry.url}/v2/{name}/manifests/{reference}",
+                                     headers={"Accept": ACCEPT})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return dict(json.loads(answer.read()))

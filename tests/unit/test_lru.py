@@ -40,28 +40,31 @@ def test_it_is_a_dict_of_the_most_recent(operations: list[tuple[str, bool]]) -> 
 
 
 @given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.booleans()), max_size=200))
-def test_recent_keeps_what_was_used_since_the_last_size_puts(
+def test_recent_keeps_what_was_used_since_the_last_size_puts_and_hits(
     operations: list[tuple[str, bool]],
 ) -> None:
-    """Against a model: whatever was put or found since the last `size` puts is found, with
-    its latest value; never more than twice `size` entries."""
+    """Against a model: whatever was put or found since the last `size` puts and hits is
+    found, with its latest value; never more than twice `size` entries."""
     size = 3
     recent: Recent[str, int] = Recent(size)
     values: dict[str, int] = {}
-    touched: list[str] = []  # keys put or found, in order; puts counted apart
-    puts: list[int] = []  # for each put, len(touched) before it
+    touched: list[str] = []  # keys put or found, in order
+    fills: list[
+        int
+    ] = []  # for each put or hit (each may fill the newer generation): len(touched) before it
     for number, (key, put) in enumerate(operations):
         if put:
-            puts.append(len(touched))
+            fills.append(len(touched))
             recent.put(key, number)
             values[key] = number
             touched.append(key)
         else:
             found = recent.get(key)
-            since = puts[-size] if len(puts) >= size else 0
+            since = fills[-size] if len(fills) >= size else 0
             if key in touched[since:]:
                 assert found == values[key]
             if found is not None:
                 assert found == values[key]
+                fills.append(len(touched))
                 touched.append(key)
         assert len(recent) <= 2 * size

@@ -60,9 +60,16 @@ def test_a_good_file() -> None:
         (f"- digest: {C}\n  reason: x\n  added: 2030-01-01\n  blobs: no-thanks\n", 4,
          "blobs: expected true or false, got 'no-thanks'"),
         (f"- digest: {C}\n  reason: x\n  added: 2030-01-01\n  tag: v1\n", 4,
-         "unknown key 'tag' (known: digest, reason, added, added_by, blobs)"),
+         "unknown key 'tag' (known: digest, reason, added, added_by, blobs, image_blobs)"),
         (f"- digest: {C}\n  reason: ''\n  added: 2030-01-01\n", 2,
          "reason: expected one line of text, got ''"),
+        (f"- digest: {C}\n  reason: x\n  added: 2030-01-01\n  image_blobs: {L1}\n", 4,
+         f"image_blobs: expected a list of digests, got '{L1}'"),
+        (f"- digest: {C}\n  reason: x\n  added: 2030-01-01\n  image_blobs:\n  - {L1}\n"
+         "  - sha256:12\n", 4,
+         "image_blobs: item 2: a sha256 digest has 64 hex digits, got 2 in 'sha256:12'"),
+        (f"- digest: {C}\n  reason: x\n  added: 2030-01-01\n  image_blobs: [{L1}, 7]\n", 4,
+         "image_blobs: item 2: expected a digest like sha256:<64 hex digits>, got 7"),
     ],
 )  # fmt: skip
 def test_a_bad_entry_disables_only_itself(entry: str, line: int, message: str) -> None:
@@ -127,6 +134,41 @@ def test_entry_text_round_trips_through_the_file() -> None:
 
 
 QUARANTINE = Quarantine([Entry(A, "bad image", T0), Entry(B, "manifest only", T0, blobs=False)])
+
+
+@pytest.mark.parametrize(
+    ("entries", "blob", "decides"),
+    [
+        ([Entry(A, "r", T0, image_blobs=frozenset({L1, L2}))], L2, A),
+        ([Entry(A, "r", T0, image_blobs=frozenset({L1}))], L2, None),
+        ([Entry(A, "r", T0, blobs=False, image_blobs=frozenset({L1}))], L1, None),  # manifest only
+        ([Entry(A, "r", T0, image_blobs=frozenset()), Entry(B, "r", T0)], L1, None),
+        ([Entry(C, "r", T0, image_blobs=frozenset({L1})), Entry(A, "r", T0,
+          image_blobs=frozenset({L1}))], L1, C),  # the first entry listing it
+    ],
+)  # fmt: skip
+def test_recorded_blobs_decide_without_reading_anything(
+    entries: list[Entry], blob: str, decides: str | None
+) -> None:
+    quarantine = Quarantine(entries)
+    refused = listed(quarantine, blob, {})
+    assert (refused.entry.digest if refused else None) == decides
+    assert [e.digest for e in quarantine.to_learn()] == [
+        e.digest for e in entries if e.blobs and e.image_blobs is None
+    ]
+
+
+def test_recorded_blobs_round_trip_through_the_file_and_the_shared_store() -> None:
+    entry = Entry(C, "INC-9", T0, "dave", image_blobs=frozenset({L1, L2}))
+    text = appended(FILE, entry_text(entry), "")
+    assert f"  image_blobs:\n  - {L1}\n  - {L2}\n" in text  # one digest a line
+    read = parse_quarantine(text, "q.yaml")[0].get(C)
+    assert read is not None and read.image_blobs == {L1, L2}
+    shared, problems = parse_shared({C.encode(): shared_value(entry).encode()})
+    assert problems == [] and shared.recorded(L2) == shared.get(C)
+    assert parse_quarantine(FILE, "q.yaml")[0].get(A).image_blobs is None  # type: ignore[union-attr]
+    bad = json.dumps({"reason": "x", "added": "2030-01-01", "image_blobs": ["sha256:12"]})
+    assert not parse_shared({C.encode(): bad.encode()})[0]
 
 
 def op(method: str, path: str) -> Operation:
