@@ -82,6 +82,8 @@ def read_text(path: Path) -> str:
             data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError([cannot_read(path, exc)]) from None
+    except ValueError:  # a NUL in the name: no file can have it
+        raise ConfigError([Problem(str(path), 0, "cannot read: NUL byte in the name")]) from None
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError([Problem(str(path), 0, f"larger than {MAX_FILE_BYTES} bytes")])
     try:
