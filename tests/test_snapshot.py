@@ -4,6 +4,7 @@ nothing behind. In-process against the fake upstream."""
 from __future__ import annotations
 
 import asyncio
+import operator
 import os
 import ssl
 import threading
@@ -247,3 +248,32 @@ async def test_backends_that_cannot_be_built_keep_the_last_good_snapshot(
     assert await state.reload("test")
     assert state.current is not good
     state.close()
+
+
+def test_a_reload_reuses_what_unchanged_files_built(tmp_path: Path, tls: TlsPair) -> None:
+    """An edit of the group file re-reads the group file alone: the htpasswd users and the
+    ACL's rules are the previous snapshot's. A file kept at its last good version is read
+    again at every reload (and still reported as kept), unchanged or not."""
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:9", "acl: acl.yaml\n")
+    acl = tmp_path / "acl.yaml"
+    acl.write_text("- {groups: [pushers], actions: [pull, push]}\n")
+    first, _ = load_snapshot(config, {})
+    replace_file(tmp_path / "groups", "pushers: push pull\n")
+    second, _ = load_snapshot(config, {}, first)
+    assert second.users.htpasswd is first.users.htpasswd
+    assert all(map(operator.is_, second.rules, first.rules)) and second.rules is not first.rules
+    assert second.users.groups_of("pull") == {"pushers"} != first.users.groups_of("pull")
+    replace_file(acl, "- {groups: [pushers], actions: [pull, pish]}\n")  # broken: kept
+    third, _ = load_snapshot(config, {}, second)
+    assert third.rules == second.rules and [p for p, _ in third.kept] == [acl]
+    replace_file(tmp_path / "groups", "pushers: push\n")
+    fourth, _ = load_snapshot(config, {}, third)
+    assert [p for p, _ in fourth.kept] == [acl]  # still broken, still said
+    assert fourth.users.htpasswd is first.users.htpasswd
+    replace_file(acl, "- {users: [pull], actions: [pull]}\n")
+    fifth, _ = load_snapshot(config, {}, fourth)
+    assert not fifth.kept and fifth.rules[0].users == {"pull"}
+    sixth, _ = load_snapshot(config, {}, fifth, reread=True)  # SIGHUP: every file read again
+    assert sixth.users.htpasswd is not fifth.users.htpasswd
+    assert not any(map(operator.is_, sixth.rules, fifth.rules))
+    assert sixth.users.htpasswd == fifth.users.htpasswd and sixth.rules == fifth.rules

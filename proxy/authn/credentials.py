@@ -7,6 +7,7 @@ import base64
 import binascii
 import re
 import secrets
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,9 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("sha1", re.compile(r"\{SHA\}[A-Za-z0-9+/]{27}=")),
     ("crypt", re.compile(rf"{_CRYPT64}{{13}}")),
 )
+# The common line, `user:bcrypt-hash` with nothing around it, read in one match: a file of
+# 100,000 users is read at start and at each reload. Any other line takes the full path.
+_BCRYPT_LINE = re.compile(rf"([^\s:#/][^\s:/]*):({_PATTERNS[0][1].pattern})\r?").fullmatch
 
 
 def _lines(text: str) -> list[str]:
@@ -145,15 +149,16 @@ class Htpasswd:
 
     def typical_hash(self) -> PasswordHash | None:
         """The most common scheme/cost in the file, to build the unknown-user dummy from."""
-        counts: dict[tuple[str, int], int] = {}
-        samples: dict[tuple[str, int], PasswordHash] = {}
-        for h in self.users.values():
-            key = (h.scheme, h.cost)
-            counts[key] = counts.get(key, 0) + 1
-            samples[key] = h
+        counts = Counter(map(_kind, self.users.values()))
         if not counts:
             return None
-        return samples[max(counts, key=lambda k: counts[k])]
+        typical = max(counts, key=lambda k: counts[k])
+        return next(h for h in self.users.values() if _kind(h) == typical)
+
+
+def _kind(stored: PasswordHash) -> tuple[str, object]:
+    """A hash's scheme and cost (bcrypt's as its two digits: the same, and quicker)."""
+    return stored.scheme, stored.value[4:6] if stored.scheme == "bcrypt" else stored.cost
 
 
 def parse_htpasswd(text: str, source: str) -> Htpasswd:
@@ -161,9 +166,16 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
     # A line that cannot be parsed disables its user too: a later line for the same user does
     # not take over, since Apache would stop at the first.
     users: dict[str, PasswordHash] = {}
-    seen: set[str] = set()
+    refused: set[str] = set()  # users whose first line was not usable
     problems: list[Problem] = []
-    for number, line in _entries(text):
+    for number, raw in enumerate(text.split("\n"), start=1):
+        fast = _BCRYPT_LINE(raw)
+        if fast is not None and fast[1] not in users and fast[1] not in refused:
+            users[fast[1]] = PasswordHash("bcrypt", fast[2])
+            continue
+        line = raw.removesuffix("\r").strip()
+        if not line or line.startswith("#"):
+            continue
         user, sep, stored = line.partition(":")
         if not sep or not _USER_RE.fullmatch(user):
             problems.append(Problem(source, number, "malformed line, expected user:hash"))
@@ -171,7 +183,7 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
         parsed = identify(stored.strip())
         if "/" in user:
             problems.append(Problem(source, number, f"user {user!r}: {SLASH_PROBLEM}"))
-        elif user in seen:
+        elif user in users or user in refused:
             problems.append(Problem(source, number, f"user {user!r} repeated; first entry wins"))
         elif parsed is None:
             problems.append(
@@ -179,7 +191,8 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
             )
         else:
             users[user] = parsed
-        seen.add(user)
+            continue
+        refused.add(user)
     return Htpasswd(users, tuple(problems))
 
 

@@ -610,7 +610,7 @@ def _load_acl(
         return None, (), None
     acl_path = normalised(base / name)
     try:
-        rules, tag_rules = files.read("acl", acl_path, _acl_file)
+        rules, tag_rules = files.read("acl", acl_path, _acl_file, pure=True)
     except ConfigError as exc:
         rules, tag_rules = (), ()
         problems.extend(exc.problems)

@@ -133,10 +133,14 @@ def load_next(
     config_path: Path | None,
     overrides: Mapping[str, object],
     attach: AttachAuthn | None = None,
+    reread: bool = False,
 ) -> Loaded:
-    """Everything for the next snapshot (blocking: a worker thread, or the supervisor)."""
+    """Everything for the next snapshot (blocking: a worker thread, or the supervisor);
+    `reread`: every file parsed again, changed or not."""
     try:
-        snapshot, problems = load_snapshot(config_path, overrides, previous, tls=False)
+        snapshot, problems = load_snapshot(
+            config_path, overrides, previous, tls=False, reread=reread
+        )
     except ConfigError as exc:
         return Loaded(None, refused=exc.problems)
     config, changed = keep_restart_only(previous.config, snapshot.config)
@@ -241,12 +245,13 @@ class State:
             if holders.retired:
                 self._close_unused(snapshot)
 
-    async def reload(self, reason: str = "reload requested") -> bool:
-        """Load everything again in a worker thread; True if a new snapshot was swapped in."""
+    async def reload(self, reason: str = "reload requested", reread: bool = False) -> bool:
+        """Load everything again in a worker thread (`reread`: parse even the files that did
+        not change); True if a new snapshot was swapped in."""
         async with self._loading:
             previous = self.current
             load = functools.partial(
-                load_next, previous, self._config_path, self._overrides, self._attach
+                load_next, previous, self._config_path, self._overrides, self._attach, reread
             )
             with _sharing_the_interpreter():
                 loaded = await asyncio.get_running_loop().run_in_executor(self._executor, load)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -105,16 +105,18 @@ def load_users(
 
     if "htpasswd" in config.auth_backends:
         try:
-            htpasswd = files.read("htpasswd", config.htpasswd, read_htpasswd)
+            htpasswd = files.read("htpasswd", config.htpasswd, read_htpasswd, pure=True)
         except ConfigError as exc:
             fatal.extend(exc.problems)
     if config.groups is not None:
         try:
-            groups = files.read("groups", config.groups, read_groups)
+            groups = files.read("groups", config.groups, read_groups, pure=True)
         except ConfigError as exc:
             fatal.extend(exc.problems)
     if fatal:
         raise ConfigError(fatal + problems)
+    if previous is not None and previous.htpasswd is htpasswd and previous.groups is groups:
+        return previous, problems  # both files unchanged: nothing to build again
     return UserFiles.build(htpasswd, groups, previous.dummy if previous else None), problems
 
 
@@ -134,16 +136,20 @@ def load_snapshot(
     previous: Snapshot | None = None,
     tls: bool = True,
     startup: bool = False,
+    reread: bool = False,
 ) -> tuple[Snapshot, list[Problem]]:
     """Build a Snapshot from scratch: the snapshot and its line-level problems (those lines are
     ignored), or ConfigError with every problem found in every file when it is unusable.
-    `previous` (a reload): a file that cannot be used, or whose content does not fit with the
-    others, keeps its last good version when its path is unchanged (`Snapshot.kept`); a config
-    edit naming files that cannot be used keeps the last good config. `tls` False skips the
+    `previous` (a reload): the htpasswd, group and ACL files it read are parsed again only
+    when changed (`reread`: every file is, SIGHUP); a file that cannot be used, or whose
+    content does not fit with the others, keeps its last good version when its path is
+    unchanged (`Snapshot.kept`); a config edit naming files that cannot be used keeps the
+    last good config. `tls` False skips the
     certificate (the CLI's `explain`, a reload that handles it apart); `startup` also checks
     the log files can be appended to (they are opened only at start)."""
     with collector_paused():
-        return _last_good(config_path, overrides, previous, tls, startup)
+        unchanged = _unchanged(None if reread else previous)
+        return _last_good(config_path, overrides, previous, tls, startup, unchanged)
 
 
 def _last_good(
@@ -152,12 +158,13 @@ def _last_good(
     previous: Snapshot | None,
     tls: bool,
     startup: bool,
+    unchanged: Callable[[Path], bool],
 ) -> tuple[Snapshot, list[Problem]]:
     """`load_snapshot`, each file that cannot be used in turn put back at its last good
     version."""
     forced: dict[Path, list[Problem]] = {}
     while True:
-        files = LastGood(previous.parsed if previous else None, forced)
+        files = LastGood(previous.parsed if previous else None, forced, unchanged)
         try:
             return _load(config_path, overrides, files, previous, tls, startup)
         except ConfigError as exc:
@@ -169,6 +176,21 @@ def _last_good(
             if not blamed:
                 raise
             forced = files.force(blamed)
+
+
+def _unchanged(previous: Snapshot | None) -> Callable[[Path], bool]:
+    """Whether a file is as `previous` read it, and it used what it read (not a last good
+    version kept in place of a broken file)."""
+    if previous is None:
+        return lambda _: False
+    kept = {path for path, _ in previous.kept}
+    recorded = previous.signatures
+
+    def unchanged(path: Path) -> bool:
+        now = signature(path)
+        return now is not None and recorded.get(path) == now and path not in kept
+
+    return unchanged
 
 
 def _load(
@@ -238,7 +260,9 @@ def _load(
         fatal += _log_file_problems(config)
     if fatal:
         raise ConfigError(fatal + problems)
-    rules = RuleSet(config.rules)  # indexed here, off the event loop
+    # Indexed anew at each reload, here off the event loop: a new RuleSet is what tells the
+    # catalog's per-viewer cache that a reload happened.
+    rules = RuleSet(config.rules)
     snapshot = Snapshot(
         config, users, rules, signer, context, None, signatures, MappingProxyType(robots), secret,
         grants, quarantine, files.parsed, tuple(files.kept), expires,

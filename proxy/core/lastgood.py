@@ -24,20 +24,27 @@ class LastGood:
     """The values read for one snapshot, with the previous snapshot's to fall back on."""
 
     def __init__(
-        self, previous: Parsed | None = None, forced: Mapping[Path, list[Problem]] | None = None
+        self,
+        previous: Parsed | None = None,
+        forced: Mapping[Path, list[Problem]] | None = None,
+        unchanged: Callable[[Path], bool] = lambda _: False,
     ) -> None:
         """`previous`: the last snapshot's values (None at startup); `forced`: files to keep
-        at their last good version, with the problems that made them so."""
+        at their last good version, with the problems that made them so; `unchanged`: whether
+        a file is as the last snapshot read it (and used it as it was)."""
         self._previous = previous
         self._forced = dict(forced or {})
+        self._unchanged = unchanged
         self.parsed: dict[Key, object] = {}
         self.kept: list[Kept] = [(path, p) for path, found in self._forced.items() for p in found]
 
-    def read(self, kind: str, path: Path, parse: Callable[[Path], T]) -> T:
-        """`parse(path)`, or at a reload this file's last good value when it cannot be used."""
+    def read(self, kind: str, path: Path, parse: Callable[[Path], T], pure: bool = False) -> T:
+        """`parse(path)`, or at a reload this file's last good value when it cannot be used.
+        `pure`: the value depends on the file's text alone, so an unchanged file's value is
+        the last one (its ignored lines were reported when it was read)."""
         key = (kind, path)
         previous = self._previous or {}
-        if path in self._forced and key in previous:
+        if key in previous and (path in self._forced or (pure and self._unchanged(path))):
             value = cast(T, previous[key])
         else:
             try:

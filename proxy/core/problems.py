@@ -82,6 +82,8 @@ def read_text(path: Path) -> str:
             data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError([cannot_read(path, exc)]) from None
+    except ValueError:  # a NUL in the name: no file can have it
+        raise ConfigError([Problem(str(path), 0, "cannot read: NUL byte in the name")]) from None
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError([Problem(str(path), 0, f"larger than {MAX_FILE_BYTES} bytes")])
     try:
@@ -184,10 +186,10 @@ def construct(node: yaml.Node) -> Any:
     # the constructor would read them: a 10,000-rule file has tens of thousands of them.
     if isinstance(node, yaml.ScalarNode) and node.tag == _STR:
         return node.value
-    if isinstance(node, yaml.SequenceNode) and all(
-        isinstance(item, yaml.ScalarNode) and item.tag == _STR for item in node.value
-    ):
-        return [item.value for item in node.value]
+    if isinstance(node, yaml.SequenceNode):
+        items = [i.value for i in node.value if isinstance(i, yaml.ScalarNode) and i.tag == _STR]
+        if len(items) == len(node.value):
+            return items
     try:
         # A constructor alone, not a whole loader: a file's every value is constructed apart.
         return yaml.constructor.SafeConstructor().construct_object(node, deep=True)

@@ -236,19 +236,15 @@ def _fields(
     fields: dict[str, Any] = {}
     ok = True
     for key_node, value_node in node.value:
-        key, key_line = str(key_node.value), key_node.start_mark.line + 1
-        if key in fields:
-            problems.append(Problem(source, key_line, f"duplicate {what} key {key!r}"))
-            ok = False
-            continue
-        if key not in parsers:
-            problems.append(Problem(source, key_line, f"unknown {what} key {key!r}"))
-            ok = False
-            continue
+        key = str(key_node.value)
         try:
+            if key in fields:
+                raise BadValue(f"duplicate {what} key {key!r}")
+            if key not in parsers:
+                raise BadValue(f"unknown {what} key {key!r}")
             fields[key] = parsers[key](_value(value_node, key), key)
         except BadValue as exc:
-            problems.append(Problem(source, key_line, str(exc)))
+            problems.append(Problem(source, key_node.start_mark.line + 1, str(exc)))
             ok = False
     return fields if ok else None
 

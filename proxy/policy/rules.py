@@ -35,6 +35,7 @@ from .identity import Identity
 PLACEHOLDER_RE = re.compile(r"\$\{(user|group)\}")
 
 
+_WILDCARDS = frozenset("*?$")
 _COMPONENT_HOLDER = re.compile(r"(?:^|(?<=/))\$\{(user|group)\}(?=/|$)")
 
 
@@ -48,32 +49,36 @@ class Glob:
     and comparing it with the caller's name or groups: no compiling per caller, whatever the
     number of users. A placeholder inside a component (`ci-${user}-*`) is filled in and
     compiled per caller (cached), as it could otherwise split the component more than one
-    way."""
+    way. Any other glob is compiled when a request first needs it: 10,000 rules with
+    wildcards load without compiling 10,000 regular expressions."""
 
-    __slots__ = ("exact", "holders", "pattern", "prefix", "regex", "whole")
+    __slots__ = ("_regex", "exact", "holders", "pattern", "prefix", "whole")
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
-        self.holders = tuple(PLACEHOLDER_RE.findall(pattern))
+        holders = "$" in pattern  # most globs have no placeholder: no searching them for one
+        self.holders = tuple(PLACEHOLDER_RE.findall(pattern)) if holders else ()
         head = pattern.removesuffix("**")
-        literal = not any(c in head for c in "*?$")
+        literal = _WILDCARDS.isdisjoint(head)
         self.exact = pattern if literal and head == pattern else None
         self.prefix = head if literal and head != pattern else None  # `**` matches anything
-        self.whole = len(_COMPONENT_HOLDER.findall(pattern)) == len(self.holders)
-        self.regex = (
-            re.compile(glob_pattern(pattern, self.whole), re.DOTALL)
-            if self.whole and self.exact is None and self.prefix is None
-            else None
-        )
+        self.whole = not holders or len(_COMPONENT_HOLDER.findall(pattern)) == len(self.holders)
+        self._regex: re.Pattern[str] | None = None
+
+    def _compiled(self) -> re.Pattern[str]:
+        # Two threads may both compile it: the same pattern either way.
+        if self._regex is None:
+            self._regex = re.compile(glob_pattern(self.pattern, True), re.DOTALL)
+        return self._regex
 
     def matches(self, who: Identity, name: str) -> bool:
         if self.exact is not None:
             return name == self.exact
         if self.prefix is not None:
             return name.startswith(self.prefix)
-        if self.regex is None:
+        if not self.whole:
             return any(glob_regex(text).fullmatch(name) for text in _expand(self.pattern, who))
-        found = self.regex.fullmatch(name)
+        found = self._compiled().fullmatch(name)
         if found is None:
             return False
         if not self.holders:

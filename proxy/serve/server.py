@@ -316,7 +316,7 @@ class Server:
 
     def _reload(self, reason: str) -> None:
         assert self.state is not None
-        task = asyncio.ensure_future(self.state.reload(reason))
+        task = asyncio.ensure_future(self.state.reload(reason, reread=True))
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)
 

@@ -211,6 +211,17 @@ def test_fixture_hashes_are_for_pw(stored: str) -> None:
             id="several-problems-crlf",
         ),
         pytest.param(
+            f"alice:secret\nalice:{BCRYPT}\n  bob:{BCRYPT} \nbob:{BCRYPT}\ncarol/x:{BCRYPT}\r\n",
+            {"bob": BCRYPT},
+            [
+                (1, "user 'alice': unrecognised or plaintext password hash"),
+                (2, "user 'alice' repeated; first entry wins"),
+                (4, "user 'bob' repeated; first entry wins"),
+                (5, f"user 'carol/x': {SLASH_PROBLEM}"),
+            ],
+            id="bcrypt-lines-after-a-refused-or-padded-line",
+        ),
+        pytest.param(
             f"alice:{BCRYPT}\nalice/sub:{APR1}\n/x:{SHA1}\nbob:{CRYPT}\n",
             {"alice": BCRYPT, "bob": CRYPT},
             [(2, f"user 'alice/sub': {SLASH_PROBLEM}"), (3, f"user '/x': {SLASH_PROBLEM}")],

@@ -8,10 +8,19 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.authn import Outcome
+from proxy.authn import htpasswd as htpasswd_module
 from proxy.authn.cache import VerifiedCache
-from proxy.authn.credentials import PasswordHash, hash_password, parse_groups, parse_htpasswd
+from proxy.authn.credentials import (
+    DEFAULT_DUMMY_SAMPLE,
+    PasswordHash,
+    hash_password,
+    parse_groups,
+    parse_htpasswd,
+)
 from proxy.authn.htpasswd import HtpasswdAuthenticator, UserFiles
 
 
@@ -115,3 +124,33 @@ def test_reload_keeps_the_dummy_when_scheme_and_cost_stay() -> None:
     cheaper = parse_htpasswd(f"carol:{hash_password('x', cost=4)}\n", "htpasswd")
     changed = UserFiles.build(cheaper, {}, first.dummy)
     assert changed.dummy.cost == 4 and changed.dummy is not first.dummy
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["pusher", "team", "ops", "ci", "all"]),
+        st.frozensets(st.sampled_from(["alice", "bob", "carol", "dave", "erin"])),
+    )
+)
+def test_memberships_invert_the_group_file(groups: dict[str, frozenset[str]]) -> None:
+    built = UserFiles.build(parse_htpasswd("", "h"), groups, DEFAULT_DUMMY_SAMPLE)
+    for user in ("alice", "bob", "carol", "dave", "erin", "nobody"):
+        assert built.groups_of(user) == {g for g, members in groups.items() if user in members}
+
+
+def test_the_dummy_is_made_by_the_authenticator_not_by_loading(
+    monkeypatch: pytest.MonkeyPatch, executor: RecordingExecutor
+) -> None:
+    """Loading the files (`regproxy check`) makes no slow hash; the authenticator, built off
+    the event loop, makes it before its first request."""
+    made: list[PasswordHash] = []
+
+    def dummy_like(sample: PasswordHash) -> PasswordHash:
+        made.append(sample)
+        return sample
+
+    monkeypatch.setattr(htpasswd_module, "dummy_like", dummy_like)
+    user_files = files(ALICE)
+    assert made == []
+    htpasswd(user_files, executor)
+    assert len(made) == 1 and user_files.dummy is made[0]
