@@ -296,7 +296,7 @@ class Replay(Tally):
         """Add each of `lines`, the lines of `source` from its first; `line` counts them.
         The usual line is read here, any other by `parse_line`."""
         request, usual = self._request, USUAL_LINE.fullmatch  # looked up once, not per line
-        number = 0
+        number, read, moment = 0, "", 0.0
         try:
             for number, text in enumerate(lines, 1):
                 match = usual(text)
@@ -304,11 +304,13 @@ class Replay(Tally):
                     self.add(parse_line(text), number)
                     continue
                 client, user, stamp, method, target, status = match.groups()
-                try:
-                    moment = apache_time(stamp)
-                except (ValueError, KeyError):
-                    self.malformed.add(self.source, number)
-                    continue
+                if stamp != read:  # a log's lines share their second: each read once
+                    try:
+                        moment = apache_time(stamp)
+                    except (ValueError, KeyError):
+                        self.malformed.add(self.source, number)
+                        continue
+                    read = stamp
                 user = None if user == "-" else user
                 request(moment, client, user, method, target, int(status), number)
         finally:
