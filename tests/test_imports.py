@@ -5,7 +5,10 @@ module each process imported; the supervisor's memory map names the libraries it
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,26 @@ async def test_serve_with_htpasswd_imports_no_other_backend(
     if workers > 1:  # the process that stays is the supervisor: the standard library only
         assert "aiohttp" not in supervisor_maps
         assert "_ssl" not in supervisor_maps
+
+
+@pytest.mark.parametrize("command", [["--help"], ["check"], ["quarantine", "list"]])
+def test_commands_other_than_serve_import_no_aiohttp(
+    tmp_path: Path, tls: TlsPair, command: list[str]
+) -> None:
+    """Every command starts by importing every command's module: the HTTP stack is imported
+    only where it is used (serving, reading the registry in `quarantine add`)."""
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:1", "quarantine:\n  file: q.yaml\n")
+    (tmp_path / "q.yaml").write_text("[]\n")
+    args = [*command, "-c", str(config)] if command != ["--help"] else command
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    modules = imported(done.stderr)
+    assert "proxy.cli.main" in modules  # the log is there
+    assert {m for m in modules if m.split(".")[0] == "aiohttp"} == set()

@@ -39,7 +39,6 @@ from ..policy.quarantinefile import (
     text_problem,
 )
 from ..state.redis_layout import Keys
-from ..upstream.imageblobs import Unreadable, image_blobs
 from .grant import granted_by
 from .listfile import Refused, aligned, append, remove
 from .parser import add_config_flag, command, on_config
@@ -186,6 +185,8 @@ def _add(config: Config, args: argparse.Namespace) -> int:
 def _with_blobs(config: Config, entry: Entry, repository: str | None) -> tuple[Entry, int, str]:
     """`entry` with the blobs its manifest lists, read from the registry, 0 and what to say;
     or the entry as it is and 1, after saying loudly why they could not be read."""
+    from ..upstream.imageblobs import Unreadable, image_blobs  # aiohttp: for `add` alone
+
     where = "in any repository of the registry's catalog"
     try:
         found = asyncio.run(image_blobs(config.upstream, entry.digest, repository,

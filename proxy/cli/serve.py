@@ -12,7 +12,6 @@ from ..core.limits import raise_open_files_limit
 from ..core.problems import ConfigError
 from ..observe.logsetup import configure_logging
 from ..serve.supervisor import become_supervisor
-from ..serve.worker import bind, run_worker
 from .parser import add_serve_flags, command, config_path, overrides
 
 log = logging.getLogger("regproxy")
@@ -36,6 +35,9 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # aiohttp and ssl: imported by this command only, not by every command's start
+    from ..serve.worker import bind, run_worker
+
     try:
         snapshot, problems = preflight(config_path(args), overrides(args))
     except ConfigError as exc:
