@@ -399,7 +399,7 @@ async def test_a_pull_the_proxy_refuses_after_the_answer_is_given_back(
     # said 200) must not spend a manifest pull of whoever asked.
     image = Image(upstream, "spent", "test/app")
     proxy = await make_proxy(ACL + LIMITS + SETUP)
-    quarantine(proxy, "add", image.digest, "--reason", "INC-1")
+    await quarantine(proxy, "add", image.digest, "--reason", "INC-1")
     path = f"/v2/test/app/manifests/{image.digest}"
     await until(lambda: refused(proxy, "HEAD", path), what="never quarantined")  # spends none
     for _ in range(5):
