@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rounds", type=int, help="runs per rate case and target (default: the plan's)"
     )
     parser.add_argument("--seconds", type=int, help="length of each rate run (default: the plan's)")
+    parser.add_argument(
+        "--warmup", type=int, help="seconds of the uncounted run per target before a rate case's "
+        "rounds (0: none; default: the plan's)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     sections = [s for s in args.only.split(",") if s]
     if not sections or not set(sections) <= set(SECTIONS):
@@ -82,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = replace(
         plan, rate_rounds=args.rounds or plan.rate_rounds,
         rate_seconds=args.seconds or plan.rate_seconds, rate_cases=cases,
+        rate_warmup=plan.rate_warmup if args.warmup is None else args.warmup,
     )  # fmt: skip
     started, load_before = time.monotonic(), os.getloadavg()[0]
     # SIGTERM unwinds like Ctrl-C does, through the `finally` that stops what was started.
