@@ -156,9 +156,7 @@ def test_issue_24_checks_pair_the_rounds_and_name_the_worst_spread() -> None:
     met = report.issue_24_checks(quick, results, 2, ("earlier", {"results": again}))
     agreement = met[-1]
     assert agreement.met and agreement.measured.startswith("against earlier (load nan before)")
-    assert "every ratio: 3 of 3 within ±10%, widest +8%" in (
-        agreement.measured
-    )
+    assert "every ratio: 3 of 3 within ±10%, widest +8%" in (agreement.measured)
 
 
 def _run(rounds: dict[str, list[float]], case: str = "anonymous") -> dict[str, object]:
@@ -210,4 +208,41 @@ def test_the_earlier_run_is_the_newest_of_the_same_plan(tmp_path: Path) -> None:
     assert compare.newest_two(tmp_path) == (
         tmp_path / "20261207T01.json",
         tmp_path / "20261207T03.json",
+    )
+
+
+def _catalog(**changed: float) -> dict[str, float]:
+    point = {
+        "repositories": 10_000, "rules": 1_000, "visible": 100, "catalog_concurrent": 16,
+        "catalog_sequential": 3, "baseline": 0.0, "direct_p50_ms": 120.0,
+        "filtered_p50_ms": 4.0, "filtered_first_ms": 300.0, "filtered_max_ms": 300.0,
+        "filtered_cpu_ms": 3.0, "concurrent_p50_ms": 20.0, "concurrent_max_ms": 30.0,
+        "filtered_errors": 0, "concurrent_errors": 0, "probe_quiet_p99_ms": 2.0,
+        "probe_many_p99_ms": 6.5, "probe_many_max_ms": 9.0, "probe_many_failed": 0,
+        "probe_one_max_ms": 5.0, "probe_quiet_max_ms": 4.0, "probe_one_failed": 0,
+    }  # fmt: skip
+    return point | changed
+
+
+def test_issue_24_holds_a_catalog_page_and_concurrent_pages_to_their_bounds() -> None:
+    page, concurrent = scale.issue_24_checks({"catalog": [_catalog()]})
+    assert page.goal == "one filtered catalog page over 10,000 repositories ≤ 50 ms"
+    assert page.met and page.measured.startswith("p50 4.0 ms of 3 one at a time")
+    assert "the first (the registry's names read, the viewer's visible ones decided) 300 ms" in (
+        page.measured
+    )
+    assert concurrent.goal == "16 concurrent catalogs add ≤ 5 ms to others' p99"
+    assert concurrent.met and "(+4.5 ms)" in concurrent.measured
+    slow, crowded = scale.issue_24_checks(
+        {"catalog": [_catalog(filtered_p50_ms=51.0, probe_many_p99_ms=7.5)]}
+    )
+    assert not slow.met and not crowded.met
+    wrong, failed = scale.issue_24_checks(
+        {"catalog": [_catalog(filtered_errors=1, probe_many_failed=2)]}
+    )
+    assert not wrong.met and "1 pages wrong" in wrong.measured and not failed.met
+    assert scale.issue_24_checks({"catalog": [_catalog(baseline=1.0)]}) == []
+    # Issue 19's check of the same pages keeps its own goal.
+    assert scale.checks({"catalog": [_catalog()]})[-1].goal.startswith(
+        "concurrent catalog requests do not delay other users' requests"
     )
