@@ -11,7 +11,7 @@ deployment (one worker by default, access log off, so a request's cost is one pr
 - catalog: `GET /v2/_catalog?n=100` over 10,000 repositories for a user who may see 1% of them
   (spread over the whole listing, 1,000 rules ahead of theirs), against the registry's own
   unfiltered call, and what other users' requests wait meanwhile: one catalog request at a time,
-  then 16 at once;
+  then 16 clients listing it back to back for 2 s;
 - connections: RSS per idle TLS keep-alive connection at 1k and 5k, and how long a fresh
   client waits for an answer meanwhile.
 
@@ -65,6 +65,7 @@ STARTUP_TIMEOUT = 120.0  # seconds: 10,000 rules take seconds to load
 QUIET = 1.0  # seconds of probing before a reload or a catalog phase, to compare against
 AFTER, AFTER_SEVERAL = 0.3, 2.0  # seconds of probing after a reload is logged (1, N workers)
 PROBE_CONNECTIONS, PROBE_GAP = 2, 0.005  # the probe: 2 connections, 5 ms between requests
+LISTING = 2.0  # seconds the concurrent clients list the catalog, long enough for the probe's p99
 STALL_SLACK_MS = 5.0  # "a few milliseconds": what a reload or a catalog page may add
 PAGE_MS = 50.0  # issue 24: one filtered catalog page over 10,000 repositories
 COST_RATIO = 1.2  # per-request cost at the largest size over the smallest
@@ -570,18 +571,27 @@ async def catalog_phases(setup: Setup, plan: Plan, proxy: Proxy, expected: int) 
         await asyncio.sleep(QUIET)
         one_start, cpu_one = time.perf_counter(), tree_cpu_seconds(proxy.process.pid)
         filtered = [await timed(proxy.url + query, viewer) for _ in range(plan.catalog_sequential)]
-        many_start, cpu_many = time.perf_counter(), tree_cpu_seconds(proxy.process.pid)
-        together = await asyncio.gather(
-            *(timed(proxy.url + query, viewer) for _ in range(plan.catalog_concurrent))
-        )
+        one_end, cpu_one_end = time.perf_counter(), tree_cpu_seconds(proxy.process.pid)
+        await opened(session, proxy.url, viewer, plan.catalog_concurrent)  # in no window
+        many_start = time.perf_counter()
+
+        async def listing() -> list[tuple[float, str]]:
+            """One client's pages, one after another until LISTING seconds have passed."""
+            answers = [await timed(proxy.url + query, viewer)]
+            while time.perf_counter() < many_start + LISTING:
+                answers.append(await timed(proxy.url + query, viewer))
+            return answers
+
+        clients = await asyncio.gather(*(listing() for _ in range(plan.catalog_concurrent)))
+        together = [answer for answers in clients for answer in answers]
         end = time.perf_counter()
         probe.stop()
         await task
     probe_cpu = (cpu_one - cpu_start) / (one_start - quiet_start)  # the probe's own, per second
-    page_cpu = (cpu_many - cpu_one - probe_cpu * (many_start - one_start)) / len(filtered)
+    page_cpu = (cpu_one_end - cpu_one - probe_cpu * (one_end - one_start)) / len(filtered)
     windows = {
         "quiet": probe.window(quiet_start, one_start),
-        "one": probe.window(one_start, many_start),
+        "one": probe.window(one_start, one_end),
         "many": probe.window(many_start, end),
     }
     point: Point = {
@@ -592,6 +602,7 @@ async def catalog_phases(setup: Setup, plan: Plan, proxy: Proxy, expected: int) 
         "filtered_cpu_ms": page_cpu * 1000,
         "concurrent_p50_ms": statistics.median(t for t, _ in together) * 1000,
         "concurrent_max_ms": max(t for t, _ in together) * 1000,
+        "concurrent_pages": len(together),
     }
     for phase, answers in (("direct", direct), ("filtered", filtered), ("concurrent", together)):
         wrong = Counter(w for _, w in answers if w)
@@ -605,6 +616,20 @@ async def catalog_phases(setup: Setup, plan: Plan, proxy: Proxy, expected: int) 
     if probe.failures:
         setup.notes.append(f"catalog: other users' requests failed: {dict(probe.failures)}")
     return point
+
+
+async def opened(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], count: int
+) -> None:
+    """`count` keep-alive connections in the session's pool, each having answered a ping, for
+    the concurrent pages: opened by them, their TLS handshakes (3-4 ms of CPU each, all at
+    once) would hold the worker's loop by themselves, which is no catalog's cost."""
+
+    async def ping() -> None:
+        async with session.get(url + "/v2/", headers=headers) as response:
+            await response.read()
+
+    await asyncio.gather(*(ping() for _ in range(count)))
 
 
 def connections_curve(setup: Setup, plan: Plan, processes: Processes, workers: int) -> list[Point]:
@@ -765,15 +790,16 @@ def checks(curves: dict[str, list[Point]]) -> list[Check]:
 
 
 def concurrent_catalogs(point: Point) -> Check:
-    """The probe's p99 while the concurrent pages ran, against the quiet second's."""
+    """The probe's p99 while the concurrent clients listed, against the quiet second's."""
     many = point["probe_many_p99_ms"] - point["probe_quiet_p99_ms"]
     failed = point["probe_many_failed"] + point["concurrent_errors"]
     return Check(
         f"{point['catalog_concurrent']:.0f} concurrent catalogs add ≤ {STALL_SLACK_MS:.0f} ms to "
         "others' p99",
         f"p99 {point['probe_many_p99_ms']:.1f} ms (max {point['probe_many_max_ms']:.0f}) while "
-        f"{point['catalog_concurrent']:.0f} pages ran, {point['probe_quiet_p99_ms']:.1f} ms "
-        f"quiet (+{many:.1f} ms); {point['concurrent_errors']:.0f} of the pages and "
+        f"{point['catalog_concurrent']:.0f} clients listed ({point['concurrent_pages']:.0f} "
+        f"pages), {point['probe_quiet_p99_ms']:.1f} ms quiet (+{many:.1f} ms); "
+        f"{point['concurrent_errors']:.0f} of the pages and "
         f"{point['probe_many_failed']:.0f} other requests failed",
         many <= STALL_SLACK_MS and not failed,
     )
@@ -794,8 +820,8 @@ def issue_24_checks(curves: dict[str, list[Point]]) -> list[Check]:
         f"time ({point['filtered_cpu_ms']:.1f} ms CPU); the first (the registry's names read, "
         f"the viewer's visible ones decided) {point['filtered_first_ms']:.0f} ms, the "
         f"registry's own unfiltered page {point['direct_p50_ms']:.0f} ms; "
-        f"{point['catalog_concurrent']:.0f} at once p50 {point['concurrent_p50_ms']:.0f} ms"
-        + (f"; {failed:.0f} pages wrong" if failed else ""),
+        f"{point['catalog_concurrent']:.0f} clients listing at once p50 "
+        f"{point['concurrent_p50_ms']:.0f} ms" + (f"; {failed:.0f} pages wrong" if failed else ""),
         point["filtered_p50_ms"] <= PAGE_MS and not failed,
     )
     return [page, concurrent_catalogs(point)]
@@ -840,8 +866,9 @@ def tables(curves: dict[str, list[Point]]) -> list[str]:
             f"{_failures(p, 'filtered', p['catalog_sequential'])} | "
             f"{number(p['filtered_max_ms'])} | {number(p['filtered_cpu_ms'])} | "
             f"{_probe(p, 'one')} |",
-            f"| regproxy, filtered, {p['catalog_concurrent']:.0f} at once | "
-            f"{number(p['concurrent_p50_ms'])}{_failures(p, 'concurrent', p['catalog_concurrent'])}"
+            f"| regproxy, filtered, {p['catalog_concurrent']:.0f} clients listing for {LISTING:g} "
+            f"s ({p['concurrent_pages']:.0f} pages) | {number(p['concurrent_p50_ms'])}"
+            f"{_failures(p, 'concurrent', p['concurrent_pages'])}"
             f" | {number(p['concurrent_max_ms'])} | | {_probe(p, 'many')} |",
             "",
         ])  # fmt: skip
@@ -915,10 +942,10 @@ def chart(plan: Plan, curves: dict[str, list[Point]], path: Path) -> None:
         bars = {
             "registry page": p["direct_p50_ms"],
             "filtered page": p["filtered_p50_ms"],
-            f"filtered, {p['catalog_concurrent']:.0f} at once": p["concurrent_p50_ms"],
+            f"filtered, {p['catalog_concurrent']:.0f} clients": p["concurrent_p50_ms"],
             "others' p99, quiet": p["probe_quiet_p99_ms"],
             "others' p99, 1 page": p["probe_one_p99_ms"],
-            f"others' p99, {p['catalog_concurrent']:.0f} pages": p["probe_many_p99_ms"],
+            f"others' p99, {p['catalog_concurrent']:.0f} clients": p["probe_many_p99_ms"],
         }
         catalog.bar(range(len(bars)), list(bars.values()), color=plt.get_cmap("tab10")(2))
         catalog.set_xticks(range(len(bars)), list(bars), fontsize=7, rotation=20)
