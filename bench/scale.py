@@ -585,6 +585,10 @@ async def catalog_phases(setup: Setup, plan: Plan, proxy: Proxy, expected: int) 
         clients = await asyncio.gather(*(listing() for _ in range(plan.catalog_concurrent)))
         together = [answer for answers in clients for answer in answers]
         end = time.perf_counter()
+        # The control: as many clients asking the cheapest request instead, as long.
+        pinged = await asyncio.gather(*(pinging(session, proxy.url, viewer, end + LISTING)
+                                        for _ in range(plan.catalog_concurrent)))  # fmt: skip
+        pings_end = time.perf_counter()
         probe.stop()
         await task
     probe_cpu = (cpu_one - cpu_start) / (one_start - quiet_start)  # the probe's own, per second
@@ -593,6 +597,7 @@ async def catalog_phases(setup: Setup, plan: Plan, proxy: Proxy, expected: int) 
         "quiet": probe.window(quiet_start, one_start),
         "one": probe.window(one_start, one_end),
         "many": probe.window(many_start, end),
+        "pings": probe.window(end, pings_end),
     }
     point: Point = {
         "direct_p50_ms": statistics.median(t for t, _ in direct) * 1000,
@@ -603,6 +608,7 @@ async def catalog_phases(setup: Setup, plan: Plan, proxy: Proxy, expected: int) 
         "concurrent_p50_ms": statistics.median(t for t, _ in together) * 1000,
         "concurrent_max_ms": max(t for t, _ in together) * 1000,
         "concurrent_pages": len(together),
+        "control_pings": sum(pinged),
     }
     for phase, answers in (("direct", direct), ("filtered", filtered), ("concurrent", together)):
         wrong = Counter(w for _, w in answers if w)
@@ -630,6 +636,18 @@ async def opened(
             await response.read()
 
     await asyncio.gather(*(ping() for _ in range(count)))
+
+
+async def pinging(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], until: float
+) -> int:
+    """`GET /v2/` one after another until `until`: how many were answered 200."""
+    answered = 0
+    while time.perf_counter() < until:
+        async with session.get(url + "/v2/", headers=headers) as response:
+            await response.read()
+            answered += response.status == 200
+    return answered
 
 
 def connections_curve(setup: Setup, plan: Plan, processes: Processes, workers: int) -> list[Point]:
@@ -800,7 +818,8 @@ def concurrent_catalogs(point: Point) -> Check:
         f"{point['catalog_concurrent']:.0f} clients listed ({point['concurrent_pages']:.0f} "
         f"pages), {point['probe_quiet_p99_ms']:.1f} ms quiet (+{many:.1f} ms); "
         f"{point['concurrent_errors']:.0f} of the pages and "
-        f"{point['probe_many_failed']:.0f} other requests failed",
+        f"{point['probe_many_failed']:.0f} other requests failed; as many clients pinging "
+        f"instead ({point['control_pings']:.0f} pings): p99 {point['probe_pings_p99_ms']:.1f} ms",
         many <= STALL_SLACK_MS and not failed,
     )
 
@@ -870,6 +889,8 @@ def tables(curves: dict[str, list[Point]]) -> list[str]:
             f"s ({p['concurrent_pages']:.0f} pages) | {number(p['concurrent_p50_ms'])}"
             f"{_failures(p, 'concurrent', p['concurrent_pages'])}"
             f" | {number(p['concurrent_max_ms'])} | | {_probe(p, 'many')} |",
+            f"| the control: {p['catalog_concurrent']:.0f} clients pinging for {LISTING:g} s "
+            f"({p['control_pings']:.0f} pings) | | | | {_probe(p, 'pings')} |",
             "",
         ])  # fmt: skip
     if connections := curves.get("connections"):

@@ -220,7 +220,7 @@ def _catalog(**changed: float) -> dict[str, float]:
         "filtered_errors": 0, "concurrent_errors": 0, "probe_quiet_p99_ms": 2.0,
         "probe_many_p99_ms": 6.5, "probe_many_max_ms": 9.0, "probe_many_failed": 0,
         "probe_one_max_ms": 5.0, "probe_quiet_max_ms": 4.0, "probe_one_failed": 0,
-        "concurrent_pages": 400,
+        "concurrent_pages": 400, "control_pings": 3000, "probe_pings_p99_ms": 6.0,
     }  # fmt: skip
     return point | changed
 
