@@ -11,7 +11,7 @@ deployment (one worker by default, access log off, so a request's cost is one pr
 - catalog: `GET /v2/_catalog?n=100` over 10,000 repositories for a user who may see 1% of them
   (spread over the whole listing, 1,000 rules ahead of theirs), against the registry's own
   unfiltered call, and what other users' requests wait meanwhile: one catalog request at a time,
-  then 16 clients listing it back to back for 2 s;
+  then 16 clients listing it back to back for 2 s, then as many pinging (the control);
 - connections: RSS per idle TLS keep-alive connection at 1k and 5k, and how long a fresh
   client waits for an answer meanwhile.
 
