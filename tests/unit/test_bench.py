@@ -216,7 +216,8 @@ def _catalog(**changed: float) -> dict[str, float]:
         "repositories": 10_000, "rules": 1_000, "visible": 100, "catalog_concurrent": 16,
         "catalog_sequential": 3, "baseline": 0.0, "direct_p50_ms": 120.0,
         "filtered_p50_ms": 4.0, "filtered_first_ms": 300.0, "filtered_max_ms": 300.0,
-        "filtered_cpu_ms": 3.0, "concurrent_p50_ms": 20.0, "concurrent_max_ms": 30.0,
+        "filtered_cpu_ms": 3.0, "filtered_first_cpu_ms": 250.0, "concurrent_p50_ms": 20.0,
+        "concurrent_max_ms": 30.0,
         "filtered_errors": 0, "concurrent_errors": 0, "probe_quiet_p99_ms": 2.0,
         "probe_many_p99_ms": 6.5, "probe_many_max_ms": 9.0, "probe_many_failed": 0,
         "probe_one_max_ms": 5.0, "probe_quiet_max_ms": 4.0, "probe_one_failed": 0,
@@ -229,9 +230,8 @@ def test_issue_24_holds_a_catalog_page_and_concurrent_pages_to_their_bounds() ->
     page, concurrent = scale.issue_24_checks({"catalog": [_catalog()]})
     assert page.goal == "one filtered catalog page over 10,000 repositories ≤ 50 ms"
     assert page.met and page.measured.startswith("p50 4.0 ms of 3 one at a time")
-    assert "the first (the registry's names read, the viewer's visible ones decided) 300 ms" in (
-        page.measured
-    )
+    first = "the first (the registry's names read, the viewer's visible ones decided) 300 ms"
+    assert f"{first} (250 ms of regproxy's CPU)" in page.measured
     assert concurrent.goal == "16 concurrent catalogs add ≤ 5 ms to others' p99"
     assert concurrent.met and "(+4.5 ms)" in concurrent.measured
     slow, crowded = scale.issue_24_checks(
