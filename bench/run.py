@@ -32,7 +32,7 @@ from bench.cases import RATE_KEYS, Bench
 from bench.fixtures import make_fixtures
 from bench.plan import PLANS, RESULTS, SECTIONS, log
 from bench.processes import Processes
-from bench.report import report
+from bench.report import NO_CHART, can_chart, report
 from bench.targets import DIRECT, start_targets
 
 
@@ -83,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan, rate_rounds=args.rounds or plan.rate_rounds,
         rate_seconds=args.seconds or plan.rate_seconds, rate_cases=cases,
     )  # fmt: skip
+    if not can_chart():
+        log(NO_CHART)  # said now, not only after the run
     started, load_before = time.monotonic(), os.getloadavg()[0]
     # SIGTERM unwinds like Ctrl-C does, through the `finally` that stops what was started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
