@@ -55,7 +55,14 @@ from bench.chart import logarithmic
 from bench.fixtures import make_certificate
 from bench.load import Load, wrk
 from bench.plan import RESULTS
-from bench.processes import Processes, Usage, UsageSampler, last_lines, machine
+from bench.processes import (
+    Processes,
+    Usage,
+    UsageSampler,
+    compile_bytecode,
+    last_lines,
+    machine,
+)
 from bench.report import NO_CHART, Check, can_chart, number, save
 from bench.targets import start_registry
 from devtools.net import free_port
@@ -987,6 +994,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = PLANS["quick" if args.quick else "full"]
     if not can_chart():
         log(NO_CHART)  # said now, not only after the run
+    for checkout in (Path.cwd(), *([args.baseline] if args.baseline else [])):
+        compile_bytecode(checkout)
     started, load_before = time.monotonic(), os.getloadavg()[0]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # In memory when it can be: 10,000 repositories are 200,000 files and directories, which a
