@@ -3,12 +3,14 @@ writer that scale.py's report shares."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -16,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import compare
+from bench import compare as two_runs
 from bench.cases import (
     MAIN_RATE_CASES,
     Result,
@@ -168,14 +170,29 @@ class Check:
         return f"- {'met' if self.met else 'NOT met'}: {self.goal}: {self.measured}"
 
 
+# The charts need matplotlib, which `make bench` installs (it is no dependency of regproxy).
+NO_CHART = (
+    "charts skipped: matplotlib is not installed in this venv (`make bench` installs it, or "
+    "run: .venv/bin/python -m pip install matplotlib)"
+)
+
+
+def can_chart() -> bool:
+    """Whether the charts can be drawn (matplotlib importable)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def save(name: str, text: str, data: dict[str, Any], chart_to: Callable[[Path], None]) -> None:
     """A report as `<name>-<stamp>` and `<name>latest` (.md, .json, .png) in bench/results;
-    `name` is "" or a prefix ending in "-"."""
+    `name` is "" or a prefix ending in "-". Without matplotlib: no .png, and a line saying so."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = f"{name}{data['date']}"
     for base in (stamp, f"{name}latest"):
         (RESULTS / f"{base}.md").write_text(text)
         (RESULTS / f"{base}.json").write_text(json.dumps(data, indent=2) + "\n")
+    if not can_chart():
+        print(NO_CHART, file=sys.stderr)
+        return
     chart_to(RESULTS / f"{stamp}.png")
     shutil.copy(RESULTS / f"{stamp}.png", RESULTS / f"{name}latest.png")
 
@@ -337,16 +354,16 @@ def agreement_check(plan: Plan, results: list[Result], previous: Run | None) -> 
     case, widest = max(spreads.items(), key=lambda item: item[1])
     rounds = (f"regproxy's rounds within ±{widest:.0%} at worst ({case}, {plan.rate_rounds} x "
               f"{plan.rate_seconds}s)")  # fmt: skip
-    goal = f"every ratio within ±{compare.AGREE:.0%} of the previous run's of this plan"
+    goal = f"every ratio within ±{two_runs.AGREE:.0%} of the previous run's of this plan"
     if previous is None:
         return Check(goal, f"no earlier run of this plan in bench/results; {rounds}", False)
     name, data = previous
     current = {"results": [asdict(r) for r in results]}
-    found = compare.pairs(data, current)
+    found = two_runs.pairs(data, current)
     load = data.get("machine", {}).get("load_average_before", math.nan)
-    lines = compare.summary(found, compare.rate_cases(current))
+    lines = two_runs.summary(found, two_runs.rate_cases(current))
     measured = f"against {name} (load {load:.1f} before): {'; '.join(lines)}; {rounds}"
-    return Check(goal, measured, compare.agree(found))
+    return Check(goal, measured, two_runs.agree(found))
 
 
 def pull_storm_check(case: str, ours: Result, limit: Result) -> Check:
@@ -394,7 +411,7 @@ def report(
     blob_mib = fixtures.layer_size / MIB
     met = checks(plan, results, workers)
     met_19 = storm_checks(plan, results, workers)
-    earlier = compare.earlier(asdict(plan))
+    earlier = two_runs.earlier(asdict(plan))
     previous = None if earlier is None else (earlier.stem, json.loads(earlier.read_text()))
     met_24 = issue_24_checks(plan, results, workers, previous)
     only = "" if set(sections) == set(SECTIONS) else f" Only {', '.join(sections)} (--only)."

@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
+
 from bench import compare, fixtures, plan, report, scale, stats, storm
 from bench.cases import Result
 from bench.processes import Usage
@@ -247,3 +249,20 @@ def test_issue_24_holds_a_catalog_page_and_concurrent_pages_to_their_bounds() ->
     assert scale.checks({"catalog": [_catalog()]})[-1].goal.startswith(
         "concurrent catalog requests do not delay other users' requests"
     )
+
+
+def test_without_matplotlib_the_report_is_saved_and_the_chart_step_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "can_chart", lambda: False)
+
+    def chart(path: Path) -> None:
+        raise AssertionError("no chart without matplotlib")
+
+    report.save("scale-", "# text\n", {"date": "20261207T000000Z"}, chart)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "scale-20261207T000000Z.json", "scale-20261207T000000Z.md",
+        "scale-latest.json", "scale-latest.md",
+    ]  # fmt: skip
+    assert "pip install matplotlib" in capsys.readouterr().err
