@@ -11,6 +11,7 @@ bench/results/. Everything started is stopped by PID at the end, and the temp di
 
     .venv/bin/python -m bench.run [--quick] [--workers N] [--cache-ttl SECONDS]
     .venv/bin/python -m bench.run --only rate --cases anonymous --rounds 9 --profile
+    .venv/bin/python -m bench.run --only storm --targets nginx
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from bench.fixtures import make_fixtures
 from bench.plan import PLANS, RESULTS, SECTIONS, log
 from bench.processes import Processes
 from bench.report import report
-from bench.targets import DIRECT, start_targets
+from bench.targets import DIRECT, LIMIT, TARGET_ORDER, start_targets
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rounds", type=int, help="runs per rate case and target (default: the plan's)"
     )
     parser.add_argument("--seconds", type=int, help="length of each rate run (default: the plan's)")
+    parser.add_argument(
+        "--targets",
+        help=f"comma-separated targets to run (default: all of {','.join(TARGET_ORDER)}; "
+        f"{DIRECT}, {LIMIT} and regproxy always run)",
+    )
     args = parser.parse_args(argv)
     sections = [s for s in args.only.split(",") if s]
     if not sections or not set(sections) <= set(SECTIONS):
@@ -79,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = None if args.cases is None else tuple(c for c in args.cases.split(",") if c)
     if cases is not None and not (cases and set(cases) <= set(RATE_KEYS)):
         parser.error(f"--cases takes some of {','.join(RATE_KEYS)}")
+    only = set(TARGET_ORDER if args.targets is None else args.targets.split(","))
+    if not only <= set(TARGET_ORDER):
+        parser.error(f"--targets takes some of {','.join(TARGET_ORDER)}")
+    only |= {DIRECT, LIMIT, "regproxy"}
     plan = replace(
         plan, rate_rounds=args.rounds or plan.rate_rounds,
         rate_seconds=args.seconds or plan.rate_seconds, rate_cases=cases,
@@ -91,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     processes = Processes()
     try:
         fixtures = make_fixtures(workdir, plan)
-        targets = start_targets(workdir, fixtures, args.workers, args.cache_ttl, processes)
+        targets = start_targets(
+            workdir, fixtures, args.workers, args.cache_ttl, processes, tuple(only)
+        )
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         profiles = RESULTS / f"profiles-{stamp}" if args.profile else None
         bench = Bench(plan, targets, fixtures, workdir, profiles)
