@@ -4,6 +4,7 @@ mesh (proxy.state.peers), in one process; named locks over shared lock files."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +193,8 @@ async def test_attempts_under_way_are_counted_by_every_worker(tmp_path: Path) ->
     two, _ = await second.reserve(key, b"guess-2", 60)
     assert (one, two) == (1, 2)
     first.publish(LoginFailed("mallory", "192.0.2.9"))
-    let_go()
+    let_go()  # written by the first's file thread: flush waits for it, as the 401 does
+    await first.flush()
     assert (await second.reserve(key, b"guess-3", 60))[0] == 2
     assert seen == [LoginFailed("mallory", "192.0.2.9")]
     alone = LocalStore()
@@ -207,7 +209,29 @@ async def test_attempts_of_a_worker_that_died_count_only_until_their_time(tmp_pa
     count, let_go = await store.reserve("k", b"alive", 60)
     assert count == 1
     let_go()
+    await store.flush()
     assert list(tmp_path.iterdir()) == []  # nothing under way: no file left
+
+
+async def test_an_attempt_whose_request_went_away_while_counting_is_let_go(
+    tmp_path: Path,
+) -> None:
+    """The count is written in a thread: a request cancelled while it waits for it (its
+    client left) lets go of what the thread counted, not holding it until it expires."""
+    store = LocalStore(lock_dir=tmp_path)
+    for _ in range(20):  # cancelled before, during and after the thread's write
+        counting = asyncio.ensure_future(store.reserve("k", b"gone", 60))
+        await asyncio.sleep(0)
+        counting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            _, let_go = await counting
+            let_go()
+    await store.flush()
+    assert list(tmp_path.iterdir()) == []  # nothing under way
+    count, let_go = await store.reserve("k", b"next", 60)
+    assert count == 1
+    let_go()
+    await store.close()
 
 
 async def test_a_password_verified_by_one_worker_is_not_hashed_again_by_another() -> None:

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,15 @@ def _still_linked(path: Path, fd: int) -> bool:
     return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
 
+def _logged(change: Callable[..., T], *args: object) -> T | None:
+    """`change(*args)` in a thread nobody waits on: a failure is logged, not lost."""
+    try:
+        return change(*args)
+    except OSError as exc:
+        log.error("state: could not change an attempts file: %s", exc)
+        return None
+
+
 class LockTimeout(Exception):
     """A named lock stayed held by someone else for longer than the caller would wait."""
 
@@ -198,6 +208,10 @@ class LocalStore:
     def __init__(self, peers: Peers | None = None, lock_dir: Path | None = None) -> None:
         self._peers = peers
         self._lock_dir = lock_dir
+        # The attempts files are changed under a blocking flock that another worker may hold:
+        # in a thread of their own, in order (a let-go never overtakes its count), off the loop.
+        self._files = ThreadPoolExecutor(1, "regproxy-attempts") if lock_dir is not None else None
+        self._let_going: Future[None] | None = None  # the last let-go handed to that thread
         self._subscribers: list[Subscriber] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # name -> lock, users
@@ -265,10 +279,28 @@ class LocalStore:
 
     async def reserve(self, key: str, attempt: bytes, hold: float) -> tuple[int, Release]:
         """Each key's attempts: a file in `lock_dir` the workers lock in turn (alone: memory)."""
-        count = self._change(key, functools.partial(attempts.counted, attempt=attempt, hold=hold))
+        count_it = functools.partial(attempts.counted, attempt=attempt, hold=hold)
+        if self._files is None:
+            count = self._change(key, count_it)
+        else:
+            counting = asyncio.get_running_loop().run_in_executor(
+                self._files, self._change, key, count_it
+            )
+            try:
+                count = await asyncio.shield(counting)
+            except asyncio.CancelledError:
+                self._let_go(key, attempt)  # counted in the file meanwhile: let go after it
+                raise
         self.deliver()  # a worker's failure was sent before it let go: it is in the inbox
+        return count, functools.partial(self._let_go, key, attempt)
+
+    def _let_go(self, key: str, attempt: bytes) -> None:
+        """No longer under way: at once in memory, soon in the file (`flush` waits for it)."""
         change = functools.partial(attempts.let_go, attempt=attempt)
-        return count, functools.partial(self._change, key, change)
+        if self._files is None:
+            self._change(key, change)
+        else:
+            self._let_going = self._files.submit(_logged, self._change, key, change)
 
     def _change(self, key: str, change: Callable[..., tuple[str, T]]) -> T:
         """`change(text, now=...)` applied to a key's attempts; its result."""
@@ -307,7 +339,10 @@ class LocalStore:
         self._subscribers.append(subscriber)
 
     async def flush(self) -> None:
-        """The mesh's datagrams are in the others' inboxes once sent."""
+        """The mesh's datagrams are in the others' inboxes once sent; attempts let go of are
+        out of their files once the thread that writes them got to the last one."""
+        if self._let_going is not None:
+            await asyncio.wrap_future(self._let_going)
 
     def sync(self) -> None:
         self.deliver()
@@ -334,6 +369,8 @@ class LocalStore:
 
     async def close(self) -> None:
         await self._counts.close()
+        if self._files is not None:
+            self._files.shutdown(wait=False)  # what is queued is still written
         if self._loop is not None and self._peers is not None:
             self._loop.remove_reader(self._peers.inbox.fileno())
             self._loop = None
