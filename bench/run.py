@@ -11,7 +11,7 @@ bench/results/. Everything started is stopped by PID at the end, and the temp di
 
     .venv/bin/python -m bench.run [--quick] [--workers N] [--cache-ttl SECONDS]
     .venv/bin/python -m bench.run --only rate --cases anonymous --rounds 9 --profile
-    .venv/bin/python -m bench.run --only storm --targets nginx
+    .venv/bin/python -m bench.run --only storm --pulls 64 --targets nginx
 """
 
 from __future__ import annotations
@@ -73,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=int, help="length of each rate run (default: the plan's)")
     parser.add_argument(
+        "--pulls",
+        help="comma-separated pull storm sizes, clients (default: the plan's; --pulls 64 is "
+        "issue 24's alone)",
+    )
+    parser.add_argument(
         "--targets",
         help=f"comma-separated targets to run (default: all of {','.join(TARGET_ORDER)}; "
         f"{DIRECT}, {LIMIT} and regproxy always run)",
@@ -89,9 +94,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not only <= set(TARGET_ORDER):
         parser.error(f"--targets takes some of {','.join(TARGET_ORDER)}")
     only |= {DIRECT, LIMIT, "regproxy"}
+    try:
+        pulls = plan.storm.pull_clients if args.pulls is None else \
+            tuple(int(n) for n in args.pulls.split(","))  # fmt: skip
+    except ValueError:
+        parser.error("--pulls takes numbers of clients, comma-separated")
+    if not pulls or min(pulls) < 1:
+        parser.error("--pulls takes numbers of clients, comma-separated")
     plan = replace(
         plan, rate_rounds=args.rounds or plan.rate_rounds,
         rate_seconds=args.seconds or plan.rate_seconds, rate_cases=cases,
+        storm=replace(plan.storm, pull_clients=pulls),
     )  # fmt: skip
     started, load_before = time.monotonic(), os.getloadavg()[0]
     # SIGTERM unwinds like Ctrl-C does, through the `finally` that stops what was started.
