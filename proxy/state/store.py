@@ -369,8 +369,8 @@ class LocalStore:
 
     async def close(self) -> None:
         await self._counts.close()
-        if self._files is not None:
-            self._files.shutdown(wait=False)  # what is queued is still written
+        # The file thread is not shut down: a request still draining may let go of its attempt
+        # after this (an idle thread ends with the process).
         if self._loop is not None and self._peers is not None:
             self._loop.remove_reader(self._peers.inbox.fileno())
             self._loop = None
