@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +213,29 @@ async def test_attempts_of_a_worker_that_died_count_only_until_their_time(tmp_pa
     let_go()
     await store.flush()
     assert list(tmp_path.iterdir()) == []  # nothing under way: no file left
+
+
+async def test_an_attempt_file_another_worker_holds_is_waited_for_off_the_loop(
+    tmp_path: Path,
+) -> None:
+    """A free attempts file is changed at once; one another process holds locked is waited
+    for in the store's thread, while the event loop goes on serving."""
+    store = LocalStore(lock_dir=tmp_path)
+    _, let_go = await store.reserve("k", b"first", 60)  # the file is free: at once
+    path = next(tmp_path.iterdir())
+    holder = os.open(path, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another worker, mid-change
+    counting = asyncio.ensure_future(store.reserve("k", b"second", 60))
+    await asyncio.sleep(0)  # it found the file busy and handed its count to the thread
+    let_go()  # the file is busy: let go of in the thread, after the count above
+    served = await asyncio.wait_for(asyncio.sleep(0.01, "served"), 5)  # the loop is not held
+    assert served == "served"
+    os.close(holder)  # the lock is released with it
+    count, let_go_second = await counting
+    assert count == 2  # "first" was still under way when "second" was counted
+    let_go_second()
+    await store.flush()
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_an_attempt_whose_request_went_away_while_counting_is_let_go(
