@@ -3,12 +3,14 @@ writer that scale.py's report shares."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -167,14 +169,29 @@ class Check:
         return f"- {'met' if self.met else 'NOT met'}: {self.goal}: {self.measured}"
 
 
+# The charts need matplotlib, which `make bench` installs (it is no dependency of regproxy).
+NO_CHART = (
+    "charts skipped: matplotlib is not installed in this venv (`make bench` installs it, or "
+    "run: .venv/bin/python -m pip install matplotlib)"
+)
+
+
+def can_chart() -> bool:
+    """Whether the charts can be drawn (matplotlib importable)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def save(name: str, text: str, data: dict[str, Any], chart_to: Callable[[Path], None]) -> None:
     """A report as `<name>-<stamp>` and `<name>latest` (.md, .json, .png) in bench/results;
-    `name` is "" or a prefix ending in "-"."""
+    `name` is "" or a prefix ending in "-". Without matplotlib: no .png, and a line saying so."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = f"{name}{data['date']}"
     for base in (stamp, f"{name}latest"):
         (RESULTS / f"{base}.md").write_text(text)
         (RESULTS / f"{base}.json").write_text(json.dumps(data, indent=2) + "\n")
+    if not can_chart():
+        print(NO_CHART, file=sys.stderr)
+        return
     chart_to(RESULTS / f"{stamp}.png")
     shutil.copy(RESULTS / f"{stamp}.png", RESULTS / f"{name}latest.png")
 

@@ -32,8 +32,8 @@ from bench import replicas
 from bench.cases import RATE_KEYS, Bench
 from bench.fixtures import make_fixtures
 from bench.plan import PLANS, RESULTS, SECTIONS, log
-from bench.processes import Processes
-from bench.report import report
+from bench.processes import Processes, compile_bytecode
+from bench.report import NO_CHART, can_chart, report
 from bench.targets import DIRECT, LIMIT, TARGET_ORDER, start_targets
 
 
@@ -106,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate_seconds=args.seconds or plan.rate_seconds, rate_cases=cases,
         storm=replace(plan.storm, pull_clients=pulls),
     )  # fmt: skip
+    if not can_chart():
+        log(NO_CHART)  # said now, not only after the run
+    compile_bytecode(Path.cwd())
     started, load_before = time.monotonic(), os.getloadavg()[0]
     # SIGTERM unwinds like Ctrl-C does, through the `finally` that stops what was started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -55,8 +55,15 @@ from bench.chart import logarithmic
 from bench.fixtures import make_certificate
 from bench.load import Load, wrk
 from bench.plan import RESULTS
-from bench.processes import Processes, Usage, UsageSampler, last_lines, machine
-from bench.report import Check, number, save
+from bench.processes import (
+    Processes,
+    Usage,
+    UsageSampler,
+    compile_bytecode,
+    last_lines,
+    machine,
+)
+from bench.report import NO_CHART, Check, can_chart, number, save
 from bench.targets import start_registry
 from devtools.net import free_port
 from devtools.processes import process_tree, rss_kib, tree_cpu_seconds
@@ -985,6 +992,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unavailable := [n for n in names if CURVES[n] is None]:
         parser.error(f"not measurable yet: {', '.join(unavailable)} (see CURVES)")
     plan = PLANS["quick" if args.quick else "full"]
+    if not can_chart():
+        log(NO_CHART)  # said now, not only after the run
+    for checkout in (Path.cwd(), *([args.baseline] if args.baseline else [])):
+        compile_bytecode(checkout)
     started, load_before = time.monotonic(), os.getloadavg()[0]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # In memory when it can be: 10,000 repositories are 200,000 files and directories, which a
@@ -1012,7 +1023,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         processes.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
     print(report(plan, args.workers, curves, setup.notes, started, load_before), end="")
-    log(f"wrote {RESULTS}/scale-latest.md, .json and .png in {time.monotonic() - started:.0f}s")
+    log(f"wrote {RESULTS}/scale-latest.md, .json (and .png) in {time.monotonic() - started:.0f}s")
     return 0
 
 

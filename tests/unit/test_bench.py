@@ -8,6 +8,9 @@ import hashlib
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
+
+import pytest
 
 from bench import fixtures, plan, report, scale, stats, storm
 from bench.cases import Result
@@ -151,3 +154,20 @@ def test_issue_24_checks_pair_the_rounds_and_name_the_worst_spread() -> None:
     assert memory.met and "45.0 per worker" in memory.measured
     noise = checks["rate cases"]
     assert not noise.met and "±15%" in noise.measured
+
+
+def test_without_matplotlib_the_report_is_saved_and_the_chart_step_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "can_chart", lambda: False)
+
+    def chart(path: Path) -> None:
+        raise AssertionError("no chart without matplotlib")
+
+    report.save("scale-", "# text\n", {"date": "20261207T000000Z"}, chart)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "scale-20261207T000000Z.json", "scale-20261207T000000Z.md",
+        "scale-latest.json", "scale-latest.md",
+    ]  # fmt: skip
+    assert "pip install matplotlib" in capsys.readouterr().err
