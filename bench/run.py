@@ -11,6 +11,7 @@ bench/results/. Everything started is stopped by PID at the end, and the temp di
 
     .venv/bin/python -m bench.run [--quick] [--workers N] [--cache-ttl SECONDS]
     .venv/bin/python -m bench.run --only rate --cases anonymous --rounds 9 --profile
+    .venv/bin/python -m bench.run --only storm --pulls 64 --targets nginx
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from bench.fixtures import make_fixtures
 from bench.plan import PLANS, RESULTS, SECTIONS, log
 from bench.processes import Processes, compile_bytecode
 from bench.report import NO_CHART, can_chart, report
-from bench.targets import DIRECT, start_targets
+from bench.targets import DIRECT, LIMIT, TARGET_ORDER, start_targets
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,6 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--warmup", type=int, help="seconds of the uncounted run per target before a rate case's "
         "rounds (0: none; default: the plan's)",
     )  # fmt: skip
+    parser.add_argument(
+        "--pulls",
+        help="comma-separated pull storm sizes, clients (default: the plan's; --pulls 64 is "
+        "issue 24's alone)",
+    )
+    parser.add_argument(
+        "--targets",
+        help=f"comma-separated targets to run (default: all of {','.join(TARGET_ORDER)}; "
+        f"{DIRECT}, {LIMIT} and regproxy always run)",
+    )
     args = parser.parse_args(argv)
     sections = [s for s in args.only.split(",") if s]
     if not sections or not set(sections) <= set(SECTIONS):
@@ -83,10 +94,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = None if args.cases is None else tuple(c for c in args.cases.split(",") if c)
     if cases is not None and not (cases and set(cases) <= set(RATE_KEYS)):
         parser.error(f"--cases takes some of {','.join(RATE_KEYS)}")
+    only = set(TARGET_ORDER if args.targets is None else args.targets.split(","))
+    if not only <= set(TARGET_ORDER):
+        parser.error(f"--targets takes some of {','.join(TARGET_ORDER)}")
+    only |= {DIRECT, LIMIT, "regproxy"}
+    try:
+        pulls = plan.storm.pull_clients if args.pulls is None else \
+            tuple(int(n) for n in args.pulls.split(","))  # fmt: skip
+    except ValueError:
+        parser.error("--pulls takes numbers of clients, comma-separated")
+    if not pulls or min(pulls) < 1:
+        parser.error("--pulls takes numbers of clients, comma-separated")
     plan = replace(
         plan, rate_rounds=args.rounds or plan.rate_rounds,
         rate_seconds=args.seconds or plan.rate_seconds, rate_cases=cases,
         rate_warmup=plan.rate_warmup if args.warmup is None else args.warmup,
+        storm=replace(plan.storm, pull_clients=pulls),
     )  # fmt: skip
     if not can_chart():
         log(NO_CHART)  # said now, not only after the run
@@ -99,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     processes = Processes()
     try:
         fixtures = make_fixtures(workdir, plan)
-        targets = start_targets(workdir, fixtures, args.workers, args.cache_ttl, processes)
+        targets = start_targets(
+            workdir, fixtures, args.workers, args.cache_ttl, processes, tuple(only)
+        )
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         profiles = RESULTS / f"profiles-{stamp}" if args.profile else None
         bench = Bench(plan, targets, fixtures, workdir, profiles)

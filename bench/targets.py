@@ -7,7 +7,7 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +69,14 @@ def start_registry(directory: Path, processes: Processes) -> Target:
 
 
 def start_targets(
-    workdir: Path, fixtures: Fixtures, workers: int, cache_ttl: float, processes: Processes
+    workdir: Path,
+    fixtures: Fixtures,
+    workers: int,
+    cache_ttl: float,
+    processes: Processes,
+    only: Sequence[str] = TARGET_ORDER,
 ) -> dict[str, Target]:
-    """The registry and every front end before it, in TARGET_ORDER."""
+    """The registry and the front ends before it named in `only`, in TARGET_ORDER."""
     registry = start_registry(workdir / "registry", processes)
     targets = {DIRECT: registry}
     common = {
@@ -90,6 +95,8 @@ def start_targets(
         ("apache", "apache.conf", True, apache_argv),
     ]
     for name, template, authenticates, argv in fronts:
+        if name not in only:
+            continue
         directory = workdir / name
         directory.mkdir()
         port = free_port()
@@ -105,7 +112,7 @@ def start_targets(
         process = processes.start(name, argv(config, values), directory)
         wait_for_port(port, process, name, directory)
         targets[name] = Target(name, port, True, authenticates, process)
-    return {name: targets[name] for name in TARGET_ORDER}
+    return {name: targets[name] for name in TARGET_ORDER if name in targets}
 
 
 def nginx_argv(config: Path, values: dict[str, object]) -> list[str]:

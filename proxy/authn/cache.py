@@ -5,13 +5,14 @@ A registry client sends the same credentials on each of hundreds of requests; Ap
 pay bcrypt (or an LDAP bind) on each. The workers of one machine share what they verified
 (`learned`, `learn`), so a client spread over them costs one slow hash; and they say when
 they start and end a check (`checking`, `noticed`), so a password another worker is hashing
-right now is waited for (at most `wait_elsewhere` seconds), not hashed twice.
+right now is waited for, not hashed twice. A worker says again every `wait_elsewhere / 2`
+seconds that a check is still under way (queued behind others in a storm); one that falls silent
+for `wait_elsewhere` seconds (it died) holds nobody longer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import secrets
 import time
@@ -26,7 +27,8 @@ from . import fingerprint
 from .credentials import PasswordHash
 
 T = TypeVar("T")
-WAIT_ELSEWHERE = 5.0  # seconds: longer than a slow hash in a busy pool; then check here
+Flight = tuple[Hashable, bytes]  # (key, the secret's keyed tag)
+WAIT_ELSEWHERE = 5.0  # seconds of silence from a worker hashing a password: then check here
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,11 @@ class VerifiedCache(Generic[T]):
         self._checking = checking  # told of each check here: (key, tag, ended)
         self._wait_elsewhere = wait_elsewhere
         self._entries: LRU[Hashable, _Entry[T]] = LRU(size)
-        self._checks: SingleFlight[tuple[Hashable, bytes], T] = SingleFlight()
-        # Checks under way in another worker: done when it says it ended (or at the deadline).
-        self._elsewhere: dict[tuple[Hashable, bytes], asyncio.Future[None]] = {}
+        self._checks: SingleFlight[Flight, T] = SingleFlight()
+        # Checks under way in another worker: done when it says it ended, or when it has said
+        # nothing for `wait_elsewhere` seconds (the handle: that deadline).
+        self._elsewhere: dict[Flight, tuple[asyncio.Future[None], asyncio.TimerHandle]] = {}
+        self._repeating: dict[Flight, asyncio.TimerHandle] = {}  # "still checking", next said
 
     async def check(
         self,
@@ -86,8 +90,7 @@ class VerifiedCache(Generic[T]):
         flight = (key, tag)
         elsewhere = self._elsewhere.get(flight)
         if elsewhere is not None and not self._checks.under_way(flight):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(elsewhere), self._wait_elsewhere)
+            await asyncio.shield(elsewhere[0])  # ends at the latest at the deadline
             entry = self._remembered(key, tag)  # learned meanwhile, if it was right
             if entry is not None:
                 return entry.value
@@ -96,6 +99,9 @@ class VerifiedCache(Generic[T]):
             try:
                 self._settle(flight, done, keep, lifetime)
             finally:
+                repeating = self._repeating.pop(flight, None)
+                if repeating is not None:
+                    repeating.cancel()
                 self._told(flight, ended=True)  # after the success was shared, if it was one
 
         return await self._checks.join(flight, lambda: self._verify(flight, verify), settle)
@@ -106,32 +112,42 @@ class VerifiedCache(Generic[T]):
             return None
         return entry if hmac.compare_digest(entry.tag, tag) else None
 
-    def _verify(
-        self, flight: tuple[Hashable, bytes], verify: Callable[[], Awaitable[T]]
-    ) -> Awaitable[T]:
-        self._told(flight, ended=False)
+    def _verify(self, flight: Flight, verify: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        self._still_checking(flight)
         return verify()
 
-    def _told(self, flight: tuple[Hashable, bytes], ended: bool) -> None:
+    def _still_checking(self, flight: Flight) -> None:
+        """Tell the others this check is under way, now and every half deadline until it ends."""
+        self._told(flight, ended=False)
+        if self._checking is not None:
+            self._repeating[flight] = asyncio.get_running_loop().call_later(
+                self._wait_elsewhere / 2, self._still_checking, flight
+            )
+
+    def _told(self, flight: Flight, ended: bool) -> None:
         if self._checking is not None:
             self._checking(*flight, ended)
 
     def noticed(self, key: Hashable, tag: bytes, ended: bool) -> None:
         """Another worker started or ended checking a password (on the running loop)."""
         flight = (key, tag)
+        waiting = self._elsewhere.pop(flight, None)
+        if waiting is not None:
+            waiting[1].cancel()
         if ended:
-            waiting = self._elsewhere.pop(flight, None)
-            if waiting is not None and not waiting.done():
-                waiting.set_result(None)
-        elif flight not in self._elsewhere:
-            loop = asyncio.get_running_loop()
-            self._elsewhere[flight] = loop.create_future()
-            # An end that never comes (a worker that died) holds nobody past the deadline.
-            loop.call_later(self._wait_elsewhere, self.noticed, key, tag, True)
+            if waiting is not None and not waiting[0].done():
+                waiting[0].set_result(None)
+            return
+        loop = asyncio.get_running_loop()
+        future = loop.create_future() if waiting is None else waiting[0]
+        # An end that never comes (a worker that died) holds nobody past the deadline; each
+        # "still checking" moves it.
+        deadline = loop.call_later(self._wait_elsewhere, self.noticed, key, tag, True)
+        self._elsewhere[flight] = (future, deadline)
 
     def _settle(
         self,
-        flight: tuple[Hashable, bytes],
+        flight: Flight,
         done: asyncio.Future[T],
         keep: Callable[[T], bool],
         lifetime: Callable[[T], float] | None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -116,17 +116,22 @@ def _result(case: str, target: str, value: float, key: str = "rps", **metrics: f
     return Result(case, target, {key: value, **metrics}, Usage(tree_kib=90 * 1024))
 
 
-def test_the_pull_storm_is_held_against_the_limit_plus_the_bcrypt_floor() -> None:
-    def storm(check_s: float) -> Result:
-        return _result("pull-64", "regproxy", 4.8, "seconds", clients=64, bcrypt_check_s=check_s,
+def test_both_storms_are_held_against_the_limit_plus_the_bcrypt_floor() -> None:
+    def storm(case: str, check_s: float) -> Result:
+        return _result(case, "regproxy", 4.8, "seconds", clients=64, bcrypt_check_s=check_s,
                        cpus=2)  # fmt: skip
 
     limit = _result("pull-64", "limit", 3.0, "seconds")
-    check = report.pull_storm_check("pull-64", storm(0.05), limit)
+    check = report.storm_floor_check("pull", 1.05, storm("pull-64", 0.05), limit)
     assert check.met and check.measured.startswith("1.04x")  # 4.8 / (3.0 + 64 x 0.05 / 2)
-    assert "= 4.60 s" in check.measured
-    cheaper = report.pull_storm_check("pull-64", storm(0.02), limit)
+    assert "3.00 s + 64 x 50 ms / 2 CPUs = 4.60 s" in check.measured
+    assert "pull storm, 64 clients: ≤ 1.05x" in check.goal
+    cheaper = report.storm_floor_check("pull", 1.05, storm("pull-64", 0.02), limit)
     assert not cheaper.met and cheaper.measured.startswith("1.32x")  # 4.8 / (3.0 + 0.64)
+    push = report.storm_floor_check("push", 1.3, storm("push-64", 0.05), limit)
+    assert push.met and push.goal.startswith("push storm, 64 clients: ≤ 1.3x")
+    failed = replace(storm("push-64", 0.05), note="1 error")
+    assert not report.storm_floor_check("push", 1.3, failed, limit).met
 
 
 def test_issue_24_checks_pair_the_rounds_and_name_the_worst_spread() -> None:

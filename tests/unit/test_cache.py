@@ -136,6 +136,8 @@ class Siblings:
 
     def __init__(self, wait_elsewhere: float = 5.0) -> None:
         key = b"k" * 32
+        self.said: list[bool] = []  # each "checking" (False) and "ended" (True) told
+        self.said_often = asyncio.Event()  # "checking" told six times
         self.first: VerifiedCache[bool]
         self.second: VerifiedCache[bool]
         self.first = VerifiedCache(60, 10, Clock(), key, self._to(1), self._told(1), wait_elsewhere)
@@ -149,7 +151,13 @@ class Siblings:
         return lambda key, tag, seconds: self._other(index).learn(key, tag, seconds, True)
 
     def _told(self, index: int) -> Callable[[Hashable, bytes, bool], None]:
-        return lambda key, tag, ended: self._other(index).noticed(key, tag, ended)
+        def tell(key: Hashable, tag: bytes, ended: bool) -> None:
+            self.said.append(ended)
+            if self.said.count(False) >= 6:
+                self.said_often.set()
+            self._other(index).noticed(key, tag, ended)
+
+        return tell
 
 
 async def test_a_password_another_worker_is_hashing_is_not_hashed_again() -> None:
@@ -183,3 +191,19 @@ async def test_a_worker_that_never_ends_its_check_holds_nobody_past_the_deadline
     workers.second.noticed("alice", fingerprint(b"k" * 32, b"pw"), ended=False)
     assert await workers.second.check("alice", b"pw", second, keep=bool)
     assert second.calls == 1
+
+
+async def test_a_check_queued_elsewhere_past_the_deadline_is_still_waited_for() -> None:
+    """In a storm a worker's checks queue behind each other for longer than the deadline:
+    while that worker keeps saying the check is under way, the other does not hash it too."""
+    workers, first, second = Siblings(wait_elsewhere=0.02), Checker(), Checker()
+    first.gate.clear()
+    hashing = asyncio.ensure_future(workers.first.check("alice", b"pw", first, keep=bool))
+    await ticks()
+    waiting = asyncio.ensure_future(workers.second.check("alice", b"pw", second, keep=bool))
+    await workers.said_often.wait()  # three deadlines' worth of "still checking"
+    assert not waiting.done() and second.calls == 0
+    first.gate.set()
+    assert await hashing and await waiting
+    assert (first.calls, second.calls) == (1, 0)
+    assert workers.said[-1] is True and workers.said.count(True) == 1  # the end, said last
