@@ -4,8 +4,8 @@ default).
 Counting costs CPU on every request and prometheus-client costs memory in every worker, so
 nothing is counted until `enable()` (the server calls it when `metrics.listen` is set):
 `RECORD` is a no-op `Recorder` until then. With several workers, prometheus-client's
-multiprocess mode aggregates every worker's values: the supervisor sets
-PROMETHEUS_MULTIPROC_DIR before a worker imports prometheus-client.
+multiprocess mode aggregates every worker's values: worker 0 sets
+PROMETHEUS_MULTIPROC_DIR before any worker imports prometheus-client.
 """
 
 from __future__ import annotations
