@@ -226,6 +226,24 @@ async def test_a_worker_that_dies_is_started_again(served: Served, tls: TlsPair)
     assert await asyncio.wait_for(served.process.wait(), 30) == 0
 
 
+@pytest.mark.parametrize(
+    "served", ["workers: 2\naccess_log:\n  format: json\n  path: access.jsonl\n"], indirect=True
+)
+async def test_worker_0_relays_signals_to_the_others(served: Served, tls: TlsPair) -> None:
+    """SIGUSR1 to `serve`'s process after logrotate's rename: worker 0 reopens its log and
+    relays the signal, so a request through either worker is written to the new file."""
+    log_file, err = served.directory / "access.jsonl", served.directory / "regproxy.err"
+    held = await one_connection_per_worker(served, tls)
+    await until(lambda: log_file.exists() and log_file.read_text().count("\n") >= 2)
+    log_file.rename(served.directory / "access.jsonl.1")
+    served.process.send_signal(signal.SIGUSR1)
+    await until(lambda: err.read_text().count("log files reopened") == 2)
+    assert [await connection.get("/v2/") for connection in held] == [401, 401]
+    await until(lambda: log_file.exists() and log_file.read_text().count("\n") == 2)
+    for connection in held:
+        await connection.close()
+
+
 @pytest.mark.parametrize("served", ["workers: 2\n"], indirect=True)
 async def test_workers_stop_when_worker_0_is_killed(served: Served) -> None:
     """SIGKILL leaves worker 0 no chance to relay anything: the kernel tells the others

@@ -35,7 +35,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # aiohttp and ssl: imported by this command only, not by every command's start
-    from ..serve.worker import bind, run_supervising, run_worker
+    from ..serve.worker import become_worker_0, bind, run_worker
 
     try:
         snapshot, problems = preflight(config_path(args), overrides(args))
@@ -54,4 +54,5 @@ def run(args: argparse.Namespace) -> int:
     log.info("open files limit: %d", raise_open_files_limit())
     if config.workers == 1:
         return run_worker(snapshot, sock, config_path(args), overrides(args))
-    return run_supervising(snapshot, sock, config_path(args), overrides(args))
+    become_worker_0(sock, config_path(args), overrides(args), config)
+    return 1  # not reached: the process is worker 0 now

@@ -22,8 +22,7 @@ import logging
 from dataclasses import replace
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from aiohttp import web
-
+from ..http import web
 from ..http.errors import error_response
 from ..http.routes import Operation, Refusal, classify
 from ..pipeline.context import RequestContext

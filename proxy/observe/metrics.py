@@ -17,8 +17,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
-    from aiohttp import web
     from prometheus_client import CollectorRegistry, Counter
+
+    from ..http import web
 
 # The fair-share caps a request can be refused by (README "Operating safely"): the 429s
 # before forwarding, and the 503 of a request that found no upstream connection in time.
@@ -248,8 +249,9 @@ def _registry() -> CollectorRegistry | None:
 
 
 async def metrics(_: web.BaseRequest) -> web.Response:
-    from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from ..http import web
 
     registry = _registry()
     body = generate_latest(registry) if registry else generate_latest()

@@ -17,8 +17,6 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from .. import guards
 from ..authn.chain import Authentication, Authenticators, BackendFactory
 from ..authn.robotfile import usage_path
@@ -30,7 +28,7 @@ from ..conf.snapshot import Snapshot
 from ..core.chores import every
 from ..core.limits import capacity, raise_open_files_limit
 from ..core.memory import release_memory
-from ..http import clienttls
+from ..http import clienttls, web
 from ..http.listener import Connections, Listener
 from ..observe import metrics
 from ..observe.accesslog import access_logger_class
@@ -284,10 +282,12 @@ class Server:
         assert config.metrics_listen is not None
         admin = admin_handler(registry, lambda: state.current.config, store, lambda: self.draining)
         # No access lines: a probe every few seconds per pod is noise, not traffic.
-        runner = web.ServerRunner(web.Server(admin, access_log=None), shutdown_timeout=1)
+        from aiohttp.web_runner import ServerRunner, TCPSite
+
+        runner = ServerRunner(web.Server(admin, access_log=None), shutdown_timeout=1)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(
+        site = TCPSite(
             runner,
             config.metrics_listen.host,
             config.metrics_listen.port,

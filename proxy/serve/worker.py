@@ -1,6 +1,6 @@
 """A worker: one process serving connections on the shared listening socket, in this process
-(`run_worker`: alone, or as worker 0 supervising the others) or started by worker 0 (`main`,
-told about itself in REGPROXY_WORKER)."""
+(`run_worker`), or one of several (`main`, told about itself in REGPROXY_WORKER): worker 0,
+which `serve` becomes and which starts and supervises the others, or one of those."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ..conf.snapshot import Snapshot, preflight
 from ..core.problems import ConfigError
 from ..observe.logsetup import configure_logging
 from ..state.peers import Peers, Siblings
-from .supervisor import WORKER_ENV, Supervisor, decode
+from .supervisor import WORKER_ENV, Supervisor, decode, encode
 
 if TYPE_CHECKING:
     from .server import Server
@@ -53,29 +53,42 @@ def run_worker(
     return 0
 
 
-def run_supervising(
+def become_worker_0(
+    sock: socket.socket, config_path: Path | None, overrides: Mapping[str, object], config: Config
+) -> None:
+    """Replace this (checked, bound) process by worker 0 of several; never returns."""
+    # A fresh interpreter: without the command line's modules, worker 0 is no larger than
+    # the workers it starts (issue 24: every process of the tree counts).
+    spec = {
+        "listen_fd": sock.fileno(),
+        "config": str(config_path) if config_path is not None else None,
+        "overrides": dict(overrides),
+        "workers": config.workers,
+        "log_level": config.log_level,
+        "listen": str(config.listen),
+        "upstream": config.upstream,
+        "metrics": config.metrics_listen is not None,
+        "index": 0,
+    }
+    sock.set_inheritable(True)
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)  # kept across exec: see `main`
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[WORKER_ENV] = encode(spec)
+    os.execv(sys.executable, [sys.executable, "-m", "proxy.serve.worker"])
+
+
+def _run_supervising(
     snapshot: Snapshot,
     sock: socket.socket,
     config_path: Path | None,
     overrides: Mapping[str, object],
+    spec: dict[str, object],
 ) -> int:
     """Worker 0 of several: start the others, serve, stop with them; the exit status."""
     import uvloop
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)  # as in `main`: until it serves
-    config = snapshot.config
-    supervisor = Supervisor(
-        {
-            "listen_fd": sock.fileno(),
-            "config": str(config_path) if config_path is not None else None,
-            "overrides": dict(overrides),
-            "workers": config.workers,
-            "log_level": config.log_level,
-            "listen": str(config.listen),
-            "upstream": config.upstream,
-            "metrics": config.metrics_listen is not None,
-        }
-    )
+    supervisor = Supervisor(spec)
     try:
         siblings = _siblings(supervisor.start(), dup=True)
         server = _server(snapshot, config_path, overrides, siblings, supervisor.relay)
@@ -125,7 +138,8 @@ def main() -> int:
     # stop once it has started, not a kill); Server.serve unblocks them.
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
     spec: dict[str, Any] = decode(os.environ.pop(WORKER_ENV))
-    _stop_with(int(spec["parent"]))
+    if "parent" in spec:  # not worker 0, which has none to follow
+        _stop_with(int(spec["parent"]))
     config_path = Path(spec["config"]) if spec["config"] is not None else None
     try:
         snapshot, _ = preflight(config_path, spec["overrides"])
@@ -135,6 +149,8 @@ def main() -> int:
     config = snapshot.config
     configure_logging(config.log_level, config.access_log_path, config.audit_log)
     sock = socket.socket(fileno=int(spec["listen_fd"]))
+    if "parent" not in spec:
+        return _run_supervising(snapshot, sock, config_path, spec["overrides"], spec)
     siblings = _siblings(spec)
     ready = functools.partial(_tell_ready, int(spec["ready_fd"]), int(spec["index"]))
     return run_worker(snapshot, sock, config_path, spec["overrides"], siblings, ready)
