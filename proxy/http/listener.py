@@ -88,8 +88,12 @@ class Connection(RequestHandler):
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
-        """After each answer, a pipelined request held meanwhile gets its header timeout."""
+        """After each answer (and its access line), the request's own state is let go, and a
+        pipelined request held meanwhile gets its header timeout."""
         finished = await super().finish_response(request, resp, start_time)
+        # aiohttp's loop keeps the last request until the next one arrives: an idle keep-alive
+        # connection would hold all that the request path attached to it (issue 24).
+        request.clear()
         if self._framing.pending and not self._messages and self._header_timer is None:
             self._arm()
         return finished
