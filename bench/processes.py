@@ -44,8 +44,8 @@ def tool(name: str) -> str:
 @dataclass
 class Usage:
     """A process tree during a case: peak VmRSS summed over the tree, peak VmRSS of its
-    largest worker (a process below the root; the root itself when it has none), and the CPU
-    seconds the tree used."""
+    largest process (a worker: nginx's and Apache's root is a small master, regproxy's is
+    worker 0), and the CPU seconds the tree used."""
 
     tree_kib: int = 0
     worker_kib: int = 0
@@ -71,9 +71,8 @@ class UsageSampler:
         """Update the peaks; the tree's CPU seconds so far."""
         tree = process_tree(self._root)
         sizes = {pid: rss_kib(pid) for pid in tree}
-        workers = [size for pid, size in sizes.items() if pid != self._root] or [*sizes.values()]
         self.usage.tree_kib = max(self.usage.tree_kib, sum(sizes.values()))
-        self.usage.worker_kib = max(self.usage.worker_kib, *workers, 0)
+        self.usage.worker_kib = max(self.usage.worker_kib, *sizes.values(), 0)
         return sum(cpu_seconds(fields) for fields in tree.values())
 
     def _run(self) -> None:

@@ -324,7 +324,7 @@ def issue_24_checks(
         peak = max(rate, key=lambda r: r.usage.tree_kib)
         tree = peak.usage.tree_kib / 1024
         out.append(Check(
-            f"peak RSS of the whole tree in the rate cases ≤ 48 MiB per worker, supervisor "
+            f"peak RSS of the whole tree in the rate cases ≤ 48 MiB per worker, every process "
             f"included ({workers} workers: {48 * workers} MiB)",
             f"{tree:.1f} MiB ({tree / workers:.1f} per worker; largest worker "
             f"{peak.usage.worker_kib / 1024:.1f} MiB; in {peak.case})", tree <= 48 * workers,

@@ -427,8 +427,8 @@ async def reload_stall(setup: Setup, proxy: Proxy, path: Path, text: str) -> dic
             raise RuntimeError(f"reload not applied:\n{last_lines(proxy.directory)}")
         await asyncio.sleep(0.01)
     applied = time.perf_counter()
-    # One worker: its line is the reload done. Several: the others (or, under a supervisor,
-    # all of them, told after it logged) may still be at it: a longer look after.
+    # One worker: its line is the reload done. Several: worker 0 logs it, the others may
+    # still be at it: a longer look after.
     after = AFTER if proxy.workers == 1 else AFTER_SEVERAL
     await asyncio.sleep(after)
     probe.stop()

@@ -389,6 +389,12 @@ def regproxy(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.Comp
     )
 
 
+def worker_pids(parent: int) -> list[int]:
+    """`regproxy serve`'s workers: the process itself (worker 0) and the ones it started."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [parent, *map(int, children)]
+
+
 def worker_holding(server_port: int, client_port: int, workers: list[int]) -> int | None:
     """The worker process that holds the server end of the connection from `client_port`."""
     inode = None
@@ -437,8 +443,7 @@ class KeptConnection:
 
 async def one_connection_per_worker(served: Served, tls: TlsPair) -> tuple[KeptConnection, ...]:
     """New connections until each of the two workers holds one (the others are closed)."""
-    parent = served.process.pid
-    workers = [int(p) for p in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+    workers = worker_pids(served.process.pid)
     port = int(served.url.rsplit(":", 1)[1])
     held: dict[int, KeptConnection] = {}
     # Whichever worker calls accept() first takes the connection: on a busy machine one may
@@ -475,7 +480,7 @@ async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
 
 
 class Mesh:
-    """The worker mesh as the supervisor makes it, for workers in one test process:
+    """The worker mesh as worker 0 makes it, for workers in one test process:
     `peers(i)` is worker i's end."""
 
     def __init__(self, workers: int) -> None:

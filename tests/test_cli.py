@@ -29,6 +29,7 @@ from tests.conftest import (
     regproxy,
     secret_bound,
     until,
+    worker_pids,
     write_setup,
 )
 
@@ -112,7 +113,7 @@ def test_flags_override_the_config_file(tmp_path: Path, tls: TlsPair) -> None:
 
 @pytest.mark.parametrize("served", ["", "workers: 2\n"], indirect=True)
 async def test_sigterm_drains_in_flight_download(served: Served, upstream: FakeUpstream) -> None:
-    """New connections refused at once (with workers too: the supervisor lets go of the
+    """New connections refused at once (with workers too: each stops accepting and closes the
     socket), the download in flight finished, exit 0."""
     size = 8 * MIB
     started = asyncio.Event()
@@ -194,27 +195,61 @@ async def test_sigint_stops_without_the_drain_delay(served: Served) -> None:
     assert "draining for" not in (served.directory / "regproxy.err").read_text()
 
 
-@pytest.mark.parametrize("served", ["workers: 2\n"], indirect=True)
+@pytest.mark.parametrize("served", ["workers: 3\n"], indirect=True)
 async def test_workers_serve_and_stop_together(served: Served) -> None:
+    """Worker 0 is `serve`'s own process and starts the others: 3 workers, 3 processes."""
     auth = {"Authorization": basic("pull", USERS["pull"])}
     for _ in range(20):
         async with served.session.get(served.url + "/v2/", headers=auth) as resp:
             assert resp.status == 200
-    children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children")
-    pids = [int(p) for p in children.read_text().split()]
-    assert len(pids) == 2
+    pids = worker_pids(served.process.pid)
+    assert len(pids) == 3
     served.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(served.process.wait(), 30) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    log = (served.directory / "regproxy.err").read_text()
+    assert "with 3 workers" in log and "draining the workers" in log and "stopped" in log
 
 
 @pytest.mark.parametrize("served", ["workers: 2\n"], indirect=True)
-async def test_workers_stop_when_their_supervisor_is_killed(served: Served) -> None:
-    """SIGKILL leaves the supervisor no chance to relay anything: the kernel tells the workers
+async def test_a_worker_that_dies_is_started_again(served: Served, tls: TlsPair) -> None:
+    """Worker 0 notices a worker killed outright and starts another, which serves."""
+    first = worker_pids(served.process.pid)[1]
+    os.kill(first, signal.SIGKILL)
+    await until(lambda: worker_pids(served.process.pid)[1:] not in ([], [first]), 30)
+    log = (served.directory / "regproxy.err").read_text()
+    assert f"worker 1 (pid {first}) exited with -9: starting another" in log
+    held = await one_connection_per_worker(served, tls)  # the new one takes connections
+    for connection in held:
+        await connection.close()
+    served.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(served.process.wait(), 30) == 0
+
+
+@pytest.mark.parametrize(
+    "served", ["workers: 2\naccess_log:\n  format: json\n  path: access.jsonl\n"], indirect=True
+)
+async def test_worker_0_relays_signals_to_the_others(served: Served, tls: TlsPair) -> None:
+    """SIGUSR1 to `serve`'s process after logrotate's rename: worker 0 reopens its log and
+    relays the signal, so a request through either worker is written to the new file."""
+    log_file, err = served.directory / "access.jsonl", served.directory / "regproxy.err"
+    held = await one_connection_per_worker(served, tls)
+    await until(lambda: log_file.exists() and log_file.read_text().count("\n") >= 2)
+    log_file.rename(served.directory / "access.jsonl.1")
+    served.process.send_signal(signal.SIGUSR1)
+    await until(lambda: err.read_text().count("log files reopened") == 2)
+    assert [await connection.get("/v2/") for connection in held] == [401, 401]
+    await until(lambda: log_file.exists() and log_file.read_text().count("\n") == 2)
+    for connection in held:
+        await connection.close()
+
+
+@pytest.mark.parametrize("served", ["workers: 2\n"], indirect=True)
+async def test_workers_stop_when_worker_0_is_killed(served: Served) -> None:
+    """SIGKILL leaves worker 0 no chance to relay anything: the kernel tells the others
     (PR_SET_PDEATHSIG), and they drain and exit instead of serving on, orphaned."""
-    children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children")
-    pids = [int(p) for p in children.read_text().split()]
-    assert len(pids) == 2
+    pids = worker_pids(served.process.pid)[1:]
+    assert len(pids) == 1
     served.process.kill()
     await served.process.wait()
     for _ in range(400):
@@ -274,8 +309,7 @@ async def test_a_blob_deleted_through_one_worker_is_gone_in_every_worker(
 @pytest.mark.parametrize("served", ["# workers: left to its default\n"], indirect=True)
 async def test_one_worker_per_cpu_by_default(served: Served) -> None:
     cpus = len(os.sched_getaffinity(0))
-    children = Path(f"/proc/{served.process.pid}/task/{served.process.pid}/children")
-    assert len(children.read_text().split()) == (cpus if cpus > 1 else 0)  # 1: no fork
+    assert len(worker_pids(served.process.pid)) == cpus
     auth = {"Authorization": basic("pull", USERS["pull"])}
     async with served.session.get(served.url + "/v2/", headers=auth) as resp:
         assert resp.status == 200

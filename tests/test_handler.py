@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import aiohttp
@@ -9,7 +10,8 @@ import pytest
 from aiohttp import web
 
 from proxy.guards.uploads import bind_location
-from tests.conftest import FakeUpstream, ProxyFactory, basic
+from proxy.pipeline.context import RequestContext
+from tests.conftest import USERS, FakeUpstream, KeptConnection, ProxyFactory, TlsPair, basic
 from tests.unit.test_routes import CATALOG_REFUSALS, REFUSALS, Answer
 
 API = "Docker-Distribution-Api-Version"
@@ -348,3 +350,21 @@ async def test_pings_are_answered_locally_while_the_upstream_is_known_up(
     assert [r.path_qs for r in upstream.requests] == ["/v2/"]  # only the first went upstream
     async with proxy.session.get(proxy.url + "/v2/") as resp:
         assert resp.status == 401  # still authenticated first
+
+
+async def test_an_idle_connection_holds_no_request_state(
+    make_proxy: ProxyFactory, tls: TlsPair
+) -> None:
+    """aiohttp keeps each connection's last request until the next one arrives: what the
+    request path attached to it is let go once it is answered and logged, so idle keep-alive
+    connections hold no request context (issue 24: memory per connection)."""
+    proxy = await make_proxy()
+    port = int(proxy.url.rsplit(":", 1)[1])
+    held = [await KeptConnection.open(port, tls) for _ in range(8)]
+    for connection in held:
+        assert await connection.get("/v2/") == 401
+        assert await connection.get("/v2/", basic("pull", USERS["pull"])) == 200
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, RequestContext)] == []
+    for connection in held:
+        await connection.close()

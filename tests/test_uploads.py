@@ -135,7 +135,7 @@ async def test_replicas_sharing_a_secret_file_accept_each_others_uploads(
 async def test_an_upload_started_through_one_worker_continues_through_the_other(
     served: Served, upstream: FakeUpstream, tls: TlsPair
 ) -> None:
-    """No secret_file: the supervisor's key is shared by its workers."""
+    """No secret_file: worker 0 makes the key and shares it with the others."""
     registry_like(upstream)
     first, second = await one_connection_per_worker(served, tls)
     push, other = basic("push", USERS["push"]), basic("other", USERS["other"])

@@ -1,4 +1,4 @@
-"""`regproxy serve`: run the proxy in the foreground, as one worker or a supervisor of several."""
+"""`regproxy serve`: run the proxy in the foreground, as one worker or the first of several."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from ..conf.snapshot import preflight
 from ..core.limits import raise_open_files_limit
 from ..core.problems import ConfigError
 from ..observe.logsetup import configure_logging
-from ..serve.supervisor import become_supervisor
 from .parser import add_serve_flags, command, config_path, overrides
 
 log = logging.getLogger("regproxy")
@@ -36,7 +35,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # aiohttp and ssl: imported by this command only, not by every command's start
-    from ..serve.worker import bind, run_worker
+    from ..serve.worker import become_worker_0, bind, run_worker
 
     try:
         snapshot, problems = preflight(config_path(args), overrides(args))
@@ -55,14 +54,5 @@ def run(args: argparse.Namespace) -> int:
     log.info("open files limit: %d", raise_open_files_limit())
     if config.workers == 1:
         return run_worker(snapshot, sock, config_path(args), overrides(args))
-    become_supervisor(
-        sock,
-        config_path(args),
-        overrides(args),
-        config.workers,
-        config.log_level,
-        str(config.listen),
-        config.upstream,
-        config.metrics_listen is not None,
-    )
-    return 1  # not reached: the process is the supervisor now
+    become_worker_0(sock, config_path(args), overrides(args), config)
+    return 1  # not reached: the process is worker 0 now

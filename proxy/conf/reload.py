@@ -135,7 +135,7 @@ def load_next(
     attach: AttachAuthn | None = None,
     reread: bool = False,
 ) -> Loaded:
-    """Everything for the next snapshot (blocking: a worker thread, or the supervisor);
+    """Everything for the next snapshot (blocking: a worker thread, or the CLI);
     `reread`: every file parsed again, changed or not."""
     try:
         snapshot, problems = load_snapshot(
@@ -213,7 +213,7 @@ class State:
         self._config_path = config_path
         self._overrides = dict(overrides)
         self._attach = attach
-        self._quiet = quiet  # a worker under a supervisor: the parent reports reloads
+        self._quiet = quiet  # one of several workers, not worker 0: worker 0 reports reloads
         self._watcher = Watcher(snapshot.signatures)
         self._holders: dict[int, _Holders] = {}
         self._loading = asyncio.Lock()

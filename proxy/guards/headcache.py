@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from ..core.lru import LRU
+from ..http import web
 from ..http.routes import Operation
 from ..observe import metrics
 from ..pipeline.context import RequestContext

@@ -5,8 +5,7 @@ catalog after pushing sees its repository."""
 
 from __future__ import annotations
 
-from aiohttp import web
-
+from ..http import web
 from ..pipeline.context import RequestContext
 from ..pipeline.guard import Guard
 from ..state.events import Event, RepositoryPushed

@@ -10,8 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from aiohttp import web
-
+from ..http import web
 from ..http.errors import ping_response
 from ..pipeline.context import RequestContext
 from ..pipeline.guard import Guard

@@ -32,10 +32,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from aiohttp import web
-
 from ..core.flight import SingleFlight
 from ..core.lru import LRU
+from ..http import web
 from ..http.bodies import TooLarge
 from ..http.errors import error_response
 from ..http.routes import DIGEST_RE, Operation, query_pairs

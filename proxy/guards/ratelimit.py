@@ -17,9 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from aiohttp import web
-
 from ..core.windows import window_end
+from ..http import web
 from ..http.errors import error_response
 from ..observe import metrics
 from ..pipeline.context import RequestContext

@@ -26,10 +26,9 @@ import asyncio
 import contextlib
 import logging
 
-from aiohttp import web
-
 from ..conf.config import Config
 from ..core.lru import LRU
+from ..http import web
 from ..http.errors import error_response
 from ..pipeline.context import RequestContext
 from ..pipeline.guard import Guard

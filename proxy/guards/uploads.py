@@ -8,7 +8,7 @@ id, user), carried as the query parameter `_regproxy`, and checks it on every re
 upload (`GET`, `PATCH`, `PUT`, `DELETE`): another identity, or none, is refused with 403 before
 anything is forwarded, and the parameter is removed before the registry sees the request.
 
-The key is shared by every worker (the supervisor makes one at start) or, with `secret_file`
+The key is shared by every worker (worker 0 makes one at start) or, with `secret_file`
 configured, derived from the server's secret, so that replicas behind one load balancer accept
 each other's bindings and an upload survives a restart.
 """
@@ -22,8 +22,7 @@ import logging
 from dataclasses import replace
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from aiohttp import web
-
+from ..http import web
 from ..http.errors import error_response
 from ..http.routes import Operation, Refusal, classify
 from ..pipeline.context import RequestContext
@@ -83,7 +82,7 @@ def check(key: bytes, operation: Operation, query: str, user: str | None) -> str
 class UploadBinding(Guard):
     """Uploads only by whoever started them: a request to an upload must carry its starter's
     binding (taken off before forwarding), and every upload Location handed out gets one.
-    `key`: the binding key without a `secret_file` (the supervisor's, shared by its workers)."""
+    `key`: the binding key without a `secret_file` (worker 0's, shared by the others)."""
 
     def __init__(self, key: bytes) -> None:
         self._key = key

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
 
-from aiohttp import hdrs, web
+from aiohttp import hdrs
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import HttpVersion10, HttpVersion11
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from . import web
 
 API_VERSION_HEADER = "Docker-Distribution-Api-Version"
 API_VERSION = "registry/2.0"

@@ -19,7 +19,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
@@ -27,6 +26,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from ..core.limits import Timeouts, address_share
+from . import web
 from .framing import Framing, Head
 
 log = logging.getLogger("regproxy.listener")
@@ -87,8 +87,12 @@ class Connection(RequestHandler):
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
-        """After each answer, a pipelined request held meanwhile gets its header timeout."""
+        """After each answer (and its access line), the request's own state is let go, and a
+        pipelined request held meanwhile gets its header timeout."""
         finished = await super().finish_response(request, resp, start_time)
+        # aiohttp's loop keeps the last request until the next one arrives: an idle keep-alive
+        # connection would hold all that the request path attached to it (issue 24).
+        request.clear()
         if self._framing.pending and not self._messages and self._header_timer is None:
             self._arm()
         return finished

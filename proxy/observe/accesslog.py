@@ -8,9 +8,9 @@ import re
 import time
 from typing import NamedTuple, Protocol
 
-from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from ..http import web
 from .logsetup import SINK
 
 

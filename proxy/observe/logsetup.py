@@ -1,5 +1,5 @@
 """Where log lines go: diagnostics to stderr, access lines to stdout or a file, audit lines to
-their file; SIGUSR1 reopens the files. No HTTP stack: the supervisor imports it too."""
+their file; SIGUSR1 reopens the files. No HTTP stack: `serve` configures it before importing one."""
 
 from __future__ import annotations
 

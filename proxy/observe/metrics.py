@@ -4,8 +4,8 @@ default).
 Counting costs CPU on every request and prometheus-client costs memory in every worker, so
 nothing is counted until `enable()` (the server calls it when `metrics.listen` is set):
 `RECORD` is a no-op `Recorder` until then. With several workers, prometheus-client's
-multiprocess mode aggregates every worker's values: the supervisor sets
-PROMETHEUS_MULTIPROC_DIR before a worker imports prometheus-client.
+multiprocess mode aggregates every worker's values: worker 0 sets
+PROMETHEUS_MULTIPROC_DIR before any worker imports prometheus-client.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
-    from aiohttp import web
     from prometheus_client import CollectorRegistry, Counter
+
+    from ..http import web
 
 # The fair-share caps a request can be refused by (README "Operating safely"): the 429s
 # before forwarding, and the 503 of a request that found no upstream connection in time.
@@ -248,8 +249,9 @@ def _registry() -> CollectorRegistry | None:
 
 
 async def metrics(_: web.BaseRequest) -> web.Response:
-    from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from ..http import web
 
     registry = _registry()
     body = generate_latest(registry) if registry else generate_latest()

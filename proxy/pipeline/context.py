@@ -6,11 +6,10 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from ..conf.config import Config
 from ..conf.snapshot import Snapshot
 from ..core.addresses import Origin, address_text
+from ..http import web
 from ..http.routes import Operation
 from ..policy.identity import Identity
 from ..policy.ratelimits import Charge

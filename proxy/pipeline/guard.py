@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
+from ..http import web
 from ..upstream.forward import Answer
 from .context import RequestContext
 

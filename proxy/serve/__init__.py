@@ -1,1 +1,1 @@
-"""One worker's lifecycle and its request pipeline, and the supervisor of workers."""
+"""One worker's lifecycle and its request pipeline; worker 0 supervises the others."""

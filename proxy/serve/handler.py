@@ -13,12 +13,11 @@ import asyncio
 import logging
 import time
 
-from aiohttp import web
-
 from ..authn.chain import Authentication, Denied
 from ..conf.reload import State
 from ..core.addresses import origin
 from ..core.limits import Gate, Limits
+from ..http import web
 from ..http.errors import error_response, unauthorized
 from ..http.routes import Refusal, classify_request, without_mount
 from ..observe import metrics

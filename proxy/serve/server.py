@@ -17,8 +17,6 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from .. import guards
 from ..authn.chain import Authentication, Authenticators, BackendFactory
 from ..authn.robotfile import usage_path
@@ -30,7 +28,7 @@ from ..conf.snapshot import Snapshot
 from ..core.chores import every
 from ..core.limits import capacity, raise_open_files_limit
 from ..core.memory import release_memory
-from ..http import clienttls
+from ..http import clienttls, web
 from ..http.listener import Connections, Listener
 from ..observe import metrics
 from ..observe.accesslog import access_logger_class
@@ -62,8 +60,8 @@ async def _record_robot_use(usage: RobotUsage, state: State, work: Executor) -> 
 class Server:
     """Owns one worker's lifecycle: startup() -> serve until a signal -> shutdown()."""
 
-    # Under a supervisor, which reports the lifecycle, a worker logs it at debug level only,
-    # and only worker 0 reports reloads.
+    # Each of several workers logs its lifecycle at debug level only: worker 0's supervisor
+    # reports it once for all. Only worker 0 reports reloads.
 
     def __init__(
         self,
@@ -71,8 +69,10 @@ class Server:
         config_path: Path | None,
         overrides: Mapping[str, object],
         siblings: Siblings | None = None,
+        relay: Callable[[int], None] | None = None,
     ) -> None:
         self._first = snapshot
+        self._relay = relay  # worker 0 of several: each signal it handles, to the others too
         self._siblings = siblings = siblings or Siblings()
         self.upload_key = siblings.upload_key  # without a secret_file (proxy.guards.uploads)
         self._config_path = config_path
@@ -80,7 +80,7 @@ class Server:
         # This machine's id in a shared store: random per start, the same in every worker
         # (they share the catalog key), so they skip each other's events there.
         self._replica = hashlib.blake2b(b"replica", key=siblings.catalog_key, digest_size=8)
-        self._quiet = siblings.index is not None  # lifecycle: the supervisor says it
+        self._quiet = siblings.index is not None  # lifecycle: worker 0's supervisor says it
         self._reports_reloads = siblings.index in (None, 0)
         self.state: State | None = None
         self.port: int | None = None
@@ -282,10 +282,12 @@ class Server:
         assert config.metrics_listen is not None
         admin = admin_handler(registry, lambda: state.current.config, store, lambda: self.draining)
         # No access lines: a probe every few seconds per pod is noise, not traffic.
-        runner = web.ServerRunner(web.Server(admin, access_log=None), shutdown_timeout=1)
+        from aiohttp.web_runner import ServerRunner, TCPSite
+
+        runner = ServerRunner(web.Server(admin, access_log=None), shutdown_timeout=1)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(
+        site = TCPSite(
             runner,
             config.metrics_listen.host,
             config.metrics_listen.port,
@@ -304,15 +306,22 @@ class Server:
         await self._stack.aclose()
 
     def _install_signals(self) -> None:
+        handlers: dict[int, Callable[[], None]] = {
+            signal.SIGTERM: functools.partial(self.request_stop, signal.SIGTERM),
+            signal.SIGINT: functools.partial(self.request_stop, signal.SIGINT),
+            signal.SIGHUP: functools.partial(self._reload, "SIGHUP"),
+            signal.SIGUSR1: reopen_logs,
+        }
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop, signal.SIGTERM)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop, signal.SIGINT)
-        loop.add_signal_handler(signal.SIGHUP, self._reload, "SIGHUP")
-        loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
-        # A supervised worker starts with these blocked: any that came meanwhile arrive now.
-        signal.pthread_sigmask(
-            signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
-        )
+        for signum, handler in handlers.items():
+            loop.add_signal_handler(signum, self._relayed, signum, handler)
+        # One of several workers starts with these blocked: any that came meanwhile arrive now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(handlers))
+
+    def _relayed(self, signum: int, handler: Callable[[], None]) -> None:
+        if self._relay is not None:  # first: a second SIGTERM exits at once
+            self._relay(signum)
+        handler()
 
     def _reload(self, reason: str) -> None:
         assert self.state is not None

@@ -1,66 +1,30 @@
-"""Several workers: a small supervisor process (like nginx's master) that starts them with the
-listening socket and the worker mesh, relays signals, and restarts a worker that dies.
+"""Several workers: worker 0 is `regproxy serve`'s own process and supervises the others (like
+nginx's master, but serving too): it starts them with the listening socket and the worker mesh,
+relays signals to them, and restarts one that dies."""
 
-`regproxy serve` becomes it (exec, same PID) once the configuration is checked and the socket
-bound; it imports only a few standard modules (not even `secrets`, which pulls in OpenSSL).
-"""
-
-# Its memory counts against every worker's share (issue 24), so it is run as a script with
-# `-I -S` (no `site`: its path hooks and .pth files) and uses only modules built into the
-# interpreter besides `os`: `logging`, `subprocess`, `json`, `signal` and `socket` would each
-# import `re`, `enum` or `threading`, about 3.5 MiB together. The specs travel as marshal
-# data (the same interpreter reads them) and its few log lines are written as `logging`
-# formats them in the workers.
+# One process fewer than a supervisor of its own (issue 24: 48 MiB per worker, the whole tree
+# counted): Python, OpenSSL and the other shared libraries are counted once less. What it
+# trades away: when worker 0 itself dies, the others drain and stop (PR_SET_PDEATHSIG) and
+# the service is down until whatever started it starts it again (README: Processes).
+# The workers are told about themselves in REGPROXY_WORKER, marshal data (the same
+# interpreter reads it).
 
 from __future__ import annotations
 
-import _signal  # type: ignore[import-not-found]  # no stubs: `signal` itself imports enum
-import _socket
+import asyncio
+import contextlib
 import marshal
 import os
+import signal
+import socket
 import sys
 import time
+from collections.abc import Callable, Mapping
 
-TYPE_CHECKING = False  # mypy takes it as true; `typing` itself would cost 1.9 MiB
-if TYPE_CHECKING:
-    import socket
-    from collections.abc import Callable, Mapping
-    from pathlib import Path
-
-RELAYED = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGUSR1)
-SPEC_ENV = "REGPROXY_SUPERVISOR"
 WORKER_ENV = "REGPROXY_WORKER"
 TICK = 0.1
 MAX_BACKOFF = 30.0
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
-
-
-def become_supervisor(
-    sock: socket.socket,
-    config_path: Path | None,
-    overrides: Mapping[str, object],
-    workers: int,
-    log_level: str,
-    listen: str,
-    upstream: str,
-    metrics: bool,
-) -> None:
-    """Replace this (checked, bound) process by the supervisor; never returns."""
-    spec = {
-        "listen_fd": sock.fileno(),
-        "config": str(config_path) if config_path is not None else None,
-        "overrides": dict(overrides),
-        "workers": workers,
-        "log_level": log_level,
-        "listen": listen,
-        "upstream": upstream,
-        "metrics": metrics,
-    }
-    sock.set_inheritable(True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.environ[SPEC_ENV] = encode(spec)
-    os.execv(sys.executable, [sys.executable, "-I", "-S", os.path.abspath(__file__)])
 
 
 def encode(spec: Mapping[str, object]) -> str:
@@ -90,52 +54,86 @@ class Log:
 
 
 class Supervisor:
+    """Worker 0's second job: `start()` the others, `watch()` them until they have stopped."""
+
     def __init__(self, spec: dict[str, object]) -> None:
         self.spec = spec
         self.log = Log(str(spec["log_level"]))
-        self.mesh: list[tuple[_socket.socket, _socket.socket]] = []
+        self.workers = int(str(spec["workers"]))
+        self.mesh: list[tuple[socket.socket, socket.socket]] = []
         self.children: dict[int, int] = {}  # pid -> worker index
-        self.signals: list[int] = []
         self.stopping = False
         self.started: dict[int, float] = {}  # worker index -> when it was last started
         self.backoff: dict[int, float] = {}
         self.due: dict[int, float] = {}  # worker index -> when to start it again
         self.ready_r, self.ready_w = os.pipe()  # each worker writes its index once it serves
         os.set_blocking(self.ready_r, False)
-        self.waiting: set[int] = set()  # workers not ready yet
+        self.waiting: set[int] = set(range(self.workers))  # workers not serving yet
+        self.runtime = _runtime_dir()
+        self.env: dict[str, str] = {}
+        self.shared: dict[str, str] = {}
 
-    def run(self) -> int:
-        workers = int(str(self.spec["workers"]))
-        runtime = _runtime_dir()
-        env, shared = self._environment(runtime)
-        self.mesh = [
-            _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM) for _ in range(workers)
-        ]
-        for signum in RELAYED:
-            _signal.signal(signum, lambda signum, _frame: self.signals.append(signum))
-        for index in range(workers):
-            self._start(index, env, shared)
-        try:
-            status = self._watch(workers, env, shared)
-        finally:
-            for pair in self.mesh:
-                for end in pair:
-                    end.close()
-            os.close(self.ready_r)
-            os.close(self.ready_w)
-            _remove(runtime)
-        self.log.write("info", "stopped")
+    def start(self) -> dict[str, object]:
+        """Start workers 1..N-1; worker 0's own spec (this process)."""
+        self.env, self.shared = self._environment(self.runtime)
+        self.mesh = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in self.waiting]
+        for index in range(1, self.workers):
+            self._start(index)
+        return self._worker_spec(0)
+
+    def relay(self, signum: int) -> None:
+        """A signal this process got: to every other worker too."""
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            if not self.stopping:
+                self.log.write("info", "shutting down: draining the workers")
+            self.stopping = True  # no worker is started again
+        for pid in self.children:
+            _quietly(os.kill, pid, signum)  # one that has just exited
+
+    def serving(self) -> None:
+        """Worker 0 accepts connections."""
+        self.waiting.discard(0)
+
+    async def watch(self) -> int:
+        """Until a stop and every other worker has exited: say "listening" once all serve,
+        restart those that die. The exit status (of the first that failed while stopping)."""
+        announced = False
+        status = 0
+        while self.children or not self.stopping:
+            self._ready()
+            if not announced and not self.waiting and not self.stopping:
+                announced = True
+                self.log.write(
+                    "info",
+                    f"regproxy listening on https://{self.spec['listen']} -> "
+                    f"{self.spec['upstream']} with {self.workers} workers",
+                )
+            status = self._reap() or status
+            for index, when in list(self.due.items()):
+                if not self.stopping and time.monotonic() >= when:
+                    del self.due[index]
+                    self._start(index)
+            await asyncio.sleep(TICK)
         return status
 
+    def close(self) -> None:
+        """Once every worker has stopped: the mesh, the pipe and the shared files."""
+        for pair in self.mesh:
+            for end in pair:
+                end.close()
+        os.close(self.ready_r)
+        os.close(self.ready_w)
+        _remove(self.runtime)
+        self.log.write("info", "stopped")
+
     def _environment(self, runtime: str) -> tuple[dict[str, str], dict[str, str]]:
-        """The workers' environment, and what every worker is told alike: the keys they share
-        (an upload may continue through any worker) and the lock directory."""
-        env = dict(os.environ)
-        env.pop(SPEC_ENV, None)
+        """The workers' environment (this one's too), and what every worker is told alike:
+        the keys they share (an upload may continue through any worker) and the lock
+        directory."""
         if self.spec["metrics"]:
             # Before prometheus-client is first imported: workers then share their metrics.
-            env["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(runtime, "metrics")
-            os.mkdir(env["PROMETHEUS_MULTIPROC_DIR"])
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(runtime, "metrics")
+            os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         os.mkdir(os.path.join(runtime, "locks"))
         shared = {
             "catalog_key": os.urandom(32).hex(),
@@ -143,44 +141,27 @@ class Supervisor:
             "credentials_key": os.urandom(32).hex(),
             "lock_dir": os.path.join(runtime, "locks"),
         }
-        return env, shared
+        return dict(os.environ), shared
 
-    def _watch(self, workers: int, env: dict[str, str], shared: dict[str, str]) -> int:
-        """Until every worker has exited after a stop: say "listening" once all serve, relay
-        signals, restart workers that died. The exit status."""
-        announced = False
-        status = 0
-        while self.children or (self.due and not self.stopping):
-            self._ready()
-            if not announced and not self.waiting and not self.stopping:
-                announced = True
-                self.log.write(
-                    "info",
-                    f"regproxy listening on https://{self.spec['listen']} -> "
-                    f"{self.spec['upstream']} with {workers} workers",
-                )
-            self._relay()
-            status = self._reap() or status
-            for index, when in list(self.due.items()):
-                if not self.stopping and time.monotonic() >= when:
-                    del self.due[index]
-                    self._start(index, env, shared)
-            time.sleep(TICK)
-        return status
+    def _ends(self, index: int) -> tuple[socket.socket, list[socket.socket]]:
+        """A worker's ends of the mesh: its inbox, and the others' outboxes."""
+        return self.mesh[index][0], [out for i, (_, out) in enumerate(self.mesh) if i != index]
 
-    def _start(self, index: int, env: dict[str, str], shared: dict[str, str]) -> None:
-        inbox = self.mesh[index][0]
-        outboxes = [out for i, (_, out) in enumerate(self.mesh) if i != index]
-        fds = [int(str(self.spec["listen_fd"])), inbox.fileno(), *(o.fileno() for o in outboxes)]
-        worker = {
+    def _worker_spec(self, index: int) -> dict[str, object]:
+        inbox, outboxes = self._ends(index)
+        return {
             **self.spec,
-            **shared,
+            **self.shared,
             "index": index,
             "inbox_fd": inbox.fileno(),
             "outbox_fds": [o.fileno() for o in outboxes],
             "ready_fd": self.ready_w,
             "parent": os.getpid(),
         }
+
+    def _start(self, index: int) -> None:
+        inbox, outboxes = self._ends(index)
+        fds = [int(str(self.spec["listen_fd"])), inbox.fileno(), *(o.fileno() for o in outboxes)]
         fds.append(self.ready_w)
         self.waiting.add(index)
         for fd in fds:  # this worker's ends only: the others' stay closed on exec
@@ -189,8 +170,8 @@ class Supervisor:
             pid = os.posix_spawn(
                 sys.executable,
                 [sys.executable, "-m", "proxy.serve.worker"],
-                {**env, WORKER_ENV: encode(worker)},
-                setpgroup=0,  # a terminal's Ctrl-C reaches the supervisor only
+                {**self.env, WORKER_ENV: encode(self._worker_spec(index))},
+                setpgroup=0,  # a terminal's Ctrl-C reaches worker 0 only, which relays it
             )
         finally:
             for fd in fds[1:]:  # the listening socket is every worker's
@@ -206,20 +187,6 @@ class Supervisor:
             return
         for line in lines:
             self.waiting.discard(int(line))
-
-    def _relay(self) -> None:
-        while self.signals:
-            signum = self.signals.pop(0)
-            if signum in (_signal.SIGTERM, _signal.SIGINT):
-                if not self.stopping:
-                    self.log.write("info", "shutting down: draining the workers")
-                    # No worker will be started again: the socket is theirs alone now, so it
-                    # refuses connections once the last of them stops accepting, rather than
-                    # queueing them for nobody.
-                    os.close(int(str(self.spec["listen_fd"])))
-                self.stopping = True
-            for pid in self.children:
-                _quietly(os.kill, pid, signum)  # one that has just exited
 
     def _reap(self) -> int:
         """Collect exited workers and plan a restart of those that died unasked; a failure
@@ -276,15 +243,5 @@ def _remove(directory: str) -> None:
 
 def _quietly(action: Callable[..., object], *args: object) -> None:
     """`action(*args)`, an OSError ignored (a file or process already gone, stderr closed)."""
-    try:  # noqa: SIM105 - contextlib would cost 0.8 MiB here
+    with contextlib.suppress(OSError):
         action(*args)
-    except OSError:
-        pass
-
-
-def main() -> int:
-    return Supervisor(decode(os.environ[SPEC_ENV])).run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

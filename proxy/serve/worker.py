@@ -1,8 +1,10 @@
 """A worker: one process serving connections on the shared listening socket, in this process
-(`run_worker`) or started by the supervisor (`main`, told about itself in REGPROXY_WORKER)."""
+(`run_worker`), or one of several (`main`, told about itself in REGPROXY_WORKER): worker 0,
+which `serve` becomes and which starts and supervises the others, or one of those."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import functools
@@ -12,16 +14,19 @@ import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..conf.config import Config
 from ..conf.snapshot import Snapshot, preflight
 from ..core.problems import ConfigError
 from ..observe.logsetup import configure_logging
 from ..state.peers import Peers, Siblings
-from .supervisor import WORKER_ENV, decode
+from .supervisor import WORKER_ENV, Supervisor, decode, encode
 
-PR_SET_PDEATHSIG = 1  # a worker stops when its supervisor dies, whatever the cause
+if TYPE_CHECKING:
+    from .server import Server
+
+PR_SET_PDEATHSIG = 1  # a worker stops when worker 0 dies, whatever the cause
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 
 
@@ -44,14 +49,79 @@ def run_worker(
 ) -> int:
     import uvloop
 
+    uvloop.run(_server(snapshot, config_path, overrides, siblings).serve(sock, ready))
+    return 0
+
+
+def become_worker_0(
+    sock: socket.socket, config_path: Path | None, overrides: Mapping[str, object], config: Config
+) -> None:
+    """Replace this (checked, bound) process by worker 0 of several; never returns."""
+    # A fresh interpreter: without the command line's modules, worker 0 is no larger than
+    # the workers it starts (issue 24: every process of the tree counts).
+    spec = {
+        "listen_fd": sock.fileno(),
+        "config": str(config_path) if config_path is not None else None,
+        "overrides": dict(overrides),
+        "workers": config.workers,
+        "log_level": config.log_level,
+        "listen": str(config.listen),
+        "upstream": config.upstream,
+        "metrics": config.metrics_listen is not None,
+        "index": 0,
+    }
+    sock.set_inheritable(True)
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)  # kept across exec: see `main`
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[WORKER_ENV] = encode(spec)
+    os.execv(sys.executable, [sys.executable, "-m", "proxy.serve.worker"])
+
+
+def _run_supervising(
+    snapshot: Snapshot,
+    sock: socket.socket,
+    config_path: Path | None,
+    overrides: Mapping[str, object],
+    spec: dict[str, object],
+) -> int:
+    """Worker 0 of several: start the others, serve, stop with them; the exit status."""
+    import uvloop
+
+    supervisor = Supervisor(spec)
+    try:
+        siblings = _siblings(supervisor.start(), dup=True)
+        server = _server(snapshot, config_path, overrides, siblings, supervisor.relay)
+        return uvloop.run(_serve_beside(server, sock, supervisor))
+    finally:
+        supervisor.close()
+
+
+async def _serve_beside(server: Server, sock: socket.socket, supervisor: Supervisor) -> int:
+    """Serve while watching the other workers; once stopped, wait for them to stop too."""
+    watch = asyncio.ensure_future(supervisor.watch())
+    try:
+        await server.serve(sock, supervisor.serving)
+    finally:
+        if not supervisor.stopping:  # a failed start, not a signal: stop the others
+            supervisor.relay(signal.SIGTERM)
+        status = await watch
+    return status
+
+
+def _server(
+    snapshot: Snapshot,
+    config_path: Path | None,
+    overrides: Mapping[str, object],
+    siblings: Siblings | None,
+    relay: Callable[[int], None] | None = None,
+) -> Server:
     from ..http.clienttls import import_aiohttp
 
     import_aiohttp()  # first, so that its client contexts hold no CA bundle
     from .server import Server
 
-    server = Server(snapshot, config_path, overrides, siblings)
-    uvloop.run(server.serve(sock, ready))
-    return 0
+    return Server(snapshot, config_path, overrides, siblings, relay)
 
 
 def _stop_with(parent: int) -> None:
@@ -68,7 +138,8 @@ def main() -> int:
     # stop once it has started, not a kill); Server.serve unblocks them.
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
     spec: dict[str, Any] = decode(os.environ.pop(WORKER_ENV))
-    _stop_with(int(spec["parent"]))
+    if "parent" in spec:  # not worker 0, which has none to follow
+        _stop_with(int(spec["parent"]))
     config_path = Path(spec["config"]) if spec["config"] is not None else None
     try:
         snapshot, _ = preflight(config_path, spec["overrides"])
@@ -78,13 +149,24 @@ def main() -> int:
     config = snapshot.config
     configure_logging(config.log_level, config.access_log_path, config.audit_log)
     sock = socket.socket(fileno=int(spec["listen_fd"]))
+    if "parent" not in spec:
+        return _run_supervising(snapshot, sock, config_path, spec["overrides"], spec)
+    siblings = _siblings(spec)
+    ready = functools.partial(_tell_ready, int(spec["ready_fd"]), int(spec["index"]))
+    return run_worker(snapshot, sock, config_path, spec["overrides"], siblings, ready)
+
+
+def _siblings(spec: dict[str, Any], dup: bool = False) -> Siblings:
+    """A worker's view of the others, from its spec; `dup`: its own copies of the mesh's file
+    descriptors (worker 0, whose supervisor keeps and closes the originals)."""
+    own = os.dup if dup else int
     peers = Peers(
-        socket.socket(fileno=int(spec["inbox_fd"])),
-        tuple(socket.socket(fileno=int(fd)) for fd in spec["outbox_fds"]),
+        socket.socket(fileno=own(int(spec["inbox_fd"]))),
+        tuple(socket.socket(fileno=own(int(fd))) for fd in spec["outbox_fds"]),
     )
     for end in (peers.inbox, *peers.outboxes):
         end.setblocking(False)
-    siblings = Siblings(
+    return Siblings(
         int(spec["index"]),
         peers,
         Path(spec["lock_dir"]),
@@ -92,12 +174,10 @@ def main() -> int:
         bytes.fromhex(spec["upload_key"]),
         bytes.fromhex(spec["credentials_key"]),
     )
-    ready = functools.partial(_tell_ready, int(spec["ready_fd"]), int(spec["index"]))
-    return run_worker(snapshot, sock, config_path, spec["overrides"], siblings, ready)
 
 
 def _tell_ready(fd: int, index: int) -> None:
-    """One line to the supervisor: this worker accepts connections."""
+    """One line to worker 0: this worker accepts connections."""
     with contextlib.suppress(OSError):
         os.write(fd, b"%d\n" % index)
         os.close(fd)

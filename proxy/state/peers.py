@@ -1,4 +1,4 @@
-"""The worker mesh: one datagram socket pair per worker, made by the supervisor; each worker
+"""The worker mesh: one datagram socket pair per worker, made by worker 0; each worker
 writes its events to every other worker's inbox."""
 
 # Datagrams on a local socket arrive before a client's next connection has finished its TLS
@@ -47,7 +47,7 @@ def _key() -> bytes:
 
 @dataclass(frozen=True)
 class Siblings:
-    """What a worker shares with the other workers of its supervisor."""
+    """What a worker shares with the other workers of its `serve`."""
 
     index: int | None = None  # None when it is alone
     peers: Peers | None = None

@@ -211,7 +211,7 @@ LOCK_POLL = 0.01
 class LocalStore:
     """This process, plus the other workers of this machine when there are several."""
 
-    # Locks: an asyncio lock per name, and with a `lock_dir` (the supervisor's) an advisory
+    # Locks: an asyncio lock per name, and with a `lock_dir` (worker 0's) an advisory
     # lock on a file of that name's own (a long hold of one repository's lock never holds up
     # another's), which the kernel releases if the holder dies.
 

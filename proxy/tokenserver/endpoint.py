@@ -7,11 +7,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
 from multidict import MultiMapping
 
 from ..authn.chain import Denied
 from ..authn.credentials import basic_header
+from ..http import web
 from ..observe.audit import audit_token
 from ..policy.grants import Grants
 from ..policy.identity import Identity

@@ -36,11 +36,10 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from aiohttp import web
-
 from ..core.flight import SingleFlight
 from ..core.limits import Timeouts
 from ..core.lru import LRU
+from ..http import web
 from ..http.errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
 from ..http.routes import CATALOG_MAX, Refusal, valid_name
 from .client import Registry, UpstreamError

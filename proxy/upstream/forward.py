@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..core.limits import Capacity, FairSlots, Limits, Pace, Timeouts, Watchdog
-from ..http import clienttls
+from ..http import clienttls, web
 from ..http.bodies import read_whole
 from ..http.errors import API_VERSION, API_VERSION_HEADER, SERVER, error_response
 from ..observe import metrics

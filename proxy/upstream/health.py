@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from aiohttp import web
-
 from ..conf.config import Config
 from ..core.limits import Timeouts
+from ..http import web
 from ..observe import metrics
 from ..state.store import Store
 from .client import Registry, UpstreamError

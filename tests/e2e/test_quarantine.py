@@ -24,7 +24,7 @@ import pytest
 from devtools.registry import Registry
 from devtools.tls import TlsFiles
 from proxy.upstream.manifests import MANIFEST_TYPES
-from tests.conftest import ENV, basic, worker_holding
+from tests.conftest import ENV, basic, worker_holding, worker_pids
 from tests.e2e.conftest import USERS, RegproxyProcess, start_regproxy
 from tests.e2e.harness import Podman, make_rootfs_tar
 from tests.redis_server import RedisServer
@@ -80,8 +80,7 @@ class Kept:
 def one_per_worker(proxy: RegproxyProcess, tls: TlsFiles) -> list[Kept]:
     """A kept connection held by each of the proxy's two workers (new connections until each
     has one; the others are closed)."""
-    parent = proxy.process.pid
-    workers = [int(p) for p in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+    workers = worker_pids(proxy.process.pid)
     assert len(workers) == 2, workers
     held: dict[int, Kept] = {}
     deadline = time.monotonic() + 60

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.e2e
 PUSHER = ("testuserpush", USERS["testuserpush"])
 PULLER = f"testuser:{USERS['testuser']}"
 STORM_CLIENTS = 4
-WORKERS = (2, 1, 1)  # replica 0 runs under the supervisor: SIGTERM is relayed
+WORKERS = (2, 1, 1)  # replica 0 has 2 workers: worker 0 relays SIGTERM
 RESTART_BOUND = 60.0  # seconds a replica may take to drain, restart and rejoin; only a guard
 
 

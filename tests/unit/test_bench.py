@@ -149,8 +149,8 @@ def test_issue_24_checks_pair_the_rounds_and_name_the_worst_spread() -> None:
     anonymous = checks["anonymous 401"]
     assert anonymous.met and anonymous.measured.startswith("1.00x")
     assert "2.00x nginx, 1.00x nginx-tuned" in anonymous.measured
-    memory = checks["peak RSS of the whole tree in the rate cases ≤ 48 MiB per worker, supervisor "
-                    "included (2 workers"]  # fmt: skip
+    memory = checks["peak RSS of the whole tree in the rate cases ≤ 48 MiB per worker, every "
+                    "process included (2 workers"]  # fmt: skip
     assert memory.met and "45.0 per worker" in memory.measured
     noise = checks["every ratio within ±10% of the previous run's of this plan"]
     assert not noise.met and noise.measured.startswith("no earlier run")
