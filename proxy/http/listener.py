@@ -90,9 +90,13 @@ class Connection(RequestHandler):
     ) -> tuple[web.StreamResponse, bool]:
         """After each answer, a pipelined request held meanwhile gets its header timeout."""
         finished = await super().finish_response(request, resp, start_time)
+        self.answered()
+        return finished
+
+    def answered(self) -> None:
+        """After an answer: a request held meanwhile, not complete, gets its header timeout."""
         if self._framing.pending and not self._messages and self._header_timer is None:
             self._arm()
-        return finished
 
     @property
     def waiting_for_request(self) -> bool:
@@ -151,8 +155,10 @@ class Connections(web.Server):
         self.header_timeout = header_timeout
         self._closing = closing
 
+    connection: type[Connection] = Connection  # what each accepted connection is
+
     def __call__(self) -> Connection:
-        return Connection(self, loop=self._loop, **self._kwargs)
+        return self.connection(self, loop=self._loop, **self._kwargs)
 
     def _make_request(
         self,

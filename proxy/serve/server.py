@@ -42,6 +42,7 @@ from ..upstream.client import Registry
 from ..upstream.forward import Forwarder
 from ..upstream.health import admin_handler
 from .handler import Handler
+from .lean import SUPPORTED, LeanConnections
 
 if TYPE_CHECKING:
     from ..authn.redis_users import RedisUsers
@@ -224,7 +225,8 @@ class Server:
             connections,
             config.limits.connections_per_address,
         )
-        manager = Connections(
+        factory = LeanConnections if SUPPORTED else Connections
+        manager = factory(
             handler,
             listener,
             config.timeouts.header,
