@@ -20,6 +20,7 @@ from aiohttp.http import HttpVersion11, RawRequestMessage, StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from ..http.listener import Connection, Connections
+from ..observe.accesslog import LOGGED
 from .handler import Handler
 
 # The parts of aiohttp's RequestHandler (web_protocol.py) used here, as 3.14 has them: its
@@ -95,6 +96,7 @@ class LeanConnection(Connection):
         self._manager.requests_count += 1
         transport.write(response.data(request))
         self.log_access(request, response, start)
+        del request[LOGGED]  # its context refers to it: both freed now, not by the cyclic GC
         # As aiohttp's loop does after a keep-alive answer.
         close_time = loop.time() + self._keepalive_timeout
         self._next_keepalive_close_time = close_time
