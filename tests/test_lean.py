@@ -159,6 +159,22 @@ async def test_refusals_do_not_wake_aiohttps_loop(pair: Pair, tls: TlsPair) -> N
     writer.close()
 
 
+async def test_a_request_queued_for_the_loop_is_answered_first(pair: Pair, tls: TlsPair) -> None:
+    """Two reads in one turn of the event loop: the first woke aiohttp's loop, which has not
+    run yet when the second, a refusal, arrives."""
+    lean = pair[0]
+    reader, writer = await warm(lean, tls)
+    assert lean.server.connections is not None
+    (connection,) = lean.server.connections.connections
+    connection.data_received(request("GET /v2/", PULL))
+    connection.data_received(request())
+    assert [re.findall(rb"HTTP/1.1 (\d+) ", await answer(reader)) for _ in range(2)] == [
+        [b"200"],
+        [b"401"],
+    ]
+    writer.close()
+
+
 async def test_an_earlier_answer_is_never_overtaken(
     pair: Pair, tls: TlsPair, upstream: FakeUpstream
 ) -> None:
