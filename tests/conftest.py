@@ -35,6 +35,7 @@ from proxy.authn.robotfile import derive
 from proxy.conf.reload import State
 from proxy.conf.snapshot import load_snapshot
 from proxy.guards.uploads import bind_location
+from proxy.http.listener import Connections
 from proxy.http.routes import Operation, classify
 from proxy.serve.server import Server
 from proxy.state.peers import Peers
@@ -224,9 +225,11 @@ async def make_proxy(
         upstream_url: str | None = None,
         directory: Path | None = None,
         host: str = "127.0.0.1",
+        connections: type[Connections] | None = None,
     ) -> RunningProxy:
         """`directory` (default: the test's tmp_path) holds the config and user files; `host`
-        is the address the proxy's socket is bound to."""
+        is the address the proxy's socket is bound to; `connections` what makes connections
+        (default: the server's)."""
         where = directory or tmp_path
         where.mkdir(parents=True, exist_ok=True)
         (where / "htpasswd").write_text(htpasswd_text(USERS))
@@ -239,6 +242,7 @@ async def make_proxy(
         )
         snapshot, _ = load_snapshot(config_path, {})
         server = Server(snapshot, config_path, {})
+        server.factory = connections or server.factory
         sock = free_socket(host)
         await server.startup(sock)
         assert server.state is not None

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..core.addresses import IPAddress, throttle_key
 from ..core.lru import LRU
@@ -62,6 +62,14 @@ class Denied:
     retry_after: int | None = None
 
 
+class Credentials(NamedTuple):
+    """Credentials an Authorization header carries, to be checked."""
+
+    user: str
+    password: str
+    token: bool  # a Bearer token (its user is BEARER)
+
+
 @dataclass(frozen=True)
 class AuthSettings:
     """What a snapshot's authentication is built from."""
@@ -105,9 +113,12 @@ class Authentication:
         self._key = secrets.token_bytes(32)  # tells attempts apart without keeping passwords
         self._logged_in: LRU[bytes, float] = LRU(LOGGED_IN_KEPT)  # attempt -> until when
 
-    async def identify(
-        self, authorization: list[str], address: IPAddress | None, setup: Authenticators
-    ) -> Identity | Denied:
+    @staticmethod
+    def read(
+        authorization: list[str], address: IPAddress | None, setup: Authenticators
+    ) -> Identity | Denied | Credentials:
+        """What the header says before anything is checked: no credentials (the anonymous
+        identity), malformed ones (400), or the credentials `identify` checks."""
         try:
             credentials = parse_basic_auth(authorization)
             token = None
@@ -117,10 +128,18 @@ class Authentication:
             metrics.RECORD.auth_failure("malformed")
             return Denied(400, str(exc))
         if token is not None:
-            credentials = (BEARER, token)
+            return Credentials(BEARER, token, True)
         if credentials is None:
             return anonymous(address)
-        user, password = credentials
+        return Credentials(*credentials, False)
+
+    async def identify(
+        self, authorization: list[str], address: IPAddress | None, setup: Authenticators
+    ) -> Identity | Denied:
+        read = self.read(authorization, address, setup)
+        if not isinstance(read, Credentials):
+            return read
+        user, password, token = read
         where = throttle_key(address)
         attempt = fingerprint(self._key, f"{user}:{password}".encode(errors="surrogateescape"))
         # A workload token is counted as its own login, not as one shared name: one CI job's
@@ -128,7 +147,7 @@ class Authentication:
         # backend takes (it never hands it on to a password backend, so this opens no way to
         # guess a password); without one, a token-shaped password is a password like any.
         counted = user
-        if token is not None or (setup.bearer is not None and setup.bearer.takes(password)):
+        if token or (setup.bearer is not None and setup.bearer.takes(password)):
             counted = token_login(attempt)
         wait = self.throttle.retry_after(counted, where, self._clock(), setup.throttle)
         if wait > 0:
@@ -147,7 +166,7 @@ class Authentication:
                 return _throttled(user, where, wait)
         self.throttle.started(counted, where, attempt)
         try:
-            answer = await self._ask(setup, user, password, bearer=token is not None)
+            answer = await self._ask(setup, user, password, bearer=token)
         except BaseException as exc:
             release()
             if not isinstance(exc, BackendUnavailable):

@@ -90,9 +90,8 @@ class Canned(web.StreamResponse):
     def content_length(self, value: int | None) -> None:
         raise RuntimeError("a canned answer has its length")
 
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self._eof_sent:
-            return None
+    def data(self, request: web.BaseRequest) -> bytes:
+        """What is sent in answer to `request`, whole; it is sent after this."""
         keep_alive = self._keep_alive
         if keep_alive is None:
             keep_alive = self._keep_alive = request.keep_alive
@@ -102,14 +101,19 @@ class Canned(web.StreamResponse):
         else:
             connection = b"Connection: close\r\n" if version == HttpVersion11 else b""
         body = b"" if request.method == hdrs.METH_HEAD else self._built.body
-        data = b"".join((b"HTTP/%d.%d" % version, self._built.head,
+        self._eof_sent = True
+        return b"".join((b"HTTP/%d.%d" % version, self._built.head,
                          rfc822_formatted_time().encode(), b"\r\n", connection, b"\r\n",
                          body))  # fmt: skip
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self._eof_sent:
+            return None
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")  # as aiohttp's
+        data = self.data(request)
         transport.write(data)
-        self._eof_sent = True
         writer = request.writer
         writer.output_size += len(data)  # what aiohttp's error handling reads: sent already
         await writer.drain()  # a client that does not read holds pipelined answers back

@@ -93,9 +93,13 @@ class Connection(RequestHandler):
         # aiohttp's loop keeps the last request until the next one arrives: an idle keep-alive
         # connection would hold all that the request path attached to it (issue 24).
         request.clear()
+        self.answered()
+        return finished
+
+    def answered(self) -> None:
+        """After an answer: a request held meanwhile, not complete, gets its header timeout."""
         if self._framing.pending and not self._messages and self._header_timer is None:
             self._arm()
-        return finished
 
     @property
     def waiting_for_request(self) -> bool:
@@ -154,8 +158,10 @@ class Connections(web.Server):
         self.header_timeout = header_timeout
         self._closing = closing
 
+    connection: type[Connection] = Connection  # what each accepted connection is
+
     def __call__(self) -> Connection:
-        return Connection(self, loop=self._loop, **self._kwargs)
+        return self.connection(self, loop=self._loop, **self._kwargs)
 
     def _make_request(
         self,

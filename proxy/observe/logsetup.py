@@ -38,6 +38,12 @@ class Sink:
         if old is not None and old > 2:
             os.close(old)
 
+    def close(self) -> None:
+        """Write nowhere, until opened again."""
+        if self._fd is not None and self._fd > 2:
+            os.close(self._fd)
+        self._path = self._fd = None
+
     def write(self, line: str) -> None:
         if self._fd is not None:
             os.write(self._fd, (line + "\n").encode("utf-8", "backslashreplace"))

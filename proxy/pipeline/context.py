@@ -71,6 +71,13 @@ class RequestContext:
         await resource.__aenter__()
         self.defer(lambda: resource.__aexit__(None, None, None))
 
+    def release(self) -> None:
+        """Release what the steps held, newest first, when none of it is to be awaited (what
+        the steps before identify hold)."""
+        while self._releases:
+            done = self._releases.pop()()
+            assert done is None, "an awaitable release: close() the context instead"
+
     async def close(self) -> None:
         """Release what the steps held, newest first."""
         while self._releases:

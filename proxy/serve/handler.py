@@ -13,12 +13,13 @@ import asyncio
 import logging
 import time
 
-from ..authn.chain import Authentication, Denied
+from ..authn.chain import Authentication, Credentials, Denied
 from ..conf.reload import State
+from ..conf.snapshot import Snapshot
 from ..core.addresses import origin
 from ..core.limits import Gate, Limits
 from ..http import web
-from ..http.errors import error_response, unauthorized
+from ..http.errors import Canned, error_response, unauthorized
 from ..http.routes import Refusal, classify_request, without_mount
 from ..observe import metrics
 from ..observe.accesslog import LOGGED
@@ -63,12 +64,7 @@ class Handler:
         self._in_flight += 1
         self._idle.clear()
         snapshot = self._state.enter()
-        config = snapshot.config
-        forwarded = request.headers.getall("X-Forwarded-For", [])
-        ctx = RequestContext(
-            request, snapshot, origin(request.remote, forwarded, config.trusted_proxies)
-        )
-        request[LOGGED] = ctx
+        ctx = _context(request, snapshot)
         try:
             response = await self._walk(ctx)
             self._record(ctx, response)
@@ -79,6 +75,37 @@ class Handler:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
+
+    def refusal(self, request: web.BaseRequest) -> Canned | None:
+        """The walk's answer, recorded, when it refuses `request` before any step that waits:
+        without credentials, a refusal up to the authorization step included; None when the
+        request needs the whole walk (nothing was recorded then)."""
+        snapshot = self._state.enter()
+        ctx = _context(request, snapshot)
+        try:
+            response = self._refuse(ctx)
+            if response is not None:
+                self._record(ctx, response)
+            return response
+        finally:
+            ctx.release()
+            self._state.leave(snapshot)
+
+    def _refuse(self, ctx: RequestContext) -> Canned | None:
+        """The steps of `_walk` that need no wait, up to the policy's verdict, without their
+        effects on an allowed request (a dropped mount's log line, the route)."""
+        if _for_token(ctx):
+            return None
+        limits = ctx.config.limits
+        refused = self._classify(ctx) or self._admit_address(ctx, limits)
+        if refused is not None:
+            return refused
+        assert ctx.snapshot.authn is not None  # attached by the State of a running server
+        authorization = ctx.request.headers.getall("Authorization", [])
+        who = self._authentication.read(authorization, ctx.origin.address, ctx.snapshot.authn)
+        if isinstance(who, Credentials):
+            return None
+        return self._identified(ctx, who) or self._admit_caller(ctx, limits) or self._verdict(ctx)
 
     async def drained(self, timeout: float) -> bool:
         """Wait until no request is being handled (or `timeout`); True if none is."""
@@ -106,7 +133,7 @@ class Handler:
     async def _token(self, ctx: RequestContext) -> web.StreamResponse | None:
         """Token server mode: its endpoint, on the proxy's own listener."""
         settings, signer = ctx.config.token, ctx.snapshot.signer
-        if settings is None or signer is None or ctx.request.path != settings.path:
+        if settings is None or signer is None or not _for_token(ctx):
             return None
         ctx.counted_as = "token"
         return await token_endpoint(ctx.request, settings, signer, ctx.snapshot.rules,
@@ -114,7 +141,7 @@ class Handler:
                                     lambda authorization: self._who(ctx, authorization),
                                     lambda denied: _denied(denied, ctx.config.realm))  # fmt: skip
 
-    def _classify(self, ctx: RequestContext) -> web.StreamResponse | None:
+    def _classify(self, ctx: RequestContext) -> Canned | None:
         """What the request does, read as the registry will read it, or why it is refused."""
         request = ctx.request
         path, _, query = request.raw_path.partition("?")
@@ -129,7 +156,7 @@ class Handler:
 
     def _admit(
         self, ctx: RequestContext, key: str, limit: int, cap: metrics.FairShareLimit, whose: str
-    ) -> web.StreamResponse | None:
+    ) -> Canned | None:
         """Fair share: one more request in flight under `key`, or 429 over `limit`
         (`limits.<cap>`)."""
         if not self._gate.enter(key, limit):
@@ -141,24 +168,28 @@ class Handler:
 
     async def _identify(self, ctx: RequestContext) -> web.StreamResponse | None:
         who = await self._who(ctx, ctx.request.headers.getall("Authorization", []))
-        return _denied(who, ctx.config.realm) if isinstance(who, Denied) else None
+        return self._identified(ctx, who)
 
     async def _who(self, ctx: RequestContext, authorization: list[str]) -> Identity | Denied:
         assert ctx.snapshot.authn is not None  # attached by the State of a running server
-        who = await self._authentication.identify(
+        return await self._authentication.identify(
             authorization, ctx.origin.address, ctx.snapshot.authn
         )
-        if not isinstance(who, Denied):
-            ctx.identity = who
-        return who
 
-    def _admit_address(self, ctx: RequestContext, limits: Limits) -> web.StreamResponse | None:
+    @staticmethod
+    def _identified(ctx: RequestContext, who: Identity | Denied) -> Canned | None:
+        if isinstance(who, Denied):
+            return _denied(who, ctx.config.realm)
+        ctx.identity = who
+        return None
+
+    def _admit_address(self, ctx: RequestContext, limits: Limits) -> Canned | None:
         client = ctx.origin.client
         return self._admit(
             ctx, f"addr:{client}", limits.per_address, "per_address", f"from {client}"
         )
 
-    def _admit_caller(self, ctx: RequestContext, limits: Limits) -> web.StreamResponse | None:
+    def _admit_caller(self, ctx: RequestContext, limits: Limits) -> Canned | None:
         """A user's share; without credentials, the share of anonymous callers together and
         of their address (a public repository cannot be made everyone's bottleneck)."""
         user, client = ctx.user, ctx.origin.client
@@ -169,16 +200,27 @@ class Handler:
         ) or self._admit(ctx, f"anonymous:{client}", limits.anonymous_per_address,
                          "anonymous_per_address", f"without credentials from {client}")  # fmt: skip
 
-    def _authorize(self, ctx: RequestContext) -> web.StreamResponse | None:
-        """The policy's answer; where an allowed request goes (a refused mount dropped)."""
-        request, operation, who, config = ctx.request, ctx.operation, ctx.identity, ctx.config
+    @staticmethod
+    def _verdict(ctx: RequestContext) -> Canned | None:
+        """The policy's answer: a refusal, or None (allowed)."""
+        operation, who = ctx.operation, ctx.identity
         assert operation is not None and who is not None
         grants = ctx.snapshot.grants.at(time.time())  # grants expire on the clock, not at a reload
         verdict = ctx.verdict = authorize(ctx.snapshot.rules, who, operation, grants)
-        if not verdict.allowed:
-            if who.anonymous:
-                return unauthorized(config.realm)
-            return error_response(403, "DENIED", f"{operation.action} access denied")
+        if verdict.allowed:
+            return None
+        if who.anonymous:
+            return unauthorized(ctx.config.realm)
+        return error_response(403, "DENIED", f"{operation.action} access denied")
+
+    def _authorize(self, ctx: RequestContext) -> web.StreamResponse | None:
+        """The policy's answer; where an allowed request goes (a refused mount dropped)."""
+        refused = self._verdict(ctx)
+        if refused is not None:
+            return refused
+        request, operation, who, config, verdict = (ctx.request, ctx.operation, ctx.identity,
+                                                    ctx.config, ctx.verdict)  # fmt: skip
+        assert operation is not None and who is not None and verdict is not None
         raw_path = request.raw_path
         if verdict.drop_mount or operation.drop_mount:
             log.info("mount from %s dropped for %s", operation.mount_from or "-", who.user or "-")
@@ -260,7 +302,22 @@ class Handler:
             audit(ctx.identity, ctx.operation, response.status, ctx.verdict)
 
 
-def _denied(denied: Denied, realm: str) -> web.StreamResponse:
+def _for_token(ctx: RequestContext) -> bool:
+    """Token server mode: the request is for its endpoint."""
+    settings = ctx.config.token
+    return settings is not None and ctx.request.path == settings.path
+
+
+def _context(request: web.BaseRequest, snapshot: Snapshot) -> RequestContext:
+    """A request's context, where the access log finds it."""
+    forwarded = request.headers.getall("X-Forwarded-For", [])
+    trusted = snapshot.config.trusted_proxies
+    ctx = RequestContext(request, snapshot, origin(request.remote, forwarded, trusted))
+    request[LOGGED] = ctx
+    return ctx
+
+
+def _denied(denied: Denied, realm: str) -> Canned:
     if denied.status == 401:
         return unauthorized(realm, denied.message)
     code = {400: "UNAUTHORIZED", 429: "TOOMANYREQUESTS"}.get(denied.status, "UNAVAILABLE")

@@ -40,6 +40,7 @@ from ..upstream.client import Registry
 from ..upstream.forward import Forwarder
 from ..upstream.health import admin_handler
 from .handler import Handler
+from .lean import SUPPORTED, LeanConnections
 
 if TYPE_CHECKING:
     from ..authn.redis_users import RedisUsers
@@ -91,6 +92,10 @@ class Server:
         self.draining = False  # stopping, still serving: /health 503, connections closed
         self._stack = contextlib.AsyncExitStack()
         self._reloads: set[asyncio.Task[bool]] = set()
+        # What accepted connections are made by: refusals answered as parsed, where aiohttp's
+        # internals are the ones `lean` was written against.
+        self.factory: type[Connections] = LeanConnections if SUPPORTED else Connections
+        self.connections: Connections | None = None  # made at startup
 
     async def serve(self, sock: socket.socket, ready: Callable[[], None] | None = None) -> None:
         """Run until SIGTERM/SIGINT, then drain; `ready` once connections are accepted."""
@@ -224,7 +229,7 @@ class Server:
             connections,
             config.limits.connections_per_address,
         )
-        manager = Connections(
+        manager = self.connections = self.factory(
             handler,
             listener,
             config.timeouts.header,
