@@ -4,9 +4,6 @@ mesh (proxy.state.peers), in one process; named locks over shared lock files."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,8 +192,7 @@ async def test_attempts_under_way_are_counted_by_every_worker(tmp_path: Path) ->
     two, _ = await second.reserve(key, b"guess-2", 60)
     assert (one, two) == (1, 2)
     first.publish(LoginFailed("mallory", "192.0.2.9"))
-    let_go()  # written by the first's file thread: flush waits for it, as the 401 does
-    await first.flush()
+    let_go()
     assert (await second.reserve(key, b"guess-3", 60))[0] == 2
     assert seen == [LoginFailed("mallory", "192.0.2.9")]
     alone = LocalStore()
@@ -211,54 +207,7 @@ async def test_attempts_of_a_worker_that_died_count_only_until_their_time(tmp_pa
     count, let_go = await store.reserve("k", b"alive", 60)
     assert count == 1
     let_go()
-    await store.flush()
     assert list(tmp_path.iterdir()) == []  # nothing under way: no file left
-
-
-async def test_an_attempt_file_another_worker_holds_is_waited_for_off_the_loop(
-    tmp_path: Path,
-) -> None:
-    """A free attempts file is changed at once; one another process holds locked is waited
-    for in the store's thread, while the event loop goes on serving."""
-    store = LocalStore(lock_dir=tmp_path)
-    _, let_go = await store.reserve("k", b"first", 60)  # the file is free: at once
-    path = next(tmp_path.iterdir())
-    holder = os.open(path, os.O_RDWR)
-    fcntl.flock(holder, fcntl.LOCK_EX)  # another worker, mid-change
-    counting = asyncio.ensure_future(store.reserve("k", b"second", 60))
-    await asyncio.sleep(0)  # it found the file busy and handed its count to the thread
-    let_go()  # the file is busy: let go of in the thread, after the count above
-    served = await asyncio.wait_for(asyncio.sleep(0.01, "served"), 5)  # the loop is not held
-    assert served == "served"
-    os.close(holder)  # the lock is released with it
-    count, let_go_second = await counting
-    assert count == 2  # "first" was still under way when "second" was counted
-    let_go_second()
-    await store.flush()
-    assert list(tmp_path.iterdir()) == []
-
-
-async def test_an_attempt_whose_request_went_away_while_counting_is_let_go(
-    tmp_path: Path,
-) -> None:
-    """The count is written in a thread: a request cancelled while it waits for it (its
-    client left) lets go of what the thread counted, not holding it until it expires."""
-    store = LocalStore(lock_dir=tmp_path)
-    for _ in range(20):  # cancelled before, during and after the thread's write
-        counting = asyncio.ensure_future(store.reserve("k", b"gone", 60))
-        await asyncio.sleep(0)
-        counting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            _, let_go = await counting
-            let_go()
-    await store.flush()
-    assert list(tmp_path.iterdir()) == []  # nothing under way
-    count, let_go = await store.reserve("k", b"next", 60)
-    assert count == 1
-    await store.close()
-    let_go()  # a request that drains after the store closed still lets go
-    await store.flush()
-    assert list(tmp_path.iterdir()) == []
 
 
 async def test_a_password_verified_by_one_worker_is_not_hashed_again_by_another() -> None:

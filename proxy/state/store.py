@@ -18,10 +18,8 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -148,22 +146,12 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-class Busy(Enum):
-    """Another process holds the file's lock (and the caller would not wait)."""
-
-    BUSY = "busy"
-
-
-def _change_file(path: Path, change: Callable[[str], tuple[str, T]], wait: bool = True) -> T | Busy:
-    """Apply `change` to the text of `path` under an exclusive lock; empty text removes it.
-    Busy, changing nothing, when the lock is held and `wait` is False."""
+def _change_file(path: Path, change: Callable[[str], tuple[str, T]]) -> T:
+    """Apply `change` to the text of `path` under an exclusive lock; empty text removes it."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return Busy.BUSY
+            fcntl.flock(fd, fcntl.LOCK_EX)
             if not _still_linked(path, fd):
                 continue  # removed by the worker before: change the file that stands there now
             with os.fdopen(os.dup(fd), "r+", encoding="ascii") as handle:
@@ -189,14 +177,6 @@ def _still_linked(path: Path, fd: int) -> bool:
     return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def _logged(change: Callable[[], object]) -> None:
-    """`change()` in a thread nobody waits on: a failure is logged, not lost."""
-    try:
-        change()
-    except OSError as exc:
-        log.error("state: could not change an attempts file: %s", exc)
-
-
 class LockTimeout(Exception):
     """A named lock stayed held by someone else for longer than the caller would wait."""
 
@@ -218,11 +198,6 @@ class LocalStore:
     def __init__(self, peers: Peers | None = None, lock_dir: Path | None = None) -> None:
         self._peers = peers
         self._lock_dir = lock_dir
-        # The attempts files are changed under a flock another worker may hold: at once when it
-        # is free (the usual case: no thread hop), else waited for in a thread of their own, in
-        # order (a let-go never overtakes its count), never on the loop.
-        self._files = ThreadPoolExecutor(1, "regproxy-attempts") if lock_dir is not None else None
-        self._let_going: Future[None] | None = None  # the last let-go handed to that thread
         self._subscribers: list[Subscriber] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # name -> lock, users
@@ -290,44 +265,13 @@ class LocalStore:
 
     async def reserve(self, key: str, attempt: bytes, hold: float) -> tuple[int, Release]:
         """Each key's attempts: a file in `lock_dir` the workers lock in turn (alone: memory)."""
-        count_it = functools.partial(attempts.counted, attempt=attempt, hold=hold)
-        count = self._change(key, count_it, wait=self._files is None)
-        if isinstance(count, Busy):
-            assert self._files is not None
-            counting = asyncio.get_running_loop().run_in_executor(
-                self._files, self._change, key, count_it
-            )
-            try:
-                count = await asyncio.shield(counting)
-            except asyncio.CancelledError:
-                # Counted in the file meanwhile: let go in the same thread, after it.
-                self._let_go_later(key, self._let_go_of(attempt))
-                raise
-        assert not isinstance(count, Busy)
+        count = self._change(key, functools.partial(attempts.counted, attempt=attempt, hold=hold))
         self.deliver()  # a worker's failure was sent before it let go: it is in the inbox
-        return count, functools.partial(self._let_go, key, attempt)
+        change = functools.partial(attempts.let_go, attempt=attempt)
+        return count, functools.partial(self._change, key, change)
 
-    @staticmethod
-    def _let_go_of(attempt: bytes) -> Callable[..., tuple[str, None]]:
-        return functools.partial(attempts.let_go, attempt=attempt)
-
-    def _let_go(self, key: str, attempt: bytes) -> None:
-        """No longer under way: at once when the file is free, else soon (`flush` waits)."""
-        change = self._let_go_of(attempt)
-        if isinstance(self._change(key, change, wait=self._files is None), Busy):
-            assert self._files is not None
-            self._let_go_later(key, change)
-
-    def _let_go_later(self, key: str, change: Callable[..., tuple[str, None]]) -> None:
-        """In the file thread, after what it was given before (`flush` waits for it)."""
-        assert self._files is not None
-        self._let_going = self._files.submit(_logged, functools.partial(self._change, key, change))
-
-    def _change(
-        self, key: str, change: Callable[..., tuple[str, T]], wait: bool = True
-    ) -> T | Busy:
-        """`change(text, now=...)` applied to a key's attempts; its result (Busy: not applied,
-        the file is locked by another and `wait` is False)."""
+    def _change(self, key: str, change: Callable[..., tuple[str, T]]) -> T:
+        """`change(text, now=...)` applied to a key's attempts; its result."""
         now = time.time()  # the machine's clock: the same in every worker
         if self._lock_dir is None:
             text, result = change(self._under_way.pop(key, ""), now=now)
@@ -335,7 +279,7 @@ class LocalStore:
                 self._under_way[key] = text
             return result
         path = self._lock_dir / f"attempts-{hashlib.sha256(key.encode()).hexdigest()[:32]}"
-        return _change_file(path, functools.partial(change, now=now), wait)
+        return _change_file(path, functools.partial(change, now=now))
 
     def used(self, key: str, expires: int) -> int:
         return self._counts.used(key, expires)
@@ -363,10 +307,7 @@ class LocalStore:
         self._subscribers.append(subscriber)
 
     async def flush(self) -> None:
-        """The mesh's datagrams are in the others' inboxes once sent; attempts let go of are
-        out of their files once the thread that writes them got to the last one."""
-        if self._let_going is not None:
-            await asyncio.wrap_future(self._let_going)
+        """The mesh's datagrams are in the others' inboxes once sent."""
 
     def sync(self) -> None:
         self.deliver()
@@ -393,8 +334,6 @@ class LocalStore:
 
     async def close(self) -> None:
         await self._counts.close()
-        # The file thread is not shut down: a request still draining may let go of its attempt
-        # after this (an idle thread ends with the process).
         if self._loop is not None and self._peers is not None:
             self._loop.remove_reader(self._peers.inbox.fileno())
             self._loop = None
