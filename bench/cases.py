@@ -160,25 +160,34 @@ class Bench:
         log(f"  {target.name} still busy {SETTLE_TIMEOUT}s after the run")
 
     def run_rate(self, case: RateCase) -> None:
-        rounds, seconds = self.plan.rate_rounds, self.plan.rate_seconds
-        log(f"{case.title}, {case.concurrency} connections: {rounds} x {seconds}s per target")
+        plan = self.plan
+        rounds, seconds, warmup = plan.rate_rounds, plan.rate_seconds, plan.rate_warmup
+        log(f"{case.title}, {case.concurrency} connections: {rounds} x {seconds}s per target"
+            + (f" after a {warmup}s warm-up" if warmup else ""))  # fmt: skip
+        if warmup:  # not counted: caches filled before the first counted round
+            for name in self.rotated(list(self.targets)):
+                self.rate_run(case, name, warmup)
+                self.settle(self.targets[name])
         loads: dict[str, list[Load]] = {name: [] for name in self.targets}
         usages = {name: Usage() for name in self.targets}
         for _ in range(rounds):
             for name in self.rotated(list(self.targets)):
-                client = self.clients[name]
-                url = client.target.url + (self.blob_path if case.blob else "/v2/")
-                auth = client.authorization(case.user)
                 with self.measured(name, case.key) as usage:
-                    if case.method == "HEAD":
-                        load = ab(url, auth, case.concurrency, seconds)
-                    else:
-                        load = wrk(url, case.method, auth, case.concurrency, seconds)
-                self.settle(client.target)
+                    load = self.rate_run(case, name, seconds)
+                self.settle(self.targets[name])  # what is left behind is not the run's CPU
                 loads[name].append(load)
                 usages[name].include(usage)
         for name, runs in loads.items():
             self.results.append(self.rate_result(case, name, runs, usages[name]))
+
+    def rate_run(self, case: RateCase, name: str, seconds: int) -> Load:
+        """One run of the case against one target."""
+        client = self.clients[name]
+        url = client.target.url + (self.blob_path if case.blob else "/v2/")
+        auth = client.authorization(case.user)
+        if case.method == "HEAD":
+            return ab(url, auth, case.concurrency, seconds)
+        return wrk(url, case.method, auth, case.concurrency, seconds)
 
     def rate_result(self, case: RateCase, name: str, runs: list[Load], usage: Usage) -> Result:
         """Counts added up over the runs; the rate and the latency percentiles are the runs'

@@ -3,6 +3,7 @@ use while a case runs."""
 
 from __future__ import annotations
 
+import compileall
 import os
 import platform
 import shutil
@@ -20,6 +21,13 @@ from devtools.processes import cpu_seconds, process_tree, rss_kib, start, stop
 
 SAMPLE_INTERVAL = 0.05  # seconds between RSS samples of a target's process tree
 STARTUP_TIMEOUT = 30.0
+
+
+def compile_bytecode(checkout: Path) -> None:
+    """Write the bytecode of the regproxy in `checkout`, as an installed package has it: with
+    PYTHONDONTWRITEBYTECODE set, every regproxy started would compile its modules again, and
+    its startup, reloads and `check` would be measured with that in them."""
+    compileall.compile_dir(checkout / "proxy", quiet=2)
 
 
 def tool(name: str) -> str:

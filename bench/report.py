@@ -3,12 +3,14 @@ writer that scale.py's report shares."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -16,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import compare as two_runs
 from bench.cases import (
     MAIN_RATE_CASES,
     Result,
@@ -167,14 +170,29 @@ class Check:
         return f"- {'met' if self.met else 'NOT met'}: {self.goal}: {self.measured}"
 
 
+# The charts need matplotlib, which `make bench` installs (it is no dependency of regproxy).
+NO_CHART = (
+    "charts skipped: matplotlib is not installed in this venv (`make bench` installs it, or "
+    "run: .venv/bin/python -m pip install matplotlib)"
+)
+
+
+def can_chart() -> bool:
+    """Whether the charts can be drawn (matplotlib importable)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def save(name: str, text: str, data: dict[str, Any], chart_to: Callable[[Path], None]) -> None:
     """A report as `<name>-<stamp>` and `<name>latest` (.md, .json, .png) in bench/results;
-    `name` is "" or a prefix ending in "-"."""
+    `name` is "" or a prefix ending in "-". Without matplotlib: no .png, and a line saying so."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = f"{name}{data['date']}"
     for base in (stamp, f"{name}latest"):
         (RESULTS / f"{base}.md").write_text(text)
         (RESULTS / f"{base}.json").write_text(json.dumps(data, indent=2) + "\n")
+    if not can_chart():
+        print(NO_CHART, file=sys.stderr)
+        return
     chart_to(RESULTS / f"{stamp}.png")
     shutil.copy(RESULTS / f"{stamp}.png", RESULTS / f"{name}latest.png")
 
@@ -283,8 +301,14 @@ def storm_checks(plan: Plan, results: list[Result], workers: int) -> list[Check]
 RATE_PEERS = ("apache", "nginx", "nginx-tuned")
 
 
-def issue_24_checks(plan: Plan, results: list[Result], workers: int) -> list[Check]:
-    """Issue 24's targets that run.py measures, as ratios within this run."""
+Run = tuple[str, dict[str, Any]]  # a run's name and its JSON
+
+
+def issue_24_checks(
+    plan: Plan, results: list[Result], workers: int, previous: Run | None = None
+) -> list[Check]:
+    """Issue 24's targets that run.py measures, as ratios within this run; and whether its
+    ratios agree with the `previous` run's of the same plan."""
     by_key = {(r.case, r.target): r for r in results}
     ran = {r.case for r in results}
     compare = comparison(results)
@@ -318,15 +342,28 @@ def issue_24_checks(plan: Plan, results: list[Result], workers: int) -> list[Che
         best = max((LIMIT, *RATE_PEERS), key=lambda t: main_value(by_key[("get-blob", t)]))
         out.append(compare(f"GET blob: ≥ 1.0x the best of the limit, nginx and Apache ({best})",
                            "get-blob", best, lambda r: r >= 1.0))  # fmt: skip
-    spreads = {r.case: spread(r.runs) for r in rate}
-    if spreads:
-        case, widest = max(spreads.items(), key=lambda item: item[1])
-        out.append(Check(
-            "rate cases: regproxy's rounds agree within ±10% (the median is reported)",
-            f"widest ±{widest:.0%} ({case}, {plan.rate_rounds} rounds of "
-            f"{plan.rate_seconds}s)", widest <= 0.10,
-        ))  # fmt: skip
+    if rate:
+        out.append(agreement_check(plan, results, previous))
     return out
+
+
+def agreement_check(plan: Plan, results: list[Result], previous: Run | None) -> Check:
+    """Every ratio of this run against the previous run's of the same plan (bench/compare.py);
+    regproxy's widest spread of rounds beside it."""
+    spreads = {r.case: spread(r.runs) for r in results if r.target == "regproxy" and r.runs}
+    case, widest = max(spreads.items(), key=lambda item: item[1])
+    rounds = (f"regproxy's rounds within ±{widest:.0%} at worst ({case}, {plan.rate_rounds} x "
+              f"{plan.rate_seconds}s)")  # fmt: skip
+    goal = f"every ratio within ±{two_runs.AGREE:.0%} of the previous run's of this plan"
+    if previous is None:
+        return Check(goal, f"no earlier run of this plan in bench/results; {rounds}", False)
+    name, data = previous
+    current = {"results": [asdict(r) for r in results]}
+    found = two_runs.pairs(data, current)
+    load = data.get("machine", {}).get("load_average_before", math.nan)
+    lines = two_runs.summary(found, two_runs.rate_cases(current))
+    measured = f"against {name} (load {load:.1f} before): {'; '.join(lines)}; {rounds}"
+    return Check(goal, measured, two_runs.agree(found))
 
 
 def pull_storm_check(case: str, ours: Result, limit: Result) -> Check:
@@ -374,9 +411,12 @@ def report(
     blob_mib = fixtures.layer_size / MIB
     met = checks(plan, results, workers)
     met_19 = storm_checks(plan, results, workers)
-    met_24 = issue_24_checks(plan, results, workers)
+    earlier = two_runs.earlier(asdict(plan))
+    previous = None if earlier is None else (earlier.stem, json.loads(earlier.read_text()))
+    met_24 = issue_24_checks(plan, results, workers, previous)
     only = "" if set(sections) == set(SECTIONS) else f" Only {', '.join(sections)} (--only)."
     wall = time.monotonic() - started
+    warmup = f" after an uncounted {plan.rate_warmup}s run" if plan.rate_warmup else ""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     lines = [
         f"## regproxy bench ({plan.name}, {stamp})",
@@ -384,8 +424,8 @@ def report(
         f"{os.cpu_count()} CPUs ({platform.platform()}), load average {load_before:.1f} before "
         f"and {os.getloadavg()[0]:.1f} after: anything else running skews every number. "
         f"regproxy with {workers} workers, cache.ttl {cache_ttl:g}. Rate cases: "
-        f"{plan.rate_rounds} x {plan.rate_seconds}s per target, round-robin (the median run, ± "
-        f"half the runs' range; ratios: the median of the rounds' ratios), wrk (1 thread) "
+        f"{plan.rate_rounds} x {plan.rate_seconds}s per target{warmup}, round-robin (the median "
+        f"run, ± half the runs' range; ratios: the median of the rounds' ratios), wrk (1 thread) "
         f"for GET, ab for HEAD; blob GETs with curl; "
         f"{wall:.0f}s in all. {plan.note}{only}",
         "",

@@ -31,8 +31,8 @@ from bench import replicas
 from bench.cases import RATE_KEYS, Bench
 from bench.fixtures import make_fixtures
 from bench.plan import PLANS, RESULTS, SECTIONS, log
-from bench.processes import Processes
-from bench.report import report
+from bench.processes import Processes, compile_bytecode
+from bench.report import NO_CHART, can_chart, report
 from bench.targets import DIRECT, start_targets
 
 
@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rounds", type=int, help="runs per rate case and target (default: the plan's)"
     )
     parser.add_argument("--seconds", type=int, help="length of each rate run (default: the plan's)")
+    parser.add_argument(
+        "--warmup", type=int, help="seconds of the uncounted run per target before a rate case's "
+        "rounds (0: none; default: the plan's)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     sections = [s for s in args.only.split(",") if s]
     if not sections or not set(sections) <= set(SECTIONS):
@@ -82,7 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = replace(
         plan, rate_rounds=args.rounds or plan.rate_rounds,
         rate_seconds=args.seconds or plan.rate_seconds, rate_cases=cases,
+        rate_warmup=plan.rate_warmup if args.warmup is None else args.warmup,
     )  # fmt: skip
+    if not can_chart():
+        log(NO_CHART)  # said now, not only after the run
+    compile_bytecode(Path.cwd())
     started, load_before = time.monotonic(), os.getloadavg()[0]
     # SIGTERM unwinds like Ctrl-C does, through the `finally` that stops what was started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

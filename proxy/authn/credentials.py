@@ -31,7 +31,10 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 # The common line, `user:bcrypt-hash` with nothing around it, read in one match: a file of
 # 100,000 users is read at start and at each reload. Any other line takes the full path.
-_BCRYPT_LINE = re.compile(rf"([^\s:#/][^\s:/]*):({_PATTERNS[0][1].pattern})\r?").fullmatch
+_BCRYPT_ENTRY = rf"([^\s:#/][^\s:/]*):({_PATTERNS[0][1].pattern})\r?"
+_BCRYPT_LINE = re.compile(_BCRYPT_ENTRY).fullmatch
+# Every line of a file such lines alone make up, in one call: what most files are.
+_BCRYPT_LINES = re.compile(rf"^{_BCRYPT_ENTRY}$", re.MULTILINE).findall
 
 
 def _lines(text: str) -> list[str]:
@@ -165,6 +168,8 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
     """Parse `user:hash` lines; a user listed twice keeps the first entry, as in Apache."""
     # A line that cannot be parsed disables its user too: a later line for the same user does
     # not take over, since Apache would stop at the first.
+    if whole := _bcrypt_only(text):
+        return whole
     users: dict[str, PasswordHash] = {}
     refused: set[str] = set()  # users whose first line was not usable
     problems: list[Problem] = []
@@ -196,6 +201,16 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
     return Htpasswd(users, tuple(problems))
 
 
+def _bcrypt_only(text: str) -> Htpasswd | None:
+    """`parse_htpasswd` of a file of bcrypt lines only, each user once; None for any other."""
+    pairs = _BCRYPT_LINES(text)
+    lines = text.count("\n") + (not text.endswith("\n"))
+    if not pairs or len(pairs) != lines:  # a blank, comment or other line: the full path
+        return None
+    users = {user: PasswordHash("bcrypt", stored) for user, stored in pairs}
+    return Htpasswd(users) if len(users) == lines else None
+
+
 def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tuple[Problem, ...]]:
     """Parse Apache's group file: `group: user1 user2`, a group on one line or several (a
     group named with `/` is refused with its line, a member named with `/` left out)."""
@@ -211,9 +226,11 @@ def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tup
             problems.append(Problem(source, number, f"group {group!r}: {SLASH_PROBLEM}"))
             continue
         names = users.split()
-        for user in (u for u in names if "/" in u):
-            problems.append(Problem(source, number, f"member {user!r}: {SLASH_PROBLEM}"))
-        members.setdefault(group, set()).update(u for u in names if "/" not in u)
+        if "/" in users:  # rare: most lines need no look at each member
+            for user in (u for u in names if "/" in u):
+                problems.append(Problem(source, number, f"member {user!r}: {SLASH_PROBLEM}"))
+            names = [u for u in names if "/" not in u]
+        members.setdefault(group, set()).update(names)
     return {g: frozenset(u) for g, u in members.items()}, tuple(problems)
 
 

@@ -116,22 +116,22 @@ def compose_yaml(text: str, source: str) -> yaml.Node | None:
         raise ConfigError([yaml_problem(exc, text, source)]) from None
 
 
-def release(node: yaml.Node | None) -> None:
-    """Drop a node tree one node at a time; the tree must not be used afterwards."""
+def release(node: yaml.Node | None, levels: int = 2) -> None:
+    """Drop a node tree piece by piece, each entry of the top `levels` levels on its own (an
+    ACL's rules one by one); the tree must not be used afterwards."""
     # Freed at once, the tree of a 10,000-rule file is one deallocation cascade holding the
     # interpreter lock for tens of milliseconds, stalling the event loop while a reload
-    # thread parses; taken apart, the loop gets the lock between nodes.
-    collection = yaml.CollectionNode
-    stack = [node] if isinstance(node, collection) else []
-    while stack:
-        current = stack.pop()
-        children, current.value = current.value, []
-        # Scalars go with their parent's list: only collections can hold a long cascade.
-        for child in children:
-            if isinstance(child, tuple):
-                stack.extend(part for part in child if isinstance(part, collection))
-            elif isinstance(child, collection):
-                stack.append(child)
+    # thread parses; taken apart, the loop gets the lock between pieces. Below the top
+    # levels an entry (a rule, its lists of names) is small: taking it apart too would cost
+    # more than it frees.
+    if not isinstance(node, yaml.CollectionNode):
+        return
+    children, node.value = node.value, []
+    while children:
+        child = children.pop()  # freed here, with what is left of it
+        if levels > 1:
+            for part in child if isinstance(child, tuple) else (child,):
+                release(part, levels - 1)
 
 
 # Parser contexts whose mark is where the cause is: something opened there and never closed.

@@ -32,7 +32,6 @@ from .framing import Framing, Head
 log = logging.getLogger("regproxy.listener")
 
 TLS_RECORD = b"\x16"  # a TLS handshake record: the first byte of every ClientHello
-ACCEPTS_PER_WAKEUP = 64
 _PLAIN_BODY = b"The plain HTTP request was sent to HTTPS port\n"
 PLAIN_HTTP_ANSWER = (
     b"HTTP/1.1 400 Bad Request\r\nServer: regproxy\r\nContent-Type: text/plain\r\n"
@@ -255,30 +254,33 @@ class Listener:
             self._forget(address, connection)
 
     def _accept(self) -> None:
-        for _ in range(ACCEPTS_PER_WAKEUP):
-            try:
-                conn, peer = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and the like: back off until a connection closes
-                log.error("cannot accept a connection: %s", exc)
-                return
-            address = _host(peer)
-            held = len(self._addresses.get(address, ()))
-            if held >= self.per_address and not self._evict(self._addresses[address]):
-                log.warning("connection from %s refused: it holds %d connections", address, held)
-                conn.close()
-                continue
-            if self.open >= self.capacity and not self._evict_any():
-                log.warning("connection from %s refused: %d connections open", address, self.open)
-                conn.close()
-                continue
-            conn.setblocking(False)
-            fd = conn.fileno()
-            timer = self._loop.call_later(self._timeouts.handshake, self._expired, fd)
-            self._unstarted[fd] = waiting = _Unstarted(conn, address, timer)
-            self._track(address, waiting)
-            self._loop.add_reader(fd, self._first_byte, fd)
+        # One connection per wakeup: every worker polls the shared listening socket, and one
+        # that took all it could took a burst (a client's pool opening 64 at once) for itself,
+        # leaving the other workers idle for as long as those connections live. Woken alike,
+        # the workers now take turns.
+        try:
+            conn, peer = self._sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # EMFILE and the like: back off until a connection closes
+            log.error("cannot accept a connection: %s", exc)
+            return
+        address = _host(peer)
+        held = len(self._addresses.get(address, ()))
+        if held >= self.per_address and not self._evict(self._addresses[address]):
+            log.warning("connection from %s refused: it holds %d connections", address, held)
+            conn.close()
+            return
+        if self.open >= self.capacity and not self._evict_any():
+            log.warning("connection from %s refused: %d connections open", address, self.open)
+            conn.close()
+            return
+        conn.setblocking(False)
+        fd = conn.fileno()
+        timer = self._loop.call_later(self._timeouts.handshake, self._expired, fd)
+        self._unstarted[fd] = waiting = _Unstarted(conn, address, timer)
+        self._track(address, waiting)
+        self._loop.add_reader(fd, self._first_byte, fd)
 
     def _evict_any(self) -> bool:
         """Close the oldest idle connection to make room; True if one was closed."""

@@ -8,6 +8,8 @@ import base64
 
 import bcrypt
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from proxy.authn import credentials
 from proxy.authn.credentials import (
@@ -234,6 +236,22 @@ def test_parse_htpasswd(text: str, users: dict[str, str], problems: list[tuple[i
     assert {u: h.value for u, h in parsed.users.items()} == users
     assert all(h == identify(h.value) for h in parsed.users.values())
     assert parsed.problems == tuple(Problem("conf/htpasswd", n, m) for n, m in problems)
+
+
+_LINES = st.sampled_from(
+    [f"alice:{BCRYPT}", f"bob:{BCRYPT}", f"bob:{BCRYPT}\r", f"carol:{BCRYPT[:-1]}", "",
+     "# alice", f"a/b:{BCRYPT}", f"dave:{APR1}", f" erin:{BCRYPT}", f"frank:{BCRYPT}\rx"]
+)  # fmt: skip
+
+
+@given(st.lists(_LINES, max_size=8), st.sampled_from(["\n", "\r\n", ""]))
+@example([f"alice:{BCRYPT}", f"bob:{BCRYPT}"], "")
+@example([f"alice:{BCRYPT}", f"alice:{BCRYPT}"], "\n")
+def test_a_file_of_bcrypt_lines_alone_reads_as_line_by_line(lines: list[str], end: str) -> None:
+    # A trailing comment sends a file down the line-by-line path, and adds nothing.
+    text = "\n".join(lines) + end
+    line_by_line = parse_htpasswd(text + ("" if text.endswith("\n") else "\n") + "#\n", "f")
+    assert parse_htpasswd(text, "f") == line_by_line
 
 
 def test_parse_htpasswd_users_verify() -> None:

@@ -90,8 +90,8 @@ def test_read_text_size_limit(tmp_path: Path) -> None:
     assert info.value.problems == [Problem(str(over), 0, f"larger than {MAX_FILE_BYTES} bytes")]
 
 
-def test_release_takes_a_node_tree_apart_one_node_at_a_time() -> None:
-    """Every node is freed as `release` reaches it (none waits for one big cascade at the
+def test_release_takes_a_node_tree_apart_entry_by_entry() -> None:
+    """Every entry is freed as `release` reaches it (none waits for one big cascade at the
     end), and nothing is left behind."""
     node = compose_yaml(
         "acl:\n  - users: [a, b]\n    repositories: ['x/**']\n  - {groups: [g]}\n", "t"
