@@ -310,6 +310,10 @@ class Stats:
         with self._lock:
             (self.verified if verified else self.bytes)[counter] += amount
 
+    def reached(self, least: dict[str, int]) -> bool:
+        with self._lock:
+            return all(self.ok[kind] >= count for kind, count in least.items())
+
     def operations(self) -> dict[str, dict[str, float]]:
         result = {}
         for kind in sorted(set(self.ok) | set(self.failed)):
@@ -401,6 +405,9 @@ class Options:
     rss_slack_mib: float = 10.0
     json_path: Path = DEFAULT_JSON
     keep: bool = False
+    # kind -> successes the soak phase goes on past its minutes for (a short run on a busy
+    # machine still does every kind it is asked to)
+    least: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -477,8 +484,10 @@ class Worker:
         operation: Callable[[Stats], None] = getattr(self, kind)
         return kind, operation
 
-    def loop(self, stats: Stats, stop: threading.Event, deadline: float) -> None:
-        while not stop.is_set() and time.monotonic() < deadline:
+    def loop(
+        self, stats: Stats, stop: threading.Event, deadline: float, least: dict[str, int]
+    ) -> None:
+        while not stop.is_set() and (time.monotonic() < deadline or not stats.reached(least)):
             if self.role != "pusher" and not self.soak.shared.images:
                 time.sleep(0.1)  # nothing to pull yet
                 continue
@@ -893,7 +902,12 @@ class Soak:
     # ---- phases
 
     def run_phase(
-        self, name: str, seconds: float, roles: Sequence[str], phases: list[Stats]
+        self,
+        name: str,
+        seconds: float,
+        roles: Sequence[str],
+        phases: list[Stats],
+        least: dict[str, int] | None = None,
     ) -> Stats:
         stats = Stats(name)
         phases.append(stats)
@@ -907,7 +921,7 @@ class Soak:
             worker = self.workers.get(index) or Worker(self, index, role, user)
             self.workers[index] = worker
             thread = threading.Thread(
-                target=worker.loop, args=(stats, stop, deadline), daemon=True,
+                target=worker.loop, args=(stats, stop, deadline, least or {}), daemon=True,
                 name=f"soak-{role}-{index}",
             )  # fmt: skip
             thread.start()
@@ -986,7 +1000,7 @@ def run(options: Options) -> dict[str, Any]:
         start = soak.settle()
         log(f"start: RSS {start.rss_kib / 1024:.1f} MiB, {start.fds} fds {start.kinds}")
         log(f"soak: {options.minutes:g} min")
-        soak.run_phase("soak", options.minutes * 60, roles, phases)
+        soak.run_phase("soak", options.minutes * 60, roles, phases, options.least)
         after = soak.metrics()
         end = soak.settle()
         log(f"end: RSS {end.rss_kib / 1024:.1f} MiB, {end.fds} fds {end.kinds}")
@@ -1180,6 +1194,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
     add("--json", type=Path, default=DEFAULT_JSON, help="report (default bench/results/soak.json)")
     add("--keep", action="store_true", help="keep the temp dir")
+    least = "go on past --minutes until N operations of KIND succeeded (repeatable)"
+    add("--least", action="append", default=[], metavar="KIND=N", type=_least, help=least)
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.workers < 1 or args.warmup < 0:
         parser.error("--minutes and --workers must be positive, --warmup not negative")
@@ -1195,7 +1211,15 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         rss_slack_mib=args.rss_slack_mib,
         json_path=args.json,
         keep=args.keep,
+        least=dict(args.least),
     )
+
+
+def _least(text: str) -> tuple[str, int]:
+    kind, _, count = text.partition("=")
+    if not count.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KIND=N")
+    return kind, int(count)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

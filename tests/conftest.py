@@ -39,6 +39,7 @@ from proxy.http.listener import Connections
 from proxy.http.routes import Operation, classify
 from proxy.serve.server import Server
 from proxy.state.peers import Peers
+from tests import forked
 
 if TYPE_CHECKING:
     from tests.oidc_issuer import Issuer
@@ -52,6 +53,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+FORKED = forked.Server(ENV)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -381,16 +383,9 @@ async def until(
 
 
 def regproxy(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`regproxy ARGS` as a user runs it (a subprocess), its output as text."""
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        cwd=cwd,
-        env=ENV,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """`regproxy ARGS` as a user runs it (a process of its own, tests/forked.py), its output as
+    text; stdin empty unless given."""
+    return FORKED.run(list(args), cwd, stdin, timeout=60)
 
 
 def worker_pids(parent: int) -> list[int]:

@@ -205,11 +205,12 @@ async def test_a_window_ends_and_the_budget_is_whole_again(make_proxy: ProxyFact
         ACL + "rate_limits:\n  users:\n    manifest_pulls: {limit: 1, per: 2s}\n"
     )
     while True:  # start at a window's beginning, so that the second pull is in the same one
-        status, headers, _ = await get(proxy, MANIFEST, "pull")
-        if status == 200 and (await get(proxy, MANIFEST, "pull"))[0] == 429:
+        status, _, _ = await get(proxy, MANIFEST, "pull")
+        refused, headers, _ = await get(proxy, MANIFEST, "pull")
+        # (a third pull to read the refusal could land in the next window on a busy machine)
+        if (status, refused) == (200, 429):
             break
-    status, headers, _ = await get(proxy, MANIFEST, "pull")
-    assert status == 429 and 1 <= int(headers["Retry-After"]) <= 2
+    assert 1 <= int(headers["Retry-After"]) <= 2
     await asyncio.sleep(int(headers["Retry-After"]))  # what the client is told to do
     assert (await get(proxy, MANIFEST, "pull"))[0] == 200
 

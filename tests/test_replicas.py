@@ -9,8 +9,6 @@ import contextlib
 import json
 import secrets
 import subprocess
-import sys
-from asyncio.subprocess import PIPE
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from aiohttp import web
 from devtools.net import free_port, free_socket
 from proxy.authn.credentials import hash_password
 from tests.conftest import (
-    ENV,
     USERS,
     FakeUpstream,
     ProxyFactory,
@@ -29,6 +26,7 @@ from tests.conftest import (
     TlsPair,
     basic,
     htpasswd_text,
+    regproxy,
     samples,
     scrape,
     serving,
@@ -54,13 +52,10 @@ def state_yaml(server: RedisServer, prefix: str, backends: str = "[htpasswd, red
 async def passwd(server: RedisServer, prefix: str, *args: str, stdin: str = "") -> str:
     """`regproxy passwd --redis URL ...` (without blocking the proxies' event loop); its
     output (it must succeed)."""
-    argv = ["-m", "proxy", "passwd", "--redis", server.url, "--key-prefix", prefix, *args]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, *argv, env=ENV, stdin=PIPE, stdout=PIPE, stderr=PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), 60)
-    assert process.returncode == 0, err.decode()
-    return out.decode()
+    argv = ["passwd", "--redis", server.url, "--key-prefix", prefix, *args]
+    done = await asyncio.to_thread(regproxy, *argv, cwd=Path.cwd(), stdin=stdin)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 async def status(proxy: RunningProxy, user: str, password: str, path: str = "/v2/") -> int:
@@ -279,10 +274,7 @@ async def serve_fake(fake: FakeUpstream) -> web.ServerRunner:
 
 
 def cli(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        cwd=cwd, env=ENV, input=stdin, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    return regproxy(*args, cwd=cwd, stdin=stdin)
 
 
 async def test_passwd_in_redis_verifies_and_refuses_what_it_cannot_do(

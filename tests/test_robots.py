@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from proxy.authn.robotfile import (
 )
 from proxy.authn.robots import read_usage
 from tests.conftest import (
-    ENV,
     GROUPS_TEXT,
     SECRET,
     USERS,
@@ -40,6 +38,7 @@ from tests.conftest import (
     replace_file,
     until,
 )
+from tests.conftest import regproxy as run_regproxy
 
 ACL = """acl:
   - groups: [pusher]
@@ -52,10 +51,7 @@ SETUP = "robots: robots.yaml\nsecret_file: secret\n" + ACL
 
 
 def regproxy(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args, "-c", str(directory / "regproxy.yaml")],
-        cwd=directory, env=ENV, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    return run_regproxy(*args, "-c", str(directory / "regproxy.yaml"), cwd=directory)
 
 
 def create(directory: Path, name: str, *flags: str) -> str:
