@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable
@@ -18,6 +19,7 @@ import pytest
 import trustme
 from aiohttp import web
 
+from proxy.serve.supervisor import WORKER_ENV, encode
 from tests.conftest import (
     ROOT,
     USERS,
@@ -209,6 +211,37 @@ async def test_workers_serve_and_stop_together(served: Served) -> None:
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
     log = (served.directory / "regproxy.err").read_text()
     assert "with 3 workers" in log and "draining the workers" in log and "stopped" in log
+
+
+def test_worker_0_finding_the_files_broken_stops_the_workers_it_started(
+    tmp_path: Path, tls: TlsPair
+) -> None:
+    """Worker 0 starts the others before reading the files itself (they read theirs
+    meanwhile); files broken since `serve` checked them stop all of them, and nothing of
+    theirs is left behind."""
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000", extra="workers: 2\n")
+    config.write_text(config.read_text() + "acl: acl.yaml\n")
+    (tmp_path / "acl.yaml").write_text("acl:\n  - actions: [fly]\n")
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        spec = {
+            "listen_fd": sock.fileno(), "config": str(config), "overrides": {}, "workers": 2,
+            "log_level": "info", "listen": "127.0.0.1:0", "upstream": "http://127.0.0.1:5000",
+            "metrics": False, "index": 0,
+        }  # fmt: skip
+        env = {**os.environ, "TMPDIR": str(runtime), WORKER_ENV: encode(spec)}
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy.serve.worker"], cwd=ROOT, env=env,
+            pass_fds=[sock.fileno()], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    for index in (0, 1):  # worker 1 read the same file, and worker 0 waited for it to exit
+        assert f"worker {index}: {tmp_path / 'acl.yaml'}:2: " in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(runtime.iterdir()) == []  # the workers' shared files removed
 
 
 @pytest.mark.parametrize("served", ["workers: 2\n"], indirect=True)

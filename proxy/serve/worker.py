@@ -79,22 +79,19 @@ def become_worker_0(
 
 
 def _run_supervising(
+    supervisor: Supervisor,
+    own: dict[str, object],
     snapshot: Snapshot,
     sock: socket.socket,
     config_path: Path | None,
     overrides: Mapping[str, object],
-    spec: dict[str, object],
 ) -> int:
-    """Worker 0 of several: start the others, serve, stop with them; the exit status."""
+    """Worker 0 of several, the others started: serve, stop with them; the exit status."""
     import uvloop
 
-    supervisor = Supervisor(spec)
-    try:
-        siblings = _siblings(supervisor.start(), dup=True)
-        server = _server(snapshot, config_path, overrides, siblings, supervisor.relay)
-        return uvloop.run(_serve_beside(server, sock, supervisor))
-    finally:
-        supervisor.close()
+    siblings = _siblings(own, dup=True)
+    server = _server(snapshot, config_path, overrides, siblings, supervisor.relay)
+    return uvloop.run(_serve_beside(server, sock, supervisor))
 
 
 async def _serve_beside(server: Server, sock: socket.socket, supervisor: Supervisor) -> int:
@@ -140,20 +137,44 @@ def main() -> int:
     spec: dict[str, Any] = decode(os.environ.pop(WORKER_ENV))
     if "parent" in spec:  # not worker 0, which has none to follow
         _stop_with(int(spec["parent"]))
+        return _run_started(spec)
+    supervisor = Supervisor(spec)
+    try:
+        # The others read the files while this one does: a start costs one reading of them,
+        # not one per worker, when there are CPUs for them (issue 24: 10,000 rules).
+        own = supervisor.start()
+        loaded = _preflight(spec)
+        if loaded is None:
+            supervisor.relay(signal.SIGTERM)
+            asyncio.run(supervisor.watch())
+            return 1
+        return _run_supervising(supervisor, own, *loaded, spec["overrides"])
+    finally:
+        supervisor.close()
+
+
+def _run_started(spec: dict[str, Any]) -> int:
+    """A worker worker 0 started: serve beside the others until told to stop."""
+    loaded = _preflight(spec)
+    if loaded is None:
+        return 1
+    snapshot, sock, config_path = loaded
+    ready = functools.partial(_tell_ready, int(spec["ready_fd"]), int(spec["index"]))
+    return run_worker(snapshot, sock, config_path, spec["overrides"], _siblings(spec), ready)
+
+
+def _preflight(spec: dict[str, Any]) -> tuple[Snapshot, socket.socket, Path | None] | None:
+    """The snapshot this worker starts with, logging set up, and the listening socket; None
+    (said on stderr) when the files cannot be used."""
     config_path = Path(spec["config"]) if spec["config"] is not None else None
     try:
         snapshot, _ = preflight(config_path, spec["overrides"])
     except ConfigError as exc:
         print(f"worker {spec['index']}: {exc}", file=sys.stderr)
-        return 1
+        return None
     config = snapshot.config
     configure_logging(config.log_level, config.access_log_path, config.audit_log)
-    sock = socket.socket(fileno=int(spec["listen_fd"]))
-    if "parent" not in spec:
-        return _run_supervising(snapshot, sock, config_path, spec["overrides"], spec)
-    siblings = _siblings(spec)
-    ready = functools.partial(_tell_ready, int(spec["ready_fd"]), int(spec["index"]))
-    return run_worker(snapshot, sock, config_path, spec["overrides"], siblings, ready)
+    return snapshot, socket.socket(fileno=int(spec["listen_fd"])), config_path
 
 
 def _siblings(spec: dict[str, Any], dup: bool = False) -> Siblings:
