@@ -33,13 +33,37 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 # 100,000 users is read at start and at each reload. Any other line takes the full path.
 _BCRYPT_ENTRY = rf"([^\s:#/][^\s:/]*):({_PATTERNS[0][1].pattern})\r?"
 _BCRYPT_LINE = re.compile(_BCRYPT_ENTRY).fullmatch
-# Every line of a file such lines alone make up, in one call: what most files are.
+# Every line of a file such lines alone make up, a piece of it per call: what most files are.
 _BCRYPT_LINES = re.compile(rf"^{_BCRYPT_ENTRY}$", re.MULTILINE).findall
+# A reload parses the files in a thread, and a call into C (a regex over the text, a split)
+# holds the GIL, so the event loop, until it returns: 100,000 users are 7 MB, about 150 ms in
+# one findall. Whole texts are taken in pieces of about this many characters instead.
+PIECE = 1 << 16
+
+
+def _pieces(text: str, size: int = PIECE) -> Iterator[str]:
+    """`text` in consecutive pieces of at least `size` characters (but the last), each ending
+    where a line does."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + size) + 1 or len(text)
+        yield text[start:end]
+        start = end
+
+
+def _split(text: str, size: int = PIECE) -> list[str]:
+    """`text.split("\n")`, a piece at a time."""
+    lines: list[str] = []
+    for piece in _pieces(text, size):
+        lines += piece.split("\n")
+        lines.pop()  # the piece's end: "" after its last newline, or its last line (put back)
+    lines.append(text[text.rfind("\n") + 1 :])
+    return lines
 
 
 def _lines(text: str) -> list[str]:
     """Lines as editors and Apache count them: on newlines only, CR of CRLF dropped."""
-    lines = text.split("\n")
+    lines = _split(text)
     if lines and lines[-1] == "":
         lines.pop()
     return [line.removesuffix("\r") for line in lines]
@@ -173,7 +197,7 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
     users: dict[str, PasswordHash] = {}
     refused: set[str] = set()  # users whose first line was not usable
     problems: list[Problem] = []
-    for number, raw in enumerate(text.split("\n"), start=1):
+    for number, raw in enumerate(_split(text), start=1):
         fast = _BCRYPT_LINE(raw)
         if fast is not None and fast[1] not in users and fast[1] not in refused:
             users[fast[1]] = PasswordHash("bcrypt", fast[2])
@@ -201,9 +225,9 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
     return Htpasswd(users, tuple(problems))
 
 
-def _bcrypt_only(text: str) -> Htpasswd | None:
+def _bcrypt_only(text: str, size: int = PIECE) -> Htpasswd | None:
     """`parse_htpasswd` of a file of bcrypt lines only, each user once; None for any other."""
-    pairs = _BCRYPT_LINES(text)
+    pairs = [pair for piece in _pieces(text, size) for pair in _BCRYPT_LINES(piece)]
     lines = text.count("\n") + (not text.endswith("\n"))
     if not pairs or len(pairs) != lines:  # a blank, comment or other line: the full path
         return None

@@ -254,6 +254,27 @@ def test_a_file_of_bcrypt_lines_alone_reads_as_line_by_line(lines: list[str], en
     assert parse_htpasswd(text, "f") == line_by_line
 
 
+@given(st.text("ab\n\r", max_size=40), st.integers(1, 8))
+@example("", 1)
+@example("a\n", 1)
+@example("\n\n", 1)
+def test_a_text_split_in_pieces_is_split_as_a_whole(text: str, size: int) -> None:
+    """A reload's thread takes the files a piece at a time (a call into C holds the event loop
+    until it returns); the lines are those of one split."""
+    pieces = list(credentials._pieces(text, size))
+    assert "".join(pieces) == text
+    assert all(piece.endswith("\n") and len(piece) >= size for piece in pieces[:-1])
+    assert credentials._split(text, size) == text.split("\n")
+
+
+@given(st.lists(_LINES, max_size=8), st.sampled_from(["\n", "\r\n", ""]), st.integers(1, 200))
+def test_a_file_of_bcrypt_lines_reads_the_same_in_pieces(
+    lines: list[str], end: str, size: int
+) -> None:
+    text = "\n".join(lines) + end
+    assert credentials._bcrypt_only(text, size) == credentials._bcrypt_only(text, len(text) + 1)
+
+
 def test_parse_htpasswd_users_verify() -> None:
     parsed = parse_htpasswd(f"alice:{BCRYPT}\nbob:{APR1}\ncarol:{SHA1}\ndave:{CRYPT}\n", "f")
     for user in ("alice", "bob", "carol", "dave"):
