@@ -238,8 +238,12 @@ def test_worker_0_finding_the_files_broken_stops_the_workers_it_started(
             pass_fds=[sock.fileno()], capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert result.returncode == 1
-    for index in (0, 1):  # worker 1 read the same file, and worker 0 waited for it to exit
-        assert f"worker {index}: {tmp_path / 'acl.yaml'}:2: " in result.stderr
+    said = {
+        index: result.stderr.find(f"worker {index}: {tmp_path / 'acl.yaml'}:2: ")
+        for index in (0, 1)
+    }
+    assert -1 not in said.values()  # worker 1 read the same file
+    assert said[1] < result.stderr.index("regproxy: stopped")  # worker 0 waited for it to exit
     assert "Traceback" not in result.stderr
     assert list(runtime.iterdir()) == []  # the workers' shared files removed
 

@@ -139,17 +139,19 @@ def main() -> int:
         _stop_with(int(spec["parent"]))
         return _run_started(spec)
     supervisor = Supervisor(spec)
+    loaded = None
     try:
         # The others read the files while this one does: a start costs one reading of them,
         # not one per worker, when there are CPUs for them (issue 24: 10,000 rules).
         own = supervisor.start()
         loaded = _preflight(spec)
         if loaded is None:
-            supervisor.relay(signal.SIGTERM)
-            asyncio.run(supervisor.watch())
             return 1
         return _run_supervising(supervisor, own, *loaded, spec["overrides"])
     finally:
+        if loaded is None:  # this one cannot serve (whatever stopped it): neither may they
+            supervisor.relay(signal.SIGTERM)
+            asyncio.run(supervisor.watch())  # before their shared files go
         supervisor.close()
 
 
