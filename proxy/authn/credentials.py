@@ -227,12 +227,16 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
 
 def _bcrypt_only(text: str, size: int = PIECE) -> Htpasswd | None:
     """`parse_htpasswd` of a file of bcrypt lines only, each user once; None for any other."""
-    pairs = [pair for piece in _pieces(text, size) for pair in _BCRYPT_LINES(piece)]
-    lines = text.count("\n") + (not text.endswith("\n"))
-    if not pairs or len(pairs) != lines:  # a blank, comment or other line: the full path
-        return None
-    users = {user: PasswordHash("bcrypt", stored) for user, stored in pairs}
-    return Htpasswd(users) if len(users) == lines else None
+    users: dict[str, PasswordHash] = {}
+    lines = 0
+    for piece in _pieces(text, size):
+        pairs = _BCRYPT_LINES(piece)
+        count = piece.count("\n") + (not piece.endswith("\n"))
+        if len(pairs) != count:  # a blank, comment or other line: the full path
+            return None
+        users.update({user: PasswordHash("bcrypt", stored) for user, stored in pairs})
+        lines += count
+    return Htpasswd(users) if users and len(users) == lines else None
 
 
 def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tuple[Problem, ...]]:
