@@ -10,6 +10,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,27 @@ async def test_without_a_replica_writes_go_on_and_say_they_are_unconfirmed(
         return "a replica confirms writes again" in caplog.text
 
     await until(confirmed, BOUND)
+
+
+async def test_a_reply_held_by_wait_may_be_read_a_whole_command_timeout_later(
+    deployment: SentinelDeployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a replica, WAIT holds every batch's reply for half of `state.timeout`; a busy
+    event loop then reads it late. That is not Redis away: the store stays up, and a flush
+    (what a failed login's 401 waits for) returns once the batch's reply is read."""
+    caplog.set_level(logging.WARNING, "regproxy.store")
+    settings = replace(sentinel_settings(deployment, f"test-{secrets.token_hex(4)}:"), timeout=2)
+    a = await start_replica(settings)
+    try:
+        deployment.replica.stop()
+        # WAIT answers after 1 s; the loop, busy from 0.3 s to 2.5 s, reads that past one
+        # command timeout (2 s) from when it began to wait, within the 3 s a write has.
+        asyncio.get_running_loop().call_later(0.3, time.sleep, 2.2)
+        fail(a, "slow", ADDRESS)
+        await a.store.flush()
+        assert "no replica confirmed" in caplog.text  # WAIT's answer, read before the flush ended
+        assert "unreachable" not in caplog.text
+        assert a.store.healthy
+        assert LoginFailed("slow", ADDRESS) in in_stream(deployment, a.store.keys.prefix)
+    finally:
+        await a.store.close()

@@ -175,6 +175,14 @@ class RedisStore:
         self.keys = Keys(settings.key_prefix)
         self._sentinel = sentinels(settings)
         self.client = connect(settings, password, settings.timeout, self._sentinel)
+        # With Sentinel each batch ends with a WAIT that may hold the reply for half the
+        # command timeout (always, while no replica is up): the reply then still has the
+        # whole command timeout, so a busy loop reading it late is not taken for Redis away.
+        self._wait_ms = max(1, round(settings.timeout * 500))
+        self._writer, self._write_timeout = self.client, settings.timeout
+        if self._sentinel is not None:
+            self._write_timeout += self._wait_ms / 1000
+            self._writer = connect(settings, password, self._write_timeout, self._sentinel)
         # A blocked XREAD answers after BLOCK_MS; a busy loop may take a while to read it.
         reader_timeout = BLOCK_MS / 1000 + max(2.0, settings.timeout)
         self._reader = connect(settings, password, reader_timeout, self._sentinel)
@@ -273,7 +281,7 @@ class RedisStore:
         if not self._healthy or self._written.is_set():
             return
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._settings.timeout):
+            async with asyncio.timeout(self._write_timeout):
                 await self._written.wait()
 
     async def start(self) -> None:
@@ -310,9 +318,11 @@ class RedisStore:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._healthy and self._outbox:  # a graceful stop still tells the others
             with contextlib.suppress(*DOWN, TimeoutError):
-                async with asyncio.timeout(self._settings.timeout):
+                async with asyncio.timeout(self._write_timeout):
                     await self._send(list(self._outbox))
         await self.client.aclose()
+        if self._writer is not self.client:
+            await self._writer.aclose()
         await self._reader.aclose()
         if self._sentinel is not None:
             await self._sentinel.aclose()
@@ -329,6 +339,7 @@ class RedisStore:
         # Idle connections may be to a Redis that has restarted (or been replaced by a promoted
         # replica) since: drop them, not a write.
         await self.client.connection_pool.disconnect(inuse_connections=False)
+        await self._writer.connection_pool.disconnect(inuse_connections=False)
         self._offset_ms = now_ms - time.time() * 1000
         if self._started_ms is None:
             pairs = await self._reader.zrevrange(
@@ -420,7 +431,7 @@ class RedisStore:
     async def _send(self, batch: Iterable[tuple[Event | _LetGo, float]]) -> None:
         now_ms = self._now_ms()
         oldest = start_id(now_ms, self._retention())
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._writer.pipeline(transaction=False)
         for event, at in batch:
             if isinstance(event, _LetGo):
                 pipe.zrem(event.name, event.attempt)
@@ -431,8 +442,7 @@ class RedisStore:
                 pipe.zadd(self.keys.known_good, {encode(event): now_ms})
                 pipe.zremrangebyrank(self.keys.known_good, 0, -KNOWN_GOOD_KEPT - 1)
         if self._sentinel is not None:
-            # Half the command timeout: the pipeline's reply must still come within it.
-            pipe.wait(1, max(1, round(self._settings.timeout * 500)))
+            pipe.wait(1, self._wait_ms)
         replies = await pipe.execute()
         if self._sentinel is not None:
             self._confirmed(int(replies[-1]) > 0)
@@ -448,7 +458,7 @@ class RedisStore:
                     "state store %s: no replica confirmed a write within %ss: what is written "
                     "until one does is on the primary only, and lost if it fails now",
                     self._where,
-                    self._settings.timeout / 2,
+                    self._wait_ms / 1000,
                 )
 
     # --- health -----------------------------------------------------------------------------
