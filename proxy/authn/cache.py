@@ -118,11 +118,13 @@ class VerifiedCache(Generic[T]):
 
     def _still_checking(self, flight: Flight) -> None:
         """Tell the others this check is under way, now and every half deadline until it ends."""
-        self._told(flight, ended=False)
         if self._checking is not None:
+            # Timed before telling: a deadline the telling sets (one loop, the tests) falls after
+            # it, even when the process is preempted between the two.
             self._repeating[flight] = asyncio.get_running_loop().call_later(
                 self._wait_elsewhere / 2, self._still_checking, flight
             )
+        self._told(flight, ended=False)
 
     def _told(self, flight: Flight, ended: bool) -> None:
         if self._checking is not None:

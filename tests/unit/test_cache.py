@@ -4,6 +4,7 @@ clock, LRU bounds, single flight, and failures never remembered. No sleeps, no I
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Hashable
 
 import pytest
@@ -134,8 +135,9 @@ class Siblings:
     """Two workers' caches, each telling the other what it verified and what it is hashing
     (the worker mesh, delivered at once)."""
 
-    def __init__(self, wait_elsewhere: float = 5.0) -> None:
+    def __init__(self, wait_elsewhere: float = 5.0, preempted: float = 0.0) -> None:
         key = b"k" * 32
+        self.preempted = preempted  # seconds a worker is descheduled right after it tells
         self.said: list[bool] = []  # each "checking" (False) and "ended" (True) told
         self.said_often = asyncio.Event()  # "checking" told six times
         self.first: VerifiedCache[bool]
@@ -156,6 +158,7 @@ class Siblings:
             if self.said.count(False) >= 6:
                 self.said_often.set()
             self._other(index).noticed(key, tag, ended)
+            time.sleep(self.preempted)
 
         return tell
 
@@ -193,10 +196,15 @@ async def test_a_worker_that_never_ends_its_check_holds_nobody_past_the_deadline
     assert second.calls == 1
 
 
-async def test_a_check_queued_elsewhere_past_the_deadline_is_still_waited_for() -> None:
+@pytest.mark.parametrize("preempted", [0.0, 0.015])
+async def test_a_check_queued_elsewhere_past_the_deadline_is_still_waited_for(
+    preempted: float,
+) -> None:
     """In a storm a worker's checks queue behind each other for longer than the deadline:
-    while that worker keeps saying the check is under way, the other does not hash it too."""
-    workers, first, second = Siblings(wait_elsewhere=0.02), Checker(), Checker()
+    while that worker keeps saying the check is under way, the other does not hash it too,
+    also when the worker is descheduled for over half the deadline right after it says so."""
+    workers = Siblings(wait_elsewhere=0.02, preempted=preempted)
+    first, second = Checker(), Checker()
     first.gate.clear()
     hashing = asyncio.ensure_future(workers.first.check("alice", b"pw", first, keep=bool))
     await ticks()
