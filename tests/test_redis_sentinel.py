@@ -160,13 +160,14 @@ async def test_a_reply_held_by_wait_may_be_read_a_whole_command_timeout_later(
     event loop then reads it late. That is not Redis away: the store stays up, and a flush
     (what a failed login's 401 waits for) returns once the batch's reply is read."""
     caplog.set_level(logging.WARNING, "regproxy.store")
-    settings = replace(sentinel_settings(deployment, f"test-{secrets.token_hex(4)}:"), timeout=2)
+    settings = replace(sentinel_settings(deployment, f"test-{secrets.token_hex(4)}:"), timeout=4)
     a = await start_replica(settings)
     try:
         deployment.replica.stop()
-        # WAIT answers after 1 s; the loop, busy from 0.3 s to 2.5 s, reads that past one
-        # command timeout (2 s) from when it began to wait, within the 3 s a write has.
-        asyncio.get_running_loop().call_later(0.3, time.sleep, 2.2)
+        # WAIT answers after 2 s; the loop, busy from 1 s to 4.5 s, reads that past one command
+        # timeout (4 s) from when it began to wait, within the 6 s a write has. (The stream's
+        # reader, whose XREAD BLOCK of 1 s has 5 s, reads in time whenever it began.)
+        asyncio.get_running_loop().call_later(1.0, time.sleep, 3.5)
         fail(a, "slow", ADDRESS)
         await a.store.flush()
         assert "no replica confirmed" in caplog.text  # WAIT's answer, read before the flush ended
