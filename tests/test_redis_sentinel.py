@@ -133,7 +133,7 @@ async def test_without_a_replica_writes_go_on_and_say_they_are_unconfirmed(
     replicas: ReplicaFactory, deployment: SentinelDeployment, caplog: pytest.LogCaptureFixture
 ) -> None:
     """WAIT finds no replica: the event still goes to the primary (and the flush returns
-    within the command timeout), with one warning; once the replica is back, one more."""
+    within the time a write has), with one warning; once the replica is back, one more."""
     caplog.set_level(logging.WARNING, "regproxy.store")
     a = await replicas()
     deployment.replica.stop()
@@ -163,6 +163,8 @@ async def test_a_reply_held_by_wait_may_be_read_a_whole_command_timeout_later(
     settings = replace(sentinel_settings(deployment, f"test-{secrets.token_hex(4)}:"), timeout=4)
     a = await start_replica(settings)
     try:
+        fail(a, "before", ADDRESS)  # the writer's connection opened, and confirmed, beforehand
+        await a.store.flush()
         deployment.replica.stop()
         # WAIT answers after 2 s; the loop, busy from 1 s to 4.5 s, reads that past one command
         # timeout (4 s) from when it began to wait, within the 6 s a write has. (The stream's

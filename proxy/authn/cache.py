@@ -118,13 +118,15 @@ class VerifiedCache(Generic[T]):
 
     def _still_checking(self, flight: Flight) -> None:
         """Tell the others this check is under way, now and every half deadline until it ends."""
-        if self._checking is not None:
-            # Timed before telling: a deadline the telling sets (one loop, the tests) falls after
-            # it, even when the process is preempted between the two.
-            self._repeating[flight] = asyncio.get_running_loop().call_later(
-                self._wait_elsewhere / 2, self._still_checking, flight
-            )
+        loop = asyncio.get_running_loop()
+        # The next telling is timed from before this one: a deadline this one sets falls after
+        # it, even when the process is descheduled while telling.
+        began = loop.time()
         self._told(flight, ended=False)
+        if self._checking is not None:
+            self._repeating[flight] = loop.call_at(
+                began + self._wait_elsewhere / 2, self._still_checking, flight
+            )
 
     def _told(self, flight: Flight, ended: bool) -> None:
         if self._checking is not None:

@@ -339,7 +339,8 @@ class RedisStore:
         # Idle connections may be to a Redis that has restarted (or been replaced by a promoted
         # replica) since: drop them, not a write.
         await self.client.connection_pool.disconnect(inuse_connections=False)
-        await self._writer.connection_pool.disconnect(inuse_connections=False)
+        if self._writer is not self.client:
+            await self._writer.connection_pool.disconnect(inuse_connections=False)
         self._offset_ms = now_ms - time.time() * 1000
         if self._started_ms is None:
             pairs = await self._reader.zrevrange(

@@ -101,8 +101,8 @@ class Store(Protocol):
         ...
 
     async def flush(self) -> None:
-        """Wait until what this process published has reached the others (at most a command's
-        timeout), where the answer must not overtake the news (a failed login's 401)."""
+        """Wait until what this process published has reached the others (at most as long as a
+        write may take), where the answer must not overtake the news (a failed login's 401)."""
         ...
 
     @property

@@ -1,5 +1,6 @@
 """The verified-credential cache every backend uses (proxy.authn.cache): expiry by an injected
-clock, LRU bounds, single flight, and failures never remembered. No sleeps, no I/O."""
+clock, LRU bounds, single flight, and failures never remembered. No I/O; the only sleep stands
+for a worker descheduled right after it tells the others."""
 
 from __future__ import annotations
 
