@@ -51,7 +51,11 @@ SLICE = 50  # names decided between two turns of the event loop
 FILTERING = 2  # catalog pages being filtered at once per worker (the others wait their turn)
 SEALED = "~"  # marks a sealed position in `last` (never the start of a repository name)
 LISTED_PAGES = 50  # upstream pages (of CATALOG_MAX names) a listing holds at most
-LISTING_TTL = 5.0  # seconds a listing is used (pushes through the proxy drop it at once)
+LISTING_TTL = 5.0  # seconds a listing is used at least (pushes through the proxy drop it at once)
+# ... and at least this many times as long as reading it took: a registry whose listing is
+# slow (a walk of a large storage) spends at most a tenth of its time listing for a worker,
+# however many catalogs are asked for.
+READ_SHARE = 10
 UPSTREAMS = 16  # listings kept (one per upstream)
 VIEWERS = 256  # visibility entries kept (each a byte per name: 12.5 MiB at most)
 
@@ -228,29 +232,31 @@ class Names:
 
 class Listings:
     """The registry's repository names per upstream, read whole by one request at a time
-    and used for LISTING_TTL seconds; after that they are read again in the background
-    while requests go on using them (no request waits for the registry's slow listing,
-    but the first); `drop` forgets one (a push added a repository: the next request waits
-    for the new names)."""
+    and used for LISTING_TTL seconds, or READ_SHARE times the read's duration if longer;
+    after that they are read again in the background while requests go on using them (no
+    request waits for the registry's slow listing, but the first); `drop` forgets one (a
+    push added a repository: the next request waits for the new names)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._kept: LRU[str, tuple[float, Names]] = LRU(UPSTREAMS)  # when read, what
+        self._kept: LRU[str, tuple[float, Names]] = LRU(UPSTREAMS)  # until when used, what
         self._reading: SingleFlight[str, Names] = SingleFlight()
 
     async def names(self, upstream: str, fetch: Fetch) -> Names:
         kept = self._kept.get(upstream)
 
         async def read() -> Names:
+            began = self._clock()
             names = Names(await read_whole(fetch))
             if kept is not None and kept[1].names == names.names:
                 names = kept[1]  # unchanged: what was decided about it still holds
-            self._kept.put(upstream, (self._clock(), names))
+            now = self._clock()
+            self._kept.put(upstream, (now + max(LISTING_TTL, READ_SHARE * (now - began)), names))
             return names
 
         if kept is None:
             return await self._reading.join(upstream, read)
-        if self._clock() - kept[0] >= LISTING_TTL:
+        if self._clock() >= kept[0]:
             self._reading.start(upstream, read, _settled)
         return kept[1]
 

@@ -17,6 +17,7 @@ from proxy.upstream.catalog import (
     LISTED_PAGES,
     LISTING_TTL,
     MAX_PAGES,
+    READ_SHARE,
     SEALED,
     Filtering,
     Listing,
@@ -37,14 +38,20 @@ KEY = secrets.token_bytes(32)
 class Registry:
     """Pages of `size` names after `last`, like distribution, counting the pages served."""
 
-    def __init__(self, names: list[str], size: int = CATALOG_MAX, endless: bool = False) -> None:
+    def __init__(
+        self, names: list[str], size: int = CATALOG_MAX, endless: bool = False,
+        clock: Clock | None = None, page_seconds: float = 0.0,
+    ) -> None:  # fmt: skip
         self.names = sorted(names)
         self.size = size
         self.endless = endless
         self.pages = 0
+        self.clock, self.page_seconds = clock, page_seconds  # how long a page takes to list
 
     async def fetch(self, after: str) -> tuple[list[str], bool]:
         self.pages += 1
+        if self.clock is not None:
+            self.clock.now += self.page_seconds
         rest = [n for n in self.names if n > after]
         page = rest[: self.size]
         return page, self.endless or len(rest) > self.size
@@ -273,3 +280,21 @@ async def test_each_viewer_is_decided_once_per_listing() -> None:
     visibility.clear()  # a reload
     await visibility.visible("devs", names, even)
     assert len(asked) == 360
+
+
+async def test_a_registry_slow_to_list_is_listed_a_tenth_of_the_time_at_most() -> None:
+    import asyncio
+
+    clock = Clock()
+    registry = Registry([f"n{i:04d}" for i in range(2500)], clock=clock, page_seconds=1.0)
+    listings = Listings(clock)
+    first = await listings.names("up", registry.fetch)  # 3 pages: 3 s of the registry's time
+    assert registry.pages == 3 and clock.now == 3.0
+    clock.now += READ_SHARE * 3.0 - 1.0  # past LISTING_TTL, within ten reads' time
+    assert await listings.names("up", registry.fetch) is first
+    await asyncio.sleep(0)  # a read started in the background would have run by now
+    await asyncio.sleep(0)
+    assert registry.pages == 3
+    clock.now += 1.0
+    assert await listings.names("up", registry.fetch) is first  # read again, meanwhile
+    await until_read(registry, 6)
