@@ -1,12 +1,12 @@
 """`GET /v2/_catalog` filtered to what the caller may pull, with the registry's paging intact.
 
 The registry's names are read whole (`Listings`: up to LISTED_PAGES pages, kept LISTING_TTL
-seconds, one read at a time per upstream, dropped at once when a push through any worker
-or replica adds a repository) and which of them a caller may pull is decided once per
-viewer (`Visibility`: what the rules can tell apart of a caller, so users of the same
-groups share one entry; a bounded LRU, emptied at a reload): a page is then a binary
-search. Deciding runs a slice at a time with turns of the event loop in between, so other
-requests wait for a few slices at most.
+seconds or READ_SHARE times as long as the read took, one read at a time per upstream,
+dropped at once when a push through any worker or replica adds a repository) and which of
+them a caller may pull is decided once per viewer (`Visibility`: what the rules can tell
+apart of a caller, so users of the same groups share one entry; a bounded LRU, emptied at a
+reload): a page is then a binary search. Deciding runs a slice at a time with turns of the
+event loop in between, so other requests wait for a few slices at most.
 
 A registry with more names than a listing holds is paged as it goes: upstream pages are read
 until `n` allowed names are found, but never more than `MAX_PAGES` per client request: a huge
@@ -52,10 +52,13 @@ FILTERING = 2  # catalog pages being filtered at once per worker (the others wai
 SEALED = "~"  # marks a sealed position in `last` (never the start of a repository name)
 LISTED_PAGES = 50  # upstream pages (of CATALOG_MAX names) a listing holds at most
 LISTING_TTL = 5.0  # seconds a listing is used at least (pushes through the proxy drop it at once)
-# ... and at least this many times as long as reading it took: a registry whose listing is
-# slow (a walk of a large storage) spends at most a tenth of its time listing for a worker,
-# however many catalogs are asked for.
+# ... and this many times as long as reading it took (a failed read too), up to LISTING_MAX: a
+# registry slow to list (a walk of a large storage) spends at most a tenth of its time listing
+# for each worker, however many catalogs are asked for. (One with more names than a listing
+# holds is still paged by each request.) What goes stale is only what changed behind the
+# proxy's back: a deletion, a garbage collection, a push straight to the registry.
 READ_SHARE = 10
+LISTING_MAX = 300.0
 UPSTREAMS = 16  # listings kept (one per upstream)
 VIEWERS = 256  # visibility entries kept (each a byte per name: 12.5 MiB at most)
 
@@ -231,43 +234,57 @@ class Names:
 
 
 class Listings:
-    """The registry's repository names per upstream, read whole by one request at a time
-    and used for LISTING_TTL seconds, or READ_SHARE times the read's duration if longer;
-    after that they are read again in the background while requests go on using them (no
-    request waits for the registry's slow listing, but the first); `drop` forgets one (a
-    push added a repository: the next request waits for the new names)."""
+    """The registry's repository names per upstream: read whole by one request at a time,
+    then used while they are read again in the background, so only the first request waits
+    for a slow listing; `drop` forgets them (a push added a repository)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._kept: LRU[str, tuple[float, Names]] = LRU(UPSTREAMS)  # until when used, what
-        self._reading: SingleFlight[str, Names] = SingleFlight()
+        self._reading: SingleFlight[tuple[str, int], Names] = SingleFlight()
+        self._drops = 0  # a read under way when a drop came may predate it: kept by no one
 
     async def names(self, upstream: str, fetch: Fetch) -> Names:
-        kept = self._kept.get(upstream)
+        kept, drops = self._kept.get(upstream), self._drops
 
         async def read() -> Names:
             began = self._clock()
-            names = Names(await read_whole(fetch))
+            try:
+                names = Names(await read_whole(fetch))
+            except BaseException:
+                if kept is not None:  # a failed read is not tried again sooner than a good one
+                    self._keep(upstream, drops, began, kept[1])
+                raise
             if kept is not None and kept[1].names == names.names:
                 names = kept[1]  # unchanged: what was decided about it still holds
-            now = self._clock()
-            self._kept.put(upstream, (now + max(LISTING_TTL, READ_SHARE * (now - began)), names))
+            self._keep(upstream, drops, began, names)
             return names
 
         if kept is None:
-            return await self._reading.join(upstream, read)
+            return await self._reading.join((upstream, drops), read)
         if self._clock() >= kept[0]:
-            self._reading.start(upstream, read, _settled)
+            self._reading.start((upstream, drops), read, _settled)
         return kept[1]
 
+    def _keep(self, upstream: str, drops: int, began: float, names: Names) -> None:
+        """Use `names`, read since `began`, for as long as the read earns them; unless a drop
+        came meanwhile."""
+        if drops == self._drops:
+            now = self._clock()
+            used = min(LISTING_MAX, max(LISTING_TTL, READ_SHARE * (now - began)))
+            self._kept.put(upstream, (now + used, names))
+
     def drop(self, upstream: str, repository: str | None = None) -> None:
-        """Forget the upstream's names (only when they lack `repository`, if given)."""
+        """Forget the upstream's names (only when they lack `repository`, if given), and what
+        a read under way would bring."""
         kept = self._kept.get(upstream)
-        if kept is not None and (repository is None or not kept[1].holds(repository)):
+        if kept is None or repository is None or not kept[1].holds(repository):
             self._kept.pop(upstream)
+            self._drops += 1
 
     def clear(self) -> None:
         self._kept.clear()
+        self._drops += 1
 
 
 def _settled(reading: asyncio.Future[Names]) -> None:

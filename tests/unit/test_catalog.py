@@ -298,3 +298,49 @@ async def test_a_registry_slow_to_list_is_listed_a_tenth_of_the_time_at_most() -
     clock.now += 1.0
     assert await listings.names("up", registry.fetch) is first  # read again, meanwhile
     await until_read(registry, 6)
+
+
+async def test_a_push_during_a_read_is_listed_by_the_next_request() -> None:
+    """A read under way when a push drops the listing may predate the push: it answers the
+    requests that waited for it, and the next request reads again."""
+    import asyncio
+
+    registry, gate = Registry(["a/x"]), asyncio.Event()
+
+    async def slow(after: str) -> tuple[list[str], bool]:
+        page = await registry.fetch(after)  # what the registry held when asked
+        await gate.wait()
+        return page
+
+    listings = Listings(Clock())
+    before = asyncio.ensure_future(listings.names("up", slow))
+    await until_read(registry, 1)
+    registry.names.append("b/y")  # pushed through the proxy meanwhile
+    listings.drop("up", "b/y")
+    after = await asyncio.wait_for(listings.names("up", registry.fetch), 10)  # not the gated read
+    assert after.names == ["a/x", "b/y"]
+    gate.set()
+    assert (await before).names == ["a/x"]
+    assert await listings.names("up", registry.fetch) is after  # the older read kept by no one
+
+
+async def test_a_failed_read_is_tried_again_no_sooner_than_a_good_one() -> None:
+    import asyncio
+
+    clock = Clock()
+    registry = Registry(["a/x"], clock=clock, page_seconds=0.1)
+    listings = Listings(clock)
+    first = await listings.names("up", registry.fetch)  # 0.1 s: used for LISTING_TTL (5 s)
+    clock.now += LISTING_TTL
+
+    async def failing(_after: str) -> tuple[list[str], bool]:
+        clock.now += 1.0
+        raise RuntimeError("the registry timed out listing")
+
+    assert await listings.names("up", failing) is first  # read again, in the background
+    await asyncio.sleep(0)  # it ran (it never waits) and failed, taking 1 s: 10 s before another
+    await asyncio.sleep(0)  # and it is no longer under way
+    clock.now += READ_SHARE * 1.0 - 0.5
+    assert await listings.names("up", registry.fetch) is first
+    await asyncio.sleep(0)  # a read started in the background would have run by now
+    assert registry.pages == 1
