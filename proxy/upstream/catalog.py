@@ -1,9 +1,9 @@
 """`GET /v2/_catalog` filtered to what the caller may pull, with the registry's paging intact.
 
-The registry's names are read whole (`Listings`: up to LISTED_PAGES pages, kept LISTING_TTL
-seconds or READ_SHARE times as long as the read took, one read at a time per upstream,
-dropped at once when a push through any worker or replica adds a repository) and which of
-them a caller may pull is decided once per viewer (`Visibility`: what the rules can tell
+The registry's names are read whole (`Listings`: up to LISTED_PAGES pages, one read at a time
+per upstream, kept LISTING_TTL seconds or READ_SHARE times as long as the read took, up to
+LISTING_MAX, dropped at once when a push through any worker or replica adds a repository) and
+which of them a caller may pull is decided once per viewer (`Visibility`: what the rules can tell
 apart of a caller, so users of the same groups share one entry; a bounded LRU, emptied at a
 reload): a page is then a binary search. Deciding runs a slice at a time with turns of the
 event loop in between, so other requests wait for a few slices at most.
@@ -52,13 +52,14 @@ FILTERING = 2  # catalog pages being filtered at once per worker (the others wai
 SEALED = "~"  # marks a sealed position in `last` (never the start of a repository name)
 LISTED_PAGES = 50  # upstream pages (of CATALOG_MAX names) a listing holds at most
 LISTING_TTL = 5.0  # seconds a listing is used at least (pushes through the proxy drop it at once)
-# ... and this many times as long as reading it took (a failed read too), up to LISTING_MAX: a
-# registry slow to list (a walk of a large storage) spends at most a tenth of its time listing
-# for each worker, however many catalogs are asked for. (One with more names than a listing
-# holds is still paged by each request.) What goes stale is only what changed behind the
-# proxy's back: a deletion, a garbage collection, a push straight to the registry.
+# ... and this many times as long as reading it took (a failed read of a kept listing too), up
+# to LISTING_MAX: a registry slow to list (a walk of a large storage) spends at most about a
+# tenth of its time listing for each worker, however many catalogs are asked for (plus one
+# read per push of a new repository; one with more names than a listing holds is still paged
+# by each request). What goes stale is only what changed behind the proxy's back: a deletion,
+# a garbage collection, a push straight to the registry.
 READ_SHARE = 10
-LISTING_MAX = 300.0
+LISTING_MAX = 300.0  # seconds: the time measured includes waits for an upstream connection
 UPSTREAMS = 16  # listings kept (one per upstream)
 VIEWERS = 256  # visibility entries kept (each a byte per name: 12.5 MiB at most)
 
@@ -236,55 +237,67 @@ class Names:
 class Listings:
     """The registry's repository names per upstream: read whole by one request at a time,
     then used while they are read again in the background, so only the first request waits
-    for a slow listing; `drop` forgets them (a push added a repository)."""
+    for a slow listing; a push of a repository they lack drops them."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._kept: LRU[str, tuple[float, Names]] = LRU(UPSTREAMS)  # until when used, what
-        self._reading: SingleFlight[tuple[str, int], Names] = SingleFlight()
-        self._drops = 0  # a read under way when a drop came may predate it: kept by no one
+        self._reading: SingleFlight[str, Names] = SingleFlight()
+        # The read under way per upstream, and the repositories pushed meanwhile: it may have
+        # listed the registry before them.
+        self._during: dict[str, set[str]] = {}
 
     async def names(self, upstream: str, fetch: Fetch) -> Names:
-        kept, drops = self._kept.get(upstream), self._drops
+        while True:
+            kept = self._kept.get(upstream)
+            if kept is not None:
+                if self._clock() >= kept[0]:
+                    read = functools.partial(self._read, upstream, fetch, kept[1])
+                    self._reading.start(upstream, read, _settled)
+                return kept[1]
+            pushed = set(self._during.get(upstream, ()))  # before this request came
+            names = await self._reading.join(
+                upstream, functools.partial(self._read, upstream, fetch, None)
+            )
+            if all(names.holds(repository) for repository in pushed):
+                return names
+            # else that read was not kept: the next one starts after those pushes
 
-        async def read() -> Names:
-            began = self._clock()
-            try:
-                names = Names(await read_whole(fetch))
-            except BaseException:
-                if kept is not None:  # a failed read is not tried again sooner than a good one
-                    self._keep(upstream, drops, began, kept[1])
-                raise
-            if kept is not None and kept[1].names == names.names:
-                names = kept[1]  # unchanged: what was decided about it still holds
-            self._keep(upstream, drops, began, names)
-            return names
+    async def _read(self, upstream: str, fetch: Fetch, last: Names | None) -> Names:
+        began, during = self._clock(), self._during.setdefault(upstream, set())
+        try:
+            names = Names(await read_whole(fetch))
+        except BaseException:
+            if last is not None:  # a failed read is not tried again sooner than a good one
+                self._keep(upstream, began, last, during)
+            raise
+        finally:
+            del self._during[upstream]
+        if last is not None and last.names == names.names:
+            names = last  # unchanged: what was decided about it still holds
+        self._keep(upstream, began, names, during)
+        return names
 
-        if kept is None:
-            return await self._reading.join((upstream, drops), read)
-        if self._clock() >= kept[0]:
-            self._reading.start((upstream, drops), read, _settled)
-        return kept[1]
-
-    def _keep(self, upstream: str, drops: int, began: float, names: Names) -> None:
-        """Use `names`, read since `began`, for as long as the read earns them; unless a drop
-        came meanwhile."""
-        if drops == self._drops:
+    def _keep(self, upstream: str, began: float, names: Names, pushed: set[str]) -> None:
+        """Use `names`, read since `began`, for as long as the read earns them, if they hold
+        what was pushed meanwhile."""
+        if all(names.holds(repository) for repository in pushed):
             now = self._clock()
             used = min(LISTING_MAX, max(LISTING_TTL, READ_SHARE * (now - began)))
             self._kept.put(upstream, (now + used, names))
 
-    def drop(self, upstream: str, repository: str | None = None) -> None:
-        """Forget the upstream's names (only when they lack `repository`, if given), and what
-        a read under way would bring."""
+    def drop(self, upstream: str, repository: str) -> None:
+        """A push made `repository`: names that lack it are used no more, nor kept if a read
+        under way brings them."""
         kept = self._kept.get(upstream)
-        if kept is None or repository is None or not kept[1].holds(repository):
-            self._kept.pop(upstream)
-            self._drops += 1
+        if kept is not None and kept[1].holds(repository):
+            return
+        self._kept.pop(upstream)
+        if upstream in self._during:
+            self._during[upstream].add(repository)
 
     def clear(self) -> None:
         self._kept.clear()
-        self._drops += 1
 
 
 def _settled(reading: asyncio.Future[Names]) -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from proxy.http.routes import CATALOG_MAX, Refusal
 from proxy.upstream.catalog import (
     LISTED_PAGES,
+    LISTING_MAX,
     LISTING_TTL,
     MAX_PAGES,
     READ_SHARE,
@@ -300,28 +301,71 @@ async def test_a_registry_slow_to_list_is_listed_a_tenth_of_the_time_at_most() -
     await until_read(registry, 6)
 
 
-async def test_a_push_during_a_read_is_listed_by_the_next_request() -> None:
-    """A read under way when a push drops the listing may predate the push: it answers the
-    requests that waited for it, and the next request reads again."""
-    import asyncio
+class Gated:
+    """The registry's pages as they stand when asked, handed over once `gate` opens (a slow
+    listing, during which pushes land)."""
 
-    registry, gate = Registry(["a/x"]), asyncio.Event()
+    def __init__(self, registry: Registry) -> None:
+        import asyncio
 
-    async def slow(after: str) -> tuple[list[str], bool]:
-        page = await registry.fetch(after)  # what the registry held when asked
-        await gate.wait()
+        self.registry, self.gate = registry, asyncio.Event()
+
+    async def fetch(self, after: str) -> tuple[list[str], bool]:
+        page = await self.registry.fetch(after)
+        await self.gate.wait()
         return page
 
-    listings = Listings(Clock())
-    before = asyncio.ensure_future(listings.names("up", slow))
+
+async def test_a_push_during_a_read_is_listed_by_the_requests_after_it() -> None:
+    """A read under way when a new repository is pushed may predate the push: it answers the
+    requests that came before the push; those after it get the next read, one at a time."""
+    import asyncio
+
+    registry = Registry(["a/x"])
+    slow, listings = Gated(registry), Listings(Clock())
+    before = asyncio.ensure_future(listings.names("up", slow.fetch))
     await until_read(registry, 1)
     registry.names.append("b/y")  # pushed through the proxy meanwhile
     listings.drop("up", "b/y")
-    after = await asyncio.wait_for(listings.names("up", registry.fetch), 10)  # not the gated read
-    assert after.names == ["a/x", "b/y"]
-    gate.set()
+    after = asyncio.ensure_future(listings.names("up", slow.fetch))
+    await asyncio.sleep(0)
+    assert registry.pages == 1  # one read at a time: it waits for the first
+    slow.gate.set()
     assert (await before).names == ["a/x"]
-    assert await listings.names("up", registry.fetch) is after  # the older read kept by no one
+    assert (await after).names == ["a/x", "b/y"] and registry.pages == 2
+    assert await listings.names("up", slow.fetch) is await after  # kept: the second read
+
+
+async def test_pushes_to_repositories_a_read_lists_cost_no_other_read() -> None:
+    import asyncio
+
+    registry = Registry(["a/x", "b/y"])
+    slow, listings = Gated(registry), Listings(Clock())
+    first = asyncio.ensure_future(listings.names("up", slow.fetch))
+    await until_read(registry, 1)
+    for _ in range(3):  # pushes to a repository the registry had (a tag, a platform, an index)
+        listings.drop("up", "b/y")
+    later = asyncio.ensure_future(listings.names("up", slow.fetch))
+    slow.gate.set()
+    assert await later is await first and registry.pages == 1
+    assert await listings.names("up", registry.fetch) is await first  # and it was kept
+
+
+async def test_a_listing_is_kept_five_minutes_at_most() -> None:
+    import asyncio
+
+    clock = Clock()
+    registry = Registry(["a/x"], clock=clock, page_seconds=LISTING_MAX / READ_SHARE * 2)
+    listings = Listings(clock)
+    first = await listings.names("up", registry.fetch)
+    clock.now += LISTING_MAX - 1
+    assert await listings.names("up", registry.fetch) is first
+    await asyncio.sleep(0)
+    assert registry.pages == 1
+    clock.now += 1
+    assert await listings.names("up", registry.fetch) is first  # read again, meanwhile
+    await asyncio.sleep(0)
+    assert registry.pages == 2
 
 
 async def test_a_failed_read_is_tried_again_no_sooner_than_a_good_one() -> None:
