@@ -243,36 +243,48 @@ class Listings:
         self._clock = clock
         self._kept: LRU[str, tuple[float, Names]] = LRU(UPSTREAMS)  # until when used, what
         self._reading: SingleFlight[str, Names] = SingleFlight()
-        # The read under way per upstream, and the repositories pushed meanwhile: it may have
+        # The repositories pushed while a read was under way (until it is let go): it may have
         # listed the registry before them.
         self._during: dict[str, set[str]] = {}
 
     async def names(self, upstream: str, fetch: Fetch) -> Names:
-        while True:
-            kept = self._kept.get(upstream)
-            if kept is not None:
-                if self._clock() >= kept[0]:
-                    read = functools.partial(self._read, upstream, fetch, kept[1])
-                    self._reading.start(upstream, read, _settled)
-                return kept[1]
-            pushed = set(self._during.get(upstream, ()))  # before this request came
-            names = await self._reading.join(
-                upstream, functools.partial(self._read, upstream, fetch, None)
-            )
+        """Those kept, or else those of a read that began after every push (made before this
+        request came) of a repository they lack: at most two reads, one after the other."""
+        if self._kept.get(upstream) is None:
+            pushed = set(self._during.get(upstream, ()))
+            names = await self._listed(upstream, fetch)
             if all(names.holds(repository) for repository in pushed):
                 return names
-            # else that read was not kept: the next one starts after those pushes
+            await asyncio.sleep(0)  # the read that lacked them (not kept) is let go
+        return await self._listed(upstream, fetch)
 
-    async def _read(self, upstream: str, fetch: Fetch, last: Names | None) -> Names:
-        began, during = self._clock(), self._during.setdefault(upstream, set())
+    async def _listed(self, upstream: str, fetch: Fetch) -> Names:
+        kept = self._kept.get(upstream)
+        if kept is None:
+            return await asyncio.shield(self._read(upstream, fetch, None))
+        if self._clock() >= kept[0]:
+            self._read(upstream, fetch, kept[1])
+        return kept[1]
+
+    def _read(self, upstream: str, fetch: Fetch, last: Names | None) -> asyncio.Future[Names]:
+        """The read under way, or one started now (`last`: the names in use meanwhile)."""
+        if not self._reading.under_way(upstream):
+            self._during[upstream] = set()
+        during = self._during[upstream]
+        read = functools.partial(self._names, upstream, fetch, last, during)
+        ended = functools.partial(self._ended, upstream, during, last is not None)
+        return self._reading.start(upstream, read, ended)
+
+    async def _names(
+        self, upstream: str, fetch: Fetch, last: Names | None, during: set[str]
+    ) -> Names:
+        began = self._clock()
         try:
             names = Names(await read_whole(fetch))
         except BaseException:
             if last is not None:  # a failed read is not tried again sooner than a good one
                 self._keep(upstream, began, last, during)
             raise
-        finally:
-            del self._during[upstream]
         if last is not None and last.names == names.names:
             names = last  # unchanged: what was decided about it still holds
         self._keep(upstream, began, names, during)
@@ -286,6 +298,16 @@ class Listings:
             used = min(LISTING_MAX, max(LISTING_TTL, READ_SHARE * (now - began)))
             self._kept.put(upstream, (now + used, names))
 
+    def _ended(
+        self, upstream: str, during: set[str], background: bool, reading: asyncio.Future[Names]
+    ) -> None:
+        """A read is let go (right after SingleFlight forgets it); one in the background that
+        failed is logged (the names in use stay; a request waiting for a read says why)."""
+        if self._during.get(upstream) is during:
+            del self._during[upstream]
+        if background and not reading.cancelled() and reading.exception() is not None:
+            log.warning("catalog: reading the registry's names failed: %s", reading.exception())
+
     def drop(self, upstream: str, repository: str) -> None:
         """A push made `repository`: names that lack it are used no more, nor kept if a read
         under way brings them."""
@@ -297,13 +319,8 @@ class Listings:
             self._during[upstream].add(repository)
 
     def clear(self) -> None:
+        """At a reload (a read under way still keeps what it brings: names, not decisions)."""
         self._kept.clear()
-
-
-def _settled(reading: asyncio.Future[Names]) -> None:
-    """A background read that failed: the names in use stay, the next read tries again."""
-    if not reading.cancelled() and reading.exception() is not None:
-        log.warning("catalog: reading the registry's names failed: %s", reading.exception())
 
 
 Visible = bytes  # per name of a listing, 1 when the viewer may see it, else 0

@@ -309,10 +309,14 @@ class Gated:
         import asyncio
 
         self.registry, self.gate = registry, asyncio.Event()
+        self.running = self.most = 0  # fetches under way: now, and at most
 
     async def fetch(self, after: str) -> tuple[list[str], bool]:
+        self.running += 1
+        self.most = max(self.most, self.running)
         page = await self.registry.fetch(after)
         await self.gate.wait()
+        self.running -= 1
         return page
 
 
@@ -328,12 +332,26 @@ async def test_a_push_during_a_read_is_listed_by_the_requests_after_it() -> None
     registry.names.append("b/y")  # pushed through the proxy meanwhile
     listings.drop("up", "b/y")
     after = asyncio.ensure_future(listings.names("up", slow.fetch))
-    await asyncio.sleep(0)
-    assert registry.pages == 1  # one read at a time: it waits for the first
     slow.gate.set()
     assert (await before).names == ["a/x"]
     assert (await after).names == ["a/x", "b/y"] and registry.pages == 2
+    assert slow.most == 1  # one read at a time: the second began after the first
     assert await listings.names("up", slow.fetch) is await after  # kept: the second read
+
+
+async def test_a_request_as_a_read_older_than_a_push_ends_gets_the_next_read() -> None:
+    import asyncio
+
+    registry = Registry(["a/x"])
+    slow, listings = Gated(registry), Listings(Clock())
+    before = asyncio.ensure_future(listings.names("up", slow.fetch))
+    await until_read(registry, 1)
+    registry.names.append("b/y")  # pushed through the proxy meanwhile
+    listings.drop("up", "b/y")
+    slow.gate.set()
+    await asyncio.sleep(0)  # the read has ended, and is let go at the next turn of the loop
+    assert (await listings.names("up", slow.fetch)).names == ["a/x", "b/y"]
+    assert (await before).names == ["a/x"]
 
 
 async def test_pushes_to_repositories_a_read_lists_cost_no_other_read() -> None:
