@@ -6,6 +6,7 @@ functions of the test."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import pytest
@@ -23,6 +24,7 @@ from proxy.upstream.catalog import (
     Filtering,
     Listing,
     Listings,
+    Names,
     Visibility,
     filtered,
     next_link,
@@ -228,16 +230,12 @@ class Clock:
 
 
 async def until_read(registry: Registry, pages: int) -> None:
-    import asyncio
-
     while registry.pages < pages:
         await asyncio.sleep(0)
     await asyncio.sleep(0)  # and its answer kept
 
 
 async def test_concurrent_catalogs_read_the_registry_once_and_reuse_it_briefly() -> None:
-    import asyncio
-
     clock, registry = Clock(), Registry(["a/x", "b/y"])
     listings = Listings(clock)
     first, second = await asyncio.gather(
@@ -258,8 +256,6 @@ async def test_concurrent_catalogs_read_the_registry_once_and_reuse_it_briefly()
 
 
 async def test_each_viewer_is_decided_once_per_listing() -> None:
-    import asyncio
-
     listings, visibility = Listings(Clock()), Visibility(Filtering())
     names = await listings.names("up", Registry([f"n{i:03d}" for i in range(120)]).fetch)
     assert names.names is not None
@@ -284,8 +280,6 @@ async def test_each_viewer_is_decided_once_per_listing() -> None:
 
 
 async def test_a_registry_slow_to_list_is_listed_a_tenth_of_the_time_at_most() -> None:
-    import asyncio
-
     clock = Clock()
     registry = Registry([f"n{i:04d}" for i in range(2500)], clock=clock, page_seconds=1.0)
     listings = Listings(clock)
@@ -306,8 +300,6 @@ class Gated:
     listing, during which pushes land)."""
 
     def __init__(self, registry: Registry) -> None:
-        import asyncio
-
         self.registry, self.gate = registry, asyncio.Event()
         self.running = self.most = 0  # fetches under way: now, and at most
 
@@ -320,17 +312,21 @@ class Gated:
         return page
 
 
-async def test_a_push_during_a_read_is_listed_by_the_requests_after_it() -> None:
-    """A read under way when a new repository is pushed may predate the push: it answers the
-    requests that came before the push; those after it get the next read, one at a time."""
-    import asyncio
-
+async def pushed_during_a_read() -> tuple[Registry, Gated, Listings, asyncio.Future[Names]]:
+    """A request whose read (of "a/x") is held at its gate while "b/y" is pushed."""
     registry = Registry(["a/x"])
     slow, listings = Gated(registry), Listings(Clock())
     before = asyncio.ensure_future(listings.names("up", slow.fetch))
     await until_read(registry, 1)
     registry.names.append("b/y")  # pushed through the proxy meanwhile
     listings.drop("up", "b/y")
+    return registry, slow, listings, before
+
+
+async def test_a_push_during_a_read_is_listed_by_the_requests_after_it() -> None:
+    """A read under way when a new repository is pushed may predate the push: it answers the
+    requests that came before the push; those after it get the next read, one at a time."""
+    registry, slow, listings, before = await pushed_during_a_read()
     after = asyncio.ensure_future(listings.names("up", slow.fetch))
     slow.gate.set()
     assert (await before).names == ["a/x"]
@@ -340,14 +336,7 @@ async def test_a_push_during_a_read_is_listed_by_the_requests_after_it() -> None
 
 
 async def test_a_request_as_a_read_older_than_a_push_ends_gets_the_next_read() -> None:
-    import asyncio
-
-    registry = Registry(["a/x"])
-    slow, listings = Gated(registry), Listings(Clock())
-    before = asyncio.ensure_future(listings.names("up", slow.fetch))
-    await until_read(registry, 1)
-    registry.names.append("b/y")  # pushed through the proxy meanwhile
-    listings.drop("up", "b/y")
+    _, slow, listings, before = await pushed_during_a_read()
     slow.gate.set()
     await asyncio.sleep(0)  # the read has ended, and is let go at the next turn of the loop
     assert (await listings.names("up", slow.fetch)).names == ["a/x", "b/y"]
@@ -355,8 +344,6 @@ async def test_a_request_as_a_read_older_than_a_push_ends_gets_the_next_read() -
 
 
 async def test_pushes_to_repositories_a_read_lists_cost_no_other_read() -> None:
-    import asyncio
-
     registry = Registry(["a/x", "b/y"])
     slow, listings = Gated(registry), Listings(Clock())
     first = asyncio.ensure_future(listings.names("up", slow.fetch))
@@ -370,8 +357,6 @@ async def test_pushes_to_repositories_a_read_lists_cost_no_other_read() -> None:
 
 
 async def test_a_listing_is_kept_five_minutes_at_most() -> None:
-    import asyncio
-
     clock = Clock()
     registry = Registry(["a/x"], clock=clock, page_seconds=LISTING_MAX / READ_SHARE * 2)
     listings = Listings(clock)
@@ -387,8 +372,6 @@ async def test_a_listing_is_kept_five_minutes_at_most() -> None:
 
 
 async def test_a_failed_read_is_tried_again_no_sooner_than_a_good_one() -> None:
-    import asyncio
-
     clock = Clock()
     registry = Registry(["a/x"], clock=clock, page_seconds=0.1)
     listings = Listings(clock)
