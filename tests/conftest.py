@@ -42,7 +42,7 @@ from proxy.state.peers import Peers
 from tests import forked
 
 if TYPE_CHECKING:
-    from tests.oidc_issuer import Issuer
+    from devtools.oidc_issuer import Issuer
 
 # Property tests: 300 examples in `make test`, Hypothesis's own 100 in `make check` (the inner
 # loop, where every property still runs), a long run in `make fuzz`.
@@ -355,8 +355,8 @@ async def served(
 
 @pytest.fixture
 def issuer(tmp_path: Path) -> Iterator[Issuer]:
-    """A local OIDC issuer on loopback HTTPS (tests/oidc_issuer.py), stopped afterwards."""
-    from tests.oidc_issuer import Issuer
+    """A local OIDC issuer on loopback HTTPS (devtools/oidc_issuer.py), stopped afterwards."""
+    from devtools.oidc_issuer import Issuer
 
     running = Issuer(tmp_path / "issuer").start()
     yield running

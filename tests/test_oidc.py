@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from joserfc.jwk import ECKey
 
+from devtools.oidc_issuer import AUDIENCE, Issuer, new_key
 from proxy.authn.credentials import hash_password
 from proxy.conf.config import load
 from proxy.core.problems import ConfigError
@@ -25,7 +26,6 @@ from tests.conftest import (
     replace_file,
     until,
 )
-from tests.oidc_issuer import AUDIENCE, Issuer, new_key
 from tests.redis_server import RedisServer
 
 ACL = """acl:

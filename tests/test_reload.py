@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from devtools.net import free_port
+from devtools.oidc_issuer import Issuer, new_key
 from proxy.authn.robotfile import Robot, derive, entry_text, new_secret, secret_hash
 from tests.conftest import (
     GROUPS_TEXT,
@@ -30,7 +31,6 @@ from tests.conftest import (
     scrape,
     until,
 )
-from tests.oidc_issuer import Issuer, new_key
 
 
 async def status(proxy: RunningProxy, user: str, password: str, method: str = "GET") -> int:

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from devtools.oidc_issuer import Issuer
 from devtools.registry import Registry
 from devtools.skopeo import Skopeo
 from devtools.tls import TlsFiles
 from tests.conftest import SECRET, basic
 from tests.e2e.conftest import ROOT, USERS, RegproxyProcess, start_regproxy
 from tests.e2e.harness import Podman, make_oci_layout
-from tests.oidc_issuer import Issuer
 
 pytestmark = pytest.mark.e2e
 

@@ -13,10 +13,7 @@ from typing import Any
 import pytest
 
 from devtools.net import free_port
-from proxy.authn import AuthResult, BackendUnavailable, Outcome
-from proxy.authn.ldap import LdapAuthenticator
-from proxy.authn.ldap_settings import LdapSettings, parse_ldap_settings
-from tests.e2e.ldap_harness import (
+from devtools.slapd import (
     GROUPS,
     PASSWORDS,
     PEOPLE,
@@ -27,6 +24,9 @@ from tests.e2e.ldap_harness import (
     other_ca,
     running_slapd,
 )
+from proxy.authn import AuthResult, BackendUnavailable, Outcome
+from proxy.authn.ldap import LdapAuthenticator
+from proxy.authn.ldap_settings import LdapSettings, parse_ldap_settings
 
 pytestmark = pytest.mark.e2e
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from devtools.registry import Registry
+from devtools.slapd import GROUPS, PASSWORDS, PEOPLE, SERVICE_DN, SERVICE_PASSWORD, Slapd
 from devtools.tls import TlsFiles, https_status
 from tests.e2e.conftest import USERS, RegproxyProcess, start_regproxy
 from tests.e2e.harness import Podman
-from tests.e2e.ldap_harness import GROUPS, PASSWORDS, PEOPLE, SERVICE_DN, SERVICE_PASSWORD, Slapd
 
 
 @pytest.fixture

@@ -42,8 +42,7 @@ def new_key(kind: str, kid: str) -> Key:
 
 
 def public_pem(key: Key) -> bytes:
-    public = key.raw_value.public_key()
-    return public.public_bytes(  # type: ignore[no-any-return]
+    return key.public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 

@@ -1,4 +1,5 @@
-"""A real OpenLDAP `slapd` for the tests: private temp dir, free 127.0.0.1 ports, stopped by PID.
+"""A real OpenLDAP `slapd` for the tests and the bench: private temp dir, free 127.0.0.1 ports,
+stopped by PID.
 
 Nothing outside the work directory is touched: the configuration is a generated slapd.conf
 (`slapd -f`, no cn=config, no debconf, no system service), the database is an mdb directory
