@@ -159,7 +159,7 @@ class RecordingBackend:
     def __init__(self) -> None:
         self.closed = False
 
-    async def authenticate(self, user: str, password: str) -> AuthResult:
+    async def authenticate(self, user: str, password: str, proven: bool = False) -> AuthResult:
         return AuthResult(Outcome.NO_SUCH_USER)
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 
 The contract, as in docker_auth: `BackendUnavailable` only when a backend could not service the
 request, never to deny; `NO_SUCH_USER` asks the next backend, `WRONG_PASSWORD` stops the chain,
-and the end of the chain denies.
+and the end of the chain denies. A backend that keeps passwords spends on an unknown user the
+hash a known one's wrong password costs (a decoy), so the time taken does not say who exists.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ class BackendUnavailable(Exception):
 class Authenticator(Protocol):
     """One backend, built at reload and held by a snapshot; closed once no snapshot holds it."""
 
-    async def authenticate(self, user: str, password: str) -> AuthResult:
-        """Check one user's password; see the module docstring for the contract."""
+    async def authenticate(self, user: str, password: str, proven: bool = False) -> AuthResult:
+        """Check one user's password; see the module docstring for the contract. `proven`:
+        the chain accepted these very credentials lately, so an unknown user needs no decoy
+        hash (a backend that hashes one to hide who exists may skip it)."""
         ...
 
     def close(self) -> None:

@@ -153,7 +153,8 @@ class Authentication:
         if wait > 0:
             return _throttled(user, where, wait)
         release: Release = _nothing
-        if self._store is not None and not self._logged_in_lately(attempt):
+        proven = self._logged_in_lately(attempt)
+        if self._store is not None and not proven:
             under_way, release = await self._store.reserve(
                 pair(counted, where), attempt, ATTEMPT_HOLD
             )
@@ -166,7 +167,7 @@ class Authentication:
                 return _throttled(user, where, wait)
         self.throttle.started(counted, where, attempt)
         try:
-            answer = await self._ask(setup, user, password, bearer=token)
+            answer = await self._ask(setup, user, password, token, proven)
         except BaseException as exc:
             release()
             if not isinstance(exc, BackendUnavailable):
@@ -196,15 +197,18 @@ class Authentication:
 
     @staticmethod
     async def _ask(
-        setup: Authenticators, user: str, password: str, bearer: bool
+        setup: Authenticators, user: str, password: str, bearer: bool, proven: bool
     ) -> AuthResult | None:
-        """The answer that ends the chain (OK or WRONG_PASSWORD); None when every one passed."""
+        """The answer that ends the chain (OK or WRONG_PASSWORD); None when every one passed.
+        `proven`: these credentials passed lately, so the backends before the one that takes
+        them spend no decoy hash on a user they do not have (an LDAP or Redis user's every
+        request would pay a bcrypt in the htpasswd backend before it)."""
         if bearer:
             assert setup.bearer is not None
             answer = await setup.bearer.authenticate_token(password)
             return answer if answer.outcome is not Outcome.NO_SUCH_USER else None
         for backend in setup.backends:
-            answer = await backend.authenticate(user, password)
+            answer = await backend.authenticate(user, password, proven)
             if answer.outcome is not Outcome.NO_SUCH_USER:
                 return answer
         return None

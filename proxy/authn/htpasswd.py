@@ -71,12 +71,13 @@ class HtpasswdAuthenticator:
         self._executor = executor
         files.dummy  # noqa: B018 (made now, off the event loop, not at the first unknown user)
 
-    async def authenticate(self, user: str, password: str) -> AuthResult:
+    async def authenticate(self, user: str, password: str, proven: bool = False) -> AuthResult:
         files = self._files
         stored = files.htpasswd.users.get(user)
         secret = password.encode("utf-8", "surrogateescape")
         if stored is None:
-            await verify_hash(self._cache, self._executor, user, files.dummy, secret)
+            if not proven:
+                await verify_hash(self._cache, self._executor, user, files.dummy, secret)
             return AuthResult(Outcome.NO_SUCH_USER)
         if not await verify_hash(self._cache, self._executor, user, stored, secret):
             return AuthResult(Outcome.WRONG_PASSWORD)

@@ -472,7 +472,7 @@ class LdapAuthenticator:
             settings.cache_ttl, cache_size, clock
         )
 
-    async def authenticate(self, user: str, password: str) -> AuthResult:
+    async def authenticate(self, user: str, password: str, proven: bool = False) -> AuthResult:
         if not password:
             return AuthResult(Outcome.WRONG_PASSWORD)  # never an "unauthenticated bind"
         if not acceptable_user(user, self.settings):

@@ -108,7 +108,7 @@ class OidcAuthenticator:
     def takes(self, password: str) -> bool:
         return looks_like_jwt(password)
 
-    async def authenticate(self, user: str, password: str) -> AuthResult:
+    async def authenticate(self, user: str, password: str, proven: bool = False) -> AuthResult:
         if not self.takes(password):
             return AuthResult(Outcome.NO_SUCH_USER)
         basic_user = self.settings.basic_user

@@ -154,11 +154,12 @@ class RedisAuthenticator:
         self._executor = executor
         self._dummy = dummy
 
-    async def authenticate(self, user: str, password: str) -> AuthResult:
+    async def authenticate(self, user: str, password: str, proven: bool = False) -> AuthResult:
         record = await self._users.record(user)
         secret = password.encode("utf-8", "surrogateescape")
         if record is None or record.password is None:
-            await verify_hash(self._cache, self._executor, user, self._dummy, secret)
+            if not proven:
+                await verify_hash(self._cache, self._executor, user, self._dummy, secret)
             return AuthResult(Outcome.NO_SUCH_USER if record is None else Outcome.WRONG_PASSWORD)
         if not await verify_hash(self._cache, self._executor, user, record.password, secret):
             return AuthResult(Outcome.WRONG_PASSWORD)

@@ -119,7 +119,7 @@ class RobotAuthenticator:
         self._usage = usage
         self._wall = wall
 
-    async def authenticate(self, user: str, password: str) -> AuthResult:
+    async def authenticate(self, user: str, password: str, proven: bool = False) -> AuthResult:
         if not user.startswith(USER_PREFIX):
             if password.startswith(SECRET_PREFIX):  # a robot's secret under another name:
                 return _MISNAMED  # never handed to a password backend (an LDAP server)

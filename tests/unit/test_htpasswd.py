@@ -4,6 +4,7 @@ and slow hashes kept off the event loop."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.authn import Outcome
+from proxy.authn import AuthResult, Outcome
 from proxy.authn import htpasswd as htpasswd_module
 from proxy.authn.cache import VerifiedCache
+from proxy.authn.chain import Authentication, Authenticators, Denied
 from proxy.authn.credentials import (
     DEFAULT_DUMMY_SAMPLE,
     PasswordHash,
@@ -22,6 +24,8 @@ from proxy.authn.credentials import (
     parse_htpasswd,
 )
 from proxy.authn.htpasswd import HtpasswdAuthenticator, UserFiles
+from proxy.authn.throttle import Throttle
+from proxy.policy.identity import Identity
 
 
 class RecordingExecutor(ThreadPoolExecutor):
@@ -87,6 +91,37 @@ async def test_unknown_user_costs_the_same_hash_as_a_wrong_password(
     assert dummy is user_files.dummy
     # Same scheme and cost ($2b$06 vs $2y$06): the same work, so no timing oracle.
     assert (dummy.scheme, dummy.value[4:7]) == (real.scheme, real.value[4:7])
+
+
+class Directory:
+    """A password backend after htpasswd, as LDAP is: it has one user, dana."""
+
+    async def authenticate(self, user: str, password: str, proven: bool = False) -> AuthResult:
+        if user != "dana":
+            return AuthResult(Outcome.NO_SUCH_USER)
+        return AuthResult(Outcome.OK if password == "dana-pw" else Outcome.WRONG_PASSWORD)
+
+    def close(self) -> None:
+        pass
+
+
+def basic(user: str, password: str) -> list[str]:
+    return ["Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()]
+
+
+async def test_a_later_backends_user_pays_one_decoy_hash_not_one_per_request(
+    executor: RecordingExecutor,
+) -> None:
+    user_files = files(ALICE)
+    setup = Authenticators((htpasswd(user_files, executor), Directory()), user_files)
+    authn = Authentication(Throttle())
+    for _ in range(5):
+        assert isinstance(await authn.identify(basic("dana", "dana-pw"), None, setup), Identity)
+    assert executor.verified == [user_files.dummy]  # before the first login only
+    # Credentials not accepted lately still cost it, every time: nothing tells who exists.
+    for user, password in (("dana", "guess"), ("mallory", "pw"), ("mallory", "pw")):
+        assert isinstance(await authn.identify(basic(user, password), None, setup), Denied)
+    assert executor.verified == [user_files.dummy] * 4
 
 
 async def test_cache_skips_rehash_and_follows_password_changes(
