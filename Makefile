@@ -60,7 +60,7 @@ check: lint typecheck
 SCALE_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 bench: $(STAMP)
 	PATH="$$PATH:/usr/sbin:/sbin" scripts/install-deps.sh nginx apache2 apache2-utils:htpasswd \
-		docker-registry skopeo wrk curl openssl redis-server haproxy
+		docker-registry skopeo wrk curl openssl redis-server haproxy slapd:slapd ldap-utils:ldapadd
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
 	test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy   # for bench.run --profile
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -83,4 +83,4 @@ PLANS = {
         "and 4 pushes.",
     ),
 }  # fmt: skip
-SECTIONS = ("rate", "get", "push", "storm", "replicas")  # --only picks some
+SECTIONS = ("rate", "get", "push", "storm", "replicas", "configs")  # --only picks some

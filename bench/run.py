@@ -28,7 +28,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import replicas
+from bench import configs, replicas
 from bench.cases import RATE_KEYS, Bench
 from bench.fixtures import make_fixtures
 from bench.plan import PLANS, RESULTS, SECTIONS, log
@@ -129,11 +129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         profiles = RESULTS / f"profiles-{stamp}" if args.profile else None
         bench = Bench(plan, targets, fixtures, workdir, profiles)
         bench.run(sections)
-        replica_text = ""
-        if "replicas" in sections:  # bench/replicas.py: its own report
-            registry = f"127.0.0.1:{targets[DIRECT].port}"
-            replica_text = "\n" + replicas.run_case(
+        extra_text = ""  # bench/replicas.py and bench/configs.py: reports of their own
+        registry = f"127.0.0.1:{targets[DIRECT].port}"
+        if "replicas" in sections:
+            extra_text += "\n" + replicas.run_case(
                 workdir, fixtures, registry, processes, args.quick
+            )
+        if "configs" in sections:
+            extra_text += "\n" + configs.run_case(
+                workdir, fixtures, registry, processes, args.workers, args.quick
             )
     finally:
         log("stopping what was started")
@@ -143,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan, args.workers, args.cache_ttl, targets, fixtures, bench.results, started, load_before,
         sections,
     )  # fmt: skip
-    print(text + replica_text, end="")
+    print(text + extra_text, end="")
     log(f"wrote {RESULTS}/latest.md, .json and .png in {time.monotonic() - started:.0f}s")
     return 0
 
