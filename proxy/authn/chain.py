@@ -183,6 +183,8 @@ class Authentication:
             release()
             return _identity(answer, user, address, setup.users)
         reason = answer.reason if answer is not None else ""
+        if proven:  # refused now: no longer spared the decoy, nor the store's round trip
+            self._logged_in.pop(attempt)
         self.throttle.failure(counted, where, self._clock(), setup.throttle)
         release()  # after the failure is published: who counts after this counts the failure
         if self._flush is not None:

@@ -96,10 +96,13 @@ async def test_unknown_user_costs_the_same_hash_as_a_wrong_password(
 class Directory:
     """A password backend after htpasswd, as LDAP is: it has one user, dana."""
 
+    def __init__(self) -> None:
+        self.password = "dana-pw"
+
     async def authenticate(self, user: str, password: str, proven: bool = False) -> AuthResult:
         if user != "dana":
             return AuthResult(Outcome.NO_SUCH_USER)
-        return AuthResult(Outcome.OK if password == "dana-pw" else Outcome.WRONG_PASSWORD)
+        return AuthResult(Outcome.OK if password == self.password else Outcome.WRONG_PASSWORD)
 
     def close(self) -> None:
         pass
@@ -122,6 +125,19 @@ async def test_a_later_backends_user_pays_one_decoy_hash_not_one_per_request(
     for user, password in (("dana", "guess"), ("mallory", "pw"), ("mallory", "pw")):
         assert isinstance(await authn.identify(basic(user, password), None, setup), Denied)
     assert executor.verified == [user_files.dummy] * 4
+
+
+async def test_credentials_refused_again_pay_the_decoy_again(executor: RecordingExecutor) -> None:
+    user_files = files(ALICE)
+    directory = Directory()
+    setup = Authenticators((htpasswd(user_files, executor), directory), user_files)
+    authn = Authentication(Throttle())
+    assert isinstance(await authn.identify(basic("dana", "dana-pw"), None, setup), Identity)
+    directory.password = "changed"  # the directory stops taking the old password
+    for _ in range(2):
+        assert isinstance(await authn.identify(basic("dana", "dana-pw"), None, setup), Denied)
+    # The first refusal was spared the decoy (accepted lately); the next one is not.
+    assert executor.verified == [user_files.dummy] * 2
 
 
 async def test_cache_skips_rehash_and_follows_password_changes(
