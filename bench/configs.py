@@ -215,7 +215,7 @@ def report(rows: list[Row], workers: int, seconds: int, rounds: int) -> str:
         "|---|---:|" + "---:|" * len(CONNECTIONS) + "---:|",
     ]
     for row in rows:
-        flag = f" ! ({row.errors} errors)" if row.errors else ""
+        flag = f" ! ({row.errors})" if row.errors else ""
         peaks = " | ".join(
             f"{row.peak_mib[n]:.1f} ({row.largest_mib[n]:.1f}){over(row.peak_mib[n], limit)}"
             for n in CONNECTIONS
@@ -224,7 +224,12 @@ def report(rows: list[Row], workers: int, seconds: int, rounds: int) -> str:
             f"| {row.name}{flag} | {row.rest_mib:.1f} | {peaks} | "
             f"{row.requests_per_second[CONNECTIONS[0]]:,.0f} |"
         )
-    lines += ["", f"✗: over {limit} MiB."]
+    lines += [
+        "",
+        f"✗: over {limit} MiB. ! (N): N requests failed or answered other than 200; at 256 "
+        "connections, all of one user, 429s where the kernel handed one worker more of them "
+        "than that user's fair share of requests in flight (`limits.per_user`, 128 a worker).",
+    ]
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "configs.md").write_text(text)
