@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
@@ -19,7 +20,9 @@ import pytest
 import trustme
 from aiohttp import web
 
+from devtools.processes import tree_cpu_seconds
 from proxy.serve.supervisor import WORKER_ENV, encode
+from proxy.serve.worker import STOP_GRACE
 from tests.conftest import (
     ROOT,
     USERS,
@@ -30,6 +33,7 @@ from tests.conftest import (
     one_connection_per_worker,
     regproxy,
     secret_bound,
+    serving,
     until,
     worker_pids,
     write_setup,
@@ -195,6 +199,42 @@ async def test_sigint_stops_without_the_drain_delay(served: Served) -> None:
     served.process.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(served.process.wait(), 30) == 0
     assert "draining for" not in (served.directory / "regproxy.err").read_text()
+
+
+# A hash no computer checks in under seconds (bcrypt cost 17): a login with it keeps a thread
+# of the hashing pool busy that long, and a worker's exit waits for its threads.
+SLOW_HASH = "$2y$17$" + "." * 53
+
+
+async def test_a_stop_held_up_past_its_bound_says_where_and_exits(
+    tmp_path: Path, tls: TlsPair, upstream: FakeUpstream
+) -> None:
+    """A worker still running STOP_GRACE seconds past its drain is stuck (here: exiting waits
+    for the hashing thread a login started): every thread's stack to stderr, exit 1."""
+    extra = "timeouts:\n  drain: 0.2\n  drain_delay: 0\n"
+    config = write_setup(tmp_path, tls, upstream.url, extra)
+    with (tmp_path / "htpasswd").open("a") as htpasswd:
+        htpasswd.write(f"slow:{SLOW_HASH}\n")
+    port = int(re.search(r"listen: 127.0.0.1:(\d+)", config.read_text()).group(1))  # type: ignore[union-attr]
+    async with (
+        serving(["serve", "-c", str(config)], tmp_path) as process,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls.client_context())) as client,
+    ):
+        auth = {"Authorization": basic("slow", "guess")}
+        login = asyncio.ensure_future(client.get(f"https://localhost:{port}/v2/", headers=auth))
+        cpu = tree_cpu_seconds(process.pid)
+        await until(lambda: tree_cpu_seconds(process.pid) > cpu + 0.3, 30, "no hash running")
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert await asyncio.wait_for(process.wait(), 30) == 1
+        took = time.monotonic() - started
+        with pytest.raises(aiohttp.ClientError):
+            await login  # cut at the drain's end
+    err = (tmp_path / "regproxy.err").read_text()
+    assert STOP_GRACE <= took < STOP_GRACE + 3, err  # not the hash's 10 s or more
+    assert "drain timeout (0.2s)" in err and "Timeout (0:00:05" in err, err
+    # Where: the main thread joining the hashing pool's, which is checking the password.
+    assert "in _python_exit" in err and "credentials.py" in err, err
 
 
 @pytest.mark.parametrize("served", ["workers: 3\n"], indirect=True)

@@ -26,7 +26,7 @@ from ..conf.config import Config
 from ..conf.reload import State
 from ..conf.snapshot import Snapshot
 from ..core.chores import every
-from ..core.limits import capacity, raise_open_files_limit
+from ..core.limits import Timeouts, capacity, raise_open_files_limit
 from ..core.memory import release_memory
 from ..http import clienttls, web
 from ..http.listener import Connections, Listener
@@ -71,9 +71,11 @@ class Server:
         overrides: Mapping[str, object],
         siblings: Siblings | None = None,
         relay: Callable[[int], None] | None = None,
+        stopping: Callable[[Timeouts], None] | None = None,
     ) -> None:
         self._first = snapshot
         self._relay = relay  # worker 0 of several: each signal it handles, to the others too
+        self._stopping = stopping  # told once, when a stop begins, with the timeouts then
         self._siblings = siblings = siblings or Siblings()
         self.upload_key = siblings.upload_key  # without a secret_file (proxy.guards.uploads)
         self._config_path = config_path
@@ -341,4 +343,6 @@ class Server:
             log.warning("second stop signal: exiting without draining")
             os._exit(1)
         self._stop_signal = signum
+        if self._stopping is not None and self.state is not None:
+            self._stopping(self.state.current.config.timeouts)
         self._stop.set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import faulthandler
 import functools
 import os
 import signal
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..conf.config import Config
 from ..conf.snapshot import Snapshot, preflight
+from ..core.limits import Timeouts
 from ..core.problems import ConfigError
 from ..observe.logsetup import configure_logging
 from ..state.peers import Peers, Siblings
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
 PR_SET_PDEATHSIG = 1  # a worker stops when worker 0 dies, whatever the cause
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+STOP_GRACE = 5.0  # seconds past a stop's drain a worker may take to exit before it is stuck
 
 
 def bind(config: Config) -> socket.socket:
@@ -51,6 +54,17 @@ def run_worker(
 
     uvloop.run(_server(snapshot, config_path, overrides, siblings).serve(sock, ready))
     return 0
+
+
+def bound_the_stop(timeouts: Timeouts) -> None:
+    """A stop has begun: this process is gone within the drain delay, the drain and
+    STOP_GRACE, or it is stuck (a thread that never returns, a close that never ends). Then
+    it writes every thread's stack to stderr, which says where, and exits 1."""
+    # faulthandler's own thread: it runs whatever the interpreter is stuck in, and it is
+    # never cancelled, so an exit held up after the loop has stopped (joining a thread)
+    # is bounded too.
+    bound = timeouts.drain_delay + timeouts.drain + STOP_GRACE
+    faulthandler.dump_traceback_later(bound, exit=True)
 
 
 def become_worker_0(
@@ -118,7 +132,7 @@ def _server(
     import_aiohttp()  # first, so that its client contexts hold no CA bundle
     from .server import Server
 
-    return Server(snapshot, config_path, overrides, siblings, relay)
+    return Server(snapshot, config_path, overrides, siblings, relay, bound_the_stop)
 
 
 def _stop_with(parent: int) -> None:
