@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import http.client
 import json
 import os
-import shutil
 import ssl
 import sys
 import tempfile
@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import replicas
-from bench.fixtures import PULLER, Fixtures, make_fixtures
+from bench.fixtures import PULLER, Fixtures
 from bench.load import Load, wrk
-from bench.plan import PLANS, RESULTS, log
+from bench.plan import RESULTS, log
 from bench.processes import Processes, Usage, UsageSampler, wait_for_port
-from bench.targets import render, start_registry
+from bench.targets import render
 from devtools.net import free_port
 from devtools.oidc_issuer import Issuer
 from devtools.processes import process_tree, rss_kib
@@ -244,24 +244,13 @@ def over(mib: float, limit: float) -> str:
 
 
 def main() -> int:
-    """On its own: a registry of its own (the requests are `GET /v2/`: no image needed)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 s runs, one round")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="regproxy worker processes (default: the number of CPUs)")  # fmt: skip
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="regproxy-configs-"))
-    processes = Processes()
-    try:
-        fixtures = make_fixtures(workdir, PLANS["quick"])
-        direct = start_registry(workdir / "registry", processes)
-        text = run_case(workdir, fixtures, f"127.0.0.1:{direct.port}", processes, args.workers,
-                        args.quick)  # fmt: skip
-    finally:
-        processes.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(text, end="")
-    return 0
+    case = functools.partial(run_case, workers=args.workers, quick=args.quick)
+    return replicas.run_alone("configs", case)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import http.client
 import json
 import os
@@ -369,24 +370,31 @@ def report(
     return text
 
 
-def main() -> int:
-    """On its own: a registry seeded with the bench's image, then the case."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 s runs, 20 requests per kind")
-    args = parser.parse_args()
-    plan = PLANS["quick"]  # the image: a 16 MiB layer is plenty for HEADs
-    workdir = Path(tempfile.mkdtemp(prefix="regproxy-replicas-"))
+Case = Callable[[Path, Fixtures, str, Processes], str]  # (workdir, files, registry, ...) -> report
+
+
+def run_alone(name: str, case: Case) -> int:
+    """A case on its own: a registry of its own seeded with the quick plan's image (a 16 MiB
+    layer is plenty for HEADs), the case's report printed, everything stopped after."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"regproxy-{name}-"))
     processes = Processes()
     try:
-        fixtures = make_fixtures(workdir, plan)
+        fixtures = make_fixtures(workdir, PLANS["quick"])
         direct = start_registry(workdir / "registry", processes)
         push(direct, fixtures, "bench/seed", workdir)
-        text = run_case(workdir, fixtures, f"127.0.0.1:{direct.port}", processes, args.quick)
+        text = case(workdir, fixtures, f"127.0.0.1:{direct.port}", processes)
     finally:
         processes.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
     print(text, end="")
     return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 s runs, 20 requests per kind")
+    args = parser.parse_args()
+    return run_alone("replicas", functools.partial(run_case, quick=args.quick))
 
 
 if __name__ == "__main__":
