@@ -142,8 +142,8 @@ class Slapd:
         self.data.mkdir(exist_ok=True)
         self.ca_file, self.server_cert, self.server_key = _make_tls(workdir / "tls")
         self._write_config()
-        self._start_on_free_ports()
         try:
+            self._start_on_free_ports()
             self._load(directory_ldif())
         except BaseException:
             self.stop()

@@ -26,7 +26,7 @@ from ..conf.config import Config
 from ..conf.reload import State
 from ..conf.snapshot import Snapshot
 from ..core.chores import every
-from ..core.limits import Timeouts, capacity, raise_open_files_limit
+from ..core.limits import capacity, raise_open_files_limit
 from ..core.memory import release_memory
 from ..http import clienttls, web
 from ..http.listener import Connections, Listener
@@ -71,11 +71,12 @@ class Server:
         overrides: Mapping[str, object],
         siblings: Siblings | None = None,
         relay: Callable[[int], None] | None = None,
-        stopping: Callable[[Timeouts], None] | None = None,
+        stopping: Callable[[float], None] | None = None,
     ) -> None:
         self._first = snapshot
         self._relay = relay  # worker 0 of several: each signal it handles, to the others too
-        self._stopping = stopping  # told once, when a stop begins, with the timeouts then
+        # Told, as a stop begins and again as its drain does, how long the rest may take.
+        self._stopping = stopping
         self._siblings = siblings = siblings or Siblings()
         self.upload_key = siblings.upload_key  # without a secret_file (proxy.guards.uploads)
         self._config_path = config_path
@@ -250,6 +251,8 @@ class Server:
             # an upload in flight: stop accepting, let handlers finish, and only then close.
             listener.stop()
             drain_timeout = state.current.config.timeouts.drain
+            if self._stopping is not None:  # a reload since the signal may have changed it
+                self._stopping(drain_timeout + self._closing_time())
             if not await handler.drained(drain_timeout):
                 log.warning("drain timeout (%ss): closing requests still running", drain_timeout)
             manager.pre_shutdown()
@@ -344,5 +347,15 @@ class Server:
             os._exit(1)
         self._stop_signal = signum
         if self._stopping is not None and self.state is not None:
-            self._stopping(self.state.current.config.timeouts)
+            timeouts = self.state.current.config.timeouts
+            self._stopping(timeouts.drain_delay + timeouts.drain + self._closing_time())
         self._stop.set()
+
+    def _closing_time(self) -> float:
+        """The most closing everything after the drain takes: aiohttp's shutdowns of the
+        connections and of the admin listener (a second each), and with Redis the store's
+        last writes (a command held by `WAIT` and a reconnection, twice)."""
+        assert self.state is not None
+        store = self.state.current.config.state
+        redis = 2 * (1.5 * store.timeout + store.connect_timeout) if store.backend == "redis" else 0
+        return 2.0 + redis

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..conf.config import Config
 from ..conf.snapshot import Snapshot, preflight
-from ..core.limits import Timeouts
 from ..core.problems import ConfigError
 from ..observe.logsetup import configure_logging
 from ..state.peers import Peers, Siblings
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 
 PR_SET_PDEATHSIG = 1  # a worker stops when worker 0 dies, whatever the cause
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
-STOP_GRACE = 5.0  # seconds past a stop's drain a worker may take to exit before it is stuck
+STOP_GRACE = 5.0  # seconds past a stop's bound a worker may take to exit before it is stuck
 
 
 def bind(config: Config) -> socket.socket:
@@ -52,19 +51,19 @@ def run_worker(
 ) -> int:
     import uvloop
 
-    uvloop.run(_server(snapshot, config_path, overrides, siblings).serve(sock, ready))
+    server = _server(snapshot, config_path, overrides, siblings, grace=STOP_GRACE)
+    uvloop.run(server.serve(sock, ready))
     return 0
 
 
-def bound_the_stop(timeouts: Timeouts) -> None:
-    """A stop has begun: this process is gone within the drain delay, the drain and
-    STOP_GRACE, or it is stuck (a thread that never returns, a close that never ends). Then
-    it writes every thread's stack to stderr, which says where, and exits 1."""
+def bound_the_stop(grace: float, seconds: float) -> None:
+    """A stop takes at most `seconds` more: this process is gone by then and `grace`, or it is
+    stuck (a thread that never returns, a close that never ends). Then it writes every
+    thread's stack to stderr, which says where, and exits 1. Told again, the new bound holds."""
     # faulthandler's own thread: it runs whatever the interpreter is stuck in, and it is
     # never cancelled, so an exit held up after the loop has stopped (joining a thread)
     # is bounded too.
-    bound = timeouts.drain_delay + timeouts.drain + STOP_GRACE
-    faulthandler.dump_traceback_later(bound, exit=True)
+    faulthandler.dump_traceback_later(seconds + grace, exit=True)
 
 
 def become_worker_0(
@@ -104,7 +103,10 @@ def _run_supervising(
     import uvloop
 
     siblings = _siblings(own, dup=True)
-    server = _server(snapshot, config_path, overrides, siblings, supervisor.relay)
+    # A grace longer than the others': one of them stuck is the one that says where (and is
+    # reaped), not worker 0 waiting for it.
+    grace = 2 * STOP_GRACE
+    server = _server(snapshot, config_path, overrides, siblings, grace, supervisor.relay)
     return uvloop.run(_serve_beside(server, sock, supervisor))
 
 
@@ -125,6 +127,7 @@ def _server(
     config_path: Path | None,
     overrides: Mapping[str, object],
     siblings: Siblings | None,
+    grace: float,
     relay: Callable[[int], None] | None = None,
 ) -> Server:
     from ..http.clienttls import import_aiohttp
@@ -132,7 +135,8 @@ def _server(
     import_aiohttp()  # first, so that its client contexts hold no CA bundle
     from .server import Server
 
-    return Server(snapshot, config_path, overrides, siblings, relay, bound_the_stop)
+    stopping = functools.partial(bound_the_stop, grace)
+    return Server(snapshot, config_path, overrides, siblings, relay, stopping)
 
 
 def _stop_with(parent: int) -> None:
