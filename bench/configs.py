@@ -43,6 +43,7 @@ from devtools.oidc_issuer import Issuer
 from devtools.processes import process_tree, rss_kib
 from devtools.slapd import GROUPS, PASSWORDS, PEOPLE, SERVICE_DN, SERVICE_PASSWORD, Slapd
 
+TOOLS = ("slapd", "ldapadd", "redis-server")  # Debian's, which `make bench` installs
 CONNECTIONS = (64, 256)
 TARGET_MIB = 48  # per worker, the whole tree (issue 24)
 SETTLE_SECONDS = 3.0  # after the first requests, before the RSS at rest is read
@@ -95,7 +96,7 @@ def configurations(workdir: Path, fixtures: Fixtures, processes: Processes) -> I
                 "state:\n  backend: redis\n"
                 f"  url: redis://127.0.0.1:{redis_port}/0\n  key_prefix: 'configs:'\n"
             )
-            # A token lives 5 minutes by default: long enough for every run of this case.
+            # An hour: a token outlives the case (the issuer's default is 5 minutes).
             token = issuer.token(exp=int(time.time()) + 3600)
             yield [
                 Configuration("htpasswd and groups (the recipe)", "", puller),
@@ -207,7 +208,8 @@ def report(rows: list[Row], workers: int, seconds: int, rounds: int) -> str:
         "",
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; regproxy with "
         f"{workers} workers; MiB of the whole process tree (its largest process in "
-        f"parentheses); at rest after four requests and {SETTLE_SECONDS:g} s, then wrk's "
+        f"parentheses); at rest after four requests and {SETTLE_SECONDS:g} s (a worker none "
+        "of them reached has not yet used its backend), then wrk's "
         f"authenticated `GET /v2/`, {rounds} x {seconds}s per connection count. Issue 24's "
         f"target: ≤ {TARGET_MIB} MiB per worker, {limit} MiB for the tree.",
         "",

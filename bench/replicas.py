@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -376,6 +377,8 @@ Case = Callable[[Path, Fixtures, str, Processes], str]  # (workdir, files, regis
 def run_alone(name: str, case: Case) -> int:
     """A case on its own: a registry of its own seeded with the quick plan's image (a 16 MiB
     layer is plenty for HEADs), the case's report printed, everything stopped after."""
+    # SIGTERM unwinds like Ctrl-C does, through the `finally` that stops what was started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix=f"regproxy-{name}-"))
     processes = Processes()
     try:

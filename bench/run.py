@@ -17,6 +17,7 @@ bench/results/. Everything started is stopped by PID at the end, and the temp di
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import signal
@@ -30,9 +31,9 @@ from pathlib import Path
 
 from bench import configs, replicas
 from bench.cases import RATE_KEYS, Bench
-from bench.fixtures import make_fixtures
+from bench.fixtures import Fixtures, make_fixtures
 from bench.plan import PLANS, RESULTS, SECTIONS, log
-from bench.processes import Processes, compile_bytecode
+from bench.processes import Processes, compile_bytecode, tool
 from bench.report import NO_CHART, can_chart, report
 from bench.targets import DIRECT, LIMIT, TARGET_ORDER, start_targets
 
@@ -113,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     if not can_chart():
         log(NO_CHART)  # said now, not only after the run
+    if "configs" in sections:  # said now, not after the rest of the run
+        for name in configs.TOOLS:
+            tool(name)
     compile_bytecode(Path.cwd())
     started, load_before = time.monotonic(), os.getloadavg()[0]
     # SIGTERM unwinds like Ctrl-C does, through the `finally` that stops what was started.
@@ -129,16 +133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         profiles = RESULTS / f"profiles-{stamp}" if args.profile else None
         bench = Bench(plan, targets, fixtures, workdir, profiles)
         bench.run(sections)
-        extra_text = ""  # bench/replicas.py and bench/configs.py: reports of their own
         registry = f"127.0.0.1:{targets[DIRECT].port}"
-        if "replicas" in sections:
-            extra_text += "\n" + replicas.run_case(
-                workdir, fixtures, registry, processes, args.quick
-            )
-        if "configs" in sections:
-            extra_text += "\n" + configs.run_case(
-                workdir, fixtures, registry, processes, args.workers, args.quick
-            )
+        own: dict[str, replicas.Case] = {  # reports of their own, after the others
+            "replicas": functools.partial(replicas.run_case, quick=args.quick),
+            "configs": functools.partial(configs.run_case, workers=args.workers,
+                                         quick=args.quick),
+        }  # fmt: skip
+        extra_text = "".join(
+            "\n" + own_report(name, case, workdir, fixtures, registry, processes)
+            for name, case in own.items()
+            if name in sections
+        )
     finally:
         log("stopping what was started")
         processes.stop_all()
@@ -150,6 +155,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text + extra_text, end="")
     log(f"wrote {RESULTS}/latest.md, .json and .png in {time.monotonic() - started:.0f}s")
     return 0
+
+
+def own_report(
+    name: str, case: replicas.Case, workdir: Path, fixtures: Fixtures, registry: str,
+    processes: Processes,
+) -> str:  # fmt: skip
+    """A case with a report of its own; one that fails says why there, and the rest of the
+    run (hours of it, maybe) is still reported."""
+    try:
+        return case(workdir, fixtures, registry, processes)
+    except Exception as exc:
+        log(f"{name} case failed: {exc!r}")
+        return f"## The {name} case failed\n\n{exc!r}\n"
 
 
 if __name__ == "__main__":
