@@ -3,15 +3,13 @@ or unusable user costs unless the chain says the credentials were accepted latel
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
-
 import pytest
 
 from proxy.authn import Outcome
 from proxy.authn.cache import VerifiedCache
 from proxy.authn.credentials import PasswordHash, hash_password
 from proxy.authn.redis_users import RedisAuthenticator, UserRecord, make_dummy
+from tests.unit.test_htpasswd import RecordingExecutor
 
 ANN = UserRecord(PasswordHash("bcrypt", hash_password("ann-pw", cost=4)), frozenset({"team"}))
 RECORDS = {"ann": ANN, "broken": UserRecord(None, problem="unknown hash scheme")}
@@ -24,21 +22,9 @@ class Records:
         return RECORDS.get(user)
 
 
-class Hashing(ThreadPoolExecutor):
-    """The hashing pool, recording which hashes it checked."""
-
-    def __init__(self) -> None:
-        super().__init__(max_workers=1)
-        self.checked: list[PasswordHash] = []
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.checked.append(fn.__self__)
-        return super().submit(fn, *args, **kwargs)
-
-
 @pytest.fixture
-def hashing() -> Hashing:
-    pool = Hashing()
+def hashing() -> RecordingExecutor:
+    pool = RecordingExecutor()
     yield pool
     pool.shutdown()
 
@@ -47,22 +33,22 @@ def hashing() -> Hashing:
     ("user", "outcome"), [("nobody", Outcome.NO_SUCH_USER), ("broken", Outcome.WRONG_PASSWORD)]
 )
 async def test_no_usable_hash_costs_a_decoy_unless_proven(
-    hashing: Hashing, user: str, outcome: Outcome
+    hashing: RecordingExecutor, user: str, outcome: Outcome
 ) -> None:
     dummy = make_dummy()
     backend = RedisAuthenticator(Records(), VerifiedCache(300, 100), hashing, dummy)  # type: ignore[arg-type]
     assert (await backend.authenticate(user, "pw")).outcome is outcome
-    assert hashing.checked == [dummy]
+    assert hashing.verified == [dummy]
     # Accepted lately (by a backend before this one): the same answer, no decoy.
     assert (await backend.authenticate(user, "pw", proven=True)).outcome is outcome
-    assert hashing.checked == [dummy]
+    assert hashing.verified == [dummy]
 
 
-async def test_a_known_user_is_checked_proven_or_not(hashing: Hashing) -> None:
+async def test_a_known_user_is_checked_proven_or_not(hashing: RecordingExecutor) -> None:
     backend = RedisAuthenticator(Records(), VerifiedCache(300, 100), hashing, make_dummy())  # type: ignore[arg-type]
     assert (
         await backend.authenticate("ann", "wrong", proven=True)
     ).outcome is Outcome.WRONG_PASSWORD
     ok = await backend.authenticate("ann", "ann-pw", proven=True)
     assert (ok.outcome, ok.groups) == (Outcome.OK, {"team"})
-    assert hashing.checked == [ANN.password, ANN.password]
+    assert hashing.verified == [ANN.password, ANN.password]
