@@ -18,7 +18,6 @@ Everything started is stopped by PID.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import functools
 import http.client
@@ -40,7 +39,7 @@ from bench.processes import Processes, Usage, UsageSampler, wait_for_port
 from bench.targets import render
 from devtools.net import free_port
 from devtools.oidc_issuer import Issuer
-from devtools.processes import process_tree, rss_kib
+from devtools.processes import tree_rss_kib
 from devtools.slapd import GROUPS, PASSWORDS, PEOPLE, SERVICE_DN, SERVICE_PASSWORD, Slapd
 
 TOOLS = ("slapd", "ldapadd", "redis-server")  # Debian's, which `make bench` installs
@@ -71,17 +70,14 @@ class Row:
     errors: int
 
 
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
 @contextlib.contextmanager
 def configurations(workdir: Path, fixtures: Fixtures, processes: Processes) -> Iterator[
     list[Configuration]
 ]:  # fmt: skip
     """The four configurations, their backends running until the block ends."""
-    puller = basic(PULLER, fixtures.passwords[PULLER])
     setup = replicas.Setup(workdir, fixtures, "", processes)
+    basic = setup.authorization  # a Basic header: (user, password)
+    puller = basic(PULLER)
     redis_port = replicas.start_redis(setup)
     issuer = Issuer(workdir / "issuer").start()
     try:
@@ -161,7 +157,7 @@ def measure(
 ) -> Row:  # fmt: skip
     until_answered(port, context, configuration)
     time.sleep(SETTLE_SECONDS)  # what the first requests left settles (a figure, not a check)
-    rest = sum(rss_kib(pid) for pid in process_tree(root)) / 1024
+    rest = tree_rss_kib(root) / 1024
     row = Row(configuration.name, rest, {}, {}, {}, 0)
     url = f"https://127.0.0.1:{port}/v2/"
     for connections in CONNECTIONS:

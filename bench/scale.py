@@ -66,7 +66,7 @@ from bench.processes import (
 from bench.report import NO_CHART, Check, can_chart, number, save
 from bench.targets import start_registry
 from devtools.net import free_port
-from devtools.processes import process_tree, rss_kib, tree_cpu_seconds
+from devtools.processes import tree_cpu_seconds, tree_rss_kib
 
 STARTUP_TIMEOUT = 120.0  # seconds: 10,000 rules take seconds to load
 QUIET = 1.0  # seconds of probing before a reload or a catalog phase, to compare against
@@ -256,7 +256,7 @@ class Proxy:
         )
 
     def tree_kib(self) -> int:
-        return sum(rss_kib(pid) for pid in process_tree(self.process.pid))
+        return tree_rss_kib(self.process.pid)
 
 
 @contextmanager

@@ -187,6 +187,11 @@ def tree_cpu_seconds(*roots: int) -> float:
     return sum(cpu_seconds(fields) for root in roots for fields in process_tree(root).values())
 
 
+def tree_rss_kib(root: int) -> int:
+    """VmRSS summed over a process and its descendants."""
+    return sum(rss_kib(pid) for pid in process_tree(root))
+
+
 def rss_kib(pid: int) -> int:
     """VmRSS of a process; 0 when it is gone (or a kernel thread)."""
     try:
