@@ -10,9 +10,16 @@ from typing import Any
 
 async def every(seconds: float, chore: Callable[[], Awaitable[object]]) -> None:
     """`chore()` every `seconds`, until cancelled."""
+    task = asyncio.current_task()
     while True:
         await asyncio.sleep(seconds)
         await chore()
+        # A chore may end normally although it was cancelled: a client library turned the
+        # CancelledError into an error of its own, which the chore caught (Python 3.11's
+        # asyncio.timeout does so when it expires as the cancellation comes). Going on would
+        # leave `stop()`, and a worker's shutdown with it, waiting forever.
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
 
 
 async def stop(*tasks: asyncio.Task[Any] | None) -> None:
