@@ -14,10 +14,10 @@ async def every(seconds: float, chore: Callable[[], Awaitable[object]]) -> None:
     while True:
         await asyncio.sleep(seconds)
         await chore()
-        # A chore may end normally although it was cancelled: a client library turned the
-        # CancelledError into an error of its own, which the chore caught (Python 3.11's
-        # asyncio.timeout does so when it expires as the cancellation comes). Going on would
-        # leave `stop()`, and a worker's shutdown with it, waiting forever.
+        # A chore may end normally although it was cancelled: its client library turned the
+        # CancelledError into an error of its own, which the chore caught (seen with a Redis
+        # poll). Going on would leave `stop()`, and a worker's shutdown with it, waiting
+        # forever.
         if task is not None and task.cancelling():
             raise asyncio.CancelledError
 
