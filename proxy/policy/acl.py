@@ -318,12 +318,13 @@ def _unreachable(rules: list[Rule]) -> list[Problem]:
     do tag patterns whose every request an earlier rule matches."""
     problems: list[Problem] = []
     catch_all: dict[bool, Rule] = {}
-    coverers = _Coverers(rules)
+    coverers: _Coverers | None = None  # indexed at the first tag rule: most ACLs have none
     for index, rule in enumerate(rules):
         earlier = catch_all.get(rule.anonymous)
         if earlier is not None:
             problems.append(_problem(rule, f"unreachable: rule {earlier.origin} matches first"))
         elif rule.tags:
+            coverers = coverers or _Coverers(rules)
             problems.extend(_dead_tags(rule, coverers.before(index)))
         elif rule.catch_all:
             catch_all[rule.anonymous] = rule
