@@ -8,7 +8,7 @@ import binascii
 import re
 import secrets
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,16 +171,48 @@ def dummy_like(sample: PasswordHash | None) -> PasswordHash:
 class Htpasswd:
     """Parsed htpasswd file: users with recognised hashes, and the lines that were not."""
 
-    users: dict[str, PasswordHash]
+    users: Mapping[str, PasswordHash]
     problems: tuple[Problem, ...] = ()
 
     def typical_hash(self) -> PasswordHash | None:
         """The most common scheme/cost in the file, to build the unknown-user dummy from."""
+        if isinstance(self.users, BcryptUsers):
+            return self.users.typical()
         counts = Counter(map(_kind, self.users.values()))
         if not counts:
             return None
         typical = max(counts, key=lambda k: counts[k])
         return next(h for h in self.users.values() if _kind(h) == typical)
+
+
+class BcryptUsers(Mapping[str, PasswordHash]):
+    """The users of a file of bcrypt lines only, their hashes kept as the file's text: each
+    `PasswordHash` is made when a login looks it up, not one per user at every load."""
+
+    __slots__ = ("_hashes",)
+
+    def __init__(self, hashes: dict[str, str]) -> None:
+        self._hashes = hashes
+
+    def __getitem__(self, user: str) -> PasswordHash:
+        return PasswordHash("bcrypt", self._hashes[user])
+
+    def __contains__(self, user: object) -> bool:
+        return user in self._hashes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._hashes)
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def typical(self) -> PasswordHash | None:
+        """`Htpasswd.typical_hash`, from the text: the first hash of the most common cost."""
+        counts = Counter(stored[4:6] for stored in self._hashes.values())
+        if not counts:
+            return None
+        cost = max(counts, key=lambda k: counts[k])
+        return next(PasswordHash("bcrypt", h) for h in self._hashes.values() if h[4:6] == cost)
 
 
 def _kind(stored: PasswordHash) -> tuple[str, object]:
@@ -227,16 +259,16 @@ def parse_htpasswd(text: str, source: str) -> Htpasswd:
 
 def _bcrypt_only(text: str, size: int = PIECE) -> Htpasswd | None:
     """`parse_htpasswd` of a file of bcrypt lines only, each user once; None for any other."""
-    users: dict[str, PasswordHash] = {}
+    hashes: dict[str, str] = {}
     lines = 0
     for piece in _pieces(text, size):
         pairs = _BCRYPT_LINES(piece)
         count = piece.count("\n") + (not piece.endswith("\n"))
         if len(pairs) != count:  # a blank, comment or other line: the full path
             return None
-        users.update({user: PasswordHash("bcrypt", stored) for user, stored in pairs})
+        hashes.update(pairs)
         lines += count
-    return Htpasswd(users) if users and len(users) == lines else None
+    return Htpasswd(BcryptUsers(hashes)) if hashes and len(hashes) == lines else None
 
 
 def parse_groups(text: str, source: str) -> tuple[dict[str, frozenset[str]], tuple[Problem, ...]]:

@@ -17,6 +17,7 @@ from proxy.authn.credentials import (
     SLASH_PROBLEM,
     Htpasswd,
     MalformedCredentials,
+    PasswordHash,
     dummy_like,
     edit_htpasswd,
     hash_password,
@@ -333,6 +334,21 @@ def test_typical_hash_bcrypt_cost() -> None:
     text = "\n".join(f"u{i}:{h}" for i, h in enumerate(hashes))
     typical = parse_htpasswd(text, "f").typical_hash()
     assert typical is not None and typical.value[:7] == "$2y$04$"
+
+
+@given(st.lists(st.sampled_from([4, 5, 6]), min_size=1, max_size=12))
+def test_a_file_of_bcrypt_lines_keeps_text_and_answers_as_objects_would(costs: list[int]) -> None:
+    """Such a file's users are kept as the file's text (no object per user); lookups and the
+    typical hash are those of the same users held one object each."""
+    salts = {4: "a", 5: "b", 6: "c"}
+    hashes = [f"$2y$0{c}${salts[c] * 53}" for c in costs]
+    parsed = parse_htpasswd("".join(f"u{i}:{h}\n" for i, h in enumerate(hashes)), "f")
+    assert isinstance(parsed.users, credentials.BcryptUsers)
+    objects = Htpasswd({f"u{i}": PasswordHash("bcrypt", h) for i, h in enumerate(hashes)})
+    assert parsed.typical_hash() == objects.typical_hash()
+    assert dict(parsed.users) == objects.users and len(parsed.users) == len(hashes)
+    assert parsed.users.get("u0") == PasswordHash("bcrypt", hashes[0])
+    assert parsed.users.get("nobody") is None and "nobody" not in parsed.users
 
 
 def test_dummy_like_bcrypt_cost_10() -> None:
