@@ -1,10 +1,13 @@
-"""Building a large structure without the cyclic garbage collector walking it meanwhile."""
+"""The cyclic garbage collector: kept off a large structure while it is built, and young
+collections spaced out in a server."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
 from collections.abc import Iterator
+
+YOUNG_THRESHOLD = 10_000  # tracked allocations (net of frees) between young collections
 
 
 @contextlib.contextmanager
@@ -25,3 +28,16 @@ def collector_paused() -> Iterator[None]:
         gc.freeze()
         gc.unfreeze()
         gc.enable()
+
+
+def collect_young_less_often() -> None:
+    """Raise the collector's first threshold (700 by default) for a serving process."""
+    # A young collection moves what it finds alive a generation up, and what survives two
+    # is old: its count sets off the full collections that walk every object, the
+    # snapshot's included (10,000 rules, 100,000 users, 1,000 groups). At 700, the
+    # objects of the requests in flight (a decision for a caller in many groups makes
+    # one per group) are collected young again and again, and full collections follow
+    # each other. Objects freed by reference counting never add to the count: only
+    # growth and garbage cycles do, and a few thousand more of those is little memory.
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, middle, old)

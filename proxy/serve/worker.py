@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..conf.config import Config
 from ..conf.snapshot import Snapshot, preflight
+from ..core.collector import collect_young_less_often
 from ..core.problems import ConfigError
 from ..observe.logsetup import configure_logging
 from ..state.peers import Peers, Siblings
@@ -134,6 +135,8 @@ def _server(
 
     import_aiohttp()  # first, so that its client contexts hold no CA bundle
     from .server import Server
+
+    collect_young_less_often()
 
     stopping = functools.partial(bound_the_stop, grace)
     return Server(snapshot, config_path, overrides, siblings, relay, stopping)
