@@ -7,7 +7,7 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
-YOUNG_THRESHOLD = 10_000  # tracked allocations (net of frees) between young collections
+YOUNG_THRESHOLD = 10_000  # allocations of collectable objects, less frees, between young ones
 
 
 @contextlib.contextmanager
@@ -37,7 +37,9 @@ def collect_young_less_often() -> None:
     # snapshot's included (10,000 rules, 100,000 users, 1,000 groups). At 700, the
     # objects of the requests in flight (a decision for a caller in many groups makes
     # one per group) are collected young again and again, and full collections follow
-    # each other. Objects freed by reference counting never add to the count: only
-    # growth and garbage cycles do, and a few thousand more of those is little memory.
+    # each other. An object made and freed between two collections cancels out: the
+    # count grows with what is alive at once (the requests in flight) and with garbage
+    # cycles, which may now wait for up to that many allocations (the request path
+    # makes none in its common answers).
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
