@@ -231,10 +231,9 @@ def _identity(
 ) -> Identity:
     """The caller as the backend named them; the group file adds groups to any name."""
     name = result.user or user
-    groups = result.groups | users.groups_of(name)
     return Identity(
         name,
-        groups,
+        _union(result.groups, users.groups_of(name)),
         address,
         result.claims,
         result.robot,
@@ -242,6 +241,14 @@ def _identity(
         result.issuer,
         result.expires,
     )
+
+
+def _union(some: frozenset[str], more: frozenset[str]) -> frozenset[str]:
+    """`some | more`, as one of them when the other adds nothing: an htpasswd user's groups
+    stay the group file's own set, whose hash a rule set's kept merges use."""
+    if not more or more is some:
+        return some
+    return some | more if some else more
 
 
 class BackendFactory:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import heapq
 import json
 import re
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..core.addresses import IPNetwork
+from ..core.lru import Recent
 from ..http.routes import ACTIONS, Action, Operation, valid_component
 from . import claims as claim_values
 from .globs import glob_pattern, glob_regex
@@ -187,6 +188,9 @@ def first_components(rule: Rule) -> set[str]:
 
 
 K = TypeVar("K")
+# A caller in more groups with rules than this has their rules merged once, and kept.
+FEW_GROUPS = 16
+MERGES_KEPT = 32  # per rule set: a merge holds a position for each of the caller's rules
 Caller = tuple[str, str]  # ("user", name), ("group", name), ("issuer", iss), or one below
 _ANONYMOUS: Caller = ("anonymous", "")
 _EVERYONE: Caller = ("everyone", "")
@@ -227,6 +231,8 @@ class RuleSet(tuple[Rule, ...]):
     _who_untagged: dict[Caller, list[int]]  # the rules without tags
     _groups: frozenset[str]
     _reads: frozenset[str]
+    _names_users: bool
+    _merges: Recent[tuple[bool, str | None, frozenset[str], str | None], Sequence[int]]
 
     def __new__(cls, rules: Iterable[Rule]) -> RuleSet:
         self = super().__new__(cls, rules)
@@ -244,6 +250,8 @@ class RuleSet(tuple[Rule, ...]):
             | ({"claims"} if any(r.claims or r.issuers for r in self) else set())
             | ({"address"} if any(r.networks for r in self) else set())
         )  # fmt: skip
+        self._names_users = any(kind == "user" for kind, _ in self._who)
+        self._merges = Recent(MERGES_KEPT)
         return self
 
     def viewer(self, who: Identity) -> Hashable:
@@ -275,7 +283,7 @@ class RuleSet(tuple[Rule, ...]):
         """The rules, in order, that could match `who`, on any repository, tags or not."""
         return self._merged(self._for_caller(who, tagged=True))
 
-    def _merged(self, lists: list[list[int]]) -> Iterable[Rule]:
+    def _merged(self, lists: Sequence[Sequence[int]]) -> Iterable[Rule]:
         if len(lists) <= 1:
             return (self[i] for i in (lists[0] if lists else ()))
         return (self[i] for i in heapq.merge(*lists))
@@ -289,16 +297,35 @@ class RuleSet(tuple[Rule, ...]):
             keys.append("${group}")
         return [self._index[key] for key in keys if key in self._index]
 
-    def _for_caller(self, who: Identity, tagged: bool) -> list[list[int]]:
-        index = self._who if tagged else self._who_untagged
-        keys: list[Caller] = [_ANONYMOUS]
-        if not who.anonymous:
+    def _for_caller(self, who: Identity, tagged: bool) -> Sequence[Sequence[int]]:
+        if who.anonymous:
+            return self._positions([_ANONYMOUS], tagged)
+        if len(who.groups) <= FEW_GROUPS:
             # frozenset & frozenset walks the smaller: a user in 1,000 groups, few in rules
-            groups = who.groups & self._groups
-            keys = [_EVERYONE, ("user", who.user or ""), *(("group", g) for g in groups)]
-            if who.issuer is not None:
-                keys.append(("issuer", who.issuer))
+            return self._positions(_keys(who, who.groups & self._groups), tagged)
+        # Merging a list per group on every request would cost as much as the groups: the
+        # merge is kept for the next request in the same groups (the group file's set of
+        # them, its hash computed once), by the same user if rules name users.
+        user = who.user if self._names_users else None
+        key = (tagged, user, who.groups, who.issuer)
+        merged = self._merges.get(key)
+        if merged is None:
+            keys = _keys(who, who.groups & self._groups)
+            merged = tuple(heapq.merge(*self._positions(keys, tagged)))
+            self._merges.put(key, merged)
+        return [merged]
+
+    def _positions(self, keys: Iterable[Caller], tagged: bool) -> list[list[int]]:
+        index = self._who if tagged else self._who_untagged
         return [index[key] for key in keys if key in index]
+
+
+def _keys(who: Identity, groups: frozenset[str]) -> list[Caller]:
+    """The index keys of a caller with credentials, `groups` those of theirs rules name."""
+    keys = [_EVERYONE, ("user", who.user or ""), *(("group", g) for g in groups)]
+    if who.issuer is not None:
+        keys.append(("issuer", who.issuer))
+    return keys
 
 
 def _frozen(claims: Mapping[str, Any]) -> str:

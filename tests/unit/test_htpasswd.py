@@ -74,6 +74,19 @@ async def test_outcomes_and_groups(executor: RecordingExecutor) -> None:
     assert (await authn.authenticate("bob", "pw")).groups == {"team"}
 
 
+async def test_an_htpasswd_users_groups_are_the_group_files_own_set(
+    executor: RecordingExecutor,
+) -> None:
+    """Not a copy per request: the set's hash is computed once, and rule sets keep the merge
+    of a caller's rules by it (a user in 1,000 groups)."""
+    user_files = files(ALICE)
+    setup = Authenticators((htpasswd(user_files, executor), Directory()), user_files)
+    authn = Authentication(Throttle())
+    for user, password in (("alice", "secret"), ("bob", "pw")):
+        who = await authn.identify(basic(user, password), None, setup)
+        assert isinstance(who, Identity) and who.groups is user_files.groups_of(user)
+
+
 async def test_hashing_runs_off_the_event_loop(executor: RecordingExecutor) -> None:
     authn = htpasswd(files(ALICE), executor)
     await authn.authenticate("alice", "secret")

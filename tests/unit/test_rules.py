@@ -4,7 +4,9 @@ deciding rule as reading every rule in order, and of proxy.policy.acl's unreacha
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 
 from proxy.http.routes import ACTIONS, Operation, classify
 from proxy.policy import acl
+from proxy.policy import rules as rules_module
 from proxy.policy.identity import Identity
 from proxy.policy.rules import (
     Decision,
@@ -580,22 +583,30 @@ TAGS = st.one_of(st.none(), st.sampled_from(["v1", "latest", "v1.2", "dev"]))
 
 
 @settings(max_examples=150)
-@given(rule_lists(), index_callers(), REPOSITORIES, TAGS)
+@given(rule_lists(), index_callers(), REPOSITORIES, TAGS, st.sampled_from([16, 0]))
 def test_the_indexed_rule_set_finds_the_rule_the_linear_scan_finds(
-    listed: tuple[Rule, ...], who: Identity, repository: str | None, tag: str | None
+    listed: tuple[Rule, ...], who: Identity, repository: str | None, tag: str | None, few: int
 ) -> None:
+    """`few` 0: every caller with groups has their rules merged and kept, as one in more
+    groups than `FEW_GROUPS` has; asked twice, the second answer is the kept merge's."""
     expected = first_match(listed, who, repository, tag)
-    assert first_match(RuleSet(listed), who, repository, tag) is expected
+    indexed = RuleSet(listed)
+    with mock.patch.object(rules_module, "FEW_GROUPS", few):
+        for _ in range(2):
+            assert first_match(indexed, who, repository, tag) is expected
 
 
 @settings(max_examples=100)
-@given(rule_lists(), index_callers())
+@given(rule_lists(), index_callers(), st.sampled_from([16, 0]))
 def test_may_use_the_registry_is_decided_alike_indexed_or_not(
-    listed: tuple[Rule, ...], who: Identity
+    listed: tuple[Rule, ...], who: Identity, few: int
 ) -> None:
     """`decide` with no action (the ping, the catalog): valid users by their first rule,
     anonymous callers by any rule for them that grants something."""
-    assert decide(RuleSet(listed), who, None) == decide(listed, who, None)
+    indexed = RuleSet(listed)
+    with mock.patch.object(rules_module, "FEW_GROUPS", few):
+        for _ in range(2):
+            assert decide(indexed, who, None) == decide(listed, who, None)
 
 
 @settings(max_examples=100)
@@ -629,6 +640,23 @@ def test_a_caller_in_many_groups_finds_their_rule_among_ten_thousand() -> None:
     assert [r.origin for r in many.candidates(who, None)] == ["r9999"]
     assert decide(many, who, None).rule is many[9_999]
     assert decide(many, Identity("bob", frozenset({"g1"})), None).rule is None
+
+
+def test_a_caller_in_many_groups_has_their_rules_merged_once() -> None:
+    """Every group of theirs has rules: the merge is kept for the next request in the same
+    groups (by another user too, when no rule names users), not redone per request."""
+    rules = RuleSet(
+        Rule(frozenset({"pull"}), groups=frozenset({f"g{i % 1_000}"}), origin=f"r{i}")
+        for i in range(10_000)
+    )
+    groups = frozenset(f"g{i}" for i in range(1_000))
+    alice, bob = Identity("alice", groups), Identity("bob", groups)
+    with mock.patch.object(heapq, "merge", wraps=heapq.merge) as merge:
+        assert decide(rules, alice, None).rule is rules[0]
+        assert decide(rules, bob, "pull", "x").rule is rules[0]
+        assert [r.origin for r in rules.candidates(bob, None)][:3] == ["r0", "r1", "r2"]
+        assert merge.call_count == 1
+    assert len(list(rules.candidates(alice, None))) == 10_000
 
 
 @settings(max_examples=150)
