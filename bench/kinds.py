@@ -3,8 +3,10 @@ rules, and starting, reloading and checking a large deployment.
 
 - kinds: the ping, the catalog (`n=100`), the token endpoint (one repository scope), a manifest
   GET and a blob GET, each sent (wrk, one worker) by a caller matched by the first rule, one
-  in the middle, the last, and by none; the same regproxy for every kind, one per rule count,
-  up at once, rounds alternating between them. The ratio is 10,000 rules' req/s over 10's.
+  in the middle, the last, and by none, and by one in 1,000 groups the rules name (4 of them
+  at 10 rules; their own rule is the last); the same regproxy for every kind, one per rule
+  count, up at once, rounds alternating between them. The ratio is 10,000 rules' req/s over
+  10's.
 - big: 10,000 rules, 100,000 htpasswd users and 1,000 groups (each user in one, the callers in
   all): `regproxy check`, startup to the first answer, and a reload of the ACL (one rule
   more).
@@ -46,7 +48,8 @@ from bench.scale import (
     replace_file,
 )
 
-CALLERS = ("first", "middle", "last", "none")
+CALLERS = ("first", "middle", "last", "none", "grouped")
+GROUPED = 1_000  # the groups of the caller "grouped": every other group rule's, from the start
 KINDS = ("ping", "catalog", "token", "manifest", "blob")
 RULE_COUNTS = (10, 10_000)
 BIG = {"rules": 10_000, "users": 100_000, "groups": 1_000}
@@ -65,6 +68,7 @@ def acl(count: int) -> str:
     for i in range(count):
         if i in places:
             users = [places[i], *([USER] if i == 0 else [])]  # USER: to see it is ready
+            users += ["grouped"] if i == count - 1 else []
             rules.append({"users": users, "repositories": ["scale/**", "*/app07"],
                           "actions": ["pull"]})  # fmt: skip
         elif i % 2:
@@ -74,6 +78,11 @@ def acl(count: int) -> str:
             rules.append({"groups": [f"team{i:05d}"], "repositories": [f"team{i:05d}/**"],
                           "actions": ["pull", "push"]})  # fmt: skip
     return yaml.safe_dump({"acl": rules}, default_flow_style=None, sort_keys=False)
+
+
+def grouped_groups() -> str:
+    """The group file: "grouped" in the groups of the first `GROUPED` group rules of `acl`."""
+    return "".join(f"team{i:05d}: grouped\n" for i in range(2, 2 * GROUPED + 2, 2))
 
 
 def requests(registry: str) -> dict[str, tuple[str, str | None]]:
@@ -96,6 +105,8 @@ def kinds_curve(setup: Setup, plan: Plan, processes: Processes, workers: int) ->
     htpasswd = setup.workdir / "htpasswd-kinds"
     # The measured user too: a regproxy is ready once it has answered that user's GET.
     replace_file(htpasswd, setup.users.lines + "".join(storm.htpasswd_lines(passwords, 10)))
+    groups = setup.workdir / "groups-kinds"
+    replace_file(groups, grouped_groups())
     token = {"issuer": "regproxy", "service": TOKEN_SERVICE, "key": str(setup.key),
              "certificate": str(setup.cert)}  # fmt: skip
     kinds = requests(setup.registry)
@@ -110,7 +121,7 @@ def kinds_curve(setup: Setup, plan: Plan, processes: Processes, workers: int) ->
                 name = f"kinds-{'baseline' if baseline else 'now'}-{count}"
                 proxies[baseline, count] = stack.enter_context(regproxy(
                     setup, processes, name, workers, source=source, acl=str(path),
-                    htpasswd=str(htpasswd), token=token,
+                    htpasswd=str(htpasswd), groups=str(groups), token=token,
                 ))  # fmt: skip
                 points[baseline, count] = {"baseline": float(baseline), "rules": count}
         for kind in KINDS:
@@ -235,7 +246,8 @@ def tables(curves: dict[str, list[Point]]) -> list[str]:
                     low, high = point[code, lo][key], point[code, hi][key]
                     ratio = f"{high / low:.2f}x" if low else "—"
                     cells.append(f"{number(low)} / {number(high)} · {ratio}")
-                rule = "no rule" if caller == "none" else f"the {caller} rule"
+                rule = {"none": "no rule", "grouped": f"the last rule, in {GROUPED:,} groups"
+                        }.get(caller, f"the {caller} rule")  # fmt: skip
                 lines.append(f"| {kind} | {rule} | {' | '.join(cells)} |")
         lines.append("")
     if big := curves.get("big"):

@@ -15,7 +15,7 @@ import pytest
 from bench import compare, fixtures, plan, report, scale, stats, storm
 from bench.cases import Result
 from bench.processes import Usage
-from proxy.authn.credentials import parse_htpasswd
+from proxy.authn.credentials import parse_groups, parse_htpasswd
 from proxy.policy.acl import parse_acl_text
 from proxy.policy.rules import Identity, decide
 
@@ -93,6 +93,14 @@ def test_the_kinds_acl_puts_each_caller_at_its_place() -> None:
         assert decide(indexed, Identity(caller), None).rule is rules[place]
         assert decide(indexed, Identity(caller), "pull", scale.REPOSITORY).rule is rules[place]
     assert not decide(indexed, Identity("none"), "pull", scale.REPOSITORY).allowed
+    groups, problems = parse_groups(kinds.grouped_groups(), "groups")
+    grouped = Identity("grouped", frozenset(groups))
+    assert problems == () and len(groups) == kinds.GROUPED
+    assert decide(indexed, grouped, "pull", scale.REPOSITORY).rule is rules[999]
+    # At 1,000 rules it is in every group a rule names (each of its groups has rules at
+    # 10,000), and its ping is decided by the first of them.
+    assert {g for rule in rules for g in rule.groups} <= grouped.groups
+    assert decide(indexed, grouped, None).rule is rules[2]
 
 
 def test_paired_rounds_cancel_what_hit_both_sides_of_a_round() -> None:
