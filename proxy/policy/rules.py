@@ -188,9 +188,10 @@ def first_components(rule: Rule) -> set[str]:
 
 
 K = TypeVar("K")
-# A caller in more groups with rules than this has their rules merged once, and kept.
+# A caller in more groups than this has the lists of their rules kept, merged into one when
+# more than this many of those groups have rules.
 FEW_GROUPS = 16
-MERGES_KEPT = 32  # per rule set: a merge holds a position for each of the caller's rules
+MERGES_KEPT = 32  # per rule set and generation: a merge holds each of the caller's rules once
 Caller = tuple[str, str]  # ("user", name), ("group", name), ("issuer", iss), or one below
 _ANONYMOUS: Caller = ("anonymous", "")
 _EVERYONE: Caller = ("everyone", "")
@@ -232,7 +233,7 @@ class RuleSet(tuple[Rule, ...]):
     _groups: frozenset[str]
     _reads: frozenset[str]
     _names_users: bool
-    _merges: Recent[tuple[bool, str | None, frozenset[str], str | None], Sequence[int]]
+    _merges: Recent[tuple[bool, str | None, frozenset[str], str | None], Sequence[Sequence[int]]]
 
     def __new__(cls, rules: Iterable[Rule]) -> RuleSet:
         self = super().__new__(cls, rules)
@@ -303,17 +304,19 @@ class RuleSet(tuple[Rule, ...]):
         if len(who.groups) <= FEW_GROUPS:
             # frozenset & frozenset walks the smaller: a user in 1,000 groups, few in rules
             return self._positions(_keys(who, who.groups & self._groups), tagged)
-        # Merging a list per group on every request would cost as much as the groups: the
-        # merge is kept for the next request in the same groups (the group file's set of
-        # them, its hash computed once), by the same user if rules name users.
+        # Finding a list per group, and merging them, on every request would cost as much as
+        # the groups: what was found is kept for the next request in the same groups (the
+        # group file's set of them, its hash computed once), by the same user if rules name
+        # users.
         user = who.user if self._names_users else None
         key = (tagged, user, who.groups, who.issuer)
-        merged = self._merges.get(key)
-        if merged is None:
-            keys = _keys(who, who.groups & self._groups)
-            merged = tuple(heapq.merge(*self._positions(keys, tagged)))
-            self._merges.put(key, merged)
-        return [merged]
+        kept = self._merges.get(key)
+        if kept is None:
+            lists = self._positions(_keys(who, who.groups & self._groups), tagged)
+            # A rule for several of the groups is in each of their lists: once in the merge.
+            kept = lists if len(lists) <= FEW_GROUPS else [tuple(sorted(set().union(*lists)))]
+            self._merges.put(key, kept)
+        return kept
 
     def _positions(self, keys: Iterable[Caller], tagged: bool) -> list[list[int]]:
         index = self._who if tagged else self._who_untagged

@@ -4,7 +4,6 @@ deciding rule as reading every rule in order, and of proxy.policy.acl's unreacha
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
 from unittest import mock
 
@@ -651,12 +650,22 @@ def test_a_caller_in_many_groups_has_their_rules_merged_once() -> None:
     )
     groups = frozenset(f"g{i}" for i in range(1_000))
     alice, bob = Identity("alice", groups), Identity("bob", groups)
-    with mock.patch.object(heapq, "merge", wraps=heapq.merge) as merge:
+    with mock.patch.object(rules_module, "_keys", wraps=rules_module._keys) as found:
         assert decide(rules, alice, None).rule is rules[0]
         assert decide(rules, bob, "pull", "x").rule is rules[0]
         assert [r.origin for r in rules.candidates(bob, None)][:3] == ["r0", "r1", "r2"]
-        assert merge.call_count == 1
+        assert found.call_count == 1
     assert len(list(rules.candidates(alice, None))) == 10_000
+
+
+def test_a_rule_for_many_of_a_callers_groups_is_merged_in_once() -> None:
+    rules = RuleSet(
+        Rule(frozenset({"pull"}), groups=frozenset(f"g{i}" for i in range(j, j + 50)),
+             origin=f"r{j}")
+        for j in range(100)
+    )  # fmt: skip
+    who = Identity("alice", frozenset(f"g{i}" for i in range(200)))
+    assert [r.origin for r in rules.candidates(who, None)] == [f"r{j}" for j in range(100)]
 
 
 @settings(max_examples=150)
