@@ -234,6 +234,7 @@ class RuleSet(tuple[Rule, ...]):
     _reads: frozenset[str]
     _names_users: bool
     _merges: Recent[tuple[bool, str | None, frozenset[str], str | None], Sequence[Sequence[int]]]
+    _named_groups: Recent[frozenset[str], frozenset[str]]
 
     def __new__(cls, rules: Iterable[Rule]) -> RuleSet:
         self = super().__new__(cls, rules)
@@ -253,6 +254,7 @@ class RuleSet(tuple[Rule, ...]):
         )  # fmt: skip
         self._names_users = any(kind == "user" for kind, _ in self._who)
         self._merges = Recent(MERGES_KEPT)
+        self._named_groups = Recent(MERGES_KEPT)
         return self
 
     def viewer(self, who: Identity) -> Hashable:
@@ -263,7 +265,7 @@ class RuleSet(tuple[Rule, ...]):
         return (
             who.anonymous,
             who.user if "user" in reads or who.robot is not None else None,
-            who.groups if "groups" in reads else who.groups & self._groups,
+            who.groups if "groups" in reads else self._named(who.groups),
             who.address if "address" in reads else None,
             (who.issuer, _frozen(who.claims)) if "claims" in reads else None,
             who.robot,
@@ -302,8 +304,7 @@ class RuleSet(tuple[Rule, ...]):
         if who.anonymous:
             return self._positions([_ANONYMOUS], tagged)
         if len(who.groups) <= FEW_GROUPS:
-            # frozenset & frozenset walks the smaller: a user in 1,000 groups, few in rules
-            return self._positions(_keys(who, who.groups & self._groups), tagged)
+            return self._positions(_keys(who, self._named(who.groups)), tagged)
         # Finding a list per group, and merging them, on every request would cost as much as
         # the groups: what was found is kept for the next request in the same groups (the
         # group file's set of them, its hash computed once), by the same user if rules name
@@ -312,11 +313,22 @@ class RuleSet(tuple[Rule, ...]):
         key = (tagged, user, who.groups, who.issuer)
         kept = self._merges.get(key)
         if kept is None:
-            lists = self._positions(_keys(who, who.groups & self._groups), tagged)
+            lists = self._positions(_keys(who, self._named(who.groups)), tagged)
             # A rule for several of the groups is in each of their lists: once in the merge.
             kept = lists if len(lists) <= FEW_GROUPS else [tuple(sorted(set().union(*lists)))]
             self._merges.put(key, kept)
         return kept
+
+    def _named(self, groups: frozenset[str]) -> frozenset[str]:
+        """Those of `groups` that rules name; kept for a caller in many groups, whose
+        viewer (the catalog's key) would otherwise be a new set to hash on every request."""
+        if len(groups) <= FEW_GROUPS:
+            return groups & self._groups  # walks the smaller of the two
+        named = self._named_groups.get(groups)
+        if named is None:
+            named = groups & self._groups
+            self._named_groups.put(groups, named)
+        return named
 
     def _positions(self, keys: Iterable[Caller], tagged: bool) -> list[list[int]]:
         index = self._who if tagged else self._who_untagged
