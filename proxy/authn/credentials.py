@@ -8,14 +8,16 @@ import binascii
 import re
 import secrets
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import bcrypt
 
 from ..core.problems import Problem
 from ..http.routes import valid_component
+
+T = TypeVar("T")
 
 _USER_RE = re.compile(r"[^\s:#][^\s:]*")
 SLASH_PROBLEM = "'/' is not allowed (${user} or ${group} in the ACL would cross a namespace)"
@@ -178,11 +180,7 @@ class Htpasswd:
         """The most common scheme/cost in the file, to build the unknown-user dummy from."""
         if isinstance(self.users, BcryptUsers):
             return self.users.typical()
-        counts = Counter(map(_kind, self.users.values()))
-        if not counts:
-            return None
-        typical = max(counts, key=lambda k: counts[k])
-        return next(h for h in self.users.values() if _kind(h) == typical)
+        return _most_common(lambda: ((_kind(h), h) for h in self.users.values()))
 
 
 class BcryptUsers(Mapping[str, PasswordHash]):
@@ -208,11 +206,18 @@ class BcryptUsers(Mapping[str, PasswordHash]):
 
     def typical(self) -> PasswordHash | None:
         """`Htpasswd.typical_hash`, from the text: the first hash of the most common cost."""
-        counts = Counter(stored[4:6] for stored in self._hashes.values())
-        if not counts:
-            return None
-        cost = max(counts, key=lambda k: counts[k])
-        return next(PasswordHash("bcrypt", h) for h in self._hashes.values() if h[4:6] == cost)
+        stored = _most_common(lambda: ((h[4:6], h) for h in self._hashes.values()))
+        return PasswordHash("bcrypt", stored) if stored is not None else None
+
+
+def _most_common(kinds: Callable[[], Iterable[tuple[object, T]]]) -> T | None:
+    """The first value of the kind most values have (ties: the kind seen first), or None;
+    `kinds()` gives each value with its kind, in order, once to count and once to choose."""
+    counts = Counter(kind for kind, _ in kinds())
+    if not counts:
+        return None
+    typical = max(counts, key=lambda k: counts[k])
+    return next(value for kind, value in kinds() if kind == typical)
 
 
 def _kind(stored: PasswordHash) -> tuple[str, object]:
