@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from ..conf import config as config_module
+from ..conf.config import Config
 from ..conf.snapshot import preflight
 from ..core.limits import raise_open_files_limit
 from ..core.problems import ConfigError
@@ -35,10 +40,20 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # aiohttp and ssl: imported by this command only, not by every command's start
-    from ..serve.worker import become_worker_0, bind, run_worker
+    from ..serve.worker import become_worker_0, run_worker
 
+    path, flags = config_path(args), overrides(args)
+    settings = _settings(path, flags)
+    if settings is not None and settings.workers > 1:
+        # Worker 0 reads the files beside the workers it starts and says what is wrong with
+        # them as this would: reading them here first made a start two readings in a row.
+        sock = _bound(settings)
+        if sock is None:
+            return 1
+        raise_open_files_limit()  # before the workers start: they inherit it
+        become_worker_0(sock, path, flags, settings)
     try:
-        snapshot, problems = preflight(config_path(args), overrides(args))
+        snapshot, problems = preflight(path, flags)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -46,13 +61,31 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(config.log_level, config.access_log_path, config.audit_log)
     for problem in problems:
         log.warning("%s (line ignored)", problem)
-    try:
-        sock = bind(config)
-    except OSError as exc:
-        print(f"cannot listen on {config.listen}: {exc.strerror or exc}", file=sys.stderr)
+    sock = _bound(config)
+    if sock is None:
         return 1
     log.info("open files limit: %d", raise_open_files_limit())
     if config.workers == 1:
-        return run_worker(snapshot, sock, config_path(args), overrides(args))
-    become_worker_0(sock, config_path(args), overrides(args), config)
+        return run_worker(snapshot, sock, path, flags)
+    become_worker_0(sock, path, flags, config)
     return 1  # not reached: the process is worker 0 now
+
+
+def _settings(path: Path | None, flags: Mapping[str, object]) -> Config | None:
+    """The configuration's own settings, an ACL file it names not read; None when they have
+    problems (the whole preflight then names every one)."""
+    try:
+        return config_module.load(path, flags, acl_file=False)
+    except ConfigError:
+        return None
+
+
+def _bound(config: Config) -> socket.socket | None:
+    """The listening socket; None, said on stderr, when the address cannot be used."""
+    from ..serve.worker import bind
+
+    try:
+        return bind(config)
+    except OSError as exc:
+        print(f"cannot listen on {config.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return None

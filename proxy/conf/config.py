@@ -429,10 +429,12 @@ def load(
     path: Path | None,
     overrides: Mapping[str, object] | None = None,
     files: LastGood | None = None,
+    acl_file: bool = True,
 ) -> Config:
     """Build the Config from a YAML file (optional) and flag overrides (YAML keys -> values).
     `files`: how the config file and the files it names are read (at a reload, with their
-    last good versions to fall back on; by default, plainly).
+    last good versions to fall back on; by default, plainly). `acl_file` False: an ACL file
+    is named but not read (no rules), for what must be known before the files are read.
 
     Raises ConfigError listing every problem found, never just the first.
     """
@@ -453,7 +455,7 @@ def load(
             lines[key] = line
             if key == "acl":
                 rules, acl_tag_rules, acl_path = _load_acl(
-                    raw, base, (source, line), problems, files
+                    raw, base, (source, line), problems, files if acl_file else None
                 )
                 acl = (rules, acl_path)
                 continue
@@ -593,10 +595,14 @@ def _load_oidc(
 
 
 def _load_acl(
-    raw: Any, base: Path, where: tuple[str, int], problems: list[Problem], files: LastGood
+    raw: Any,
+    base: Path,
+    where: tuple[str, int],
+    problems: list[Problem],
+    files: LastGood | None,
 ) -> tuple[tuple[Rule, ...] | None, tuple[TagRule, ...], Path | None]:
     """`acl:` is a list of rules in place, the name of a file holding them (and, maybe, tag
-    rules), or null (none: the recipe's policy)."""
+    rules), or null (none: the recipe's policy). `files` None: a file is named, not read."""
     source, line = where
     if isinstance(raw, yaml.Node) and not isinstance(raw, yaml.ScalarNode):
         rules, rule_problems = parse_rules(raw, source)
@@ -609,6 +615,8 @@ def _load_acl(
         problems.append(Problem(source, line, "acl: expected a list of rules or a file name"))
         return None, (), None
     acl_path = normalised(base / name)
+    if files is None:
+        return (), (), acl_path
     try:
         rules, tag_rules = files.read("acl", acl_path, _acl_file, pure=True)
     except ConfigError as exc:

@@ -63,6 +63,7 @@ class Supervisor:
         self.mesh: list[tuple[socket.socket, socket.socket]] = []
         self.children: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
+        self.abandoned = False  # worker 0 could not start: it said why, nothing more is said
         self.started: dict[int, float] = {}  # worker index -> when it was last started
         self.backoff: dict[int, float] = {}
         self.due: dict[int, float] = {}  # worker index -> when to start it again
@@ -78,8 +79,8 @@ class Supervisor:
         self.env, self.shared = self._environment(self.runtime)
         self.mesh = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in self.waiting]
         for index in range(1, self.workers):
-            self._start(index)
-        return self._worker_spec(0)
+            self._start(index, again=False)
+        return self._worker_spec(0, again=False)
 
     def relay(self, signum: int) -> None:
         """A signal this process got: to every other worker too."""
@@ -89,6 +90,11 @@ class Supervisor:
             self.stopping = True  # no worker is started again
         for pid in self.children:
             _quietly(os.kill, pid, signum)  # one that has just exited
+
+    def abandon(self) -> None:
+        """Worker 0 cannot serve: stop the others, without a word (it said why)."""
+        self.stopping = self.abandoned = True
+        self.relay(signal.SIGTERM)
 
     def serving(self) -> None:
         """Worker 0 accepts connections."""
@@ -112,7 +118,7 @@ class Supervisor:
             for index, when in list(self.due.items()):
                 if not self.stopping and time.monotonic() >= when:
                     del self.due[index]
-                    self._start(index)
+                    self._start(index, again=True)
             await asyncio.sleep(TICK)
         return status
 
@@ -124,7 +130,8 @@ class Supervisor:
         os.close(self.ready_r)
         os.close(self.ready_w)
         _remove(self.runtime)
-        self.log.write("info", "stopped")
+        if not self.abandoned:
+            self.log.write("info", "stopped")
 
     def _environment(self, runtime: str) -> tuple[dict[str, str], dict[str, str]]:
         """The workers' environment (this one's too), and what every worker is told alike:
@@ -147,19 +154,21 @@ class Supervisor:
         """A worker's ends of the mesh: its inbox, and the others' outboxes."""
         return self.mesh[index][0], [out for i, (_, out) in enumerate(self.mesh) if i != index]
 
-    def _worker_spec(self, index: int) -> dict[str, object]:
+    def _worker_spec(self, index: int, again: bool) -> dict[str, object]:
+        """What a worker is told; `again`: it is started after the start (one had died)."""
         inbox, outboxes = self._ends(index)
         return {
             **self.spec,
             **self.shared,
             "index": index,
+            "again": again,
             "inbox_fd": inbox.fileno(),
             "outbox_fds": [o.fileno() for o in outboxes],
             "ready_fd": self.ready_w,
             "parent": os.getpid(),
         }
 
-    def _start(self, index: int) -> None:
+    def _start(self, index: int, again: bool) -> None:
         inbox, outboxes = self._ends(index)
         fds = [int(str(self.spec["listen_fd"])), inbox.fileno(), *(o.fileno() for o in outboxes)]
         fds.append(self.ready_w)
@@ -170,7 +179,7 @@ class Supervisor:
             pid = os.posix_spawn(
                 sys.executable,
                 [sys.executable, "-m", "proxy.serve.worker"],
-                {**self.env, WORKER_ENV: encode(self._worker_spec(index))},
+                {**self.env, WORKER_ENV: encode(self._worker_spec(index, again))},
                 setpgroup=0,  # a terminal's Ctrl-C reaches worker 0 only, which relays it
             )
         finally:

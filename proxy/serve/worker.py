@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import faulthandler
 import functools
+import logging
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..conf.config import Config
 from ..conf.snapshot import Snapshot, preflight
 from ..core.collector import collect_young_less_often
+from ..core.limits import raise_open_files_limit
 from ..core.problems import ConfigError
 from ..observe.logsetup import configure_logging
 from ..state.peers import Peers, Siblings
@@ -27,6 +29,8 @@ from .supervisor import WORKER_ENV, Supervisor, decode, encode
 
 if TYPE_CHECKING:
     from .server import Server
+
+log = logging.getLogger("regproxy")
 
 PR_SET_PDEATHSIG = 1  # a worker stops when worker 0 dies, whatever the cause
 HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
@@ -171,7 +175,7 @@ def main() -> int:
         return _run_supervising(supervisor, own, *loaded, spec["overrides"])
     finally:
         if loaded is None:  # this one cannot serve (whatever stopped it): neither may they
-            supervisor.relay(signal.SIGTERM)
+            supervisor.abandon()
             asyncio.run(supervisor.watch())  # before their shared files go
         supervisor.close()
 
@@ -190,13 +194,21 @@ def _preflight(spec: dict[str, Any]) -> tuple[Snapshot, socket.socket, Path | No
     """The snapshot this worker starts with, logging set up, and the listening socket; None
     (said on stderr) when the files cannot be used."""
     config_path = Path(spec["config"]) if spec["config"] is not None else None
+    index = int(spec["index"])
     try:
-        snapshot, _ = preflight(config_path, spec["overrides"])
+        snapshot, problems = preflight(config_path, spec["overrides"])
     except ConfigError as exc:
-        print(f"worker {spec['index']}: {exc}", file=sys.stderr)
+        if index == 0:  # the process `serve` started: its answer, as `check` gives it
+            print(exc, file=sys.stderr)
+        elif spec["again"]:  # at the start, worker 0 is reading the same files and says it
+            print(f"worker {index}: {exc}", file=sys.stderr)
         return None
     config = snapshot.config
     configure_logging(config.log_level, config.access_log_path, config.audit_log)
+    if index == 0:
+        for problem in problems:
+            log.warning("%s (line ignored)", problem)
+        log.info("open files limit: %d", raise_open_files_limit())  # raised by `serve`
     return snapshot, socket.socket(fileno=int(spec["listen_fd"])), config_path
 
 

@@ -82,6 +82,19 @@ def test_every_storm_has_fresh_users_one_per_client() -> None:
     assert len(everyone) == len(set(everyone))
 
 
+def test_the_big_table_has_the_start_with_a_worker_per_cpu_when_measured() -> None:
+    from bench import kinds
+
+    point = {"baseline": 0.0, "check_s": 0.91, "startup_s": 1.52, "idle_rss_mib": 61.7,
+             "applied_s": 0.94, "reload_max_ms": 31.0, "quiet_max_ms": 12.0}  # fmt: skip
+    measured = kinds.tables({"big": [point | {"startup_cpus_s": 1.83}]})
+    row = next(line for line in measured if line.startswith("| this checkout"))
+    assert row == "| this checkout | 0.91 | 1.52 | 1.83 | 62 | 0.94 | 31 (12) |"
+    assert f"startup s, {kinds.CPUS} workers" in "\n".join(measured)
+    alone = kinds.tables({"big": [point]})  # a machine of one CPU: one start only
+    assert "| this checkout | 0.91 | 1.52 | — | 62 |" in "\n".join(alone)
+
+
 def test_the_kinds_acl_puts_each_caller_at_its_place() -> None:
     from bench import kinds
     from proxy.policy.rules import RuleSet
