@@ -114,10 +114,7 @@ def _check(scheme: str, password: bytes, stored: str) -> bool:
 
 
 def _hash_like(scheme: str, password: str, sample: str) -> str:
-    """A hash of `password` with the same scheme and cost as `sample`."""
-    if scheme == "bcrypt":  # the pattern guarantees a two-digit cost of 04-31
-        salt = bcrypt.gensalt(int(sample[4:6]), prefix=b"2b")
-        return bcrypt.hashpw(password.encode(), salt).decode()
+    """A hash of `password` with the same scheme and cost as `sample` (not bcrypt)."""
     handler = _passlib(scheme)
     if scheme in ("sha256-crypt", "sha512-crypt"):
         handler = handler.using(rounds=_sha_crypt_rounds(sample))
@@ -159,14 +156,34 @@ def identify(stored: str) -> PasswordHash | None:
 DEFAULT_DUMMY_SAMPLE = PasswordHash("bcrypt", "$2y$05$" + "." * 53)
 
 
+# The standard base64 alphabet, in order, and bcrypt's.
+_TO_BCRYPT64 = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+    b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+)
+
+
 def dummy_like(sample: PasswordHash | None) -> PasswordHash:
-    """A hash of a random password with the same scheme and cost as `sample`."""
+    """A hash no password is known to match, with the same scheme and cost as `sample`."""
     # Unknown users are checked against it, so the response time does not tell which user
     # names exist.
     sample = sample or DEFAULT_DUMMY_SAMPLE
+    if sample.scheme == "bcrypt":  # the pattern guarantees a two-digit cost of 04-31
+        return PasswordHash("bcrypt", _unmatched_bcrypt(int(sample.value[4:6])))
     return PasswordHash(
         sample.scheme, _hash_like(sample.scheme, secrets.token_urlsafe(16), sample.value)
     )
+
+
+def _unmatched_bcrypt(cost: int) -> str:
+    """A bcrypt hash of `cost` with a random salt and a random digest."""
+    # A check against it hashes the password with that salt and cost, as against any hash,
+    # and finds another digest: hashing a random password instead (the same digest for
+    # nobody) cost one whole bcrypt at every start. Both parts are valid bcrypt base64 (23
+    # random bytes are 31 characters, their last bits zero): a salt that is not is refused
+    # at once, which would time unknown users apart.
+    digest = base64.b64encode(secrets.token_bytes(23))[:31].translate(_TO_BCRYPT64)
+    return (bcrypt.gensalt(cost, prefix=b"2b") + digest).decode()
 
 
 @dataclass(frozen=True)

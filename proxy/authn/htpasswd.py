@@ -29,13 +29,14 @@ class UserFiles:
         reuse: PasswordHash | None = None,
     ) -> UserFiles:
         """Built at reload, off the event loop. `reuse`: the previous dummy, kept when the
-        typical scheme and cost are the same (a slow hash is not computed again)."""
+        typical scheme and cost are the same (a slow hash, sha-crypt's, not computed again)."""
         return cls(htpasswd, groups, reuse, _memberships(groups))
 
     @functools.cached_property
     def dummy(self) -> PasswordHash:
-        """What unknown users are checked against. Made when first asked for (a slow hash):
-        by the authenticator, built off the event loop; never by `regproxy check`."""
+        """What unknown users are checked against. Made when first asked for (a slow hash,
+        but for bcrypt): by the authenticator, built off the event loop; never by `regproxy
+        check`."""
         typical = self.htpasswd.typical_hash() or DEFAULT_DUMMY_SAMPLE
         reuse = self.reuse
         if reuse is not None and (reuse.scheme, reuse.cost) == (typical.scheme, typical.cost):

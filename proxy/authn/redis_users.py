@@ -170,5 +170,5 @@ class RedisAuthenticator:
 
 
 def make_dummy() -> PasswordHash:
-    """The hash unknown Redis users are checked against (slow: built at reload)."""
+    """The hash unknown Redis users are checked against."""
     return dummy_like(DUMMY_SAMPLE)

@@ -2,7 +2,7 @@
 
 `load_snapshot` reads and parses every file (config, ACL, htpasswd, groups, robots, grants,
 the server's secret, token key, TLS pair). It does blocking I/O and slow work (parsing a large
-htpasswd file, a dummy bcrypt hash, loading certificates), so a running server calls it in a
+htpasswd file, loading certificates), so a running server calls it in a
 worker thread (`proxy.conf.reload`); the CLI calls it directly.
 
 At startup any problem in any file is fatal. At a reload one broken file costs only that file:

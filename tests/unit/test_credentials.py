@@ -357,6 +357,22 @@ def test_dummy_like_bcrypt_cost_10() -> None:
     assert dummy.verify(b"pw") is False
 
 
+@pytest.mark.parametrize("cost", [4, 5, 10])
+def test_a_bcrypt_dummy_is_checked_as_a_real_hash_is(cost: int) -> None:
+    """bcrypt takes its salt and digest (a salt it cannot read is refused at once, which
+    would answer unknown users sooner), and hashes a password with them at the sample's
+    cost, to another digest."""
+    dummy = dummy_like(identify(_bcrypt(cost))).value.encode()
+    assert dummy.startswith(b"$2b$%02d$" % cost) and len(dummy) == 60
+    salted = bcrypt.hashpw(b"pw", dummy[:29])
+    assert salted[:29] == dummy[:29] and salted != dummy
+    assert bcrypt.checkpw(b"pw", dummy) is False  # no ValueError: both parts were read
+    assert bcrypt.checkpw(b"pw", salted) is True
+    with pytest.raises(ValueError, match="Invalid salt"):
+        bcrypt.checkpw(b"pw", dummy[:28] + b"z" + dummy[29:])  # what such a refusal looks like
+    assert dummy_like(identify(_bcrypt(cost))).value.encode()[7:] != dummy[7:]
+
+
 def test_dummy_like_none_is_bcrypt() -> None:
     dummy = dummy_like(None)
     assert dummy.scheme == "bcrypt"
