@@ -705,6 +705,44 @@ def test_serve_and_check_report_the_same_problems(
     assert len(check) == 4, check
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_says_the_files_problems_before_the_address(
+    tmp_path: Path, tls: TlsPair, workers: str
+) -> None:
+    """An address in use and a broken ACL: the ACL's problem, as one worker and `check`
+    say it; the files good, the address's."""
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000", extra="acl: acl.yaml\n")
+    (tmp_path / "acl.yaml").write_text("acl:\n  - actions: [fly]\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        flags = ("-c", str(config), "--workers", workers, "--listen", f"127.0.0.1:{port}")
+        broken = regproxy("serve", *flags, cwd=tmp_path)
+        (tmp_path / "acl.yaml").write_text("acl:\n  - actions: [pull]\n")
+        refused = regproxy("serve", *flags, cwd=tmp_path)
+    assert broken.returncode == 1 and refused.returncode == 1
+    assert (
+        broken.stderr == f"{tmp_path / 'acl.yaml'}:2: actions: unknown action(s) ['fly']: "
+        "use pull, push, delete or '*'\n"
+    )
+    assert refused.stderr.endswith(f"cannot listen on 127.0.0.1:{port}: Address already in use\n")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_log_file_that_refuses_to_open_is_said_once(
+    tmp_path: Path, tls: TlsPair, workers: str
+) -> None:
+    """An audit log in /proc: refused by the check (as a user) or when opened (as root, whom
+    the check lets write anywhere); either way one line naming it, by `serve` or worker 0."""
+    audit = "/proc/regproxy-audit.log"
+    config = write_setup(tmp_path, tls, "http://127.0.0.1:5000", extra=f"audit_log: {audit}\n")
+    served = regproxy("serve", "-c", str(config), "--workers", workers, cwd=tmp_path)
+    assert served.returncode == 1, served.stderr
+    assert served.stderr.startswith(f"{audit}: audit_log: cannot append: "), served.stderr
+    assert served.stderr.count("\n") == 1 and "Traceback" not in served.stderr
+
+
 def test_tls_errors_name_the_certificate_the_key_or_the_pair(tmp_path: Path, tls: TlsPair) -> None:
     config = write_setup(tmp_path, tls, "http://127.0.0.1:5000")
     cert, key = tmp_path / "server.crt", tmp_path / "server.key"

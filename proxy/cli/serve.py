@@ -47,18 +47,19 @@ def run(args: argparse.Namespace) -> int:
     if settings is not None and settings.workers > 1:
         # Worker 0 reads the files beside the workers it starts and says what is wrong with
         # them as this would: reading them here first made a start two readings in a row.
-        sock = _bound(settings)
-        if sock is None:
-            return 1
-        raise_open_files_limit()  # before the workers start: they inherit it
-        become_worker_0(sock, path, flags, settings)
+        sock = _bound(settings, quietly=True)
+        if sock is not None:
+            raise_open_files_limit()  # before the workers start: they inherit it
+            become_worker_0(sock, path, flags, settings)
+    # One worker, or settings or an address that cannot be used: every problem of the files
+    # first, as `check` and one worker say them, then the address's.
     try:
         snapshot, problems = preflight(path, flags)
+        config = snapshot.config
+        configure_logging(config.log_level, config.access_log_path, config.audit_log)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    config = snapshot.config
-    configure_logging(config.log_level, config.access_log_path, config.audit_log)
     for problem in problems:
         log.warning("%s (line ignored)", problem)
     sock = _bound(config)
@@ -72,20 +73,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _settings(path: Path | None, flags: Mapping[str, object]) -> Config | None:
-    """The configuration's own settings, an ACL file it names not read; None when they have
+    """The configuration's own settings, the ACL's rules not read; None when they have
     problems (the whole preflight then names every one)."""
     try:
-        return config_module.load(path, flags, acl_file=False)
+        return config_module.load(path, flags, read_rules=False)
     except ConfigError:
         return None
 
 
-def _bound(config: Config) -> socket.socket | None:
-    """The listening socket; None, said on stderr, when the address cannot be used."""
+def _bound(config: Config, quietly: bool = False) -> socket.socket | None:
+    """The listening socket; None when the address cannot be used (said on stderr, unless
+    `quietly`)."""
     from ..serve.worker import bind
 
     try:
         return bind(config)
     except OSError as exc:
-        print(f"cannot listen on {config.listen}: {exc.strerror or exc}", file=sys.stderr)
+        if not quietly:
+            print(f"cannot listen on {config.listen}: {exc.strerror or exc}", file=sys.stderr)
         return None

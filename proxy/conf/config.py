@@ -429,12 +429,12 @@ def load(
     path: Path | None,
     overrides: Mapping[str, object] | None = None,
     files: LastGood | None = None,
-    acl_file: bool = True,
+    read_rules: bool = True,
 ) -> Config:
     """Build the Config from a YAML file (optional) and flag overrides (YAML keys -> values).
     `files`: how the config file and the files it names are read (at a reload, with their
-    last good versions to fall back on; by default, plainly). `acl_file` False: an ACL file
-    is named but not read (no rules), for what must be known before the files are read.
+    last good versions to fall back on; by default, plainly). `read_rules` False: the ACL's
+    rules, in place or in a file, are not read (none), for what must be known before.
 
     Raises ConfigError listing every problem found, never just the first.
     """
@@ -455,7 +455,7 @@ def load(
             lines[key] = line
             if key == "acl":
                 rules, acl_tag_rules, acl_path = _load_acl(
-                    raw, base, (source, line), problems, files if acl_file else None
+                    raw, base, (source, line), problems, files if read_rules else None
                 )
                 acl = (rules, acl_path)
                 continue
@@ -602,9 +602,11 @@ def _load_acl(
     files: LastGood | None,
 ) -> tuple[tuple[Rule, ...] | None, tuple[TagRule, ...], Path | None]:
     """`acl:` is a list of rules in place, the name of a file holding them (and, maybe, tag
-    rules), or null (none: the recipe's policy). `files` None: a file is named, not read."""
+    rules), or null (none: the recipe's policy). `files` None: the rules are not read."""
     source, line = where
     if isinstance(raw, yaml.Node) and not isinstance(raw, yaml.ScalarNode):
+        if files is None:
+            return (), (), None
         rules, rule_problems = parse_rules(raw, source)
         problems.extend(rule_problems)
         return rules, (), None

@@ -3,11 +3,14 @@ their file; SIGUSR1 reopens the files. No HTTP stack: `serve` configures it befo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+from ..core.problems import ConfigError, Problem
 from .audit import audit_log
 
 log = logging.getLogger("regproxy")
@@ -55,18 +58,31 @@ SINK = Sink()
 def configure_logging(
     level: str, access_log_path: Path | None, audit_log_path: Path | None = None
 ) -> None:
+    """Diagnostics at `level` on stderr, the log files opened; ConfigError naming one that
+    cannot be (the preflight's check passed, but the file refuses: in /proc, a full disk)."""
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    SINK.open(access_log_path)
+    with _opening("access_log.path", access_log_path):
+        SINK.open(access_log_path)
     audit_log.setLevel(logging.INFO)
     if audit_log_path is not None:
-        handler = logging.FileHandler(audit_log_path)
+        with _opening("audit_log", audit_log_path):
+            handler = logging.FileHandler(audit_log_path)
         handler.setFormatter(logging.Formatter("%(message)s"))
         audit_log.addHandler(handler)
         audit_log.propagate = False
+
+
+@contextlib.contextmanager
+def _opening(key: str, path: Path | None) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        problem = Problem(str(path), 0, f"{key}: cannot append: {exc.strerror or exc}")
+        raise ConfigError([problem]) from None
 
 
 def reopen_logs() -> None:

@@ -80,7 +80,7 @@ class Supervisor:
         self.mesh = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in self.waiting]
         for index in range(1, self.workers):
             self._start(index, again=False)
-        return self._worker_spec(0, again=False)
+        return self._worker_spec(0)
 
     def relay(self, signum: int) -> None:
         """A signal this process got: to every other worker too."""
@@ -92,7 +92,8 @@ class Supervisor:
             _quietly(os.kill, pid, signum)  # one that has just exited
 
     def abandon(self) -> None:
-        """Worker 0 cannot serve: stop the others, without a word (it said why)."""
+        """Worker 0 cannot serve: stop the others, and say no more (why is said already, by
+        worker 0 or by the exception that stopped it)."""
         self.stopping = self.abandoned = True
         self.relay(signal.SIGTERM)
 
@@ -154,14 +155,12 @@ class Supervisor:
         """A worker's ends of the mesh: its inbox, and the others' outboxes."""
         return self.mesh[index][0], [out for i, (_, out) in enumerate(self.mesh) if i != index]
 
-    def _worker_spec(self, index: int, again: bool) -> dict[str, object]:
-        """What a worker is told; `again`: it is started after the start (one had died)."""
+    def _worker_spec(self, index: int) -> dict[str, object]:
         inbox, outboxes = self._ends(index)
         return {
             **self.spec,
             **self.shared,
             "index": index,
-            "again": again,
             "inbox_fd": inbox.fileno(),
             "outbox_fds": [o.fileno() for o in outboxes],
             "ready_fd": self.ready_w,
@@ -169,6 +168,7 @@ class Supervisor:
         }
 
     def _start(self, index: int, again: bool) -> None:
+        """Start worker `index`; `again`: after the start (it had died, or could not start)."""
         inbox, outboxes = self._ends(index)
         fds = [int(str(self.spec["listen_fd"])), inbox.fileno(), *(o.fileno() for o in outboxes)]
         fds.append(self.ready_w)
@@ -179,7 +179,7 @@ class Supervisor:
             pid = os.posix_spawn(
                 sys.executable,
                 [sys.executable, "-m", "proxy.serve.worker"],
-                {**self.env, WORKER_ENV: encode(self._worker_spec(index, again))},
+                {**self.env, WORKER_ENV: encode({**self._worker_spec(index), "again": again})},
                 setpgroup=0,  # a terminal's Ctrl-C reaches worker 0 only, which relays it
             )
         finally:

@@ -197,14 +197,17 @@ def _preflight(spec: dict[str, Any]) -> tuple[Snapshot, socket.socket, Path | No
     index = int(spec["index"])
     try:
         snapshot, problems = preflight(config_path, spec["overrides"])
+        config = snapshot.config
+        configure_logging(config.log_level, config.access_log_path, config.audit_log)
     except ConfigError as exc:
         if index == 0:  # the process `serve` started: its answer, as `check` gives it
             print(exc, file=sys.stderr)
-        elif spec["again"]:  # at the start, worker 0 is reading the same files and says it
+        elif spec["again"]:
+            # Not at the start: worker 0 is reading the same files then and says what is
+            # wrong. Should it find them good (an edit between the readings), this worker is
+            # started again, and that start says it.
             print(f"worker {index}: {exc}", file=sys.stderr)
         return None
-    config = snapshot.config
-    configure_logging(config.log_level, config.access_log_path, config.audit_log)
     if index == 0:
         for problem in problems:
             log.warning("%s (line ignored)", problem)

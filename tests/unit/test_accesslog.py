@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given
@@ -118,3 +119,25 @@ def test_json_lines_are_ascii_json_with_the_values_written(
         record[key].encode("utf-8")  # valid Unicode: no lone surrogate for a strict reader
         if value == json_text(value):  # valid UTF-8 comes back exactly
             assert record[key] == value
+
+
+@pytest.mark.parametrize("key", ["access_log.path", "audit_log"])
+def test_a_log_file_that_cannot_be_opened_is_a_problem_naming_it(key: str, tmp_path: Path) -> None:
+    """The preflight checks the log files can be appended to, but one may still refuse (in
+    /proc, whatever the user): a problem naming the file and the key, not a traceback."""
+    from proxy.core.problems import ConfigError
+    from proxy.observe.audit import audit_log
+    from proxy.observe.logsetup import SINK, configure_logging
+
+    path = Path("/proc/regproxy-cannot-be-here.log")
+    handlers = list(audit_log.handlers)
+    paths = (path, None) if key == "access_log.path" else (tmp_path / "access.log", path)
+    try:
+        with pytest.raises(ConfigError) as raised:
+            configure_logging("info", *paths)
+    finally:
+        SINK.close()
+    [problem] = raised.value.problems
+    assert (problem.source, problem.line) == (str(path), 0)
+    assert problem.message.startswith(f"{key}: cannot append: ")
+    assert audit_log.handlers == handlers

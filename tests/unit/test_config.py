@@ -286,18 +286,24 @@ def test_every_flag_key_is_a_config_key(
     assert getattr(Config(), attribute) != expected
 
 
-def test_the_settings_alone_name_the_acl_file_without_reading_it(tmp_path: Path) -> None:
-    """What `serve` reads before it binds and starts its workers: every setting, the ACL
-    file only named (a broken one, or none there, is the workers' to find and say)."""
+def test_the_settings_alone_leave_the_rules_unread(tmp_path: Path) -> None:
+    """What `serve` reads before it binds and starts its workers: every setting, the ACL's
+    rules not read, in a file or in place (a broken one, or none there, is the workers' to
+    find and say)."""
     settings = write(tmp_path, "workers: 3\nacl: acl.yaml\nlisten: 127.0.0.1:6000\n")
     with pytest.raises(ConfigError, match=r"acl\.yaml: cannot read: No such file"):
         load(settings)
-    alone = load(settings, acl_file=False)
+    alone = load(settings, read_rules=False)
     assert (alone.workers, alone.acl, alone.acl_file) == (3, (), tmp_path / "acl.yaml")
     assert str(alone.listen) == "127.0.0.1:6000"
+    in_place = write(tmp_path, "workers: 2\nacl:\n  - actions: [fly]\n", name="in-place.yaml")
+    with pytest.raises(ConfigError, match="unknown action"):
+        load(in_place)
+    unread = load(in_place, read_rules=False)
+    assert (unread.acl, unread.acl_file, unread.workers) == ((), None, 2)
     broken = write(tmp_path, "acl: acl.yaml\npush_group: p\n", name="broken.yaml")
     with pytest.raises(ConfigError, match="push_group has no effect with an acl"):
-        load(broken, acl_file=False)  # the settings' own problems are still found
+        load(broken, read_rules=False)  # the settings' own problems are still found
 
 
 @pytest.mark.parametrize(
