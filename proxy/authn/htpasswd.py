@@ -29,7 +29,8 @@ class UserFiles:
         reuse: PasswordHash | None = None,
     ) -> UserFiles:
         """Built at reload, off the event loop. `reuse`: the previous dummy, kept when the
-        typical scheme and cost are the same (a slow hash, sha-crypt's, not computed again)."""
+        typical scheme and cost are the same (a scheme's decoy that is a slow hash, sha-crypt's,
+        is not made again)."""
         return cls(htpasswd, groups, reuse, _memberships(groups))
 
     @functools.cached_property

@@ -321,6 +321,10 @@ def test_problem_str(problem: Problem, text: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+BCRYPT64 = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+STANDARD64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
 def _bcrypt(cost: int, password: bytes = b"pw") -> str:
     return "$2y$" + bcrypt.hashpw(password, bcrypt.gensalt(cost)).decode()[4:]
 
@@ -358,19 +362,31 @@ def test_dummy_like_bcrypt_cost_10() -> None:
 
 
 @pytest.mark.parametrize("cost", [4, 5, 10])
-def test_a_bcrypt_dummy_is_checked_as_a_real_hash_is(cost: int) -> None:
-    """bcrypt takes its salt and digest (a salt it cannot read is refused at once, which
-    would answer unknown users sooner), and hashes a password with them at the sample's
-    cost, to another digest."""
-    dummy = dummy_like(identify(_bcrypt(cost))).value.encode()
+def test_a_bcrypt_dummy_is_checked_as_a_real_hash_is(
+    cost: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bcrypt reads its salt (one it cannot read is refused at once, which would answer
+    unknown users sooner) and hashes a password with it at the sample's cost, to another
+    digest; the digest is 23 bytes of bcrypt base64, as a real one. Made without hashing."""
+
+    def no_hashing(password: bytes, salt: bytes) -> bytes:
+        raise AssertionError("a decoy is not the hash of a password")
+
+    sample = identify(_bcrypt(cost))
+    with monkeypatch.context() as patched:
+        patched.setattr(bcrypt, "hashpw", no_hashing)
+        dummy, again = (dummy_like(sample).value.encode() for _ in range(2))
     assert dummy.startswith(b"$2b$%02d$" % cost) and len(dummy) == 60
     salted = bcrypt.hashpw(b"pw", dummy[:29])
     assert salted[:29] == dummy[:29] and salted != dummy
-    assert bcrypt.checkpw(b"pw", dummy) is False  # no ValueError: both parts were read
+    assert bcrypt.checkpw(b"pw", dummy) is False  # no ValueError: the salt was read
     assert bcrypt.checkpw(b"pw", salted) is True
     with pytest.raises(ValueError, match="Invalid salt"):
         bcrypt.checkpw(b"pw", dummy[:28] + b"z" + dummy[29:])  # what such a refusal looks like
-    assert dummy_like(identify(_bcrypt(cost))).value.encode()[7:] != dummy[7:]
+    standard = dummy[29:].translate(bytes.maketrans(BCRYPT64, STANDARD64)) + b"="
+    assert len(base64.b64decode(standard, validate=True)) == 23
+    assert base64.b64encode(base64.b64decode(standard)) == standard  # its last bits are zero
+    assert again[7:29] != dummy[7:29] and again[29:] != dummy[29:]
 
 
 def test_dummy_like_none_is_bcrypt() -> None:

@@ -184,7 +184,7 @@ async def test_concurrent_identical_checks_share_one_hash(executor: RecordingExe
 def test_reload_keeps_the_dummy_when_scheme_and_cost_stay() -> None:
     first = files(ALICE)
     again = UserFiles.build(first.htpasswd, first.groups, first.dummy)
-    assert again.dummy is first.dummy  # no slow hash on the event loop at reload
+    assert again.dummy is first.dummy  # for schemes whose decoy is a slow hash: not made again
     cheaper = parse_htpasswd(f"carol:{hash_password('x', cost=4)}\n", "htpasswd")
     changed = UserFiles.build(cheaper, {}, first.dummy)
     assert changed.dummy.cost == 4 and changed.dummy is not first.dummy
