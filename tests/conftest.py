@@ -305,7 +305,8 @@ async def serving(
     """`regproxy ARGS` as a subprocess in `directory` (access log to access.log, diagnostics
     to regproxy.err), from its "listening on" line until the block ends. `open_files`: its
     open-files limit (soft and hard, or both alike), as a service manager would set it; `env`:
-    variables to add to its environment."""
+    variables to add to its environment. Its workers' shared files go in `directory` too
+    (TMPDIR): a test that kills worker 0 leaves them behind."""
     stdout, stderr = directory / "access.log", directory / "regproxy.err"
 
     def limit() -> None:
@@ -316,7 +317,8 @@ async def serving(
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", *args,
-            cwd=directory, env={**ENV, **(env or {})}, stdout=out, stderr=err,
+            cwd=directory, env={**ENV, "TMPDIR": str(directory), **(env or {})}, stdout=out,
+            stderr=err,
             start_new_session=True,
             preexec_fn=limit,
         )  # fmt: skip
