@@ -8,8 +8,8 @@ rules, and starting, reloading and checking a large deployment.
   count, up at once, rounds alternating between them. The ratio is 10,000 rules' req/s over
   10's.
 - big: 10,000 rules, 100,000 htpasswd users and 1,000 groups (each user in one, the callers in
-  all): `regproxy check`, startup to the first answer, and a reload of the ACL (one rule
-  more).
+  all): `regproxy check`, startup to the first answer (also with one worker per CPU), and a
+  reload of the ACL (one rule more).
 
 With `--baseline DIR`, each regproxy is also run from the checkout at DIR (another commit),
 in the same run, so a change is measured against what it changes under the same load.
