@@ -218,3 +218,25 @@ def test_mount_across_upstreams_is_dropped() -> None:
     operation = op("POST", "/v2/team-a/app/blobs/uploads/", f"mount={DIGEST}&from=library/x")
     verdict = authorize(rules, who, operation)
     assert verdict.allowed and verdict.drop_mount
+
+
+def test_rules_keep_texts_of_their_own_not_the_yaml_trees() -> None:
+    """A rule's names and globs are copies: the text a node holds shares memory with the node
+    tree, and kept, would keep the freed tree's memory resident (one text per block)."""
+    import yaml
+
+    from proxy.core.problems import compose_yaml, construct
+
+    text = 'acl:\n  - {users: [alice], repositories: ["apps/**", "x\\ud800y"], actions: [pull]}\n'
+    node = compose_yaml(text, "acl.yaml")
+    assert isinstance(node, yaml.MappingNode)
+    [rule_node] = node.value[0][1].value
+    values = {k.value: v for k, v in rule_node.value}
+    kept = construct(values["repositories"])
+    assert kept == ["apps/**", "x\ud800y"]  # a lone surrogate too, as YAML escapes it
+    assert all(
+        mine is not theirs
+        for mine, theirs in zip(kept, (n.value for n in values["repositories"].value), strict=True)
+    )
+    user = values["users"].value[0]
+    assert construct(user) == "alice" and construct(user) is not user.value
