@@ -194,9 +194,16 @@ def construct(node: yaml.Node) -> Any:
             return items
     try:
         # A constructor alone, not a whole loader: a file's every value is constructed apart.
-        return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+        return _OwnTexts().construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError) as exc:
         raise ValueError(f"cannot read value: {getattr(exc, 'problem', None) or exc}") from None
+
+
+class _OwnTexts(yaml.constructor.SafeConstructor):
+    """The safe constructor, every text (a mapping's keys too) a copy: see `_own`."""
+
+    def construct_scalar(self, node: yaml.ScalarNode | yaml.MappingNode) -> str:
+        return _own(super().construct_scalar(node))
 
 
 def _own(text: str) -> str:

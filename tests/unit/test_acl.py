@@ -240,3 +240,10 @@ def test_rules_keep_texts_of_their_own_not_the_yaml_trees() -> None:
     )
     user = values["users"].value[0]
     assert construct(user) == "alice" and construct(user) is not user.value
+    claims = compose_yaml("{project: apps/web, ref: [main, rel-1]}\n", "acl.yaml")
+    assert isinstance(claims, yaml.MappingNode)
+    constructed = construct(claims)  # a mapping: the safe constructor's way, copies too
+    assert constructed == {"project": "apps/web", "ref": ["main", "rel-1"]}
+    texts = [*constructed, constructed["project"], *constructed["ref"]]
+    nodes = [claims.value[0][0], claims.value[1][0], claims.value[0][1], *claims.value[1][1].value]
+    assert all(mine is not node.value for mine, node in zip(texts, nodes, strict=True))
