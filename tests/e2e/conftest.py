@@ -100,7 +100,9 @@ def start_regproxy(
         [sys.executable, "-m", "proxy", "serve", "-c", str(config)],
         directory / "regproxy.out",
         directory / "regproxy.err",
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # Its workers' shared files in its own directory: a replica killed outright
+        # leaves them behind.
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(directory)},
         cwd=directory,
     )
     try:
