@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -70,6 +70,14 @@ class Recent(Generic[K, V]):
                 return default
             self.put(key, value)  # type: ignore[arg-type]
         return value  # type: ignore[return-value]
+
+    def kept(self, key: K, make: Callable[[], V]) -> V:
+        """The value kept for `key`; else `make()`'s, kept from now on (never None)."""
+        value = self.get(key)
+        if value is None:
+            value = make()
+            self.put(key, value)
+        return value
 
     def put(self, key: K, value: V) -> None:
         if len(self._new) >= self.size and key not in self._new:

@@ -327,10 +327,7 @@ class Replay(Tally):
         self, moment: float, client: str, user: str | None, method: str, target: str,
         status: int, line: int,
     ) -> None:  # fmt: skip
-        classified = self._operations.get((method, target))
-        if classified is None:
-            classified = self._classify(method, target)
-            self._operations.put((method, target), classified)
+        classified = self._operations.kept((method, target), lambda: self._classify(method, target))
         self.requests += 1
         if moment < self.first_seen:
             self.first_seen = moment
@@ -350,11 +347,12 @@ class Replay(Tally):
             key += (client,)
         if self._grants:
             key += (self.before.epoch(moment), self.after.epoch(moment))
-        effect = self._effects.get(key)
-        if effect is None:
-            address = _address(client) if self._networks else None
-            effect = self._effect(user, address, operation, moment, line)
-            self._effects.put(key, effect)
+        effect = self._effects.kept(
+            key,
+            lambda: self._effect(
+                user, _address(client) if self._networks else None, operation, moment, line
+            ),
+        )
         if effect.unresolved:
             self.undecided["unresolved"].add(self.source, line)
             self.unresolved(user or "-")

@@ -310,25 +310,21 @@ class RuleSet(tuple[Rule, ...]):
         # group file's set of them, its hash computed once), by the same user if rules name
         # users.
         user = who.user if self._names_users else None
-        key = (tagged, user, who.groups, who.issuer)
-        kept = self._merges.get(key)
-        if kept is None:
-            lists = self._positions(_keys(who, self._named(who.groups)), tagged)
-            # A rule for several of the groups is in each of their lists: once in the merge.
-            kept = lists if len(lists) <= FEW_GROUPS else [tuple(sorted(set().union(*lists)))]
-            self._merges.put(key, kept)
-        return kept
+        return self._merges.kept(
+            (tagged, user, who.groups, who.issuer), lambda: self._merge(who, tagged)
+        )
+
+    def _merge(self, who: Identity, tagged: bool) -> Sequence[Sequence[int]]:
+        lists = self._positions(_keys(who, self._named(who.groups)), tagged)
+        # A rule for several of the groups is in each of their lists: once in the merge.
+        return lists if len(lists) <= FEW_GROUPS else [tuple(sorted(set().union(*lists)))]
 
     def _named(self, groups: frozenset[str]) -> frozenset[str]:
         """Those of `groups` that rules name; kept for a caller in many groups, whose
         viewer (the catalog's key) would otherwise be a new set to hash on every request."""
         if len(groups) <= FEW_GROUPS:
             return groups & self._groups  # walks the smaller of the two
-        named = self._named_groups.get(groups)
-        if named is None:
-            named = groups & self._groups
-            self._named_groups.put(groups, named)
-        return named
+        return self._named_groups.kept(groups, lambda: groups & self._groups)
 
     def _positions(self, keys: Iterable[Caller], tagged: bool) -> list[list[int]]:
         index = self._who if tagged else self._who_untagged

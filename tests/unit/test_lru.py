@@ -68,3 +68,18 @@ def test_recent_keeps_what_was_used_since_the_last_size_puts_and_hits(
                 fills.append(len(touched))
                 touched.append(key)
         assert len(recent) <= 2 * size
+
+
+def test_recent_kept_makes_a_value_once_while_it_is_kept() -> None:
+    recent: Recent[str, list[str]] = Recent(2)
+    made: list[str] = []
+
+    def make(key: str) -> list[str]:
+        made.append(key)
+        return [key]
+
+    first = recent.kept("a", lambda: make("a"))
+    assert recent.kept("a", lambda: make("a")) is first and made == ["a"]
+    for key in "bcde":  # two generations' worth of other keys: "a" is dropped
+        recent.kept(key, lambda key=key: make(key))
+    assert recent.kept("a", lambda: make("a")) == ["a"] and made == [*"abcde", "a"]
