@@ -12,10 +12,8 @@ from typing import Any
 
 from ..conf import config as config_module
 from ..conf.config import Config
-from ..conf.snapshot import preflight
 from ..core.limits import raise_open_files_limit
 from ..core.problems import ConfigError
-from ..observe.logsetup import configure_logging
 from .parser import add_serve_flags, command, config_path, overrides
 
 log = logging.getLogger("regproxy")
@@ -40,7 +38,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # aiohttp and ssl: imported by this command only, not by every command's start
-    from ..serve.worker import become_worker_0, run_worker
+    from ..serve.worker import become_worker_0, preflight_logged, run_worker
 
     path, flags = config_path(args), overrides(args)
     settings = _settings(path, flags)
@@ -54,12 +52,11 @@ def run(args: argparse.Namespace) -> int:
     # One worker, or settings or an address that cannot be used: every problem of the files
     # first, as `check` and one worker say them, then the address's.
     try:
-        snapshot, problems = preflight(path, flags)
-        config = snapshot.config
-        configure_logging(config.log_level, config.access_log_path, config.audit_log)
+        snapshot, problems = preflight_logged(path, flags)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    config = snapshot.config
     for problem in problems:
         log.warning("%s (line ignored)", problem)
     sock = _bound(config)

@@ -22,7 +22,7 @@ from ..conf.config import Config
 from ..conf.snapshot import Snapshot, preflight
 from ..core.collector import collect_young_less_often
 from ..core.limits import raise_open_files_limit
-from ..core.problems import ConfigError
+from ..core.problems import ConfigError, Problem
 from ..observe.logsetup import configure_logging
 from ..state.peers import Peers, Siblings
 from .supervisor import WORKER_ENV, Supervisor, decode, encode
@@ -196,9 +196,7 @@ def _preflight(spec: dict[str, Any]) -> tuple[Snapshot, socket.socket, Path | No
     config_path = Path(spec["config"]) if spec["config"] is not None else None
     index = int(spec["index"])
     try:
-        snapshot, problems = preflight(config_path, spec["overrides"])
-        config = snapshot.config
-        configure_logging(config.log_level, config.access_log_path, config.audit_log)
+        snapshot, problems = preflight_logged(config_path, spec["overrides"])
     except ConfigError as exc:
         if index == 0:  # the process `serve` started: its answer, as `check` gives it
             print(exc, file=sys.stderr)
@@ -213,6 +211,17 @@ def _preflight(spec: dict[str, Any]) -> tuple[Snapshot, socket.socket, Path | No
             log.warning("%s (line ignored)", problem)
         log.info("open files limit: %d", raise_open_files_limit())  # raised by `serve`
     return snapshot, socket.socket(fileno=int(spec["listen_fd"])), config_path
+
+
+def preflight_logged(
+    config_path: Path | None, overrides: Mapping[str, object]
+) -> tuple[Snapshot, list[Problem]]:
+    """`preflight`, then logging set up as the files say: what a process that serves reads
+    first. ConfigError when a file, a log file included, cannot be used."""
+    snapshot, problems = preflight(config_path, overrides)
+    config = snapshot.config
+    configure_logging(config.log_level, config.access_log_path, config.audit_log)
+    return snapshot, problems
 
 
 def _siblings(spec: dict[str, Any], dup: bool = False) -> Siblings:
