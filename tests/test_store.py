@@ -104,6 +104,20 @@ def test_other_events_reach_every_subscriber(pair: tuple[Worker, Worker]) -> Non
     assert a.seen == []  # a process does not hear itself
 
 
+def test_a_count_is_told_as_it_is_made(pair: tuple[Worker, Worker]) -> None:
+    """No loop turn between one worker counting and the other knowing: none runs here."""
+    a, b = pair
+    a.store.count("u:alice:manifest_pulls", 2000, 1)
+    b.store.count("u:alice:manifest_pulls", 2000, 1)
+    a.store.count("u:alice:manifest_pulls", 2000, -1)  # given back
+    a.store.count("u:alice:manifest_pulls", 2000, 0)  # nothing: nothing to tell
+    assert (a.store.used("u:alice:manifest_pulls", 2000), b.store.deliver()) == (0, 2)
+    a.store.sync()
+    assert a.store.used("u:alice:manifest_pulls", 2000) == 1
+    assert b.store.used("u:alice:manifest_pulls", 2000) == 1
+    assert b.store.used("u:alice:manifest_pulls", 3000) == 0  # another window
+
+
 def test_a_store_without_peers_is_alone() -> None:
     store = LocalStore()
     store.publish(BlobGone("k"))

@@ -63,13 +63,18 @@ class Tally:
         entry = self._entry(key, expires)
         return entry.seen + entry.sending + entry.pending
 
+    def known(self, key: str, expires: int) -> int:
+        """The estimated total, asked without refreshing it (a tally that never syncs)."""
+        entry = self._entries.get((key, expires))
+        return 0 if entry is None else entry.seen + entry.sending + entry.pending
+
     def add(self, key: str, expires: int, amount: int) -> None:
         """Count `amount` (negative: give back) here, to be sent at the next sync."""
         self._entry(key, expires).pending += amount
 
     def heard(self, key: str, expires: int, amount: int) -> None:
-        """Another process of this machine counted `amount` (told directly, not through a
-        shared total)."""
+        """`amount` counted and known at once: by another process of this machine (told
+        directly, not through a shared total), or by this one where there is none."""
         entry = self._entries.get((key, expires))
         if entry is None:
             entry = _Entry()

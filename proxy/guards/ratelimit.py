@@ -4,11 +4,11 @@ window ends), and every request of a limited action class carries `RateLimit-Lim
 `RateLimit-Remaining` (`100;w=21600`).
 
 Which budget applies and what a request counts is pure (`proxy.policy.ratelimits`); the counts
-are the store's (`Store.used`, `Store.count`: this process's at once, the other workers' and
-replicas' as of the last background sync), so an allowed request never waits for Redis. A
-manifest GET or PUT counts 1 when it is let through and is given back when the registry
-refuses it (4xx, 5xx); blob bytes are counted as they were sent, when the request ends, and
-refuse the next request once over.
+are the store's (`Store.used`, `Store.count`: this process's at once, the other workers' as
+they are told, the replicas' as of the last background sync), so an allowed request never
+waits for Redis. A manifest GET or PUT counts 1 when it is let through and is given back when
+the registry refuses it (4xx, 5xx); blob bytes are counted as they were sent, when the request
+ends, and refuse the next request once over.
 """
 
 from __future__ import annotations

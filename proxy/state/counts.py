@@ -1,12 +1,13 @@
 """Rate-limit counts shared by workers and replicas without a round trip on the request path.
 
 A request asks `used` and adds with `count`: both are this process's `Tally` (in memory, at
-once). A background loop sends what was added and learns the shared totals, at most every
-SYNC_INTERVAL seconds while there is anything to send or ask about, and not at all while idle:
-how it sends is the store's (`send`): INCRBY on a window key in Redis, whose answer is the
-total over every replica; or, on one machine, telling the other workers, whose tallies add it
-as it arrives (`heard`). A failed sync keeps its amounts for the next one: counting goes on
-here alone meanwhile, and is tried again every interval until the store answers.
+once). With replicas (`SharedCounts`) a background loop sends what was added and learns the
+shared totals, at most every SYNC_INTERVAL seconds while there is anything to send or ask
+about, and not at all while idle: INCRBY on a window key in Redis, whose answer is the total
+over every replica. A failed sync keeps its amounts for the next one: counting goes on here
+alone meanwhile, and is tried again every interval until the store answers. The workers of
+one machine (`MeshCounts`) tell each other every count as it is made, a datagram each, and
+add the others' as they arrive (`heard`).
 """
 
 from __future__ import annotations
@@ -31,14 +32,8 @@ Send = Callable[[Sequence[Count]], Awaitable[Sequence[int] | None]]
 class SharedCounts:
     """One process's rate-limit counts, synced in the background through `send`."""
 
-    def __init__(
-        self,
-        send: Send,
-        interval: float = SYNC_INTERVAL,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, send: Send, clock: Callable[[], float] = time.time) -> None:
         self._send = send
-        self._interval = interval
         self._clock = clock  # the wall clock: windows are the same in every replica
         self._tally = Tally()
         self._wake = asyncio.Event()
@@ -55,11 +50,7 @@ class SharedCounts:
 
     def heard(self, event: Event, _age: float) -> None:
         """Another worker's count, told through the worker mesh."""
-        if isinstance(event, Counted):
-            try:
-                self._tally.heard(event.key, int(event.expires), int(event.amount))
-            except ValueError:
-                return  # malformed: dropped, as every bad event is
+        _heard(self._tally, event)
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
@@ -78,7 +69,7 @@ class SharedCounts:
             await self._wake.wait()
             self._wake.clear()
             await self.sync()
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(SYNC_INTERVAL)
 
     async def sync(self) -> None:
         """Send what was counted here and learn the totals of what was asked about."""
@@ -102,3 +93,35 @@ class SharedCounts:
             self._failing = False
             log.warning("rate limits: sharing counts again")
         self._tally.settled(counts, totals)
+
+
+class MeshCounts:
+    """The rate-limit counts of one machine's workers, with no shared total: each count is
+    told to the others as it is made, before the request that made it goes on."""
+
+    # Told at once, not at the loop's next turn: a loop kept busy (handshakes, a burst) could
+    # otherwise hold a count back for tens of milliseconds while the others allow on.
+
+    def __init__(self, tell: Callable[[Event], None]) -> None:
+        self._tell = tell
+        self._tally = Tally()
+
+    def used(self, key: str, expires: int) -> int:
+        return self._tally.known(key, expires)
+
+    def count(self, key: str, expires: int, amount: int) -> None:
+        if amount:
+            self._tally.heard(key, expires, amount)
+            self._tell(Counted(key, str(expires), str(amount)))
+
+    def heard(self, event: Event, _age: float) -> None:
+        """Another worker's count, told through the worker mesh."""
+        _heard(self._tally, event)
+
+
+def _heard(tally: Tally, event: Event) -> None:
+    if isinstance(event, Counted):
+        try:
+            tally.heard(event.key, int(event.expires), int(event.amount))
+        except ValueError:
+            return  # malformed: dropped, as every bad event is

@@ -17,17 +17,16 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from ..core.windows import Count
 from . import attempts
-from .counts import SharedCounts
-from .events import Counted, Event, decode, encode
+from .counts import MeshCounts
+from .events import Event, decode, encode
 from .peers import Peers
 
 if TYPE_CHECKING:
@@ -202,9 +201,7 @@ class LocalStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # name -> lock, users
         self._under_way: dict[str, str] = {}  # alone (no lock_dir): each key's attempts
-        # The mesh costs no round trip: counts go to the other workers as soon as the loop
-        # runs, before the request that made them is answered.
-        self._counts = SharedCounts(self._tell_counts, interval=0.0)
+        self._counts = MeshCounts(self.tell_workers)
         self._subscribers.append(self._counts.heard)
 
     @contextlib.asynccontextmanager
@@ -287,12 +284,6 @@ class LocalStore:
     def count(self, key: str, expires: int, amount: int) -> None:
         self._counts.count(key, expires, amount)
 
-    async def _tell_counts(self, counts: Sequence[Count]) -> None:
-        """The other workers add what this one counted as it arrives (no shared total)."""
-        for count in counts:
-            if count.amount:
-                self.tell_workers(Counted(count.key, str(count.expires), str(count.amount)))
-
     def publish(self, event: Event) -> None:
         self.tell_workers(event)
 
@@ -327,13 +318,11 @@ class LocalStore:
         return delivered
 
     async def start(self) -> None:
-        self._counts.start()
         if self._peers is not None:
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(self._peers.inbox.fileno(), self.deliver)
 
     async def close(self) -> None:
-        await self._counts.close()
         if self._loop is not None and self._peers is not None:
             self._loop.remove_reader(self._peers.inbox.fileno())
             self._loop = None

@@ -263,9 +263,9 @@ def test_a_burst_over_two_workers_of_one_replica_overshoots_within_the_bound(
         try:
             path = push_one(skopeo, tls, replica.port, tmp_path, "burst/workers")
             result = burst(tls, [replica.port] * 2, path, BURST_LIMIT, concurrency=16)
-            # The mesh carries counts at once: only requests decided in the same moment on
-            # both workers go over (a datagram's way and a loop turn: milliseconds, 50 ms here
-            # for a loop kept busy by the burst).
+            # The mesh carries each count as it is made: only requests decided in the same
+            # moment on both workers go over (a datagram's way, or a worker put off the CPU
+            # between reading its inbox and counting: 50 ms here, for a loaded machine).
             most = bound(BURST_LIMIT, 2, result, stale=0.05)
             print(f"\n2 workers, budget {BURST_LIMIT}: {result.allowed} allowed, "
                   f"{result.refused} refused in {result.seconds:.2f}s ({result.rate:.0f} "

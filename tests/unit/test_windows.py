@@ -46,6 +46,15 @@ def test_entries_of_ended_windows_are_dropped_and_asked_about_entries_refreshed(
     assert tally.used("old", 60) == 0 and len(tally) == 2
 
 
+def test_known_is_the_estimate_without_asking_for_a_refresh() -> None:
+    tally = Tally()
+    tally.heard("k", 60, 2)
+    assert (tally.known("k", 60), tally.known("never", 60)) == (2, 0)
+    assert tally.outgoing(now=0) == [] and len(tally) == 1  # nothing to sync, nothing made
+    tally.add("k", 60, 1)
+    assert tally.known("k", 60) == tally.used("k", 60) == 3
+
+
 def test_a_shared_total_that_lost_writes_never_lowers_what_is_known() -> None:
     tally = Tally()
     tally.add("k", 60, 5)
