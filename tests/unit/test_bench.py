@@ -4,9 +4,11 @@ or rules it never reached, would measure nothing). No timing here."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -93,6 +95,26 @@ def test_the_big_table_has_the_start_with_a_worker_per_cpu_when_measured() -> No
     assert f"startup s, {kinds.CPUS} workers" in "\n".join(measured)
     alone = kinds.tables({"big": [point]})  # a machine of one CPU: one start only
     assert "| this checkout | 0.91 | 1.52 | — | 62 |" in "\n".join(alone)
+
+
+def test_a_start_is_reported_as_the_median_of_the_starts_of_one_deployment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[tuple[str, int, dict[str, object]]] = []
+    seconds = iter([9.0, 1.1])  # the later starts; the first (1.5) is the proxy's own
+
+    @contextlib.contextmanager
+    def regproxy(_setup: object, _processes: object, name: str, workers: int, source: object,
+                 **settings: object) -> Iterator[scale.Proxy]:  # fmt: skip
+        started.append((name, workers, settings))
+        yield scale.Proxy(None, 0, Path(), workers, next(seconds))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scale, "regproxy", regproxy)
+    monkeypatch.setattr(scale, "log", lambda _message: None)
+    first = scale.Proxy(None, 0, Path(), 2, 1.5)  # type: ignore[arg-type]
+    median = scale.startup_median(None, None, first, "big", acl="a.yaml")  # type: ignore[arg-type]
+    assert median == 1.5 and scale.TIMES == 3
+    assert started == [("big-again1", 2, {"acl": "a.yaml"}), ("big-again2", 2, {"acl": "a.yaml"})]
 
 
 def test_the_kinds_acl_puts_each_caller_at_its_place() -> None:
