@@ -4,7 +4,7 @@ mesh (proxy.state.peers), in one process; named locks over shared lock files."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,9 +12,11 @@ import pytest
 
 from proxy.authn.cache import CacheSettings
 from proxy.authn.throttle import Throttle, ThrottleSettings
-from proxy.state.events import BlobGone, Event, LoginFailed
+from proxy.state import peers
+from proxy.state.events import BlobGone, Counted, Event, LoginFailed, decode, encode
+from proxy.state.peers import Peers
 from proxy.state.store import LocalStore, LockTimeout
-from tests.conftest import Mesh
+from tests.conftest import Mesh, until
 
 SETTINGS = ThrottleSettings(attempts=4, window=300.0, max_delay=900.0)
 NOW = 1000.0
@@ -116,6 +118,77 @@ def test_a_count_is_told_as_it_is_made(pair: tuple[Worker, Worker]) -> None:
     assert a.store.used("u:alice:manifest_pulls", 2000) == 1
     assert b.store.used("u:alice:manifest_pulls", 2000) == 1
     assert b.store.used("u:alice:manifest_pulls", 3000) == 0  # another window
+
+
+def test_asking_and_counting_leave_nothing_for_a_sync(pair: tuple[Worker, Worker]) -> None:
+    """The mesh never syncs: an entry marked for one would be kept forever."""
+    a, _ = pair
+    a.store.count("u:alice:manifest_pulls", 2000, 1)
+    a.store.used("u:bob:manifest_pulls", 2000)
+    assert a.store._counts._tally.outgoing(now=0) == []
+
+
+def fill(sender: Peers, tell: Callable[[int], None]) -> int:
+    """`tell(n)` for n = 0, 1, ... until the inbox refuses: how many were told."""
+    told = 0
+    while not sender.waiting:
+        tell(told)
+        told += 1
+    return told
+
+
+def test_what_a_full_inbox_refuses_is_sent_again_in_order() -> None:
+    mesh = Mesh(2)
+    sender, receiver = mesh.peers(0), mesh.peers(1)
+    told = fill(sender, lambda n: sender.send(encode(Counted("filler", "2000", str(n)))))
+    for n in range(3):
+        sender.send(encode(Counted("k", "2000", str(n))))  # kept: the inbox is still full
+    assert len(receiver.receive()) == told - 1  # read: room again
+    sender.flush()
+    assert [decode(d) for d in receiver.receive()] == [
+        Counted("filler", "2000", str(told - 1)), *(Counted("k", "2000", str(n)) for n in range(3))
+    ]  # fmt: skip
+    assert not sender.waiting
+    mesh.close()
+
+
+def test_past_the_backlog_the_oldest_go_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(peers, "BACKLOG", 4)
+    mesh = Mesh(2)
+    sender, receiver = mesh.peers(0), mesh.peers(1)
+    while not sender.waiting:
+        sender.send(encode(Counted("filler", "2000", "1")))
+    for n in range(10):
+        sender.send(encode(Counted("k", "2000", str(n))))
+    warnings = [r for r in caplog.records if "the oldest are dropped" in r.getMessage()]
+    assert len(warnings) == 1
+    receiver.receive()
+    sender.flush()
+    assert [decode(d) for d in receiver.receive()] == [
+        Counted("k", "2000", str(n)) for n in range(6, 10)
+    ]
+    assert not sender.waiting
+    mesh.close()
+
+
+async def test_a_stalled_worker_gets_the_counts_it_refused_once_it_reads() -> None:
+    mesh = Mesh(2)
+    sender = mesh.peers(0)
+    a, b = LocalStore(sender), LocalStore(mesh.peers(1))
+    await a.start()  # b's loop "stalls": never started, it reads only when asked
+    told = fill(sender, lambda _: a.count("u:alice:manifest_pulls", 2000, 1))
+    assert b.deliver() == told - 1  # the last one was refused; a's loop sends it again
+
+    def heard_all() -> bool:
+        b.deliver()
+        return b.used("u:alice:manifest_pulls", 2000) == told
+
+    await until(heard_all)
+    assert not sender.waiting
+    await a.close()
+    mesh.close()
 
 
 def test_a_store_without_peers_is_alone() -> None:

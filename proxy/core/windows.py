@@ -64,7 +64,8 @@ class Tally:
         return entry.seen + entry.sending + entry.pending
 
     def known(self, key: str, expires: int) -> int:
-        """The estimated total, asked without refreshing it (a tally that never syncs)."""
+        """The estimated total, without marking it for the next sync (a tally that never
+        syncs)."""
         entry = self._entries.get((key, expires))
         return 0 if entry is None else entry.seen + entry.sending + entry.pending
 

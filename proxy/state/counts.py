@@ -48,10 +48,6 @@ class SharedCounts:
         self._tally.add(key, expires, amount)
         self._wake.set()
 
-    def heard(self, event: Event, _age: float) -> None:
-        """Another worker's count, told through the worker mesh."""
-        _heard(self._tally, event)
-
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
@@ -116,12 +112,8 @@ class MeshCounts:
 
     def heard(self, event: Event, _age: float) -> None:
         """Another worker's count, told through the worker mesh."""
-        _heard(self._tally, event)
-
-
-def _heard(tally: Tally, event: Event) -> None:
-    if isinstance(event, Counted):
-        try:
-            tally.heard(event.key, int(event.expires), int(event.amount))
-        except ValueError:
-            return  # malformed: dropped, as every bad event is
+        if isinstance(event, Counted):
+            try:
+                self._tally.heard(event.key, int(event.expires), int(event.amount))
+            except ValueError:
+                return  # malformed: dropped, as every bad event is

@@ -4,7 +4,7 @@ invalidations and rate counts, as small byte strings (`encode`, `decode`)."""
 from __future__ import annotations
 
 import struct
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,16 @@ _KINDS: dict[bytes, type[Event]] = {
     b"R": RepositoryPushed,
 }
 _CODES = {kind: code for code, kind in _KINDS.items()}
+# Each kind's fields in order (not `astuple`, which deep-copies the values: most of the cost).
+_NAMES = {kind: tuple(f.name for f in fields(kind)) for kind in _KINDS.values()}
 _LENGTH = struct.Struct("!H")
 MAX_EVENT = 16 * 1024  # a user name from a Basic header is at most 4 KiB
 
 
 def encode(event: Event) -> bytes:
-    parts = [_CODES[type(event)]]
-    for value in astuple(event):
+    kind = type(event)
+    parts = [_CODES[kind]]
+    for value in [getattr(event, name) for name in _NAMES[kind]]:
         data = str(value).encode("utf-8", "surrogateescape")[: MAX_EVENT // 2]
         parts += [_LENGTH.pack(len(data)), data]
     return b"".join(parts)
@@ -107,7 +110,7 @@ def decode(data: bytes) -> Event | None:
         return None
     values: list[str] = []
     offset = 1
-    for _ in fields(kind):
+    for _ in _NAMES[kind]:
         if offset + _LENGTH.size > len(data):
             return None
         (length,) = _LENGTH.unpack_from(data, offset)

@@ -185,6 +185,7 @@ class StoreUnavailable(LockTimeout):
 
 
 LOCK_POLL = 0.01
+MESH_RETRY = 0.005  # seconds between sends to a full inbox, only while one refuses
 
 
 class LocalStore:
@@ -202,6 +203,7 @@ class LocalStore:
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # name -> lock, users
         self._under_way: dict[str, str] = {}  # alone (no lock_dir): each key's attempts
         self._counts = MeshCounts(self.tell_workers)
+        self._retry: asyncio.TimerHandle | None = None
         self._subscribers.append(self._counts.heard)
 
     @contextlib.asynccontextmanager
@@ -293,6 +295,21 @@ class LocalStore:
     def tell_workers(self, event: Event) -> None:
         if self._peers is not None:
             self._peers.send(encode(event))
+            self._send_again_later()
+
+    def _send_again_later(self) -> None:
+        """While a full inbox holds something back, try again every MESH_RETRY seconds (a
+        worker that stalled reads the others' counts before its next decision)."""
+        if self._peers is None or not self._peers.waiting or self._loop is None:
+            return
+        if self._retry is None:
+            self._retry = self._loop.call_later(MESH_RETRY, self._send_again)
+
+    def _send_again(self) -> None:
+        self._retry = None
+        assert self._peers is not None
+        self._peers.flush()
+        self._send_again_later()
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
@@ -323,6 +340,8 @@ class LocalStore:
             self._loop.add_reader(self._peers.inbox.fileno(), self.deliver)
 
     async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         if self._loop is not None and self._peers is not None:
             self._loop.remove_reader(self._peers.inbox.fileno())
             self._loop = None
