@@ -19,6 +19,7 @@ import bisect
 import functools
 import heapq
 import ipaddress
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -121,15 +122,24 @@ def _fixed(parse: Callable[[Any, str], tuple[str, ...]]) -> Callable[[Any, str],
 fixed_globs = _fixed(_globs)  # repository globs that hold for every caller alike
 
 
+# The eight sets of actions, shared by every rule (not one set and its texts per rule).
+_ACTION_SETS: dict[frozenset[str], frozenset[Action]] = {
+    frozenset(chosen): frozenset(chosen)
+    for chosen in itertools.chain.from_iterable(
+        itertools.combinations(ACTIONS, n) for n in range(len(ACTIONS) + 1)
+    )
+}
+
+
 def _actions(value: Any, key: str) -> frozenset[Action]:
     if value == "*" or value == ["*"]:
-        return frozenset(ACTIONS)
+        return _ACTION_SETS[frozenset(ACTIONS)]
     if not isinstance(value, list):
         raise BadValue(f"{key}: expected a list of pull, push, delete, or '*', got {value!r}")
     unknown = [a for a in value if a not in ACTIONS]
     if unknown:
         raise BadValue(f"{key}: unknown action(s) {unknown!r}: use pull, push, delete or '*'")
-    return frozenset(value)
+    return _ACTION_SETS[frozenset(value)]
 
 
 def _description(value: Any, key: str) -> str:

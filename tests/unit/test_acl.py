@@ -247,3 +247,24 @@ def test_rules_keep_texts_of_their_own_not_the_yaml_trees() -> None:
     texts = [*constructed, constructed["project"], *constructed["ref"]]
     nodes = [claims.value[0][0], claims.value[1][0], claims.value[0][1], *claims.value[1][1].value]
     assert all(mine is not node.value for mine, node in zip(texts, nodes, strict=True))
+
+
+def test_rules_share_their_sets_of_actions() -> None:
+    """Eight sets of actions exist; 10,000 rules hold them, not a set and texts each."""
+    from proxy.http.routes import ACTIONS
+
+    rules, problems = parse_acl_text(
+        "acl:\n"
+        "  - {users: [a], actions: [push, pull]}\n"
+        "  - {users: [b], actions: [pull, push]}\n"
+        "  - {users: [c], actions: ['*']}\n"
+        "  - {users: [d], actions: [pull, push, delete]}\n"
+        "  - {users: [e], actions: []}\n",
+        "acl.yaml",
+    )
+    assert not problems
+    assert rules[0].actions == {"pull", "push"} and rules[0].actions is rules[1].actions
+    assert rules[2].actions == set(ACTIONS) and rules[2].actions is rules[3].actions
+    assert rules[4].actions == frozenset()
+    assert all(any(a is b for b in ACTIONS) for r in rules for a in r.actions)
+    assert not hasattr(rules[0], "__dict__")  # slots: no dict per rule
