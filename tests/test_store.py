@@ -13,7 +13,7 @@ import pytest
 from proxy.authn.cache import CacheSettings
 from proxy.authn.throttle import Throttle, ThrottleSettings
 from proxy.state import peers
-from proxy.state.events import BlobGone, Counted, Event, LoginFailed, decode, encode
+from proxy.state.events import BlobGone, Counted, Event, LoginFailed, decode
 from proxy.state.peers import Peers
 from proxy.state.store import LocalStore, LockTimeout
 from tests.conftest import Mesh, until
@@ -137,39 +137,46 @@ def fill(sender: Peers, tell: Callable[[int], None]) -> int:
     return told
 
 
-def test_what_a_full_inbox_refuses_is_sent_again_in_order() -> None:
+def test_what_a_full_inbox_refuses_is_sent_again_counts_added_up() -> None:
+    """Kept while the inbox is full: other events in order, counts one datagram per key and
+    window however many were told (a worker that catches up reads a few, not thousands)."""
     mesh = Mesh(2)
     sender, receiver = mesh.peers(0), mesh.peers(1)
-    told = fill(sender, lambda n: sender.send(encode(Counted("filler", "2000", str(n)))))
+    told = fill(sender, lambda n: sender.send(BlobGone(f"filler{n}")))
+    for n in range(500):
+        sender.send(Counted("u:alice:manifest_pulls", "2000", "1"))
+        sender.send(Counted("u:bob:manifest_pulls", "2000", "1" if n % 2 else "-1"))
     for n in range(3):
-        sender.send(encode(Counted("k", "2000", str(n))))  # kept: the inbox is still full
+        sender.send(BlobGone(f"k{n}"))
     assert len(receiver.receive()) == told - 1  # read: room again
-    sender.flush()
+    assert sender.flush() and not sender.waiting
     assert [decode(d) for d in receiver.receive()] == [
-        Counted("filler", "2000", str(told - 1)), *(Counted("k", "2000", str(n)) for n in range(3))
+        Counted("u:alice:manifest_pulls", "2000", "500"),  # bob's add up to nothing: not sent
+        BlobGone(f"filler{told - 1}"), *(BlobGone(f"k{n}") for n in range(3)),
     ]  # fmt: skip
-    assert not sender.waiting
+    assert not sender.flush()  # nothing left to send
     mesh.close()
 
 
-def test_past_the_backlog_the_oldest_go_with_one_warning(
+def test_past_the_backlog_what_is_told_is_lost_with_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(peers, "BACKLOG", 4)
     mesh = Mesh(2)
     sender, receiver = mesh.peers(0), mesh.peers(1)
-    while not sender.waiting:
-        sender.send(encode(Counted("filler", "2000", "1")))
-    for n in range(10):
-        sender.send(encode(Counted("k", "2000", str(n))))
-    warnings = [r for r in caplog.records if "the oldest are dropped" in r.getMessage()]
-    assert len(warnings) == 1
+    told = fill(sender, lambda n: sender.send(BlobGone(f"filler{n}")))
+    for n in range(10):  # 4 events and 4 keys' counts kept, the rest lost
+        sender.send(BlobGone(f"k{n}"))
+        sender.send(Counted(f"key{n}", "2000", "1"))
+    warnings = [r.getMessage() for r in caplog.records if "is lost" in r.getMessage()]
+    assert warnings == ["worker mesh: worker 0 has read nothing while 4 events were told; "
+                        "what it is told now is lost"]  # fmt: skip
     receiver.receive()
-    sender.flush()
+    assert sender.flush() and not sender.waiting
     assert [decode(d) for d in receiver.receive()] == [
-        Counted("k", "2000", str(n)) for n in range(6, 10)
-    ]
-    assert not sender.waiting
+        *(Counted(f"key{n}", "2000", "1") for n in range(4)),
+        BlobGone(f"filler{told - 1}"), *(BlobGone(f"k{n}") for n in range(3)),
+    ]  # fmt: skip
     mesh.close()
 
 
@@ -179,14 +186,36 @@ async def test_a_stalled_worker_gets_the_counts_it_refused_once_it_reads() -> No
     a, b = LocalStore(sender), LocalStore(mesh.peers(1))
     await a.start()  # b's loop "stalls": never started, it reads only when asked
     told = fill(sender, lambda _: a.count("u:alice:manifest_pulls", 2000, 1))
+    for _ in range(1000):  # more while b stalls: kept as one count
+        a.count("u:alice:manifest_pulls", 2000, 1)
     assert b.deliver() == told - 1  # the last one was refused; a's loop sends it again
 
     def heard_all() -> bool:
         b.deliver()
-        return b.used("u:alice:manifest_pulls", 2000) == told
+        return b.used("u:alice:manifest_pulls", 2000) == told + 1000
 
     await until(heard_all)
     assert not sender.waiting
+    await a.close()
+    mesh.close()
+
+
+async def test_sending_again_to_an_inbox_nobody_reads_backs_off() -> None:
+    """A worker gone until it is restarted: tries at most every MESH_RETRY_MOST seconds."""
+    mesh = Mesh(2)
+    sender = mesh.peers(0)
+    a = LocalStore(sender)
+    await a.start()
+    fill(sender, lambda n: a.publish(BlobGone(f"filler{n}")))
+    loop = asyncio.get_running_loop()
+    for delay, then in ((0.005, 0.01), (0.02, 0.04), (0.08, 0.1), (0.1, 0.1)):
+        assert a._retry is not None
+        a._retry.cancel()
+        a._retry = None
+        a._send_again(delay)  # nothing goes: the next try waits twice as long, at most 0.1 s
+        assert a._retry is not None and then - 0.005 < a._retry.when() - loop.time() <= then
+    mesh.peers(1).receive()
+    await until(lambda: not sender.waiting)  # read again: the next try sends the rest
     await a.close()
     mesh.close()
 

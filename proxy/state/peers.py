@@ -6,6 +6,7 @@ writes its events to every other worker's inbox."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
 import socket
@@ -13,12 +14,58 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .events import MAX_EVENT
+from .events import MAX_EVENT, Counted, Event, encode
 
 log = logging.getLogger("regproxy.peers")
 
 
-BACKLOG = 10_000  # datagrams kept for a worker whose inbox is full; past it the oldest go
+BACKLOG = 10_000  # events, and counts' keys, kept for one full inbox; past it new ones go
+_FULL = (BlockingIOError, InterruptedError)  # the inbox has no room now: sent again later
+
+
+@dataclass
+class _Backlog:
+    """What one full inbox refused (its worker's loop stalled): counts added up per key and
+    window, so they take one datagram each however many requests made them; other events in
+    order."""
+
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    events: deque[bytes] = field(default_factory=deque)
+    dropping: bool = False  # said once per stall
+
+    def keep(self, event: Event, datagram: bytes, index: int) -> None:
+        if isinstance(event, Counted):
+            key = (event.key, event.expires)
+            if key in self.counts or len(self.counts) < BACKLOG:
+                self.counts[key] = self.counts.get(key, 0) + int(event.amount)
+                return
+        elif len(self.events) < BACKLOG:
+            self.events.append(datagram)
+            return
+        if not self.dropping:
+            self.dropping = True
+            log.warning("worker mesh: worker %d has read nothing while %d events were told; "
+                        "what it is told now is lost", index, BACKLOG)  # fmt: skip
+
+    def drain(self, outbox: socket.socket) -> int:
+        """Send as much as the inbox takes: how many datagrams went."""
+        went = 0
+        while self.counts:
+            (key, expires), amount = next(iter(self.counts.items()))
+            if amount and not _sent(outbox, encode(Counted(key, expires, str(amount)))):
+                return went
+            del self.counts[key, expires]
+            went += 1
+        while self.events:
+            if not _sent(outbox, self.events[0]):
+                return went
+            self.events.popleft()
+            went += 1
+        return went
+
+    @property
+    def empty(self) -> bool:
+        return not self.counts and not self.events
 
 
 @dataclass(frozen=True)
@@ -27,45 +74,38 @@ class Peers:
 
     inbox: socket.socket
     outboxes: tuple[socket.socket, ...]
-    # What a full inbox refused (its worker's loop stalled while the others counted), per
-    # outbox: sent first at the next send or receive, so no count is lost on the way.
-    _waiting: dict[int, deque[bytes]] = field(default_factory=dict, repr=False)
-    _dropping: set[int] = field(default_factory=set, repr=False)  # said once per stall
+    # Per outbox, what its full inbox refused: sent before anything newer, at the next send
+    # or flush, so no count is lost on the way.
+    _waiting: dict[int, _Backlog] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def waiting(self) -> bool:
         """Whether a full inbox refused something not yet sent again."""
         return bool(self._waiting)
 
-    def send(self, datagram: bytes) -> None:
+    def send(self, event: Event) -> None:
+        datagram = encode(event)
         for index, outbox in enumerate(self.outboxes):
-            waiting = self._waiting.get(index)
-            if waiting is not None:
-                self._keep(index, waiting, datagram)
-                self._drain(index, outbox, waiting)
-            elif not _sent(outbox, datagram):
-                self._waiting[index] = deque([datagram], maxlen=BACKLOG)
+            backlog = self._waiting.get(index)
+            if backlog is None and _sent(outbox, datagram):
+                continue
+            if backlog is None:
+                backlog = self._waiting[index] = _Backlog()
+            backlog.keep(event, datagram, index)
+            self._drain(index, outbox, backlog)
 
-    def flush(self) -> None:
-        """Send what full inboxes refused, as far as they take it now."""
-        if self._waiting:
-            for index, waiting in list(self._waiting.items()):
-                self._drain(index, self.outboxes[index], waiting)
+    def flush(self) -> bool:
+        """Send what full inboxes refused, as far as they take it now; whether any went."""
+        went = 0
+        for index, backlog in list(self._waiting.items()):
+            went += self._drain(index, self.outboxes[index], backlog)
+        return went > 0
 
-    def _keep(self, index: int, waiting: deque[bytes], datagram: bytes) -> None:
-        if len(waiting) == BACKLOG and index not in self._dropping:
-            self._dropping.add(index)
-            log.warning("worker mesh: a worker has read nothing while %d events were told; "
-                        "the oldest are dropped", BACKLOG)  # fmt: skip
-        waiting.append(datagram)
-
-    def _drain(self, index: int, outbox: socket.socket, waiting: deque[bytes]) -> None:
-        while waiting:
-            if not _sent(outbox, waiting[0]):
-                return
-            waiting.popleft()
-        del self._waiting[index]
-        self._dropping.discard(index)
+    def _drain(self, index: int, outbox: socket.socket, backlog: _Backlog) -> int:
+        went = backlog.drain(outbox)
+        if backlog.empty:
+            del self._waiting[index]
+        return went
 
     def receive(self) -> list[bytes]:
         """Every datagram waiting in the inbox."""
@@ -73,17 +113,19 @@ class Peers:
         while True:
             try:
                 datagrams.append(self.inbox.recv(MAX_EVENT))
-            except (BlockingIOError, InterruptedError):
+            except _FULL:
                 return datagrams
 
 
 def _sent(outbox: socket.socket, datagram: bytes) -> bool:
-    """False when the inbox is full (to be sent again); a send that fails otherwise is lost."""
+    """False when the inbox has no room (to be sent again); any other failure loses it."""
     try:
         outbox.send(datagram)
-    except BlockingIOError:
+    except _FULL:
         return False
     except OSError as exc:
+        if exc.errno in (errno.ENOBUFS, errno.ENOMEM):  # for now: as a full inbox
+            return False
         log.debug("could not tell a worker: %s", exc)
     return True
 

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from . import attempts
 from .counts import MeshCounts
-from .events import Event, decode, encode
+from .events import Event, decode
 from .peers import Peers
 
 if TYPE_CHECKING:
@@ -185,7 +185,9 @@ class StoreUnavailable(LockTimeout):
 
 
 LOCK_POLL = 0.01
-MESH_RETRY = 0.005  # seconds between sends to a full inbox, only while one refuses
+# Seconds before sending again to a full inbox, only while one refuses: doubled each time
+# nothing goes (a worker that is gone until it is restarted), up to the most.
+MESH_RETRY, MESH_RETRY_MOST = 0.005, 0.1
 
 
 class LocalStore:
@@ -294,22 +296,22 @@ class LocalStore:
 
     def tell_workers(self, event: Event) -> None:
         if self._peers is not None:
-            self._peers.send(encode(event))
-            self._send_again_later()
+            self._peers.send(event)
+            self._send_again_later(MESH_RETRY)
 
-    def _send_again_later(self) -> None:
-        """While a full inbox holds something back, try again every MESH_RETRY seconds (a
-        worker that stalled reads the others' counts before its next decision)."""
+    def _send_again_later(self, delay: float) -> None:
+        """While a full inbox holds something back, try again after `delay` (a worker that
+        stalled gets the others' counts soon after it reads again)."""
         if self._peers is None or not self._peers.waiting or self._loop is None:
             return
         if self._retry is None:
-            self._retry = self._loop.call_later(MESH_RETRY, self._send_again)
+            self._retry = self._loop.call_later(delay, self._send_again, delay)
 
-    def _send_again(self) -> None:
+    def _send_again(self, delay: float) -> None:
         self._retry = None
         assert self._peers is not None
-        self._peers.flush()
-        self._send_again_later()
+        went = self._peers.flush()
+        self._send_again_later(MESH_RETRY if went else min(2 * delay, MESH_RETRY_MOST))
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
@@ -342,6 +344,7 @@ class LocalStore:
     async def close(self) -> None:
         if self._retry is not None:
             self._retry.cancel()
+            self._retry = None
         if self._loop is not None and self._peers is not None:
             self._loop.remove_reader(self._peers.inbox.fileno())
             self._loop = None
