@@ -33,7 +33,7 @@ class _Backlog:
     events: deque[bytes] = field(default_factory=deque)
     dropping: bool = False  # said once per stall
 
-    def keep(self, event: Event, datagram: bytes, index: int) -> None:
+    def keep(self, event: Event, datagram: bytes) -> None:
         if isinstance(event, Counted):
             key = (event.key, event.expires)
             if key in self.counts or len(self.counts) < BACKLOG:
@@ -44,17 +44,19 @@ class _Backlog:
             return
         if not self.dropping:
             self.dropping = True
-            log.warning("worker mesh: worker %d has read nothing while %d events were told; "
-                        "what it is told now is lost", index, BACKLOG)  # fmt: skip
+            log.warning("worker mesh: a worker has read nothing while %d events were told to "
+                        "it; what it is told now is lost", BACKLOG)  # fmt: skip
 
     def drain(self, outbox: socket.socket) -> int:
         """Send as much as the inbox takes: how many datagrams went."""
         went = 0
         while self.counts:
-            (key, expires), amount = next(iter(self.counts.items()))
-            if amount and not _sent(outbox, encode(Counted(key, expires, str(amount)))):
+            (key, expires), amount = self.counts.popitem()  # any order: counts add up
+            if not amount:
+                continue
+            if not _sent(outbox, encode(Counted(key, expires, str(amount)))):
+                self.counts[key, expires] = amount
                 return went
-            del self.counts[key, expires]
             went += 1
         while self.events:
             if not _sent(outbox, self.events[0]):
@@ -91,7 +93,7 @@ class Peers:
                 continue
             if backlog is None:
                 backlog = self._waiting[index] = _Backlog()
-            backlog.keep(event, datagram, index)
+            backlog.keep(event, datagram)
             self._drain(index, outbox, backlog)
 
     def flush(self) -> bool:

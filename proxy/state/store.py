@@ -340,6 +340,7 @@ class LocalStore:
         if self._peers is not None:
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(self._peers.inbox.fileno(), self.deliver)
+            self._send_again_later(MESH_RETRY)  # what a full inbox refused before the start
 
     async def close(self) -> None:
         if self._retry is not None:
