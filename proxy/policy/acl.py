@@ -203,6 +203,8 @@ def _glob_text(value: Any) -> str | None:
     return None
 
 
+_NAMED = frozenset({"users", "groups", "issuer"})  # sets of names, often the same in many rules
+_Shared = dict[frozenset[str], frozenset[str]]  # each set of names once, within one file
 _FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "users": _names,
     "groups": _names,
@@ -259,11 +261,13 @@ def _fields(
     return fields if ok else None
 
 
-def _rule(node: yaml.Node, source: str, problems: list[Problem]) -> Rule | None:
+def _rule(node: yaml.Node, source: str, problems: list[Problem], names: _Shared) -> Rule | None:
     line = node.start_mark.line + 1
     fields = _fields(node, source, problems, _FIELDS, "ACL")
     if fields is None:
         return None
+    for key in _NAMED.intersection(fields):  # rules for the same group hold one set of it
+        fields[key] = names.setdefault(fields[key], fields[key])
     if "actions" not in fields:
         problems.append(Problem(source, line, "ACL entry without 'actions'"))
         return None
@@ -318,7 +322,8 @@ def parse_rules(node: yaml.Node, source: str) -> tuple[tuple[Rule, ...], list[Pr
     if not node.value:
         line = node.start_mark.line + 1
         return (), [Problem(source, line, "acl: empty ACL denies everything (probably a mistake)")]
-    rules = [r for r in (_rule(n, source, problems) for n in node.value) if r is not None]
+    names: _Shared = {}
+    rules = [r for r in (_rule(n, source, problems, names) for n in node.value) if r is not None]
     problems.extend(_unreachable(rules))
     return tuple(rules), problems
 
@@ -372,14 +377,14 @@ class _Coverers:
         rule = self._rules[index]
         first = (rule.repositories or ("**",))[0].split("/", 1)[0]
         literal = first in ("${user}", "${group}") or not any(c in first for c in "*?$")
-        by_name = [self._by_name.get(key, []) for key in ({first, ANY} if literal else {ANY})]
+        by_name = [self._by_name.get(key, ()) for key in ({first, ANY} if literal else {ANY})]
         # A wider rule names every user (group, issuer) this one does, or none: look one up.
         keys = [("anonymous", "")] if rule.anonymous else [("everyone", "")]
         for kind, names in (("user", rule.users), ("group", rule.groups),
                             ("issuer", rule.issuers)):  # fmt: skip
             if names and not rule.anonymous:
                 keys.append((kind, min(names)))
-        by_whom = [self._by_whom.get(key, []) for key in keys]
+        by_whom = [self._by_whom.get(key, ()) for key in keys]
         lists = min(by_name, by_whom, key=lambda found: sum(map(len, found)))
         cut = [found[: bisect.bisect_left(found, index)] for found in lists]
         return [self._rules[i] for i in heapq.merge(*cut)]

@@ -211,12 +211,12 @@ def _callers(rule: Rule) -> list[Caller]:
     return [_EVERYONE]
 
 
-def positions(pairs: Iterable[tuple[K, int]]) -> dict[K, list[int]]:
+def positions(pairs: Iterable[tuple[K, int]]) -> dict[K, tuple[int, ...]]:
     """Each key's rule positions, in order."""
     index: dict[K, list[int]] = {}
     for key, position in pairs:
         index.setdefault(key, []).append(position)
-    return index
+    return {key: tuple(found) for key, found in index.items()}  # a list keeps room to grow
 
 
 class RuleSet(tuple[Rule, ...]):
@@ -226,10 +226,10 @@ class RuleSet(tuple[Rule, ...]):
     could match (both hold every rule that does), however many rules there are. Built with
     the snapshot, off the event loop."""
 
-    _index: dict[str, list[int]]
+    _index: dict[str, tuple[int, ...]]
     _everywhere: bool
-    _who: dict[Caller, list[int]]
-    _who_untagged: dict[Caller, list[int]]  # the rules without tags
+    _who: dict[Caller, tuple[int, ...]]
+    _who_untagged: dict[Caller, tuple[int, ...]]  # the rules without tags
     _groups: frozenset[str]
     _reads: frozenset[str]
     _names_users: bool
@@ -238,9 +238,11 @@ class RuleSet(tuple[Rule, ...]):
 
     def __new__(cls, rules: Iterable[Rule]) -> RuleSet:
         self = super().__new__(cls, rules)
-        self._index = positions((k, i) for i, r in enumerate(self) for k in first_components(r))
+        # One int object per position, shared by the indexes (enumerate makes new ones).
+        numbered = list(zip(range(len(self)), self, strict=True))
+        self._index = positions((k, i) for i, r in numbered for k in first_components(r))
         self._everywhere = self._index.keys() <= {ANY}  # no rule names a first component
-        callers = [(key, i) for i, rule in enumerate(self) for key in _callers(rule)]
+        callers = [(key, i) for i, rule in numbered for key in _callers(rule)]
         self._who = positions(callers)
         self._who_untagged = positions((key, i) for key, i in callers if not self[i].tags)
         self._groups = frozenset(name for kind, name in self._who if kind == "group")
@@ -291,7 +293,7 @@ class RuleSet(tuple[Rule, ...]):
             return (self[i] for i in (lists[0] if lists else ()))
         return (self[i] for i in heapq.merge(*lists))
 
-    def _for_repository(self, who: Identity, repository: str) -> list[list[int]]:
+    def _for_repository(self, who: Identity, repository: str) -> list[tuple[int, ...]]:
         first = repository.split("/", 1)[0]
         keys = [first, ANY]
         if who.user == first:
@@ -326,7 +328,7 @@ class RuleSet(tuple[Rule, ...]):
             return groups & self._groups  # walks the smaller of the two
         return self._named_groups.kept(groups, lambda: groups & self._groups)
 
-    def _positions(self, keys: Iterable[Caller], tagged: bool) -> list[list[int]]:
+    def _positions(self, keys: Iterable[Caller], tagged: bool) -> list[tuple[int, ...]]:
         index = self._who if tagged else self._who_untagged
         return [index[key] for key in keys if key in index]
 

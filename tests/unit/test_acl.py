@@ -249,8 +249,9 @@ def test_rules_keep_texts_of_their_own_not_the_yaml_trees() -> None:
     assert all(mine is not node.value for mine, node in zip(texts, nodes, strict=True))
 
 
-def test_rules_share_their_sets_of_actions() -> None:
-    """Eight sets of actions exist; 10,000 rules hold them, not a set and texts each."""
+def test_rules_share_their_sets_of_actions_and_of_names() -> None:
+    """Eight sets of actions exist; 10,000 rules hold them, not a set and texts each. Rules
+    of one file that name the same users or groups hold one set of them."""
     from proxy.http.routes import ACTIONS
 
     rules, problems = parse_acl_text(
@@ -259,9 +260,13 @@ def test_rules_share_their_sets_of_actions() -> None:
         "  - {users: [b], actions: [pull, push]}\n"
         "  - {users: [c], actions: ['*']}\n"
         "  - {users: [d], actions: [pull, push, delete]}\n"
-        "  - {users: [e], actions: []}\n",
+        "  - {users: [e], actions: []}\n"
+        "  - {groups: [dev, ops], repositories: [x/**], actions: [pull]}\n"
+        "  - {groups: [ops, dev], repositories: [y/**], actions: [pull]}\n"
+        "  - {users: [a], repositories: [z/**], actions: [pull]}\n",
         "acl.yaml",
     )
+    assert rules[5].groups is rules[6].groups and rules[7].users is rules[0].users
     assert not problems
     assert rules[0].actions == {"pull", "push"} and rules[0].actions is rules[1].actions
     assert rules[2].actions == set(ACTIONS) and rules[2].actions is rules[3].actions
