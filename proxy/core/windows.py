@@ -40,6 +40,11 @@ class _Entry:
     sending: int = 0
     pending: int = 0
 
+    @property
+    def total(self) -> int:
+        """The estimate: the shared total last learned, plus what is not in it yet."""
+        return self.seen + self.sending + self.pending
+
 
 class Tally:
     """Window counts of one process; the least recently used dropped past `size`."""
@@ -60,14 +65,13 @@ class Tally:
     def used(self, key: str, expires: int) -> int:
         """The estimated total of `key` in the window ending at `expires` (and it is
         refreshed at the next sync)."""
-        entry = self._entry(key, expires)
-        return entry.seen + entry.sending + entry.pending
+        return self._entry(key, expires).total
 
     def known(self, key: str, expires: int) -> int:
         """The estimated total, without marking it for the next sync (a tally that never
         syncs)."""
         entry = self._entries.get((key, expires))
-        return 0 if entry is None else entry.seen + entry.sending + entry.pending
+        return 0 if entry is None else entry.total
 
     def add(self, key: str, expires: int, amount: int) -> None:
         """Count `amount` (negative: give back) here, to be sent at the next sync."""

@@ -238,8 +238,7 @@ class RuleSet(tuple[Rule, ...]):
 
     def __new__(cls, rules: Iterable[Rule]) -> RuleSet:
         self = super().__new__(cls, rules)
-        # One int object per position, shared by the indexes (enumerate makes new ones).
-        numbered = list(zip(range(len(self)), self, strict=True))
+        numbered = list(enumerate(self))  # one int object per position, shared by the indexes
         self._index = positions((k, i) for i, r in numbered for k in first_components(r))
         self._everywhere = self._index.keys() <= {ANY}  # no rule names a first component
         callers = [(key, i) for i, rule in numbered for key in _callers(rule)]

@@ -20,7 +20,7 @@ log = logging.getLogger("regproxy.peers")
 
 
 BACKLOG = 10_000  # events, and counts' keys, kept for one full inbox; past it new ones go
-_FULL = (BlockingIOError, InterruptedError)  # the inbox has no room now: sent again later
+_AGAIN = (BlockingIOError, InterruptedError)  # nothing to read, or no room: not now
 
 
 @dataclass
@@ -89,12 +89,12 @@ class Peers:
         datagram = encode(event)
         for index, outbox in enumerate(self.outboxes):
             backlog = self._waiting.get(index)
-            if backlog is None and _sent(outbox, datagram):
-                continue
-            if backlog is None:
-                backlog = self._waiting[index] = _Backlog()
-            backlog.keep(event, datagram)
-            self._drain(index, outbox, backlog)
+            if backlog is not None:  # what was refused before goes first
+                backlog.keep(event, datagram)
+                self._drain(index, outbox, backlog)
+            elif not _sent(outbox, datagram):
+                self._waiting[index] = backlog = _Backlog()
+                backlog.keep(event, datagram)
 
     def flush(self) -> bool:
         """Send what full inboxes refused, as far as they take it now; whether any went."""
@@ -115,7 +115,7 @@ class Peers:
         while True:
             try:
                 datagrams.append(self.inbox.recv(MAX_EVENT))
-            except _FULL:
+            except _AGAIN:
                 return datagrams
 
 
@@ -123,7 +123,7 @@ def _sent(outbox: socket.socket, datagram: bytes) -> bool:
     """False when the inbox has no room (to be sent again); any other failure loses it."""
     try:
         outbox.send(datagram)
-    except _FULL:
+    except _AGAIN:
         return False
     except OSError as exc:
         if exc.errno in (errno.ENOBUFS, errno.ENOMEM):  # for now: as a full inbox
